@@ -1,0 +1,163 @@
+// The device-facing interface of the vfio-user server.
+//
+// A device model (avf/, the example device) implements PciDevice and is handed
+// a DeviceContext by whatever transport carries it. It never sees a socket, a
+// message or a file descriptor: it sees region accesses, guest memory (DMA)
+// and interrupt vectors. This is the seam that lets a device be unit-tested
+// with fakes and carried by the vfio-user server, the worker, or a test rig.
+#ifndef EMUD_VFIO_USER_DEVICE_H_
+#define EMUD_VFIO_USER_DEVICE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace emud::state_store {
+class WriteTxn;
+class ReadTxn;
+}  // namespace emud::state_store
+
+namespace emud::vfio_user {
+
+// linux/vfio.h region and IRQ indexes reused by vfio-user.
+enum RegionIndex : uint32_t {
+  kBar0 = 0,
+  kBar1 = 1,
+  kBar2 = 2,
+  kBar3 = 3,
+  kBar4 = 4,
+  kBar5 = 5,
+  kRomRegion = 6,
+  kConfigRegion = 7,
+  kVgaRegion = 8,
+  kNumPciRegions = 9,
+};
+
+enum IrqIndex : uint32_t {
+  kIntxIrq = 0,
+  kMsiIrq = 1,
+  kMsixIrq = 2,
+  kErrIrq = 3,
+  kReqIrq = 4,
+  kNumPciIrqs = 5,
+};
+
+// A window of a region that the client may mmap instead of trapping accesses.
+struct MmapArea {
+  uint64_t offset = 0;  // from the start of the region
+  uint64_t size = 0;
+};
+
+struct RegionDesc {
+  uint32_t index = 0;
+  uint64_t size = 0;  // 0 = region not implemented
+  bool readable = false;
+  bool writable = false;
+  // Non-empty: these areas are backed by `mmap_fd` at `fd_offset + area.offset`
+  // and advertised with the sparse-mmap capability. The fd stays owned by the
+  // device; the transport passes a duplicate to the client.
+  std::vector<MmapArea> mmap_areas;
+  int mmap_fd = -1;
+  uint64_t fd_offset = 0;
+};
+
+struct IrqDesc {
+  uint32_t index = 0;
+  uint32_t count = 0;  // 0 = not supported
+  bool maskable = false;
+};
+
+// Guest memory as DMA-mapped by the client. All addresses are IOVAs (guest
+// physical addresses for a VM without vIOMMU). Every method validates the
+// whole range: nothing outside a mapped window is ever touched.
+class DmaMemory {
+ public:
+  enum Access : uint32_t { kRead = 1, kWrite = 2 };
+  virtual ~DmaMemory() = default;
+
+  // Host pointer to [iova, iova + len) when it lies inside one window that is
+  // mmapped in this process and allows `access`. OUT_OF_RANGE if not mapped,
+  // PERMISSION_DENIED if the window forbids the access, UNAVAILABLE if the
+  // window has no fd (only Read/Write can reach it). `len` must be > 0.
+  // The pointer is valid until the window is unmapped; a device learns of that
+  // through PciDevice::OnDmaUnmap, before the unmap completes.
+  virtual absl::StatusOr<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) = 0;
+
+  // Copy helpers that also work for windows without an fd (falling back to
+  // DMA_READ / DMA_WRITE messages to the client). A range may span adjacent
+  // windows.
+  virtual absl::Status Read(uint64_t iova, absl::Span<uint8_t> dst) = 0;
+  virtual absl::Status Write(uint64_t iova, absl::Span<const uint8_t> src) = 0;
+};
+
+// MSI-X vectors of the device as configured by the client (SET_IRQS).
+class InterruptSink {
+ public:
+  virtual ~InterruptSink() = default;
+  // Signals MSI-X vector `vector`. If the vector is masked (per-vector mask
+  // from SET_IRQS or the MSI-X table, or the function mask) or has no eventfd,
+  // its pending bit is set instead and it fires when unmasked. Out-of-range
+  // vectors are ignored and counted.
+  virtual void TriggerMsix(uint32_t vector) = 0;
+  // The pending bit array as the device's PBA region must report it.
+  virtual bool MsixPending(uint32_t vector) const = 0;
+  // Whether the guest enabled MSI-X (config space enable bit set and function
+  // not masked) - devices use it only for diagnostics.
+  virtual bool MsixEnabled() const = 0;
+};
+
+// What the transport gives a device. Pointers stay valid until Detach().
+struct DeviceContext {
+  DmaMemory* dma = nullptr;
+  InterruptSink* irqs = nullptr;
+};
+
+// A PCI device model. Called from one thread (the session's event loop).
+class PciDevice {
+ public:
+  virtual ~PciDevice() = default;
+
+  // Static description: vendor/device ids live in config space; these list the
+  // regions (indexes 0..8 at least; CONFIG = 7 is mandatory) and IRQ types.
+  virtual std::vector<RegionDesc> Regions() const = 0;
+  virtual std::vector<IrqDesc> Irqs() const = 0;
+
+  // Region access. The transport has already checked that region exists and
+  // offset + data.size() <= region size (no overflow), and that data.size()
+  // is 1..max transfer. A device returns an error only for accesses it
+  // refuses (the client then gets EINVAL); unknown registers read 0 and
+  // ignore writes.
+  virtual absl::Status RegionRead(uint32_t region, uint64_t offset, absl::Span<uint8_t> out) = 0;
+  virtual absl::Status RegionWrite(uint32_t region, uint64_t offset,
+                                   absl::Span<const uint8_t> data) = 0;
+
+  // The client attached (after VERSION): `ctx` is valid until Detach().
+  virtual void Attach(const DeviceContext& ctx) = 0;
+  // The client went away. Device state is kept (the spec's disconnect rule);
+  // DMA pointers obtained from the context must not be used any more.
+  virtual void Detach() = 0;
+
+  // DEVICE_RESET (and FLR through config space): back to power-on state.
+  virtual absl::Status Reset() = 0;
+
+  // A DMA window is about to be unmapped: drop every pointer into
+  // [iova, iova + size) before returning.
+  virtual void OnDmaUnmap(uint64_t iova, uint64_t size) = 0;
+
+  // Persistence (Firecracker's persist/restore contract). Save writes the
+  // records changed since the last Save (all of them the first time) so that
+  // Restore can rebuild the model exactly; the transport calls it inside the
+  // transaction that commits a request's effect, before the reply leaves. Restore rebuilds
+  // the model from the records alone (no guest access yet); NOT_FOUND means
+  // nothing was saved (a fresh device).
+  virtual absl::Status Save(state_store::WriteTxn& txn) = 0;
+  virtual absl::Status Restore(const state_store::ReadTxn& txn) = 0;
+};
+
+}  // namespace emud::vfio_user
+
+#endif  // EMUD_VFIO_USER_DEVICE_H_
