@@ -280,8 +280,8 @@ absl::Status Env::Grow() {
     uint64_t need = next > used ? (next - used) / 2 : 0;  // at least half the new room
     if (free_bytes < need) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot grow state in ", dir_, " to ", next, " bytes: only ", free_bytes,
-          " bytes free on its filesystem; free space or enlarge the tmpfs"));
+          "cannot grow state in ", dir_, " to ", next, " bytes: its filesystem is full (",
+          free_bytes, " bytes free); free space or enlarge the tmpfs"));
     }
   }
   int rc = mdb_env_set_mapsize(env_, next);
@@ -296,14 +296,15 @@ absl::Status Env::ShrinkMapForTest(size_t bytes) {
   return absl::OkStatus();
 }
 
-absl::Status Env::UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool* map_full) {
+absl::Status Env::UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool* map_full,
+                             bool* map_resized) {
   *map_full = false;
+  *map_resized = false;
   absl::ReaderMutexLock resize_lock(&resize_mu_);
   MDB_txn* txn = nullptr;
   int rc = mdb_txn_begin(env_, nullptr, 0, &txn);
   if (rc == MDB_MAP_RESIZED) {
-    // Another process grew the map; adopt its size and retry.
-    *map_full = true;
+    *map_resized = true;
     return absl::OkStatus();
   }
   if (rc != 0) return LmdbError(rc, "begin write", dir_);
@@ -330,25 +331,28 @@ absl::Status Env::UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool
 absl::Status Env::Update(absl::FunctionRef<absl::Status(WriteTxn&)> fn) {
   absl::MutexLock write_lock(&write_mu_);
   for (int attempt = 0; attempt < kMaxGrowAttempts; ++attempt) {
-    bool map_full = false;
-    absl::Status s = UpdateOnce(fn, &map_full);
-    if (!map_full) return s;
-    absl::Status g;
-    {
-      MDB_envinfo info;
-      mdb_env_info(env_, &info);
-      // A map resized by another process only needs adopting (size 0 = read
-      // the size from the file); a full map needs growing.
+    bool map_full = false, map_resized = false;
+    absl::Status s = UpdateOnce(fn, &map_full, &map_resized);
+    if (map_resized) {
+      // Another process grew the map: adopt its size (0 = take it from the
+      // file's meta page) and run again.
       absl::MutexLock lock(&resize_mu_);
-      mdb_env_set_mapsize(env_, 0);
-      MDB_envinfo after;
-      mdb_env_info(env_, &after);
-      if (after.me_mapsize > info.me_mapsize) continue;
+      int rc = mdb_env_set_mapsize(env_, 0);
+      if (rc != 0) return LmdbError(rc, "adopting a resized map", dir_);
+      continue;
     }
-    g = Grow();
+    if (!map_full) return s;
+    absl::Status g = Grow();
     if (!g.ok()) return g;
   }
   return absl::ResourceExhaustedError(absl::StrCat("write to ", dir_, " kept hitting MDB_MAP_FULL"));
+}
+
+absl::StatusOr<int> Env::ClearStaleReaders() {
+  int dead = 0;
+  int rc = mdb_reader_check(env_, &dead);
+  if (rc != 0) return LmdbError(rc, "mdb_reader_check", dir_);
+  return dead;
 }
 
 absl::Status Env::View(absl::FunctionRef<absl::Status(const ReadTxn&)> fn) const {

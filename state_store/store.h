@@ -123,6 +123,10 @@ class Env {
   // Number of stale reader slots cleared at open.
   int stale_readers_cleared() const { return stale_readers_cleared_; }
 
+  // Clears reader slots of dead processes (a killed worker's open read
+  // transaction pins old pages until cleared). Returns how many were cleared.
+  absl::StatusOr<int> ClearStaleReaders();
+
   // Test-only: force the next writes to start from a tiny map, exercising the
   // MDB_MAP_FULL path.
   absl::Status ShrinkMapForTest(size_t bytes);
@@ -135,7 +139,8 @@ class Env {
   absl::Status CheckSchema();
   absl::StatusOr<unsigned> Dbi(absl::string_view table) const;
   absl::Status Grow();
-  absl::Status UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool* map_full);
+  absl::Status UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool* map_full,
+                          bool* map_resized);
 
   std::string dir_;
   EnvOptions options_;

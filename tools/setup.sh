@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs exactly the Debian 12 packages emud's build, tests and run need.
+# Idempotent: a no-op (no apt-get at all) when every package is present.
+#   tools/setup.sh          build + test + run dependencies
+#   tools/setup.sh --bench  also the benchmark yardsticks (DPDK testpmd)
+set -euo pipefail
+
+packages=(
+  # build
+  bazel-bootstrap bazel-rules-java bazel-rules-proto
+  g++ pkg-config
+  libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  liblmdb-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
+  # fuzzing (libFuzzer from Debian clang)
+  clang libclang-rt-14-dev
+  # tests: network namespaces, TAP, process inspection
+  iproute2 procps util-linux lmdb-utils curl
+)
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=(dpdk-dev)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}" >&2
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
