@@ -108,6 +108,13 @@ class InterruptSink {
   // Whether the guest enabled MSI-X (config space enable bit set and function
   // not masked) - devices use it only for diagnostics.
   virtual bool MsixEnabled() const = 0;
+
+  // Guest-side MSI-X state, reported by the device's MSI-X table / config
+  // space helpers (vfio_user/msix_table.h) when the guest writes them through
+  // the transport. A VMM that emulates the table itself (QEMU) never does;
+  // then only the transport's own masks apply. Defaults: ignored.
+  virtual void SetMsixGuestMask(uint32_t /*vector*/, bool /*masked*/) {}
+  virtual void SetMsixControl(bool /*enabled*/, bool /*function_masked*/) {}
 };
 
 // What the transport gives a device. Pointers stay valid until Detach().
