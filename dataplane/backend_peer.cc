@@ -1,0 +1,95 @@
+// peer:DEVICE - an L2 link to another device of the node.
+//
+// Each device consumes its inbound ring SHM/<self>.peer.<peer> (which it
+// creates) and produces into SHM/<peer>.peer.<self> (created by the peer; opened
+// lazily, frames sent before the peer exists are dropped like on a cable whose
+// other end is unplugged).
+#include "absl/strings/str_cat.h"
+#include "dataplane/backend.h"
+#include "dataplane/shm_ring.h"
+#include "state_store/state_dir.h"
+
+namespace emud::dataplane {
+namespace {
+
+constexpr uint32_t kRingSlots = 1024;
+
+class PeerBackend : public Backend {
+ public:
+  PeerBackend(std::string peer, std::string out_path, std::unique_ptr<ShmRing> in)
+      : peer_(std::move(peer)), out_path_(std::move(out_path)), in_(std::move(in)) {}
+
+  std::string spec() const override { return absl::StrCat("peer:", peer_); }
+
+  size_t Send(uint16_t, absl::Span<const FrameView> frames) override {
+    if (out_ == nullptr) {
+      auto r = ShmRing::OpenProducer(out_path_);
+      if (r.ok()) out_ = std::move(*r);
+    }
+    size_t sent = 0;
+    for (FrameView f : frames) {
+      if (out_ != nullptr && out_->Push(f)) {
+        ++sent;
+      } else {
+        ++counters_.tx_dropped;
+      }
+    }
+    counters_.tx_frames += sent;
+    if (sent > 0) out_->WakeIfSleeping();
+    return sent;
+  }
+
+  size_t Poll(size_t budget) override {
+    in_->DrainWake();
+    pending_ = false;
+    size_t taken = 0;
+    while (taken < budget) {
+      absl::Span<const uint8_t> f = in_->Front();
+      if (f.empty()) break;
+      if (sink_ == nullptr || !sink_->Deliver(0, f)) {
+        pending_ = true;
+        break;
+      }
+      in_->Pop();
+      ++taken;
+    }
+    counters_.rx_frames += taken;
+    counters_.rx_errors = in_->errors() + (out_ ? out_->errors() : 0);
+    return taken;
+  }
+
+  int event_fd() const override { return in_->wake_fd(); }
+  bool ArmNotify() override {
+    pending_ = false;
+    return in_->PrepareSleep();
+  }
+  bool HasPending() const override { return pending_; }
+
+ private:
+  std::string peer_;
+  std::string out_path_;
+  std::unique_ptr<ShmRing> in_;
+  std::unique_ptr<ShmRing> out_;
+  bool pending_ = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> OpenPeerBackend(absl::string_view peer,
+                                                         const BackendOptions& options) {
+  absl::Status s = state_store::ValidateDeviceName(peer);
+  if (!s.ok()) return s;
+  s = state_store::ValidateDeviceName(options.device);
+  if (!s.ok()) return s;
+  if (peer == options.device) return absl::InvalidArgumentError("a device cannot peer with itself");
+  if (options.shm_dir.empty()) return absl::InvalidArgumentError("peer backend needs shm_dir");
+  uint32_t slot = (options.max_frame + 4 + 63) & ~63u;
+  auto in = ShmRing::OpenConsumer(absl::StrCat(options.shm_dir, "/", options.device, ".peer.", peer),
+                                  kRingSlots, slot);
+  if (!in.ok()) return in.status();
+  return std::unique_ptr<Backend>(new PeerBackend(
+      std::string(peer), absl::StrCat(options.shm_dir, "/", peer, ".peer.", options.device),
+      std::move(*in)));
+}
+
+}  // namespace emud::dataplane

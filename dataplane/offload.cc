@@ -1,0 +1,281 @@
+#include "dataplane/offload.h"
+
+#include <nmmintrin.h>
+
+#include <array>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace emud::dataplane {
+namespace {
+
+inline uint64_t Load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+inline uint64_t AddCarry(uint64_t a, uint64_t b) {
+  uint64_t s = a + b;
+  return s + (s < b);
+}
+
+inline uint16_t Load16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline void Store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+inline uint16_t LoadBe16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
+inline void StoreBe16(uint8_t* p, uint16_t v) {
+  p[0] = uint8_t(v >> 8);
+  p[1] = uint8_t(v);
+}
+inline uint32_t LoadBe32(const uint8_t* p) {
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
+}
+inline void StoreBe32(uint8_t* p, uint32_t v) {
+  p[0] = uint8_t(v >> 24);
+  p[1] = uint8_t(v >> 16);
+  p[2] = uint8_t(v >> 8);
+  p[3] = uint8_t(v);
+}
+
+// Table-driven CRC32c (reflected polynomial 0x82F63B78), slicing by 8.
+struct Crc32cTables {
+  uint32_t t[8][256];
+  Crc32cTables() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i) {
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
+    }
+  }
+};
+
+uint32_t Crc32cSoft(const uint8_t* p, size_t len, uint32_t c) {
+  static const Crc32cTables tables;
+  const auto& t = tables.t;
+  while (len >= 8) {
+    uint64_t v = Load64(p) ^ c;
+    c = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^ t[4][(v >> 24) & 0xff] ^
+        t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^ t[1][(v >> 48) & 0xff] ^
+        t[0][v >> 56];
+    p += 8;
+    len -= 8;
+  }
+  while (len--) c = (c >> 8) ^ t[0][(c ^ *p++) & 0xff];
+  return c;
+}
+
+__attribute__((target("sse4.2"))) uint32_t Crc32cHw(const uint8_t* p, size_t len, uint32_t c) {
+  uint64_t c64 = c;
+  while (len >= 8) {
+    c64 = _mm_crc32_u64(c64, Load64(p));
+    p += 8;
+    len -= 8;
+  }
+  c = static_cast<uint32_t>(c64);
+  while (len--) c = _mm_crc32_u8(c, *p++);
+  return c;
+}
+
+bool HaveSse42() {
+  static const bool have = __builtin_cpu_supports("sse4.2");
+  return have;
+}
+
+}  // namespace
+
+uint32_t CsumPartial(const uint8_t* data, size_t len, uint32_t initial) {
+  uint64_t sum = initial;
+  while (len >= 32) {
+    sum = AddCarry(sum, Load64(data));
+    sum = AddCarry(sum, Load64(data + 8));
+    sum = AddCarry(sum, Load64(data + 16));
+    sum = AddCarry(sum, Load64(data + 24));
+    data += 32;
+    len -= 32;
+  }
+  while (len >= 8) {
+    sum = AddCarry(sum, Load64(data));
+    data += 8;
+    len -= 8;
+  }
+  if (len > 0) {
+    uint64_t tail = 0;
+    std::memcpy(&tail, data, len);
+    sum = AddCarry(sum, tail);
+  }
+  // 64 -> 32 with end-around carry.
+  sum = (sum & 0xffffffffu) + (sum >> 32);
+  sum = (sum & 0xffffffffu) + (sum >> 32);
+  return static_cast<uint32_t>(sum);
+}
+
+uint16_t CsumFold(uint32_t partial) {
+  partial = (partial & 0xffff) + (partial >> 16);
+  partial = (partial & 0xffff) + (partial >> 16);
+  return static_cast<uint16_t>(partial);
+}
+
+uint32_t CsumAddBe16(uint32_t partial, uint16_t v) {
+  uint64_t s = uint64_t(partial) + __builtin_bswap16(v);
+  s = (s & 0xffffffffu) + (s >> 32);
+  return static_cast<uint32_t>(s);
+}
+
+uint16_t InternetChecksum(const uint8_t* data, size_t len) {
+  return static_cast<uint16_t>(~CsumFold(CsumPartial(data, len, 0)));
+}
+
+absl::Status FillIpv4HeaderChecksum(absl::Span<uint8_t> hdr) {
+  if (hdr.size() < 20 || hdr.size() > 60 || (hdr.size() & 3) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("IPv4 header length ", hdr.size()));
+  }
+  if ((hdr[0] >> 4) != 4) return absl::InvalidArgumentError("not an IPv4 header");
+  Store16(&hdr[10], 0);
+  Store16(&hdr[10], InternetChecksum(hdr.data(), hdr.size()));
+  return absl::OkStatus();
+}
+
+uint32_t Crc32c(const uint8_t* data, size_t len, uint32_t crc) {
+  uint32_t c = ~crc;
+  c = HaveSse42() ? Crc32cHw(data, len, c) : Crc32cSoft(data, len, c);
+  return ~c;
+}
+
+namespace {
+
+absl::Status FillL4Checksum(uint8_t* l4, size_t l4_bytes, TxOffload::L4t l4t,
+                            uint32_t extra_partial) {
+  switch (l4t) {
+    case TxOffload::kL4None:
+      return absl::OkStatus();
+    case TxOffload::kL4Tcp:
+    case TxOffload::kL4Udp: {
+      size_t field = l4t == TxOffload::kL4Tcp ? 16 : 6;
+      size_t min = l4t == TxOffload::kL4Tcp ? 20 : 8;
+      if (l4_bytes < min) {
+        return absl::InvalidArgumentError(absl::StrCat("L4 segment of ", l4_bytes, " bytes"));
+      }
+      // The field holds the driver's pseudo-header sum: include it as-is.
+      uint16_t c = static_cast<uint16_t>(~CsumFold(CsumPartial(l4, l4_bytes, extra_partial)));
+      if (l4t == TxOffload::kL4Udp && c == 0) c = 0xffff;
+      Store16(l4 + field, c);
+      return absl::OkStatus();
+    }
+    case TxOffload::kL4Sctp: {
+      if (l4_bytes < 12) {
+        return absl::InvalidArgumentError(absl::StrCat("SCTP packet of ", l4_bytes, " bytes"));
+      }
+      std::memset(l4 + 8, 0, 4);
+      uint32_t crc = Crc32c(l4, l4_bytes);
+      std::memcpy(l4 + 8, &crc, 4);  // SCTP stores the CRC32c little-endian
+      return absl::OkStatus();
+    }
+  }
+  return absl::InvalidArgumentError("bad L4T");
+}
+
+}  // namespace
+
+absl::Status ApplyChecksumOffloads(absl::Span<uint8_t> frame, const TxOffload& off) {
+  const size_t l3 = off.maclen;
+  const size_t l4 = size_t{off.maclen} + off.iplen;
+  if (off.iipt == TxOffload::kIiptIpv4Csum) {
+    if (off.iplen < 20 || l4 > frame.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("IPv4 header [", l3, ",", l4, ") outside frame of ", frame.size()));
+    }
+    absl::Status s = FillIpv4HeaderChecksum(frame.subspan(l3, off.iplen));
+    if (!s.ok()) return s;
+  }
+  if (off.l4t != TxOffload::kL4None) {
+    if (l4 >= frame.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("L4 offset ", l4, " outside frame of ", frame.size()));
+    }
+    return FillL4Checksum(frame.data() + l4, frame.size() - l4, off.l4t, 0);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
+                        std::vector<uint8_t>& scratch,
+                        absl::FunctionRef<void(absl::Span<const uint8_t>)> emit,
+                        uint32_t max_segments) {
+  const bool v4 = off.iipt == TxOffload::kIiptIpv4 || off.iipt == TxOffload::kIiptIpv4Csum;
+  const bool v6 = off.iipt == TxOffload::kIiptIpv6;
+  const bool tcp = off.l4t == TxOffload::kL4Tcp;
+  const bool udp = off.l4t == TxOffload::kL4Udp;
+  if (!v4 && !v6) return absl::InvalidArgumentError("TSO without an IP type");
+  if (!tcp && !udp) return absl::InvalidArgumentError("TSO needs TCP or UDP");
+  if ((v4 && off.iplen < 20) || (v6 && off.iplen < 40) || off.maclen < 14) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TSO header lengths mac ", off.maclen, " ip ", off.iplen));
+  }
+  if ((tcp && (off.l4len < 20 || off.l4len > 60)) || (udp && off.l4len != 8)) {
+    return absl::InvalidArgumentError(absl::StrCat("TSO L4 header length ", off.l4len));
+  }
+  if (off.mss < 64 || off.mss > 16383) {
+    return absl::InvalidArgumentError(absl::StrCat("TSO MSS ", off.mss));
+  }
+  const size_t l3 = off.maclen;
+  const size_t l4 = l3 + off.iplen;
+  const size_t hdr_len = l4 + off.l4len;
+  if (off.tso_len == 0 || hdr_len + off.tso_len > frame.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("TSO headers ", hdr_len, " + payload ",
+                                                   off.tso_len, " vs frame ", frame.size()));
+  }
+  const uint32_t nseg = (off.tso_len + off.mss - 1) / off.mss;
+  if (nseg > max_segments) {
+    return absl::InvalidArgumentError(absl::StrCat("TSO would make ", nseg, " segments"));
+  }
+  if (v4 && (frame[l3] >> 4) != 4) return absl::InvalidArgumentError("TSO: not IPv4");
+  if (v6 && (frame[l3] >> 4) != 6) return absl::InvalidArgumentError("TSO: not IPv6");
+
+  const uint16_t ip_id = v4 ? LoadBe16(&frame[l3 + 4]) : 0;
+  const uint32_t seq = tcp ? LoadBe32(&frame[l4 + 4]) : 0;
+  const uint8_t tcp_flags = tcp ? frame[l4 + 13] : 0;
+  uint32_t done = 0;
+  for (uint32_t i = 0; i < nseg; ++i) {
+    const uint32_t pay = std::min(off.mss, off.tso_len - done);
+    const bool last = i + 1 == nseg;
+    scratch.resize(hdr_len + pay);
+    uint8_t* s = scratch.data();
+    std::memcpy(s, frame.data(), hdr_len);
+    std::memcpy(s + hdr_len, frame.data() + hdr_len + done, pay);
+    const uint32_t l4_bytes = off.l4len + pay;
+    if (v4) {
+      StoreBe16(s + l3 + 2, static_cast<uint16_t>(off.iplen + l4_bytes));
+      StoreBe16(s + l3 + 4, static_cast<uint16_t>(ip_id + i));
+      Store16(s + l3 + 10, 0);
+      Store16(s + l3 + 10, InternetChecksum(s + l3, off.iplen));
+    } else {
+      StoreBe16(s + l3 + 4, static_cast<uint16_t>(off.iplen - 40 + l4_bytes));
+    }
+    if (tcp) {
+      StoreBe32(s + l4 + 4, seq + done);
+      uint8_t f = tcp_flags;
+      if (!last) f &= static_cast<uint8_t>(~0x09);  // FIN, PSH
+      if (i != 0) f &= static_cast<uint8_t>(~0x80);  // CWR
+      s[l4 + 13] = f;
+    } else {
+      StoreBe16(s + l4 + 4, static_cast<uint16_t>(l4_bytes));
+    }
+    // The seed lacks the length: add this segment's L4 length.
+    absl::Status st = FillL4Checksum(s + l4, l4_bytes, off.l4t,
+                                     CsumAddBe16(0, static_cast<uint16_t>(l4_bytes)));
+    if (!st.ok()) return st;
+    emit(absl::Span<const uint8_t>(s, hdr_len + pay));
+    done += pay;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace emud::dataplane

@@ -1,0 +1,87 @@
+// TX offloads an AVF device performs for its guest: Internet checksums,
+// IPv4 header checksums, TCP/UDP checksum completion over the pseudo-header
+// seed the driver left in the checksum field, SCTP CRC32c, and TCP/UDP
+// segmentation (TSO/USO).
+//
+// Conventions: all functions take untrusted header offsets and lengths and
+// validate them against the frame; a frame they cannot process is reported
+// with INVALID_ARGUMENT and left unchanged (callers count and drop it).
+//
+// Partial sums: a "partial" is an unfolded 32-bit ones' complement sum of
+// 16-bit words as they lie in memory (little-endian loads, RFC 1071 byte-order
+// independence). Fold it and store the 16-bit result with memcpy to get the
+// network-order checksum. Host numbers (lengths) enter a partial through
+// CsumAddBe16().
+#ifndef EMUD_DATAPLANE_OFFLOAD_H_
+#define EMUD_DATAPLANE_OFFLOAD_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace emud::dataplane {
+
+// Ones' complement sum of `len` bytes at `data` added to `initial` (a
+// partial), returned as a partial. An odd trailing byte is padded with zero.
+// `data` must start at an even offset of the checksummed region.
+uint32_t CsumPartial(const uint8_t* data, size_t len, uint32_t initial);
+// Folds a partial to 16 bits (not inverted).
+uint16_t CsumFold(uint32_t partial);
+// Adds the host-order 16-bit number `v` as a network-order word.
+uint32_t CsumAddBe16(uint32_t partial, uint16_t v);
+// ~fold(sum(data)): the Internet checksum in memory order (store with memcpy).
+uint16_t InternetChecksum(const uint8_t* data, size_t len);
+
+// Recomputes the IPv4 header checksum of `hdr` in place (`ihl_bytes` bytes,
+// 20..60). The old checksum field is ignored.
+absl::Status FillIpv4HeaderChecksum(absl::Span<uint8_t> hdr);
+
+// CRC32c (Castagnoli), standard init/final xor: Crc32c("123456789") ==
+// 0xE3069283. `crc` continues a previous result.
+uint32_t Crc32c(const uint8_t* data, size_t len, uint32_t crc = 0);
+
+// What a packet's TX descriptors ask for (AVF data + context descriptor
+// fields, decoded to bytes).
+struct TxOffload {
+  enum Iipt : uint8_t { kIiptNone = 0, kIiptIpv6 = 1, kIiptIpv4 = 2, kIiptIpv4Csum = 3 };
+  enum L4t : uint8_t { kL4None = 0, kL4Tcp = 1, kL4Sctp = 2, kL4Udp = 3 };
+  Iipt iipt = kIiptNone;
+  L4t l4t = kL4None;
+  uint32_t maclen = 0;  // bytes (descriptor MACLEN * 2)
+  uint32_t iplen = 0;   // bytes (IPLEN * 4)
+  uint32_t l4len = 0;   // bytes (L4LEN * 4), used by TSO
+  bool tso = false;
+  uint32_t tso_len = 0;  // payload bytes to segment (context descriptor)
+  uint32_t mss = 0;      // context descriptor MSS
+};
+
+// Checksum offloads on one linear frame, in place: IPv4 header checksum when
+// iipt == kIiptIpv4Csum; L4 checksum per l4t computed from offset
+// maclen + iplen to the end of the frame, starting from the value the driver
+// left in the checksum field (its pseudo-header sum including the length).
+// SCTP: CRC32c over the SCTP packet with the checksum field zeroed.
+absl::Status ApplyChecksumOffloads(absl::Span<uint8_t> frame, const TxOffload& off);
+
+// Segments `frame` (headers of maclen + iplen + l4len bytes followed by
+// tso_len payload bytes; the frame must be exactly that long) into segments of
+// at most `mss` payload bytes, each a complete frame written into `scratch`
+// and passed to `emit`. Per segment: IPv4 total length, identification
+// (+1 per segment) and header checksum, or IPv6 payload length; TCP sequence
+// number advanced by the payload already sent, FIN and PSH only on the last
+// segment, CWR only on the first; UDP length. L4 checksums are completed from
+// the driver's seed, which Linux leaves WITHOUT the length (iavf_tso removes
+// it); the segment's L4 length is added here. Rejects mss == 0, mss too
+// small (< 64) or headers/lengths that do not fit the frame.
+// `max_segments` bounds the work per packet (65535/64 ~ 1024).
+absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
+                        std::vector<uint8_t>& scratch,
+                        absl::FunctionRef<void(absl::Span<const uint8_t>)> emit,
+                        uint32_t max_segments = 1100);
+
+}  // namespace emud::dataplane
+
+#endif  // EMUD_DATAPLANE_OFFLOAD_H_

@@ -1,0 +1,335 @@
+#include "dataplane/offload.h"
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace emud::dataplane {
+namespace {
+
+// ---- Independent reference computations (byte-wise, big-endian words). ----
+
+uint32_t RefSum(const std::vector<uint8_t>& b, uint32_t sum = 0) {
+  for (size_t i = 0; i < b.size(); i += 2) {
+    uint32_t w = uint32_t(b[i]) << 8;
+    if (i + 1 < b.size()) w |= b[i + 1];
+    sum += w;
+  }
+  return sum;
+}
+uint16_t RefFinish(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return uint16_t(~sum);
+}
+uint16_t Be16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
+uint32_t Be32(const uint8_t* p) {
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
+}
+void PutBe16(uint8_t* p, uint16_t v) {
+  p[0] = uint8_t(v >> 8);
+  p[1] = uint8_t(v);
+}
+void PutBe32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (24 - 8 * i));
+}
+
+// Reference L4 checksum (field zeroed) of the L4 segment of `frame`.
+uint16_t RefL4(const std::vector<uint8_t>& frame, size_t l3, size_t l4, bool v6, uint8_t proto,
+               size_t field) {
+  std::vector<uint8_t> pseudo;
+  if (!v6) {
+    pseudo.insert(pseudo.end(), &frame[l3 + 12], &frame[l3 + 20]);
+  } else {
+    pseudo.insert(pseudo.end(), &frame[l3 + 8], &frame[l3 + 40]);
+  }
+  uint32_t len = uint32_t(frame.size() - l4);
+  pseudo.push_back(0);
+  pseudo.push_back(proto);
+  pseudo.push_back(uint8_t(len >> 8));
+  pseudo.push_back(uint8_t(len));
+  std::vector<uint8_t> seg(frame.begin() + l4, frame.end());
+  seg[field] = seg[field + 1] = 0;
+  uint16_t c = RefFinish(RefSum(seg, RefSum(pseudo)));
+  if (proto == 17 && c == 0) c = 0xffff;
+  return c;
+}
+
+uint32_t RefCrc32c(const uint8_t* p, size_t n) {
+  uint32_t c = 0xffffffff;
+  for (size_t i = 0; i < n; ++i) {
+    c ^= p[i];
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78 : c >> 1;
+  }
+  return ~c;
+}
+
+// Pseudo-header seed as the Linux stack leaves it for CHECKSUM_PARTIAL:
+// non-inverted folded sum, optionally without the length (iavf_tso).
+uint16_t Seed(const std::vector<uint8_t>& f, size_t l3, bool v6, uint8_t proto, uint32_t len,
+              bool with_len) {
+  std::vector<uint8_t> pseudo;
+  if (!v6) pseudo.insert(pseudo.end(), &f[l3 + 12], &f[l3 + 20]);
+  else pseudo.insert(pseudo.end(), &f[l3 + 8], &f[l3 + 40]);
+  pseudo.push_back(0);
+  pseudo.push_back(proto);
+  if (with_len) {
+    pseudo.push_back(uint8_t(len >> 8));
+    pseudo.push_back(uint8_t(len));
+  }
+  uint32_t s = RefSum(pseudo);
+  while (s >> 16) s = (s & 0xffff) + (s >> 16);
+  return uint16_t(s);
+}
+
+struct Pkt {
+  std::vector<uint8_t> f;
+  size_t l3 = 14, l4 = 0;
+  bool v6 = false;
+  uint8_t proto = 6;
+};
+
+Pkt MakePacket(bool v6, uint8_t proto, size_t payload, std::mt19937& rng) {
+  Pkt p;
+  p.v6 = v6;
+  p.proto = proto;
+  size_t iplen = v6 ? 40 : 20;
+  size_t l4len = proto == 6 ? 32 : (proto == 17 ? 8 : 12);  // TCP with 12 bytes of options
+  p.l4 = 14 + iplen;
+  p.f.resize(p.l4 + l4len + payload);
+  for (auto& b : p.f) b = uint8_t(rng());
+  uint8_t* e = p.f.data();
+  PutBe16(e + 12, v6 ? 0x86dd : 0x0800);
+  uint8_t* ip = e + 14;
+  if (!v6) {
+    ip[0] = 0x45;
+    ip[1] = 0;
+    PutBe16(ip + 2, uint16_t(p.f.size() - 14));
+    PutBe16(ip + 4, 0xfffe);  // id wraps during TSO
+    PutBe16(ip + 6, 0x4000);
+    ip[8] = 64;
+    ip[9] = proto;
+    PutBe16(ip + 10, 0x1234);  // garbage, must be replaced
+  } else {
+    ip[0] = 0x60;
+    ip[1] = ip[2] = ip[3] = 0;
+    PutBe16(ip + 4, uint16_t(p.f.size() - p.l4));
+    ip[6] = proto;
+    ip[7] = 64;
+  }
+  uint8_t* l4 = e + p.l4;
+  if (proto == 6) {
+    PutBe32(l4 + 4, 0xfffffff0u);  // sequence wraps during TSO
+    l4[12] = uint8_t((l4len / 4) << 4);
+    l4[13] = 0x80 | 0x10 | 0x08 | 0x01;  // CWR ACK PSH FIN
+  } else if (proto == 17) {
+    PutBe16(l4 + 4, uint16_t(8 + payload));
+  }
+  return p;
+}
+
+TEST(Csum, MatchesReferenceAtAllLengthsAndAlignments) {
+  std::mt19937 rng(1);
+  std::vector<uint8_t> buf(3000 + 8);
+  for (auto& b : buf) b = uint8_t(rng());
+  for (size_t off = 0; off < 8; off += 2) {
+    for (size_t len : {0, 1, 2, 3, 7, 8, 9, 31, 32, 33, 63, 64, 65, 1499, 1500, 2999, 3000}) {
+      std::vector<uint8_t> v(buf.begin() + off, buf.begin() + off + len);
+      uint16_t ours = InternetChecksum(buf.data() + off, len);
+      uint16_t ref = RefFinish(RefSum(v));
+      // Ours is in memory order: compare as network bytes.
+      uint8_t mem[2];
+      std::memcpy(mem, &ours, 2);
+      EXPECT_EQ(Be16(mem), ref) << "off " << off << " len " << len;
+    }
+  }
+}
+
+TEST(Csum, AllOnesAndCarryHeavyInput) {
+  std::vector<uint8_t> v(4099, 0xff);
+  uint16_t ours = InternetChecksum(v.data(), v.size());
+  uint8_t mem[2];
+  std::memcpy(mem, &ours, 2);
+  EXPECT_EQ(Be16(mem), RefFinish(RefSum(v)));
+}
+
+TEST(Ipv4Header, ChecksumVerifiesToZero) {
+  std::mt19937 rng(2);
+  Pkt p = MakePacket(false, 6, 10, rng);
+  absl::Span<uint8_t> hdr(p.f.data() + 14, 20);
+  ASSERT_TRUE(FillIpv4HeaderChecksum(hdr).ok());
+  std::vector<uint8_t> h(hdr.begin(), hdr.end());
+  EXPECT_EQ(RefFinish(RefSum(h)), 0);
+  EXPECT_FALSE(FillIpv4HeaderChecksum(absl::Span<uint8_t>(p.f.data() + 14, 19)).ok());
+}
+
+TEST(Crc32c, KnownVectorAndReference) {
+  const char* s = "123456789";
+  EXPECT_EQ(Crc32c(reinterpret_cast<const uint8_t*>(s), 9), 0xE3069283u);
+  std::mt19937 rng(3);
+  std::vector<uint8_t> v(1001);
+  for (auto& b : v) b = uint8_t(rng());
+  for (size_t n : {0, 1, 7, 8, 9, 100, 1001}) {
+    EXPECT_EQ(Crc32c(v.data(), n), RefCrc32c(v.data(), n)) << n;
+  }
+  // Continuation.
+  EXPECT_EQ(Crc32c(v.data() + 100, 901, Crc32c(v.data(), 100)), RefCrc32c(v.data(), 1001));
+}
+
+class ChecksumOffload : public ::testing::TestWithParam<std::tuple<bool, int, int>> {};
+
+TEST_P(ChecksumOffload, CompletesFromDriverSeed) {
+  auto [v6, proto, payload] = GetParam();
+  std::mt19937 rng(payload * 7 + proto + v6);
+  Pkt p = MakePacket(v6, uint8_t(proto), payload, rng);
+  size_t field = proto == 6 ? 16 : (proto == 17 ? 6 : 8);
+  uint32_t l4bytes = uint32_t(p.f.size() - p.l4);
+  if (proto != 132) {
+    uint16_t seed = Seed(p.f, p.l3, v6, uint8_t(proto), l4bytes, true);
+    PutBe16(&p.f[p.l4 + field], seed);
+  }
+  TxOffload off;
+  off.maclen = 14;
+  off.iplen = v6 ? 40 : 20;
+  off.iipt = v6 ? TxOffload::kIiptIpv6 : TxOffload::kIiptIpv4Csum;
+  off.l4t = proto == 6 ? TxOffload::kL4Tcp : (proto == 17 ? TxOffload::kL4Udp : TxOffload::kL4Sctp);
+  ASSERT_TRUE(ApplyChecksumOffloads(absl::MakeSpan(p.f), off).ok());
+  if (!v6) {
+    std::vector<uint8_t> h(p.f.begin() + 14, p.f.begin() + 34);
+    EXPECT_EQ(RefFinish(RefSum(h)), 0) << "IPv4 header checksum";
+  }
+  if (proto == 132) {
+    std::vector<uint8_t> s(p.f.begin() + p.l4, p.f.end());
+    uint32_t stored;
+    std::memcpy(&stored, &s[8], 4);
+    s[8] = s[9] = s[10] = s[11] = 0;
+    EXPECT_EQ(stored, RefCrc32c(s.data(), s.size()));
+  } else {
+    EXPECT_EQ(Be16(&p.f[p.l4 + field]), RefL4(p.f, p.l3, p.l4, v6, uint8_t(proto), field));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ChecksumOffload,
+                         ::testing::Combine(::testing::Bool(), ::testing::Values(6, 17, 132),
+                                            ::testing::Values(0, 1, 2, 3, 45, 1401, 8999)));
+
+TEST(ChecksumOffloadBad, RejectsOffsetsOutsideFrame) {
+  std::vector<uint8_t> f(40, 0);
+  f[14] = 0x45;
+  TxOffload off;
+  off.maclen = 14;
+  off.iplen = 20;
+  off.iipt = TxOffload::kIiptIpv4Csum;
+  off.l4t = TxOffload::kL4Tcp;
+  EXPECT_FALSE(ApplyChecksumOffloads(absl::MakeSpan(f), off).ok());  // TCP header cut
+  off.maclen = 254;
+  EXPECT_FALSE(ApplyChecksumOffloads(absl::MakeSpan(f), off).ok());
+}
+
+class Tso : public ::testing::TestWithParam<std::tuple<bool, bool, int, int>> {};
+
+TEST_P(Tso, SegmentsMatchReference) {
+  auto [v6, udp, payload, mss] = GetParam();
+  uint8_t proto = udp ? 17 : 6;
+  std::mt19937 rng(payload + mss + v6 * 3 + udp);
+  Pkt p = MakePacket(v6, proto, payload, rng);
+  size_t field = udp ? 6 : 16;
+  // What iavf_tso leaves: IP length fields and IPv4 checksum zeroed, L4 seed
+  // without the length.
+  if (!v6) {
+    PutBe16(&p.f[14 + 2], 0);
+    PutBe16(&p.f[14 + 10], 0);
+  } else {
+    PutBe16(&p.f[14 + 4], 0);
+  }
+  PutBe16(&p.f[p.l4 + field], Seed(p.f, p.l3, v6, proto, 0, false));
+  TxOffload off;
+  off.maclen = 14;
+  off.iplen = v6 ? 40 : 20;
+  off.l4len = udp ? 8 : 32;
+  off.iipt = v6 ? TxOffload::kIiptIpv6 : TxOffload::kIiptIpv4Csum;
+  off.l4t = udp ? TxOffload::kL4Udp : TxOffload::kL4Tcp;
+  off.tso = true;
+  off.tso_len = uint32_t(payload);
+  off.mss = uint32_t(mss);
+  size_t hdr = p.l4 + off.l4len;
+  std::vector<uint8_t> scratch;
+  std::vector<std::vector<uint8_t>> segs;
+  ASSERT_TRUE(SegmentTso(p.f, off, scratch, [&](absl::Span<const uint8_t> s) {
+                segs.emplace_back(s.begin(), s.end());
+              }).ok());
+  size_t expect_n = (payload + mss - 1) / mss;
+  ASSERT_EQ(segs.size(), expect_n);
+  std::vector<uint8_t> joined;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    const auto& s = segs[i];
+    size_t pay = s.size() - hdr;
+    EXPECT_EQ(pay, std::min<size_t>(mss, payload - i * mss));
+    EXPECT_EQ(0, std::memcmp(s.data(), p.f.data(), 14)) << "MAC header replicated";
+    if (!v6) {
+      EXPECT_EQ(Be16(&s[16]), s.size() - 14);
+      EXPECT_EQ(Be16(&s[18]), uint16_t(0xfffe + i));
+      std::vector<uint8_t> h(s.begin() + 14, s.begin() + 34);
+      EXPECT_EQ(RefFinish(RefSum(h)), 0) << "segment " << i;
+    } else {
+      EXPECT_EQ(Be16(&s[18]), s.size() - p.l4);
+    }
+    if (!udp) {
+      EXPECT_EQ(Be32(&s[p.l4 + 4]), uint32_t(0xfffffff0u + i * mss));
+      uint8_t f = s[p.l4 + 13];
+      bool last = i + 1 == segs.size();
+      EXPECT_EQ((f & 0x01) != 0, last) << "FIN";
+      EXPECT_EQ((f & 0x08) != 0, last) << "PSH";
+      EXPECT_EQ((f & 0x80) != 0, i == 0) << "CWR";
+      EXPECT_TRUE(f & 0x10) << "ACK";
+      EXPECT_EQ(0, std::memcmp(&s[p.l4 + 20], &p.f[p.l4 + 20], 12)) << "TCP options";
+    } else {
+      EXPECT_EQ(Be16(&s[p.l4 + 4]), s.size() - p.l4);
+    }
+    EXPECT_EQ(Be16(&s[p.l4 + field]), RefL4(s, 14, p.l4, v6, proto, field)) << "segment " << i;
+    joined.insert(joined.end(), s.begin() + hdr, s.end());
+  }
+  EXPECT_EQ(joined, std::vector<uint8_t>(p.f.begin() + hdr, p.f.end()));
+}
+
+INSTANTIATE_TEST_SUITE_P(All, Tso,
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool(),
+                                            ::testing::Values(1, 1447, 1448, 1449, 9001, 64001),
+                                            ::testing::Values(536, 1448, 1447)));
+
+TEST(TsoBad, RejectsNonsense) {
+  std::mt19937 rng(9);
+  Pkt p = MakePacket(false, 6, 3000, rng);
+  TxOffload off;
+  off.maclen = 14;
+  off.iplen = 20;
+  off.l4len = 32;
+  off.iipt = TxOffload::kIiptIpv4Csum;
+  off.l4t = TxOffload::kL4Tcp;
+  off.tso = true;
+  off.tso_len = 3000;
+  off.mss = 0;
+  std::vector<uint8_t> scratch;
+  int n = 0;
+  auto emit = [&](absl::Span<const uint8_t>) { ++n; };
+  EXPECT_FALSE(SegmentTso(p.f, off, scratch, emit).ok());
+  off.mss = 1000;
+  off.tso_len = 3001;  // longer than the frame
+  EXPECT_FALSE(SegmentTso(p.f, off, scratch, emit).ok());
+  off.tso_len = 3000;
+  off.l4len = 4;
+  EXPECT_FALSE(SegmentTso(p.f, off, scratch, emit).ok());
+  off.l4len = 32;
+  off.iipt = TxOffload::kIiptIpv6;  // header says v4
+  EXPECT_FALSE(SegmentTso(p.f, off, scratch, emit).ok());
+  off.iipt = TxOffload::kIiptIpv4Csum;
+  off.mss = 64;
+  EXPECT_FALSE(SegmentTso(p.f, off, scratch, emit, /*max_segments=*/10).ok());
+  EXPECT_EQ(n, 0);
+  EXPECT_TRUE(SegmentTso(p.f, off, scratch, emit).ok());
+  EXPECT_EQ(n, 47);
+}
+
+}  // namespace
+}  // namespace emud::dataplane

@@ -1,0 +1,38 @@
+// RAII owner of a file descriptor (dataplane-local; move-only).
+#ifndef EMUD_DATAPLANE_UNIQUE_FD_H_
+#define EMUD_DATAPLANE_UNIQUE_FD_H_
+
+#include <unistd.h>
+
+#include <utility>
+
+namespace emud::dataplane {
+
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() { return std::exchange(fd_, -1); }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace emud::dataplane
+
+#endif  // EMUD_DATAPLANE_UNIQUE_FD_H_
