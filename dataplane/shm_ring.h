@@ -21,7 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "dataplane/unique_fd.h"
+#include "base/unique_fd.h"
 
 namespace emud::dataplane {
 

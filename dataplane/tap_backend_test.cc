@@ -17,7 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dataplane/backend.h"
-#include "dataplane/unique_fd.h"
+#include "base/unique_fd.h"
 #include "gtest/gtest.h"
 
 namespace emud::dataplane {

@@ -1,0 +1,82 @@
+#include "dataplane/queue_state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/unique_fd.h"
+
+namespace emud::dataplane {
+namespace {
+constexpr uint64_t kMagic = 0x5345555145554d45ull;  // "EMUQUEUES"
+constexpr uint32_t kVersion = 1;
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<QueueStateFile>> QueueStateFile::Open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("open ", path, ": ", strerror(errno)));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return absl::InternalError("fstat");
+  bool fresh = static_cast<size_t>(st.st_size) != sizeof(Layout);
+  if (fresh) {
+    if (::ftruncate(fd.get(), 0) != 0 ||
+        ::ftruncate(fd.get(), static_cast<off_t>(sizeof(Layout))) != 0) {
+      return absl::ResourceExhaustedError(absl::StrCat("size ", path, ": ", strerror(errno)));
+    }
+    // Make sure tmpfs has the pages (no SIGBUS later on a full filesystem).
+    if (int rc = ::posix_fallocate(fd.get(), 0, sizeof(Layout)); rc != 0) {
+      return absl::ResourceExhaustedError(absl::StrCat("allocate ", path, ": ", strerror(rc)));
+    }
+  }
+  void* p = ::mmap(nullptr, sizeof(Layout), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap ", path, ": ", strerror(errno)));
+  std::unique_ptr<QueueStateFile> f(new QueueStateFile());
+  f->base_ = static_cast<Layout*>(p);
+  f->mapped_ = true;
+  if (!fresh && f->base_->magic == kMagic && f->base_->version == kVersion &&
+      f->base_->num_queues == kMaxQueues) {
+    f->reused_ = true;
+    for (uint32_t q = 0; q < kMaxQueues; ++q) {
+      HotQueue* qs[2] = {f->tx(q), f->rx(q)};
+      for (HotQueue* h : qs) {
+        if (h->ring_len > 8192 || h->head.load() >= std::max<uint32_t>(h->ring_len, 1) ||
+            h->intent.load() >= std::max<uint32_t>(h->ring_len, 1)) {
+          // Corrupt entry: disable the queue rather than follow it.
+          h->enabled = 0;
+          h->ring_len = 0;
+          h->head = 0;
+          h->intent = 0;
+        }
+      }
+    }
+  } else {
+    std::memset(p, 0, sizeof(Layout));
+    f->base_->version = kVersion;
+    f->base_->num_queues = kMaxQueues;
+    std::atomic_thread_fence(std::memory_order_release);
+    f->base_->magic = kMagic;
+  }
+  return f;
+}
+
+std::unique_ptr<QueueStateFile> QueueStateFile::Anonymous() {
+  std::unique_ptr<QueueStateFile> f(new QueueStateFile());
+  f->base_ = new Layout();
+  std::memset(static_cast<void*>(f->base_), 0, sizeof(Layout));
+  return f;
+}
+
+QueueStateFile::~QueueStateFile() {
+  if (mapped_) {
+    ::munmap(base_, sizeof(Layout));
+  } else {
+    delete base_;
+  }
+}
+
+}  // namespace emud::dataplane

@@ -1,0 +1,75 @@
+// Hot per-queue state of a device's data path in a tmpfs file
+// (state_store::ShmDir(state_dir)/NAME.queues), so that a worker killed at any
+// instant leaves its successor the exact ring positions (the idea of
+// vhost-user's inflight region). No LMDB commit per packet: a plain store to
+// shared memory, which a process crash cannot lose (the page cache keeps it).
+//
+// Protocol per queue:
+//   TX: head = next descriptor to process. The engine stores head after the
+//       burst's frames reached the backend and its completions were written.
+//       A crash between the two re-sends at most one burst (bounded
+//       duplicates), never loses a completion the guest saw.
+//   RX: before writing descriptors [head, head + n) the engine stores
+//       intent = head + n; after writing them it stores head = intent.
+//       Recovery (RecoverRx) with head != intent inspects the DD bits of
+//       [head, intent) in the ring and advances head past the written prefix,
+//       so no posted buffer is written twice or skipped.
+// Counters are cumulative and live here too (cheap, crash-safe).
+#ifndef EMUD_DATAPLANE_QUEUE_STATE_H_
+#define EMUD_DATAPLANE_QUEUE_STATE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace emud::dataplane {
+
+inline constexpr uint32_t kMaxQueues = 16;
+
+struct alignas(64) HotQueue {
+  std::atomic<uint32_t> head;
+  std::atomic<uint32_t> intent;  // RX only
+  std::atomic<uint32_t> enabled;
+  uint32_t ring_len;
+  uint64_t ring_addr;
+  // Cumulative counters (single writer: the worker).
+  std::atomic<uint64_t> packets;
+  std::atomic<uint64_t> bytes;
+  std::atomic<uint64_t> drops;
+  std::atomic<uint64_t> errors;
+};
+
+class QueueStateFile {
+ public:
+  // Opens or creates `path`. An existing file with a matching header is kept
+  // as is (a successor continues); otherwise it is initialised to zero.
+  static absl::StatusOr<std::unique_ptr<QueueStateFile>> Open(const std::string& path);
+  // Anonymous (not persisted) state, for tests and the benchmark's
+  // "persistence off" switch.
+  static std::unique_ptr<QueueStateFile> Anonymous();
+  ~QueueStateFile();
+
+  HotQueue* tx(uint32_t q) { return &base_->tx[q]; }
+  HotQueue* rx(uint32_t q) { return &base_->rx[q]; }
+  bool reused() const { return reused_; }
+
+ private:
+  struct Layout {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t num_queues;
+    alignas(64) HotQueue tx[kMaxQueues];
+    HotQueue rx[kMaxQueues];
+  };
+  QueueStateFile() = default;
+  Layout* base_ = nullptr;
+  bool mapped_ = false;
+  bool reused_ = false;
+};
+
+}  // namespace emud::dataplane
+
+#endif  // EMUD_DATAPLANE_QUEUE_STATE_H_

@@ -1,0 +1,491 @@
+#include "dataplane/queues.h"
+
+#include <atomic>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace emud::dataplane {
+namespace {
+
+constexpr size_t kArenaSize = 1 << 20;
+constexpr size_t kBatch = 32;
+constexpr uint32_t kMinFrame = 60;
+
+inline uint64_t LoadQw(volatile uint64_t* p) {
+  return __atomic_load_n(const_cast<uint64_t*>(p), __ATOMIC_ACQUIRE);
+}
+inline void StoreQw(volatile uint64_t* p, uint64_t v) {
+  __atomic_store_n(const_cast<uint64_t*>(p), v, __ATOMIC_RELEASE);
+}
+inline void StoreQwRelaxed(volatile uint64_t* p, uint64_t v) {
+  __atomic_store_n(const_cast<uint64_t*>(p), v, __ATOMIC_RELAXED);
+}
+
+bool RangesOverlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
+  return a < b + blen && b < a + alen;
+}
+
+}  // namespace
+
+uint8_t ClassifyPtype(FrameView f) {
+  if (f.size() < 14) return 1;
+  size_t off = 12;
+  uint16_t et = uint16_t(f[off] << 8 | f[off + 1]);
+  if (et == 0x8100 && f.size() >= 18) {  // one VLAN tag
+    off += 4;
+    et = uint16_t(f[off] << 8 | f[off + 1]);
+  }
+  size_t l3 = off + 2;
+  if (et == 0x0806) return 11;
+  if (et == 0x0800 && f.size() >= l3 + 20 && (f[l3] >> 4) == 4) {
+    uint16_t frag = uint16_t(f[l3 + 6] << 8 | f[l3 + 7]);
+    if (frag & 0x3fff) return 22;
+    switch (f[l3 + 9]) {
+      case 17: return 24;
+      case 6: return 26;
+      case 132: return 27;
+      case 1: return 28;
+      default: return 23;
+    }
+  }
+  if (et == 0x86dd && f.size() >= l3 + 40 && (f[l3] >> 4) == 6) {
+    switch (f[l3 + 6]) {
+      case 44: return 88;
+      case 17: return 90;
+      case 6: return 92;
+      case 132: return 93;
+      case 58: return 94;
+      default: return 89;
+    }
+  }
+  return 1;
+}
+
+// ------------------------------------------------------------------ TX
+
+TxQueue::TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits)
+    : id_(id), hot_(hot), limits_(limits), arena_(kArenaSize) {
+  frames_.reserve(kBatch * 64);
+  completions_.reserve(kBatch * 8);
+}
+
+absl::Status TxQueue::Configure(uint64_t ring_addr, uint32_t ring_len) {
+  if (ring_len != 0 && (ring_len < 8 || ring_len > 8192)) {
+    return absl::InvalidArgumentError(absl::StrCat("TX ring length ", ring_len));
+  }
+  if ((ring_addr & 127) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("TX ring address 0x", absl::Hex(ring_addr)));
+  }
+  hot_->enabled.store(0);
+  hot_->ring_addr = ring_addr;
+  hot_->ring_len = ring_len;
+  hot_->head.store(0, std::memory_order_release);
+  hot_->intent.store(0, std::memory_order_release);
+  ring_ = nullptr;
+  ring_fault_ = false;
+  bad_tail_ = UINT32_MAX;
+  return absl::OkStatus();
+}
+
+absl::Status TxQueue::SetEnabled(bool on) {
+  if (on && hot_->ring_len == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("TX queue ", id_, " not configured"));
+  }
+  hot_->enabled.store(on ? 1 : 0, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void TxQueue::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  if (RangesOverlap(iova, size, hot_->ring_addr, uint64_t{hot_->ring_len} * 16)) ring_ = nullptr;
+}
+
+bool TxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
+  if (ring_ != nullptr) return true;
+  auto p = dma.Translate(hot_->ring_addr, uint64_t{hot_->ring_len} * 16,
+                         static_cast<vfio_user::DmaMemory::Access>(vfio_user::DmaMemory::kRead |
+                                                                   vfio_user::DmaMemory::kWrite));
+  if (!p.ok()) {
+    if (!ring_fault_) Count(hot_->errors, 1);  // once per fault episode
+    ring_fault_ = true;
+    return false;
+  }
+  ring_fault_ = false;
+  ring_ = reinterpret_cast<volatile uint64_t*>(*p);
+  return true;
+}
+
+uint8_t* TxQueue::ArenaAlloc(size_t n, Backend& backend) {
+  if (n > arena_.size()) return nullptr;
+  if (arena_used_ + n > arena_.size()) Flush(backend);
+  uint8_t* p = arena_.data() + arena_used_;
+  arena_used_ += (n + 63) & ~size_t{63};
+  if (arena_used_ > arena_.size()) arena_used_ = arena_.size();
+  return p;
+}
+
+void TxQueue::Flush(Backend& backend) {
+  if (!frames_.empty()) {
+    size_t sent = backend.Send(id_, frames_);
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < sent; ++i) bytes += frames_[i].size();
+    Count(hot_->packets, sent);
+    Count(hot_->bytes, bytes);
+    if (sent < frames_.size()) Count(hot_->drops, frames_.size() - sent);
+    frames_.clear();
+  }
+  // Completions only after the frames left for the backend.
+  for (uint32_t idx : completions_) StoreQw(&ring_[idx * 2 + 1], txd::kDtypeDone);
+  if (!completions_.empty()) wrote_back_ = true;
+  completions_.clear();
+  arena_used_ = 0;
+  hot_->head.store(batch_head_, std::memory_order_release);
+}
+
+TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backend& backend,
+                                 uint32_t budget) {
+  Result r;
+  const uint32_t n = hot_->ring_len;
+  if (!enabled() || n == 0) return r;
+  if (tail >= n) {
+    if (tail != bad_tail_) Count(hot_->errors, 1);
+    bad_tail_ = tail;
+    return r;
+  }
+  bad_tail_ = UINT32_MAX;
+  if (!EnsureRing(dma)) return r;
+  uint32_t h = head();
+  batch_head_ = h;
+  wrote_back_ = false;
+  auto next = [n](uint32_t i) { return i + 1 == n ? 0 : i + 1; };
+
+  Buf bufs[64];
+  while (h != tail) {
+    if (r.packets >= budget) {
+      r.more = true;
+      break;
+    }
+    // Scan one packet: optional context descriptors, then data until EOP.
+    uint32_t scan = h;
+    uint32_t nbuf = 0, ndesc = 0;
+    bool eop = false, bad = false, dummy = false;
+    TxOffload off;
+    uint32_t first_cmd = 0, first_offset = 0;
+    bool have_first = false;
+    size_t total = 0;
+    uint32_t pkt_rs[64];
+    uint32_t npkt_rs = 0;
+    // Completions of this packet join the batch only once its frames did.
+    auto complete = [&]() {
+      for (uint32_t k = 0; k < npkt_rs; ++k) completions_.push_back(pkt_rs[k]);
+    };
+    while (scan != tail && ndesc < n) {
+      uint64_t qw0 = LoadQw(&ring_[scan * 2]);
+      uint64_t qw1 = LoadQw(&ring_[scan * 2 + 1]);
+      ++ndesc;
+      uint32_t idx = scan;
+      scan = next(scan);
+      uint64_t dtype = qw1 & 0xF;
+      if (dtype == txd::kDtypeContext) {
+        uint32_t cmd = uint32_t(qw1 >> 4) & 0xFFFF;
+        if (have_first) bad = true;  // a context descriptor inside a packet
+        if (cmd & txd::kCtxCmdTso) {
+          off.tso = true;
+          off.tso_len = uint32_t(qw1 >> 30) & 0x3FFFF;
+          off.mss = uint32_t(qw1 >> 50) & 0x3FFF;
+        }
+        continue;
+      }
+      uint32_t cmd = uint32_t(qw1 >> 4) & 0x3FF;
+      if ((cmd & txd::kCmdRs) && npkt_rs < 64) pkt_rs[npkt_rs++] = idx;
+      if (dtype != txd::kDtypeData) bad = true;
+      uint32_t size = uint32_t(qw1 >> 34) & 0x3FFF;
+      if (!have_first) {
+        have_first = true;
+        first_cmd = cmd;
+        first_offset = uint32_t(qw1 >> 16) & 0x3FFFF;
+      }
+      if (cmd & txd::kCmdDummy) dummy = true;
+      uint32_t maxbuf = off.tso ? limits_.max_tso_buffers : limits_.max_tx_buffers;
+      if (nbuf < maxbuf) {
+        bufs[nbuf] = {qw0, size};
+      } else {
+        bad = true;  // too many buffers: drop the whole packet
+      }
+      ++nbuf;
+      total += size;
+      if (size == 0) bad = true;
+      if (cmd & txd::kCmdEop) {
+        eop = true;
+        break;
+      }
+    }
+    if (!eop) {
+      if (ndesc >= n || (nbuf > limits_.max_tso_buffers)) {
+        // A chain that can never end: drop everything scanned.
+        Count(hot_->errors, 1);
+        Count(hot_->drops, 1);
+        h = scan;
+        complete();
+        batch_head_ = h;
+        ++r.packets;
+        continue;
+      }
+      break;  // incomplete packet: wait for the rest
+    }
+    h = scan;
+    ++r.packets;
+    if (dummy) {  // the driver asked for the packet to be dropped
+      complete();
+      batch_head_ = h;
+      continue;
+    }
+    const size_t limit = off.tso ? limits_.max_tso_bytes : limits_.max_frame;
+    if (bad || total > limit || total < 14 || nbuf == 0) {
+      Count(hot_->errors, 1);
+      Count(hot_->drops, 1);
+      complete();
+      batch_head_ = h;
+      continue;
+    }
+    off.maclen = (first_offset & 0x7F) * 2;
+    off.iplen = ((first_offset >> 7) & 0x7F) * 4;
+    off.l4len = ((first_offset >> 14) & 0xF) * 4;
+    off.iipt = static_cast<TxOffload::Iipt>((first_cmd >> 5) & 3);
+    off.l4t = static_cast<TxOffload::L4t>((first_cmd >> 8) & 3);
+    const bool csum = off.iipt == TxOffload::kIiptIpv4Csum || off.l4t != TxOffload::kL4None;
+
+    // Resolve buffers.
+    bool fault = false;
+    const uint8_t* ptrs[64];
+    for (uint32_t i = 0; i < nbuf; ++i) {
+      auto p = dma.Translate(bufs[i].addr, bufs[i].len, vfio_user::DmaMemory::kRead);
+      if (!p.ok()) {
+        fault = true;
+        break;
+      }
+      ptrs[i] = *p;
+    }
+    if (fault) {
+      Count(hot_->errors, 1);
+      Count(hot_->drops, 1);
+      complete();
+      batch_head_ = h;
+      continue;
+    }
+    if (nbuf == 1 && !csum && !off.tso && total >= kMinFrame) {
+      frames_.push_back(FrameView(ptrs[0], total));  // zero copy
+    } else {
+      size_t flen = std::max<size_t>(total, off.tso ? 0 : kMinFrame);
+      uint8_t* dst = ArenaAlloc(flen, backend);
+      if (dst == nullptr) {
+        Count(hot_->drops, 1);
+        complete();
+        batch_head_ = h;
+        continue;
+      }
+      size_t o = 0;
+      for (uint32_t i = 0; i < nbuf; ++i) {
+        std::memcpy(dst + o, ptrs[i], bufs[i].len);
+        o += bufs[i].len;
+      }
+      if (flen > total) std::memset(dst + total, 0, flen - total);
+      if (off.tso) {
+        absl::Status s = SegmentTso(
+            FrameView(dst, total), off, tso_scratch_,
+            [&](absl::Span<const uint8_t> seg) {
+              uint8_t* sd = ArenaAlloc(std::max<size_t>(seg.size(), kMinFrame), backend);
+              if (sd == nullptr) return;
+              std::memcpy(sd, seg.data(), seg.size());
+              size_t sl = seg.size();
+              if (sl < kMinFrame) {
+                std::memset(sd + sl, 0, kMinFrame - sl);
+                sl = kMinFrame;
+              }
+              frames_.push_back(FrameView(sd, sl));
+            });
+        if (!s.ok()) {
+          Count(hot_->errors, 1);
+          Count(hot_->drops, 1);
+        }
+      } else {
+        // Checksums over the packet's own length, not the padding.
+        absl::Status s = csum ? ApplyChecksumOffloads(absl::Span<uint8_t>(dst, total), off)
+                              : absl::OkStatus();
+        if (s.ok()) {
+          frames_.push_back(FrameView(dst, flen));
+        } else {
+          Count(hot_->errors, 1);
+          Count(hot_->drops, 1);
+        }
+      }
+    }
+    complete();
+    batch_head_ = h;
+    if (frames_.size() >= kBatch) Flush(backend);
+  }
+  Flush(backend);
+  r.wrote_back = wrote_back_;
+  return r;
+}
+
+// ------------------------------------------------------------------ RX
+
+RxQueue::RxQueue(uint16_t id, HotQueue* hot, QueueLimits limits)
+    : id_(id), hot_(hot), limits_(limits) {}
+
+absl::Status RxQueue::Configure(uint64_t ring_addr, uint32_t ring_len, uint32_t databuffer_size,
+                                uint32_t max_pkt_size) {
+  if (ring_len != 0 && (ring_len < 8 || ring_len > 8192)) {
+    return absl::InvalidArgumentError(absl::StrCat("RX ring length ", ring_len));
+  }
+  if ((ring_addr & 127) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("RX ring address 0x", absl::Hex(ring_addr)));
+  }
+  if (ring_len != 0 && (databuffer_size < 128 || databuffer_size > 16256)) {
+    return absl::InvalidArgumentError(absl::StrCat("RX buffer size ", databuffer_size));
+  }
+  if (ring_len != 0 && (max_pkt_size < 64 || max_pkt_size > limits_.max_frame)) {
+    return absl::InvalidArgumentError(absl::StrCat("RX max packet size ", max_pkt_size));
+  }
+  hot_->enabled.store(0);
+  hot_->ring_addr = ring_addr;
+  hot_->ring_len = ring_len;
+  hot_->head.store(0, std::memory_order_release);
+  hot_->intent.store(0, std::memory_order_release);
+  dbuf_ = databuffer_size;
+  max_pkt_ = max_pkt_size;
+  ring_ = nullptr;
+  ring_fault_ = false;
+  bad_tail_ = UINT32_MAX;
+  return absl::OkStatus();
+}
+
+absl::Status RxQueue::SetEnabled(bool on) {
+  if (on && hot_->ring_len == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("RX queue ", id_, " not configured"));
+  }
+  hot_->enabled.store(on ? 1 : 0, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void RxQueue::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  if (RangesOverlap(iova, size, hot_->ring_addr, uint64_t{hot_->ring_len} * 32)) ring_ = nullptr;
+}
+
+bool RxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
+  if (ring_ != nullptr) return true;
+  auto p = dma.Translate(hot_->ring_addr, uint64_t{hot_->ring_len} * 32,
+                         static_cast<vfio_user::DmaMemory::Access>(vfio_user::DmaMemory::kRead |
+                                                                   vfio_user::DmaMemory::kWrite));
+  if (!p.ok()) {
+    if (!ring_fault_) Count(hot_->errors, 1);
+    ring_fault_ = true;
+    return false;
+  }
+  ring_fault_ = false;
+  ring_ = reinterpret_cast<volatile uint64_t*>(*p);
+  return true;
+}
+
+RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
+                                        vfio_user::DmaMemory& dma) {
+  const uint32_t n = hot_->ring_len;
+  if (!enabled() || n == 0) {
+    Count(hot_->drops, 1);
+    return DeliverResult::kDropped;
+  }
+  if (tail >= n) {
+    if (tail != bad_tail_) Count(hot_->errors, 1);
+    bad_tail_ = tail;
+    Count(hot_->drops, 1);
+    return DeliverResult::kDropped;
+  }
+  bad_tail_ = UINT32_MAX;
+  if (frame.size() > max_pkt_ || frame.empty()) {
+    Count(hot_->drops, 1);
+    return DeliverResult::kDropped;
+  }
+  if (!EnsureRing(dma)) {
+    Count(hot_->drops, 1);
+    return DeliverResult::kDropped;
+  }
+  const uint32_t h = head();
+  const uint32_t avail = tail >= h ? tail - h : tail + n - h;
+  const uint32_t need = uint32_t((frame.size() + dbuf_ - 1) / dbuf_);
+  if (need > avail) return DeliverResult::kNoBuffers;
+
+  const uint64_t ptype = ClassifyPtype(frame);
+  uint32_t end = h + need >= n ? h + need - n : h + need;
+  hot_->intent.store(end, std::memory_order_release);
+  size_t done = 0;
+  uint32_t idx = h;
+  bool ok = true;
+  for (uint32_t i = 0; i < need; ++i) {
+    volatile uint64_t* d = &ring_[idx * 4];
+    uint64_t addr = LoadQw(&d[0]);
+    size_t chunk = std::min<size_t>(dbuf_, frame.size() - done);
+    bool last = i + 1 == need;
+    uint64_t qw1;
+    auto p = dma.Translate(addr, chunk, vfio_user::DmaMemory::kWrite);
+    if (p.ok()) {
+      std::memcpy(*p, frame.data() + done, chunk);
+      qw1 = rxd::kDd | (last ? rxd::kEof : 0) | ptype << rxd::kPtypeShift |
+            uint64_t(chunk) << rxd::kLenShift;
+    } else {
+      // Give the buffer back marked bad (RXE + EOF): the driver discards the
+      // frame and recycles the buffer; nothing is skipped.
+      ok = false;
+      qw1 = rxd::kDd | rxd::kEof | rxd::kErrRxe;
+      last = true;
+    }
+    StoreQwRelaxed(&d[0], 0);
+    StoreQwRelaxed(&d[2], 0);
+    StoreQwRelaxed(&d[3], 0);
+    StoreQw(&d[1], qw1);  // release: DD last
+    done += chunk;
+    idx = idx + 1 == n ? 0 : idx + 1;
+    if (last) break;
+  }
+  hot_->head.store(idx, std::memory_order_release);
+  hot_->intent.store(idx, std::memory_order_release);
+  wrote_back_ = true;
+  if (!ok) {
+    Count(hot_->errors, 1);
+    Count(hot_->drops, 1);
+    return DeliverResult::kDropped;
+  }
+  Count(hot_->packets, 1);
+  Count(hot_->bytes, frame.size());
+  return DeliverResult::kDelivered;
+}
+
+void RxQueue::Recover(vfio_user::DmaMemory& dma) {
+  const uint32_t n = hot_->ring_len;
+  uint32_t h = head(), intent = hot_->intent.load();
+  if (n == 0 || h == intent || h >= n || intent >= n || !EnsureRing(dma)) {
+    hot_->intent.store(h);
+    return;
+  }
+  // Advance over the prefix of [head, intent) whose descriptors carry DD.
+  uint32_t i = h;
+  bool open_frame = false;  // last written descriptor lacked EOF
+  while (i != intent) {
+    uint64_t qw1 = LoadQw(&ring_[i * 4 + 1]);
+    if ((qw1 & rxd::kDd) == 0) break;
+    open_frame = (qw1 & rxd::kEof) == 0;
+    i = i + 1 == n ? 0 : i + 1;
+  }
+  if (open_frame && i != intent) {
+    // The crash split a frame: close it with an errored descriptor in the
+    // next posted buffer so the driver drops the fragment.
+    StoreQwRelaxed(&ring_[i * 4], 0);
+    StoreQw(&ring_[i * 4 + 1], rxd::kDd | rxd::kEof | rxd::kErrRxe);
+    i = i + 1 == n ? 0 : i + 1;
+    wrote_back_ = true;
+  }
+  hot_->head.store(i);
+  hot_->intent.store(i);
+}
+
+}  // namespace emud::dataplane

@@ -1,0 +1,176 @@
+// TX and RX queue engines of an AVF device: they move frames between the
+// guest's descriptor rings (through DmaMemory) and a Backend.
+//
+// Both engines are driven by the worker's event loop (one thread). Every
+// value read from guest memory or from a doorbell is untrusted: a bad tail,
+// a descriptor pointing outside the DMA map, a zero or oversized length, a
+// chain without EOP or with too many buffers ends in a drop/error counter
+// and never in an out-of-bounds access or an unbounded loop (one Process /
+// Deliver call touches at most ring_len descriptors).
+//
+// Ring memory is translated once and cached; OnDmaUnmap drops the cached
+// pointer (the next call translates again or counts a fault).
+#ifndef EMUD_DATAPLANE_QUEUES_H_
+#define EMUD_DATAPLANE_QUEUES_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "dataplane/backend.h"
+#include "dataplane/offload.h"
+#include "dataplane/queue_state.h"
+#include "vfio_user/device.h"
+
+namespace emud::dataplane {
+
+// AVF TX descriptor fields (16-byte descriptors, qw1).
+namespace txd {
+inline constexpr uint64_t kDtypeData = 0x0;
+inline constexpr uint64_t kDtypeContext = 0x1;
+inline constexpr uint64_t kDtypeDone = 0xF;
+inline constexpr uint32_t kCmdEop = 0x001;
+inline constexpr uint32_t kCmdRs = 0x002;
+inline constexpr uint32_t kCmdDummy = 0x010;
+inline constexpr uint32_t kCtxCmdTso = 0x1;
+inline uint64_t DataQw1(uint32_t cmd, uint32_t offset, uint32_t size) {
+  return kDtypeData | uint64_t(cmd) << 4 | uint64_t(offset) << 16 | uint64_t(size) << 34;
+}
+// offset field from byte lengths.
+inline uint32_t Offsets(uint32_t maclen, uint32_t iplen, uint32_t l4len) {
+  return (maclen / 2) | (iplen / 4) << 7 | (l4len / 4) << 14;
+}
+inline uint64_t ContextQw1(uint32_t cmd, uint32_t tso_len, uint32_t mss) {
+  return kDtypeContext | uint64_t(cmd) << 4 | uint64_t(tso_len) << 30 | uint64_t(mss) << 50;
+}
+}  // namespace txd
+
+// AVF legacy 32-byte RX write-back fields (qw1).
+namespace rxd {
+inline constexpr uint64_t kDd = 1ull << 0;
+inline constexpr uint64_t kEof = 1ull << 1;
+inline constexpr uint64_t kL3L4P = 1ull << 3;
+inline constexpr uint64_t kErrRxe = 1ull << 19;
+inline constexpr int kPtypeShift = 30;
+inline constexpr int kLenShift = 38;
+inline uint32_t Len(uint64_t qw1) { return uint32_t(qw1 >> kLenShift) & 0x3FFF; }
+inline uint32_t Ptype(uint64_t qw1) { return uint32_t(qw1 >> kPtypeShift) & 0xFF; }
+}  // namespace rxd
+
+// The legacy packet type of `frame` (AVF PTYPE table: 1 L2, 11 ARP, 22..28
+// IPv4, 88..94 IPv6).
+uint8_t ClassifyPtype(FrameView frame);
+
+struct QueueLimits {
+  uint32_t max_frame = 9728;         // non-TSO frame limit (IAVF_FRAME_SIZE_MAX)
+  uint32_t max_tx_buffers = 8;       // data descriptors per non-TSO packet
+  uint32_t max_tso_buffers = 32;     // data descriptors per TSO packet
+  uint32_t max_tso_bytes = 262143;   // 18-bit TSO_LEN + headers
+};
+
+class TxQueue {
+ public:
+  TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits = {});
+
+  // CONFIG_VSI_QUEUES: ring at `ring_addr` of `ring_len` descriptors
+  // (0 = unconfigured). Resets the head to 0. INVALID_ARGUMENT for a ring
+  // length outside 8..8192 or a misaligned address.
+  absl::Status Configure(uint64_t ring_addr, uint32_t ring_len);
+  // ENABLE/DISABLE_QUEUES. Enabling an unconfigured queue fails.
+  absl::Status SetEnabled(bool on);
+  bool enabled() const { return hot_->enabled.load(std::memory_order_relaxed) != 0; }
+  uint32_t head() const { return hot_->head.load(std::memory_order_relaxed); }
+  uint32_t ring_len() const { return hot_->ring_len; }
+  void OnDmaUnmap(uint64_t iova, uint64_t size);
+
+  struct Result {
+    uint32_t packets = 0;     // packets consumed (sent or dropped)
+    bool wrote_back = false;  // at least one RS completion written
+    bool more = false;        // budget exhausted with work left
+  };
+  // Transmits the packets in [head, tail), at most `budget` packets.
+  Result Process(uint32_t tail, vfio_user::DmaMemory& dma, Backend& backend, uint32_t budget);
+
+  const HotQueue& stats() const { return *hot_; }
+
+ private:
+  struct Buf {
+    uint64_t addr;
+    uint32_t len;
+  };
+  bool EnsureRing(vfio_user::DmaMemory& dma);
+  void Flush(Backend& backend);
+  uint8_t* ArenaAlloc(size_t n, Backend& backend);
+  void Count(std::atomic<uint64_t>& c, uint64_t n) {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+
+  uint16_t id_;
+  HotQueue* hot_;
+  QueueLimits limits_;
+  volatile uint64_t* ring_ = nullptr;  // cached translation of the ring
+  uint32_t bad_tail_ = UINT32_MAX;
+  bool ring_fault_ = false;
+  // Current batch.
+  std::vector<FrameView> frames_;
+  std::vector<uint32_t> completions_;  // RS descriptor indices to write back
+  uint32_t batch_head_ = 0;            // head after the batch's packets
+  std::vector<uint8_t> arena_;
+  size_t arena_used_ = 0;
+  std::vector<uint8_t> tso_scratch_;
+  bool wrote_back_ = false;
+};
+
+class RxQueue {
+ public:
+  RxQueue(uint16_t id, HotQueue* hot, QueueLimits limits = {});
+
+  // CONFIG_VSI_QUEUES rxq_info. Resets the head to 0 (tail values written
+  // before are kept by the register file). Validates ring_len 8..8192,
+  // databuffer_size 128..16256 (multiple of 128 not required), max_pkt_size
+  // 64..max_frame.
+  absl::Status Configure(uint64_t ring_addr, uint32_t ring_len, uint32_t databuffer_size,
+                         uint32_t max_pkt_size);
+  absl::Status SetEnabled(bool on);
+  bool enabled() const { return hot_->enabled.load(std::memory_order_relaxed) != 0; }
+  uint32_t head() const { return hot_->head.load(std::memory_order_relaxed); }
+  void OnDmaUnmap(uint64_t iova, uint64_t size);
+
+  enum class DeliverResult { kDelivered, kNoBuffers, kDropped };
+  // Writes `frame` into the buffers posted in [head, tail). kNoBuffers: not
+  // enough posted buffers (nothing written); kDropped: the frame was
+  // discarded (too long, queue disabled, bad tail, DMA fault; counted).
+  DeliverResult Deliver(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma);
+
+  // Descriptors written since the last call (for interrupt decisions).
+  bool TakeWroteBack() {
+    bool w = wrote_back_;
+    wrote_back_ = false;
+    return w;
+  }
+  // After a crash: reconcile head with the ring (see queue_state.h).
+  void Recover(vfio_user::DmaMemory& dma);
+
+  const HotQueue& stats() const { return *hot_; }
+  void CountDrop() { Count(hot_->drops, 1); }
+
+ private:
+  bool EnsureRing(vfio_user::DmaMemory& dma);
+  void Count(std::atomic<uint64_t>& c, uint64_t n) {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+
+  uint16_t id_;
+  HotQueue* hot_;
+  QueueLimits limits_;
+  uint32_t dbuf_ = 2048;
+  uint32_t max_pkt_ = 1518;
+  volatile uint64_t* ring_ = nullptr;
+  uint32_t bad_tail_ = UINT32_MAX;
+  bool ring_fault_ = false;
+  bool wrote_back_ = false;
+};
+
+}  // namespace emud::dataplane
+
+#endif  // EMUD_DATAPLANE_QUEUES_H_
