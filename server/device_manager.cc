@@ -1,0 +1,768 @@
+#include "server/device_manager.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
+#include "state_store/state_dir.h"
+
+namespace emud::server {
+namespace {
+
+using emud::internal::DeviceRecord;
+using emud::internal::WorkerStatus;
+using google::protobuf::util::TimeUtil;
+namespace v1 = emud::v1;
+
+constexpr uint64_t kWakeId = 1;
+constexpr uint64_t kInotifyId = 2;
+constexpr size_t kMaxRetainedEvents = 10000;
+constexpr absl::Duration kKillGrace = absl::Seconds(3);
+constexpr absl::Duration kFallbackRefresh = absl::Seconds(5);
+
+void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
+
+int64_t NowNanos() { return absl::ToUnixNanos(absl::Now()); }
+
+google::protobuf::Timestamp Ts(absl::Time t) {
+  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+bool GuestAttached(v1::Phase p) {
+  return p == v1::PHASE_CONNECTED || p == v1::PHASE_DRIVER_READY || p == v1::PHASE_LINK_UP;
+}
+
+// Makes `path` usable for a new listening socket: creates its parent and
+// removes a stale socket left by a dead process. Refuses to touch a live
+// socket or a non-socket file.
+absl::Status PrepareSocketPath(const std::string& path, bool probe) {
+  std::error_code ec;
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!std::filesystem::exists(parent, ec)) {
+    std::filesystem::create_directories(parent, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot create socket directory ", parent.string(), ": ", ec.message()));
+    }
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "socket path ", path, " exists and is not a socket; remove it or choose another path"));
+  }
+  if (probe) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), std::min(path.size(), sizeof(addr.sun_path) - 1));
+    bool live = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    if (live) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "socket path ", path, " is served by another process; choose another path"));
+    }
+  }
+  ::unlink(path.c_str());
+  return absl::OkStatus();
+}
+
+void RemoveSocketFile(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+}
+
+v1::Phase FromWorkerPhase(WorkerStatus::Phase p) {
+  switch (p) {
+    case WorkerStatus::LISTENING: return v1::PHASE_LISTENING;
+    case WorkerStatus::CONNECTED: return v1::PHASE_CONNECTED;
+    case WorkerStatus::DRIVER_READY: return v1::PHASE_DRIVER_READY;
+    case WorkerStatus::LINK_UP: return v1::PHASE_LINK_UP;
+    default: return v1::PHASE_CREATED;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeviceManager>> DeviceManager::Open(ManagerOptions options,
+                                                                   Metrics* metrics) {
+  std::unique_ptr<DeviceManager> m(new DeviceManager(std::move(options), metrics));
+  state_store::EnvOptions eo;
+  eo.tables = {"devices"};
+  eo.schema_version = 1;
+  eo.on_commit = [metrics](absl::Duration d) {
+    if (metrics != nullptr) metrics->ObserveCommit(d);
+  };
+  auto env = state_store::Env::Open(state_store::ControlEnvDir(m->options_.state_dir), eo);
+  if (!env.ok()) return env.status();
+  m->control_ = std::move(*env);
+  return m;
+}
+
+DeviceManager::~DeviceManager() { Shutdown(); }
+
+absl::Status DeviceManager::Start() {
+  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  inotify_.reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  if (!epoll_.valid() || !wake_.valid() || !inotify_.valid()) {
+    return absl::InternalError(absl::StrCat("event loop setup: ", std::strerror(errno)));
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeId;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+  ev.events = EPOLLIN | EPOLLONESHOT;
+  ev.data.u64 = kInotifyId;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, inotify_.get(), &ev);
+
+  std::vector<DeviceRecord> recs;
+  absl::Status s = control_->View([&](const state_store::ReadTxn& txn) {
+    return devices_table_.ForEach(txn, "", [&](absl::string_view, const DeviceRecord& r) {
+      recs.push_back(r);
+      return absl::OkStatus();
+    });
+  });
+  if (!s.ok()) return s;
+
+  absl::MutexLock lock(&mu_);
+  for (auto& r : recs) {
+    Dev& d = AddDevLocked(std::move(r));
+    metrics_->InitRestarts(d.rec.name(), d.rec.restart_count());
+    if (d.rec.failed()) {
+      Log(absl::StrCat("device ", d.rec.name(), " is FAILED: ", d.rec.last_error()));
+    } else if (d.rec.worker_pid() > 0) {
+      auto p = AdoptProcess(d.rec.worker_pid(), d.rec.worker_start_ticks());
+      if (p.ok()) {
+        d.proc = std::move(*p);
+        d.started = absl::Now();
+        epoll_event pev{};
+        pev.events = EPOLLIN;
+        pev.data.u64 = d.id;
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, d.proc.pidfd.get(), &pev);
+        Log(absl::StrCat("device ", d.rec.name(), ": adopted running worker pid ", d.proc.pid));
+      } else {
+        d.rec.set_last_error(absl::StrCat("worker pid ", d.rec.worker_pid(),
+                                          " exited while emud was not running"));
+        Log(absl::StrCat("device ", d.rec.name(), ": ", d.rec.last_error(), "; restarting it"));
+        StartWorkerLocked(d, /*count_restart=*/true);
+      }
+    } else {
+      StartWorkerLocked(d, /*count_restart=*/false);
+    }
+    RefreshLocked(d);
+    NotifyLocked(d);
+  }
+  UpdatePhaseGaugesLocked();
+  started_ = true;
+  loop_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void DeviceManager::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+}
+
+void DeviceManager::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    shutting_down_ = true;
+    stop_loop_ = true;
+  }
+  if (loop_.joinable()) {
+    Wake();
+    loop_.join();
+  }
+  if (!started_) return;
+  started_ = false;
+  absl::MutexLock lock(&mu_);
+  if (!options_.stop_workers_on_exit) {
+    Log("leaving workers running; the next emud adopts them");
+    return;
+  }
+  for (auto& [name, d] : devs_) {
+    if (d->proc.pid > 0) (void)SignalProcess(d->proc, SIGTERM);
+  }
+  absl::Time deadline = absl::Now() + options_.worker_stop_timeout;
+  for (auto& [name, d] : devs_) {
+    if (d->proc.pid == 0) continue;
+    while (!HasExited(d->proc) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+    if (!HasExited(d->proc)) {
+      (void)SignalProcess(d->proc, SIGKILL);
+      struct pollfd pfd = {d->proc.pidfd.get(), POLLIN, 0};
+      ::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(kKillGrace)));
+    }
+    ReapAndDescribe(d->proc);
+    d->proc = Process{};
+    d->rec.set_worker_pid(0);
+    d->rec.set_worker_start_ticks(0);
+    (void)PersistLocked(*d);
+  }
+  Log("workers stopped");
+}
+
+void DeviceManager::Wake() {
+  uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
+absl::Status DeviceManager::CheckAcceptingLocked() const {
+  if (shutting_down_) return absl::UnavailableError("emud is shutting down");
+  return absl::OkStatus();
+}
+
+DeviceManager::Dev* DeviceManager::FindLocked(const std::string& name) {
+  auto it = devs_.find(name);
+  return it == devs_.end() ? nullptr : it->second.get();
+}
+
+DeviceManager::Dev& DeviceManager::AddDevLocked(DeviceRecord rec) {
+  auto d = std::make_unique<Dev>();
+  d->id = next_id_++;
+  d->policy = RestartPolicy(options_.restart);
+  std::string dir = state_store::DeviceEnvDir(options_.state_dir, rec.name());
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  d->reader = std::make_unique<WorkerStatusReader>(dir);
+  d->watch = ::inotify_add_watch(inotify_.get(), dir.c_str(),
+                                 IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE);
+  if (d->watch < 0) {
+    Log(absl::StrCat("inotify on ", dir, ": ", std::strerror(errno),
+                     " (status updates fall back to polling every ",
+                     absl::FormatDuration(kFallbackRefresh), ")"));
+  }
+  d->rec = std::move(rec);
+  d->phase_time = absl::Now();
+  Dev& ref = *d;
+  by_id_[ref.id] = &ref;
+  if (ref.watch >= 0) by_watch_[ref.watch] = &ref;
+  devs_[ref.rec.name()] = std::move(d);
+  return ref;
+}
+
+absl::Status DeviceManager::PersistLocked(const Dev& d) {
+  absl::Status s = control_->Update(
+      [&](state_store::WriteTxn& txn) { return devices_table_.Put(txn, d.rec.name(), d.rec); });
+  if (!s.ok()) Log(absl::StrCat("persisting device ", d.rec.name(), ": ", s.ToString()));
+  return s;
+}
+
+void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
+  d.restart_at.reset();
+  const auto& spec = d.rec.spec();
+  std::string binary = d.rec.worker_binary().empty() ? options_.worker_binary : d.rec.worker_binary();
+  std::vector<std::string> argv = {
+      binary,
+      "--device", d.rec.name(),
+      "--state-dir", options_.state_dir,
+      "--socket", spec.socket_path(),
+      "--mac", spec.mac(),
+      "--queues", absl::StrCat(spec.queue_pairs()),
+      "--backend", spec.backend(),
+      "--doorbell", spec.doorbell() == v1::DOORBELL_MODE_MMAP ? "mmap" : "trap",
+  };
+  if (count_restart) {
+    d.rec.set_restart_count(d.rec.restart_count() + 1);
+    metrics_->WorkerRestarted(d.rec.name());
+  }
+  // Until the fd store (issue 7) keeps the listening socket alive across
+  // workers, each worker binds a fresh one: remove the dead one's file.
+  RemoveSocketFile(spec.socket_path());
+  auto p = SpawnProcess(argv);
+  if (!p.ok()) {
+    WorkerFailedLocked(d, std::string(p.status().message()));
+    return;
+  }
+  d.proc = std::move(*p);
+  d.started = absl::Now();
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = d.id;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, d.proc.pidfd.get(), &ev);
+  d.rec.set_worker_pid(d.proc.pid);
+  d.rec.set_worker_start_ticks(d.proc.start_ticks);
+  d.rec.set_worker_start_unix_nanos(absl::ToUnixNanos(d.started));
+  (void)PersistLocked(d);
+  NotifyLocked(d);
+}
+
+void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason) {
+  absl::Time now = absl::Now();
+  RestartPolicy::Decision dec = d.policy.OnExit(d.started == absl::Time() ? now : d.started, now);
+  if (dec.give_up) {
+    d.rec.set_failed(true);
+    d.rec.set_last_error(absl::StrCat(
+        "crash loop: the worker failed ", d.policy.consecutive_failures(),
+        " times in a row, each within ", absl::FormatDuration(options_.restart.stable_after),
+        " of its start; last: ", reason, "; fix the cause, then run 'emuctl reset ", d.rec.name(),
+        "'"));
+    Log(absl::StrCat("device ", d.rec.name(), " FAILED: ", d.rec.last_error()));
+  } else {
+    d.rec.set_last_error(reason);
+    d.restart_at = now + dec.delay;
+    Log(absl::StrCat("device ", d.rec.name(), ": ", reason, "; restarting in ",
+                     absl::FormatDuration(dec.delay)));
+  }
+  d.started = absl::Time();
+  (void)PersistLocked(d);
+  NotifyLocked(d);
+}
+
+void DeviceManager::HandleExitLocked(Dev& d) {
+  std::string how = ReapAndDescribe(d.proc);
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, d.proc.pidfd.get(), nullptr);
+  pid_t pid = d.proc.pid;
+  absl::Time started = d.started;
+  d.proc = Process{};
+  d.rec.set_worker_pid(0);
+  d.rec.set_worker_start_ticks(0);
+  RefreshLocked(d);
+  if (d.stopping || d.deleting) {
+    d.stopping = false;
+    (void)PersistLocked(d);
+    NotifyLocked(d);
+    return;
+  }
+  std::string reason = absl::StrCat("worker pid ", pid, " ", how);
+  if (d.status.has_value() && d.status->pid() == pid && !d.status->last_error().empty()) {
+    absl::StrAppend(&reason, ": ", d.status->last_error());
+  }
+  d.started = started;
+  WorkerFailedLocked(d, reason);
+}
+
+absl::Status DeviceManager::StopWorkerLocked(Dev& d, absl::Time deadline) {
+  if (d.proc.pid == 0) return absl::OkStatus();
+  d.stopping = true;
+  (void)SignalProcess(d.proc, SIGTERM);
+  auto gone = [](Dev* dev) { return dev->proc.pid == 0; };
+  absl::Condition cond(+gone, &d);
+  absl::Time term_deadline = std::min(deadline, absl::Now() + options_.worker_stop_timeout);
+  if (mu_.AwaitWithDeadline(cond, term_deadline)) return absl::OkStatus();
+  Log(absl::StrCat("device ", d.rec.name(), ": worker pid ", d.proc.pid,
+                   " ignored SIGTERM; sending SIGKILL"));
+  (void)SignalProcess(d.proc, SIGKILL);
+  if (mu_.AwaitWithTimeout(cond, kKillGrace)) return absl::OkStatus();
+  d.stopping = false;
+  return absl::UnavailableError(absl::StrCat("worker pid ", d.proc.pid, " of device ",
+                                             d.rec.name(), " did not exit after SIGKILL; retry"));
+}
+
+void DeviceManager::RefreshLocked(Dev& d) {
+  d.dirty = false;
+  auto st = d.reader->Read();
+  if (!st.ok()) {
+    Log(absl::StrCat("device ", d.rec.name(), ": reading worker status: ", st.status().ToString()));
+    return;
+  }
+  if (!st->has_value()) return;
+  if (d.status.has_value() &&
+      d.status->SerializeAsString() == (*st)->SerializeAsString()) {
+    return;
+  }
+  d.status = std::move(**st);
+  metrics_->UpdateFromWorkerStatus(d.rec.name(), *d.status);
+}
+
+v1::Phase DeviceManager::PhaseLocked(const Dev& d) const {
+  if (d.rec.failed()) return v1::PHASE_FAILED;
+  if (d.proc.pid == 0) return v1::PHASE_CREATED;
+  // A record published by a previous worker says nothing about this one.
+  if (!d.status.has_value() || d.status->pid() != d.proc.pid) return v1::PHASE_CREATED;
+  return FromWorkerPhase(d.status->phase());
+}
+
+v1::Device DeviceManager::BuildLocked(const Dev& d) const {
+  v1::Device out;
+  out.set_name(d.rec.name());
+  out.set_type(d.rec.type());
+  *out.mutable_spec() = d.rec.spec();
+  v1::DeviceStatus* st = out.mutable_status();
+  st->set_phase(d.phase == v1::PHASE_UNSPECIFIED ? PhaseLocked(d) : d.phase);
+  st->set_worker_pid(d.proc.pid);
+  st->set_restart_count(d.rec.restart_count());
+  st->set_consecutive_failures(static_cast<uint32_t>(d.policy.consecutive_failures()));
+  if (d.status.has_value() && d.status->virtchnl_major() != 0) {
+    st->mutable_virtchnl_version()->set_major(d.status->virtchnl_major());
+    st->mutable_virtchnl_version()->set_minor(d.status->virtchnl_minor());
+  }
+  std::string err = d.rec.last_error();
+  if (err.empty() && d.status.has_value() && d.status->pid() == d.proc.pid) {
+    err = d.status->last_error();
+  }
+  st->set_last_error(err);
+  *st->mutable_create_time() = TimeUtil::NanosecondsToTimestamp(d.rec.create_unix_nanos());
+  *st->mutable_phase_time() = Ts(d.phase_time);
+  if (d.proc.pid != 0 && d.started != absl::Time()) *st->mutable_worker_start_time() = Ts(d.started);
+  return out;
+}
+
+void DeviceManager::NotifyLocked(Dev& d) {
+  v1::Phase p = PhaseLocked(d);
+  bool first = d.last_emitted.empty();
+  if (p != d.phase) {
+    d.phase = p;
+    d.phase_time = absl::Now();
+    UpdatePhaseGaugesLocked();
+  }
+  v1::Device dev = BuildLocked(d);
+  std::string bytes = dev.SerializeAsString();
+  if (bytes == d.last_emitted) return;
+  d.last_emitted = std::move(bytes);
+  EmitLocked(first ? v1::DeviceEvent::KIND_ADDED : v1::DeviceEvent::KIND_MODIFIED, dev);
+}
+
+void DeviceManager::EmitLocked(v1::DeviceEvent::Kind kind, const v1::Device& dev) {
+  v1::DeviceEvent ev;
+  ev.set_kind(kind);
+  *ev.mutable_device() = dev;
+  *ev.mutable_time() = Ts(absl::Now());
+  events_.push_back(std::move(ev));
+  while (events_.size() > kMaxRetainedEvents) {
+    events_.pop_front();
+    ++first_seq_;
+  }
+}
+
+void DeviceManager::UpdatePhaseGaugesLocked() {
+  std::map<v1::Phase, int> counts;
+  for (const auto& [name, d] : devs_) ++counts[d->phase];
+  metrics_->SetDeviceCounts(counts);
+}
+
+// ------------------------------------------------------------------ RPCs
+
+absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceRequest& req) {
+  auto rec = NormalizeCreateRequest(req, options_.socket_dir);
+  if (!rec.ok()) return rec.status();
+  absl::MutexLock lock(&mu_);
+  absl::Status s = CheckAcceptingLocked();
+  if (!s.ok()) return s;
+  std::vector<const DeviceRecord*> existing;
+  for (const auto& [name, d] : devs_) existing.push_back(&d->rec);
+  s = CheckConflictsAndAssignMac(*rec, existing);
+  if (!s.ok()) return s;
+  s = PrepareSocketPath(rec->spec().socket_path(), /*probe=*/true);
+  if (!s.ok()) return s;
+  // A fresh device never inherits state left by an earlier one of its name.
+  s = state_store::RemoveDeviceState(options_.state_dir, rec->name());
+  if (!s.ok()) return s;
+  rec->set_create_unix_nanos(NowNanos());
+  s = control_->Update(
+      [&](state_store::WriteTxn& txn) { return devices_table_.Put(txn, rec->name(), *rec); });
+  if (!s.ok()) return s;
+  Dev& d = AddDevLocked(std::move(*rec));
+  metrics_->InitRestarts(d.rec.name(), 0);
+  Log(absl::StrCat("device ", d.rec.name(), " created (", d.rec.spec().backend(), ", ",
+                   d.rec.spec().queue_pairs(), " queue pairs, socket ", d.rec.spec().socket_path(),
+                   ")"));
+  StartWorkerLocked(d, /*count_restart=*/false);
+  NotifyLocked(d);
+  return BuildLocked(d);
+}
+
+absl::StatusOr<v1::Device> DeviceManager::GetDevice(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Dev* d = FindLocked(name);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
+  return BuildLocked(*d);
+}
+
+std::vector<v1::Device> DeviceManager::ListDevices() {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::Device> out;
+  for (const auto& [name, d] : devs_) out.push_back(BuildLocked(*d));
+  return out;
+}
+
+absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
+                                         absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  absl::Status s = CheckAcceptingLocked();
+  if (!s.ok()) return s;
+  Dev* d = FindLocked(name);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
+  if (d->busy) {
+    return absl::AbortedError(
+        absl::StrCat("another operation on device '", name, "' is in progress; retry"));
+  }
+  v1::Phase phase = PhaseLocked(*d);
+  if (GuestAttached(phase) && !force) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device '", name, "' has a connected guest (phase ", v1::Phase_Name(phase),
+        "); detach it from the VM first, or delete with force to pull it from under the guest"));
+  }
+  d->busy = true;
+  d->deleting = true;
+  d->restart_at.reset();
+  s = StopWorkerLocked(*d, deadline);
+  if (!s.ok()) {
+    d->busy = false;
+    d->deleting = false;
+    return s;
+  }
+  // The device stays findable until its record is gone, so a crash here
+  // leaves a record that the next emud starts again (and can be deleted).
+  s = control_->Update(
+      [&](state_store::WriteTxn& txn) { return devices_table_.Delete(txn, name); });
+  if (!s.ok()) {
+    d->busy = false;
+    d->deleting = false;
+    return s;
+  }
+  if (d->watch >= 0) {
+    ::inotify_rm_watch(inotify_.get(), d->watch);
+    by_watch_.erase(d->watch);
+  }
+  d->reader->Close();
+  absl::Status rm = state_store::RemoveDeviceState(options_.state_dir, name);
+  if (!rm.ok()) Log(rm.ToString());
+  RemoveSocketFile(d->rec.spec().socket_path());
+  metrics_->RemoveDevice(name);
+  v1::Device last = BuildLocked(*d);
+  by_id_.erase(d->id);
+  devs_.erase(name);
+  EmitLocked(v1::DeviceEvent::KIND_DELETED, last);
+  UpdatePhaseGaugesLocked();
+  Log(absl::StrCat("device ", name, " deleted"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Device> DeviceManager::ResetDevice(const std::string& name,
+                                                      absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  absl::Status s = CheckAcceptingLocked();
+  if (!s.ok()) return s;
+  Dev* d = FindLocked(name);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
+  if (d->busy) {
+    return absl::AbortedError(
+        absl::StrCat("another operation on device '", name, "' is in progress; retry"));
+  }
+  d->busy = true;
+  d->restart_at.reset();
+  s = StopWorkerLocked(*d, deadline);
+  d->busy = false;
+  if (!s.ok()) return s;
+  d->policy.Reset();
+  d->rec.set_failed(false);
+  d->rec.set_last_error("");
+  Log(absl::StrCat("device ", name, " reset"));
+  StartWorkerLocked(*d, /*count_restart=*/false);
+  return BuildLocked(*d);
+}
+
+absl::StatusOr<v1::DeviceStats> DeviceManager::GetDeviceStats(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Dev* d = FindLocked(name);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
+  RefreshLocked(*d);
+  NotifyLocked(*d);
+  v1::DeviceStats out;
+  out.set_name(name);
+  out.set_worker_restarts(d->rec.restart_count());
+  if (d->status.has_value()) {
+    const WorkerStatus& st = *d->status;
+    auto copy = [](const auto& from, auto* to) {
+      for (const auto& q : from) {
+        v1::QueueStats* o = to->Add();
+        o->set_queue(q.queue());
+        o->set_packets(q.packets());
+        o->set_bytes(q.bytes());
+        o->set_drops(q.drops());
+        o->set_errors(q.errors());
+      }
+    };
+    copy(st.rx(), out.mutable_rx());
+    copy(st.tx(), out.mutable_tx());
+    out.mutable_vfio_user_messages()->insert(st.vfio_user_messages().begin(),
+                                             st.vfio_user_messages().end());
+    out.mutable_vfio_user_errors()->insert(st.vfio_user_errors().begin(),
+                                           st.vfio_user_errors().end());
+    out.mutable_virtchnl_ops()->insert(st.virtchnl_ops().begin(), st.virtchnl_ops().end());
+    out.set_reattaches(st.reattaches());
+    out.set_last_reattach_seconds(st.last_reattach_seconds());
+    if (st.updated_unix_nanos() != 0) {
+      *out.mutable_update_time() = TimeUtil::NanosecondsToTimestamp(st.updated_unix_nanos());
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<v1::Device> DeviceManager::UpgradeWorker(const std::string& name,
+                                                        const std::string& binary,
+                                                        absl::Time deadline) {
+  if (!binary.empty()) {
+    if (!options_.allow_worker_override) {
+      return absl::FailedPreconditionError(
+          "worker_binary may only be given when emud runs with --allow-worker-override; leave "
+          "it empty to restart the device on emud's --worker-binary");
+    }
+    if (binary[0] != '/' || ::access(binary.c_str(), X_OK) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "worker_binary '", binary, "' must be an absolute path to an executable file"));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  absl::Status s = CheckAcceptingLocked();
+  if (!s.ok()) return s;
+  Dev* d = FindLocked(name);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
+  if (d->rec.failed()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device '", name, "' is FAILED; run reset to start a fresh worker instead"));
+  }
+  if (d->busy) {
+    return absl::AbortedError(
+        absl::StrCat("another operation on device '", name, "' is in progress; retry"));
+  }
+  // Until the fd store (issue 7) hands the session to the successor, the
+  // old worker stops before the new one starts (the guest sees the socket
+  // close).
+  d->busy = true;
+  d->restart_at.reset();
+  s = StopWorkerLocked(*d, deadline);
+  d->busy = false;
+  if (!s.ok()) return s;
+  if (!binary.empty()) d->rec.set_worker_binary(binary);
+  Log(absl::StrCat("device ", name, ": upgrading worker"));
+  StartWorkerLocked(*d, /*count_restart=*/false);
+  return BuildLocked(*d);
+}
+
+std::vector<v1::Device> DeviceManager::Snapshot(uint64_t* cursor) {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::Device> out;
+  for (const auto& [name, d] : devs_) out.push_back(BuildLocked(*d));
+  *cursor = first_seq_ + events_.size();
+  return out;
+}
+
+DeviceManager::WaitResult DeviceManager::WaitForEvents(uint64_t* cursor,
+                                                       std::vector<v1::DeviceEvent>* out,
+                                                       absl::Duration timeout) {
+  struct Args {
+    DeviceManager* m;
+    uint64_t cursor;
+  } args{this, *cursor};
+  auto ready = [](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return a->m->shutting_down_ || a->m->first_seq_ + a->m->events_.size() > a->cursor;
+  };
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(+ready, &args), timeout);
+  if (*cursor < first_seq_) return WaitResult::kFellBehind;
+  uint64_t end = first_seq_ + events_.size();
+  if (*cursor >= end) return shutting_down_ ? WaitResult::kShutdown : WaitResult::kTimeout;
+  for (uint64_t i = *cursor; i < end; ++i) out->push_back(events_[i - first_seq_]);
+  *cursor = end;
+  return WaitResult::kEvents;
+}
+
+pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Dev* d = FindLocked(name);
+  return d == nullptr ? 0 : d->proc.pid;
+}
+
+// ------------------------------------------------------------- event loop
+
+void DeviceManager::Loop() {
+  bool inotify_armed = true;
+  absl::Time next_refresh_allowed = absl::InfinitePast();
+  absl::Time next_fallback = absl::Now() + kFallbackRefresh;
+  while (true) {
+    absl::Time wake_at = next_fallback;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_loop_) return;
+      for (const auto& [name, d] : devs_) {
+        if (d->restart_at.has_value()) wake_at = std::min(wake_at, *d->restart_at);
+      }
+    }
+    if (!inotify_armed) wake_at = std::min(wake_at, next_refresh_allowed);
+    int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(wake_at - absl::Now()) + 1);
+    epoll_event evs[64];
+    int n = ::epoll_wait(epoll_.get(), evs, 64, static_cast<int>(std::min<int64_t>(ms, 60000)));
+    if (n < 0 && errno != EINTR) {
+      Log(absl::StrCat("epoll_wait: ", std::strerror(errno)));
+      absl::SleepFor(absl::Milliseconds(10));
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    if (stop_loop_) return;
+    for (int i = 0; i < n; ++i) {
+      uint64_t id = evs[i].data.u64;
+      if (id == kWakeId) {
+        uint64_t v;
+        (void)!::read(wake_.get(), &v, sizeof(v));
+      } else if (id == kInotifyId) {
+        inotify_armed = false;
+        alignas(inotify_event) char buf[16384];
+        ssize_t len;
+        while ((len = ::read(inotify_.get(), buf, sizeof(buf))) > 0) {
+          for (char* p = buf; p < buf + len;) {
+            auto* e = reinterpret_cast<inotify_event*>(p);
+            if (e->mask & IN_Q_OVERFLOW) {
+              for (auto& [name, d] : devs_) d->dirty = true;
+            } else {
+              auto it = by_watch_.find(e->wd);
+              if (it != by_watch_.end()) it->second->dirty = true;
+            }
+            p += sizeof(inotify_event) + e->len;
+          }
+        }
+      } else {
+        auto it = by_id_.find(id);
+        if (it != by_id_.end() && it->second->proc.pid != 0 && HasExited(it->second->proc)) {
+          HandleExitLocked(*it->second);
+        }
+      }
+    }
+    absl::Time now = absl::Now();
+    if (!inotify_armed && now >= next_refresh_allowed) {
+      for (auto& [name, d] : devs_) {
+        if (!d->dirty) continue;
+        RefreshLocked(*d);
+        NotifyLocked(*d);
+      }
+      // Rate limit: a busy worker wakes this loop at most twice per interval
+      // (once for its first change, once when the interval ends).
+      next_refresh_allowed = now + options_.status_refresh_interval;
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLONESHOT;
+      ev.data.u64 = kInotifyId;
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, inotify_.get(), &ev);
+      inotify_armed = true;
+    }
+    if (now >= next_fallback) {
+      for (auto& [name, d] : devs_) {
+        RefreshLocked(*d);
+        NotifyLocked(*d);
+      }
+      next_fallback = now + kFallbackRefresh;
+    }
+    std::vector<Dev*> due;
+    for (auto& [name, d] : devs_) {
+      if (d->restart_at.has_value() && *d->restart_at <= now && d->proc.pid == 0) due.push_back(d.get());
+    }
+    for (Dev* d : due) StartWorkerLocked(*d, /*count_restart=*/true);
+  }
+}
+
+}  // namespace emud::server

@@ -1,0 +1,279 @@
+// emud: the emud control plane. Serves emud.v1.DeviceService over gRPC,
+// supervises one emud-worker per device and exports Prometheus metrics.
+// See device_manager.h for supervision and the worker command line.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "prometheus/exposer.h"
+#include "server/device_manager.h"
+#include "server/metrics.h"
+#include "server/service.h"
+#include "server/unique_fd.h"
+#include "state_store/state_dir.h"
+
+ABSL_FLAG(std::string, state_dir, emud::state_store::kDefaultStateDir,
+          "Directory (on tmpfs) holding emud's and the devices' state");
+ABSL_FLAG(std::string, grpc_listen, "",
+          "Comma-separated gRPC listen addresses: unix:///abs/path or host:port. Default: "
+          "unix://<state-dir>/emud.sock (a UNIX socket, mode 0660). TCP addresses must be "
+          "loopback unless --allow-remote");
+ABSL_FLAG(bool, allow_remote, false,
+          "Allow --grpc-listen on non-loopback TCP addresses (the API has no authentication)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "host:port of the Prometheus endpoint (/metrics); empty disables it");
+ABSL_FLAG(std::string, socket_dir, "",
+          "Directory for devices' default vfio-user sockets (<dir>/<name>.sock). Default: "
+          "<state-dir>/sockets");
+ABSL_FLAG(std::string, worker_binary, "",
+          "Path of emud-worker. Default: emud-worker next to emud, then ../dataplane/emud-worker "
+          "(the Bazel output tree), then emud's runfiles");
+ABSL_FLAG(bool, allow_worker_override, false,
+          "Let UpgradeWorker requests name another worker binary");
+ABSL_FLAG(absl::Duration, worker_stop_timeout, absl::Seconds(5),
+          "Grace period between SIGTERM and SIGKILL when stopping a worker");
+ABSL_FLAG(absl::Duration, restart_backoff_initial, absl::Milliseconds(100),
+          "Delay before the first restart of a crashed worker; doubles per consecutive crash");
+ABSL_FLAG(absl::Duration, restart_backoff_max, absl::Seconds(10), "Upper bound of the delay");
+ABSL_FLAG(int, crash_loop_restarts, 5,
+          "Restarts allowed in a crash streak; the next crash marks the device FAILED");
+ABSL_FLAG(absl::Duration, stable_after, absl::Seconds(10),
+          "A worker that stays up this long ends its crash streak");
+ABSL_FLAG(bool, stop_workers_on_exit, false,
+          "Stop all workers when emud exits (default: leave them serving; the next emud adopts "
+          "them)");
+
+namespace {
+
+using emud::server::UniqueFd;
+
+void Fail(absl::string_view msg) {
+  std::cerr << "emud: " << msg << std::endl;
+  std::exit(2);
+}
+
+std::string Dirname(const std::string& p) { return std::filesystem::path(p).parent_path(); }
+
+std::string FindWorkerBinary() {
+  std::error_code ec;
+  std::string self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  std::string dir = Dirname(self);
+  for (const std::string& cand :
+       {dir + "/emud-worker", dir + "/../dataplane/emud-worker",
+        self + ".runfiles/emud/dataplane/emud-worker"}) {
+    if (::access(cand.c_str(), X_OK) == 0) {
+      return std::filesystem::weakly_canonical(cand, ec).string();
+    }
+  }
+  return "";
+}
+
+bool IsLoopbackHost(absl::string_view host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" ||
+         absl::StartsWith(host, "127.");
+}
+
+// Removes a stale UNIX socket at `path` (refusing a live one) and creates
+// its directory.
+void PrepareUnixListen(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(Dirname(path), ec);
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (!S_ISSOCK(st.st_mode)) Fail(absl::StrCat(path, " exists and is not a socket"));
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    Fail(absl::StrCat("another server is listening on ", path));
+  }
+  ::unlink(path.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "emud: vfio-user device-emulation service (control plane).\n"
+      "Usage: emud [--state-dir DIR] [--grpc-listen ADDR[,ADDR]] [--metrics-listen HOST:PORT]\n"
+      "            [--socket-dir DIR] [--worker-binary PATH] ...\n"
+      "SIGTERM or SIGINT shut emud down gracefully; workers keep serving unless\n"
+      "--stop-workers-on-exit.");
+  // Signals are taken synchronously by main (sigwait); every thread created
+  // from here on inherits the blocked mask. Workers get a clean mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) Fail(absl::StrCat("unexpected argument '", rest[1], "'; see --help"));
+
+  emud::server::ManagerOptions opts;
+  opts.state_dir = absl::GetFlag(FLAGS_state_dir);
+  if (opts.state_dir.empty() || opts.state_dir[0] != '/') Fail("--state-dir must be an absolute path");
+  while (opts.state_dir.size() > 1 && opts.state_dir.back() == '/') opts.state_dir.pop_back();
+  opts.socket_dir = absl::GetFlag(FLAGS_socket_dir);
+  if (opts.socket_dir.empty()) opts.socket_dir = opts.state_dir + "/sockets";
+  if (opts.socket_dir[0] != '/') Fail("--socket-dir must be an absolute path");
+  opts.worker_binary = absl::GetFlag(FLAGS_worker_binary);
+  if (opts.worker_binary.empty()) opts.worker_binary = FindWorkerBinary();
+  if (opts.worker_binary.empty()) {
+    Fail("cannot find emud-worker next to emud; pass --worker-binary /path/to/emud-worker");
+  }
+  {
+    std::error_code ec;
+    opts.worker_binary = std::filesystem::absolute(opts.worker_binary, ec).string();
+  }
+  if (::access(opts.worker_binary.c_str(), X_OK) != 0) {
+    Fail(absl::StrCat("--worker-binary ", opts.worker_binary, " is not an executable file"));
+  }
+  opts.allow_worker_override = absl::GetFlag(FLAGS_allow_worker_override);
+  opts.worker_stop_timeout = absl::GetFlag(FLAGS_worker_stop_timeout);
+  opts.stop_workers_on_exit = absl::GetFlag(FLAGS_stop_workers_on_exit);
+  opts.restart.initial_backoff = absl::GetFlag(FLAGS_restart_backoff_initial);
+  opts.restart.max_backoff = absl::GetFlag(FLAGS_restart_backoff_max);
+  opts.restart.max_consecutive_failures = absl::GetFlag(FLAGS_crash_loop_restarts);
+  opts.restart.stable_after = absl::GetFlag(FLAGS_stable_after);
+  if (opts.restart.initial_backoff <= absl::ZeroDuration() ||
+      opts.restart.max_backoff < opts.restart.initial_backoff) {
+    Fail("need 0 < --restart-backoff-initial <= --restart-backoff-max");
+  }
+  if (opts.restart.max_consecutive_failures < 0) Fail("--crash-loop-restarts must be >= 0");
+
+  // One emud per state directory.
+  std::error_code ec;
+  std::filesystem::create_directories(opts.state_dir, ec);
+  if (ec) Fail(absl::StrCat("cannot create --state-dir ", opts.state_dir, ": ", ec.message()));
+  std::string lock_path = opts.state_dir + "/emud.lock";
+  UniqueFd lock_fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock_fd.valid() || ::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    Fail(absl::StrCat("another emud already uses --state-dir ", opts.state_dir, " (lock ",
+                      lock_path, ": ", std::strerror(errno), ")"));
+  }
+
+  std::vector<std::string> listen;
+  std::string grpc_listen = absl::GetFlag(FLAGS_grpc_listen);
+  if (grpc_listen.empty()) grpc_listen = "unix://" + opts.state_dir + "/emud.sock";
+  for (absl::string_view a : absl::StrSplit(grpc_listen, ',', absl::SkipEmpty())) {
+    listen.emplace_back(a);
+  }
+
+  emud::server::Metrics metrics;
+  auto manager = emud::server::DeviceManager::Open(opts, &metrics);
+  if (!manager.ok()) Fail(manager.status().ToString());
+  absl::Status s = (*manager)->Start();
+  if (!s.ok()) Fail(s.ToString());
+
+  emud::server::DeviceServiceImpl service(manager->get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::vector<std::string> unix_paths;
+  std::vector<std::unique_ptr<int>> ports;
+  for (const std::string& addr : listen) {
+    if (absl::StartsWith(addr, "unix://")) {
+      std::string path = addr.substr(7);
+      if (path.empty() || path[0] != '/') {
+        Fail(absl::StrCat("--grpc-listen ", addr, ": use unix:///absolute/path"));
+      }
+      if (path.size() >= sizeof(sockaddr_un::sun_path)) {
+        Fail(absl::StrCat("--grpc-listen ", addr, ": path longer than ",
+                          sizeof(sockaddr_un::sun_path) - 1, " bytes"));
+      }
+      PrepareUnixListen(path);
+      unix_paths.push_back(path);
+      builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
+    } else {
+      size_t colon = addr.rfind(':');
+      int port = 0;
+      if (colon == std::string::npos || !absl::SimpleAtoi(addr.substr(colon + 1), &port) ||
+          port < 0 || port > 65535) {
+        Fail(absl::StrCat("--grpc-listen ", addr, ": expected unix:///path or host:port"));
+      }
+      std::string host = addr.substr(0, colon);
+      if (!IsLoopbackHost(host) && !absl::GetFlag(FLAGS_allow_remote)) {
+        Fail(absl::StrCat("--grpc-listen ", addr,
+                          ": not a loopback address; the API is unauthenticated, pass "
+                          "--allow-remote to expose it anyway"));
+      }
+      ports.push_back(std::make_unique<int>(0));
+      builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), ports.back().get());
+    }
+  }
+  builder.RegisterService(&service);
+  mode_t old_umask = ::umask(0117);  // UNIX sockets come out 0660
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ::umask(old_umask);
+  if (server == nullptr) Fail(absl::StrCat("cannot serve gRPC on ", grpc_listen));
+  for (const auto& p : unix_paths) ::chmod(p.c_str(), 0660);
+  for (const auto& p : ports) {
+    if (*p == 0) Fail(absl::StrCat("cannot bind a TCP address of --grpc-listen ", grpc_listen));
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::string metrics_addr = absl::GetFlag(FLAGS_metrics_listen);
+  std::string metrics_url = "disabled";
+  if (!metrics_addr.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(metrics_addr, 2);
+    } catch (const std::exception& e) {
+      Fail(absl::StrCat("--metrics-listen ", metrics_addr, ": ", e.what()));
+    }
+    exposer->RegisterCollectable(metrics.registry());
+    auto bound = exposer->GetListeningPorts();
+    std::string host = metrics_addr.substr(0, metrics_addr.rfind(':'));
+    metrics_url = absl::StrCat("http://", host, ":", bound.empty() ? 0 : bound[0], "/metrics");
+  }
+  std::vector<std::string> served;
+  for (const auto& p : unix_paths) served.push_back("unix://" + p);
+  size_t pi = 0;
+  for (const std::string& addr : listen) {
+    if (!absl::StartsWith(addr, "unix://")) {
+      served.push_back(absl::StrCat(addr.substr(0, addr.rfind(':')), ":", *ports[pi++]));
+    }
+  }
+  std::cerr << "emud: ready: grpc " << absl::StrJoin(served, ",") << " metrics " << metrics_url
+            << " state " << opts.state_dir << " worker " << opts.worker_binary << std::endl;
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  std::cerr << "emud: " << strsignal(sig) << ": shutting down" << std::endl;
+  server->GetHealthCheckService()->SetServingStatus(false);
+  (*manager)->BeginShutdown();  // ends watches, refuses new mutations
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  exposer.reset();
+  (*manager)->Shutdown();
+  for (const auto& p : unix_paths) ::unlink(p.c_str());
+  std::cerr << "emud: stopped" << std::endl;
+  return 0;
+}

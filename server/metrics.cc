@@ -1,0 +1,208 @@
+#include "server/metrics.h"
+
+#include <google/protobuf/stubs/common.h>
+#include <grpcpp/grpcpp.h>
+
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace emud::server {
+
+// Prometheus naming: snake_case, emud_ prefix, _total for counters, base
+// units (seconds, bytes).
+const MetricDef kMetricDefs[] = {
+    {"emud_build_info", "emud build information; always 1", "gauge",
+     "version,grpc_version,protobuf_version"},
+    {"emud_devices", "Devices by phase", "gauge", "phase"},
+    {"emud_vfio_user_messages_total", "vfio-user messages handled, by command", "counter",
+     "device,command"},
+    {"emud_vfio_user_errors_total", "vfio-user messages refused with an error, by command",
+     "counter", "device,command"},
+    {"emud_virtchnl_ops_total", "virtchnl ops answered, by op and status", "counter",
+     "device,op,status"},
+    {"emud_dataplane_packets_total", "Packets moved by the data path", "counter",
+     "device,queue,direction"},
+    {"emud_dataplane_bytes_total", "Bytes moved by the data path", "counter",
+     "device,queue,direction"},
+    {"emud_dataplane_drops_total", "Packets dropped by the data path", "counter",
+     "device,queue,direction"},
+    {"emud_dataplane_errors_total", "Data-path errors (bad descriptors, backend errors)",
+     "counter", "device,queue,direction"},
+    {"emud_worker_restarts_total", "Worker restarts after unexpected exits", "counter", "device"},
+    {"emud_worker_reattach_duration_seconds",
+     "Time from a successor worker's start to its first packet moved", "histogram", ""},
+    {"emud_state_store_commit_duration_seconds", "Duration of emud's state-store commits",
+     "histogram", "env"},
+};
+const size_t kNumMetricDefs = sizeof(kMetricDefs) / sizeof(kMetricDefs[0]);
+
+namespace {
+
+const MetricDef& Def(absl::string_view name) {
+  for (const auto& d : kMetricDefs) {
+    if (name == d.name) return d;
+  }
+  std::abort();  // a metric used below is missing from kMetricDefs
+}
+
+prometheus::Family<prometheus::Counter>& Counter(prometheus::Registry& r, const char* name) {
+  const MetricDef& d = Def(name);
+  return prometheus::BuildCounter().Name(d.name).Help(d.help).Register(r);
+}
+prometheus::Family<prometheus::Gauge>& Gauge(prometheus::Registry& r, const char* name) {
+  const MetricDef& d = Def(name);
+  return prometheus::BuildGauge().Name(d.name).Help(d.help).Register(r);
+}
+prometheus::Family<prometheus::Histogram>& Histogram(prometheus::Registry& r, const char* name) {
+  const MetricDef& d = Def(name);
+  return prometheus::BuildHistogram().Name(d.name).Help(d.help).Register(r);
+}
+
+std::string PhaseLabel(emud::v1::Phase p) {
+  std::string n = emud::v1::Phase_Name(p);
+  if (n.rfind("PHASE_", 0) == 0) n = n.substr(6);
+  return absl::AsciiStrToLower(n);
+}
+
+}  // namespace
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      build_info_(Gauge(*registry_, "emud_build_info")),
+      devices_(Gauge(*registry_, "emud_devices")),
+      vfio_messages_(Counter(*registry_, "emud_vfio_user_messages_total")),
+      vfio_errors_(Counter(*registry_, "emud_vfio_user_errors_total")),
+      virtchnl_ops_(Counter(*registry_, "emud_virtchnl_ops_total")),
+      packets_(Counter(*registry_, "emud_dataplane_packets_total")),
+      bytes_(Counter(*registry_, "emud_dataplane_bytes_total")),
+      drops_(Counter(*registry_, "emud_dataplane_drops_total")),
+      errors_(Counter(*registry_, "emud_dataplane_errors_total")),
+      restarts_(Counter(*registry_, "emud_worker_restarts_total")),
+      reattach_(Histogram(*registry_, "emud_worker_reattach_duration_seconds")),
+      commit_(Histogram(*registry_, "emud_state_store_commit_duration_seconds")),
+      commit_hist_(commit_.Add({{"env", "control"}},
+                               prometheus::Histogram::BucketBoundaries{
+                                   1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
+                                   1e-2, 2.5e-2, 5e-2, 0.1})),
+      reattach_hist_(reattach_.Add({}, prometheus::Histogram::BucketBoundaries{
+                                           0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
+                                           1, 2, 5})) {
+  build_info_
+      .Add({{"version", kVersion},
+            {"grpc_version", grpc::Version()},
+            {"protobuf_version",
+             google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)}})
+      .Set(1);
+  absl::MutexLock lock(&mu_);
+  for (int p = emud::v1::PHASE_CREATED; p <= emud::v1::PHASE_FAILED; ++p) {
+    auto phase = static_cast<emud::v1::Phase>(p);
+    phase_gauges_[phase] = &devices_.Add({{"phase", PhaseLabel(phase)}});
+  }
+}
+
+void Metrics::SetDeviceCounts(const std::map<emud::v1::Phase, int>& counts) {
+  absl::MutexLock lock(&mu_);
+  for (auto& [phase, gauge] : phase_gauges_) {
+    auto it = counts.find(phase);
+    gauge->Set(it == counts.end() ? 0 : it->second);
+  }
+}
+
+void Metrics::Advance(prometheus::Family<prometheus::Counter>& fam, const std::string& device,
+                      const std::string& key, const std::map<std::string, std::string>& labels,
+                      uint64_t value) {
+  auto& per_dev = series_[device];
+  auto it = per_dev.find(key);
+  if (it == per_dev.end()) {
+    auto all = labels;
+    all["device"] = device;
+    it = per_dev.emplace(key, Tracked{&fam.Add(all), 0}).first;
+  }
+  Tracked& t = it->second;
+  if (value >= t.last) {
+    t.counter->Increment(static_cast<double>(value - t.last));
+  } else {
+    t.counter->Increment(static_cast<double>(value));  // the source restarted from zero
+  }
+  t.last = value;
+}
+
+void Metrics::UpdateFromWorkerStatus(const std::string& device,
+                                     const emud::internal::WorkerStatus& st) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [cmd, n] : st.vfio_user_messages()) {
+    Advance(vfio_messages_, device, "m/" + cmd, {{"command", cmd}}, n);
+  }
+  for (const auto& [cmd, n] : st.vfio_user_errors()) {
+    Advance(vfio_errors_, device, "e/" + cmd, {{"command", cmd}}, n);
+  }
+  for (const auto& [opstatus, n] : st.virtchnl_ops()) {
+    size_t slash = opstatus.find('/');
+    std::string op = opstatus.substr(0, slash);
+    std::string status = slash == std::string::npos ? "" : opstatus.substr(slash + 1);
+    Advance(virtchnl_ops_, device, "v/" + opstatus, {{"op", op}, {"status", status}}, n);
+  }
+  auto queues = [&](const auto& list, const char* dir) {
+    for (const auto& q : list) {
+      std::string qs = absl::StrCat(q.queue());
+      std::map<std::string, std::string> l = {{"queue", qs}, {"direction", dir}};
+      std::string k = absl::StrCat(dir, "/", qs);
+      Advance(packets_, device, "p/" + k, l, q.packets());
+      Advance(bytes_, device, "b/" + k, l, q.bytes());
+      Advance(drops_, device, "d/" + k, l, q.drops());
+      Advance(errors_, device, "x/" + k, l, q.errors());
+    }
+  };
+  queues(st.rx(), "rx");
+  queues(st.tx(), "tx");
+  auto seen = reattaches_seen_.find(device);
+  if (seen == reattaches_seen_.end()) {
+    reattaches_seen_[device] = st.reattaches();  // already counted before this emud
+  } else if (st.reattaches() > seen->second) {
+    reattach_hist_.Observe(st.last_reattach_seconds());
+    seen->second = st.reattaches();
+  } else {
+    seen->second = st.reattaches();
+  }
+}
+
+void Metrics::InitRestarts(const std::string& device, uint64_t initial) {
+  absl::MutexLock lock(&mu_);
+  Advance(restarts_, device, "restarts", {}, initial);
+}
+
+void Metrics::WorkerRestarted(const std::string& device) {
+  absl::MutexLock lock(&mu_);
+  auto& per_dev = series_[device];
+  auto it = per_dev.find("restarts");
+  uint64_t next = it == per_dev.end() ? 1 : it->second.last + 1;
+  Advance(restarts_, device, "restarts", {}, next);
+}
+
+void Metrics::RemoveDevice(const std::string& device) {
+  absl::MutexLock lock(&mu_);
+  auto it = series_.find(device);
+  if (it != series_.end()) {
+    for (auto& [key, t] : it->second) {
+      switch (key[0]) {
+        case 'm': vfio_messages_.Remove(t.counter); break;
+        case 'e': vfio_errors_.Remove(t.counter); break;
+        case 'v': virtchnl_ops_.Remove(t.counter); break;
+        case 'p': packets_.Remove(t.counter); break;
+        case 'b': bytes_.Remove(t.counter); break;
+        case 'd': drops_.Remove(t.counter); break;
+        case 'x': errors_.Remove(t.counter); break;
+        case 'r': restarts_.Remove(t.counter); break;
+      }
+    }
+    series_.erase(it);
+  }
+  reattaches_seen_.erase(device);
+}
+
+void Metrics::ObserveCommit(absl::Duration d) { commit_hist_.Observe(absl::ToDoubleSeconds(d)); }
+
+}  // namespace emud::server

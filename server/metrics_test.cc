@@ -1,0 +1,100 @@
+#include "server/metrics.h"
+
+#include <set>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
+
+namespace emud::server {
+namespace {
+
+std::string Scrape(Metrics& m) {
+  prometheus::TextSerializer ser;
+  return ser.Serialize(m.registry()->Collect());
+}
+
+// Value of the sample whose line starts with `prefix` (name{labels}).
+double Sample(const std::string& text, const std::string& prefix) {
+  size_t pos = 0;
+  while ((pos = text.find(prefix, pos)) != std::string::npos) {
+    if (pos == 0 || text[pos - 1] == '\n') {
+      size_t sp = text.find(' ', pos + prefix.size() - 1);
+      return std::stod(text.substr(sp + 1, text.find('\n', sp) - sp - 1));
+    }
+    pos += prefix.size();
+  }
+  return -1;
+}
+
+TEST(MetricsTest, EveryDeclaredMetricIsExported) {
+  Metrics m;
+  m.InitRestarts("d", 0);
+  emud::internal::WorkerStatus st;
+  st.mutable_rx()->Add()->set_packets(1);
+  st.mutable_tx()->Add()->set_packets(1);
+  (*st.mutable_vfio_user_messages())["VERSION"] = 1;
+  (*st.mutable_vfio_user_errors())["DMA_MAP"] = 1;
+  (*st.mutable_virtchnl_ops())["VERSION/SUCCESS"] = 1;
+  m.UpdateFromWorkerStatus("d", st);
+  m.ObserveCommit(absl::Microseconds(30));
+  std::string text = Scrape(m);
+  for (size_t i = 0; i < kNumMetricDefs; ++i) {
+    EXPECT_NE(text.find(std::string("# TYPE ") + kMetricDefs[i].name + " " + kMetricDefs[i].type),
+              std::string::npos)
+        << kMetricDefs[i].name << "\n" << text;
+  }
+}
+
+TEST(MetricsTest, CountersNeverGoBackwards) {
+  Metrics m;
+  emud::internal::WorkerStatus st;
+  auto* q = st.mutable_tx()->Add();
+  q->set_queue(0);
+  q->set_packets(100);
+  m.UpdateFromWorkerStatus("d", st);
+  const std::string key =
+      "emud_dataplane_packets_total{device=\"d\",direction=\"tx\",queue=\"0\"}";
+  EXPECT_EQ(Sample(Scrape(m), key), 100);
+  q->set_packets(150);
+  m.UpdateFromWorkerStatus("d", st);
+  EXPECT_EQ(Sample(Scrape(m), key), 150);
+  // A worker that started from zero: its 20 packets are new ones.
+  q->set_packets(20);
+  m.UpdateFromWorkerStatus("d", st);
+  EXPECT_EQ(Sample(Scrape(m), key), 170);
+  q->set_packets(25);
+  m.UpdateFromWorkerStatus("d", st);
+  EXPECT_EQ(Sample(Scrape(m), key), 175);
+}
+
+TEST(MetricsTest, PhaseGaugesAndRemoval) {
+  Metrics m;
+  m.SetDeviceCounts({{emud::v1::PHASE_LISTENING, 3}});
+  std::string text = Scrape(m);
+  EXPECT_EQ(Sample(text, "emud_devices{phase=\"listening\"}"), 3);
+  EXPECT_EQ(Sample(text, "emud_devices{phase=\"failed\"}"), 0);
+  m.InitRestarts("gone", 2);
+  m.WorkerRestarted("gone");
+  EXPECT_EQ(Sample(Scrape(m), "emud_worker_restarts_total{device=\"gone\"}"), 3);
+  m.RemoveDevice("gone");
+  EXPECT_EQ(Scrape(m).find("device=\"gone\""), std::string::npos);
+}
+
+TEST(MetricsTest, ReattachObservedOnlyForNewReattaches) {
+  Metrics m;
+  emud::internal::WorkerStatus st;
+  st.set_reattaches(4);  // happened before this emud: not observed
+  st.set_last_reattach_seconds(0.004);
+  m.UpdateFromWorkerStatus("d", st);
+  EXPECT_EQ(Sample(Scrape(m), "emud_worker_reattach_duration_seconds_count"), 0);
+  st.set_reattaches(5);
+  st.set_last_reattach_seconds(0.003);
+  m.UpdateFromWorkerStatus("d", st);
+  std::string text = Scrape(m);
+  EXPECT_EQ(Sample(text, "emud_worker_reattach_duration_seconds_count"), 1);
+  EXPECT_DOUBLE_EQ(Sample(text, "emud_worker_reattach_duration_seconds_sum"), 0.003);
+}
+
+}  // namespace
+}  // namespace emud::server

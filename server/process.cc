@@ -1,0 +1,155 @@
+#include "server/process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+extern char** environ;
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+namespace emud::server {
+namespace {
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+}  // namespace
+
+absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!in || !std::getline(in, line)) {
+    return absl::NotFoundError(absl::StrCat("process ", pid, " does not exist"));
+  }
+  // The command name (field 2) may contain spaces and parentheses: fields
+  // after it start behind the last ')'.
+  size_t close = line.rfind(')');
+  if (close == std::string::npos) return absl::InternalError("unparsable /proc/PID/stat");
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(line).substr(close + 2), ' ', absl::SkipEmpty());
+  // fields[0] is field 3 (state); start time is field 22.
+  uint64_t ticks = 0;
+  if (fields.size() < 20 || !absl::SimpleAtoi(fields[19], &ticks)) {
+    return absl::InternalError(absl::StrCat("unparsable /proc/", pid, "/stat"));
+  }
+  return ticks;
+}
+
+absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv) {
+  if (argv.empty() || argv[0].empty() || argv[0][0] != '/') {
+    return absl::InvalidArgumentError("SpawnProcess needs an absolute binary path");
+  }
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+  posix_spawnattr_init(&attr);
+  sigset_t empty, defaults;
+  sigemptyset(&empty);
+  sigemptyset(&defaults);
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2}) sigaddset(&defaults, s);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot run ", argv[0], ": ", std::strerror(rc)));
+  }
+  Process p;
+  p.pid = pid;
+  p.is_child = true;
+  // A child cannot be recycled before we reap it, so pidfd_open is race-free.
+  p.pidfd.reset(PidfdOpen(pid));
+  if (!p.pidfd.valid()) {
+    int err = errno;
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    return absl::InternalError(absl::StrCat("pidfd_open(", pid, "): ", std::strerror(err)));
+  }
+  ::fcntl(p.pidfd.get(), F_SETFD, FD_CLOEXEC);
+  auto ticks = ProcStartTicks(pid);
+  p.start_ticks = ticks.ok() ? *ticks : 0;
+  return p;
+}
+
+absl::StatusOr<Process> AdoptProcess(pid_t pid, uint64_t start_ticks) {
+  if (pid <= 0) return absl::NotFoundError("no pid");
+  Process p;
+  p.pid = pid;
+  p.pidfd.reset(PidfdOpen(pid));
+  if (!p.pidfd.valid()) {
+    return absl::NotFoundError(absl::StrCat("process ", pid, " is gone: ", std::strerror(errno)));
+  }
+  ::fcntl(p.pidfd.get(), F_SETFD, FD_CLOEXEC);
+  // Checked after opening the pidfd: if the start time still matches, the
+  // pidfd names the process we recorded.
+  auto ticks = ProcStartTicks(pid);
+  if (!ticks.ok() || *ticks != start_ticks || HasExited(p)) {
+    return absl::NotFoundError(absl::StrCat("process ", pid, " is gone (pid reused or exited)"));
+  }
+  p.start_ticks = *ticks;
+  // It may still be our child (same emud process re-adopting): then reaping works.
+  siginfo_t si{};
+  p.is_child = ::waitid(static_cast<idtype_t>(P_PIDFD), p.pidfd.get(), &si,
+                        WEXITED | WNOHANG | WNOWAIT) == 0;
+  return p;
+}
+
+absl::Status SignalProcess(const Process& p, int sig) {
+  if (!p.pidfd.valid()) return absl::OkStatus();
+  if (::syscall(SYS_pidfd_send_signal, p.pidfd.get(), sig, nullptr, 0) != 0 && errno != ESRCH) {
+    return absl::InternalError(
+        absl::StrCat("signal ", sig, " to pid ", p.pid, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+bool HasExited(const Process& p) {
+  if (!p.pidfd.valid()) return true;
+  struct pollfd pfd = {p.pidfd.get(), POLLIN, 0};
+  return ::poll(&pfd, 1, 0) == 1;
+}
+
+std::string ReapAndDescribe(const Process& p) {
+  if (!p.is_child) return "exited (exit status unknown: adopted from a previous emud)";
+  siginfo_t si{};
+  if (::waitid(static_cast<idtype_t>(P_PIDFD), p.pidfd.get(), &si, WEXITED | WNOHANG) != 0) {
+    return absl::StrCat("exited (waitid: ", std::strerror(errno), ")");
+  }
+  switch (si.si_code) {
+    case CLD_EXITED:
+      return absl::StrCat("exited with status ", si.si_status);
+    case CLD_KILLED:
+    case CLD_DUMPED:
+      return absl::StrCat("killed by signal ", si.si_status, " (", strsignal(si.si_status), ")",
+                          si.si_code == CLD_DUMPED ? ", core dumped" : "");
+    default:
+      return "exited";
+  }
+}
+
+}  // namespace emud::server

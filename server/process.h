@@ -1,0 +1,52 @@
+// Process helpers for worker supervision: spawning with a pidfd, adopting a
+// running process by pid, signalling and reaping through the pidfd.
+#ifndef EMUD_SERVER_PROCESS_H_
+#define EMUD_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/unique_fd.h"
+
+namespace emud::server {
+
+struct Process {
+  pid_t pid = 0;
+  UniqueFd pidfd;            // readable once the process has exited
+  uint64_t start_ticks = 0;  // /proc/PID/stat field 22, guards against pid reuse
+  bool is_child = false;     // only children can be reaped (exit status known)
+};
+
+// Starts `argv[0]` (an absolute path) with `argv` in a new session (so a
+// terminal's ^C or emud's own death does not reach it), with every
+// descriptor above 2 closed, default signal dispositions and an empty signal
+// mask. Returns the child with a pidfd. Fails if the binary cannot be run.
+absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv);
+
+// Takes a running process (not necessarily a child) whose start time must be
+// `start_ticks`. NOT_FOUND if the pid is gone or now names another process.
+absl::StatusOr<Process> AdoptProcess(pid_t pid, uint64_t start_ticks);
+
+// Start time of `pid` in clock ticks since boot.
+absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid);
+
+// Sends `sig` through the pidfd (never hits a recycled pid). Sending to a
+// process that has already exited is not an error.
+absl::Status SignalProcess(const Process& p, int sig);
+
+// True if the pidfd is readable (the process has exited).
+bool HasExited(const Process& p);
+
+// Reaps an exited child and describes how it ended ("exited with status 3",
+// "killed by signal 9 (Killed)"); for an adopted process, whose status only
+// its real parent can read, says so.
+std::string ReapAndDescribe(const Process& p);
+
+}  // namespace emud::server
+
+#endif  // EMUD_SERVER_PROCESS_H_

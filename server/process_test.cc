@@ -1,0 +1,80 @@
+#include "server/process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include "gtest/gtest.h"
+
+namespace emud::server {
+namespace {
+
+void WaitExit(const Process& p) {
+  struct pollfd pfd = {p.pidfd.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 10000), 1);
+}
+
+TEST(ProcessTest, ExitStatusIsReported) {
+  auto p = SpawnProcess({"/bin/sh", "-c", "exit 3"});
+  ASSERT_TRUE(p.ok()) << p.status();
+  WaitExit(*p);
+  EXPECT_TRUE(HasExited(*p));
+  EXPECT_EQ(ReapAndDescribe(*p), "exited with status 3");
+}
+
+TEST(ProcessTest, SignalThroughPidfdAndNewSession) {
+  auto p = SpawnProcess({"/bin/sleep", "30"});
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_FALSE(HasExited(*p));
+  EXPECT_EQ(::getsid(p->pid), p->pid);  // its own session
+  EXPECT_GT(p->start_ticks, 0u);
+  ASSERT_TRUE(SignalProcess(*p, SIGKILL).ok());
+  WaitExit(*p);
+  EXPECT_NE(ReapAndDescribe(*p).find("killed by signal 9"), std::string::npos);
+  // Signalling a reaped process through its pidfd is harmless.
+  EXPECT_TRUE(SignalProcess(*p, SIGTERM).ok());
+}
+
+TEST(ProcessTest, DescriptorsAreNotInheritedAndSignalsAreReset) {
+  int fd = ::open("/dev/null", O_RDONLY);  // no O_CLOEXEC on purpose
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::dup2(fd, 47), 47);
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  auto p = SpawnProcess({"/bin/sh", "-c", "test -e /proc/self/fd/47 && exit 1; sleep 30"});
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ::close(47);
+  ::close(fd);
+  ASSERT_TRUE(p.ok()) << p.status();
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(SignalProcess(*p, SIGTERM).ok());  // would hang if SIGTERM stayed blocked
+  WaitExit(*p);
+  EXPECT_NE(ReapAndDescribe(*p).find("signal 15"), std::string::npos);
+}
+
+TEST(ProcessTest, MissingBinaryFails) {
+  auto p = SpawnProcess({"/nonexistent/emud-worker"});
+  EXPECT_FALSE(p.ok());
+  EXPECT_FALSE(SpawnProcess({"relative"}).ok());
+}
+
+TEST(ProcessTest, AdoptChecksStartTime) {
+  auto p = SpawnProcess({"/bin/sleep", "30"});
+  ASSERT_TRUE(p.ok());
+  auto wrong = AdoptProcess(p->pid, p->start_ticks + 1);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kNotFound);
+  auto right = AdoptProcess(p->pid, p->start_ticks);
+  ASSERT_TRUE(right.ok()) << right.status();
+  EXPECT_TRUE(right->is_child);
+  ASSERT_TRUE(SignalProcess(*right, SIGKILL).ok());
+  WaitExit(*right);
+  EXPECT_TRUE(HasExited(*p));
+  ReapAndDescribe(*p);
+  EXPECT_EQ(AdoptProcess(p->pid, p->start_ticks).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace emud::server

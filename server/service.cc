@@ -1,0 +1,153 @@
+#include "server/service.h"
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
+#include "state_store/state_dir.h"
+
+namespace emud::server {
+namespace {
+
+namespace v1 = emud::v1;
+
+absl::Time Deadline(const grpc::ServerContext* ctx) {
+  auto d = ctx->deadline();
+  if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(d);
+}
+
+// Names in requests are checked before lookups so that a malformed name
+// gets INVALID_ARGUMENT rather than NOT_FOUND.
+absl::Status CheckName(const std::string& name) {
+  absl::Status s = state_store::ValidateDeviceName(name);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("name: ", s.message()));
+  return absl::OkStatus();
+}
+
+grpc::Status DeadlinePassed(const grpc::ServerContext* ctx) {
+  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled");
+  if (absl::Now() > Deadline(ctx)) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before processing");
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+grpc::Status DeviceServiceImpl::CreateDevice(grpc::ServerContext* ctx,
+                                             const v1::CreateDeviceRequest* req,
+                                             v1::Device* resp) {
+  if (auto g = DeadlinePassed(ctx); !g.ok()) return g;
+  auto d = manager_->CreateDevice(*req);
+  if (!d.ok()) return ToGrpc(d.status());
+  *resp = std::move(*d);
+  return grpc::Status::OK;
+}
+
+grpc::Status DeviceServiceImpl::GetDevice(grpc::ServerContext*, const v1::GetDeviceRequest* req,
+                                          v1::Device* resp) {
+  if (auto s = CheckName(req->name()); !s.ok()) return ToGrpc(s);
+  auto d = manager_->GetDevice(req->name());
+  if (!d.ok()) return ToGrpc(d.status());
+  *resp = std::move(*d);
+  return grpc::Status::OK;
+}
+
+grpc::Status DeviceServiceImpl::ListDevices(grpc::ServerContext*, const v1::ListDevicesRequest*,
+                                            v1::ListDevicesResponse* resp) {
+  for (auto& d : manager_->ListDevices()) *resp->add_devices() = std::move(d);
+  return grpc::Status::OK;
+}
+
+grpc::Status DeviceServiceImpl::DeleteDevice(grpc::ServerContext* ctx,
+                                             const v1::DeleteDeviceRequest* req,
+                                             v1::DeleteDeviceResponse*) {
+  if (auto s = CheckName(req->name()); !s.ok()) return ToGrpc(s);
+  if (auto g = DeadlinePassed(ctx); !g.ok()) return g;
+  return ToGrpc(manager_->DeleteDevice(req->name(), req->force(), Deadline(ctx)));
+}
+
+grpc::Status DeviceServiceImpl::ResetDevice(grpc::ServerContext* ctx,
+                                            const v1::ResetDeviceRequest* req, v1::Device* resp) {
+  if (auto s = CheckName(req->name()); !s.ok()) return ToGrpc(s);
+  if (auto g = DeadlinePassed(ctx); !g.ok()) return g;
+  auto d = manager_->ResetDevice(req->name(), Deadline(ctx));
+  if (!d.ok()) return ToGrpc(d.status());
+  *resp = std::move(*d);
+  return grpc::Status::OK;
+}
+
+grpc::Status DeviceServiceImpl::GetDeviceStats(grpc::ServerContext*,
+                                               const v1::GetDeviceStatsRequest* req,
+                                               v1::DeviceStats* resp) {
+  if (auto s = CheckName(req->name()); !s.ok()) return ToGrpc(s);
+  auto st = manager_->GetDeviceStats(req->name());
+  if (!st.ok()) return ToGrpc(st.status());
+  *resp = std::move(*st);
+  return grpc::Status::OK;
+}
+
+grpc::Status DeviceServiceImpl::UpgradeWorker(grpc::ServerContext* ctx,
+                                              const v1::UpgradeWorkerRequest* req,
+                                              v1::Device* resp) {
+  if (auto s = CheckName(req->name()); !s.ok()) return ToGrpc(s);
+  if (auto g = DeadlinePassed(ctx); !g.ok()) return g;
+  auto d = manager_->UpgradeWorker(req->name(), req->worker_binary(), Deadline(ctx));
+  if (!d.ok()) return ToGrpc(d.status());
+  *resp = std::move(*d);
+  return grpc::Status::OK;
+}
+
+grpc::Status DeviceServiceImpl::WatchDevices(grpc::ServerContext* ctx,
+                                             const v1::WatchDevicesRequest* req,
+                                             grpc::ServerWriter<v1::DeviceEvent>* writer) {
+  std::set<std::string> names;
+  for (const auto& n : req->names()) {
+    if (auto s = CheckName(n); !s.ok()) return ToGrpc(s);
+    names.insert(n);
+  }
+  auto wanted = [&](const v1::Device& d) { return names.empty() || names.count(d.name()) > 0; };
+  uint64_t cursor = 0;
+  std::vector<v1::Device> snapshot = manager_->Snapshot(&cursor);
+  if (!req->skip_initial()) {
+    for (auto& d : snapshot) {
+      if (!wanted(d)) continue;
+      v1::DeviceEvent ev;
+      ev.set_kind(v1::DeviceEvent::KIND_ADDED);
+      *ev.mutable_device() = std::move(d);
+      *ev.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+      if (!writer->Write(ev)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    }
+  }
+  while (true) {
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled");
+    absl::Duration wait = std::min(absl::Milliseconds(500), Deadline(ctx) - absl::Now());
+    if (wait <= absl::ZeroDuration()) return grpc::Status::OK;  // the deadline ends a watch
+    std::vector<v1::DeviceEvent> events;
+    switch (manager_->WaitForEvents(&cursor, &events, wait)) {
+      case DeviceManager::WaitResult::kShutdown:
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "emud is shutting down");
+      case DeviceManager::WaitResult::kFellBehind:
+        return grpc::Status(grpc::StatusCode::ABORTED,
+                            "watch fell behind the event history; start a new watch");
+      case DeviceManager::WaitResult::kTimeout:
+        continue;
+      case DeviceManager::WaitResult::kEvents:
+        break;
+    }
+    for (const auto& ev : events) {
+      if (!wanted(ev.device())) continue;
+      if (!writer->Write(ev)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    }
+  }
+}
+
+}  // namespace emud::server

@@ -1,0 +1,46 @@
+// WorkerStatusReader: reads the WorkerStatus record a worker publishes in its
+// device environment (state_store::DeviceEnvDir, table "status", key
+// "worker").
+//
+// The device environment belongs to the worker: its tables and schema version
+// are the worker's business. emud therefore opens it read-only through LMDB
+// directly (no table creation, no schema check or migration), so the two
+// never disagree about the schema.
+#ifndef EMUD_SERVER_WORKER_STATUS_READER_H_
+#define EMUD_SERVER_WORKER_STATUS_READER_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "proto/worker_status.pb.h"
+
+struct MDB_env;
+
+namespace emud::server {
+
+inline constexpr char kStatusTable[] = "status";
+inline constexpr char kStatusKey[] = "worker";
+
+class WorkerStatusReader {
+ public:
+  explicit WorkerStatusReader(std::string env_dir) : dir_(std::move(env_dir)) {}
+  ~WorkerStatusReader();
+  WorkerStatusReader(const WorkerStatusReader&) = delete;
+  WorkerStatusReader& operator=(const WorkerStatusReader&) = delete;
+
+  // The last committed record; nullopt while the environment, the table or
+  // the record does not exist yet. DATA_LOSS if the record does not parse.
+  absl::StatusOr<std::optional<emud::internal::WorkerStatus>> Read();
+
+  // Closes the environment (before its directory is removed). Read() reopens.
+  void Close();
+
+ private:
+  std::string dir_;
+  MDB_env* env_ = nullptr;
+};
+
+}  // namespace emud::server
+
+#endif  // EMUD_SERVER_WORKER_STATUS_READER_H_
