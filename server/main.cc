@@ -120,6 +120,7 @@ void PrepareUnixListen(const std::string& path) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "emud: vfio-user device-emulation service (control plane).\n"
+      "Flags may be written with dashes or underscores (--state-dir = --state_dir).\n"
       "Usage: emud [--state-dir DIR] [--grpc-listen ADDR[,ADDR]] [--metrics-listen HOST:PORT]\n"
       "            [--socket-dir DIR] [--worker-binary PATH] ...\n"
       "SIGTERM or SIGINT shut emud down gracefully; workers keep serving unless\n"
@@ -133,7 +134,22 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  // Flags are documented with dashes (--state-dir); absl spells them with
+  // underscores. Accept both.
+  std::vector<std::string> storage(argv, argv + argc);
+  for (size_t i = 1; i < storage.size(); ++i) {
+    std::string& a = storage[i];
+    if (a == "--") break;
+    if (a.rfind("--", 0) != 0) continue;
+    size_t end = std::min(a.find('='), a.size());
+    for (size_t j = 2; j < end; ++j) {
+      if (a[j] == '-') a[j] = '_';
+    }
+  }
+  std::vector<char*> fixed;
+  for (auto& a : storage) fixed.push_back(a.data());
+  fixed.push_back(nullptr);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, fixed.data());
   if (rest.size() > 1) Fail(absl::StrCat("unexpected argument '", rest[1], "'; see --help"));
 
   emud::server::ManagerOptions opts;
@@ -271,7 +287,7 @@ int main(int argc, char** argv) {
   (*manager)->BeginShutdown();  // ends watches, refuses new mutations
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
-  exposer.reset();
+  exposer.reset();  // civetweb takes up to ~1.5 s to stop its listener
   (*manager)->Shutdown();
   for (const auto& p : unix_paths) ::unlink(p.c_str());
   std::cerr << "emud: stopped" << std::endl;

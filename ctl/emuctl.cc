@@ -1,0 +1,408 @@
+// emuctl: the operator CLI of emud (a gRPC client of emud.v1.DeviceService).
+// Run `emuctl --help` for commands, address forms and exit codes.
+#include <grpcpp/grpcpp.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "ctl/output.h"
+#include "proto/emud_v1.grpc.pb.h"
+#include "proto/grpc_health_v1.grpc.pb.h"
+
+namespace {
+
+namespace v1 = emud::v1;
+using emud::ctl::Format;
+
+constexpr char kDefaultServer[] = "unix:///dev/shm/emud/emud.sock";
+
+// Exit codes (also printed by --help).
+enum Exit {
+  kOk = 0,
+  kUsage = 1,
+  kUnreachable = 2,
+  kNotFound = 3,
+  kAlreadyExists = 4,
+  kInvalid = 5,
+  kRefused = 6,
+  kTimeout = 7,
+  kPermission = 8,
+  kServerError = 9,
+  kDeviceFailed = 10,
+};
+
+constexpr char kExitCodes[] =
+    "Exit codes:\n"
+    "  0   success\n"
+    "  1   usage error (unknown command, bad or missing flag)\n"
+    "  2   emud unreachable (not running, wrong --server/EMUCTL_SERVER, or shutting down)\n"
+    "  3   no such device (NOT_FOUND)\n"
+    "  4   name, MAC, socket or TAP interface already used (ALREADY_EXISTS)\n"
+    "  5   request refused as invalid (INVALID_ARGUMENT)\n"
+    "  6   refused in the device's current state, e.g. guest connected (FAILED_PRECONDITION,\n"
+    "      ABORTED)\n"
+    "  7   timed out (DEADLINE_EXCEEDED, or --wait ran out of --timeout)\n"
+    "  8   permission denied\n"
+    "  9   other server error\n"
+    "  10  the device went FAILED while waiting (--wait)\n"
+    "Server address: --server, else $EMUCTL_SERVER, else unix:///dev/shm/emud/emud.sock.\n"
+    "Forms: unix:///abs/path, /abs/path, host:port.\n";
+
+int ExitFor(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::StatusCode::OK: return kOk;
+    case grpc::StatusCode::UNAVAILABLE: return kUnreachable;
+    case grpc::StatusCode::NOT_FOUND: return kNotFound;
+    case grpc::StatusCode::ALREADY_EXISTS: return kAlreadyExists;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::OUT_OF_RANGE: return kInvalid;
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::ABORTED: return kRefused;
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return kTimeout;
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED: return kPermission;
+    default: return kServerError;
+  }
+}
+
+struct Globals {
+  std::string server;
+  std::string output = "table";
+  double timeout = 10;
+  Format format = Format::kTable;
+};
+
+std::string GrpcTarget(const std::string& addr) {
+  if (absl::StartsWith(addr, "unix:")) return addr;
+  if (absl::StartsWith(addr, "/")) return "unix://" + addr;
+  return addr;
+}
+
+class Client {
+ public:
+  explicit Client(const Globals& g) : g_(g) {
+    channel_ = grpc::CreateChannel(GrpcTarget(g.server), grpc::InsecureChannelCredentials());
+    stub_ = v1::DeviceService::NewStub(channel_);
+  }
+  void Prepare(grpc::ClientContext* ctx) const {
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(static_cast<int64_t>(g_.timeout * 1000)));
+  }
+  // Prints the error on one line and returns the exit code.
+  int Fail(const grpc::Status& s) const {
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      std::cerr << "emuctl: cannot reach emud at " << g_.server << ": " << s.error_message()
+                << " (is emud running? set --server or EMUCTL_SERVER)" << std::endl;
+    } else if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      std::cerr << "emuctl: emud at " << g_.server << " did not answer within " << g_.timeout
+                << "s (raise --timeout)" << std::endl;
+    } else {
+      std::string msg = s.error_message();
+      for (char& c : msg) if (c == '\n') c = ' ';
+      std::cerr << "emuctl: " << msg << std::endl;
+    }
+    return ExitFor(s.error_code());
+  }
+  v1::DeviceService::Stub* stub() { return stub_.get(); }
+  std::shared_ptr<grpc::Channel> channel() { return channel_; }
+
+ private:
+  const Globals& g_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::DeviceService::Stub> stub_;
+};
+
+int Print(const Globals& g, const google::protobuf::Message& m, const std::string& table) {
+  switch (g.format) {
+    case Format::kTable:
+      std::cout << table;
+      break;
+    case Format::kJson:
+      std::cout << emud::ctl::ToJson(m, true);
+      break;
+    case Format::kYaml: {
+      auto y = emud::ctl::ToYaml(m);
+      if (!y.ok()) {
+        std::cerr << "emuctl: " << y.status().message() << std::endl;
+        return kServerError;
+      }
+      std::cout << *y;
+      break;
+    }
+  }
+  std::cout.flush();
+  return kOk;
+}
+
+// Waits until `name` leaves CREATED (LISTENING or later: ok; FAILED: 10).
+int WaitListening(Client& c, const Globals& g, const std::string& name, v1::Device* out) {
+  grpc::ClientContext ctx;
+  c.Prepare(&ctx);
+  v1::WatchDevicesRequest req;
+  req.add_names(name);
+  auto reader = c.stub()->WatchDevices(&ctx, req);
+  v1::DeviceEvent ev;
+  while (reader->Read(&ev)) {
+    *out = ev.device();
+    v1::Phase p = ev.device().status().phase();
+    if (ev.kind() == v1::DeviceEvent::KIND_DELETED) {
+      ctx.TryCancel();
+      reader->Finish();
+      std::cerr << "emuctl: device " << name << " was deleted while waiting" << std::endl;
+      return kNotFound;
+    }
+    if (p == v1::PHASE_FAILED) {
+      ctx.TryCancel();
+      reader->Finish();
+      std::cerr << "emuctl: device " << name << " FAILED: " << ev.device().status().last_error()
+                << std::endl;
+      return kDeviceFailed;
+    }
+    if (p != v1::PHASE_CREATED && p != v1::PHASE_UNSPECIFIED) {
+      ctx.TryCancel();
+      reader->Finish();
+      return kOk;
+    }
+  }
+  grpc::Status s = reader->Finish();
+  if (s.ok()) s = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "");
+  (void)g;
+  return c.Fail(s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Globals g;
+  if (const char* env = std::getenv("EMUCTL_SERVER"); env != nullptr && *env != '\0') {
+    g.server = env;
+  } else {
+    g.server = kDefaultServer;
+  }
+
+  CLI::App app{"emuctl: create, inspect and remove emud's emulated devices."};
+  app.footer(kExitCodes);
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.option_defaults()->always_capture_default();
+  app.add_option("--server", g.server, "emud address: unix:///path, /path or host:port")
+      ->envname("EMUCTL_SERVER");
+  app.add_option("-o,--output", g.output, "Output format")
+      ->check(CLI::IsMember({"table", "json", "yaml"}));
+  app.add_option("--timeout", g.timeout, "Seconds to wait for emud's answer")
+      ->check(CLI::Range(0.001, 86400.0));
+
+  // create-device
+  v1::CreateDeviceRequest create;
+  std::string type = "avf", mac, backend, socket, doorbell;
+  unsigned queues = 0;
+  bool wait = false;
+  auto* c_create = app.add_subcommand("create-device", "Create a device and start its worker");
+  c_create->add_option("--type", type, "Device type")->required()->check(CLI::IsMember({"avf"}));
+  c_create->add_option("--name", *create.mutable_name(),
+                       "Device name: 1-63 of [A-Za-z0-9._-], not starting with . or -")
+      ->required();
+  c_create->add_option("--mac", mac, "Unicast MAC (default: derived from the name)");
+  c_create->add_option("--queues", queues, "Queue pairs, 1-16 (default 1)");
+  c_create->add_option("--backend", backend,
+                       "loopback (default), tap:IFNAME or peer:DEVICE");
+  c_create->add_option("--socket", socket,
+                       "Absolute vfio-user socket path (default: <emud --socket-dir>/NAME.sock)");
+  c_create->add_option("--doorbell", doorbell, "trap (default) or mmap")
+      ->check(CLI::IsMember({"trap", "mmap"}));
+  c_create->add_flag("--wait", wait,
+                     "Return once the worker serves the socket (LISTENING); exit 10 if FAILED");
+
+  std::string name;
+  auto* c_list = app.add_subcommand("list", "List devices");
+  auto* c_get = app.add_subcommand("get", "Show one device");
+  c_get->add_option("NAME", name, "Device name")->required();
+  bool force = false;
+  auto* c_delete = app.add_subcommand(
+      "delete", "Stop a device's worker and remove the device, its state and socket");
+  c_delete->add_option("NAME", name, "Device name")->required();
+  c_delete->add_flag("--force", force, "Delete even if a guest is connected");
+  auto* c_reset = app.add_subcommand(
+      "reset", "Clear a FAILED device (or restart a running one) with a fresh worker");
+  c_reset->add_option("NAME", name, "Device name")->required();
+  auto* c_stats = app.add_subcommand("stats", "Show a device's counters");
+  c_stats->add_option("NAME", name, "Device name")->required();
+  std::vector<std::string> watch_names;
+  bool skip_initial = false;
+  auto* c_watch = app.add_subcommand(
+      "watch", "Stream device changes until interrupted (or --timeout, if given)");
+  c_watch->add_option("NAME", watch_names, "Only these devices");
+  c_watch->add_flag("--skip-initial", skip_initial, "Do not print the current devices first");
+  std::string worker_binary;
+  auto* c_upgrade = app.add_subcommand("upgrade-worker", "Replace a device's worker process");
+  c_upgrade->add_option("NAME", name, "Device name")->required();
+  c_upgrade->add_option("--worker-binary", worker_binary,
+                        "Run this binary from now on (emud needs --allow-worker-override)");
+  auto* c_health = app.add_subcommand("health", "Check emud's gRPC health (exit 0 if SERVING)");
+
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    sub->footer("Global flags (--server, -o, --timeout) go before or after the command.");
+  }
+
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("-", 0) == 0) {
+      if (a.find('=') == std::string::npos &&
+          (a == "--server" || a == "-o" || a == "--output" || a == "--timeout")) {
+        ++i;  // skip the value
+      }
+      continue;
+    }
+    bool known = false;
+    for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      known = known || sub->get_name() == a;
+    }
+    if (!known) {
+      std::cerr << "emuctl: unknown command '" << a << "' (see emuctl --help)" << std::endl;
+      return kUsage;
+    }
+    break;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    std::cerr << "emuctl: " << msg << " (see emuctl --help)" << std::endl;
+    return kUsage;
+  }
+  auto fmt = emud::ctl::ParseFormat(g.output);
+  if (!fmt.ok()) {
+    std::cerr << "emuctl: " << fmt.status().message() << std::endl;
+    return kUsage;
+  }
+  g.format = *fmt;
+  bool timeout_given = app.get_option("--timeout")->count() > 0;
+
+  Client client(g);
+  grpc::ClientContext ctx;
+  if (*c_watch) {
+    if (timeout_given) client.Prepare(&ctx);
+  } else {
+    client.Prepare(&ctx);
+  }
+
+  if (*c_create) {
+    create.set_type(v1::DEVICE_TYPE_AVF);
+    create.mutable_spec()->set_mac(mac);
+    create.mutable_spec()->set_queue_pairs(queues);
+    create.mutable_spec()->set_backend(backend);
+    create.mutable_spec()->set_socket_path(socket);
+    if (doorbell == "trap") create.mutable_spec()->set_doorbell(v1::DOORBELL_MODE_TRAP);
+    if (doorbell == "mmap") create.mutable_spec()->set_doorbell(v1::DOORBELL_MODE_MMAP);
+    v1::Device d;
+    grpc::Status s = client.stub()->CreateDevice(&ctx, create, &d);
+    if (!s.ok()) return client.Fail(s);
+    if (wait) {
+      int rc = WaitListening(client, g, d.name(), &d);
+      if (rc != kOk) return rc;
+    }
+    return Print(g, d, emud::ctl::DeviceTable(d));
+  }
+  if (*c_list) {
+    v1::ListDevicesResponse resp;
+    grpc::Status s = client.stub()->ListDevices(&ctx, v1::ListDevicesRequest(), &resp);
+    if (!s.ok()) return client.Fail(s);
+    std::vector<v1::Device> devs(resp.devices().begin(), resp.devices().end());
+    return Print(g, resp, emud::ctl::DeviceListTable(devs));
+  }
+  if (*c_get) {
+    v1::GetDeviceRequest req;
+    req.set_name(name);
+    v1::Device d;
+    grpc::Status s = client.stub()->GetDevice(&ctx, req, &d);
+    if (!s.ok()) return client.Fail(s);
+    return Print(g, d, emud::ctl::DeviceTable(d));
+  }
+  if (*c_delete) {
+    v1::DeleteDeviceRequest req;
+    req.set_name(name);
+    req.set_force(force);
+    v1::DeleteDeviceResponse resp;
+    grpc::Status s = client.stub()->DeleteDevice(&ctx, req, &resp);
+    if (!s.ok()) return client.Fail(s);
+    if (g.format == Format::kTable) std::cout << "deleted " << name << std::endl;
+    else return Print(g, resp, "");
+    return kOk;
+  }
+  if (*c_reset) {
+    v1::ResetDeviceRequest req;
+    req.set_name(name);
+    v1::Device d;
+    grpc::Status s = client.stub()->ResetDevice(&ctx, req, &d);
+    if (!s.ok()) return client.Fail(s);
+    return Print(g, d, emud::ctl::DeviceTable(d));
+  }
+  if (*c_stats) {
+    v1::GetDeviceStatsRequest req;
+    req.set_name(name);
+    v1::DeviceStats st;
+    grpc::Status s = client.stub()->GetDeviceStats(&ctx, req, &st);
+    if (!s.ok()) return client.Fail(s);
+    return Print(g, st, emud::ctl::StatsTable(st));
+  }
+  if (*c_upgrade) {
+    v1::UpgradeWorkerRequest req;
+    req.set_name(name);
+    req.set_worker_binary(worker_binary);
+    v1::Device d;
+    grpc::Status s = client.stub()->UpgradeWorker(&ctx, req, &d);
+    if (!s.ok()) return client.Fail(s);
+    return Print(g, d, emud::ctl::DeviceTable(d));
+  }
+  if (*c_health) {
+    auto stub = grpc::health::v1::Health::NewStub(client.channel());
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status s = stub->Check(&ctx, req, &resp);
+    if (!s.ok()) return client.Fail(s);
+    std::string st = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status());
+    if (g.format == Format::kTable) std::cout << st << std::endl;
+    else Print(g, resp, "");
+    return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kUnreachable;
+  }
+  if (*c_watch) {
+    v1::WatchDevicesRequest req;
+    for (const auto& n : watch_names) req.add_names(n);
+    req.set_skip_initial(skip_initial);
+    auto reader = client.stub()->WatchDevices(&ctx, req);
+    v1::DeviceEvent ev;
+    bool first = true;
+    while (reader->Read(&ev)) {
+      switch (g.format) {
+        case Format::kTable:
+          std::cout << emud::ctl::EventLine(ev, first);
+          break;
+        case Format::kJson:
+          std::cout << emud::ctl::ToJson(ev, false) << "\n";
+          break;
+        case Format::kYaml: {
+          auto y = emud::ctl::ToYaml(ev);
+          std::cout << "---\n" << (y.ok() ? *y : "");
+          break;
+        }
+      }
+      std::cout.flush();
+      first = false;
+    }
+    grpc::Status s = reader->Finish();
+    if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && timeout_given) return kOk;
+    if (!s.ok()) return client.Fail(s);
+    return kOk;
+  }
+  return kUsage;
+}

@@ -1,0 +1,203 @@
+// fake_worker: a stand-in for emud-worker in emud's tests. It honours the
+// worker command-line contract, binds the vfio-user socket and publishes a
+// WorkerStatus record like the real worker, but instead of speaking
+// vfio-user it takes one-line text commands from whoever connects:
+//
+//   ready        -> DRIVER_READY, virtchnl 1.1
+//   linkup       -> LINK_UP
+//   tx N         -> N packets of 64 bytes on TX and RX queue 0 (+ vfio-user
+//                   and virtchnl counters)
+//   crash        -> publishes last_error and exits with status 7
+//
+// A connected client makes the device CONNECTED; its disconnect returns it
+// to LISTENING. Counters continue from the previous record (reattaches+1),
+// as the real worker's do.
+//
+// Test switches: if <state-dir>/fake/<device>.crash exists, the worker
+// publishes an error and exits with status 3 at once (crash loop); if
+// FAKE_WORKER_IGNORE_SIGTERM is set, SIGTERM is ignored (SIGKILL escalation).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "proto/worker_status.pb.h"
+#include "state_store/record.h"
+#include "state_store/state_dir.h"
+#include "state_store/store.h"
+
+namespace {
+
+using emud::internal::WorkerStatus;
+
+[[noreturn]] void Die(const std::string& msg) {
+  std::cerr << "fake_worker: " << msg << std::endl;
+  std::exit(2);
+}
+
+struct Worker {
+  std::unique_ptr<emud::state_store::Env> env;
+  emud::state_store::RecordTable<WorkerStatus> table{"status"};
+  WorkerStatus st;
+
+  void Publish() {
+    st.set_updated_unix_nanos(absl::ToUnixNanos(absl::Now()));
+    absl::Status s = env->Update(
+        [&](emud::state_store::WriteTxn& txn) { return table.Put(txn, "worker", st); });
+    if (!s.ok()) Die(s.ToString());
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> args;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strncmp(argv[i], "--", 2) != 0) Die(absl::StrCat("bad argument ", argv[i]));
+    args[argv[i] + 2] = argv[i + 1];
+  }
+  for (const char* k : {"device", "state-dir", "socket", "mac", "queues", "backend", "doorbell"}) {
+    if (args[k].empty()) Die(absl::StrCat("missing --", k));
+  }
+  int queues = 0;
+  if (!absl::SimpleAtoi(args["queues"], &queues) || queues < 1 || queues > 16) Die("bad --queues");
+  const std::string device = args["device"], state_dir = args["state-dir"];
+
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  if (std::getenv("FAKE_WORKER_IGNORE_SIGTERM") != nullptr) {
+    signal(SIGTERM, SIG_IGN);
+    sigdelset(&sigs, SIGTERM);
+  }
+  sigprocmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+
+  Worker w;
+  emud::state_store::EnvOptions eo;
+  eo.tables = {"status"};
+  auto env = emud::state_store::Env::Open(emud::state_store::DeviceEnvDir(state_dir, device), eo);
+  if (!env.ok()) Die(env.status().ToString());
+  w.env = std::move(*env);
+  absl::Status s = w.env->View([&](const emud::state_store::ReadTxn& txn) -> absl::Status {
+    auto prev = w.table.Get(txn, "worker");
+    if (!prev.ok()) return prev.status();
+    if (prev->has_value()) {
+      w.st = **prev;
+      w.st.set_reattaches(w.st.reattaches() + 1);
+      w.st.set_last_reattach_seconds(0.001);
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) Die(s.ToString());
+  w.st.set_pid(getpid());
+  w.st.set_phase(WorkerStatus::PHASE_UNSPECIFIED);
+  w.st.set_virtchnl_major(0);
+  w.st.set_virtchnl_minor(0);
+  w.st.set_last_error("");
+  while (w.st.rx_size() < queues) w.st.add_rx()->set_queue(w.st.rx_size() - 1);
+  while (w.st.tx_size() < queues) w.st.add_tx()->set_queue(w.st.tx_size() - 1);
+
+  struct stat cst;
+  if (stat(absl::StrCat(state_dir, "/fake/", device, ".crash").c_str(), &cst) == 0) {
+    w.st.set_last_error("fake crash requested");
+    w.Publish();
+    return 3;
+  }
+
+  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, args["socket"].c_str(), sizeof(addr.sun_path) - 1);
+  unlink(args["socket"].c_str());
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(lfd, 4) != 0) {
+    w.st.set_last_error(absl::StrCat("bind ", args["socket"], ": ", std::strerror(errno)));
+    w.Publish();
+    return 4;
+  }
+  w.st.set_phase(WorkerStatus::LISTENING);
+  w.Publish();
+
+  int cfd = -1;
+  std::string buf;
+  while (true) {
+    struct pollfd pfds[3] = {{sfd, POLLIN, 0}, {lfd, POLLIN, 0}, {cfd, POLLIN, 0}};
+    if (poll(pfds, cfd >= 0 ? 3 : 2, -1) < 0) continue;
+    if (pfds[0].revents) {
+      close(lfd);
+      unlink(args["socket"].c_str());
+      return 0;
+    }
+    if (pfds[1].revents) {
+      int c = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c >= 0 && cfd >= 0) {
+        close(c);  // one client at a time, like a vfio-user server
+      } else if (c >= 0) {
+        cfd = c;
+        w.st.set_phase(WorkerStatus::CONNECTED);
+        (*w.st.mutable_vfio_user_messages())["VERSION"] += 1;
+        w.Publish();
+      }
+    }
+    if (cfd >= 0 && pfds[2].revents) {
+      char tmp[256];
+      ssize_t n = read(cfd, tmp, sizeof(tmp));
+      if (n <= 0) {
+        close(cfd);
+        cfd = -1;
+        buf.clear();
+        w.st.set_phase(WorkerStatus::LISTENING);
+        w.Publish();
+        continue;
+      }
+      buf.append(tmp, n);
+      size_t nl;
+      while ((nl = buf.find('\n')) != std::string::npos) {
+        std::string line = buf.substr(0, nl);
+        buf.erase(0, nl + 1);
+        if (line == "ready") {
+          w.st.set_phase(WorkerStatus::DRIVER_READY);
+          w.st.set_virtchnl_major(1);
+          w.st.set_virtchnl_minor(1);
+          (*w.st.mutable_virtchnl_ops())["VERSION/SUCCESS"] += 1;
+          (*w.st.mutable_virtchnl_ops())["GET_VF_RESOURCES/SUCCESS"] += 1;
+        } else if (line == "linkup") {
+          w.st.set_phase(WorkerStatus::LINK_UP);
+          (*w.st.mutable_virtchnl_ops())["ENABLE_QUEUES/SUCCESS"] += 1;
+        } else if (line.rfind("tx ", 0) == 0) {
+          uint64_t pk = 0;
+          if (absl::SimpleAtoi(line.substr(3), &pk)) {
+            for (auto* q : {w.st.mutable_tx(0), w.st.mutable_rx(0)}) {
+              q->set_packets(q->packets() + pk);
+              q->set_bytes(q->bytes() + 64 * pk);
+            }
+            (*w.st.mutable_vfio_user_messages())["REGION_WRITE"] += pk;
+          } else {
+            (*w.st.mutable_vfio_user_errors())["REGION_WRITE"] += 1;
+          }
+        } else if (line == "crash") {
+          w.st.set_last_error("fake worker crashed on request");
+          w.Publish();
+          _exit(7);
+        }
+        w.Publish();
+        (void)!write(cfd, "ok\n", 3);
+      }
+    }
+  }
+}
