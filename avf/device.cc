@@ -1,0 +1,648 @@
+#include "avf/device.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "avf/avf_state.pb.h"
+#include "state_store/record.h"
+#include "state_store/store.h"
+
+namespace emud::avf {
+
+namespace {
+
+constexpr uint32_t kDoorbellDwords = kDoorbellWindowSize / 4;
+constexpr uint32_t kItrnIndex = 0x2800 / 4;  // first VFINT_ITRN1 dword in the window
+
+bool InRange(uint32_t off, uint32_t base, uint32_t count) {
+  return off >= base && off < base + 4 * count && ((off - base) & 3) == 0;
+}
+
+}  // namespace
+
+Device::Device(const DeviceOptions& options) : options_(options) {}
+
+Device::~Device() {
+  if (doorbell_fd_.valid() && doorbell_ != nullptr) {
+    munmap(const_cast<uint32_t*>(doorbell_), kDoorbellWindowSize);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceOptions& options) {
+  if (options.max_queue_pairs < 1 || options.max_queue_pairs > kMaxQueuePairs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queue_pairs must be 1..", kMaxQueuePairs, ", got ", options.max_queue_pairs));
+  }
+  if (!options.mapped_doorbells && options.doorbell_fd >= 0) {
+    return absl::InvalidArgumentError("doorbell_fd given without mapped_doorbells");
+  }
+  std::unique_ptr<Device> d(new Device(options));
+  if (absl::Status s = d->Init(); !s.ok()) return s;
+  return d;
+}
+
+absl::Status Device::Init() {
+  if (options_.mapped_doorbells) {
+    if (options_.doorbell_fd >= 0) {
+      doorbell_fd_.reset(options_.doorbell_fd);
+      options_.doorbell_fd = -1;
+      doorbell_adopted_ = true;
+      struct stat st;
+      if (fstat(doorbell_fd_.get(), &st) != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("doorbell fd: fstat: ", strerror(errno)));
+      }
+      if (st.st_size < static_cast<off_t>(kDoorbellWindowSize)) {
+        return absl::InvalidArgumentError("doorbell fd smaller than the doorbell window");
+      }
+    } else {
+      int fd = memfd_create("emud-avf-doorbells", MFD_CLOEXEC);
+      if (fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));
+      doorbell_fd_.reset(fd);
+      if (ftruncate(fd, kDoorbellWindowSize) != 0) {
+        return absl::InternalError(absl::StrCat("ftruncate: ", strerror(errno)));
+      }
+    }
+    void* p = mmap(nullptr, kDoorbellWindowSize, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   doorbell_fd_.get(), 0);
+    if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap doorbells: ", strerror(errno)));
+    doorbell_ = static_cast<volatile uint32_t*>(p);
+  } else {
+    doorbell_storage_.assign(kDoorbellDwords, 0);
+    doorbell_ = doorbell_storage_.data();
+  }
+  irq_ = std::make_unique<InterruptController>(doorbell_ + kItrnIndex);
+  num_queue_pairs_ = options_.max_queue_pairs;
+  link_up_ = options_.link_up;
+  link_speed_mbps_ = options_.link_speed_mbps;
+  if (!doorbell_adopted_) {
+    for (uint32_t i = 0; i < kDoorbellDwords; ++i) doorbell_[i] = 0;
+  }
+  return InitConfigSpace();
+}
+
+absl::Status Device::InitConfigSpace() {
+  config_ = std::make_unique<vfio_user::PciConfigSpace>(4096);
+  vfio_user::PciConfigSpace::Header h;
+  h.vendor_id = kVendorIntel;
+  h.device_id = kDeviceAdaptiveVf;
+  h.subsystem_vendor_id = kVendorIntel;
+  h.subsystem_id = 0x0000;
+  h.revision = 0x01;
+  h.class_code = kClassEthernet;
+  h.interrupt_pin = 0;  // iavf needs MSI-X; no INTx
+  config_->SetHeader(h);
+  using BarType = vfio_user::PciConfigSpace::BarType;
+  if (auto s = config_->SetBar(0, kBar0Size, BarType::kMem64, /*prefetchable=*/true); !s.ok()) {
+    return s;
+  }
+  if (auto s = config_->SetBar(3, kBar3Size, BarType::kMem64, /*prefetchable=*/true); !s.ok()) {
+    return s;
+  }
+  if (auto s = config_->AddPcieCapability({}); !s.ok()) return s.status();
+  if (auto s = config_->AddMsixCapability(&msix_, 3, kMsixTableOffset, 3, kMsixPbaOffset); !s.ok()) {
+    return s.status();
+  }
+  config_->set_flr_callback([this] {
+    ++counters_.flrs;
+    (void)Reset();
+  });
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- PciDevice
+
+std::vector<vfio_user::RegionDesc> Device::Regions() const {
+  std::vector<vfio_user::RegionDesc> r(vfio_user::kNumPciRegions);
+  for (uint32_t i = 0; i < vfio_user::kNumPciRegions; ++i) r[i].index = i;
+  r[vfio_user::kBar0].size = kBar0Size;
+  r[vfio_user::kBar0].readable = r[vfio_user::kBar0].writable = true;
+  if (options_.mapped_doorbells) {
+    r[vfio_user::kBar0].mmap_areas.push_back({0, kDoorbellWindowSize});
+    r[vfio_user::kBar0].mmap_fd = doorbell_fd_.get();
+    r[vfio_user::kBar0].fd_offset = 0;
+  }
+  r[vfio_user::kBar3].size = kBar3Size;
+  r[vfio_user::kBar3].readable = r[vfio_user::kBar3].writable = true;
+  r[vfio_user::kConfigRegion].size = config_->size();
+  r[vfio_user::kConfigRegion].readable = r[vfio_user::kConfigRegion].writable = true;
+  return r;
+}
+
+std::vector<vfio_user::IrqDesc> Device::Irqs() const {
+  std::vector<vfio_user::IrqDesc> v(vfio_user::kNumPciIrqs);
+  for (uint32_t i = 0; i < vfio_user::kNumPciIrqs; ++i) v[i].index = i;
+  v[vfio_user::kMsixIrq].count = kMaxMsixVectors;
+  v[vfio_user::kMsixIrq].maskable = true;
+  return v;
+}
+
+absl::Status Device::RegionRead(uint32_t region, uint64_t offset, absl::Span<uint8_t> out) {
+  switch (region) {
+    case vfio_user::kConfigRegion:
+      return config_->Read(offset, out);
+    case vfio_user::kBar0: {
+      if (offset >= kBar0Size || out.size() > kBar0Size - offset) {
+        return absl::OutOfRangeError("BAR0 access out of range");
+      }
+      if ((out.size() == 4 || out.size() == 8) && (offset & 3) == 0) {
+        for (size_t i = 0; i < out.size(); i += 4) {
+          uint32_t v = ReadReg(static_cast<uint32_t>(offset + i));
+          std::memcpy(out.data() + i, &v, 4);
+        }
+        return absl::OkStatus();
+      }
+      // Odd sizes: bytes of the covering dwords (with their read side effects).
+      ++counters_.odd_size_accesses;
+      for (size_t i = 0; i < out.size(); ++i) {
+        uint64_t a = offset + i;
+        uint32_t v = ReadReg(static_cast<uint32_t>(a & ~uint64_t{3}));
+        out[i] = static_cast<uint8_t>(v >> (8 * (a & 3)));
+      }
+      return absl::OkStatus();
+    }
+    case vfio_user::kBar3: {
+      if (offset >= kBar3Size || out.size() > kBar3Size - offset) {
+        return absl::OutOfRangeError("BAR3 access out of range");
+      }
+      if (offset >= kMsixPbaOffset) {
+        msix_.PbaRead(offset - kMsixPbaOffset, out);
+      } else {
+        msix_.TableRead(offset - kMsixTableOffset, out);
+      }
+      return absl::OkStatus();
+    }
+    default:
+      std::memset(out.data(), 0, out.size());
+      return absl::OkStatus();
+  }
+}
+
+absl::Status Device::RegionWrite(uint32_t region, uint64_t offset, absl::Span<const uint8_t> data) {
+  switch (region) {
+    case vfio_user::kConfigRegion:
+      return config_->Write(offset, data);
+    case vfio_user::kBar0: {
+      if (offset >= kBar0Size || data.size() > kBar0Size - offset) {
+        return absl::OutOfRangeError("BAR0 access out of range");
+      }
+      if ((data.size() == 4 || data.size() == 8) && (offset & 3) == 0) {
+        for (size_t i = 0; i < data.size(); i += 4) {
+          uint32_t v;
+          std::memcpy(&v, data.data() + i, 4);
+          WriteReg(static_cast<uint32_t>(offset + i), v);
+        }
+      } else {
+        ++counters_.odd_size_accesses;  // registers are dwords: ignored
+      }
+      return absl::OkStatus();
+    }
+    case vfio_user::kBar3: {
+      if (offset >= kBar3Size || data.size() > kBar3Size - offset) {
+        return absl::OutOfRangeError("BAR3 access out of range");
+      }
+      if (offset < kMsixPbaOffset) msix_.TableWrite(offset - kMsixTableOffset, data);
+      return absl::OkStatus();  // PBA is read-only
+    }
+    default:
+      return absl::OkStatus();
+  }
+}
+
+void Device::Attach(const vfio_user::DeviceContext& ctx) {
+  ctx_ = ctx;
+  irq_->set_sink(ctx.irqs);
+  msix_.Attach(ctx.irqs);
+  // Replies that waited for a client (or for ARQ room) may go now.
+  if (aq_.DrainBacklog(ctx_.dma) > 0) irq_->RaiseAdminQueue();
+}
+
+void Device::Detach() {
+  ctx_ = {};
+  irq_->set_sink(nullptr);
+  msix_.Detach();
+}
+
+absl::Status Device::Reset() {
+  VfReset();
+  config_->Reset();  // also resets the MSI-X control state
+  msix_.Reset();
+  vf_major_ = vf_minor_ = 0;
+  granted_caps_ = 0;
+  resources_sent_ = false;
+  num_queue_pairs_ = options_.max_queue_pairs;
+  return absl::OkStatus();
+}
+
+void Device::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  // The device itself keeps no pointer into guest memory (admin queue and
+  // ring validation use Read/Write); the data path may.
+  if (hooks_ != nullptr) hooks_->OnDmaUnmap(iova, size);
+}
+
+// ---------------------------------------------------------------- registers
+
+uint32_t Device::DoorbellRead(uint32_t index) const { return doorbell_[index]; }
+void Device::DoorbellWrite(uint32_t index, uint32_t value) { doorbell_[index] = value; }
+
+uint32_t Device::TxTail(uint32_t q) const {
+  return q < kMaxDecodedQueues ? DoorbellRead(QtxTail(q) / 4) : 0;
+}
+uint32_t Device::RxTail(uint32_t q) const {
+  return q < kMaxDecodedQueues ? DoorbellRead(QrxTail(q) / 4) : 0;
+}
+
+uint32_t Device::ReadReg(uint32_t off) {
+  off &= ~3u;
+  if (off < kDoorbellWindowSize) {
+    if (InRange(off, QtxTail(0), kMaxDecodedQueues) || InRange(off, QrxTail(0), kMaxDecodedQueues) ||
+        InRange(off, VfintItrn1(0, 0), kNumItrIndexes * 16)) {
+      return DoorbellRead(off / 4);
+    }
+    return 0;
+  }
+  if (InRange(off, VfintDynCtln1(0), kMaxQueueVectors)) {
+    return irq_->dyn_ctln((off - VfintDynCtln1(0)) / 4);
+  }
+  if (InRange(off, VfintItr01(0), kNumItrIndexes)) return irq_->itr01((off - VfintItr01(0)) / 4);
+  if (InRange(off, VfqfHena(0), kNumHenaRegs)) return hena_reg_[(off - VfqfHena(0)) / 4];
+  if (InRange(off, VfqfHkey(0), kNumHkeyRegs)) return hkey_reg_[(off - VfqfHkey(0)) / 4];
+  if (InRange(off, VfqfHlut(0), kNumHlutRegs)) return hlut_reg_[(off - VfqfHlut(0)) / 4];
+  switch (off) {
+    case kVfintIcr01: return irq_->ReadIcr01();
+    case kVfintIcr0Ena1: return irq_->icr0_ena1();
+    case kVfintStatCtl01: return irq_->stat_ctl01();
+    case kVfintDynCtl01: return irq_->dyn_ctl01();
+    case kVfgenRstat: {
+      // After a reset RSTAT steps INPROGRESS -> COMPLETED -> VFACTIVE, one
+      // step per read: pollers see every state, no timer is needed.
+      uint32_t v = rstat_;
+      if (rstat_ < kVfrVfActive) ++rstat_;
+      return v;
+    }
+    case kVfAtqbal1: case kVfAtqbah1: case kVfAtqlen1: case kVfAtqh1: case kVfAtqt1:
+    case kVfArqbal1: case kVfArqbah1: case kVfArqlen1: case kVfArqh1: case kVfArqt1:
+      return aq_.ReadReg(off);
+    default:
+      return 0;
+  }
+}
+
+void Device::WriteReg(uint32_t off, uint32_t value) {
+  off &= ~3u;
+  if (off < kDoorbellWindowSize) {
+    if (InRange(off, QtxTail(0), kMaxDecodedQueues)) {
+      OnTailWrite(QueueKind::kTx, (off - QtxTail(0)) / 4, value);
+    } else if (InRange(off, QrxTail(0), kMaxDecodedQueues)) {
+      OnTailWrite(QueueKind::kRx, (off - QrxTail(0)) / 4, value);
+    } else if (InRange(off, VfintItrn1(0, 0), kNumItrIndexes * 16)) {
+      uint32_t i = (off - VfintItrn1(0, 0)) / 4;
+      irq_->WriteItrn(i / 16, i % 16, value);
+    }
+    return;
+  }
+  if (InRange(off, VfintDynCtln1(0), kMaxQueueVectors)) {
+    irq_->WriteDynCtln((off - VfintDynCtln1(0)) / 4, value);
+    return;
+  }
+  if (InRange(off, VfintItr01(0), kNumItrIndexes)) {
+    irq_->WriteItr01((off - VfintItr01(0)) / 4, value);
+    return;
+  }
+  // RSS registers (RSS_REG path). Linux writes one dword past HKEY and HLUT;
+  // those offsets decode to nothing and are ignored.
+  if (InRange(off, VfqfHena(0), kNumHenaRegs)) {
+    hena_reg_[(off - VfqfHena(0)) / 4] = value;
+    return;
+  }
+  if (InRange(off, VfqfHkey(0), kNumHkeyRegs)) {
+    hkey_reg_[(off - VfqfHkey(0)) / 4] = value;
+    return;
+  }
+  if (InRange(off, VfqfHlut(0), kNumHlutRegs)) {
+    hlut_reg_[(off - VfqfHlut(0)) / 4] = value;
+    return;
+  }
+  switch (off) {
+    case kVfintIcr0Ena1: irq_->WriteIcr0Ena1(value); return;
+    case kVfintStatCtl01: irq_->WriteStatCtl01(value); return;
+    case kVfintDynCtl01: irq_->WriteDynCtl01(value); return;
+    case kVfAtqt1:
+      aq_.WriteReg(off, value);
+      RunAtq();
+      return;
+    case kVfArqt1:
+      aq_.WriteReg(off, value);
+      if (aq_.DrainBacklog(ctx_.dma) > 0) irq_->RaiseAdminQueue();
+      return;
+    case kVfArqlen1:
+      aq_.WriteReg(off, value);
+      return;
+    case kVfAtqbal1: case kVfAtqbah1: case kVfAtqlen1: case kVfAtqh1:
+    case kVfArqbal1: case kVfArqbah1: case kVfArqh1:
+      aq_.WriteReg(off, value);
+      return;
+    default:
+      return;  // read-only (RSTAT, ICR01) or unknown
+  }
+}
+
+void Device::OnTailWrite(QueueKind kind, uint32_t q, uint32_t value) {
+  DoorbellWrite((kind == QueueKind::kTx ? QtxTail(q) : QrxTail(q)) / 4, value);
+  if (q >= num_queue_pairs_) {
+    ++counters_.ignored_tail_writes;
+    return;
+  }
+  const bool configured = kind == QueueKind::kTx ? txq_[q].configured : rxq_[q].configured;
+  const bool enabled = kind == QueueKind::kTx ? txq_[q].enabled : rxq_[q].enabled;
+  const uint32_t ring_len = kind == QueueKind::kTx ? txq_[q].ring_len : rxq_[q].ring_len;
+  if (!configured) return;  // e.g. RX buffers posted before CONFIG_VSI_QUEUES
+  if (value >= ring_len) {
+    ++counters_.bad_tail_writes;
+    return;
+  }
+  if (enabled && hooks_ != nullptr) {
+    if (kind == QueueKind::kTx) {
+      hooks_->OnTxDoorbell(q);
+    } else {
+      hooks_->OnRxDoorbell(q);
+    }
+  }
+}
+
+bool Device::RaiseQueueInterrupt(QueueKind kind, uint32_t q) {
+  if (q >= kMaxQueuePairs) return false;
+  uint32_t v = kind == QueueKind::kTx ? txq_[q].msix_vector : rxq_[q].msix_vector;
+  if (v == 0) return false;
+  return irq_->RaiseQueueVector(v);
+}
+
+// ---------------------------------------------------------------- reset
+
+void Device::StopQueues(uint32_t rx_mask, uint32_t tx_mask) {
+  uint32_t rx_running = 0, tx_running = 0;
+  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+    if ((rx_mask >> q & 1) && rxq_[q].enabled) rx_running |= 1u << q;
+    if ((tx_mask >> q & 1) && txq_[q].enabled) tx_running |= 1u << q;
+  }
+  if ((rx_running | tx_running) != 0 && hooks_ != nullptr) {
+    hooks_->OnQueuesDisabled(rx_running, tx_running);
+  }
+  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+    if (rx_running >> q & 1) rxq_[q].enabled = false;
+    if (tx_running >> q & 1) txq_[q].enabled = false;
+  }
+}
+
+void Device::VfReset() {
+  ++counters_.vf_resets;
+  rstat_ = kVfrInProgress;
+  StopQueues(~0u, ~0u);  // DMA stops before anything else changes
+  aq_.Reset();           // ATQLEN/ARQLEN.ENABLE off: the driver's reset detector
+  irq_->Reset();
+  txq_ = {};
+  rxq_ = {};
+  for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
+    DoorbellWrite(QtxTail(q) / 4, 0);
+    DoorbellWrite(QrxTail(q) / 4, 0);
+  }
+  macs_.clear();
+  vlans_.reset();
+  promisc_flags_ = 0;
+  vlan_strip_ = false;
+  rss_ = {};
+  hena_reg_ = {};
+  hkey_reg_ = {};
+  hlut_reg_ = {};
+  link_reported_up_ = false;
+  resources_sent_ = false;
+  if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+  // Negotiated version and granted queue count survive a VF reset (a driver
+  // re-initialising may skip VERSION).
+}
+
+// ---------------------------------------------------------------- persistence
+
+std::map<std::string, std::string> Device::SerializeState() const {
+  std::map<std::string, std::string> out;
+  AvfIdentity id;
+  id.set_max_queue_pairs(options_.max_queue_pairs);
+  id.set_mac(std::string(options_.mac.begin(), options_.mac.end()));
+  id.set_supported_caps(options_.supported_caps);
+  id.set_mapped_doorbells(options_.mapped_doorbells);
+  out["identity"] = state_store::EncodeRecord(id);
+
+  AvfRegisters regs;
+  regs.set_rstat(rstat_);
+  for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
+    regs.add_qtx_tail(TxTail(q));
+    regs.add_qrx_tail(RxTail(q));
+  }
+  for (uint32_t v : hena_reg_) regs.add_hena(v);
+  for (uint32_t v : hkey_reg_) regs.add_hkey(v);
+  for (uint32_t v : hlut_reg_) regs.add_hlut(v);
+  out["regs"] = state_store::EncodeRecord(regs);
+
+  AvfAdminQueueState aq;
+  aq_.SaveTo(&aq);
+  out["aq"] = state_store::EncodeRecord(aq);
+
+  AvfInterruptState irq;
+  irq_->SaveTo(&irq);
+  out["irq"] = state_store::EncodeRecord(irq);
+
+  AvfVfState vf;
+  vf.set_vf_major(vf_major_);
+  vf.set_vf_minor(vf_minor_);
+  vf.set_granted_caps(granted_caps_);
+  vf.set_resources_sent(resources_sent_);
+  vf.set_num_queue_pairs(num_queue_pairs_);
+  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+    const TxQueueContext& t = txq_[q];
+    auto* tp = vf.add_txq();
+    tp->set_id(q);
+    tp->set_configured(t.configured);
+    tp->set_enabled(t.enabled);
+    tp->set_ring_addr(t.ring_addr);
+    tp->set_ring_len(t.ring_len);
+    tp->set_msix_vector(t.msix_vector);
+    tp->set_itr_index(t.itr_index);
+    const RxQueueContext& r = rxq_[q];
+    auto* rp = vf.add_rxq();
+    rp->set_id(q);
+    rp->set_configured(r.configured);
+    rp->set_enabled(r.enabled);
+    rp->set_ring_addr(r.ring_addr);
+    rp->set_ring_len(r.ring_len);
+    rp->set_buffer_size(r.buffer_size);
+    rp->set_max_frame(r.max_frame);
+    rp->set_keep_crc(r.keep_crc);
+    rp->set_msix_vector(r.msix_vector);
+    rp->set_itr_index(r.itr_index);
+  }
+  for (const MacFilterEntry& m : macs_) {
+    auto* mp = vf.add_mac_filter();
+    mp->set_addr(std::string(m.addr.begin(), m.addr.end()));
+    mp->set_type(m.type);
+  }
+  for (uint32_t v = 0; v < vlans_.size(); ++v) {
+    if (vlans_[v]) vf.add_vlan(v);
+  }
+  vf.set_promisc_flags(promisc_flags_);
+  vf.set_vlan_strip(vlan_strip_);
+  vf.set_rss_key(std::string(rss_.key.begin(), rss_.key.end()));
+  vf.set_rss_lut(std::string(rss_.lut.begin(), rss_.lut.end()));
+  vf.set_rss_hena(rss_.hena);
+  vf.set_rss_hfunc(rss_.hfunc);
+  vf.set_link_reported_up(link_reported_up_);
+  vf.set_link_up(link_up_);
+  vf.set_link_speed_mbps(link_speed_mbps_);
+  out["vf"] = state_store::EncodeRecord(vf);
+
+  AvfPciState pci;
+  pci.set_config(config_->SaveState());
+  pci.set_msix_table(msix_.SaveState());
+  out["pci"] = state_store::EncodeRecord(pci);
+  return out;
+}
+
+absl::Status Device::Save(state_store::WriteTxn& txn) {
+  std::map<std::string, std::string> now = SerializeState();
+  for (const auto& [key, bytes] : now) {
+    auto it = saved_.find(key);
+    if (it != saved_.end() && it->second == bytes) continue;
+    if (absl::Status s = txn.Put(kStateTable, key, bytes); !s.ok()) return s;
+  }
+  saved_ = std::move(now);
+  return absl::OkStatus();
+}
+
+absl::Status Device::Restore(const state_store::ReadTxn& txn) {
+  auto get = [&](absl::string_view key) -> absl::StatusOr<std::optional<std::string>> {
+    auto raw = txn.Get(kStateTable, key);
+    if (!raw.ok()) return raw.status();
+    if (!raw->has_value()) return std::optional<std::string>();
+    return std::optional<std::string>(std::string(**raw));
+  };
+  auto decode = [&]<typename Msg>(absl::string_view key, Msg* msg) -> absl::Status {
+    auto raw = get(key);
+    if (!raw.ok()) return raw.status();
+    if (!raw->has_value()) return absl::DataLossError(absl::StrCat("avf record ", key, " missing"));
+    auto m = state_store::DecodeRecord<Msg>(**raw, absl::StrCat(kStateTable, "/", key));
+    if (!m.ok()) return m.status();
+    *msg = std::move(*m);
+    return absl::OkStatus();
+  };
+
+  auto id_raw = get("identity");
+  if (!id_raw.ok()) return id_raw.status();
+  if (!id_raw->has_value()) return absl::NotFoundError("no avf state saved");
+  AvfIdentity id;
+  AvfRegisters regs;
+  AvfAdminQueueState aq;
+  AvfInterruptState irq;
+  AvfVfState vf;
+  AvfPciState pci;
+  if (auto s = decode("identity", &id); !s.ok()) return s;
+  if (auto s = decode("regs", &regs); !s.ok()) return s;
+  if (auto s = decode("aq", &aq); !s.ok()) return s;
+  if (auto s = decode("irq", &irq); !s.ok()) return s;
+  if (auto s = decode("vf", &vf); !s.ok()) return s;
+  if (auto s = decode("pci", &pci); !s.ok()) return s;
+  if (id.max_queue_pairs() != options_.max_queue_pairs ||
+      id.mapped_doorbells() != options_.mapped_doorbells) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("saved avf device has max_queue_pairs=", id.max_queue_pairs(),
+                     " mapped_doorbells=", id.mapped_doorbells(), "; this one ",
+                     options_.max_queue_pairs, "/", options_.mapped_doorbells));
+  }
+  if (auto s = config_->RestoreState(pci.config()); !s.ok()) return s;
+  if (auto s = msix_.RestoreState(pci.msix_table()); !s.ok()) return s;
+
+  rstat_ = std::min<uint32_t>(regs.rstat(), kVfrVfActive);
+  // An adopted doorbell page is newer than any record: keep it.
+  if (!doorbell_adopted_) {
+    for (int q = 0; q < regs.qtx_tail_size() && q < int(kMaxDecodedQueues); ++q) {
+      DoorbellWrite(QtxTail(q) / 4, regs.qtx_tail(q));
+    }
+    for (int q = 0; q < regs.qrx_tail_size() && q < int(kMaxDecodedQueues); ++q) {
+      DoorbellWrite(QrxTail(q) / 4, regs.qrx_tail(q));
+    }
+  }
+  for (int i = 0; i < regs.hena_size() && i < int(kNumHenaRegs); ++i) hena_reg_[i] = regs.hena(i);
+  for (int i = 0; i < regs.hkey_size() && i < int(kNumHkeyRegs); ++i) hkey_reg_[i] = regs.hkey(i);
+  for (int i = 0; i < regs.hlut_size() && i < int(kNumHlutRegs); ++i) hlut_reg_[i] = regs.hlut(i);
+
+  aq_.RestoreFrom(aq);
+  if (doorbell_adopted_) {
+    // Keep the live ITRN values of the shared page.
+    std::array<uint32_t, kNumItrIndexes * 16> itrn;
+    for (uint32_t i = 0; i < itrn.size(); ++i) itrn[i] = doorbell_[kItrnIndex + i];
+    irq_->RestoreFrom(irq);
+    for (uint32_t i = 0; i < itrn.size(); ++i) doorbell_[kItrnIndex + i] = itrn[i];
+  } else {
+    irq_->RestoreFrom(irq);
+  }
+
+  vf_major_ = vf.vf_major();
+  vf_minor_ = vf.vf_minor();
+  granted_caps_ = vf.granted_caps() & options_.supported_caps;
+  resources_sent_ = vf.resources_sent();
+  num_queue_pairs_ = std::clamp<uint32_t>(vf.num_queue_pairs(), 1, options_.max_queue_pairs);
+  txq_ = {};
+  rxq_ = {};
+  for (const auto& t : vf.txq()) {
+    if (t.id() >= kMaxQueuePairs) continue;
+    TxQueueContext& c = txq_[t.id()];
+    c.configured = t.configured();
+    c.enabled = t.enabled() && t.configured();
+    c.ring_addr = t.ring_addr();
+    c.ring_len = std::min<uint32_t>(t.ring_len(), 8160);
+    c.msix_vector = t.msix_vector() <= kMaxQueueVectors ? t.msix_vector() : 0;
+    c.itr_index = std::min<uint32_t>(t.itr_index(), kItrIndexNone);
+  }
+  for (const auto& r : vf.rxq()) {
+    if (r.id() >= kMaxQueuePairs) continue;
+    RxQueueContext& c = rxq_[r.id()];
+    c.configured = r.configured();
+    c.enabled = r.enabled() && r.configured();
+    c.ring_addr = r.ring_addr();
+    c.ring_len = std::min<uint32_t>(r.ring_len(), 8160);
+    c.buffer_size = r.buffer_size();
+    c.max_frame = r.max_frame();
+    c.keep_crc = r.keep_crc();
+    c.msix_vector = r.msix_vector() <= kMaxQueueVectors ? r.msix_vector() : 0;
+    c.itr_index = std::min<uint32_t>(r.itr_index(), kItrIndexNone);
+  }
+  macs_.clear();
+  for (const auto& m : vf.mac_filter()) {
+    if (m.addr().size() != 6 || macs_.size() >= 256) continue;
+    MacFilterEntry e;
+    std::memcpy(e.addr.data(), m.addr().data(), 6);
+    e.type = static_cast<uint8_t>(m.type());
+    macs_.push_back(e);
+  }
+  vlans_.reset();
+  for (uint32_t v : vf.vlan()) {
+    if (v < vlans_.size()) vlans_.set(v);
+  }
+  promisc_flags_ = vf.promisc_flags() & (vc::kPromiscUnicast | vc::kPromiscMulticast);
+  vlan_strip_ = vf.vlan_strip();
+  rss_ = {};
+  std::memcpy(rss_.key.data(), vf.rss_key().data(), std::min(vf.rss_key().size(), rss_.key.size()));
+  std::memcpy(rss_.lut.data(), vf.rss_lut().data(), std::min(vf.rss_lut().size(), rss_.lut.size()));
+  rss_.hena = vf.rss_hena();
+  rss_.hfunc = vf.rss_hfunc() & 3;
+  link_reported_up_ = vf.link_reported_up();
+  link_up_ = vf.link_up();
+  link_speed_mbps_ = vf.link_speed_mbps();
+
+  saved_ = SerializeState();
+  return absl::OkStatus();
+}
+
+}  // namespace emud::avf

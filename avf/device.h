@@ -1,0 +1,325 @@
+// avf::Device: an emulated Intel Ethernet Adaptive Virtual Function
+// (PCI 8086:1889) as a vfio_user::PciDevice.
+//
+// The model does what the PF driver plus silicon do for a VF: PCI identity
+// and config space (MSI-X with 1 + 16 vectors, PCIe with FLR), the BAR0
+// registers, the admin-queue mailbox, virtchnl 1.1 (as the ice PF answers
+// it), VF reset, and the queue contexts the data path runs on. It moves no
+// packets itself: the data path (dataplane/, issue 5) sits on top of the API
+// at the end of this header (queue contexts, tails, doorbell and lifecycle
+// hooks, interrupt raising, filters, RSS, stats).
+//
+// Threading: not thread-safe. Every method, including the data-path API and
+// every hook callback, runs on the one event loop that owns the device (the
+// vfio-user session's). Hooks are called synchronously from inside region
+// writes (doorbells) and virtchnl handling (queue start/stop, stats).
+//
+// Hostile input: register writes, descriptors and messages from the guest are
+// validated; bad ones are ignored or refused with an AVF/virtchnl error
+// status and counted in counters(); nothing crashes, hangs or touches memory
+// outside the DMA map.
+#ifndef EMUD_AVF_DEVICE_H_
+#define EMUD_AVF_DEVICE_H_
+
+#include <array>
+#include <bitset>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "avf/admin_queue.h"
+#include "avf/interrupts.h"
+#include "avf/regs.h"
+#include "avf/virtchnl.h"
+#include "base/unique_fd.h"
+#include "vfio_user/device.h"
+#include "vfio_user/msix_table.h"
+#include "vfio_user/pci_config_space.h"
+
+namespace emud::avf {
+
+using MacAddr = std::array<uint8_t, 6>;
+
+// Capabilities the device grants when asked (requested & supported).
+inline constexpr uint32_t kDefaultSupportedCaps =
+    vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr | vc::kCapReqQueues | vc::kCapAdvLinkSpeed;
+
+// RSS hash types (i40e PCTYPE bits) offered by GET_RSS_HENA_CAPS: IPv4/IPv6
+// TCP, UDP, SCTP, other, fragments, and L2 payload.
+inline constexpr uint64_t kRssHenaCaps =
+    (1ull << 31) | (1ull << 33) | (1ull << 34) | (1ull << 35) | (1ull << 36) | (1ull << 41) |
+    (1ull << 43) | (1ull << 44) | (1ull << 45) | (1ull << 46) | (1ull << 63);
+
+inline constexpr uint16_t kVsiId = 1;
+
+struct DeviceOptions {
+  // Queue pairs the VSI offers (1..16); REQUEST_QUEUES may change the number
+  // granted after a VF reset, up to this many.
+  uint32_t max_queue_pairs = 4;
+  // Permanent MAC in GET_VF_RESOURCES; all zero lets the driver pick a
+  // random one (Linux then adds it with ADD_ETH_ADDR).
+  MacAddr mac{};
+  uint32_t supported_caps = kDefaultSupportedCaps;
+  // "Physical" link reported with LINK_CHANGE after every ENABLE_QUEUES.
+  bool link_up = true;
+  uint32_t link_speed_mbps = 25000;
+  // Doorbells: trapped (every QTX/QRX_TAIL write is a region write and calls
+  // the doorbell hook) or mapped (BAR0 [0, 0x3000) - the tail registers and
+  // VFINT_ITRN1 - is an mmappable sparse area backed by a memfd; the guest
+  // writes tails without a trap, no doorbell hook runs, the data path polls
+  // TxTail()/RxTail()).
+  bool mapped_doorbells = false;
+  // Mapped mode: adopt this memfd (size >= kDoorbellWindowSize; e.g. handed
+  // over by a predecessor through the fd store; ownership is taken) instead
+  // of creating one. -1 = create.
+  int doorbell_fd = -1;
+};
+
+// Queue contexts, from CONFIG_VSI_QUEUES, validated against the DMA map at
+// configuration time (the data path must still handle a later DMA_UNMAP:
+// see DataPathHooks::OnDmaUnmap).
+struct TxQueueContext {
+  bool configured = false;  // a ring was given (ring_len > 0)
+  bool enabled = false;     // started by ENABLE_QUEUES, not stopped since
+  uint64_t ring_addr = 0;   // IOVA of descriptor 0 (16-byte descriptors)
+  uint32_t ring_len = 0;    // descriptors: 64..8160, multiple of 32
+  uint32_t msix_vector = 0; // from CONFIG_IRQ_MAP; 0 = no interrupt
+  uint32_t itr_index = kItrIndexNone;  // ITR register the vector coalesces with
+};
+
+struct RxQueueContext {
+  bool configured = false;
+  bool enabled = false;
+  uint64_t ring_addr = 0;    // IOVA of descriptor 0 (32-byte legacy descriptors)
+  uint32_t ring_len = 0;     // descriptors: 64..8160, multiple of 32
+  uint32_t buffer_size = 0;  // bytes per posted buffer (databuffer_size & ~127)
+  uint32_t max_frame = 0;    // largest frame to deliver (max_pkt_size, <= 9728)
+  bool keep_crc = false;     // crc_disable (only with the CRC cap, never granted)
+  uint32_t msix_vector = 0;
+  uint32_t itr_index = kItrIndexNone;
+};
+
+enum class QueueKind : uint8_t { kRx, kTx };
+
+struct RssConfig {
+  std::array<uint8_t, kRssKeySize> key{};
+  std::array<uint8_t, kRssLutSize> lut{};
+  uint64_t hena = 0;
+  uint32_t hfunc = 0;  // 0 Toeplitz, 1 XOR, 2 symmetric Toeplitz, 3 symmetric XOR
+};
+
+struct MacFilterEntry {
+  MacAddr addr{};
+  uint8_t type = 0;  // virtchnl: 0 legacy, 1 primary, 2 extra
+};
+
+// Counters of refused guest input and notable events.
+struct DeviceCounters {
+  uint64_t vc_messages = 0;        // virtchnl requests handled
+  uint64_t vc_errors = 0;          // requests answered with an error status
+  uint64_t vc_not_supported = 0;   // requests answered NOT_SUPPORTED
+  uint64_t vc_bad_length = 0;      // messages failing the length rules
+  uint64_t bad_tail_writes = 0;    // QTX/QRX_TAIL >= ring_len of a configured queue
+  uint64_t ignored_tail_writes = 0;  // tail of a queue not granted/configured
+  uint64_t bad_ring_addr = 0;      // ring outside the DMA map / misaligned
+  uint64_t odd_size_accesses = 0;  // BAR0 accesses not 4 or 8 bytes aligned
+  uint64_t vf_resets = 0;
+  uint64_t flrs = 0;
+  uint64_t link_events = 0;
+};
+
+// What the data path implements; every method has a default so a control-
+// plane-only user (tests, the test rig) can leave it unset.
+class DataPathHooks {
+ public:
+  virtual ~DataPathHooks() = default;
+  // Trapped doorbells only: the guest wrote QTX_TAIL(queue) / QRX_TAIL(queue)
+  // of an enabled queue with a value < ring_len (out-of-range tails are
+  // counted and not reported). Read the tail with TxTail()/RxTail().
+  virtual void OnTxDoorbell(uint32_t /*queue*/) {}
+  virtual void OnRxDoorbell(uint32_t /*queue*/) {}
+  // ENABLE_QUEUES started these queues (bit q = queue q; only queues that
+  // were not running). Contexts are final; the device's ring heads start at
+  // descriptor 0. Called before the reply reaches the guest.
+  virtual void OnQueuesEnabled(uint32_t /*rx_mask*/, uint32_t /*tx_mask*/) {}
+  // These queues stop (DISABLE_QUEUES, CONFIG_VSI_QUEUES of a running queue,
+  // VF reset, FLR). The data path must have stopped all DMA to their rings
+  // when this returns; the guest sees the reply / reset only afterwards.
+  virtual void OnQueuesDisabled(uint32_t /*rx_mask*/, uint32_t /*tx_mask*/) {}
+  // GET_STATS: fill the VSI totals (all queues; zeros if not overridden).
+  virtual void GetStats(vc::EthStats* /*stats*/) {}
+  // MAC filters, VLAN filters or promiscuous flags changed (read them with
+  // mac_filters() / vlan_filters() / promisc_flags()).
+  virtual void OnFiltersChanged() {}
+  // The guest is unmapping [iova, iova + size): drop every pointer into it
+  // before returning (called from PciDevice::OnDmaUnmap).
+  virtual void OnDmaUnmap(uint64_t /*iova*/, uint64_t /*size*/) {}
+};
+
+class Device final : public vfio_user::PciDevice {
+ public:
+  // state_store table holding this device's records (the Env must list it).
+  static constexpr char kStateTable[] = "avf";
+
+  // INVALID_ARGUMENT for bad options (queue count, doorbell fd).
+  static absl::StatusOr<std::unique_ptr<Device>> Create(const DeviceOptions& options);
+  ~Device() override;
+
+  // ---- vfio_user::PciDevice ----
+  std::vector<vfio_user::RegionDesc> Regions() const override;
+  std::vector<vfio_user::IrqDesc> Irqs() const override;
+  absl::Status RegionRead(uint32_t region, uint64_t offset, absl::Span<uint8_t> out) override;
+  absl::Status RegionWrite(uint32_t region, uint64_t offset,
+                           absl::Span<const uint8_t> data) override;
+  void Attach(const vfio_user::DeviceContext& ctx) override;
+  void Detach() override;
+  // DEVICE_RESET / FLR: power-on state (config space, MSI-X, VF state,
+  // negotiated version and queue count); RSTAT then steps 0 -> 1 -> 2 on
+  // successive reads.
+  absl::Status Reset() override;
+  void OnDmaUnmap(uint64_t iova, uint64_t size) override;
+  // Records (table kStateTable): identity, regs, aq, irq, vf, pci. Save puts
+  // only those whose bytes changed since the last Save.
+  absl::Status Save(state_store::WriteTxn& txn) override;
+  // NOT_FOUND if nothing was saved; FAILED_PRECONDITION if the records were
+  // written by a device with other options (queue count, doorbell mode).
+  absl::Status Restore(const state_store::ReadTxn& txn) override;
+
+  // ---- BAR0 register access (also what RegionRead/Write of BAR0 use) ----
+  // `offset` is 4-byte aligned, < kBar0Size. Reads have the register's side
+  // effects (ICR01 read-to-clear, RSTAT progress after a reset).
+  uint32_t ReadReg(uint32_t offset);
+  void WriteReg(uint32_t offset, uint32_t value);
+
+  // ---- Data-path API ----
+  void set_hooks(DataPathHooks* hooks) { hooks_ = hooks; }
+  // Guest memory of the attached client; nullptr while detached.
+  vfio_user::DmaMemory* dma() const { return ctx_.dma; }
+  // Queue pairs currently granted to the VF (queues 0..n-1 are valid).
+  uint32_t num_queue_pairs() const { return num_queue_pairs_; }
+  // Contexts of queue q < kMaxQueuePairs (unconfigured beyond the granted).
+  const TxQueueContext& tx_queue(uint32_t q) const { return txq_[q % kMaxQueuePairs]; }
+  const RxQueueContext& rx_queue(uint32_t q) const { return rxq_[q % kMaxQueuePairs]; }
+  // Last value the guest wrote to QTX_TAIL(q) / QRX_TAIL(q) (q < 256). Raw:
+  // it may be >= ring_len, which the data path must treat as "no new work".
+  // In mapped mode this reads the shared doorbell page.
+  uint32_t TxTail(uint32_t q) const;
+  uint32_t RxTail(uint32_t q) const;
+  // Signals the completion interrupt of queue q: the MSI-X vector mapped by
+  // CONFIG_IRQ_MAP fires if armed (then auto-masks until the driver writes
+  // INTENA again), else stays pending and fires on re-arm. No-op for an
+  // unmapped queue. Returns true if the vector fired now.
+  bool RaiseQueueInterrupt(QueueKind kind, uint32_t q);
+  // Same for queue vector `msix_vector` (1..16) directly.
+  bool RaiseVector(uint32_t msix_vector) { return irq_->RaiseQueueVector(msix_vector); }
+  // Armed/pending/WB_ON_ITR/ITR intervals of a vector, for coalescing.
+  VectorState vector_state(uint32_t msix_vector) const { return irq_->state(msix_vector); }
+  // Receive filtering state from virtchnl.
+  const std::vector<MacFilterEntry>& mac_filters() const { return macs_; }
+  uint16_t promisc_flags() const { return promisc_flags_; }  // vc::kPromisc*
+  const std::bitset<4096>& vlan_filters() const { return vlans_; }
+  bool vlan_strip() const { return vlan_strip_; }
+  const RssConfig& rss() const { return rss_; }
+  uint32_t granted_caps() const { return granted_caps_; }
+  // Changes the "physical" link; sends LINK_CHANGE now if queues are running.
+  void SetLink(bool up, uint32_t speed_mbps);
+  // Mapped mode: the memfd backing BAR0 [0, kDoorbellWindowSize) (owned by
+  // the device; dup it to hand it over). -1 in trapped mode.
+  int doorbell_fd() const { return doorbell_fd_.get(); }
+
+  // ---- Diagnostics ----
+  const DeviceCounters& counters() const { return counters_; }
+  const AdminQueueCounters& aq_counters() const { return aq_.counters(); }
+  uint64_t interrupts_fired() const { return irq_->fired(); }
+  const DeviceOptions& options() const { return options_; }
+  const vfio_user::PciConfigSpace& config_space() const { return *config_; }
+
+ private:
+  explicit Device(const DeviceOptions& options);
+  absl::Status Init();
+  absl::Status InitConfigSpace();
+
+  // Register helpers.
+  uint32_t DoorbellRead(uint32_t index) const;
+  void DoorbellWrite(uint32_t index, uint32_t value);
+  void OnTailWrite(QueueKind kind, uint32_t q, uint32_t value);
+
+  // Admin queue / virtchnl (virtchnl_pf.cc).
+  void RunAtq();
+  AdminQueue::Next HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t> msg, bool dma_error);
+  void Reply(uint32_t v_op, int32_t status, absl::Span<const uint8_t> payload = {});
+  void SendLinkEvent();
+  int32_t OpVersion(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
+  int32_t OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
+  int32_t OpConfigVsiQueues(absl::Span<const uint8_t> msg);
+  int32_t OpConfigIrqMap(absl::Span<const uint8_t> msg);
+  int32_t OpEnableQueues(absl::Span<const uint8_t> msg);
+  int32_t OpDisableQueues(absl::Span<const uint8_t> msg);
+  int32_t OpEthAddr(absl::Span<const uint8_t> msg, bool add);
+  int32_t OpVlan(absl::Span<const uint8_t> msg, bool add);
+  int32_t OpPromisc(absl::Span<const uint8_t> msg);
+  int32_t OpGetStats(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
+  int32_t OpRssKey(absl::Span<const uint8_t> msg);
+  int32_t OpRssLut(absl::Span<const uint8_t> msg);
+  int32_t OpRssHfunc(absl::Span<const uint8_t> msg);
+  int32_t OpSetRssHena(absl::Span<const uint8_t> msg);
+  // Returns true if the request was granted (a VF reset followed, no reply).
+  bool OpRequestQueues(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
+  bool RingInDmaMap(uint64_t addr, uint64_t bytes);
+  void StopQueues(uint32_t rx_mask, uint32_t tx_mask);
+
+  // VF reset (RESET_VF, REQUEST_QUEUES): mailbox, queues, interrupts and
+  // configuration back to their post-reset state; RSTAT -> INPROGRESS.
+  void VfReset();
+
+  // Persistence helpers.
+  std::map<std::string, std::string> SerializeState() const;
+
+  DeviceOptions options_;
+  vfio_user::DeviceContext ctx_;
+  DataPathHooks* hooks_ = nullptr;
+
+  std::unique_ptr<vfio_user::PciConfigSpace> config_;
+  vfio_user::MsixTable msix_{kMaxMsixVectors};
+
+  // BAR0 [0, kDoorbellWindowSize): internal array or the mapped memfd.
+  UniqueFd doorbell_fd_;
+  volatile uint32_t* doorbell_ = nullptr;
+  std::vector<uint32_t> doorbell_storage_;
+  bool doorbell_adopted_ = false;
+
+  std::unique_ptr<InterruptController> irq_;
+  AdminQueue aq_;
+  uint32_t rstat_ = kVfrVfActive;
+  std::array<uint32_t, kNumHenaRegs> hena_reg_{};
+  std::array<uint32_t, kNumHkeyRegs> hkey_reg_{};
+  std::array<uint32_t, kNumHlutRegs> hlut_reg_{};
+
+  // virtchnl state.
+  uint32_t vf_major_ = 0, vf_minor_ = 0;
+  uint32_t granted_caps_ = 0;
+  bool resources_sent_ = false;
+  uint32_t num_queue_pairs_ = 0;
+  std::array<TxQueueContext, kMaxQueuePairs> txq_{};
+  std::array<RxQueueContext, kMaxQueuePairs> rxq_{};
+  std::vector<MacFilterEntry> macs_;
+  std::bitset<4096> vlans_;
+  uint16_t promisc_flags_ = 0;
+  bool vlan_strip_ = false;
+  RssConfig rss_;
+  bool link_reported_up_ = false;
+  bool link_up_ = true;
+  uint32_t link_speed_mbps_ = 0;
+
+  DeviceCounters counters_;
+  std::map<std::string, std::string> saved_;  // record bytes at the last Save
+};
+
+}  // namespace emud::avf
+
+#endif  // EMUD_AVF_DEVICE_H_

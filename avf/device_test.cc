@@ -1,0 +1,778 @@
+#include "avf/device.h"
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "avf/testing.h"
+#include "gtest/gtest.h"
+#include "state_store/store.h"
+#include "state_store/test_util.h"
+#include <sys/mman.h>
+
+namespace emud::avf {
+namespace {
+
+using testing::ArqMessage;
+using testing::FakeDma;
+using testing::FakeIrqs;
+using testing::MiniDriver;
+
+constexpr uint64_t kRamBase = 0x40000000;
+constexpr size_t kRamSize = 2 << 20;
+// Linux iavf's requested capabilities (iavf_send_vf_config_msg, ~6.x).
+constexpr uint32_t kLinuxCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssAq | vc::kCapRssReg |
+                                vc::kCapVlan | vc::kCapWbOnItr | vc::kCapReqQueues |
+                                vc::kCapAdvLinkSpeed | vc::kCapVlanV2 | vc::kCapCrc |
+                                vc::kCapRxFlexDesc | vc::kCapRssPctypeV2;
+
+class Bytes {
+ public:
+  template <typename T>
+  Bytes& Add(const T& v) {
+    size_t at = b_.size();
+    b_.resize(at + sizeof(T));
+    std::memcpy(b_.data() + at, &v, sizeof(T));
+    return *this;
+  }
+  Bytes& Zero(size_t n) {
+    b_.resize(b_.size() + n, 0);
+    return *this;
+  }
+  absl::Span<const uint8_t> span() const { return b_; }
+  std::vector<uint8_t>& vec() { return b_; }
+
+ private:
+  std::vector<uint8_t> b_;
+};
+
+struct RecordingHooks : DataPathHooks {
+  void OnTxDoorbell(uint32_t q) override { tx_doorbells.push_back(q); }
+  void OnRxDoorbell(uint32_t q) override { rx_doorbells.push_back(q); }
+  void OnQueuesEnabled(uint32_t rx, uint32_t tx) override { enabled.push_back({rx, tx}); }
+  void OnQueuesDisabled(uint32_t rx, uint32_t tx) override { disabled.push_back({rx, tx}); }
+  void GetStats(vc::EthStats* s) override { s->rx_bytes = 1234, s->tx_unicast = 7; }
+  void OnFiltersChanged() override { ++filters_changed; }
+  std::vector<uint32_t> tx_doorbells, rx_doorbells;
+  std::vector<std::pair<uint32_t, uint32_t>> enabled, disabled;
+  int filters_changed = 0;
+};
+
+class DeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Make(DeviceOptions{}); }
+  void Make(DeviceOptions o) {
+    auto d = Device::Create(o);
+    ASSERT_TRUE(d.ok()) << d.status();
+    dev_ = std::move(*d);
+    dev_->Attach({&dma_, &irqs_});
+    dev_->set_hooks(&hooks_);
+    drv_ = std::make_unique<MiniDriver>(dev_.get(), &dma_);
+  }
+
+  ArqMessage Call(uint32_t op, absl::Span<const uint8_t> msg) {
+    auto r = drv_->Call(op, msg);
+    EXPECT_TRUE(r.has_value()) << "no reply to " << vc::OpName(op);
+    return r.value_or(ArqMessage{});
+  }
+  int32_t Status(uint32_t op, absl::Span<const uint8_t> msg) { return Call(op, msg).v_retval; }
+
+  void Negotiate() {
+    drv_->InitAdminQueue();
+    vc::VersionInfo v{1, 1};
+    ASSERT_EQ(drv_->CallStruct(vc::kOpVersion, v)->v_retval, 0);
+    ASSERT_EQ(drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps)->v_retval, 0);
+  }
+
+  uint64_t TxRing(uint32_t q) const { return drv_->scratch_base() + q * 0x10000; }
+  uint64_t RxRing(uint32_t q) const { return drv_->scratch_base() + q * 0x10000 + 0x8000; }
+
+  // CONFIG_VSI_QUEUES as Linux builds it (one element more than needed).
+  Bytes VsiQueues(uint32_t n, uint32_t ring_len = 512, bool legacy_len = true) {
+    Bytes b;
+    b.Add(vc::VsiQueueConfigHeader{kVsiId, static_cast<uint16_t>(n), 0});
+    for (uint32_t q = 0; q < n; ++q) {
+      vc::QueuePairInfo p{};
+      p.txq.vsi_id = kVsiId;
+      p.txq.queue_id = q;
+      p.txq.ring_len = ring_len;
+      p.txq.dma_ring_addr = TxRing(q);
+      p.rxq.vsi_id = kVsiId;
+      p.rxq.queue_id = q;
+      p.rxq.ring_len = ring_len;
+      p.rxq.dma_ring_addr = RxRing(q);
+      p.rxq.databuffer_size = 1536;
+      p.rxq.max_pkt_size = kMaxFrameSize;
+      b.Add(p);
+    }
+    if (legacy_len) b.Zero(sizeof(vc::QueuePairInfo));
+    return b;
+  }
+  Bytes IrqMap(uint32_t nq) {
+    Bytes b;
+    b.Add(static_cast<uint16_t>(nq + 1));
+    b.Add(vc::VectorMap{kVsiId, 0, 0, 0, 0, 0});
+    for (uint32_t q = 0; q < nq; ++q) {
+      b.Add(vc::VectorMap{kVsiId, static_cast<uint16_t>(q + 1), static_cast<uint16_t>(1u << q),
+                          static_cast<uint16_t>(1u << q), 0, 1});
+    }
+    b.Zero(sizeof(vc::VectorMap));
+    return b;
+  }
+  Bytes Select(uint32_t rx, uint32_t tx) {
+    Bytes b;
+    b.Add(vc::QueueSelect{kVsiId, 0, rx, tx});
+    return b;
+  }
+
+  void BringUp(uint32_t nq = 4) {
+    Negotiate();
+    ASSERT_EQ(Status(vc::kOpConfigIrqMap, IrqMap(nq).span()), 0);
+    ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(nq).span()), 0);
+    uint32_t m = (1u << nq) - 1;
+    ASSERT_EQ(Status(vc::kOpEnableQueues, Select(m, m).span()), 0);
+  }
+
+  FakeDma dma_{kRamBase, kRamSize};
+  FakeIrqs irqs_;
+  RecordingHooks hooks_;
+  std::unique_ptr<Device> dev_;
+  std::unique_ptr<MiniDriver> drv_;
+};
+
+// ------------------------------------------------------------ PCI identity
+
+uint32_t Cfg32(Device& d, uint32_t off) {
+  uint8_t b[4];
+  EXPECT_TRUE(d.RegionRead(vfio_user::kConfigRegion, off, absl::MakeSpan(b)).ok());
+  uint32_t v;
+  std::memcpy(&v, b, 4);
+  return v;
+}
+void CfgWrite32(Device& d, uint32_t off, uint32_t v) {
+  EXPECT_TRUE(d.RegionWrite(vfio_user::kConfigRegion, off,
+                            absl::MakeConstSpan(reinterpret_cast<uint8_t*>(&v), 4))
+                  .ok());
+}
+
+TEST_F(DeviceTest, PciIdentityBarsAndCapabilities) {
+  EXPECT_EQ(Cfg32(*dev_, 0), 0x18898086u);
+  EXPECT_EQ(Cfg32(*dev_, 8) >> 8, kClassEthernet);
+  // BAR0: 64-bit memory, 64 KiB.
+  EXPECT_EQ(Cfg32(*dev_, 0x10) & 0x6, 0x4u);
+  CfgWrite32(*dev_, 0x10, 0xFFFFFFFF);
+  EXPECT_EQ(Cfg32(*dev_, 0x10) & ~0xFu, ~uint32_t(kBar0Size - 1));
+  // MSI-X: 17 vectors, table in BAR3 at 0, PBA in BAR3 at 0x2000.
+  uint8_t msix = dev_->config_space().FindCapability(vfio_user::pci::kCapIdMsix);
+  ASSERT_NE(msix, 0);
+  uint32_t ctrl = Cfg32(*dev_, msix) >> 16;
+  EXPECT_EQ((ctrl & 0x7FF) + 1, kMaxMsixVectors);
+  EXPECT_EQ(Cfg32(*dev_, msix + 4), 3u);
+  EXPECT_EQ(Cfg32(*dev_, msix + 8), 0x2000u | 3u);
+  uint8_t pcie = dev_->config_space().FindCapability(vfio_user::pci::kCapIdPcie);
+  ASSERT_NE(pcie, 0);
+  EXPECT_NE(Cfg32(*dev_, pcie + vfio_user::pci::kPcieDevCap) & vfio_user::pci::kPcieDevCapFlr, 0u);
+  auto regions = dev_->Regions();
+  EXPECT_EQ(regions[vfio_user::kBar0].size, kBar0Size);
+  EXPECT_TRUE(regions[vfio_user::kBar0].mmap_areas.empty());
+  EXPECT_EQ(regions[vfio_user::kBar3].size, kBar3Size);
+  EXPECT_EQ(regions[vfio_user::kConfigRegion].size, 4096u);
+  EXPECT_EQ(dev_->Irqs()[vfio_user::kMsixIrq].count, kMaxMsixVectors);
+  EXPECT_EQ(dev_->Irqs()[vfio_user::kIntxIrq].count, 0u);
+}
+
+TEST_F(DeviceTest, PowerOnRegisters) {
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat) & kRstatMask, kVfrVfActive);
+  for (uint32_t r : {kVfAtqlen1, kVfArqlen1, kVfAtqh1, kVfArqh1, kVfAtqbal1, kVfintDynCtl01,
+                     kVfintIcr0Ena1}) {
+    EXPECT_EQ(dev_->ReadReg(r), 0u) << std::hex << r;
+  }
+  EXPECT_EQ(dev_->ReadReg(0xF000), 0u) << "unknown offsets read 0";
+  dev_->WriteReg(0xF000, 0x1234);
+  EXPECT_EQ(dev_->ReadReg(0xF000), 0u);
+}
+
+// ------------------------------------------------------------ bring-up
+
+TEST_F(DeviceTest, VersionAndResources) {
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 1};
+  ArqMessage r = *drv_->CallStruct(vc::kOpVersion, v);
+  EXPECT_EQ(r.desc.opcode, kAqOpcSendMsgToVf);
+  EXPECT_EQ(r.desc.flags & kAqFlagErr, 0);
+  ASSERT_EQ(r.payload.size(), 8u);
+  auto pf = vc::Load<vc::VersionInfo>(r.payload, 0);
+  EXPECT_EQ(pf.major, 1u);
+  EXPECT_EQ(pf.minor, 1u);
+  EXPECT_EQ(dev_->ReadReg(kVfAtqh1), 1u) << "ATQH advanced (VERSION_CHECK tests it)";
+
+  r = *drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps);
+  ASSERT_EQ(r.v_retval, 0);
+  ASSERT_EQ(r.payload.size(), 36u);
+  auto res = vc::Load<vc::VfResource>(r.payload, 0);
+  EXPECT_EQ(res.num_vsis, 1);
+  EXPECT_EQ(res.num_queue_pairs, 4);
+  EXPECT_EQ(res.max_vectors, 5);
+  EXPECT_EQ(res.max_mtu, kMaxFrameSize);
+  EXPECT_EQ(res.vsi_res[0].vsi_type, int32_t(vc::kVsiTypeSriov));
+  EXPECT_EQ(res.rss_key_size, 52u);
+  EXPECT_EQ(res.rss_lut_size, 64u);
+  const uint32_t must = vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr;
+  EXPECT_EQ(res.vf_cap_flags & must, must);
+  EXPECT_EQ(res.vf_cap_flags & ~kLinuxCaps, 0u) << "never more than requested";
+  EXPECT_EQ(res.vf_cap_flags & vc::kCapRssAq, 0u);
+  EXPECT_EQ(res.vf_cap_flags & vc::kCapVlanV2, 0u);
+}
+
+TEST_F(DeviceTest, LegacyVfGetsResourcesWithoutCapabilityWord) {
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 0};
+  drv_->CallStruct(vc::kOpVersion, v);
+  ArqMessage r = Call(vc::kOpGetVfResources, {});
+  EXPECT_EQ(r.v_retval, 0);
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags, vc::kCapL2);
+}
+
+TEST_F(DeviceTest, FullBringUpRaisesLinkAndServesStats) {
+  drv_->InitAdminQueue();
+  dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
+  dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+  BringUp(4);
+  EXPECT_GE(irqs_.Count(0), 1) << "admin interrupt on vector 0";
+  EXPECT_EQ(dev_->ReadReg(kVfintIcr01) & kIcr0AdminQ, kIcr0AdminQ);
+  EXPECT_EQ(dev_->ReadReg(kVfintIcr01), 0u) << "read-to-clear";
+  ASSERT_EQ(hooks_.enabled.size(), 1u);
+  EXPECT_EQ(hooks_.enabled[0], std::make_pair(0xFu, 0xFu));
+  // LINK_CHANGE follows the ENABLE_QUEUES reply.
+  auto ev = drv_->Receive();
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(ev->v_op, uint32_t(vc::kOpEvent));
+  auto pe = vc::Load<vc::PfEvent>(ev->payload, 0);
+  EXPECT_EQ(pe.event, vc::kEventLinkChange);
+  EXPECT_EQ(pe.link_status, 1);
+  EXPECT_EQ(pe.link_speed, 25000u) << "Mbps with ADV_LINK_SPEED";
+  for (uint32_t q = 0; q < 4; ++q) {
+    EXPECT_TRUE(dev_->tx_queue(q).enabled);
+    EXPECT_EQ(dev_->tx_queue(q).ring_addr, TxRing(q));
+    EXPECT_EQ(dev_->rx_queue(q).ring_len, 512u);
+    EXPECT_EQ(dev_->rx_queue(q).buffer_size, 1536u);
+    EXPECT_EQ(dev_->rx_queue(q).msix_vector, q + 1);
+    EXPECT_EQ(dev_->tx_queue(q).itr_index, 1u);
+  }
+  ArqMessage st = Call(vc::kOpGetStats, Select(0, 0).span());
+  ASSERT_EQ(st.payload.size(), sizeof(vc::EthStats));
+  EXPECT_EQ(vc::Load<vc::EthStats>(st.payload, 0).rx_bytes, 1234u);
+  EXPECT_EQ(vc::Load<vc::EthStats>(st.payload, 0).tx_unicast, 7u);
+}
+
+TEST_F(DeviceTest, LegacyLinkSpeedWithoutAdvCap) {
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 1};
+  drv_->CallStruct(vc::kOpVersion, v);
+  drv_->CallStruct(vc::kOpGetVfResources, vc::kCapL2);
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(1).span()), 0);
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(1, 1).span()), 0);
+  auto ev = drv_->Receive();
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(vc::Load<vc::PfEvent>(ev->payload, 0).link_speed, vc::kLinkSpeed25Gb);
+}
+
+TEST_F(DeviceTest, FiltersPromiscVlanAndRss) {
+  Negotiate();
+  Bytes mac;
+  mac.Add(uint16_t{kVsiId}).Add(uint16_t{2});
+  mac.Add(vc::EtherAddr{{0x02, 1, 2, 3, 4, 5}, 1, 0});
+  mac.Add(vc::EtherAddr{{0x33, 0x33, 0, 0, 0, 1}, 2, 0});
+  mac.Zero(8);
+  EXPECT_EQ(Status(vc::kOpAddEthAddr, mac.span()), 0);
+  EXPECT_EQ(Status(vc::kOpAddEthAddr, mac.span()), 0) << "duplicates are fine";
+  ASSERT_EQ(dev_->mac_filters().size(), 2u);
+  EXPECT_EQ(dev_->mac_filters()[0].type, 1);
+  Bytes del;
+  del.Add(uint16_t{kVsiId}).Add(uint16_t{1}).Add(vc::EtherAddr{{0x33, 0x33, 0, 0, 0, 1}, 0, 0});
+  EXPECT_EQ(Status(vc::kOpDelEthAddr, del.span()), 0);
+  EXPECT_EQ(dev_->mac_filters().size(), 1u);
+  EXPECT_GE(hooks_.filters_changed, 2);
+
+  EXPECT_EQ(Status(vc::kOpConfigPromiscuousMode,
+                   Bytes().Add(vc::PromiscInfo{kVsiId, vc::kPromiscUnicast | vc::kPromiscMulticast}).span()),
+            0);
+  EXPECT_EQ(dev_->promisc_flags(), 3);
+
+  Bytes vlan;
+  vlan.Add(uint16_t{kVsiId}).Add(uint16_t{1}).Add(uint16_t{100}).Zero(2);
+  EXPECT_EQ(Status(vc::kOpAddVlan, vlan.span()), 0);
+  EXPECT_TRUE(dev_->vlan_filters()[100]);
+  EXPECT_EQ(Status(vc::kOpEnableVlanStripping, {}), 0);
+  EXPECT_TRUE(dev_->vlan_strip());
+  EXPECT_EQ(Status(vc::kOpDisableVlanStripping, {}), 0);
+  EXPECT_FALSE(dev_->vlan_strip());
+
+  Bytes key;
+  key.Add(uint16_t{kVsiId}).Add(uint16_t{52});
+  for (int i = 0; i < 52; ++i) key.Add(static_cast<uint8_t>(i));
+  key.Zero(1);  // sizeof-based length, one byte more
+  EXPECT_EQ(Status(vc::kOpConfigRssKey, key.span()), 0);
+  EXPECT_EQ(dev_->rss().key[51], 51);
+  Bytes lut;
+  lut.Add(uint16_t{kVsiId}).Add(uint16_t{64});
+  for (int i = 0; i < 64; ++i) lut.Add(static_cast<uint8_t>(i % 4));
+  EXPECT_EQ(Status(vc::kOpConfigRssLut, lut.span()), 0);
+  EXPECT_EQ(dev_->rss().lut[7], 3);
+  ArqMessage caps = Call(vc::kOpGetRssHenaCaps, {});
+  ASSERT_EQ(caps.payload.size(), 8u);
+  uint64_t hena = vc::Load<uint64_t>(caps.payload, 0);
+  EXPECT_EQ(hena, kRssHenaCaps);
+  EXPECT_EQ(Status(vc::kOpSetRssHena, Bytes().Add(hena).span()), 0);
+  EXPECT_EQ(dev_->rss().hena, hena);
+  EXPECT_EQ(Status(vc::kOpSetRssHena, Bytes().Add(uint64_t{1}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpConfigRssHfunc, Bytes().Add(vc::RssHfunc{kVsiId, 1, 0}).span()), 0);
+  EXPECT_EQ(dev_->rss().hfunc, 1u);
+  // Wrong key size is refused.
+  Bytes shortkey;
+  shortkey.Add(uint16_t{kVsiId}).Add(uint16_t{40}).Zero(40);
+  EXPECT_EQ(Status(vc::kOpConfigRssKey, shortkey.span()), vc::kErrParam);
+}
+
+TEST_F(DeviceTest, RssRegistersAcceptTheOnePastTheEndWrites) {
+  for (uint32_t i = 0; i <= kNumHkeyRegs; ++i) dev_->WriteReg(VfqfHkey(i), 0x01010101 * i);
+  for (uint32_t i = 0; i <= kNumHlutRegs; ++i) dev_->WriteReg(VfqfHlut(i), i);
+  dev_->WriteReg(VfqfHena(0), 0xdeadbeef);
+  EXPECT_EQ(dev_->ReadReg(VfqfHkey(12)), 0x0c0c0c0cu);
+  EXPECT_EQ(dev_->ReadReg(VfqfHkey(13)), 0u);
+  EXPECT_EQ(dev_->ReadReg(VfqfHlut(15)), 15u);
+  EXPECT_EQ(dev_->ReadReg(VfqfHlut(16)), 0u);
+  EXPECT_EQ(dev_->ReadReg(VfqfHena(0)), 0xdeadbeefu);
+}
+
+// ------------------------------------------------------------ lengths and bad input
+
+TEST_F(DeviceTest, LengthRulesAcceptLegacyAndMinimalSizesOnly) {
+  Negotiate();
+  EXPECT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(2, 512, /*legacy_len=*/true).span()), 0);
+  EXPECT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(2, 512, /*legacy_len=*/false).span()), 0);
+  Bytes cut = VsiQueues(2, 512, false);
+  cut.vec().resize(cut.vec().size() - 1);
+  EXPECT_EQ(Status(vc::kOpConfigVsiQueues, cut.span()), vc::kErrParam);
+  Bytes zero;
+  zero.Add(vc::VsiQueueConfigHeader{kVsiId, 0, 0}).Zero(64);
+  EXPECT_EQ(Status(vc::kOpConfigVsiQueues, zero.span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpConfigIrqMap, Bytes().Add(uint16_t{0}).Zero(12).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpEnableQueues, Bytes().Add(uint32_t{0}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpVersion, Bytes().Add(uint32_t{1}).span()), vc::kErrParam);
+  // num_elements claiming more than was sent.
+  EXPECT_EQ(Status(vc::kOpAddEthAddr, Bytes().Add(uint16_t{kVsiId}).Add(uint16_t{1000}).Zero(16).span()),
+            vc::kErrParam);
+  EXPECT_EQ(dev_->counters().vc_bad_length, 6u);
+}
+
+TEST_F(DeviceTest, UnknownOpsAreNotSupported) {
+  Negotiate();
+  for (uint32_t op : {0u, 4u, 5u, 16u, 17u, 20u, 30u, 44u, 51u, 107u, 0xFFFFFFFFu}) {
+    ArqMessage r = Call(op, Bytes().Zero(16).span());
+    EXPECT_EQ(r.v_retval, vc::kNotSupported) << op;
+    EXPECT_EQ(r.desc.flags & kAqFlagErr, 0);
+  }
+  EXPECT_EQ(dev_->counters().vc_not_supported, 11u);
+}
+
+TEST_F(DeviceTest, QueueConfigValidation) {
+  Negotiate();
+  auto bad = [&](auto mutate) {
+    Bytes b = VsiQueues(1);
+    auto* p = reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8);
+    mutate(*p);
+    return Status(vc::kOpConfigVsiQueues, b.span());
+  };
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.dma_ring_addr = 0x1000; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.dma_ring_addr = kRamBase + kRamSize - 4096; }),
+            vc::kErrParam) << "ring runs past the end of the map";
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.dma_ring_addr += 8; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.queue_id = p.rxq.queue_id = 4; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.queue_id = p.rxq.queue_id = 0xFFFF; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.queue_id = 1; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.ring_len = 100; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.ring_len = 0xFFFFFFFF; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.databuffer_size = 512; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.max_pkt_size = 20000; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.headwb_enabled = 1; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.vsi_id = 9; }), vc::kErrParam);
+  EXPECT_FALSE(dev_->tx_queue(0).configured) << "failed messages change nothing";
+  // ring_len 0 = that direction unconfigured (DPDK with unequal counts).
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.ring_len = 0; }), 0);
+  EXPECT_FALSE(dev_->tx_queue(0).configured);
+  EXPECT_TRUE(dev_->rx_queue(0).configured);
+  EXPECT_EQ(Status(vc::kOpEnableQueues, Select(0, 1).span()), vc::kErrParam)
+      << "enabling an unconfigured queue";
+  EXPECT_EQ(Status(vc::kOpEnableQueues, Select(1 << 5, 0).span()), vc::kErrParam)
+      << "queue beyond those granted";
+  EXPECT_GE(dev_->counters().bad_ring_addr, 3u);
+}
+
+TEST_F(DeviceTest, IrqMapValidation) {
+  Negotiate();
+  auto one = [&](vc::VectorMap m) {
+    return Status(vc::kOpConfigIrqMap, Bytes().Add(uint16_t{1}).Add(m).span());
+  };
+  EXPECT_EQ(one({kVsiId, 0, 1, 0, 0, 0}), vc::kErrParam) << "vector 0 takes no queues";
+  EXPECT_EQ(one({kVsiId, 5, 1, 0, 0, 0}), vc::kErrParam) << "vector beyond max_vectors";
+  EXPECT_EQ(one({kVsiId, 1, 1u << 4, 0, 0, 0}), vc::kErrParam) << "queue not granted";
+  EXPECT_EQ(one({kVsiId, 1, 1, 0, 7, 0}), vc::kErrParam) << "ITR index";
+  EXPECT_EQ(one({kVsiId, 2, 1, 2, 0, 1}), 0);
+  EXPECT_EQ(dev_->rx_queue(0).msix_vector, 2u);
+  EXPECT_EQ(dev_->tx_queue(1).msix_vector, 2u);
+  EXPECT_EQ(dev_->tx_queue(1).itr_index, 1u);
+}
+
+TEST_F(DeviceTest, DoorbellsAndTails) {
+  // Linux posts RX buffers and writes QRX_TAIL before CONFIG_VSI_QUEUES.
+  Negotiate();
+  dev_->WriteReg(QrxTail(0), 511);
+  EXPECT_EQ(dev_->RxTail(0), 511u);
+  EXPECT_TRUE(hooks_.rx_doorbells.empty());
+  ASSERT_EQ(Status(vc::kOpConfigIrqMap, IrqMap(4).span()), 0);
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(4).span()), 0);
+  EXPECT_EQ(dev_->RxTail(0), 511u) << "tails survive CONFIG_VSI_QUEUES";
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(0xF, 0xF).span()), 0);
+  dev_->WriteReg(QtxTail(2), 5);
+  dev_->WriteReg(QrxTail(1), 100);
+  EXPECT_EQ(hooks_.tx_doorbells, std::vector<uint32_t>{2});
+  EXPECT_EQ(hooks_.rx_doorbells, std::vector<uint32_t>{1});
+  dev_->WriteReg(QtxTail(2), 512);      // beyond the ring
+  dev_->WriteReg(QtxTail(2), 0xFFFFFFFF);
+  EXPECT_EQ(hooks_.tx_doorbells.size(), 1u);
+  EXPECT_EQ(dev_->counters().bad_tail_writes, 2u);
+  dev_->WriteReg(QtxTail(9), 3);  // queue not granted
+  dev_->WriteReg(QtxTail(255), 3);
+  EXPECT_EQ(dev_->counters().ignored_tail_writes, 2u);
+  EXPECT_EQ(dev_->TxTail(1000), 0u);
+}
+
+TEST_F(DeviceTest, QueueInterruptsFollowIrqMapIntenaAndAutomask) {
+  BringUp(2);
+  EXPECT_FALSE(dev_->RaiseQueueInterrupt(QueueKind::kRx, 1)) << "vector 2 not armed yet";
+  dev_->WriteReg(VfintDynCtln1(1), kDynCtlIntena | kDynCtlItrIndxMask);
+  EXPECT_EQ(irqs_.Count(2), 1) << "pending fired on arm";
+  EXPECT_FALSE(dev_->RaiseQueueInterrupt(QueueKind::kTx, 1)) << "auto-masked";
+  dev_->WriteReg(VfintDynCtln1(1), kDynCtlIntena | (1u << kDynCtlItrIndxShift) | (25u << kDynCtlIntervalShift));
+  EXPECT_EQ(irqs_.Count(2), 2);
+  EXPECT_EQ(dev_->vector_state(2).itr[1], 25u);
+  EXPECT_EQ(dev_->ReadReg(VfintItrn1(1, 1)), 25u);
+  EXPECT_FALSE(dev_->RaiseQueueInterrupt(QueueKind::kRx, 7));
+  EXPECT_FALSE(dev_->RaiseQueueInterrupt(QueueKind::kRx, 100000));
+}
+
+TEST_F(DeviceTest, DisableQueuesStopsDmaBeforeReply) {
+  BringUp(2);
+  ASSERT_EQ(Status(vc::kOpDisableQueues, Select(3, 3).span()), 0);
+  ASSERT_EQ(hooks_.disabled.size(), 1u);
+  EXPECT_EQ(hooks_.disabled[0], std::make_pair(3u, 3u));
+  EXPECT_FALSE(dev_->rx_queue(0).enabled);
+  EXPECT_TRUE(dev_->rx_queue(0).configured);
+  dev_->WriteReg(QtxTail(0), 1);
+  EXPECT_TRUE(hooks_.tx_doorbells.empty()) << "no doorbells for stopped queues";
+}
+
+// ------------------------------------------------------------ reset
+
+TEST_F(DeviceTest, ResetVfHandshakeAndReinitWithoutVersion) {
+  BringUp(4);
+  Bytes mac;
+  mac.Add(uint16_t{kVsiId}).Add(uint16_t{1}).Add(vc::EtherAddr{{2, 0, 0, 0, 0, 1}, 1, 0});
+  ASSERT_EQ(Status(vc::kOpAddEthAddr, mac.span()), 0);
+  dev_->WriteReg(VfintDynCtln1(0), kDynCtlIntena);
+  const uint32_t arq_tail = dev_->ReadReg(kVfArqt1);
+  ASSERT_NE(arq_tail, 0u);
+
+  drv_->Send(vc::kOpResetVf, {});
+  // The driver first polls ARQLEN.ENABLE for 0 ...
+  EXPECT_EQ(dev_->ReadReg(kVfArqlen1) & kAqLenEnable, 0u);
+  EXPECT_EQ(dev_->ReadReg(kVfAtqlen1), 0u);
+  // ... then RSTAT until VFACTIVE; every state is visible once.
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrInProgress);
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrCompleted);
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrVfActive);
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrVfActive);
+  // Queues stopped, configuration forgotten, no reply queued.
+  ASSERT_FALSE(hooks_.disabled.empty());
+  EXPECT_EQ(hooks_.disabled.back(), std::make_pair(0xFu, 0xFu));
+  EXPECT_FALSE(dev_->tx_queue(0).configured);
+  EXPECT_EQ(dev_->tx_queue(0).msix_vector, 0u);
+  EXPECT_TRUE(dev_->mac_filters().empty());
+  EXPECT_EQ(dev_->ReadReg(VfintDynCtln1(0)), 0u);
+  EXPECT_EQ(dev_->ReadReg(kVfArqt1), 0u);
+  EXPECT_EQ(dev_->RxTail(0), 0u);
+
+  // Current Linux re-initialises with GET_VF_RESOURCES only (no VERSION).
+  drv_->InitAdminQueue();
+  ArqMessage r = *drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps);
+  EXPECT_EQ(r.v_retval, 0);
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).num_queue_pairs, 4);
+  ASSERT_EQ(Status(vc::kOpConfigIrqMap, IrqMap(4).span()), 0);
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(4).span()), 0);
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(0xF, 0xF).span()), 0);
+  auto ev = drv_->Receive();
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(vc::Load<vc::PfEvent>(ev->payload, 0).link_status, 1);
+  EXPECT_EQ(dev_->counters().vf_resets, 1u);
+}
+
+TEST_F(DeviceTest, DescriptorsAfterResetVfInTheSameDoorbellAreNotProcessed) {
+  Negotiate();
+  // Two descriptors in one doorbell: RESET_VF then VERSION.
+  AqDesc d;
+  d.flags = kAqFlagSi;
+  d.opcode = kAqOpcSendMsgToPf;
+  d.cookie_high = vc::kOpResetVf;
+  uint32_t slot = drv_->atq_ntu();
+  d.Encode(dma_.At(drv_->atq() + slot * kAqDescSize));
+  d.cookie_high = vc::kOpVersion;
+  d.Encode(dma_.At(drv_->atq() + ((slot + 1) % 32) * kAqDescSize));
+  uint64_t msgs = dev_->counters().vc_messages;
+  dev_->WriteReg(kVfAtqt1, (slot + 2) % 32);
+  EXPECT_EQ(dev_->counters().vc_messages, msgs + 1);
+  EXPECT_EQ(dev_->ReadReg(kVfAtqh1), 0u);
+}
+
+TEST_F(DeviceTest, FlrThroughConfigSpaceResetsToPowerOn) {
+  BringUp(2);
+  uint8_t pcie = dev_->config_space().FindCapability(vfio_user::pci::kCapIdPcie);
+  uint32_t ctl = Cfg32(*dev_, pcie + vfio_user::pci::kPcieDevCtl);
+  CfgWrite32(*dev_, pcie + vfio_user::pci::kPcieDevCtl, ctl | vfio_user::pci::kPcieDevCtlFlr);
+  EXPECT_EQ(dev_->counters().flrs, 1u);
+  EXPECT_EQ(dev_->ReadReg(kVfArqlen1), 0u);
+  EXPECT_FALSE(dev_->rx_queue(0).enabled);
+  uint32_t r = 0;
+  for (int i = 0; i < 5 && r != kVfrVfActive; ++i) r = dev_->ReadReg(kVfgenRstat);
+  EXPECT_EQ(r, kVfrVfActive);
+  Negotiate();  // a fresh driver binds again
+}
+
+TEST_F(DeviceTest, RequestQueuesGrantedResetsAndRenegotiates) {
+  Make(DeviceOptions{.max_queue_pairs = 8});
+  Negotiate();
+  vc::VfResRequest too_many{32};
+  ArqMessage r = *drv_->CallStruct(vc::kOpRequestQueues, too_many);
+  EXPECT_EQ(r.v_retval, 0);
+  EXPECT_EQ(vc::Load<vc::VfResRequest>(r.payload, 0).num_queue_pairs, 8);
+  vc::VfResRequest two{2};
+  drv_->SendStruct(vc::kOpRequestQueues, two);
+  auto ev = drv_->Receive();
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(vc::Load<vc::PfEvent>(ev->payload, 0).event, vc::kEventResetImpending);
+  EXPECT_EQ(dev_->ReadReg(kVfArqlen1) & kAqLenEnable, 0u) << "reset happened";
+  drv_->InitAdminQueue();
+  ArqMessage res = *drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps);
+  EXPECT_EQ(vc::Load<vc::VfResource>(res.payload, 0).num_queue_pairs, 2);
+  EXPECT_EQ(vc::Load<vc::VfResource>(res.payload, 0).max_vectors, 3);
+}
+
+TEST_F(DeviceTest, AqShutdownCommandAndDriverTeardownAreHarmless) {
+  Negotiate();
+  AqDesc d;
+  d.opcode = kAqOpcQueueShutdown;
+  drv_->SendRaw(d);
+  EXPECT_EQ(dev_->ReadReg(kVfAtqh1), dev_->ReadReg(kVfAtqt1));
+  for (uint32_t r : {kVfAtqh1, kVfAtqt1, kVfAtqlen1, kVfAtqbal1, kVfAtqbah1, kVfArqh1, kVfArqt1,
+                     kVfArqlen1, kVfArqbal1, kVfArqbah1}) {
+    dev_->WriteReg(r, 0);
+  }
+  EXPECT_EQ(dev_->ReadReg(kVfAtqlen1), 0u);
+  Negotiate();
+}
+
+TEST_F(DeviceTest, AdminInterruptWaitsForArmAndEnable) {
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 1};
+  drv_->SendStruct(vc::kOpVersion, v);
+  EXPECT_EQ(irqs_.Count(0), 0);
+  dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
+  EXPECT_EQ(irqs_.Count(0), 0);
+  dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+  EXPECT_EQ(irqs_.Count(0), 1) << "latched cause fires once enabled";
+  // Linux's misc handler: read ICR01 and ENA1, later re-enable.
+  dev_->ReadReg(kVfintIcr01);
+  EXPECT_EQ(dev_->ReadReg(kVfintIcr0Ena1), kIcr0AdminQ);
+  drv_->Receive();
+  dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
+  dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+  EXPECT_EQ(irqs_.Count(0), 1);
+  drv_->SendStruct(vc::kOpVersion, v);
+  EXPECT_EQ(irqs_.Count(0), 2);
+}
+
+TEST_F(DeviceTest, ArqFullKeepsRepliesUntilTheDriverFreesSlots) {
+  drv_->InitAdminQueue();
+  // Never reading the ARQ: 31 slots fill, the rest waits in the backlog.
+  vc::VersionInfo v{1, 1};
+  for (int i = 0; i < 31; ++i) drv_->SendStruct(vc::kOpVersion, v);
+  for (int i = 0; i < 5; ++i) drv_->SendStruct(vc::kOpVersion, v);
+  int got = 0;
+  while (drv_->Receive()) ++got;
+  EXPECT_EQ(got, 36) << "backlogged replies arrive once ARQT moves";
+}
+
+// ------------------------------------------------------------ hostile guest
+
+TEST_F(DeviceTest, RandomRegisterAndMailboxGarbageNeverBreaksTheDevice) {
+  std::mt19937_64 rng(42);
+  drv_->InitAdminQueue();
+  for (int i = 0; i < 20000; ++i) {
+    uint32_t off = static_cast<uint32_t>(rng() % kBar0Size) & ~3u;
+    if (i % 3 == 0) off = kVfAtqt1;
+    if (i % 7 == 0) {
+      // Random bytes into the ATQ ring and its buffers.
+      for (int k = 0; k < 64; ++k) dma_.At(drv_->atq())[rng() % (32 * 32)] = static_cast<uint8_t>(rng());
+    }
+    if (i % 11 == 0) off = kVfAtqbal1;
+    if (i % 13 == 0) off = kVfAtqlen1;
+    uint32_t val = static_cast<uint32_t>(rng());
+    if (off == kVfAtqbal1 && rng() % 2) val = static_cast<uint32_t>(kRamBase + (rng() % kRamSize));
+    dev_->WriteReg(off, val);
+    dev_->ReadReg(static_cast<uint32_t>(rng() % kBar0Size) & ~3u);
+  }
+  // Still a working device after a reset.
+  ASSERT_TRUE(dev_->Reset().ok());
+  while (dev_->ReadReg(kVfgenRstat) != kVfrVfActive) {
+  }
+  Negotiate();
+  EXPECT_GT(dev_->aq_counters().atq_processed, 0u);
+}
+
+TEST_F(DeviceTest, OddSizedBarAccessesAreHandled) {
+  uint8_t b[3];
+  EXPECT_TRUE(dev_->RegionRead(vfio_user::kBar0, kVfgenRstat, absl::MakeSpan(b)).ok());
+  EXPECT_EQ(b[0], kVfrVfActive);
+  EXPECT_TRUE(dev_->RegionWrite(vfio_user::kBar0, kVfAtqbal1 + 1, absl::MakeConstSpan(b, 2)).ok());
+  EXPECT_EQ(dev_->ReadReg(kVfAtqbal1), 0u);
+  uint8_t big[8];
+  EXPECT_FALSE(dev_->RegionRead(vfio_user::kBar0, kBar0Size - 4, absl::MakeSpan(big)).ok());
+  EXPECT_TRUE(dev_->RegionRead(vfio_user::kBar3, 0, absl::MakeSpan(big)).ok());
+  EXPECT_GE(dev_->counters().odd_size_accesses, 2u);
+}
+
+// ------------------------------------------------------------ persistence
+
+TEST_F(DeviceTest, SaveRestoreRebuildsTheModel) {
+  state_store::ScratchDir dir("avf");
+  auto env = state_store::Env::Open(dir.path(), {.tables = {Device::kStateTable}});
+  ASSERT_TRUE(env.ok()) << env.status();
+  drv_->InitAdminQueue();
+  dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
+  dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+  BringUp(3);
+  drv_->Receive();  // link event
+  dev_->WriteReg(QrxTail(1), 77);
+  dev_->WriteReg(VfintDynCtln1(0), kDynCtlIntena | (0u << kDynCtlItrIndxShift) | (10u << kDynCtlIntervalShift));
+  Bytes mac;
+  mac.Add(uint16_t{kVsiId}).Add(uint16_t{1}).Add(vc::EtherAddr{{2, 9, 9, 9, 9, 9}, 1, 0});
+  ASSERT_EQ(Status(vc::kOpAddEthAddr, mac.span()), 0);
+  // The driver's misc handler: read ICR01, re-arm vector 0.
+  dev_->ReadReg(kVfintIcr01);
+  dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
+  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return dev_->Save(t); }).ok());
+
+  auto other = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(other.ok());
+  Device& b = **other;
+  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return b.Restore(t); }).ok());
+  for (uint32_t off : {kVfAtqbal1, kVfAtqlen1, kVfAtqh1, kVfAtqt1, kVfArqbal1, kVfArqlen1, kVfArqh1,
+                       kVfArqt1, kVfintDynCtl01, kVfintIcr0Ena1, VfintDynCtln1(0), VfintItrn1(0, 0),
+                       QrxTail(1), kVfgenRstat}) {
+    EXPECT_EQ(b.ReadReg(off), dev_->ReadReg(off)) << std::hex << off;
+  }
+  EXPECT_EQ(Cfg32(b, 0), Cfg32(*dev_, 0));
+  for (uint32_t q = 0; q < 3; ++q) {
+    EXPECT_TRUE(b.rx_queue(q).enabled);
+    EXPECT_EQ(b.rx_queue(q).ring_addr, dev_->rx_queue(q).ring_addr);
+    EXPECT_EQ(b.tx_queue(q).msix_vector, dev_->tx_queue(q).msix_vector);
+  }
+  EXPECT_EQ(b.mac_filters().size(), 1u);
+  EXPECT_EQ(b.granted_caps(), dev_->granted_caps());
+
+  // Behaviour continues: the restored device answers the same driver.
+  FakeIrqs irqs2;
+  b.Attach({&dma_, &irqs2});
+  // Re-point the driver at the restored device by swapping ownership.
+  dev_->Detach();
+  std::unique_ptr<Device> keep = std::move(dev_);
+  dev_ = std::move(*other);
+  // The MiniDriver holds a Device*: rebuild it keeping ring positions by
+  // sending through the restored device's registers directly.
+  vc::QueueSelect sel{kVsiId, 0, 0, 0};
+  uint32_t ntu = dev_->ReadReg(kVfAtqt1);
+  uint64_t buf = drv_->scratch_base() + 0x100000;
+  std::memcpy(dma_.At(buf), &sel, sizeof(sel));
+  AqDesc d;
+  d.flags = kAqFlagSi | kAqFlagBuf | kAqFlagRd;
+  d.opcode = kAqOpcSendMsgToPf;
+  d.cookie_high = vc::kOpGetStats;
+  d.datalen = sizeof(sel);
+  d.addr_low = static_cast<uint32_t>(buf);
+  d.addr_high = static_cast<uint32_t>(buf >> 32);
+  d.Encode(dma_.At(drv_->atq() + ntu * kAqDescSize));
+  uint32_t arqh = dev_->ReadReg(kVfArqh1);
+  dev_->WriteReg(kVfAtqt1, (ntu + 1) % 32);
+  EXPECT_EQ(dev_->ReadReg(kVfArqh1), (arqh + 1) % 32) << "reply posted at the saved ARQ position";
+  AqDesc rep = AqDesc::Decode(dma_.At(drv_->arq() + arqh * kAqDescSize));
+  EXPECT_EQ(rep.cookie_high, uint32_t(vc::kOpGetStats));
+  EXPECT_EQ(rep.datalen, sizeof(vc::EthStats));
+  EXPECT_EQ(irqs2.Count(0), 1) << "restored DYN_CTL01/ENA1 still route the admin interrupt";
+
+  // Save writes only what changed since the last Save (or Restore): a fresh
+  // restore saved into an empty store leaves it empty.
+  auto c = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*c)->Restore(t); }).ok());
+  state_store::ScratchDir dir2("avf-b");
+  auto env2 = state_store::Env::Open(dir2.path(), {.tables = {Device::kStateTable}});
+  ASSERT_TRUE(env2.ok());
+  ASSERT_TRUE((*env2)->Update([&](state_store::WriteTxn& t) { return (*c)->Save(t); }).ok());
+  auto d2 = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(d2.ok());
+  EXPECT_TRUE(absl::IsNotFound((*env2)->View([&](const state_store::ReadTxn& t) { return (*d2)->Restore(t); })));
+  (*c)->WriteReg(QtxTail(0), 5);  // changes only the "regs" record
+  ASSERT_TRUE((*env2)->Update([&](state_store::WriteTxn& t) { return (*c)->Save(t); }).ok());
+  ASSERT_TRUE((*env2)->View([&](const state_store::ReadTxn& t) -> absl::Status {
+    auto regs = t.Get(Device::kStateTable, "regs");
+    auto vf = t.Get(Device::kStateTable, "vf");
+    EXPECT_TRUE(regs.ok() && regs->has_value());
+    EXPECT_TRUE(vf.ok() && !vf->has_value());
+    return absl::OkStatus();
+  }).ok());
+}
+
+TEST_F(DeviceTest, RestoreFromEmptyStoreIsNotFoundAndMismatchIsRefused) {
+  state_store::ScratchDir dir("avf2");
+  auto env = state_store::Env::Open(dir.path(), {.tables = {Device::kStateTable}});
+  ASSERT_TRUE(env.ok());
+  auto s = (*env)->View([&](const state_store::ReadTxn& t) { return dev_->Restore(t); });
+  EXPECT_TRUE(absl::IsNotFound(s)) << s;
+  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return dev_->Save(t); }).ok());
+  auto other = Device::Create(DeviceOptions{.max_queue_pairs = 2});
+  ASSERT_TRUE(other.ok());
+  s = (*env)->View([&](const state_store::ReadTxn& t) { return (*other)->Restore(t); });
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+}
+
+TEST_F(DeviceTest, MappedDoorbellsShareTheTailPage) {
+  Make(DeviceOptions{.mapped_doorbells = true});
+  auto regions = dev_->Regions();
+  ASSERT_EQ(regions[vfio_user::kBar0].mmap_areas.size(), 1u);
+  EXPECT_EQ(regions[vfio_user::kBar0].mmap_areas[0].size, kDoorbellWindowSize);
+  int fd = regions[vfio_user::kBar0].mmap_fd;
+  ASSERT_GE(fd, 0);
+  void* p = mmap(nullptr, kDoorbellWindowSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* page = static_cast<volatile uint32_t*>(p);
+  page[QtxTail(3) / 4] = 42;  // a guest store through the mapping
+  EXPECT_EQ(dev_->TxTail(3), 42u);
+  dev_->WriteReg(QrxTail(2), 9);  // a trapped write lands in the same page
+  EXPECT_EQ(page[QrxTail(2) / 4], 9u);
+  munmap(p, kDoorbellWindowSize);
+  EXPECT_FALSE(Device::Create(DeviceOptions{.doorbell_fd = 3}).ok());
+}
+
+}  // namespace
+}  // namespace emud::avf

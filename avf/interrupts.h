@@ -1,0 +1,123 @@
+// The AVF interrupt block: the misc vector (MSI-X 0: VFINT_ICR01,
+// VFINT_ICR0_ENA1, VFINT_DYN_CTL01, VFINT_ITR01) and the queue vectors
+// (MSI-X 1..16: VFINT_DYN_CTLN1, VFINT_ITRN1).
+//
+// Model (what iavf and DPDK rely on):
+//  * A vector is "armed" by a DYN_CTL write with INTENA=1 (unless INTENA_MSK
+//    is set, which leaves the armed state alone). Firing disarms it
+//    (auto-mask); the driver re-arms by writing INTENA=1 again.
+//  * A cause raised while the vector is disarmed is remembered as pending and
+//    fires as soon as the vector is re-armed; CLEARPBA drops it.
+//  * SWINT_TRIG raises the vector (fires now if armed after the same write).
+//  * ITR_INDX 0..2 with INTERVAL updates that ITR register; 3 = no update.
+//  * WB_ON_ITR is recorded per vector for the data path (a software device
+//    writes descriptors back immediately, which satisfies it).
+//  * ICR01 latches causes (ADMINQ) regardless of masking and is read-to-clear;
+//    vector 0 fires when (ICR01 & ICR0_ENA1) != 0 and DYN_CTL01 is armed.
+//
+// Not thread-safe: owned by one avf::Device, used from its event loop.
+#ifndef EMUD_AVF_INTERRUPTS_H_
+#define EMUD_AVF_INTERRUPTS_H_
+
+#include <array>
+#include <cstdint>
+
+#include "avf/regs.h"
+
+namespace emud::vfio_user {
+class InterruptSink;
+}
+
+namespace emud::avf {
+
+class AvfInterruptState;  // proto, avf/avf_state.proto
+
+// A snapshot of one vector, for the data path's coalescing decisions.
+struct VectorState {
+  bool armed = false;      // INTENA set and not auto-masked since
+  bool pending = false;    // a cause is waiting for re-arm
+  bool wb_on_itr = false;  // last DYN_CTL write asked for write-back on ITR
+  std::array<uint32_t, kNumItrIndexes> itr{};  // intervals, 2 us units
+};
+
+class InterruptController {
+ public:
+  // `itrn` points at 48 dwords holding VFINT_ITRN1(i, v) at [16 * i + v]
+  // (the device's register page, possibly a shared doorbell mapping); it
+  // must outlive the controller.
+  explicit InterruptController(volatile uint32_t* itrn);
+
+  InterruptController(const InterruptController&) = delete;
+  InterruptController& operator=(const InterruptController&) = delete;
+
+  // Where vectors are signalled; nullptr while no client is attached (causes
+  // then stay pending and fire on the next re-arm after attach).
+  void set_sink(vfio_user::InterruptSink* sink) { sink_ = sink; }
+
+  // --- register accesses (BAR0) ---
+  uint32_t ReadIcr01();  // returns and clears the latched causes
+  uint32_t PeekIcr01() const { return icr01_; }
+  void WriteIcr0Ena1(uint32_t value);
+  uint32_t icr0_ena1() const { return icr0_ena1_; }
+  void WriteDynCtl01(uint32_t value);
+  uint32_t dyn_ctl01() const;
+  void WriteStatCtl01(uint32_t value) { stat_ctl01_ = value; }
+  uint32_t stat_ctl01() const { return stat_ctl01_; }
+  void WriteItr01(uint32_t index, uint32_t value);  // index < 3
+  uint32_t itr01(uint32_t index) const;
+  // `v` is the DYN_CTLN1 index (MSI-X vector v + 1), < kMaxQueueVectors.
+  void WriteDynCtln(uint32_t v, uint32_t value);
+  uint32_t dyn_ctln(uint32_t v) const;
+  void WriteItrn(uint32_t index, uint32_t v, uint32_t value);
+  uint32_t itrn(uint32_t index, uint32_t v) const;
+
+  // --- causes ---
+  // A message was posted on the ARQ: latch ICR01.ADMINQ, fire vector 0 if
+  // enabled and armed.
+  void RaiseAdminQueue();
+  // A queue cause for MSI-X vector `msix_vector` (1..kMaxQueueVectors).
+  // Returns true if the vector fired now, false if it was left pending (or
+  // the vector number is out of range, counted).
+  bool RaiseQueueVector(uint32_t msix_vector);
+
+  // State of MSI-X vector `msix_vector` (0 = misc).
+  VectorState state(uint32_t msix_vector) const;
+
+  // VF reset / FLR: every vector disabled and disarmed, causes and pending
+  // bits cleared, ITRs zeroed.
+  void Reset();
+
+  // Counters.
+  uint64_t fired() const { return fired_; }
+  uint64_t bad_vector() const { return bad_vector_; }
+
+  void SaveTo(AvfInterruptState* out) const;
+  void RestoreFrom(const AvfInterruptState& in);
+
+ private:
+  struct QueueVector {
+    uint32_t dyn_ctl = 0;
+    bool armed = false;
+    bool pending = false;
+    bool wb_on_itr = false;
+  };
+  void EvaluateMisc();
+  void Fire(uint32_t msix_vector);
+
+  vfio_user::InterruptSink* sink_ = nullptr;
+  volatile uint32_t* itrn_;
+  uint32_t icr01_ = 0;
+  uint32_t icr0_ena1_ = 0;
+  uint32_t dyn_ctl01_ = 0;
+  bool misc_armed_ = false;
+  bool misc_swint_pending_ = false;
+  uint32_t stat_ctl01_ = 0;
+  std::array<uint32_t, kNumItrIndexes> itr01_{};
+  std::array<QueueVector, kMaxQueueVectors> queue_{};
+  uint64_t fired_ = 0;
+  uint64_t bad_vector_ = 0;
+};
+
+}  // namespace emud::avf
+
+#endif  // EMUD_AVF_INTERRUPTS_H_

@@ -1,0 +1,156 @@
+#include "avf/interrupts.h"
+
+#include <vector>
+
+#include "avf/avf_state.pb.h"
+#include "avf/testing.h"
+#include "gtest/gtest.h"
+
+namespace emud::avf {
+namespace {
+
+class InterruptsTest : public ::testing::Test {
+ protected:
+  InterruptsTest() : itrn_(48, 0), irq_(itrn_.data()) { irq_.set_sink(&sink_); }
+  std::vector<uint32_t> itrn_;
+  testing::FakeIrqs sink_;
+  InterruptController irq_;
+};
+
+constexpr uint32_t kLinuxMiscEnable = kDynCtlIntena | kDynCtlItrIndxMask;  // 0x19
+
+TEST_F(InterruptsTest, AdminCauseLatchesEvenWhileMaskedAndFiresWhenEnabled) {
+  irq_.RaiseAdminQueue();
+  EXPECT_TRUE(sink_.fired.empty());
+  EXPECT_EQ(irq_.PeekIcr01() & kIcr0AdminQ, kIcr0AdminQ);
+  irq_.WriteDynCtl01(kLinuxMiscEnable);
+  EXPECT_TRUE(sink_.fired.empty()) << "cause not enabled in ICR0_ENA1 yet";
+  irq_.WriteIcr0Ena1(kIcr0AdminQ);
+  ASSERT_EQ(sink_.fired.size(), 1u);
+  EXPECT_EQ(sink_.fired[0], 0u);
+  // Read-to-clear.
+  EXPECT_EQ(irq_.ReadIcr01(), kIcr0AdminQ);
+  EXPECT_EQ(irq_.ReadIcr01(), 0u);
+}
+
+TEST_F(InterruptsTest, MiscVectorAutomasksUntilRearmed) {
+  irq_.WriteDynCtl01(kLinuxMiscEnable);
+  irq_.WriteIcr0Ena1(kIcr0AdminQ);
+  irq_.RaiseAdminQueue();
+  EXPECT_EQ(sink_.Count(0), 1);
+  EXPECT_EQ(irq_.dyn_ctl01() & kDynCtlIntena, 0u) << "fired vector is disarmed";
+  irq_.RaiseAdminQueue();
+  EXPECT_EQ(sink_.Count(0), 1) << "no second interrupt while disarmed";
+  // The handler reads ICR01 (clearing it) before re-arming: no refire.
+  irq_.ReadIcr01();
+  irq_.WriteDynCtl01(kLinuxMiscEnable);
+  EXPECT_EQ(sink_.Count(0), 1);
+  // A cause latched while disarmed fires on re-arm (no lost wakeup).
+  irq_.WriteDynCtl01(0);
+  irq_.RaiseAdminQueue();
+  irq_.WriteDynCtl01(kLinuxMiscEnable);
+  EXPECT_EQ(sink_.Count(0), 2);
+}
+
+TEST_F(InterruptsTest, QueueVectorPendingFiresOnRearmAndClearPbaDropsIt) {
+  EXPECT_FALSE(irq_.RaiseQueueVector(1));
+  EXPECT_TRUE(irq_.state(1).pending);
+  irq_.WriteDynCtln(0, kDynCtlIntena | kDynCtlItrIndxMask);
+  EXPECT_EQ(sink_.Count(1), 1);
+  EXPECT_FALSE(irq_.state(1).armed);
+  EXPECT_FALSE(irq_.state(1).pending);
+
+  EXPECT_FALSE(irq_.RaiseQueueVector(1));  // disarmed: pending
+  irq_.WriteDynCtln(0, kDynCtlClearPba);   // dropped
+  irq_.WriteDynCtln(0, kDynCtlIntena | kDynCtlItrIndxMask);
+  EXPECT_EQ(sink_.Count(1), 1);
+  EXPECT_TRUE(irq_.RaiseQueueVector(1));
+  EXPECT_EQ(sink_.Count(1), 2);
+}
+
+TEST_F(InterruptsTest, SwintTrigFiresWithIntena) {
+  // Linux's "force write-back" kick: INTENA | ITR_INDX=3 | SWINT_TRIG | SW_ITR_INDX_ENA.
+  irq_.WriteDynCtln(2, kDynCtlIntena | kDynCtlItrIndxMask | kDynCtlSwintTrig | kDynCtlSwItrIndxEna);
+  EXPECT_EQ(sink_.Count(3), 1);
+  EXPECT_EQ(irq_.dyn_ctln(2) & kDynCtlSwintTrig, 0u) << "self-clearing";
+}
+
+TEST_F(InterruptsTest, IntenaMskKeepsArmStateWhileUpdatingItr) {
+  irq_.WriteDynCtln(0, kDynCtlIntena | kDynCtlItrIndxMask);
+  ASSERT_TRUE(irq_.state(1).armed);
+  irq_.WriteDynCtln(0, kDynCtlIntenaMsk | (1u << kDynCtlItrIndxShift) | (25u << kDynCtlIntervalShift));
+  EXPECT_TRUE(irq_.state(1).armed);
+  EXPECT_EQ(irq_.itrn(1, 0), 25u);
+  EXPECT_EQ(itrn_[16 * 1 + 0], 25u) << "stored in the ITRN register page";
+  // Without INTENA_MSK, INTENA=0 disarms.
+  irq_.WriteDynCtln(0, kDynCtlWbOnItr | kDynCtlItrIndxMask);
+  EXPECT_FALSE(irq_.state(1).armed);
+  EXPECT_TRUE(irq_.state(1).wb_on_itr);
+}
+
+TEST_F(InterruptsTest, ItrIndexThreeDoesNotUpdate) {
+  irq_.WriteItrn(0, 4, 50);
+  irq_.WriteDynCtln(4, kDynCtlIntena | kDynCtlItrIndxMask | (7u << kDynCtlIntervalShift));
+  EXPECT_EQ(irq_.itrn(0, 4), 50u);
+  irq_.WriteDynCtln(4, kDynCtlIntena | (0u << kDynCtlItrIndxShift) | (7u << kDynCtlIntervalShift));
+  EXPECT_EQ(irq_.itrn(0, 4), 7u);
+  irq_.WriteDynCtl01(kDynCtlIntena | (2u << kDynCtlItrIndxShift) | (9u << kDynCtlIntervalShift));
+  EXPECT_EQ(irq_.itr01(2), 9u);
+}
+
+TEST_F(InterruptsTest, OutOfRangeVectorsAreCountedNotTouched) {
+  EXPECT_FALSE(irq_.RaiseQueueVector(0));
+  EXPECT_FALSE(irq_.RaiseQueueVector(17));
+  EXPECT_FALSE(irq_.RaiseQueueVector(0xFFFFFFFF));
+  irq_.WriteDynCtln(16, kDynCtlIntena | kDynCtlSwintTrig);
+  EXPECT_EQ(irq_.bad_vector(), 4u);
+  EXPECT_TRUE(sink_.fired.empty());
+}
+
+TEST_F(InterruptsTest, DetachedCausesWaitForSink) {
+  irq_.set_sink(nullptr);
+  irq_.WriteDynCtln(0, kDynCtlIntena);
+  EXPECT_FALSE(irq_.RaiseQueueVector(1));
+  irq_.set_sink(&sink_);
+  irq_.WriteDynCtln(0, kDynCtlIntena);
+  EXPECT_EQ(sink_.Count(1), 1);
+}
+
+TEST_F(InterruptsTest, ResetDisablesEverything) {
+  irq_.WriteDynCtl01(kLinuxMiscEnable);
+  irq_.WriteIcr0Ena1(kIcr0AdminQ);
+  irq_.WriteDynCtln(0, kDynCtlIntena);
+  irq_.WriteItrn(1, 0, 30);
+  irq_.Reset();
+  irq_.RaiseAdminQueue();
+  irq_.RaiseQueueVector(1);
+  EXPECT_TRUE(sink_.fired.empty());
+  EXPECT_EQ(irq_.icr0_ena1(), 0u);
+  EXPECT_EQ(irq_.itrn(1, 0), 0u);
+}
+
+TEST_F(InterruptsTest, SaveRestoreReproducesBehaviour) {
+  irq_.WriteDynCtl01(kLinuxMiscEnable);
+  irq_.WriteIcr0Ena1(kIcr0AdminQ);
+  irq_.WriteDynCtln(3, kDynCtlIntena | (1u << kDynCtlItrIndxShift) | (12u << kDynCtlIntervalShift));
+  irq_.RaiseQueueVector(2);  // pending, vector 2 not armed
+  AvfInterruptState st;
+  irq_.SaveTo(&st);
+
+  std::vector<uint32_t> itrn2(48, 0);
+  InterruptController other(itrn2.data());
+  testing::FakeIrqs sink2;
+  other.set_sink(&sink2);
+  other.RestoreFrom(st);
+  EXPECT_EQ(other.dyn_ctl01(), irq_.dyn_ctl01());
+  EXPECT_EQ(other.itrn(1, 3), 12u);
+  EXPECT_TRUE(other.state(2).pending);
+  other.RaiseAdminQueue();
+  EXPECT_EQ(sink2.Count(0), 1);
+  EXPECT_TRUE(other.RaiseQueueVector(4));
+  other.WriteDynCtln(1, kDynCtlIntena);
+  EXPECT_EQ(sink2.Count(2), 1) << "restored pending bit fires on re-arm";
+}
+
+}  // namespace
+}  // namespace emud::avf

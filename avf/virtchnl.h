@@ -1,0 +1,252 @@
+// virtchnl 1.1 wire format: opcodes, status codes, capability flags and the
+// message layouts exchanged between an iavf VF driver and its PF (here: this
+// device model). Everything is little endian and packed as in
+// include/linux/avf/virtchnl.h; the structs below reproduce the byte layout
+// (checked by static_assert) so messages can be memcpy'd after a length check.
+#ifndef EMUD_AVF_VIRTCHNL_H_
+#define EMUD_AVF_VIRTCHNL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "absl/types/span.h"
+
+namespace emud::avf::vc {
+
+enum Op : uint32_t {
+  kOpUnknown = 0,
+  kOpVersion = 1,
+  kOpResetVf = 2,
+  kOpGetVfResources = 3,
+  kOpConfigTxQueue = 4,
+  kOpConfigRxQueue = 5,
+  kOpConfigVsiQueues = 6,
+  kOpConfigIrqMap = 7,
+  kOpEnableQueues = 8,
+  kOpDisableQueues = 9,
+  kOpAddEthAddr = 10,
+  kOpDelEthAddr = 11,
+  kOpAddVlan = 12,
+  kOpDelVlan = 13,
+  kOpConfigPromiscuousMode = 14,
+  kOpGetStats = 15,
+  kOpEvent = 17,
+  kOpConfigRssHfunc = 18,
+  kOpConfigRssKey = 23,
+  kOpConfigRssLut = 24,
+  kOpGetRssHenaCaps = 25,
+  kOpSetRssHena = 26,
+  kOpEnableVlanStripping = 27,
+  kOpDisableVlanStripping = 28,
+  kOpRequestQueues = 29,
+  kOpGetOffloadVlanV2Caps = 51,
+};
+
+// Reply status (cookie_low of an ARQ descriptor), s32.
+enum Status : int32_t {
+  kSuccess = 0,
+  kErrParam = -5,
+  kErrNoMemory = -18,
+  kErrOpcodeMismatch = -38,
+  kErrCqpComplError = -39,
+  kErrInvalidVfId = -40,
+  kErrAdminQueueError = -53,
+  kNotSupported = -64,
+};
+
+// vf_cap_flags.
+inline constexpr uint32_t kCapL2 = 1u << 0;
+inline constexpr uint32_t kCapRdma = 1u << 1;
+inline constexpr uint32_t kCapRssAq = 1u << 3;
+inline constexpr uint32_t kCapRssReg = 1u << 4;
+inline constexpr uint32_t kCapWbOnItr = 1u << 5;
+inline constexpr uint32_t kCapReqQueues = 1u << 6;
+inline constexpr uint32_t kCapAdvLinkSpeed = 1u << 7;
+inline constexpr uint32_t kCapLargeNumQpairs = 1u << 9;
+inline constexpr uint32_t kCapCrc = 1u << 10;
+inline constexpr uint32_t kCapVlanV2 = 1u << 15;
+inline constexpr uint32_t kCapVlan = 1u << 16;
+inline constexpr uint32_t kCapRxPolling = 1u << 17;
+inline constexpr uint32_t kCapRssPctypeV2 = 1u << 18;
+inline constexpr uint32_t kCapRssPf = 1u << 19;
+inline constexpr uint32_t kCapRxFlexDesc = 1u << 26;
+
+inline constexpr uint32_t kVsiTypeSriov = 6;
+
+// Events.
+inline constexpr int32_t kEventLinkChange = 1;
+inline constexpr int32_t kEventResetImpending = 2;
+inline constexpr int32_t kEventPfDriverClose = 3;
+inline constexpr int32_t kSeverityInfo = 0;
+inline constexpr int32_t kSeverityCertainDoom = 255;
+
+// Legacy link speed enum (without ADV_LINK_SPEED).
+inline constexpr uint32_t kLinkSpeed100Mb = 1u << 1;
+inline constexpr uint32_t kLinkSpeed1Gb = 1u << 2;
+inline constexpr uint32_t kLinkSpeed10Gb = 1u << 3;
+inline constexpr uint32_t kLinkSpeed40Gb = 1u << 4;
+inline constexpr uint32_t kLinkSpeed20Gb = 1u << 5;
+inline constexpr uint32_t kLinkSpeed25Gb = 1u << 6;
+
+// Promiscuous flags.
+inline constexpr uint16_t kPromiscUnicast = 0x1;
+inline constexpr uint16_t kPromiscMulticast = 0x2;
+
+struct VersionInfo {
+  uint32_t major;
+  uint32_t minor;
+};
+static_assert(sizeof(VersionInfo) == 8);
+
+struct VsiResource {
+  uint16_t vsi_id;
+  uint16_t num_queue_pairs;
+  int32_t vsi_type;
+  uint16_t qset_handle;
+  uint8_t default_mac_addr[6];
+};
+static_assert(sizeof(VsiResource) == 16);
+
+struct VfResource {
+  uint16_t num_vsis;
+  uint16_t num_queue_pairs;
+  uint16_t max_vectors;
+  uint16_t max_mtu;
+  uint32_t vf_cap_flags;
+  uint32_t rss_key_size;
+  uint32_t rss_lut_size;
+  VsiResource vsi_res[1];
+};
+static_assert(sizeof(VfResource) == 36);
+static_assert(offsetof(VfResource, vsi_res) == 20);
+
+struct TxqInfo {
+  uint16_t vsi_id;
+  uint16_t queue_id;
+  uint16_t ring_len;
+  uint16_t headwb_enabled;
+  uint64_t dma_ring_addr;
+  uint64_t dma_headwb_addr;
+};
+static_assert(sizeof(TxqInfo) == 24);
+
+struct RxqInfo {
+  uint16_t vsi_id;
+  uint16_t queue_id;
+  uint32_t ring_len;
+  uint16_t hdr_size;
+  uint16_t splithdr_enabled;
+  uint32_t databuffer_size;
+  uint32_t max_pkt_size;
+  uint8_t crc_disable;
+  uint8_t rxdid;
+  uint8_t flags;
+  uint8_t pad1;
+  uint64_t dma_ring_addr;
+  int32_t rx_split_pos;
+  uint32_t pad2;
+};
+static_assert(sizeof(RxqInfo) == 40);
+static_assert(offsetof(RxqInfo, dma_ring_addr) == 24);
+
+struct QueuePairInfo {
+  TxqInfo txq;
+  RxqInfo rxq;
+};
+static_assert(sizeof(QueuePairInfo) == 64);
+
+// Header of CONFIG_VSI_QUEUES; QueuePairInfo[num_queue_pairs] follows at 8.
+struct VsiQueueConfigHeader {
+  uint16_t vsi_id;
+  uint16_t num_queue_pairs;
+  uint32_t pad;
+};
+static_assert(sizeof(VsiQueueConfigHeader) == 8);
+
+struct VectorMap {
+  uint16_t vsi_id;
+  uint16_t vector_id;
+  uint16_t rxq_map;
+  uint16_t txq_map;
+  uint16_t rxitr_idx;
+  uint16_t txitr_idx;
+};
+static_assert(sizeof(VectorMap) == 12);
+// CONFIG_IRQ_MAP: u16 num_vectors, then VectorMap[num_vectors] at offset 2.
+
+struct QueueSelect {
+  uint16_t vsi_id;
+  uint16_t pad;
+  uint32_t rx_queues;
+  uint32_t tx_queues;
+};
+static_assert(sizeof(QueueSelect) == 12);
+
+struct EtherAddr {
+  uint8_t addr[6];
+  uint8_t type;
+  uint8_t pad;
+};
+static_assert(sizeof(EtherAddr) == 8);
+// ADD/DEL_ETH_ADDR: u16 vsi_id, u16 num_elements, EtherAddr[] at 4.
+// ADD/DEL_VLAN: u16 vsi_id, u16 num_elements, u16 vlan_id[] at 4.
+// CONFIG_RSS_KEY / LUT: u16 vsi_id, u16 len, u8[] at 4.
+
+struct PromiscInfo {
+  uint16_t vsi_id;
+  uint16_t flags;
+};
+static_assert(sizeof(PromiscInfo) == 4);
+
+struct EthStats {
+  uint64_t rx_bytes;
+  uint64_t rx_unicast;
+  uint64_t rx_multicast;
+  uint64_t rx_broadcast;
+  uint64_t rx_discards;
+  uint64_t rx_unknown_protocol;
+  uint64_t tx_bytes;
+  uint64_t tx_unicast;
+  uint64_t tx_multicast;
+  uint64_t tx_broadcast;
+  uint64_t tx_discards;
+  uint64_t tx_errors;
+};
+static_assert(sizeof(EthStats) == 96);
+
+struct RssHfunc {
+  uint16_t vsi_id;
+  uint16_t rss_algorithm;
+  uint32_t reserved;
+};
+static_assert(sizeof(RssHfunc) == 8);
+
+struct PfEvent {
+  int32_t event;
+  uint32_t link_speed;  // enum, or Mbps when ADV_LINK_SPEED was granted
+  uint8_t link_status;
+  uint8_t pad[3];
+  int32_t severity;
+};
+static_assert(sizeof(PfEvent) == 16);
+
+struct VfResRequest {
+  uint16_t num_queue_pairs;
+};
+static_assert(sizeof(VfResRequest) == 2);
+
+// Reads a T from msg at `offset`; the caller has checked the length.
+template <typename T>
+T Load(absl::Span<const uint8_t> msg, size_t offset) {
+  T v;
+  std::memcpy(&v, msg.data() + offset, sizeof(T));
+  return v;
+}
+
+// Human-readable opcode name for logs ("op 42" for unknown ones).
+const char* OpName(uint32_t op);
+
+}  // namespace emud::avf::vc
+
+#endif  // EMUD_AVF_VIRTCHNL_H_

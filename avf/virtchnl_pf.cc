@@ -1,0 +1,513 @@
+// The PF side of virtchnl for avf::Device: what the ice PF driver does when
+// a VF sends a message over the mailbox (drivers/net/ethernet/intel/ice/
+// ice_virtchnl.c), including its length rules (virtchnl_vc_validate_vf_msg).
+//
+// Length rule: the historical headers declared trailing arrays with one
+// element, so drivers send one element more than needed (CONFIG_VSI_QUEUES
+// = 72 + 64 n ...). The device accepts any length >= the minimal one
+// (8 + 64 n ...) and ignores trailing bytes; counts of zero are refused.
+#include <algorithm>
+#include <cstring>
+
+#include "avf/device.h"
+#include "avf/virtchnl.h"
+
+namespace emud::avf {
+
+namespace {
+
+using vc::Load;
+
+bool ValidRingLen(uint32_t n) { return n == 0 || (n >= 64 && n <= 8160 && n % 32 == 0); }
+
+template <typename T>
+void Append(std::vector<uint8_t>* out, const T& v) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(&v);
+  out->insert(out->end(), p, p + sizeof(T));
+}
+
+// Minimal message length per op, or -1 for "refuse". Returns false for ops
+// whose count field is zero (the validator's err_msg_format).
+bool LengthOk(uint32_t op, absl::Span<const uint8_t> m) {
+  const size_t n = m.size();
+  switch (op) {
+    case vc::kOpVersion: return n >= sizeof(vc::VersionInfo);
+    case vc::kOpResetVf:
+    case vc::kOpGetVfResources:
+    case vc::kOpGetRssHenaCaps:
+    case vc::kOpEnableVlanStripping:
+    case vc::kOpDisableVlanStripping:
+      return true;
+    case vc::kOpConfigVsiQueues: {
+      if (n < sizeof(vc::VsiQueueConfigHeader)) return false;
+      uint16_t c = Load<uint16_t>(m, 2);
+      return c != 0 && n >= sizeof(vc::VsiQueueConfigHeader) + size_t{c} * sizeof(vc::QueuePairInfo);
+    }
+    case vc::kOpConfigIrqMap: {
+      if (n < 2) return false;
+      uint16_t c = Load<uint16_t>(m, 0);
+      return c != 0 && n >= 2 + size_t{c} * sizeof(vc::VectorMap);
+    }
+    case vc::kOpEnableQueues:
+    case vc::kOpDisableQueues:
+    case vc::kOpGetStats:
+      return n >= sizeof(vc::QueueSelect);
+    case vc::kOpAddEthAddr:
+    case vc::kOpDelEthAddr: {
+      if (n < 4) return false;
+      uint16_t c = Load<uint16_t>(m, 2);
+      return c != 0 && n >= 4 + size_t{c} * sizeof(vc::EtherAddr);
+    }
+    case vc::kOpAddVlan:
+    case vc::kOpDelVlan: {
+      if (n < 4) return false;
+      uint16_t c = Load<uint16_t>(m, 2);
+      return c != 0 && n >= 4 + size_t{c} * 2;
+    }
+    case vc::kOpConfigPromiscuousMode: return n >= sizeof(vc::PromiscInfo);
+    case vc::kOpConfigRssKey:
+    case vc::kOpConfigRssLut: {
+      if (n < 4) return false;
+      uint16_t c = Load<uint16_t>(m, 2);
+      return n >= 4 + size_t{c};
+    }
+    case vc::kOpSetRssHena: return n >= sizeof(uint64_t);
+    case vc::kOpConfigRssHfunc: return n >= sizeof(vc::RssHfunc);
+    case vc::kOpRequestQueues: return n >= sizeof(vc::VfResRequest);
+    default: return false;
+  }
+}
+
+uint32_t LegacySpeed(uint32_t mbps) {
+  if (mbps >= 40000) return vc::kLinkSpeed40Gb;
+  if (mbps >= 25000) return vc::kLinkSpeed25Gb;
+  if (mbps >= 20000) return vc::kLinkSpeed20Gb;
+  if (mbps >= 10000) return vc::kLinkSpeed10Gb;
+  if (mbps >= 1000) return vc::kLinkSpeed1Gb;
+  return vc::kLinkSpeed100Mb;
+}
+
+}  // namespace
+
+void Device::RunAtq() {
+  aq_.ProcessAtq(ctx_.dma, [this](uint32_t v_op, int32_t, absl::Span<const uint8_t> msg,
+                                  bool dma_error) { return HandleVfMessage(v_op, msg, dma_error); });
+}
+
+void Device::Reply(uint32_t v_op, int32_t status, absl::Span<const uint8_t> payload) {
+  if (status != vc::kSuccess) {
+    ++counters_.vc_errors;
+    if (status == vc::kNotSupported) ++counters_.vc_not_supported;
+  }
+  if (aq_.Post(ctx_.dma, v_op, status, payload)) irq_->RaiseAdminQueue();
+}
+
+void Device::SendLinkEvent() {
+  vc::PfEvent ev{};
+  ev.event = vc::kEventLinkChange;
+  ev.link_speed = (granted_caps_ & vc::kCapAdvLinkSpeed) ? link_speed_mbps_ : LegacySpeed(link_speed_mbps_);
+  ev.link_status = link_up_ ? 1 : 0;
+  ev.severity = vc::kSeverityInfo;
+  std::vector<uint8_t> out;
+  Append(&out, ev);
+  ++counters_.link_events;
+  link_reported_up_ = link_up_;
+  if (aq_.Post(ctx_.dma, vc::kOpEvent, vc::kSuccess, out)) irq_->RaiseAdminQueue();
+}
+
+void Device::SetLink(bool up, uint32_t speed_mbps) {
+  bool changed = up != link_up_ || speed_mbps != link_speed_mbps_;
+  link_up_ = up;
+  link_speed_mbps_ = speed_mbps;
+  bool running = false;
+  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) running |= rxq_[q].enabled || txq_[q].enabled;
+  if (changed && running) SendLinkEvent();
+}
+
+AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t> msg,
+                                         bool dma_error) {
+  ++counters_.vc_messages;
+  if (dma_error) {
+    // The message itself was unreadable (buffer outside the DMA map or
+    // datalen > 4096): refuse it so the driver's pending op completes.
+    ++counters_.vc_bad_length;
+    Reply(v_op, vc::kErrParam);
+    return AdminQueue::Next::kContinue;
+  }
+  switch (v_op) {
+    case vc::kOpVersion: case vc::kOpResetVf: case vc::kOpGetVfResources:
+    case vc::kOpConfigVsiQueues: case vc::kOpConfigIrqMap: case vc::kOpEnableQueues:
+    case vc::kOpDisableQueues: case vc::kOpAddEthAddr: case vc::kOpDelEthAddr:
+    case vc::kOpAddVlan: case vc::kOpDelVlan: case vc::kOpConfigPromiscuousMode:
+    case vc::kOpGetStats: case vc::kOpConfigRssKey: case vc::kOpConfigRssLut:
+    case vc::kOpGetRssHenaCaps: case vc::kOpSetRssHena: case vc::kOpConfigRssHfunc:
+    case vc::kOpEnableVlanStripping: case vc::kOpDisableVlanStripping:
+    case vc::kOpRequestQueues:
+      break;
+    default:
+      Reply(v_op, vc::kNotSupported);
+      return AdminQueue::Next::kContinue;
+  }
+  if (!LengthOk(v_op, msg)) {
+    ++counters_.vc_bad_length;
+    Reply(v_op, vc::kErrParam);
+    return AdminQueue::Next::kContinue;
+  }
+
+  std::vector<uint8_t> out;
+  int32_t status = vc::kSuccess;
+  switch (v_op) {
+    case vc::kOpVersion:
+      status = OpVersion(msg, &out);
+      break;
+    case vc::kOpResetVf:
+      VfReset();  // no reply; the mailbox is gone
+      return AdminQueue::Next::kStop;
+    case vc::kOpGetVfResources:
+      status = OpGetVfResources(msg, &out);
+      break;
+    case vc::kOpConfigVsiQueues:
+      status = OpConfigVsiQueues(msg);
+      break;
+    case vc::kOpConfigIrqMap:
+      status = OpConfigIrqMap(msg);
+      break;
+    case vc::kOpEnableQueues:
+      status = OpEnableQueues(msg);
+      Reply(v_op, status);
+      // Linux takes link-up only once queues run (after this reply).
+      if (status == vc::kSuccess) SendLinkEvent();
+      return AdminQueue::Next::kContinue;
+    case vc::kOpDisableQueues:
+      status = OpDisableQueues(msg);
+      break;
+    case vc::kOpAddEthAddr:
+    case vc::kOpDelEthAddr:
+      status = OpEthAddr(msg, v_op == vc::kOpAddEthAddr);
+      break;
+    case vc::kOpAddVlan:
+    case vc::kOpDelVlan:
+      status = OpVlan(msg, v_op == vc::kOpAddVlan);
+      break;
+    case vc::kOpConfigPromiscuousMode:
+      status = OpPromisc(msg);
+      break;
+    case vc::kOpGetStats:
+      status = OpGetStats(msg, &out);
+      break;
+    case vc::kOpConfigRssKey:
+      status = OpRssKey(msg);
+      break;
+    case vc::kOpConfigRssLut:
+      status = OpRssLut(msg);
+      break;
+    case vc::kOpGetRssHenaCaps: {
+      uint64_t caps = kRssHenaCaps;
+      Append(&out, caps);
+      break;
+    }
+    case vc::kOpSetRssHena:
+      status = OpSetRssHena(msg);
+      break;
+    case vc::kOpConfigRssHfunc:
+      status = OpRssHfunc(msg);
+      break;
+    case vc::kOpEnableVlanStripping:
+    case vc::kOpDisableVlanStripping:
+      // Answered as a success even without the VLAN cap (some consumers
+      // treat a failed DISABLE as fatal); the data path reads vlan_strip().
+      vlan_strip_ = v_op == vc::kOpEnableVlanStripping;
+      break;
+    case vc::kOpRequestQueues:
+      if (OpRequestQueues(msg, &out)) return AdminQueue::Next::kStop;
+      break;
+  }
+  Reply(v_op, status, out);
+  return AdminQueue::Next::kContinue;
+}
+
+int32_t Device::OpVersion(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out) {
+  vf_major_ = Load<uint32_t>(msg, 0);
+  vf_minor_ = Load<uint32_t>(msg, 4);
+  vc::VersionInfo mine{1, 1};  // the PF answers its own version, always
+  Append(out, mine);
+  return vc::kSuccess;
+}
+
+int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out) {
+  uint32_t requested;
+  if (msg.size() >= 4) {
+    requested = Load<uint32_t>(msg, 0);
+  } else {
+    // A 1.0 VF sends no capability word: the legacy set.
+    requested = vc::kCapL2 | vc::kCapRssReg | vc::kCapVlan;
+  }
+  granted_caps_ = requested & options_.supported_caps & ~vc::kCapRssAq;
+  resources_sent_ = true;
+  vc::VfResource r{};
+  r.num_vsis = 1;
+  r.num_queue_pairs = static_cast<uint16_t>(num_queue_pairs_);
+  r.max_vectors = static_cast<uint16_t>(num_queue_pairs_ + 1);
+  r.max_mtu = kMaxFrameSize;
+  r.vf_cap_flags = granted_caps_;
+  r.rss_key_size = kRssKeySize;
+  r.rss_lut_size = kRssLutSize;
+  r.vsi_res[0].vsi_id = kVsiId;
+  r.vsi_res[0].num_queue_pairs = static_cast<uint16_t>(num_queue_pairs_);
+  r.vsi_res[0].vsi_type = vc::kVsiTypeSriov;
+  r.vsi_res[0].qset_handle = 0;
+  std::memcpy(r.vsi_res[0].default_mac_addr, options_.mac.data(), 6);
+  Append(out, r);
+  return vc::kSuccess;
+}
+
+bool Device::RingInDmaMap(uint64_t addr, uint64_t bytes) {
+  if (ctx_.dma == nullptr || bytes == 0 || addr + bytes < addr) return false;
+  auto p = ctx_.dma->Translate(addr, bytes, vfio_user::DmaMemory::Access(vfio_user::DmaMemory::kRead |
+                                                                          vfio_user::DmaMemory::kWrite));
+  if (p.ok() || absl::IsUnavailable(p.status())) return true;
+  if (absl::IsPermissionDenied(p.status())) return false;
+  // The ring may straddle adjacent windows: prove every byte readable.
+  std::vector<uint8_t> scratch(bytes);
+  return ctx_.dma->Read(addr, absl::MakeSpan(scratch)).ok();
+}
+
+int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
+  auto hdr = Load<vc::VsiQueueConfigHeader>(msg, 0);
+  if (hdr.vsi_id != kVsiId || hdr.num_queue_pairs > num_queue_pairs_) return vc::kErrParam;
+  std::array<TxQueueContext, kMaxQueuePairs> tx = txq_;
+  std::array<RxQueueContext, kMaxQueuePairs> rx = rxq_;
+  uint32_t touched = 0;
+  for (uint32_t i = 0; i < hdr.num_queue_pairs; ++i) {
+    auto qp = Load<vc::QueuePairInfo>(msg, sizeof(hdr) + i * sizeof(vc::QueuePairInfo));
+    const uint32_t q = qp.txq.queue_id;
+    if (qp.txq.vsi_id != hdr.vsi_id || qp.rxq.vsi_id != hdr.vsi_id || qp.rxq.queue_id != q ||
+        q >= num_queue_pairs_ || (touched >> q & 1) || qp.txq.headwb_enabled != 0 ||
+        !ValidRingLen(qp.txq.ring_len) || !ValidRingLen(qp.rxq.ring_len)) {
+      return vc::kErrParam;
+    }
+    touched |= 1u << q;
+    TxQueueContext t;
+    if (qp.txq.ring_len > 0) {
+      if ((qp.txq.dma_ring_addr & 127) != 0 ||
+          !RingInDmaMap(qp.txq.dma_ring_addr, uint64_t{qp.txq.ring_len} * 16)) {
+        ++counters_.bad_ring_addr;
+        return vc::kErrParam;
+      }
+      t.configured = true;
+      t.ring_addr = qp.txq.dma_ring_addr;
+      t.ring_len = qp.txq.ring_len;
+    }
+    t.msix_vector = tx[q].msix_vector;  // CONFIG_IRQ_MAP state is separate
+    t.itr_index = tx[q].itr_index;
+    RxQueueContext r;
+    if (qp.rxq.ring_len > 0) {
+      const auto& x = qp.rxq;
+      if (x.databuffer_size < 1024 || x.databuffer_size > 16 * 1024 - 128 || x.max_pkt_size < 64 ||
+          x.max_pkt_size > kMaxFrameSize || (x.crc_disable && !(granted_caps_ & vc::kCapCrc))) {
+        return vc::kErrParam;
+      }
+      if ((x.dma_ring_addr & 127) != 0 || !RingInDmaMap(x.dma_ring_addr, uint64_t{x.ring_len} * 32)) {
+        ++counters_.bad_ring_addr;
+        return vc::kErrParam;
+      }
+      r.configured = true;
+      r.ring_addr = x.dma_ring_addr;
+      r.ring_len = x.ring_len;
+      r.buffer_size = x.databuffer_size & ~127u;
+      r.max_frame = x.max_pkt_size;
+      r.keep_crc = x.crc_disable != 0;
+    }
+    r.msix_vector = rx[q].msix_vector;
+    r.itr_index = rx[q].itr_index;
+    tx[q] = t;
+    rx[q] = r;
+  }
+  // Reconfiguring a running queue stops it first.
+  StopQueues(touched, touched);
+  txq_ = tx;
+  rxq_ = rx;
+  return vc::kSuccess;
+}
+
+int32_t Device::OpConfigIrqMap(absl::Span<const uint8_t> msg) {
+  const uint16_t n = Load<uint16_t>(msg, 0);
+  const uint32_t max_vectors = num_queue_pairs_ + 1;
+  if (n > max_vectors) return vc::kErrParam;
+  const uint32_t valid_queues = (1u << num_queue_pairs_) - 1;
+  for (uint32_t i = 0; i < n; ++i) {
+    auto m = Load<vc::VectorMap>(msg, 2 + i * sizeof(vc::VectorMap));
+    if (m.vsi_id != kVsiId || m.vector_id >= max_vectors ||
+        (m.vector_id == 0 && (m.rxq_map != 0 || m.txq_map != 0)) || (m.rxq_map & ~valid_queues) ||
+        (m.txq_map & ~valid_queues) || m.rxitr_idx > kItrIndexNone || m.txitr_idx > kItrIndexNone) {
+      return vc::kErrParam;
+    }
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    auto m = Load<vc::VectorMap>(msg, 2 + i * sizeof(vc::VectorMap));
+    for (uint32_t q = 0; q < num_queue_pairs_; ++q) {
+      if (m.rxq_map >> q & 1) {
+        rxq_[q].msix_vector = m.vector_id;
+        rxq_[q].itr_index = m.rxitr_idx;
+      }
+      if (m.txq_map >> q & 1) {
+        txq_[q].msix_vector = m.vector_id;
+        txq_[q].itr_index = m.txitr_idx;
+      }
+    }
+  }
+  return vc::kSuccess;
+}
+
+int32_t Device::OpEnableQueues(absl::Span<const uint8_t> msg) {
+  auto s = Load<vc::QueueSelect>(msg, 0);
+  const uint32_t valid = (1u << num_queue_pairs_) - 1;
+  if (s.vsi_id != kVsiId || (s.rx_queues == 0 && s.tx_queues == 0) || (s.rx_queues & ~valid) ||
+      (s.tx_queues & ~valid)) {
+    return vc::kErrParam;
+  }
+  for (uint32_t q = 0; q < num_queue_pairs_; ++q) {
+    if ((s.rx_queues >> q & 1) && !rxq_[q].configured) return vc::kErrParam;
+    if ((s.tx_queues >> q & 1) && !txq_[q].configured) return vc::kErrParam;
+  }
+  uint32_t rx_new = 0, tx_new = 0;
+  for (uint32_t q = 0; q < num_queue_pairs_; ++q) {
+    if ((s.rx_queues >> q & 1) && !rxq_[q].enabled) {
+      rxq_[q].enabled = true;
+      rx_new |= 1u << q;
+    }
+    if ((s.tx_queues >> q & 1) && !txq_[q].enabled) {
+      txq_[q].enabled = true;
+      tx_new |= 1u << q;
+    }
+  }
+  if ((rx_new | tx_new) != 0 && hooks_ != nullptr) hooks_->OnQueuesEnabled(rx_new, tx_new);
+  return vc::kSuccess;
+}
+
+int32_t Device::OpDisableQueues(absl::Span<const uint8_t> msg) {
+  auto s = Load<vc::QueueSelect>(msg, 0);
+  const uint32_t valid = (1u << num_queue_pairs_) - 1;
+  if (s.vsi_id != kVsiId || (s.rx_queues == 0 && s.tx_queues == 0) || (s.rx_queues & ~valid) ||
+      (s.tx_queues & ~valid)) {
+    return vc::kErrParam;
+  }
+  StopQueues(s.rx_queues, s.tx_queues);  // DMA stops before the reply
+  return vc::kSuccess;
+}
+
+int32_t Device::OpEthAddr(absl::Span<const uint8_t> msg, bool add) {
+  const uint16_t vsi = Load<uint16_t>(msg, 0);
+  const uint16_t n = Load<uint16_t>(msg, 2);
+  if (vsi != kVsiId) return vc::kErrParam;
+  int32_t status = vc::kSuccess;
+  bool changed = false;
+  for (uint32_t i = 0; i < n; ++i) {
+    auto e = Load<vc::EtherAddr>(msg, 4 + i * sizeof(vc::EtherAddr));
+    MacAddr a;
+    std::memcpy(a.data(), e.addr, 6);
+    static constexpr MacAddr kZero{};
+    static constexpr MacAddr kBcast{0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    if (a == kZero || a == kBcast) continue;  // never filtered (ice skips them)
+    auto it = std::find_if(macs_.begin(), macs_.end(), [&](const MacFilterEntry& m) { return m.addr == a; });
+    if (add) {
+      if (it != macs_.end()) {
+        it->type = e.type & 3;
+        continue;
+      }
+      if (macs_.size() >= 256) {
+        status = vc::kErrNoMemory;
+        break;
+      }
+      macs_.push_back({a, static_cast<uint8_t>(e.type & 3)});
+      changed = true;
+    } else if (it != macs_.end()) {
+      macs_.erase(it);
+      changed = true;
+    }
+  }
+  if (changed && hooks_ != nullptr) hooks_->OnFiltersChanged();
+  return status;
+}
+
+int32_t Device::OpVlan(absl::Span<const uint8_t> msg, bool add) {
+  const uint16_t vsi = Load<uint16_t>(msg, 0);
+  const uint16_t n = Load<uint16_t>(msg, 2);
+  if (vsi != kVsiId) return vc::kErrParam;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (Load<uint16_t>(msg, 4 + 2 * i) >= 4096) return vc::kErrParam;
+  }
+  for (uint32_t i = 0; i < n; ++i) vlans_.set(Load<uint16_t>(msg, 4 + 2 * i), add);
+  if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+  return vc::kSuccess;
+}
+
+int32_t Device::OpPromisc(absl::Span<const uint8_t> msg) {
+  auto p = Load<vc::PromiscInfo>(msg, 0);
+  if (p.vsi_id != kVsiId) return vc::kErrParam;
+  promisc_flags_ = p.flags & (vc::kPromiscUnicast | vc::kPromiscMulticast);
+  if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+  return vc::kSuccess;
+}
+
+int32_t Device::OpGetStats(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out) {
+  auto s = Load<vc::QueueSelect>(msg, 0);
+  if (s.vsi_id != kVsiId) return vc::kErrParam;
+  vc::EthStats st{};
+  if (hooks_ != nullptr) hooks_->GetStats(&st);
+  Append(out, st);
+  return vc::kSuccess;
+}
+
+int32_t Device::OpRssKey(absl::Span<const uint8_t> msg) {
+  const uint16_t vsi = Load<uint16_t>(msg, 0);
+  const uint16_t n = Load<uint16_t>(msg, 2);
+  if (vsi != kVsiId || n != kRssKeySize) return vc::kErrParam;
+  std::memcpy(rss_.key.data(), msg.data() + 4, kRssKeySize);
+  return vc::kSuccess;
+}
+
+int32_t Device::OpRssLut(absl::Span<const uint8_t> msg) {
+  const uint16_t vsi = Load<uint16_t>(msg, 0);
+  const uint16_t n = Load<uint16_t>(msg, 2);
+  if (vsi != kVsiId || n != kRssLutSize) return vc::kErrParam;
+  std::memcpy(rss_.lut.data(), msg.data() + 4, kRssLutSize);
+  return vc::kSuccess;
+}
+
+int32_t Device::OpRssHfunc(absl::Span<const uint8_t> msg) {
+  auto h = Load<vc::RssHfunc>(msg, 0);
+  if (h.vsi_id != kVsiId || h.rss_algorithm > 3) return vc::kErrParam;
+  rss_.hfunc = h.rss_algorithm;
+  return vc::kSuccess;
+}
+
+int32_t Device::OpSetRssHena(absl::Span<const uint8_t> msg) {
+  uint64_t hena = Load<uint64_t>(msg, 0);
+  if (hena & ~kRssHenaCaps) return vc::kErrParam;
+  rss_.hena = hena;
+  return vc::kSuccess;
+}
+
+bool Device::OpRequestQueues(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out) {
+  uint16_t req = Load<uint16_t>(msg, 0);
+  if (req != 0 && req <= options_.max_queue_pairs) {
+    // Granted: as the ice PF, announce the reset and do it; no reply. The
+    // driver re-reads its resources afterwards.
+    vc::PfEvent ev{};
+    ev.event = vc::kEventResetImpending;
+    ev.severity = vc::kSeverityCertainDoom;
+    std::vector<uint8_t> evb;
+    Append(&evb, ev);
+    if (aq_.Post(ctx_.dma, vc::kOpEvent, vc::kSuccess, evb)) irq_->RaiseAdminQueue();
+    num_queue_pairs_ = req;
+    VfReset();
+    return true;
+  }
+  // Not granted: answer with what the PF can give (0 echoes 0).
+  vc::VfResRequest r{static_cast<uint16_t>(req == 0 ? 0 : options_.max_queue_pairs)};
+  Append(out, r);
+  return false;
+}
+
+}  // namespace emud::avf
