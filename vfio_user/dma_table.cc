@@ -1,0 +1,168 @@
+#include "vfio_user/dma_table.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "vfio_user/protocol.h"
+
+namespace emud::vfio_user {
+
+absl::StatusOr<Mapping> Mapping::Map(int fd, uint64_t offset, uint64_t size, int prot) {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (size == 0) return ErrnoStatus(EINVAL, "empty mapping");
+  uint64_t delta = offset % page;
+  uint64_t len = size + delta;
+  if (len < size || offset - delta > uint64_t{INT64_MAX}) return ErrnoStatus(EINVAL, "mapping overflows");
+  void* p = ::mmap(nullptr, len, prot, MAP_SHARED, fd, static_cast<off_t>(offset - delta));
+  if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mmap: ", std::strerror(errno)));
+  Mapping m;
+  m.base_ = p;
+  m.base_len_ = len;
+  m.data_ = static_cast<uint8_t*>(p) + delta;
+  m.size_ = size;
+  return m;
+}
+
+Mapping::~Mapping() {
+  if (base_) ::munmap(base_, base_len_);
+}
+Mapping::Mapping(Mapping&& o) noexcept
+    : base_(std::exchange(o.base_, nullptr)),
+      base_len_(std::exchange(o.base_len_, 0)),
+      data_(std::exchange(o.data_, nullptr)),
+      size_(std::exchange(o.size_, 0)) {}
+Mapping& Mapping::operator=(Mapping&& o) noexcept {
+  if (this != &o) {
+    if (base_) ::munmap(base_, base_len_);
+    base_ = std::exchange(o.base_, nullptr);
+    base_len_ = std::exchange(o.base_len_, 0);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+absl::Status DmaTable::Map(uint64_t iova, uint64_t size, uint32_t prot, UniqueFd fd, uint64_t fd_offset) {
+  if (size == 0) return ErrnoStatus(EINVAL, "zero-size DMA window");
+  if (iova + size < iova) return ErrnoStatus(EINVAL, "DMA window wraps");
+  if (prot & ~(kDmaFlagRead | kDmaFlagWrite)) return ErrnoStatus(EINVAL, "unknown DMA_MAP flags");
+  if (fd.valid() && fd_offset + size < fd_offset) return ErrnoStatus(EINVAL, "fd offset + size overflows");
+  // Overlap: the first window starting at or after iova, and the one before.
+  auto next = windows_.lower_bound(iova);
+  if (next != windows_.end() && next->first < iova + size) {
+    return ErrnoStatus(EEXIST, "DMA window overlaps an existing one");
+  }
+  if (next != windows_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second.size > iova) return ErrnoStatus(EEXIST, "DMA window overlaps an existing one");
+  }
+  if (windows_.size() >= max_windows_) return ErrnoStatus(ENOSPC, "too many DMA windows");
+  DmaWindow w;
+  w.iova = iova;
+  w.size = size;
+  w.prot = prot;
+  w.fd_offset = fd_offset;
+  if (fd.valid()) {
+    int mprot = 0;
+    if (prot & kDmaFlagRead) mprot |= PROT_READ;
+    if (prot & kDmaFlagWrite) mprot |= PROT_WRITE;
+    if (mprot == 0) mprot = PROT_NONE;
+    auto m = Mapping::Map(fd.get(), fd_offset, size, mprot);
+    if (!m.ok()) return m.status();
+    w.mapping = std::move(*m);
+    w.has_fd = true;
+    if (keep_fds_) w.fd = std::move(fd);
+  }
+  windows_.emplace(iova, std::move(w));
+  return absl::OkStatus();
+}
+
+absl::Status DmaTable::Unmap(uint64_t iova, uint64_t size,
+                             const std::function<void(uint64_t, uint64_t)>& before_unmap) {
+  auto it = windows_.find(iova);
+  if (it == windows_.end() || it->second.size != size) {
+    return ErrnoStatus(ENOENT, "no DMA window matches the unmap range");
+  }
+  if (before_unmap) before_unmap(iova, size);
+  windows_.erase(it);
+  return absl::OkStatus();
+}
+
+void DmaTable::UnmapAll(const std::function<void(uint64_t, uint64_t)>& before_unmap) {
+  while (!windows_.empty()) {
+    auto it = windows_.begin();
+    if (before_unmap) before_unmap(it->first, it->second.size);
+    windows_.erase(it);
+  }
+}
+
+DmaWindow* DmaTable::Find(uint64_t iova) {
+  auto it = windows_.upper_bound(iova);
+  if (it == windows_.begin()) return nullptr;
+  --it;
+  DmaWindow& w = it->second;
+  if (iova - w.iova >= w.size) return nullptr;
+  return &w;
+}
+
+absl::StatusOr<uint8_t*> DmaTable::Translate(uint64_t iova, uint64_t len, Access access) {
+  if (len == 0) return absl::InvalidArgumentError("zero-length DMA translation");
+  DmaWindow* w = Find(iova);
+  if (!w) return absl::OutOfRangeError(absl::StrCat("iova 0x", absl::Hex(iova), " not mapped"));
+  uint64_t off = iova - w->iova;
+  if (len > w->size - off) return absl::OutOfRangeError("DMA range crosses the end of its window");
+  if (((access & kRead) && !(w->prot & kDmaFlagRead)) || ((access & kWrite) && !(w->prot & kDmaFlagWrite))) {
+    return absl::PermissionDeniedError("DMA window forbids this access");
+  }
+  if (!w->has_fd) return absl::UnavailableError("DMA window has no fd");
+  return w->mapping.data() + off;
+}
+
+absl::Status DmaTable::Read(uint64_t iova, absl::Span<uint8_t> dst) {
+  size_t done = 0;
+  while (done < dst.size()) {
+    uint64_t at = iova + done;
+    if (at < iova) return absl::OutOfRangeError("DMA range wraps");
+    DmaWindow* w = Find(at);
+    if (!w) return absl::OutOfRangeError(absl::StrCat("iova 0x", absl::Hex(at), " not mapped"));
+    if (!(w->prot & kDmaFlagRead)) return absl::PermissionDeniedError("DMA window not readable");
+    uint64_t off = at - w->iova;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(w->size - off, dst.size() - done));
+    if (w->has_fd) {
+      std::memcpy(dst.data() + done, w->mapping.data() + off, n);
+    } else {
+      if (!message_dma_) return absl::UnavailableError("DMA window has no fd and no message fallback");
+      if (auto s = message_dma_->DmaRead(at, dst.subspan(done, n)); !s.ok()) return s;
+    }
+    done += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DmaTable::Write(uint64_t iova, absl::Span<const uint8_t> src) {
+  size_t done = 0;
+  while (done < src.size()) {
+    uint64_t at = iova + done;
+    if (at < iova) return absl::OutOfRangeError("DMA range wraps");
+    DmaWindow* w = Find(at);
+    if (!w) return absl::OutOfRangeError(absl::StrCat("iova 0x", absl::Hex(at), " not mapped"));
+    if (!(w->prot & kDmaFlagWrite)) return absl::PermissionDeniedError("DMA window not writable");
+    uint64_t off = at - w->iova;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(w->size - off, src.size() - done));
+    if (w->has_fd) {
+      std::memcpy(w->mapping.data() + off, src.data() + done, n);
+    } else {
+      if (!message_dma_) return absl::UnavailableError("DMA window has no fd and no message fallback");
+      if (auto s = message_dma_->DmaWrite(at, src.subspan(done, n)); !s.ok()) return s;
+    }
+    done += n;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace emud::vfio_user

@@ -1,0 +1,103 @@
+// DmaTable: the client's DMA windows (DMA_MAP / DMA_UNMAP) and the bounds-
+// checked translation of guest addresses into them.
+//
+// A window with an fd is mmapped here (MAP_SHARED, protection from the map
+// flags) and owned by an RAII Mapping; a window without an fd is reachable
+// only through the message fallback (DMA_READ / DMA_WRITE to the client),
+// which the owner supplies as a MessageDma.
+#ifndef EMUD_VFIO_USER_DMA_TABLE_H_
+#define EMUD_VFIO_USER_DMA_TABLE_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "base/unique_fd.h"
+#include "vfio_user/device.h"
+
+namespace emud::vfio_user {
+
+// An mmap()ed range, unmapped on destruction.
+class Mapping {
+ public:
+  Mapping() = default;
+  // Maps `size` bytes of `fd` at `offset` (any alignment: the page-aligned
+  // superset is mapped). `prot` as for mmap.
+  static absl::StatusOr<Mapping> Map(int fd, uint64_t offset, uint64_t size, int prot);
+  ~Mapping();
+  Mapping(Mapping&& o) noexcept;
+  Mapping& operator=(Mapping&& o) noexcept;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+
+  uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  void* base_ = nullptr;
+  size_t base_len_ = 0;
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+// Server-to-client DMA for windows without an fd.
+class MessageDma {
+ public:
+  virtual ~MessageDma() = default;
+  virtual absl::Status DmaRead(uint64_t iova, absl::Span<uint8_t> dst) = 0;
+  virtual absl::Status DmaWrite(uint64_t iova, absl::Span<const uint8_t> src) = 0;
+};
+
+struct DmaWindow {
+  uint64_t iova = 0;
+  uint64_t size = 0;
+  uint32_t prot = 0;  // kDmaFlagRead | kDmaFlagWrite
+  uint64_t fd_offset = 0;
+  UniqueFd fd;        // kept only when the table keeps fds (persistence)
+  bool has_fd = false;
+  Mapping mapping;    // empty when !has_fd
+};
+
+class DmaTable : public DmaMemory {
+ public:
+  // `max_windows` bounds Map(); `keep_fds` keeps each window's fd open (for
+  // handing to a successor) instead of closing it after mmap.
+  DmaTable(uint32_t max_windows, bool keep_fds) : max_windows_(max_windows), keep_fds_(keep_fds) {}
+
+  void set_message_dma(MessageDma* m) { message_dma_ = m; }
+
+  // Adds a window. `fd` may be invalid (message-only window). Errors carry the
+  // errno to reply with: EINVAL (size 0, overflow, bad prot), EEXIST
+  // (overlap), ENOSPC (too many windows), or mmap's errno.
+  absl::Status Map(uint64_t iova, uint64_t size, uint32_t prot, UniqueFd fd, uint64_t fd_offset);
+  // Removes the window that exactly matches [iova, iova+size): ENOENT if none.
+  // `before_unmap` runs first (the device drops its pointers).
+  absl::Status Unmap(uint64_t iova, uint64_t size, const std::function<void(uint64_t, uint64_t)>& before_unmap);
+  // Removes every window, calling `before_unmap` for each.
+  void UnmapAll(const std::function<void(uint64_t, uint64_t)>& before_unmap);
+
+  const std::map<uint64_t, DmaWindow>& windows() const { return windows_; }
+  size_t size() const { return windows_.size(); }
+
+  // DmaMemory.
+  absl::StatusOr<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) override;
+  absl::Status Read(uint64_t iova, absl::Span<uint8_t> dst) override;
+  absl::Status Write(uint64_t iova, absl::Span<const uint8_t> src) override;
+
+ private:
+  // The window containing `iova`, or nullptr.
+  DmaWindow* Find(uint64_t iova);
+
+  uint32_t max_windows_;
+  bool keep_fds_;
+  MessageDma* message_dma_ = nullptr;
+  std::map<uint64_t, DmaWindow> windows_;
+};
+
+}  // namespace emud::vfio_user
+
+#endif  // EMUD_VFIO_USER_DMA_TABLE_H_

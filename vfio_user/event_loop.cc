@@ -1,0 +1,95 @@
+#include "vfio_user/event_loop.h"
+
+#include <errno.h>
+#include <sys/eventfd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace emud::vfio_user {
+
+absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create() {
+  std::unique_ptr<EventLoop> loop(new EventLoop());
+  loop->epfd_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!loop->epfd_.valid()) return absl::InternalError(absl::StrCat("epoll_create1: ", std::strerror(errno)));
+  loop->stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!loop->stop_fd_.valid()) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  EventLoop* raw = loop.get();
+  auto st = loop->Add(loop->stop_fd_.get(), EPOLLIN, [raw](uint32_t) {
+    uint64_t v;
+    while (::read(raw->stop_fd_.get(), &v, sizeof(v)) > 0) {
+    }
+    raw->stop_ = true;
+  });
+  if (!st.ok()) return st;
+  return loop;
+}
+
+EventLoop::~EventLoop() = default;
+
+absl::Status EventLoop::Add(int fd, uint32_t events, Handler handler) {
+  if (handlers_.count(fd)) return absl::AlreadyExistsError(absl::StrCat("fd ", fd, " already watched"));
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("epoll_ctl ADD ", fd, ": ", std::strerror(errno)));
+  }
+  handlers_[fd] = std::make_shared<Handler>(std::move(handler));
+  return absl::OkStatus();
+}
+
+absl::Status EventLoop::Modify(int fd, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (::epoll_ctl(epfd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("epoll_ctl MOD ", fd, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+void EventLoop::Remove(int fd) {
+  if (handlers_.erase(fd)) ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+absl::StatusOr<int> EventLoop::RunOnce(absl::Duration timeout) {
+  epoll_event evs[32];
+  int ms = timeout == absl::InfiniteDuration() ? -1 : static_cast<int>(absl::ToInt64Milliseconds(timeout));
+  int n = ::epoll_wait(epfd_.get(), evs, 32, ms);
+  if (n < 0) {
+    if (errno == EINTR) return 0;
+    return absl::InternalError(absl::StrCat("epoll_wait: ", std::strerror(errno)));
+  }
+  int ran = 0;
+  for (int i = 0; i < n; ++i) {
+    auto it = handlers_.find(evs[i].data.fd);
+    if (it == handlers_.end()) continue;  // removed by an earlier handler
+    std::shared_ptr<Handler> h = it->second;  // keep alive if it removes itself
+    (*h)(evs[i].events);
+    ++ran;
+  }
+  return ran;
+}
+
+absl::Status EventLoop::Run() {
+  stop_ = false;
+  absl::Time poll_until = absl::InfinitePast();
+  while (!stop_) {
+    bool polling = absl::Now() < poll_until;
+    auto n = RunOnce(polling ? absl::ZeroDuration() : absl::InfiniteDuration());
+    if (!n.ok()) return n.status();
+    if (*n > 0 && busy_poll_ > absl::ZeroDuration()) poll_until = absl::Now() + busy_poll_;
+  }
+  return absl::OkStatus();
+}
+
+void EventLoop::Stop() {
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t r = ::write(stop_fd_.get(), &one, sizeof(one));
+}
+
+}  // namespace emud::vfio_user

@@ -1,0 +1,275 @@
+// The vfio-user server: Session (one client connection's protocol state and
+// the device it serves) and Server (a listening socket feeding a Session one
+// client at a time).
+//
+// Processing model: requests are handled strictly in arrival order, one at a
+// time, each to completion (pipelined requests included); a later reply
+// therefore implies every earlier posted (NO_REPLY) write was applied. A
+// request that is well-framed but invalid gets an error reply with an errno;
+// a header whose msg_size cannot be framed closes the connection (the device
+// keeps its state and the next client is served).
+//
+// On client disconnect (EOF, framing error, send failure) the session unmaps
+// every DMA window (PciDevice::OnDmaUnmap first), closes every interrupt
+// eventfd, calls PciDevice::Detach, keeps device state, and is ready for
+// AttachClient again.
+//
+// Embedding: the session registers its client fd with an EventLoop owned by
+// the caller (the worker's loop, which also carries doorbells, TAP...). With
+// a null loop, the caller watches client_fd() itself and calls ProcessReady().
+//
+// Persistence (options.store set): every state change a request makes
+// (negotiated capabilities, DMA window table, interrupt configuration) plus
+// PciDevice::Save is committed in one state_store transaction before the reply
+// is sent, so Session::Resume in a successor process rebuilds the session from
+// the records and the fds kept by emud's fd store (keys below). With
+// options.crash_consistent, requests are additionally peeked, applied,
+// committed with their reply, consumed and journalled as described in
+// ARCHITECTURE.md ("Control path"), so a SIGKILL at any point neither loses nor
+// repeats a request.
+//
+// fd keys (FdDepositor): "vfio/conn", "dma/<iova-hex>", "irq/<index>/<vector>".
+#ifndef EMUD_VFIO_USER_SESSION_H_
+#define EMUD_VFIO_USER_SESSION_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "base/unique_fd.h"
+#include "vfio_user/device.h"
+#include "vfio_user/dma_table.h"
+#include "vfio_user/event_loop.h"
+#include "vfio_user/irq_state.h"
+#include "vfio_user/protocol.h"
+#include "vfio_user/transport.h"
+
+namespace emud::state_store {
+class Env;
+class WriteTxn;
+}  // namespace emud::state_store
+
+namespace emud::vfio_user {
+
+// Receives a duplicate-worthy fd under a stable key before the session acts
+// on it (emud's fd store). Deposit's fd is borrowed: dup it to keep it.
+class FdDepositor {
+ public:
+  virtual ~FdDepositor() = default;
+  virtual absl::Status Deposit(absl::string_view key, int fd) = 0;
+  virtual void Release(absl::string_view key) = 0;
+};
+
+// Looks up an fd by key when resuming (from the inherited fd set). Returns an
+// owned fd or NOT_FOUND.
+using FdLookup = std::function<absl::StatusOr<UniqueFd>(absl::string_view key)>;
+
+// Names of the state_store tables the session uses; a caller opening the
+// device's Env must list them in EnvOptions::tables.
+std::vector<std::string> SessionTables();
+
+struct SessionOptions {
+  // Advertised in the VERSION reply and enforced on requests.
+  uint32_t max_msg_fds = 16;                   // fds per message (QEMU accepts <= 16)
+  uint64_t max_data_xfer_size = 1 << 20;       // REGION_READ/WRITE count
+  uint32_t max_dma_maps = 1024;                // simultaneous DMA windows
+  // Framing limit: a header announcing more is a framing error.
+  size_t max_msg_size = (1 << 20) + 4096;
+  // A reply that cannot be written within this time drops the client.
+  absl::Duration send_timeout = absl::Seconds(5);
+  // Wait for the client's reply to a server DMA_READ / DMA_WRITE.
+  absl::Duration dma_timeout = absl::Seconds(5);
+
+  // Persistence; see the file comment. `store` must hold SessionTables().
+  state_store::Env* store = nullptr;
+  // Call PciDevice::Save(txn) in every commit (persistence only).
+  bool save_device = true;
+  // Peek/commit/consume/journal processing (requires `store` and `journal_path`).
+  bool crash_consistent = false;
+  // A small file on tmpfs holding the "replying N" mark.
+  std::string journal_path;
+  // Gets every connection / DMA / eventfd fd before the session relies on it.
+  FdDepositor* fd_depositor = nullptr;
+  // Test hook (crash_consistent mode): called at 1 = after the commit, 2 =
+  // after consuming the request, 3 = after the journal mark; returning true
+  // makes the session Abandon() right there, as if the process died.
+  std::function<bool(int stage)> crash_point;
+};
+
+struct SessionStats {
+  uint64_t clients = 0;
+  uint64_t requests = 0;
+  uint64_t error_replies = 0;
+  uint64_t posted_errors = 0;   // failed requests that asked for no reply
+  uint64_t framing_errors = 0;
+  uint64_t stray_replies = 0;   // replies nobody waited for
+  uint64_t dma_messages = 0;    // DMA_READ/WRITE sent to the client
+  uint64_t commits = 0;
+  uint64_t replayed_replies = 0;  // resume: stored replies re-sent
+};
+
+class Session {
+ public:
+  // A session with no client yet. The device's regions and IRQs are read once
+  // here: INVALID_ARGUMENT if the device lacks the CONFIG region or lists more
+  // than 100 regions / an unknown IRQ index.
+  static absl::StatusOr<std::unique_ptr<Session>> Create(PciDevice* device, EventLoop* loop,
+                                                         SessionOptions options);
+
+  // Rebuilds a session persisted in options.store by an earlier process and
+  // attaches `conn` (the still-connected client socket) without a handshake.
+  // DMA windows and eventfds are re-opened through `fds` by key. The device
+  // must already be Restore()d by the caller; Resume Attach()es it. With
+  // crash_consistent, the pending request/reply is settled as in
+  // ARCHITECTURE.md before anything else is read.
+  static absl::StatusOr<std::unique_ptr<Session>> Resume(PciDevice* device, EventLoop* loop,
+                                                         SessionOptions options, UniqueFd conn,
+                                                         const FdLookup& fds);
+
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Takes a freshly accepted connection. FAILED_PRECONDITION while another
+  // client is attached. The socket is made non-blocking.
+  absl::Status AttachClient(UniqueFd conn);
+  // Drops the client (see the file comment). No-op without a client.
+  void Disconnect(absl::string_view why);
+  bool connected() const { return conn_.valid(); }
+  // Forgets the client as a dying process would: nothing is committed,
+  // released, unmapped from the device's point of view or closed at the
+  // protocol level (the connection fd is closed here, but a copy held by the
+  // fd store keeps the connection alive). For hand-over and crash tests.
+  void Abandon();
+  int client_fd() const { return conn_.get(); }
+  // Called after every disconnect (the Server re-arms its listener).
+  void set_on_disconnect(std::function<void()> cb) { on_disconnect_ = std::move(cb); }
+
+  // Handles every complete request that can be read without blocking. Safe
+  // to call spuriously.
+  void ProcessReady();
+
+  DmaTable& dma() { return *dma_; }
+  IrqState& irqs() { return *irqs_; }
+  PciDevice* device() { return device_; }
+  const SessionStats& stats() const { return stats_; }
+  bool negotiated() const { return negotiated_; }
+  const Capabilities& client_caps() const { return client_caps_; }
+  std::string last_disconnect_reason() const { return last_disconnect_reason_; }
+
+ private:
+  class MessageDmaImpl;
+  struct Reply {
+    uint32_t err = 0;  // errno for an error reply
+    std::vector<uint8_t> payload;
+    std::vector<int> fds;  // borrowed
+    std::vector<UniqueFd> owned_fds;
+  };
+
+  Session(PciDevice* device, EventLoop* loop, SessionOptions options);
+  absl::Status Init();
+  absl::Status Watch();
+
+  // One request, to completion. Returns false if the client was dropped.
+  bool HandleMessage(Message msg);
+  bool HandleMessageCrashConsistent();
+  Reply Dispatch(Message& msg);
+  bool SendReply(const Header& req, const Reply& reply);
+
+  Reply HandleVersion(Message& m);
+  Reply HandleDmaMap(Message& m);
+  Reply HandleDmaUnmap(Message& m);
+  Reply HandleGetInfo(Message& m);
+  Reply HandleGetRegionInfo(Message& m);
+  Reply HandleGetRegionIoFds(Message& m);
+  Reply HandleGetIrqInfo(Message& m);
+  Reply HandleSetIrqs(Message& m);
+  Reply HandleRegionRead(Message& m);
+  Reply HandleRegionWrite(Message& m);
+  Reply HandleWriteMulti(Message& m);
+  Reply HandleReset(Message& m);
+
+  const RegionDesc* Region(uint32_t index) const;
+  absl::Status CheckRegionAccess(uint32_t region, uint64_t offset, uint64_t count, bool write) const;
+
+  // Server -> client request (DMA_READ/DMA_WRITE) and its reply; client
+  // requests arriving meanwhile are queued in backlog_.
+  absl::StatusOr<Message> ServerRequest(uint16_t cmd, absl::Span<const uint8_t> payload);
+
+  // Persistence.
+  absl::Status Commit(const std::function<absl::Status(state_store::WriteTxn&)>& extra);
+  absl::Status WriteAllState(state_store::WriteTxn& txn);
+  absl::Status LoadState(const FdLookup& fds);
+  void BeforeUnmap(uint64_t iova, uint64_t size);
+  absl::Status DepositFd(absl::string_view key, int fd);
+  void ReleaseFd(absl::string_view key);
+  void JournalMark(uint64_t seq);
+  uint64_t JournalRead();
+
+  PciDevice* device_;
+  EventLoop* loop_;
+  SessionOptions options_;
+  std::vector<RegionDesc> regions_;  // indexed by region index (size 0 = absent)
+  std::vector<IrqDesc> irq_descs_;
+  uint32_t num_regions_ = 0;
+  std::unique_ptr<DmaTable> dma_;
+  std::unique_ptr<IrqState> irqs_;
+  std::unique_ptr<MessageDmaImpl> message_dma_;
+
+  UniqueFd conn_;
+  MessageReader reader_;
+  std::deque<Message> backlog_;
+  bool negotiated_ = false;
+  bool attached_ = false;
+  bool in_process_ = false;
+  Capabilities client_caps_;
+  uint16_t next_server_msg_id_ = 0;
+  uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
+  bool state_dirty_ = false;
+  std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
+  UniqueFd journal_fd_;
+  SessionStats stats_;
+  std::string last_disconnect_reason_;
+  std::function<void()> on_disconnect_;
+};
+
+// A listening UNIX socket serving one Session: while a client is attached the
+// listener is not polled (further clients wait in the backlog); after a
+// disconnect the next pending client is accepted.
+class Server {
+ public:
+  // Binds `socket_path` (replacing a stale socket file) and listens.
+  static absl::StatusOr<std::unique_ptr<Server>> Listen(const std::string& socket_path,
+                                                        PciDevice* device, EventLoop* loop,
+                                                        SessionOptions options);
+  // Uses an already listening socket (e.g. inherited from the fd store), and
+  // optionally an existing session (resumed).
+  static absl::StatusOr<std::unique_ptr<Server>> FromListener(UniqueFd listen_fd,
+                                                              std::unique_ptr<Session> session,
+                                                              EventLoop* loop);
+  ~Server();
+
+  Session& session() { return *session_; }
+  int listen_fd() const { return listen_fd_.get(); }
+
+ private:
+  Server() = default;
+  void Arm();
+  void OnAcceptable();
+
+  UniqueFd listen_fd_;
+  std::unique_ptr<Session> session_;
+  EventLoop* loop_ = nullptr;
+  std::string path_;
+};
+
+}  // namespace emud::vfio_user
+
+#endif  // EMUD_VFIO_USER_SESSION_H_

@@ -1,0 +1,716 @@
+// Per-command tests of the vfio-user server, valid and invalid, over a real
+// UNIX socket with real memfds and eventfds.
+#include "vfio_user/session.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "vfio_user/client.h"
+#include "vfio_user/test_harness.h"
+
+namespace emud::vfio_user {
+namespace {
+
+using testing::DrainEventfd;
+using testing::MakeEventfd;
+using testing::MakeMemfd;
+using testing::ServerHarness;
+
+constexpr uint32_t kBar = kBar0;
+
+template <typename T>
+std::vector<uint8_t> Bytes(const T& v) {
+  std::vector<uint8_t> out;
+  AppendStruct(&out, v);
+  return out;
+}
+
+// errno of a reply (0 for success).
+int ReplyErrno(const absl::StatusOr<Message>& m) {
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (!m.ok()) return -1;
+  EXPECT_EQ(m->hdr.flags & kFlagTypeMask, kFlagTypeReply);
+  return (m->hdr.flags & kFlagError) ? static_cast<int>(m->hdr.error) : 0;
+}
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    harness_ = std::make_unique<ServerHarness>(Options());
+    client_ = harness_->Connect();
+    ASSERT_NE(client_, nullptr);
+  }
+  virtual SessionOptions Options() { return SessionOptions{}; }
+
+  // Enables bus mastering and memory decoding in config space.
+  void EnableDevice() {
+    uint16_t cmd = 0x6;
+    ASSERT_TRUE(client_->RegionWrite(kConfigRegion, 4, absl::MakeConstSpan(reinterpret_cast<uint8_t*>(&cmd), 2)).ok());
+  }
+
+  std::unique_ptr<ServerHarness> harness_;
+  std::unique_ptr<Client> client_;
+};
+
+// ---------------------------------------------------------------- VERSION
+
+TEST(VersionTest, NegotiatesZeroZeroWithQemuCapsAndFitsTheRequest) {
+  ServerHarness h;
+  auto c = h.Connect(false);
+  // Exactly what QEMU 10.1 sends.
+  std::string js =
+      R"({"capabilities":{"migration":{"pgsize":4096,"max_bitmap_size":268435456},"max_msg_fds":16,)"
+      R"("max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}})";
+  VersionPayload v{0, 0, js};
+  auto req = EncodeVersion(v);
+  auto m = c->Request(kCmdVersion, req);
+  ASSERT_EQ(ReplyErrno(m), 0);
+  EXPECT_LE(m->payload.size(), req.size());  // QEMU's receive buffer is its request
+  auto rv = DecodeVersion(m->payload);
+  ASSERT_TRUE(rv.ok());
+  EXPECT_EQ(rv->major, 0);
+  EXPECT_EQ(rv->minor, 0);
+  ASSERT_TRUE(rv->json.has_value());
+  auto caps = ParseCapabilities(*rv->json);
+  ASSERT_TRUE(caps.ok());
+  EXPECT_LE(caps->max_msg_fds, 16u);
+  EXPECT_LE(caps->max_data_xfer_size, 64u << 20);
+  EXPECT_LE(caps->max_dma_maps, 65535u);
+  EXPECT_TRUE(caps->write_multiple);
+  EXPECT_EQ(caps->pgsizes & 0xfff, 0u);
+}
+
+TEST(VersionTest, AnyMinorGetsZero) {
+  ServerHarness h;
+  auto c = h.Connect(false);
+  Capabilities caps;
+  auto v = c->Version(caps, 7);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->minor, 0);
+}
+
+TEST(VersionTest, NoJsonGetsNoJsonAndTinyJsonStillFits) {
+  ServerHarness h;
+  {
+    auto c = h.Connect(false);
+    auto m = c->Request(kCmdVersion, EncodeVersion({0, 0, std::nullopt}));
+    ASSERT_EQ(ReplyErrno(m), 0);
+    EXPECT_EQ(m->payload.size(), 4u);
+  }
+  {
+    auto c = h.Connect(false);
+    auto req = EncodeVersion({0, 0, std::string("{}")});
+    auto m = c->Request(kCmdVersion, req);
+    ASSERT_EQ(ReplyErrno(m), 0);
+    EXPECT_LE(m->payload.size(), req.size());
+    auto rv = DecodeVersion(m->payload);
+    ASSERT_TRUE(rv.ok());
+    ASSERT_TRUE(rv->json.has_value());
+    EXPECT_TRUE(ParseCapabilities(*rv->json).ok());
+  }
+}
+
+TEST(VersionTest, BadVersionsRefused) {
+  ServerHarness h;
+  auto c = h.Connect(false);
+  // Commands before VERSION.
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdDeviceGetInfo, Bytes(DeviceInfo{}))), EINVAL);
+  // Wrong major.
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, EncodeVersion({1, 0, std::string("{}")}))), ENOTSUP);
+  // Short payload.
+  std::vector<uint8_t> shortp = {0, 0};
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, shortp)), EINVAL);
+  // JSON not NUL-terminated.
+  std::vector<uint8_t> nonul = {0, 0, 0, 0, '{', '}'};
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, nonul)), EINVAL);
+  // Not JSON / not an object / wrong types.
+  for (const char* js : {"{", "[1]", "1", R"({"capabilities":3})", R"({"capabilities":{"max_msg_fds":"x"}})",
+                         R"({"capabilities":{"max_msg_fds":-1}})", R"({"capabilities":{"write_multiple":1}})",
+                         R"({"capabilities":{"migration":[]}})", R"({"capabilities":{"max_msg_fds":4096}})"}) {
+    EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, EncodeVersion({0, 0, std::string(js)}))), EINVAL) << js;
+  }
+  // VERSION carrying an fd.
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, EncodeVersion({0, 0, std::string("{}")}), absl::MakeConstSpan(&fd, 1))),
+            EINVAL);
+  // A good one, then a second one.
+  ASSERT_TRUE(c->Version().ok());
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, EncodeVersion({0, 0, std::string("{}")}))), EINVAL);
+}
+
+// ---------------------------------------------------------------- DMA
+
+TEST_F(SessionTest, DmaMapUnmapRemap) {
+  UniqueFd mem = MakeMemfd(1 << 20);
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x100000, 0x10000).ok());
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0x10000, 0x200000, 0x10000).ok());
+  // Overlaps of every shape.
+  for (auto [iova, size] : std::vector<std::pair<uint64_t, uint64_t>>{
+           {0x100000, 0x10000}, {0xf8000, 0x10000}, {0x108000, 0x1000}, {0x10f000, 0x2000}, {0x0, 0x300000}}) {
+    EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, iova, size)), EEXIST) << std::hex << iova;
+  }
+  // Adjacent is fine.
+  EXPECT_TRUE(client_->DmaMap(mem.get(), 0x20000, 0x110000, 0x1000).ok());
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0x300000, 0x1000)), ENOENT);
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0x100000, 0x8000)), ENOENT);  // must match exactly
+  ASSERT_TRUE(client_->DmaUnmap(0x100000, 0x10000).ok());
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0x100000, 0x10000)), ENOENT);
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x100000, 0x10000).ok());  // remap
+  ASSERT_TRUE(client_->DmaUnmapAll().ok());
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x200000, 0x10000).ok());  // all gone
+  EXPECT_EQ(harness_->device().unmaps_seen(), 4u);
+}
+
+TEST_F(SessionTest, DmaMapInvalid) {
+  UniqueFd mem = MakeMemfd(1 << 16);
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, 0x1000, 0)), EINVAL);                       // zero size
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, ~uint64_t{0} - 0xfff, 0x2000)), EINVAL);    // wraps
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, 0x1000, 0x1000, 0x4)), EINVAL);             // unknown flag
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, 0x1000, 0x1000, 0)), EINVAL);               // no access
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(-1, 0x1000, 0x1000, 0x1000)), EINVAL);                    // offset w/o fd
+  EXPECT_NE(StatusToErrno(client_->DmaMap(mem.get(), ~uint64_t{0} - 10, 0x1000, 0x1000)), 0);       // fd offset wraps
+  // Two fds.
+  vfio_user::DmaMap req;
+  req.flags = kDmaFlagRead;
+  req.addr = 0x1000;
+  req.size = 0x1000;
+  int fds[2] = {mem.get(), mem.get()};
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaMap, Bytes(req), fds)), EINVAL);
+  // argsz too small / payload short.
+  req.argsz = 16;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaMap, Bytes(req))), EINVAL);
+  std::vector<uint8_t> shortp(20, 0);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaMap, shortp)), EINVAL);
+  // Unmap: bad flags, all with range, dirty bitmap, short payload.
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0, 0, 0x4)), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0x1000, 0x1000, kDmaUnmapFlagAll)), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0, 0, kDmaUnmapFlagDirtyBitmap)), ENOTSUP);
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0x1000, 0)), EINVAL);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaUnmap, shortp)), EINVAL);
+}
+
+class SmallLimitsTest : public SessionTest {
+  SessionOptions Options() override {
+    SessionOptions o;
+    o.max_dma_maps = 4;
+    o.max_data_xfer_size = 4096;
+    o.max_msg_fds = 4;
+    o.max_msg_size = 8192;
+    return o;
+  }
+};
+
+TEST_F(SmallLimitsTest, LimitsEnforced) {
+  UniqueFd mem = MakeMemfd(1 << 16);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x10000 * (i + 1), 0x1000).ok());
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, 0x100000, 0x1000)), ENOSPC);
+  std::vector<uint8_t> buf(4097);
+  EXPECT_EQ(StatusToErrno(client_->RegionRead(kBar, 0, absl::MakeSpan(buf))), E2BIG);
+  EXPECT_TRUE(client_->RegionRead(kBar, 0x2000, absl::MakeSpan(buf.data(), 4096)).ok());
+  // More fds than max_msg_fds in one message.
+  std::vector<UniqueFd> efds;
+  std::vector<int> raw;
+  for (int i = 0; i < 5; ++i) {
+    efds.push_back(MakeEventfd());
+    raw.push_back(efds.back().get());
+  }
+  IrqSet set;
+  set.flags = kIrqSetDataEventfd | kIrqSetActionTrigger;
+  set.index = kMsixIrq;
+  set.count = 1;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceSetIrqs, Bytes(set), raw)), EINVAL);
+  // A message larger than max_msg_size cannot be framed: connection closed.
+  std::vector<uint8_t> big(9000, 0);
+  auto m = client_->Request(kCmdRegionWrite, big);
+  EXPECT_FALSE(m.ok());
+  auto c2 = harness_->Connect();
+  ASSERT_NE(c2, nullptr);
+  EXPECT_TRUE(c2->GetInfo().ok());
+}
+
+TEST_F(SessionTest, DeviceDmaThroughMappedMemory) {
+  EnableDevice();
+  UniqueFd mem = MakeMemfd(1 << 16);
+  uint8_t* guest = static_cast<uint8_t*>(::mmap(nullptr, 1 << 16, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0));
+  ASSERT_NE(guest, MAP_FAILED);
+  uint32_t sum = 0;
+  for (int i = 0; i < 4096; ++i) {
+    guest[0x1000 + i] = static_cast<uint8_t>(i * 7);
+    sum += static_cast<uint8_t>(i * 7);
+  }
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x40000000, 1 << 16).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaAddr, 0x40001000).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaAddr + 4, 0).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaLen, 4096).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaCmd, 3).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kStatus), 0u);
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kDmaResult), sum);
+  // Guest -> device -> guest copy.
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaCmd, 1).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaAddr, 0x40008000).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaCmd, 2).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(std::memcmp(guest + 0x8000, guest + 0x1000, 4096), 0);
+  // Crossing the end of the window: refused, nothing touched.
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaAddr, 0x4000f800).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaCmd, 3).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kStatus), static_cast<uint32_t>(EFAULT));
+  // Read-only window: the device cannot write it.
+  ASSERT_TRUE(client_->DmaUnmap(0x40000000, 1 << 16).ok());
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x40000000, 1 << 16, kDmaFlagRead).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaAddr, 0x40000000).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaCmd, 2).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kStatus), static_cast<uint32_t>(EFAULT));
+  ::munmap(guest, 1 << 16);
+}
+
+class HeapDma : public ClientDmaHandler {
+ public:
+  explicit HeapDma(uint64_t base, size_t size) : base_(base), mem_(size) {}
+  int Read(uint64_t iova, absl::Span<uint8_t> out) override {
+    if (iova < base_ || iova - base_ + out.size() > mem_.size()) return EFAULT;
+    std::memcpy(out.data(), mem_.data() + (iova - base_), out.size());
+    ++reads;
+    return 0;
+  }
+  int Write(uint64_t iova, absl::Span<const uint8_t> data) override {
+    if (iova < base_ || iova - base_ + data.size() > mem_.size()) return EFAULT;
+    std::memcpy(mem_.data() + (iova - base_), data.data(), data.size());
+    ++writes;
+    return 0;
+  }
+  uint64_t base_;
+  std::vector<uint8_t> mem_;
+  int reads = 0, writes = 0;
+};
+
+TEST_F(SessionTest, DmaWithoutFdUsesMessages) {
+  EnableDevice();
+  HeapDma heap(0x80000000, 0x4000);
+  for (size_t i = 0; i < heap.mem_.size(); ++i) heap.mem_[i] = static_cast<uint8_t>(i);
+  client_->set_dma_handler(&heap);
+  ASSERT_TRUE(client_->DmaMap(-1, 0, 0x80000000, 0x4000).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaAddr, 0x80000100).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaLen, 0x1000).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaCmd, 1).ok());  // guest -> shared
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kStatus), 0u);
+  EXPECT_GE(heap.reads, 1);
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaAddr, 0x80002000).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDmaCmd, 2).ok());  // shared -> guest
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kStatus), 0u);
+  EXPECT_GE(heap.writes, 1);
+  EXPECT_EQ(std::memcmp(heap.mem_.data() + 0x2000, heap.mem_.data() + 0x100, 0x1000), 0);
+  // Client refuses (no handler): the device sees a DMA error, the session lives.
+  client_->set_dma_handler(nullptr);
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kStatus), static_cast<uint32_t>(EFAULT));
+}
+
+// ---------------------------------------------------------------- info
+
+TEST_F(SessionTest, DeviceInfo) {
+  auto info = client_->GetInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->flags, kDeviceFlagReset | kDeviceFlagPci);
+  EXPECT_EQ(info->num_regions, 9u);
+  EXPECT_EQ(info->num_irqs, 5u);
+  DeviceInfo small;
+  small.argsz = 8;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetInfo, Bytes(small))), EINVAL);
+  std::vector<uint8_t> longp(20, 0);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetInfo, longp)), EINVAL);
+}
+
+TEST_F(SessionTest, RegionInfoWithSparseMmapAndFd) {
+  auto r = client_->GetRegionInfo(kBar);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->info.size, ExampleDevice::kBar0Size);
+  EXPECT_EQ(r->info.flags & (kRegionFlagRead | kRegionFlagWrite | kRegionFlagMmap | kRegionFlagCaps), 0xfu);
+  ASSERT_EQ(r->sparse_areas.size(), 1u);
+  EXPECT_EQ(r->sparse_areas[0].offset, ExampleDevice::kSharedOffset);
+  ASSERT_TRUE(r->fd.valid());
+  // The mmapped area and trapped accesses see the same bytes.
+  uint8_t* p = static_cast<uint8_t*>(::mmap(nullptr, r->sparse_areas[0].size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                                            r->fd.get(), r->info.offset + r->sparse_areas[0].offset));
+  ASSERT_NE(p, MAP_FAILED);
+  p[16] = 0xab;
+  uint8_t b = 0;
+  ASSERT_TRUE(client_->RegionRead(kBar, ExampleDevice::kSharedOffset + 16, absl::MakeSpan(&b, 1)).ok());
+  EXPECT_EQ(b, 0xab);
+  ::munmap(p, r->sparse_areas[0].size);
+  // Too small argsz: size needed, no caps, no fd.
+  RegionInfo req;
+  req.index = kBar;
+  auto m = client_->Request(kCmdDeviceGetRegionInfo, Bytes(req));
+  ASSERT_EQ(ReplyErrno(m), 0);
+  RegionInfo got;
+  ASSERT_TRUE(LoadStruct(m->payload, 0, &got));
+  EXPECT_GT(got.argsz, sizeof(RegionInfo));
+  EXPECT_EQ(m->payload.size(), sizeof(RegionInfo));
+  EXPECT_TRUE(m->fds.empty());
+  // Config region: no mmap.
+  auto cfg = client_->GetRegionInfo(kConfigRegion);
+  ASSERT_TRUE(cfg.ok());
+  EXPECT_EQ(cfg->info.size, 4096u);
+  EXPECT_EQ(cfg->info.flags & kRegionFlagMmap, 0u);
+  EXPECT_FALSE(cfg->fd.valid());
+  // Absent region: size 0. Bad index / sizes: EINVAL.
+  auto rom = client_->GetRegionInfo(kRomRegion);
+  ASSERT_TRUE(rom.ok());
+  EXPECT_EQ(rom->info.size, 0u);
+  EXPECT_EQ(StatusToErrno(client_->GetRegionInfo(9).status()), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->GetRegionInfo(0xffffffff).status()), EINVAL);
+  req.argsz = 8;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetRegionInfo, Bytes(req))), EINVAL);
+}
+
+TEST_F(SessionTest, RegionIoFds) {
+  RegionIoFds req;
+  req.index = kBar;
+  auto m = client_->Request(kCmdDeviceGetRegionIoFds, Bytes(req));
+  ASSERT_EQ(ReplyErrno(m), 0);
+  RegionIoFds got;
+  ASSERT_TRUE(LoadStruct(m->payload, 0, &got));
+  EXPECT_EQ(got.count, 0u);
+  req.index = 50;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetRegionIoFds, Bytes(req))), EINVAL);
+  req.index = kBar;
+  req.flags = 1;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetRegionIoFds, Bytes(req))), EINVAL);
+}
+
+TEST_F(SessionTest, IrqInfo) {
+  auto msix = client_->GetIrqInfo(kMsixIrq);
+  ASSERT_TRUE(msix.ok());
+  EXPECT_EQ(msix->count, 1u);
+  EXPECT_EQ(msix->flags, kIrqInfoEventfd | kIrqInfoMaskable);
+  auto intx = client_->GetIrqInfo(kIntxIrq);
+  ASSERT_TRUE(intx.ok());
+  EXPECT_EQ(intx->count, 0u);
+  EXPECT_EQ(StatusToErrno(client_->GetIrqInfo(5).status()), EINVAL);
+}
+
+// ---------------------------------------------------------------- interrupts
+
+TEST_F(SessionTest, MsixEventfdMaskPendingUnmask) {
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  ASSERT_TRUE(client_->SetIrqEventfds(kMsixIrq, 0, absl::MakeConstSpan(&fd, 1)).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  // Masked: pending, visible in the PBA; fires on unmask.
+  ASSERT_TRUE(client_->MaskIrq(kMsixIrq, 0, 1, true).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kMsixPbaOffset) & 1, 1u);
+  ASSERT_TRUE(client_->MaskIrq(kMsixIrq, 0, 1, false).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kMsixPbaOffset) & 1, 0u);
+  // Software triggers: DATA_NONE and DATA_BOOL.
+  ASSERT_TRUE(client_->SetIrqs(kMsixIrq, kIrqSetDataNone | kIrqSetActionTrigger, 0, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  uint8_t no = 0, yes = 1;
+  ASSERT_TRUE(client_->SetIrqs(kMsixIrq, kIrqSetDataBool | kIrqSetActionTrigger, 0, 1, {}, absl::MakeConstSpan(&no, 1)).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+  ASSERT_TRUE(client_->SetIrqs(kMsixIrq, kIrqSetDataBool | kIrqSetActionTrigger, 0, 1, {}, absl::MakeConstSpan(&yes, 1)).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  // BOOL mask/unmask.
+  ASSERT_TRUE(client_->SetIrqs(kMsixIrq, kIrqSetDataBool | kIrqSetActionMask, 0, 1, {}, absl::MakeConstSpan(&yes, 1)).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+  ASSERT_TRUE(client_->SetIrqs(kMsixIrq, kIrqSetDataBool | kIrqSetActionUnmask, 0, 1, {}, absl::MakeConstSpan(&yes, 1)).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  // The guest's own table mask (written through the region) also masks.
+  uint32_t ctl = 1;
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kMsixTableOffset + 12, ctl).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kMsixTableOffset + 12, 0).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  // De-assign (EVENTFD without fds): triggers become pending.
+  ASSERT_TRUE(client_->SetIrqs(kMsixIrq, kIrqSetDataEventfd | kIrqSetActionTrigger, 0, 1).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+  // Re-assign delivers the pending one.
+  ASSERT_TRUE(client_->SetIrqEventfds(kMsixIrq, 0, absl::MakeConstSpan(&fd, 1)).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  // Disable all.
+  ASSERT_TRUE(client_->SetIrqs(kMsixIrq, kIrqSetDataNone | kIrqSetActionTrigger, 0, 0).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+}
+
+TEST_F(SessionTest, SetIrqsInvalid) {
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  auto bad = [&](uint32_t index, uint32_t flags, uint32_t start, uint32_t count, std::vector<int> fds,
+                 std::vector<uint8_t> bools = {}) {
+    return StatusToErrno(client_->SetIrqs(index, flags, start, count, fds, bools));
+  };
+  const uint32_t T = kIrqSetActionTrigger, M = kIrqSetActionMask, U = kIrqSetActionUnmask;
+  const uint32_t N = kIrqSetDataNone, B = kIrqSetDataBool, E = kIrqSetDataEventfd;
+  EXPECT_EQ(bad(kMsixIrq, N | B | T, 0, 1, {}), EINVAL);        // two data types
+  EXPECT_EQ(bad(kMsixIrq, N | T | M, 0, 1, {}), EINVAL);        // two actions
+  EXPECT_EQ(bad(kMsixIrq, N, 0, 1, {}), EINVAL);                // no action
+  EXPECT_EQ(bad(kMsixIrq, T, 0, 1, {}), EINVAL);                // no data type
+  EXPECT_EQ(bad(kMsixIrq, N | T | 0x40, 0, 1, {}), EINVAL);     // unknown bit
+  EXPECT_EQ(bad(kMsixIrq, N | T, 1, 1, {}), EINVAL);            // beyond count
+  EXPECT_EQ(bad(kMsixIrq, N | T, 0xffffffff, 2, {}), EINVAL);   // start + count wraps
+  EXPECT_EQ(bad(kMsixIrq, N | T, 0, 2, {}), EINVAL);
+  EXPECT_EQ(bad(5, N | T, 0, 1, {}), EINVAL);                   // bad index
+  EXPECT_EQ(bad(kIntxIrq, N | T, 0, 1, {}), EINVAL);            // no INTx vectors
+  EXPECT_EQ(bad(kMsixIrq, E | T, 0, 1, {fd, fd}), EINVAL);      // fd count mismatch
+  EXPECT_EQ(bad(kMsixIrq, E | M, 0, 1, {fd}), EINVAL);          // eventfd + mask
+  EXPECT_EQ(bad(kMsixIrq, N | T, 0, 1, {fd}), EINVAL);          // fds with DATA_NONE
+  EXPECT_EQ(bad(kMsixIrq, B | T, 0, 1, {}, {}), EINVAL);        // bool payload missing
+  EXPECT_EQ(bad(kMsixIrq, B | T, 0, 1, {fd}, {1}), EINVAL);     // fds with DATA_BOOL
+  EXPECT_EQ(bad(kMsixIrq, N | T, 1, 0, {}), EINVAL);            // count 0 with start
+  EXPECT_EQ(bad(kMsixIrq, B | T, 0, 0, {}), EINVAL);            // count 0 with bool
+  EXPECT_EQ(bad(kErrIrq, N | U, 0, 0, {}), EINVAL);             // unmask non-maskable index
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  EXPECT_EQ(bad(kMsixIrq, E | T, 0, 1, {pipefd[1]}), EINVAL);   // not an eventfd
+  ::close(pipefd[0]);
+  ::close(pipefd[1]);
+  IrqSet set;
+  set.argsz = 8;
+  set.flags = N | T;
+  set.index = kMsixIrq;
+  set.count = 1;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceSetIrqs, Bytes(set))), EINVAL);  // argsz
+  std::vector<uint8_t> shortp(12, 0);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceSetIrqs, shortp)), EINVAL);
+  // Still alive and well.
+  EXPECT_TRUE(client_->SetIrqEventfds(kMsixIrq, 0, absl::MakeConstSpan(&fd, 1)).ok());
+}
+
+// ---------------------------------------------------------------- region access
+
+TEST_F(SessionTest, RegionAccess) {
+  uint16_t vendor = 0;
+  ASSERT_TRUE(client_->RegionRead(kConfigRegion, 0, absl::MakeSpan(reinterpret_cast<uint8_t*>(&vendor), 2)).ok());
+  EXPECT_EQ(vendor, 0x1b36);
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kId), ExampleDevice::kIdValue);
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kScratch, 0xdeadbeef).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kScratch), 0xdeadbeefu);
+  uint8_t buf[8];
+  EXPECT_EQ(StatusToErrno(client_->RegionRead(kBar, ExampleDevice::kBar0Size - 4, absl::MakeSpan(buf, 8))), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->RegionRead(kBar, ~uint64_t{0} - 2, absl::MakeSpan(buf, 8))), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->RegionRead(kBar, 0, absl::MakeSpan(buf, 0))), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->RegionRead(kBar1, 0, absl::MakeSpan(buf, 4))), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->RegionRead(99, 0, absl::MakeSpan(buf, 4))), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->RegionWrite(kConfigRegion, 4094, absl::MakeConstSpan(buf, 4))), EINVAL);
+  std::vector<uint8_t> huge((1 << 20) + 1);
+  EXPECT_EQ(StatusToErrno(client_->RegionRead(kBar, 0, absl::MakeSpan(huge))), E2BIG);
+  // Device refuses an unaligned register write.
+  EXPECT_EQ(StatusToErrno(client_->RegionWrite(kBar, 1, absl::MakeConstSpan(buf, 4))), EINVAL);
+  // Write whose count disagrees with its payload; read with data attached.
+  RegionAccess a{ExampleDevice::kScratch, kBar, 8};
+  std::vector<uint8_t> p = Bytes(a);
+  p.resize(p.size() + 4);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdRegionWrite, p)), EINVAL);
+  a.count = 4;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdRegionRead, p)), EINVAL);
+  std::vector<uint8_t> shortp(8, 0);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdRegionRead, shortp)), EINVAL);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdRegionWrite, shortp)), EINVAL);
+}
+
+TEST_F(SessionTest, PostedWritesAreOrderedBeforeALaterRead) {
+  uint32_t sum = 0;
+  for (uint32_t i = 1; i <= 500; ++i) {
+    ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kAdd, i, /*posted=*/true).ok());
+    sum += i;
+  }
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kAcc), sum);
+  // A failing posted write gets no reply and does not disturb the stream.
+  uint8_t b[4] = {};
+  ASSERT_TRUE(client_->RegionWrite(kBar, 1, absl::MakeConstSpan(b, 4), true).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kAcc), sum);
+  EXPECT_EQ(harness_->session().stats().posted_errors, 1u);
+}
+
+TEST_F(SessionTest, PipelinedRequestsAnsweredInOrder) {
+  std::vector<uint8_t> stream;
+  for (uint16_t id = 100; id < 110; ++id) {
+    Header h;
+    h.msg_id = id;
+    h.command = id % 2 ? kCmdRegionRead : kCmdDeviceGetInfo;
+    std::vector<uint8_t> p = id % 2 ? Bytes(RegionAccess{ExampleDevice::kId, kBar, 4}) : Bytes(DeviceInfo{});
+    h.msg_size = static_cast<uint32_t>(kHeaderSize + p.size());
+    AppendStruct(&stream, h);
+    AppendBytes(&stream, p);
+  }
+  ASSERT_TRUE(client_->SendRaw(stream).ok());
+  for (uint16_t id = 100; id < 110; ++id) {
+    auto m = client_->ReceiveReply(id, id % 2 ? kCmdRegionRead : kCmdDeviceGetInfo);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->hdr.flags & kFlagError, 0u);
+  }
+}
+
+TEST_F(SessionTest, WriteMulti) {
+  std::vector<MultiWrite> w;
+  uint32_t sum = 0;
+  for (uint32_t i = 1; i <= 200; ++i) {
+    MultiWrite m;
+    m.region = kBar;
+    m.offset = ExampleDevice::kAdd;
+    m.data.resize(4);
+    std::memcpy(m.data.data(), &i, 4);
+    w.push_back(m);
+    sum += i;
+  }
+  ASSERT_TRUE(client_->WriteMulti(w, /*posted=*/false).ok());
+  ASSERT_TRUE(client_->WriteMulti(absl::MakeConstSpan(w.data(), 3), /*posted=*/true).ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kAcc), sum + 6);
+  w.push_back(w[0]);  // 201 entries
+  EXPECT_EQ(StatusToErrno(client_->WriteMulti(w, false)), EINVAL);
+  w.resize(2);
+  w[1].region = 99;
+  EXPECT_EQ(StatusToErrno(client_->WriteMulti(w, false)), EINVAL);
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kAcc), sum + 6);  // nothing of a bad batch applied
+  std::vector<uint8_t> p = Bytes(uint64_t{1});
+  WriteMultiEntry e;
+  e.region = kBar;
+  e.offset = ExampleDevice::kAdd;
+  e.count = 9;
+  AppendStruct(&p, e);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdRegionWriteMulti, p)), EINVAL);
+}
+
+TEST(WriteMultiTest, RefusedUnlessNegotiated) {
+  ServerHarness h;
+  auto c = h.Connect(false);
+  Capabilities caps;  // write_multiple false
+  ASSERT_TRUE(c->Version(caps).ok());
+  MultiWrite w{kBar, ExampleDevice::kAdd, {1, 0, 0, 0}};
+  EXPECT_EQ(StatusToErrno(c->WriteMulti(absl::MakeConstSpan(&w, 1), false)), ENOTSUP);
+}
+
+// ---------------------------------------------------------------- misc
+
+TEST_F(SessionTest, ResetAndUnsupportedCommands) {
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kScratch, 5).ok());
+  ASSERT_TRUE(client_->Reset().ok());
+  EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kScratch), 0u);
+  EXPECT_EQ(harness_->device().resets(), 1u);
+  std::vector<uint8_t> junk(4, 0);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceReset, junk)), EINVAL);
+  for (uint16_t cmd : {kCmdDeviceFeature, kCmdMigDataRead, kCmdMigDataWrite, kCmdDirtyPages}) {
+    EXPECT_EQ(ReplyErrno(client_->Request(cmd, junk)), ENOTSUP) << cmd;
+  }
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaRead, Bytes(DmaAccess{0, 4}))), EINVAL);
+  EXPECT_EQ(ReplyErrno(client_->Request(0, junk)), EINVAL);
+  EXPECT_EQ(ReplyErrno(client_->Request(99, junk)), EINVAL);
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetInfo, Bytes(DeviceInfo{}), {}, 0x100)), EINVAL);
+  // A request that carries the reply type is dropped; error field set -> EINVAL.
+  Header h;
+  h.msg_id = 7;
+  h.command = kCmdDeviceGetInfo;
+  h.error = 5;
+  std::vector<uint8_t> raw = Bytes(h);
+  DeviceInfo di;
+  AppendStruct(&raw, di);
+  std::memcpy(&h, raw.data(), sizeof(h));
+  h.msg_size = static_cast<uint32_t>(raw.size());
+  std::memcpy(raw.data(), &h, sizeof(h));
+  ASSERT_TRUE(client_->SendRaw(raw).ok());
+  auto m = client_->ReceiveReply(7, kCmdDeviceGetInfo);
+  EXPECT_EQ(ReplyErrno(m), EINVAL);
+  // FD-carrying command that takes none.
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetInfo, Bytes(DeviceInfo{}), absl::MakeConstSpan(&fd, 1))), EINVAL);
+  EXPECT_TRUE(client_->GetInfo().ok());
+}
+
+TEST_F(SessionTest, FramingErrorClosesOnlyThatConnectionAndStateIsKept) {
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kScratch, 0x1234).ok());
+  Header h;
+  h.msg_id = 1;
+  h.command = kCmdDeviceGetInfo;
+  h.msg_size = 8;  // lies: smaller than a header
+  ASSERT_TRUE(client_->SendRaw(Bytes(h)).ok());
+  uint8_t b;
+  pollfd p{client_->fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  EXPECT_EQ(::recv(client_->fd(), &b, 1, 0), 0);  // EOF
+  auto c2 = harness_->Connect();
+  ASSERT_NE(c2, nullptr);
+  EXPECT_EQ(*c2->Read32(kBar, ExampleDevice::kScratch), 0x1234u);
+  // Oversized header on the new connection.
+  h.msg_size = 0x7fffffff;
+  ASSERT_TRUE(c2->SendRaw(Bytes(h)).ok());
+  p.fd = c2->fd();
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  EXPECT_EQ(::recv(c2->fd(), &b, 1, 0), 0);
+  auto c3 = harness_->Connect();
+  ASSERT_NE(c3, nullptr);
+  EXPECT_TRUE(c3->GetInfo().ok());
+  EXPECT_EQ(harness_->session().stats().framing_errors, 2u);
+}
+
+TEST_F(SessionTest, DisconnectUnmapsClosesEventfdsAndNextClientIsServed) {
+  UniqueFd mem = MakeMemfd(1 << 16);
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x1000000, 1 << 16).ok());
+  ASSERT_TRUE(client_->SetIrqEventfds(kMsixIrq, 0, absl::MakeConstSpan(&fd, 1)).ok());
+  ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kScratch, 77).ok());
+  // A second client waits while the first is attached.
+  auto waiting = Client::Connect(harness_->path());
+  ASSERT_TRUE(waiting.ok());
+  (*waiting)->set_timeout(absl::Milliseconds(200));
+  EXPECT_EQ((*waiting)->Version().status().code(), absl::StatusCode::kDeadlineExceeded);
+  waiting->reset();
+  client_.reset();  // disconnect
+  auto c2 = harness_->Connect();
+  ASSERT_NE(c2, nullptr);
+  EXPECT_EQ(*c2->Read32(kBar, ExampleDevice::kScratch), 77u);  // device state kept
+  EXPECT_EQ(harness_->device().unmaps_seen(), 1u);
+  EXPECT_EQ(harness_->session().dma().size(), 0u);
+  // The old eventfd is no longer signalled.
+  ASSERT_TRUE(c2->Write32(kBar, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+  // The same window can be mapped again by the new client.
+  EXPECT_TRUE(c2->DmaMap(mem.get(), 0, 0x1000000, 1 << 16).ok());
+}
+
+TEST(SessionFdTest, NoFdLeaksOnRefusedRequests) {
+  ServerHarness h;
+  auto c = h.Connect();
+  UniqueFd mem = MakeMemfd(1 << 16);
+  UniqueFd efd = MakeEventfd();
+  ASSERT_TRUE(c->GetInfo().ok());
+  int before = testing::CountOpenFds();
+  for (int i = 0; i < 50; ++i) {
+    int fds[3] = {mem.get(), efd.get(), mem.get()};
+    (void)c->Request(kCmdDeviceGetInfo, Bytes(DeviceInfo{}), absl::MakeConstSpan(fds, 3));
+    (void)c->DmaMap(mem.get(), 0, 0, 0);  // zero size: refused
+    IrqSet set;
+    set.flags = kIrqSetDataEventfd | kIrqSetActionTrigger;
+    set.index = kMsixIrq;
+    set.count = 2;  // mismatch
+    (void)c->Request(kCmdDeviceSetIrqs, Bytes(set), absl::MakeConstSpan(fds, 1));
+  }
+  ASSERT_TRUE(c->GetInfo().ok());
+  EXPECT_EQ(testing::CountOpenFds(), before);
+}
+
+}  // namespace
+}  // namespace emud::vfio_user

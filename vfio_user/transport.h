@@ -1,0 +1,70 @@
+// Message framing over a connected AF_UNIX stream socket, with SCM_RIGHTS.
+//
+// A vfio-user message is a 16-byte header followed by msg_size - 16 payload
+// bytes; file descriptors ride on the sendmsg() that carries the message's
+// first byte. Receiving reads the header and the payload with exact-length
+// recvmsg() calls so fds are never attributed to the wrong message.
+#ifndef EMUD_VFIO_USER_TRANSPORT_H_
+#define EMUD_VFIO_USER_TRANSPORT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "base/unique_fd.h"
+#include "vfio_user/protocol.h"
+
+namespace emud::vfio_user {
+
+// Most fds a single recvmsg() accepts (the kernel's SCM_MAX_FD); fds beyond a
+// caller's limit are closed and the message flagged.
+inline constexpr size_t kMaxRecvFds = 253;
+
+struct Message {
+  Header hdr;
+  std::vector<uint8_t> payload;
+  std::vector<UniqueFd> fds;
+  bool fds_truncated = false;  // MSG_CTRUNC or more than the caller's limit
+};
+
+// Sends one message (header.msg_size is set to 16 + payload.size()). Blocks
+// (polling up to `timeout` when the socket is non-blocking) until everything
+// is written. UNAVAILABLE if the peer is gone, DEADLINE_EXCEEDED on timeout.
+absl::Status SendMessage(int sock, Header hdr, absl::Span<const uint8_t> payload,
+                         absl::Span<const int> fds, absl::Duration timeout = absl::Seconds(5));
+
+// Incremental reader for a non-blocking socket: feed it readiness, get whole
+// messages. A header whose msg_size is < 16 or > max_msg_size is a framing
+// error: the stream cannot be resynchronised and must be closed.
+class MessageReader {
+ public:
+  enum class Result { kMessage, kWouldBlock, kClosed, kFramingError };
+  MessageReader(size_t max_msg_size, size_t max_fds) : max_msg_size_(max_msg_size), max_fds_(max_fds) {}
+
+  // Reads as much as is available, up to one message. kMessage fills *out;
+  // kFramingError/kClosed put a description in *error.
+  Result Read(int sock, Message* out, std::string* error);
+  // True when no partial message is buffered.
+  bool idle() const { return got_ == 0; }
+  void set_max_msg_size(size_t n) { max_msg_size_ = n; }
+
+ private:
+  size_t max_msg_size_;
+  size_t max_fds_;
+  uint8_t hdr_bytes_[kHeaderSize] = {};
+  size_t got_ = 0;  // bytes of the current message received so far
+  Message cur_;
+};
+
+// Blocking receive of one whole message (for clients). UNAVAILABLE on EOF,
+// DATA_LOSS on a framing error, DEADLINE_EXCEEDED after `timeout`.
+absl::StatusOr<Message> ReceiveMessage(int sock, size_t max_msg_size, size_t max_fds,
+                                       absl::Duration timeout = absl::InfiniteDuration());
+
+}  // namespace emud::vfio_user
+
+#endif  // EMUD_VFIO_USER_TRANSPORT_H_
