@@ -1,0 +1,194 @@
+// Conformance: drives the real example_server binary (a separate process)
+// through the client library over a real UNIX socket, with real memfds and
+// eventfds, the way a VMM would: VERSION, GET_INFO, REGION_INFO for every
+// region, IRQ_INFO, DMA map/unmap/remap, config space, region access, an
+// interrupt observed on its eventfd, posted writes ordered before a read,
+// disconnect and reconnect.
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "vfio_user/client.h"
+#include "vfio_user/examples/example_device.h"
+#include "vfio_user/pci_config_space.h"
+#include "vfio_user/test_harness.h"
+
+extern char** environ;
+
+namespace emud::vfio_user {
+namespace {
+
+using testing::DrainEventfd;
+using testing::MakeEventfd;
+using testing::MakeMemfd;
+
+std::string ServerBinary() {
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  const char* ws = std::getenv("TEST_WORKSPACE");
+  return std::string(srcdir ? srcdir : ".") + "/" + (ws ? ws : "emud") + "/vfio_user/examples/example_server";
+}
+
+class ServerProcess {
+ public:
+  ServerProcess() {
+    path_ = testing::UniqueSocketPath("conf");
+    std::string bin = ServerBinary();
+    std::string flag = "--socket=" + path_;
+    char* argv[] = {bin.data(), flag.data(), nullptr};
+    EXPECT_EQ(::posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv, environ), 0) << bin;
+    for (int i = 0; i < 500; ++i) {
+      struct stat st;
+      if (::stat(path_.c_str(), &st) == 0) break;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "server exit status " << status;
+    }
+  }
+  std::unique_ptr<Client> Connect() {
+    auto c = Client::Connect(path_);
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return nullptr;
+    (*c)->set_timeout(absl::Seconds(10));
+    return std::move(*c);
+  }
+
+ private:
+  std::string path_;
+  pid_t pid_ = -1;
+};
+
+TEST(ConformanceTest, VmmLikeSessionAgainstExampleServer) {
+  ServerProcess server;
+  auto c = server.Connect();
+  ASSERT_NE(c, nullptr);
+  auto v = c->Version();
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->major, 0);
+  EXPECT_EQ(v->minor, 0);
+  ASSERT_TRUE(v->had_json);
+  EXPECT_LE(v->server_caps.max_msg_fds, 16u);
+
+  auto info = c->GetInfo();
+  ASSERT_TRUE(info.ok());
+  ASSERT_GE(info->num_regions, 8u);
+  ASSERT_LE(info->num_regions, 100u);
+  ASSERT_LE(info->num_irqs, 50u);
+  for (uint32_t i = 0; i < info->num_regions; ++i) {
+    auto r = c->GetRegionInfo(i);
+    ASSERT_TRUE(r.ok()) << "region " << i << ": " << r.status();
+    if (r->info.flags & kRegionFlagMmap) {
+      EXPECT_TRUE(r->fd.valid());
+      EXPECT_FALSE(r->sparse_areas.empty());
+    }
+  }
+  for (uint32_t i = 0; i < info->num_irqs; ++i) ASSERT_TRUE(c->GetIrqInfo(i).ok());
+
+  // Config space: identity, capability list, MSI-X capability location.
+  uint32_t id = *c->Read32(kConfigRegion, 0);
+  EXPECT_EQ(id, 0x10f01b36u);
+  uint8_t cap = 0;
+  ASSERT_TRUE(c->RegionRead(kConfigRegion, pci::kCapPtr, absl::MakeSpan(&cap, 1)).ok());
+  bool found_msix = false;
+  for (int guard = 0; cap && guard < 16; ++guard) {
+    uint8_t hdr[2];
+    ASSERT_TRUE(c->RegionRead(kConfigRegion, cap, absl::MakeSpan(hdr, 2)).ok());
+    if (hdr[0] == pci::kCapIdMsix) found_msix = true;
+    cap = hdr[1];
+  }
+  EXPECT_TRUE(found_msix);
+  // BAR sizing.
+  ASSERT_TRUE(c->Write32(kConfigRegion, pci::kBar0, 0xffffffff).ok());
+  EXPECT_EQ(*c->Read32(kConfigRegion, pci::kBar0), static_cast<uint32_t>(~(ExampleDevice::kBar0Size - 1)));
+  ASSERT_TRUE(c->Write32(kConfigRegion, pci::kBar0, 0xfe000000).ok());
+  uint16_t cmd = pci::kCommandMemory | pci::kCommandBusMaster;
+  ASSERT_TRUE(c->RegionWrite(kConfigRegion, pci::kCommand, absl::MakeConstSpan(reinterpret_cast<uint8_t*>(&cmd), 2)).ok());
+
+  // Guest RAM in two windows; DMA map, unmap, remap.
+  UniqueFd ram = MakeMemfd(4 << 20);
+  ASSERT_TRUE(c->DmaMap(ram.get(), 0, 0, 2 << 20).ok());
+  ASSERT_TRUE(c->DmaMap(ram.get(), 2 << 20, 0x100000000ull, 2 << 20).ok());
+  EXPECT_EQ(StatusToErrno(c->DmaMap(ram.get(), 0, 0x1000, 0x1000)), EEXIST);
+  ASSERT_TRUE(c->DmaUnmap(0x100000000ull, 2 << 20).ok());
+  ASSERT_TRUE(c->DmaMap(ram.get(), 2 << 20, 0x100000000ull, 2 << 20).ok());
+  uint8_t* guest = static_cast<uint8_t*>(::mmap(nullptr, 4 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, ram.get(), 0));
+  ASSERT_NE(guest, MAP_FAILED);
+  uint32_t sum = 0;
+  for (int i = 0; i < 2048; ++i) {
+    guest[(2 << 20) + 0x3000 + i] = static_cast<uint8_t>(i ^ 0x5a);
+    sum += static_cast<uint8_t>(i ^ 0x5a);
+  }
+
+  // Interrupt: eventfd on MSI-X vector 0, fired by the device after its DMA.
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  ASSERT_TRUE(c->SetIrqEventfds(kMsixIrq, 0, absl::MakeConstSpan(&fd, 1)).ok());
+  ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kDmaAddr, 0x3000).ok());
+  ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kDmaAddr + 4, 1).ok());
+  ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kDmaLen, 2048).ok());
+  ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kDmaCmd, 3).ok());
+  ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kDoorbell, 2, /*posted=*/true).ok());
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  EXPECT_EQ(*c->Read32(kBar0, ExampleDevice::kDmaResult), sum);
+
+  // The mmapped BAR area is shared with the device.
+  auto bar = c->GetRegionInfo(kBar0);
+  ASSERT_TRUE(bar.ok());
+  ASSERT_EQ(bar->sparse_areas.size(), 1u);
+  uint8_t* area = static_cast<uint8_t*>(::mmap(nullptr, bar->sparse_areas[0].size, PROT_READ | PROT_WRITE,
+                                               MAP_SHARED, bar->fd.get(), bar->info.offset + bar->sparse_areas[0].offset));
+  ASSERT_NE(area, MAP_FAILED);
+  ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kDmaCmd, 1).ok());  // guest -> shared area
+  ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(std::memcmp(area, guest + (2 << 20) + 0x3000, 2048), 0);
+  EXPECT_EQ(DrainEventfd(fd), 1u);  // the copy's completion interrupt
+  ::munmap(area, bar->sparse_areas[0].size);
+
+  // Posted writes are applied before a later read.
+  uint32_t acc = 0;
+  for (uint32_t i = 0; i < 1000; ++i) {
+    ASSERT_TRUE(c->Write32(kBar0, ExampleDevice::kAdd, i, /*posted=*/true).ok());
+    acc += i;
+  }
+  EXPECT_EQ(*c->Read32(kBar0, ExampleDevice::kAcc), acc);
+
+  // Disconnect: the next client finds the device state, but no windows/irqs.
+  c.reset();
+  auto c2 = server.Connect();
+  ASSERT_NE(c2, nullptr);
+  ASSERT_TRUE(c2->Version().ok());
+  EXPECT_EQ(*c2->Read32(kBar0, ExampleDevice::kAcc), acc);
+  EXPECT_EQ(StatusToErrno(c2->DmaUnmap(0, 2 << 20)), ENOENT);
+  ASSERT_TRUE(c2->Write32(kBar0, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 0u);
+  ASSERT_TRUE(c2->DmaMap(ram.get(), 0, 0, 2 << 20).ok());
+  // The interrupt raised while no eventfd was assigned stayed pending and is
+  // delivered on assignment; then a fresh one.
+  ASSERT_TRUE(c2->SetIrqEventfds(kMsixIrq, 0, absl::MakeConstSpan(&fd, 1)).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  ASSERT_TRUE(c2->Write32(kBar0, ExampleDevice::kDoorbell, 1).ok());
+  EXPECT_EQ(DrainEventfd(fd), 1u);
+  ASSERT_TRUE(c2->Reset().ok());
+  EXPECT_EQ(*c2->Read32(kBar0, ExampleDevice::kAcc), 0u);
+  ::munmap(guest, 4 << 20);
+}
+
+}  // namespace
+}  // namespace emud::vfio_user
