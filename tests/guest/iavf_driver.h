@@ -1,0 +1,199 @@
+// The test guest's NIC driver: an iavf-style driver that brings an AVF
+// device up the way Linux's iavf does (drivers/net/ethernet/intel/iavf:
+// iavf_main.c state machine, iavf_virtchnl.c messages, iavf_adminq.c ring
+// setup), over a GuestBus.
+//
+// Sequence (what the device sees, in order):
+//   Init():  RSTAT poll for COMPLETED/VFACTIVE; ATQ/ARQ setup (H, T,
+//            LEN|ENABLE, BAL, BAH; ARQ pre-armed, ARQT = N-1); VERSION 1.1
+//            (ATQH must have advanced); GET_VF_RESOURCES with Linux's caps;
+//            MSI-X (queues + 1); misc vector enable (DYN_CTL01, ICR0_ENA1);
+//            CONFIG_IRQ_MAP (queue vectors, misc last); with RSS_PF:
+//            GET_RSS_HENA_CAPS, SET_RSS_HENA, CONFIG_RSS_KEY, CONFIG_RSS_LUT.
+//   Open():  ring allocation, RX buffers posted and QRX_TAIL written, queue
+//            vectors armed, then ADD_ETH_ADDR, CONFIG_VSI_QUEUES,
+//            ENABLE_QUEUES, and the LINK_CHANGE event (link up).
+//   Reset(): iavf_reset_task with RESET_NEEDED: misc irq off, AQ shutdown +
+//            re-init, RESET_VF, poll ARQLEN.ENABLE == 0, poll RSTAT ==
+//            VFACTIVE, AQ re-init, GET_VF_RESOURCES (no VERSION),
+//            CONFIG_IRQ_MAP, ADD_ETH_ADDR and, if it was open, the queues
+//            again, then the RSS key/LUT.
+// Messages use the drivers' historical lengths (one array element more).
+// At most one virtchnl request is outstanding; replies are collected from
+// the ARQ on the misc interrupt (vector 0) or by polling, events handled as
+// they come.
+//
+// Not thread-safe.
+#ifndef EMUD_TESTS_GUEST_IAVF_DRIVER_H_
+#define EMUD_TESTS_GUEST_IAVF_DRIVER_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "avf/virtchnl.h"
+#include "tests/guest/bus.h"
+#include "tests/guest/guest_memory.h"
+
+namespace emud::guest {
+
+// Capabilities Linux iavf (6.x) asks for in GET_VF_RESOURCES.
+inline constexpr uint32_t kLinuxIavfCaps =
+    avf::vc::kCapL2 | avf::vc::kCapRssPf | avf::vc::kCapRssAq | avf::vc::kCapRssReg |
+    avf::vc::kCapVlan | avf::vc::kCapWbOnItr | avf::vc::kCapReqQueues |
+    avf::vc::kCapAdvLinkSpeed | avf::vc::kCapVlanV2 | avf::vc::kCapCrc |
+    avf::vc::kCapRxFlexDesc | avf::vc::kCapRssPctypeV2 | (1u << 20) /*ENCAP*/ |
+    (1u << 21) /*ENCAP_CSUM*/ | (1u << 23) /*ADQ*/ | (1u << 25) /*USO*/ | (1u << 27) /*ADV_RSS*/ |
+    (1u << 28) /*FDIR*/ | (1u << 29) /*QOS*/ | (1u << 31) /*PTP*/;
+
+struct DriverOptions {
+  uint32_t caps = kLinuxIavfCaps;
+  uint32_t max_queues = 16;     // min(this, VF's queue pairs) become active ("CPUs")
+  uint32_t ring_size = 512;     // IAVF_DEFAULT_TXD / RXD
+  uint32_t rx_buf_len = 1536;   // databuffer_size for MTU 1500
+  uint32_t max_frame = 9728;
+  // Per virtchnl reply (Linux has none for most ops; DPDK waits ~2 s).
+  absl::Duration reply_timeout = absl::Seconds(5);
+  // Poll interval while waiting (Linux watchdog: 20 ms when busy).
+  absl::Duration poll_interval = absl::Milliseconds(20);
+};
+
+// A descriptor ring and its buffers (the data path grows on this).
+struct Ring {
+  DmaBuffer desc;                 // count * 16 (TX) or * 32 (RX) bytes
+  uint32_t count = 0;
+  uint32_t next_to_use = 0;
+  uint32_t next_to_clean = 0;
+  std::vector<DmaBuffer> buffers; // RX: one posted buffer per descriptor
+  uint32_t tail_offset = 0;       // BAR0 offset of QTX_TAIL / QRX_TAIL
+};
+
+// One virtchnl message from the PF.
+struct PfMessage {
+  uint32_t v_op = 0;
+  int32_t v_retval = 0;
+  std::vector<uint8_t> payload;
+};
+
+class IavfDriver {
+ public:
+  IavfDriver(GuestBus* bus, DriverOptions options = {});
+  ~IavfDriver();
+
+  // pci probe: identity check, bus master + memory enable.
+  absl::Status Probe();
+  // Startup to __IAVF_DOWN (see the file comment).
+  absl::Status Init();
+  // ndo_open: queues up and link up (waits for the LINK_CHANGE event).
+  absl::Status Open();
+  // ndo_stop: DISABLE_QUEUES, DEL_ETH_ADDR, rings freed.
+  absl::Status Close();
+  // Driver-initiated VF reset and re-initialisation (re-opens if it was open).
+  absl::Status Reset();
+  // GET_STATS.
+  absl::StatusOr<avf::vc::EthStats> RequestStats();
+  // Driver unload: misc vector off, AQ shut down (queue_shutdown command).
+  absl::Status Remove();
+
+  // One virtchnl exchange, for tests and tools: sends `msg` and waits for
+  // the reply with the same opcode.
+  absl::StatusOr<PfMessage> Exec(uint32_t v_op, absl::Span<const uint8_t> msg);
+  // Processes whatever is on the ARQ now (events); returns how many.
+  absl::StatusOr<int> PollArq();
+
+  // State.
+  bool link_up() const { return link_up_; }
+  uint32_t link_speed() const { return link_speed_; }
+  bool running() const { return running_; }
+  uint32_t caps() const { return caps_; }
+  uint16_t vsi_id() const { return vsi_id_; }
+  uint32_t vf_queue_pairs() const { return vf_qps_; }
+  uint32_t num_active_queues() const { return num_queues_; }
+  uint32_t num_msix_vectors() const { return num_msix_; }
+  uint32_t max_frame() const { return max_frame_; }
+  const std::array<uint8_t, 6>& mac() const { return mac_; }
+  avf::vc::VersionInfo pf_version() const { return pf_version_; }
+  // Virtchnl ops sent, in order (names), since construction.
+  const std::vector<std::string>& trace() const { return trace_; }
+  uint64_t admin_interrupts() const { return admin_irqs_; }
+  uint64_t events_seen() const { return events_; }
+  bool reset_impending() const { return reset_impending_; }
+
+  Ring& tx_ring(uint32_t q) { return tx_rings_[q]; }
+  Ring& rx_ring(uint32_t q) { return rx_rings_[q]; }
+  GuestBus& bus() { return *bus_; }
+
+ private:
+  struct AqRing {
+    DmaBuffer desc;
+    std::vector<DmaBuffer> bufs;
+    uint32_t ntu = 0;
+    uint32_t ntc = 0;
+  };
+
+  absl::Status CheckResetComplete(bool exact_active);
+  absl::Status InitAdminQueue();
+  absl::Status ShutdownAdminQueue();
+  absl::Status SendToPf(uint32_t v_op, absl::Span<const uint8_t> msg);
+  absl::Status SendQueueShutdown();
+  absl::StatusOr<bool> AsqDone();
+  // One ARQ element (iavf_clean_arq_element); nullopt-like false if none.
+  absl::StatusOr<bool> CleanArqElement(PfMessage* out);
+  void HandleEvent(const PfMessage& m);
+  absl::StatusOr<PfMessage> WaitReply(uint32_t v_op);
+  // Waits up to `timeout` for the misc vector and runs its handler; true if
+  // it fired.
+  absl::StatusOr<bool> ServiceMiscIrq(absl::Duration timeout);
+  absl::Status MiscIrqEnable();
+  absl::Status MiscIrqDisable();
+  absl::Status IrqEnableQueues();
+  absl::Status IrqDisableQueues();
+
+  absl::Status SendVersion();
+  absl::Status GetResources();
+  absl::Status MapVectors();
+  absl::Status ConfigureRss();
+  absl::Status SetRssKeyLut();
+  absl::Status AddPrimaryMac();
+  absl::Status ConfigureQueues();
+  absl::Status EnableQueues();
+  absl::Status WaitLink(bool up);
+  absl::Status SetupRings();
+  void FreeRings();
+
+  GuestBus* bus_;
+  DriverOptions options_;
+  AqRing asq_, arq_;
+  bool aq_initialised_ = false;
+
+  avf::vc::VersionInfo pf_version_{};
+  uint32_t caps_ = 0;
+  uint16_t vsi_id_ = 0;
+  uint32_t vf_qps_ = 0;
+  uint32_t max_vectors_ = 0;
+  uint32_t max_frame_ = 0;
+  uint32_t num_queues_ = 0;
+  uint32_t num_msix_ = 0;
+  std::array<uint8_t, 6> mac_{};
+  std::array<uint8_t, 52> rss_key_{};
+  std::array<uint8_t, 64> rss_lut_{};
+  uint64_t hena_ = 0;
+
+  bool running_ = false;
+  bool link_up_ = false;
+  uint32_t link_speed_ = 0;
+  bool reset_impending_ = false;
+  std::vector<Ring> tx_rings_, rx_rings_;
+  std::vector<std::string> trace_;
+  uint64_t admin_irqs_ = 0;
+  uint64_t events_ = 0;
+};
+
+}  // namespace emud::guest
+
+#endif  // EMUD_TESTS_GUEST_IAVF_DRIVER_H_

@@ -1,0 +1,185 @@
+#include "tests/guest/iavf_driver.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "avf/device.h"
+#include "gtest/gtest.h"
+#include "tests/guest/guest_memory.h"
+#include "tests/guest/inprocess_bus.h"
+
+namespace emud::guest {
+namespace {
+
+namespace vc = avf::vc;
+
+struct StatsHooks : avf::DataPathHooks {
+  void GetStats(vc::EthStats* s) override { s->rx_unicast = 42; }
+};
+
+class GuestTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Make(avf::DeviceOptions{}); }
+  void Make(avf::DeviceOptions o, DriverOptions d = {}) {
+    drv_.reset();
+    bus_.reset();
+    auto dev = avf::Device::Create(o);
+    ASSERT_TRUE(dev.ok()) << dev.status();
+    dev_ = std::move(*dev);
+    dev_->set_hooks(&hooks_);
+    if (!mem_) {
+      auto m = GuestMemory::Create(64 << 20);
+      ASSERT_TRUE(m.ok()) << m.status();
+      mem_ = std::move(*m);
+    }
+    bus_ = std::make_unique<InProcessBus>(dev_.get(), mem_.get());
+    drv_ = std::make_unique<IavfDriver>(bus_.get(), d);
+  }
+
+  StatsHooks hooks_;
+  std::unique_ptr<GuestMemory> mem_;
+  std::unique_ptr<avf::Device> dev_;
+  std::unique_ptr<InProcessBus> bus_;
+  std::unique_ptr<IavfDriver> drv_;
+};
+
+TEST_F(GuestTest, LinuxBringUpSequenceReachesLinkUp) {
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  EXPECT_FALSE(drv_->link_up());
+  ASSERT_TRUE(drv_->Open().ok());
+  EXPECT_TRUE(drv_->link_up());
+  EXPECT_EQ(drv_->link_speed(), 25000u);
+  const std::vector<std::string> want = {
+      "VERSION",          "GET_VF_RESOURCES", "CONFIG_IRQ_MAP",    "GET_RSS_HENA_CAPS",
+      "SET_RSS_HENA",     "CONFIG_RSS_KEY",   "CONFIG_RSS_LUT",    "ADD_ETH_ADDR",
+      "CONFIG_VSI_QUEUES", "ENABLE_QUEUES"};
+  EXPECT_EQ(drv_->trace(), want);
+  EXPECT_EQ(drv_->num_active_queues(), 4u);
+  EXPECT_EQ(drv_->num_msix_vectors(), 5u);
+  EXPECT_EQ(drv_->caps() & (vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr),
+            vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr);
+  EXPECT_GT(drv_->admin_interrupts(), 0u) << "replies arrive through MSI-X vector 0";
+  EXPECT_EQ(dev_->counters().vc_errors, 0u);
+  for (uint32_t q = 0; q < 4; ++q) {
+    EXPECT_TRUE(dev_->rx_queue(q).enabled);
+    EXPECT_EQ(dev_->rx_queue(q).ring_addr, drv_->rx_ring(q).desc.iova);
+    EXPECT_EQ(dev_->tx_queue(q).ring_addr, drv_->tx_ring(q).desc.iova);
+    EXPECT_EQ(dev_->RxTail(q), 511u) << "RX buffers posted before CONFIG_VSI_QUEUES";
+    EXPECT_EQ(dev_->rx_queue(q).msix_vector, q + 1);
+    EXPECT_TRUE(dev_->vector_state(q + 1).armed);
+  }
+  ASSERT_EQ(dev_->mac_filters().size(), 1u);
+  EXPECT_EQ(dev_->mac_filters()[0].addr, drv_->mac());
+  EXPECT_EQ(dev_->mac_filters()[0].addr[0] & 0x03, 0x02) << "random locally administered MAC";
+  EXPECT_EQ(dev_->rss().lut[5], 1);
+  auto st = drv_->RequestStats();
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->rx_unicast, 42u);
+}
+
+TEST_F(GuestTest, ResetAndReinitialiseBringsLinkBack) {
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  ASSERT_TRUE(drv_->Open().ok());
+  const size_t before = drv_->trace().size();
+  ASSERT_TRUE(drv_->Reset().ok());
+  EXPECT_TRUE(drv_->link_up());
+  std::vector<std::string> after(drv_->trace().begin() + before, drv_->trace().end());
+  const std::vector<std::string> want = {"RESET_VF",          "GET_VF_RESOURCES", "CONFIG_IRQ_MAP",
+                                         "ADD_ETH_ADDR",      "CONFIG_VSI_QUEUES", "ENABLE_QUEUES",
+                                         "CONFIG_RSS_KEY",    "CONFIG_RSS_LUT"};
+  EXPECT_EQ(after, want);
+  EXPECT_EQ(dev_->counters().vf_resets, 1u);
+  EXPECT_GT(dev_->aq_counters().atq_processed, 0u);
+  EXPECT_EQ(dev_->counters().vc_errors, 0u);
+  for (uint32_t q = 0; q < 4; ++q) EXPECT_TRUE(dev_->tx_queue(q).enabled);
+  ASSERT_TRUE(drv_->RequestStats().ok());
+  // And again, from the down state.
+  ASSERT_TRUE(drv_->Close().ok());
+  EXPECT_FALSE(dev_->tx_queue(0).enabled);
+  ASSERT_TRUE(drv_->Reset().ok());
+  EXPECT_FALSE(drv_->link_up());
+  ASSERT_TRUE(drv_->Open().ok());
+  EXPECT_TRUE(drv_->link_up());
+}
+
+TEST_F(GuestTest, DriverReloadAndFlr) {
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  ASSERT_TRUE(drv_->Open().ok());
+  ASSERT_TRUE(drv_->Remove().ok());
+  EXPECT_EQ(dev_->aq_counters().atq_bad_opcode, 0u) << "queue_shutdown is understood";
+  const size_t used_after_remove = mem_->bytes_in_use();
+  EXPECT_EQ(used_after_remove, 0u) << "rings and AQ memory returned";
+  // A new driver instance binds again (modprobe -r; modprobe).
+  drv_ = std::make_unique<IavfDriver>(bus_.get());
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  ASSERT_TRUE(drv_->Open().ok());
+  // Whole-device reset (vfio-user DEVICE_RESET / FLR), then a fresh driver.
+  ASSERT_TRUE(bus_->DeviceReset().ok());
+  EXPECT_FALSE(dev_->rx_queue(0).enabled);
+  drv_ = std::make_unique<IavfDriver>(bus_.get());
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  ASSERT_TRUE(drv_->Open().ok());
+  EXPECT_TRUE(drv_->link_up());
+}
+
+TEST_F(GuestTest, RequestedQueuesChangeAfterReset) {
+  Make(avf::DeviceOptions{.max_queue_pairs = 8}, DriverOptions{.max_queues = 8});
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  ASSERT_TRUE(drv_->Open().ok());
+  EXPECT_EQ(drv_->num_active_queues(), 8u);
+  // ethtool -L combined 2: REQUEST_QUEUES, the PF resets the VF.
+  ASSERT_TRUE(drv_->Exec(vc::kOpRequestQueues, {2, 0}).status().code() ==
+              absl::StatusCode::kDeadlineExceeded);  // granted: no reply, a reset
+  EXPECT_TRUE(drv_->reset_impending());
+  ASSERT_TRUE(drv_->Reset().ok());
+  EXPECT_EQ(drv_->vf_queue_pairs(), 2u);
+  EXPECT_EQ(drv_->num_active_queues(), 2u);
+  EXPECT_EQ(drv_->num_msix_vectors(), 3u);
+  EXPECT_TRUE(drv_->link_up());
+}
+
+TEST_F(GuestTest, RegisterRssPathWritesOnePastTheEnd) {
+  Make(avf::DeviceOptions{.supported_caps = vc::kCapL2 | vc::kCapRssReg});
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  EXPECT_EQ(drv_->caps(), vc::kCapL2 | vc::kCapRssReg);
+  EXPECT_NE(dev_->ReadReg(avf::VfqfHkey(0)), 0u);
+  EXPECT_EQ(dev_->ReadReg(avf::VfqfHlut(0)), 0x03020100u);
+  ASSERT_TRUE(drv_->Open().ok());
+  EXPECT_TRUE(drv_->link_up());
+}
+
+TEST(GuestMemoryTest, AllocatesAlignedZeroedAndCoalesces) {
+  auto m = GuestMemory::Create(1 << 20, 0x7000);
+  ASSERT_TRUE(m.ok());
+  auto a = (*m)->Allocate(100, 4096);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->iova % 4096, 0u);
+  auto b = (*m)->Allocate(5000, 128);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->iova % 128, 0u);
+  EXPECT_EQ((*m)->Host(b->iova, 5000), b->host);
+  std::memset(b->host, 0xab, 5000);
+  (*m)->Free(*b);
+  auto c = (*m)->Allocate(5000, 128);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->host[4999], 0);
+  (*m)->Free(*a);
+  (*m)->Free(*c);
+  EXPECT_EQ((*m)->bytes_in_use(), 0u);
+  auto all = (*m)->Allocate(1 << 20, 4096);
+  EXPECT_TRUE(all.ok()) << "free ranges coalesced";
+  EXPECT_FALSE((*m)->Allocate(1, 1).ok());
+  EXPECT_EQ((*m)->Host(0x7000 + (1 << 20), 1), nullptr);
+  EXPECT_EQ((*m)->Host(0x6fff, 1), nullptr);
+}
+
+}  // namespace
+}  // namespace emud::guest
