@@ -990,7 +990,12 @@ bool Session::HandleMessageCrashConsistent() {
     if (reply.err && !is_reply) ++stats_.posted_errors;
     return true;
   }
-  return SendReply(h, reply);
+  if (!SendReply(h, reply)) return false;
+  if (options_.crash_point && options_.crash_point(4)) {
+    Abandon();
+    return false;
+  }
+  return true;
 }
 
 absl::Status Session::LoadState(const FdLookup& fds) {

@@ -98,7 +98,8 @@ struct SessionOptions {
   // Gets every connection / DMA / eventfd fd before the session relies on it.
   FdDepositor* fd_depositor = nullptr;
   // Test hook (crash_consistent mode): called at 1 = after the commit, 2 =
-  // after consuming the request, 3 = after the journal mark; returning true
+  // after consuming the request, 3 = after the journal mark, 4 = after the
+  // reply was sent; returning true
   // makes the session Abandon() right there, as if the process died.
   std::function<bool(int stage)> crash_point;
 };
