@@ -254,6 +254,7 @@ int main(int argc, char** argv) {
     if (*p == 0) Fail(absl::StrCat("cannot bind a TCP address of --grpc-listen ", grpc_listen));
   }
   server->GetHealthCheckService()->SetServingStatus(true);
+  server->GetHealthCheckService()->SetServingStatus("emud.v1.DeviceService", true);
 
   std::unique_ptr<prometheus::Exposer> exposer;
   std::string metrics_addr = absl::GetFlag(FLAGS_metrics_listen);
