@@ -1,0 +1,200 @@
+#include "dataplane/datapath.h"
+
+#include "absl/strings/match.h"
+
+namespace emud::dataplane {
+
+DataPath::DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
+                   DataPathOptions options)
+    : dev_(device), backend_(backend), state_(state), options_(options) {
+  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+    tx_.push_back(std::make_unique<TxQueue>(uint16_t(q), state_->tx(q)));
+    rx_.push_back(std::make_unique<RxQueue>(uint16_t(q), state_->rx(q)));
+  }
+  loopback_ = backend_->spec() == "loopback";
+  dev_->set_hooks(this);
+  backend_->set_sink(this);
+  OnFiltersChanged();
+}
+
+DataPath::~DataPath() {
+  dev_->set_hooks(nullptr);
+  backend_->set_sink(nullptr);
+}
+
+void DataPath::OnTxDoorbell(uint32_t queue) {
+  if (queue < kMaxQueues) tx_kicked_ |= 1u << queue;
+}
+
+void DataPath::OnRxDoorbell(uint32_t) { rx_kicked_ = true; }
+
+void DataPath::OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) {
+  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+    if (tx_mask & (1u << q)) {
+      const avf::TxQueueContext& c = dev_->tx_queue(q);
+      if (tx_[q]->Configure(c.ring_addr, c.ring_len).ok() && tx_[q]->SetEnabled(true).ok()) {
+        tx_running_ |= 1u << q;
+        tx_kicked_ |= 1u << q;
+      }
+    }
+    if (rx_mask & (1u << q)) {
+      const avf::RxQueueContext& c = dev_->rx_queue(q);
+      if (rx_[q]->Configure(c.ring_addr, c.ring_len, c.buffer_size, c.max_frame).ok() &&
+          rx_[q]->SetEnabled(true).ok()) {
+        rx_running_ |= 1u << q;
+      }
+    }
+  }
+}
+
+void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
+  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+    if (tx_mask & (1u << q)) {
+      (void)tx_[q]->SetEnabled(false);
+      tx_running_ &= ~(1u << q);
+    }
+    if (rx_mask & (1u << q)) {
+      (void)rx_[q]->SetEnabled(false);
+      rx_running_ &= ~(1u << q);
+    }
+  }
+}
+
+void DataPath::GetStats(avf::vc::EthStats* s) {
+  *s = {};
+  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+    const HotQueue& r = rx_[q]->stats();
+    const HotQueue& t = tx_[q]->stats();
+    s->rx_bytes += r.bytes.load(std::memory_order_relaxed);
+    s->rx_unicast += r.packets.load(std::memory_order_relaxed);
+    s->rx_discards += r.drops.load(std::memory_order_relaxed);
+    s->tx_bytes += t.bytes.load(std::memory_order_relaxed);
+    s->tx_unicast += t.packets.load(std::memory_order_relaxed);
+    s->tx_discards += t.drops.load(std::memory_order_relaxed);
+    s->tx_errors += t.errors.load(std::memory_order_relaxed);
+  }
+  // Split what we can: multicast/broadcast are counted on delivery.
+  s->rx_multicast = rx_multicast_;
+  s->rx_broadcast = rx_broadcast_;
+  s->rx_unicast -= std::min(s->rx_unicast, rx_multicast_ + rx_broadcast_);
+}
+
+void DataPath::OnFiltersChanged() {
+  filter_.Clear();
+  for (const avf::MacFilterEntry& e : dev_->mac_filters()) filter_.Add(e.addr);
+  uint16_t p = dev_->promisc_flags();
+  filter_.SetPromisc(p & avf::vc::kPromiscUnicast, p & avf::vc::kPromiscMulticast);
+}
+
+void DataPath::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  for (auto& q : tx_) q->OnDmaUnmap(iova, size);
+  for (auto& q : rx_) q->OnDmaUnmap(iova, size);
+}
+
+bool DataPath::Deliver(uint16_t queue, FrameView frame) {
+  vfio_user::DmaMemory* dma = dev_->dma();
+  if (rx_running_ == 0 || dma == nullptr) return true;  // link down: dropped
+  if (!filter_.Accept(frame)) {
+    ++filtered_;
+    return true;
+  }
+  // The backend's queue if it runs, else the lowest running queue.
+  uint32_t q = queue;
+  if (q >= kMaxQueues || !(rx_running_ & (1u << q))) q = __builtin_ctz(rx_running_);
+  RxQueue& rx = *rx_[q];
+  switch (rx.Deliver(frame, dev_->RxTail(q), *dma)) {
+    case RxQueue::DeliverResult::kDelivered:
+      rx_irq_ |= 1u << q;
+      if (frame[0] & 1) {
+        bool bc = frame.size() >= 6 && frame[0] == 0xff && frame[1] == 0xff && frame[2] == 0xff &&
+                  frame[3] == 0xff && frame[4] == 0xff && frame[5] == 0xff;
+        (bc ? rx_broadcast_ : rx_multicast_)++;
+      }
+      return true;
+    case RxQueue::DeliverResult::kDropped:
+      if (rx.TakeWroteBack()) rx_irq_ |= 1u << q;
+      return true;
+    case RxQueue::DeliverResult::kNoBuffers:
+      if (loopback_) rx.CountDrop();  // loopback cannot hold the frame
+      return false;
+  }
+  return true;
+}
+
+bool DataPath::PollOnce() {
+  vfio_user::DmaMemory* dma = dev_->dma();
+  if (dma == nullptr) return false;
+  bool work = false;
+  const bool mapped = dev_->options().mapped_doorbells;
+  uint32_t todo = mapped ? tx_running_ : (tx_kicked_ & tx_running_);
+  tx_kicked_ = 0;
+  while (todo != 0) {
+    uint32_t q = __builtin_ctz(todo);
+    todo &= todo - 1;
+    TxQueue& tx = *tx_[q];
+    uint32_t tail = dev_->TxTail(q);
+    if (tail == tx.head()) continue;
+    TxQueue::Result r = tx.Process(tail, *dma, *backend_, options_.tx_budget);
+    if (r.packets > 0) work = true;
+    if (r.wrote_back) tx_irq_ |= 1u << q;
+    if (r.more) tx_kicked_ |= 1u << q;  // trapped mode: come back without a doorbell
+  }
+  if (backend_->event_fd() >= 0 || backend_->HasPending()) {
+    if (backend_->Poll(options_.rx_budget) > 0) work = true;
+  }
+  rx_kicked_ = false;
+  // Interrupts: one per queue per round; the model auto-masks, so a disarmed
+  // vector just stays pending until the driver re-arms it (no storm).
+  for (uint32_t m = tx_irq_; m != 0; m &= m - 1) {
+    dev_->RaiseQueueInterrupt(avf::QueueKind::kTx, __builtin_ctz(m));
+  }
+  for (uint32_t m = rx_irq_; m != 0; m &= m - 1) {
+    dev_->RaiseQueueInterrupt(avf::QueueKind::kRx, __builtin_ctz(m));
+  }
+  tx_irq_ = rx_irq_ = 0;
+  return work;
+}
+
+bool DataPath::NeedsPolling() const {
+  if (dev_->options().mapped_doorbells && (tx_running_ | rx_running_) != 0) return true;
+  return tx_kicked_ != 0 || backend_->HasPending();
+}
+
+void DataPath::Recover() {
+  vfio_user::DmaMemory* dma = dev_->dma();
+  if (dma == nullptr) return;
+  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+    if (rx_[q]->enabled()) {
+      rx_[q]->Recover(*dma);
+      rx_running_ |= 1u << q;
+    }
+    if (tx_[q]->enabled()) tx_running_ |= 1u << q;
+  }
+}
+
+void DataPath::FillCounters(internal::WorkerStatus* status) const {
+  status->clear_rx();
+  status->clear_tx();
+  for (uint32_t q = 0; q < dev_->num_queue_pairs() && q < kMaxQueues; ++q) {
+    auto fill = [q](internal::QueueCounters* c, const HotQueue& h) {
+      c->set_queue(q);
+      c->set_packets(h.packets.load(std::memory_order_relaxed));
+      c->set_bytes(h.bytes.load(std::memory_order_relaxed));
+      c->set_drops(h.drops.load(std::memory_order_relaxed));
+      c->set_errors(h.errors.load(std::memory_order_relaxed));
+    };
+    fill(status->add_rx(), rx_[q]->stats());
+    fill(status->add_tx(), tx_[q]->stats());
+  }
+}
+
+uint64_t DataPath::total_packets() const {
+  uint64_t n = 0;
+  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+    n += rx_[q]->stats().packets.load(std::memory_order_relaxed) +
+         tx_[q]->stats().packets.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+}  // namespace emud::dataplane

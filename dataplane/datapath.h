@@ -1,0 +1,92 @@
+// DataPath: the data path of one AVF device. It implements the AVF model's
+// DataPathHooks (queue start/stop, doorbells, stats, filters, DMA unmap),
+// runs the TX/RX engines over the device's queue contexts and moves frames
+// to and from a Backend, raising queue interrupts through the model.
+//
+// Single-threaded: everything runs on the worker's event loop, the same one
+// that carries the vfio-user session.
+#ifndef EMUD_DATAPLANE_DATAPATH_H_
+#define EMUD_DATAPLANE_DATAPATH_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "avf/device.h"
+#include "dataplane/backend.h"
+#include "dataplane/mac_filter.h"
+#include "dataplane/queue_state.h"
+#include "dataplane/queues.h"
+#include "proto/worker_status.pb.h"
+
+namespace emud::dataplane {
+
+struct DataPathOptions {
+  // Packets per queue per PollOnce (fairness between queues).
+  uint32_t tx_budget = 256;
+  // Frames taken from the backend per PollOnce.
+  uint32_t rx_budget = 256;
+};
+
+class DataPath : public avf::DataPathHooks, public FrameSink {
+ public:
+  // `device`, `backend` and `state` must outlive the DataPath. The DataPath
+  // installs itself as the device's hooks and the backend's sink.
+  DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
+           DataPathOptions options = {});
+  ~DataPath() override;
+
+  // One round: TX of every running queue with new descriptors (all of them
+  // in mapped-doorbell mode, the rung ones in trapped mode), then frames from
+  // the backend, then interrupts for queues with write-backs. Returns true if
+  // any descriptor or frame moved (the caller keeps polling while true).
+  bool PollOnce();
+  // True if some queue may have work that PollOnce would find without an
+  // event (mapped doorbells with running queues, or frames held back by the
+  // backend). The caller must not block indefinitely while this is true.
+  bool NeedsPolling() const;
+
+  // After a worker restart: reconcile RX heads with the rings.
+  void Recover();
+
+  // Per-queue counters for the WorkerStatus record.
+  void FillCounters(internal::WorkerStatus* status) const;
+  uint64_t total_packets() const;
+
+  // ---- avf::DataPathHooks ----
+  void OnTxDoorbell(uint32_t queue) override;
+  void OnRxDoorbell(uint32_t queue) override;
+  void OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) override;
+  void OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) override;
+  void GetStats(avf::vc::EthStats* stats) override;
+  void OnFiltersChanged() override;
+  void OnDmaUnmap(uint64_t iova, uint64_t size) override;
+
+  // ---- FrameSink (frames from the backend) ----
+  bool Deliver(uint16_t queue, FrameView frame) override;
+
+  const MacFilter& filter() const { return filter_; }
+  uint64_t filtered() const { return filtered_; }
+
+ private:
+  avf::Device* dev_;
+  Backend* backend_;
+  QueueStateFile* state_;
+  DataPathOptions options_;
+  std::vector<std::unique_ptr<TxQueue>> tx_;
+  std::vector<std::unique_ptr<RxQueue>> rx_;
+  uint32_t tx_running_ = 0;  // bit q
+  uint32_t rx_running_ = 0;
+  uint32_t tx_kicked_ = 0;   // trapped doorbells rung since the last round
+  bool rx_kicked_ = false;
+  uint32_t tx_irq_ = 0;      // queues with write-backs this round
+  uint32_t rx_irq_ = 0;
+  MacFilter filter_;
+  uint64_t filtered_ = 0;
+  uint64_t rx_multicast_ = 0, rx_broadcast_ = 0;
+  bool loopback_;
+};
+
+}  // namespace emud::dataplane
+
+#endif  // EMUD_DATAPLANE_DATAPATH_H_

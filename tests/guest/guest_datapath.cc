@@ -1,0 +1,109 @@
+#include "tests/guest/guest_datapath.h"
+
+#include <cstring>
+
+namespace emud::guest {
+namespace {
+
+inline uint64_t Load(const uint8_t* p) {
+  return __atomic_load_n(reinterpret_cast<const uint64_t*>(p), __ATOMIC_ACQUIRE);
+}
+inline void Store(uint8_t* p, uint64_t v) {
+  __atomic_store_n(reinterpret_cast<uint64_t*>(p), v, __ATOMIC_RELEASE);
+}
+
+}  // namespace
+
+GuestDataPath::~GuestDataPath() {
+  for (auto& q : tx_slots_) {
+    for (auto& s : q) {
+      if (s.buf.valid()) drv_->bus().memory().Free(s.buf);
+    }
+  }
+}
+
+absl::Status GuestDataPath::Transmit(uint32_t q, absl::Span<const uint8_t> frame,
+                                     uint32_t cmd_extra, uint32_t offset) {
+  Ring& r = drv_->tx_ring(q);
+  if (tx_slots_.size() <= q) tx_slots_.resize(q + 1);
+  if (tx_slots_[q].size() != r.count) tx_slots_[q].assign(r.count, TxSlot{});
+  uint32_t next = (r.next_to_use + 1) % r.count;
+  if (next == r.next_to_clean) return absl::ResourceExhaustedError("TX ring full");
+  auto b = drv_->bus().memory().Allocate(frame.size(), 64);
+  if (!b.ok()) return b.status();
+  std::memcpy(b->host, frame.data(), frame.size());
+  uint8_t* d = r.desc.host + size_t{r.next_to_use} * 16;
+  Store(d, b->iova);
+  uint64_t cmd = 0x1 /*EOP*/ | 0x2 /*RS*/ | 0x4 /*ICRC*/ | cmd_extra;
+  Store(d + 8, cmd << 4 | uint64_t(offset) << 16 | uint64_t(frame.size()) << 34);
+  tx_slots_[q][r.next_to_use].buf = *b;
+  r.next_to_use = next;
+  return drv_->bus().Write32(r.tail_offset, r.next_to_use);
+}
+
+uint32_t GuestDataPath::ReapTx(uint32_t q) {
+  Ring& r = drv_->tx_ring(q);
+  uint32_t n = 0;
+  while (r.next_to_clean != r.next_to_use) {
+    uint8_t* d = r.desc.host + size_t{r.next_to_clean} * 16;
+    if ((Load(d + 8) & 0xF) != 0xF) break;
+    TxSlot& s = tx_slots_[q][r.next_to_clean];
+    if (s.buf.valid()) drv_->bus().memory().Free(s.buf);
+    s.buf = {};
+    r.next_to_clean = (r.next_to_clean + 1) % r.count;
+    ++n;
+  }
+  return n;
+}
+
+absl::StatusOr<std::vector<RxFrame>> GuestDataPath::Receive(uint32_t q) {
+  Ring& r = drv_->rx_ring(q);
+  if (rx_partial_.size() <= q) rx_partial_.resize(q + 1);
+  if (slot_buf_.size() <= q) slot_buf_.resize(q + 1);
+  auto& sb = slot_buf_[q];
+  if (sb.size() != r.count) {  // as SetupRings posted them: slot i holds buffer i
+    sb.assign(r.count, 0);
+    for (uint32_t i = 0; i < r.count; ++i) sb[i] = i % uint32_t(r.buffers.size());
+  }
+  std::vector<RxFrame> out;
+  bool error = false;
+  uint32_t cleaned = 0;
+  for (;;) {
+    uint32_t i = r.next_to_clean;
+    uint8_t* d = r.desc.host + size_t{i} * 32;
+    uint64_t qw1 = Load(d + 8);
+    if (!(qw1 & 1)) break;  // DD
+    uint32_t len = uint32_t(qw1 >> 38) & 0x3FFF;
+    const DmaBuffer& b = r.buffers[sb[i]];
+    auto& part = rx_partial_[q];
+    part.insert(part.end(), b.host, b.host + std::min<size_t>(len, b.size));
+    error |= (qw1 >> 19) & 1;
+    if (qw1 & 2) {  // EOF
+      RxFrame f;
+      f.data = std::move(part);
+      f.ptype = uint32_t(qw1 >> 30) & 0xFF;
+      f.error = error;
+      if (!f.error) out.push_back(std::move(f));
+      part.clear();
+      error = false;
+    }
+    // Re-post this slot's buffer at next_to_use (Linux recycles in order).
+    uint32_t u = r.next_to_use;
+    sb[u] = sb[i];  // the reaped buffer moves to the next free slot
+    const DmaBuffer& nb = r.buffers[sb[u]];
+    uint8_t* ud = r.desc.host + size_t{u} * 32;
+    Store(ud, nb.iova);
+    Store(ud + 16, 0);
+    Store(ud + 24, 0);
+    Store(ud + 8, 0);
+    r.next_to_use = (u + 1) % r.count;
+    r.next_to_clean = (i + 1) % r.count;
+    ++cleaned;
+  }
+  if (cleaned > 0) {
+    if (auto s = drv_->bus().Write32(r.tail_offset, r.next_to_use); !s.ok()) return s;
+  }
+  return out;
+}
+
+}  // namespace emud::guest

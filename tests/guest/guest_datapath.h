@@ -1,0 +1,53 @@
+// The test guest's data path on top of IavfDriver's rings (what iavf_xmit_frame
+// and iavf_clean_rx_irq do): TX descriptors with EOP|RS and QTX_TAIL, TX
+// completion reaping (DTYPE 0xF), RX reaping (DD/EOF, multi-buffer frames)
+// and buffer re-posting with QRX_TAIL.
+//
+// Not thread-safe; one GuestDataPath per driver.
+#ifndef EMUD_TESTS_GUEST_GUEST_DATAPATH_H_
+#define EMUD_TESTS_GUEST_GUEST_DATAPATH_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "tests/guest/iavf_driver.h"
+
+namespace emud::guest {
+
+struct RxFrame {
+  std::vector<uint8_t> data;
+  uint32_t ptype = 0;
+  bool error = false;  // RXE on some descriptor
+};
+
+class GuestDataPath {
+ public:
+  explicit GuestDataPath(IavfDriver* driver) : drv_(driver) {}
+  ~GuestDataPath();
+
+  // Queues `frame` on TX queue q (one buffer, EOP|RS) and rings QTX_TAIL.
+  // `cmd_extra`/`offset` add offload bits (IIPT/L4T, MACLEN/IPLEN/L4LEN).
+  // RESOURCE_EXHAUSTED if the ring is full (reap completions first).
+  absl::Status Transmit(uint32_t q, absl::Span<const uint8_t> frame, uint32_t cmd_extra = 0,
+                        uint32_t offset = 0);
+  // Completed TX descriptors reaped on queue q (their buffers freed).
+  uint32_t ReapTx(uint32_t q);
+  // Frames received on queue q (buffers re-posted, QRX_TAIL written).
+  absl::StatusOr<std::vector<RxFrame>> Receive(uint32_t q);
+
+ private:
+  struct TxSlot {
+    DmaBuffer buf;
+  };
+  IavfDriver* drv_;
+  std::vector<std::vector<TxSlot>> tx_slots_;
+  std::vector<std::vector<uint8_t>> rx_partial_;
+  std::vector<std::vector<uint32_t>> slot_buf_;  // RX: buffer index held by each slot
+};
+
+}  // namespace emud::guest
+
+#endif  // EMUD_TESTS_GUEST_GUEST_DATAPATH_H_
