@@ -45,7 +45,7 @@
 #include "server/metrics.h"
 #include "server/process.h"
 #include "server/restart_policy.h"
-#include "server/unique_fd.h"
+#include "base/unique_fd.h"
 #include "server/validation.h"
 #include "server/worker_status_reader.h"
 #include "state_store/record.h"

@@ -32,7 +32,7 @@
 #include "server/device_manager.h"
 #include "server/metrics.h"
 #include "server/service.h"
-#include "server/unique_fd.h"
+#include "base/unique_fd.h"
 #include "state_store/state_dir.h"
 
 ABSL_FLAG(std::string, state_dir, emud::state_store::kDefaultStateDir,
@@ -68,7 +68,7 @@ ABSL_FLAG(bool, stop_workers_on_exit, false,
 
 namespace {
 
-using emud::server::UniqueFd;
+using emud::UniqueFd;
 
 void Fail(absl::string_view msg) {
   std::cerr << "emud: " << msg << std::endl;

@@ -11,7 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "server/unique_fd.h"
+#include "base/unique_fd.h"
 
 namespace emud::server {
 
