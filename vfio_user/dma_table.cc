@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -68,6 +69,13 @@ absl::Status DmaTable::Map(uint64_t iova, uint64_t size, uint32_t prot, UniqueFd
   w.prot = prot;
   w.fd_offset = fd_offset;
   if (fd.valid()) {
+    // A window beyond the end of its file would SIGBUS on first touch.
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(EINVAL, "DMA fd cannot be stat()ed");
+    if (S_ISREG(st.st_mode) && (fd_offset > static_cast<uint64_t>(st.st_size) ||
+                                size > static_cast<uint64_t>(st.st_size) - fd_offset)) {
+      return ErrnoStatus(EINVAL, "DMA window extends beyond the end of its fd");
+    }
     int mprot = 0;
     if (prot & kDmaFlagRead) mprot |= PROT_READ;
     if (prot & kDmaFlagWrite) mprot |= PROT_WRITE;

@@ -177,6 +177,8 @@ TEST_F(SessionTest, DmaMapInvalid) {
   EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, 0x1000, 0x1000, 0)), EINVAL);               // no access
   EXPECT_EQ(StatusToErrno(client_->DmaMap(-1, 0x1000, 0x1000, 0x1000)), EINVAL);                    // offset w/o fd
   EXPECT_NE(StatusToErrno(client_->DmaMap(mem.get(), ~uint64_t{0} - 10, 0x1000, 0x1000)), 0);       // fd offset wraps
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0, 0x100000, 1 << 17)), EINVAL);               // beyond the fd
+  EXPECT_EQ(StatusToErrno(client_->DmaMap(mem.get(), 0x10000, 0x100000, 0x1000)), EINVAL);          // offset at EOF
   // Two fds.
   vfio_user::DmaMap req;
   req.flags = kDmaFlagRead;
