@@ -207,6 +207,18 @@ int Main() {
 }  // namespace emud::dataplane
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  // emud passes dashed flags (--state-dir); absl spells them with '_'.
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<char*> fixed;
+  for (std::string& a : args) {
+    if (a.size() > 2 && a[0] == '-' && a[1] == '-') {
+      size_t end = a.find('=');
+      for (size_t i = 2; i < std::min(end, a.size()); ++i) {
+        if (a[i] == '-') a[i] = '_';
+      }
+    }
+    fixed.push_back(a.data());
+  }
+  absl::ParseCommandLine(int(fixed.size()), fixed.data());
   return emud::dataplane::Main();
 }
