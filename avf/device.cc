@@ -438,9 +438,15 @@ std::map<std::string, std::string> Device::SerializeState() const {
 
   AvfRegisters regs;
   regs.set_rstat(rstat_);
-  for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
-    regs.add_qtx_tail(TxTail(q));
-    regs.add_qrx_tail(RxTail(q));
+  {
+    std::string tx(kMaxDecodedQueues * 4, '\0'), rx(kMaxDecodedQueues * 4, '\0');
+    for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
+      uint32_t t = TxTail(q), r = RxTail(q);
+      std::memcpy(tx.data() + 4 * q, &t, 4);
+      std::memcpy(rx.data() + 4 * q, &r, 4);
+    }
+    regs.set_qtx_tails(std::move(tx));
+    regs.set_qrx_tails(std::move(rx));
   }
   for (uint32_t v : hena_reg_) regs.add_hena(v);
   for (uint32_t v : hkey_reg_) regs.add_hkey(v);
@@ -511,13 +517,15 @@ std::map<std::string, std::string> Device::SerializeState() const {
 }
 
 absl::Status Device::Save(state_store::WriteTxn& txn) {
-  std::map<std::string, std::string> now = SerializeState();
-  for (const auto& [key, bytes] : now) {
-    auto it = saved_.find(key);
-    if (it != saved_.end() && it->second == bytes) continue;
+  // Compared with what the transaction already holds rather than with a
+  // private "last saved" copy: Save has no side effect outside the
+  // transaction, so an aborted or retried (MAP_FULL) commit loses nothing.
+  for (const auto& [key, bytes] : SerializeState()) {
+    auto cur = txn.Get(kStateTable, key);
+    if (!cur.ok()) return cur.status();
+    if (cur->has_value() && **cur == bytes) continue;
     if (absl::Status s = txn.Put(kStateTable, key, bytes); !s.ok()) return s;
   }
-  saved_ = std::move(now);
   return absl::OkStatus();
 }
 
@@ -566,11 +574,12 @@ absl::Status Device::Restore(const state_store::ReadTxn& txn) {
   rstat_ = std::min<uint32_t>(regs.rstat(), kVfrVfActive);
   // An adopted doorbell page is newer than any record: keep it.
   if (!doorbell_adopted_) {
-    for (int q = 0; q < regs.qtx_tail_size() && q < int(kMaxDecodedQueues); ++q) {
-      DoorbellWrite(QtxTail(q) / 4, regs.qtx_tail(q));
-    }
-    for (int q = 0; q < regs.qrx_tail_size() && q < int(kMaxDecodedQueues); ++q) {
-      DoorbellWrite(QrxTail(q) / 4, regs.qrx_tail(q));
+    for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
+      uint32_t t = 0, r = 0;
+      if (regs.qtx_tails().size() >= 4 * (q + 1)) std::memcpy(&t, regs.qtx_tails().data() + 4 * q, 4);
+      if (regs.qrx_tails().size() >= 4 * (q + 1)) std::memcpy(&r, regs.qrx_tails().data() + 4 * q, 4);
+      DoorbellWrite(QtxTail(q) / 4, t);
+      DoorbellWrite(QrxTail(q) / 4, r);
     }
   }
   for (int i = 0; i < regs.hena_size() && i < int(kNumHenaRegs); ++i) hena_reg_[i] = regs.hena(i);
@@ -641,7 +650,6 @@ absl::Status Device::Restore(const state_store::ReadTxn& txn) {
   link_up_ = vf.link_up();
   link_speed_mbps_ = vf.link_speed_mbps();
 
-  saved_ = SerializeState();
   return absl::OkStatus();
 }
 

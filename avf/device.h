@@ -184,7 +184,8 @@ class Device final : public vfio_user::PciDevice {
   absl::Status Reset() override;
   void OnDmaUnmap(uint64_t iova, uint64_t size) override;
   // Records (table kStateTable): identity, regs, aq, irq, vf, pci. Save puts
-  // only those whose bytes changed since the last Save.
+  // only those whose bytes differ from what `txn` holds (no state outside
+  // the transaction, so an aborted or retried commit loses nothing).
   absl::Status Save(state_store::WriteTxn& txn) override;
   // NOT_FOUND if nothing was saved; FAILED_PRECONDITION if the records were
   // written by a device with other options (queue count, doorbell mode).
@@ -317,7 +318,6 @@ class Device final : public vfio_user::PciDevice {
   uint32_t link_speed_mbps_ = 0;
 
   DeviceCounters counters_;
-  std::map<std::string, std::string> saved_;  // record bytes at the last Save
 };
 
 }  // namespace emud::avf
