@@ -1,8 +1,10 @@
 #include "vfio_user/event_loop.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -77,12 +79,36 @@ absl::StatusOr<int> EventLoop::RunOnce(absl::Duration timeout) {
 
 absl::Status EventLoop::Run() {
   stop_ = false;
+  // Adaptive busy-polling: after an event, poll for `window` before blocking.
+  // An event caught while polling doubles the window (up to busy_poll_); a
+  // window that expires empty halves it. Below 5 us polling switches off and is
+  // re-probed after 64 blocking wake-ups, so a peer that only ever talks after
+  // we give up the CPU (same core) stops paying for our spinning.
+  absl::Duration window = busy_poll_;
   absl::Time poll_until = absl::InfinitePast();
+  int blocking_wakeups = 0;
   while (!stop_) {
     bool polling = absl::Now() < poll_until;
     auto n = RunOnce(polling ? absl::ZeroDuration() : absl::InfiniteDuration());
     if (!n.ok()) return n.status();
-    if (*n > 0 && busy_poll_ > absl::ZeroDuration()) poll_until = absl::Now() + busy_poll_;
+    if (busy_poll_ <= absl::ZeroDuration()) continue;
+    if (*n > 0) {
+      if (polling) {
+        window = std::min(busy_poll_, std::max(window * 2, absl::Microseconds(10)));
+      } else if (window == absl::ZeroDuration() && ++blocking_wakeups >= 64) {
+        window = busy_poll_ / 4;
+        blocking_wakeups = 0;
+      }
+      poll_until = window > absl::ZeroDuration() ? absl::Now() + window : absl::InfinitePast();
+    } else if (polling) {
+      if (absl::Now() >= poll_until) {
+        window = window / 2 < absl::Microseconds(5) ? absl::ZeroDuration() : window / 2;
+      } else {
+        // Let a peer that shares this CPU run (likely the client about to
+        // send its next request).
+        sched_yield();
+      }
+    }
   }
   return absl::OkStatus();
 }
