@@ -1,68 +1,75 @@
 #!/usr/bin/env bash
-# Data-path benchmark with its yardsticks, measured side by side in one run:
-#   ours   bazel-bin/tests/bench/dataplane_bench (guest + worker processes,
-#          each pinned to its own CPU; loopback; mmap and trap doorbells)
-#   DPDK   testpmd virtio-user <-> vhost-user io forwarding (tests/bench/dpdk_vhost_yardstick.sh)
-#   memcpy single-core bandwidth, in-cache and DRAM-sized working sets
-# Prints ours/DPDK (Mpps) and ours/memcpy (bytes/s) ratios as min/median/max
-# over REPEATS runs.  Usage: run_dataplane_bench.sh [REPEATS] [SECONDS]
-# Needs: bazel build //tests/bench:dataplane_bench; dpdk-dev (tools/setup.sh --bench).
+# Data-path benchmark with its yardsticks, measured side by side in one run.
+# Each repeat runs, back to back (so they share the machine's conditions):
+#   e2e     tests/bench:worker_bench - test guest over vfio-user + emud-worker
+#           process, loopback, each pinned to its own CPU, mmap and trap doorbells
+#   engine  tests/bench:dataplane_bench - the same guest loop and the worker's
+#           queue engines in two processes without the vfio-user session
+#           (also persistence on vs off)
+#   DPDK    testpmd virtio-user <-> vhost-user io forwarding (dpdk_vhost_yardstick.sh)
+#   memcpy  single-core bandwidth, in-cache (2 MiB) and DRAM-sized (1 GiB)
+# Ratios are formed per repeat (ours_r / DPDK_r) and reported min/median/max.
+# Usage: run_dataplane_bench.sh [REPEATS] [SECONDS]
+# Needs dpdk-testpmd (tools/setup.sh --bench) for the DPDK column.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repeats=${1:-3}
 secs=${2:-1.5}
-bazel build -c opt //tests/bench:dataplane_bench >/dev/null 2>&1 || bazel build //tests/bench:dataplane_bench
-bin=bazel-bin/tests/bench/dataplane_bench
+bazel build //tests/bench:dataplane_bench //tests/bench:worker_bench //dataplane:emud-worker >/dev/null
 out=$(mktemp /tmp/dp-bench.XXXXXX)
-trap 'rm -f "$out" "$out".dpdk' EXIT
-frames="64 512 1518"
-
-echo "== ours (persist on) and memcpy"
-$bin --frames=64,512,1518 --queues=1,4 --doorbells=mmap,trap --repeats="$repeats" \
-  --seconds="$secs" | tee "$out"
-echo "== ours, hot-state persistence off (overhead check)"
-$bin --frames=64 --queues=1 --doorbells=mmap --repeats="$repeats" --seconds="$secs" \
-  --persist=false --memcpy=false --idle=false | tee -a "$out"
-
-echo "== DPDK vhost-user <-> virtio-user (testpmd io fwd)"
-: >"$out.dpdk"
-for f in $frames; do
-  for r in $(seq "$repeats"); do
-    bash tests/bench/dpdk_vhost_yardstick.sh "$f" 3 | tee -a "$out.dpdk"
+trap 'rm -f "$out"' EXIT
+for r in $(seq "$repeats"); do
+  echo "== repeat $r/$repeats" >&2
+  bazel-bin/tests/bench/worker_bench --worker=bazel-bin/dataplane/emud-worker \
+    --frames=64,512,1518 --queues=1,4 --doorbells=mmap,trap --repeats=1 --seconds="$secs" \
+    --idle=$([[ $r == 1 ]] && echo true || echo false) 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
+  bazel-bin/tests/bench/dataplane_bench --frames=64,1518 --queues=1 --doorbells=mmap,trap \
+    --repeats=1 --seconds="$secs" --idle=false --memcpy=$([[ $r == 1 ]] && echo true || echo false) \
+    | sed "s/^/rep=$r /" | tee -a "$out"
+  bazel-bin/tests/bench/dataplane_bench --frames=64 --queues=1 --doorbells=mmap --repeats=1 \
+    --seconds="$secs" --persist=false --idle=false --memcpy=false | sed "s/^/rep=$r /" | tee -a "$out"
+  for f in 64 512 1518; do
+    bash tests/bench/dpdk_vhost_yardstick.sh "$f" 3 | sed "s/^/rep=$r /" | tee -a "$out"
   done
 done
-
-echo "== ratios (min/median/max over $repeats runs each; ours median vs each DPDK run)"
-python3 - "$out" "$out.dpdk" <<'PY'
+echo "== summary (min/median/max over $repeats repeats; ratios formed within each repeat)"
+python3 - "$out" <<'PY'
 import re, statistics, sys
-ours = open(sys.argv[1]).read().splitlines()
-dpdk = open(sys.argv[2]).read().splitlines()
-def kv(line):
-    return dict(re.findall(r'(\w+)=([\w.,/-]+)', line))
+rows = [dict(re.findall(r'(\w+)=([^\s]+)', l)) | {'kind': l.split()[1]}
+        for l in open(sys.argv[1]) if l.startswith('rep=')]
+def mmm(v):
+    v = sorted(v); return f"min={v[0]:.2f} median={statistics.median(v):.2f} max={v[-1]:.2f}"
 mem = {}
-for l in ours:
-    if l.startswith('memcpy'):
-        d = kv(l); mem[d['working_set']] = float(d['median'])
-dp = {}
-for l in dpdk:
-    d = kv(l)
-    try: dp.setdefault(int(d['frame']), []).append(float(d['mpps']))
-    except (KeyError, ValueError): pass
-for l in ours:
-    if not l.startswith('ours'): continue
-    d = kv(l)
-    f = int(d['frame']); med = float(d['median']); lo = float(d['min']); hi = float(d['max'])
-    line = f"ratio doorbell={d['doorbell']} queues={d['queues']} frame={f} persist={d['persist']}"
-    if dp.get(f):
-        rs = sorted(m / x for x in dp[f] for m in (lo, med, hi) if x > 0)
-        if rs:
-            line += f" ours/dpdk min={rs[0]:.2f} median={statistics.median(rs):.2f} max={rs[-1]:.2f}"
-    for ws, gbps in sorted(mem.items()):
-        r = [m * 1e6 * f / (gbps * 1e9) for m in (lo, med, hi)]
-        line += f" ours/memcpy[{ws}MiB] min={r[0]:.2f} median={r[1]:.2f} max={r[2]:.2f}"
+for r in rows:
+    if r['kind'] == 'memcpy': mem[r['working_set']] = float(r['median'])
+dpdk = {}
+for r in rows:
+    if r['kind'] == 'dpdk_vhost':
+        try: dpdk[(r['rep'], int(r['frame']))] = float(r['mpps'])
+        except ValueError: pass
+for ws, g in sorted(mem.items()): print(f"memcpy[{ws}] {g:.2f} GB/s")
+for f in (64, 512, 1518):
+    v = [m for (rep, fr), m in dpdk.items() if fr == f]
+    if v: print(f"dpdk_vhost frame={f} Mpps {mmm(v)}")
+groups = {}
+for r in rows:
+    if r['kind'] not in ('e2e', 'ours'): continue
+    key = (r['kind'], r['doorbell'], int(r['queues']), int(r['frame']), r.get('persist', '1'))
+    groups.setdefault(key, []).append((r['rep'], float(r['median'])))
+for key, vals in sorted(groups.items()):
+    kind, db, q, f, persist = key
+    name = 'e2e   ' if kind == 'e2e' else 'engine'
+    line = f"{name} doorbell={db} queues={q} frame={f}" + ("" if persist == '1' else " persist=off")
+    line += f" Mpps {mmm([m for _, m in vals])}"
+    ratios = [m / dpdk[(rep, f)] for rep, m in vals if dpdk.get((rep, f), 0) > 0]
+    if ratios: line += f" | ours/dpdk {mmm(ratios)}"
+    for ws, g in sorted(mem.items()):
+        line += f" | ours/memcpy[{ws}] {mmm([m * 1e6 * f / (g * 1e9) for _, m in vals])}"
     print(line)
-p_on = [float(kv(l)['median']) for l in ours if l.startswith('ours') and 'persist=1' in l and 'doorbell=mmap' in l and 'queues=1 ' in l and 'frame=64 ' in l]
-p_off = [float(kv(l)['median']) for l in ours if l.startswith('ours') and 'persist=0' in l]
-if p_on and p_off:
-    print(f"persistence overhead: persist/nopersist 64B mmap 1q = {p_on[0]/p_off[0]:.3f}")
+on = dict((rep, m) for rep, m in groups.get(('ours', 'mmap', 1, 64, '1'), []))
+off = dict((rep, m) for rep, m in groups.get(('ours', 'mmap', 1, 64, '0'), []))
+pr = [on[k] / off[k] for k in on if k in off and off[k] > 0]
+if pr: print(f"persistence on/off (engine, 64 B, mmap, 1 queue) {mmm(pr)}")
+for r in rows:
+    if r['kind'] in ('e2e_idle',): print(f"idle worker CPU doorbell={r['doorbell']}: {r['worker_cpu_percent']}% of a core")
 PY
