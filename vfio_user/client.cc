@@ -77,26 +77,32 @@ absl::Status Client::HandleServerRequest(Message& m) {
   h.flags = kFlagTypeReply;
   std::vector<uint8_t> payload;
   int err = 0;
-  DmaAccess a;
-  if (!m.fds.empty() || !LoadStruct(m.payload, 0, &a) || a.count > server_caps_.max_data_xfer_size ||
-      a.count > (64u << 20)) {
+  const bool qemu = dma_layout_ == DmaRwLayout::kQemu;
+  const size_t data_off = DmaRwDataOffset(dma_layout_);
+  uint64_t addr = 0, count = 0;
+  if (m.payload.size() >= sizeof(DmaAccess)) {
+    std::memcpy(&addr, m.payload.data(), 8);
+    if (qemu) {
+      uint32_t c;
+      std::memcpy(&c, m.payload.data() + 8, 4);
+      count = c;
+    } else {
+      std::memcpy(&count, m.payload.data() + 8, 8);
+    }
+  }
+  if (!m.fds.empty() || m.payload.size() < sizeof(DmaAccess) || count > (64u << 20)) {
     err = EINVAL;
   } else if (m.hdr.command == kCmdDmaRead) {
-    if (m.payload.size() != sizeof(DmaAccess)) {
-      err = EINVAL;
-    } else {
-      payload = Bytes(a);
-      payload.resize(sizeof(DmaAccess) + a.count);
-      err = dma_handler_ ? dma_handler_->Read(a.addr, absl::MakeSpan(payload.data() + sizeof(DmaAccess), a.count))
-                         : EFAULT;
-    }
+    // Reply: the request's header fields, then the data (16 + count bytes).
+    payload.assign(sizeof(DmaAccess) + count, 0);
+    std::memcpy(payload.data(), m.payload.data(), sizeof(DmaAccess));
+    err = dma_handler_ ? dma_handler_->Read(addr, absl::MakeSpan(payload.data() + data_off, count)) : EFAULT;
   } else if (m.hdr.command == kCmdDmaWrite) {
-    if (m.payload.size() != sizeof(DmaAccess) + a.count) {
+    if (m.payload.size() < data_off + count) {
       err = EINVAL;
     } else {
-      err = dma_handler_ ? dma_handler_->Write(a.addr, absl::MakeConstSpan(m.payload.data() + sizeof(DmaAccess), a.count))
-                         : EFAULT;
-      payload = Bytes(a);
+      err = dma_handler_ ? dma_handler_->Write(addr, absl::MakeConstSpan(m.payload.data() + data_off, count)) : EFAULT;
+      payload.assign(m.payload.begin(), m.payload.begin() + sizeof(DmaAccess));
     }
   } else {
     err = ENOSYS;
@@ -179,8 +185,10 @@ absl::StatusOr<VersionResult> Client::Version() {
   caps.pgsizes = 4096;
   caps.max_dma_maps = 65535;
   caps.write_multiple = true;
-  caps.migration_pgsize = 4096;
-  caps.migration_max_bitmap_size = 256u << 20;
+  if (dma_layout_ == DmaRwLayout::kQemu) {  // what QEMU 10.1 sends
+    caps.migration_pgsize = 4096;
+    caps.migration_max_bitmap_size = 256u << 20;
+  }
   return Version(caps);
 }
 

@@ -110,6 +110,10 @@ class Client {
   // Handles server requests already readable, without blocking.
   absl::Status ServePending();
 
+  // Layout this client uses for DMA_READ/DMA_WRITE (kSpec by default;
+  // kQemu emulates QEMU's client, including the migration.max_bitmap_size
+  // capability that makes a kAuto server pick the same layout).
+  void set_dma_layout(DmaRwLayout l) { dma_layout_ = l; }
   void set_timeout(absl::Duration d) { timeout_ = d; }
   // Spin (non-blocking recv in a loop) instead of sleeping in poll while
   // waiting for a reply: lower latency, one core busy (benchmarks).
@@ -131,6 +135,7 @@ class Client {
   ClientDmaHandler* dma_handler_ = nullptr;
   absl::Duration timeout_ = absl::Seconds(10);
   bool busy_wait_ = false;
+  DmaRwLayout dma_layout_ = DmaRwLayout::kSpec;
   uint64_t dma_served_ = 0;
   MessageReader reader_{(64u << 20) + 4096, kMaxRecvFds};
 };

@@ -179,6 +179,14 @@ struct DmaAccess {
 };
 static_assert(sizeof(DmaAccess) == 16);
 
+// Where DMA_READ/DMA_WRITE data sits. The spec (and libvfio-user) use
+// {addr u64, count u64, data} (data at +16). QEMU's client uses
+// {addr u64, count u32, data} (data at +12) while still sizing messages as
+// 16 + count. kAuto picks kQemu when the client's VERSION capabilities carry
+// migration.max_bitmap_size (which only QEMU sends), else kSpec.
+enum class DmaRwLayout { kAuto, kSpec, kQemu };
+inline size_t DmaRwDataOffset(DmaRwLayout l) { return l == DmaRwLayout::kQemu ? 12 : 16; }
+
 inline constexpr uint32_t kWriteMultiData = 8;
 inline constexpr uint32_t kWriteMultiMax = 200;  // QEMU's batch size; our limit too
 struct WriteMultiEntry {

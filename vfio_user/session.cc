@@ -67,22 +67,14 @@ class Session::MessageDmaImpl : public MessageDma {
   absl::Status DmaRead(uint64_t iova, absl::Span<uint8_t> dst) override {
     size_t done = 0;
     const uint64_t chunk_max = std::max<uint64_t>(1, std::min<uint64_t>(s_->client_caps_.max_data_xfer_size, 1 << 20));
+    const size_t data_off = DmaRwDataOffset(s_->dma_layout_);
     while (done < dst.size()) {
       uint64_t n = std::min<uint64_t>(chunk_max, dst.size() - done);
-      DmaAccess req{iova + done, n};
+      DmaAccess req{iova + done, n};  // count's low half doubles as QEMU's u32
       auto reply = s_->ServerRequest(kCmdDmaRead, Bytes(req));
       if (!reply.ok()) return reply.status();
       const auto& p = reply->payload;
-      // Spec layout (libvfio-user): addr u64, count u64, data. QEMU's client
-      // answers with addr u64, count u32, data.
-      size_t data_off;
-      if (p.size() == 16 + n) {
-        data_off = 16;
-      } else if (p.size() == 12 + n) {
-        data_off = 12;
-      } else {
-        return absl::DataLossError("DMA_READ reply has the wrong size");
-      }
+      if (p.size() < data_off + n) return absl::DataLossError("DMA_READ reply too short");
       std::memcpy(dst.data() + done, p.data() + data_off, n);
       done += n;
     }
@@ -92,10 +84,20 @@ class Session::MessageDmaImpl : public MessageDma {
   absl::Status DmaWrite(uint64_t iova, absl::Span<const uint8_t> src) override {
     size_t done = 0;
     const uint64_t chunk_max = std::max<uint64_t>(1, std::min<uint64_t>(s_->client_caps_.max_data_xfer_size, 1 << 20));
+    const size_t data_off = DmaRwDataOffset(s_->dma_layout_);
     while (done < src.size()) {
       uint64_t n = std::min<uint64_t>(chunk_max, src.size() - done);
-      std::vector<uint8_t> payload = Bytes(DmaAccess{iova + done, n});
-      AppendBytes(&payload, src.subspan(done, n));
+      // 16 + n bytes either way; QEMU's layout leaves 4 bytes of padding.
+      std::vector<uint8_t> payload(sizeof(DmaAccess) + n, 0);
+      uint64_t addr = iova + done;
+      std::memcpy(payload.data(), &addr, 8);
+      if (s_->dma_layout_ == DmaRwLayout::kQemu) {
+        uint32_t c = static_cast<uint32_t>(n);
+        std::memcpy(payload.data() + 8, &c, 4);
+      } else {
+        std::memcpy(payload.data() + 8, &n, 8);
+      }
+      std::memcpy(payload.data() + data_off, src.data() + done, n);
       auto reply = s_->ServerRequest(kCmdDmaWrite, payload);
       if (!reply.ok()) return reply.status();
       done += n;
@@ -407,6 +409,10 @@ Session::Reply Session::HandleVersion(Message& m) {
     reply.json = js;
   }
   client_caps_ = client;
+  dma_layout_ = options_.dma_rw_layout;
+  if (dma_layout_ == DmaRwLayout::kAuto) {
+    dma_layout_ = client.migration_max_bitmap_size ? DmaRwLayout::kQemu : DmaRwLayout::kSpec;
+  }
   negotiated_ = true;
   state_dirty_ = true;
   if (!attached_) {
@@ -790,6 +796,7 @@ absl::Status Session::WriteAllState(state_store::WriteTxn& txn) {
     rec.set_write_multiple(client_caps_.write_multiple);
     rec.set_seq(seq_);
     rec.set_next_server_msg_id(next_server_msg_id_);
+    rec.set_qemu_dma_layout(dma_layout_ == DmaRwLayout::kQemu);
     if (auto s = sessions.Put(txn, "session", rec); !s.ok()) return s;
   }
   for (uint64_t iova : dirty_windows_) {
@@ -1026,6 +1033,7 @@ absl::Status Session::LoadState(const FdLookup& fds) {
   client_caps_.write_multiple = srec->write_multiple();
   seq_ = srec->seq();
   next_server_msg_id_ = static_cast<uint16_t>(srec->next_server_msg_id());
+  dma_layout_ = srec->qemu_dma_layout() ? DmaRwLayout::kQemu : DmaRwLayout::kSpec;
   negotiated_ = true;
   for (const auto& w : wrecs) {
     UniqueFd fd;

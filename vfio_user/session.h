@@ -86,6 +86,8 @@ struct SessionOptions {
   absl::Duration send_timeout = absl::Seconds(5);
   // Wait for the client's reply to a server DMA_READ / DMA_WRITE.
   absl::Duration dma_timeout = absl::Seconds(5);
+  // Payload layout of server DMA_READ / DMA_WRITE (see protocol.h).
+  DmaRwLayout dma_rw_layout = DmaRwLayout::kAuto;
 
   // Persistence; see the file comment. `store` must hold SessionTables().
   state_store::Env* store = nullptr;
@@ -231,6 +233,7 @@ class Session {
   bool attached_ = false;
   bool in_process_ = false;
   Capabilities client_caps_;
+  DmaRwLayout dma_layout_ = DmaRwLayout::kSpec;  // resolved at VERSION
   uint16_t next_server_msg_id_ = 0;
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
   bool state_dirty_ = false;

@@ -298,8 +298,17 @@ class HeapDma : public ClientDmaHandler {
   int reads = 0, writes = 0;
 };
 
-TEST_F(SessionTest, DmaWithoutFdUsesMessages) {
-  EnableDevice();
+class MessageDmaTest : public ::testing::TestWithParam<DmaRwLayout> {};
+
+TEST_P(MessageDmaTest, DmaWithoutFdUsesMessages) {
+  ServerHarness harness;
+  auto c = Client::Connect(harness.path());
+  ASSERT_TRUE(c.ok());
+  std::unique_ptr<Client> client_ = std::move(*c);
+  client_->set_dma_layout(GetParam());  // the server picks it up from VERSION
+  ASSERT_TRUE(client_->Version().ok());
+  uint16_t cmd = 0x6;
+  ASSERT_TRUE(client_->RegionWrite(kConfigRegion, 4, absl::MakeConstSpan(reinterpret_cast<uint8_t*>(&cmd), 2)).ok());
   HeapDma heap(0x80000000, 0x4000);
   for (size_t i = 0; i < heap.mem_.size(); ++i) heap.mem_[i] = static_cast<uint8_t>(i);
   client_->set_dma_handler(&heap);
@@ -321,6 +330,8 @@ TEST_F(SessionTest, DmaWithoutFdUsesMessages) {
   ASSERT_TRUE(client_->Write32(kBar, ExampleDevice::kDoorbell, 2).ok());
   EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kStatus), static_cast<uint32_t>(EFAULT));
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, MessageDmaTest, ::testing::Values(DmaRwLayout::kSpec, DmaRwLayout::kQemu));
 
 // ---------------------------------------------------------------- info
 
