@@ -31,7 +31,11 @@ namespace v1 = emud::v1;
 
 constexpr uint64_t kWakeId = 1;
 constexpr uint64_t kInotifyId = 2;
-constexpr size_t kMaxRetainedEvents = 10000;
+// Watch history: watchers consume continuously; one that falls further
+// behind than this is told to restart its watch. Bounds memory.
+constexpr size_t kMaxRetainedEvents = 2048;
+// Status refreshes allowed back to back before rate limiting sets in.
+constexpr int kRefreshBurst = 8;
 constexpr absl::Duration kKillGrace = absl::Seconds(3);
 constexpr absl::Duration kFallbackRefresh = absl::Seconds(5);
 
@@ -684,6 +688,10 @@ pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
 
 void DeviceManager::Loop() {
   bool inotify_armed = true;
+  // Times of the last kRefreshBurst refreshes: a device's first few changes
+  // (CREATED -> LISTENING) are seen at once, a busy worker's stream of
+  // commits at most kRefreshBurst times per status_refresh_interval.
+  std::deque<absl::Time> recent_refreshes;
   absl::Time next_refresh_allowed = absl::InfinitePast();
   absl::Time next_fallback = absl::Now() + kFallbackRefresh;
   while (true) {
@@ -720,7 +728,8 @@ void DeviceManager::Loop() {
             auto* e = reinterpret_cast<inotify_event*>(p);
             if (e->mask & IN_Q_OVERFLOW) {
               for (auto& [name, d] : devs_) d->dirty = true;
-            } else {
+            } else if (e->len > 0 && std::strcmp(e->name, "data.mdb") == 0) {
+              // Only commits matter (lock.mdb changes through mmap or at open).
               auto it = by_watch_.find(e->wd);
               if (it != by_watch_.end()) it->second->dirty = true;
             }
@@ -741,9 +750,14 @@ void DeviceManager::Loop() {
         RefreshLocked(*d);
         NotifyLocked(*d);
       }
-      // Rate limit: a busy worker wakes this loop at most twice per interval
-      // (once for its first change, once when the interval ends).
-      next_refresh_allowed = now + options_.status_refresh_interval;
+      recent_refreshes.push_back(now);
+      while (recent_refreshes.size() > static_cast<size_t>(kRefreshBurst)) {
+        recent_refreshes.pop_front();
+      }
+      next_refresh_allowed =
+          recent_refreshes.size() < static_cast<size_t>(kRefreshBurst)
+              ? now
+              : recent_refreshes.front() + options_.status_refresh_interval;
       epoll_event ev{};
       ev.events = EPOLLIN | EPOLLONESHOT;
       ev.data.u64 = kInotifyId;

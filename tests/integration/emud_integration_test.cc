@@ -230,6 +230,7 @@ TEST_F(EmudTest, MetricsAreScrapedAndCountersNeverGoBackwards) {
   }
   const std::string pk = "emud_dataplane_packets_total{device=\"m0\",direction=\"tx\",queue=\"0\"}";
   ASSERT_TRUE(WaitFor([&] { return Scrape()[pk] == 40; }, absl::Seconds(10)));
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "m0", v1::PHASE_LISTENING));  // guest gone
   auto m = Scrape();
   EXPECT_EQ(m["emud_devices{phase=\"listening\"}"], 1);
   EXPECT_EQ(m["emud_devices{phase=\"failed\"}"], 0);
