@@ -1,0 +1,97 @@
+#include "vfio_user/dma_table.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "gtest/gtest.h"
+#include "vfio_user/protocol.h"
+
+namespace emud::vfio_user {
+namespace {
+
+UniqueFd Memfd(size_t n) {
+  UniqueFd fd(::memfd_create("dma-test", MFD_CLOEXEC));
+  EXPECT_EQ(::ftruncate(fd.get(), n), 0);
+  return fd;
+}
+
+class FakeMessageDma : public MessageDma {
+ public:
+  absl::Status DmaRead(uint64_t iova, absl::Span<uint8_t> dst) override {
+    for (size_t i = 0; i < dst.size(); ++i) dst[i] = static_cast<uint8_t>(iova + i);
+    ++reads;
+    return absl::OkStatus();
+  }
+  absl::Status DmaWrite(uint64_t, absl::Span<const uint8_t> src) override {
+    written += src.size();
+    return absl::OkStatus();
+  }
+  int reads = 0;
+  size_t written = 0;
+};
+
+TEST(DmaTableTest, TranslateIsBoundsAndPermissionChecked) {
+  DmaTable t(16, false);
+  UniqueFd fd = Memfd(0x4000);
+  ASSERT_TRUE(t.Map(0x10000, 0x2000, kDmaFlagRead | kDmaFlagWrite, std::move(fd), 0x1000).ok());
+  auto p = t.Translate(0x10000, 0x2000, DmaMemory::kWrite);
+  ASSERT_TRUE(p.ok());
+  std::memset(*p, 0x5a, 0x2000);
+  EXPECT_EQ(t.Translate(0x11fff, 2, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(t.Translate(0xffff, 1, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(t.Translate(0x12000, 1, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(t.Translate(0x10000, 0, DmaMemory::kRead).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.Translate(0x10000, ~uint64_t{0}, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(t.Translate(0x11fff, 1, DmaMemory::kRead).ok());
+  // Read-only window.
+  ASSERT_TRUE(t.Map(0x20000, 0x1000, kDmaFlagRead, Memfd(0x1000), 0).ok());
+  EXPECT_EQ(t.Translate(0x20000, 4, DmaMemory::kWrite).status().code(), absl::StatusCode::kPermissionDenied);
+  uint8_t b[4] = {};
+  EXPECT_EQ(t.Write(0x20000, b).code(), absl::StatusCode::kPermissionDenied);
+}
+
+TEST(DmaTableTest, ReadWriteSpanAdjacentWindowsAndUseMessagesWithoutFd) {
+  DmaTable t(16, true);
+  FakeMessageDma msg;
+  t.set_message_dma(&msg);
+  ASSERT_TRUE(t.Map(0x1000, 0x1000, kDmaFlagRead | kDmaFlagWrite, Memfd(0x1000), 0).ok());
+  ASSERT_TRUE(t.Map(0x2000, 0x1000, kDmaFlagRead | kDmaFlagWrite, UniqueFd(), 0).ok());
+  std::vector<uint8_t> src(0x200, 7);
+  ASSERT_TRUE(t.Write(0x1f00, src).ok());  // 0x100 to memory, 0x100 by message
+  EXPECT_EQ(msg.written, 0x100u);
+  std::vector<uint8_t> dst(0x200);
+  ASSERT_TRUE(t.Read(0x1f00, absl::MakeSpan(dst)).ok());
+  EXPECT_EQ(dst[0], 7);
+  EXPECT_EQ(dst[0x100], static_cast<uint8_t>(0x2000));
+  EXPECT_EQ(msg.reads, 1);
+  EXPECT_EQ(t.Translate(0x2000, 1, DmaMemory::kRead).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(t.Read(0x2f00, absl::MakeSpan(dst)).ok());  // runs past the end
+  EXPECT_TRUE(t.windows().at(0x1000).fd.valid());           // keep_fds
+}
+
+TEST(DmaTableTest, MapValidationAndUnmap) {
+  DmaTable t(2, false);
+  EXPECT_EQ(StatusToErrno(t.Map(0x1000, 0, kDmaFlagRead, UniqueFd(), 0)), EINVAL);
+  EXPECT_EQ(StatusToErrno(t.Map(~uint64_t{0}, 2, kDmaFlagRead, UniqueFd(), 0)), EINVAL);
+  EXPECT_EQ(StatusToErrno(t.Map(0x1000, 0x1000, 8, UniqueFd(), 0)), EINVAL);
+  EXPECT_EQ(StatusToErrno(t.Map(0x1000, 0x2000, kDmaFlagRead, Memfd(0x1000), 0)), EINVAL);  // beyond EOF
+  ASSERT_TRUE(t.Map(0x1000, 0x1000, kDmaFlagRead, UniqueFd(), 0).ok());
+  EXPECT_EQ(StatusToErrno(t.Map(0x1800, 0x1000, kDmaFlagRead, UniqueFd(), 0)), EEXIST);
+  ASSERT_TRUE(t.Map(0x3000, 0x1000, kDmaFlagRead, UniqueFd(), 0).ok());
+  EXPECT_EQ(StatusToErrno(t.Map(0x5000, 0x1000, kDmaFlagRead, UniqueFd(), 0)), ENOSPC);
+  int calls = 0;
+  auto cb = [&](uint64_t, uint64_t) { ++calls; };
+  EXPECT_EQ(StatusToErrno(t.Unmap(0x1000, 0x800, cb)), ENOENT);
+  EXPECT_EQ(calls, 0);
+  EXPECT_TRUE(t.Unmap(0x1000, 0x1000, cb).ok());
+  EXPECT_EQ(calls, 1);
+  t.UnmapAll(cb);
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(t.size(), 0u);
+}
+
+}  // namespace
+}  // namespace emud::vfio_user
