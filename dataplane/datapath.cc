@@ -1,6 +1,7 @@
 #include "dataplane/datapath.h"
 
 #include "absl/strings/match.h"
+#include "dataplane/adaptive_poll.h"
 
 namespace emud::dataplane {
 
@@ -143,21 +144,65 @@ bool DataPath::PollOnce() {
     if (backend_->Poll(options_.rx_budget) > 0) work = true;
   }
   rx_kicked_ = false;
-  // Interrupts: one per queue per round; the model auto-masks, so a disarmed
-  // vector just stays pending until the driver re-arms it (no storm).
-  for (uint32_t m = tx_irq_; m != 0; m &= m - 1) {
-    dev_->RaiseQueueInterrupt(avf::QueueKind::kTx, __builtin_ctz(m));
+  // Interrupts: at most one per vector per round and per ITR interval; the
+  // model auto-masks, so a disarmed vector stays pending until the driver
+  // re-arms it (no storm, no lost wake-up).
+  if ((tx_irq_ | rx_irq_ | deferred_) != 0) {
+    int64_t now = AdaptivePoller::NowNs();
+    for (uint32_t m = tx_irq_; m != 0; m &= m - 1) {
+      const avf::TxQueueContext& c = dev_->tx_queue(__builtin_ctz(m));
+      SignalVector(c.msix_vector, c.itr_index, now);
+    }
+    for (uint32_t m = rx_irq_; m != 0; m &= m - 1) {
+      const avf::RxQueueContext& c = dev_->rx_queue(__builtin_ctz(m));
+      SignalVector(c.msix_vector, c.itr_index, now);
+    }
+    tx_irq_ = rx_irq_ = 0;
+    FlushDeferred(now);
   }
-  for (uint32_t m = rx_irq_; m != 0; m &= m - 1) {
-    dev_->RaiseQueueInterrupt(avf::QueueKind::kRx, __builtin_ctz(m));
-  }
-  tx_irq_ = rx_irq_ = 0;
   return work;
+}
+
+void DataPath::SignalVector(uint32_t v, uint32_t itr_index, int64_t now) {
+  if (v == 0 || v >= kVectors) return;  // unmapped queue: no interrupt
+  if (now < next_fire_ns_[v]) {
+    if (!(deferred_ & (1u << v))) ++irqs_deferred_;
+    deferred_ |= 1u << v;
+    return;
+  }
+  deferred_ &= ~(1u << v);
+  dev_->RaiseVector(v);
+  ++irqs_raised_;
+  avf::VectorState st = dev_->vector_state(v);
+  uint32_t itr = itr_index < avf::kNumItrIndexes ? st.itr[itr_index] : 0;
+  itr_ns_[v] = int64_t(itr) * 2000;  // ITR unit: 2 us
+  next_fire_ns_[v] = now + itr_ns_[v];
+}
+
+void DataPath::FlushDeferred(int64_t now) {
+  for (uint32_t m = deferred_; m != 0; m &= m - 1) {
+    uint32_t v = __builtin_ctz(m);
+    if (now >= next_fire_ns_[v]) {
+      deferred_ &= ~(1u << v);
+      dev_->RaiseVector(v);
+      ++irqs_raised_;
+      next_fire_ns_[v] = now + itr_ns_[v];
+    }
+  }
+}
+
+int64_t DataPath::NextInterruptDeadlineNs(int64_t now) const {
+  int64_t best = -1;
+  for (uint32_t m = deferred_; m != 0; m &= m - 1) {
+    int64_t d = std::max<int64_t>(0, next_fire_ns_[__builtin_ctz(m)] - now);
+    if (best < 0 || d < best) best = d;
+  }
+  return best;
 }
 
 bool DataPath::NeedsPolling() const {
   if (dev_->options().mapped_doorbells && (tx_running_ | rx_running_) != 0) return true;
-  return tx_kicked_ != 0 || backend_->HasPending();
+  return tx_kicked_ != 0 || backend_->HasPending() || deferred_ != 0;
 }
 
 void DataPath::Recover() {

@@ -45,6 +45,9 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   // event (mapped doorbells with running queues, or frames held back by the
   // backend). The caller must not block indefinitely while this is true.
   bool NeedsPolling() const;
+  // Nanoseconds until an interrupt held back by its ITR interval is due, or
+  // -1 if none is waiting. The caller must not sleep longer than this.
+  int64_t NextInterruptDeadlineNs(int64_t now_ns) const;
 
   // After a worker restart: reconcile RX heads with the rings.
   void Recover();
@@ -67,6 +70,8 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
 
   const MacFilter& filter() const { return filter_; }
   uint64_t filtered() const { return filtered_; }
+  uint64_t irqs_raised() const { return irqs_raised_; }
+  uint64_t irqs_deferred() const { return irqs_deferred_; }
 
  private:
   avf::Device* dev_;
@@ -81,6 +86,16 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   bool rx_kicked_ = false;
   uint32_t tx_irq_ = 0;      // queues with write-backs this round
   uint32_t rx_irq_ = 0;
+  // ITR coalescing per MSI-X vector (index = vector number): a vector does
+  // not fire again before its ITR interval since the last firing elapsed;
+  // a cause arriving earlier is deferred (never dropped) to the deadline.
+  static constexpr uint32_t kVectors = 17;
+  int64_t next_fire_ns_[kVectors] = {};
+  int64_t itr_ns_[kVectors] = {};
+  uint32_t deferred_ = 0;  // bit v: a cause waits for vector v's deadline
+  uint64_t irqs_raised_ = 0, irqs_deferred_ = 0;
+  void SignalVector(uint32_t v, uint32_t itr_index, int64_t now);
+  void FlushDeferred(int64_t now);
   MacFilter filter_;
   uint64_t filtered_ = 0;
   uint64_t rx_multicast_ = 0, rx_broadcast_ = 0;

@@ -189,6 +189,8 @@ int Main() {
     bool work = datapath.PollOnce();
     int64_t t = poller.Next(work, datapath.NeedsPolling());
     if (t < 0 && (*backend)->ArmNotify()) t = 0;
+    int64_t irq_due = datapath.NextInterruptDeadlineNs(AdaptivePoller::NowNs());
+    if (irq_due >= 0 && (t < 0 || irq_due < t)) t = irq_due;  // ITR-deferred interrupt
     absl::Duration timeout = t < 0 ? absl::Seconds(1) : absl::Nanoseconds(t);
     auto r = (*loop)->RunOnce(timeout);
     if (!r.ok()) {

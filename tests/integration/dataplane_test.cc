@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "avf/device.h"
 #include "base/unique_fd.h"
+#include "dataplane/adaptive_poll.h"
 #include "dataplane/backend.h"
 #include "dataplane/datapath.h"
 #include "dataplane/queue_state.h"
@@ -140,6 +141,39 @@ TEST(DataplaneIntegration, LoopbackFramesComeBackByteForByte) {
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->tx_unicast, sent.size() + 1);
   EXPECT_EQ(st->rx_unicast, sent.size());
+  std::filesystem::remove_all(shm);
+}
+
+TEST(DataplaneIntegration, ItrDefersButNeverLosesQueueInterrupts) {
+  std::string shm = TestDir();
+  Node n;
+  n.Start("itr", "loopback", 1, shm);
+  // 1 ms ITR on both indexes of queue vector 1 (queue pair 0): 500 x 2 us.
+  ASSERT_TRUE(n.bus->Write32(avf::VfintItrn1(0, 0), 500).ok());
+  ASSERT_TRUE(n.bus->Write32(avf::VfintItrn1(1, 0), 500).ok());
+  (void)n.bus->WaitVector(1, absl::ZeroDuration());  // reset the counter
+  auto frame = MakeFrame(n.drv->mac(), 100, 1);
+  ASSERT_TRUE(n.gdp->Transmit(0, frame).ok());
+  n.dp->PollOnce();
+  EXPECT_EQ(*n.bus->WaitVector(1, absl::ZeroDuration()), 1u) << "first cause fires at once";
+  // The driver re-arms (NAPI done) and traffic goes on within the interval.
+  ASSERT_TRUE(n.bus->Write32(avf::VfintDynCtln1(0), 0x1 | (3u << 3)).ok());
+  ASSERT_TRUE(n.gdp->Transmit(0, frame).ok());
+  n.dp->PollOnce();
+  EXPECT_EQ(*n.bus->WaitVector(1, absl::ZeroDuration()), 0u) << "held back by ITR";
+  EXPECT_GE(n.dp->irqs_deferred(), 1u);
+  EXPECT_TRUE(n.dp->NeedsPolling());
+  int64_t due = n.dp->NextInterruptDeadlineNs(dataplane::AdaptivePoller::NowNs());
+  EXPECT_GT(due, 0);
+  EXPECT_LE(due, 1'000'000);
+  uint64_t fired = 0;
+  for (int i = 0; i < 100 && fired == 0; ++i) {
+    usleep(200);
+    n.dp->PollOnce();
+    fired = *n.bus->WaitVector(1, absl::ZeroDuration());
+  }
+  EXPECT_EQ(fired, 1u) << "deferred interrupt delivered at the deadline";
+  EXPECT_EQ(n.dp->NextInterruptDeadlineNs(dataplane::AdaptivePoller::NowNs()), -1);
   std::filesystem::remove_all(shm);
 }
 
