@@ -229,6 +229,11 @@ class Device final : public vfio_user::PciDevice {
   uint32_t granted_caps() const { return granted_caps_; }
   // Changes the "physical" link; sends LINK_CHANGE now if queues are running.
   void SetLink(bool up, uint32_t speed_mbps);
+  // A PF-initiated VF reset (what the PF does on "ip link set ... vf N
+  // trust/mac" or recovery): EVENT RESET_IMPENDING on the ARQ, then the same
+  // reset as RESET_VF. The driver notices (ARQLEN.ENABLE == 0) and
+  // re-initialises.
+  void ResetVfFromPf();
   // Mapped mode: the memfd backing BAR0 [0, kDoorbellWindowSize) (owned by
   // the device; dup it to hand it over). -1 in trapped mode.
   int doorbell_fd() const { return doorbell_fd_.get(); }

@@ -489,19 +489,23 @@ int32_t Device::OpSetRssHena(absl::Span<const uint8_t> msg) {
   return vc::kSuccess;
 }
 
+void Device::ResetVfFromPf() {
+  vc::PfEvent ev{};
+  ev.event = vc::kEventResetImpending;
+  ev.severity = vc::kSeverityCertainDoom;
+  std::vector<uint8_t> evb;
+  Append(&evb, ev);
+  if (aq_.Post(ctx_.dma, vc::kOpEvent, vc::kSuccess, evb)) irq_->RaiseAdminQueue();
+  VfReset();
+}
+
 bool Device::OpRequestQueues(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out) {
   uint16_t req = Load<uint16_t>(msg, 0);
   if (req != 0 && req <= options_.max_queue_pairs) {
     // Granted: as the ice PF, announce the reset and do it; no reply. The
     // driver re-reads its resources afterwards.
-    vc::PfEvent ev{};
-    ev.event = vc::kEventResetImpending;
-    ev.severity = vc::kSeverityCertainDoom;
-    std::vector<uint8_t> evb;
-    Append(&evb, ev);
-    if (aq_.Post(ctx_.dma, vc::kOpEvent, vc::kSuccess, evb)) irq_->RaiseAdminQueue();
     num_queue_pairs_ = req;
-    VfReset();
+    ResetVfFromPf();
     return true;
   }
   // Not granted: answer with what the PF can give (0 echoes 0).

@@ -21,8 +21,10 @@ constexpr uint32_t kAqLen = 32;          // IAVF_AQ_LEN
 constexpr uint32_t kAqBuf = 4096;        // IAVF_MAX_AQ_BUF_SIZE
 constexpr uint32_t kResetWaitDetected = 500;   // IAVF_RESET_WAIT_DETECTED_COUNT
 constexpr uint32_t kResetWaitComplete = 2000;  // IAVF_RESET_WAIT_COMPLETE_COUNT
-constexpr uint32_t kLinuxDefaultHena =   // IAVF_DEFAULT_RSS_HENA without L2 payload
-    0;
+// IAVF_DEFAULT_RSS_HENA: IPv4/IPv6 UDP, TCP, SCTP, other, fragments; L2 payload.
+constexpr uint64_t kLinuxDefaultRssHena =
+    (1ull << 31) | (1ull << 33) | (1ull << 34) | (1ull << 35) | (1ull << 36) | (1ull << 41) |
+    (1ull << 43) | (1ull << 44) | (1ull << 45) | (1ull << 46) | (1ull << 63);
 
 class Msg {
  public:
@@ -45,9 +47,7 @@ class Msg {
 
 }  // namespace
 
-IavfDriver::IavfDriver(GuestBus* bus, DriverOptions options) : bus_(bus), options_(options) {
-  (void)kLinuxDefaultHena;
-}
+IavfDriver::IavfDriver(GuestBus* bus, DriverOptions options) : bus_(bus), options_(options) {}
 
 IavfDriver::~IavfDriver() {
   FreeRings();
@@ -447,7 +447,7 @@ absl::Status IavfDriver::ConfigureRss() {
   std::mt19937 rng(0x5eed);
   for (auto& b : rss_key_) b = static_cast<uint8_t>(rng());
   for (uint32_t i = 0; i < rss_lut_.size(); ++i) rss_lut_[i] = static_cast<uint8_t>(i % num_queues_);
-  if (caps_ & vc::kCapRssPf) {
+  if ((caps_ & vc::kCapRssPf) && options_.hena_at_init) {
     auto caps = Exec(vc::kOpGetRssHenaCaps, {});
     if (!caps.ok()) return caps.status();
     if (caps->v_retval == 0 && caps->payload.size() >= 8) hena_ = vc::Load<uint64_t>(caps->payload, 0);
@@ -456,8 +456,13 @@ absl::Status IavfDriver::ConfigureRss() {
     if (set->v_retval != 0) return absl::InternalError(absl::StrCat("SET_RSS_HENA: ", set->v_retval));
     return SetRssKeyLut();
   }
+  if (caps_ & vc::kCapRssPf) return SetRssKeyLut();
   if (caps_ & vc::kCapRssReg) {
-    // iavf_config_rss_reg, including its loops that run one past the end.
+    // iavf_init_rss without RSS_PF: HENA registers, then iavf_config_rss_reg
+    // including its loops that run one past the end.
+    const uint64_t hena = kLinuxDefaultRssHena;
+    if (auto s = bus_->Write32(avf::VfqfHena(0), static_cast<uint32_t>(hena)); !s.ok()) return s;
+    if (auto s = bus_->Write32(avf::VfqfHena(1), static_cast<uint32_t>(hena >> 32)); !s.ok()) return s;
     for (uint32_t i = 0; i <= avf::kNumHkeyRegs; ++i) {
       uint32_t v = 0;
       if (i < avf::kNumHkeyRegs) std::memcpy(&v, rss_key_.data() + 4 * i, 4);
@@ -633,12 +638,27 @@ absl::StatusOr<vc::EthStats> IavfDriver::RequestStats() {
   return vc::Load<vc::EthStats>(r->payload, 0);
 }
 
-absl::Status IavfDriver::Reset() {
-  // iavf_reset_task with IAVF_FLAG_RESET_NEEDED.
+absl::Status IavfDriver::Reset() { return ResetTask(/*request_reset=*/true); }
+
+absl::StatusOr<bool> IavfDriver::Watchdog() {
+  if (aq_initialised_) {
+    if (auto n = PollArq(); !n.ok()) return n.status();
+  }
+  auto len = bus_->Read32(avf::kVfArqlen1);
+  if (!len.ok()) return len.status();
+  if (!reset_impending_ && (*len & avf::kAqLenEnable)) return false;
+  if (auto s = ResetTask(/*request_reset=*/false); !s.ok()) return s;
+  return true;
+}
+
+absl::Status IavfDriver::ResetTask(bool request_reset) {
   if (auto s = MiscIrqDisable(); !s.ok()) return s;
-  if (auto s = ShutdownAdminQueue(); !s.ok()) return s;
-  if (auto s = InitAdminQueue(); !s.ok()) return s;
-  if (auto s = SendToPf(vc::kOpResetVf, {}); !s.ok()) return s;  // iavf_request_reset
+  if (request_reset) {
+    // IAVF_FLAG_RESET_NEEDED: restart the AQ (it may be hosed) and ask.
+    if (auto s = ShutdownAdminQueue(); !s.ok()) return s;
+    if (auto s = InitAdminQueue(); !s.ok()) return s;
+    if (auto s = SendToPf(vc::kOpResetVf, {}); !s.ok()) return s;  // iavf_request_reset
+  }
   reset_impending_ = false;
   // Poll until the reset is visible (ARQLEN.ENABLE drops).
   uint32_t i = 0;

@@ -9,7 +9,8 @@
 //            (ATQH must have advanced); GET_VF_RESOURCES with Linux's caps;
 //            MSI-X (queues + 1); misc vector enable (DYN_CTL01, ICR0_ENA1);
 //            CONFIG_IRQ_MAP (queue vectors, misc last); with RSS_PF:
-//            GET_RSS_HENA_CAPS, SET_RSS_HENA, CONFIG_RSS_KEY, CONFIG_RSS_LUT.
+//            [GET_RSS_HENA_CAPS, SET_RSS_HENA,] CONFIG_RSS_KEY, CONFIG_RSS_LUT;
+//            with only RSS_REG: the HENA/HKEY/HLUT registers.
 //   Open():  ring allocation, RX buffers posted and QRX_TAIL written, queue
 //            vectors armed, then ADD_ETH_ADDR, CONFIG_VSI_QUEUES,
 //            ENABLE_QUEUES, and the LINK_CHANGE event (link up).
@@ -57,6 +58,10 @@ struct DriverOptions {
   uint32_t ring_size = 512;     // IAVF_DEFAULT_TXD / RXD
   uint32_t rx_buf_len = 1536;   // databuffer_size for MTU 1500
   uint32_t max_frame = 9728;
+  // GET_RSS_HENA_CAPS + SET_RSS_HENA before the RSS key/LUT at init (what
+  // DPDK does at configure; Linux sends them on ethtool -N rx-flow-hash and
+  // otherwise only KEY and LUT).
+  bool hena_at_init = true;
   // Per virtchnl reply (Linux has none for most ops; DPDK waits ~2 s).
   absl::Duration reply_timeout = absl::Seconds(5);
   // Poll interval while waiting (Linux watchdog: 20 ms when busy).
@@ -93,8 +98,14 @@ class IavfDriver {
   absl::Status Open();
   // ndo_stop: DISABLE_QUEUES, DEL_ETH_ADDR, rings freed.
   absl::Status Close();
-  // Driver-initiated VF reset and re-initialisation (re-opens if it was open).
+  // Driver-initiated VF reset and re-initialisation (re-opens if it was open):
+  // iavf_reset_task with IAVF_FLAG_RESET_NEEDED (sends RESET_VF).
   absl::Status Reset();
+  // One iavf_watchdog_task tick: handles events on the ARQ and, if the PF
+  // announced a reset (RESET_IMPENDING) or reset the VF underneath
+  // (ARQLEN.ENABLE == 0, "Hardware reset detected"), runs the reset task
+  // without sending RESET_VF. Returns true if a reset was handled.
+  absl::StatusOr<bool> Watchdog();
   // GET_STATS.
   absl::StatusOr<avf::vc::EthStats> RequestStats();
   // Driver unload: misc vector off, AQ shut down (queue_shutdown command).
@@ -137,6 +148,7 @@ class IavfDriver {
   };
 
   absl::Status CheckResetComplete(bool exact_active);
+  absl::Status ResetTask(bool request_reset);
   absl::Status InitAdminQueue();
   absl::Status ShutdownAdminQueue();
   absl::Status SendToPf(uint32_t v_op, absl::Span<const uint8_t> msg);

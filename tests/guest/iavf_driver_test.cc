@@ -138,11 +138,42 @@ TEST_F(GuestTest, RequestedQueuesChangeAfterReset) {
   ASSERT_TRUE(drv_->Exec(vc::kOpRequestQueues, {2, 0}).status().code() ==
               absl::StatusCode::kDeadlineExceeded);  // granted: no reply, a reset
   EXPECT_TRUE(drv_->reset_impending());
-  ASSERT_TRUE(drv_->Reset().ok());
+  // The watchdog sees the PF's reset and re-initialises without RESET_VF.
+  const size_t sent = drv_->trace().size();
+  auto handled = drv_->Watchdog();
+  ASSERT_TRUE(handled.ok()) << handled.status();
+  EXPECT_TRUE(*handled);
+  EXPECT_EQ(drv_->trace()[sent], "GET_VF_RESOURCES");
   EXPECT_EQ(drv_->vf_queue_pairs(), 2u);
   EXPECT_EQ(drv_->num_active_queues(), 2u);
   EXPECT_EQ(drv_->num_msix_vectors(), 3u);
   EXPECT_TRUE(drv_->link_up());
+}
+
+TEST_F(GuestTest, PfInitiatedResetIsDetectedByTheWatchdog) {
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  ASSERT_TRUE(drv_->Open().ok());
+  auto idle = drv_->Watchdog();
+  ASSERT_TRUE(idle.ok());
+  EXPECT_FALSE(*idle);
+  dev_->ResetVfFromPf();
+  EXPECT_EQ(dev_->ReadReg(avf::kVfArqlen1) & avf::kAqLenEnable, 0u);
+  const size_t sent = drv_->trace().size();
+  auto handled = drv_->Watchdog();
+  ASSERT_TRUE(handled.ok()) << handled.status();
+  EXPECT_TRUE(*handled);
+  EXPECT_TRUE(drv_->link_up());
+  EXPECT_NE(drv_->trace()[sent], "RESET_VF") << "PF-initiated: the driver does not ask again";
+  EXPECT_EQ(dev_->counters().vf_resets, 1u);
+  // Link flap from the PF side.
+  dev_->SetLink(false, 25000);
+  ASSERT_TRUE(drv_->PollArq().ok());
+  EXPECT_FALSE(drv_->link_up());
+  dev_->SetLink(true, 10000);
+  ASSERT_TRUE(drv_->PollArq().ok());
+  EXPECT_TRUE(drv_->link_up());
+  EXPECT_EQ(drv_->link_speed(), 10000u);
 }
 
 TEST_F(GuestTest, RegisterRssPathWritesOnePastTheEnd) {
@@ -152,6 +183,7 @@ TEST_F(GuestTest, RegisterRssPathWritesOnePastTheEnd) {
   EXPECT_EQ(drv_->caps(), vc::kCapL2 | vc::kCapRssReg);
   EXPECT_NE(dev_->ReadReg(avf::VfqfHkey(0)), 0u);
   EXPECT_EQ(dev_->ReadReg(avf::VfqfHlut(0)), 0x03020100u);
+  EXPECT_NE(dev_->ReadReg(avf::VfqfHena(0)), 0u);
   ASSERT_TRUE(drv_->Open().ok());
   EXPECT_TRUE(drv_->link_up());
 }
