@@ -3,7 +3,14 @@
 // Linux way and exchanges frames through the loopback backend, with trapped
 // and with mapped doorbells. Also: the WorkerStatus record, bad flags, and
 // a clean exit on SIGTERM.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/record.h"
@@ -35,14 +43,19 @@ std::string WorkerBinary() {
 
 class Worker {
  public:
-  Worker(const std::string& dir, const std::string& name, std::vector<std::string> extra)
+  Worker(const std::string& dir, const std::string& name, std::vector<std::string> extra,
+         const std::string& mac = "02:00:00:00:00:07", const std::string& netns = "")
       : dir_(dir), name_(name), socket_(absl::StrCat(dir, "/", name, ".sock")) {
-    std::vector<std::string> args = {WorkerBinary(), "--device",  name,     "--state-dir", dir,
-                                     "--socket",     socket_,    "--mac",  "02:00:00:00:00:07",
-                                     "--queues",     "2"};
+    std::vector<std::string> args = {WorkerBinary(), "--device", name,   "--state-dir", dir,
+                                     "--socket",     socket_,   "--mac", mac,           "--queues",
+                                     "2"};
     args.insert(args.end(), extra.begin(), extra.end());
     pid_ = fork();
     if (pid_ == 0) {
+      if (!netns.empty()) {
+        int fd = open(absl::StrCat("/var/run/netns/", netns).c_str(), O_RDONLY);
+        if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) _exit(126);
+      }
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -236,6 +249,132 @@ TEST(EmudWorker, MappedDoorbellsLoopback) {
     munmap(p, size);
   }
   EXPECT_EQ(w.Stop(), 0);
+  std::filesystem::remove_all(dir);
+}
+
+std::vector<uint8_t> TestFrame(const std::array<uint8_t, 6>& dst, size_t len, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> f(len);
+  for (auto& b : f) b = uint8_t(rng());
+  std::copy(dst.begin(), dst.end(), f.begin());
+  f[6] = 0x02;
+  f[12] = 0x88;
+  f[13] = 0xb5;
+  return f;
+}
+
+struct Guest {
+  std::unique_ptr<guest::VfioUserBus> bus;
+  std::unique_ptr<guest::IavfDriver> drv;
+  std::unique_ptr<guest::GuestDataPath> gdp;
+  absl::Status Up(const std::string& socket) {
+    guest::VfioUserBusOptions bo;
+    bo.posted_writes = true;
+    auto b = guest::VfioUserBus::Connect(socket, bo);
+    if (!b.ok()) return b.status();
+    bus = std::move(*b);
+    guest::DriverOptions d;
+    d.ring_size = 128;
+    drv = std::make_unique<guest::IavfDriver>(bus.get(), d);
+    if (auto s = drv->Probe(); !s.ok()) return s;
+    if (auto s = drv->Init(); !s.ok()) return s;
+    if (auto s = drv->Open(); !s.ok()) return s;
+    gdp = std::make_unique<guest::GuestDataPath>(drv.get());
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<uint8_t>> ReceiveN(size_t n, absl::Duration timeout) {
+    std::vector<std::vector<uint8_t>> got;
+    absl::Time deadline = absl::Now() + timeout;
+    while (got.size() < n && absl::Now() < deadline) {
+      (void)bus->WaitVector(1, absl::Milliseconds(10));
+      (void)bus->WaitVector(2, absl::Milliseconds(1));
+      for (uint32_t q = 0; q < drv->num_active_queues(); ++q) {
+        auto r = gdp->Receive(q);
+        if (!r.ok()) return got;
+        for (auto& f : *r) got.push_back(std::move(f.data));
+      }
+    }
+    return got;
+  }
+  ~Guest() {
+    gdp.reset();
+    drv.reset();
+    bus.reset();
+  }
+};
+
+TEST(EmudWorker, TwoWorkersJoinedByPeerExchangeFramesBothWays) {
+  std::string dir = TestDir();
+  Worker wa(dir, "pa", {"--backend", "peer:pb"}, "02:00:00:00:00:0a");
+  Worker wb(dir, "pb", {"--backend", "peer:pa"}, "02:00:00:00:00:0b");
+  ASSERT_TRUE(wa.WaitSocket());
+  ASSERT_TRUE(wb.WaitSocket());
+  {
+    Guest a, b;
+    ASSERT_TRUE(a.Up(wa.socket()).ok());
+    ASSERT_TRUE(b.Up(wb.socket()).ok());
+    std::vector<std::vector<uint8_t>> ab, ba;
+    for (uint32_t i = 0; i < 8; ++i) {
+      ab.push_back(TestFrame(b.drv->mac(), 64 + 180 * i, i));
+      ASSERT_TRUE(a.gdp->Transmit(0, ab.back()).ok());
+      ba.push_back(TestFrame(a.drv->mac(), 1514 - 150 * i, 50 + i));
+      ASSERT_TRUE(b.gdp->Transmit(1, ba.back()).ok());
+    }
+    auto at_b = b.ReceiveN(ab.size(), absl::Seconds(10));
+    auto at_a = a.ReceiveN(ba.size(), absl::Seconds(10));
+    EXPECT_EQ(at_b, ab);
+    EXPECT_EQ(at_a, ba);
+  }
+  EXPECT_EQ(wa.Stop(), 0);
+  EXPECT_EQ(wb.Stop(), 0);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(EmudWorker, TapBackendInNetworkNamespace) {
+  if (geteuid() != 0 || access("/dev/net/tun", R_OK | W_OK) != 0) {
+    GTEST_SKIP() << "needs root and /dev/net/tun";
+  }
+  std::string ns = absl::StrCat("emudwk", getpid());
+  ASSERT_EQ(std::system(absl::StrCat("ip netns add ", ns).c_str()), 0);
+  std::string dir = TestDir();
+  {
+    Worker w(dir, "tw", {"--backend", "tap:emudw0"}, "02:00:00:00:00:0c", ns);
+    ASSERT_TRUE(w.WaitSocket());
+    Guest g;
+    ASSERT_TRUE(g.Up(w.socket()).ok());
+    ASSERT_EQ(std::system(absl::StrCat("ip -n ", ns, " link set emudw0 up").c_str()), 0);
+    UniqueFd orig(open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
+    UniqueFd nsfd(open(absl::StrCat("/var/run/netns/", ns).c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_EQ(setns(nsfd.get(), CLONE_NEWNET), 0);
+    int ifindex = if_nametoindex("emudw0");
+    UniqueFd ps(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(0x88b5)));
+    setns(orig.get(), CLONE_NEWNET);
+    ASSERT_GT(ifindex, 0);
+    ASSERT_TRUE(ps.valid());
+    sockaddr_ll sll{};
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(0x88b5);
+    sll.sll_ifindex = ifindex;
+    ASSERT_EQ(bind(ps.get(), reinterpret_cast<sockaddr*>(&sll), sizeof(sll)), 0);
+    // Guest -> host kernel, byte for byte.
+    auto out = TestFrame({0x02, 0xaa, 0, 0, 0, 1}, 1200, 9);
+    ASSERT_TRUE(g.gdp->Transmit(0, out).ok());
+    pollfd p{ps.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 5000), 1);
+    std::vector<uint8_t> buf(2048);
+    ssize_t len = recv(ps.get(), buf.data(), buf.size(), 0);
+    buf.resize(len > 0 ? size_t(len) : 0);
+    EXPECT_EQ(buf, out);
+    // Host kernel -> guest RX ring.
+    auto in = TestFrame(g.drv->mac(), 900, 10);
+    ASSERT_EQ(sendto(ps.get(), in.data(), in.size(), 0, reinterpret_cast<sockaddr*>(&sll),
+                     sizeof(sll)),
+              ssize_t(in.size()));
+    auto got = g.ReceiveN(1, absl::Seconds(10));
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0], in);
+  }
+  EXPECT_EQ(std::system(absl::StrCat("ip netns del ", ns).c_str()), 0);
   std::filesystem::remove_all(dir);
 }
 
