@@ -850,3 +850,49 @@ TEST_F(DeviceTest, RandomVirtchnlMessagesKeepInvariants) {
 
 }  // namespace
 }  // namespace emud::avf
+
+namespace emud::avf {
+namespace {
+
+TEST_F(DeviceTest, EveryOpRefusesAForeignVsiAndBadFields) {
+  Negotiate();
+  const uint16_t bad_vsi = kVsiId + 7;
+  auto st = [&](uint32_t op, Bytes b) { return Status(op, b.span()); };
+  EXPECT_EQ(st(vc::kOpConfigVsiQueues, Bytes().Add(vc::VsiQueueConfigHeader{bad_vsi, 1, 0}).Zero(64)),
+            vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpConfigIrqMap, Bytes().Add(uint16_t{1}).Add(vc::VectorMap{bad_vsi, 1, 1, 1, 0, 0})),
+            vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpEnableQueues, Bytes().Add(vc::QueueSelect{bad_vsi, 0, 1, 1})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpDisableQueues, Bytes().Add(vc::QueueSelect{bad_vsi, 0, 1, 1})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpDisableQueues, Bytes().Add(vc::QueueSelect{kVsiId, 0, 0, 0})), vc::kErrParam)
+      << "empty selection";
+  EXPECT_EQ(st(vc::kOpDisableQueues, Bytes().Add(vc::QueueSelect{kVsiId, 0, 1u << 31, 0})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpAddEthAddr, Bytes().Add(bad_vsi).Add(uint16_t{1}).Add(vc::EtherAddr{{2, 1, 1, 1, 1, 1}, 0, 0})),
+            vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpDelEthAddr, Bytes().Add(bad_vsi).Add(uint16_t{1}).Add(vc::EtherAddr{{2, 1, 1, 1, 1, 1}, 0, 0})),
+            vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpAddVlan, Bytes().Add(bad_vsi).Add(uint16_t{1}).Add(uint16_t{5})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpAddVlan, Bytes().Add(uint16_t{kVsiId}).Add(uint16_t{1}).Add(uint16_t{4096})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpDelVlan, Bytes().Add(uint16_t{kVsiId}).Add(uint16_t{0})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpConfigPromiscuousMode, Bytes().Add(vc::PromiscInfo{bad_vsi, 1})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpGetStats, Bytes().Add(vc::QueueSelect{bad_vsi, 0, 0, 0})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpConfigRssKey, Bytes().Add(bad_vsi).Add(uint16_t{52}).Zero(52)), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpConfigRssLut, Bytes().Add(uint16_t{kVsiId}).Add(uint16_t{64}).Zero(10)), vc::kErrParam)
+      << "LUT shorter than announced";
+  EXPECT_EQ(st(vc::kOpConfigRssLut, Bytes().Add(uint16_t{kVsiId}).Add(uint16_t{128}).Zero(128)), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpConfigRssHfunc, Bytes().Add(vc::RssHfunc{kVsiId, 9, 0})), vc::kErrParam);
+  EXPECT_EQ(st(vc::kOpSetRssHena, Bytes().Add(uint32_t{0})), vc::kErrParam) << "short";
+  EXPECT_EQ(st(vc::kOpRequestQueues, Bytes().Add(uint8_t{1})), vc::kErrParam) << "short";
+  ArqMessage zero = Call(vc::kOpRequestQueues, Bytes().Add(uint16_t{0}).span());
+  EXPECT_EQ(zero.v_retval, 0);
+  EXPECT_EQ(vc::Load<vc::VfResRequest>(zero.payload, 0).num_queue_pairs, 0);
+  // Nothing was changed by any of them.
+  EXPECT_TRUE(dev_->mac_filters().empty());
+  EXPECT_FALSE(dev_->vlan_filters().any());
+  EXPECT_EQ(dev_->promisc_flags(), 0);
+  EXPECT_EQ(dev_->rss().hfunc, 0u);
+  EXPECT_EQ(dev_->counters().vc_errors, 19u);
+}
+
+}  // namespace
+}  // namespace emud::avf
