@@ -6,10 +6,19 @@
 #include "vfio_user/protocol.h"
 
 namespace emud::vfio_user {
+namespace {
 
-IrqState::IrqState(std::vector<uint32_t> counts) {
+std::vector<uint32_t> Normalize(std::vector<uint32_t> counts) {
+  counts.resize(kNumPciIrqs, 0);
+  return counts;
+}
+
+}  // namespace
+
+IrqState::IrqState(std::vector<uint32_t> counts) : counts_(Normalize(std::move(counts))) {
+  absl::MutexLock l(&mu_);
   irqs_.resize(kNumPciIrqs);
-  for (size_t i = 0; i < counts.size() && i < irqs_.size(); ++i) irqs_[i].resize(counts[i]);
+  for (size_t i = 0; i < irqs_.size(); ++i) irqs_[i].resize(counts_[i]);
 }
 
 bool IrqState::Deliverable(uint32_t index, const Vector& v) const {
@@ -18,7 +27,7 @@ bool IrqState::Deliverable(uint32_t index, const Vector& v) const {
   return true;
 }
 
-void IrqState::Fire(uint32_t /*index*/, Vector& v) {
+void IrqState::Fire(Vector& v) {
   uint64_t one = 1;
   ssize_t r = ::write(v.efd.get(), &one, sizeof(one));
   if (r == sizeof(one)) {
@@ -28,38 +37,50 @@ void IrqState::Fire(uint32_t /*index*/, Vector& v) {
   }
 }
 
-void IrqState::Trigger(uint32_t index, uint32_t vector) {
+void IrqState::TriggerLocked(uint32_t index, uint32_t vector) {
   if (index >= irqs_.size() || vector >= irqs_[index].size()) {
     ++dropped_;
     return;
   }
   Vector& v = irqs_[index][vector];
   if (Deliverable(index, v)) {
-    Fire(index, v);
+    Fire(v);
   } else if (!v.pending) {
     v.pending = true;
     dirty_ = true;
   }
 }
 
+void IrqState::Trigger(uint32_t index, uint32_t vector) {
+  absl::MutexLock l(&mu_);
+  TriggerLocked(index, vector);
+}
+
 void IrqState::TriggerMsix(uint32_t vector) { Trigger(kMsixIrq, vector); }
 
 bool IrqState::MsixPending(uint32_t vector) const {
+  absl::MutexLock l(&mu_);
   return vector < irqs_[kMsixIrq].size() && irqs_[kMsixIrq][vector].pending;
 }
 
+bool IrqState::MsixEnabled() const {
+  absl::MutexLock l(&mu_);
+  return msix_enabled_ && !function_masked_;
+}
+
 void IrqState::DeliverPending(uint32_t index, uint32_t start, uint32_t count) {
-  for (uint32_t i = start; i < start + count && i < irqs_[index].size(); ++i) {
+  for (uint64_t i = start; i < uint64_t{start} + count && i < irqs_[index].size(); ++i) {
     Vector& v = irqs_[index][i];
     if (v.pending && Deliverable(index, v)) {
       v.pending = false;
       dirty_ = true;
-      Fire(index, v);
+      Fire(v);
     }
   }
 }
 
 void IrqState::SetMsixGuestMask(uint32_t vector, bool masked) {
+  absl::MutexLock l(&mu_);
   if (vector >= irqs_[kMsixIrq].size()) return;
   irqs_[kMsixIrq][vector].guest_masked = masked;
   dirty_ = true;
@@ -67,6 +88,7 @@ void IrqState::SetMsixGuestMask(uint32_t vector, bool masked) {
 }
 
 void IrqState::SetMsixControl(bool enabled, bool function_masked) {
+  absl::MutexLock l(&mu_);
   msix_enabled_ = enabled;
   function_masked_ = function_masked;
   dirty_ = true;
@@ -75,9 +97,15 @@ void IrqState::SetMsixControl(bool enabled, bool function_masked) {
 
 absl::Status IrqState::SetIrqs(uint32_t flags, uint32_t index, uint32_t start, uint32_t count,
                                std::vector<UniqueFd> fds, absl::Span<const uint8_t> bools) {
+  absl::MutexLock l(&mu_);
+  if (index >= irqs_.size() || uint64_t{start} + count > irqs_[index].size()) {
+    return ErrnoStatus(EINVAL, "SET_IRQS range");
+  }
   auto& vecs = irqs_[index];
   uint32_t data = flags & kIrqSetDataMask;
   uint32_t action = flags & kIrqSetActionMaskAll;
+  if (data == kIrqSetDataBool && bools.size() < count) return ErrnoStatus(EINVAL, "SET_IRQS bools");
+  if (data == kIrqSetDataEventfd && !fds.empty() && fds.size() != count) return ErrnoStatus(EINVAL, "SET_IRQS fds");
   auto selected = [&](uint32_t i) { return data != kIrqSetDataBool || bools[i] != 0; };
   dirty_ = true;
   switch (action) {
@@ -98,7 +126,7 @@ absl::Status IrqState::SetIrqs(uint32_t flags, uint32_t index, uint32_t start, u
         return absl::OkStatus();
       }
       for (uint32_t i = 0; i < count; ++i) {
-        if (selected(i)) Trigger(index, start + i);
+        if (selected(i)) TriggerLocked(index, start + i);
       }
       return absl::OkStatus();
     case kIrqSetActionMask:
@@ -117,6 +145,7 @@ absl::Status IrqState::SetIrqs(uint32_t flags, uint32_t index, uint32_t start, u
 }
 
 void IrqState::DisconnectAll() {
+  absl::MutexLock l(&mu_);
   for (auto& idx : irqs_) {
     for (auto& v : idx) {
       v.efd.reset();
@@ -127,10 +156,62 @@ void IrqState::DisconnectAll() {
 }
 
 void IrqState::ClearPending() {
+  absl::MutexLock l(&mu_);
   for (auto& idx : irqs_) {
     for (auto& v : idx) v.pending = false;
   }
   dirty_ = true;
+}
+
+std::vector<IrqState::VectorState> IrqState::Snapshot(uint32_t index) const {
+  absl::MutexLock l(&mu_);
+  std::vector<VectorState> out;
+  if (index >= irqs_.size()) return out;
+  for (const auto& v : irqs_[index]) out.push_back({v.efd.valid(), v.masked, v.guest_masked, v.pending});
+  return out;
+}
+
+bool IrqState::HasEventfd(uint32_t index, uint32_t vector) const {
+  absl::MutexLock l(&mu_);
+  return index < irqs_.size() && vector < irqs_[index].size() && irqs_[index][vector].efd.valid();
+}
+
+void IrqState::RestoreVector(uint32_t index, uint32_t vector, const VectorState& st, UniqueFd efd) {
+  absl::MutexLock l(&mu_);
+  if (index >= irqs_.size() || vector >= irqs_[index].size()) return;
+  Vector& v = irqs_[index][vector];
+  v.masked = st.masked;
+  v.guest_masked = st.guest_masked;
+  v.pending = st.pending;
+  v.efd = std::move(efd);
+}
+
+bool IrqState::function_masked() const {
+  absl::MutexLock l(&mu_);
+  return function_masked_;
+}
+bool IrqState::msix_enabled() const {
+  absl::MutexLock l(&mu_);
+  return msix_enabled_;
+}
+void IrqState::set_control(bool enabled, bool function_masked) {
+  absl::MutexLock l(&mu_);
+  msix_enabled_ = enabled;
+  function_masked_ = function_masked;
+}
+uint64_t IrqState::fired() const {
+  absl::MutexLock l(&mu_);
+  return fired_;
+}
+uint64_t IrqState::dropped() const {
+  absl::MutexLock l(&mu_);
+  return dropped_;
+}
+bool IrqState::TakeDirty() {
+  absl::MutexLock l(&mu_);
+  bool d = dirty_;
+  dirty_ = false;
+  return d;
 }
 
 }  // namespace emud::vfio_user

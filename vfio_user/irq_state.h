@@ -6,13 +6,18 @@
 // pending bit. A vector fires (eventfd write) only when it has an eventfd and
 // no mask applies; otherwise it becomes pending and fires on the unmask or the
 // eventfd assignment that makes it deliverable.
+//
+// Thread-safe: the session configures it from its event loop while a data
+// path on another thread may call TriggerMsix.
 #ifndef EMUD_VFIO_USER_IRQ_STATE_H_
 #define EMUD_VFIO_USER_IRQ_STATE_H_
 
 #include <cstdint>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "vfio_user/device.h"
@@ -21,8 +26,9 @@ namespace emud::vfio_user {
 
 class IrqState : public InterruptSink {
  public:
-  struct Vector {
-    UniqueFd efd;
+  // Persistable view of one vector (the eventfd only as present / absent).
+  struct VectorState {
+    bool has_fd = false;
     bool masked = false;        // transport mask
     bool guest_masked = false;  // MSI-X table mask written by the guest
     bool pending = false;
@@ -31,7 +37,9 @@ class IrqState : public InterruptSink {
   // counts[i] = number of vectors of IRQ index i (0 = unsupported).
   explicit IrqState(std::vector<uint32_t> counts);
 
-  uint32_t count(uint32_t index) const { return index < irqs_.size() ? static_cast<uint32_t>(irqs_[index].size()) : 0; }
+  uint32_t count(uint32_t index) const {
+    return index < counts_.size() ? counts_[index] : 0;
+  }
 
   // DEVICE_SET_IRQS, already validated for index/start/count/flag shape.
   // `fds` (DATA_EVENTFD) is empty (de-assign) or has `count` entries;
@@ -49,38 +57,47 @@ class IrqState : public InterruptSink {
   // InterruptSink.
   void TriggerMsix(uint32_t vector) override;
   bool MsixPending(uint32_t vector) const override;
-  bool MsixEnabled() const override { return msix_enabled_ && !function_masked_; }
+  bool MsixEnabled() const override;
   void SetMsixGuestMask(uint32_t vector, bool masked) override;
   void SetMsixControl(bool enabled, bool function_masked) override;
 
   // Triggers any index/vector (software trigger / tests).
   void Trigger(uint32_t index, uint32_t vector);
 
-  const std::vector<Vector>& vectors(uint32_t index) const { return irqs_[index]; }
-  std::vector<Vector>& mutable_vectors(uint32_t index) { return irqs_[index]; }
-  bool function_masked() const { return function_masked_; }
-  bool msix_enabled() const { return msix_enabled_; }
-  void set_control(bool enabled, bool function_masked) {
-    msix_enabled_ = enabled;
-    function_masked_ = function_masked;
-  }
+  // Persistence.
+  std::vector<VectorState> Snapshot(uint32_t index) const;
+  bool HasEventfd(uint32_t index, uint32_t vector) const;
+  // Restores one vector (resume); `efd` may be invalid.
+  void RestoreVector(uint32_t index, uint32_t vector, const VectorState& st, UniqueFd efd);
+  bool function_masked() const;
+  bool msix_enabled() const;
+  void set_control(bool enabled, bool function_masked);
 
-  uint64_t fired() const { return fired_; }
-  uint64_t dropped() const { return dropped_; }
+  uint64_t fired() const;
+  uint64_t dropped() const;
   // Changes since the last call (persistence uses it to skip unchanged irq records).
-  bool TakeDirty() { bool d = dirty_; dirty_ = false; return d; }
+  bool TakeDirty();
 
  private:
-  bool Deliverable(uint32_t index, const Vector& v) const;
-  void Fire(uint32_t index, Vector& v);
-  void DeliverPending(uint32_t index, uint32_t start, uint32_t count);
+  struct Vector {
+    UniqueFd efd;
+    bool masked = false;
+    bool guest_masked = false;
+    bool pending = false;
+  };
+  bool Deliverable(uint32_t index, const Vector& v) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Fire(Vector& v) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TriggerLocked(uint32_t index, uint32_t vector) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DeliverPending(uint32_t index, uint32_t start, uint32_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  std::vector<std::vector<Vector>> irqs_;
-  bool msix_enabled_ = false;
-  bool function_masked_ = false;
-  uint64_t fired_ = 0;
-  uint64_t dropped_ = 0;
-  bool dirty_ = false;
+  const std::vector<uint32_t> counts_;
+  mutable absl::Mutex mu_;
+  std::vector<std::vector<Vector>> irqs_ ABSL_GUARDED_BY(mu_);
+  bool msix_enabled_ ABSL_GUARDED_BY(mu_) = false;
+  bool function_masked_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t fired_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  bool dirty_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace emud::vfio_user

@@ -226,7 +226,7 @@ void Session::Disconnect(absl::string_view why) {
   if (options_.fd_depositor) {
     for (uint32_t i = 0; i < kNumPciIrqs; ++i) {
       for (uint32_t v = 0; v < irqs_->count(i); ++v) {
-        if (irqs_->vectors(i)[v].efd.valid()) ReleaseFd(IrqFdKey(i, v));
+        if (irqs_->HasEventfd(i, v)) ReleaseFd(IrqFdKey(i, v));
       }
     }
   }
@@ -615,7 +615,7 @@ Session::Reply Session::HandleSetIrqs(Message& m) {
   // Fd-store bookkeeping: release replaced eventfds, deposit new ones.
   if (options_.fd_depositor && data == kIrqSetDataEventfd) {
     for (uint32_t i = 0; i < req.count; ++i) {
-      if (irqs_->vectors(req.index)[req.start + i].efd.valid()) ReleaseFd(IrqFdKey(req.index, req.start + i));
+      if (irqs_->HasEventfd(req.index, req.start + i)) ReleaseFd(IrqFdKey(req.index, req.start + i));
       if (!m.fds.empty()) {
         if (auto s = DepositFd(IrqFdKey(req.index, req.start + i), m.fds[i].get()); !s.ok()) {
           r.err = EIO;
@@ -626,7 +626,7 @@ Session::Reply Session::HandleSetIrqs(Message& m) {
   }
   if (options_.fd_depositor && data == kIrqSetDataNone && action == kIrqSetActionTrigger && req.count == 0) {
     for (uint32_t v = 0; v < n; ++v) {
-      if (irqs_->vectors(req.index)[v].efd.valid()) ReleaseFd(IrqFdKey(req.index, v));
+      if (irqs_->HasEventfd(req.index, v)) ReleaseFd(IrqFdKey(req.index, v));
     }
   }
   auto s = irqs_->SetIrqs(req.flags, req.index, req.start, req.count, std::move(m.fds), bools);
@@ -823,9 +823,9 @@ absl::Status Session::WriteAllState(state_store::WriteTxn& txn) {
       if (irqs_->count(i) == 0) continue;
       auto* idx = rec.add_indexes();
       idx->set_index(i);
-      for (const auto& v : irqs_->vectors(i)) {
+      for (const auto& v : irqs_->Snapshot(i)) {
         auto* vr = idx->add_vectors();
-        vr->set_has_fd(v.efd.valid());
+        vr->set_has_fd(v.has_fd);
         vr->set_masked(v.masked);
         vr->set_guest_masked(v.guest_masked);
         vr->set_pending(v.pending);
@@ -1050,17 +1050,16 @@ absl::Status Session::LoadState(const FdLookup& fds) {
     irqs_->set_control(irec->msix_enabled(), irec->function_masked());
     for (const auto& idx : irec->indexes()) {
       if (idx.index() >= kNumPciIrqs) continue;
-      auto& vecs = irqs_->mutable_vectors(idx.index());
-      for (int v = 0; v < idx.vectors_size() && static_cast<size_t>(v) < vecs.size(); ++v) {
+      for (int v = 0; v < idx.vectors_size() && static_cast<uint32_t>(v) < irqs_->count(idx.index()); ++v) {
         const auto& vr = idx.vectors(v);
-        vecs[v].masked = vr.masked();
-        vecs[v].guest_masked = vr.guest_masked();
-        vecs[v].pending = vr.pending();
+        UniqueFd efd;
         if (vr.has_fd()) {
           auto f = fds(IrqFdKey(idx.index(), v));
           if (!f.ok()) return absl::DataLossError(absl::StrCat("eventfd ", IrqFdKey(idx.index(), v), " missing"));
-          vecs[v].efd = std::move(*f);
+          efd = std::move(*f);
         }
+        irqs_->RestoreVector(idx.index(), v, {vr.has_fd(), vr.masked(), vr.guest_masked(), vr.pending()},
+                             std::move(efd));
       }
     }
   }

@@ -725,5 +725,51 @@ TEST(SessionFdTest, NoFdLeaksOnRefusedRequests) {
   EXPECT_EQ(testing::CountOpenFds(), before);
 }
 
+TEST(SessionCreateTest, DeviceDescriptionsAreBounded) {
+  auto dev = ExampleDevice::Create();
+  ASSERT_TRUE(dev.ok());
+  struct Case {
+    std::vector<RegionDesc> regions;
+    std::vector<IrqDesc> irqs;
+  };
+  RegionDesc cfg;
+  cfg.index = kConfigRegion;
+  cfg.size = 256;
+  RegionDesc far = cfg;
+  far.index = 200;
+  RegionDesc bad_area;
+  bad_area.index = 0;
+  bad_area.size = 0x1000;
+  bad_area.mmap_areas.push_back({0x800, 0x1000});  // beyond the region
+  bad_area.mmap_fd = 0;
+  std::vector<Case> cases = {
+      {{}, {}},                                   // no config region
+      {{cfg, far}, {}},                           // > 100 regions
+      {{cfg, bad_area}, {}},                      // mmap area outside region
+      {{cfg}, {IrqDesc{7, 1, false}}},            // unknown IRQ index
+      {{cfg}, {IrqDesc{kMsixIrq, 4096, true}}},   // too many vectors
+  };
+  for (auto& c : cases) {
+    struct Fake : public PciDevice {
+      std::vector<RegionDesc> r;
+      std::vector<IrqDesc> i;
+      std::vector<RegionDesc> Regions() const override { return r; }
+      std::vector<IrqDesc> Irqs() const override { return i; }
+      absl::Status RegionRead(uint32_t, uint64_t, absl::Span<uint8_t>) override { return absl::OkStatus(); }
+      absl::Status RegionWrite(uint32_t, uint64_t, absl::Span<const uint8_t>) override { return absl::OkStatus(); }
+      void Attach(const DeviceContext&) override {}
+      void Detach() override {}
+      absl::Status Reset() override { return absl::OkStatus(); }
+      void OnDmaUnmap(uint64_t, uint64_t) override {}
+      absl::Status Save(state_store::WriteTxn&) override { return absl::OkStatus(); }
+      absl::Status Restore(const state_store::ReadTxn&) override { return absl::OkStatus(); }
+    } fake;
+    fake.r = c.regions;
+    fake.i = c.irqs;
+    EXPECT_FALSE(Session::Create(&fake, nullptr, {}).ok());
+  }
+  EXPECT_TRUE(Session::Create(dev->get(), nullptr, {}).ok());
+}
+
 }  // namespace
 }  // namespace emud::vfio_user
