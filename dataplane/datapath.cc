@@ -208,13 +208,23 @@ bool DataPath::NeedsPolling() const {
 void DataPath::Recover() {
   vfio_user::DmaMemory* dma = dev_->dma();
   if (dma == nullptr) return;
+  uint32_t vectors = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     if (rx_[q]->enabled()) {
       rx_[q]->Recover(*dma);
       rx_running_ |= 1u << q;
+      vectors |= 1u << (dev_->rx_queue(q).msix_vector % kVectors);
     }
-    if (tx_[q]->enabled()) tx_running_ |= 1u << q;
+    if (tx_[q]->enabled()) {
+      tx_[q]->Recover(*dma);
+      tx_running_ |= 1u << q;
+      tx_kicked_ |= 1u << q;
+      vectors |= 1u << (dev_->tx_queue(q).msix_vector % kVectors);
+    }
   }
+  // A wake-up may have been lost with the predecessor: fire each queue
+  // vector once (a spurious MSI-X only makes NAPI poll an empty ring).
+  for (uint32_t m = vectors & ~1u; m != 0; m &= m - 1) dev_->RaiseVector(__builtin_ctz(m));
 }
 
 void DataPath::FillCounters(internal::WorkerStatus* status) const {

@@ -49,7 +49,9 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   // -1 if none is waiting. The caller must not sleep longer than this.
   int64_t NextInterruptDeadlineNs(int64_t now_ns) const;
 
-  // After a worker restart: reconcile RX heads with the rings.
+  // After a worker restart (device and queue state restored, DMA attached):
+  // completes the last TX burst's write-backs, reconciles RX heads with the
+  // rings (queue_state.h) and fires each running queue's vector once.
   void Recover();
 
   // Per-queue counters for the WorkerStatus record.

@@ -14,7 +14,7 @@
 namespace emud::dataplane {
 namespace {
 constexpr uint64_t kMagic = 0x5345555145554d45ull;  // "EMUQUEUES"
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<QueueStateFile>> QueueStateFile::Open(const std::string& path) {
@@ -45,12 +45,14 @@ absl::StatusOr<std::unique_ptr<QueueStateFile>> QueueStateFile::Open(const std::
       HotQueue* qs[2] = {f->tx(q), f->rx(q)};
       for (HotQueue* h : qs) {
         if (h->ring_len > 8192 || h->head.load() >= std::max<uint32_t>(h->ring_len, 1) ||
-            h->intent.load() >= std::max<uint32_t>(h->ring_len, 1)) {
+            h->intent.load() >= std::max<uint32_t>(h->ring_len, 1) ||
+            h->rs_count.load() > kMaxPendingRs) {
           // Corrupt entry: disable the queue rather than follow it.
           h->enabled = 0;
           h->ring_len = 0;
           h->head = 0;
           h->intent = 0;
+          h->rs_count = 0;
         }
       }
     }

@@ -5,10 +5,14 @@
 // shared memory, which a process crash cannot lose (the page cache keeps it).
 //
 // Protocol per queue:
-//   TX: head = next descriptor to process. The engine stores head after the
-//       burst's frames reached the backend and its completions were written.
-//       A crash between the two re-sends at most one burst (bounded
-//       duplicates), never loses a completion the guest saw.
+//   TX: head = next descriptor to process. Per burst: frames go to the
+//       backend; the burst's RS descriptors (index + original qw1) and the
+//       head they belong to (rs_head) are recorded, then head is stored, then
+//       DTYPE 0xF is written on the RS descriptors, then rs_count is cleared.
+//       A kill before the head store re-sends the burst (bounded duplicates,
+//       no completion was visible yet); a kill after it leaves completions
+//       unwritten, which RecoverTx writes on the recorded descriptors that
+//       still hold their recorded qw1 (ARCHITECTURE.md, "Data path").
 //   RX: before writing descriptors [head, head + n) the engine stores
 //       intent = head + n; after writing them it stores head = intent.
 //       Recovery (RecoverRx) with head != intent inspects the DD bits of
@@ -28,6 +32,7 @@
 namespace emud::dataplane {
 
 inline constexpr uint32_t kMaxQueues = 16;
+inline constexpr uint32_t kMaxPendingRs = 128;  // RS completions per TX burst
 
 struct alignas(64) HotQueue {
   std::atomic<uint32_t> head;
@@ -40,6 +45,11 @@ struct alignas(64) HotQueue {
   std::atomic<uint64_t> bytes;
   std::atomic<uint64_t> drops;
   std::atomic<uint64_t> errors;
+  // TX: completions of the last burst not yet known to be written.
+  std::atomic<uint32_t> rs_count;
+  uint32_t rs_head;
+  uint32_t rs_idx[kMaxPendingRs];
+  uint64_t rs_qw1[kMaxPendingRs];
 };
 
 class QueueStateFile {

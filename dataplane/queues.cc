@@ -134,12 +134,41 @@ void TxQueue::Flush(Backend& backend) {
     if (sent < frames_.size()) Count(hot_->drops, frames_.size() - sent);
     frames_.clear();
   }
-  // Completions only after the frames left for the backend.
-  for (uint32_t idx : completions_) StoreQw(&ring_[idx * 2 + 1], txd::kDtypeDone);
+  // Record the completions with the head they belong to, store the head,
+  // then write them back (queue_state.h: crash protocol).
+  const uint32_t n = uint32_t(std::min<size_t>(completions_.size(), kMaxPendingRs));
+  for (uint32_t i = 0; i < n; ++i) {
+    hot_->rs_idx[i] = completions_[i].idx;
+    hot_->rs_qw1[i] = completions_[i].qw1;
+  }
+  hot_->rs_head = batch_head_;
+  hot_->rs_count.store(n, std::memory_order_release);
+  hot_->head.store(batch_head_, std::memory_order_release);
+  for (const Completion& c : completions_) StoreQw(&ring_[c.idx * 2 + 1], txd::kDtypeDone);
+  hot_->rs_count.store(0, std::memory_order_release);
   if (!completions_.empty()) wrote_back_ = true;
   completions_.clear();
   arena_used_ = 0;
-  hot_->head.store(batch_head_, std::memory_order_release);
+}
+
+uint32_t TxQueue::Recover(vfio_user::DmaMemory& dma) {
+  uint32_t n = hot_->rs_count.load(std::memory_order_acquire);
+  uint32_t done = 0;
+  if (n > 0 && n <= kMaxPendingRs && hot_->rs_head == head() && hot_->ring_len != 0 &&
+      EnsureRing(dma)) {
+    for (uint32_t i = 0; i < n; ++i) {
+      uint32_t idx = hot_->rs_idx[i];
+      if (idx >= hot_->ring_len) continue;
+      // Only a slot the guest has not reclaimed still holds the recorded qw1.
+      if (LoadQw(&ring_[idx * 2 + 1]) == hot_->rs_qw1[i]) {
+        StoreQw(&ring_[idx * 2 + 1], txd::kDtypeDone);
+        ++done;
+      }
+    }
+    if (done > 0) wrote_back_ = true;
+  }
+  hot_->rs_count.store(0, std::memory_order_release);
+  return done;
 }
 
 TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backend& backend,
@@ -161,6 +190,8 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
 
   Buf bufs[64];
   while (h != tail) {
+    // A packet adds at most 64 completions: keep the burst's record bounded.
+    if (completions_.size() >= kMaxPendingRs - 64) Flush(backend);
     if (r.packets >= budget) {
       r.more = true;
       break;
@@ -173,7 +204,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     uint32_t first_cmd = 0, first_offset = 0;
     bool have_first = false;
     size_t total = 0;
-    uint32_t pkt_rs[64];
+    Completion pkt_rs[64];
     uint32_t npkt_rs = 0;
     // Completions of this packet join the batch only once its frames did.
     auto complete = [&]() {
@@ -197,7 +228,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
         continue;
       }
       uint32_t cmd = uint32_t(qw1 >> 4) & 0x3FF;
-      if ((cmd & txd::kCmdRs) && npkt_rs < 64) pkt_rs[npkt_rs++] = idx;
+      if ((cmd & txd::kCmdRs) && npkt_rs < 64) pkt_rs[npkt_rs++] = {idx, qw1};
       if (dtype != txd::kDtypeData) bad = true;
       uint32_t size = uint32_t(qw1 >> 34) & 0x3FFF;
       if (!have_first) {

@@ -93,6 +93,11 @@ class TxQueue {
 
   const HotQueue& stats() const { return *hot_; }
 
+  // After a crash: write the completions of a burst whose head was stored
+  // but whose write-backs may not have happened (see queue_state.h).
+  // Returns how many descriptors were completed.
+  uint32_t Recover(vfio_user::DmaMemory& dma);
+
  private:
   struct Buf {
     uint64_t addr;
@@ -113,7 +118,11 @@ class TxQueue {
   bool ring_fault_ = false;
   // Current batch.
   std::vector<FrameView> frames_;
-  std::vector<uint32_t> completions_;  // RS descriptor indices to write back
+  struct Completion {
+    uint32_t idx;
+    uint64_t qw1;  // as read, for crash recovery
+  };
+  std::vector<Completion> completions_;  // RS descriptors to write back
   uint32_t batch_head_ = 0;            // head after the batch's packets
   std::vector<uint8_t> arena_;
   size_t arena_used_ = 0;

@@ -355,3 +355,55 @@ TEST_F(QueuesTest, LoopbackTxToRx) {
 
 }  // namespace
 }  // namespace emud::dataplane
+
+namespace emud::dataplane {
+namespace {
+
+TEST_F(QueuesTest, TxRecoveryWritesCommittedCompletionsOnlyWhereUnreclaimed) {
+  HotQueue* hot = state_->tx(0);
+  TxQueue q(0, hot);
+  ASSERT_TRUE(q.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  // A kill after the head store, before the write-backs: head = 3 and the
+  // record lists descriptors 0 and 2 with their original qw1.
+  for (uint32_t i = 0; i < 3; ++i) TxDesc(i, Buf(i), 100, txd::kCmdEop | txd::kCmdRs);
+  uint64_t qw1_0 = Qw(kTxRing + 8), qw1_2 = Qw(kTxRing + 2 * 16 + 8);
+  hot->rs_idx[0] = 0;
+  hot->rs_qw1[0] = qw1_0;
+  hot->rs_idx[1] = 2;
+  hot->rs_qw1[1] = qw1_2;
+  hot->rs_head = 3;
+  hot->rs_count.store(2);
+  hot->head.store(3);
+  // The guest already reclaimed and reused slot 2 (other contents).
+  TxDesc(2, Buf(9), 200, txd::kCmdEop);
+  TxQueue successor(0, hot);
+  EXPECT_EQ(successor.Recover(dma_), 1u);
+  EXPECT_EQ(Qw(kTxRing + 8) & 0xF, 0xFu);
+  EXPECT_NE(Qw(kTxRing + 2 * 16 + 8) & 0xF, 0xFu) << "reused slot left alone";
+  EXPECT_EQ(hot->rs_count.load(), 0u);
+  // A record whose head was never stored (kill before the head store) is
+  // ignored: the burst is re-sent instead.
+  hot->rs_count.store(1);
+  hot->rs_head = 9;
+  TxDesc(1, Buf(1), 100, txd::kCmdEop | txd::kCmdRs);
+  hot->rs_idx[0] = 1;
+  hot->rs_qw1[0] = Qw(kTxRing + 16 + 8);
+  TxQueue successor2(0, hot);
+  EXPECT_EQ(successor2.Recover(dma_), 0u);
+  EXPECT_NE(Qw(kTxRing + 16 + 8) & 0xF, 0xFu);
+}
+
+TEST_F(QueuesTest, TxManyDroppedPacketsKeepTheRecordBounded) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 256).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  for (uint32_t i = 0; i < 255; ++i) TxDesc(i, 0xdead0000, 100, txd::kCmdEop | txd::kCmdRs);
+  q.Process(255, dma_, backend_, 1000);
+  EXPECT_EQ(q.stats().drops.load(), 255u);
+  for (uint32_t i = 0; i < 255; ++i) EXPECT_EQ(Qw(kTxRing + i * 16 + 8) & 0xF, 0xFu) << i;
+  EXPECT_EQ(q.stats().rs_count.load(), 0u);
+}
+
+}  // namespace
+}  // namespace emud::dataplane
