@@ -211,6 +211,8 @@ void DataPath::Recover() {
   uint32_t vectors = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     if (rx_[q]->enabled()) {
+      const avf::RxQueueContext& c = dev_->rx_queue(q);
+      rx_[q]->SetBufferSizes(c.buffer_size, c.max_frame);
       rx_[q]->Recover(*dma);
       rx_running_ |= 1u << q;
       vectors |= 1u << (dev_->rx_queue(q).msix_vector % kVectors);

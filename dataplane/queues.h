@@ -159,6 +159,12 @@ class RxQueue {
   }
   // After a crash: reconcile head with the ring (see queue_state.h).
   void Recover(vfio_user::DmaMemory& dma);
+  // A successor's engine takes the buffer geometry from the restored queue
+  // context (the ring position comes from the hot state, untouched).
+  void SetBufferSizes(uint32_t databuffer_size, uint32_t max_pkt_size) {
+    if (databuffer_size >= 128 && databuffer_size <= 16256) dbuf_ = databuffer_size;
+    if (max_pkt_size >= 64 && max_pkt_size <= limits_.max_frame) max_pkt_ = max_pkt_size;
+  }
 
   const HotQueue& stats() const { return *hot_; }
   void CountDrop() { Count(hot_->drops, 1); }
