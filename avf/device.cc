@@ -185,6 +185,7 @@ absl::Status Device::RegionRead(uint32_t region, uint64_t offset, absl::Span<uin
 absl::Status Device::RegionWrite(uint32_t region, uint64_t offset, absl::Span<const uint8_t> data) {
   switch (region) {
     case vfio_user::kConfigRegion:
+      Touch(1u << kRecPci);
       return config_->Write(offset, data);
     case vfio_user::kBar0: {
       if (offset >= kBar0Size || data.size() > kBar0Size - offset) {
@@ -205,6 +206,7 @@ absl::Status Device::RegionWrite(uint32_t region, uint64_t offset, absl::Span<co
       if (offset >= kBar3Size || data.size() > kBar3Size - offset) {
         return absl::OutOfRangeError("BAR3 access out of range");
       }
+      Touch(1u << kRecPci);
       if (offset < kMsixPbaOffset) msix_.TableWrite(offset - kMsixTableOffset, data);
       return absl::OkStatus();  // PBA is read-only
     }
@@ -217,6 +219,7 @@ void Device::Attach(const vfio_user::DeviceContext& ctx) {
   ctx_ = ctx;
   irq_->set_sink(ctx.irqs);
   msix_.Attach(ctx.irqs);
+  Touch((1u << kRecAq) | (1u << kRecIrq));
   // Replies that waited for a client (or for ARQ room) may go now.
   if (aq_.DrainBacklog(ctx_.dma) > 0) irq_->RaiseAdminQueue();
 }
@@ -228,6 +231,7 @@ void Device::Detach() {
 }
 
 absl::Status Device::Reset() {
+  Touch(kAllRecords);
   VfReset();
   config_->Reset();  // also resets the MSI-X control state
   msix_.Reset();
@@ -273,7 +277,9 @@ uint32_t Device::ReadReg(uint32_t off) {
   if (InRange(off, VfqfHkey(0), kNumHkeyRegs)) return hkey_reg_[(off - VfqfHkey(0)) / 4];
   if (InRange(off, VfqfHlut(0), kNumHlutRegs)) return hlut_reg_[(off - VfqfHlut(0)) / 4];
   switch (off) {
-    case kVfintIcr01: return irq_->ReadIcr01();
+    case kVfintIcr01:
+      Touch(1u << kRecIrq);
+      return irq_->ReadIcr01();
     case kVfintIcr0Ena1: return irq_->icr0_ena1();
     case kVfintStatCtl01: return irq_->stat_ctl01();
     case kVfintDynCtl01: return irq_->dyn_ctl01();
@@ -281,7 +287,10 @@ uint32_t Device::ReadReg(uint32_t off) {
       // After a reset RSTAT steps INPROGRESS -> COMPLETED -> VFACTIVE, one
       // step per read: pollers see every state, no timer is needed.
       uint32_t v = rstat_;
-      if (rstat_ < kVfrVfActive) ++rstat_;
+      if (rstat_ < kVfrVfActive) {
+        ++rstat_;
+        Touch(1u << kRecRegs);
+      }
       return v;
     }
     case kVfAtqbal1: case kVfAtqbah1: case kVfAtqlen1: case kVfAtqh1: case kVfAtqt1:
@@ -294,6 +303,7 @@ uint32_t Device::ReadReg(uint32_t off) {
 
 void Device::WriteReg(uint32_t off, uint32_t value) {
   off &= ~3u;
+  Touch(RecordsWrittenBy(off));
   if (off < kDoorbellWindowSize) {
     if (InRange(off, QtxTail(0), kMaxDecodedQueues)) {
       OnTailWrite(QueueKind::kTx, (off - QtxTail(0)) / 4, value);
@@ -374,8 +384,31 @@ void Device::OnTailWrite(QueueKind kind, uint32_t q, uint32_t value) {
   }
 }
 
+uint32_t Device::RecordsWrittenBy(uint32_t off) const {
+  if (off < kDoorbellWindowSize) {
+    return InRange(off, VfintItrn1(0, 0), kNumItrIndexes * 16) ? 1u << kRecIrq : 1u << kRecRegs;
+  }
+  if (off == kVfAtqt1) return kAllRecords;  // virtchnl may change anything
+  if (off == kVfArqt1) return (1u << kRecAq) | (1u << kRecIrq);
+  switch (off) {
+    case kVfAtqbal1: case kVfAtqbah1: case kVfAtqlen1: case kVfAtqh1:
+    case kVfArqbal1: case kVfArqbah1: case kVfArqh1: case kVfArqlen1:
+      return 1u << kRecAq;
+    default:
+      break;
+  }
+  if (off >= VfqfHena(0)) return 1u << kRecRegs;  // RSS registers
+  return 1u << kRecIrq;                           // interrupt block
+}
+
+bool Device::RaiseVector(uint32_t msix_vector) {
+  Touch(1u << kRecIrq);
+  return irq_->RaiseQueueVector(msix_vector);
+}
+
 bool Device::RaiseQueueInterrupt(QueueKind kind, uint32_t q) {
   if (q >= kMaxQueuePairs) return false;
+  Touch(1u << kRecIrq);
   uint32_t v = kind == QueueKind::kTx ? txq_[q].msix_vector : rxq_[q].msix_vector;
   if (v == 0) return false;
   return irq_->RaiseQueueVector(v);
@@ -399,6 +432,7 @@ void Device::StopQueues(uint32_t rx_mask, uint32_t tx_mask) {
 }
 
 void Device::VfReset() {
+  Touch(kAllRecords);
   ++counters_.vf_resets;
   rstat_ = kVfrInProgress;
   StopQueues(~0u, ~0u);  // DMA stops before anything else changes
@@ -427,104 +461,143 @@ void Device::VfReset() {
 
 // ---------------------------------------------------------------- persistence
 
-std::map<std::string, std::string> Device::SerializeState() const {
-  std::map<std::string, std::string> out;
-  AvfIdentity id;
-  id.set_max_queue_pairs(options_.max_queue_pairs);
-  id.set_mac(std::string(options_.mac.begin(), options_.mac.end()));
-  id.set_supported_caps(options_.supported_caps);
-  id.set_mapped_doorbells(options_.mapped_doorbells);
-  out["identity"] = state_store::EncodeRecord(id);
+const char* const Device::kRecordKeys[Device::kNumRecords] = {"identity", "regs", "aq", "irq", "vf", "pci"};
 
-  AvfRegisters regs;
-  regs.set_rstat(rstat_);
-  {
-    std::string tx(kMaxDecodedQueues * 4, '\0'), rx(kMaxDecodedQueues * 4, '\0');
-    for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
-      uint32_t t = TxTail(q), r = RxTail(q);
-      std::memcpy(tx.data() + 4 * q, &t, 4);
-      std::memcpy(rx.data() + 4 * q, &r, 4);
+void Device::Touch(uint32_t records) {
+  for (int r = 0; r < kNumRecords; ++r) {
+    if (records >> r & 1) ++gen_[r];
+  }
+}
+
+std::string Device::SerializeRecord(int record) const {
+  switch (record) {
+    case kRecIdentity: {
+      AvfIdentity id;
+      id.set_max_queue_pairs(options_.max_queue_pairs);
+      id.set_mac(std::string(options_.mac.begin(), options_.mac.end()));
+      id.set_supported_caps(options_.supported_caps);
+      id.set_mapped_doorbells(options_.mapped_doorbells);
+      return state_store::EncodeRecord(id);
     }
-    regs.set_qtx_tails(std::move(tx));
-    regs.set_qrx_tails(std::move(rx));
+    case kRecRegs: {
+      AvfRegisters regs;
+      regs.set_rstat(rstat_);
+      std::string tx(kMaxDecodedQueues * 4, '\0'), rx(kMaxDecodedQueues * 4, '\0');
+      for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
+        uint32_t t = TxTail(q), r = RxTail(q);
+        std::memcpy(tx.data() + 4 * q, &t, 4);
+        std::memcpy(rx.data() + 4 * q, &r, 4);
+      }
+      regs.set_qtx_tails(std::move(tx));
+      regs.set_qrx_tails(std::move(rx));
+      for (uint32_t v : hena_reg_) regs.add_hena(v);
+      for (uint32_t v : hkey_reg_) regs.add_hkey(v);
+      for (uint32_t v : hlut_reg_) regs.add_hlut(v);
+      return state_store::EncodeRecord(regs);
+    }
+    case kRecAq: {
+      AvfAdminQueueState aq;
+      aq_.SaveTo(&aq);
+      return state_store::EncodeRecord(aq);
+    }
+    case kRecIrq: {
+      AvfInterruptState irq;
+      irq_->SaveTo(&irq);
+      return state_store::EncodeRecord(irq);
+    }
+    case kRecVf: {
+      AvfVfState vf;
+      vf.set_vf_major(vf_major_);
+      vf.set_vf_minor(vf_minor_);
+      vf.set_granted_caps(granted_caps_);
+      vf.set_resources_sent(resources_sent_);
+      vf.set_num_queue_pairs(num_queue_pairs_);
+      for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+        const TxQueueContext& t = txq_[q];
+        auto* tp = vf.add_txq();
+        tp->set_id(q);
+        tp->set_configured(t.configured);
+        tp->set_enabled(t.enabled);
+        tp->set_ring_addr(t.ring_addr);
+        tp->set_ring_len(t.ring_len);
+        tp->set_msix_vector(t.msix_vector);
+        tp->set_itr_index(t.itr_index);
+        const RxQueueContext& r = rxq_[q];
+        auto* rp = vf.add_rxq();
+        rp->set_id(q);
+        rp->set_configured(r.configured);
+        rp->set_enabled(r.enabled);
+        rp->set_ring_addr(r.ring_addr);
+        rp->set_ring_len(r.ring_len);
+        rp->set_buffer_size(r.buffer_size);
+        rp->set_max_frame(r.max_frame);
+        rp->set_keep_crc(r.keep_crc);
+        rp->set_msix_vector(r.msix_vector);
+        rp->set_itr_index(r.itr_index);
+      }
+      for (const MacFilterEntry& m : macs_) {
+        auto* mp = vf.add_mac_filter();
+        mp->set_addr(std::string(m.addr.begin(), m.addr.end()));
+        mp->set_type(m.type);
+      }
+      for (uint32_t v = 0; v < vlans_.size(); ++v) {
+        if (vlans_[v]) vf.add_vlan(v);
+      }
+      vf.set_promisc_flags(promisc_flags_);
+      vf.set_vlan_strip(vlan_strip_);
+      vf.set_rss_key(std::string(rss_.key.begin(), rss_.key.end()));
+      vf.set_rss_lut(std::string(rss_.lut.begin(), rss_.lut.end()));
+      vf.set_rss_hena(rss_.hena);
+      vf.set_rss_hfunc(rss_.hfunc);
+      vf.set_link_reported_up(link_reported_up_);
+      vf.set_link_up(link_up_);
+      vf.set_link_speed_mbps(link_speed_mbps_);
+      return state_store::EncodeRecord(vf);
+    }
+    case kRecPci: {
+      AvfPciState pci;
+      pci.set_config(config_->SaveState());
+      pci.set_msix_table(msix_.SaveState());
+      return state_store::EncodeRecord(pci);
+    }
+    default:
+      return std::string();
   }
-  for (uint32_t v : hena_reg_) regs.add_hena(v);
-  for (uint32_t v : hkey_reg_) regs.add_hkey(v);
-  for (uint32_t v : hlut_reg_) regs.add_hlut(v);
-  out["regs"] = state_store::EncodeRecord(regs);
+}
 
-  AvfAdminQueueState aq;
-  aq_.SaveTo(&aq);
-  out["aq"] = state_store::EncodeRecord(aq);
-
-  AvfInterruptState irq;
-  irq_->SaveTo(&irq);
-  out["irq"] = state_store::EncodeRecord(irq);
-
-  AvfVfState vf;
-  vf.set_vf_major(vf_major_);
-  vf.set_vf_minor(vf_minor_);
-  vf.set_granted_caps(granted_caps_);
-  vf.set_resources_sent(resources_sent_);
-  vf.set_num_queue_pairs(num_queue_pairs_);
-  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
-    const TxQueueContext& t = txq_[q];
-    auto* tp = vf.add_txq();
-    tp->set_id(q);
-    tp->set_configured(t.configured);
-    tp->set_enabled(t.enabled);
-    tp->set_ring_addr(t.ring_addr);
-    tp->set_ring_len(t.ring_len);
-    tp->set_msix_vector(t.msix_vector);
-    tp->set_itr_index(t.itr_index);
-    const RxQueueContext& r = rxq_[q];
-    auto* rp = vf.add_rxq();
-    rp->set_id(q);
-    rp->set_configured(r.configured);
-    rp->set_enabled(r.enabled);
-    rp->set_ring_addr(r.ring_addr);
-    rp->set_ring_len(r.ring_len);
-    rp->set_buffer_size(r.buffer_size);
-    rp->set_max_frame(r.max_frame);
-    rp->set_keep_crc(r.keep_crc);
-    rp->set_msix_vector(r.msix_vector);
-    rp->set_itr_index(r.itr_index);
+const std::string& Device::RecordBytes(int record) {
+  // Memo keyed by the record's mutation generation (a pure cache: nothing
+  // about the store is remembered). In mapped mode the tails and ITRN live
+  // in the shared doorbell page and change without a trap: never cached.
+  Memo& m = memo_[record];
+  const bool volatile_page = options_.mapped_doorbells && (record == kRecRegs || record == kRecIrq);
+  if (!m.valid || m.gen != gen_[record] || volatile_page) {
+    m.bytes = SerializeRecord(record);
+    m.gen = gen_[record];
+    m.valid = true;
   }
-  for (const MacFilterEntry& m : macs_) {
-    auto* mp = vf.add_mac_filter();
-    mp->set_addr(std::string(m.addr.begin(), m.addr.end()));
-    mp->set_type(m.type);
-  }
-  for (uint32_t v = 0; v < vlans_.size(); ++v) {
-    if (vlans_[v]) vf.add_vlan(v);
-  }
-  vf.set_promisc_flags(promisc_flags_);
-  vf.set_vlan_strip(vlan_strip_);
-  vf.set_rss_key(std::string(rss_.key.begin(), rss_.key.end()));
-  vf.set_rss_lut(std::string(rss_.lut.begin(), rss_.lut.end()));
-  vf.set_rss_hena(rss_.hena);
-  vf.set_rss_hfunc(rss_.hfunc);
-  vf.set_link_reported_up(link_reported_up_);
-  vf.set_link_up(link_up_);
-  vf.set_link_speed_mbps(link_speed_mbps_);
-  out["vf"] = state_store::EncodeRecord(vf);
+  return m.bytes;
+}
 
-  AvfPciState pci;
-  pci.set_config(config_->SaveState());
-  pci.set_msix_table(msix_.SaveState());
-  out["pci"] = state_store::EncodeRecord(pci);
-  return out;
+bool Device::SaveCacheConsistentForTest() {
+  bool ok = true;
+  for (int r = 0; r < kNumRecords; ++r) {
+    if (memo_[r].valid && memo_[r].gen == gen_[r] && memo_[r].bytes != SerializeRecord(r)) ok = false;
+    RecordBytes(r);  // refresh, so the next call checks the next step
+  }
+  return ok;
 }
 
 absl::Status Device::Save(state_store::WriteTxn& txn) {
   // Compared with what the transaction already holds rather than with a
   // private "last saved" copy: Save has no side effect outside the
   // transaction, so an aborted or retried (MAP_FULL) commit loses nothing.
-  for (const auto& [key, bytes] : SerializeState()) {
-    auto cur = txn.Get(kStateTable, key);
+  for (int r = 0; r < kNumRecords; ++r) {
+    const std::string& bytes = RecordBytes(r);
+    auto cur = txn.Get(kStateTable, kRecordKeys[r]);
     if (!cur.ok()) return cur.status();
     if (cur->has_value() && **cur == bytes) continue;
-    if (absl::Status s = txn.Put(kStateTable, key, bytes); !s.ok()) return s;
+    if (absl::Status s = txn.Put(kStateTable, kRecordKeys[r], bytes); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
@@ -649,7 +722,7 @@ absl::Status Device::Restore(const state_store::ReadTxn& txn) {
   link_reported_up_ = vf.link_reported_up();
   link_up_ = vf.link_up();
   link_speed_mbps_ = vf.link_speed_mbps();
-
+  Touch(kAllRecords);
   return absl::OkStatus();
 }
 

@@ -217,7 +217,7 @@ class Device final : public vfio_user::PciDevice {
   // unmapped queue. Returns true if the vector fired now.
   bool RaiseQueueInterrupt(QueueKind kind, uint32_t q);
   // Same for queue vector `msix_vector` (1..16) directly.
-  bool RaiseVector(uint32_t msix_vector) { return irq_->RaiseQueueVector(msix_vector); }
+  bool RaiseVector(uint32_t msix_vector);
   // Armed/pending/WB_ON_ITR/ITR intervals of a vector, for coalescing.
   VectorState vector_state(uint32_t msix_vector) const { return irq_->state(msix_vector); }
   // Receive filtering state from virtchnl.
@@ -244,6 +244,10 @@ class Device final : public vfio_user::PciDevice {
   uint64_t interrupts_fired() const { return irq_->fired(); }
   const DeviceOptions& options() const { return options_; }
   const vfio_user::PciConfigSpace& config_space() const { return *config_; }
+  // Test hook: every memoized record whose generation did not move since the
+  // previous call still equals a fresh serialization (a missed Touch would
+  // show here); then refreshes the memo.
+  bool SaveCacheConsistentForTest();
 
  private:
   explicit Device(const DeviceOptions& options);
@@ -254,6 +258,8 @@ class Device final : public vfio_user::PciDevice {
   uint32_t DoorbellRead(uint32_t index) const;
   void DoorbellWrite(uint32_t index, uint32_t value);
   void OnTailWrite(QueueKind kind, uint32_t q, uint32_t value);
+  // Records a BAR0 write at `off` may change (bit per Record).
+  uint32_t RecordsWrittenBy(uint32_t off) const;
 
   // Admin queue / virtchnl (virtchnl_pf.cc).
   void RunAtq();
@@ -283,8 +289,20 @@ class Device final : public vfio_user::PciDevice {
   // configuration back to their post-reset state; RSTAT -> INPROGRESS.
   void VfReset();
 
-  // Persistence helpers.
-  std::map<std::string, std::string> SerializeState() const;
+  // Persistence. Records and the generation of each: every path that may
+  // change a record's content Touch()es it; Save re-serializes only records
+  // whose generation moved (a memo, compared with the transaction anyway).
+  enum Record { kRecIdentity, kRecRegs, kRecAq, kRecIrq, kRecVf, kRecPci, kNumRecords };
+  static constexpr uint32_t kAllRecords = (1u << kNumRecords) - 1;
+  static const char* const kRecordKeys[kNumRecords];
+  void Touch(uint32_t records);
+  std::string SerializeRecord(int record) const;
+  const std::string& RecordBytes(int record);
+  struct Memo {
+    bool valid = false;
+    uint64_t gen = 0;
+    std::string bytes;
+  };
 
   DeviceOptions options_;
   vfio_user::DeviceContext ctx_;
@@ -323,6 +341,8 @@ class Device final : public vfio_user::PciDevice {
   uint32_t link_speed_mbps_ = 0;
 
   DeviceCounters counters_;
+  std::array<uint64_t, kNumRecords> gen_{};
+  std::array<Memo, kNumRecords> memo_{};
 };
 
 }  // namespace emud::avf

@@ -630,7 +630,23 @@ TEST_F(DeviceTest, RandomRegisterAndMailboxGarbageNeverBreaksTheDevice) {
     uint32_t val = static_cast<uint32_t>(rng());
     if (off == kVfAtqbal1 && rng() % 2) val = static_cast<uint32_t>(kRamBase + (rng() % kRamSize));
     dev_->WriteReg(off, val);
-    dev_->ReadReg(static_cast<uint32_t>(rng() % kBar0Size) & ~3u);
+    ASSERT_TRUE(dev_->SaveCacheConsistentForTest()) << "write " << std::hex << off;
+    uint32_t roff = static_cast<uint32_t>(rng() % kBar0Size) & ~3u;
+    if (i % 5 == 0) roff = kVfintIcr01;
+    dev_->ReadReg(roff);
+    ASSERT_TRUE(dev_->SaveCacheConsistentForTest()) << "read " << std::hex << roff;
+    if (i % 17 == 0) {
+      dev_->RaiseQueueInterrupt(QueueKind::kRx, static_cast<uint32_t>(rng() % 20));
+      dev_->RaiseVector(static_cast<uint32_t>(rng() % 20));
+      ASSERT_TRUE(dev_->SaveCacheConsistentForTest());
+    }
+    if (i % 101 == 0) {
+      uint8_t cfg[4];
+      std::memcpy(cfg, &val, 4);
+      ASSERT_TRUE(dev_->RegionWrite(vfio_user::kConfigRegion, rng() % 256 & ~3u, absl::MakeConstSpan(cfg, 4)).ok());
+      ASSERT_TRUE(dev_->RegionWrite(vfio_user::kBar3, rng() % 0x200 & ~3u, absl::MakeConstSpan(cfg, 4)).ok());
+      ASSERT_TRUE(dev_->SaveCacheConsistentForTest());
+    }
   }
   // Still a working device after a reset.
   ASSERT_TRUE(dev_->Reset().ok());
@@ -672,6 +688,7 @@ TEST_F(DeviceTest, SaveRestoreRebuildsTheModel) {
   dev_->ReadReg(kVfintIcr01);
   dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
   ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return dev_->Save(t); }).ok());
+  ASSERT_TRUE(dev_->SaveCacheConsistentForTest());
 
   auto other = Device::Create(DeviceOptions{});
   ASSERT_TRUE(other.ok());
@@ -828,6 +845,7 @@ TEST_F(DeviceTest, RandomVirtchnlMessagesKeepInvariants) {
     bool replied = false;
     while (auto m = drv_->Receive()) replied |= m->v_op == op;
     ASSERT_TRUE(replied) << "op " << op << " len " << msg.size();
+    ASSERT_TRUE(dev_->SaveCacheConsistentForTest()) << "op " << op;
     for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
       const TxQueueContext& t = dev_->tx_queue(q);
       const RxQueueContext& r = dev_->rx_queue(q);

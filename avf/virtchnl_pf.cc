@@ -116,6 +116,7 @@ void Device::SendLinkEvent() {
 }
 
 void Device::SetLink(bool up, uint32_t speed_mbps) {
+  Touch((1u << kRecVf) | (1u << kRecAq) | (1u << kRecIrq));
   bool changed = up != link_up_ || speed_mbps != link_speed_mbps_;
   link_up_ = up;
   link_speed_mbps_ = speed_mbps;
@@ -490,6 +491,7 @@ int32_t Device::OpSetRssHena(absl::Span<const uint8_t> msg) {
 }
 
 void Device::ResetVfFromPf() {
+  Touch(kAllRecords);
   vc::PfEvent ev{};
   ev.event = vc::kEventResetImpending;
   ev.severity = vc::kSeverityCertainDoom;
