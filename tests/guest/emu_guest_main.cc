@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
                       st->tx_bytes, st->tx_unicast));
   if (close_at_end) {
     if (auto s = drv.Remove(); !s.ok()) return fail("remove", s);
-    say("remove: queues disabled, admin queue shut down");
+    say("remove: queues disabled, RESET_VF, admin queue shut down");
   }
   say("virtchnl: " + absl::StrJoin(drv.trace(), " "));
   report["ok"] = true;

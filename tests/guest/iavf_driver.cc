@@ -718,8 +718,22 @@ absl::Status IavfDriver::ResetTask(bool request_reset) {
 }
 
 absl::Status IavfDriver::Remove() {
+  // iavf_remove: unregister_netdev (closes it), RESET_VF, 50 ms, once more
+  // if the ATQ did not move, misc vector off, AQ shut down (the reset
+  // already disabled it: no queue_shutdown command then).
   if (running_) {
     if (auto s = Close(); !s.ok()) return s;
+  }
+  if (aq_initialised_) {
+    if (auto s = SendToPf(vc::kOpResetVf, {}); !s.ok()) return s;
+    bus_->Sleep(absl::Milliseconds(50));
+    auto done = AsqDone();
+    if (!done.ok()) return done.status();
+    if (!*done) {
+      // Into a disabled ATQ after the reset: the device ignores it.
+      if (auto s = SendToPf(vc::kOpResetVf, {}); !s.ok() && !absl::IsResourceExhausted(s)) return s;
+      bus_->Sleep(absl::Milliseconds(50));
+    }
   }
   if (auto s = MiscIrqDisable(); !s.ok()) return s;
   if (auto s = ShutdownAdminQueue(); !s.ok()) return s;

@@ -108,7 +108,7 @@ class IavfDriver {
   absl::StatusOr<bool> Watchdog();
   // GET_STATS.
   absl::StatusOr<avf::vc::EthStats> RequestStats();
-  // Driver unload: misc vector off, AQ shut down (queue_shutdown command).
+  // Driver unload (iavf_remove): close, RESET_VF, misc vector off, AQ shut down.
   absl::Status Remove();
 
   // One virtchnl exchange, for tests and tools: sends `msg` and waits for

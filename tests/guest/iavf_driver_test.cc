@@ -93,6 +93,7 @@ TEST_F(GuestTest, ResetAndReinitialiseBringsLinkBack) {
   EXPECT_EQ(after, want);
   EXPECT_EQ(dev_->counters().vf_resets, 1u);
   EXPECT_GT(dev_->aq_counters().atq_processed, 0u);
+  EXPECT_EQ(dev_->aq_counters().atq_bad_opcode, 0u) << "the AQ queue_shutdown command is understood";
   EXPECT_EQ(dev_->counters().vc_errors, 0u);
   for (uint32_t q = 0; q < 4; ++q) EXPECT_TRUE(dev_->tx_queue(q).enabled);
   ASSERT_TRUE(drv_->RequestStats().ok());
@@ -109,8 +110,11 @@ TEST_F(GuestTest, DriverReloadAndFlr) {
   ASSERT_TRUE(drv_->Probe().ok());
   ASSERT_TRUE(drv_->Init().ok());
   ASSERT_TRUE(drv_->Open().ok());
+  const uint64_t resets = dev_->counters().vf_resets;
   ASSERT_TRUE(drv_->Remove().ok());
-  EXPECT_EQ(dev_->aq_counters().atq_bad_opcode, 0u) << "queue_shutdown is understood";
+  EXPECT_EQ(dev_->counters().vf_resets, resets + 1) << "iavf_remove resets the VF";
+  EXPECT_EQ(dev_->aq_counters().atq_bad_opcode, 0u);
+  EXPECT_FALSE(dev_->rx_queue(0).enabled);
   const size_t used_after_remove = mem_->bytes_in_use();
   EXPECT_EQ(used_after_remove, 0u) << "rings and AQ memory returned";
   // A new driver instance binds again (modprobe -r; modprobe).
