@@ -26,8 +26,9 @@ void Append(std::vector<uint8_t>* out, const T& v) {
   out->insert(out->end(), p, p + sizeof(T));
 }
 
-// Minimal message length per op, or -1 for "refuse". Returns false for ops
-// whose count field is zero (the validator's err_msg_format).
+// Whether `m` is long enough for `op` (>= the minimal length; the drivers'
+// one-element-more lengths pass too). False as well for a zero element count
+// (the reference validator's err_msg_format).
 bool LengthOk(uint32_t op, absl::Span<const uint8_t> m) {
   const size_t n = m.size();
   switch (op) {
@@ -244,6 +245,8 @@ int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint
     requested = vc::kCapL2 | vc::kCapRssReg | vc::kCapVlan;
   }
   granted_caps_ = requested & options_.supported_caps & ~vc::kCapRssAq;
+  // One RSS mechanism, as ice grants it: RSS_PF if asked for, else RSS_REG.
+  if (granted_caps_ & vc::kCapRssPf) granted_caps_ &= ~vc::kCapRssReg;
   resources_sent_ = true;
   vc::VfResource r{};
   r.num_vsis = 1;
