@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -117,6 +118,7 @@ Session::Session(PciDevice* device, EventLoop* loop, SessionOptions options)
 
 Session::~Session() {
   if (conn_.valid()) Disconnect("session destroyed");
+  if (loop_ && kick_fd_.valid()) loop_->Remove(kick_fd_.get());
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Create(PciDevice* device, EventLoop* loop,
@@ -180,6 +182,17 @@ absl::Status Session::Init() {
 
 absl::Status Session::Watch() {
   if (!loop_) return absl::OkStatus();
+  if (!kick_fd_.valid()) {
+    kick_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!kick_fd_.valid()) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
+    auto s = loop_->Add(kick_fd_.get(), EPOLLIN, [this](uint32_t) {
+      uint64_t v;
+      while (::read(kick_fd_.get(), &v, sizeof(v)) > 0) {
+      }
+      ProcessReady();
+    });
+    if (!s.ok()) return s;
+  }
   return loop_->Add(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t) { ProcessReady(); });
 }
 
@@ -288,6 +301,10 @@ void Session::ProcessReady() {
     }
   }
   in_process_ = false;
+  if (conn_.valid() && kick_fd_.valid() && HasBufferedInput()) {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(kick_fd_.get(), &one, sizeof(one));
+  }
 }
 
 bool Session::HandleMessage(Message msg) {

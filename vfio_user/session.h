@@ -155,9 +155,12 @@ class Session {
   // Called after every disconnect (the Server re-arms its listener).
   void set_on_disconnect(std::function<void()> cb) { on_disconnect_ = std::move(cb); }
 
-  // Handles every complete request that can be read without blocking. Safe
-  // to call spuriously.
+  // Handles the requests that can be read without blocking, at most 64 per
+  // call (fairness with the loop's other fds). Safe to call spuriously. With
+  // an EventLoop the session re-schedules itself when requests remain
+  // buffered; without one, call again while HasBufferedInput().
   void ProcessReady();
+  bool HasBufferedInput() const { return !backlog_.empty() || reader_.HasBufferedMessage(); }
 
   DmaTable& dma() { return *dma_; }
   IrqState& irqs() { return *irqs_; }
@@ -227,6 +230,7 @@ class Session {
   std::unique_ptr<MessageDmaImpl> message_dma_;
 
   UniqueFd conn_;
+  UniqueFd kick_fd_;  // eventfd: "input is buffered in user space, come back"
   MessageReader reader_;
   std::deque<Message> backlog_;
   bool negotiated_ = false;

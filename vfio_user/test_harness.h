@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -29,9 +30,11 @@ inline std::string TempDir() {
   return d && *d ? d : "/tmp";
 }
 
+// Unique even across Bazel sandboxes (whose pid namespaces repeat pids).
 inline std::string UniqueSocketPath(absl::string_view tag) {
   static std::atomic<int> n{0};
-  return absl::StrCat(TempDir(), "/vfu-", tag, "-", ::getpid(), "-", n++, ".sock");
+  static const unsigned salt = std::random_device{}();
+  return absl::StrCat(TempDir(), "/vfu-", tag, "-", ::getpid(), "-", salt, "-", n++, ".sock");
 }
 
 inline int CountOpenFds() {

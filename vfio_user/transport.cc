@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -111,42 +112,102 @@ absl::Status SendMessage(int sock, Header hdr, absl::Span<const uint8_t> payload
   return absl::OkStatus();
 }
 
+bool MessageReader::HasBufferedMessage() const {
+  size_t avail = buf_end_ - buf_start_;
+  if (avail < kHeaderSize) return false;
+  uint32_t sz;
+  std::memcpy(&sz, buf_.data() + buf_start_ + offsetof(Header, msg_size), 4);
+  return sz < kHeaderSize || sz > max_msg_size_ || avail >= sz;
+}
+
+bool MessageReader::Extract(Message* out, std::string* error, bool* framing_error) {
+  *framing_error = false;
+  size_t avail = buf_end_ - buf_start_;
+  if (avail < kHeaderSize) return false;
+  Header h;
+  std::memcpy(&h, buf_.data() + buf_start_, kHeaderSize);
+  if (h.msg_size < kHeaderSize || h.msg_size > max_msg_size_) {
+    *error = absl::StrCat("framing error: msg_size ", h.msg_size, " (limit ", max_msg_size_, ")");
+    *framing_error = true;
+    return false;
+  }
+  if (avail < h.msg_size) return false;
+  Message m;
+  m.hdr = h;
+  m.payload.assign(buf_.begin() + buf_start_ + kHeaderSize, buf_.begin() + buf_start_ + h.msg_size);
+  const uint64_t begin = stream_pos_, end = stream_pos_ + h.msg_size;
+  size_t keep = 0;
+  for (size_t gi = 0; gi < fd_groups_.size(); ++gi) {
+    FdGroup& g = fd_groups_[gi];
+    if (g.owner_pos < end) {
+      // Groups before `begin` cannot exist (they were given to earlier messages).
+      (void)begin;
+      if (g.truncated) m.fds_truncated = true;
+      for (auto& fd : g.fds) {
+        if (m.fds.size() < max_fds_) {
+          m.fds.push_back(std::move(fd));
+        } else {
+          m.fds_truncated = true;  // closed by going out of scope
+        }
+      }
+    } else {
+      if (keep != gi) fd_groups_[keep] = std::move(g);  // never self-move (it would empty g)
+      ++keep;
+    }
+  }
+  fd_groups_.resize(keep);
+  buf_start_ += h.msg_size;
+  stream_pos_ = end;
+  if (buf_start_ == buf_end_) buf_start_ = buf_end_ = 0;
+  *out = std::move(m);
+  return true;
+}
+
 MessageReader::Result MessageReader::Read(int sock, Message* out, std::string* error) {
   for (;;) {
-    uint8_t* buf;
-    size_t want;
-    if (got_ < kHeaderSize) {
-      buf = hdr_bytes_ + got_;
-      want = kHeaderSize - got_;
-    } else {
-      size_t body = cur_.hdr.msg_size - kHeaderSize;
-      if (got_ - kHeaderSize == body) {
-        *out = std::move(cur_);
-        cur_ = Message();
-        got_ = 0;
-        return Result::kMessage;
-      }
-      buf = cur_.payload.data() + (got_ - kHeaderSize);
-      want = body - (got_ - kHeaderSize);
+    bool framing = false;
+    if (Extract(out, error, &framing)) return Result::kMessage;
+    if (framing) return Result::kFramingError;
+    if (drained_) {
+      drained_ = false;
+      return Result::kWouldBlock;
     }
-    ssize_t n = RecvWithFds(sock, buf, want, max_fds_, &cur_, MSG_DONTWAIT);
+    // Room for at least the rest of the current message, 64 KiB otherwise.
+    size_t need = kHeaderSize;
+    if (buf_end_ - buf_start_ >= kHeaderSize) {
+      uint32_t sz;
+      std::memcpy(&sz, buf_.data() + buf_start_ + offsetof(Header, msg_size), 4);
+      need = sz;
+    }
+    if (buf_start_ > 0 && (buf_.size() - buf_start_ < std::max<size_t>(need, 65536))) {
+      std::memmove(buf_.data(), buf_.data() + buf_start_, buf_end_ - buf_start_);
+      buf_end_ -= buf_start_;
+      buf_start_ = 0;
+    }
+    size_t want = std::max<size_t>(need, 65536);
+    if (buf_.size() < want) buf_.resize(want);
+    Message fdsink;
+    uint8_t* dst = buf_.data() + buf_end_;
+    size_t room = buf_.size() - buf_end_;
+    ssize_t n = RecvWithFds(sock, dst, room, kMaxRecvFds, &fdsink, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return Result::kWouldBlock;
       *error = absl::StrCat("recvmsg: ", std::strerror(errno));
       return Result::kClosed;
     }
     if (n == 0) {
-      *error = got_ ? "peer closed mid-message" : "peer closed";
+      *error = idle() ? "peer closed" : "peer closed mid-message";
       return Result::kClosed;
     }
-    got_ += static_cast<size_t>(n);
-    if (got_ == kHeaderSize) {
-      std::memcpy(&cur_.hdr, hdr_bytes_, kHeaderSize);
-      if (cur_.hdr.msg_size < kHeaderSize || cur_.hdr.msg_size > max_msg_size_) {
-        *error = absl::StrCat("framing error: msg_size ", cur_.hdr.msg_size, " (limit ", max_msg_size_, ")");
-        return Result::kFramingError;
-      }
-      cur_.payload.resize(cur_.hdr.msg_size - kHeaderSize);
+    buf_end_ += static_cast<size_t>(n);
+    if (!fdsink.fds.empty() || fdsink.fds_truncated) {
+      FdGroup g;
+      g.owner_pos = stream_pos_ + (buf_end_ - buf_start_) - 1;
+      g.fds = std::move(fdsink.fds);
+      g.truncated = fdsink.fds_truncated;
+      fd_groups_.push_back(std::move(g));
+    } else if (static_cast<size_t>(n) < room) {
+      drained_ = true;  // nothing more queued right now
     }
   }
 }

@@ -37,27 +37,47 @@ struct Message {
 absl::Status SendMessage(int sock, Header hdr, absl::Span<const uint8_t> payload,
                          absl::Span<const int> fds, absl::Duration timeout = absl::Seconds(5));
 
-// Incremental reader for a non-blocking socket: feed it readiness, get whole
-// messages. A header whose msg_size is < 16 or > max_msg_size is a framing
-// error: the stream cannot be resynchronised and must be closed.
+// Incremental, buffered reader for a non-blocking socket: feed it readiness,
+// get whole messages. It reads as much as is available in one recvmsg (many
+// pipelined messages per syscall) and attributes fds by a kernel rule: an
+// AF_UNIX stream recvmsg never continues past the skb that carried fds, so
+// the fds of one recvmsg belong to the message containing its last byte.
+// A header whose msg_size is < 16 or > max_msg_size is a framing error: the
+// stream cannot be resynchronised and must be closed.
 class MessageReader {
  public:
   enum class Result { kMessage, kWouldBlock, kClosed, kFramingError };
   MessageReader(size_t max_msg_size, size_t max_fds) : max_msg_size_(max_msg_size), max_fds_(max_fds) {}
 
-  // Reads as much as is available, up to one message. kMessage fills *out;
+  // Returns the next message if one is buffered or can be read without
+  // blocking. kWouldBlock may be returned without a syscall when the last
+  // read drained the socket (the caller's poller reports new data).
   // kFramingError/kClosed put a description in *error.
   Result Read(int sock, Message* out, std::string* error);
-  // True when no partial message is buffered.
-  bool idle() const { return got_ == 0; }
+  // True when no byte of an unfinished message is buffered.
+  bool idle() const { return buf_end_ == buf_start_; }
+  // True when Read() would return a message (or a framing error) without
+  // reading the socket: such bytes are invisible to epoll, so the caller must
+  // come back for them.
+  bool HasBufferedMessage() const;
   void set_max_msg_size(size_t n) { max_msg_size_ = n; }
 
  private:
+  struct FdGroup {
+    uint64_t owner_pos;  // stream offset of the last byte of the read that brought them
+    std::vector<UniqueFd> fds;
+    bool truncated = false;
+  };
+  // Extracts a complete message at the buffer head, if any.
+  bool Extract(Message* out, std::string* error, bool* framing_error);
+
   size_t max_msg_size_;
   size_t max_fds_;
-  uint8_t hdr_bytes_[kHeaderSize] = {};
-  size_t got_ = 0;  // bytes of the current message received so far
-  Message cur_;
+  std::vector<uint8_t> buf_;
+  size_t buf_start_ = 0, buf_end_ = 0;
+  uint64_t stream_pos_ = 0;  // stream offset of buf_[buf_start_]
+  std::vector<FdGroup> fd_groups_;
+  bool drained_ = false;     // the last recvmsg was short and carried no fds
 };
 
 // Blocking receive of one whole message (for clients). UNAVAILABLE on EOF,

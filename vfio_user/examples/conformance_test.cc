@@ -44,6 +44,7 @@ class ServerProcess {
     path_ = testing::UniqueSocketPath("conf");
     std::string bin = ServerBinary();
     std::string flag = "--socket=" + path_;
+    ::unlink(path_.c_str());
     char* argv[] = {bin.data(), flag.data(), nullptr};
     EXPECT_EQ(::posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv, environ), 0) << bin;
     for (int i = 0; i < 500; ++i) {
@@ -62,6 +63,10 @@ class ServerProcess {
   }
   std::unique_ptr<Client> Connect() {
     auto c = Client::Connect(path_);
+    for (int i = 0; i < 200 && !c.ok(); ++i) {  // bound but not yet listening
+      absl::SleepFor(absl::Milliseconds(10));
+      c = Client::Connect(path_);
+    }
     EXPECT_TRUE(c.ok()) << c.status();
     if (!c.ok()) return nullptr;
     (*c)->set_timeout(absl::Seconds(10));

@@ -70,6 +70,14 @@ void SendChunk(int sock, const uint8_t* p, size_t n, uint8_t tag) {
   if (n > 0) (void)::sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
+void Pump(Session& s, int client) {
+  for (int i = 0; i < 1000; ++i) {
+    s.ProcessReady();
+    Drain(client);
+    if (!s.connected() || !s.HasBufferedInput()) return;
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -103,7 +111,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     AppendStruct(&msg, h);
     AppendBytes(&msg, payload);
     SendChunk(client.get(), msg.data(), msg.size(), 0);
-    (*session)->ProcessReady();
+    Pump(**session, client.get());
     Drain(client.get());
   }
   size_t off = 1;
@@ -115,13 +123,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     SendChunk(client.get(), data + off, len, tag);
     off += len;
     if (tag & 0x80) {
-      (*session)->ProcessReady();
+      Pump(**session, client.get());
       Drain(client.get());
     }
   }
   ::shutdown(client.get(), SHUT_WR);
   for (int i = 0; i < 64 && (*session)->connected(); ++i) {
-    (*session)->ProcessReady();
+    Pump(**session, client.get());
     Drain(client.get());
   }
   session->reset();
