@@ -14,12 +14,15 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/time/time.h"
+#include "state_store/store.h"
 #include "vfio_user/event_loop.h"
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/session.h"
 
 ABSL_FLAG(std::string, socket, "", "path of the vfio-user UNIX socket to listen on");
 ABSL_FLAG(int, busy_poll_us, 100, "keep polling this long after activity before sleeping (0 = never)");
+ABSL_FLAG(std::string, state_dir, "", "persist the session and device in an LMDB env here (tmpfs)");
+ABSL_FLAG(bool, crash_consistent, false, "peek/commit/consume/journal every request (needs --state_dir)");
 
 namespace {
 emud::vfio_user::EventLoop* g_loop = nullptr;
@@ -46,7 +49,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "device: %s\n", std::string(device.status().message()).c_str());
     return 1;
   }
-  auto server = emud::vfio_user::Server::Listen(path, device->get(), loop->get(), {});
+  emud::vfio_user::SessionOptions options;
+  std::unique_ptr<emud::state_store::Env> env;
+  if (!absl::GetFlag(FLAGS_state_dir).empty()) {
+    emud::state_store::EnvOptions eo;
+    eo.tables = emud::vfio_user::SessionTables();
+    eo.tables.push_back(emud::vfio_user::ExampleDevice::kTable);
+    auto e = emud::state_store::Env::Open(absl::GetFlag(FLAGS_state_dir), eo);
+    if (!e.ok()) {
+      std::fprintf(stderr, "state_dir: %s\n", std::string(e.status().message()).c_str());
+      return 1;
+    }
+    env = std::move(*e);
+    options.store = env.get();
+    options.crash_consistent = absl::GetFlag(FLAGS_crash_consistent);
+    options.journal_path = absl::GetFlag(FLAGS_state_dir) + "/journal";
+  }
+  auto server = emud::vfio_user::Server::Listen(path, device->get(), loop->get(), options);
   if (!server.ok()) {
     std::fprintf(stderr, "listen: %s\n", std::string(server.status().message()).c_str());
     return 1;
