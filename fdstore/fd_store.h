@@ -37,6 +37,14 @@ namespace emud::fdstore {
 
 absl::Status ValidateKey(absl::string_view key);
 
+// Conventions between emud and emud-worker (see server/device_manager.h):
+// emud starts every worker with its end of a connected channel inherited
+// under kChannelKey (next to the device's stored fds), and names the store's
+// listening socket, for FdStoreClient::Reconnect after emud restarts, in the
+// environment variable kStoreSocketEnv.
+inline constexpr char kChannelKey[] = "fdstore/channel";
+inline constexpr char kStoreSocketEnv[] = "EMUD_FDSTORE_SOCKET";
+
 // ------------------------------------------------------------ wire format
 
 enum class Op : uint8_t {

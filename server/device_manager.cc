@@ -31,11 +31,13 @@ namespace v1 = emud::v1;
 
 constexpr uint64_t kWakeId = 1;
 constexpr uint64_t kInotifyId = 2;
+constexpr uint64_t kStoreListenId = 3;
 // Watch history: watchers consume continuously; one that falls further
 // behind than this is told to restart its watch. Bounds memory.
 constexpr size_t kMaxRetainedEvents = 2048;
 // Status refreshes allowed back to back before rate limiting sets in.
 constexpr int kRefreshBurst = 8;
+constexpr absl::Duration kSettle = absl::Milliseconds(10);
 constexpr absl::Duration kKillGrace = absl::Seconds(3);
 constexpr absl::Duration kFallbackRefresh = absl::Seconds(5);
 
@@ -107,7 +109,7 @@ absl::StatusOr<std::unique_ptr<DeviceManager>> DeviceManager::Open(ManagerOption
                                                                    Metrics* metrics) {
   std::unique_ptr<DeviceManager> m(new DeviceManager(std::move(options), metrics));
   state_store::EnvOptions eo;
-  eo.tables = {"devices"};
+  eo.tables = {"devices", "fds"};
   eo.schema_version = 1;
   eo.on_commit = [metrics](absl::Duration d) {
     if (metrics != nullptr) metrics->ObserveCommit(d);
@@ -135,10 +137,26 @@ absl::Status DeviceManager::Start() {
   ev.data.u64 = kInotifyId;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, inotify_.get(), &ev);
 
+  auto listen = fdstore::ListenSeqpacket(FdStoreSocket());
+  if (!listen.ok()) return listen.status();
+  store_listen_ = std::move(*listen);
+  ev.events = EPOLLIN;
+  ev.data.u64 = kStoreListenId;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, store_listen_.get(), &ev);
+
   std::vector<DeviceRecord> recs;
+  std::map<std::string, std::set<std::string>> fd_keys;
   absl::Status s = control_->View([&](const state_store::ReadTxn& txn) {
-    return devices_table_.ForEach(txn, "", [&](absl::string_view, const DeviceRecord& r) {
+    absl::Status st = devices_table_.ForEach(txn, "", [&](absl::string_view, const DeviceRecord& r) {
       recs.push_back(r);
+      return absl::OkStatus();
+    });
+    if (!st.ok()) return st;
+    return fds_table_.ForEach(txn, "", [&](absl::string_view k, const emud::internal::FdRecord&) {
+      size_t slash = k.find('/');
+      if (slash != absl::string_view::npos) {
+        fd_keys[std::string(k.substr(0, slash))].insert(std::string(k.substr(slash + 1)));
+      }
       return absl::OkStatus();
     });
   });
@@ -148,6 +166,11 @@ absl::Status DeviceManager::Start() {
   for (auto& r : recs) {
     Dev& d = AddDevLocked(std::move(r));
     metrics_->InitRestarts(d.rec.name(), d.rec.restart_count());
+    d.recorded_fds = fd_keys[d.rec.name()];
+    if (!d.recorded_fds.empty()) {
+      Log(absl::StrCat("device ", d.rec.name(), ": ", d.recorded_fds.size(),
+                       " fds were held by the previous emud; its worker re-deposits them"));
+    }
     if (d.rec.failed()) {
       Log(absl::StrCat("device ", d.rec.name(), " is FAILED: ", d.rec.last_error()));
     } else if (d.rec.worker_pid() > 0) {
@@ -285,14 +308,39 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
     d.rec.set_restart_count(d.rec.restart_count() + 1);
     metrics_->WorkerRestarted(d.rec.name());
   }
-  // Until the fd store (issue 7) keeps the listening socket alive across
-  // workers, each worker binds a fresh one: remove the dead one's file.
-  RemoveSocketFile(spec.socket_path());
-  auto p = SpawnProcess(argv);
+  // The worker's fd-store channel, then every fd held for the device.
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    WorkerFailedLocked(d, absl::StrCat("fd-store channel: ", std::strerror(errno)));
+    return;
+  }
+  UniqueFd mine(sv[0]), theirs(sv[1]);
+  ::fcntl(mine.get(), F_SETFL, ::fcntl(mine.get(), F_GETFL) | O_NONBLOCK);
+  std::vector<Inherit> inherit = {{fdstore::kChannelKey, theirs.get()}};
+  bool has_listener = false;
+  for (const auto& [key, fd] : store_.Fds(d.rec.name())) {
+    inherit.push_back({key, fd});
+    has_listener = has_listener || key == "vfio/listen";
+  }
+  // A successor inherits the listening socket when the store holds it;
+  // otherwise it binds a fresh one and the dead worker's file must go.
+  if (!has_listener) RemoveSocketFile(spec.socket_path());
+  auto p = SpawnProcess(argv, inherit,
+                        {absl::StrCat(fdstore::kStoreSocketEnv, "=", FdStoreSocket())});
   if (!p.ok()) {
     WorkerFailedLocked(d, std::string(p.status().message()));
     return;
   }
+  if (d.channel_id != 0) CloseChannelLocked(d.channel_id);
+  auto ch = std::make_unique<Channel>();
+  ch->fd = std::move(mine);
+  ch->device = d.rec.name();
+  d.channel_id = next_id_++;
+  epoll_event cev{};
+  cev.events = EPOLLIN;
+  cev.data.u64 = d.channel_id;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, ch->fd.get(), &cev);
+  channels_[d.channel_id] = std::move(ch);
   d.proc = std::move(*p);
   d.started = absl::Now();
   epoll_event ev{};
@@ -523,13 +571,22 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   }
   // The device stays findable until its record is gone, so a crash here
   // leaves a record that the next emud starts again (and can be deleted).
-  s = control_->Update(
-      [&](state_store::WriteTxn& txn) { return devices_table_.Delete(txn, name); });
+  s = control_->Update([&](state_store::WriteTxn& txn) -> absl::Status {
+    absl::Status st = devices_table_.Delete(txn, name);
+    if (!st.ok()) return st;
+    return txn.DeletePrefix(fds_table_.name(), absl::StrCat(name, "/"));
+  });
   if (!s.ok()) {
     d->busy = false;
     d->deleting = false;
     return s;
   }
+  store_.ReleaseDevice(name);
+  std::vector<uint64_t> gone;
+  for (const auto& [id, ch] : channels_) {
+    if (ch->device == name) gone.push_back(id);
+  }
+  for (uint64_t id : gone) CloseChannelLocked(id);
   if (d->watch >= 0) {
     ::inotify_rm_watch(inotify_.get(), d->watch);
     by_watch_.erase(d->watch);
@@ -678,6 +735,95 @@ DeviceManager::WaitResult DeviceManager::WaitForEvents(uint64_t* cursor,
   return WaitResult::kEvents;
 }
 
+// ------------------------------------------------------------- fd store
+
+void DeviceManager::AcceptChannelsLocked() {
+  while (true) {
+    int fd = ::accept4(store_listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    auto ch = std::make_unique<Channel>();
+    ch->fd.reset(fd);
+    uint64_t id = next_id_++;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = id;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev);
+    channels_[id] = std::move(ch);
+  }
+}
+
+void DeviceManager::CloseChannelLocked(uint64_t id) {
+  auto it = channels_.find(id);
+  if (it == channels_.end()) return;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
+  channels_.erase(it);
+  for (auto& [name, d] : devs_) {
+    if (d->channel_id == id) d->channel_id = 0;
+  }
+}
+
+void DeviceManager::HandleChannelLocked(uint64_t id) {
+  Channel& ch = *channels_[id];
+  const bool anonymous = ch.device.empty();
+  absl::Status s = store_.ServeOne(ch.fd.get(), &ch.device);
+  if (!s.ok()) {  // closed by the worker (exit, crash) or unusable
+    CloseChannelLocked(id);
+    return;
+  }
+  if (ch.device.empty()) return;
+  Dev* d = FindLocked(ch.device);
+  if (anonymous) {
+    // A reconnecting worker: only the device's current worker may speak
+    // for it.
+    struct ucred cred {};
+    socklen_t len = sizeof(cred);
+    bool ok = ::getsockopt(ch.fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+              d != nullptr && d->proc.pid != 0 && cred.pid == d->proc.pid;
+    if (!ok) {
+      Log(absl::StrCat("fd store: refusing a channel from pid ", cred.pid, " for device '",
+                       ch.device, "' (not its current worker)"));
+      CloseChannelLocked(id);
+      return;
+    }
+    Log(absl::StrCat("device ", ch.device, ": worker pid ", cred.pid,
+                     " reconnected to the fd store"));
+  }
+  if (d != nullptr) SyncFdRecordsLocked(*d);
+}
+
+void DeviceManager::SyncFdRecordsLocked(Dev& d) {
+  std::vector<std::string> keys = store_.Keys(d.rec.name());
+  std::set<std::string> now(keys.begin(), keys.end());
+  metrics_->SetFdsHeld(d.rec.name(), now.size());
+  if (now == d.recorded_fds) return;
+  emud::internal::FdRecord rec;
+  rec.set_worker_pid(d.proc.pid);
+  rec.set_deposit_unix_nanos(NowNanos());
+  absl::Status s = control_->Update([&](state_store::WriteTxn& txn) -> absl::Status {
+    for (const auto& k : now) {
+      if (d.recorded_fds.count(k) > 0) continue;
+      absl::Status st = fds_table_.Put(txn, absl::StrCat(d.rec.name(), "/", k), rec);
+      if (!st.ok()) return st;
+    }
+    for (const auto& k : d.recorded_fds) {
+      if (now.count(k) > 0) continue;
+      absl::Status st = fds_table_.Delete(txn, absl::StrCat(d.rec.name(), "/", k));
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  });
+  if (s.ok()) {
+    d.recorded_fds = std::move(now);
+  } else {
+    Log(absl::StrCat("device ", d.rec.name(), ": recording fd-store keys: ", s.ToString()));
+  }
+}
+
+size_t DeviceManager::FdsHeldForTest(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  return store_.Keys(name).size();
+}
+
 pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
   absl::MutexLock lock(&mu_);
   Dev* d = FindLocked(name);
@@ -693,6 +839,11 @@ void DeviceManager::Loop() {
   // commits at most kRefreshBurst times per status_refresh_interval.
   std::deque<absl::Time> recent_refreshes;
   absl::Time next_refresh_allowed = absl::InfinitePast();
+  // inotify reports a commit's page writes before its meta page makes it
+  // visible to readers, so devices refreshed on an event are read once more
+  // a little later (kSettle) to catch the commit that was in flight.
+  std::set<std::string> settle;
+  absl::Time settle_at = absl::InfiniteFuture();
   absl::Time next_fallback = absl::Now() + kFallbackRefresh;
   while (true) {
     absl::Time wake_at = next_fallback;
@@ -704,6 +855,7 @@ void DeviceManager::Loop() {
       }
     }
     if (!inotify_armed) wake_at = std::min(wake_at, next_refresh_allowed);
+    wake_at = std::min(wake_at, settle_at);
     int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(wake_at - absl::Now()) + 1);
     epoll_event evs[64];
     int n = ::epoll_wait(epoll_.get(), evs, 64, static_cast<int>(std::min<int64_t>(ms, 60000)));
@@ -736,6 +888,10 @@ void DeviceManager::Loop() {
             p += sizeof(inotify_event) + e->len;
           }
         }
+      } else if (id == kStoreListenId) {
+        AcceptChannelsLocked();
+      } else if (channels_.count(id) > 0) {
+        HandleChannelLocked(id);
       } else {
         auto it = by_id_.find(id);
         if (it != by_id_.end() && it->second->proc.pid != 0 && HasExited(it->second->proc)) {
@@ -749,7 +905,9 @@ void DeviceManager::Loop() {
         if (!d->dirty) continue;
         RefreshLocked(*d);
         NotifyLocked(*d);
+        settle.insert(name);
       }
+      if (!settle.empty() && settle_at == absl::InfiniteFuture()) settle_at = now + kSettle;
       recent_refreshes.push_back(now);
       while (recent_refreshes.size() > static_cast<size_t>(kRefreshBurst)) {
         recent_refreshes.pop_front();
@@ -763,6 +921,16 @@ void DeviceManager::Loop() {
       ev.data.u64 = kInotifyId;
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, inotify_.get(), &ev);
       inotify_armed = true;
+    }
+    if (now >= settle_at) {
+      for (const auto& name : settle) {
+        if (Dev* d = FindLocked(name)) {
+          RefreshLocked(*d);
+          NotifyLocked(*d);
+        }
+      }
+      settle.clear();
+      settle_at = absl::InfiniteFuture();
     }
     if (now >= next_fallback) {
       for (auto& [name, d] : devs_) {

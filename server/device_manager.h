@@ -20,6 +20,17 @@
 // its connection); a worker that died meanwhile is restarted and counted.
 // On shutdown workers keep running unless stop_workers_on_exit is set.
 //
+// The fd store (fdstore/): emud holds duplicates of the descriptors each
+// worker deposits (vfio-user sockets, guest memory, eventfds, ...), so that a
+// successor gets the very same kernel objects. Every worker is started with
+// its end of a SOCK_SEQPACKET channel inherited under fdstore::kChannelKey,
+// followed by every fd held for its device under their keys (EMUD_FDS), and
+// with fdstore::kStoreSocketEnv naming the store's listening socket
+// (<state-dir>/fdstore.sock) so that, after emud restarts, it can reconnect
+// and re-deposit. A reconnecting channel must come from the device's current
+// worker (SO_PEERCRED). The held keys are recorded in the control
+// environment (table "fds"); deleting a device releases its fds.
+//
 // Thread safety: every public method may be called from any thread
 // (gRPC handlers); they serialise on one mutex, released while waiting for a
 // worker to stop.
@@ -31,6 +42,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +58,7 @@
 #include "server/process.h"
 #include "server/restart_policy.h"
 #include "base/unique_fd.h"
+#include "fdstore/fd_store.h"
 #include "server/validation.h"
 #include "server/worker_status_reader.h"
 #include "state_store/record.h"
@@ -109,6 +122,10 @@ class DeviceManager {
 
   // Test hook: pid of the device's worker, 0 if none.
   pid_t WorkerPidForTest(const std::string& name);
+  // Test hook: number of fds the store holds for the device.
+  size_t FdsHeldForTest(const std::string& name);
+  // Path of the fd store's listening socket.
+  std::string FdStoreSocket() const { return options_.state_dir + "/fdstore.sock"; }
 
  private:
   struct Dev {
@@ -128,6 +145,12 @@ class DeviceManager {
     emud::v1::Phase phase = emud::v1::PHASE_UNSPECIFIED;
     absl::Time phase_time;
     std::string last_emitted;  // serialized Device of the last event
+    uint64_t channel_id = 0;   // fd-store channel of the worker we spawned
+    std::set<std::string> recorded_fds;  // keys in the "fds" table
+  };
+  struct Channel {
+    UniqueFd fd;         // emud's end, non-blocking
+    std::string device;  // preset for spawned channels; set by HELLO otherwise
   };
 
   DeviceManager(ManagerOptions options, Metrics* metrics)
@@ -151,6 +174,10 @@ class DeviceManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdatePhaseGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
+  void AcceptChannelsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void HandleChannelLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CloseChannelLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SyncFdRecordsLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Wake();
   absl::Status CheckAcceptingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -158,8 +185,9 @@ class DeviceManager {
   Metrics* const metrics_;
   std::unique_ptr<state_store::Env> control_;
   const state_store::RecordTable<emud::internal::DeviceRecord> devices_table_{"devices"};
+  const state_store::RecordTable<emud::internal::FdRecord> fds_table_{"fds"};
 
-  UniqueFd epoll_, wake_, inotify_;
+  UniqueFd epoll_, wake_, inotify_, store_listen_;
   std::thread loop_;
   bool started_ = false;
 
@@ -167,6 +195,8 @@ class DeviceManager {
   std::map<std::string, std::unique_ptr<Dev>> devs_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Dev*> by_id_ ABSL_GUARDED_BY(mu_);
   std::map<int, Dev*> by_watch_ ABSL_GUARDED_BY(mu_);
+  fdstore::FdStore store_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::unique_ptr<Channel>> channels_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 16;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_loop_ ABSL_GUARDED_BY(mu_) = false;

@@ -278,8 +278,10 @@ int main(int argc, char** argv) {
       served.push_back(absl::StrCat(addr.substr(0, addr.rfind(':')), ":", *ports[pi++]));
     }
   }
-  std::cerr << "emud: ready: grpc " << absl::StrJoin(served, ",") << " metrics " << metrics_url
-            << " state " << opts.state_dir << " worker " << opts.worker_binary << std::endl;
+  std::string ready = absl::StrCat("emud: ready: grpc ", absl::StrJoin(served, ","), " metrics ",
+                                   metrics_url, " state ", opts.state_dir, " worker ",
+                                   opts.worker_binary, "\n");
+  (void)!::write(2, ready.data(), ready.size());  // one write: readers see whole lines
 
   int sig = 0;
   sigwait(&sigs, &sig);

@@ -32,6 +32,8 @@ const MetricDef kMetricDefs[] = {
     {"emud_dataplane_errors_total", "Data-path errors (bad descriptors, backend errors)",
      "counter", "device,queue,direction"},
     {"emud_worker_restarts_total", "Worker restarts after unexpected exits", "counter", "device"},
+    {"emud_fdstore_fds", "Descriptors held in emud's fd store for the device", "gauge",
+     "device"},
     {"emud_worker_reattach_duration_seconds",
      "Time from a successor worker's start to its first packet moved", "histogram", ""},
     {"emud_state_store_commit_duration_seconds", "Duration of emud's state-store commits",
@@ -82,6 +84,7 @@ Metrics::Metrics()
       errors_(Counter(*registry_, "emud_dataplane_errors_total")),
       restarts_(Counter(*registry_, "emud_worker_restarts_total")),
       reattach_(Histogram(*registry_, "emud_worker_reattach_duration_seconds")),
+      fds_(Gauge(*registry_, "emud_fdstore_fds")),
       commit_(Histogram(*registry_, "emud_state_store_commit_duration_seconds")),
       commit_hist_(commit_.Add({{"env", "control"}},
                                prometheus::Histogram::BucketBoundaries{
@@ -182,8 +185,21 @@ void Metrics::WorkerRestarted(const std::string& device) {
   Advance(restarts_, device, "restarts", {}, next);
 }
 
+void Metrics::SetFdsHeld(const std::string& device, size_t n) {
+  absl::MutexLock lock(&mu_);
+  auto it = fd_gauges_.find(device);
+  if (it == fd_gauges_.end()) {
+    it = fd_gauges_.emplace(device, &fds_.Add({{"device", device}})).first;
+  }
+  it->second->Set(static_cast<double>(n));
+}
+
 void Metrics::RemoveDevice(const std::string& device) {
   absl::MutexLock lock(&mu_);
+  if (auto g = fd_gauges_.find(device); g != fd_gauges_.end()) {
+    fds_.Remove(g->second);
+    fd_gauges_.erase(g);
+  }
   auto it = series_.find(device);
   if (it != series_.end()) {
     for (auto& [key, t] : it->second) {

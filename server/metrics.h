@@ -52,6 +52,8 @@ class Metrics {
   // emud finds at startup.
   void InitRestarts(const std::string& device, uint64_t initial);
   void WorkerRestarted(const std::string& device);
+  // emud_fdstore_fds{device}: descriptors held in the fd store.
+  void SetFdsHeld(const std::string& device, size_t n);
   // Drops every series labelled with `device`.
   void RemoveDevice(const std::string& device);
   void ObserveCommit(absl::Duration d);
@@ -77,6 +79,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& errors_;
   prometheus::Family<prometheus::Counter>& restarts_;
   prometheus::Family<prometheus::Histogram>& reattach_;
+  prometheus::Family<prometheus::Gauge>& fds_;
   prometheus::Family<prometheus::Histogram>& commit_;
   prometheus::Histogram& commit_hist_;
   prometheus::Histogram& reattach_hist_;
@@ -86,6 +89,7 @@ class Metrics {
   std::map<std::string, std::map<std::string, Tracked>> series_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> reattaches_seen_ ABSL_GUARDED_BY(mu_);
   std::map<emud::v1::Phase, prometheus::Gauge*> phase_gauges_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, prometheus::Gauge*> fd_gauges_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace emud::server

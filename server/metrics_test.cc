@@ -38,6 +38,7 @@ TEST(MetricsTest, EveryDeclaredMetricIsExported) {
   (*st.mutable_virtchnl_ops())["VERSION/SUCCESS"] = 1;
   m.UpdateFromWorkerStatus("d", st);
   m.ObserveCommit(absl::Microseconds(30));
+  m.SetFdsHeld("d", 2);
   std::string text = Scrape(m);
   for (size_t i = 0; i < kNumMetricDefs; ++i) {
     EXPECT_NE(text.find(std::string("# TYPE ") + kMetricDefs[i].name + " " + kMetricDefs[i].type),

@@ -50,7 +50,9 @@ absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid) {
   return ticks;
 }
 
-absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv) {
+absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
+                                     const std::vector<Inherit>& inherit,
+                                     const std::vector<std::string>& env) {
   if (argv.empty() || argv[0].empty() || argv[0][0] != '/') {
     return absl::InvalidArgumentError("SpawnProcess needs an absolute binary path");
   }
@@ -58,10 +60,39 @@ absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv) {
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
 
+  // Stage every inherited fd above the target range first, so that no dup2
+  // clobbers a source still to be copied (and dup2 to a different number
+  // clears close-on-exec on the target).
+  const int base = 3;
+  const int high = base + static_cast<int>(inherit.size()) + 64;
+  std::vector<UniqueFd> staged;
+  std::string described;
+  for (size_t i = 0; i < inherit.size(); ++i) {
+    int d = ::fcntl(inherit[i].fd, F_DUPFD_CLOEXEC, high);
+    if (d < 0) {
+      return absl::InternalError(
+          absl::StrCat("dup of inherited fd ", inherit[i].key, ": ", std::strerror(errno)));
+    }
+    staged.emplace_back(d);
+    absl::StrAppend(&described, i ? "," : "", inherit[i].key, "=", base + static_cast<int>(i));
+  }
+  std::vector<std::string> envs;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "EMUD_FDS=", 9) != 0) envs.emplace_back(*e);
+  }
+  if (!inherit.empty()) envs.push_back("EMUD_FDS=" + described);
+  for (const auto& e : env) envs.push_back(e);
+  std::vector<char*> cenv;
+  for (auto& e : envs) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+  for (size_t i = 0; i < staged.size(); ++i) {
+    posix_spawn_file_actions_adddup2(&fa, staged[i].get(), base + static_cast<int>(i));
+  }
+  posix_spawn_file_actions_addclosefrom_np(&fa, base + static_cast<int>(inherit.size()));
   posix_spawnattr_init(&attr);
   sigset_t empty, defaults;
   sigemptyset(&empty);
@@ -72,7 +103,7 @@ absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv) {
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
                                       POSIX_SPAWN_SETSIGDEF);
   pid_t pid = 0;
-  int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), environ);
+  int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), cenv.data());
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {

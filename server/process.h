@@ -22,11 +22,23 @@ struct Process {
   bool is_child = false;     // only children can be reaped (exit status known)
 };
 
+// A descriptor handed to a child: `fd` (borrowed) appears in the child as
+// the next free number from 3 up, described by EMUD_FDS="key=3,key=4,..."
+// (the fd store's convention, see fdstore::TakeInheritedFds).
+struct Inherit {
+  std::string key;
+  int fd = -1;
+};
+
 // Starts `argv[0]` (an absolute path) with `argv` in a new session (so a
-// terminal's ^C or emud's own death does not reach it), with every
-// descriptor above 2 closed, default signal dispositions and an empty signal
-// mask. Returns the child with a pidfd. Fails if the binary cannot be run.
-absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv);
+// terminal's ^C or emud's own death does not reach it), with only
+// `inherit` open above descriptor 2 (EMUD_FDS set if any), default signal
+// dispositions, an empty signal mask and emud's environment plus `env`
+// (NAME=VALUE). Returns the child with a pidfd. Fails if the binary cannot
+// be run.
+absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
+                                     const std::vector<Inherit>& inherit = {},
+                                     const std::vector<std::string>& env = {});
 
 // Takes a running process (not necessarily a child) whose start time must be
 // `start_ticks`. NOT_FOUND if the pid is gone or now names another process.

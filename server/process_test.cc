@@ -55,6 +55,28 @@ TEST(ProcessTest, DescriptorsAreNotInheritedAndSignalsAreReset) {
   EXPECT_NE(ReapAndDescribe(*p).find("signal 15"), std::string::npos);
 }
 
+TEST(ProcessTest, InheritedFdsAndEnvironment) {
+  int pipefd[2];
+  ASSERT_EQ(::pipe2(pipefd, O_CLOEXEC), 0);
+  int extra = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  // The child writes EMUD_FDS and EXTRA to the inherited pipe (fd 3) and
+  // checks that fd 4 is /dev/null and nothing else is open above it.
+  auto p = SpawnProcess(
+      {"/bin/sh", "-c",
+       "echo \"$EMUD_FDS $EXTRA\" >&3; test -e /proc/self/fd/4 || exit 4; "
+       "test -e /proc/self/fd/6 && exit 6; exit 0"},
+      {{"pipe", pipefd[1]}, {"null", extra}}, {"EXTRA=yes"});
+  ::close(pipefd[1]);
+  ::close(extra);
+  ASSERT_TRUE(p.ok()) << p.status();
+  WaitExit(*p);
+  EXPECT_EQ(ReapAndDescribe(*p), "exited with status 0");
+  char buf[128] = {0};
+  ASSERT_GT(::read(pipefd[0], buf, sizeof(buf) - 1), 0);
+  ::close(pipefd[0]);
+  EXPECT_EQ(std::string(buf), "pipe=3,null=4 yes\n");
+}
+
 TEST(ProcessTest, MissingBinaryFails) {
   auto p = SpawnProcess({"/nonexistent/emud-worker"});
   EXPECT_FALSE(p.ok());

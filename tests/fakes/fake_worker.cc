@@ -13,6 +13,15 @@
 // to LISTENING. Counters continue from the previous record (reattaches+1),
 // as the real worker's do.
 //
+// fd store: like the real worker is meant to, it takes the descriptors emud
+// hands it (EMUD_FDS), adopts its channel and re-deposits what it inherited;
+// it deposits its listening socket ("vfio/listen") before LISTENING and a
+// client's connection ("vfio/conn") before serving it, releasing it when the
+// client leaves. A successor that inherits "vfio/conn" keeps serving that
+// very connection (the client never notices), and one that inherits
+// "vfio/listen" does not bind. When emud goes away it reconnects to
+// $EMUD_FDSTORE_SOCKET every 50 ms and re-deposits everything.
+//
 // Test switches: if <state-dir>/fake/<device>.crash exists, the worker
 // publishes an error and exits with status 3 at once (crash loop); if
 // FAKE_WORKER_IGNORE_SIGTERM is set, SIGTERM is ignored (SIGKILL escalation).
@@ -34,6 +43,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "fdstore/fd_store.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/record.h"
 #include "state_store/state_dir.h"
@@ -88,6 +98,29 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   int sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 
+  auto inherited = emud::fdstore::TakeInheritedFds();
+  if (!inherited.ok()) Die(inherited.status().ToString());
+  std::unique_ptr<emud::fdstore::FdStoreClient> store;
+  const char* store_path = std::getenv(emud::fdstore::kStoreSocketEnv);
+  if (auto it = inherited->find(emud::fdstore::kChannelKey); it != inherited->end()) {
+    auto c = emud::fdstore::FdStoreClient::Adopt(std::move(it->second), device);
+    if (!c.ok()) Die(c.status().ToString());
+    store = std::move(*c);
+    inherited->erase(it);
+    for (const auto& [key, fd] : *inherited) {
+      absl::Status s = store->Deposit(key, fd.get());  // so that a reconnect re-deposits it
+      if (!s.ok()) Die(s.ToString());
+    }
+  }
+  auto deposit = [&](const char* key, int fd) {
+    if (store == nullptr) return;
+    absl::Status s = store->Deposit(key, fd);
+    if (!s.ok()) std::cerr << "fake_worker: deposit " << key << ": " << s << std::endl;
+  };
+  auto release = [&](const char* key) {
+    if (store != nullptr) (void)store->Release(key);
+  };
+
   Worker w;
   emud::state_store::EnvOptions eo;
   eo.tables = {"status"};
@@ -105,6 +138,7 @@ int main(int argc, char** argv) {
     return absl::OkStatus();
   });
   if (!s.ok()) Die(s.ToString());
+  const WorkerStatus previous = w.st;
   w.st.set_pid(getpid());
   w.st.set_phase(WorkerStatus::PHASE_UNSPECIFIED);
   w.st.set_virtchnl_major(0);
@@ -120,28 +154,56 @@ int main(int argc, char** argv) {
     return 3;
   }
 
-  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, args["socket"].c_str(), sizeof(addr.sun_path) - 1);
-  unlink(args["socket"].c_str());
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(lfd, 4) != 0) {
-    w.st.set_last_error(absl::StrCat("bind ", args["socket"], ": ", std::strerror(errno)));
-    w.Publish();
-    return 4;
+  int lfd = -1;
+  if (auto it = inherited->find("vfio/listen"); it != inherited->end()) {
+    lfd = it->second.release();
+  } else {
+    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, args["socket"].c_str(), sizeof(addr.sun_path) - 1);
+    unlink(args["socket"].c_str());
+    if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(lfd, 4) != 0) {
+      w.st.set_last_error(absl::StrCat("bind ", args["socket"], ": ", std::strerror(errno)));
+      w.Publish();
+      return 4;
+    }
+    deposit("vfio/listen", lfd);
   }
-  w.st.set_phase(WorkerStatus::LISTENING);
+  int cfd = -1;
+  if (auto it = inherited->find("vfio/conn"); it != inherited->end()) {
+    // Resume the client's connection where the previous worker left it.
+    cfd = it->second.release();
+    w.st.set_phase(previous.phase() >= WorkerStatus::CONNECTED ? previous.phase()
+                                                               : WorkerStatus::CONNECTED);
+    w.st.set_virtchnl_major(previous.virtchnl_major());
+    w.st.set_virtchnl_minor(previous.virtchnl_minor());
+  } else {
+    w.st.set_phase(WorkerStatus::LISTENING);
+  }
   w.Publish();
 
-  int cfd = -1;
   std::string buf;
   while (true) {
-    struct pollfd pfds[3] = {{sfd, POLLIN, 0}, {lfd, POLLIN, 0}, {cfd, POLLIN, 0}};
-    if (poll(pfds, cfd >= 0 ? 3 : 2, -1) < 0) continue;
+    int store_fd = store != nullptr && store->connected() ? store->channel_fd() : -1;
+    struct pollfd pfds[4] = {
+        {sfd, POLLIN, 0}, {lfd, POLLIN, 0}, {store_fd, POLLIN, 0}, {cfd, POLLIN, 0}};
+    bool want_reconnect = store != nullptr && !store->connected() && store_path != nullptr;
+    if (poll(pfds, 4, want_reconnect ? 50 : -1) < 0) continue;
     if (pfds[0].revents) {
       close(lfd);
       unlink(args["socket"].c_str());
       return 0;
+    }
+    if (pfds[2].revents) {
+      // The store never speaks first: readable means emud went away. A
+      // failing Reconnect is the client's way to drop the dead channel; the
+      // next rounds retry the real path.
+      (void)store->Reconnect("/nonexistent");
+    }
+    if (want_reconnect) {
+      absl::Status s = store->Reconnect(store_path);
+      if (s.ok()) std::cerr << "fake_worker: " << device << ": reconnected to the fd store\n";
     }
     if (pfds[1].revents) {
       int c = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
@@ -149,15 +211,17 @@ int main(int argc, char** argv) {
         close(c);  // one client at a time, like a vfio-user server
       } else if (c >= 0) {
         cfd = c;
+        deposit("vfio/conn", cfd);
         w.st.set_phase(WorkerStatus::CONNECTED);
         (*w.st.mutable_vfio_user_messages())["VERSION"] += 1;
         w.Publish();
       }
     }
-    if (cfd >= 0 && pfds[2].revents) {
+    if (cfd >= 0 && pfds[3].revents) {
       char tmp[256];
       ssize_t n = read(cfd, tmp, sizeof(tmp));
       if (n <= 0) {
+        release("vfio/conn");
         close(cfd);
         cfd = -1;
         buf.clear();

@@ -156,7 +156,9 @@ absl::StatusOr<std::unique_ptr<EmudProcess>> EmudProcess::Start(Options o) {
         std::string text = ReadFile(p->log_path_).substr(log_start);
         size_t at = text.find("emud: ready: ");
         if (at == std::string::npos) return false;
-        ready = text.substr(at, text.find('\n', at) - at);
+        size_t end = text.find('\n', at);
+        if (end == std::string::npos) return false;  // line still being written
+        ready = text.substr(at, end - at);
         return true;
       },
       absl::Seconds(15));

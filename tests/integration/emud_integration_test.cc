@@ -1,6 +1,7 @@
 // Cross-process tests of emud: a real emud (//server:emud) supervising fake
 // workers (//tests/fakes:fake_worker), driven through emuctl and the gRPC
 // API, with metrics scraped over HTTP.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "proto/grpc_health_v1.grpc.pb.h"
+#include "fdstore/fd_store.h"
 #include "tests/integration/emud_harness.h"
 #include "tests/integration/reflection_v1alpha.grpc.pb.h"
 
@@ -270,7 +272,8 @@ TEST_F(EmudTest, MetricsAreScrapedAndCountersNeverGoBackwards) {
   ASSERT_TRUE(WaitFor([&] { return Scrape()[pk] == 42; }, absl::Seconds(10)));
 
   // Deleting the device drops its series.
-  ASSERT_TRUE(DeleteDevice(emud_->stub(), "m0").ok());
+  grpc::Status del = DeleteDevice(emud_->stub(), "m0");
+  ASSERT_TRUE(del.ok()) << del.error_message();
   for (const auto& [k, v] : Scrape()) EXPECT_EQ(k.find("device=\"m0\""), std::string::npos) << k;
 }
 
@@ -463,6 +466,92 @@ TEST_F(EmudTest, EmuctlUsageAndExitCodes) {
   c = emud_->Emuctl({"create-device", "--type", "avf", "--name", "x", "--mac", "ff:ff:ff:ff:ff:ff"});
   EXPECT_EQ(c.exit_code, 5);
   EXPECT_NE(c.err.find("spec.mac"), std::string::npos);
+}
+
+// The fd store: emud keeps the worker's listening and connected sockets, so
+// a killed worker's successor serves the guest's very connection.
+TEST_F(EmudTest, KilledWorkerKeepsTheGuestConnection) {
+  v1::Device d;
+  ASSERT_TRUE(CreateDevice(emud_->stub(), "fs", &d).ok());
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "fs", v1::PHASE_LISTENING));
+  FakeGuest guest(d.spec().socket_path());
+  ASSERT_TRUE(guest.Send("ready"));
+  ASSERT_TRUE(guest.Send("linkup"));
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "fs", v1::PHASE_LINK_UP));
+  const std::string fds = "emud_fdstore_fds{device=\"fs\"}";
+  ASSERT_TRUE(WaitFor([&] { return Scrape()[fds] == 2; }, absl::Seconds(10)));  // listen + conn
+  for (int kill = 1; kill <= 3; ++kill) {
+    pid_t pid = MustGet("fs").status().worker_pid();
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          v1::Device now = MustGet("fs");
+          return now.status().worker_pid() != pid && now.status().phase() == v1::PHASE_LINK_UP;
+        },
+        absl::Seconds(10)))
+        << "kill " << kill;
+    // The same connection, served by the successor.
+    ASSERT_TRUE(guest.Send("tx 3")) << "kill " << kill;
+  }
+  EXPECT_EQ(MustGet("fs").status().restart_count(), 3u);
+  CommandResult c = emud_->Emuctl({"stats", "fs", "-o", "json"});
+  ASSERT_EQ(c.exit_code, 0);
+  nlohmann::json j = nlohmann::json::parse(c.out);
+  EXPECT_EQ(std::stoull(j["tx"][0]["packets"].get<std::string>()), 9u);
+  EXPECT_EQ(std::stoull(j["reattaches"].get<std::string>()), 3u);
+  // Deleting the device releases what the store held for it.
+  guest.Close();
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "fs", v1::PHASE_LISTENING));
+  ASSERT_TRUE(WaitFor([&] { return Scrape()[fds] == 1; }, absl::Seconds(10)));
+  ASSERT_TRUE(DeleteDevice(emud_->stub(), "fs").ok());
+  EXPECT_EQ(Scrape().count(fds), 0u);
+}
+
+TEST_F(EmudTest, WorkersRedepositAfterEmudRestart) {
+  v1::Device d;
+  ASSERT_TRUE(CreateDevice(emud_->stub(), "rd", &d).ok());
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "rd", v1::PHASE_LISTENING));
+  FakeGuest guest(d.spec().socket_path());
+  ASSERT_TRUE(guest.Send("ready"));
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "rd", v1::PHASE_DRIVER_READY));
+  pid_t pid = MustGet("rd").status().worker_pid();
+  stray_ = {pid};
+  emud_->Stop(SIGKILL);  // the store's descriptors die with emud...
+  ASSERT_TRUE(guest.Send("tx 1"));  // ...the worker keeps serving...
+  StartEmud();
+  // ...and re-deposits its fds with the new emud.
+  const std::string fds = "emud_fdstore_fds{device=\"rd\"}";
+  ASSERT_TRUE(WaitFor([&] { return Scrape()[fds] == 2; }, absl::Seconds(10))) << emud_->Log();
+  EXPECT_NE(emud_->Log().find("reconnected to the fd store"), std::string::npos);
+  EXPECT_NE(emud_->Log().find("2 fds were held by the previous emud"), std::string::npos)
+      << emud_->Log();
+  EXPECT_EQ(MustGet("rd").status().worker_pid(), pid);
+  // So a worker killed now still hands the guest's connection on.
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        v1::Device now = MustGet("rd");
+        return now.status().worker_pid() != pid &&
+               now.status().phase() == v1::PHASE_DRIVER_READY;
+      },
+      absl::Seconds(10)));
+  EXPECT_TRUE(guest.Send("tx 1"));
+}
+
+TEST_F(EmudTest, FdStoreRefusesStrangers) {
+  ASSERT_TRUE(CreateDevice(emud_->stub(), "s", nullptr).ok());
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "s", v1::PHASE_LISTENING));
+  // This process is not the device's worker: its channel is dropped after
+  // HELLO and nothing it sends is stored.
+  auto client = emud::fdstore::FdStoreClient::Connect(State() + "/fdstore.sock", "s");
+  if (client.ok()) {
+    int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    EXPECT_FALSE((*client)->Deposit("backend/tap", fd).ok());
+    ::close(fd);
+  }
+  ASSERT_TRUE(WaitFor([&] { return emud_->Log().find("refusing a channel") != std::string::npos; },
+                      absl::Seconds(5)));
+  EXPECT_EQ(Scrape()["emud_fdstore_fds{device=\"s\"}"], 1);  // only the worker's listener
 }
 
 TEST_F(EmudTest, CreateDeleteCyclesLeakNothing) {
