@@ -538,7 +538,8 @@ Session::Reply Session::HandleGetRegionInfo(Message& m) {
   if (d->readable) out.flags |= kRegionFlagRead;
   if (d->writable) out.flags |= kRegionFlagWrite;
   std::vector<uint8_t> caps;
-  bool mmap = !d->mmap_areas.empty() && d->mmap_fd >= 0 && d->size > 0;
+  // A client that takes no fds (max_msg_fds 0) gets a trap-only region.
+  bool mmap = !d->mmap_areas.empty() && d->mmap_fd >= 0 && d->size > 0 && client_caps_.max_msg_fds > 0;
   if (mmap) {
     out.flags |= kRegionFlagMmap | kRegionFlagCaps;
     out.offset = d->fd_offset;
@@ -749,6 +750,11 @@ Session::Reply Session::HandleReset(Message& m) {
 
 absl::StatusOr<Message> Session::ServerRequest(uint16_t cmd, absl::Span<const uint8_t> payload) {
   if (!conn_.valid()) return absl::UnavailableError("no client");
+  if (options_.crash_consistent) {
+    // The request being applied is still unconsumed at the socket head; a
+    // reply read here would re-read it. Windows without an fd are refused.
+    return absl::UnavailableError("message-based DMA is not available in crash-consistent mode");
+  }
   if (payload.size() + kHeaderSize > options_.max_msg_size) return absl::InvalidArgumentError("request too big");
   Header h;
   h.msg_id = next_server_msg_id_++;

@@ -93,7 +93,10 @@ struct SessionOptions {
   state_store::Env* store = nullptr;
   // Call PciDevice::Save(txn) in every commit (persistence only).
   bool save_device = true;
-  // Peek/commit/consume/journal processing (requires `store` and `journal_path`).
+  // Peek/commit/consume/journal processing (requires `store` and
+  // `journal_path`). Limits max_data_xfer_size to 64 KiB (a request must fit
+  // the socket buffer to be peeked) and refuses message-based DMA (windows
+  // without an fd): the device sees a DMA error there.
   bool crash_consistent = false;
   // A small file on tmpfs holding the "replying N" mark.
   std::string journal_path;

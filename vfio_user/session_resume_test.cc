@@ -276,6 +276,17 @@ TEST_F(ResumeTest, CrashConsistentModeServesNormally) {
   auto r = client_->GetRegionInfo(kBar0);
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(r->fd.valid());
+  // Message-based DMA is refused in this mode: the device reports an error
+  // and the session goes on.
+  uint16_t cmd = 0x6;
+  ASSERT_TRUE(client_->RegionWrite(kConfigRegion, 4, absl::MakeConstSpan(reinterpret_cast<uint8_t*>(&cmd), 2)).ok());
+  ASSERT_TRUE(client_->DmaMap(-1, 0, 0x100000, 0x1000).ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kDmaAddr, 0x100000).ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kDmaLen, 16).ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kDmaCmd, 3).ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kDoorbell, 2).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kStatus), static_cast<uint32_t>(EFAULT));
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), sum);
 }
 
 }  // namespace

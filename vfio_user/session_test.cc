@@ -391,6 +391,19 @@ TEST_F(SessionTest, RegionInfoWithSparseMmapAndFd) {
   EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetRegionInfo, Bytes(req))), EINVAL);
 }
 
+TEST(RegionInfoTest, ClientTakingNoFdsGetsTrapOnlyRegions) {
+  ServerHarness h;
+  auto c = h.Connect(false);
+  Capabilities caps;
+  caps.max_msg_fds = 0;
+  ASSERT_TRUE(c->Version(caps).ok());
+  auto r = c->GetRegionInfo(kBar);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->info.flags & kRegionFlagMmap, 0u);
+  EXPECT_FALSE(r->fd.valid());
+  EXPECT_TRUE(r->sparse_areas.empty());
+}
+
 TEST_F(SessionTest, RegionIoFds) {
   RegionIoFds req;
   req.index = kBar;
