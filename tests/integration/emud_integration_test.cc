@@ -507,6 +507,50 @@ TEST_F(EmudTest, KilledWorkerKeepsTheGuestConnection) {
   EXPECT_EQ(Scrape().count(fds), 0u);
 }
 
+TEST_F(EmudTest, UpgradeWorkerKeepsTheGuestConnection) {
+  emud_->Stop(SIGTERM);
+  emud_.reset();
+  // --allow-worker-override lets the request name another binary (here a
+  // copy of the fake worker).
+  std::string copy = dir_->path() + "/fake_worker_v2";
+  std::filesystem::copy_file(Runfile("tests/fakes/fake_worker"), copy);
+  ::chmod(copy.c_str(), 0755);
+  EmudProcess::Options o;
+  o.state_dir = State();
+  o.extra_flags = {"--stop-workers-on-exit", "--allow-worker-override"};
+  auto p = EmudProcess::Start(o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  emud_ = std::move(*p);
+  v1::Device d;
+  ASSERT_TRUE(CreateDevice(emud_->stub(), "up", &d).ok());
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "up", v1::PHASE_LISTENING));
+  FakeGuest guest(d.spec().socket_path());
+  ASSERT_TRUE(guest.Send("ready"));
+  ASSERT_TRUE(guest.Send("linkup"));
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "up", v1::PHASE_LINK_UP));
+  pid_t old_pid = MustGet("up").status().worker_pid();
+  CommandResult c = emud_->Emuctl({"upgrade-worker", "up", "--worker-binary", copy});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        v1::Device now = MustGet("up");
+        return now.status().worker_pid() != old_pid && now.status().phase() == v1::PHASE_LINK_UP;
+      },
+      absl::Seconds(10)));
+  EXPECT_TRUE(guest.Send("tx 1"));  // the guest's connection was handed over
+  EXPECT_EQ(MustGet("up").status().restart_count(), 0u);  // an upgrade is not a crash
+  char exe[4096] = {0};
+  ASSERT_GT(::readlink(("/proc/" + std::to_string(MustGet("up").status().worker_pid()) + "/exe").c_str(),
+                       exe, sizeof(exe) - 1), 0);
+  EXPECT_EQ(std::string(exe), copy);
+  // Without --allow-worker-override another binary is refused.
+  emud_->Stop(SIGTERM);
+  StartEmud();
+  c = emud_->Emuctl({"upgrade-worker", "up", "--worker-binary", copy});
+  EXPECT_EQ(c.exit_code, 6) << c.err;
+  EXPECT_NE(c.err.find("--allow-worker-override"), std::string::npos);
+}
+
 TEST_F(EmudTest, WorkersRedepositAfterEmudRestart) {
   v1::Device d;
   ASSERT_TRUE(CreateDevice(emud_->stub(), "rd", &d).ok());
