@@ -717,6 +717,40 @@ TEST_F(SessionTest, DisconnectUnmapsClosesEventfdsAndNextClientIsServed) {
   EXPECT_TRUE(c2->DmaMap(mem.get(), 0, 0x1000000, 1 << 16).ok());
 }
 
+TEST(SlowClientTest, ClientThatNeverReadsIsDroppedAndTheNextIsServed) {
+  SessionOptions o;
+  o.send_timeout = absl::Milliseconds(100);
+  ServerHarness h(o);
+  auto c = h.Connect();
+  ASSERT_NE(c, nullptr);
+  // Pipeline requests and never read a reply: the server's replies fill our
+  // receive buffer, its sends time out, it drops us.
+  Header hdr;
+  hdr.command = kCmdDeviceGetInfo;
+  hdr.msg_size = kHeaderSize + sizeof(DeviceInfo);
+  std::vector<uint8_t> one = Bytes(hdr);
+  AppendStruct(&one, DeviceInfo{});
+  std::vector<uint8_t> burst;
+  for (int i = 0; i < 256; ++i) burst.insert(burst.end(), one.begin(), one.end());
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  bool dropped = false;
+  while (!dropped && absl::Now() < deadline) {
+    ssize_t n = ::send(c->fd(), burst.data(), burst.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN) dropped = true;  // EPIPE / ECONNRESET
+    if (n < 0 && errno == EAGAIN) absl::SleepFor(absl::Milliseconds(20));
+    if (n >= 0 && static_cast<size_t>(n) < burst.size()) absl::SleepFor(absl::Milliseconds(20));
+    // The server closing shows as POLLHUP/POLLRDHUP even with unread data.
+    pollfd p{c->fd(), POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) dropped = true;
+  }
+  EXPECT_TRUE(dropped);
+  auto c2 = h.Connect();
+  ASSERT_NE(c2, nullptr);
+  EXPECT_TRUE(c2->GetInfo().ok());
+  EXPECT_NE(h.session().last_disconnect_reason().find("sending reply"), std::string::npos)
+      << h.session().last_disconnect_reason();
+}
+
 TEST(SessionFdTest, NoFdLeaksOnRefusedRequests) {
   ServerHarness h;
   auto c = h.Connect();
