@@ -4,6 +4,7 @@
 //
 //   emu-guest --socket /run/emud/dev0.sock [--queues 4] [--resets 1]
 //             [--ring-size 512] [--mem-mb 64] [--timeout-ms 5000] [--json]
+//             [--flavor linux|dpdk] [--posted-writes] [--close]
 //
 // Exit status 0 when every bring-up ended with link up, 1 otherwise.
 #include <cstdio>
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   std::string socket;
   uint32_t queues = 16, resets = 1, ring_size = 512, mem_mb = 64, timeout_ms = 5000;
   bool json = false, posted = false, close_at_end = false;
+  std::string flavor = "linux";
   app.add_option("--socket", socket, "vfio-user socket of the device")->required();
   app.add_option("--queues", queues, "queue pairs to use at most (like the CPU count)");
   app.add_option("--resets", resets, "VF resets (RESET_VF + re-init) after the first bring-up");
@@ -39,10 +41,13 @@ int main(int argc, char** argv) {
   app.add_flag("--posted-writes", posted, "send BAR0 writes without waiting for replies");
   app.add_flag("--close", close_at_end, "ip link set down and unload the driver at the end");
   app.add_flag("--json", json, "print a JSON report");
+  app.add_option("--flavor", flavor, "bring-up order: linux (iavf.ko) or dpdk (net/iavf)")
+      ->check(CLI::IsMember({"linux", "dpdk"}));
   CLI11_PARSE(app, argc, argv);
 
   nlohmann::json report;
   report["socket"] = socket;
+  report["flavor"] = flavor;
   auto fail = [&](absl::string_view step, const absl::Status& s) {
     report["ok"] = false;
     report["failed_step"] = std::string(step);
@@ -67,6 +72,10 @@ int main(int argc, char** argv) {
   dopt.max_queues = queues;
   dopt.ring_size = ring_size;
   dopt.reply_timeout = absl::Milliseconds(timeout_ms);
+  if (flavor == "dpdk") {
+    dopt.flavor = emud::guest::Flavor::kDpdk;
+    dopt.caps = emud::guest::kDpdkIavfCaps;
+  }
   emud::guest::IavfDriver drv(bus->get(), dopt);
 
   if (auto s = drv.Probe(); !s.ok()) return fail("probe", s);

@@ -47,7 +47,9 @@ class Msg {
 
 }  // namespace
 
-IavfDriver::IavfDriver(GuestBus* bus, DriverOptions options) : bus_(bus), options_(options) {}
+IavfDriver::IavfDriver(GuestBus* bus, DriverOptions options) : bus_(bus), options_(options) {
+  if (options_.flavor == Flavor::kDpdk && options_.caps == kLinuxIavfCaps) options_.caps = kDpdkIavfCaps;
+}
 
 IavfDriver::~IavfDriver() {
   FreeRings();
@@ -530,7 +532,7 @@ void IavfDriver::FreeRings() {
   }
 }
 
-absl::Status IavfDriver::ConfigureQueues() {
+absl::Status IavfDriver::ConfigureQueues(bool legacy_length) {
   Msg m;
   m.Add(vc::VsiQueueConfigHeader{vsi_id_, static_cast<uint16_t>(num_queues_), 0});
   for (uint32_t q = 0; q < num_queues_; ++q) {
@@ -547,7 +549,7 @@ absl::Status IavfDriver::ConfigureQueues() {
     p.rxq.databuffer_size = options_.rx_buf_len;
     m.Add(p);
   }
-  m.Zero(sizeof(vc::QueuePairInfo));
+  if (legacy_length) m.Zero(sizeof(vc::QueuePairInfo));
   auto r = Exec(vc::kOpConfigVsiQueues, m.span());
   if (!r.ok()) return r.status();
   return r->v_retval == 0 ? absl::OkStatus()
@@ -579,6 +581,7 @@ absl::Status IavfDriver::WaitLink(bool up) {
 // ---------------------------------------------------------------- lifecycle
 
 absl::Status IavfDriver::Init() {
+  if (options_.flavor == Flavor::kDpdk) return InitDpdk();
   // __IAVF_STARTUP
   if (auto s = CheckResetComplete(/*exact_active=*/false); !s.ok()) return s;
   if (auto s = InitAdminQueue(); !s.ok()) return s;
@@ -600,6 +603,7 @@ absl::Status IavfDriver::Init() {
 
 absl::Status IavfDriver::Open() {
   if (running_) return absl::OkStatus();
+  if (options_.flavor == Flavor::kDpdk) return OpenDpdk();
   // iavf_open: rings, RX buffers (tails written now), filters, configure.
   if (auto s = SetupRings(); !s.ok()) return s;
   running_ = true;  // iavf_up_complete: __IAVF_RUNNING
@@ -608,6 +612,82 @@ absl::Status IavfDriver::Open() {
   if (auto s = AddPrimaryMac(); !s.ok()) return s;
   if (auto s = ConfigureQueues(); !s.ok()) return s;
   if (auto s = EnableQueues(); !s.ok()) return s;
+  return WaitLink(true);
+}
+
+absl::Status IavfDriver::InitDpdk() {
+  // iavf_init_vf: reset done (COMPLETED or VFACTIVE), AQ, version (>= 1.1),
+  // resources, SET_RSS_HENA(0) with RSS_PF, a first GET_STATS.
+  if (auto s = CheckResetComplete(/*exact_active=*/false); !s.ok()) return s;
+  if (auto s = InitAdminQueue(); !s.ok()) return s;
+  if (auto s = SendVersion(); !s.ok()) return s;
+  if (pf_version_.major < 1 || (pf_version_.major == 1 && pf_version_.minor < 1)) {
+    return absl::FailedPreconditionError("PF/VF API version mismatch");
+  }
+  if (auto s = GetResources(); !s.ok()) return s;
+  if (caps_ & vc::kCapRssPf) {
+    auto r = Exec(vc::kOpSetRssHena, Msg().Add(uint64_t{0}).span());
+    if (!r.ok()) return r.status();
+    if (r->v_retval != 0) return absl::InternalError(absl::StrCat("SET_RSS_HENA(0): ", r->v_retval));
+  }
+  if (auto st = RequestStats(); !st.ok()) return st.status();
+  num_queues_ = std::min(vf_qps_, options_.max_queues);
+  if (num_queues_ == 0) return absl::FailedPreconditionError("VF has no queues");
+  num_msix_ = 2;  // misc + one vector for the RX queues' write-back
+  if (auto s = bus_->EnableMsix(num_msix_); !s.ok()) return s;
+  // iavf_enable_irq0
+  if (auto s = bus_->Write32(avf::kVfintIcr0Ena1, avf::kIcr0AdminQ); !s.ok()) return s;
+  if (auto s = bus_->Write32(avf::kVfintDynCtl01,
+                             avf::kDynCtlIntena | avf::kDynCtlClearPba | avf::kDynCtlItrIndxMask);
+      !s.ok()) {
+    return s;
+  }
+  // dev_configure: iavf_init_rss (LUT, KEY) then the hash types.
+  if (!(caps_ & vc::kCapRssPf)) return absl::OkStatus();
+  for (uint32_t i = 0; i < rss_lut_.size(); ++i) rss_lut_[i] = static_cast<uint8_t>(i % num_queues_);
+  std::mt19937 rng(0xd9d);
+  for (auto& b : rss_key_) b = static_cast<uint8_t>(rng());
+  Msg l;
+  l.Add(vsi_id_).Add(static_cast<uint16_t>(rss_lut_.size())).Add(rss_lut_).Zero(1);
+  auto r = Exec(vc::kOpConfigRssLut, l.span());
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0) return absl::InternalError(absl::StrCat("CONFIG_RSS_LUT: ", r->v_retval));
+  Msg k;
+  k.Add(vsi_id_).Add(static_cast<uint16_t>(rss_key_.size())).Add(rss_key_).Zero(1);
+  r = Exec(vc::kOpConfigRssKey, k.span());
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0) return absl::InternalError(absl::StrCat("CONFIG_RSS_KEY: ", r->v_retval));
+  auto caps = Exec(vc::kOpGetRssHenaCaps, {});
+  if (!caps.ok()) return caps.status();
+  if (caps->v_retval == 0 && caps->payload.size() >= 8) hena_ = vc::Load<uint64_t>(caps->payload, 0);
+  auto set = Exec(vc::kOpSetRssHena, Msg().Add(hena_).span());
+  return set.status();
+}
+
+absl::Status IavfDriver::OpenDpdk() {
+  // dev_start: rings (RX tails at nb_desc - 1), queues, IRQ map, MACs, then
+  // every queue enabled on its own.
+  if (auto s = SetupRings(); !s.ok()) return s;
+  running_ = true;
+  if (auto s = ConfigureQueues(/*legacy_length=*/false); !s.ok()) return s;
+  // WB_ON_ITR: RX queues on vector 1 in write-back-on-ITR mode, 2 us.
+  if (auto s = bus_->Write32(avf::VfintDynCtln1(0), avf::kDynCtlWbOnItr | (2u << avf::kDynCtlIntervalShift));
+      !s.ok()) {
+    return s;
+  }
+  const uint16_t rx_mask = static_cast<uint16_t>((1u << num_queues_) - 1);
+  auto r = Exec(vc::kOpConfigIrqMap, Msg().Add(uint16_t{1}).Add(vc::VectorMap{vsi_id_, 1, rx_mask, 0, 0, 0}).span());
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0) return absl::InternalError(absl::StrCat("CONFIG_IRQ_MAP: ", r->v_retval));
+  if (auto s = AddPrimaryMac(); !s.ok()) return s;
+  for (int rx = 0; rx < 2; ++rx) {
+    for (uint32_t q = 0; q < num_queues_; ++q) {
+      vc::QueueSelect sel{vsi_id_, 0, rx ? 1u << q : 0, rx ? 0 : 1u << q};
+      auto e = Exec(vc::kOpEnableQueues, Msg().Add(sel).span());
+      if (!e.ok()) return e.status();
+      if (e->v_retval != 0) return absl::InternalError(absl::StrCat("ENABLE_QUEUES: ", e->v_retval));
+    }
+  }
   return WaitLink(true);
 }
 

@@ -52,8 +52,27 @@ inline constexpr uint32_t kLinuxIavfCaps =
     (1u << 21) /*ENCAP_CSUM*/ | (1u << 23) /*ADQ*/ | (1u << 25) /*USO*/ | (1u << 27) /*ADV_RSS*/ |
     (1u << 28) /*FDIR*/ | (1u << 29) /*QOS*/ | (1u << 31) /*PTP*/;
 
+// Capabilities DPDK's iavf PMD asks for.
+inline constexpr uint32_t kDpdkIavfCaps =
+    avf::vc::kCapL2 | avf::vc::kCapWbOnItr | avf::vc::kCapReqQueues | avf::vc::kCapAdvLinkSpeed |
+    (1u << 8) /*INLINE_IPSEC*/ | avf::vc::kCapLargeNumQpairs | avf::vc::kCapCrc | (1u << 14) /*FSUB_PF*/ |
+    avf::vc::kCapVlanV2 | avf::vc::kCapVlan | avf::vc::kCapRxPolling | avf::vc::kCapRssPf |
+    (1u << 25) /*USO*/ | avf::vc::kCapRxFlexDesc | (1u << 27) /*ADV_RSS*/ | (1u << 28) /*FDIR*/ |
+    (1u << 29) /*QOS*/ | (1u << 31) /*PTP*/;
+
+// Whose bring-up order the driver follows.
+enum class Flavor {
+  kLinux,  // iavf.ko (the default; see the file comment)
+  kDpdk,   // net/iavf: VERSION, GET_VF_RESOURCES, SET_RSS_HENA(0), GET_STATS;
+           // configure: RSS LUT, KEY, GET_RSS_HENA_CAPS, SET_RSS_HENA; start:
+           // CONFIG_VSI_QUEUES (exact length), CONFIG_IRQ_MAP (RX queues on
+           // vector 1, WB_ON_ITR, no misc entry), ADD_ETH_ADDR, ENABLE_QUEUES
+           // one queue at a time (TX then RX)
+};
+
 struct DriverOptions {
-  uint32_t caps = kLinuxIavfCaps;
+  Flavor flavor = Flavor::kLinux;
+  uint32_t caps = kLinuxIavfCaps;  // kDpdkIavfCaps is used for Flavor::kDpdk
   uint32_t max_queues = 16;     // min(this, VF's queue pairs) become active ("CPUs")
   uint32_t ring_size = 512;     // IAVF_DEFAULT_TXD / RXD
   uint32_t rx_buf_len = 1536;   // databuffer_size for MTU 1500
@@ -172,8 +191,10 @@ class IavfDriver {
   absl::Status ConfigureRss();
   absl::Status SetRssKeyLut();
   absl::Status AddPrimaryMac();
-  absl::Status ConfigureQueues();
+  absl::Status ConfigureQueues(bool legacy_length = true);
   absl::Status EnableQueues();
+  absl::Status InitDpdk();
+  absl::Status OpenDpdk();
   absl::Status WaitLink(bool up);
   absl::Status SetupRings();
   void FreeRings();

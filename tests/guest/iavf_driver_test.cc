@@ -180,6 +180,33 @@ TEST_F(GuestTest, PfInitiatedResetIsDetectedByTheWatchdog) {
   EXPECT_EQ(drv_->link_speed(), 10000u);
 }
 
+TEST_F(GuestTest, DpdkBringUpOrderAlsoReachesLinkUp) {
+  Make(avf::DeviceOptions{}, DriverOptions{.flavor = Flavor::kDpdk});
+  ASSERT_TRUE(drv_->Probe().ok());
+  ASSERT_TRUE(drv_->Init().ok());
+  ASSERT_TRUE(drv_->Open().ok());
+  EXPECT_TRUE(drv_->link_up());
+  const std::vector<std::string> want = {
+      "VERSION",           "GET_VF_RESOURCES", "SET_RSS_HENA",  "GET_STATS",     "CONFIG_RSS_LUT",
+      "CONFIG_RSS_KEY",    "GET_RSS_HENA_CAPS", "SET_RSS_HENA", "CONFIG_VSI_QUEUES", "CONFIG_IRQ_MAP",
+      "ADD_ETH_ADDR",      "ENABLE_QUEUES",    "ENABLE_QUEUES", "ENABLE_QUEUES", "ENABLE_QUEUES",
+      "ENABLE_QUEUES",     "ENABLE_QUEUES",    "ENABLE_QUEUES", "ENABLE_QUEUES"};
+  EXPECT_EQ(drv_->trace(), want);
+  EXPECT_EQ(dev_->counters().vc_errors, 0u);
+  EXPECT_EQ(drv_->caps() & vc::kCapWbOnItr, vc::kCapWbOnItr);
+  for (uint32_t q = 0; q < 4; ++q) {
+    EXPECT_TRUE(dev_->rx_queue(q).enabled);
+    EXPECT_TRUE(dev_->tx_queue(q).enabled);
+    EXPECT_EQ(dev_->rx_queue(q).msix_vector, 1u) << "all RX queues on vector 1";
+    EXPECT_EQ(dev_->tx_queue(q).msix_vector, 0u) << "DPDK maps no TX queue";
+  }
+  EXPECT_TRUE(dev_->vector_state(1).wb_on_itr);
+  EXPECT_EQ(dev_->vector_state(1).itr[0], 2u);
+  EXPECT_EQ(dev_->ReadReg(avf::VfintItrn1(0, 0)), 2u) << "DPDK's own check: ITRN1(0,0) reads 2";
+  ASSERT_TRUE(drv_->Reset().ok());
+  EXPECT_TRUE(drv_->link_up());
+}
+
 TEST_F(GuestTest, RegisterRssPathWritesOnePastTheEnd) {
   Make(avf::DeviceOptions{.supported_caps = vc::kCapL2 | vc::kCapRssReg});
   ASSERT_TRUE(drv_->Probe().ok());
