@@ -206,6 +206,7 @@ absl::Status Session::AttachClient(UniqueFd conn) {
   if (auto s = DepositFd("vfio/conn", conn.get()); !s.ok()) return s;
   conn_ = std::move(conn);
   reader_ = MessageReader(options_.max_msg_size, options_.max_msg_fds);
+  reader_.set_exact_reads(options_.store != nullptr);
   backlog_.clear();
   negotiated_ = false;
   client_caps_ = Capabilities();
@@ -1105,6 +1106,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Resume(PciDevice* device, Even
     return absl::InternalError("fcntl O_NONBLOCK on resumed connection");
   }
   s->conn_ = std::move(conn);
+  s->reader_.set_exact_reads(true);
   device->Attach(DeviceContext{s->dma_.get(), s->irqs_.get()});
   s->attached_ = true;
 

@@ -189,6 +189,7 @@ MessageReader::Result MessageReader::Read(int sock, Message* out, std::string* e
     Message fdsink;
     uint8_t* dst = buf_.data() + buf_end_;
     size_t room = buf_.size() - buf_end_;
+    if (exact_) room = std::min(room, need - (buf_end_ - buf_start_));
     ssize_t n = RecvWithFds(sock, dst, room, kMaxRecvFds, &fdsink, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return Result::kWouldBlock;

@@ -61,6 +61,10 @@ class MessageReader {
   // come back for them.
   bool HasBufferedMessage() const;
   void set_max_msg_size(size_t n) { max_msg_size_ = n; }
+  // Exact mode: never read past the current message (two recvmsg per
+  // message), so a process that dies holds at most one unprocessed message
+  // in user space. Used when the session persists its state.
+  void set_exact_reads(bool exact) { exact_ = exact; }
 
  private:
   struct FdGroup {
@@ -78,6 +82,7 @@ class MessageReader {
   uint64_t stream_pos_ = 0;  // stream offset of buf_[buf_start_]
   std::vector<FdGroup> fd_groups_;
   bool drained_ = false;     // the last recvmsg was short and carried no fds
+  bool exact_ = false;
 };
 
 // Blocking receive of one whole message (for clients). UNAVAILABLE on EOF,

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -76,6 +77,29 @@ TEST(MessageReaderTest, PipelinedMessagesKeepTheirFds) {
   std::string err;
   EXPECT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kWouldBlock);
   EXPECT_TRUE(r.idle());
+}
+
+TEST(MessageReaderTest, ExactModeNeverReadsAhead) {
+  Pair p;
+  UniqueFd e1(::eventfd(0, 0));
+  int one[1] = {e1.get()};
+  std::vector<uint8_t> body(40, 7);
+  ASSERT_TRUE(SendMessage(p.a.get(), H(1), body, {}).ok());
+  ASSERT_TRUE(SendMessage(p.a.get(), H(2), body, one).ok());
+  ASSERT_TRUE(SendMessage(p.a.get(), H(3), {}, {}).ok());
+  MessageReader r(4096, 16);
+  r.set_exact_reads(true);
+  const int sizes_left[3] = {56 + 16, 16, 0};
+  for (uint16_t id = 1; id <= 3; ++id) {
+    Message m;
+    std::string err;
+    ASSERT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kMessage) << err;
+    EXPECT_EQ(m.hdr.msg_id, id);
+    EXPECT_EQ(m.fds.size(), id == 2 ? 1u : 0u);
+    int queued = -1;
+    ASSERT_EQ(::ioctl(p.b.get(), FIONREAD, &queued), 0);
+    EXPECT_EQ(queued, sizes_left[id - 1]);  // the rest is still in the socket
+  }
 }
 
 TEST(MessageReaderTest, SplitMessageWithFdsOnTheBody) {
