@@ -1,17 +1,104 @@
 #include "vfio_user/dma_table.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "vfio_user/protocol.h"
 
 namespace emud::vfio_user {
+
+namespace {
+
+// Process-wide registry read by the SIGBUS handler: fixed slots of atomics,
+// so the handler needs no lock.
+constexpr int kGuardSlots = 4096;
+struct GuardSlot {
+  std::atomic<uintptr_t> start{0};
+  std::atomic<uintptr_t> end{0};
+};
+GuardSlot g_slots[kGuardSlots];
+std::atomic<uint64_t> g_poisoned{0};
+std::mutex g_slot_mu;
+struct sigaction g_prev_sigbus;
+std::once_flag g_install_once;
+
+void OnSigbus(int sig, siginfo_t* info, void* uctx) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  for (auto& s : g_slots) {
+    uintptr_t start = s.start.load(std::memory_order_acquire);
+    if (start == 0 || a < start || a >= s.end.load(std::memory_order_acquire)) continue;
+    void* p = ::mmap(reinterpret_cast<void*>(a & ~(page - 1)), page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (p != MAP_FAILED) {
+      g_poisoned.fetch_add(1, std::memory_order_relaxed);
+      return;  // the access is retried on the zero page
+    }
+  }
+  if ((g_prev_sigbus.sa_flags & SA_SIGINFO) && g_prev_sigbus.sa_sigaction) {
+    g_prev_sigbus.sa_sigaction(sig, info, uctx);
+    return;
+  }
+  if (g_prev_sigbus.sa_handler != SIG_DFL && g_prev_sigbus.sa_handler != SIG_IGN) {
+    g_prev_sigbus.sa_handler(sig);
+    return;
+  }
+  ::signal(SIGBUS, SIG_DFL);
+  ::raise(SIGBUS);
+}
+
+void InstallSigbusHandler() {
+  std::call_once(g_install_once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_prev_sigbus);
+  });
+}
+
+}  // namespace
+
+SigbusGuard::SigbusGuard(const uint8_t* start, uint64_t len) {
+  InstallSigbusHandler();
+  std::lock_guard<std::mutex> l(g_slot_mu);
+  for (int i = 0; i < kGuardSlots; ++i) {
+    if (g_slots[i].start.load(std::memory_order_relaxed) == 0) {
+      g_slots[i].end.store(reinterpret_cast<uintptr_t>(start) + len, std::memory_order_release);
+      g_slots[i].start.store(reinterpret_cast<uintptr_t>(start), std::memory_order_release);
+      slot_ = i;
+      return;
+    }
+  }
+  // All slots taken: the window is simply not guarded.
+}
+
+SigbusGuard::~SigbusGuard() {
+  if (slot_ < 0) return;
+  std::lock_guard<std::mutex> l(g_slot_mu);
+  g_slots[slot_].start.store(0, std::memory_order_release);
+  g_slots[slot_].end.store(0, std::memory_order_release);
+}
+
+SigbusGuard& SigbusGuard::operator=(SigbusGuard&& o) noexcept {
+  if (this != &o) {
+    this->~SigbusGuard();
+    slot_ = o.slot_;
+    o.slot_ = -1;
+  }
+  return *this;
+}
+
+uint64_t DmaTable::PoisonedPages() { return g_poisoned.load(std::memory_order_relaxed); }
 
 absl::StatusOr<Mapping> Mapping::Map(int fd, uint64_t offset, uint64_t size, int prot) {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
@@ -83,6 +170,7 @@ absl::Status DmaTable::Map(uint64_t iova, uint64_t size, uint32_t prot, UniqueFd
     auto m = Mapping::Map(fd.get(), fd_offset, size, mprot);
     if (!m.ok()) return m.status();
     w.mapping = std::move(*m);
+    w.guard = SigbusGuard(w.mapping.data(), w.mapping.size());
     w.has_fd = true;
     if (keep_fds_) w.fd = std::move(fd);
   }

@@ -44,6 +44,24 @@ class Mapping {
   uint64_t size_ = 0;
 };
 
+// Registers a mapped DMA window with the process-wide SIGBUS guard: if the
+// client truncates the file under a window (a hostile VMM), the faulting page
+// is replaced by an anonymous zero page instead of killing the process, and
+// DmaTable::PoisonedPages() counts it. Unregisters on destruction.
+class SigbusGuard {
+ public:
+  SigbusGuard() = default;
+  SigbusGuard(const uint8_t* start, uint64_t len);
+  ~SigbusGuard();
+  SigbusGuard(SigbusGuard&& o) noexcept : slot_(o.slot_) { o.slot_ = -1; }
+  SigbusGuard& operator=(SigbusGuard&& o) noexcept;
+  SigbusGuard(const SigbusGuard&) = delete;
+  SigbusGuard& operator=(const SigbusGuard&) = delete;
+
+ private:
+  int slot_ = -1;
+};
+
 // Server-to-client DMA for windows without an fd.
 class MessageDma {
  public:
@@ -60,6 +78,7 @@ struct DmaWindow {
   UniqueFd fd;        // kept only when the table keeps fds (persistence)
   bool has_fd = false;
   Mapping mapping;    // empty when !has_fd
+  SigbusGuard guard;  // destroyed (unregistered) before `mapping` is unmapped
 };
 
 class DmaTable : public DmaMemory {
@@ -81,6 +100,9 @@ class DmaTable : public DmaMemory {
   void UnmapAll(const std::function<void(uint64_t, uint64_t)>& before_unmap);
 
   const std::map<uint64_t, DmaWindow>& windows() const { return windows_; }
+  // Pages of DMA windows replaced by zero pages after a SIGBUS (the client
+  // truncated the memory behind a window), process-wide.
+  static uint64_t PoisonedPages();
   size_t size() const { return windows_.size(); }
 
   // DmaMemory.

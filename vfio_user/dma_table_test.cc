@@ -72,6 +72,24 @@ TEST(DmaTableTest, ReadWriteSpanAdjacentWindowsAndUseMessagesWithoutFd) {
   EXPECT_TRUE(t.windows().at(0x1000).fd.valid());           // keep_fds
 }
 
+TEST(DmaTableTest, TruncatedGuestMemoryDoesNotKillTheProcess) {
+  DmaTable t(4, false);
+  UniqueFd fd = Memfd(0x2000);
+  ASSERT_TRUE(t.Map(0x10000, 0x2000, kDmaFlagRead | kDmaFlagWrite, UniqueFd(::dup(fd.get())), 0).ok());
+  auto p = t.Translate(0x10000, 0x2000, DmaMemory::kWrite);
+  ASSERT_TRUE(p.ok());
+  (*p)[0x1000] = 42;
+  uint64_t before = DmaTable::PoisonedPages();
+  ASSERT_EQ(::ftruncate(fd.get(), 0), 0);  // a hostile client shrinks guest RAM
+  volatile uint8_t* v = *p;
+  EXPECT_EQ(v[0x1000], 0);  // SIGBUS -> zero page, the access retried
+  v[0x10] = 1;              // writable too (lost, private page)
+  EXPECT_EQ(DmaTable::PoisonedPages(), before + 2);
+  uint8_t buf[16];
+  EXPECT_TRUE(t.Read(0x10000, absl::MakeSpan(buf)).ok());
+  EXPECT_TRUE(t.Unmap(0x10000, 0x2000, nullptr).ok());
+}
+
 TEST(DmaTableTest, MapValidationAndUnmap) {
   DmaTable t(2, false);
   EXPECT_EQ(StatusToErrno(t.Map(0x1000, 0, kDmaFlagRead, UniqueFd(), 0)), EINVAL);
