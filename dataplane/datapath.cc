@@ -2,6 +2,7 @@
 
 #include "absl/strings/match.h"
 #include "dataplane/adaptive_poll.h"
+#include "dataplane/rss.h"
 
 namespace emud::dataplane {
 
@@ -99,11 +100,19 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     ++filtered_;
     return true;
   }
-  // The backend's queue if it runs, else the lowest running queue.
+  // RSS (tap/peer: the backend has no flows of its own): hash, then the
+  // driver's lookup table; loopback keeps the TX queue. Fallback: the lowest
+  // running queue.
   uint32_t q = queue;
+  std::optional<uint32_t> hash;
+  const avf::RssConfig& rss = dev_->rss();
+  if (!loopback_ && rss.hena != 0) {
+    hash = FrameRssHash(rss.key, frame);
+    if (hash) q = rss.lut[*hash % rss.lut.size()];
+  }
   if (q >= kMaxQueues || !(rx_running_ & (1u << q))) q = __builtin_ctz(rx_running_);
   RxQueue& rx = *rx_[q];
-  switch (rx.Deliver(frame, dev_->RxTail(q), *dma)) {
+  switch (rx.Deliver(frame, dev_->RxTail(q), *dma, hash)) {
     case RxQueue::DeliverResult::kDelivered:
       rx_irq_ |= 1u << q;
       if (frame[0] & 1) {

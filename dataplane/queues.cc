@@ -420,7 +420,8 @@ bool RxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
 }
 
 RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
-                                        vfio_user::DmaMemory& dma) {
+                                        vfio_user::DmaMemory& dma,
+                                        std::optional<uint32_t> rss_hash) {
   const uint32_t n = hot_->ring_len;
   if (!enabled() || n == 0) {
     Count(hot_->drops, 1);
@@ -462,7 +463,7 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
     if (p.ok()) {
       std::memcpy(*p, frame.data() + done, chunk);
       qw1 = rxd::kDd | (last ? rxd::kEof : 0) | ptype << rxd::kPtypeShift |
-            uint64_t(chunk) << rxd::kLenShift;
+            uint64_t(chunk) << rxd::kLenShift | (rss_hash ? rxd::kFltstatRss : 0);
     } else {
       // Give the buffer back marked bad (RXE + EOF): the driver discards the
       // frame and recycles the buffer; nothing is skipped.
@@ -470,7 +471,7 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
       qw1 = rxd::kDd | rxd::kEof | rxd::kErrRxe;
       last = true;
     }
-    StoreQwRelaxed(&d[0], 0);
+    StoreQwRelaxed(&d[0], rss_hash && p.ok() ? uint64_t(*rss_hash) << 32 : 0);
     StoreQwRelaxed(&d[2], 0);
     StoreQwRelaxed(&d[3], 0);
     StoreQw(&d[1], qw1);  // release: DD last

@@ -14,6 +14,7 @@
 #define EMUD_DATAPLANE_QUEUES_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -50,6 +51,7 @@ namespace rxd {
 inline constexpr uint64_t kDd = 1ull << 0;
 inline constexpr uint64_t kEof = 1ull << 1;
 inline constexpr uint64_t kL3L4P = 1ull << 3;
+inline constexpr uint64_t kFltstatRss = 3ull << 12;  // qw0[63:32] holds the RSS hash
 inline constexpr uint64_t kErrRxe = 1ull << 19;
 inline constexpr int kPtypeShift = 30;
 inline constexpr int kLenShift = 38;
@@ -149,7 +151,9 @@ class RxQueue {
   // Writes `frame` into the buffers posted in [head, tail). kNoBuffers: not
   // enough posted buffers (nothing written); kDropped: the frame was
   // discarded (too long, queue disabled, bad tail, DMA fault; counted).
-  DeliverResult Deliver(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma);
+  // `rss_hash`: reported in the descriptor (qw0 bits 63:32, FLTSTAT = 3).
+  DeliverResult Deliver(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma,
+                        std::optional<uint32_t> rss_hash = std::nullopt);
 
   // Descriptors written since the last call (for interrupt decisions).
   bool TakeWroteBack() {

@@ -207,6 +207,41 @@ TEST(DataplaneIntegration, PeerDevicesExchangeFramesBothWays) {
   std::filesystem::remove_all(shm);
 }
 
+TEST(DataplaneIntegration, PeerTrafficIsSpreadOverRxQueuesByRss) {
+  signal(SIGPIPE, SIG_IGN);
+  std::string shm = TestDir();
+  Node a, b;
+  a.Start("rssA", "peer:rssB", 1, shm);
+  b.Start("rssB", "peer:rssA", 2, shm);
+  ASSERT_EQ(b.drv->num_active_queues(), 2u);
+  ASSERT_NE(b.dev->rss().hena, 0u) << "the driver configured RSS";
+  const int kFlows = 32;
+  for (int i = 0; i < kFlows; ++i) {
+    auto f = MakeFrame(b.drv->mac(), 100, 1000 + i);
+    f[12] = 0x08;  // IPv4 / UDP, source port varies per flow
+    f[13] = 0x00;
+    f[14] = 0x45;
+    f[20] = f[21] = 0;
+    f[23] = 17;
+    f[34] = uint8_t(i);
+    ASSERT_TRUE(a.gdp->Transmit(0, f).ok());
+  }
+  size_t per_queue[2] = {0, 0};
+  for (int it = 0; it < 2000 && per_queue[0] + per_queue[1] < kFlows; ++it) {
+    a.dp->PollOnce();
+    b.dp->PollOnce();
+    for (uint32_t q = 0; q < 2; ++q) {
+      auto r = b.gdp->Receive(q);
+      ASSERT_TRUE(r.ok());
+      per_queue[q] += r->size();
+    }
+  }
+  EXPECT_EQ(per_queue[0] + per_queue[1], size_t(kFlows));
+  EXPECT_GT(per_queue[0], 0u);
+  EXPECT_GT(per_queue[1], 0u);
+  std::filesystem::remove_all(shm);
+}
+
 TEST(DataplaneIntegration, TapFramesCrossTheHostKernel) {
   if (geteuid() != 0 || access("/dev/net/tun", R_OK | W_OK) != 0) {
     GTEST_SKIP() << "needs root and /dev/net/tun";

@@ -1,0 +1,56 @@
+#include "dataplane/rss.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace emud::dataplane {
+namespace {
+
+// The Microsoft RSS verification key and vectors ("Verifying the RSS Hash
+// Calculation").
+const std::vector<uint8_t> kKey = {
+    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3,
+    0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
+    0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa};
+
+std::vector<uint8_t> Ipv4Tcp(std::array<uint8_t, 4> src, std::array<uint8_t, 4> dst,
+                             uint16_t sport, uint16_t dport) {
+  std::vector<uint8_t> f(14 + 20 + 20, 0);
+  f[12] = 0x08;
+  f[14] = 0x45;
+  f[23] = 6;
+  std::copy(src.begin(), src.end(), f.begin() + 26);
+  std::copy(dst.begin(), dst.end(), f.begin() + 30);
+  f[34] = uint8_t(sport >> 8);
+  f[35] = uint8_t(sport);
+  f[36] = uint8_t(dport >> 8);
+  f[37] = uint8_t(dport);
+  return f;
+}
+
+TEST(Rss, MicrosoftIpv4Vectors) {
+  // 66.9.149.187:2794 -> 161.142.100.80:1766
+  auto f = Ipv4Tcp({66, 9, 149, 187}, {161, 142, 100, 80}, 2794, 1766);
+  EXPECT_EQ(*FrameRssHash(kKey, f), 0x51ccc178u);
+  // 199.92.111.2:14230 -> 65.69.140.83:4739
+  auto g = Ipv4Tcp({199, 92, 111, 2}, {65, 69, 140, 83}, 14230, 4739);
+  EXPECT_EQ(*FrameRssHash(kKey, g), 0xc626b0eau);
+  // Addresses only (the "IPv4" column): fragments hash without ports.
+  f[14 + 6] = 0x20;  // MF
+  EXPECT_EQ(*FrameRssHash(kKey, f), 0x323e8fc2u);
+}
+
+TEST(Rss, NonIpAndShortFrames) {
+  std::vector<uint8_t> arp(60, 0);
+  arp[12] = 0x08;
+  arp[13] = 0x06;
+  EXPECT_FALSE(FrameRssHash(kKey, arp).has_value());
+  EXPECT_FALSE(FrameRssHash(kKey, std::vector<uint8_t>(10, 0)).has_value());
+  auto f = Ipv4Tcp({1, 2, 3, 4}, {5, 6, 7, 8}, 1, 2);
+  f.resize(30);  // cut inside the IPv4 header
+  EXPECT_FALSE(FrameRssHash(kKey, f).has_value());
+}
+
+}  // namespace
+}  // namespace emud::dataplane
