@@ -1,6 +1,5 @@
 #include "avf/descriptors.h"
 
-#include <atomic>
 #include <cstring>
 
 namespace emud::avf {
@@ -106,8 +105,14 @@ void StoreRxWriteBack(uint8_t* slot, const RxWriteBack& wb) {
   wb.Encode(tmp);
   std::memcpy(slot, tmp, 8);
   std::memcpy(slot + 16, tmp + 16, 16);
-  std::atomic_thread_fence(std::memory_order_release);
-  std::memcpy(slot + 8, tmp + 8, 8);
+  const uint64_t qw1 = wb.Qw1();
+  if ((reinterpret_cast<uintptr_t>(slot + 8) & 7) == 0) {
+    // Release store: everything above is visible before DD is.
+    __atomic_store_n(reinterpret_cast<uint64_t*>(slot + 8), qw1, __ATOMIC_RELEASE);
+  } else {
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    std::memcpy(slot + 8, &qw1, 8);
+  }
 }
 
 }  // namespace emud::avf
