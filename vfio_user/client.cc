@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -146,14 +147,21 @@ absl::Status Client::ServePending() {
 }
 
 absl::StatusOr<Message> Client::Request(uint16_t command, absl::Span<const uint8_t> payload,
-                                        absl::Span<const int> fds, uint32_t flags) {
+                                        absl::Span<const int> fds, uint32_t flags, size_t max_reply) {
   Header h;
   h.msg_id = NextId();
   h.command = command;
   h.flags = flags;
   if (auto s = SendMessage(sock_.get(), h, payload, fds, timeout_); !s.ok()) return s;
   if (flags & kFlagNoReply) return Message{};
-  return ReceiveReply(h.msg_id, command);
+  auto m = ReceiveReply(h.msg_id, command);
+  if (!m.ok()) return m;
+  size_t limit = max_reply ? max_reply : kHeaderSize + payload.size();
+  if (m->hdr.msg_size > limit) {
+    return absl::DataLossError(absl::StrCat(CommandName(command), ": reply larger than recv buffer (",
+                                            m->hdr.msg_size, " > ", limit, ")"));
+  }
+  return m;
 }
 
 absl::Status Client::SendRaw(absl::Span<const uint8_t> bytes, absl::Span<const int> fds) {
@@ -253,11 +261,16 @@ absl::StatusOr<RegionInfoResult> Client::GetRegionInfo(uint32_t index) {
     RegionInfo req;
     req.argsz = argsz;
     req.index = index;
-    auto m = Request(kCmdDeviceGetRegionInfo, Bytes(req));
+    auto m = Request(kCmdDeviceGetRegionInfo, Bytes(req), {}, 0, kHeaderSize + argsz);
     if (!m.ok()) return m.status();
     if (auto s = ReplyStatus(*m); !s.ok()) return s;
     RegionInfoResult out;
     if (!LoadStruct(m->payload, 0, &out.info)) return absl::DataLossError("short REGION_INFO reply");
+    // QEMU's check (hw/vfio-user/device.c): CAPS needs a cap_offset inside the reply.
+    if ((out.info.flags & kRegionFlagCaps) &&
+        (out.info.cap_offset < sizeof(RegionInfo) || out.info.cap_offset > std::min(out.info.argsz, argsz))) {
+      return absl::DataLossError("REGION_INFO CAPS with an invalid cap_offset");
+    }
     if (out.info.argsz > argsz) {
       if (out.info.argsz > 65536) return absl::DataLossError("absurd REGION_INFO argsz");
       argsz = out.info.argsz;
@@ -336,7 +349,7 @@ absl::Status Client::MaskIrq(uint32_t index, uint32_t start, uint32_t count, boo
 absl::Status Client::RegionRead(uint32_t region, uint64_t offset, absl::Span<uint8_t> out) {
   RegionAccess req{offset, region, static_cast<uint32_t>(out.size())};
   if (out.size() > 0xffffffffu) return absl::InvalidArgumentError("read too large");
-  auto m = Request(kCmdRegionRead, Bytes(req));
+  auto m = Request(kCmdRegionRead, Bytes(req), {}, 0, kHeaderSize + sizeof(RegionAccess) + out.size());
   if (!m.ok()) return m.status();
   if (auto s = ReplyStatus(*m); !s.ok()) return s;
   RegionAccess got;

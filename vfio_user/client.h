@@ -96,11 +96,13 @@ class Client {
   absl::Status WriteMulti(absl::Span<const MultiWrite> writes, bool posted = true);
   absl::Status Reset();
 
-  // Raw access for tests: sends one message with the given header fields
-  // (msg_size is computed unless `raw_size` is set) and waits for the reply
-  // (serving DMA requests meanwhile) unless `flags` has NO_REPLY.
+  // Raw access for tests: sends one message and waits for the reply
+  // (serving DMA requests meanwhile) unless `flags` has NO_REPLY. Like QEMU,
+  // a reply larger than the receive buffer is an error (DATA_LOSS): the
+  // buffer is `max_reply` bytes, or the request's own size when 0.
   absl::StatusOr<Message> Request(uint16_t command, absl::Span<const uint8_t> payload,
-                                  absl::Span<const int> fds = {}, uint32_t flags = 0);
+                                  absl::Span<const int> fds = {}, uint32_t flags = 0,
+                                  size_t max_reply = 0);
   absl::Status SendRaw(absl::Span<const uint8_t> bytes, absl::Span<const int> fds = {});
   absl::StatusOr<Message> ReceiveReply(uint16_t msg_id, uint16_t command);
 

@@ -558,7 +558,9 @@ Session::Reply Session::HandleGetRegionInfo(Message& m) {
     AppendBytes(&r.payload, caps);
     if (mmap) r.fds.push_back(d->mmap_fd);
   } else {
-    // Too small: report the size needed, without caps or fd; the client retries.
+    // Too small: report the size needed, without caps or fd; the client
+    // retries. CAPS must be clear then: QEMU refuses CAPS with cap_offset 0.
+    out.flags &= ~kRegionFlagCaps;
     out.cap_offset = 0;
     r.payload = Bytes(out);
   }

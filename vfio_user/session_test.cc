@@ -373,6 +373,8 @@ TEST_F(SessionTest, RegionInfoWithSparseMmapAndFd) {
   RegionInfo got;
   ASSERT_TRUE(LoadStruct(m->payload, 0, &got));
   EXPECT_GT(got.argsz, sizeof(RegionInfo));
+  EXPECT_EQ(got.flags & kRegionFlagCaps, 0u);  // QEMU rejects CAPS without a valid cap_offset
+  EXPECT_EQ(got.cap_offset, 0u);
   EXPECT_EQ(m->payload.size(), sizeof(RegionInfo));
   EXPECT_TRUE(m->fds.empty());
   // Config region: no mmap.
