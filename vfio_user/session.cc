@@ -316,6 +316,7 @@ bool Session::HandleMessage(Message msg) {
   }
   ++stats_.requests;
   Reply reply = Dispatch(msg);
+  CountCommand(hdr.command, reply.err != 0);
   if (options_.store) {
     if (auto s = Commit(nullptr); !s.ok()) {
       // The effect is applied in memory but not durable: tell the client.
@@ -967,6 +968,7 @@ bool Session::HandleMessageCrashConsistent() {
   } else {
     ++stats_.requests;
     reply = Dispatch(msg);
+    CountCommand(h.command, reply.err != 0);
   }
   bool wants_reply = !is_reply && !(h.flags & kFlagNoReply);
   Header rh;

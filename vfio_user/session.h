@@ -32,6 +32,7 @@
 #ifndef EMUD_VFIO_USER_SESSION_H_
 #define EMUD_VFIO_USER_SESSION_H_
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -119,6 +120,10 @@ struct SessionStats {
   uint64_t dma_messages = 0;    // DMA_READ/WRITE sent to the client
   uint64_t commits = 0;
   uint64_t replayed_replies = 0;  // resume: stored replies re-sent
+  // Per command number (index 0 = unknown commands), for metrics labels
+  // (CommandName()).
+  std::array<uint64_t, kCmdMax> by_command{};
+  std::array<uint64_t, kCmdMax> errors_by_command{};
 };
 
 class Session {
@@ -190,6 +195,11 @@ class Session {
   bool HandleMessage(Message msg);
   bool HandleMessageCrashConsistent();
   Reply Dispatch(Message& msg);
+  void CountCommand(uint16_t cmd, bool error) {
+    size_t i = cmd < kCmdMax ? cmd : 0;
+    ++stats_.by_command[i];
+    if (error) ++stats_.errors_by_command[i];
+  }
   bool SendReply(const Header& req, const Reply& reply);
 
   Reply HandleVersion(Message& m);

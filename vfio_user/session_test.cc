@@ -570,6 +570,8 @@ TEST_F(SessionTest, PostedWritesAreOrderedBeforeALaterRead) {
   ASSERT_TRUE(client_->RegionWrite(kBar, 1, absl::MakeConstSpan(b, 4), true).ok());
   EXPECT_EQ(*client_->Read32(kBar, ExampleDevice::kAcc), sum);
   EXPECT_EQ(harness_->session().stats().posted_errors, 1u);
+  EXPECT_GE(harness_->session().stats().by_command[kCmdRegionWrite], 501u);
+  EXPECT_EQ(harness_->session().stats().errors_by_command[kCmdRegionWrite], 1u);
 }
 
 TEST_F(SessionTest, PipelinedRequestsAnsweredInOrder) {
