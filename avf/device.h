@@ -14,10 +14,18 @@
 // vfio-user session's). Hooks are called synchronously from inside region
 // writes (doorbells) and virtchnl handling (queue start/stop, stats).
 //
+// virtchnl answers (virtchnl_pf.cc): one reply per request with the same
+// opcode (none for RESET_VF and for a granted REQUEST_QUEUES, which resets);
+// ERR_PARAM for a message failing the length rules or carrying bad fields
+// (foreign VSI, queue beyond those granted, ring outside the DMA map, ...),
+// NOT_SUPPORTED for any opcode not implemented; never the AQ ERR flag.
+// EVENT LINK_CHANGE follows every successful ENABLE_QUEUES. Linux iavf and
+// DPDK net/iavf bring-up orders are both exercised by tests/guest.
+//
 // Hostile input: register writes, descriptors and messages from the guest are
 // validated; bad ones are ignored or refused with an AVF/virtchnl error
 // status and counted in counters(); nothing crashes, hangs or touches memory
-// outside the DMA map.
+// outside the DMA map (avf/fuzz holds a libFuzzer target checking that).
 #ifndef EMUD_AVF_DEVICE_H_
 #define EMUD_AVF_DEVICE_H_
 
@@ -45,7 +53,10 @@ namespace emud::avf {
 
 using MacAddr = std::array<uint8_t, 6>;
 
-// Capabilities the device grants when asked (requested & supported).
+// Capabilities the device grants when asked (requested & supported; RSS_AQ
+// never, RSS_REG only when RSS_PF is not granted). VLAN / VLAN_V2 / CRC /
+// RX_FLEX_DESC etc. stay off by default: granting VLAN makes Linux expect
+// tag stripping/insertion from the data path.
 inline constexpr uint32_t kDefaultSupportedCaps =
     vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr | vc::kCapReqQueues | vc::kCapAdvLinkSpeed;
 
