@@ -2,6 +2,7 @@
 
 #include "absl/strings/match.h"
 #include "dataplane/adaptive_poll.h"
+#include "dataplane/offload.h"
 #include "dataplane/rss.h"
 
 namespace emud::dataplane {
@@ -112,7 +113,14 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   }
   if (q >= kMaxQueues || !(rx_running_ & (1u << q))) q = __builtin_ctz(rx_running_);
   RxQueue& rx = *rx_[q];
-  switch (rx.Deliver(frame, dev_->RxTail(q), *dma, hash)) {
+  uint64_t csum_bits = 0;
+  if (options_.rx_checksum) {
+    uint32_t c = CheckRxChecksums(frame);
+    if (c & RxCsum::kChecked) csum_bits |= rxd::kL3L4P;
+    if (c & RxCsum::kIpBad) csum_bits |= rxd::kErrIpe;
+    if (c & RxCsum::kL4Bad) csum_bits |= rxd::kErrL4e;
+  }
+  switch (rx.Deliver(frame, dev_->RxTail(q), *dma, hash, csum_bits)) {
     case RxQueue::DeliverResult::kDelivered:
       rx_irq_ |= 1u << q;
       if (frame[0] & 1) {

@@ -26,6 +26,9 @@ struct DataPathOptions {
   uint32_t tx_budget = 256;
   // Frames taken from the backend per PollOnce.
   uint32_t rx_budget = 256;
+  // Verify IPv4/TCP/UDP checksums of received frames and report them in the
+  // descriptor (L3L4P, IPE, L4E) so the guest need not (NETIF_F_RXCSUM).
+  bool rx_checksum = true;
 };
 
 class DataPath : public avf::DataPathHooks, public FrameSink {

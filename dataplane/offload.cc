@@ -278,4 +278,49 @@ absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
   return absl::OkStatus();
 }
 
+uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
+  if (f.size() < 14) return 0;
+  size_t off = 12;
+  uint16_t et = LoadBe16(&f[off]);
+  if (et == 0x8100 && f.size() >= 18) {
+    off += 4;
+    et = LoadBe16(&f[off]);
+  }
+  const size_t l3 = off + 2;
+  uint32_t result = RxCsum::kChecked;
+  size_t l4 = 0, l4_len = 0;
+  uint8_t proto = 0;
+  uint32_t pseudo = 0;
+  if (et == 0x0800) {
+    if (f.size() < l3 + 20 || (f[l3] >> 4) != 4) return 0;
+    size_t ihl = size_t(f[l3] & 0xf) * 4;
+    size_t tot = LoadBe16(&f[l3 + 2]);
+    if (ihl < 20 || tot < ihl || l3 + tot > f.size()) return 0;
+    if (LoadBe16(&f[l3 + 6]) & 0x3fff) return 0;  // fragment
+    if (CsumFold(CsumPartial(&f[l3], ihl, 0)) != 0xffff) result |= RxCsum::kIpBad;
+    proto = f[l3 + 9];
+    l4 = l3 + ihl;
+    l4_len = tot - ihl;
+    pseudo = CsumPartial(&f[l3 + 12], 8, 0);
+  } else if (et == 0x86dd) {
+    if (f.size() < l3 + 40 || (f[l3] >> 4) != 6) return 0;
+    size_t plen = LoadBe16(&f[l3 + 4]);
+    if (l3 + 40 + plen > f.size()) return 0;
+    proto = f[l3 + 6];  // extension headers: not checked
+    l4 = l3 + 40;
+    l4_len = plen;
+    pseudo = CsumPartial(&f[l3 + 8], 32, 0);
+  } else {
+    return 0;
+  }
+  if (proto != 6 && proto != 17) return 0;
+  if ((proto == 6 && l4_len < 20) || (proto == 17 && l4_len < 8)) return 0;
+  if (proto == 17 && et == 0x0800 && LoadBe16(&f[l4 + 6]) == 0) return result;  // no UDP csum
+  pseudo = CsumAddBe16(pseudo, proto);
+  pseudo = CsumAddBe16(pseudo, static_cast<uint16_t>(l4_len));
+  if (l4_len > 0xffff) return 0;
+  if (CsumFold(CsumPartial(&f[l4], l4_len, pseudo)) != 0xffff) result |= RxCsum::kL4Bad;
+  return result;
+}
+
 }  // namespace emud::dataplane

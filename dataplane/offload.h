@@ -82,6 +82,18 @@ absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
                         absl::FunctionRef<void(absl::Span<const uint8_t>)> emit,
                         uint32_t max_segments = 1100);
 
+// RX checksum check of an Ethernet frame (optionally one VLAN tag), as the
+// AVF reports it: kChecked when the frame is unfragmented IPv4/IPv6 carrying
+// TCP or UDP and both checksums were verified, plus kIpBad / kL4Bad for a
+// wrong IPv4 header / L4 checksum. 0 when nothing was checked (other
+// protocols, fragments, IPv6 extension headers, truncated frames).
+struct RxCsum {
+  static constexpr uint32_t kChecked = 1;
+  static constexpr uint32_t kIpBad = 2;
+  static constexpr uint32_t kL4Bad = 4;
+};
+uint32_t CheckRxChecksums(absl::Span<const uint8_t> frame);
+
 }  // namespace emud::dataplane
 
 #endif  // EMUD_DATAPLANE_OFFLOAD_H_

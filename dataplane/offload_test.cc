@@ -331,5 +331,41 @@ TEST(TsoBad, RejectsNonsense) {
   EXPECT_EQ(n, 47);
 }
 
+TEST(RxChecksums, VerifiesWhatTxCompleted) {
+  for (bool v6 : {false, true}) {
+    for (int proto : {6, 17}) {
+      std::mt19937 rng(proto + v6);
+      Pkt p = MakePacket(v6, uint8_t(proto), 333, rng);
+      size_t field = proto == 6 ? 16 : 6;
+      uint32_t l4bytes = uint32_t(p.f.size() - p.l4);
+      if (!v6) PutBe16(&p.f[14 + 2], uint16_t(p.f.size() - 14));
+      PutBe16(&p.f[p.l4 + field], Seed(p.f, p.l3, v6, uint8_t(proto), l4bytes, true));
+      TxOffload off;
+      off.maclen = 14;
+      off.iplen = v6 ? 40 : 20;
+      off.iipt = v6 ? TxOffload::kIiptIpv6 : TxOffload::kIiptIpv4Csum;
+      off.l4t = proto == 6 ? TxOffload::kL4Tcp : TxOffload::kL4Udp;
+      ASSERT_TRUE(ApplyChecksumOffloads(absl::MakeSpan(p.f), off).ok());
+      EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked) << v6 << proto;
+      p.f.back() ^= 0x40;  // corrupt the payload
+      EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked | RxCsum::kL4Bad) << v6 << proto;
+      if (!v6) {
+        p.f[14 + 8] ^= 1;  // TTL: the IPv4 header checksum breaks
+        EXPECT_TRUE(CheckRxChecksums(p.f) & RxCsum::kIpBad);
+        p.f[14 + 6] = 0x20;  // MF: fragments are not checked
+        EXPECT_EQ(CheckRxChecksums(p.f), 0u);
+      }
+    }
+  }
+  std::vector<uint8_t> arp(60, 0);
+  arp[12] = 0x08;
+  arp[13] = 0x06;
+  EXPECT_EQ(CheckRxChecksums(arp), 0u);
+  std::mt19937 rng(1);
+  Pkt t = MakePacket(false, 6, 100, rng);
+  PutBe16(&t.f[14 + 2], 2000);  // IP length beyond the frame
+  EXPECT_EQ(CheckRxChecksums(t.f), 0u);
+}
+
 }  // namespace
 }  // namespace emud::dataplane

@@ -421,7 +421,8 @@ bool RxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
 
 RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
                                         vfio_user::DmaMemory& dma,
-                                        std::optional<uint32_t> rss_hash) {
+                                        std::optional<uint32_t> rss_hash,
+                                        uint64_t csum_bits) {
   const uint32_t n = hot_->ring_len;
   if (!enabled() || n == 0) {
     Count(hot_->drops, 1);
@@ -463,7 +464,8 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
     if (p.ok()) {
       std::memcpy(*p, frame.data() + done, chunk);
       qw1 = rxd::kDd | (last ? rxd::kEof : 0) | ptype << rxd::kPtypeShift |
-            uint64_t(chunk) << rxd::kLenShift | (rss_hash ? rxd::kFltstatRss : 0);
+            uint64_t(chunk) << rxd::kLenShift | (rss_hash ? rxd::kFltstatRss : 0) |
+            (last ? csum_bits : 0);
     } else {
       // Give the buffer back marked bad (RXE + EOF): the driver discards the
       // frame and recycles the buffer; nothing is skipped.

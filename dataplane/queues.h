@@ -53,6 +53,8 @@ inline constexpr uint64_t kEof = 1ull << 1;
 inline constexpr uint64_t kL3L4P = 1ull << 3;
 inline constexpr uint64_t kFltstatRss = 3ull << 12;  // qw0[63:32] holds the RSS hash
 inline constexpr uint64_t kErrRxe = 1ull << 19;
+inline constexpr uint64_t kErrIpe = 1ull << 22;
+inline constexpr uint64_t kErrL4e = 1ull << 23;
 inline constexpr int kPtypeShift = 30;
 inline constexpr int kLenShift = 38;
 inline uint32_t Len(uint64_t qw1) { return uint32_t(qw1 >> kLenShift) & 0x3FFF; }
@@ -152,8 +154,10 @@ class RxQueue {
   // enough posted buffers (nothing written); kDropped: the frame was
   // discarded (too long, queue disabled, bad tail, DMA fault; counted).
   // `rss_hash`: reported in the descriptor (qw0 bits 63:32, FLTSTAT = 3).
+  // `csum_bits`: L3L4P / IPE / L4E for the last descriptor (rxd::).
   DeliverResult Deliver(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma,
-                        std::optional<uint32_t> rss_hash = std::nullopt);
+                        std::optional<uint32_t> rss_hash = std::nullopt,
+                        uint64_t csum_bits = 0);
 
   // Descriptors written since the last call (for interrupt decisions).
   bool TakeWroteBack() {

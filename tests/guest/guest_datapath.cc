@@ -76,6 +76,7 @@ absl::StatusOr<std::vector<RxFrame>> GuestDataPath::Receive(uint32_t q) {
     uint32_t len = uint32_t(qw1 >> 38) & 0x3FFF;
     const DmaBuffer& b = r.buffers[sb[i]];
     auto& part = rx_partial_[q];
+    if (part.empty()) first_qw0_ = Load(d);
     part.insert(part.end(), b.host, b.host + std::min<size_t>(len, b.size));
     error |= (qw1 >> 19) & 1;
     if (qw1 & 2) {  // EOF
@@ -83,6 +84,8 @@ absl::StatusOr<std::vector<RxFrame>> GuestDataPath::Receive(uint32_t q) {
       f.data = std::move(part);
       f.ptype = uint32_t(qw1 >> 30) & 0xFF;
       f.error = error;
+      f.last_qw1 = qw1;
+      f.first_qw0 = first_qw0_;
       if (!f.error) out.push_back(std::move(f));
       part.clear();
       error = false;

@@ -21,6 +21,8 @@ struct RxFrame {
   std::vector<uint8_t> data;
   uint32_t ptype = 0;
   bool error = false;  // RXE on some descriptor
+  uint64_t last_qw1 = 0;    // write-back qw1 of the EOF descriptor (L3L4P, IPE, L4E...)
+  uint64_t first_qw0 = 0;   // write-back qw0 of the first descriptor (RSS hash in 63:32)
 };
 
 class GuestDataPath {
@@ -45,7 +47,8 @@ class GuestDataPath {
   IavfDriver* drv_;
   std::vector<std::vector<TxSlot>> tx_slots_;
   std::vector<std::vector<uint8_t>> rx_partial_;
-  std::vector<std::vector<uint32_t>> slot_buf_;  // RX: buffer index held by each slot
+  std::vector<std::vector<uint32_t>> slot_buf_;
+  uint64_t first_qw0_ = 0;  // RX: buffer index held by each slot
 };
 
 }  // namespace emud::guest

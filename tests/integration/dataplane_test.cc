@@ -144,6 +144,47 @@ TEST(DataplaneIntegration, LoopbackFramesComeBackByteForByte) {
   std::filesystem::remove_all(shm);
 }
 
+TEST(DataplaneIntegration, TxChecksumOffloadThenRxChecksumReport) {
+  std::string shm = TestDir();
+  Node n;
+  n.Start("csum", "loopback", 1, shm);
+  // IPv4/UDP with the pseudo-header seed in the checksum field (what the
+  // Linux stack hands iavf), IPv4 header checksum left 0: the device
+  // completes both on TX; on RX it verifies them and reports L3L4P.
+  auto f = MakeFrame(n.drv->mac(), 14 + 20 + 8 + 201, 5);
+  f[12] = 0x08;
+  f[13] = 0x00;
+  f[14] = 0x45;
+  uint16_t tot = uint16_t(f.size() - 14), ulen = uint16_t(f.size() - 34);
+  f[16] = uint8_t(tot >> 8);
+  f[17] = uint8_t(tot);
+  f[20] = f[21] = 0;
+  f[23] = 17;
+  f[24] = f[25] = 0;
+  f[38] = uint8_t(ulen >> 8);
+  f[39] = uint8_t(ulen);
+  uint32_t seed = 17 + ulen;
+  for (int i = 26; i < 34; i += 2) seed += uint32_t(f[i] << 8 | f[i + 1]);
+  while (seed >> 16) seed = (seed & 0xffff) + (seed >> 16);
+  f[40] = uint8_t(seed >> 8);
+  f[41] = uint8_t(seed);
+  uint32_t cmd = (3u << 5) /*IIPT IPv4+csum*/ | (3u << 8) /*L4T UDP*/;
+  uint32_t offset = (14 / 2) | (20 / 4) << 7 | (8 / 4) << 14;
+  ASSERT_TRUE(n.gdp->Transmit(0, f, cmd, offset).ok());
+  // A frame with a broken UDP checksum and no offload is reported as such.
+  auto bad = f;
+  bad[45] ^= 0xff;
+  ASSERT_TRUE(n.gdp->Transmit(0, bad).ok());
+  auto got = Collect({&n}, n, 2);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].ptype, 24u) << "IPv4/UDP";
+  EXPECT_TRUE(got[0].last_qw1 & (1ull << 3)) << "L3L4P";
+  EXPECT_FALSE(got[0].last_qw1 & (3ull << 22)) << "no IPE/L4E";
+  EXPECT_NE(got[0].data[24] | got[0].data[25], 0) << "IPv4 checksum filled";
+  EXPECT_TRUE(got[1].last_qw1 & (1ull << 23)) << "L4E on the corrupted frame";
+  std::filesystem::remove_all(shm);
+}
+
 TEST(DataplaneIntegration, ItrDefersButNeverLosesQueueInterrupts) {
   std::string shm = TestDir();
   Node n;
