@@ -22,7 +22,7 @@ class AdaptivePoller {
   struct Options {
     int64_t busy_window_ns = 200'000;  // keep spinning this long after the last work
     int64_t min_sleep_ns = 50'000;
-    int64_t max_sleep_ns = 10'000'000;  // mapped doorbells: worst added latency when idle
+    int64_t max_sleep_ns = 20'000'000;  // mapped doorbells: worst added latency when idle
   };
   AdaptivePoller() : AdaptivePoller(Options()) {}
   explicit AdaptivePoller(Options o) : o_(o) {}
