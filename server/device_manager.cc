@@ -416,20 +416,34 @@ absl::Status DeviceManager::StopWorkerLocked(Dev& d, absl::Time deadline) {
                                              d.rec.name(), " did not exit after SIGKILL; retry"));
 }
 
-void DeviceManager::RefreshLocked(Dev& d) {
+DeviceManager::Refresh DeviceManager::RefreshLocked(Dev& d) {
   d.dirty = false;
   auto st = d.reader->Read();
   if (!st.ok()) {
     Log(absl::StrCat("device ", d.rec.name(), ": reading worker status: ", st.status().ToString()));
-    return;
+    return Refresh::kNothingNew;
   }
-  if (!st->has_value()) return;
-  if (d.status.has_value() &&
-      d.status->SerializeAsString() == (*st)->SerializeAsString()) {
-    return;
+  if (!st->has_value()) return Refresh::kNothingNew;
+  WorkerStatus& next = **st;
+  if (d.status.has_value()) {
+    if (next.updated_unix_nanos() == d.status->updated_unix_nanos() &&
+        d.status->SerializeAsString() == next.SerializeAsString()) {
+      return Refresh::kNothingNew;
+    }
+    // A worker refreshes its record periodically; only the timestamp moves
+    // then, and nothing downstream (metrics, phase, watchers) needs to run.
+    int64_t stamp = next.updated_unix_nanos();
+    next.set_updated_unix_nanos(d.status->updated_unix_nanos());
+    bool same = d.status->SerializeAsString() == next.SerializeAsString();
+    if (same) {
+      d.status->set_updated_unix_nanos(stamp);
+      return Refresh::kTimestampOnly;
+    }
+    next.set_updated_unix_nanos(stamp);
   }
-  d.status = std::move(**st);
+  d.status = std::move(next);
   metrics_->UpdateFromWorkerStatus(d.rec.name(), *d.status);
+  return Refresh::kChanged;
 }
 
 v1::Phase DeviceManager::PhaseLocked(const Dev& d) const {
@@ -839,8 +853,8 @@ void DeviceManager::Loop() {
   // commits at most kRefreshBurst times per status_refresh_interval.
   std::deque<absl::Time> recent_refreshes;
   absl::Time next_refresh_allowed = absl::InfinitePast();
-  // inotify reports a commit's page writes before its meta page makes it
-  // visible to readers, so devices refreshed on an event are read once more
+  // inotify reports a commit's writes before LMDB makes it visible to
+  // readers, so a device whose refresh found nothing new is read once more
   // a little later (kSettle) to catch the commit that was in flight.
   std::set<std::string> settle;
   absl::Time settle_at = absl::InfiniteFuture();
@@ -903,9 +917,12 @@ void DeviceManager::Loop() {
     if (!inotify_armed && now >= next_refresh_allowed) {
       for (auto& [name, d] : devs_) {
         if (!d->dirty) continue;
-        RefreshLocked(*d);
-        NotifyLocked(*d);
-        settle.insert(name);
+        Refresh r = RefreshLocked(*d);
+        if (r == Refresh::kChanged) NotifyLocked(*d);
+        // Nothing new: the commit that raised the event may not be visible
+        // yet (LMDB publishes its txn id after the meta page write, which
+        // raises no further event); read once more shortly.
+        if (r == Refresh::kNothingNew) settle.insert(name);
       }
       if (!settle.empty() && settle_at == absl::InfiniteFuture()) settle_at = now + kSettle;
       recent_refreshes.push_back(now);
@@ -924,18 +941,15 @@ void DeviceManager::Loop() {
     }
     if (now >= settle_at) {
       for (const auto& name : settle) {
-        if (Dev* d = FindLocked(name)) {
-          RefreshLocked(*d);
-          NotifyLocked(*d);
-        }
+        Dev* d = FindLocked(name);
+        if (d != nullptr && RefreshLocked(*d) == Refresh::kChanged) NotifyLocked(*d);
       }
       settle.clear();
       settle_at = absl::InfiniteFuture();
     }
     if (now >= next_fallback) {
       for (auto& [name, d] : devs_) {
-        RefreshLocked(*d);
-        NotifyLocked(*d);
+        if (RefreshLocked(*d) == Refresh::kChanged) NotifyLocked(*d);
       }
       next_fallback = now + kFallbackRefresh;
     }

@@ -165,7 +165,10 @@ class DeviceManager {
   // Stops d's worker (SIGTERM, SIGKILL after the stop timeout or deadline).
   // Releases mu_ while waiting; d.busy must be set by the caller.
   absl::Status StopWorkerLocked(Dev& d, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RefreshLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Re-reads the worker's status record. kChanged: anything but its
+  // timestamp changed (metrics are updated; the caller notifies watchers).
+  enum class Refresh { kNothingNew, kTimestampOnly, kChanged };
+  Refresh RefreshLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   emud::v1::Phase PhaseLocked(const Dev& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   emud::v1::Device BuildLocked(const Dev& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Updates phase bookkeeping and emits an event if the device changed.

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,8 +74,12 @@ std::string Runfile(const std::string& rel) {
 
 TempStateDir::TempStateDir(const std::string& tag) {
   const char* base = std::getenv("EMUD_TEST_TMPDIR");
-  path_ = absl::StrCat(base != nullptr && *base != '\0' ? base : "/dev/shm", "/emud-", tag, "-",
-                       ::getpid());
+  // Bazel's sandbox gives every test the same pid in its own pid namespace
+  // while /dev/shm is shared: add randomness so concurrent runs never meet.
+  uint64_t rnd = 0;
+  if (::getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd)) rnd = absl::ToUnixNanos(absl::Now());
+  path_ = absl::StrCat(base != nullptr && *base != '\0' ? base : "/dev/shm", "/emud-",
+                       tag.substr(0, 24), "-", ::getpid(), "-", absl::Hex(rnd & 0xffffffff));
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
   std::filesystem::create_directories(path_, ec);

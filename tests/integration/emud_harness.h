@@ -25,8 +25,9 @@ namespace emud::testing {
 // binary's own .runfiles directory.
 std::string Runfile(const std::string& rel);
 
-// A fresh directory for state under $EMUD_TEST_TMPDIR (default /dev/shm),
-// short enough for UNIX socket paths; removed by the destructor.
+// A fresh, uniquely named directory for state under $EMUD_TEST_TMPDIR
+// (default /dev/shm), short enough for UNIX socket paths; removed by the
+// destructor.
 class TempStateDir {
  public:
   explicit TempStateDir(const std::string& tag);
