@@ -16,7 +16,7 @@ std::vector<uint32_t> Normalize(std::vector<uint32_t> counts) {
 }  // namespace
 
 IrqState::IrqState(std::vector<uint32_t> counts) : counts_(Normalize(std::move(counts))) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   irqs_.resize(kNumPciIrqs);
   for (size_t i = 0; i < irqs_.size(); ++i) irqs_[i].resize(counts_[i]);
 }
@@ -52,19 +52,19 @@ void IrqState::TriggerLocked(uint32_t index, uint32_t vector) {
 }
 
 void IrqState::Trigger(uint32_t index, uint32_t vector) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   TriggerLocked(index, vector);
 }
 
 void IrqState::TriggerMsix(uint32_t vector) { Trigger(kMsixIrq, vector); }
 
 bool IrqState::MsixPending(uint32_t vector) const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return vector < irqs_[kMsixIrq].size() && irqs_[kMsixIrq][vector].pending;
 }
 
 bool IrqState::MsixEnabled() const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return msix_enabled_ && !function_masked_;
 }
 
@@ -80,7 +80,7 @@ void IrqState::DeliverPending(uint32_t index, uint32_t start, uint32_t count) {
 }
 
 void IrqState::SetMsixGuestMask(uint32_t vector, bool masked) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   if (vector >= irqs_[kMsixIrq].size()) return;
   irqs_[kMsixIrq][vector].guest_masked = masked;
   dirty_ = true;
@@ -88,7 +88,7 @@ void IrqState::SetMsixGuestMask(uint32_t vector, bool masked) {
 }
 
 void IrqState::SetMsixControl(bool enabled, bool function_masked) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   msix_enabled_ = enabled;
   function_masked_ = function_masked;
   dirty_ = true;
@@ -97,7 +97,7 @@ void IrqState::SetMsixControl(bool enabled, bool function_masked) {
 
 absl::Status IrqState::SetIrqs(uint32_t flags, uint32_t index, uint32_t start, uint32_t count,
                                std::vector<UniqueFd> fds, absl::Span<const uint8_t> bools) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   if (index >= irqs_.size() || uint64_t{start} + count > irqs_[index].size()) {
     return ErrnoStatus(EINVAL, "SET_IRQS range");
   }
@@ -145,7 +145,7 @@ absl::Status IrqState::SetIrqs(uint32_t flags, uint32_t index, uint32_t start, u
 }
 
 void IrqState::DisconnectAll() {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   for (auto& idx : irqs_) {
     for (auto& v : idx) {
       v.efd.reset();
@@ -156,7 +156,7 @@ void IrqState::DisconnectAll() {
 }
 
 void IrqState::ClearPending() {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   for (auto& idx : irqs_) {
     for (auto& v : idx) v.pending = false;
   }
@@ -164,7 +164,7 @@ void IrqState::ClearPending() {
 }
 
 std::vector<IrqState::VectorState> IrqState::Snapshot(uint32_t index) const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   std::vector<VectorState> out;
   if (index >= irqs_.size()) return out;
   for (const auto& v : irqs_[index]) out.push_back({v.efd.valid(), v.masked, v.guest_masked, v.pending});
@@ -172,12 +172,12 @@ std::vector<IrqState::VectorState> IrqState::Snapshot(uint32_t index) const {
 }
 
 bool IrqState::HasEventfd(uint32_t index, uint32_t vector) const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return index < irqs_.size() && vector < irqs_[index].size() && irqs_[index][vector].efd.valid();
 }
 
 void IrqState::RestoreVector(uint32_t index, uint32_t vector, const VectorState& st, UniqueFd efd) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   if (index >= irqs_.size() || vector >= irqs_[index].size()) return;
   Vector& v = irqs_[index][vector];
   v.masked = st.masked;
@@ -187,28 +187,28 @@ void IrqState::RestoreVector(uint32_t index, uint32_t vector, const VectorState&
 }
 
 bool IrqState::function_masked() const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return function_masked_;
 }
 bool IrqState::msix_enabled() const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return msix_enabled_;
 }
 void IrqState::set_control(bool enabled, bool function_masked) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   msix_enabled_ = enabled;
   function_masked_ = function_masked;
 }
 uint64_t IrqState::fired() const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return fired_;
 }
 uint64_t IrqState::dropped() const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return dropped_;
 }
 bool IrqState::TakeDirty() {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   bool d = dirty_;
   dirty_ = false;
   return d;

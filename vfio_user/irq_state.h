@@ -13,11 +13,10 @@
 #define EMUD_VFIO_USER_IRQ_STATE_H_
 
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "base/unique_fd.h"
 #include "vfio_user/device.h"
@@ -85,19 +84,22 @@ class IrqState : public InterruptSink {
     bool guest_masked = false;
     bool pending = false;
   };
-  bool Deliverable(uint32_t index, const Vector& v) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Fire(Vector& v) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void TriggerLocked(uint32_t index, uint32_t vector) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DeliverPending(uint32_t index, uint32_t start, uint32_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Deliverable(uint32_t index, const Vector& v) const;
+  void Fire(Vector& v);
+  void TriggerLocked(uint32_t index, uint32_t vector);
+  void DeliverPending(uint32_t index, uint32_t start, uint32_t count);
 
   const std::vector<uint32_t> counts_;
-  mutable absl::Mutex mu_;
-  std::vector<std::vector<Vector>> irqs_ ABSL_GUARDED_BY(mu_);
-  bool msix_enabled_ ABSL_GUARDED_BY(mu_) = false;
-  bool function_masked_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t fired_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
-  bool dirty_ ABSL_GUARDED_BY(mu_) = false;
+  // std::mutex rather than absl::Mutex: Debian's Abseil is not built for
+  // ThreadSanitizer, so its lock would look like no lock at all there.
+  // Guards everything below.
+  mutable std::mutex mu_;
+  std::vector<std::vector<Vector>> irqs_;
+  bool msix_enabled_ = false;
+  bool function_masked_ = false;
+  uint64_t fired_ = 0;
+  uint64_t dropped_ = 0;
+  bool dirty_ = false;
 };
 
 }  // namespace emud::vfio_user
