@@ -4,10 +4,12 @@
 // region, IRQ_INFO, DMA map/unmap/remap, config space, region access, an
 // interrupt observed on its eventfd, posted writes ordered before a read,
 // disconnect and reconnect.
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -193,6 +195,46 @@ TEST(ConformanceTest, VmmLikeSessionAgainstExampleServer) {
   ASSERT_TRUE(c2->Reset().ok());
   EXPECT_EQ(*c2->Read32(kBar0, ExampleDevice::kAcc), 0u);
   ::munmap(guest, 4 << 20);
+}
+
+TEST(ConformanceTest, ServesAnInheritedConnectedSocketAndExitsWhenItCloses) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ASSERT_EQ(::fcntl(sv[1], F_SETFD, 0), 0);  // only the server end is inherited
+  std::string bin = ServerBinary();
+  std::string flag = "--fd=" + std::to_string(sv[1]);
+  char* argv[] = {bin.data(), flag.data(), nullptr};
+  pid_t pid;
+  ASSERT_EQ(::posix_spawn(&pid, bin.c_str(), nullptr, nullptr, argv, environ), 0);
+  ::close(sv[1]);
+  auto c = Client::FromFd(UniqueFd(sv[0]));
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE((*c)->Version().ok());
+  EXPECT_EQ(*(*c)->Read32(kBar0, ExampleDevice::kId), ExampleDevice::kIdValue);
+  c->reset();
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(ConformanceTest, AcceptsTheSpecsSocketPathSpelling) {
+  std::string path = testing::UniqueSocketPath("conf-sp");
+  std::string bin = ServerBinary();
+  std::string flag = "--socket-path=" + path;
+  char* argv[] = {bin.data(), flag.data(), nullptr};
+  pid_t pid;
+  ASSERT_EQ(::posix_spawn(&pid, bin.c_str(), nullptr, nullptr, argv, environ), 0);
+  absl::StatusOr<std::unique_ptr<Client>> c = absl::UnavailableError("not yet");
+  for (int i = 0; i < 300 && !c.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+    c = Client::Connect(path);
+  }
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE((*c)->Version().ok());
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
 }  // namespace

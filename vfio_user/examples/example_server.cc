@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -19,7 +20,8 @@
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/session.h"
 
-ABSL_FLAG(std::string, socket, "", "path of the vfio-user UNIX socket to listen on");
+ABSL_FLAG(std::string, socket, "", "path of the vfio-user UNIX socket to listen on (also --socket-path)");
+ABSL_FLAG(int, fd, -1, "serve the already connected vfio-user socket at this fd and exit when it closes");
 ABSL_FLAG(int, busy_poll_us, 100, "keep polling this long after activity before sleeping (0 = never)");
 ABSL_FLAG(std::string, state_dir, "", "persist the session and device in an LMDB env here (tmpfs)");
 ABSL_FLAG(bool, crash_consistent, false, "peek/commit/consume/journal every request (needs --state_dir)");
@@ -32,10 +34,18 @@ void OnSignal(int) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
+  // The spec's backend convention spells it --socket-path=PATH.
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<char*> argp;
+  for (auto& a : args) {
+    if (a.rfind("--socket-path", 0) == 0) a = "--socket" + a.substr(13);
+    argp.push_back(a.data());
+  }
+  absl::ParseCommandLine(static_cast<int>(argp.size()), argp.data());
   std::string path = absl::GetFlag(FLAGS_socket);
-  if (path.empty()) {
-    std::fprintf(stderr, "usage: example_server --socket PATH\n");
+  const int conn_fd = absl::GetFlag(FLAGS_fd);
+  if (path.empty() == (conn_fd < 0)) {
+    std::fprintf(stderr, "usage: example_server --socket PATH | --fd FDNUM\n");
     return 2;
   }
   auto loop = emud::vfio_user::EventLoop::Create();
@@ -65,10 +75,28 @@ int main(int argc, char** argv) {
     options.crash_consistent = absl::GetFlag(FLAGS_crash_consistent);
     options.journal_path = absl::GetFlag(FLAGS_state_dir) + "/journal";
   }
-  auto server = emud::vfio_user::Server::Listen(path, device->get(), loop->get(), options);
-  if (!server.ok()) {
-    std::fprintf(stderr, "listen: %s\n", std::string(server.status().message()).c_str());
-    return 1;
+  std::unique_ptr<emud::vfio_user::Server> server;
+  std::unique_ptr<emud::vfio_user::Session> session;
+  if (conn_fd >= 0) {
+    auto s = emud::vfio_user::Session::Create(device->get(), loop->get(), options);
+    if (!s.ok()) {
+      std::fprintf(stderr, "session: %s\n", std::string(s.status().message()).c_str());
+      return 1;
+    }
+    session = std::move(*s);
+    emud::vfio_user::EventLoop* l = loop->get();
+    session->set_on_disconnect([l] { l->Stop(); });
+    if (auto st = session->AttachClient(emud::UniqueFd(conn_fd)); !st.ok()) {
+      std::fprintf(stderr, "--fd: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+  } else {
+    auto s = emud::vfio_user::Server::Listen(path, device->get(), loop->get(), options);
+    if (!s.ok()) {
+      std::fprintf(stderr, "listen: %s\n", std::string(s.status().message()).c_str());
+      return 1;
+    }
+    server = std::move(*s);
   }
   g_loop = loop->get();
   struct sigaction sa {};
@@ -76,12 +104,14 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  std::fprintf(stderr, "example_server: serving 1b36:10f0 on %s\n", path.c_str());
+  std::fprintf(stderr, "example_server: serving 1b36:10f0 on %s\n",
+               conn_fd >= 0 ? ("fd " + std::to_string(conn_fd)).c_str() : path.c_str());
   auto st = (*loop)->Run();
-  const auto& stats = (*server)->session().stats();
+  const auto& stats = server ? server->session().stats() : session->stats();
   std::fprintf(stderr, "example_server: exiting (%s); clients=%llu requests=%llu errors=%llu\n",
                st.ok() ? "ok" : std::string(st.message()).c_str(), (unsigned long long)stats.clients,
                (unsigned long long)stats.requests, (unsigned long long)stats.error_replies);
-  server->reset();
+  server.reset();
+  session.reset();
   return st.ok() ? 0 : 1;
 }
