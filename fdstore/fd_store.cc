@@ -296,6 +296,15 @@ absl::Status FdStoreClient::Deposit(absl::string_view key, int fd) {
   return absl::OkStatus();
 }
 
+absl::Status FdStoreClient::Keep(absl::string_view key, int fd) {
+  absl::Status s = ValidateKey(key);
+  if (!s.ok()) return s;
+  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (dup < 0) return Errno("dup for fd store");
+  kept_[std::string(key)] = UniqueFd(dup);
+  return absl::OkStatus();
+}
+
 absl::Status FdStoreClient::Release(absl::string_view key) {
   kept_.erase(std::string(key));
   return Call(Message{Op::kRelease, 0, std::string(key)}, -1);

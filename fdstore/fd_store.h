@@ -115,6 +115,11 @@ class FdStoreClient {
   absl::Status Deposit(absl::string_view key, int fd);
   absl::Status Release(absl::string_view key);
   absl::Status ReleasePrefix(absl::string_view prefix);
+  // Keeps a duplicate of `fd` under `key` for Reconnect without telling the
+  // store: for fds the store already holds (inherited from emud at spawn), or
+  // deposited while the store is away (emud restarting; Reconnect hands them
+  // over). Fails only if the key is invalid or dup fails.
+  absl::Status Keep(absl::string_view key, int fd);
 
   // After the store went away (channel HUP): connect to `path` and deposit
   // every fd deposited so far and not released.

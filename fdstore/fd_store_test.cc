@@ -193,6 +193,44 @@ TEST(FdStoreTest, ClientRedepositsEverythingAfterTheStoreRestarts) {
   unlink(path.c_str());
 }
 
+TEST(FdStoreTest, KeptFdsAreHandedOverOnlyAtReconnect) {
+  std::string path = absl::StrCat("/dev/shm/emud-fdstore-keep-", getpid(), ".sock");
+  auto listener = ListenSeqpacket(path);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  fcntl(listener->get(), F_SETFL, 0);
+  auto [mine, theirs] = Pair();
+  FdStore first;
+  std::string dev1;
+  std::thread t1 = Serve(&first, mine.get(), &dev1);
+  auto client = FdStoreClient::Adopt(std::move(theirs), "dev3");
+  ASSERT_TRUE(client.ok()) << client.status();
+  UniqueFd m1 = MemfdWith("inherited");
+  EXPECT_FALSE((*client)->Keep("bad key!", m1.get()).ok());
+  ASSERT_TRUE((*client)->Keep("doorbell", m1.get()).ok());
+  EXPECT_EQ(first.Fds("dev3").size(), 0u);  // Keep does not talk to the store
+  EXPECT_EQ((*client)->deposited(), 1u);
+  m1.reset();
+  shutdown((*client)->channel_fd(), SHUT_RDWR);
+  t1.join();
+  mine.reset();
+
+  FdStore second;
+  std::string dev2;
+  std::thread t2([&] {
+    UniqueFd ch(accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+    while (second.ServeOne(ch.get(), &dev2).ok()) {
+    }
+  });
+  ASSERT_TRUE((*client)->Reconnect(path).ok());
+  client->reset();
+  t2.join();
+  auto fds = second.Fds("dev3");
+  ASSERT_EQ(fds.size(), 1u);
+  EXPECT_EQ(fds[0].first, "doorbell");
+  EXPECT_EQ(ReadAll(fds[0].second), "inherited");
+  unlink(path.c_str());
+}
+
 TEST(SpawnTest, ChildGetsFdsAtDescribedNumbers) {
   int in[2], out[2];
   ASSERT_EQ(pipe2(in, O_CLOEXEC), 0);
