@@ -56,7 +56,8 @@ ABSL_FLAG(bool, allow_worker_override, false,
 ABSL_FLAG(absl::Duration, worker_stop_timeout, absl::Seconds(5),
           "Grace period between SIGTERM and SIGKILL when stopping a worker");
 ABSL_FLAG(absl::Duration, restart_backoff_initial, absl::Milliseconds(100),
-          "Delay before the first restart of a crashed worker; doubles per consecutive crash");
+          "Delay before restarting a worker that crashed again within --stable-after of its "
+          "start; doubles per consecutive crash (a worker that ran longer restarts at once)");
 ABSL_FLAG(absl::Duration, restart_backoff_max, absl::Seconds(10), "Upper bound of the delay");
 ABSL_FLAG(int, crash_loop_restarts, 5,
           "Restarts allowed in a crash streak; the next crash marks the device FAILED");

@@ -33,7 +33,9 @@ class RestartPolicy {
   explicit RestartPolicy(RestartPolicyOptions options = {}) : options_(options) {}
 
   // Records that a worker started at `started` exited unexpectedly at `now`
-  // and says what to do.
+  // and says what to do: a worker that ran at least stable_after starts a new
+  // streak and is restarted at once (delay zero); each further exit of a
+  // streak waits initial_backoff * multiplier^(n-1), bounded by max_backoff.
   Decision OnExit(absl::Time started, absl::Time now);
   // Forgets the current streak (ResetDevice).
   void Reset() { failures_ = 0; }

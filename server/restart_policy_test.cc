@@ -47,8 +47,10 @@ TEST(RestartPolicyTest, StableWorkerStartsANewStreak) {
   EXPECT_EQ(p.consecutive_failures(), 4);
   auto d = p.OnExit(t, t + absl::Seconds(11));  // lived longer than stable_after
   EXPECT_FALSE(d.give_up);
-  EXPECT_EQ(d.delay, absl::Milliseconds(100));
+  EXPECT_EQ(d.delay, absl::ZeroDuration());  // killed after a healthy run: at once
   EXPECT_EQ(p.consecutive_failures(), 1);
+  d = p.OnExit(t + absl::Seconds(11), t + absl::Seconds(12));  // then died young: backoff
+  EXPECT_EQ(d.delay, absl::Milliseconds(200));
 }
 
 TEST(RestartPolicyTest, ResetForgetsTheStreak) {
