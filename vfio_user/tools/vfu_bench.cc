@@ -37,8 +37,10 @@ ABSL_FLAG(int, read_region, 7, "region for the timed reads (7 = config)");
 ABSL_FLAG(uint64_t, read_offset, 0, "offset of the timed reads");
 ABSL_FLAG(int, write_region, 7, "region for the posted writes");
 ABSL_FLAG(uint64_t, write_offset, 0x3c, "offset of the posted writes (1 byte, rewritten with its value)");
-ABSL_FLAG(int, client_cpu, -1, "pin the benchmark client to this CPU (-1: no pinning)");
-ABSL_FLAG(int, echo_cpu, -1, "pin the echo (floor) process to this CPU, e.g. the server's (-1: no pinning)");
+ABSL_FLAG(int, client_cpu, -1,
+          "pin the benchmark client to this CPU (-1: another CPU than a pinned server's, else none)");
+ABSL_FLAG(int, echo_cpu, -1,
+          "pin the echo (floor) process to this CPU (-1: the server's CPU if it is pinned to one, else none)");
 ABSL_FLAG(bool, busy_wait, false, "client spins instead of sleeping while waiting for replies");
 
 namespace {
@@ -148,12 +150,39 @@ int main(int argc, char** argv) {
   const uint32_t rr = absl::GetFlag(FLAGS_read_region), wr = absl::GetFlag(FLAGS_write_region);
   const uint64_t ro = absl::GetFlag(FLAGS_read_offset), wo = absl::GetFlag(FLAGS_write_offset);
 
-  if (absl::GetFlag(FLAGS_client_cpu) >= 0) Echo::Pin(absl::GetFlag(FLAGS_client_cpu));
   auto c = Client::Connect(path);
   if (!c.ok()) {
     std::fprintf(stderr, "connect: %s\n", std::string(c.status().message()).c_str());
     return 1;
   }
+  // Placement: the floor is only comparable if the echo process runs where
+  // the server runs. If the server is pinned to one CPU (SO_PEERCRED ->
+  // its affinity), put the echo there and the client elsewhere.
+  int client_cpu = absl::GetFlag(FLAGS_client_cpu), echo_cpu = absl::GetFlag(FLAGS_echo_cpu);
+  int server_cpu = -1;
+  {
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    cpu_set_t set;
+    if (::getsockopt((*c)->fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 &&
+        ::sched_getaffinity(cred.pid, sizeof(set), &set) == 0 && CPU_COUNT(&set) == 1) {
+      for (int i = 0; i < CPU_SETSIZE; ++i) {
+        if (CPU_ISSET(i, &set)) server_cpu = i;
+      }
+    }
+  }
+  if (server_cpu >= 0) {
+    if (echo_cpu < 0) echo_cpu = server_cpu;
+    if (client_cpu < 0) {
+      for (int i = 0; i < static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN)); ++i) {
+        if (i != server_cpu) {
+          client_cpu = i;
+          break;
+        }
+      }
+    }
+  }
+  if (client_cpu >= 0) Echo::Pin(client_cpu);
   Client& client = **c;
   client.set_busy_wait(spin);
   auto v = client.Version();
@@ -172,7 +201,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  Echo echo(absl::GetFlag(FLAGS_echo_cpu));
+  Echo echo(echo_cpu);
   // Round trips, in interleaved batches (server, echo, server, ...) so both
   // see the same machine conditions; the first batch of each is warm-up.
   constexpr int kBatch = 1000;
@@ -228,6 +257,11 @@ int main(int argc, char** argv) {
   c->reset();
 
   std::printf("vfu-bench against %s (client waits by %s)\n", path.c_str(), spin ? "spinning" : "poll()");
+  std::printf("  placement: server cpu %s, client cpu %s, echo cpu %s%s\n",
+              server_cpu >= 0 ? std::to_string(server_cpu).c_str() : "any",
+              client_cpu >= 0 ? std::to_string(client_cpu).c_str() : "any",
+              echo_cpu >= 0 ? std::to_string(echo_cpu).c_str() : "any",
+              server_cpu < 0 && echo_cpu < 0 ? " (pin the server, e.g. taskset -c 1, for a like-for-like floor)" : "");
   std::printf("  REGION_READ round trip   p50 %7.2f us   p99 %7.2f us   (%d reads)\n", rd.p50_us, rd.p99_us, reads);
   std::printf("  floor: echo round trip   p50 %7.2f us   p99 %7.2f us   (AF_UNIX stream, separate process, interleaved)\n",
               floor.rtt.p50_us, floor.rtt.p99_us);
