@@ -86,6 +86,11 @@ struct BackendOptions {
   std::string shm_dir;
   // Largest frame carried (peer ring slot size, TAP read buffer).
   uint32_t max_frame = 9728;
+  // TAP: adopt this descriptor, already attached to the interface (handed
+  // over by a predecessor through the fd store; ownership is taken, also on
+  // error), instead of opening /dev/net/tun. Its interface name must match.
+  // A TAP backend's event_fd() is its TAP fd (what the fd store keeps).
+  int tap_fd = -1;
 };
 
 // Parses `spec` and opens the backend.

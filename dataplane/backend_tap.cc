@@ -76,9 +76,26 @@ class TapBackend : public Backend {
 
 absl::StatusOr<std::unique_ptr<Backend>> OpenTapBackend(absl::string_view ifname,
                                                         const BackendOptions& options) {
+  UniqueFd inherited(options.tap_fd);  // owned from here on, also on error
   if (ifname.empty() || ifname.size() >= IFNAMSIZ) {
     return absl::InvalidArgumentError(absl::StrCat("TAP name '", ifname, "' must be 1..",
                                                    IFNAMSIZ - 1, " characters"));
+  }
+  if (inherited.valid()) {
+    UniqueFd fd = std::move(inherited);
+    struct ifreq ifr;
+    std::memset(&ifr, 0, sizeof(ifr));
+    if (::ioctl(fd.get(), TUNGETIFF, &ifr) < 0 ||
+        absl::string_view(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)) != ifname) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("inherited TAP fd is not attached to ", ifname));
+    }
+    int fl = ::fcntl(fd.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl | O_NONBLOCK) != 0) {
+      return absl::InternalError("fcntl O_NONBLOCK on the inherited TAP fd");
+    }
+    return std::unique_ptr<Backend>(
+        new TapBackend(std::string(ifname), std::move(fd), options.max_frame));
   }
   UniqueFd fd(::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC));
   if (!fd.valid()) {

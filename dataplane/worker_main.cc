@@ -9,17 +9,25 @@
 // (state_store::DeviceEnvDir(DIR, NAME), table "status", key "worker") on
 // every phase change and at most once per second otherwise. Hot queue
 // indices live in DIR/shm/NAME.queues. SIGTERM/SIGINT stop it cleanly.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -29,6 +37,7 @@
 #include "dataplane/backend.h"
 #include "dataplane/datapath.h"
 #include "dataplane/queue_state.h"
+#include "fdstore/fd_store.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/record.h"
 #include "state_store/state_dir.h"
@@ -43,9 +52,9 @@ ABSL_FLAG(std::string, mac, "", "permanent MAC (aa:bb:cc:dd:ee:ff); empty = driv
 ABSL_FLAG(int, queues, 4, "queue pairs offered (1..16)");
 ABSL_FLAG(std::string, backend, "loopback", "tap:IFNAME | loopback | peer:DEVICE");
 ABSL_FLAG(std::string, doorbell, "trap", "trap (posted region writes) | mmap (polled tail page)");
-ABSL_FLAG(bool, persist_session, false,
-          "commit vfio-user/AVF state to LMDB per request (crash recovery; slower doorbells "
-          "in trap mode)");
+ABSL_FLAG(bool, persist_session, true,
+          "commit vfio-user/AVF state to LMDB per request, crash-consistently (what lets a "
+          "successor take over after SIGKILL); false only for benchmarks measuring its cost");
 
 namespace emud::dataplane {
 namespace {
@@ -71,6 +80,53 @@ bool ParseMac(const std::string& s, avf::MacAddr* out) {
     (*out)[i] = uint8_t(v);
   }
   return true;
+}
+
+// The worker's side of emud's fd store as the session's FdDepositor. While
+// the store is away (emud restarting) fds are kept for FdStoreClient::Reconnect
+// instead: the worker never stalls or fails a guest request on emud.
+class StoreDepositor : public vfio_user::FdDepositor {
+ public:
+  explicit StoreDepositor(fdstore::FdStoreClient* store) : store_(store) {}
+  absl::Status Deposit(absl::string_view key, int fd) override {
+    if (store_ == nullptr) return absl::OkStatus();
+    if (store_->connected()) {
+      absl::Status s = store_->Deposit(key, fd);
+      if (s.ok()) return s;
+      if (s.code() == absl::StatusCode::kPermissionDenied ||
+          s.code() == absl::StatusCode::kInvalidArgument) {
+        return s;  // refused by the store
+      }
+      lost_ = true;  // the channel broke: emud died
+    }
+    return store_->Keep(key, fd);
+  }
+  void Release(absl::string_view key) override {
+    if (store_ == nullptr) return;
+    if (!store_->Release(key).ok() && store_->connected()) lost_ = true;
+  }
+  bool TakeLost() { return std::exchange(lost_, false); }
+
+ private:
+  fdstore::FdStoreClient* store_;
+  bool lost_ = false;
+};
+
+absl::StatusOr<UniqueFd> BindListener(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError("socket path empty or too long");
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd.valid()) return absl::InternalError("socket");
+  ::unlink(path.c_str());
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(fd.get(), 16) != 0) {
+    return absl::InternalError(absl::StrCat("bind/listen ", path, ": ", std::strerror(errno)));
+  }
+  return fd;
 }
 
 int Main() {
@@ -99,6 +155,36 @@ int Main() {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
 
+  const absl::Time t_start = absl::Now();
+  // fd store (when started by emud): our channel and, for a successor, every
+  // fd the predecessor deposited. They are kept for Reconnect (the store
+  // already holds them), then consumed by key below.
+  auto inherited = fdstore::TakeInheritedFds();
+  if (!inherited.ok()) return Fail("EMUD_FDS", inherited.status());
+  std::map<std::string, UniqueFd> fds = std::move(*inherited);
+  std::unique_ptr<fdstore::FdStoreClient> store;
+  const char* store_env = std::getenv(fdstore::kStoreSocketEnv);
+  const std::string store_path = store_env != nullptr ? store_env : "";
+  if (auto it = fds.find(fdstore::kChannelKey); it != fds.end()) {
+    auto c = fdstore::FdStoreClient::Adopt(std::move(it->second), name);
+    fds.erase(it);
+    if (!c.ok()) return Fail("fd store", c.status());
+    store = std::move(*c);
+    for (const auto& [key, fd] : fds) {
+      if (absl::Status s = store->Keep(key, fd.get()); !s.ok()) return Fail("fd store", s);
+    }
+  }
+  auto take = [&fds](absl::string_view key) {
+    UniqueFd f;
+    if (auto it = fds.find(std::string(key)); it != fds.end()) {
+      f = std::move(it->second);
+      fds.erase(it);
+    }
+    return f;
+  };
+  StoreDepositor depositor(store.get());
+  const bool persist = absl::GetFlag(FLAGS_persist_session);
+
   std::error_code ec;
   const std::string env_dir = state_store::DeviceEnvDir(state_dir, name);
   const std::string shm_dir = state_store::ShmDir(state_dir);
@@ -111,8 +197,16 @@ int Main() {
   auto env = state_store::Env::Open(env_dir, eopt);
   if (!env.ok()) return Fail("state store", env.status());
 
+  UniqueFd doorbell_in = take("doorbell");
+  const bool doorbell_inherited = doorbell_in.valid() && dopt.mapped_doorbells;
+  if (dopt.mapped_doorbells) dopt.doorbell_fd = doorbell_in.release();
   auto device = avf::Device::Create(dopt);
   if (!device.ok()) return Fail("device", device.status());
+  if (dopt.mapped_doorbells && !doorbell_inherited) {
+    // Before any client can mmap it.
+    absl::Status s = depositor.Deposit("doorbell", (*device)->doorbell_fd());
+    if (!s.ok()) return Fail("deposit doorbell", s);
+  }
   auto loop = vfio_user::EventLoop::Create();
   if (!loop.ok()) return Fail("event loop", loop.status());
   g_loop = loop->get();
@@ -121,16 +215,120 @@ int Main() {
   bopt.device = name;
   bopt.shm_dir = shm_dir;
   bopt.max_frame = avf::kMaxFrameSize;
+  const bool tap = absl::StartsWith(absl::GetFlag(FLAGS_backend), "tap:");
+  UniqueFd tap_in = take("backend/tap");
+  const bool tap_inherited = tap && tap_in.valid();
+  if (tap) bopt.tap_fd = tap_in.release();
   auto backend = OpenBackend(absl::GetFlag(FLAGS_backend), bopt);
   if (!backend.ok()) return Fail("backend", backend.status());
+  if (tap && !tap_inherited) {
+    absl::Status s = depositor.Deposit("backend/tap", (*backend)->event_fd());
+    if (!s.ok()) return Fail("deposit backend/tap", s);
+  }
   auto qstate = QueueStateFile::Open(absl::StrCat(shm_dir, "/", name, ".queues"));
   if (!qstate.ok()) return Fail("queue state", qstate.status());
   DataPath datapath(device->get(), backend->get(), qstate->get());
 
   vfio_user::SessionOptions sopt;
-  if (absl::GetFlag(FLAGS_persist_session)) sopt.store = env->get();
-  auto server = vfio_user::Server::Listen(socket_path, device->get(), loop->get(), sopt);
+  if (persist) {
+    sopt.store = env->get();
+    sopt.crash_consistent = true;
+    sopt.journal_path = absl::StrCat(shm_dir, "/", name, ".journal");
+  }
+  if (store != nullptr) sopt.fd_depositor = &depositor;
+
+  // A successor holding the guest's connection takes the session over:
+  // device model from LMDB, session (DMA windows, eventfds, the pending
+  // request) from LMDB + inherited fds, queues from the tmpfs queue state.
+  UniqueFd conn = take("vfio/conn");
+  UniqueFd listen_fd = take("vfio/listen");
+  std::unique_ptr<vfio_user::Session> resumed;
+  bool recovered = false;
+  if (conn.valid() && persist) {
+    absl::Status r = (*env)->View(
+        [&](const state_store::ReadTxn& txn) { return (*device)->Restore(txn); });
+    if (r.ok()) {
+      datapath.OnFiltersChanged();
+      UniqueFd copy(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 3));
+      vfio_user::FdLookup lookup = [&take](absl::string_view key)
+          -> absl::StatusOr<UniqueFd> {
+        UniqueFd f = take(key);
+        if (!f.valid()) return absl::NotFoundError(key);
+        return f;
+      };
+      auto s = vfio_user::Session::Resume(device->get(), loop->get(), sopt, std::move(copy),
+                                          lookup);
+      if (s.ok()) {
+        resumed = std::move(*s);
+        datapath.Recover();
+        recovered = true;
+      } else if (s.status().code() != absl::StatusCode::kNotFound) {
+        return Fail("resume", s.status());
+      }
+    } else if (r.code() != absl::StatusCode::kNotFound) {
+      return Fail("restore", r);
+    }
+  }
+  if (resumed == nullptr) {
+    // Fresh session; a connection that never finished VERSION is served from
+    // its first request (crash-consistent mode left it in the socket).
+    auto s = vfio_user::Session::Create(device->get(), loop->get(), sopt);
+    if (!s.ok()) return Fail("session", s.status());
+    resumed = std::move(*s);
+    if (conn.valid()) {
+      if (absl::Status a = resumed->AttachClient(std::move(conn)); !a.ok()) {
+        return Fail("attach", a);
+      }
+    }
+  }
+  if (!listen_fd.valid()) {
+    auto l = BindListener(socket_path);
+    if (!l.ok()) return Fail("listen", l.status());
+    listen_fd = std::move(*l);
+    absl::Status s = depositor.Deposit("vfio/listen", listen_fd.get());
+    if (!s.ok()) return Fail("deposit vfio/listen", s);
+  }
+  auto server = vfio_user::Server::FromListener(std::move(listen_fd), std::move(resumed),
+                                                loop->get());
   if (!server.ok()) return Fail("listen", server.status());
+  for (const auto& [key, fd] : fds) {
+    // Inherited but not claimed (e.g. windows unmapped in a commit the
+    // predecessor did not live to release): let the store drop them.
+    depositor.Release(key);
+  }
+  fds.clear();
+
+  // emud going away: keep serving, reconnect to its listening socket.
+  bool store_watched = false;
+  auto watch_store = [&]() {
+    if (store != nullptr && store->connected() && !store_watched) {
+      store_watched = (*loop)->Add(store->channel_fd(), EPOLLIN, [&](uint32_t) {
+        // The store never speaks first: readable or HUP means emud died.
+        (*loop)->Remove(store->channel_fd());
+        store_watched = false;
+        (void)store->Reconnect("");  // drops the dead channel
+      }).ok();
+    }
+  };
+  watch_store();
+  absl::Time next_reconnect = absl::InfinitePast();
+  auto maintain_store = [&]() {
+    if (store == nullptr) return;
+    if (depositor.TakeLost() && store->connected()) {
+      if (store_watched) (*loop)->Remove(store->channel_fd());
+      store_watched = false;
+      (void)store->Reconnect("");
+    }
+    if (store->connected() || store_path.empty()) return;
+    absl::Time now = absl::Now();
+    if (now < next_reconnect) return;
+    next_reconnect = now + absl::Milliseconds(10);
+    if (store->Reconnect(store_path).ok()) {
+      std::fprintf(stderr, "emud-worker: %s: reconnected to the fd store (%zu fds)\n",
+                   name.c_str(), store->deposited());
+      watch_store();
+    }
+  };
   if ((*backend)->event_fd() >= 0) {
     absl::Status s = (*loop)->Add((*backend)->event_fd(), EPOLLIN, [](uint32_t) {});
     if (!s.ok()) return Fail("backend fd", s);
@@ -179,6 +377,7 @@ int Main() {
     if (!s.ok()) std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
     last_write = now;
   };
+  if (recovered) status.set_last_reattach_seconds(absl::ToDoubleSeconds(absl::Now() - t_start));
   publish(true);
   std::fprintf(stderr, "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues)\n",
                name.c_str(), socket_path.c_str(), (*backend)->spec().c_str(), doorbell.c_str(),
@@ -192,11 +391,13 @@ int Main() {
     int64_t irq_due = datapath.NextInterruptDeadlineNs(AdaptivePoller::NowNs());
     if (irq_due >= 0 && (t < 0 || irq_due < t)) t = irq_due;  // ITR-deferred interrupt
     absl::Duration timeout = t < 0 ? absl::Seconds(1) : absl::Nanoseconds(t);
+    if (store != nullptr && !store->connected()) timeout = std::min(timeout, absl::Milliseconds(10));
     auto r = (*loop)->RunOnce(timeout);
     if (!r.ok()) {
       status.set_last_error(std::string(r.status().message()));
       break;
     }
+    maintain_store();
     publish(false);
   }
   publish(true);
