@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -186,6 +187,43 @@ MessageReader::Result MessageReader::Read(int sock, Message* out, std::string* e
     }
     size_t want = std::max<size_t>(need, 65536);
     if (buf_.size() < want) buf_.resize(want);
+    if (exact_ && idle()) {
+      // Consume whole messages only: peek the header, then take the message
+      // in one recvmsg once all of it is queued. A process killed between
+      // two reads thus never leaves its successor mid-message. (Messages
+      // above kExactAtomicMax may not fit the socket buffer at once; they
+      // are read in parts as usual.)
+      Header h;
+      ssize_t p = ::recv(sock, &h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);
+      if (p < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return Result::kWouldBlock;
+        *error = absl::StrCat("recv: ", std::strerror(errno));
+        return Result::kClosed;
+      }
+      if (p == 0) {
+        *error = "peer closed";
+        return Result::kClosed;
+      }
+      if (static_cast<size_t>(p) == sizeof(h) && h.msg_size >= kHeaderSize && h.msg_size <= max_msg_size_ &&
+          h.msg_size <= kExactAtomicMax) {
+        int queued = 0;
+        if (::ioctl(sock, FIONREAD, &queued) == 0 && static_cast<uint32_t>(queued) < h.msg_size) {
+          // The sender's single sendmsg is normally queued whole; a split
+          // one completes shortly. Wait a little instead of spinning.
+          pollfd pf{sock, POLLIN, 0};
+          ::poll(&pf, 1, 1);
+          return Result::kWouldBlock;
+        }
+        need = h.msg_size;
+        if (buf_.size() < need) buf_.resize(need);
+      } else if (static_cast<size_t>(p) < sizeof(h)) {
+        pollfd pf{sock, POLLIN, 0};
+        ::poll(&pf, 1, 1);
+        return Result::kWouldBlock;
+      }
+      // else: framing error (found by Extract after the read) or a large
+      // message read in parts.
+    }
     Message fdsink;
     uint8_t* dst = buf_.data() + buf_end_;
     size_t room = buf_.size() - buf_end_;

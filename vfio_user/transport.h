@@ -61,9 +61,10 @@ class MessageReader {
   // come back for them.
   bool HasBufferedMessage() const;
   void set_max_msg_size(size_t n) { max_msg_size_ = n; }
-  // Exact mode: never read past the current message (two recvmsg per
-  // message), so a process that dies holds at most one unprocessed message
-  // in user space. Used when the session persists its state.
+  // Exact mode: never read past the current message, and take a message
+  // (up to 64 KiB) from the socket in one recvmsg once it is all queued, so a
+  // process that dies holds at most one unprocessed message and never leaves
+  // the stream mid-message. Used when the session persists its state.
   void set_exact_reads(bool exact) { exact_ = exact; }
 
  private:
@@ -83,6 +84,7 @@ class MessageReader {
   std::vector<FdGroup> fd_groups_;
   bool drained_ = false;     // the last recvmsg was short and carried no fds
   bool exact_ = false;
+  static constexpr uint32_t kExactAtomicMax = 64 * 1024;
 };
 
 // Blocking receive of one whole message (for clients). UNAVAILABLE on EOF,

@@ -102,6 +102,28 @@ TEST(MessageReaderTest, ExactModeNeverReadsAhead) {
   }
 }
 
+TEST(MessageReaderTest, ExactModeConsumesOnlyWholeMessages) {
+  Pair p;
+  Header h = H(3);
+  h.msg_size = kHeaderSize + 8;
+  std::vector<uint8_t> hdr(reinterpret_cast<uint8_t*>(&h), reinterpret_cast<uint8_t*>(&h) + kHeaderSize);
+  SendRawWithFds(p.a.get(), hdr, {});
+  MessageReader r(4096, 16);
+  r.set_exact_reads(true);
+  Message m;
+  std::string err;
+  EXPECT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kWouldBlock);
+  int queued = -1;
+  ASSERT_EQ(::ioctl(p.b.get(), FIONREAD, &queued), 0);
+  EXPECT_EQ(queued, 16);  // the header is still in the socket, not in our buffer
+  EXPECT_TRUE(r.idle());
+  SendRawWithFds(p.a.get(), std::vector<uint8_t>(8, 1), {});
+  ASSERT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kMessage);
+  EXPECT_EQ(m.payload.size(), 8u);
+  ASSERT_EQ(::ioctl(p.b.get(), FIONREAD, &queued), 0);
+  EXPECT_EQ(queued, 0);
+}
+
 TEST(MessageReaderTest, SplitMessageWithFdsOnTheBody) {
   Pair p;
   UniqueFd e1(::eventfd(0, 0));
