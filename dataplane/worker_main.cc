@@ -384,8 +384,17 @@ int Main() {
                queues);
 
   AdaptivePoller poller;
+  const int backend_fd = (*backend)->event_fd();
+  bool backend_watched = backend_fd >= 0;
   while (!g_stop.load()) {
     bool work = datapath.PollOnce();
+    // A backend holding a frame the guest has no buffer for (tap) would keep
+    // its fd readable and spin the loop: stop watching it until the frame is
+    // taken (the RX doorbell or the poll timeout brings us back).
+    if (backend_fd >= 0 && backend_watched == (*backend)->HasPending()) {
+      backend_watched = !backend_watched;
+      (void)(*loop)->Modify(backend_fd, backend_watched ? uint32_t{EPOLLIN} : 0u);
+    }
     int64_t t = poller.Next(work, datapath.NeedsPolling());
     if (t < 0 && (*backend)->ArmNotify()) t = 0;
     int64_t irq_due = datapath.NextInterruptDeadlineNs(AdaptivePoller::NowNs());

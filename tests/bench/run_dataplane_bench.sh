@@ -16,17 +16,19 @@ cd "$(dirname "$0")/../.."
 repeats=${1:-3}
 secs=${2:-1.5}
 bazel build //tests/bench:dataplane_bench //tests/bench:worker_bench //dataplane:emud-worker >/dev/null
+# The bazel-bin symlink follows whatever config ran last; ask for this one's.
+bin=$(bazel info bazel-bin 2>/dev/null)
 out=$(mktemp /tmp/dp-bench.XXXXXX)
 trap 'rm -f "$out"' EXIT
 for r in $(seq "$repeats"); do
   echo "== repeat $r/$repeats" >&2
-  bazel-bin/tests/bench/worker_bench --worker=bazel-bin/dataplane/emud-worker \
+  "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker \
     --frames=64,512,1518 --queues=1,4 --doorbells=mmap,trap --repeats=1 --seconds="$secs" \
     --idle=$([[ $r == 1 ]] && echo true || echo false) 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
-  bazel-bin/tests/bench/dataplane_bench --frames=64,1518 --queues=1 --doorbells=mmap,trap \
+  "$bin"/tests/bench/dataplane_bench --frames=64,1518 --queues=1 --doorbells=mmap,trap \
     --repeats=1 --seconds="$secs" --idle=false --memcpy=$([[ $r == 1 ]] && echo true || echo false) \
     | sed "s/^/rep=$r /" | tee -a "$out"
-  bazel-bin/tests/bench/dataplane_bench --frames=64 --queues=1 --doorbells=mmap --repeats=1 \
+  "$bin"/tests/bench/dataplane_bench --frames=64 --queues=1 --doorbells=mmap --repeats=1 \
     --seconds="$secs" --persist=false --idle=false --memcpy=false | sed "s/^/rep=$r /" | tee -a "$out"
   for f in 64 512 1518; do
     bash tests/bench/dpdk_vhost_yardstick.sh "$f" 3 | sed "s/^/rep=$r /" | tee -a "$out"
