@@ -9,12 +9,14 @@
 #   DPDK    testpmd virtio-user <-> vhost-user io forwarding (dpdk_vhost_yardstick.sh)
 #   memcpy  single-core bandwidth, in-cache (2 MiB) and DRAM-sized (1 GiB)
 # Ratios are formed per repeat (ours_r / DPDK_r) and reported min/median/max.
-# Usage: run_dataplane_bench.sh [REPEATS] [SECONDS]
+# Usage: [FRAMES=64,512,1518] [QUEUES=1,4] run_dataplane_bench.sh [REPEATS] [SECONDS]
 # Needs dpdk-testpmd (tools/setup.sh --bench) for the DPDK column.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repeats=${1:-3}
 secs=${2:-1.5}
+frames=${FRAMES:-64,512,1518}
+queues=${QUEUES:-1,4}
 bazel build //tests/bench:dataplane_bench //tests/bench:worker_bench //dataplane:emud-worker >/dev/null
 # The bazel-bin symlink follows whatever config ran last; ask for this one's.
 bin=$(bazel info bazel-bin 2>/dev/null)
@@ -23,14 +25,19 @@ trap 'rm -f "$out"' EXIT
 for r in $(seq "$repeats"); do
   echo "== repeat $r/$repeats" >&2
   "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker \
-    --frames=64,512,1518 --queues=1,4 --doorbells=mmap,trap --repeats=1 --seconds="$secs" \
+    --frames="$frames" --queues="$queues" --doorbells=mmap,trap --repeats=1 --seconds="$secs" \
     --idle=$([[ $r == 1 ]] && echo true || echo false) 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
+  # The worker's crash-consistent session persistence (issue 7) switched off:
+  # the persistence overhead, side by side.
+  "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker --frames=64,1518 \
+    --queues=1 --doorbells=mmap,trap --repeats=1 --seconds="$secs" --idle=false \
+    --persist_session=false 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
   "$bin"/tests/bench/dataplane_bench --frames=64,1518 --queues=1 --doorbells=mmap,trap \
     --repeats=1 --seconds="$secs" --idle=false --memcpy=$([[ $r == 1 ]] && echo true || echo false) \
     | sed "s/^/rep=$r /" | tee -a "$out"
   "$bin"/tests/bench/dataplane_bench --frames=64 --queues=1 --doorbells=mmap --repeats=1 \
     --seconds="$secs" --persist=false --idle=false --memcpy=false | sed "s/^/rep=$r /" | tee -a "$out"
-  for f in 64 512 1518; do
+  for f in ${frames//,/ }; do
     bash tests/bench/dpdk_vhost_yardstick.sh "$f" 3 | sed "s/^/rep=$r /" | tee -a "$out"
   done
 done
@@ -56,7 +63,9 @@ for f in (64, 512, 1518):
 groups = {}
 for r in rows:
     if r['kind'] not in ('e2e', 'ours'): continue
-    key = (r['kind'], r['doorbell'], int(r['queues']), int(r['frame']), r.get('persist', '1'))
+    p = r.get('persist', '1')
+    p = {'default': '1', 'true': '1', 'false': '0'}.get(p, p)
+    key = (r['kind'], r['doorbell'], int(r['queues']), int(r['frame']), p)
     groups.setdefault(key, []).append((r['rep'], float(r['median'])))
 for key, vals in sorted(groups.items()):
     kind, db, q, f, persist = key
@@ -68,10 +77,13 @@ for key, vals in sorted(groups.items()):
     for ws, g in sorted(mem.items()):
         line += f" | ours/memcpy[{ws}] {mmm([m * 1e6 * f / (g * 1e9) for _, m in vals])}"
     print(line)
-on = dict((rep, m) for rep, m in groups.get(('ours', 'mmap', 1, 64, '1'), []))
-off = dict((rep, m) for rep, m in groups.get(('ours', 'mmap', 1, 64, '0'), []))
-pr = [on[k] / off[k] for k in on if k in off and off[k] > 0]
-if pr: print(f"persistence on/off (engine, 64 B, mmap, 1 queue) {mmm(pr)}")
+for kind, db, f in (('ours', 'mmap', 64), ('e2e', 'mmap', 64), ('e2e', 'trap', 64),
+                    ('e2e', 'mmap', 1518), ('e2e', 'trap', 1518)):
+    on = dict(groups.get((kind, db, 1, f, '1'), []))
+    off = dict(groups.get((kind, db, 1, f, '0'), []))
+    pr = [on[k] / off[k] for k in on if k in off and off[k] > 0]
+    name = 'engine hot-state file' if kind == 'ours' else 'worker session persistence'
+    if pr: print(f"persistence on/off ({name}, {db}, {f} B, 1 queue) {mmm(pr)}")
 for r in rows:
     if r['kind'] in ('e2e_idle',): print(f"idle worker CPU doorbell={r['doorbell']}: {r['worker_cpu_percent']}% of a core")
 PY

@@ -37,6 +37,8 @@ ABSL_FLAG(std::string, doorbells, "mmap,trap", "doorbell modes");
 ABSL_FLAG(double, seconds, 1.5, "measured seconds per run");
 ABSL_FLAG(int, repeats, 3, "runs per configuration");
 ABSL_FLAG(bool, idle, true, "measure the worker's CPU while idle");
+ABSL_FLAG(std::string, persist_session, "",
+          "pass --persist-session=VALUE to the worker (true/false; empty: its default)");
 ABSL_FLAG(int, guest_cpu, 0, "CPU of this (guest) process");
 ABSL_FLAG(int, worker_cpu, 1, "CPU of the worker");
 
@@ -101,9 +103,16 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
     Pin(absl::GetFlag(FLAGS_worker_cpu));
     std::string bin = absl::GetFlag(FLAGS_worker);
     std::string q = std::to_string(nq);
-    execl(bin.c_str(), bin.c_str(), "--device", "bench", "--state-dir", dir.c_str(), "--socket",
-          sock.c_str(), "--mac", "02:00:00:00:00:01", "--queues", q.c_str(), "--backend",
-          "loopback", "--doorbell", mode.c_str(), static_cast<char*>(nullptr));
+    std::vector<std::string> args = {bin,      "--device", "bench",      "--state-dir", dir,
+                                     "--socket", sock,     "--mac",      "02:00:00:00:00:01",
+                                     "--queues", q,        "--backend",  "loopback",
+                                     "--doorbell", mode};
+    std::string persist = absl::GetFlag(FLAGS_persist_session);
+    if (!persist.empty()) args.push_back("--persist-session=" + persist);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
     _exit(127);
   }
   Pin(absl::GetFlag(FLAGS_guest_cpu));
@@ -255,10 +264,11 @@ int Main() {
           v.push_back(RunOnce(mode, nq, f, absl::GetFlag(FLAGS_seconds), false).mpps);
         }
         std::sort(v.begin(), v.end());
-        printf("e2e doorbell=%s queues=%u frame=%u mpps min=%.3f median=%.3f max=%.3f "
+        std::string persist = absl::GetFlag(FLAGS_persist_session);
+        printf("e2e doorbell=%s queues=%u frame=%u persist=%s mpps min=%.3f median=%.3f max=%.3f "
                "gbps_median=%.2f\n",
-               mode.c_str(), nq, f, v.front(), v[v.size() / 2], v.back(),
-               v[v.size() / 2] * f * 8 / 1e3);
+               mode.c_str(), nq, f, persist.empty() ? "default" : persist.c_str(), v.front(),
+               v[v.size() / 2], v.back(), v[v.size() / 2] * f * 8 / 1e3);
         fflush(stdout);
       }
     }
