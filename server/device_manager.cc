@@ -18,6 +18,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
 #include "state_store/state_dir.h"
 
@@ -39,7 +40,8 @@ constexpr size_t kMaxRetainedEvents = 2048;
 constexpr int kRefreshBurst = 8;
 constexpr absl::Duration kSettle = absl::Milliseconds(10);
 constexpr absl::Duration kKillGrace = absl::Seconds(3);
-constexpr absl::Duration kFallbackRefresh = absl::Seconds(5);
+// Safety net: every device's record is re-read this often even without events.
+constexpr absl::Duration kFallbackRefresh = absl::Seconds(2);
 
 void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
@@ -426,20 +428,22 @@ DeviceManager::Refresh DeviceManager::RefreshLocked(Dev& d) {
   if (!st->has_value()) return Refresh::kNothingNew;
   WorkerStatus& next = **st;
   if (d.status.has_value()) {
+    // Every publish stamps the record: same pid and stamp, same record.
     if (next.updated_unix_nanos() == d.status->updated_unix_nanos() &&
-        d.status->SerializeAsString() == next.SerializeAsString()) {
+        next.pid() == d.status->pid()) {
       return Refresh::kNothingNew;
     }
     // A worker refreshes its record periodically; only the timestamp moves
     // then, and nothing downstream (metrics, phase, watchers) needs to run.
+    // (MessageDifferencer: serialized maps have no stable order.)
     int64_t stamp = next.updated_unix_nanos();
     next.set_updated_unix_nanos(d.status->updated_unix_nanos());
-    bool same = d.status->SerializeAsString() == next.SerializeAsString();
+    bool same = google::protobuf::util::MessageDifferencer::Equals(*d.status, next);
+    next.set_updated_unix_nanos(stamp);
     if (same) {
       d.status->set_updated_unix_nanos(stamp);
       return Refresh::kTimestampOnly;
     }
-    next.set_updated_unix_nanos(stamp);
   }
   d.status = std::move(next);
   metrics_->UpdateFromWorkerStatus(d.rec.name(), *d.status);
@@ -854,8 +858,8 @@ void DeviceManager::Loop() {
   std::deque<absl::Time> recent_refreshes;
   absl::Time next_refresh_allowed = absl::InfinitePast();
   // inotify reports a commit's writes before LMDB makes it visible to
-  // readers, so a device whose refresh found nothing new is read once more
-  // a little later (kSettle) to catch the commit that was in flight.
+  // readers, so a device refreshed on an event is read once more a little
+  // later (kSettle) to catch a commit that was in flight.
   std::set<std::string> settle;
   absl::Time settle_at = absl::InfiniteFuture();
   absl::Time next_fallback = absl::Now() + kFallbackRefresh;
@@ -917,12 +921,11 @@ void DeviceManager::Loop() {
     if (!inotify_armed && now >= next_refresh_allowed) {
       for (auto& [name, d] : devs_) {
         if (!d->dirty) continue;
-        Refresh r = RefreshLocked(*d);
-        if (r == Refresh::kChanged) NotifyLocked(*d);
-        // Nothing new: the commit that raised the event may not be visible
-        // yet (LMDB publishes its txn id after the meta page write, which
-        // raises no further event); read once more shortly.
-        if (r == Refresh::kNothingNew) settle.insert(name);
+        if (RefreshLocked(*d) == Refresh::kChanged) NotifyLocked(*d);
+        // The commit that raised the event may not be visible yet (LMDB
+        // publishes its txn id after the meta page write, which raises no
+        // further event): read once more shortly.
+        settle.insert(name);
       }
       if (!settle.empty() && settle_at == absl::InfiniteFuture()) settle_at = now + kSettle;
       recent_refreshes.push_back(now);
@@ -942,7 +945,8 @@ void DeviceManager::Loop() {
     if (now >= settle_at) {
       for (const auto& name : settle) {
         Dev* d = FindLocked(name);
-        if (d != nullptr && RefreshLocked(*d) == Refresh::kChanged) NotifyLocked(*d);
+        Refresh r = d != nullptr ? RefreshLocked(*d) : Refresh::kNothingNew;
+        if (r == Refresh::kChanged) NotifyLocked(*d);
       }
       settle.clear();
       settle_at = absl::InfiniteFuture();

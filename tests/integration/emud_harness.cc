@@ -142,7 +142,7 @@ absl::StatusOr<std::unique_ptr<EmudProcess>> EmudProcess::Start(Options o) {
   std::vector<std::string> argv = {Runfile("server/emud"),
                                    "--state-dir", o.state_dir,
                                    "--worker-binary", o.worker_binary,
-                                   "--metrics-listen", "127.0.0.1:0"};
+                                   "--metrics-listen", o.metrics ? "127.0.0.1:0" : ""};
   for (const auto& f : o.extra_flags) argv.push_back(f);
   std::vector<std::string> env = EnvWith(o.extra_env);
   auto cargv = CStrings(argv), cenv = CStrings(env);

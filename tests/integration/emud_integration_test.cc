@@ -86,6 +86,12 @@ class EmudTest : public ::testing::Test {
                      "--crash-loop-restarts=3",        "--stable-after=3s",
                      "--worker-stop-timeout=2s",       "--stop-workers-on-exit"};
     o.extra_env = std::move(extra_env);
+    // Only tests that scrape pay for the metrics endpoint's slow stop.
+    static const std::set<std::string> kScrapers = {
+        "MetricsAreScrapedAndCountersNeverGoBackwards", "CrashLoopMarksFailedAndResetRecovers",
+        "KilledWorkerKeepsTheGuestConnection", "WorkersRedepositAfterEmudRestart",
+        "FdStoreRefusesStrangers"};
+    o.metrics = kScrapers.count(::testing::UnitTest::GetInstance()->current_test_info()->name()) > 0;
     auto p = EmudProcess::Start(o);
     ASSERT_TRUE(p.ok()) << p.status();
     emud_ = std::move(*p);
