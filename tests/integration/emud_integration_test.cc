@@ -282,6 +282,7 @@ TEST_F(EmudTest, MetricsAreScrapedAndCountersNeverGoBackwards) {
     ASSERT_TRUE(guest.Send("tx 2"));
   }
   ASSERT_TRUE(WaitFor([&] { return Scrape()[pk] == 42; }, absl::Seconds(10)));
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "m0", v1::PHASE_LISTENING));  // guest gone
 
   // Deleting the device drops its series.
   grpc::Status del = DeleteDevice(emud_->stub(), "m0");
