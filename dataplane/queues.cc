@@ -65,7 +65,9 @@ uint8_t ClassifyPtype(FrameView f) {
 // ------------------------------------------------------------------ TX
 
 TxQueue::TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits)
-    : id_(id), hot_(hot), limits_(limits), arena_(kArenaSize) {
+    : id_(id), hot_(hot), limits_(limits) {
+  // arena_ is allocated on first use: a worker builds all kMaxQueues queues
+  // at start, and a successor's start is on the guest's critical path.
   frames_.reserve(kBatch * 64);
   completions_.reserve(kBatch * 8);
 }
@@ -116,6 +118,7 @@ bool TxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
 }
 
 uint8_t* TxQueue::ArenaAlloc(size_t n, Backend& backend) {
+  if (arena_.empty()) arena_.resize(kArenaSize);
   if (n > arena_.size()) return nullptr;
   if (arena_used_ + n > arena_.size()) Flush(backend);
   uint8_t* p = arena_.data() + arena_used_;

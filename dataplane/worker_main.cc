@@ -9,6 +9,13 @@
 // (state_store::DeviceEnvDir(DIR, NAME), table "status", key "worker") on
 // every phase change and at most once per second otherwise. Hot queue
 // indices live in DIR/shm/NAME.queues. SIGTERM/SIGINT stop it cleanly.
+//
+// Under emud (EMUD_FDS carries fdstore::kChannelKey) the worker survives its
+// own death: it deposits every fd it relies on in emud's fd store before
+// using it, persists the session crash-consistently (--persist_session,
+// default on), and a successor started with the stored fds resumes the
+// guest's session where it was (ARCHITECTURE.md, "How a crash is survived").
+// SIGTERM then leaves the session to the successor (upgrade-worker).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
@@ -197,13 +204,17 @@ int Main() {
   auto env = state_store::Env::Open(env_dir, eopt);
   if (!env.ok()) return Fail("state store", env.status());
 
+  // The doorbell memfd (tails + ITRN) backs BAR0 [0, 0x3000) in both modes:
+  // in trap mode it makes tail writes self-durable (no LMDB commit per
+  // doorbell; vfio_user::PciDevice::WriteIsSelfDurable), so a successor must
+  // adopt it whatever the mode.
   UniqueFd doorbell_in = take("doorbell");
-  const bool doorbell_inherited = doorbell_in.valid() && dopt.mapped_doorbells;
-  if (dopt.mapped_doorbells) dopt.doorbell_fd = doorbell_in.release();
+  const bool doorbell_inherited = doorbell_in.valid();
+  dopt.doorbell_fd = doorbell_in.release();
   auto device = avf::Device::Create(dopt);
   if (!device.ok()) return Fail("device", device.status());
-  if (dopt.mapped_doorbells && !doorbell_inherited) {
-    // Before any client can mmap it.
+  if (!doorbell_inherited) {
+    // Before any client can mmap it / any tail write relies on it.
     absl::Status s = depositor.Deposit("doorbell", (*device)->doorbell_fd());
     if (!s.ok()) return Fail("deposit doorbell", s);
   }
@@ -259,6 +270,7 @@ int Main() {
       auto s = vfio_user::Session::Resume(device->get(), loop->get(), sopt, std::move(copy),
                                           lookup);
       if (s.ok()) {
+        conn.reset();  // the session holds its own copy
         resumed = std::move(*s);
         datapath.Recover();
         recovered = true;
@@ -377,7 +389,11 @@ int Main() {
     if (!s.ok()) std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
     last_write = now;
   };
-  if (recovered) status.set_last_reattach_seconds(absl::ToDoubleSeconds(absl::Now() - t_start));
+  if (recovered) {
+    status.set_last_reattach_seconds(absl::ToDoubleSeconds(absl::Now() - t_start));
+    std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n", name.c_str(),
+                 status.last_reattach_seconds() * 1e3);
+  }
   publish(true);
   std::fprintf(stderr, "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues)\n",
                name.c_str(), socket_path.c_str(), (*backend)->spec().c_str(), doorbell.c_str(),
@@ -411,6 +427,13 @@ int Main() {
   }
   publish(true);
   std::fprintf(stderr, "emud-worker: %s stopping\n", name.c_str());
+  if (store != nullptr && persist) {
+    // Under emud the guest's connection belongs to the fd store: leave it
+    // (and every fd) to the successor, as a killed worker would - this is
+    // how `emuctl upgrade-worker` hands a running guest over. Deleting the
+    // device is what closes it (emud releases the fds).
+    (*server)->session().Abandon();
+  }
   server->reset();
   return 0;
 }
