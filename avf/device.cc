@@ -38,43 +38,35 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceOptions& opti
     return absl::InvalidArgumentError(
         absl::StrCat("max_queue_pairs must be 1..", kMaxQueuePairs, ", got ", options.max_queue_pairs));
   }
-  if (!options.mapped_doorbells && options.doorbell_fd >= 0) {
-    return absl::InvalidArgumentError("doorbell_fd given without mapped_doorbells");
-  }
   std::unique_ptr<Device> d(new Device(options));
   if (absl::Status s = d->Init(); !s.ok()) return s;
   return d;
 }
 
 absl::Status Device::Init() {
-  if (options_.mapped_doorbells) {
-    if (options_.doorbell_fd >= 0) {
-      doorbell_fd_.reset(options_.doorbell_fd);
-      options_.doorbell_fd = -1;
-      doorbell_adopted_ = true;
-      struct stat st;
-      if (fstat(doorbell_fd_.get(), &st) != 0) {
-        return absl::InvalidArgumentError(absl::StrCat("doorbell fd: fstat: ", strerror(errno)));
-      }
-      if (st.st_size < static_cast<off_t>(kDoorbellWindowSize)) {
-        return absl::InvalidArgumentError("doorbell fd smaller than the doorbell window");
-      }
-    } else {
-      int fd = memfd_create("emud-avf-doorbells", MFD_CLOEXEC);
-      if (fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));
-      doorbell_fd_.reset(fd);
-      if (ftruncate(fd, kDoorbellWindowSize) != 0) {
-        return absl::InternalError(absl::StrCat("ftruncate: ", strerror(errno)));
-      }
+  if (options_.doorbell_fd >= 0) {
+    doorbell_fd_.reset(options_.doorbell_fd);
+    options_.doorbell_fd = -1;
+    doorbell_adopted_ = true;
+    struct stat st;
+    if (fstat(doorbell_fd_.get(), &st) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("doorbell fd: fstat: ", strerror(errno)));
     }
-    void* p = mmap(nullptr, kDoorbellWindowSize, PROT_READ | PROT_WRITE, MAP_SHARED,
-                   doorbell_fd_.get(), 0);
-    if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap doorbells: ", strerror(errno)));
-    doorbell_ = static_cast<volatile uint32_t*>(p);
+    if (!S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(kDoorbellWindowSize)) {
+      return absl::InvalidArgumentError("doorbell fd is not a file of at least the doorbell window");
+    }
   } else {
-    doorbell_storage_.assign(kDoorbellDwords, 0);
-    doorbell_ = doorbell_storage_.data();
+    int fd = memfd_create("emud-avf-doorbells", MFD_CLOEXEC);
+    if (fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));
+    doorbell_fd_.reset(fd);
+    if (ftruncate(fd, kDoorbellWindowSize) != 0) {
+      return absl::InternalError(absl::StrCat("ftruncate: ", strerror(errno)));
+    }
   }
+  void* p = mmap(nullptr, kDoorbellWindowSize, PROT_READ | PROT_WRITE, MAP_SHARED,
+                 doorbell_fd_.get(), 0);
+  if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap doorbells: ", strerror(errno)));
+  doorbell_ = static_cast<volatile uint32_t*>(p);
   irq_ = std::make_unique<InterruptController>(doorbell_ + kItrnIndex);
   num_queue_pairs_ = options_.max_queue_pairs;
   link_up_ = options_.link_up;
@@ -359,6 +351,16 @@ void Device::WriteReg(uint32_t off, uint32_t value) {
     default:
       return;  // read-only (RSTAT, ICR01) or unknown
   }
+}
+
+bool Device::WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const {
+  if (region != vfio_user::kBar0 || doorbell_ == nullptr) return false;
+  if ((size != 4 && size != 8) || (offset & 3) != 0) return false;
+  auto inside = [&](uint32_t base) {
+    const uint64_t end = base + 4ull * kMaxDecodedQueues;
+    return offset >= base && offset < end && size <= end - offset;
+  };
+  return inside(QtxTail(0)) || inside(QrxTail(0));
 }
 
 void Device::OnTailWrite(QueueKind kind, uint32_t q, uint32_t value) {

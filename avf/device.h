@@ -81,13 +81,16 @@ struct DeviceOptions {
   uint32_t link_speed_mbps = 25000;
   // Doorbells: trapped (every QTX/QRX_TAIL write is a region write and calls
   // the doorbell hook) or mapped (BAR0 [0, 0x3000) - the tail registers and
-  // VFINT_ITRN1 - is an mmappable sparse area backed by a memfd; the guest
-  // writes tails without a trap, no doorbell hook runs, the data path polls
-  // TxTail()/RxTail()).
+  // VFINT_ITRN1 - is an mmappable sparse area; the guest writes tails without
+  // a trap, no doorbell hook runs, the data path polls TxTail()/RxTail()).
+  // In both modes that window lives in a memfd (tmpfs: it survives a process
+  // kill), so a trapped tail write is self-durable (WriteIsSelfDurable); only
+  // mapped mode advertises it as mmappable.
   bool mapped_doorbells = false;
-  // Mapped mode: adopt this memfd (size >= kDoorbellWindowSize; e.g. handed
-  // over by a predecessor through the fd store; ownership is taken) instead
-  // of creating one. -1 = create.
+  // Adopt this memfd (size >= kDoorbellWindowSize; e.g. handed over by a
+  // predecessor through the fd store; ownership is taken) instead of creating
+  // one, in either mode. -1 = create. Its tails (and ITRN values) are newer
+  // than any saved record: Restore keeps them.
   int doorbell_fd = -1;
 };
 
@@ -201,6 +204,11 @@ class Device final : public vfio_user::PciDevice {
   // NOT_FOUND if nothing was saved; FAILED_PRECONDITION if the records were
   // written by a device with other options (queue count, doorbell mode).
   absl::Status Restore(const state_store::ReadTxn& txn) override;
+  // True for a BAR0 write of 4 or 8 bytes, dword-aligned, lying entirely in
+  // QTX_TAIL(0..255) or QRX_TAIL(0..255): its only state effect is the tail
+  // store into the doorbell memfd (plus the doorbell hook, whose data path
+  // keeps its own tmpfs state), and storing the same tail twice equals once.
+  bool WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const override;
 
   // ---- BAR0 register access (also what RegionRead/Write of BAR0 use) ----
   // `offset` is 4-byte aligned, < kBar0Size. Reads have the register's side
@@ -245,9 +253,12 @@ class Device final : public vfio_user::PciDevice {
   // reset as RESET_VF. The driver notices (ARQLEN.ENABLE == 0) and
   // re-initialises.
   void ResetVfFromPf();
-  // Mapped mode: the memfd backing BAR0 [0, kDoorbellWindowSize) (owned by
-  // the device; dup it to hand it over). -1 in trapped mode.
+  // The memfd backing BAR0 [0, kDoorbellWindowSize) in either doorbell mode
+  // (owned by the device; dup it to hand it over, e.g. deposit it in the fd
+  // store so that a successor adopts it through DeviceOptions::doorbell_fd).
   int doorbell_fd() const { return doorbell_fd_.get(); }
+  // Whether the doorbell memfd was adopted (DeviceOptions::doorbell_fd).
+  bool doorbell_adopted() const { return doorbell_adopted_; }
 
   // ---- Diagnostics ----
   const DeviceCounters& counters() const { return counters_; }
@@ -322,10 +333,9 @@ class Device final : public vfio_user::PciDevice {
   std::unique_ptr<vfio_user::PciConfigSpace> config_;
   vfio_user::MsixTable msix_{kMaxMsixVectors};
 
-  // BAR0 [0, kDoorbellWindowSize): internal array or the mapped memfd.
+  // BAR0 [0, kDoorbellWindowSize): the memfd and its shared mapping.
   UniqueFd doorbell_fd_;
   volatile uint32_t* doorbell_ = nullptr;
-  std::vector<uint32_t> doorbell_storage_;
   bool doorbell_adopted_ = false;
 
   std::unique_ptr<InterruptController> irq_;

@@ -9,6 +9,8 @@
 #include "state_store/store.h"
 #include "state_store/test_util.h"
 #include <sys/mman.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace emud::avf {
 namespace {
@@ -785,7 +787,89 @@ TEST_F(DeviceTest, MappedDoorbellsShareTheTailPage) {
   dev_->WriteReg(QrxTail(2), 9);  // a trapped write lands in the same page
   EXPECT_EQ(page[QrxTail(2) / 4], 9u);
   munmap(p, kDoorbellWindowSize);
-  EXPECT_FALSE(Device::Create(DeviceOptions{.doorbell_fd = 3}).ok());
+  // An fd too small to back the window is refused (ownership taken anyway).
+  int small = memfd_create("small", MFD_CLOEXEC);
+  ASSERT_GE(small, 0);
+  ASSERT_EQ(ftruncate(small, 64), 0);
+  EXPECT_FALSE(Device::Create(DeviceOptions{.doorbell_fd = small}).ok());
+}
+
+// Trapped doorbells: the tails live in the (not advertised) memfd, so a tail
+// write's whole state effect survives the process; a successor adopting the
+// memfd sees tails newer than the records it restores, and only tail writes
+// are self-durable.
+TEST_F(DeviceTest, TrappedTailsLiveInTheAdoptableMemfd) {
+  auto regions = dev_->Regions();
+  EXPECT_TRUE(regions[vfio_user::kBar0].mmap_areas.empty());
+  EXPECT_LT(regions[vfio_user::kBar0].mmap_fd, 0);
+  const int fd = dev_->doorbell_fd();
+  ASSERT_GE(fd, 0);
+  EXPECT_FALSE(dev_->doorbell_adopted());
+  auto bar0_write = [&](Device* d, uint32_t off, uint32_t v) {
+    uint8_t b[4];
+    std::memcpy(b, &v, 4);
+    return d->RegionWrite(vfio_user::kBar0, off, absl::MakeConstSpan(b, 4));
+  };
+  ASSERT_TRUE(bar0_write(dev_.get(), QtxTail(3), 40).ok());
+  ASSERT_TRUE(bar0_write(dev_.get(), QrxTail(1), 17).ok());
+  uint32_t v = 0;
+  ASSERT_EQ(pread(fd, &v, 4, QtxTail(3)), 4);
+  EXPECT_EQ(v, 40u);
+  ASSERT_EQ(pread(fd, &v, 4, QrxTail(1)), 4);
+  EXPECT_EQ(v, 17u);
+
+  // Self-durable: tail writes only (4/8 bytes, aligned, inside the tails).
+  EXPECT_TRUE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(0), 4));
+  EXPECT_TRUE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(255), 4));
+  EXPECT_TRUE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QrxTail(254), 8));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QrxTail(255), 8));  // spills past
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(256), 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(1) + 2, 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(1), 2));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintItrn1(0, 0), 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, kVfAtqt1, 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar3, 0, 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kConfigRegion, QtxTail(0), 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, ~uint64_t{0} - 1, 4));
+
+  // Saved now; then more tail writes that are never saved (as the session
+  // skips the commit for them).
+  state_store::ScratchDir dir("avf-trap");
+  auto env = state_store::Env::Open(dir.path(), {.tables = {Device::kStateTable}});
+  ASSERT_TRUE(env.ok());
+  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return dev_->Save(t); }).ok());
+  ASSERT_TRUE(bar0_write(dev_.get(), QtxTail(3), 41).ok());
+  ASSERT_TRUE(bar0_write(dev_.get(), QrxTail(1), 18).ok());
+  EXPECT_TRUE(dev_->SaveCacheConsistentForTest());
+
+  // A successor adopting a duplicate of the memfd keeps the newest tails.
+  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  ASSERT_GE(dup_fd, 0);
+  auto succ = Device::Create(DeviceOptions{.doorbell_fd = dup_fd});
+  ASSERT_TRUE(succ.ok()) << succ.status();
+  EXPECT_TRUE((*succ)->doorbell_adopted());
+  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*succ)->Restore(t); }).ok());
+  EXPECT_EQ((*succ)->TxTail(3), 41u);
+  EXPECT_EQ((*succ)->RxTail(1), 18u);
+  EXPECT_TRUE((*succ)->Regions()[vfio_user::kBar0].mmap_areas.empty());
+  // Its tail writes land in the shared memfd too.
+  ASSERT_TRUE(bar0_write(succ->get(), QtxTail(3), 42).ok());
+  EXPECT_EQ(dev_->TxTail(3), 42u);
+
+  // Without the memfd, a successor gets the saved (older) tails.
+  auto fresh = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(fresh.ok());
+  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*fresh)->Restore(t); }).ok());
+  EXPECT_EQ((*fresh)->TxTail(3), 40u);
+  EXPECT_EQ((*fresh)->RxTail(1), 17u);
+  // The successor's next Save carries the tails written since (the regs
+  // record moved).
+  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return (*succ)->Save(t); }).ok());
+  auto fresh2 = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(fresh2.ok());
+  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*fresh2)->Restore(t); }).ok());
+  EXPECT_EQ((*fresh2)->TxTail(3), 42u);
+  EXPECT_EQ((*fresh2)->RxTail(1), 18u);
 }
 
 }  // namespace

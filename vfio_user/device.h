@@ -163,6 +163,24 @@ class PciDevice {
   // nothing was saved (a fresh device).
   virtual absl::Status Save(state_store::WriteTxn& txn) = 0;
   virtual absl::Status Restore(const state_store::ReadTxn& txn) = 0;
+
+  // Self-durable writes (a persistence fast path; default: none). True only
+  // if every write of `size` bytes at `offset` of `region`, whatever its data
+  // and whatever the device state, (a) is idempotent: applying it twice in a
+  // row equals applying it once, and (b) has its whole persistent state
+  // effect already durable when RegionWrite returns, outside any state_store
+  // transaction (e.g. a store into tmpfs-backed shared memory that a
+  // successor adopts); side effects it triggers (a data path reacting to a
+  // doorbell) must keep their own crash-safe state. The answer must depend
+  // only on the arguments and the device's construction options, never on
+  // mutable state. A crash-consistent session neither calls Save nor commits
+  // for a request made only of such writes, and may apply one again after a
+  // kill (a successor re-reads it from the socket). Records the write makes
+  // stale (generation counters) are written by the next Save as usual.
+  virtual bool WriteIsSelfDurable(uint32_t /*region*/, uint64_t /*offset*/,
+                                  uint64_t /*size*/) const {
+    return false;
+  }
 };
 
 }  // namespace emud::vfio_user

@@ -315,9 +315,10 @@ bool Session::HandleMessage(Message msg) {
     return true;
   }
   ++stats_.requests;
+  const bool self_durable = IsSelfDurable(msg);
   Reply reply = Dispatch(msg);
   CountCommand(hdr.command, reply.err != 0);
-  if (options_.store) {
+  if (options_.store && !self_durable) {
     if (auto s = Commit(nullptr); !s.ok()) {
       // The effect is applied in memory but not durable: tell the client.
       reply = Reply{};
@@ -894,6 +895,32 @@ uint64_t Session::JournalRead() {
   return seq;
 }
 
+bool Session::IsSelfDurable(const Message& msg) const {
+  const Header& h = msg.hdr;
+  if ((h.flags & kFlagTypeMask) != kFlagTypeCommand || !(h.flags & kFlagNoReply)) return false;
+  if (h.command == kCmdRegionWrite) {
+    RegionAccess req;
+    if (!LoadStruct(msg.payload, 0, &req) || msg.payload.size() - sizeof(RegionAccess) != req.count) {
+      return false;
+    }
+    return device_->WriteIsSelfDurable(req.region, req.offset, req.count);
+  }
+  if (h.command == kCmdRegionWriteMulti) {
+    uint64_t cnt;
+    if (!LoadStruct(msg.payload, 0, &cnt) || cnt == 0 || cnt > kWriteMultiMax ||
+        msg.payload.size() != 8 + cnt * sizeof(WriteMultiEntry)) {
+      return false;
+    }
+    for (uint64_t i = 0; i < cnt; ++i) {
+      WriteMultiEntry e;
+      if (!LoadStruct(msg.payload, 8 + i * sizeof(WriteMultiEntry), &e)) return false;
+      if (!device_->WriteIsSelfDurable(e.region, e.offset, e.count)) return false;
+    }
+    return true;
+  }
+  return false;
+}
+
 bool Session::HandleMessageCrashConsistent() {
   // 1. Peek the header (no control buffer: no fds are installed by this peek).
   Header h;
@@ -960,7 +987,26 @@ bool Session::HandleMessageCrashConsistent() {
   msg.payload.assign(raw.begin() + kHeaderSize, raw.end());
   const uint64_t digest = Fnv1a(raw.data(), raw.size());
 
-  // 3. Apply.
+  // 3. Apply. A self-durable posted write needs no commit, journal or reply:
+  // apply and consume (a kill before the consume makes the successor apply
+  // it again, harmlessly; the "last" record still names the last committed
+  // request, whose bytes differ since it was not self-durable).
+  if (IsSelfDurable(msg)) {
+    ++stats_.requests;
+    Reply reply = Dispatch(msg);
+    CountCommand(h.command, reply.err != 0);
+    if (reply.err) ++stats_.posted_errors;
+    if (options_.crash_point && options_.crash_point(1)) {
+      Abandon();
+      return false;
+    }
+    if (!ConsumePeeked(raw)) return false;
+    if (options_.crash_point && options_.crash_point(2)) {
+      Abandon();
+      return false;
+    }
+    return true;
+  }
   bool is_reply = (h.flags & kFlagTypeMask) == kFlagTypeReply;
   Reply reply;
   if (is_reply) {
@@ -1001,16 +1047,7 @@ bool Session::HandleMessageCrashConsistent() {
     return false;
   }
   // 5. Consume (no control buffer: the in-flight fd references are dropped).
-  size_t consumed = 0;
-  while (consumed < raw.size()) {
-    ssize_t c = ::recv(conn_.get(), raw.data(), raw.size() - consumed, MSG_DONTWAIT);
-    if (c <= 0) {
-      if (c < 0 && errno == EINTR) continue;
-      Disconnect("consume failed");
-      return false;
-    }
-    consumed += static_cast<size_t>(c);
-  }
+  if (!ConsumePeeked(raw)) return false;
   if (options_.crash_point && options_.crash_point(2)) {
     Abandon();
     return false;
@@ -1029,6 +1066,20 @@ bool Session::HandleMessageCrashConsistent() {
   if (options_.crash_point && options_.crash_point(4)) {
     Abandon();
     return false;
+  }
+  return true;
+}
+
+bool Session::ConsumePeeked(std::vector<uint8_t>& raw) {
+  size_t consumed = 0;
+  while (consumed < raw.size()) {
+    ssize_t c = ::recv(conn_.get(), raw.data(), raw.size() - consumed, MSG_DONTWAIT);
+    if (c <= 0) {
+      if (c < 0 && errno == EINTR) continue;
+      Disconnect("consume failed");
+      return false;
+    }
+    consumed += static_cast<size_t>(c);
   }
   return true;
 }

@@ -26,7 +26,13 @@
 // options.crash_consistent, requests are additionally peeked, applied,
 // committed with their reply, consumed and journalled as described in
 // ARCHITECTURE.md ("Control path"), so a SIGKILL at any point neither loses nor
-// repeats a request.
+// repeats a request. Exception, in both modes: a posted REGION_WRITE or
+// REGION_WRITE_MULTI made only of self-durable writes
+// (PciDevice::WriteIsSelfDurable, e.g. AVF tail doorbells in a memfd) is
+// applied and consumed without a commit (no Save, no "last request" record,
+// no journal mark, seq unchanged): its effect is already durable, and a
+// successor that finds it still at the socket head (killed before the
+// consume) simply applies it again, which the contract makes harmless.
 //
 // fd keys (FdDepositor): "vfio/conn", "dma/<iova-hex>", "irq/<index>/<vector>".
 #ifndef EMUD_VFIO_USER_SESSION_H_
@@ -105,7 +111,8 @@ struct SessionOptions {
   FdDepositor* fd_depositor = nullptr;
   // Test hook (crash_consistent mode): called at 1 = after the commit, 2 =
   // after consuming the request, 3 = after the journal mark, 4 = after the
-  // reply was sent; returning true
+  // reply was sent (a self-durable posted write - see IsSelfDurable - is
+  // neither committed nor journalled: 1 = applied, 2 = consumed); returning true
   // makes the session Abandon() right there, as if the process died.
   std::function<bool(int stage)> crash_point;
 };
@@ -194,6 +201,13 @@ class Session {
   // One request, to completion. Returns false if the client was dropped.
   bool HandleMessage(Message msg);
   bool HandleMessageCrashConsistent();
+  // A posted REGION_WRITE / REGION_WRITE_MULTI whose every write the device
+  // reports as self-durable (PciDevice::WriteIsSelfDurable): nothing to
+  // commit for it. False for anything malformed or wanting a reply.
+  bool IsSelfDurable(const Message& msg) const;
+  // Crash-consistent mode: reads the peeked message (raw.size() bytes) off
+  // the socket; false (after Disconnect) if that fails.
+  bool ConsumePeeked(std::vector<uint8_t>& raw);
   Reply Dispatch(Message& msg);
   void CountCommand(uint16_t cmd, bool error) {
     size_t i = cmd < kCmdMax ? cmd : 0;

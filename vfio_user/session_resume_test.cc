@@ -49,16 +49,76 @@ class FakeFdStore : public FdDepositor {
   int deposits = 0;
 };
 
+// State outside the store that survives a worker's death (as a memfd
+// would): the self-durable scratch register of DurableScratchDevice.
+struct DurableCell {
+  std::atomic<uint32_t> value{0};
+  std::atomic<uint32_t> applies{0};  // self-durable writes applied
+  std::atomic<uint32_t> saves{0};    // PciDevice::Save calls
+};
+
+// ExampleDevice whose BAR0 scratch register lives in a DurableCell and is
+// declared self-durable (a plain store: idempotent, durable at once).
+class DurableScratchDevice : public PciDevice {
+ public:
+  DurableScratchDevice(std::unique_ptr<ExampleDevice> inner, DurableCell* cell)
+      : inner_(std::move(inner)), cell_(cell) {}
+  std::vector<RegionDesc> Regions() const override { return inner_->Regions(); }
+  std::vector<IrqDesc> Irqs() const override { return inner_->Irqs(); }
+  absl::Status RegionRead(uint32_t region, uint64_t offset, absl::Span<uint8_t> out) override {
+    if (IsCell(region, offset, out.size())) {
+      uint32_t v = cell_->value;
+      std::memcpy(out.data(), &v, 4);
+      return absl::OkStatus();
+    }
+    return inner_->RegionRead(region, offset, out);
+  }
+  absl::Status RegionWrite(uint32_t region, uint64_t offset, absl::Span<const uint8_t> data) override {
+    if (IsCell(region, offset, data.size())) {
+      uint32_t v;
+      std::memcpy(&v, data.data(), 4);
+      cell_->value = v;
+      ++cell_->applies;
+      return absl::OkStatus();
+    }
+    return inner_->RegionWrite(region, offset, data);
+  }
+  void Attach(const DeviceContext& ctx) override { inner_->Attach(ctx); }
+  void Detach() override { inner_->Detach(); }
+  absl::Status Reset() override { return inner_->Reset(); }
+  void OnDmaUnmap(uint64_t iova, uint64_t size) override { inner_->OnDmaUnmap(iova, size); }
+  absl::Status Save(state_store::WriteTxn& txn) override {
+    ++cell_->saves;
+    return inner_->Save(txn);
+  }
+  absl::Status Restore(const state_store::ReadTxn& txn) override { return inner_->Restore(txn); }
+  bool WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const override {
+    return IsCell(region, offset, size);
+  }
+
+ private:
+  static bool IsCell(uint32_t region, uint64_t offset, uint64_t size) {
+    return region == kBar0 && offset == ExampleDevice::kScratch && size == 4;
+  }
+  std::unique_ptr<ExampleDevice> inner_;
+  DurableCell* cell_;
+};
+
 // A worker: event loop thread + device + session.
 class Worker {
  public:
-  Worker(state_store::Env* env, SessionOptions opts, FakeFdStore* store, UniqueFd conn, bool resume) {
+  Worker(state_store::Env* env, SessionOptions opts, FakeFdStore* store, UniqueFd conn, bool resume,
+         DurableCell* cell = nullptr) {
     auto loop = EventLoop::Create();
     EXPECT_TRUE(loop.ok());
     loop_ = std::move(*loop);
     auto dev = ExampleDevice::Create();
     EXPECT_TRUE(dev.ok());
-    device_ = std::move(*dev);
+    if (cell != nullptr) {
+      device_ = std::make_unique<DurableScratchDevice>(std::move(*dev), cell);
+    } else {
+      device_ = std::move(*dev);
+    }
     opts.store = env;
     opts.fd_depositor = store;
     if (resume) {
@@ -89,7 +149,7 @@ class Worker {
 
  private:
   std::unique_ptr<EventLoop> loop_;
-  std::unique_ptr<ExampleDevice> device_;
+  std::unique_ptr<PciDevice> device_;
   std::unique_ptr<Session> session_;
   std::thread thread_;
 };
@@ -287,6 +347,97 @@ TEST_F(ResumeTest, CrashConsistentModeServesNormally) {
   ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kDoorbell, 2).ok());
   EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kStatus), static_cast<uint32_t>(EFAULT));
   EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), sum);
+}
+
+// Self-durable posted writes are applied without a commit (no Save, no
+// "last request" record): a burst of them costs no transaction, and what
+// they wrote is read back (by a committed read).
+TEST_F(ResumeTest, SelfDurablePostedWritesAreNotCommitted) {
+  DurableCell cell;
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  Worker w(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 3).ok());
+  const uint32_t saves = cell.saves;
+  const uint64_t commits = w.session()->stats().commits;
+  for (uint32_t i = 1; i <= 20; ++i) {
+    ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, i, /*posted=*/true).ok());
+  }
+  // A non-posted write of the cell still commits (its reply is state the
+  // recovery rule must be able to re-send).
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, 21).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 21u);
+  EXPECT_EQ(cell.applies, 21u);
+  EXPECT_EQ(cell.saves, saves + 2) << "only the non-posted write and the read commit";
+  EXPECT_EQ(w.session()->stats().commits, commits + 2);
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 3u);
+}
+
+// Kill around a self-durable posted write that follows a committed request
+// wanting a reply: at stage 1 (applied, still at the socket head) the
+// successor applies it again (harmless); at stage 2 (consumed) it does not.
+// Either way the stale stored reply of the committed request is not re-sent
+// and the committed request is not re-applied.
+class SelfDurableCrashTest : public ResumeTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(SelfDurableCrashTest, ResumeReappliesOnlyAnUnconsumedWrite) {
+  const int stage = GetParam();
+  DurableCell cell;
+  std::atomic<bool> armed{false}, died{false};
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  o.crash_point = [&](int s) {
+    if (armed && s == stage) {
+      armed = false;
+      died = true;
+      return true;
+    }
+    return false;
+  };
+  auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 100).ok());  // committed, replied
+  armed = true;
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, 77, /*posted=*/true).ok());
+  for (int i = 0; i < 2000 && !died; ++i) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(died);
+  w->Die();
+  w.reset();
+  EXPECT_EQ(cell.value, 77u);
+  EXPECT_EQ(cell.applies, 1u);
+  SessionOptions o2 = o;
+  o2.crash_point = nullptr;
+  Worker successor(env_.get(), o2, &store_, ConnFromStore(), true, &cell);
+  ASSERT_NE(successor.session(), nullptr);
+  // The next exchange gets its own reply (a re-sent stale one would be
+  // taken first and mismatch).
+  auto acc = client_->Read32(kBar0, ExampleDevice::kAcc);
+  ASSERT_TRUE(acc.ok()) << acc.status();
+  EXPECT_EQ(*acc, 100u);
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 77u);
+  EXPECT_EQ(cell.applies, stage == 1 ? 2u : 1u);
+  EXPECT_EQ(successor.session()->stats().replayed_replies, 0u);
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 1).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 101u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, SelfDurableCrashTest, ::testing::Values(1, 2));
+
+// Plain persistence (not crash-consistent) skips the commit the same way.
+TEST_F(ResumeTest, SelfDurablePostedWritesSkipThePlainCommitToo) {
+  DurableCell cell;
+  Worker w(env_.get(), SessionOptions{}, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 3).ok());
+  const uint32_t saves = cell.saves;
+  for (uint32_t i = 1; i <= 10; ++i) {
+    ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, i, /*posted=*/true).ok());
+  }
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 10u);
+  EXPECT_EQ(cell.saves, saves + 1);
 }
 
 }  // namespace
