@@ -266,6 +266,7 @@ void Session::Abandon() {
   state_store::Env* store = options_.store;
   options_.fd_depositor = nullptr;  // nothing is released
   options_.store = nullptr;         // nothing is committed
+  pending_releases_.clear();
   dma_->UnmapAll(nullptr);
   irqs_->DisconnectAll();
   options_.fd_depositor = dep;
@@ -801,11 +802,23 @@ absl::StatusOr<Message> Session::ServerRequest(uint16_t cmd, absl::Span<const ui
 
 absl::Status Session::DepositFd(absl::string_view key, int fd) {
   if (!options_.fd_depositor) return absl::OkStatus();
+  // A release of the same key still waiting for its commit must not drop
+  // the new deposit.
+  pending_releases_.erase(std::remove(pending_releases_.begin(), pending_releases_.end(), key),
+                          pending_releases_.end());
   return options_.fd_depositor->Deposit(key, fd);
 }
 
 void Session::ReleaseFd(absl::string_view key) {
-  if (options_.fd_depositor) options_.fd_depositor->Release(key);
+  if (!options_.fd_depositor) return;
+  if (options_.store != nullptr) {
+    // State before effect: the records still name this fd (a DMA window,
+    // an eventfd) until the commit of the request that dropped it; a
+    // successor started before that commit needs it. Released by Commit.
+    pending_releases_.emplace_back(key);
+    return;
+  }
+  options_.fd_depositor->Release(key);
 }
 
 absl::Status Session::WriteAllState(state_store::WriteTxn& txn) {
@@ -878,6 +891,10 @@ absl::Status Session::Commit(const std::function<absl::Status(state_store::Write
     ++stats_.commits;
     state_dirty_ = false;
     dirty_windows_.clear();
+    if (options_.fd_depositor != nullptr) {
+      for (const std::string& key : pending_releases_) options_.fd_depositor->Release(key);
+    }
+    pending_releases_.clear();
   } else {
     state_dirty_ = true;
   }
@@ -921,7 +938,46 @@ bool Session::IsSelfDurable(const Message& msg) const {
   return false;
 }
 
+int Session::DrainSelfDurable() {
+  // One peek (no control buffer) covers a run of small messages; each
+  // self-durable one is applied and then consumed on its own, so a kill
+  // leaves at most the one being applied to be applied again (re-applying a
+  // longer run could step a register back through older values).
+  if (peek_buf_.empty()) peek_buf_.resize(16384);
+  ssize_t n = ::recv(conn_.get(), peek_buf_.data(), peek_buf_.size(), MSG_PEEK | MSG_DONTWAIT);
+  if (n <= 0) return 0;  // EOF, errors and EAGAIN: the regular path decides
+  size_t off = 0;
+  int handled = 0;
+  while (handled < kMaxMessagesPerRound && off + kHeaderSize <= static_cast<size_t>(n)) {
+    Message msg;
+    std::memcpy(&msg.hdr, peek_buf_.data() + off, kHeaderSize);
+    const uint32_t size = msg.hdr.msg_size;
+    if (size < kHeaderSize || size > static_cast<size_t>(n) - off) break;
+    msg.payload.assign(peek_buf_.begin() + off + kHeaderSize, peek_buf_.begin() + off + size);
+    if (!IsSelfDurable(msg)) break;
+    ++stats_.requests;
+    Reply reply = Dispatch(msg);
+    CountCommand(msg.hdr.command, reply.err != 0);
+    if (reply.err) ++stats_.posted_errors;
+    if (options_.crash_point && options_.crash_point(1)) {
+      Abandon();
+      return -1;
+    }
+    std::vector<uint8_t> sink(size);
+    if (!ConsumePeeked(sink)) return -1;
+    if (options_.crash_point && options_.crash_point(2)) {
+      Abandon();
+      return -1;
+    }
+    off += size;
+    ++handled;
+  }
+  return handled;
+}
+
 bool Session::HandleMessageCrashConsistent() {
+  // 0. A run of self-durable posted writes at the head (the doorbell path).
+  if (int d = DrainSelfDurable(); d != 0) return d > 0;
   // 1. Peek the header (no control buffer: no fds are installed by this peek).
   Header h;
   ssize_t n = ::recv(conn_.get(), &h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);

@@ -66,7 +66,9 @@ class WriteTxn;
 namespace emud::vfio_user {
 
 // Receives a duplicate-worthy fd under a stable key before the session acts
-// on it (emud's fd store). Deposit's fd is borrowed: dup it to keep it.
+// on it (emud's fd store). Deposit's fd is borrowed: dup it to keep it. With
+// persistence (options.store), Release comes only after the commit of the
+// state that no longer names the fd (a successor may need it until then).
 class FdDepositor {
  public:
   virtual ~FdDepositor() = default;
@@ -205,6 +207,11 @@ class Session {
   // reports as self-durable (PciDevice::WriteIsSelfDurable): nothing to
   // commit for it. False for anything malformed or wanting a reply.
   bool IsSelfDurable(const Message& msg) const;
+  // Crash-consistent mode: applies and consumes, one by one, the
+  // self-durable messages at the socket head (one peek for the run). Returns
+  // how many (0: none / nothing readable; -1: the session was abandoned or
+  // disconnected).
+  int DrainSelfDurable();
   // Crash-consistent mode: reads the peeked message (raw.size() bytes) off
   // the socket; false (after Disconnect) if that fails.
   bool ConsumePeeked(std::vector<uint8_t>& raw);
@@ -267,8 +274,10 @@ class Session {
   DmaRwLayout dma_layout_ = DmaRwLayout::kSpec;  // resolved at VERSION
   uint16_t next_server_msg_id_ = 0;
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
+  std::vector<uint8_t> peek_buf_;  // DrainSelfDurable's look-ahead
   bool state_dirty_ = false;
   std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
+  std::vector<std::string> pending_releases_;  // fd-store keys released by the next commit
   UniqueFd journal_fd_;
   SessionStats stats_;
   std::string last_disconnect_reason_;
