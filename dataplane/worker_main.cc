@@ -377,6 +377,16 @@ int Main() {
     absl::Time now = absl::Now();
     auto phase = phase_now();
     if (!force && phase == status.phase() && now - last_write < absl::Seconds(1)) return;
+    if (phase != status.phase() || status.phase_seq() == 0) {
+      status.set_phase_seq(status.phase_seq() + 1);
+      auto* change = status.add_recent_phases();
+      change->set_seq(status.phase_seq());
+      change->set_phase(phase);
+      constexpr int kKeepPhases = 8;
+      if (status.recent_phases_size() > kKeepPhases) {
+        status.mutable_recent_phases()->DeleteSubrange(0, status.recent_phases_size() - kKeepPhases);
+      }
+    }
     status.set_phase(phase);
     status.set_updated_unix_nanos(absl::ToUnixNanos(now));
     datapath.FillCounters(&status);

@@ -445,6 +445,15 @@ DeviceManager::Refresh DeviceManager::RefreshLocked(Dev& d) {
       return Refresh::kTimestampOnly;
     }
   }
+  // Phases the worker went through since our last read, other than the one
+  // it is in now (e.g. LINK_UP of a guest that already detached).
+  if (d.proc.pid != 0 && next.pid() == d.proc.pid) {
+    for (int i = 0; i + 1 < next.recent_phases_size(); ++i) {
+      const auto& change = next.recent_phases(i);
+      if (change.seq() > d.seen_phase_seq) d.missed_phases.push_back(FromWorkerPhase(change.phase()));
+    }
+    d.seen_phase_seq = std::max(d.seen_phase_seq, next.phase_seq());
+  }
   d.status = std::move(next);
   metrics_->UpdateFromWorkerStatus(d.rec.name(), *d.status);
   return Refresh::kChanged;
@@ -486,6 +495,18 @@ v1::Device DeviceManager::BuildLocked(const Dev& d) const {
 void DeviceManager::NotifyLocked(Dev& d) {
   v1::Phase p = PhaseLocked(d);
   bool first = d.last_emitted.empty();
+  std::vector<v1::Phase> missed;
+  missed.swap(d.missed_phases);
+  if (!first && p != v1::PHASE_FAILED) {
+    for (v1::Phase m : missed) {
+      if (m == d.phase) continue;
+      d.phase = m;
+      d.phase_time = absl::Now();
+      v1::Device dev = BuildLocked(d);
+      d.last_emitted = dev.SerializeAsString();
+      EmitLocked(v1::DeviceEvent::KIND_MODIFIED, dev);
+    }
+  }
   if (p != d.phase) {
     d.phase = p;
     d.phase_time = absl::Now();

@@ -145,6 +145,10 @@ class DeviceManager {
     emud::v1::Phase phase = emud::v1::PHASE_UNSPECIFIED;
     absl::Time phase_time;
     std::string last_emitted;  // serialized Device of the last event
+    // Worker phases published since the last notification that the current
+    // phase hides (short-lived ones); NotifyLocked reports them in order.
+    std::vector<emud::v1::Phase> missed_phases;
+    uint64_t seen_phase_seq = 0;
     uint64_t channel_id = 0;   // fd-store channel of the worker we spawned
     std::set<std::string> recorded_fds;  // keys in the "fds" table
   };
