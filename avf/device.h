@@ -145,6 +145,8 @@ struct DeviceCounters {
   uint64_t vf_resets = 0;
   uint64_t flrs = 0;
   uint64_t link_events = 0;
+  // Replies posted to the driver, by (virtchnl op, status); events excluded.
+  std::map<std::pair<uint32_t, int32_t>, uint64_t> vc_replies;
 };
 
 // What the data path implements; every method has a default so a control-

@@ -2,6 +2,20 @@
 
 namespace emud::avf::vc {
 
+std::string StatusName(int32_t status) {
+  switch (status) {
+    case kSuccess: return "SUCCESS";
+    case kErrParam: return "ERR_PARAM";
+    case kErrNoMemory: return "ERR_NO_MEMORY";
+    case kErrOpcodeMismatch: return "ERR_OPCODE_MISMATCH";
+    case kErrCqpComplError: return "ERR_CQP_COMPL_ERROR";
+    case kErrInvalidVfId: return "ERR_INVALID_VF_ID";
+    case kErrAdminQueueError: return "ERR_ADMIN_QUEUE_ERROR";
+    case kNotSupported: return "NOT_SUPPORTED";
+    default: return "STATUS_" + std::to_string(status);
+  }
+}
+
 const char* OpName(uint32_t op) {
   switch (op) {
     case kOpUnknown: return "UNKNOWN";

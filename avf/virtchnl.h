@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <cstring>
 
 #include "absl/types/span.h"
@@ -246,6 +247,8 @@ T Load(absl::Span<const uint8_t> msg, size_t offset) {
 
 // Human-readable opcode name for logs ("op 42" for unknown ones).
 const char* OpName(uint32_t op);
+// "SUCCESS", "ERR_PARAM", "NOT_SUPPORTED", ... ("STATUS_<n>" for others).
+std::string StatusName(int32_t status);
 
 }  // namespace emud::avf::vc
 

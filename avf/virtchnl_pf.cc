@@ -96,6 +96,7 @@ void Device::RunAtq() {
 }
 
 void Device::Reply(uint32_t v_op, int32_t status, absl::Span<const uint8_t> payload) {
+  ++counters_.vc_replies[{v_op, status}];
   if (status != vc::kSuccess) {
     ++counters_.vc_errors;
     if (status == vc::kNotSupported) ++counters_.vc_not_supported;

@@ -50,6 +50,7 @@
 #include "state_store/state_dir.h"
 #include "state_store/store.h"
 #include "vfio_user/event_loop.h"
+#include "vfio_user/protocol.h"
 #include "vfio_user/session.h"
 
 ABSL_FLAG(std::string, device, "", "device name");
@@ -372,6 +373,12 @@ int Main() {
     if ((*device)->granted_caps() != 0) return internal::WorkerStatus::DRIVER_READY;
     return internal::WorkerStatus::CONNECTED;
   };
+  // What predecessors counted; this worker's session and device count from 0.
+  std::map<std::string, uint64_t> base_messages(status.vfio_user_messages().begin(),
+                                                status.vfio_user_messages().end());
+  std::map<std::string, uint64_t> base_errors(status.vfio_user_errors().begin(),
+                                              status.vfio_user_errors().end());
+  std::map<std::string, uint64_t> base_vc(status.virtchnl_ops().begin(), status.virtchnl_ops().end());
   absl::Time last_write = absl::InfinitePast();
   auto publish = [&](bool force) {
     absl::Time now = absl::Now();
@@ -391,8 +398,20 @@ int Main() {
     status.set_updated_unix_nanos(absl::ToUnixNanos(now));
     datapath.FillCounters(&status);
     const auto& st = (*server)->session().stats();
-    (*status.mutable_vfio_user_messages())["ALL"] = st.requests;
-    (*status.mutable_vfio_user_errors())["ALL"] = st.error_replies;
+    // Cumulative over the device's life: a successor starts from the
+    // counts its predecessor published (base_*), so they never go back.
+    for (size_t c = 0; c < st.by_command.size(); ++c) {
+      if (st.by_command[c] == 0 && st.errors_by_command[c] == 0) continue;
+      std::string cmd = vfio_user::CommandName(static_cast<uint16_t>(c));
+      (*status.mutable_vfio_user_messages())[cmd] = base_messages[cmd] + st.by_command[c];
+      if (st.errors_by_command[c] != 0 || base_errors.count(cmd)) {
+        (*status.mutable_vfio_user_errors())[cmd] = base_errors[cmd] + st.errors_by_command[c];
+      }
+    }
+    for (const auto& [key, n] : (*device)->counters().vc_replies) {
+      std::string name = absl::StrCat(avf::vc::OpName(key.first), "/", avf::vc::StatusName(key.second));
+      (*status.mutable_virtchnl_ops())[name] = base_vc[name] + n;
+    }
     absl::Status s = (*env)->Update([&](state_store::WriteTxn& txn) {
       return status_table.Put(txn, "worker", status);
     });

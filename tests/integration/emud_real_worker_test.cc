@@ -79,13 +79,22 @@ TEST(EmudRealWorkerTest, GuestBringsLinkUpAndCountersMove) {
         auto m = ParsePrometheus(*body);
         if (!m.ok()) return false;
         msgs = 0;
+        double region_writes = 0, resources_ok = 0, enable_ok = 0;
         for (const auto& [k, v] : *m) {
-          if (k.rfind("emud_vfio_user_messages_total{", 0) == 0 &&
-              k.find("device=\"nic0\"") != std::string::npos) {
+          if (k.find("device=\"nic0\"") == std::string::npos) continue;
+          if (k.rfind("emud_vfio_user_messages_total{", 0) == 0) {
             msgs += v;
+            if (k.find("command=\"REGION_WRITE\"") != std::string::npos) region_writes += v;
+          }
+          if (k.rfind("emud_virtchnl_ops_total{", 0) == 0 &&
+              k.find("status=\"SUCCESS\"") != std::string::npos) {
+            if (k.find("op=\"GET_VF_RESOURCES\"") != std::string::npos) resources_ok += v;
+            if (k.find("op=\"ENABLE_QUEUES\"") != std::string::npos) enable_ok += v;
           }
         }
-        return msgs > 50;  // VERSION, DMA_MAP, region accesses, ... of two bring-ups
+        // VERSION, DMA_MAP, region accesses, ... of two bring-ups (one
+        // reset), with the virtchnl ops labelled by op and status.
+        return msgs > 50 && region_writes > 10 && resources_ok >= 2 && enable_ok >= 2;
       },
       absl::Seconds(10)))
       << msgs;
