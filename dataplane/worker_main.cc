@@ -45,6 +45,7 @@
 #include "dataplane/datapath.h"
 #include "dataplane/queue_state.h"
 #include "fdstore/fd_store.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/record.h"
 #include "state_store/state_dir.h"
@@ -380,6 +381,7 @@ int Main() {
                                               status.vfio_user_errors().end());
   std::map<std::string, uint64_t> base_vc(status.virtchnl_ops().begin(), status.virtchnl_ops().end());
   absl::Time last_write = absl::InfinitePast();
+  internal::WorkerStatus last_published;
   auto publish = [&](bool force) {
     absl::Time now = absl::Now();
     auto phase = phase_now();
@@ -412,10 +414,22 @@ int Main() {
       std::string name = absl::StrCat(avf::vc::OpName(key.first), "/", avf::vc::StatusName(key.second));
       (*status.mutable_virtchnl_ops())[name] = base_vc[name] + n;
     }
+    // An idle device's record does not change: skip the commit (and emud's
+    // re-read it would trigger). Only the timestamp would differ.
+    if (!force && last_write != absl::InfinitePast()) {
+      internal::WorkerStatus a = status, b = last_published;
+      a.clear_updated_unix_nanos();
+      b.clear_updated_unix_nanos();
+      if (google::protobuf::util::MessageDifferencer::Equals(a, b)) {
+        last_write = now;
+        return;
+      }
+    }
     absl::Status s = (*env)->Update([&](state_store::WriteTxn& txn) {
       return status_table.Put(txn, "worker", status);
     });
     if (!s.ok()) std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
+    last_published = status;
     last_write = now;
   };
   if (recovered) {
