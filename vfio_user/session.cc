@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -119,6 +121,7 @@ Session::Session(PciDevice* device, EventLoop* loop, SessionOptions options)
 Session::~Session() {
   if (conn_.valid()) Disconnect("session destroyed");
   if (loop_ && kick_fd_.valid()) loop_->Remove(kick_fd_.get());
+  if (run_progress_ != nullptr) ::munmap(const_cast<uint64_t*>(run_progress_), kJournalPage);
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Create(PciDevice* device, EventLoop* loop,
@@ -176,6 +179,17 @@ absl::Status Session::Init() {
     if (!journal_fd_.valid()) {
       return absl::InternalError(absl::StrCat("open journal ", options_.journal_path, ": ", std::strerror(errno)));
     }
+    // Page 1 of the journal: the run-progress word, a plain store (a killed
+    // process cannot tear an aligned 8-byte store; tmpfs keeps it).
+    struct stat st;
+    if (::fstat(journal_fd_.get(), &st) != 0 ||
+        (st.st_size < static_cast<off_t>(2 * kJournalPage) &&
+         ::ftruncate(journal_fd_.get(), 2 * kJournalPage) != 0)) {
+      return absl::InternalError(absl::StrCat("size journal: ", std::strerror(errno)));
+    }
+    void* p = ::mmap(nullptr, kJournalPage, PROT_READ | PROT_WRITE, MAP_SHARED, journal_fd_.get(), kJournalPage);
+    if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap journal: ", std::strerror(errno)));
+    run_progress_ = static_cast<volatile uint64_t*>(p);
   }
   return absl::OkStatus();
 }
@@ -199,6 +213,7 @@ absl::Status Session::Watch() {
 absl::Status Session::AttachClient(UniqueFd conn) {
   if (conn_.valid()) return absl::FailedPreconditionError("a client is already attached");
   if (!conn.valid()) return absl::InvalidArgumentError("invalid connection fd");
+  if (run_progress_ != nullptr) *run_progress_ = 0;  // about an older connection
   int fl = ::fcntl(conn.get(), F_GETFL);
   if (fl < 0 || ::fcntl(conn.get(), F_SETFL, fl | O_NONBLOCK) != 0) {
     return absl::InternalError(absl::StrCat("fcntl O_NONBLOCK: ", std::strerror(errno)));
@@ -939,15 +954,19 @@ bool Session::IsSelfDurable(const Message& msg) const {
 }
 
 int Session::DrainSelfDurable() {
-  // One peek (no control buffer) covers a run of small messages; each
-  // self-durable one is applied and then consumed on its own, so a kill
-  // leaves at most the one being applied to be applied again (re-applying a
+  // One peek (no control buffer) covers a run of small messages; the
+  // self-durable ones at its front are applied one by one and consumed
+  // together. After each apply the run-progress word records how many bytes
+  // of the run are applied (with their digest), so a successor consumes
+  // exactly those without applying them again (Resume) and re-applies at
+  // most the one message being applied when the process died (re-applying a
   // longer run could step a register back through older values).
   if (peek_buf_.empty()) peek_buf_.resize(16384);
   ssize_t n = ::recv(conn_.get(), peek_buf_.data(), peek_buf_.size(), MSG_PEEK | MSG_DONTWAIT);
   if (n <= 0) return 0;  // EOF, errors and EAGAIN: the regular path decides
   size_t off = 0;
   int handled = 0;
+  uint64_t digest = Fnv1a(nullptr, 0);  // of the run's first `off` bytes
   while (handled < kMaxMessagesPerRound && off + kHeaderSize <= static_cast<size_t>(n)) {
     Message msg;
     std::memcpy(&msg.hdr, peek_buf_.data() + off, kHeaderSize);
@@ -963,16 +982,30 @@ int Session::DrainSelfDurable() {
       Abandon();
       return -1;
     }
-    std::vector<uint8_t> sink(size);
-    if (!ConsumePeeked(sink)) return -1;
-    if (options_.crash_point && options_.crash_point(2)) {
+    digest = Fnv1a(peek_buf_.data() + off, size, digest);
+    off += size;
+    ++handled;
+    *run_progress_ = RunProgress(digest, off);
+    if (options_.crash_point && options_.crash_point(3)) {
       Abandon();
       return -1;
     }
-    off += size;
-    ++handled;
   }
+  if (handled == 0) return 0;
+  peek_buf_.resize(off);
+  const bool ok = ConsumePeeked(peek_buf_);
+  peek_buf_.resize(16384);
+  if (!ok) return -1;
+  if (options_.crash_point && options_.crash_point(2)) {
+    Abandon();
+    return -1;
+  }
+  *run_progress_ = 0;
   return handled;
+}
+
+uint64_t Session::RunProgress(uint64_t digest, size_t bytes) {
+  return (digest << 32) | static_cast<uint32_t>(bytes);
 }
 
 bool Session::HandleMessageCrashConsistent() {
@@ -1271,6 +1304,22 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Resume(PciDevice* device, Even
         s->JournalMark(last->seq());
       }
     }
+  }
+  if (s->run_progress_ != nullptr && *s->run_progress_ != 0) {
+    // A run of self-durable writes was applied up to here but maybe not
+    // consumed: if the socket head is still that prefix, consume it unapplied.
+    const uint64_t p = *s->run_progress_;
+    std::vector<uint8_t> raw(std::min<uint32_t>(static_cast<uint32_t>(p), 1u << 16));
+    ssize_t n = raw.empty() ? -1 : ::recv(s->conn_.get(), raw.data(), raw.size(), MSG_PEEK | MSG_DONTWAIT);
+    if (n == static_cast<ssize_t>(raw.size()) && RunProgress(Fnv1a(raw.data(), raw.size()), raw.size()) == p) {
+      size_t consumed = 0;
+      while (consumed < raw.size()) {
+        ssize_t c = ::recv(s->conn_.get(), raw.data(), raw.size() - consumed, MSG_DONTWAIT);
+        if (c <= 0) return absl::UnavailableError("consuming the applied writes failed");
+        consumed += static_cast<size_t>(c);
+      }
+    }
+    *s->run_progress_ = 0;
   }
   if (auto st = s->Watch(); !st.ok()) return st;
   return s;

@@ -113,8 +113,9 @@ struct SessionOptions {
   FdDepositor* fd_depositor = nullptr;
   // Test hook (crash_consistent mode): called at 1 = after the commit, 2 =
   // after consuming the request, 3 = after the journal mark, 4 = after the
-  // reply was sent (a self-durable posted write - see IsSelfDurable - is
-  // neither committed nor journalled: 1 = applied, 2 = consumed); returning true
+  // reply was sent (self-durable posted writes - see IsSelfDurable - are
+  // not committed: 1 = one applied, 3 = its progress recorded in the
+  // journal's run-progress word, 2 = the run consumed); returning true
   // makes the session Abandon() right there, as if the process died.
   std::function<bool(int stage)> crash_point;
 };
@@ -207,11 +208,17 @@ class Session {
   // reports as self-durable (PciDevice::WriteIsSelfDurable): nothing to
   // commit for it. False for anything malformed or wanting a reply.
   bool IsSelfDurable(const Message& msg) const;
-  // Crash-consistent mode: applies and consumes, one by one, the
-  // self-durable messages at the socket head (one peek for the run). Returns
-  // how many (0: none / nothing readable; -1: the session was abandoned or
+  // Crash-consistent mode: applies the self-durable messages at the socket
+  // head (one peek for the run), recording progress in the journal's
+  // run-progress word after each, then consumes them together. Returns how
+  // many (0: none / nothing readable; -1: the session was abandoned or
   // disconnected).
   int DrainSelfDurable();
+  // The run-progress word for the first `bytes` bytes of a run, given their
+  // FNV-1a digest: digest (low 32 bits, shifted up) | length (low 32 bits);
+  // 0 = no run in progress.
+  static uint64_t RunProgress(uint64_t digest, size_t bytes);
+  static constexpr size_t kJournalPage = 4096;
   // Crash-consistent mode: reads the peeked message (raw.size() bytes) off
   // the socket; false (after Disconnect) if that fails.
   bool ConsumePeeked(std::vector<uint8_t>& raw);
@@ -275,6 +282,7 @@ class Session {
   uint16_t next_server_msg_id_ = 0;
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
   std::vector<uint8_t> peek_buf_;  // DrainSelfDurable's look-ahead
+  volatile uint64_t* run_progress_ = nullptr;  // journal page 1 (mmapped)
   bool state_dirty_ = false;
   std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
   std::vector<std::string> pending_releases_;  // fd-store keys released by the next commit

@@ -375,22 +375,26 @@ TEST_F(ResumeTest, SelfDurablePostedWritesAreNotCommitted) {
   EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 3u);
 }
 
-// Kill around a self-durable posted write that follows a committed request
-// wanting a reply: at stage 1 (applied, still at the socket head) the
-// successor applies it again (harmless); at stage 2 (consumed) it does not.
-// Either way the stale stored reply of the committed request is not re-sent
-// and the committed request is not re-applied.
+// Kill around a run of self-durable posted writes (4 scratch writes sent in
+// one piece) that follows a committed request wanting a reply, at the 3rd
+// write: stage 1 (applied, progress not recorded) - the successor consumes
+// the 2 recorded ones unapplied and applies the 3rd again (harmless) and the
+// 4th; stage 3 (progress recorded) - it applies only the 4th; stage 2 (run
+// consumed, progress word not yet cleared) - nothing is applied again. The
+// stale stored reply of the committed request is never re-sent and that
+// request is not re-applied.
 class SelfDurableCrashTest : public ResumeTest, public ::testing::WithParamInterface<int> {};
 
-TEST_P(SelfDurableCrashTest, ResumeReappliesOnlyAnUnconsumedWrite) {
+TEST_P(SelfDurableCrashTest, ResumeReappliesAtMostTheWriteInFlight) {
   const int stage = GetParam();
   DurableCell cell;
+  std::atomic<int> hits{0};
   std::atomic<bool> armed{false}, died{false};
   SessionOptions o;
   o.crash_consistent = true;
   o.journal_path = dir_ + "/journal";
   o.crash_point = [&](int s) {
-    if (armed && s == stage) {
+    if (armed && s == stage && ++hits == (stage == 2 ? 1 : 3)) {
       armed = false;
       died = true;
       return true;
@@ -400,14 +404,27 @@ TEST_P(SelfDurableCrashTest, ResumeReappliesOnlyAnUnconsumedWrite) {
   auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false, &cell);
   ASSERT_TRUE(client_->Version().ok());
   ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 100).ok());  // committed, replied
+  std::vector<uint8_t> raw;
+  for (uint32_t i = 0; i < 4; ++i) {
+    Header h;
+    h.msg_id = static_cast<uint16_t>(0x500 + i);
+    h.command = kCmdRegionWrite;
+    h.flags = kFlagNoReply;
+    RegionAccess a{ExampleDevice::kScratch, kBar0, 4};
+    uint32_t v = 74 + i;
+    h.msg_size = kHeaderSize + sizeof(a) + 4;
+    AppendStruct(&raw, h);
+    AppendStruct(&raw, a);
+    AppendStruct(&raw, v);
+  }
   armed = true;
-  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, 77, /*posted=*/true).ok());
+  ASSERT_TRUE(client_->SendRaw(raw).ok());
   for (int i = 0; i < 2000 && !died; ++i) absl::SleepFor(absl::Milliseconds(1));
   ASSERT_TRUE(died);
   w->Die();
   w.reset();
-  EXPECT_EQ(cell.value, 77u);
-  EXPECT_EQ(cell.applies, 1u);
+  const uint32_t before = cell.applies;
+  EXPECT_EQ(before, stage == 2 ? 4u : 3u);
   SessionOptions o2 = o;
   o2.crash_point = nullptr;
   Worker successor(env_.get(), o2, &store_, ConnFromStore(), true, &cell);
@@ -418,13 +435,13 @@ TEST_P(SelfDurableCrashTest, ResumeReappliesOnlyAnUnconsumedWrite) {
   ASSERT_TRUE(acc.ok()) << acc.status();
   EXPECT_EQ(*acc, 100u);
   EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 77u);
-  EXPECT_EQ(cell.applies, stage == 1 ? 2u : 1u);
+  EXPECT_EQ(cell.applies, stage == 1 ? 5u : 4u);
   EXPECT_EQ(successor.session()->stats().replayed_replies, 0u);
   ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 1).ok());
   EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 101u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Stages, SelfDurableCrashTest, ::testing::Values(1, 2));
+INSTANTIATE_TEST_SUITE_P(Stages, SelfDurableCrashTest, ::testing::Values(1, 2, 3));
 
 // Plain persistence (not crash-consistent) skips the commit the same way.
 TEST_F(ResumeTest, SelfDurablePostedWritesSkipThePlainCommitToo) {
