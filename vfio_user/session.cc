@@ -961,7 +961,8 @@ int Session::DrainSelfDurable() {
   // exactly those without applying them again (Resume) and re-applies at
   // most the one message being applied when the process died (re-applying a
   // longer run could step a register back through older values).
-  if (peek_buf_.empty()) peek_buf_.resize(16384);
+  drained_all_ = false;
+  if (peek_buf_.empty()) peek_buf_.resize(kPeekSize);
   ssize_t n = ::recv(conn_.get(), peek_buf_.data(), peek_buf_.size(), MSG_PEEK | MSG_DONTWAIT);
   if (n <= 0) return 0;  // EOF, errors and EAGAIN: the regular path decides
   size_t off = 0;
@@ -992,9 +993,12 @@ int Session::DrainSelfDurable() {
     }
   }
   if (handled == 0) return 0;
+  // Everything readable was this run: no need to look again before the
+  // loop reports more (level-triggered; saves two failing reads per round).
+  drained_all_ = off == static_cast<size_t>(n) && static_cast<size_t>(n) < peek_buf_.size();
   peek_buf_.resize(off);
   const bool ok = ConsumePeeked(peek_buf_);
-  peek_buf_.resize(16384);
+  peek_buf_.resize(kPeekSize);
   if (!ok) return -1;
   if (options_.crash_point && options_.crash_point(2)) {
     Abandon();
@@ -1010,7 +1014,7 @@ uint64_t Session::RunProgress(uint64_t digest, size_t bytes) {
 
 bool Session::HandleMessageCrashConsistent() {
   // 0. A run of self-durable posted writes at the head (the doorbell path).
-  if (int d = DrainSelfDurable(); d != 0) return d > 0;
+  if (int d = DrainSelfDurable(); d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
   // 1. Peek the header (no control buffer: no fds are installed by this peek).
   Header h;
   ssize_t n = ::recv(conn_.get(), &h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);

@@ -281,7 +281,9 @@ class Session {
   DmaRwLayout dma_layout_ = DmaRwLayout::kSpec;  // resolved at VERSION
   uint16_t next_server_msg_id_ = 0;
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
+  static constexpr size_t kPeekSize = 8192;  // >= the largest WRITE_MULTI
   std::vector<uint8_t> peek_buf_;  // DrainSelfDurable's look-ahead
+  bool drained_all_ = false;       // the last drain emptied the socket
   volatile uint64_t* run_progress_ = nullptr;  // journal page 1 (mmapped)
   bool state_dirty_ = false;
   std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
