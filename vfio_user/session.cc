@@ -929,7 +929,11 @@ uint64_t Session::JournalRead() {
 
 bool Session::IsSelfDurable(const Message& msg) const {
   const Header& h = msg.hdr;
-  if ((h.flags & kFlagTypeMask) != kFlagTypeCommand || !(h.flags & kFlagNoReply)) return false;
+  // Only what Dispatch would accept (anything else takes the regular path).
+  if (h.flags != (kFlagTypeCommand | kFlagNoReply) || h.error != 0 || !negotiated_ ||
+      !msg.fds.empty() || msg.fds_truncated) {
+    return false;
+  }
   if (h.command == kCmdRegionWrite) {
     RegionAccess req;
     if (!LoadStruct(msg.payload, 0, &req) || msg.payload.size() - sizeof(RegionAccess) != req.count) {
@@ -963,22 +967,68 @@ int Session::DrainSelfDurable() {
   // longer run could step a register back through older values).
   drained_all_ = false;
   if (peek_buf_.empty()) peek_buf_.resize(kPeekSize);
-  ssize_t n = ::recv(conn_.get(), peek_buf_.data(), peek_buf_.size(), MSG_PEEK | MSG_DONTWAIT);
-  if (n <= 0) return 0;  // EOF, errors and EAGAIN: the regular path decides
+  ssize_t n;
+  {
+    // With a control buffer: fds anywhere in the look-ahead send every
+    // message through the regular path (which refuses a write carrying fds).
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
+    iovec iov{peek_buf_.data(), peek_buf_.size()};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof(cbuf);
+    n = ::recvmsg(conn_.get(), &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n <= 0) return 0;  // EOF, errors and EAGAIN: the regular path decides
+    bool fds = (mh.msg_flags & MSG_CTRUNC) != 0;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      fds = true;
+      size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < nfd; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        ::close(fd);
+      }
+    }
+    if (fds) return 0;
+  }
   size_t off = 0;
   int handled = 0;
   uint64_t digest = Fnv1a(nullptr, 0);  // of the run's first `off` bytes
-  while (handled < kMaxMessagesPerRound && off + kHeaderSize <= static_cast<size_t>(n)) {
-    Message msg;
-    std::memcpy(&msg.hdr, peek_buf_.data() + off, kHeaderSize);
-    const uint32_t size = msg.hdr.msg_size;
+  // The whole look-ahead (<= ~200 small writes): each costs little (a store
+  // and maybe a doorbell hook), one peek and one read serve them all.
+  while (off + kHeaderSize <= static_cast<size_t>(n)) {
+    Header h;
+    std::memcpy(&h, peek_buf_.data() + off, kHeaderSize);
+    const uint32_t size = h.msg_size;
     if (size < kHeaderSize || size > static_cast<size_t>(n) - off) break;
-    msg.payload.assign(peek_buf_.begin() + off + kHeaderSize, peek_buf_.begin() + off + size);
-    if (!IsSelfDurable(msg)) break;
+    const uint8_t* payload = peek_buf_.data() + off + kHeaderSize;
+    uint32_t err = 0;
+    if (h.command == kCmdRegionWrite && h.flags == (kFlagTypeCommand | kFlagNoReply) && h.error == 0 &&
+        negotiated_ && size >= kHeaderSize + sizeof(RegionAccess)) {
+      // The doorbell fast path: HandleRegionWrite without building a reply.
+      RegionAccess req;
+      std::memcpy(&req, payload, sizeof(req));
+      if (size - kHeaderSize - sizeof(RegionAccess) != req.count ||
+          !device_->WriteIsSelfDurable(req.region, req.offset, req.count)) {
+        break;
+      }
+      if (!CheckRegionAccess(req.region, req.offset, req.count, true).ok() ||
+          !device_->RegionWrite(req.region, req.offset,
+                                absl::MakeConstSpan(payload + sizeof(RegionAccess), req.count)).ok()) {
+        err = EINVAL;
+      }
+    } else {
+      Message msg;
+      msg.hdr = h;
+      msg.payload.assign(payload, payload + (size - kHeaderSize));
+      if (!IsSelfDurable(msg)) break;
+      err = Dispatch(msg).err;
+    }
     ++stats_.requests;
-    Reply reply = Dispatch(msg);
-    CountCommand(msg.hdr.command, reply.err != 0);
-    if (reply.err) ++stats_.posted_errors;
+    CountCommand(h.command, err != 0);
+    if (err) ++stats_.posted_errors;
     if (options_.crash_point && options_.crash_point(1)) {
       Abandon();
       return -1;
