@@ -443,6 +443,37 @@ TEST_P(SelfDurableCrashTest, ResumeReappliesAtMostTheWriteInFlight) {
 
 INSTANTIATE_TEST_SUITE_P(Stages, SelfDurableCrashTest, ::testing::Values(1, 2, 3));
 
+// A self-durable-looking posted write carrying an fd is refused like any
+// write with fds (the look-ahead sees the fd and leaves it to the regular
+// path); the writes around it are applied.
+TEST_F(ResumeTest, SelfDurableWriteWithFdsIsRefused) {
+  DurableCell cell;
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  Worker w(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, 5, /*posted=*/true).ok());
+  std::vector<uint8_t> raw;
+  Header h;
+  h.msg_id = 0x600;
+  h.command = kCmdRegionWrite;
+  h.flags = kFlagNoReply;
+  RegionAccess a{ExampleDevice::kScratch, kBar0, 4};
+  uint32_t v = 99;
+  h.msg_size = kHeaderSize + sizeof(a) + 4;
+  AppendStruct(&raw, h);
+  AppendStruct(&raw, a);
+  AppendStruct(&raw, v);
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  ASSERT_TRUE(client_->SendRaw(raw, absl::MakeConstSpan(&fd, 1)).ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, 6, /*posted=*/true).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 6u);
+  EXPECT_EQ(cell.applies, 2u);
+  EXPECT_EQ(w.session()->stats().posted_errors, 1u);
+}
+
 // Plain persistence (not crash-consistent) skips the commit the same way.
 TEST_F(ResumeTest, SelfDurablePostedWritesSkipThePlainCommitToo) {
   DurableCell cell;
