@@ -69,8 +69,15 @@ namespace emud::dataplane {
 namespace {
 
 std::atomic<bool> g_stop{false};
+std::atomic<bool> g_exit_now{false};  // persisted under emud: SIGTERM = a crash
 vfio_user::EventLoop* g_loop = nullptr;
 void OnSignal(int) {
+  // Every instant is a consistent crash point for a persisted worker (what
+  // tests/chaos verifies), so under emud SIGTERM simply ends the process and
+  // leaves the guest's session, fds and state to the successor - this is how
+  // `emuctl upgrade-worker` hands a running guest over. Deleting the device
+  // is what closes the connection (emud releases the fds).
+  if (g_exit_now.load()) _exit(0);
   g_stop.store(true);
   if (g_loop) g_loop->Stop();
 }
@@ -161,6 +168,7 @@ int Main() {
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
+  sa.sa_flags = SA_RESTART;  // no EINTR in a reply's sendmsg or an fd-store ack
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
 
@@ -311,6 +319,9 @@ int Main() {
     depositor.Release(key);
   }
   fds.clear();
+
+  g_exit_now.store(store != nullptr && persist);
+  if (g_stop.load() && g_exit_now.load()) _exit(0);  // SIGTERM during start-up
 
   // emud going away: keep serving, reconnect to its listening socket.
   bool store_watched = false;
@@ -470,13 +481,6 @@ int Main() {
   }
   publish(true);
   std::fprintf(stderr, "emud-worker: %s stopping\n", name.c_str());
-  if (store != nullptr && persist) {
-    // Under emud the guest's connection belongs to the fd store: leave it
-    // (and every fd) to the successor, as a killed worker would - this is
-    // how `emuctl upgrade-worker` hands a running guest over. Deleting the
-    // device is what closes it (emud releases the fds).
-    (*server)->session().Abandon();
-  }
   server->reset();
   return 0;
 }

@@ -122,6 +122,7 @@ Session::~Session() {
   if (conn_.valid()) Disconnect("session destroyed");
   if (loop_ && kick_fd_.valid()) loop_->Remove(kick_fd_.get());
   if (run_progress_ != nullptr) ::munmap(const_cast<uint64_t*>(run_progress_), kJournalPage);
+  if (reply_mark_ != nullptr) ::munmap(const_cast<uint64_t*>(reply_mark_), kJournalPage);
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Create(PciDevice* device, EventLoop* loop,
@@ -190,6 +191,15 @@ absl::Status Session::Init() {
     void* p = ::mmap(nullptr, kJournalPage, PROT_READ | PROT_WRITE, MAP_SHARED, journal_fd_.get(), kJournalPage);
     if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap journal: ", std::strerror(errno)));
     run_progress_ = static_cast<volatile uint64_t*>(p);
+    // The "replying N" mark is a store to shared memory, not a pwrite: a
+    // SIGKILL pending while the worker is in a syscall is delivered at that
+    // syscall's exit, so a pwrite mark made "mark done, reply not sent" the
+    // likely outcome of a kill landing during the mark (tests/chaos saw lost
+    // replies). Only user-mode instructions now separate the mark from
+    // sendmsg.
+    void* m = ::mmap(nullptr, kJournalPage, PROT_READ | PROT_WRITE, MAP_SHARED, journal_fd_.get(), 0);
+    if (m == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap journal: ", std::strerror(errno)));
+    reply_mark_ = static_cast<volatile uint64_t*>(m);
   }
   return absl::OkStatus();
 }
@@ -918,6 +928,10 @@ absl::Status Session::Commit(const std::function<absl::Status(state_store::Write
 
 void Session::JournalMark(uint64_t seq) {
   if (!journal_fd_.valid()) return;
+  if (reply_mark_ != nullptr) {
+    __atomic_store_n(const_cast<uint64_t*>(reply_mark_), seq, __ATOMIC_SEQ_CST);
+    return;
+  }
   [[maybe_unused]] ssize_t n = ::pwrite(journal_fd_.get(), &seq, sizeof(seq), 0);
 }
 

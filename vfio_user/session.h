@@ -285,6 +285,7 @@ class Session {
   std::vector<uint8_t> peek_buf_;  // DrainSelfDurable's look-ahead
   bool drained_all_ = false;       // the last drain emptied the socket
   volatile uint64_t* run_progress_ = nullptr;  // journal page 1 (mmapped)
+  volatile uint64_t* reply_mark_ = nullptr;    // journal page 0: "replying N" (mmapped)
   bool state_dirty_ = false;
   std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
   std::vector<std::string> pending_releases_;  // fd-store keys released by the next commit
