@@ -732,9 +732,11 @@ absl::StatusOr<v1::Device> DeviceManager::UpgradeWorker(const std::string& name,
     return absl::AbortedError(
         absl::StrCat("another operation on device '", name, "' is in progress; retry"));
   }
-  // Until the fd store (issue 7) hands the session to the successor, the
-  // old worker stops before the new one starts (the guest sees the socket
-  // close).
+  // The old worker stops (a persisted emud-worker exits at once on SIGTERM,
+  // leaving the guest's session to the fd store), then the new one starts
+  // with the device's fds and resumes the session: the guest keeps its
+  // connection (tests/chaos upgrades under traffic). The gap is one worker
+  // start-up.
   d->busy = true;
   d->restart_at.reset();
   s = StopWorkerLocked(*d, deadline);
