@@ -399,6 +399,11 @@ void DeviceManager::HandleExitLocked(Dev& d) {
   }
   d.started = started;
   WorkerFailedLocked(d, reason);
+  // Restart due now (a worker killed after a healthy run): spawn it here
+  // rather than one loop round later - the guest is waiting.
+  if (d.restart_at.has_value() && *d.restart_at <= absl::Now() && !d.rec.failed()) {
+    StartWorkerLocked(d, /*count_restart=*/true);
+  }
 }
 
 absl::Status DeviceManager::StopWorkerLocked(Dev& d, absl::Time deadline) {
