@@ -284,6 +284,18 @@ int Main() {
         resumed = std::move(*s);
         datapath.Recover();
         recovered = true;
+        // Inherited session fds that the restored state no longer names: the
+        // predecessor was killed after committing an unmap (or before
+        // committing a map) and before releasing the key. Release them now,
+        // before any request can deposit the same key again.
+        for (auto it = fds.begin(); it != fds.end();) {
+          if (absl::StartsWith(it->first, "dma/") || absl::StartsWith(it->first, "irq/")) {
+            if (store != nullptr) depositor.Release(it->first);
+            it = fds.erase(it);
+          } else {
+            ++it;
+          }
+        }
       } else if (s.status().code() != absl::StatusCode::kNotFound) {
         return Fail("resume", s.status());
       }

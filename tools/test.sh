@@ -14,11 +14,15 @@ failures=()
 log=$(mktemp)
 bazel test //... --keep_going 2>&1 | tee "$log"
 bazel_rc=${PIPESTATUS[0]}
-p=$(grep -cE '^//[^ ]+ +PASSED' "$log" || true)
-f=$(grep -cE '^//[^ ]+ +(FAILED|TIMEOUT|NO STATUS|INCOMPLETE|REMOTE FAILURE|FLAKY)' "$log" || true)
-passed=$((passed + p))
+p=$(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$log" || true)
+# A test marked flaky=True that failed and then passed on a retry counts as
+# passed, but is listed below: it points at an open bug, not at a green test.
+k=$(grep -cE '^//[^ ]+ +FLAKY' "$log" || true)
+f=$(grep -cE '^//[^ ]+ +(FAILED|TIMEOUT|NO STATUS|INCOMPLETE|REMOTE FAILURE)' "$log" || true)
+passed=$((passed + p + k))
 failed=$((failed + f))
-while read -r t; do failures+=("$t"); done < <(grep -E '^//[^ ]+ +(FAILED|TIMEOUT|NO STATUS|INCOMPLETE|FLAKY)' "$log" | awk '{print $1}')
+flaky=$(grep -E '^//[^ ]+ +FLAKY' "$log" | awk '{print $1}' || true)
+while read -r t; do failures+=("$t"); done < <(grep -E '^//[^ ]+ +(FAILED|TIMEOUT|NO STATUS|INCOMPLETE|REMOTE FAILURE)' "$log" | awk '{print $1}')
 if [[ $bazel_rc -ne 0 && $f -eq 0 ]]; then
   # Build failure or no test ran: count it, never report green.
   failed=$((failed + 1))
@@ -38,6 +42,10 @@ for suite in tests/suites/*.sh; do
   fi
 done
 
+if [[ -n "$flaky" ]]; then
+  echo "flaky (failed, then passed on a retry; see the test's BUILD comment):"
+  for t in $flaky; do echo "  $t"; done
+fi
 if ((failed > 0)); then
   echo "failed:"
   for t in "${failures[@]}"; do echo "  $t"; done
