@@ -23,6 +23,10 @@ struct VfioUserBusOptions {
   // region is mmappable; a later read orders them.
   bool posted_writes = false;
   absl::Duration timeout = absl::Seconds(10);
+  // mmap BAR0's sparse areas (when the server offers a region fd) and access
+  // registers inside them with plain loads and stores, as a VMM maps them
+  // into the guest. Like QEMU, a bus with a mapped area never posts writes.
+  bool map_sparse_areas = false;
 };
 
 class VfioUserBus : public GuestBus {
@@ -47,10 +51,21 @@ class VfioUserBus : public GuestBus {
   vfio_user::Client& client() { return *client_; }
   uint32_t msix_vectors_supported() const { return msix_supported_; }
   uint64_t total_fired(uint32_t v) const { return v < total_.size() ? total_[v] : 0; }
+  // Bytes of BAR0 accessed through a mapping (0 = every access is a message).
+  size_t mapped_bytes() const;
 
  private:
   VfioUserBus() = default;
   absl::Status SetMsixEnableBit(bool on);
+  absl::Status MapSparseAreas();
+  // The mapped register at BAR0 `offset`, or nullptr.
+  volatile uint32_t* Mapped(uint32_t offset) const;
+
+  struct MappedArea {
+    uint64_t offset = 0, size = 0;
+    void* base = nullptr;
+  };
+  std::vector<MappedArea> mapped_;
 
   VfioUserBusOptions options_;
   std::unique_ptr<vfio_user::Client> client_;
