@@ -265,9 +265,21 @@ uint32_t Device::ReadReg(uint32_t off) {
     return irq_->dyn_ctln((off - VfintDynCtln1(0)) / 4);
   }
   if (InRange(off, VfintItr01(0), kNumItrIndexes)) return irq_->itr01((off - VfintItr01(0)) / 4);
-  if (InRange(off, VfqfHena(0), kNumHenaRegs)) return hena_reg_[(off - VfqfHena(0)) / 4];
-  if (InRange(off, VfqfHkey(0), kNumHkeyRegs)) return hkey_reg_[(off - VfqfHkey(0)) / 4];
-  if (InRange(off, VfqfHlut(0), kNumHlutRegs)) return hlut_reg_[(off - VfqfHlut(0)) / 4];
+  // The RSS registers are the VF's view of the same hash configuration the
+  // PF programs for virtchnl (i40e writes VFQF_HENA1/HKEY1/HLUT1 for both).
+  if (InRange(off, VfqfHena(0), kNumHenaRegs)) {
+    return static_cast<uint32_t>(rss_.hena >> (32 * ((off - VfqfHena(0)) / 4)));
+  }
+  if (InRange(off, VfqfHkey(0), kNumHkeyRegs)) {
+    uint32_t v;
+    std::memcpy(&v, rss_.key.data() + (off - VfqfHkey(0)), 4);
+    return v;
+  }
+  if (InRange(off, VfqfHlut(0), kNumHlutRegs)) {
+    uint32_t v;
+    std::memcpy(&v, rss_.lut.data() + (off - VfqfHlut(0)), 4);
+    return v;
+  }
   switch (off) {
     case kVfintIcr01:
       Touch(1u << kRecIrq);
@@ -317,16 +329,23 @@ void Device::WriteReg(uint32_t off, uint32_t value) {
   }
   // RSS registers (RSS_REG path). Linux writes one dword past HKEY and HLUT;
   // those offsets decode to nothing and are ignored.
+  // Register writes take effect on the hash configuration the data path
+  // uses (iavf_main.c:iavf_init_rss / iavf_config_rss_reg, the RSS_REG path).
   if (InRange(off, VfqfHena(0), kNumHenaRegs)) {
-    hena_reg_[(off - VfqfHena(0)) / 4] = value;
+    const uint32_t i = (off - VfqfHena(0)) / 4;
+    hena_reg_[i] = value;
+    const uint64_t mask = uint64_t{0xFFFFFFFF} << (32 * i);
+    rss_.hena = (rss_.hena & ~mask) | (uint64_t{value} << (32 * i));
     return;
   }
   if (InRange(off, VfqfHkey(0), kNumHkeyRegs)) {
     hkey_reg_[(off - VfqfHkey(0)) / 4] = value;
+    std::memcpy(rss_.key.data() + (off - VfqfHkey(0)), &value, 4);
     return;
   }
   if (InRange(off, VfqfHlut(0), kNumHlutRegs)) {
     hlut_reg_[(off - VfqfHlut(0)) / 4] = value;
+    std::memcpy(rss_.lut.data() + (off - VfqfHlut(0)), &value, 4);
     return;
   }
   switch (off) {
@@ -399,7 +418,7 @@ uint32_t Device::RecordsWrittenBy(uint32_t off) const {
     default:
       break;
   }
-  if (off >= VfqfHena(0)) return 1u << kRecRegs;  // RSS registers
+  if (off >= VfqfHena(0)) return (1u << kRecRegs) | (1u << kRecVf);  // RSS registers (rss_)
   return 1u << kRecIrq;                           // interrupt block
 }
 

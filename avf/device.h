@@ -60,11 +60,21 @@ using MacAddr = std::array<uint8_t, 6>;
 inline constexpr uint32_t kDefaultSupportedCaps =
     vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr | vc::kCapReqQueues | vc::kCapAdvLinkSpeed;
 
-// RSS hash types (i40e PCTYPE bits) offered by GET_RSS_HENA_CAPS: IPv4/IPv6
-// TCP, UDP, SCTP, other, fragments, and L2 payload.
-inline constexpr uint64_t kRssHenaCaps =
-    (1ull << 31) | (1ull << 33) | (1ull << 34) | (1ull << 35) | (1ull << 36) | (1ull << 41) |
-    (1ull << 43) | (1ull << 44) | (1ull << 45) | (1ull << 46) | (1ull << 63);
+// RSS hash types (i40e PCTYPE bits) the VF hashes on after power-on and
+// every VF reset, before (and unless) the driver sends SET_RSS_HENA: the
+// PF's default, I40E_DEFAULT_RSS_HENA - IPv4/IPv6 UDP (31/41), TCP (33/43),
+// SCTP (35/45), other (36/46), fragments (38/48) and L2 payload (63). The
+// i40e PF programs it into the VF's HENA when it creates the VF VSI
+// (i40e_virtchnl_pf.c:i40e_alloc_vsi_res) and ice does the same
+// (ice_vsi_set_vf_rss_flow_fld); Linux iavf with RSS_PF never sends
+// SET_RSS_HENA (iavf_main.c:iavf_init_rss only queues CONFIG_RSS_KEY/LUT), so
+// without this default a Linux guest gets no RSS hash and no spreading.
+inline constexpr uint64_t kRssHenaDefault =
+    (1ull << 31) | (1ull << 33) | (1ull << 35) | (1ull << 36) | (1ull << 38) | (1ull << 41) |
+    (1ull << 43) | (1ull << 45) | (1ull << 46) | (1ull << 48) | (1ull << 63);
+// RSS hash types offered by GET_RSS_HENA_CAPS (and accepted by SET_RSS_HENA):
+// the default plus the "expanded" TCP SYN-without-ACK types (34/44).
+inline constexpr uint64_t kRssHenaCaps = kRssHenaDefault | (1ull << 34) | (1ull << 44);
 
 inline constexpr uint16_t kVsiId = 1;
 
@@ -123,7 +133,7 @@ enum class QueueKind : uint8_t { kRx, kTx };
 struct RssConfig {
   std::array<uint8_t, kRssKeySize> key{};
   std::array<uint8_t, kRssLutSize> lut{};
-  uint64_t hena = 0;
+  uint64_t hena = kRssHenaDefault;  // the PF default until SET_RSS_HENA
   uint32_t hfunc = 0;  // 0 Toeplitz, 1 XOR, 2 symmetric Toeplitz, 3 symmetric XOR
 };
 

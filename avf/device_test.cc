@@ -1,5 +1,6 @@
 #include "avf/device.h"
 
+#include <array>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -345,6 +346,79 @@ TEST_F(DeviceTest, RssRegistersAcceptTheOnePastTheEndWrites) {
   EXPECT_EQ(dev_->ReadReg(VfqfHlut(15)), 15u);
   EXPECT_EQ(dev_->ReadReg(VfqfHlut(16)), 0u);
   EXPECT_EQ(dev_->ReadReg(VfqfHena(0)), 0xdeadbeefu);
+}
+
+// iavf_main.c:iavf_init_rss with RSS_PF only queues CONFIG_RSS_KEY/LUT; the
+// hash types are the PF's default (i40e_virtchnl_pf.c:i40e_alloc_vsi_res
+// programs I40E_DEFAULT_RSS_HENA), and they come back after every VF reset.
+TEST_F(DeviceTest, RssHashTypesDefaultToThePfDefaultWithoutSetRssHena) {
+  Negotiate();
+  EXPECT_EQ(dev_->rss().hena, kRssHenaDefault);
+  for (int bit : {31, 33, 35, 36, 38, 41, 43, 45, 46, 48, 63}) {
+    EXPECT_TRUE(dev_->rss().hena >> bit & 1) << "PCTYPE " << bit;
+  }
+  EXPECT_EQ(dev_->ReadReg(VfqfHena(0)), static_cast<uint32_t>(kRssHenaDefault));
+  EXPECT_EQ(dev_->ReadReg(VfqfHena(1)), static_cast<uint32_t>(kRssHenaDefault >> 32));
+  ArqMessage caps = Call(vc::kOpGetRssHenaCaps, {});
+  ASSERT_EQ(caps.payload.size(), 8u);
+  EXPECT_EQ(vc::Load<uint64_t>(caps.payload, 0) & kRssHenaDefault, kRssHenaDefault)
+      << "the default is within the capabilities";
+  // DPDK clears it (SET_RSS_HENA(0)); a VF reset brings the default back.
+  EXPECT_EQ(Status(vc::kOpSetRssHena, Bytes().Add(uint64_t{0}).span()), 0);
+  EXPECT_EQ(dev_->rss().hena, 0u);
+  drv_->Send(vc::kOpResetVf, {});
+  EXPECT_EQ(dev_->rss().hena, kRssHenaDefault);
+  EXPECT_EQ(dev_->ReadReg(VfqfHena(1)), static_cast<uint32_t>(kRssHenaDefault >> 32));
+}
+
+// The RSS_REG path (iavf_main.c:iavf_init_rss / iavf_config_rss_reg) writes
+// the hash configuration through registers; it must reach what the data
+// path hashes with, including iavf_config_rss_reg's one-past-the-end loop.
+TEST_F(DeviceTest, RssRegisterWritesConfigureTheHash) {
+  Negotiate();
+  std::array<uint8_t, kRssKeySize> key;
+  std::array<uint8_t, kRssLutSize> lut;
+  for (uint32_t i = 0; i < key.size(); ++i) key[i] = static_cast<uint8_t>(0x80 + i);
+  for (uint32_t i = 0; i < lut.size(); ++i) lut[i] = static_cast<uint8_t>(i % 3);
+  const uint64_t hena = (1ull << 31) | (1ull << 33) | (1ull << 41) | (1ull << 43);
+  dev_->WriteReg(VfqfHena(0), static_cast<uint32_t>(hena));
+  dev_->WriteReg(VfqfHena(1), static_cast<uint32_t>(hena >> 32));
+  for (uint32_t i = 0; i <= kRssKeySize / 4; ++i) {
+    uint32_t v = 0xFFFFFFFF;  // Linux reads past its key buffer here
+    if (i < kNumHkeyRegs) std::memcpy(&v, key.data() + 4 * i, 4);
+    dev_->WriteReg(VfqfHkey(i), v);
+  }
+  for (uint32_t i = 0; i <= kRssLutSize / 4; ++i) {
+    uint32_t v = 0xFFFFFFFF;
+    if (i < kNumHlutRegs) std::memcpy(&v, lut.data() + 4 * i, 4);
+    dev_->WriteReg(VfqfHlut(i), v);
+  }
+  EXPECT_EQ(dev_->rss().hena, hena);
+  EXPECT_EQ(dev_->rss().key, key);
+  EXPECT_EQ(dev_->rss().lut, lut);
+  // And virtchnl-programmed values read back through the registers.
+  Bytes k;
+  k.Add(uint16_t{kVsiId}).Add(uint16_t{52});
+  for (int i = 0; i < 52; ++i) k.Add(static_cast<uint8_t>(i));
+  ASSERT_EQ(Status(vc::kOpConfigRssKey, k.span()), 0);
+  EXPECT_EQ(dev_->ReadReg(VfqfHkey(1)), 0x07060504u);
+}
+
+// iavf_setup_tx_descriptors restarts next_to_use at 0 and only
+// iavf_tx_map writes QTX_TAIL; after ndo_stop/ndo_open (DISABLE_QUEUES,
+// CONFIG_VSI_QUEUES with a new ring, ENABLE_QUEUES) a stale TX tail would
+// make the device fetch the new ring's descriptors before they are posted.
+TEST_F(DeviceTest, ConfigVsiQueuesRestartsTxTailsAndKeepsRxTails) {
+  BringUp(2);
+  dev_->WriteReg(QtxTail(0), 37);
+  dev_->WriteReg(QtxTail(1), 5);
+  ASSERT_EQ(Status(vc::kOpDisableQueues, Select(3, 3).span()), 0);
+  dev_->WriteReg(QrxTail(0), 511);  // iavf_configure posts RX buffers first
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(1).span()), 0);
+  EXPECT_EQ(dev_->TxTail(0), 0u);
+  EXPECT_EQ(dev_->ReadReg(QtxTail(0)), 0u);
+  EXPECT_EQ(dev_->RxTail(0), 511u);
+  EXPECT_EQ(dev_->TxTail(1), 5u) << "queue 1 was not reconfigured";
 }
 
 // ------------------------------------------------------------ lengths and bad input
