@@ -255,8 +255,9 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       }
     }
     if (!eop) {
-      if (ndesc >= n || (nbuf > limits_.max_tso_buffers)) {
-        // A chain that can never end: drop everything scanned.
+      if (ndesc + 1 >= n || (nbuf > limits_.max_tso_buffers)) {
+        // A chain that can never end (the driver can post at most
+        // ring_len - 1 descriptors): drop everything scanned.
         Count(hot_->errors, 1);
         Count(hot_->drops, 1);
         h = scan;

@@ -68,7 +68,12 @@ uint8_t ClassifyPtype(FrameView frame);
 struct QueueLimits {
   uint32_t max_frame = 9728;         // non-TSO frame limit (IAVF_FRAME_SIZE_MAX)
   uint32_t max_tx_buffers = 8;       // data descriptors per non-TSO packet
-  uint32_t max_tso_buffers = 32;     // data descriptors per TSO packet
+  // Data descriptors per TSO packet. Linux bounds only each MSS worth of a
+  // GSO skb to 8 buffers (iavf_txrx.c:__iavf_chk_linearize), not the whole
+  // skb: head + MAX_SKB_FRAGS (17, up to 45 when configured) frags, each
+  // split at 12 KiB by iavf_tx_map, legitimately exceeds 32. 64 is the
+  // engine's per-packet array bound.
+  uint32_t max_tso_buffers = 64;
   uint32_t max_tso_bytes = 262143;   // 18-bit TSO_LEN + headers
 };
 

@@ -165,6 +165,45 @@ TEST_F(QueuesTest, TxTsoWithContextDescriptor) {
   EXPECT_EQ(q.stats().packets.load(), 3u);
 }
 
+// A GSO skb as iavf_tx_map lays it out with many small frags: header in the
+// head, 39 payload frags of 512 bytes (every 6 consecutive frags >= MSS, so
+// __iavf_chk_linearize does not linearize it): 40 data descriptors.
+TEST_F(QueuesTest, TxTsoWithManyFragmentsAsLinuxSendsThem) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  const uint32_t frags = 39, frag_len = 512, mss = 1448;
+  const uint32_t payload = frags * frag_len;
+  std::vector<uint8_t> h(54, 0);
+  h[12] = 0x08;
+  h[14] = 0x45;
+  h[23] = 6;
+  h[14 + 20 + 12] = 5 << 4;
+  h[14 + 20 + 13] = 0x10;  // ACK
+  Qw(kTxRing + 0) = 0;
+  Qw(kTxRing + 8) = txd::ContextQw1(txd::kCtxCmdTso, payload, mss);
+  const uint32_t cmd = (3u << 5) | (1u << 8);
+  std::memcpy(At(Buf(0)), h.data(), h.size());
+  TxDesc(1, Buf(0), 54, cmd, txd::Offsets(14, 20, 20));
+  for (uint32_t i = 0; i < frags; ++i) {
+    std::memset(At(Buf(1 + i)), int(i), frag_len);
+    const bool last = i + 1 == frags;
+    TxDesc(2 + i, Buf(1 + i), frag_len, cmd | (last ? txd::kCmdEop | txd::kCmdRs : 0),
+           txd::Offsets(14, 20, 20));
+  }
+  const uint32_t tail = 2 + frags;
+  q.Process(tail, dma_, backend_, 64);
+  const uint32_t nseg = (payload + mss - 1) / mss;
+  ASSERT_EQ(backend_.sent.size(), nseg);
+  size_t got = 0;
+  for (const auto& s : backend_.sent) got += s.size() - 54;
+  EXPECT_EQ(got, payload);
+  EXPECT_EQ(backend_.sent[1][54], uint8_t(mss / frag_len)) << "payload bytes in order";
+  EXPECT_EQ(Qw(kTxRing + (tail - 1) * 16 + 8) & 0xF, 0xFu);
+  EXPECT_EQ(q.head(), tail);
+  EXPECT_EQ(q.stats().drops.load(), 0u);
+}
+
 TEST_F(QueuesTest, TxBadInputIsCountedNeverFollowed) {
   TxQueue q(0, state_->tx(0));
   ASSERT_TRUE(q.Configure(kTxRing, 64).ok());
