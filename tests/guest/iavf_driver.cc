@@ -769,24 +769,37 @@ absl::Status IavfDriver::ResetTask(bool request_reset) {
   if (auto s = ShutdownAdminQueue(); !s.ok()) return s;
   if (auto s = InitAdminQueue(); !s.ok()) return s;
   // aq_required = GET_CONFIG | MAP_VECTORS | ADD_MAC (+ RSS key/LUT from
-  // iavf_init_rss), processed in watchdog priority order.
+  // iavf_init_rss), processed later by the watchdog in priority order; the
+  // reset task itself first re-enables the misc vector and, if the netdev
+  // was running, rebuilds the rings (RX buffers posted, QRX_TAIL written:
+  // iavf_configure), goes __IAVF_RUNNING (iavf_up_complete) and arms the
+  // queue vectors (iavf_irq_enable) - all before GET_VF_RESOURCES is sent.
   if (auto s = MiscIrqEnable(); !s.ok()) return s;
+  if (was_running) {
+    if (auto s = SetupRings(); !s.ok()) return s;
+    running_ = true;
+    if (auto s = MiscIrqEnable(); !s.ok()) return s;
+    if (auto s = IrqEnableQueues(); !s.ok()) return s;
+  }
   if (auto s = GetResources(); !s.ok()) return s;
   const uint32_t queues = std::min(vf_qps_, options_.max_queues);
   if (queues != num_queues_) {
-    // iavf_reinit_interrupt_scheme
+    // iavf_reinit_interrupt_scheme (Linux does it earlier, from the queue
+    // count it asked for; the test guest learns it from the reply).
     num_queues_ = queues;
     num_msix_ = std::min(num_queues_ + 1, max_vectors_);
     if (auto s = bus_->DisableMsix(); !s.ok()) return s;
     if (auto s = bus_->EnableMsix(num_msix_); !s.ok()) return s;
     if (auto s = MiscIrqEnable(); !s.ok()) return s;
+    if (was_running) {
+      FreeRings();
+      if (auto s = SetupRings(); !s.ok()) return s;
+      if (auto s = IrqEnableQueues(); !s.ok()) return s;
+    }
   }
   if (auto s = MapVectors(); !s.ok()) return s;
   if (auto s = AddPrimaryMac(); !s.ok()) return s;
   if (was_running) {
-    if (auto s = SetupRings(); !s.ok()) return s;
-    running_ = true;
-    if (auto s = IrqEnableQueues(); !s.ok()) return s;
     if (auto s = ConfigureQueues(); !s.ok()) return s;
     if (auto s = EnableQueues(); !s.ok()) return s;
   }

@@ -9,16 +9,17 @@
 //            (ATQH must have advanced); GET_VF_RESOURCES with Linux's caps;
 //            MSI-X (queues + 1); misc vector enable (DYN_CTL01, ICR0_ENA1);
 //            CONFIG_IRQ_MAP (queue vectors, misc last); with RSS_PF:
-//            [GET_RSS_HENA_CAPS, SET_RSS_HENA,] CONFIG_RSS_KEY, CONFIG_RSS_LUT;
+//            CONFIG_RSS_KEY, CONFIG_RSS_LUT (hash types: the PF default);
 //            with only RSS_REG: the HENA/HKEY/HLUT registers.
 //   Open():  ring allocation, RX buffers posted and QRX_TAIL written, queue
 //            vectors armed, then ADD_ETH_ADDR, CONFIG_VSI_QUEUES,
 //            ENABLE_QUEUES, and the LINK_CHANGE event (link up).
 //   Reset(): iavf_reset_task with RESET_NEEDED: misc irq off, AQ shutdown +
 //            re-init, RESET_VF, poll ARQLEN.ENABLE == 0, poll RSTAT ==
-//            VFACTIVE, AQ re-init, GET_VF_RESOURCES (no VERSION),
-//            CONFIG_IRQ_MAP, ADD_ETH_ADDR and, if it was open, the queues
-//            again, then the RSS key/LUT.
+//            VFACTIVE, AQ re-init, misc irq on, if it was open: rings and
+//            QRX_TAIL, queue vectors armed; then GET_VF_RESOURCES (no
+//            VERSION), CONFIG_IRQ_MAP, ADD_ETH_ADDR and, if it was open,
+//            CONFIG_VSI_QUEUES + ENABLE_QUEUES, then the RSS key/LUT.
 // Messages use the drivers' historical lengths (one array element more).
 // At most one virtchnl request is outstanding; replies are collected from
 // the ARQ on the misc interrupt (vector 0) or by polling, events handled as
@@ -77,10 +78,11 @@ struct DriverOptions {
   uint32_t ring_size = 512;     // IAVF_DEFAULT_TXD / RXD
   uint32_t rx_buf_len = 1536;   // databuffer_size for MTU 1500
   uint32_t max_frame = 9728;
-  // GET_RSS_HENA_CAPS + SET_RSS_HENA before the RSS key/LUT at init (what
-  // DPDK does at configure; Linux sends them on ethtool -N rx-flow-hash and
-  // otherwise only KEY and LUT).
-  bool hena_at_init = true;
+  // GET_RSS_HENA_CAPS + SET_RSS_HENA before the RSS key/LUT at init. Linux
+  // never does: with RSS_PF, iavf_main.c:iavf_init_rss queues only
+  // CONFIG_RSS_KEY and CONFIG_RSS_LUT and the hash types stay the PF's
+  // default (i40e_alloc_vsi_res). DPDK's flavour sends its own.
+  bool hena_at_init = false;
   // Per virtchnl reply (Linux has none for most ops; DPDK waits ~2 s).
   absl::Duration reply_timeout = absl::Seconds(5);
   // Poll interval while waiting (Linux watchdog: 20 ms when busy).

@@ -51,11 +51,12 @@ TEST_F(GuestTest, LinuxBringUpSequenceReachesLinkUp) {
   ASSERT_TRUE(drv_->Open().ok());
   EXPECT_TRUE(drv_->link_up());
   EXPECT_EQ(drv_->link_speed(), 25000u);
+  // iavf_process_aq_command priority order; no HENA ops (iavf_init_rss).
   const std::vector<std::string> want = {
-      "VERSION",          "GET_VF_RESOURCES", "CONFIG_IRQ_MAP",    "GET_RSS_HENA_CAPS",
-      "SET_RSS_HENA",     "CONFIG_RSS_KEY",   "CONFIG_RSS_LUT",    "ADD_ETH_ADDR",
-      "CONFIG_VSI_QUEUES", "ENABLE_QUEUES"};
+      "VERSION",        "GET_VF_RESOURCES", "CONFIG_IRQ_MAP",    "CONFIG_RSS_KEY",
+      "CONFIG_RSS_LUT", "ADD_ETH_ADDR",     "CONFIG_VSI_QUEUES", "ENABLE_QUEUES"};
   EXPECT_EQ(drv_->trace(), want);
+  EXPECT_EQ(dev_->rss().hena, avf::kRssHenaDefault) << "RSS hashes on the PF's default types";
   EXPECT_EQ(drv_->num_active_queues(), 4u);
   EXPECT_EQ(drv_->num_msix_vectors(), 5u);
   EXPECT_EQ(drv_->caps() & (vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr),
