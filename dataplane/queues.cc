@@ -474,7 +474,7 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
       // Give the buffer back marked bad (RXE + EOF): the driver discards the
       // frame and recycles the buffer; nothing is skipped.
       ok = false;
-      qw1 = rxd::kDd | rxd::kEof | rxd::kErrRxe;
+      qw1 = rxd::kErrorDescQw1;
       last = true;
     }
     StoreQwRelaxed(&d[0], rss_hash && p.ok() ? uint64_t(*rss_hash) << 32 : 0);
@@ -518,7 +518,7 @@ void RxQueue::Recover(vfio_user::DmaMemory& dma) {
     // The crash split a frame: close it with an errored descriptor in the
     // next posted buffer so the driver drops the fragment.
     StoreQwRelaxed(&ring_[i * 4], 0);
-    StoreQw(&ring_[i * 4 + 1], rxd::kDd | rxd::kEof | rxd::kErrRxe);
+    StoreQw(&ring_[i * 4 + 1], rxd::kErrorDescQw1);
     i = i + 1 == n ? 0 : i + 1;
     wrote_back_ = true;
   }

@@ -58,6 +58,14 @@ inline constexpr uint64_t kErrL4e = 1ull << 23;
 inline constexpr int kPtypeShift = 30;
 inline constexpr int kLenShift = 38;
 inline uint32_t Len(uint64_t qw1) { return uint32_t(qw1 >> kLenShift) & 0x3FFF; }
+// A descriptor the device hands back without a frame in it (a buffer it
+// could not write, the tail of a frame torn by a worker crash): DD, EOF, RXE
+// and a length of 1. Never 0: Linux before the libeth conversion (<= 6.9,
+// iavf_txrx.c:iavf_clean_rx_irq) gets no skb from iavf_build_skb for a
+// 0-byte first buffer, takes it for an allocation failure and stops at that
+// descriptor on every poll - the RX queue would stall for good. With a
+// length the driver builds the skb, sees EOF, then RXE, and drops it.
+inline constexpr uint64_t kErrorDescQw1 = kDd | kEof | kErrRxe | (uint64_t{1} << kLenShift);
 inline uint32_t Ptype(uint64_t qw1) { return uint32_t(qw1 >> kPtypeShift) & 0xFF; }
 }  // namespace rxd
 

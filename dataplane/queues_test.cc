@@ -330,6 +330,8 @@ TEST_F(QueuesTest, RxBadInput) {
   EXPECT_EQ(q.Deliver(f, 2, dma_), RxQueue::DeliverResult::kDropped);
   EXPECT_TRUE(RxQw1(0) & rxd::kErrRxe);
   EXPECT_TRUE(RxQw1(0) & rxd::kDd);
+  EXPECT_TRUE(RxQw1(0) & rxd::kEof);
+  EXPECT_GT(rxd::Len(RxQw1(0)), 0u) << "pre-libeth iavf stalls on a 0-byte first buffer";
   EXPECT_EQ(q.head(), 1u);
   EXPECT_EQ(q.Deliver(f, 2, dma_), RxQueue::DeliverResult::kDelivered);
   // Ring unmapped: drop, no crash.
@@ -355,6 +357,7 @@ TEST_F(QueuesTest, RxRecoveryNeitherRewritesNorSkips) {
   // Descriptor 2 closes the torn frame with an error; head continues at 3.
   EXPECT_TRUE(RxQw1(2) & rxd::kErrRxe);
   EXPECT_TRUE(RxQw1(2) & rxd::kEof);
+  EXPECT_GT(rxd::Len(RxQw1(2)), 0u) << "pre-libeth iavf stalls on a 0-byte buffer";
   EXPECT_EQ(hot->head.load(), 3u);
   EXPECT_EQ(hot->intent.load(), 3u);
   EXPECT_EQ(RxQw1(3), 0u) << "posted buffer 3 untouched";
