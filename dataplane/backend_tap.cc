@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dataplane/backend.h"
+#include "dataplane/tap_rx_stage.h"
 #include "base/unique_fd.h"
 
 namespace emud::dataplane {
@@ -18,8 +19,10 @@ namespace {
 
 class TapBackend : public Backend {
  public:
-  TapBackend(std::string ifname, UniqueFd fd, uint32_t max_frame)
-      : ifname_(std::move(ifname)), fd_(std::move(fd)), max_frame_(max_frame), buf_(65536) {}
+  TapBackend(std::string ifname, UniqueFd fd, uint32_t max_frame, std::unique_ptr<TapRxStage> stage)
+      : ifname_(std::move(ifname)), fd_(std::move(fd)), max_frame_(max_frame), stage_(std::move(stage)) {
+    counters_.rx_errors += stage_->unrecoverable();
+  }
 
   std::string spec() const override { return absl::StrCat("tap:", ifname_); }
 
@@ -40,21 +43,29 @@ class TapBackend : public Backend {
     return sent;
   }
 
+  // Frames are read into the stage (a tmpfs file) and released only once
+  // the device took them, so a kill never loses one (tap_rx_stage.h).
   size_t Poll(size_t budget) override {
     size_t taken = 0;
     while (taken < budget) {
-      if (held_len_ == 0) {
-        ssize_t n = ::read(fd_.get(), buf_.data(), buf_.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;  // EAGAIN: nothing more
-        if (static_cast<uint32_t>(n) > max_frame_ || n < 14) {
-          ++counters_.rx_errors;
+      FrameView frame = stage_->held();
+      if (frame.empty()) {
+        ssize_t n = ::read(fd_.get(), stage_->BeginRead(), TapRxStage::kCapacity);
+        if (n < 0 && errno == EINTR) {
+          stage_->EndRead(0);
           continue;
         }
-        held_len_ = static_cast<size_t>(n);
+        if (n > 0 && (static_cast<uint32_t>(n) > max_frame_ || n < 14)) {
+          ++counters_.rx_errors;
+          stage_->EndRead(0);
+          continue;
+        }
+        stage_->EndRead(n);
+        if (n <= 0) break;  // EAGAIN: nothing more
+        frame = stage_->held();
       }
-      if (sink_ == nullptr || !sink_->Deliver(0, FrameView(buf_.data(), held_len_))) break;
-      held_len_ = 0;
+      if (sink_ == nullptr || !sink_->Deliver(0, frame)) break;
+      stage_->Release();
       ++taken;
       ++counters_.rx_frames;
     }
@@ -62,14 +73,14 @@ class TapBackend : public Backend {
   }
 
   int event_fd() const override { return fd_.get(); }
-  bool HasPending() const override { return held_len_ != 0; }
+  bool HasPending() const override { return !stage_->held().empty(); }
 
  private:
   std::string ifname_;
   UniqueFd fd_;
   uint32_t max_frame_;
-  std::vector<uint8_t> buf_;
-  size_t held_len_ = 0;  // a frame the sink refused, offered again next Poll
+  // The frame being read or refused by the sink (offered again next Poll).
+  std::unique_ptr<TapRxStage> stage_;
 };
 
 }  // namespace
@@ -81,6 +92,10 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenTapBackend(absl::string_view ifname
     return absl::InvalidArgumentError(absl::StrCat("TAP name '", ifname, "' must be 1..",
                                                    IFNAMSIZ - 1, " characters"));
   }
+  auto stage = TapRxStage::Open(options.shm_dir.empty() || options.device.empty()
+                                    ? std::string()
+                                    : absl::StrCat(options.shm_dir, "/", options.device, ".tap-rx"));
+  if (!stage.ok()) return stage.status();
   if (inherited.valid()) {
     UniqueFd fd = std::move(inherited);
     struct ifreq ifr;
@@ -95,7 +110,7 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenTapBackend(absl::string_view ifname
       return absl::InternalError("fcntl O_NONBLOCK on the inherited TAP fd");
     }
     return std::unique_ptr<Backend>(
-        new TapBackend(std::string(ifname), std::move(fd), options.max_frame));
+        new TapBackend(std::string(ifname), std::move(fd), options.max_frame, std::move(*stage)));
   }
   UniqueFd fd(::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC));
   if (!fd.valid()) {
@@ -110,7 +125,7 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenTapBackend(absl::string_view ifname
         absl::StrCat("TUNSETIFF ", ifname, " (IFF_TAP|IFF_NO_PI): ", std::strerror(errno)));
   }
   return std::unique_ptr<Backend>(
-      new TapBackend(std::string(ifname), std::move(fd), options.max_frame));
+      new TapBackend(std::string(ifname), std::move(fd), options.max_frame, std::move(*stage)));
 }
 
 }  // namespace emud::dataplane

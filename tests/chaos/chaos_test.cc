@@ -21,15 +21,21 @@
 // Printed: kills, reattach p50/p99/max (SIGKILL -> first frame sent after the
 // kill received by the guest), lost completions, worst duplicates per kill,
 // fds held at start and end.
+#include <net/if.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -42,6 +48,7 @@
 #include "absl/time/clock.h"
 #include "avf/regs.h"
 #include "avf/virtchnl.h"
+#include "base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "tests/guest/guest_datapath.h"
 #include "tests/guest/iavf_driver.h"
@@ -120,13 +127,72 @@ struct ChaosConfig {
   const char* name;
   const char* doorbell;  // trap: posted REGION_WRITEs; mmap: stores into the mapped page
   uint32_t queues;
+  // false: loopback (each TX frame comes back on RX). true: a TAP interface
+  // in a network namespace of its own with an IPv4 address; the guest pings
+  // it (ICMP echo requests) and the host kernel's echo replies come back.
+  bool tap = false;
 };
+
+// Runs the test (and everything it starts: emud, workers) in a fresh network
+// namespace, deleted at the end.
+class ScopedNetns {
+ public:
+  absl::Status Enter() {
+    name_ = absl::StrCat("emudchaos", ::getpid());
+    orig_.reset(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
+    if (!orig_.valid()) return absl::InternalError("open /proc/self/ns/net");
+    if (std::system(absl::StrCat("ip netns add ", name_).c_str()) != 0) {
+      return absl::InternalError("ip netns add (the TAP chaos run needs root)");
+    }
+    created_ = true;
+    UniqueFd ns(::open(absl::StrCat("/var/run/netns/", name_).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns.valid() || ::setns(ns.get(), CLONE_NEWNET) != 0) {
+      return absl::InternalError(absl::StrCat("setns: ", std::strerror(errno)));
+    }
+    entered_ = true;
+    return Run("ip link set lo up");
+  }
+  absl::Status Run(const std::string& cmd) {
+    if (std::system(cmd.c_str()) != 0) return absl::InternalError(absl::StrCat("failed: ", cmd));
+    return absl::OkStatus();
+  }
+  ~ScopedNetns() {
+    if (entered_) (void)::setns(orig_.get(), CLONE_NEWNET);
+    if (created_ && std::system(absl::StrCat("ip netns del ", name_).c_str()) != 0) {
+      std::fprintf(stderr, "ip netns del %s failed\n", name_.c_str());
+    }
+  }
+
+ private:
+  std::string name_;
+  UniqueFd orig_;
+  bool created_ = false, entered_ = false;
+};
+
+uint16_t InetChecksum(const uint8_t* p, size_t n) {
+  uint32_t sum = 0;
+  for (size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(p[i]) << 8 | p[i + 1];
+  if (n & 1) sum += uint32_t(p[n - 1]) << 8;
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return uint16_t(~sum);
+}
+
+constexpr uint8_t kGuestIp[4] = {10, 77, 0, 2};
+constexpr uint8_t kHostIp[4] = {10, 77, 0, 1};
+constexpr uint16_t kIcmpId = 0x4d55;
+constexpr size_t kIcmpPayload = 14 + 20 + 8;  // where seq and magic sit in a ping frame
 
 class ChaosTest : public ::testing::TestWithParam<ChaosConfig> {};
 
 TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   const ChaosConfig cfg = GetParam();
   const uint32_t nq = cfg.queues;
+  ScopedNetns netns;
+  if (cfg.tap) {
+    absl::Status s = netns.Enter();
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  const std::string kTap = "emudc0";
   const int worker_kills = EnvInt("CHAOS_WORKER_KILLS", 100);
   const int emud_kills = EnvInt("CHAOS_EMUD_KILLS", 20);
   const int upgrades = EnvInt("CHAOS_UPGRADES", 5);
@@ -147,10 +213,29 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
 
   CommandResult c = emud->Emuctl({"create-device", "--type", "avf", "--name", kDev, "--queues",
                                   absl::StrCat(nq), "--doorbell", cfg.doorbell, "--backend",
-                                  "loopback", "--wait"});
+                                  cfg.tap ? "tap:" + kTap : "loopback", "--wait"});
   ASSERT_EQ(c.exit_code, 0) << c.err << emud->Log();
   auto dev = GetDevice(emud->stub(), kDev);
   ASSERT_TRUE(dev.ok());
+  // The host end: an address on the TAP, the guest as a static neighbour (the
+  // guest answers no ARP), no IPv6 chatter; its MAC is the pings' destination.
+  std::array<uint8_t, 6> host_mac{};
+  if (cfg.tap) {
+    for (const std::string& cmd : {
+             absl::StrCat("sysctl -qw net.ipv6.conf.", kTap, ".disable_ipv6=1"),
+             absl::StrCat("ip link set ", kTap, " up"),
+             absl::StrCat("ip addr add 10.77.0.1/24 dev ", kTap),
+             absl::StrCat("ip neigh replace 10.77.0.2 lladdr ", dev->spec().mac(), " dev ", kTap,
+                          " nud permanent")}) {
+      absl::Status s = netns.Run(cmd);
+      ASSERT_TRUE(s.ok()) << s;
+    }
+    UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ifreq ifr{};
+    std::snprintf(ifr.ifr_name, IFNAMSIZ, "%s", kTap.c_str());
+    ASSERT_EQ(::ioctl(sock.get(), SIOCGIFHWADDR, &ifr), 0) << std::strerror(errno);
+    std::memcpy(host_mac.data(), ifr.ifr_hwaddr.sa_data, 6);
+  }
   const std::string socket_path = dev->spec().socket_path();
 
   guest::VfioUserBusOptions bopt;
@@ -210,18 +295,62 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   ASSERT_EQ(ftruncate(extra_fd, kExtraSize), 0);
   bool extra_mapped = false;
 
-  auto send_frames = [&]() {
-    uint32_t in_flight = uint32_t(next_seq - unique_received);
-    for (int i = 0; i < 8 && in_flight < kWindow; ++i, ++in_flight) {
+  // Loopback: a raw frame carrying seq and magic. TAP: an ICMP echo request
+  // from the guest's address to the host's, carrying the same.
+  uint64_t other_frames = 0;
+  auto make_frame = [&](uint64_t seq) {
+    if (!cfg.tap) {
       std::vector<uint8_t> f(64, 0);
       std::copy(drv.mac().begin(), drv.mac().end(), f.begin());
       f[6] = 0x02;
       f[11] = 0x01;
       f[12] = kEtherType >> 8;
       f[13] = kEtherType & 0xff;
-      uint64_t seq = next_seq;
       std::memcpy(&f[14], &seq, 8);
       std::memcpy(&f[22], &kMagic, 8);
+      return f;
+    }
+    std::vector<uint8_t> f(kIcmpPayload + 16, 0);
+    std::copy(host_mac.begin(), host_mac.end(), f.begin());
+    std::copy(drv.mac().begin(), drv.mac().end(), f.begin() + 6);
+    f[12] = 0x08;
+    uint8_t* ip = &f[14];
+    const size_t ip_len = f.size() - 14;
+    ip[0] = 0x45;
+    ip[2] = uint8_t(ip_len >> 8);
+    ip[3] = uint8_t(ip_len);
+    ip[4] = uint8_t(seq >> 8);
+    ip[5] = uint8_t(seq);
+    ip[8] = 64;
+    ip[9] = 1;  // ICMP
+    std::memcpy(ip + 12, kGuestIp, 4);
+    std::memcpy(ip + 16, kHostIp, 4);
+    uint16_t c = InetChecksum(ip, 20);
+    ip[10] = uint8_t(c >> 8);
+    ip[11] = uint8_t(c);
+    uint8_t* icmp = ip + 20;
+    icmp[0] = 8;  // echo request
+    icmp[4] = kIcmpId >> 8;
+    icmp[5] = kIcmpId & 0xff;
+    icmp[6] = uint8_t(seq >> 8);
+    icmp[7] = uint8_t(seq);
+    std::memcpy(icmp + 8, &seq, 8);
+    std::memcpy(icmp + 16, &kMagic, 8);
+    c = InetChecksum(icmp, ip_len - 20);
+    icmp[2] = uint8_t(c >> 8);
+    icmp[3] = uint8_t(c);
+    return f;
+  };
+  auto is_echo_reply = [&](const std::vector<uint8_t>& f) {
+    return f.size() >= kIcmpPayload && f[12] == 0x08 && f[13] == 0 && f[14 + 9] == 1 &&
+           std::memcmp(&f[14 + 12], kHostIp, 4) == 0 && f[34] == 0 &&
+           (uint16_t(f[38]) << 8 | f[39]) == kIcmpId;
+  };
+  auto send_frames = [&]() {
+    uint32_t in_flight = uint32_t(next_seq - unique_received);
+    for (int i = 0; i < 8 && in_flight < kWindow; ++i, ++in_flight) {
+      uint64_t seq = next_seq;
+      std::vector<uint8_t> f = make_frame(seq);
       const uint32_t q = uint32_t(seq % nq);
       absl::Status s = gdp.Transmit(q, f);
       if (absl::IsResourceExhausted(s)) break;
@@ -252,12 +381,21 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     }
     for (const guest::RxFrame& f : *r) {
       uint64_t seq, magic;
-      if (f.data.size() < 30 || f.error) {
-        error("bad RX frame");
+      const size_t at = cfg.tap ? kIcmpPayload : 14;
+      if (f.error) {
+        error("RX frame with an error status");
         continue;
       }
-      std::memcpy(&seq, &f.data[14], 8);
-      std::memcpy(&magic, &f.data[22], 8);
+      if (cfg.tap && !is_echo_reply(f.data)) {
+        ++other_frames;  // the host kernel's own traffic
+        continue;
+      }
+      if (f.data.size() < at + 16) {
+        error("short RX frame");
+        continue;
+      }
+      std::memcpy(&seq, &f.data[at], 8);
+      std::memcpy(&magic, &f.data[at + 8], 8);
       if (magic != kMagic || seq >= next_seq) {
         error(absl::StrCat("RX frame with bad payload, seq ", seq));
         continue;
@@ -516,7 +654,9 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   int worker_fds_end = Measure(last_worker).fds;
   int emud_fds_end = Measure(emud->pid()).fds;
 
-  std::printf("chaos [%s: doorbell %s, %u queue pairs]\n", cfg.name, cfg.doorbell, nq);
+  std::printf("chaos [%s: doorbell %s, %u queue pairs, %s]\n", cfg.name, cfg.doorbell, nq,
+              cfg.tap ? "ping through a TAP in its own netns" : "loopback");
+  if (cfg.tap) std::printf("chaos: frames from the host kernel ignored %lu\n", (unsigned long)other_frames);
   std::printf(
       "chaos: worker kills %d, emud kills %d, upgrades %d, frames %lu (duplicates %lu), rounds "
       "%lu\n"
@@ -562,7 +702,8 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
 
 INSTANTIATE_TEST_SUITE_P(
     Doorbells, ChaosTest,
-    ::testing::Values(ChaosConfig{"TrapOneQueue", "trap", 1}, ChaosConfig{"MmapTwoQueues", "mmap", 2}),
+    ::testing::Values(ChaosConfig{"TrapOneQueue", "trap", 1}, ChaosConfig{"MmapTwoQueues", "mmap", 2},
+                      ChaosConfig{"TapPing", "trap", 1, true}),
     [](const ::testing::TestParamInfo<ChaosConfig>& i) { return std::string(i.param.name); });
 
 }  // namespace
