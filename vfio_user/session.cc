@@ -69,7 +69,7 @@ class Session::MessageDmaImpl : public MessageDma {
 
   absl::Status DmaRead(uint64_t iova, absl::Span<uint8_t> dst) override {
     size_t done = 0;
-    const uint64_t chunk_max = std::max<uint64_t>(1, std::min<uint64_t>(s_->client_caps_.max_data_xfer_size, 1 << 20));
+    const uint64_t chunk_max = s_->DmaChunkMax();
     const size_t data_off = DmaRwDataOffset(s_->dma_layout_);
     while (done < dst.size()) {
       uint64_t n = std::min<uint64_t>(chunk_max, dst.size() - done);
@@ -86,7 +86,7 @@ class Session::MessageDmaImpl : public MessageDma {
 
   absl::Status DmaWrite(uint64_t iova, absl::Span<const uint8_t> src) override {
     size_t done = 0;
-    const uint64_t chunk_max = std::max<uint64_t>(1, std::min<uint64_t>(s_->client_caps_.max_data_xfer_size, 1 << 20));
+    const uint64_t chunk_max = s_->DmaChunkMax();
     const size_t data_off = DmaRwDataOffset(s_->dma_layout_);
     while (done < src.size()) {
       uint64_t n = std::min<uint64_t>(chunk_max, src.size() - done);
@@ -169,6 +169,15 @@ absl::Status Session::Init() {
     if (d.count > 2048) return absl::InvalidArgumentError("too many vectors");
     counts[d.index] = d.count;
     irq_descs_[d.index] = d;
+  }
+  // ERR and REQ are transport notifiers: one vector each whatever the device
+  // says. QEMU probes ERR at realize and warns "Could not enable error
+  // recovery for the device" unless its count is exactly 1
+  // (hw/vfio/pci.c:vfio_pci_populate_device), then hands it an eventfd
+  // (vfio_pci_register_err_notifier); libvfio-user servers report 1 as well.
+  for (uint32_t i : {uint32_t{kErrIrq}, uint32_t{kReqIrq}}) {
+    counts[i] = 1;
+    irq_descs_[i].count = 1;
   }
   bool keep_fds = options_.store != nullptr || options_.fd_depositor != nullptr;
   dma_ = std::make_unique<DmaTable>(options_.max_dma_maps, keep_fds);
@@ -455,6 +464,7 @@ Session::Reply Session::HandleVersion(Message& m) {
     reply.json = js;
   }
   client_caps_ = client;
+  server_max_xfer_ = ours.max_data_xfer_size;
   dma_layout_ = options_.dma_rw_layout;
   if (dma_layout_ == DmaRwLayout::kAuto) {
     dma_layout_ = client.migration_max_bitmap_size ? DmaRwLayout::kQemu : DmaRwLayout::kSpec;
@@ -1264,6 +1274,7 @@ absl::Status Session::LoadState(const FdLookup& fds) {
   if (!srec || !srec->negotiated()) return absl::NotFoundError("no live session persisted");
   client_caps_.max_msg_fds = srec->client_max_msg_fds();
   client_caps_.max_data_xfer_size = srec->client_max_data_xfer_size();
+  server_max_xfer_ = options_.max_data_xfer_size;  // what HandleVersion announced
   client_caps_.pgsizes = srec->client_pgsizes();
   client_caps_.max_dma_maps = srec->client_max_dma_maps();
   client_caps_.write_multiple = srec->write_multiple();

@@ -38,6 +38,7 @@
 #ifndef EMUD_VFIO_USER_SESSION_H_
 #define EMUD_VFIO_USER_SESSION_H_
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <deque>
@@ -243,6 +244,14 @@ class Session {
   Reply HandleWriteMulti(Message& m);
   Reply HandleReset(Message& m);
 
+  // Largest count of one DMA_READ/DMA_WRITE to the client: within the
+  // client's max_data_xfer_size and our own advertised one (QEMU refuses a
+  // server request above the limit the server announced, and then loses
+  // track of its stream: hw/vfio-user/proxy.c:vfio_user_recv_one,
+  // hw/vfio-user/pci.c:vfio_user_dma_read).
+  uint64_t DmaChunkMax() const {
+    return std::max<uint64_t>(1, std::min({client_caps_.max_data_xfer_size, server_max_xfer_, uint64_t{1} << 20}));
+  }
   const RegionDesc* Region(uint32_t index) const;
   absl::Status CheckRegionAccess(uint32_t region, uint64_t offset, uint64_t count, bool write) const;
 
@@ -278,6 +287,7 @@ class Session {
   bool attached_ = false;
   bool in_process_ = false;
   Capabilities client_caps_;
+  uint64_t server_max_xfer_ = 1 << 20;  // what our VERSION reply announced
   DmaRwLayout dma_layout_ = DmaRwLayout::kSpec;  // resolved at VERSION
   uint16_t next_server_msg_id_ = 0;
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)

@@ -429,6 +429,13 @@ TEST_F(SessionTest, IrqInfo) {
   auto intx = client_->GetIrqInfo(kIntxIrq);
   ASSERT_TRUE(intx.ok());
   EXPECT_EQ(intx->count, 0u);
+  // ERR and REQ: one transport notifier each (QEMU warns unless ERR has 1).
+  for (uint32_t i : {uint32_t{kErrIrq}, uint32_t{kReqIrq}}) {
+    auto n = client_->GetIrqInfo(i);
+    ASSERT_TRUE(n.ok());
+    EXPECT_EQ(n->count, 1u);
+    EXPECT_EQ(n->flags, kIrqInfoEventfd);
+  }
   EXPECT_EQ(StatusToErrno(client_->GetIrqInfo(5).status()), EINVAL);
 }
 
