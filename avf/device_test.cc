@@ -469,7 +469,8 @@ TEST_F(DeviceTest, QueueConfigValidation) {
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.queue_id = 1; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.ring_len = 100; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.ring_len = 0xFFFFFFFF; }), vc::kErrParam);
-  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.databuffer_size = 512; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.databuffer_size = 64; }), vc::kErrParam);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.databuffer_size = 16384; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.max_pkt_size = 20000; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.headwb_enabled = 1; }), vc::kErrParam);
@@ -484,6 +485,22 @@ TEST_F(DeviceTest, QueueConfigValidation) {
   EXPECT_EQ(Status(vc::kOpEnableQueues, Select(1 << 5, 0).span()), vc::kErrParam)
       << "queue beyond those granted";
   EXPECT_GE(dev_->counters().bad_ring_addr, 3u);
+}
+
+// Linux >= 6.10 sizes RX buffers from the MTU (libeth_rx_hw_len_mtu:
+// ALIGN(mtu + 26, 128)); MTU 800 gives 896-byte buffers, which the i40e PF
+// accepts (i40e_config_vsi_rx_queue) - ice's 1 KiB floor would keep such an
+// interface down.
+TEST_F(DeviceTest, SmallMtuRxBuffersAsLibethSizesThemAreAccepted) {
+  Negotiate();
+  Bytes b = VsiQueues(1);
+  auto* p = reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8);
+  p->rxq.databuffer_size = 896;
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), 0);
+  EXPECT_EQ(dev_->rx_queue(0).buffer_size, 896u);
+  p->rxq.databuffer_size = 128;
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), 0);
+  EXPECT_EQ(dev_->rx_queue(0).buffer_size, 128u);
 }
 
 TEST_F(DeviceTest, IrqMapValidation) {

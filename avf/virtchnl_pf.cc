@@ -308,7 +308,12 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
     RxQueueContext r;
     if (qp.rxq.ring_len > 0) {
       const auto& x = qp.rxq;
-      if (x.databuffer_size < 1024 || x.databuffer_size > 16 * 1024 - 128 || x.max_pkt_size < 64 ||
+      // Buffer sizes from 128 (one DBUFF unit) as the i40e PF accepts them
+      // (i40e_virtchnl_pf.c:i40e_config_vsi_rx_queue), not from 1024 as ice
+      // does: Linux >= 6.10 sizes RX buffers from the MTU
+      // (libeth_rx_hw_len_mtu: ALIGN(mtu + 26, 128)), so an MTU below ~998
+      // yields buffers under 1 KiB and the interface could not come up.
+      if (x.databuffer_size < 128 || x.databuffer_size > 16 * 1024 - 128 || x.max_pkt_size < 64 ||
           x.max_pkt_size > kMaxFrameSize || (x.crc_disable && !(granted_caps_ & vc::kCapCrc))) {
         return vc::kErrParam;
       }
