@@ -11,7 +11,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "state_store/store.h"
 #include "vfio_user/msix_table.h"
 #include "vfio_user/pci_config_space.h"
 #include "vfio_user/test_harness.h"
@@ -150,6 +152,64 @@ TEST(QemuRealizeTest, DmaUnmapOfListenerSectionsAndRemap) {
   ASSERT_TRUE((*q)->MapSections({rw}).ok());
   EXPECT_EQ(h.session().dma().size(), 4u);
 }
+
+// The same realize, MSI-X and reset flows against a session that persists
+// every request (and one that also peeks/commits/consumes/journals): QEMU
+// pipelines its listener's DMA_MAPs, each with its fd, before GET_INFO.
+enum class Mode { kPlain, kPersisted, kCrashConsistent };
+
+class QemuModesTest : public ::testing::TestWithParam<Mode> {
+ protected:
+  void SetUp() override {
+    SessionOptions o;
+    if (GetParam() != Mode::kPlain) {
+      dir_ = absl::StrCat(testing::TempDir(), "/vfu-qemu-", ::getpid(), "-", counter_++);
+      state_store::EnvOptions eo;
+      eo.tables = SessionTables();
+      eo.tables.push_back(ExampleDevice::kTable);
+      auto env = state_store::Env::Open(dir_, eo);
+      ASSERT_TRUE(env.ok()) << env.status();
+      env_ = std::move(*env);
+      o.store = env_.get();
+      if (GetParam() == Mode::kCrashConsistent) {
+        o.crash_consistent = true;
+        o.journal_path = dir_ + "/journal";
+      }
+    }
+    harness_ = std::make_unique<ServerHarness>(o, "qemu-mode");
+  }
+  void TearDown() override {
+    harness_.reset();
+    env_.reset();
+    if (!dir_.empty() && std::system(absl::StrCat("rm -rf ", dir_).c_str()) != 0) ADD_FAILURE() << "cleanup";
+  }
+  static inline int counter_ = 0;
+  std::string dir_;
+  std::unique_ptr<state_store::Env> env_;
+  std::unique_ptr<ServerHarness> harness_;
+};
+
+TEST_P(QemuModesTest, RealizeInterruptsAndReset) {
+  auto q = QemuModel::Connect(harness_->path());
+  ASSERT_TRUE(q.ok());
+  GuestMemory mem;
+  ASSERT_TRUE((*q)->Realize(mem.sections()).ok());
+  QemuModel& m = **q;
+  const uint8_t cap = harness_->device().config().FindCapability(pci::kCapIdMsix);
+  ASSERT_TRUE(m.ConfigWrite(pci::kCommand, pci::kCommandMemory | pci::kCommandBusMaster, 2).ok());
+  ASSERT_TRUE(m.ConfigWrite(cap + 2, pci::kMsixControlEnable | pci::kMsixControlFunctionMask, 2).ok());
+  ASSERT_TRUE(m.ConfigWrite(cap + 2, pci::kMsixControlEnable, 2).ok());
+  UniqueFd efd = MakeEventfd();
+  ASSERT_TRUE(m.MsixVectorUse(0, efd.get()).ok());
+  ASSERT_TRUE(m.BarWrite(0, ExampleDevice::kDoorbell, 1, 4).ok());
+  EXPECT_EQ(DrainEventfd(efd.get()), 1u);
+  ASSERT_TRUE(m.SystemReset().ok());
+  EXPECT_TRUE(m.warnings().empty()) << Joined(m.warnings());
+  EXPECT_EQ(harness_->device().resets(), 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, QemuModesTest,
+                         ::testing::Values(Mode::kPlain, Mode::kPersisted, Mode::kCrashConsistent));
 
 // Message-based DMA (a window without an fd) with a server whose
 // max_data_xfer_size is below QEMU's: QEMU refuses any server request larger

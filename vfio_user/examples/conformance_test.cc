@@ -17,12 +17,14 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "vfio_user/client.h"
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/pci_config_space.h"
+#include "vfio_user/qemu_model.h"
 #include "vfio_user/test_harness.h"
 
 extern char** environ;
@@ -42,13 +44,18 @@ std::string ServerBinary() {
 
 class ServerProcess {
  public:
-  ServerProcess() {
+  // `extra` flags follow "--socket PATH" (the two-word spelling of the
+  // README's `bazel run ... -- --socket PATH`).
+  explicit ServerProcess(std::vector<std::string> extra = {}) {
     path_ = testing::UniqueSocketPath("conf");
     std::string bin = ServerBinary();
-    std::string flag = "--socket=" + path_;
     ::unlink(path_.c_str());
-    char* argv[] = {bin.data(), flag.data(), nullptr};
-    EXPECT_EQ(::posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv, environ), 0) << bin;
+    std::vector<std::string> args = {bin, "--socket", path_};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    EXPECT_EQ(::posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv.data(), environ), 0) << bin;
     for (int i = 0; i < 500; ++i) {
       struct stat st;
       if (::stat(path_.c_str(), &st) == 0) break;
@@ -63,6 +70,7 @@ class ServerProcess {
       EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "server exit status " << status;
     }
   }
+  const std::string& path() const { return path_; }
   std::unique_ptr<Client> Connect() {
     auto c = Client::Connect(path_);
     for (int i = 0; i < 200 && !c.ok(); ++i) {  // bound but not yet listening
@@ -195,6 +203,61 @@ TEST(ConformanceTest, VmmLikeSessionAgainstExampleServer) {
   ASSERT_TRUE(c2->Reset().ok());
   EXPECT_EQ(*c2->Read32(kBar0, ExampleDevice::kAcc), 0u);
   ::munmap(guest, 4 << 20);
+}
+
+// What `qemu-system-x86_64 -device vfio-user-pci,socket=...` does to the
+// binary (QemuModel: QEMU 10.1's realize sequence and reply checks), with and
+// without crash-consistent persistence.
+void QemuLikeSession(const std::string& path) {
+  std::unique_ptr<QemuModel> q;
+  for (int i = 0; i < 300 && !q; ++i) {
+    auto c = QemuModel::Connect(path);
+    if (c.ok()) {
+      q = std::move(*c);
+    } else {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+  ASSERT_NE(q, nullptr);
+  UniqueFd ram = MakeMemfd(1 << 20);
+  const std::vector<QemuModel::Section> sections = {{0, 0xa0000, ram.get(), 0, false},
+                                                    {0xc0000, 0x40000, ram.get(), 0xc0000, true},
+                                                    {0xfffc0000, 0x40000, -1, 0, true}};
+  ASSERT_TRUE(q->Realize(sections).ok());
+  std::string warnings;
+  for (const auto& w : q->warnings()) warnings += w + "; ";
+  EXPECT_TRUE(q->warnings().empty()) << warnings;
+  uint8_t cap = 0;
+  for (uint8_t p = static_cast<uint8_t>(*q->ConfigRead(pci::kCapPtr, 1)); p;
+       p = static_cast<uint8_t>(*q->ConfigRead(p + 1, 1))) {
+    if (*q->ConfigRead(p, 1) == pci::kCapIdMsix) cap = p;
+  }
+  ASSERT_NE(cap, 0);
+  ASSERT_TRUE(q->ConfigWrite(pci::kCommand, pci::kCommandMemory | pci::kCommandBusMaster, 2).ok());
+  ASSERT_TRUE(q->ConfigWrite(cap + 2, pci::kMsixControlEnable, 2).ok());
+  UniqueFd efd = MakeEventfd();
+  ASSERT_TRUE(q->MsixVectorUse(0, efd.get()).ok());
+  ASSERT_TRUE(q->BarWrite(0, ExampleDevice::kDoorbell, 1, 4).ok());
+  pollfd p{efd.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  EXPECT_EQ(DrainEventfd(efd.get()), 1u);
+  ASSERT_TRUE(q->SystemReset().ok());
+  EXPECT_EQ(*q->BarRead(0, ExampleDevice::kIrqCount, 4), 0u);
+  EXPECT_TRUE(q->warnings().empty());
+}
+
+TEST(ConformanceTest, QemuLikeClientAgainstTheBinary) {
+  ServerProcess server;
+  QemuLikeSession(server.path());
+}
+
+TEST(ConformanceTest, QemuLikeClientAgainstTheCrashConsistentBinary) {
+  std::string dir = testing::UniqueSocketPath("conf-state") + ".d";
+  {
+    ServerProcess server({"--state_dir", dir, "--crash_consistent"});
+    QemuLikeSession(server.path());
+  }
+  EXPECT_EQ(std::system(("rm -rf " + dir).c_str()), 0);
 }
 
 TEST(ConformanceTest, ServesAnInheritedConnectedSocketAndExitsWhenItCloses) {
