@@ -88,6 +88,33 @@ TEST_F(InterruptsTest, IntenaMskKeepsArmStateWhileUpdatingItr) {
   EXPECT_TRUE(irq_.state(1).wb_on_itr);
 }
 
+// The register values of iavf_txrx.c's NAPI cycle on a queue vector with
+// WB_ON_ITR granted: the interrupt auto-masks, NAPI still polling arms
+// write-back-on-ITR with INTENA clear (iavf_enable_wb_on_itr), completions
+// during that time stay pending, and iavf_update_enable_itr's re-arm with an
+// ITR update (iavf_buildreg_itr: INTENA | idx << 3 | usecs << 4) delivers
+// exactly one interrupt and stores the interval in 2 us units.
+TEST_F(InterruptsTest, LinuxNapiCycleWithWbOnItrAndItrUpdate) {
+  auto buildreg_itr = [](uint32_t type, uint32_t usecs) {
+    return kDynCtlIntena | (type << kDynCtlItrIndxShift) | ((usecs & 0x1FFE) << (kDynCtlIntervalShift - 1));
+  };
+  irq_.WriteDynCtln(0, kDynCtlIntena | kDynCtlItrIndxMask);  // iavf_irq_enable_queues
+  EXPECT_TRUE(irq_.RaiseQueueVector(1));                      // RX completion -> napi_schedule
+  EXPECT_FALSE(irq_.state(1).armed);
+  irq_.WriteDynCtln(0, kDynCtlWbOnItr | kDynCtlItrIndxMask);  // iavf_enable_wb_on_itr
+  EXPECT_FALSE(irq_.RaiseQueueVector(1));                     // more work while polling
+  EXPECT_FALSE(irq_.RaiseQueueVector(1));
+  EXPECT_EQ(sink_.Count(1), 1);
+  irq_.WriteDynCtln(0, buildreg_itr(0, 50));  // napi_complete_done -> iavf_update_enable_itr
+  EXPECT_EQ(sink_.Count(1), 2) << "the pending completion is not lost, and fires once";
+  EXPECT_EQ(irq_.itrn(0, 0), 25u) << "50 us in 2 us units";
+  EXPECT_FALSE(irq_.state(1).wb_on_itr);
+  // Hung-queue recovery from the watchdog (iavf_force_wb) with nothing pending.
+  irq_.WriteDynCtln(0, buildreg_itr(3, 0));
+  irq_.WriteDynCtln(0, kDynCtlIntena | kDynCtlItrIndxMask | kDynCtlSwintTrig | kDynCtlSwItrIndxEna);
+  EXPECT_EQ(sink_.Count(1), 3);
+}
+
 TEST_F(InterruptsTest, ItrIndexThreeDoesNotUpdate) {
   irq_.WriteItrn(0, 4, 50);
   irq_.WriteDynCtln(4, kDynCtlIntena | kDynCtlItrIndxMask | (7u << kDynCtlIntervalShift));
