@@ -32,6 +32,7 @@ void DataPath::OnTxDoorbell(uint32_t queue) {
 void DataPath::OnRxDoorbell(uint32_t) { rx_kicked_ = true; }
 
 void DataPath::OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) {
+  rx_tail_valid_ = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     if (tx_mask & (1u << q)) {
       const avf::TxQueueContext& c = dev_->tx_queue(q);
@@ -51,6 +52,7 @@ void DataPath::OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) {
 }
 
 void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
+  rx_tail_valid_ = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     if (tx_mask & (1u << q)) {
       (void)tx_[q]->SetEnabled(false);
@@ -120,7 +122,13 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     if (c & RxCsum::kIpBad) csum_bits |= rxd::kErrIpe;
     if (c & RxCsum::kL4Bad) csum_bits |= rxd::kErrL4e;
   }
-  switch (rx.Deliver(frame, dev_->RxTail(q), *dma, hash, csum_bits)) {
+  RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(q, false), *dma, hash, csum_bits);
+  if (res == RxQueue::DeliverResult::kNoBuffers) {
+    // Nothing was written: look at the live tail once before giving up.
+    const uint32_t cached = rx_tail_cache_[q];
+    if (RxTail(q, true) != cached) res = rx.Deliver(frame, rx_tail_cache_[q], *dma, hash, csum_bits);
+  }
+  switch (res) {
     case RxQueue::DeliverResult::kDelivered:
       rx_irq_ |= 1u << q;
       if (frame[0] & 1) {
@@ -139,10 +147,19 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   return true;
 }
 
+uint32_t DataPath::RxTail(uint32_t q, bool refresh) {
+  if (refresh || !(rx_tail_valid_ & (1u << q))) {
+    rx_tail_cache_[q] = dev_->RxTail(q);
+    rx_tail_valid_ |= 1u << q;
+  }
+  return rx_tail_cache_[q];
+}
+
 bool DataPath::PollOnce() {
   vfio_user::DmaMemory* dma = dev_->dma();
   if (dma == nullptr) return false;
   bool work = false;
+  rx_tail_valid_ = 0;  // tails are read afresh each round
   const bool mapped = dev_->options().mapped_doorbells;
   uint32_t todo = mapped ? tx_running_ : (tx_kicked_ & tx_running_);
   tx_kicked_ = 0;
@@ -161,6 +178,7 @@ bool DataPath::PollOnce() {
     if (backend_->Poll(options_.rx_budget) > 0) work = true;
   }
   rx_kicked_ = false;
+  rx_tail_valid_ = 0;  // a Deliver outside a round reads the live tail
   // Interrupts: at most one per vector per round and per ITR interval; the
   // model auto-masks, so a disarmed vector stays pending until the driver
   // re-arms it (no storm, no lost wake-up).

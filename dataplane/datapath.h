@@ -91,6 +91,14 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   bool rx_kicked_ = false;
   uint32_t tx_irq_ = 0;      // queues with write-backs this round
   uint32_t rx_irq_ = 0;
+  // RX tails read once per round (bit q valid), not once per frame: with
+  // mapped doorbells the tail sits on a cache line the guest's CPU keeps
+  // writing, and a load per frame cost about half the worker's cycles at
+  // 1518 bytes. A stale tail only hides buffers posted since it was read
+  // (tails only move forward within a round); kNoBuffers re-reads it.
+  uint32_t rx_tail_cache_[kMaxQueues] = {};
+  uint32_t rx_tail_valid_ = 0;
+  uint32_t RxTail(uint32_t q, bool refresh);
   // ITR coalescing per MSI-X vector (index = vector number): a vector does
   // not fire again before its ITR interval since the last firing elapsed;
   // a cause arriving earlier is deferred (never dropped) to the deadline.
