@@ -230,7 +230,13 @@ TEST_F(DeviceTest, VersionAndResources) {
 TEST_F(DeviceTest, LegacyVfGetsResourcesWithoutCapabilityWord) {
   drv_->InitAdminQueue();
   vc::VersionInfo v{1, 0};
-  drv_->CallStruct(vc::kOpVersion, v);
+  auto ver = drv_->CallStruct(vc::kOpVersion, v);
+  ASSERT_TRUE(ver.has_value());
+  // A 1.0 VF (iavf_verify_api_ver refuses a PF minor above its own) is
+  // answered 1.0, as ice_vc_get_ver_msg / i40e_vc_get_version_msg do.
+  ASSERT_EQ(ver->payload.size(), sizeof(vc::VersionInfo));
+  EXPECT_EQ(vc::Load<vc::VersionInfo>(ver->payload, 0).major, 1u);
+  EXPECT_EQ(vc::Load<vc::VersionInfo>(ver->payload, 0).minor, 0u);
   ArqMessage r = Call(vc::kOpGetVfResources, {});
   EXPECT_EQ(r.v_retval, 0);
   EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags, vc::kCapL2);

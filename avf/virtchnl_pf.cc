@@ -232,7 +232,11 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
 int32_t Device::OpVersion(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out) {
   vf_major_ = Load<uint32_t>(msg, 0);
   vf_minor_ = Load<uint32_t>(msg, 4);
-  vc::VersionInfo mine{1, 1};  // the PF answers its own version, always
+  // The PF answers its own version (1.1), except to a 1.0 VF, which gets
+  // 1.0 (VIRTCHNL_VERSION_MINOR_NO_VF_CAPS): such a driver refuses a PF
+  // minor above its own (iavf_virtchnl.c:iavf_verify_api_ver), and that is
+  // what ice_vc_get_ver_msg / i40e_vc_get_version_msg reply.
+  vc::VersionInfo mine{1, (vf_major_ == 1 && vf_minor_ == 0) ? 0u : 1u};
   Append(out, mine);
   return vc::kSuccess;
 }
