@@ -331,7 +331,11 @@ void Session::ProcessReady() {
     } else if (r == MessageReader::Result::kWouldBlock) {
       break;
     } else {
-      if (r == MessageReader::Result::kFramingError) ++stats_.framing_errors;
+      if (r == MessageReader::Result::kFramingError) {
+        ++stats_.framing_errors;
+        Header h;
+        if (reader_.BufferedHeader(&h)) RefuseUnframeable(h);
+      }
       Disconnect(err);
       break;
     }
@@ -365,6 +369,19 @@ bool Session::HandleMessage(Message msg) {
     return true;
   }
   return SendReply(hdr, reply);
+}
+
+void Session::RefuseUnframeable(const Header& h) {
+  // libvfio-user answers a header whose size is below 16 or above its limit
+  // with EINVAL (test/py/test_request_errors.py: test_too_small,
+  // test_too_large); the stream cannot be trusted after it, so the caller
+  // closes the connection next. Replies and posted requests get nothing.
+  if ((h.flags & kFlagTypeMask) != kFlagTypeCommand || (h.flags & kFlagNoReply)) return;
+  ++stats_.requests;
+  CountCommand(h.command, true);
+  Reply r;
+  r.err = EINVAL;
+  (void)SendReply(h, r);
 }
 
 bool Session::SendReply(const Header& req, const Reply& reply) {
@@ -435,7 +452,9 @@ Session::Reply Session::HandleVersion(Message& m) {
   if (negotiated_) { r.err = EINVAL; return r; }
   auto v = DecodeVersion(m.payload);
   if (!v.ok()) { r.err = EINVAL; return r; }
-  if (v->major != kMajorVersion) { r.err = ENOTSUP; return r; }
+  // A major we do not speak: EINVAL, as libvfio-user answers
+  // (test/py/test_negotiate.py: test_invalid_major).
+  if (v->major != kMajorVersion) { r.err = EINVAL; return r; }
   Capabilities client;
   if (v->json) {
     auto c = ParseCapabilities(*v->json);
@@ -520,12 +539,16 @@ Session::Reply Session::HandleDmaMap(Message& m) {
 Session::Reply Session::HandleDmaUnmap(Message& m) {
   Reply r;
   DmaUnmap req;
-  if (!LoadStruct(m.payload, 0, &req) || req.argsz < sizeof(DmaUnmap) || m.payload.size() != sizeof(DmaUnmap)) {
+  // As libvfio-user's is_valid_unmap: payload at least the struct (a legacy
+  // dirty-bitmap request appends more), argsz within [24, max transfer];
+  // flags 0 or ALL alone. The legacy GET_DIRTY_BITMAP (no dirty tracking
+  // here: libvfio-user answers EINVAL then) and any combination are EINVAL.
+  if (!LoadStruct(m.payload, 0, &req) || req.argsz < sizeof(DmaUnmap) ||
+      req.argsz > options_.max_data_xfer_size) {
     r.err = EINVAL;
     return r;
   }
-  if (req.flags & kDmaUnmapFlagDirtyBitmap) { r.err = ENOTSUP; return r; }
-  if (req.flags & ~kDmaUnmapFlagAll) { r.err = EINVAL; return r; }
+  if (req.flags != 0 && req.flags != kDmaUnmapFlagAll) { r.err = EINVAL; return r; }
   auto before = [this](uint64_t iova, uint64_t size) { BeforeUnmap(iova, size); };
   if (req.flags & kDmaUnmapFlagAll) {
     if (req.addr != 0 || req.size != 0) { r.err = EINVAL; return r; }
@@ -535,16 +558,17 @@ Session::Reply Session::HandleDmaUnmap(Message& m) {
     auto s = dma_->Unmap(req.addr, req.size, before);
     if (!s.ok()) { r.err = static_cast<uint32_t>(StatusToErrno(s)); return r; }
   }
-  DmaUnmap out = req;
-  out.argsz = sizeof(DmaUnmap);
-  r.payload = Bytes(out);
+  // The spec: "The server responds with the original DMA entry in the
+  // request" (argsz included, as libvfio-user echoes it).
+  r.payload = Bytes(req);
   return r;
 }
 
 Session::Reply Session::HandleGetInfo(Message& m) {
   Reply r;
   DeviceInfo req;
-  if (!LoadStruct(m.payload, 0, &req) || m.payload.size() != sizeof(DeviceInfo) || req.argsz < sizeof(DeviceInfo)) {
+  // A longer payload is accepted (libvfio-user: handle_device_get_info).
+  if (!LoadStruct(m.payload, 0, &req) || req.argsz < sizeof(DeviceInfo)) {
     r.err = EINVAL;
     return r;
   }
@@ -565,7 +589,9 @@ const RegionDesc* Session::Region(uint32_t index) const {
 Session::Reply Session::HandleGetRegionInfo(Message& m) {
   Reply r;
   RegionInfo req;
-  if (!LoadStruct(m.payload, 0, &req) || m.payload.size() != sizeof(RegionInfo) || req.argsz < sizeof(RegionInfo)) {
+  // A payload padded to argsz is accepted (libvfio-user's own client sends
+  // one: test/py/test_device_get_region_info.py, test_..._caps).
+  if (!LoadStruct(m.payload, 0, &req) || req.argsz < sizeof(RegionInfo)) {
     r.err = EINVAL;
     return r;
   }
@@ -645,22 +671,36 @@ Session::Reply Session::HandleSetIrqs(Message& m) {
   Reply r;
   r.err = EINVAL;
   IrqSet req;
-  if (!LoadStruct(m.payload, 0, &req) || req.argsz < sizeof(IrqSet) || req.index >= kNumPciIrqs) return r;
+  // argsz describes the request itself and must match it (libvfio-user:
+  // handle_device_set_irqs; QEMU's vfio_user_device_io_set_irqs always
+  // sends argsz == payload size).
+  if (!LoadStruct(m.payload, 0, &req) || req.argsz < sizeof(IrqSet) || req.argsz != m.payload.size() ||
+      req.index >= kNumPciIrqs) {
+    return r;
+  }
   uint32_t data = req.flags & kIrqSetDataMask;
   uint32_t action = req.flags & kIrqSetActionMaskAll;
   if (req.flags & ~(kIrqSetDataMask | kIrqSetActionMaskAll)) return r;
   if (__builtin_popcount(data) != 1 || __builtin_popcount(action) != 1) return r;
   uint32_t n = irqs_->count(req.index);
   if (req.count == 0) {
-    // Only "disable all" (DATA_NONE|ACTION_TRIGGER) and no-op masks take count 0.
-    if (data != kIrqSetDataNone || req.start != 0 || !m.fds.empty()) return r;
+    // Only "disable all" (DATA_NONE|ACTION_TRIGGER, start 0) takes count 0
+    // (libvfio-user irq.c:dev_set_irqs_validate).
+    if (data != kIrqSetDataNone || action != kIrqSetActionTrigger || req.start != 0 || !m.fds.empty()) return r;
   } else if (uint64_t{req.start} + req.count > n) {
     return r;
   }
-  if ((action == kIrqSetActionMask || action == kIrqSetActionUnmask) && req.index != kMsixIrq) return r;
+  // Masking applies to INTx/MSI/MSI-X vectors; ERR and REQ only trigger
+  // (libvfio-user irq.c). QEMU masks/unmasks INTx with DATA_NONE
+  // (hw/vfio/device.c:vfio_device_irq_mask/unmask from vfio_intx_enable_kvm).
+  if ((action == kIrqSetActionMask || action == kIrqSetActionUnmask) &&
+      (req.index == kErrIrq || req.index == kReqIrq)) {
+    return r;
+  }
   std::vector<uint8_t> bools;
   if (data == kIrqSetDataBool) {
-    if (m.payload.size() < sizeof(IrqSet) + uint64_t{req.count} || !m.fds.empty()) return r;
+    // Exactly one byte per vector (test_device_set_irqs_trigger_bool_too_large).
+    if (m.payload.size() != sizeof(IrqSet) + uint64_t{req.count} || !m.fds.empty()) return r;
     bools.assign(m.payload.begin() + sizeof(IrqSet), m.payload.begin() + sizeof(IrqSet) + req.count);
   } else if (data == kIrqSetDataEventfd) {
     if (action != kIrqSetActionTrigger) return r;
@@ -1108,6 +1148,7 @@ bool Session::HandleMessageCrashConsistent() {
   }
   if (h.msg_size < kHeaderSize || h.msg_size > options_.max_msg_size) {
     ++stats_.framing_errors;
+    RefuseUnframeable(h);
     Disconnect(absl::StrCat("framing error: msg_size ", h.msg_size));
     return false;
   }

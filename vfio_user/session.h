@@ -230,6 +230,9 @@ class Session {
     if (error) ++stats_.errors_by_command[i];
   }
   bool SendReply(const Header& req, const Reply& reply);
+  // EINVAL reply to a command whose msg_size cannot be framed (the caller
+  // disconnects right after).
+  void RefuseUnframeable(const Header& h);
 
   Reply HandleVersion(Message& m);
   Reply HandleDmaMap(Message& m);

@@ -122,8 +122,9 @@ TEST(VersionTest, BadVersionsRefused) {
   auto c = h.Connect(false);
   // Commands before VERSION.
   EXPECT_EQ(ReplyErrno(c->Request(kCmdDeviceGetInfo, Bytes(DeviceInfo{}))), EINVAL);
-  // Wrong major.
-  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, EncodeVersion({1, 0, std::string("{}")}))), ENOTSUP);
+  // Wrong major: EINVAL (libvfio-user test_negotiate.py: test_invalid_major).
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, EncodeVersion({1, 0, std::string("{}")}))), EINVAL);
+  EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, EncodeVersion({999, 0, std::nullopt}))), EINVAL);
   // Short payload.
   std::vector<uint8_t> shortp = {0, 0};
   EXPECT_EQ(ReplyErrno(c->Request(kCmdVersion, shortp)), EINVAL);
@@ -194,9 +195,29 @@ TEST_F(SessionTest, DmaMapInvalid) {
   // Unmap: bad flags, all with range, dirty bitmap, short payload.
   EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0, 0, 0x4)), EINVAL);
   EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0x1000, 0x1000, kDmaUnmapFlagAll)), EINVAL);
-  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0, 0, kDmaUnmapFlagDirtyBitmap)), ENOTSUP);
+  // libvfio-user test_dma_unmap.py: dirty bitmap without tracking, ALL with
+  // another flag, and an argsz above the transfer limit are EINVAL.
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0, 0, kDmaUnmapFlagDirtyBitmap)), EINVAL);
+  EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0, 0, kDmaUnmapFlagAll | kDmaUnmapFlagDirtyBitmap)), EINVAL);
   EXPECT_EQ(StatusToErrno(client_->DmaUnmap(0x1000, 0)), EINVAL);
   EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaUnmap, shortp)), EINVAL);
+  DmaUnmap un;
+  un.argsz = (1 << 20) + 8;
+  un.addr = 0x1000;
+  un.size = 0x1000;
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaUnmap, Bytes(un))), EINVAL);
+}
+
+TEST_F(SessionTest, DmaUnmapReplyIsTheRequestsEntry) {
+  UniqueFd mem = MakeMemfd(1 << 16);
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x100000, 0x10000).ok());
+  DmaUnmap un;
+  un.argsz = 64;  // a client may offer a larger reply buffer
+  un.addr = 0x100000;
+  un.size = 0x10000;
+  auto m = client_->Request(kCmdDmaUnmap, Bytes(un));
+  ASSERT_EQ(ReplyErrno(m), 0);
+  EXPECT_EQ(m->payload, Bytes(un));
 }
 
 class SmallLimitsTest : public SessionTest {
@@ -229,10 +250,12 @@ TEST_F(SmallLimitsTest, LimitsEnforced) {
   set.index = kMsixIrq;
   set.count = 1;
   EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceSetIrqs, Bytes(set), raw)), EINVAL);
-  // A message larger than max_msg_size cannot be framed: connection closed.
+  // A message larger than max_msg_size cannot be framed: an EINVAL reply,
+  // then the connection is closed.
   std::vector<uint8_t> big(9000, 0);
   auto m = client_->Request(kCmdRegionWrite, big);
-  EXPECT_FALSE(m.ok());
+  EXPECT_EQ(ReplyErrno(m), EINVAL);
+  EXPECT_FALSE(client_->GetInfo().ok());
   auto c2 = harness_->Connect();
   ASSERT_NE(c2, nullptr);
   EXPECT_TRUE(c2->GetInfo().ok());
@@ -391,6 +414,29 @@ TEST_F(SessionTest, RegionInfoWithSparseMmapAndFd) {
   EXPECT_EQ(StatusToErrno(client_->GetRegionInfo(0xffffffff).status()), EINVAL);
   req.argsz = 8;
   EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetRegionInfo, Bytes(req))), EINVAL);
+  // A request padded to argsz, as libvfio-user's test client sends it
+  // (test_device_get_region_info.py: test_device_get_region_info_caps).
+  req.argsz = got.argsz;
+  std::vector<uint8_t> padded = Bytes(req);
+  padded.resize(got.argsz, 0);
+  auto pm = client_->Request(kCmdDeviceGetRegionInfo, padded);
+  ASSERT_EQ(ReplyErrno(pm), 0);
+  RegionInfo full;
+  ASSERT_TRUE(LoadStruct(pm->payload, 0, &full));
+  EXPECT_EQ(full.argsz, got.argsz);
+  EXPECT_EQ(full.cap_offset, sizeof(RegionInfo));
+  EXPECT_EQ(pm->fds.size(), 1u);
+  // GET_INFO: a longer payload with a larger argsz (test_device_get_info.py).
+  DeviceInfo di;
+  di.argsz = 32;
+  std::vector<uint8_t> dp = Bytes(di);
+  dp.resize(32, 0);
+  auto dm = client_->Request(kCmdDeviceGetInfo, dp);
+  ASSERT_EQ(ReplyErrno(dm), 0);
+  DeviceInfo dout;
+  ASSERT_TRUE(LoadStruct(dm->payload, 0, &dout));
+  EXPECT_EQ(dout.argsz, sizeof(DeviceInfo));
+  EXPECT_EQ(dm->payload.size(), sizeof(DeviceInfo));
 }
 
 TEST(RegionInfoTest, ClientTakingNoFdsGetsTrapOnlyRegions) {
@@ -516,6 +562,28 @@ TEST_F(SessionTest, SetIrqsInvalid) {
   EXPECT_EQ(bad(kMsixIrq, N | T, 1, 0, {}), EINVAL);            // count 0 with start
   EXPECT_EQ(bad(kMsixIrq, B | T, 0, 0, {}), EINVAL);            // count 0 with bool
   EXPECT_EQ(bad(kErrIrq, N | U, 0, 0, {}), EINVAL);             // unmask non-maskable index
+  // libvfio-user test_device_set_irqs.py cases.
+  EXPECT_EQ(bad(kMsixIrq, N | M, 0, 0, {}), EINVAL);            // count 0 needs TRIGGER
+  EXPECT_EQ(bad(kErrIrq, N | M, 0, 1, {}), EINVAL);             // ERR only triggers
+  EXPECT_EQ(bad(kReqIrq, N | U, 0, 1, {}), EINVAL);             // REQ only triggers
+  {
+    IrqSet big;  // DATA_BOOL with one byte too many
+    big.flags = B | T;
+    big.index = kMsixIrq;
+    big.count = 1;
+    std::vector<uint8_t> p = Bytes(big);
+    p.push_back(0);
+    p.push_back(0);
+    big.argsz = static_cast<uint32_t>(p.size());
+    std::memcpy(p.data(), &big.argsz, 4);
+    EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceSetIrqs, p)), EINVAL);
+    IrqSet lie;  // argsz other than the payload
+    lie.argsz = 24;
+    lie.flags = N | T;
+    lie.index = kMsixIrq;
+    lie.count = 1;
+    EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceSetIrqs, Bytes(lie))), EINVAL);
+  }
   int pipefd[2];
   ASSERT_EQ(::pipe(pipefd), 0);
   EXPECT_EQ(bad(kMsixIrq, E | T, 0, 1, {pipefd[1]}), EINVAL);   // not an eventfd
@@ -683,6 +751,9 @@ TEST_F(SessionTest, FramingErrorClosesOnlyThatConnectionAndStateIsKept) {
   h.command = kCmdDeviceGetInfo;
   h.msg_size = 8;  // lies: smaller than a header
   ASSERT_TRUE(client_->SendRaw(Bytes(h)).ok());
+  // An EINVAL reply (libvfio-user test_request_errors.py: test_too_small),
+  // then EOF.
+  EXPECT_EQ(ReplyErrno(client_->ReceiveReply(1, kCmdDeviceGetInfo)), EINVAL);
   uint8_t b;
   pollfd p{client_->fd(), POLLIN, 0};
   ASSERT_EQ(::poll(&p, 1, 5000), 1);
@@ -693,6 +764,7 @@ TEST_F(SessionTest, FramingErrorClosesOnlyThatConnectionAndStateIsKept) {
   // Oversized header on the new connection.
   h.msg_size = 0x7fffffff;
   ASSERT_TRUE(c2->SendRaw(Bytes(h)).ok());
+  EXPECT_EQ(ReplyErrno(c2->ReceiveReply(1, kCmdDeviceGetInfo)), EINVAL);  // test_too_large
   p.fd = c2->fd();
   ASSERT_EQ(::poll(&p, 1, 5000), 1);
   EXPECT_EQ(::recv(c2->fd(), &b, 1, 0), 0);

@@ -8,6 +8,7 @@
 #define EMUD_VFIO_USER_TRANSPORT_H_
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,13 @@ class MessageReader {
   Result Read(int sock, Message* out, std::string* error);
   // True when no byte of an unfinished message is buffered.
   bool idle() const { return buf_end_ == buf_start_; }
+  // After kFramingError: the offending header (still at the buffer head), so
+  // the caller can answer it before closing. False if none is buffered.
+  bool BufferedHeader(Header* out) const {
+    if (buf_end_ - buf_start_ < kHeaderSize) return false;
+    std::memcpy(out, buf_.data() + buf_start_, kHeaderSize);
+    return true;
+  }
   // True when Read() would return a message (or a framing error) without
   // reading the socket: such bytes are invisible to epoll, so the caller must
   // come back for them.
