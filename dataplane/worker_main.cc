@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -138,8 +139,13 @@ absl::StatusOr<UniqueFd> BindListener(const std::string& path) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd.valid()) return absl::InternalError("socket");
   ::unlink(path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::listen(fd.get(), 16) != 0) {
+  // Mode 0660 from birth (umask around bind; the worker is single-threaded
+  // here): a VMM running as another user connects through the socket's group,
+  // which is this process's gid or, in a setgid directory, the directory's.
+  const mode_t old_umask = ::umask(0117);
+  const int bound = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  ::umask(old_umask);
+  if (bound != 0 || ::listen(fd.get(), 16) != 0) {
     return absl::InternalError(absl::StrCat("bind/listen ", path, ": ", std::strerror(errno)));
   }
   return fd;

@@ -3,6 +3,7 @@
 // create -> LISTENING -> the guest attaches -> LINK_UP -> counters move ->
 // a killed worker is restarted -> delete.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <thread>
@@ -33,6 +34,11 @@ TEST(EmudRealWorkerTest, GuestBringsLinkUpAndCountersMove) {
   auto dev = GetDevice(e.stub(), "nic0");
   ASSERT_TRUE(dev.ok());
   ASSERT_EQ(dev->status().phase(), v1::PHASE_LISTENING);
+  // The VMM may run as another user of the socket's group.
+  struct stat sst {};
+  ASSERT_EQ(::stat(dev->spec().socket_path().c_str(), &sst), 0);
+  EXPECT_TRUE(S_ISSOCK(sst.st_mode));
+  EXPECT_EQ(sst.st_mode & 0777, 0660u);
 
   // Record every phase the device goes through while the guest runs.
   absl::Mutex mu;
