@@ -54,11 +54,13 @@ namespace emud::avf {
 using MacAddr = std::array<uint8_t, 6>;
 
 // Capabilities the device grants when asked (requested & supported; RSS_AQ
-// never, RSS_REG only when RSS_PF is not granted). VLAN / VLAN_V2 / CRC /
-// RX_FLEX_DESC etc. stay off by default: granting VLAN makes Linux expect
-// tag stripping/insertion from the data path.
-inline constexpr uint32_t kDefaultSupportedCaps =
-    vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr | vc::kCapReqQueues | vc::kCapAdvLinkSpeed;
+// never; RSS_REG, when supported, to every VF not granted RSS_PF, asked for
+// or not, as ice does). VLAN / VLAN_V2 / CRC / RX_FLEX_DESC etc. stay off by
+// default: granting VLAN makes Linux expect tag stripping/insertion from the
+// data path.
+inline constexpr uint32_t kDefaultSupportedCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg |
+                                                  vc::kCapWbOnItr | vc::kCapReqQueues |
+                                                  vc::kCapAdvLinkSpeed;
 
 // RSS hash types (i40e PCTYPE bits) the VF hashes on after power-on and
 // every VF reset, before (and unless) the driver sends SET_RSS_HENA: the

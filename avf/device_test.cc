@@ -239,7 +239,17 @@ TEST_F(DeviceTest, LegacyVfGetsResourcesWithoutCapabilityWord) {
   EXPECT_EQ(vc::Load<vc::VersionInfo>(ver->payload, 0).minor, 0u);
   ArqMessage r = Call(vc::kOpGetVfResources, {});
   EXPECT_EQ(r.v_retval, 0);
-  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags, vc::kCapL2);
+  // ice_vc_get_vf_res_msg: no RSS_PF -> RSS_REG (the legacy set asks for it).
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags, vc::kCapL2 | vc::kCapRssReg);
+  // A 1.1 VF that asks for neither RSS_PF nor RSS_REG still gets RSS_REG.
+  uint32_t caps = vc::kCapL2 | vc::kCapRssAq | vc::kCapWbOnItr;
+  r = *drv_->CallStruct(vc::kOpGetVfResources, caps);
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags,
+            vc::kCapL2 | vc::kCapRssReg | vc::kCapWbOnItr);
+  // And with RSS_PF requested only RSS_PF.
+  r = *drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps);
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags & (vc::kCapRssPf | vc::kCapRssReg),
+            vc::kCapRssPf);
 }
 
 TEST_F(DeviceTest, FullBringUpRaisesLinkAndServesStats) {

@@ -249,9 +249,14 @@ int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint
     // A 1.0 VF sends no capability word: the legacy set.
     requested = vc::kCapL2 | vc::kCapRssReg | vc::kCapVlan;
   }
-  granted_caps_ = requested & options_.supported_caps & ~vc::kCapRssAq;
-  // One RSS mechanism, as ice grants it: RSS_PF if asked for, else RSS_REG.
-  if (granted_caps_ & vc::kCapRssPf) granted_caps_ &= ~vc::kCapRssReg;
+  granted_caps_ = requested & options_.supported_caps & ~(vc::kCapRssAq | vc::kCapRssReg);
+  // One RSS mechanism, as ice_virtchnl.c:ice_vc_get_vf_res_msg grants it:
+  // RSS_PF if asked for, else RSS_REG whether asked for or not (a driver
+  // without RSS_PF programs the VFQF_* registers: iavf_main.c:iavf_init_rss
+  // / iavf_config_rss_reg). RSS_AQ is never offered.
+  if (!(granted_caps_ & vc::kCapRssPf) && (options_.supported_caps & vc::kCapRssReg)) {
+    granted_caps_ |= vc::kCapRssReg;
+  }
   resources_sent_ = true;
   vc::VfResource r{};
   r.num_vsis = 1;
