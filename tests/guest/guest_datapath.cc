@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+
 namespace emud::guest {
 namespace {
 
@@ -76,6 +78,13 @@ absl::StatusOr<std::vector<RxFrame>> GuestDataPath::Receive(uint32_t q) {
     uint32_t len = uint32_t(qw1 >> 38) & 0x3FFF;
     const DmaBuffer& b = r.buffers[sb[i]];
     auto& part = rx_partial_[q];
+    if (len == 0 && part.empty()) {
+      // Linux <= 6.9 (iavf_txrx.c:iavf_clean_rx_irq) gets no skb from
+      // iavf_build_skb for a 0-byte first buffer and stops at this
+      // descriptor on every poll: the queue would be stalled for good.
+      return absl::InternalError(absl::StrCat("RX queue ", q, " descriptor ", i,
+                                              ": DD with PBUF_LEN 0 starts a frame (stalls iavf)"));
+    }
     if (part.empty()) first_qw0_ = Load(d);
     part.insert(part.end(), b.host, b.host + std::min<size_t>(len, b.size));
     error |= (qw1 >> 19) & 1;

@@ -38,6 +38,8 @@ class GuestDataPath {
   // Completed TX descriptors reaped on queue q (their buffers freed).
   uint32_t ReapTx(uint32_t q);
   // Frames received on queue q (buffers re-posted, QRX_TAIL written).
+  // INTERNAL if a written-back descriptor starting a frame has PBUF_LEN 0,
+  // on which Linux <= 6.9 stalls the queue (the descriptor is left in place).
   absl::StatusOr<std::vector<RxFrame>> Receive(uint32_t q);
 
  private:
