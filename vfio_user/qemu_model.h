@@ -128,6 +128,8 @@ class QemuModel {
   bool aer() const { return pci_aer_; }
   bool reset_works() const { return reset_works_; }
   uint32_t msix_entries() const { return msix_entries_; }
+  uint8_t msix_cap() const { return msix_cap_; }
+  uint32_t config_size() const { return config_size_; }
   int msix_table_bar() const { return msix_table_bar_; }
   uint64_t bar_size(int bar) const { return bars_[bar].size; }
   bool bar_mem64(int bar) const { return bars_[bar].mem64; }
