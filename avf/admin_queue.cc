@@ -75,7 +75,18 @@ void AdminQueue::WriteReg(uint32_t offset, uint32_t value) {
     case kVfAtqt1: atq_tail_ = value & kAqTailMask; break;
     case kVfArqbal1: arq_bal_ = value; break;
     case kVfArqbah1: arq_bah_ = value; break;
-    case kVfArqlen1: arq_len_ = value & (kAqLenMask | kAqLenVfe | kAqLenOvfl | kAqLenCrit | kAqLenEnable); break;
+    case kVfArqlen1:
+      arq_len_ = value & (kAqLenMask | kAqLenVfe | kAqLenOvfl | kAqLenCrit | kAqLenEnable);
+      // The driver shut its receive queue down (iavf_adminq.c:
+      // iavf_shutdown_arq writes LEN = 0): what could not be delivered is
+      // lost, as a PF's send to a disabled VF mailbox fails. Otherwise a
+      // driver re-initialising its AQ without a VF reset (the init state
+      // machine's retries) would find stale replies in its fresh ring.
+      if (!arq_enabled() && !backlog_.empty()) {
+        counters_.arq_dropped += backlog_.size();
+        backlog_.clear();
+      }
+      break;
     case kVfArqh1: arq_head_ = value & kAqHeadMask; break;
     case kVfArqt1: arq_tail_ = value & kAqTailMask; break;
     default: break;

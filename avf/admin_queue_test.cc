@@ -188,6 +188,27 @@ TEST_F(AdminQueueTest, DisabledArqDropsAndResetClearsEverything) {
   EXPECT_EQ(aq_.counters().arq_dropped, 1u);
 }
 
+TEST_F(AdminQueueTest, ArqShutdownDropsTheBacklog) {
+  for (int i = 0; i < 7; ++i) ASSERT_TRUE(aq_.Post(&dma_, 15, 0, {}));
+  EXPECT_FALSE(aq_.Post(&dma_, 1, 0, {}));
+  EXPECT_FALSE(aq_.Post(&dma_, 3, 0, {}));
+  ASSERT_EQ(aq_.backlog_size(), 2u);
+  // Clearing only error bits (iavf_adminq_task) keeps ENABLE: nothing lost.
+  aq_.WriteReg(kVfArqlen1, aq_.ReadReg(kVfArqlen1) & ~kAqLenOvfl);
+  EXPECT_EQ(aq_.backlog_size(), 2u);
+  // iavf_shutdown_arq: H, T, LEN = 0, BAL, BAH.
+  aq_.WriteReg(kVfArqh1, 0);
+  aq_.WriteReg(kVfArqt1, 0);
+  aq_.WriteReg(kVfArqlen1, 0);
+  EXPECT_EQ(aq_.backlog_size(), 0u);
+  EXPECT_EQ(aq_.counters().arq_dropped, 2u);
+  // Re-initialised: the fresh ring gets nothing stale.
+  aq_.WriteReg(kVfArqlen1, 8 | kAqLenEnable);
+  aq_.WriteReg(kVfArqt1, 7);
+  EXPECT_EQ(aq_.DrainBacklog(&dma_), 0);
+  EXPECT_EQ(aq_.ReadReg(kVfArqh1), 0u);
+}
+
 TEST_F(AdminQueueTest, StopEndsTheLoop) {
   PutAtq(0, 2, {});
   PutAtq(1, 1, {});
