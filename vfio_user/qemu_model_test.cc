@@ -254,6 +254,29 @@ TEST(QemuRealizeTest, MessageDmaChunksFitTheServersOwnTransferLimit) {
   EXPECT_EQ(std::memcmp(h.device().shared(), ram.bytes.data(), 8192), 0);
 }
 
+// Limits a deployment might configure are brought within what QEMU accepts
+// in the VERSION reply and needs for realize.
+TEST(QemuRealizeTest, ConfiguredLimitsStayWithinWhatQemuAccepts) {
+  SessionOptions o;
+  o.max_data_xfer_size = 1024;   // below the 4 KiB config-space read
+  o.max_dma_maps = 100000;       // above QEMU's 65535
+  o.max_msg_fds = 64;            // above QEMU's 16
+  ServerHarness h(o);
+  auto q = QemuModel::Connect(h.path());
+  ASSERT_TRUE(q.ok());
+  GuestMemory mem;
+  ASSERT_TRUE((*q)->Realize(mem.sections()).ok());
+  EXPECT_EQ((*q)->server_caps().max_data_xfer_size, 4096u);
+  EXPECT_EQ((*q)->server_caps().max_dma_maps, 65535u);
+  EXPECT_EQ((*q)->server_caps().max_msg_fds, 16u);
+  o.max_data_xfer_size = 1ull << 30;  // above QEMU's 64 MiB
+  ServerHarness h2(o);
+  auto q2 = QemuModel::Connect(h2.path());
+  ASSERT_TRUE(q2.ok());
+  ASSERT_TRUE((*q2)->ValidateVersion().ok());
+  EXPECT_EQ((*q2)->server_caps().max_data_xfer_size, 64ull << 20);
+}
+
 // An AVF-shaped device: 64-bit prefetchable BAR0 (registers) and BAR3 (MSI-X
 // table at 0, PBA at 0x2000), PCIe endpoint with FLR, no PM, no INTx, no
 // mmap (so QEMU posts BAR writes), many vectors.

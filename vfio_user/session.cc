@@ -137,7 +137,13 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Create(PciDevice* device, Even
     options.max_msg_size = std::min<size_t>(options.max_msg_size, (64 << 10) + 4096);
   }
   options.max_msg_fds = std::clamp<uint32_t>(options.max_msg_fds, 1, 16);
-  options.max_msg_size = std::max<size_t>(options.max_msg_size, 4096);
+  // What QEMU accepts in our VERSION reply (hw/vfio-user/proxy.c:
+  // check_max_xfer <= 64 MiB, check_max_dma <= 65535) and what it needs: the
+  // whole config space in one REGION_READ (hw/vfio/pci.c:
+  // vfio_pci_config_setup), i.e. 4 KiB for a PCIe device.
+  options.max_data_xfer_size = std::clamp<uint64_t>(options.max_data_xfer_size, 4096, 64ull << 20);
+  options.max_dma_maps = std::clamp<uint32_t>(options.max_dma_maps, 1, 65535);
+  options.max_msg_size = std::max<size_t>(options.max_msg_size, options.max_data_xfer_size + 4096);
   std::unique_ptr<Session> s(new Session(device, loop, std::move(options)));
   if (auto st = s->Init(); !st.ok()) return st;
   return s;

@@ -88,9 +88,10 @@ std::vector<std::string> SessionTables();
 struct SessionOptions {
   // Advertised in the VERSION reply and enforced on requests.
   uint32_t max_msg_fds = 16;                   // fds per message (QEMU accepts <= 16)
-  uint64_t max_data_xfer_size = 1 << 20;       // REGION_READ/WRITE count
-  uint32_t max_dma_maps = 1024;                // simultaneous DMA windows
-  // Framing limit: a header announcing more is a framing error.
+  uint64_t max_data_xfer_size = 1 << 20;       // REGION_READ/WRITE count (4 KiB..64 MiB)
+  uint32_t max_dma_maps = 1024;                // simultaneous DMA windows (<= 65535)
+  // Framing limit: a header announcing more is a framing error (raised to
+  // max_data_xfer_size + 4 KiB if below).
   size_t max_msg_size = (1 << 20) + 4096;
   // A reply that cannot be written within this time drops the client.
   absl::Duration send_timeout = absl::Seconds(5);
