@@ -739,6 +739,7 @@ absl::Status QemuModel::ConfigSetup() {
     auto irq = GetIrqInfo(kMsixIrq);
     if (!irq.ok()) return Fail("vfio_msix_early_setup", "failed to get MSI-X irq info");
     if (irq->flags & kIrqInfoNoresize) noresize_ = true;
+    msix_irq_count_ = irq->count;
     if (msix_table_bar_ > 5 || msix_pba_bar_ > 5) return Fail("vfio_msix_early_setup", "BIR out of range");
     if (msix_pba_off_ >= bars_[msix_pba_bar_].size) {
       return Fail("vfio_msix_early_setup", "hardware reports invalid configuration, MSIX PBA outside of specified BAR");
@@ -963,6 +964,43 @@ absl::Status QemuModel::Realize(absl::Span<const Section> sections) {
   if (auto s = ConfigSetup(); !s.ok()) return s;
   if (auto s = AddCapabilities(); !s.ok()) return s;
   return InterruptSetup();
+}
+
+absl::Status QemuModel::LintDevice() {
+  for (int i = 0; i < 6; ++i) {
+    const Bar& b = bars_[i];
+    if (!b.size || b.ioport) continue;
+    const uint32_t reg = 0x10 + 4 * i;
+    auto lo = ConfigRead(reg, 4);
+    absl::StatusOr<uint32_t> hi = uint32_t{0};
+    if (b.mem64) hi = ConfigRead(reg + 4, 4);
+    if (!lo.ok() || !hi.ok()) return Fail("device", "BAR register unreadable");
+    if (auto s = ConfigWrite(reg, 0xffffffff, 4); !s.ok()) return s;
+    if (b.mem64) {
+      if (auto s = ConfigWrite(reg + 4, 0xffffffff, 4); !s.ok()) return s;
+    }
+    auto slo = ConfigRead(reg, 4);
+    absl::StatusOr<uint32_t> shi = 0xffffffffu;
+    if (b.mem64) shi = ConfigRead(reg + 4, 4);
+    if (!slo.ok() || !shi.ok()) return Fail("device", "BAR register unreadable");
+    (void)ConfigWrite(reg, *lo, 4);
+    if (b.mem64) (void)ConfigWrite(reg + 4, *hi, 4);
+    const uint64_t mask = (uint64_t{*shi} << 32) | (*slo & ~0xfu);
+    const uint64_t size = ~mask + 1;
+    if (size != b.size) {
+      return Fail("device", absl::StrCat("BAR", i, " decodes ", size, " bytes but its region is ", b.size,
+                                         " (QEMU shows the guest the region size)"));
+    }
+  }
+  if (msix_cap_ && msix_irq_count_ < msix_entries_) {
+    return Fail("device", absl::StrCat("MSI-X table has ", msix_entries_, " entries but GET_IRQ_INFO(MSIX) count is ",
+                                       msix_irq_count_, ": SET_IRQS for the vectors above fail"));
+  }
+  int guard = 0;
+  for (uint8_t p = config_[0x34]; p && ++guard < 64; p = config_[p + 1]) {
+    if (p & 3) return Fail("device", absl::StrCat("capability at 0x", absl::Hex(p), " is not dword aligned"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status QemuModel::SystemReset() {

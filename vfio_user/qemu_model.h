@@ -91,6 +91,12 @@ class QemuModel {
   absl::Status InterruptSetup();
   // Everything above in realize order, with `sections` mapped after VERSION.
   absl::Status Realize(absl::Span<const Section> sections);
+  // Device-model consistency QEMU does not check itself but a guest depends
+  // on (after realize): each BAR's size as the device decodes it (all-ones
+  // sizing through the server, then restored) equals its region size, which
+  // is what QEMU shows the guest; the MSIX irq count covers the MSI-X table
+  // (vectors beyond it fail SET_IRQS); capabilities are dword aligned.
+  absl::Status LintDevice();
 
   // ---- run time ----
 
@@ -211,6 +217,7 @@ class QemuModel {
   Bar bars_[6];
   uint8_t msix_cap_ = 0;
   uint32_t msix_entries_ = 0;
+  uint32_t msix_irq_count_ = 0;
   int msix_table_bar_ = -1, msix_pba_bar_ = -1;
   uint32_t msix_table_off_ = 0, msix_pba_off_ = 0;
   bool msix_enabled_ = false;

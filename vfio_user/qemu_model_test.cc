@@ -52,6 +52,7 @@ TEST(QemuRealizeTest, ExampleDeviceRealizesWithoutErrorsOrWarnings) {
   ASSERT_TRUE(q.ok()) << q.status();
   GuestMemory mem;
   ASSERT_TRUE((*q)->Realize(mem.sections()).ok());
+  EXPECT_TRUE((*q)->LintDevice().ok());
   EXPECT_TRUE((*q)->warnings().empty()) << Joined((*q)->warnings());
   EXPECT_TRUE((*q)->reset_works());
   EXPECT_EQ((*q)->msix_entries(), 1u);
@@ -283,7 +284,8 @@ TEST(QemuRealizeTest, ConfiguredLimitsStayWithinWhatQemuAccepts) {
 class AvfShapedDevice : public PciDevice {
  public:
   static constexpr uint32_t kVectors = 40;
-  AvfShapedDevice() {
+  // `region0_size` != 64 KiB makes the region disagree with the BAR.
+  explicit AvfShapedDevice(uint64_t region0_size = 64 << 10) : region0_size_(region0_size) {
     config_.SetHeader({.vendor_id = 0x8086, .device_id = 0x1889, .subsystem_vendor_id = 0x8086,
                        .revision = 1, .class_code = 0x020000});
     EXPECT_TRUE(config_.SetBar(0, 64 << 10, PciConfigSpace::BarType::kMem64, true).ok());
@@ -294,7 +296,7 @@ class AvfShapedDevice : public PciDevice {
   std::vector<RegionDesc> Regions() const override {
     std::vector<RegionDesc> r(kNumPciRegions);
     for (uint32_t i = 0; i < kNumPciRegions; ++i) r[i].index = i;
-    r[0].size = 64 << 10;
+    r[0].size = region0_size_;
     r[3].size = 16 << 10;
     r[kConfigRegion].size = config_.size();
     for (uint32_t i : {0u, 3u, uint32_t{kConfigRegion}}) r[i].readable = r[i].writable = true;
@@ -343,6 +345,7 @@ class AvfShapedDevice : public PciDevice {
   absl::Status Restore(const state_store::ReadTxn&) override { return absl::NotFoundError("none"); }
 
  private:
+  uint64_t region0_size_;
   PciConfigSpace config_{4096};
   MsixTable msix_{kVectors};
   std::vector<uint8_t> regs_ = std::vector<uint8_t>(64 << 10, 0);
@@ -351,6 +354,7 @@ class AvfShapedDevice : public PciDevice {
 
 class AvfShapedTest : public ::testing::Test {
  protected:
+  explicit AvfShapedTest(uint64_t region0_size = 64 << 10) : device_(region0_size) {}
   void SetUp() override {
     auto loop = EventLoop::Create();
     ASSERT_TRUE(loop.ok());
@@ -378,6 +382,7 @@ TEST_F(AvfShapedTest, RealizesPostsWritesAndTakesVectorArraysInFdChunks) {
   GuestMemory mem;
   ASSERT_TRUE((*q)->Realize(mem.sections()).ok());
   QemuModel& m = **q;
+  EXPECT_TRUE(m.LintDevice().ok());
   EXPECT_TRUE(m.warnings().empty()) << Joined(m.warnings());
   EXPECT_TRUE(m.posted_writes());
   EXPECT_TRUE(m.bar_mem64(0));
@@ -417,6 +422,21 @@ TEST_F(AvfShapedTest, RealizesPostsWritesAndTakesVectorArraysInFdChunks) {
   EXPECT_EQ(*pba, want);
   ASSERT_TRUE(m.SystemReset().ok());
   EXPECT_TRUE(m.warnings().empty()) << Joined(m.warnings());
+}
+
+class MismatchedBarTest : public AvfShapedTest {
+ protected:
+  MismatchedBarTest() : AvfShapedTest(32 << 10) {}
+};
+
+TEST_F(MismatchedBarTest, LintCatchesARegionSmallerThanItsBar) {
+  auto q = QemuModel::Connect(path_);
+  ASSERT_TRUE(q.ok());
+  GuestMemory mem;
+  ASSERT_TRUE((*q)->Realize(mem.sections()).ok());  // QEMU itself does not notice
+  absl::Status lint = (*q)->LintDevice();
+  EXPECT_FALSE(lint.ok());
+  EXPECT_NE(lint.message().find("BAR0 decodes 65536 bytes"), absl::string_view::npos) << lint;
 }
 
 }  // namespace

@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   if ((fails += Report(m.ConfigSetup(), "config space, ROM, BARs, MSI-X (vfio_pci_config_setup)"))) return 1;
   if ((fails += Report(m.AddCapabilities(), "capability chain (vfio_pci_add_capabilities)"))) return 1;
   if ((fails += Report(m.InterruptSetup(), "INTx and ERR notifier (vfio_pci_interrupt_setup)"))) return 1;
+  fails += Report(m.LintDevice(), "device consistency: BAR sizes, MSI-X vectors, capability alignment");
   const auto& info = m.device_info();
   std::printf("      device: %u regions, %u irq types, reset %s, config %u bytes, posted BAR writes %s, AER %s\n",
               info.num_regions, info.num_irqs, m.reset_works() ? "yes" : "no", m.config_size(),
