@@ -668,7 +668,9 @@ Session::Reply Session::HandleGetIrqInfo(Message& m) {
   out.index = req.index;
   out.count = irqs_->count(req.index);
   out.flags = kIrqInfoEventfd;
-  if (req.index == kMsixIrq) out.flags |= kIrqInfoMaskable;
+  // MASK/UNMASK (DATA_NONE/BOOL) are accepted for INTx, MSI and MSI-X
+  // vectors, not for the ERR/REQ notifiers: say so (spec: MASKABLE).
+  if (req.index != kErrIrq && req.index != kReqIrq) out.flags |= kIrqInfoMaskable;
   r.payload = Bytes(out);
   return r;
 }

@@ -475,6 +475,7 @@ TEST_F(SessionTest, IrqInfo) {
   auto intx = client_->GetIrqInfo(kIntxIrq);
   ASSERT_TRUE(intx.ok());
   EXPECT_EQ(intx->count, 0u);
+  EXPECT_EQ(intx->flags, kIrqInfoEventfd | kIrqInfoMaskable);
   // ERR and REQ: one transport notifier each (QEMU warns unless ERR has 1).
   for (uint32_t i : {uint32_t{kErrIrq}, uint32_t{kReqIrq}}) {
     auto n = client_->GetIrqInfo(i);
