@@ -110,7 +110,7 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   std::optional<uint32_t> hash;
   const avf::RssConfig& rss = dev_->rss();
   if (!loopback_ && rss.hena != 0) {
-    hash = FrameRssHash(rss.key, frame);
+    hash = FrameRssHash(rss.key, frame, rss.hena);
     if (hash) q = rss.lut[*hash % rss.lut.size()];
   }
   if (q >= kMaxQueues || !(rx_running_ & (1u << q))) q = __builtin_ctz(rx_running_);

@@ -1,5 +1,6 @@
 #include "dataplane/rss.h"
 
+#include <array>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -50,6 +51,58 @@ TEST(Rss, NonIpAndShortFrames) {
   auto f = Ipv4Tcp({1, 2, 3, 4}, {5, 6, 7, 8}, 1, 2);
   f.resize(30);  // cut inside the IPv4 header
   EXPECT_FALSE(FrameRssHash(kKey, f).has_value());
+}
+
+TEST(Rss, PctypeClassification) {
+  auto tcp = Ipv4Tcp({1, 2, 3, 4}, {5, 6, 7, 8}, 1, 2);
+  tcp[14 + 20 + 13] = 0x10;  // ACK
+  EXPECT_EQ(FramePctype(tcp), 33u);
+  tcp[14 + 20 + 13] = 0x02;  // SYN
+  EXPECT_EQ(FramePctype(tcp), 34u);
+  auto udp = tcp;
+  udp[23] = 17;
+  EXPECT_EQ(FramePctype(udp), 31u);
+  auto sctp = tcp;
+  sctp[23] = 132;
+  EXPECT_EQ(FramePctype(sctp), 35u);
+  auto icmp = tcp;
+  icmp[23] = 1;
+  EXPECT_EQ(FramePctype(icmp), 36u);
+  auto frag = udp;
+  frag[14 + 6] = 0x20;
+  EXPECT_EQ(FramePctype(frag), 38u);
+
+  std::vector<uint8_t> v6(14 + 40 + 8, 0);
+  v6[12] = 0x86;
+  v6[13] = 0xdd;
+  v6[14] = 0x60;
+  v6[14 + 6] = 17;
+  EXPECT_EQ(FramePctype(v6), 41u);
+  v6[14 + 6] = 58;  // ICMPv6
+  EXPECT_EQ(FramePctype(v6), 46u);
+  v6[14 + 6] = 44;  // fragment header
+  EXPECT_EQ(FramePctype(v6), 48u);
+  std::vector<uint8_t> arp(60, 0);
+  arp[12] = 0x08;
+  arp[13] = 0x06;
+  EXPECT_FALSE(FramePctype(arp).has_value());
+}
+
+TEST(Rss, HashOnlyForEnabledTypes) {
+  auto tcp = Ipv4Tcp({66, 9, 149, 187}, {161, 142, 100, 80}, 2794, 1766);
+  tcp[14 + 20 + 13] = 0x10;
+  auto udp = tcp;
+  udp[23] = 17;
+  const uint64_t only_tcp = 1ull << 33;
+  EXPECT_EQ(FrameRssHash(kKey, tcp, only_tcp), 0x51ccc178u);
+  EXPECT_FALSE(FrameRssHash(kKey, udp, only_tcp).has_value());
+  EXPECT_TRUE(FrameRssHash(kKey, udp, 1ull << 31).has_value());
+  EXPECT_FALSE(FrameRssHash(kKey, tcp, 0).has_value());
+  // A SYN hashes under either TCP type.
+  tcp[14 + 20 + 13] = 0x02;
+  EXPECT_EQ(FrameRssHash(kKey, tcp, only_tcp), 0x51ccc178u);
+  EXPECT_EQ(FrameRssHash(kKey, tcp, 1ull << 34), 0x51ccc178u);
+  EXPECT_FALSE(FrameRssHash(kKey, tcp, 1ull << 31).has_value());
 }
 
 }  // namespace

@@ -255,7 +255,8 @@ TEST(DataplaneIntegration, PeerTrafficIsSpreadOverRxQueuesByRss) {
   a.Start("rssA", "peer:rssB", 1, shm);
   b.Start("rssB", "peer:rssA", 2, shm);
   ASSERT_EQ(b.drv->num_active_queues(), 2u);
-  ASSERT_NE(b.dev->rss().hena, 0u) << "the driver configured RSS";
+  // UDP hashing on: the PF default (Linux never sends SET_RSS_HENA).
+  ASSERT_NE(b.dev->rss().hena & (1ull << 31), 0u);
   const int kFlows = 32;
   for (int i = 0; i < kFlows; ++i) {
     auto f = MakeFrame(b.drv->mac(), 100, 1000 + i);
