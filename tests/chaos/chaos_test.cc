@@ -2,7 +2,8 @@
 // continuous two-way traffic through emud + the real emud-worker (loopback
 // backend: every TX frame comes back on RX, carrying a sequence number) plus
 // control-path activity (GET_STATS, CONFIG_PROMISCUOUS_MODE, ADD/DEL_ETH_ADDR,
-// DMA map/unmap of an extra window, register reads, interrupts), while a
+// DMA map/unmap of an extra window, a queue vector's eventfd replaced by
+// SET_IRQS, register reads, interrupts), while a
 // second thread SIGKILLs the worker at random instants (CHAOS_WORKER_KILLS,
 // default 100) and emud (CHAOS_EMUD_KILLS, default 20). Two runs: trapped
 // doorbells (posted REGION_WRITEs) with one queue pair, and mapped doorbells
@@ -480,6 +481,14 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         auto w = drv.Watchdog();
         if (!w.ok()) error(absl::StrCat("watchdog: ", w.status().ToString()));
         else if (*w) error("watchdog saw a reset");
+        break;
+      }
+      case 7: {
+        // QEMU swaps a vector's eventfd when the guest masks/unmasks it.
+        const uint32_t v = 1 + uint32_t(op / 8) % nq;
+        if (absl::Status st = (*bus)->ReplaceVectorEventfd(v); !st.ok()) {
+          error(absl::StrCat("SET_IRQS (replace vector ", v, " eventfd): ", st.ToString()));
+        }
         break;
       }
       default:

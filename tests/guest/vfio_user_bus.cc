@@ -143,6 +143,20 @@ absl::Status VfioUserBus::EnableMsix(uint32_t count) {
   return SetMsixEnableBit(true);
 }
 
+absl::Status VfioUserBus::ReplaceVectorEventfd(uint32_t v) {
+  if (v >= eventfds_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("vector ", v, " is not enabled"));
+  }
+  UniqueFd fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!fd.valid()) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  const int raw = fd.get();
+  if (auto s = client_->SetIrqEventfds(vfio_user::kMsixIrq, v, absl::MakeConstSpan(&raw, 1)); !s.ok()) {
+    return s;
+  }
+  eventfds_[v] = std::move(fd);
+  return absl::OkStatus();
+}
+
 absl::Status VfioUserBus::DisableMsix() {
   if (eventfds_.empty()) return absl::OkStatus();
   if (auto s = client_->SetIrqs(vfio_user::kMsixIrq,

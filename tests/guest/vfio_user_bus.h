@@ -48,6 +48,10 @@ class VfioUserBus : public GuestBus {
   void Sleep(absl::Duration d) override;
   GuestMemory& memory() override { return *mem_; }
 
+  // Gives MSI-X vector `v` a fresh eventfd (one SET_IRQS with one fd), as
+  // QEMU does when the guest masks or unmasks a vector; the old one closes.
+  absl::Status ReplaceVectorEventfd(uint32_t v);
+
   vfio_user::Client& client() { return *client_; }
   uint32_t msix_vectors_supported() const { return msix_supported_; }
   uint64_t total_fired(uint32_t v) const { return v < total_.size() ? total_[v] : 0; }
