@@ -291,17 +291,29 @@ uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
   size_t l4 = 0, l4_len = 0;
   uint8_t proto = 0;
   uint32_t pseudo = 0;
+  bool l4_checkable = true;
   if (et == 0x0800) {
     if (f.size() < l3 + 20 || (f[l3] >> 4) != 4) return 0;
-    size_t ihl = size_t(f[l3] & 0xf) * 4;
-    size_t tot = LoadBe16(&f[l3 + 2]);
-    if (ihl < 20 || tot < ihl || l3 + tot > f.size()) return 0;
-    if (LoadBe16(&f[l3 + 6]) & 0x3fff) return 0;  // fragment
+    const size_t ihl = size_t(f[l3] & 0xf) * 4;
+    if (ihl < 20 || l3 + ihl > f.size()) return 0;
+    // The header checksum is checked whatever follows it: DPDK
+    // (iavf_rxd_to_pkt_flags) reports IP GOOD whenever IPE is clear.
     if (CsumFold(CsumPartial(&f[l3], ihl, 0)) != 0xffff) result |= RxCsum::kIpBad;
     proto = f[l3 + 9];
-    l4 = l3 + ihl;
-    l4_len = tot - ihl;
-    pseudo = CsumPartial(&f[l3 + 12], 8, 0);
+    const bool fragment = (LoadBe16(&f[l3 + 6]) & 0x3fff) != 0;
+    if (fragment || (proto != 6 && proto != 17 && proto != 132)) {
+      // No L4 either driver would take as verified (Linux iavf_rx_checksum
+      // trusts only the TCP/UDP/SCTP ptypes; a fragment's ptype is not one).
+      return result;
+    }
+    const size_t tot = LoadBe16(&f[l3 + 2]);
+    if (tot < ihl || l3 + tot > f.size()) {
+      l4_checkable = false;
+    } else {
+      l4 = l3 + ihl;
+      l4_len = tot - ihl;
+      pseudo = CsumPartial(&f[l3 + 12], 8, 0);
+    }
   } else if (et == 0x86dd) {
     if (f.size() < l3 + 40 || (f[l3] >> 4) != 6) return 0;
     size_t plen = LoadBe16(&f[l3 + 4]);
@@ -313,8 +325,28 @@ uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
   } else {
     return 0;
   }
-  if (proto != 6 && proto != 17) return 0;
-  if ((proto == 6 && l4_len < 20) || (proto == 17 && l4_len < 8)) return 0;
+  if (proto != 6 && proto != 17 && proto != 132) return 0;
+  if ((proto == 6 && l4_len < 20) || (proto == 17 && l4_len < 8) ||
+      (proto == 132 && l4_len < 12)) {
+    l4_checkable = false;
+  }
+  if (!l4_checkable) {
+    // L3L4P without L4E on a TCP/UDP/SCTP ptype means "L4 verified" to
+    // Linux: report only a bad IPv4 header.
+    return (result & RxCsum::kIpBad) ? result : 0;
+  }
+  if (proto == 132) {
+    // CRC32c over the SCTP packet with its checksum field taken as zero,
+    // stored little-endian.
+    static constexpr uint8_t kZero[4] = {};
+    uint32_t crc = Crc32c(&f[l4], 8);
+    crc = Crc32c(kZero, 4, crc);
+    crc = Crc32c(&f[l4 + 12], l4_len - 12, crc);
+    uint32_t stored;
+    std::memcpy(&stored, &f[l4 + 8], 4);
+    if (crc != stored) result |= RxCsum::kL4Bad;
+    return result;
+  }
   if (proto == 17 && et == 0x0800 && LoadBe16(&f[l4 + 6]) == 0) return result;  // no UDP csum
   pseudo = CsumAddBe16(pseudo, proto);
   pseudo = CsumAddBe16(pseudo, static_cast<uint16_t>(l4_len));

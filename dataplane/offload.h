@@ -83,10 +83,17 @@ absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
                         uint32_t max_segments = 1100);
 
 // RX checksum check of an Ethernet frame (optionally one VLAN tag), as the
-// AVF reports it: kChecked when the frame is unfragmented IPv4/IPv6 carrying
-// TCP or UDP and both checksums were verified, plus kIpBad / kL4Bad for a
-// wrong IPv4 header / L4 checksum. 0 when nothing was checked (other
-// protocols, fragments, IPv6 extension headers, truncated frames).
+// AVF reports it (kChecked = L3L4P, kIpBad = IPE, kL4Bad = L4E):
+// - IPv4: the header checksum is always checked (kIpBad when wrong), also
+//   for fragments and for protocols other than TCP/UDP/SCTP, which report
+//   kChecked with the IP result alone;
+// - TCP/UDP (Internet checksum) and SCTP (CRC32c) over IPv4 or IPv6
+//   (no extension headers): kChecked plus kL4Bad when wrong;
+// - an L4 that cannot be checked (truncated, IP length beyond the frame):
+//   kChecked | kIpBad if the IPv4 header is bad, else 0 - Linux takes
+//   L3L4P without L4E on a TCP/UDP/SCTP ptype for a verified L4;
+// - 0 when nothing was checked (non-IP, IPv6 extension headers / other
+//   next headers, a header that does not fit the frame).
 struct RxCsum {
   static constexpr uint32_t kChecked = 1;
   static constexpr uint32_t kIpBad = 2;

@@ -352,10 +352,29 @@ TEST(RxChecksums, VerifiesWhatTxCompleted) {
       if (!v6) {
         p.f[14 + 8] ^= 1;  // TTL: the IPv4 header checksum breaks
         EXPECT_TRUE(CheckRxChecksums(p.f) & RxCsum::kIpBad);
-        p.f[14 + 6] = 0x20;  // MF: fragments are not checked
-        EXPECT_EQ(CheckRxChecksums(p.f), 0u);
+        // A fragment: the header checksum is still checked (DPDK reports IP
+        // GOOD whenever IPE is clear), the L4 is not.
+        p.f[14 + 6] = 0x20;  // MF
+        EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked | RxCsum::kIpBad) << proto;
+        PutBe16(&p.f[14 + 10], 0);
+        PutBe16(&p.f[14 + 10], RefFinish(RefSum(std::vector<uint8_t>(&p.f[14], &p.f[34]))));
+        EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked) << proto;
       }
     }
+  }
+  // IPv4 carrying neither TCP nor UDP (ICMP, GRE, ...): the header checksum
+  // result is reported, never discarded.
+  {
+    std::mt19937 rng(7);
+    Pkt p = MakePacket(false, 6, 40, rng);
+    p.f[14 + 9] = 1;  // ICMP
+    PutBe16(&p.f[14 + 10], 0);
+    PutBe16(&p.f[14 + 10], RefFinish(RefSum(std::vector<uint8_t>(&p.f[14], &p.f[34]))));
+    EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked);
+    p.f[14 + 8] ^= 1;
+    EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked | RxCsum::kIpBad);
+    p.f[14 + 9] = 47;  // GRE
+    EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked | RxCsum::kIpBad);
   }
   std::vector<uint8_t> arp(60, 0);
   arp[12] = 0x08;
@@ -364,7 +383,52 @@ TEST(RxChecksums, VerifiesWhatTxCompleted) {
   std::mt19937 rng(1);
   Pkt t = MakePacket(false, 6, 100, rng);
   PutBe16(&t.f[14 + 2], 2000);  // IP length beyond the frame
+  PutBe16(&t.f[14 + 10], 0);
+  PutBe16(&t.f[14 + 10], RefFinish(RefSum(std::vector<uint8_t>(&t.f[14], &t.f[34]))));
+  // L4 not checkable: no L3L4P (Linux would take a clear L4E on a TCP ptype
+  // for CHECKSUM_UNNECESSARY) ...
   EXPECT_EQ(CheckRxChecksums(t.f), 0u);
+  // ... unless the header checksum is wrong: that is reported.
+  t.f[14 + 8] ^= 1;
+  EXPECT_EQ(CheckRxChecksums(t.f), RxCsum::kChecked | RxCsum::kIpBad);
+}
+
+// SCTP: the CRC32c is verified (DPDK reports L4 GOOD when L4E is clear);
+// the reference CRC is the bitwise one, stored little-endian (RFC 4960 B).
+TEST(RxChecksums, VerifiesSctpCrc32c) {
+  for (bool v6 : {false, true}) {
+    std::mt19937 rng(11 + v6);
+    Pkt p = MakePacket(v6, 132, 200, rng);
+    if (!v6) {
+      PutBe16(&p.f[14 + 10], 0);
+      PutBe16(&p.f[14 + 10], RefFinish(RefSum(std::vector<uint8_t>(&p.f[14], &p.f[34]))));
+    }
+    std::memset(&p.f[p.l4 + 8], 0, 4);
+    uint32_t crc = RefCrc32c(&p.f[p.l4], p.f.size() - p.l4);
+    for (int i = 0; i < 4; ++i) p.f[p.l4 + 8 + i] = uint8_t(crc >> (8 * i));
+    EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked) << v6;
+    p.f[p.l4 + 20] ^= 0x01;
+    EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked | RxCsum::kL4Bad) << v6;
+    p.f[p.l4 + 20] ^= 0x01;
+    p.f[p.l4 + 9] ^= 0x80;  // the CRC itself
+    EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked | RxCsum::kL4Bad) << v6;
+  }
+  // What the TX offload fills in, RX accepts.
+  std::mt19937 rng(5);
+  Pkt p = MakePacket(false, 132, 77, rng);
+  TxOffload off;
+  off.maclen = 14;
+  off.iplen = 20;
+  off.iipt = TxOffload::kIiptIpv4Csum;
+  off.l4t = TxOffload::kL4Sctp;
+  ASSERT_TRUE(ApplyChecksumOffloads(absl::MakeSpan(p.f), off).ok());
+  EXPECT_EQ(CheckRxChecksums(p.f), RxCsum::kChecked);
+  // Too short to hold an SCTP common header: nothing reported.
+  std::vector<uint8_t> shorty(p.f.begin(), p.f.begin() + 14 + 20 + 8);
+  PutBe16(&shorty[14 + 2], 28);
+  PutBe16(&shorty[14 + 10], 0);
+  PutBe16(&shorty[14 + 10], RefFinish(RefSum(std::vector<uint8_t>(&shorty[14], &shorty[34]))));
+  EXPECT_EQ(CheckRxChecksums(shorty), 0u);
 }
 
 }  // namespace
