@@ -65,7 +65,12 @@ inline uint32_t Len(uint64_t qw1) { return uint32_t(qw1 >> kLenShift) & 0x3FFF; 
 // 0-byte first buffer, takes it for an allocation failure and stops at that
 // descriptor on every poll - the RX queue would stall for good. With a
 // length the driver builds the skb, sees EOF, then RXE, and drops it.
-inline constexpr uint64_t kErrorDescQw1 = kDd | kEof | kErrRxe | (uint64_t{1} << kLenShift);
+// DPDK never tests RXE (iavf_rxtx.c:iavf_rxd_to_pkt_flags, the vector
+// paths' desc_to_olflags_v) and delivers the byte as a packet: IPE and L4E
+// make it checksum-BAD there, ptype 0 unknown. Linux drops on RXE before it
+// reads them (iavf_clean_rx_irq).
+inline constexpr uint64_t kErrorDescQw1 =
+    kDd | kEof | kErrRxe | kErrIpe | kErrL4e | (uint64_t{1} << kLenShift);
 inline uint32_t Ptype(uint64_t qw1) { return uint32_t(qw1 >> kPtypeShift) & 0xFF; }
 }  // namespace rxd
 

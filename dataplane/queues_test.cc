@@ -332,6 +332,12 @@ TEST_F(QueuesTest, RxBadInput) {
   EXPECT_TRUE(RxQw1(0) & rxd::kDd);
   EXPECT_TRUE(RxQw1(0) & rxd::kEof);
   EXPECT_GT(rxd::Len(RxQw1(0)), 0u) << "pre-libeth iavf stalls on a 0-byte first buffer";
+  // DPDK never tests RXE (iavf_rxd_to_pkt_flags): IPE and L4E make the
+  // fragment it delivers checksum-BAD, ptype 0 makes it unknown.
+  EXPECT_TRUE(RxQw1(0) & rxd::kErrIpe);
+  EXPECT_TRUE(RxQw1(0) & rxd::kErrL4e);
+  EXPECT_EQ(rxd::Ptype(RxQw1(0)), 0u);
+  EXPECT_FALSE(RxQw1(0) & rxd::kL3L4P);
   EXPECT_EQ(q.head(), 1u);
   EXPECT_EQ(q.Deliver(f, 2, dma_), RxQueue::DeliverResult::kDelivered);
   // Ring unmapped: drop, no crash.
@@ -358,6 +364,8 @@ TEST_F(QueuesTest, RxRecoveryNeitherRewritesNorSkips) {
   EXPECT_TRUE(RxQw1(2) & rxd::kErrRxe);
   EXPECT_TRUE(RxQw1(2) & rxd::kEof);
   EXPECT_GT(rxd::Len(RxQw1(2)), 0u) << "pre-libeth iavf stalls on a 0-byte buffer";
+  EXPECT_TRUE(RxQw1(2) & rxd::kErrIpe) << "DPDK ignores RXE: the fragment must read BAD";
+  EXPECT_TRUE(RxQw1(2) & rxd::kErrL4e);
   EXPECT_EQ(hot->head.load(), 3u);
   EXPECT_EQ(hot->intent.load(), 3u);
   EXPECT_EQ(RxQw1(3), 0u) << "posted buffer 3 untouched";
