@@ -1,9 +1,11 @@
 // peer:DEVICE - an L2 link to another device of the node.
 //
-// Each device consumes its inbound ring SHM/<self>.peer.<peer> (which it
-// creates) and produces into SHM/<peer>.peer.<self> (created by the peer; opened
+// Each device consumes its inbound ring SHM/<self>/peer.<peer> (which it
+// creates) and produces into SHM/<peer>/peer.<self> (created by the peer; opened
 // lazily, frames sent before the peer exists are dropped like on a cable whose
 // other end is unplugged).
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "dataplane/backend.h"
 #include "dataplane/shm_ring.h"
@@ -84,11 +86,15 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenPeerBackend(absl::string_view peer,
   if (peer == options.device) return absl::InvalidArgumentError("a device cannot peer with itself");
   if (options.shm_dir.empty()) return absl::InvalidArgumentError("peer backend needs shm_dir");
   uint32_t slot = (options.max_frame + 4 + 63) & ~63u;
-  auto in = ShmRing::OpenConsumer(absl::StrCat(options.shm_dir, "/", options.device, ".peer.", peer),
+  // Rings live in the consumer's directory, DIR/shm/<consumer>/peer.<producer>.
+  std::error_code ec;
+  std::filesystem::create_directories(absl::StrCat(options.shm_dir, "/", options.device), ec);
+  if (ec) return absl::InternalError(absl::StrCat("creating the ring directory: ", ec.message()));
+  auto in = ShmRing::OpenConsumer(absl::StrCat(options.shm_dir, "/", options.device, "/peer.", peer),
                                   kRingSlots, slot);
   if (!in.ok()) return in.status();
   return std::unique_ptr<Backend>(new PeerBackend(
-      std::string(peer), absl::StrCat(options.shm_dir, "/", peer, ".peer.", options.device),
+      std::string(peer), absl::StrCat(options.shm_dir, "/", peer, "/peer.", options.device),
       std::move(*in)));
 }
 

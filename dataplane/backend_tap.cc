@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -92,9 +93,15 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenTapBackend(absl::string_view ifname
     return absl::InvalidArgumentError(absl::StrCat("TAP name '", ifname, "' must be 1..",
                                                    IFNAMSIZ - 1, " characters"));
   }
-  auto stage = TapRxStage::Open(options.shm_dir.empty() || options.device.empty()
-                                    ? std::string()
-                                    : absl::StrCat(options.shm_dir, "/", options.device, ".tap-rx"));
+  std::string stage_path;
+  if (!options.shm_dir.empty() && !options.device.empty()) {
+    const std::string dir = absl::StrCat(options.shm_dir, "/", options.device);
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat("creating ", dir, ": ", ec.message()));
+    stage_path = dir + "/tap-rx";
+  }
+  auto stage = TapRxStage::Open(stage_path);
   if (!stage.ok()) return stage.status();
   if (inherited.valid()) {
     UniqueFd fd = std::move(inherited);

@@ -1,5 +1,5 @@
 // Hot per-queue state of a device's data path in a tmpfs file
-// (state_store::ShmDir(state_dir)/NAME.queues), so that a worker killed at any
+// (state_store::DeviceShmDir(state_dir, NAME)/queues), so that a worker killed at any
 // instant leaves its successor the exact ring positions (the idea of
 // vhost-user's inflight region). No LMDB commit per packet: a plain store to
 // shared memory, which a process crash cannot lose (the page cache keeps it).

@@ -8,7 +8,7 @@
 // Publishes internal.WorkerStatus in the device's LMDB environment
 // (state_store::DeviceEnvDir(DIR, NAME), table "status", key "worker") on
 // every phase change and at most once per second otherwise. Hot queue
-// indices live in DIR/shm/NAME.queues. SIGTERM/SIGINT stop it cleanly.
+// indices live in DIR/shm/NAME/queues. SIGTERM/SIGINT stop it cleanly.
 //
 // Under emud (EMUD_FDS carries fdstore::kChannelKey) the worker survives its
 // own death: it deposits every fd it relies on in emud's fd store before
@@ -213,6 +213,11 @@ int Main() {
   const std::string shm_dir = state_store::ShmDir(state_dir);
   std::filesystem::create_directories(env_dir, ec);
   std::filesystem::create_directories(shm_dir, ec);
+  // DIR/shm/NAME/ (files of an older worker's DIR/shm/NAME.* layout move in).
+  const std::string dev_shm_dir = state_store::DeviceShmDir(state_dir, name);
+  if (absl::Status s = state_store::MigrateLegacyShmFiles(state_dir, name); !s.ok()) {
+    return Fail("state dir", s);
+  }
   state_store::EnvOptions eopt;
   eopt.tables = vfio_user::SessionTables();
   eopt.tables.push_back(avf::Device::kStateTable);
@@ -252,7 +257,7 @@ int Main() {
     absl::Status s = depositor.Deposit("backend/tap", (*backend)->event_fd());
     if (!s.ok()) return Fail("deposit backend/tap", s);
   }
-  auto qstate = QueueStateFile::Open(absl::StrCat(shm_dir, "/", name, ".queues"));
+  auto qstate = QueueStateFile::Open(absl::StrCat(dev_shm_dir, "/queues"));
   if (!qstate.ok()) return Fail("queue state", qstate.status());
   DataPath datapath(device->get(), backend->get(), qstate->get());
 
@@ -260,7 +265,7 @@ int Main() {
   if (persist) {
     sopt.store = env->get();
     sopt.crash_consistent = true;
-    sopt.journal_path = absl::StrCat(shm_dir, "/", name, ".journal");
+    sopt.journal_path = absl::StrCat(dev_shm_dir, "/journal");
   }
   if (store != nullptr) sopt.fd_depositor = &depositor;
 

@@ -34,6 +34,32 @@ std::string DeviceEnvDir(absl::string_view state_dir, absl::string_view device) 
 
 std::string ShmDir(absl::string_view state_dir) { return absl::StrCat(state_dir, "/shm"); }
 
+std::string DeviceShmDir(absl::string_view state_dir, absl::string_view device) {
+  return absl::StrCat(ShmDir(state_dir), "/", device);
+}
+
+namespace {
+// Files an older worker kept directly in DIR/shm, named NAME.<kind>.
+constexpr const char* kLegacyShmKinds[] = {"queues", "journal", "tap-rx"};
+}  // namespace
+
+absl::Status MigrateLegacyShmFiles(absl::string_view state_dir, absl::string_view device) {
+  absl::Status v = ValidateDeviceName(device);
+  if (!v.ok()) return v;
+  std::error_code ec;
+  const std::filesystem::path dir(DeviceShmDir(state_dir, device));
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("creating ", dir.string(), ": ", ec.message()));
+  for (const char* kind : kLegacyShmKinds) {
+    const std::filesystem::path legacy(absl::StrCat(ShmDir(state_dir), "/", device, ".", kind));
+    const std::filesystem::path now = dir / kind;
+    if (!std::filesystem::exists(legacy, ec) || std::filesystem::exists(now, ec)) continue;
+    std::filesystem::rename(legacy, now, ec);
+    if (ec) return absl::InternalError(absl::StrCat("moving ", legacy.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RemoveDeviceState(absl::string_view state_dir, absl::string_view device) {
   absl::Status v = ValidateDeviceName(device);
   if (!v.ok()) return v;
@@ -42,12 +68,12 @@ absl::Status RemoveDeviceState(absl::string_view state_dir, absl::string_view de
   if (ec) {
     return absl::InternalError(absl::StrCat("removing state of device ", device, ": ", ec.message()));
   }
-  std::filesystem::path shm(ShmDir(state_dir));
-  if (std::filesystem::exists(shm, ec)) {
-    for (const auto& entry : std::filesystem::directory_iterator(shm, ec)) {
-      std::string fn = entry.path().filename().string();
-      if (fn.rfind(absl::StrCat(device, "."), 0) == 0) std::filesystem::remove(entry.path(), ec);
-    }
+  std::filesystem::remove_all(DeviceShmDir(state_dir, device), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("removing tmpfs files of device ", device, ": ", ec.message()));
+  }
+  for (const char* kind : kLegacyShmKinds) {
+    std::filesystem::remove(absl::StrCat(ShmDir(state_dir), "/", device, ".", kind), ec);
   }
   return absl::OkStatus();
 }
