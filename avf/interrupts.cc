@@ -16,6 +16,8 @@ InterruptController::InterruptController(volatile uint32_t* itrn) : itrn_(itrn) 
 uint32_t InterruptController::ReadIcr01() {
   uint32_t v = icr01_;
   icr01_ = 0;
+  // The reader learns of every message posted so far (its drain follows).
+  misc_event_pending_ = false;
   return v;
 }
 
@@ -90,6 +92,7 @@ uint32_t InterruptController::itrn(uint32_t index, uint32_t v) const {
 
 void InterruptController::RaiseAdminQueue() {
   icr01_ |= kIcr0AdminQ;
+  misc_event_pending_ = true;
   EvaluateMisc();
 }
 
@@ -111,11 +114,16 @@ bool InterruptController::RaiseQueueVector(uint32_t msix_vector) {
 
 void InterruptController::EvaluateMisc() {
   if (!misc_armed_ || sink_ == nullptr) return;
-  if ((icr01_ & icr0_ena1_) != 0 || misc_swint_pending_) {
+  if (MiscPending()) {
     misc_armed_ = false;
     misc_swint_pending_ = false;
+    misc_event_pending_ = false;
     Fire(0);
   }
+}
+
+bool InterruptController::MiscPending() const {
+  return (misc_event_pending_ && (icr0_ena1_ & kIcr0AdminQ) != 0) || misc_swint_pending_;
 }
 
 void InterruptController::Fire(uint32_t msix_vector) {
@@ -127,7 +135,7 @@ VectorState InterruptController::state(uint32_t msix_vector) const {
   VectorState s;
   if (msix_vector == 0) {
     s.armed = misc_armed_;
-    s.pending = (icr01_ & icr0_ena1_) != 0 || misc_swint_pending_;
+    s.pending = MiscPending();
     s.itr = itr01_;
     return s;
   }
@@ -146,6 +154,7 @@ void InterruptController::Reset() {
   dyn_ctl01_ = 0;
   misc_armed_ = false;
   misc_swint_pending_ = false;
+  misc_event_pending_ = false;
   stat_ctl01_ = 0;
   itr01_ = {};
   queue_ = {};
@@ -159,6 +168,7 @@ void InterruptController::SaveTo(AvfInterruptState* out) const {
   out->set_dyn_ctl01(dyn_ctl01_);
   out->set_misc_armed(misc_armed_);
   out->set_misc_swint_pending(misc_swint_pending_);
+  out->set_misc_event_pending(misc_event_pending_);
   out->set_stat_ctl01(stat_ctl01_);
   for (uint32_t v : itr01_) out->add_itr01(v);
   for (const QueueVector& q : queue_) {
@@ -178,6 +188,9 @@ void InterruptController::RestoreFrom(const AvfInterruptState& in) {
   dyn_ctl01_ = in.dyn_ctl01();
   misc_armed_ = in.misc_armed();
   misc_swint_pending_ = in.misc_swint_pending();
+  // Records from before the flag: the old model fired on a latched cause.
+  misc_event_pending_ = in.has_misc_event_pending() ? in.misc_event_pending()
+                                                    : (icr01_ & kIcr0AdminQ) != 0;
   stat_ctl01_ = in.stat_ctl01();
   for (int i = 0; i < in.itr01_size() && i < int(kNumItrIndexes); ++i) {
     itr01_[i] = in.itr01(i) & kItrIntervalMask;

@@ -12,8 +12,18 @@
 //  * ITR_INDX 0..2 with INTERVAL updates that ITR register; 3 = no update.
 //  * WB_ON_ITR is recorded per vector for the data path (a software device
 //    writes descriptors back immediately, which satisfies it).
-//  * ICR01 latches causes (ADMINQ) regardless of masking and is read-to-clear;
-//    vector 0 fires when (ICR01 & ICR0_ENA1) != 0 and DYN_CTL01 is armed.
+//  * ICR01 latches causes (ADMINQ) regardless of masking and is read-to-clear.
+//    Vector 0 is edge-triggered by events, not by the latched level: it
+//    fires when DYN_CTL01 is armed and either a message was posted since it
+//    last fired (or since ICR01 was last read) with ICR0_ENA1.ADMINQ set, or
+//    SWINT_TRIG is pending. DPDK's handler (iavf_ethdev.c:
+//    iavf_dev_interrupt_handler) never reads ICR01 and re-enables with
+//    INTENA|CLEARPBA: with a level model that re-enable would fire forever.
+//    CLEARPBA does not drop a posted message (one DPDK posts while its
+//    handler runs still fires after the re-enable; a spurious fire costs an
+//    empty drain, a lost one a 2 s command timeout). Linux (iavf_main.c:
+//    iavf_msix_aq) reads ICR01 before draining, so it gets one interrupt per
+//    message its drain could not have seen.
 //
 // Not thread-safe: owned by one avf::Device, used from its event loop.
 #ifndef EMUD_AVF_INTERRUPTS_H_
@@ -55,7 +65,9 @@ class InterruptController {
   void set_sink(vfio_user::InterruptSink* sink) { sink_ = sink; }
 
   // --- register accesses (BAR0) ---
-  uint32_t ReadIcr01();  // returns and clears the latched causes
+  // Returns and clears the latched causes; the caller has now seen every
+  // message posted so far (no fire for them on re-arm).
+  uint32_t ReadIcr01();
   uint32_t PeekIcr01() const { return icr01_; }
   void WriteIcr0Ena1(uint32_t value);
   uint32_t icr0_ena1() const { return icr0_ena1_; }
@@ -72,8 +84,8 @@ class InterruptController {
   uint32_t itrn(uint32_t index, uint32_t v) const;
 
   // --- causes ---
-  // A message was posted on the ARQ: latch ICR01.ADMINQ, fire vector 0 if
-  // enabled and armed.
+  // A message was posted on the ARQ: latch ICR01.ADMINQ, note the event and
+  // fire vector 0 if enabled and armed (else it fires on the next arming).
   void RaiseAdminQueue();
   // A queue cause for MSI-X vector `msix_vector` (1..kMaxQueueVectors).
   // Returns true if the vector fired now, false if it was left pending (or
@@ -102,6 +114,7 @@ class InterruptController {
     bool wb_on_itr = false;
   };
   void EvaluateMisc();
+  bool MiscPending() const;
   void Fire(uint32_t msix_vector);
 
   vfio_user::InterruptSink* sink_ = nullptr;
@@ -111,6 +124,7 @@ class InterruptController {
   uint32_t dyn_ctl01_ = 0;
   bool misc_armed_ = false;
   bool misc_swint_pending_ = false;
+  bool misc_event_pending_ = false;  // ARQ message since the last fire / ICR01 read
   uint32_t stat_ctl01_ = 0;
   std::array<uint32_t, kNumItrIndexes> itr01_{};
   std::array<QueueVector, kMaxQueueVectors> queue_{};
