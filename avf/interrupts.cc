@@ -56,12 +56,15 @@ void InterruptController::WriteDynCtln(uint32_t v, uint32_t value) {
     return;
   }
   QueueVector& q = queue_[v];
-  if (!(value & kDynCtlIntenaMsk)) q.armed = (value & kDynCtlIntena) != 0;
+  const bool arming = !(value & kDynCtlIntenaMsk) && (value & kDynCtlIntena) != 0;
+  if (!(value & kDynCtlIntenaMsk)) q.armed = arming;
   uint32_t idx = (value & kDynCtlItrIndxMask) >> kDynCtlItrIndxShift;
   if (idx < kNumItrIndexes) {
     itrn_[16 * idx + v] = (value & kDynCtlIntervalMask) >> kDynCtlIntervalShift;
   }
-  if (value & kDynCtlClearPba) q.pending = false;
+  // An arming write keeps a pending data-path cause despite CLEARPBA (see
+  // the header); CLEARPBA alone drops it.
+  if ((value & kDynCtlClearPba) && !arming) q.pending = false;
   if (value & kDynCtlSwintTrig) q.pending = true;
   q.wb_on_itr = (value & kDynCtlWbOnItr) != 0;
   q.dyn_ctl = value & kDynCtlStoredMask;

@@ -7,7 +7,12 @@
 //    is set, which leaves the armed state alone). Firing disarms it
 //    (auto-mask); the driver re-arms by writing INTENA=1 again.
 //  * A cause raised while the vector is disarmed is remembered as pending and
-//    fires as soon as the vector is re-armed; CLEARPBA drops it.
+//    fires as soon as the vector is re-armed. CLEARPBA drops it, except in a
+//    write that arms the vector: DPDK's rx-interrupt mode re-arms with
+//    INTENA|CLEARPBA (iavf_ethdev.c:iavf_dev_rx_queue_intr_enable) after its
+//    last empty poll, and a packet written back in between must still wake
+//    it (a spurious wakeup costs one empty poll; Linux's re-arm,
+//    iavf_txrx.c:iavf_update_enable_itr, carries no CLEARPBA).
 //  * SWINT_TRIG raises the vector (fires now if armed after the same write).
 //  * ITR_INDX 0..2 with INTERVAL updates that ITR register; 3 = no update.
 //  * WB_ON_ITR is recorded per vector for the data path (a software device

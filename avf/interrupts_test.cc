@@ -195,6 +195,29 @@ TEST_F(InterruptsTest, QueueVectorPendingFiresOnRearmAndClearPbaDropsIt) {
   EXPECT_EQ(sink_.Count(1), 2);
 }
 
+// DPDK rx-interrupt mode (iavf_ethdev.c:iavf_dev_rx_queue_intr_enable)
+// re-arms a queue vector with INTENA | CLEARPBA | ITR_INDX (0x1B). A packet
+// written back between the application's last empty poll and that re-arm
+// must still wake it: an arming write keeps a pending data-path cause
+// (costs at most one empty poll). CLEARPBA without INTENA still drops it.
+TEST_F(InterruptsTest, DpdkRxInterruptRearmWithClearPbaKeepsPendingCause) {
+  constexpr uint32_t kDpdkRxIntrEnable = kDynCtlIntena | kDynCtlClearPba | kDynCtlItrIndxMask;
+  irq_.WriteDynCtln(0, kDpdkRxIntrEnable);
+  EXPECT_TRUE(irq_.RaiseQueueVector(1));  // wakes the lcore; vector auto-masks
+  EXPECT_EQ(sink_.Count(1), 1);
+  EXPECT_FALSE(irq_.RaiseQueueVector(1));  // a packet after its last empty poll
+  irq_.WriteDynCtln(0, kDpdkRxIntrEnable);  // rte_eth_dev_rx_intr_enable
+  EXPECT_EQ(sink_.Count(1), 2) << "the packet wakes the application";
+  irq_.WriteDynCtln(0, kDpdkRxIntrEnable);
+  EXPECT_EQ(sink_.Count(1), 2) << "nothing pending: no fire";
+  EXPECT_TRUE(irq_.state(1).armed);
+  // Linux's re-arm (no CLEARPBA) behaves as before.
+  irq_.WriteDynCtln(0, kDynCtlItrIndxMask);  // disarm
+  EXPECT_FALSE(irq_.RaiseQueueVector(1));
+  irq_.WriteDynCtln(0, kDynCtlIntena | kDynCtlItrIndxMask);
+  EXPECT_EQ(sink_.Count(1), 3);
+}
+
 TEST_F(InterruptsTest, SwintTrigFiresWithIntena) {
   // Linux's "force write-back" kick: INTENA | ITR_INDX=3 | SWINT_TRIG | SW_ITR_INDX_ENA.
   irq_.WriteDynCtln(2, kDynCtlIntena | kDynCtlItrIndxMask | kDynCtlSwintTrig | kDynCtlSwItrIndxEna);
