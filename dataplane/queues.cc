@@ -191,7 +191,12 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
   wrote_back_ = false;
   auto next = [n](uint32_t i) { return i + 1 == n ? 0 : i + 1; };
 
-  Buf bufs[64];
+  // Per-packet buffer bound: a TSO packet may use up to ring_len - 1
+  // descriptors (what a driver can post), capped by the limit.
+  const uint32_t max_tso_bufs = std::min(limits_.max_tso_buffers, n - 1);
+  const uint32_t max_bufs = std::max(max_tso_bufs, limits_.max_tx_buffers);
+  if (bufs_.size() < max_bufs) bufs_.resize(max_bufs);
+  Buf* const bufs = bufs_.data();
   while (h != tail) {
     // A packet adds at most 64 completions: keep the burst's record bounded.
     if (completions_.size() >= kMaxPendingRs - 64) Flush(backend);
@@ -240,9 +245,9 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
         first_offset = uint32_t(qw1 >> 16) & 0x3FFFF;
       }
       if (cmd & txd::kCmdDummy) dummy = true;
-      uint32_t maxbuf = off.tso ? limits_.max_tso_buffers : limits_.max_tx_buffers;
+      uint32_t maxbuf = off.tso ? max_tso_bufs : limits_.max_tx_buffers;
       if (nbuf < maxbuf) {
-        bufs[nbuf] = {qw0, size};
+        bufs[nbuf] = {qw0, size, nullptr};
       } else {
         bad = true;  // too many buffers: drop the whole packet
       }
@@ -255,7 +260,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       }
     }
     if (!eop) {
-      if (ndesc + 1 >= n || (nbuf > limits_.max_tso_buffers)) {
+      if (ndesc + 1 >= n || nbuf > max_tso_bufs) {
         // A chain that can never end (the driver can post at most
         // ring_len - 1 descriptors): drop everything scanned.
         Count(hot_->errors, 1);
@@ -292,14 +297,13 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
 
     // Resolve buffers.
     bool fault = false;
-    const uint8_t* ptrs[64];
     for (uint32_t i = 0; i < nbuf; ++i) {
       auto p = dma.Translate(bufs[i].addr, bufs[i].len, vfio_user::DmaMemory::kRead);
       if (!p.ok()) {
         fault = true;
         break;
       }
-      ptrs[i] = *p;
+      bufs[i].ptr = *p;
     }
     if (fault) {
       Count(hot_->errors, 1);
@@ -309,7 +313,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       continue;
     }
     if (nbuf == 1 && !csum && !off.tso && total >= kMinFrame) {
-      frames_.push_back(FrameView(ptrs[0], total));  // zero copy
+      frames_.push_back(FrameView(bufs[0].ptr, total));  // zero copy
     } else {
       size_t flen = std::max<size_t>(total, off.tso ? 0 : kMinFrame);
       uint8_t* dst = ArenaAlloc(flen, backend);
@@ -321,7 +325,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       }
       size_t o = 0;
       for (uint32_t i = 0; i < nbuf; ++i) {
-        std::memcpy(dst + o, ptrs[i], bufs[i].len);
+        std::memcpy(dst + o, bufs[i].ptr, bufs[i].len);
         o += bufs[i].len;
       }
       if (flen > total) std::memset(dst + total, 0, flen - total);

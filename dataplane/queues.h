@@ -81,13 +81,16 @@ uint8_t ClassifyPtype(FrameView frame);
 struct QueueLimits {
   uint32_t max_frame = 9728;         // non-TSO frame limit (IAVF_FRAME_SIZE_MAX)
   uint32_t max_tx_buffers = 8;       // data descriptors per non-TSO packet
-  // Data descriptors per TSO packet. Linux bounds only each MSS worth of a
-  // GSO skb to 8 buffers (iavf_txrx.c:__iavf_chk_linearize), not the whole
-  // skb: head + MAX_SKB_FRAGS (17, up to 45 when configured) frags, each
-  // split at 12 KiB by iavf_tx_map, legitimately exceeds 32. 64 is the
-  // engine's per-packet array bound.
-  uint32_t max_tso_buffers = 64;
-  uint32_t max_tso_bytes = 262143;   // 18-bit TSO_LEN + headers
+  // Data descriptors per TSO packet (further bounded by ring_len - 1, the
+  // most a driver can post). Linux bounds only each MSS worth of a GSO skb
+  // to 8 buffers (iavf_txrx.c:__iavf_chk_linearize), not the whole skb:
+  // head + MAX_SKB_FRAGS (17, up to 45) frags, each split at 12 KiB by
+  // iavf_tx_map. DPDK accepts TSO mbufs of up to 255 segments
+  // (iavf_rxtx.h:IAVF_TSO_MAX_SEG, iavf_prep_pkts) and splits every segment
+  // over 16383 bytes into more descriptors (iavf_calc_pkt_desc), ~17 more
+  // for a 256 KiB packet. 512 covers both with room.
+  uint32_t max_tso_buffers = 512;
+  uint32_t max_tso_bytes = 262143 + 256;  // 18-bit TSO_LEN + headers
 };
 
 class TxQueue {
@@ -124,6 +127,7 @@ class TxQueue {
   struct Buf {
     uint64_t addr;
     uint32_t len;
+    const uint8_t* ptr;  // translated
   };
   bool EnsureRing(vfio_user::DmaMemory& dma);
   void Flush(Backend& backend);
@@ -149,6 +153,9 @@ class TxQueue {
   std::vector<uint8_t> arena_;
   size_t arena_used_ = 0;
   std::vector<uint8_t> tso_scratch_;
+  // The current packet's buffers; sized once to the per-packet maximum
+  // (never per packet).
+  std::vector<Buf> bufs_;
   bool wrote_back_ = false;
 };
 

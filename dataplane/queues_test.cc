@@ -457,3 +457,85 @@ TEST_F(QueuesTest, TxManyDroppedPacketsKeepTheRecordBounded) {
 
 }  // namespace
 }  // namespace emud::dataplane
+
+namespace emud::dataplane {
+namespace {
+
+// Writes a TSO packet of `frags` payload descriptors of `frag_len` bytes
+// (one header descriptor first) at ring index 0 behind a context
+// descriptor: what DPDK's iavf_xmit_pkts emits for a chained mbuf
+// (IAVF_TSO_MAX_SEG = 255 segments). Returns the tail.
+class TsoChainTest : public QueuesTest {
+ protected:
+  uint32_t WriteChain(uint32_t frags, uint32_t frag_len, uint32_t mss) {
+    const uint32_t payload = frags * frag_len;
+    std::vector<uint8_t> h(54, 0);
+    h[12] = 0x08;
+    h[14] = 0x45;
+    h[23] = 6;
+    h[14 + 20 + 12] = 5 << 4;
+    h[14 + 20 + 13] = 0x10;
+    Qw(kTxRing + 0) = 0;
+    Qw(kTxRing + 8) = txd::ContextQw1(txd::kCtxCmdTso, payload, mss);
+    const uint32_t cmd = (3u << 5) | (1u << 8);
+    std::memcpy(At(Buf(0)), h.data(), h.size());
+    TxDesc(1, Buf(0), 54, cmd, txd::Offsets(14, 20, 20));
+    for (uint32_t i = 0; i < frags; ++i) {
+      const uint64_t a = Buf(1) + uint64_t{i} * frag_len;
+      for (uint32_t k = 0; k < frag_len; ++k) *At(a + k) = uint8_t(i * 3 + k);
+      const bool last = i + 1 == frags;
+      TxDesc(2 + i, a, frag_len, cmd | (last ? txd::kCmdEop | txd::kCmdRs : 0),
+             txd::Offsets(14, 20, 20));
+    }
+    return 2 + frags;
+  }
+};
+
+TEST_F(TsoChainTest, TsoWithDpdkMaxSegmentsIsSent) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 512).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  const uint32_t frags = 254, frag_len = 64, mss = 1448;  // 255 data descriptors
+  const uint32_t tail = WriteChain(frags, frag_len, mss);
+  q.Process(tail, dma_, backend_, 64);
+  EXPECT_EQ(q.stats().drops.load(), 0u);
+  EXPECT_EQ(q.stats().errors.load(), 0u);
+  EXPECT_EQ(q.head(), tail);
+  const uint32_t payload = frags * frag_len;
+  ASSERT_EQ(backend_.sent.size(), (payload + mss - 1) / mss);
+  std::vector<uint8_t> got;
+  for (const auto& s : backend_.sent) got.insert(got.end(), s.begin() + 54, s.end());
+  ASSERT_EQ(got.size(), payload);
+  std::vector<uint8_t> want(At(Buf(1)), At(Buf(1)) + payload);
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(Qw(kTxRing + (tail - 1) * 16 + 8) & 0xF, 0xFu);
+}
+
+TEST_F(TsoChainTest, TsoChainLongerThanTheBoundIsDroppedAndCompleted) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 2048).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  const uint32_t tail = WriteChain(1200, 16, 1448);
+  q.Process(tail, dma_, backend_, 64);
+  EXPECT_TRUE(backend_.sent.empty());
+  EXPECT_EQ(q.stats().errors.load(), 1u);
+  EXPECT_EQ(q.head(), tail) << "the whole packet is consumed";
+  EXPECT_EQ(Qw(kTxRing + (tail - 1) * 16 + 8) & 0xF, 0xFu);
+}
+
+// A small ring bounds a packet at ring_len - 1 descriptors; a chain that
+// fills the ring without EOP can never end and is dropped.
+TEST_F(TsoChainTest, ChainFillingTheRingIsDropped) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 128).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  WriteChain(126, 16, 1448);
+  TxDesc(127, Buf(1), 16, (3u << 5) | (1u << 8), txd::Offsets(14, 20, 20));  // no EOP
+  q.Process(127, dma_, backend_, 64);
+  EXPECT_TRUE(backend_.sent.empty());
+  EXPECT_EQ(q.head(), 127u);
+  EXPECT_EQ(q.stats().errors.load(), 1u);
+}
+
+}  // namespace
+}  // namespace emud::dataplane
