@@ -207,7 +207,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     // Scan one packet: optional context descriptors, then data until EOP.
     uint32_t scan = h;
     uint32_t nbuf = 0, ndesc = 0;
-    bool eop = false, bad = false, dummy = false;
+    bool eop = false, bad = false, dummy = false, tunnel = false;
     TxOffload off;
     uint32_t first_cmd = 0, first_offset = 0;
     bool have_first = false;
@@ -233,6 +233,10 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
           off.tso_len = uint32_t(qw1 >> 30) & 0x3FFFF;
           off.mss = uint32_t(qw1 >> 50) & 0x3FFF;
         }
+        // Tunnel offloads (outer checksums, tunnel TSO) are not implemented:
+        // their inner offsets are not in the data descriptor, so applying
+        // them would corrupt the frame. Dropped and counted below.
+        if (qw0 & (txd::kCtxQw0Eipt | txd::kCtxQw0L4tunt)) tunnel = true;
         continue;
       }
       uint32_t cmd = uint32_t(qw1 >> 4) & 0x3FF;
@@ -281,7 +285,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       continue;
     }
     const size_t limit = off.tso ? limits_.max_tso_bytes : limits_.max_frame;
-    if (bad || total > limit || total < 14 || nbuf == 0) {
+    if (bad || tunnel || total > limit || total < 14 || nbuf == 0) {
       Count(hot_->errors, 1);
       Count(hot_->drops, 1);
       complete();

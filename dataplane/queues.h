@@ -34,6 +34,14 @@ inline constexpr uint32_t kCmdEop = 0x001;
 inline constexpr uint32_t kCmdRs = 0x002;
 inline constexpr uint32_t kCmdDummy = 0x010;
 inline constexpr uint32_t kCtxCmdTso = 0x1;
+inline constexpr uint32_t kCtxCmdIl2tag2 = 0x4;
+// Context descriptor qword 0: tunnel parameters. EIPT (outer IP type,
+// bits 1:0) and L4TUNT (tunnel type, bits 10:9) mark a tunnelled packet
+// whose data-descriptor MACLEN is the OUTER L2 length (DPDK
+// iavf_fill_ctx_desc_tunnelling_field / iavf_build_data_desc_cmd_offset_fields).
+inline constexpr uint64_t kCtxQw0Eipt = 0x3;
+inline constexpr uint64_t kCtxQw0L4tunt = 0x3ull << 9;
+inline uint32_t CtxL2tag2(uint64_t qw0) { return uint32_t(qw0 >> 32) & 0xFFFF; }
 inline uint64_t DataQw1(uint32_t cmd, uint32_t offset, uint32_t size) {
   return kDtypeData | uint64_t(cmd) << 4 | uint64_t(offset) << 16 | uint64_t(size) << 34;
 }

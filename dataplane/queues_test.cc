@@ -539,3 +539,54 @@ TEST_F(TsoChainTest, ChainFillingTheRingIsDropped) {
 
 }  // namespace
 }  // namespace emud::dataplane
+
+namespace emud::dataplane {
+namespace {
+
+// DPDK fills context qword 0 for tunnels (iavf_fill_ctx_desc_tunnelling_field:
+// EIPT bits 1:0, EIPLEN 8:2, L4TUNT 10:9, NATLEN 18:12) and then puts the
+// OUTER L2 length in the data descriptor's MACLEN; applying the inner
+// offloads at those offsets would corrupt the frame: such packets are
+// dropped and counted as errors.
+TEST_F(QueuesTest, TxTunnelContextIsDroppedNotMisapplied) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  auto f = Frame(120, 5);
+  f[12] = 0x08;  // a valid IPv4/UDP frame: the checksums alone would succeed
+  f[13] = 0x00;
+  f[14] = 0x45;
+  f[16] = 0;
+  f[17] = 106;
+  f[20] = f[21] = 0;
+  f[23] = 17;
+  std::memcpy(At(Buf(0)), f.data(), f.size());
+  const uint32_t csum_cmd = (3u << 5) | (3u << 8);  // IPv4 csum + UDP csum
+  uint32_t idx = 0;
+  const uint64_t tunnel_qw0[] = {
+      uint64_t{3} | uint64_t{5} << 2 | uint64_t{1} << 9 | uint64_t{11} << 12,  // VXLAN over IPv4
+      uint64_t{1} | uint64_t{10} << 2,  // outer IPv6, IP-in-IP
+      uint64_t{2} << 9,                 // L4TUNT = GRE alone
+  };
+  for (uint64_t qw0 : tunnel_qw0) {
+    Qw(kTxRing + idx * 16) = qw0;
+    Qw(kTxRing + idx * 16 + 8) = txd::ContextQw1(0, 0, 0);
+    TxDesc(idx + 1, Buf(0), 120, csum_cmd | txd::kCmdEop | txd::kCmdRs,
+           txd::Offsets(14, 20, 8));
+    idx += 2;
+  }
+  // Not a tunnel: L2TAG2 bits (47:32) alone in qword 0.
+  Qw(kTxRing + idx * 16) = uint64_t{0x123} << 32;
+  Qw(kTxRing + idx * 16 + 8) = txd::ContextQw1(0, 0, 0);
+  TxDesc(idx + 1, Buf(0), 120, txd::kCmdEop | txd::kCmdRs);
+  idx += 2;
+  q.Process(idx, dma_, backend_, 64);
+  EXPECT_EQ(q.head(), idx);
+  EXPECT_EQ(q.stats().errors.load(), 3u);
+  ASSERT_EQ(backend_.sent.size(), 1u);
+  EXPECT_EQ(backend_.sent[0], f);
+  for (uint32_t i = 1; i < idx; i += 2) EXPECT_EQ(Qw(kTxRing + i * 16 + 8) & 0xF, 0xFu) << i;
+}
+
+}  // namespace
+}  // namespace emud::dataplane
