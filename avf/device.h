@@ -19,7 +19,9 @@
 // ERR_PARAM for a message failing the length rules or carrying bad fields
 // (foreign VSI, queue beyond those granted, ring outside the DMA map, ...),
 // NOT_SUPPORTED for any opcode not implemented; never the AQ ERR flag.
-// EVENT LINK_CHANGE follows every successful ENABLE_QUEUES. Linux iavf and
+// EVENT LINK_CHANGE follows a successful ENABLE_QUEUES that starts the first
+// queue (none was running before) or finds the link changed since it was
+// last reported, and any SetLink change while queues run. Linux iavf and
 // DPDK net/iavf bring-up orders are both exercised by tests/guest.
 //
 // Hostile input: register writes, descriptors and messages from the guest are
@@ -88,7 +90,7 @@ struct DeviceOptions {
   // random one (Linux then adds it with ADD_ETH_ADDR).
   MacAddr mac{};
   uint32_t supported_caps = kDefaultSupportedCaps;
-  // "Physical" link reported with LINK_CHANGE after every ENABLE_QUEUES.
+  // "Physical" link reported with LINK_CHANGE when the first queue starts.
   bool link_up = true;
   uint32_t link_speed_mbps = 25000;
   // Doorbells: trapped (every QTX/QRX_TAIL write is a region write and calls
@@ -302,6 +304,7 @@ class Device final : public vfio_user::PciDevice {
   AdminQueue::Next HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t> msg, bool dma_error);
   void Reply(uint32_t v_op, int32_t status, absl::Span<const uint8_t> payload = {});
   void SendLinkEvent();
+  bool AnyQueueEnabled() const;
   int32_t OpVersion(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
   int32_t OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
   int32_t OpConfigVsiQueues(absl::Span<const uint8_t> msg);

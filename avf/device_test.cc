@@ -284,6 +284,57 @@ TEST_F(DeviceTest, FullBringUpRaisesLinkAndServesStats) {
   EXPECT_EQ(vc::Load<vc::EthStats>(st.payload, 0).tx_unicast, 7u);
 }
 
+// DPDK (drivers/net/intel/iavf/iavf_ethdev.c:iavf_start_queues) enables
+// one queue per ENABLE_QUEUES, TX then RX: one LINK_CHANGE (one LSC
+// callback) for the whole start, not 2N. Linux (iavf_main.c:iavf_down sets
+// link_up = false; iavf_virtchnl.c:iavf_virtchnl_completion only takes
+// link-up while __IAVF_RUNNING) needs one after every ifup: DISABLE_QUEUES
+// of everything, then ENABLE_QUEUES, sends it again.
+TEST_F(DeviceTest, LinkChangeOnlyWhenTheFirstQueueStartsOrTheLinkChanged) {
+  Negotiate();
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(4).span()), 0);
+  auto link_events = [&] {  // events seen since the last call
+    while (auto m = drv_->Receive()) drv_->events.push_back(*m);
+    int n = 0;
+    for (const ArqMessage& m : drv_->events) {
+      if (m.v_op == uint32_t(vc::kOpEvent) &&
+          vc::Load<vc::PfEvent>(m.payload, 0).event == vc::kEventLinkChange) {
+        ++n;
+      }
+    }
+    drv_->events.clear();
+    return n;
+  };
+  for (int rx = 0; rx < 2; ++rx) {
+    for (uint32_t q = 0; q < 4; ++q) {
+      ASSERT_EQ(Status(vc::kOpEnableQueues, Select(rx ? 1u << q : 0, rx ? 0 : 1u << q).span()), 0);
+    }
+  }
+  EXPECT_EQ(link_events(), 1) << "one event for DPDK's 8 ENABLE_QUEUES";
+  EXPECT_EQ(dev_->counters().link_events, 1u);
+  // Enabling what already runs: no event.
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(0xF, 0xF).span()), 0);
+  EXPECT_EQ(link_events(), 0);
+  // Partial stop and restart (DPDK rte_eth_dev_rx_queue_stop/start): no event.
+  ASSERT_EQ(Status(vc::kOpDisableQueues, Select(1, 0).span()), 0);
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(1, 0).span()), 0);
+  EXPECT_EQ(link_events(), 0);
+  // Linux ifdown / ifup.
+  ASSERT_EQ(Status(vc::kOpDisableQueues, Select(0xF, 0xF).span()), 0);
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(0xF, 0xF).span()), 0);
+  EXPECT_EQ(link_events(), 1);
+  // A link change while running still reports at once.
+  dev_->SetLink(false, 25000);
+  EXPECT_EQ(link_events(), 1);
+  // Link went down while stopped: the next start reports the new state.
+  ASSERT_EQ(Status(vc::kOpDisableQueues, Select(0xF, 0xF).span()), 0);
+  dev_->SetLink(true, 25000);
+  EXPECT_EQ(link_events(), 0) << "nothing running";
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(0, 1).span()), 0);
+  EXPECT_EQ(link_events(), 1);
+  EXPECT_EQ(dev_->counters().link_events, 4u);
+}
+
 TEST_F(DeviceTest, LegacyLinkSpeedWithoutAdvCap) {
   drv_->InitAdminQueue();
   vc::VersionInfo v{1, 1};

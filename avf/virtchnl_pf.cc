@@ -122,9 +122,14 @@ void Device::SetLink(bool up, uint32_t speed_mbps) {
   bool changed = up != link_up_ || speed_mbps != link_speed_mbps_;
   link_up_ = up;
   link_speed_mbps_ = speed_mbps;
-  bool running = false;
-  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) running |= rxq_[q].enabled || txq_[q].enabled;
-  if (changed && running) SendLinkEvent();
+  if (changed && AnyQueueEnabled()) SendLinkEvent();
+}
+
+bool Device::AnyQueueEnabled() const {
+  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+    if (rxq_[q].enabled || txq_[q].enabled) return true;
+  }
+  return false;
 }
 
 AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t> msg,
@@ -175,12 +180,22 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
     case vc::kOpConfigIrqMap:
       status = OpConfigIrqMap(msg);
       break;
-    case vc::kOpEnableQueues:
+    case vc::kOpEnableQueues: {
+      const bool was_running = AnyQueueEnabled();
       status = OpEnableQueues(msg);
       Reply(v_op, status);
-      // Linux takes link-up only once queues run (after this reply).
-      if (status == vc::kSuccess) SendLinkEvent();
+      // LINK_CHANGE after the reply when the first queue starts (or the link
+      // changed since it was last reported): Linux takes link-up only once
+      // its queues run and forgets it on ifdown (iavf_main.c:iavf_down), so
+      // every ifup needs one; DPDK enables one queue per message
+      // (iavf_ethdev.c:iavf_start_queues) and must get one for the start,
+      // not one per queue (each is an LSC callback).
+      if (status == vc::kSuccess &&
+          ((!was_running && AnyQueueEnabled()) || link_reported_up_ != link_up_)) {
+        SendLinkEvent();
+      }
       return AdminQueue::Next::kContinue;
+    }
     case vc::kOpDisableQueues:
       status = OpDisableQueues(msg);
       break;
