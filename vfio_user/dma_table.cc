@@ -185,6 +185,7 @@ absl::Status DmaTable::Unmap(uint64_t iova, uint64_t size,
     return ErrnoStatus(ENOENT, "no DMA window matches the unmap range");
   }
   if (before_unmap) before_unmap(iova, size);
+  last_found_ = nullptr;
   windows_.erase(it);
   return absl::OkStatus();
 }
@@ -193,16 +194,19 @@ void DmaTable::UnmapAll(const std::function<void(uint64_t, uint64_t)>& before_un
   while (!windows_.empty()) {
     auto it = windows_.begin();
     if (before_unmap) before_unmap(it->first, it->second.size);
+    last_found_ = nullptr;
     windows_.erase(it);
   }
 }
 
 DmaWindow* DmaTable::Find(uint64_t iova) {
+  if (last_found_ != nullptr && iova - last_found_->iova < last_found_->size) return last_found_;
   auto it = windows_.upper_bound(iova);
   if (it == windows_.begin()) return nullptr;
   --it;
   DmaWindow& w = it->second;
   if (iova - w.iova >= w.size) return nullptr;
+  last_found_ = &w;
   return &w;
 }
 

@@ -86,6 +86,9 @@ class DmaTable : public DmaMemory {
   // `max_windows` bounds Map(); `keep_fds` keeps each window's fd open (for
   // handing to a successor) instead of closing it after mmap.
   DmaTable(uint32_t max_windows, bool keep_fds) : max_windows_(max_windows), keep_fds_(keep_fds) {}
+  // Held by pointer (sessions keep a unique_ptr); it remembers a window.
+  DmaTable(const DmaTable&) = delete;
+  DmaTable& operator=(const DmaTable&) = delete;
 
   void set_message_dma(MessageDma* m) { message_dma_ = m; }
 
@@ -118,6 +121,10 @@ class DmaTable : public DmaMemory {
   bool keep_fds_;
   MessageDma* message_dma_ = nullptr;
   std::map<uint64_t, DmaWindow> windows_;
+  // The window the last lookup found (map nodes do not move; cleared when a
+  // window is removed). The data path translates every descriptor and
+  // buffer, nearly always inside the same window.
+  DmaWindow* last_found_ = nullptr;
 };
 
 }  // namespace emud::vfio_user

@@ -53,6 +53,32 @@ TEST(DmaTableTest, TranslateIsBoundsAndPermissionChecked) {
   EXPECT_EQ(t.Write(0x20000, b).code(), absl::StatusCode::kPermissionDenied);
 }
 
+// Translate remembers the last window found; a removed window is never
+// served from that memory, and a new window at the same iova is.
+TEST(DmaTableTest, RememberedWindowNeverOutlivesItsUnmap) {
+  DmaTable t(16, false);
+  ASSERT_TRUE(t.Map(0x10000, 0x1000, kDmaFlagRead | kDmaFlagWrite, Memfd(0x1000), 0).ok());
+  auto a = t.Translate(0x10010, 4, DmaMemory::kWrite);
+  ASSERT_TRUE(a.ok());
+  std::memset(*a, 0x11, 4);
+  ASSERT_TRUE(t.Unmap(0x10000, 0x1000, nullptr).ok());
+  EXPECT_EQ(t.Translate(0x10010, 4, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+  ASSERT_TRUE(t.Map(0x10000, 0x1000, kDmaFlagRead, Memfd(0x1000), 0).ok());
+  auto b = t.Translate(0x10010, 4, DmaMemory::kRead);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)[0], 0) << "the new window's memory, not the old one's";
+  EXPECT_EQ(t.Translate(0x10010, 4, DmaMemory::kWrite).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Alternating between two windows, and an address just past one.
+  ASSERT_TRUE(t.Map(0x20000, 0x1000, kDmaFlagRead, Memfd(0x1000), 0).ok());
+  EXPECT_TRUE(t.Translate(0x20000, 1, DmaMemory::kRead).ok());
+  EXPECT_TRUE(t.Translate(0x10fff, 1, DmaMemory::kRead).ok());
+  EXPECT_EQ(t.Translate(0x11000, 1, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+  t.UnmapAll(nullptr);
+  EXPECT_EQ(t.Translate(0x10000, 1, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(t.Translate(0x20000, 1, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
+}
+
 TEST(DmaTableTest, ReadWriteSpanAdjacentWindowsAndUseMessagesWithoutFd) {
   DmaTable t(16, true);
   FakeMessageDma msg;
