@@ -116,7 +116,8 @@ struct TxQueueContext {
   bool enabled = false;     // started by ENABLE_QUEUES, not stopped since
   uint64_t ring_addr = 0;   // IOVA of descriptor 0 (16-byte descriptors)
   uint32_t ring_len = 0;    // descriptors: 64..8160, multiple of 32
-  uint32_t msix_vector = 0; // from CONFIG_IRQ_MAP; 0 = no interrupt
+  uint32_t msix_vector = 0; // from CONFIG_IRQ_MAP; 0 = unmapped or mapped to
+                            // the misc vector: no queue interrupt
   uint32_t itr_index = kItrIndexNone;  // ITR register the vector coalesces with
 };
 
@@ -248,8 +249,9 @@ class Device final : public vfio_user::PciDevice {
   uint32_t RxTail(uint32_t q) const;
   // Signals the completion interrupt of queue q: the MSI-X vector mapped by
   // CONFIG_IRQ_MAP fires if armed (then auto-masks until the driver writes
-  // INTENA again), else stays pending and fires on re-arm. No-op for an
-  // unmapped queue. Returns true if the vector fired now.
+  // INTENA again), else stays pending and fires on re-arm. No-op for a
+  // queue unmapped or mapped to vector 0 (DPDK without WB_ON_ITR polls).
+  // Returns true if the vector fired now.
   bool RaiseQueueInterrupt(QueueKind kind, uint32_t q);
   // Same for queue vector `msix_vector` (1..16) directly.
   bool RaiseVector(uint32_t msix_vector);

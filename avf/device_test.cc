@@ -575,7 +575,8 @@ TEST_F(DeviceTest, IrqMapValidation) {
   auto one = [&](vc::VectorMap m) {
     return Status(vc::kOpConfigIrqMap, Bytes().Add(uint16_t{1}).Add(m).span());
   };
-  EXPECT_EQ(one({kVsiId, 0, 1, 0, 0, 0}), vc::kErrParam) << "vector 0 takes no queues";
+  EXPECT_EQ(one({kVsiId, 0, 1, 0, 0, 0}), 0) << "vector 0 may take queues (i40e LNKLST0)";
+  EXPECT_EQ(dev_->rx_queue(0).msix_vector, 0u);
   EXPECT_EQ(one({kVsiId, 5, 1, 0, 0, 0}), vc::kErrParam) << "vector beyond max_vectors";
   EXPECT_EQ(one({kVsiId, 1, 1u << 4, 0, 0, 0}), vc::kErrParam) << "queue not granted";
   EXPECT_EQ(one({kVsiId, 1, 1, 0, 7, 0}), vc::kErrParam) << "ITR index";
@@ -583,6 +584,35 @@ TEST_F(DeviceTest, IrqMapValidation) {
   EXPECT_EQ(dev_->rx_queue(0).msix_vector, 2u);
   EXPECT_EQ(dev_->tx_queue(1).msix_vector, 2u);
   EXPECT_EQ(dev_->tx_queue(1).itr_index, 1u);
+}
+
+// DPDK without WB_ON_ITR (drivers/net/intel/iavf/iavf_ethdev.c:
+// iavf_config_rx_queues_irqs) maps every RX queue to vector 0 for write-back
+// and polls; it writes DYN_CTL01 = INTENA | ITR 0 with an interval first.
+// The i40e PF accepts that map (i40e_virtchnl_pf.c:i40e_config_irq_link_list
+// programs VPINT_LNKLST0); refusing it, as ice does, failed dev_start. The
+// queues then have no queue vector: completions raise no interrupt, and
+// vector 0 keeps serving the mailbox.
+TEST_F(DeviceTest, DpdkWithoutWbOnItrMapsRxQueuesToVectorZero) {
+  Make(DeviceOptions{.supported_caps = kDefaultSupportedCaps & ~vc::kCapWbOnItr});
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 1};
+  ASSERT_EQ(drv_->CallStruct(vc::kOpVersion, v)->v_retval, 0);
+  ASSERT_EQ(drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps)->v_retval, 0);
+  dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+  dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | (0u << kDynCtlItrIndxShift) | (25u << kDynCtlIntervalShift));
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(4, 512, /*legacy_len=*/false).span()), 0);
+  Bytes map;
+  map.Add(uint16_t{1}).Add(vc::VectorMap{kVsiId, 0, 0xF, 0, 0, 0});
+  ASSERT_EQ(Status(vc::kOpConfigIrqMap, map.span()), 0);
+  for (uint32_t q = 0; q < 4; ++q) EXPECT_EQ(dev_->rx_queue(q).msix_vector, 0u);
+  for (uint32_t q = 0; q < 4; ++q) {
+    ASSERT_EQ(Status(vc::kOpEnableQueues, Select(1u << q, 0).span()), 0);
+  }
+  const size_t fired = irqs_.fired.size();
+  EXPECT_FALSE(dev_->RaiseQueueInterrupt(QueueKind::kRx, 0));
+  EXPECT_EQ(irqs_.fired.size(), fired) << "a vector-0 queue raises no interrupt";
+  EXPECT_EQ(dev_->ReadReg(kVfintIcr01) & kIcr0AdminQ, kIcr0AdminQ) << "the alarm path sees replies";
 }
 
 TEST_F(DeviceTest, DoorbellsAndTails) {

@@ -375,6 +375,13 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
   return vc::kSuccess;
 }
 
+// Queues may be mapped to vector 0, as the i40e PF allows
+// (i40e_virtchnl_pf.c:i40e_config_irq_link_list programs VPINT_LNKLST0) and
+// ice does not: DPDK without WB_ON_ITR maps its RX queues there for
+// write-back only and polls (iavf_ethdev.c:iavf_config_rx_queues_irqs), and
+// a refusal fails its dev_start. Such a queue has msix_vector 0: the data
+// path writes back at once (what the ITR-driven write-back achieves) and
+// raises no queue interrupt.
 int32_t Device::OpConfigIrqMap(absl::Span<const uint8_t> msg) {
   const uint16_t n = Load<uint16_t>(msg, 0);
   const uint32_t max_vectors = num_queue_pairs_ + 1;
@@ -382,8 +389,7 @@ int32_t Device::OpConfigIrqMap(absl::Span<const uint8_t> msg) {
   const uint32_t valid_queues = (1u << num_queue_pairs_) - 1;
   for (uint32_t i = 0; i < n; ++i) {
     auto m = Load<vc::VectorMap>(msg, 2 + i * sizeof(vc::VectorMap));
-    if (m.vsi_id != kVsiId || m.vector_id >= max_vectors ||
-        (m.vector_id == 0 && (m.rxq_map != 0 || m.txq_map != 0)) || (m.rxq_map & ~valid_queues) ||
+    if (m.vsi_id != kVsiId || m.vector_id >= max_vectors || (m.rxq_map & ~valid_queues) ||
         (m.txq_map & ~valid_queues) || m.rxitr_idx > kItrIndexNone || m.txitr_idx > kItrIndexNone) {
       return vc::kErrParam;
     }
