@@ -22,6 +22,14 @@ inline void StoreQwRelaxed(volatile uint64_t* p, uint64_t v) {
   __atomic_store_n(const_cast<uint64_t*>(p), v, __ATOMIC_RELAXED);
 }
 
+// An 802.1Q tag (TPID 0x8100, TCI `tci`) at `p`.
+inline void PutVlanTag(uint8_t* p, uint16_t tci) {
+  p[0] = 0x81;
+  p[1] = 0x00;
+  p[2] = uint8_t(tci >> 8);
+  p[3] = uint8_t(tci);
+}
+
 bool RangesOverlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
   return a < b + blen && b < a + alen;
 }
@@ -208,6 +216,8 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     uint32_t scan = h;
     uint32_t nbuf = 0, ndesc = 0;
     bool eop = false, bad = false, dummy = false, tunnel = false;
+    bool il2tag2 = false;
+    uint16_t l2tag2 = 0, l2tag1 = 0;
     TxOffload off;
     uint32_t first_cmd = 0, first_offset = 0;
     bool have_first = false;
@@ -237,6 +247,10 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
         // their inner offsets are not in the data descriptor, so applying
         // them would corrupt the frame. Dropped and counted below.
         if (qw0 & (txd::kCtxQw0Eipt | txd::kCtxQw0L4tunt)) tunnel = true;
+        if (cmd & txd::kCtxCmdIl2tag2) {
+          il2tag2 = true;
+          l2tag2 = uint16_t(txd::CtxL2tag2(qw0));
+        }
         continue;
       }
       uint32_t cmd = uint32_t(qw1 >> 4) & 0x3FF;
@@ -247,6 +261,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
         have_first = true;
         first_cmd = cmd;
         first_offset = uint32_t(qw1 >> 16) & 0x3FFFF;
+        l2tag1 = uint16_t(qw1 >> 48);
       }
       if (cmd & txd::kCmdDummy) dummy = true;
       uint32_t maxbuf = off.tso ? max_tso_bufs : limits_.max_tx_buffers;
@@ -284,8 +299,15 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       batch_head_ = h;
       continue;
     }
+    // VLAN insertion: CMD.IL2TAG1 with the data descriptor's L2TAG1 (DPDK
+    // iavf_build_data_desc_cmd_offset_fields, Linux iavf_tx_map), or the
+    // context descriptor's CMD.IL2TAG2 with its L2TAG2 (the VLAN_V2 L2TAG2
+    // location). Both at once would need an order we do not know: error.
+    const bool il2tag1 = (first_cmd & txd::kCmdIl2tag1) != 0;
+    const bool vlan = il2tag1 || il2tag2;
+    const uint16_t vlan_tag = il2tag1 ? l2tag1 : l2tag2;
     const size_t limit = off.tso ? limits_.max_tso_bytes : limits_.max_frame;
-    if (bad || tunnel || total > limit || total < 14 || nbuf == 0) {
+    if (bad || tunnel || (il2tag1 && il2tag2) || total > limit || total < 14 || nbuf == 0) {
       Count(hot_->errors, 1);
       Count(hot_->drops, 1);
       complete();
@@ -316,31 +338,42 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       batch_head_ = h;
       continue;
     }
-    if (nbuf == 1 && !csum && !off.tso && total >= kMinFrame) {
+    if (nbuf == 1 && !csum && !off.tso && !vlan && total >= kMinFrame) {
       frames_.push_back(FrameView(bufs[0].ptr, total));  // zero copy
     } else {
-      size_t flen = std::max<size_t>(total, off.tso ? 0 : kMinFrame);
-      uint8_t* dst = ArenaAlloc(flen, backend);
-      if (dst == nullptr) {
+      // The tag goes in after the offloads, whose header lengths exclude it
+      // (the driver's MACLEN is that of the untagged frame): the packet is
+      // gathered tag_len bytes into its slot, offloaded there, and then its
+      // MAC addresses move to the front to make room for the tag.
+      const size_t tag_len = vlan ? 4 : 0;
+      const size_t out_len = off.tso ? total : std::max<size_t>(total + tag_len, kMinFrame);
+      uint8_t* out = ArenaAlloc(out_len, backend);
+      if (out == nullptr) {
         Count(hot_->drops, 1);
         complete();
         batch_head_ = h;
         continue;
       }
+      uint8_t* dst = off.tso ? out : out + tag_len;
       size_t o = 0;
       for (uint32_t i = 0; i < nbuf; ++i) {
         std::memcpy(dst + o, bufs[i].ptr, bufs[i].len);
         o += bufs[i].len;
       }
-      if (flen > total) std::memset(dst + total, 0, flen - total);
       if (off.tso) {
         absl::Status s = SegmentTso(
             FrameView(dst, total), off, tso_scratch_,
             [&](absl::Span<const uint8_t> seg) {
-              uint8_t* sd = ArenaAlloc(std::max<size_t>(seg.size(), kMinFrame), backend);
+              size_t sl = seg.size() + tag_len;
+              uint8_t* sd = ArenaAlloc(std::max<size_t>(sl, kMinFrame), backend);
               if (sd == nullptr) return;
-              std::memcpy(sd, seg.data(), seg.size());
-              size_t sl = seg.size();
+              if (vlan) {
+                std::memcpy(sd, seg.data(), 12);
+                PutVlanTag(sd + 12, vlan_tag);
+                std::memcpy(sd + 16, seg.data() + 12, seg.size() - 12);
+              } else {
+                std::memcpy(sd, seg.data(), seg.size());
+              }
               if (sl < kMinFrame) {
                 std::memset(sd + sl, 0, kMinFrame - sl);
                 sl = kMinFrame;
@@ -356,7 +389,14 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
         absl::Status s = csum ? ApplyChecksumOffloads(absl::Span<uint8_t>(dst, total), off)
                               : absl::OkStatus();
         if (s.ok()) {
-          frames_.push_back(FrameView(dst, flen));
+          if (vlan) {
+            std::memmove(out, dst, 12);
+            PutVlanTag(out + 12, vlan_tag);
+          }
+          if (out_len > total + tag_len) {
+            std::memset(out + total + tag_len, 0, out_len - total - tag_len);
+          }
+          frames_.push_back(FrameView(out, out_len));
         } else {
           Count(hot_->errors, 1);
           Count(hot_->drops, 1);

@@ -32,6 +32,7 @@ inline constexpr uint64_t kDtypeContext = 0x1;
 inline constexpr uint64_t kDtypeDone = 0xF;
 inline constexpr uint32_t kCmdEop = 0x001;
 inline constexpr uint32_t kCmdRs = 0x002;
+inline constexpr uint32_t kCmdIl2tag1 = 0x008;  // insert the L2TAG1 field (qw1 63:48)
 inline constexpr uint32_t kCmdDummy = 0x010;
 inline constexpr uint32_t kCtxCmdTso = 0x1;
 inline constexpr uint32_t kCtxCmdIl2tag2 = 0x4;

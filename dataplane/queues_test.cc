@@ -590,3 +590,152 @@ TEST_F(QueuesTest, TxTunnelContextIsDroppedNotMisapplied) {
 
 }  // namespace
 }  // namespace emud::dataplane
+
+namespace emud::dataplane {
+namespace {
+
+// TX VLAN insertion (DPDK without VLAN_V2 and Linux with the VLAN cap:
+// data descriptor CMD.IL2TAG1 + L2TAG1 in qw1 63:48; header lengths exclude
+// the tag, which the device inserts after the offloads).
+class TxVlanTest : public QueuesTest {
+ protected:
+  static constexpr uint32_t kIl2tag1 = 0x008;
+  void TxDescTag(uint32_t idx, uint64_t addr, uint32_t size, uint32_t cmd, uint32_t offset,
+                 uint16_t tag) {
+    Qw(kTxRing + idx * 16) = addr;
+    Qw(kTxRing + idx * 16 + 8) = txd::DataQw1(cmd, offset, size) | uint64_t{tag} << 48;
+  }
+  static std::vector<uint8_t> Tagged(const std::vector<uint8_t>& f, uint16_t tag) {
+    std::vector<uint8_t> t(f.size() + 4);
+    for (size_t i = 0; i < f.size(); ++i) t[i < 12 ? i : i + 4] = f[i];
+    t[12] = 0x81;
+    t[13] = 0x00;
+    t[14] = uint8_t(tag >> 8);
+    t[15] = uint8_t(tag);
+    return t;
+  }
+  // An IPv4/UDP frame with the driver's pseudo-header seed in place.
+  std::vector<uint8_t> Udp(size_t len) {
+    auto f = Frame(len, 9);
+    f[12] = 0x08;
+    f[13] = 0x00;
+    f[14] = 0x45;
+    f[16] = uint8_t((len - 14) >> 8);
+    f[17] = uint8_t(len - 14);
+    f[20] = f[21] = 0;
+    f[23] = 17;
+    f[34 + 4] = uint8_t((len - 34) >> 8);
+    f[34 + 5] = uint8_t(len - 34);
+    return f;
+  }
+};
+
+TEST_F(TxVlanTest, Il2tag1InsertsTheTagAfterTheMacAddresses) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  auto f = Frame(100, 1);
+  std::memcpy(At(Buf(0)), f.data(), f.size());
+  TxDescTag(0, Buf(0), 100, kIl2tag1 | txd::kCmdEop | txd::kCmdRs, 0, 0xE123);
+  // Short frame: tagged, then padded to 60.
+  auto s = Frame(20, 2);
+  std::memcpy(At(Buf(1)), s.data(), s.size());
+  TxDescTag(1, Buf(1), 20, kIl2tag1 | txd::kCmdEop | txd::kCmdRs, 0, 5);
+  // Tag bits without IL2TAG1: nothing inserted.
+  TxDescTag(2, Buf(0), 100, txd::kCmdEop | txd::kCmdRs, 0, 0x777);
+  q.Process(3, dma_, backend_, 64);
+  ASSERT_EQ(backend_.sent.size(), 3u);
+  EXPECT_EQ(backend_.sent[0], Tagged(f, 0xE123));
+  auto ts = Tagged(s, 5);
+  ts.resize(60, 0);
+  EXPECT_EQ(backend_.sent[1], ts);
+  EXPECT_EQ(backend_.sent[2], f);
+  EXPECT_EQ(q.stats().errors.load(), 0u);
+}
+
+TEST_F(TxVlanTest, TagGoesInAfterChecksumsOverTheUntaggedOffsets) {
+  TxQueue plain(0, state_->tx(0)), tagged(1, state_->tx(1));
+  const uint32_t cmd = (3u << 5) | (3u << 8) | txd::kCmdEop | txd::kCmdRs;
+  auto f = Udp(200);
+  // The same packet, gathered from two buffers, with and without the tag.
+  std::memcpy(At(Buf(0)), f.data(), 50);
+  std::memcpy(At(Buf(1)), f.data() + 50, 150);
+  ASSERT_TRUE(plain.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(plain.SetEnabled(true).ok());
+  TxDescTag(0, Buf(0), 50, cmd & ~txd::kCmdEop, txd::Offsets(14, 20, 8), 0);
+  TxDescTag(1, Buf(1), 150, cmd, txd::Offsets(14, 20, 8), 0);
+  plain.Process(2, dma_, backend_, 64);
+  ASSERT_EQ(backend_.sent.size(), 1u);
+  const auto want = Tagged(backend_.sent[0], 0x0064);
+  ASSERT_TRUE(tagged.Configure(kTxRing + 0x1000, 64).ok());
+  ASSERT_TRUE(tagged.SetEnabled(true).ok());
+  const uint64_t r = kTxRing + 0x1000;
+  Qw(r) = Buf(0);
+  Qw(r + 8) = txd::DataQw1((cmd & ~txd::kCmdEop) | kIl2tag1, txd::Offsets(14, 20, 8), 50) |
+              uint64_t{0x64} << 48;
+  Qw(r + 16) = Buf(1);
+  Qw(r + 24) = txd::DataQw1(cmd | kIl2tag1, txd::Offsets(14, 20, 8), 150) | uint64_t{0x64} << 48;
+  tagged.Process(2, dma_, backend_, 64);
+  ASSERT_EQ(backend_.sent.size(), 2u);
+  EXPECT_EQ(backend_.sent[1], want);
+}
+
+TEST_F(TxVlanTest, TsoTagsEverySegment) {
+  const uint32_t payload = 4000, mss = 1000;
+  std::vector<uint8_t> f(54 + payload, 0);
+  for (size_t i = 54; i < f.size(); ++i) f[i] = uint8_t(i * 13);
+  f[12] = 0x08;
+  f[14] = 0x45;
+  f[23] = 6;
+  f[14 + 20 + 12] = 5 << 4;
+  f[14 + 20 + 13] = 0x18;
+  std::memcpy(At(Buf(0)), f.data(), f.size());
+  const uint32_t cmd = (3u << 5) | (1u << 8) | txd::kCmdEop | txd::kCmdRs;
+  std::vector<std::vector<uint8_t>> want;
+  for (int pass = 0; pass < 2; ++pass) {
+    const uint64_t r = kTxRing + pass * 0x1000;
+    TxQueue q(uint16_t(pass), state_->tx(pass));
+    ASSERT_TRUE(q.Configure(r, 64).ok());
+    ASSERT_TRUE(q.SetEnabled(true).ok());
+    Qw(r) = 0;
+    Qw(r + 8) = txd::ContextQw1(txd::kCtxCmdTso, payload, mss);
+    Qw(r + 16) = Buf(0);
+    Qw(r + 24) = txd::DataQw1(cmd | (pass ? kIl2tag1 : 0), txd::Offsets(14, 20, 20),
+                              uint32_t(f.size())) |
+                 uint64_t{0xABC} << 48;
+    backend_.sent.clear();
+    q.Process(2, dma_, backend_, 64);
+    ASSERT_EQ(backend_.sent.size(), 4u);
+    if (pass == 0) {
+      for (const auto& s : backend_.sent) want.push_back(Tagged(s, 0xABC));
+    } else {
+      EXPECT_EQ(backend_.sent, want);
+    }
+  }
+}
+
+// The context descriptor's L2TAG2 (CMD.IL2TAG2, tag in qw0 47:32: DPDK's
+// IAVF_TX_FLAGS_VLAN_TAG_LOC_L2TAG2 under VLAN_V2) is inserted the same way;
+// both tags at once (ambiguous order) is an error.
+TEST_F(TxVlanTest, ContextL2tag2) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  auto f = Frame(80, 4);
+  std::memcpy(At(Buf(0)), f.data(), f.size());
+  Qw(kTxRing) = uint64_t{0x0456} << 32;
+  Qw(kTxRing + 8) = txd::ContextQw1(txd::kCtxCmdIl2tag2, 0, 0);
+  TxDescTag(1, Buf(0), 80, txd::kCmdEop | txd::kCmdRs, 0, 0);
+  Qw(kTxRing + 32) = uint64_t{0x0456} << 32;
+  Qw(kTxRing + 40) = txd::ContextQw1(txd::kCtxCmdIl2tag2, 0, 0);
+  TxDescTag(3, Buf(0), 80, kIl2tag1 | txd::kCmdEop | txd::kCmdRs, 0, 9);
+  q.Process(4, dma_, backend_, 64);
+  ASSERT_EQ(backend_.sent.size(), 1u);
+  EXPECT_EQ(backend_.sent[0], Tagged(f, 0x456));
+  EXPECT_EQ(q.stats().errors.load(), 1u);
+  EXPECT_EQ(q.head(), 4u);
+  EXPECT_EQ(Qw(kTxRing + 3 * 16 + 8) & 0xF, 0xFu);
+}
+
+}  // namespace
+}  // namespace emud::dataplane
