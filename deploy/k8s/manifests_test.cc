@@ -54,6 +54,14 @@ TEST(ManifestsTest, DaemonSetMatchesEmudAndConfigMap) {
   EXPECT_TRUE(c["securityContext"]["privileged"].as<bool>());
   EXPECT_TRUE(pod["hostNetwork"].as<bool>());
 
+  // emud runs under emud-init (PID 1), which restarts it without ending the
+  // container (and its workers).
+  YAML::Node command = c["command"];
+  ASSERT_EQ(command.size(), 3u);
+  EXPECT_EQ(command[0].as<std::string>(), "/usr/bin/emud-init");
+  EXPECT_EQ(command[1].as<std::string>(), "--");
+  EXPECT_EQ(command[2].as<std::string>(), "/usr/bin/emud");
+
   // Every flag exists in emud (flags are spelled with dashes; absl lists
   // them with underscores).
   std::string help = Output(Runfile("server/emud") + " --helpfull 2>&1");

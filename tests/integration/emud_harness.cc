@@ -139,11 +139,13 @@ absl::StatusOr<std::unique_ptr<EmudProcess>> EmudProcess::Start(Options o) {
   std::unique_ptr<EmudProcess> p(new EmudProcess());
   if (o.worker_binary.empty()) o.worker_binary = Runfile("tests/fakes/fake_worker");
   p->log_path_ = absl::StrCat(o.state_dir, ".emud.log");
-  std::vector<std::string> argv = {Runfile("server/emud"),
+  std::vector<std::string> argv = o.wrapper;
+  std::vector<std::string> emud_argv = {Runfile("server/emud"),
                                    "--state-dir", o.state_dir,
                                    "--worker-binary", o.worker_binary,
                                    "--metrics-listen", o.metrics ? "127.0.0.1:0" : ""};
-  for (const auto& f : o.extra_flags) argv.push_back(f);
+  for (const auto& f : o.extra_flags) emud_argv.push_back(f);
+  argv.insert(argv.end(), emud_argv.begin(), emud_argv.end());
   std::vector<std::string> env = EnvWith(o.extra_env);
   auto cargv = CStrings(argv), cenv = CStrings(env);
   int log = ::open(p->log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

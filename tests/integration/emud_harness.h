@@ -56,6 +56,9 @@ class EmudProcess {
     // Serve metrics on 127.0.0.1:<ephemeral>. Off saves ~1.5 s per emud
     // stop (civetweb's listener thread stops slowly).
     bool metrics = true;
+    // Runs emud under this command prefix (e.g. {emud-init, "--"}); pid()
+    // is then the wrapper's.
+    std::vector<std::string> wrapper;
   };
   // Starts emud and waits for its "ready" line.
   static absl::StatusOr<std::unique_ptr<EmudProcess>> Start(Options o);
