@@ -65,23 +65,38 @@ void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
   }
 }
 
+// Hardware counter semantics, which both drivers assume: the per-class RX
+// counters count every frame that reached the VF, discarded or not (DPDK's
+// iavf_dev_stats_get takes rx_discards out of their sum), byte counters
+// include each frame's 4-byte CRC (DPDK subtracts it per received packet
+// unless KEEP_CRC), and tx_errors / tx_discards are disjoint (DPDK's oerrors
+// is their sum; Linux iavf_virtchnl_completion reports them as tx_errors /
+// tx_dropped). TX frames are not classified: tx_unicast counts them all.
 void DataPath::GetStats(avf::vc::EthStats* s) {
+  constexpr uint64_t kCrc = 4;
   *s = {};
+  uint64_t rx_frames = 0, tx_frames = 0, tx_drops = 0, tx_malformed = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     const HotQueue& r = rx_[q]->stats();
     const HotQueue& t = tx_[q]->stats();
-    s->rx_bytes += r.bytes.load(std::memory_order_relaxed);
-    s->rx_unicast += r.packets.load(std::memory_order_relaxed);
-    s->rx_discards += r.drops.load(std::memory_order_relaxed);
-    s->tx_bytes += t.bytes.load(std::memory_order_relaxed);
-    s->tx_unicast += t.packets.load(std::memory_order_relaxed);
-    s->tx_discards += t.drops.load(std::memory_order_relaxed);
+    const uint64_t rx_packets = r.packets.load(std::memory_order_relaxed);
+    const uint64_t rx_drops = r.drops.load(std::memory_order_relaxed);
+    const uint64_t tx_packets = t.packets.load(std::memory_order_relaxed);
+    s->rx_bytes += r.bytes.load(std::memory_order_relaxed) + kCrc * rx_packets;
+    s->rx_discards += rx_drops;
+    rx_frames += rx_packets + rx_drops;
+    s->tx_bytes += t.bytes.load(std::memory_order_relaxed) + kCrc * tx_packets;
+    tx_frames += tx_packets;
+    tx_drops += t.drops.load(std::memory_order_relaxed);
+    tx_malformed += tx_[q]->malformed();
     s->tx_errors += t.errors.load(std::memory_order_relaxed);
   }
-  // Split what we can: multicast/broadcast are counted on delivery.
+  // Multicast/broadcast are classified per frame (delivered or discarded).
   s->rx_multicast = rx_multicast_;
   s->rx_broadcast = rx_broadcast_;
-  s->rx_unicast -= std::min(s->rx_unicast, rx_multicast_ + rx_broadcast_);
+  s->rx_unicast = rx_frames - std::min(rx_frames, rx_multicast_ + rx_broadcast_);
+  s->tx_unicast = tx_frames;
+  s->tx_discards = tx_drops - std::min(tx_drops, tx_malformed);
 }
 
 void DataPath::OnFiltersChanged() {
@@ -131,17 +146,17 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   switch (res) {
     case RxQueue::DeliverResult::kDelivered:
       rx_irq_ |= 1u << q;
-      if (frame[0] & 1) {
-        bool bc = frame.size() >= 6 && frame[0] == 0xff && frame[1] == 0xff && frame[2] == 0xff &&
-                  frame[3] == 0xff && frame[4] == 0xff && frame[5] == 0xff;
-        (bc ? rx_broadcast_ : rx_multicast_)++;
-      }
+      CountClass(frame);
       return true;
     case RxQueue::DeliverResult::kDropped:
       if (rx.TakeWroteBack()) rx_irq_ |= 1u << q;
+      CountClass(frame);  // a discard is counted in its class too (GetStats)
       return true;
     case RxQueue::DeliverResult::kNoBuffers:
-      if (loopback_) rx.CountDrop();  // loopback cannot hold the frame
+      if (loopback_) {  // loopback cannot hold the frame
+        rx.CountDrop();
+        CountClass(frame);
+      }
       return false;
   }
   return true;

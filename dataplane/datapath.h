@@ -111,7 +111,15 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   void FlushDeferred(int64_t now);
   MacFilter filter_;
   uint64_t filtered_ = 0;
+  // RX frames counted in the RX queues (delivered or dropped) by class of
+  // destination MAC; unicast is the rest. Not persisted.
   uint64_t rx_multicast_ = 0, rx_broadcast_ = 0;
+  void CountClass(FrameView frame) {
+    if (frame.size() < 6 || !(frame[0] & 1)) return;
+    const bool bc = frame[0] == 0xff && frame[1] == 0xff && frame[2] == 0xff &&
+                    frame[3] == 0xff && frame[4] == 0xff && frame[5] == 0xff;
+    (bc ? rx_broadcast_ : rx_multicast_)++;
+  }
   bool loopback_;
 };
 

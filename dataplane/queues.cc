@@ -282,8 +282,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       if (ndesc + 1 >= n || nbuf > max_tso_bufs) {
         // A chain that can never end (the driver can post at most
         // ring_len - 1 descriptors): drop everything scanned.
-        Count(hot_->errors, 1);
-        Count(hot_->drops, 1);
+        DropMalformed();
         h = scan;
         complete();
         batch_head_ = h;
@@ -308,8 +307,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     const uint16_t vlan_tag = il2tag1 ? l2tag1 : l2tag2;
     const size_t limit = off.tso ? limits_.max_tso_bytes : limits_.max_frame;
     if (bad || tunnel || (il2tag1 && il2tag2) || total > limit || total < 14 || nbuf == 0) {
-      Count(hot_->errors, 1);
-      Count(hot_->drops, 1);
+      DropMalformed();
       complete();
       batch_head_ = h;
       continue;
@@ -332,8 +330,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       bufs[i].ptr = *p;
     }
     if (fault) {
-      Count(hot_->errors, 1);
-      Count(hot_->drops, 1);
+      DropMalformed();
       complete();
       batch_head_ = h;
       continue;
@@ -381,8 +378,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
               frames_.push_back(FrameView(sd, sl));
             });
         if (!s.ok()) {
-          Count(hot_->errors, 1);
-          Count(hot_->drops, 1);
+          DropMalformed();
         }
       } else {
         // Checksums over the packet's own length, not the padding.
@@ -398,8 +394,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
           }
           frames_.push_back(FrameView(out, out_len));
         } else {
-          Count(hot_->errors, 1);
-          Count(hot_->drops, 1);
+          DropMalformed();
         }
       }
     }

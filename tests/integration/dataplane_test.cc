@@ -144,6 +144,56 @@ TEST(DataplaneIntegration, LoopbackFramesComeBackByteForByte) {
   std::filesystem::remove_all(shm);
 }
 
+// GET_STATS as the hardware counts (DPDK iavf_dev_stats_get: ipackets =
+// unicast + multicast + broadcast - rx_discards, ibytes = rx_bytes - 4 per
+// ipacket, oerrors = tx_errors + tx_discards; Linux iavf_virtchnl_completion
+// copies them into rtnl stats): the per-class RX counters include discarded
+// frames, byte counters include the 4-byte CRC of each frame, and a
+// malformed TX packet is an error, not also a discard.
+TEST(DataplaneIntegration, StatsFollowHardwareCounterSemantics) {
+  std::string shm = TestDir();
+  Node n;
+  n.Start("stats", "loopback", 1, shm);
+  const std::array<uint8_t, 6> bcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  // 100 frames and no RX reaping: the RX ring fills, the rest is dropped.
+  const size_t kFrames = 100, kLen = 100;
+  size_t queued = 0, bc_sent = 0;
+  for (int round = 0; round < 1000 && queued < kFrames; ++round) {
+    while (queued < kFrames) {
+      const bool bc = queued % 3 == 0;
+      auto f = MakeFrame(bc ? bcast : n.drv->mac(), kLen, uint32_t(queued));
+      if (!n.gdp->Transmit(0, f).ok()) break;
+      bc_sent += bc;
+      ++queued;
+    }
+    n.dp->PollOnce();
+    n.gdp->ReapTx(0);
+  }
+  ASSERT_EQ(queued, kFrames);
+  // One malformed packet (shorter than an Ethernet header).
+  ASSERT_TRUE(n.gdp->Transmit(0, std::vector<uint8_t>(10, 0x02)).ok());
+  for (int i = 0; i < 10; ++i) n.dp->PollOnce();
+  auto got = n.gdp->Receive(0);
+  ASSERT_TRUE(got.ok());
+  const size_t delivered = got->size();
+  ASSERT_GT(delivered, 0u);
+  ASSERT_LT(delivered, kFrames) << "the RX ring must have overflowed";
+  auto st = n.drv->RequestStats();
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->rx_discards, kFrames - delivered);
+  EXPECT_EQ(st->rx_unicast + st->rx_multicast + st->rx_broadcast, kFrames);
+  EXPECT_EQ(st->rx_broadcast, bc_sent);
+  EXPECT_EQ(st->rx_multicast, 0u);
+  EXPECT_EQ(st->rx_unicast + st->rx_multicast + st->rx_broadcast - st->rx_discards, delivered)
+      << "DPDK's ipackets";
+  EXPECT_EQ(st->rx_bytes, delivered * (kLen + 4));
+  EXPECT_EQ(st->tx_unicast + st->tx_multicast + st->tx_broadcast, kFrames);
+  EXPECT_EQ(st->tx_bytes, kFrames * (kLen + 4));
+  EXPECT_EQ(st->tx_errors, 1u);
+  EXPECT_EQ(st->tx_discards, 0u) << "DPDK's oerrors = tx_errors + tx_discards";
+  std::filesystem::remove_all(shm);
+}
+
 TEST(DataplaneIntegration, TxChecksumOffloadThenRxChecksumReport) {
   std::string shm = TestDir();
   Node n;
