@@ -48,7 +48,13 @@ class Msg {
 }  // namespace
 
 IavfDriver::IavfDriver(GuestBus* bus, DriverOptions options) : bus_(bus), options_(options) {
-  if (options_.flavor == Flavor::kDpdk && options_.caps == kLinuxIavfCaps) options_.caps = kDpdkIavfCaps;
+  if (options_.flavor == Flavor::kDpdk) {
+    if (options_.caps == kLinuxIavfCaps) options_.caps = kDpdkIavfCaps;
+    // Default mbufs: 2176-byte data room - 128 headroom (iavf_rxq.c rx_buf_len,
+    // DBUFF-aligned); max_pkt_size = MTU 1500 + IAVF_ETH_OVERHEAD (26).
+    if (options_.rx_buf_len == DriverOptions{}.rx_buf_len) options_.rx_buf_len = 2048;
+    if (options_.max_frame == DriverOptions{}.max_frame) options_.max_frame = 1500 + 26;
+  }
 }
 
 IavfDriver::~IavfDriver() {
@@ -238,6 +244,7 @@ absl::StatusOr<bool> IavfDriver::CleanArqElement(PfMessage* out) {
     if (auto s = bus_->Write32(avf::kVfArqt1, i); !s.ok()) return s;
     arq_.ntc = (i + 1) % kAqLen;
     if (err || out->v_op == vc::kOpUnknown) continue;  // Linux drops these
+    ++arq_messages_;
     return true;
   }
 }
@@ -279,6 +286,29 @@ absl::StatusOr<bool> IavfDriver::ServiceMiscIrq(absl::Duration timeout) {
   auto fired = bus_->WaitVector(0, timeout);
   if (!fired.ok()) return fired.status();
   if (*fired == 0) return false;
+  if (dpdk_irq0_) {
+    // iavf_ethdev.c:iavf_dev_interrupt_handler: iavf_disable_irq0, drain the
+    // ARQ (iavf_handle_virtchnl_msg: events handled, replies handed to the
+    // waiting command), iavf_enable_irq0. ICR01 is never read.
+    admin_irqs_ += *fired;
+    if (auto s = DpdkDisableIrq0(); !s.ok()) return s;
+    uint64_t drained = 0;
+    for (;;) {
+      PfMessage m;
+      auto got = CleanArqElement(&m);
+      if (!got.ok()) return got.status();
+      if (!*got) break;
+      ++drained;
+      if (m.v_op == vc::kOpEvent) {
+        HandleEvent(m);
+      } else {
+        inbox_.push_back(std::move(m));
+      }
+    }
+    if (drained == 0) ++empty_irq0_runs_;
+    if (auto s = DpdkEnableIrq0(); !s.ok()) return s;
+    return true;
+  }
   // iavf_msix_aq: read ICR01 (clears it) and ICR0_ENA1; the admin task then
   // cleans the ARQ and re-enables the misc vector (iavf_misc_irq_enable).
   admin_irqs_ += *fired;
@@ -292,6 +322,22 @@ absl::StatusOr<PfMessage> IavfDriver::WaitReply(uint32_t v_op) {
   const absl::Time deadline = absl::Now() + options_.reply_timeout;
   // An in-process bus never sleeps: bound the polls as well.
   const int64_t max_polls = options_.reply_timeout / options_.poll_interval + 1;
+  if (dpdk_irq0_) {
+    // iavf_vchnl.c:iavf_execute_vf_cmd for runtime ops: wait until the
+    // interrupt handler completed the pending command; no ARQ polling here.
+    for (int64_t poll = 0;; ++poll) {
+      while (!inbox_.empty()) {
+        PfMessage m = std::move(inbox_.front());
+        inbox_.pop_front();
+        if (m.v_op == v_op) return m;
+        // else: "command mismatch" - dropped.
+      }
+      if (absl::Now() > deadline || poll > max_polls) {
+        return absl::DeadlineExceededError(absl::StrCat("no reply to ", vc::OpName(v_op)));
+      }
+      if (auto irq = ServiceMiscIrq(options_.poll_interval); !irq.ok()) return irq.status();
+    }
+  }
   for (int64_t poll = 0;; ++poll) {
     if (auto irq = ServiceMiscIrq(absl::ZeroDuration()); !irq.ok()) return irq.status();
     PfMessage m;
@@ -331,6 +377,25 @@ absl::Status IavfDriver::MiscIrqEnable() {
 
 absl::Status IavfDriver::MiscIrqDisable() {
   if (auto s = bus_->Write32(avf::kVfintDynCtl01, 0); !s.ok()) return s;
+  return bus_->Read32(avf::kVfgenRstat).status();
+}
+
+absl::Status IavfDriver::DpdkEnableIrq0() {
+  // iavf_enable_irq0: ICR0_ENA1 = ADMINQ, DYN_CTL01 = INTENA | CLEARPBA |
+  // ITR_INDX (0x1B), IAVF_WRITE_FLUSH (a VFGEN_RSTAT read).
+  if (auto s = bus_->Write32(avf::kVfintIcr0Ena1, avf::kIcr0AdminQ); !s.ok()) return s;
+  if (auto s = bus_->Write32(avf::kVfintDynCtl01,
+                             avf::kDynCtlIntena | avf::kDynCtlClearPba | avf::kDynCtlItrIndxMask);
+      !s.ok()) {
+    return s;
+  }
+  return bus_->Read32(avf::kVfgenRstat).status();
+}
+
+absl::Status IavfDriver::DpdkDisableIrq0() {
+  // iavf_disable_irq0: ICR0_ENA1 = 0, DYN_CTL01 = ITR_INDX (0x18), flush.
+  if (auto s = bus_->Write32(avf::kVfintIcr0Ena1, 0); !s.ok()) return s;
+  if (auto s = bus_->Write32(avf::kVfintDynCtl01, avf::kDynCtlItrIndxMask); !s.ok()) return s;
   return bus_->Read32(avf::kVfgenRstat).status();
 }
 
@@ -570,8 +635,10 @@ absl::Status IavfDriver::WaitLink(bool up) {
   const int64_t max_polls = options_.reply_timeout / options_.poll_interval + 1;
   for (int64_t i = 0; i <= max_polls; ++i) {
     if (auto irq = ServiceMiscIrq(absl::ZeroDuration()); !irq.ok()) return irq.status();
-    auto n = PollArq();
-    if (!n.ok()) return n.status();
+    if (!dpdk_irq0_) {  // DPDK's interrupt handler alone reads the ARQ
+      auto n = PollArq();
+      if (!n.ok()) return n.status();
+    }
     if (link_up_ == up) return absl::OkStatus();
     if (auto irq = ServiceMiscIrq(options_.poll_interval); !irq.ok()) return irq.status();
   }
@@ -625,23 +692,22 @@ absl::Status IavfDriver::InitDpdk() {
     return absl::FailedPreconditionError("PF/VF API version mismatch");
   }
   if (auto s = GetResources(); !s.ok()) return s;
+  num_queues_ = std::min(vf_qps_, options_.max_queues);
+  if (num_queues_ == 0) return absl::FailedPreconditionError("VF has no queues");
+  // iavf_dev_init after iavf_init_vf: with WB_ON_ITR the vector-0 callback
+  // is registered and enabled (rte_intr_enable), then iavf_enable_irq0; from
+  // here on replies come through iavf_dev_interrupt_handler.
+  num_msix_ = 2;  // misc + one vector for the RX queues' write-back
+  if (auto s = bus_->EnableMsix(num_msix_); !s.ok()) return s;
+  if (auto s = DpdkEnableIrq0(); !s.ok()) return s;
+  dpdk_irq0_ = (caps_ & vc::kCapWbOnItr) != 0;
+  // iavf_default_rss_disable, iavf_dev_stats_reset.
   if (caps_ & vc::kCapRssPf) {
     auto r = Exec(vc::kOpSetRssHena, Msg().Add(uint64_t{0}).span());
     if (!r.ok()) return r.status();
     if (r->v_retval != 0) return absl::InternalError(absl::StrCat("SET_RSS_HENA(0): ", r->v_retval));
   }
   if (auto st = RequestStats(); !st.ok()) return st.status();
-  num_queues_ = std::min(vf_qps_, options_.max_queues);
-  if (num_queues_ == 0) return absl::FailedPreconditionError("VF has no queues");
-  num_msix_ = 2;  // misc + one vector for the RX queues' write-back
-  if (auto s = bus_->EnableMsix(num_msix_); !s.ok()) return s;
-  // iavf_enable_irq0
-  if (auto s = bus_->Write32(avf::kVfintIcr0Ena1, avf::kIcr0AdminQ); !s.ok()) return s;
-  if (auto s = bus_->Write32(avf::kVfintDynCtl01,
-                             avf::kDynCtlIntena | avf::kDynCtlClearPba | avf::kDynCtlItrIndxMask);
-      !s.ok()) {
-    return s;
-  }
   // dev_configure: iavf_init_rss (LUT, KEY) then the hash types.
   if (!(caps_ & vc::kCapRssPf)) return absl::OkStatus();
   for (uint32_t i = 0; i < rss_lut_.size(); ++i) rss_lut_[i] = static_cast<uint8_t>(i % num_queues_);
@@ -669,14 +735,22 @@ absl::Status IavfDriver::OpenDpdk() {
   // every queue enabled on its own.
   if (auto s = SetupRings(); !s.ok()) return s;
   running_ = true;
-  if (auto s = ConfigureQueues(/*legacy_length=*/false); !s.ok()) return s;
+  // iavf_vchnl.c:iavf_configure_queues: sizeof(virtchnl_vsi_queue_config_info)
+  // (one qpair element) + 64 n = 72 + 64 n bytes.
+  if (auto s = ConfigureQueues(/*legacy_length=*/true); !s.ok()) return s;
   // WB_ON_ITR: RX queues on vector 1 in write-back-on-ITR mode, 2 us.
   if (auto s = bus_->Write32(avf::VfintDynCtln1(0), avf::kDynCtlWbOnItr | (2u << avf::kDynCtlIntervalShift));
       !s.ok()) {
     return s;
   }
   const uint16_t rx_mask = static_cast<uint16_t>((1u << num_queues_) - 1);
-  auto r = Exec(vc::kOpConfigIrqMap, Msg().Add(uint16_t{1}).Add(vc::VectorMap{vsi_id_, 1, rx_mask, 0, 0, 0}).span());
+  // iavf_config_irq_map: sizeof(virtchnl_irq_map_info) (one vecmap element)
+  // + 12 * nb_msix = 14 + 12 bytes for the one vector.
+  auto r = Exec(vc::kOpConfigIrqMap, Msg()
+                                         .Add(uint16_t{1})
+                                         .Add(vc::VectorMap{vsi_id_, 1, rx_mask, 0, 0, 0})
+                                         .Zero(sizeof(vc::VectorMap))
+                                         .span());
   if (!r.ok()) return r.status();
   if (r->v_retval != 0) return absl::InternalError(absl::StrCat("CONFIG_IRQ_MAP: ", r->v_retval));
   if (auto s = AddPrimaryMac(); !s.ok()) return s;
@@ -693,6 +767,17 @@ absl::Status IavfDriver::OpenDpdk() {
 
 absl::Status IavfDriver::Close() {
   if (!running_) return absl::OkStatus();
+  if (options_.flavor == Flavor::kDpdk) {
+    // iavf_dev_stop: iavf_stop_queues sends one DISABLE_QUEUES with every
+    // queue; no filter is removed (MACs stay until close / reset).
+    running_ = false;
+    uint32_t mask = (1u << num_queues_) - 1;
+    auto r = Exec(vc::kOpDisableQueues, Msg().Add(vc::QueueSelect{vsi_id_, 0, mask, mask}).span());
+    if (!r.ok()) return r.status();
+    if (r->v_retval != 0) return absl::InternalError(absl::StrCat("DISABLE_QUEUES: ", r->v_retval));
+    FreeRings();
+    return absl::OkStatus();
+  }
   running_ = false;
   link_up_ = false;
   if (auto s = IrqDisableQueues(); !s.ok()) return s;
@@ -732,6 +817,7 @@ absl::StatusOr<bool> IavfDriver::Watchdog() {
 }
 
 absl::Status IavfDriver::ResetTask(bool request_reset) {
+  inbox_.clear();
   if (auto s = MiscIrqDisable(); !s.ok()) return s;
   if (request_reset) {
     // IAVF_FLAG_RESET_NEEDED: restart the AQ (it may be hosed) and ask.
@@ -810,7 +896,37 @@ absl::Status IavfDriver::ResetTask(bool request_reset) {
   return absl::OkStatus();
 }
 
+absl::Status IavfDriver::ConfigPromisc(bool unicast, bool multicast) {
+  uint16_t flags = (unicast ? vc::kPromiscUnicast : 0) | (multicast ? vc::kPromiscMulticast : 0);
+  auto r = Exec(vc::kOpConfigPromiscuousMode, Msg().Add(vc::PromiscInfo{vsi_id_, flags}).span());
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0) return absl::InternalError(absl::StrCat("CONFIG_PROMISCUOUS_MODE: ", r->v_retval));
+  promisc_ = flags != 0;
+  return absl::OkStatus();
+}
+
+absl::Status IavfDriver::RemoveDpdk() {
+  // iavf_dev_close: iavf_dev_stop, promiscuous off only if it was on,
+  // iavf_vf_reset (RESET_VF, no reply awaited), iavf_shutdown_adminq,
+  // interrupt callback unregistered, iavf_disable_irq0.
+  if (running_) {
+    if (auto s = Close(); !s.ok()) return s;
+  }
+  if (promisc_) {
+    if (auto s = ConfigPromisc(false, false); !s.ok()) return s;
+  }
+  if (aq_initialised_) {
+    if (auto s = SendToPf(vc::kOpResetVf, {}); !s.ok()) return s;
+  }
+  if (auto s = ShutdownAdminQueue(); !s.ok()) return s;
+  dpdk_irq0_ = false;
+  inbox_.clear();
+  if (auto s = DpdkDisableIrq0(); !s.ok()) return s;
+  return bus_->DisableMsix();
+}
+
 absl::Status IavfDriver::Remove() {
+  if (options_.flavor == Flavor::kDpdk) return RemoveDpdk();
   // iavf_remove: unregister_netdev (closes it), RESET_VF, 50 ms, once more
   // if the ATQ did not move, misc vector off, AQ shut down (the reset
   // already disabled it: no queue_shutdown command then).

@@ -31,6 +31,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -64,11 +65,17 @@ inline constexpr uint32_t kDpdkIavfCaps =
 // Whose bring-up order the driver follows.
 enum class Flavor {
   kLinux,  // iavf.ko (the default; see the file comment)
-  kDpdk,   // net/iavf: VERSION, GET_VF_RESOURCES, SET_RSS_HENA(0), GET_STATS;
-           // configure: RSS LUT, KEY, GET_RSS_HENA_CAPS, SET_RSS_HENA; start:
-           // CONFIG_VSI_QUEUES (exact length), CONFIG_IRQ_MAP (RX queues on
-           // vector 1, WB_ON_ITR, no misc entry), ADD_ETH_ADDR, ENABLE_QUEUES
-           // one queue at a time (TX then RX)
+  kDpdk,   // net/iavf (drivers/net/intel/iavf): VERSION, GET_VF_RESOURCES
+           // (ARQ polled), then vector 0 served as iavf_dev_interrupt_handler
+           // does (disable irq0, drain the ARQ, re-enable with CLEARPBA; no
+           // ICR01 read), SET_RSS_HENA(0), GET_STATS; configure: RSS LUT,
+           // KEY, GET_RSS_HENA_CAPS, SET_RSS_HENA; start: CONFIG_VSI_QUEUES
+           // (72 + 64 n bytes, 2048-byte buffers, max_pkt_size MTU + 26),
+           // CONFIG_IRQ_MAP (14 + 12 bytes: RX queues on vector 1,
+           // WB_ON_ITR, no misc entry), ADD_ETH_ADDR, ENABLE_QUEUES one queue
+           // at a time (TX then RX); stop: one DISABLE_QUEUES; close
+           // (Remove): PROMISC(0) if it was on, RESET_VF without waiting, AQ
+           // shutdown, irq0 disabled
 };
 
 struct DriverOptions {
@@ -117,7 +124,8 @@ class IavfDriver {
   absl::Status Init();
   // ndo_open: queues up and link up (waits for the LINK_CHANGE event).
   absl::Status Open();
-  // ndo_stop: DISABLE_QUEUES, DEL_ETH_ADDR, rings freed.
+  // ndo_stop: DISABLE_QUEUES, DEL_ETH_ADDR, rings freed (DPDK: one
+  // DISABLE_QUEUES, no filter removed).
   absl::Status Close();
   // Driver-initiated VF reset and re-initialisation (re-opens if it was open):
   // iavf_reset_task with IAVF_FLAG_RESET_NEEDED (sends RESET_VF).
@@ -129,7 +137,10 @@ class IavfDriver {
   absl::StatusOr<bool> Watchdog();
   // GET_STATS.
   absl::StatusOr<avf::vc::EthStats> RequestStats();
-  // Driver unload (iavf_remove): close, RESET_VF, misc vector off, AQ shut down.
+  // CONFIG_PROMISCUOUS_MODE (remembered for DPDK's close).
+  absl::Status ConfigPromisc(bool unicast, bool multicast);
+  // Driver unload (iavf_remove): close, RESET_VF, misc vector off, AQ shut
+  // down (DPDK: iavf_dev_close, see Flavor::kDpdk).
   absl::Status Remove();
 
   // One virtchnl exchange, for tests and tools: sends `msg` and waits for
@@ -153,6 +164,11 @@ class IavfDriver {
   // Virtchnl ops sent, in order (names), since construction.
   const std::vector<std::string>& trace() const { return trace_; }
   uint64_t admin_interrupts() const { return admin_irqs_; }
+  // ARQ messages received (replies and events), however collected.
+  uint64_t arq_messages() const { return arq_messages_; }
+  // DPDK flavour: vector-0 handler runs that found nothing on the ARQ (an
+  // interrupt without a new message).
+  uint64_t empty_irq0_runs() const { return empty_irq0_runs_; }
   uint64_t events_seen() const { return events_; }
   bool reset_impending() const { return reset_impending_; }
 
@@ -184,6 +200,9 @@ class IavfDriver {
   absl::StatusOr<bool> ServiceMiscIrq(absl::Duration timeout);
   absl::Status MiscIrqEnable();
   absl::Status MiscIrqDisable();
+  absl::Status DpdkEnableIrq0();   // iavf_enable_irq0
+  absl::Status DpdkDisableIrq0();  // iavf_disable_irq0
+  absl::Status RemoveDpdk();
   absl::Status IrqEnableQueues();
   absl::Status IrqDisableQueues();
 
@@ -227,6 +246,13 @@ class IavfDriver {
   std::vector<std::string> trace_;
   uint64_t admin_irqs_ = 0;
   uint64_t events_ = 0;
+  uint64_t arq_messages_ = 0;
+  uint64_t empty_irq0_runs_ = 0;
+  bool promisc_ = false;
+  // DPDK with WB_ON_ITR: vector 0 is served by its interrupt handler, which
+  // hands replies to the waiting command through `inbox_`.
+  bool dpdk_irq0_ = false;
+  std::deque<PfMessage> inbox_;
 };
 
 }  // namespace emud::guest
