@@ -335,6 +335,57 @@ TEST_F(DeviceTest, LinkChangeOnlyWhenTheFirstQueueStartsOrTheLinkChanged) {
   EXPECT_EQ(dev_->counters().link_events, 4u);
 }
 
+// Vector 0 through the BAR0 registers with real mailbox traffic: DPDK's
+// handler (iavf_ethdev.c:iavf_dev_interrupt_handler: irq0 off, drain, irq0 on
+// with CLEARPBA, no ICR01 read) and Linux's (iavf_main.c:iavf_msix_aq reads
+// ICR01 and ICR0_ENA1; the admin task drains, iavf_misc_irq_enable re-arms
+// with 0x19). Neither sees an interrupt without a new message; each message
+// the handler could not have drained fires once.
+TEST_F(DeviceTest, Vector0InterruptsPerMessageForDpdkAndLinuxHandlers) {
+  Negotiate();
+  auto dpdk_handler = [&] {
+    dev_->WriteReg(kVfintIcr0Ena1, 0);
+    dev_->WriteReg(kVfintDynCtl01, kDynCtlItrIndxMask);
+    int n = 0;
+    while (drv_->Receive()) ++n;
+    dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+    dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlClearPba | kDynCtlItrIndxMask);
+    return n;
+  };
+  dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+  dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlClearPba | kDynCtlItrIndxMask);
+  EXPECT_EQ(irqs_.Count(0), 1) << "VERSION/GET_VF_RESOURCES replies were polled, not yet signalled";
+  EXPECT_EQ(dpdk_handler(), 0);
+  EXPECT_EQ(irqs_.Count(0), 1) << "and that is the only stale one";
+  for (int i = 2; i <= 4; ++i) {
+    drv_->Send(vc::kOpGetStats, Select(0, 0).span());
+    EXPECT_EQ(irqs_.Count(0), i);
+    EXPECT_EQ(dpdk_handler(), 1);
+    EXPECT_EQ(irqs_.Count(0), i) << "re-enable after draining: quiet";
+  }
+  // Linux.
+  auto linux_isr_and_task = [&] {
+    dev_->ReadReg(kVfintIcr01);
+    dev_->ReadReg(kVfintIcr0Ena1);
+    int n = 0;
+    while (drv_->Receive()) ++n;
+    dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
+    dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
+    return n;
+  };
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(4).span()), 0);
+  ASSERT_EQ(dpdk_handler(), 0);
+  const int base = irqs_.Count(0);
+  drv_->Send(vc::kOpEnableQueues, Select(0xF, 0xF).span());  // reply + LINK_CHANGE
+  EXPECT_EQ(irqs_.Count(0), base + 1);
+  EXPECT_EQ(linux_isr_and_task(), 2);
+  EXPECT_EQ(irqs_.Count(0), base + 1) << "both drained after the ICR01 read: no refire";
+  drv_->Send(vc::kOpGetStats, Select(0, 0).span());
+  EXPECT_EQ(irqs_.Count(0), base + 2);
+  EXPECT_EQ(linux_isr_and_task(), 1);
+  EXPECT_EQ(irqs_.Count(0), base + 2);
+}
+
 TEST_F(DeviceTest, LegacyLinkSpeedWithoutAdvCap) {
   drv_->InitAdminQueue();
   vc::VersionInfo v{1, 1};
