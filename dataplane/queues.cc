@@ -11,6 +11,7 @@ namespace {
 constexpr size_t kArenaSize = 1 << 20;
 constexpr size_t kBatch = 32;
 constexpr uint32_t kMinFrame = 60;
+constexpr uint32_t kL2tag2Present = 1u << 16;
 
 inline uint64_t LoadQw(volatile uint64_t* p) {
   return __atomic_load_n(const_cast<uint64_t*>(p), __ATOMIC_ACQUIRE);
@@ -215,11 +216,10 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     // Scan one packet: optional context descriptors, then data until EOP.
     uint32_t scan = h;
     uint32_t nbuf = 0, ndesc = 0;
-    bool eop = false, bad = false, dummy = false, tunnel = false;
-    bool il2tag2 = false;
-    uint16_t l2tag2 = 0, l2tag1 = 0;
+    bool eop = false, bad = false, dummy = false;
+    uint32_t l2tag2 = 0;  // context CMD.IL2TAG2: kL2tag2Present | tag
     TxOffload off;
-    uint32_t first_cmd = 0, first_offset = 0;
+    uint64_t first_qw1 = 0;  // the first data descriptor's (CMD, OFFSET, L2TAG1)
     bool have_first = false;
     size_t total = 0;
     Completion pkt_rs[64];
@@ -235,7 +235,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       uint32_t idx = scan;
       scan = next(scan);
       uint64_t dtype = qw1 & 0xF;
-      if (dtype == txd::kDtypeContext) {
+      if (dtype == txd::kDtypeContext) [[unlikely]] {
         uint32_t cmd = uint32_t(qw1 >> 4) & 0xFFFF;
         if (have_first) bad = true;  // a context descriptor inside a packet
         if (cmd & txd::kCtxCmdTso) {
@@ -245,12 +245,9 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
         }
         // Tunnel offloads (outer checksums, tunnel TSO) are not implemented:
         // their inner offsets are not in the data descriptor, so applying
-        // them would corrupt the frame. Dropped and counted below.
-        if (qw0 & (txd::kCtxQw0Eipt | txd::kCtxQw0L4tunt)) tunnel = true;
-        if (cmd & txd::kCtxCmdIl2tag2) {
-          il2tag2 = true;
-          l2tag2 = uint16_t(txd::CtxL2tag2(qw0));
-        }
+        // them would corrupt the frame: dropped and counted as malformed.
+        if (qw0 & (txd::kCtxQw0Eipt | txd::kCtxQw0L4tunt)) bad = true;
+        if (cmd & txd::kCtxCmdIl2tag2) l2tag2 = kL2tag2Present | txd::CtxL2tag2(qw0);
         continue;
       }
       uint32_t cmd = uint32_t(qw1 >> 4) & 0x3FF;
@@ -259,9 +256,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       uint32_t size = uint32_t(qw1 >> 34) & 0x3FFF;
       if (!have_first) {
         have_first = true;
-        first_cmd = cmd;
-        first_offset = uint32_t(qw1 >> 16) & 0x3FFFF;
-        l2tag1 = uint16_t(qw1 >> 48);
+        first_qw1 = qw1;
       }
       if (cmd & txd::kCmdDummy) dummy = true;
       uint32_t maxbuf = off.tso ? max_tso_bufs : limits_.max_tx_buffers;
@@ -278,7 +273,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
         break;
       }
     }
-    if (!eop) {
+    if (!eop) [[unlikely]] {
       if (ndesc + 1 >= n || nbuf > max_tso_bufs) {
         // A chain that can never end (the driver can post at most
         // ring_len - 1 descriptors): drop everything scanned.
@@ -293,7 +288,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     }
     h = scan;
     ++r.packets;
-    if (dummy) {  // the driver asked for the packet to be dropped
+    if (dummy) [[unlikely]] {  // the driver asked for the packet to be dropped
       complete();
       batch_head_ = h;
       continue;
@@ -302,11 +297,14 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     // iavf_build_data_desc_cmd_offset_fields, Linux iavf_tx_map), or the
     // context descriptor's CMD.IL2TAG2 with its L2TAG2 (the VLAN_V2 L2TAG2
     // location). Both at once would need an order we do not know: error.
+    const uint32_t first_cmd = uint32_t(first_qw1 >> 4) & 0x3FF;
+    const uint32_t first_offset = uint32_t(first_qw1 >> 16) & 0x3FFFF;
     const bool il2tag1 = (first_cmd & txd::kCmdIl2tag1) != 0;
+    const bool il2tag2 = l2tag2 != 0;
     const bool vlan = il2tag1 || il2tag2;
-    const uint16_t vlan_tag = il2tag1 ? l2tag1 : l2tag2;
+    const uint16_t vlan_tag = uint16_t(il2tag1 ? first_qw1 >> 48 : l2tag2);
     const size_t limit = off.tso ? limits_.max_tso_bytes : limits_.max_frame;
-    if (bad || tunnel || (il2tag1 && il2tag2) || total > limit || total < 14 || nbuf == 0) {
+    if (bad || (il2tag1 && il2tag2) || total > limit || total < 14 || nbuf == 0) [[unlikely]] {
       DropMalformed();
       complete();
       batch_head_ = h;
@@ -329,13 +327,13 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       }
       bufs[i].ptr = *p;
     }
-    if (fault) {
+    if (fault) [[unlikely]] {
       DropMalformed();
       complete();
       batch_head_ = h;
       continue;
     }
-    if (nbuf == 1 && !csum && !off.tso && !vlan && total >= kMinFrame) {
+    if (nbuf == 1 && !csum && !off.tso && !vlan && total >= kMinFrame) [[likely]] {
       frames_.push_back(FrameView(bufs[0].ptr, total));  // zero copy
     } else {
       // The tag goes in after the offloads, whose header lengths exclude it
