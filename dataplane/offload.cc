@@ -318,9 +318,20 @@ uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
     if (f.size() < l3 + 40 || (f[l3] >> 4) != 6) return 0;
     size_t plen = LoadBe16(&f[l3 + 4]);
     if (l3 + 40 + plen > f.size()) return 0;
-    proto = f[l3 + 6];  // extension headers: not checked
+    proto = f[l3 + 6];
     l4 = l3 + 40;
-    l4_len = plen;
+    // Hop-by-hop and destination options headers are skipped (DPDK reports
+    // L4 GOOD behind them when L4E is clear). Routing headers (the
+    // pseudo-header would use the final destination), fragments and
+    // anything else end the walk: proto is then not an L4 we check.
+    for (int k = 0; k < 8 && (proto == 0 || proto == 60); ++k) {
+      if (l4 + 8 > l3 + 40 + plen) return 0;
+      const size_t ext = (size_t{f[l4 + 1]} + 1) * 8;
+      if (l4 + ext > l3 + 40 + plen) return 0;
+      proto = f[l4];
+      l4 += ext;
+    }
+    l4_len = l3 + 40 + plen - l4;
     pseudo = CsumPartial(&f[l3 + 8], 32, 0);
   } else {
     return 0;

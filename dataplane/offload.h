@@ -88,12 +88,13 @@ absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
 //   for fragments and for protocols other than TCP/UDP/SCTP, which report
 //   kChecked with the IP result alone;
 // - TCP/UDP (Internet checksum) and SCTP (CRC32c) over IPv4 or IPv6
-//   (no extension headers): kChecked plus kL4Bad when wrong;
+//   (IPv6: behind hop-by-hop / destination options headers only):
+//   kChecked plus kL4Bad when wrong;
 // - an L4 that cannot be checked (truncated, IP length beyond the frame):
 //   kChecked | kIpBad if the IPv4 header is bad, else 0 - Linux takes
 //   L3L4P without L4E on a TCP/UDP/SCTP ptype for a verified L4;
-// - 0 when nothing was checked (non-IP, IPv6 extension headers / other
-//   next headers, a header that does not fit the frame).
+// - 0 when nothing was checked (non-IP, IPv6 routing or fragment headers
+//   and other next headers, a header that does not fit the frame).
 struct RxCsum {
   static constexpr uint32_t kChecked = 1;
   static constexpr uint32_t kIpBad = 2;

@@ -433,3 +433,63 @@ TEST(RxChecksums, VerifiesSctpCrc32c) {
 
 }  // namespace
 }  // namespace emud::dataplane
+
+namespace emud::dataplane {
+namespace {
+
+// IPv6 with extension headers: DPDK reports L4 GOOD when L4E is clear, so
+// the L4 behind hop-by-hop / destination options headers is verified too.
+// Routing headers (the pseudo-header uses the final destination) and
+// fragments are not checked.
+TEST(RxChecksums, Ipv6ExtensionHeaders) {
+  for (int proto : {6, 17, 132}) {
+    std::mt19937 rng(proto);
+    Pkt p = MakePacket(true, uint8_t(proto), 150, rng);
+    // Insert a hop-by-hop (8 bytes) and a destination options header
+    // (16 bytes) between the IPv6 header and the L4 header.
+    std::vector<uint8_t> hbh = {60, 0, 1, 4, 0, 0, 0, 0};
+    std::vector<uint8_t> dst = {uint8_t(proto), 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    std::vector<uint8_t> f(p.f.begin(), p.f.begin() + 54);
+    f.insert(f.end(), hbh.begin(), hbh.end());
+    f.insert(f.end(), dst.begin(), dst.end());
+    f.insert(f.end(), p.f.begin() + 54, p.f.end());
+    f[14 + 6] = 0;  // next header: hop-by-hop
+    PutBe16(&f[14 + 4], uint16_t(f.size() - 54));
+    const size_t l4 = 54 + 24;
+    const uint32_t l4bytes = uint32_t(f.size() - l4);
+    if (proto == 132) {
+      std::memset(&f[l4 + 8], 0, 4);
+      uint32_t crc = RefCrc32c(&f[l4], l4bytes);
+      for (int i = 0; i < 4; ++i) f[l4 + 8 + i] = uint8_t(crc >> (8 * i));
+    } else {
+      const size_t field = proto == 6 ? 16 : 6;
+      if (proto == 17) PutBe16(&f[l4 + 4], uint16_t(l4bytes));
+      // Reference over the L4 segment with the pseudo-header (RFC 8200 8.1).
+      std::vector<uint8_t> pseudo(&f[14 + 8], &f[14 + 40]);
+      pseudo.insert(pseudo.end(), {0, 0, uint8_t(l4bytes >> 8), uint8_t(l4bytes), 0, 0, 0,
+                                   uint8_t(proto)});
+      f[l4 + field] = f[l4 + field + 1] = 0;
+      std::vector<uint8_t> seg(f.begin() + l4, f.end());
+      uint16_t c = RefFinish(RefSum(seg, RefSum(pseudo)));
+      if (proto == 17 && c == 0) c = 0xffff;
+      PutBe16(&f[l4 + field], c);
+    }
+    EXPECT_EQ(CheckRxChecksums(f), RxCsum::kChecked) << proto;
+    f.back() ^= 0x10;
+    EXPECT_EQ(CheckRxChecksums(f), RxCsum::kChecked | RxCsum::kL4Bad) << proto;
+    f.back() ^= 0x10;
+    // A routing header instead of the destination options: not checked.
+    f[54] = 43;
+    EXPECT_EQ(CheckRxChecksums(f), 0u) << proto;
+    // A fragment header: not checked.
+    f[54] = 44;
+    EXPECT_EQ(CheckRxChecksums(f), 0u) << proto;
+    // An extension header running past the payload: not checked.
+    f[54] = 60;
+    f[54 + 8 + 1] = 200;
+    EXPECT_EQ(CheckRxChecksums(f), 0u) << proto;
+  }
+}
+
+}  // namespace
+}  // namespace emud::dataplane
