@@ -123,6 +123,13 @@ class TxQueue {
     bool more = false;        // budget exhausted with work left
   };
   // Transmits the packets in [head, tail), at most `budget` packets.
+  // Per packet: checksum offloads / TSO as its descriptors ask, then VLAN
+  // insertion (data CMD.IL2TAG1 + L2TAG1, or context CMD.IL2TAG2 + L2TAG2;
+  // into every TSO segment), then padding to 60 bytes. Dropped and counted
+  // as malformed (errors + drops): tunnel offload requests (context EIPT or
+  // L4TUNT), both VLAN tags at once, a context descriptor inside a packet,
+  // more than max_tx_buffers (TSO: min(max_tso_buffers, ring_len - 1)) data
+  // descriptors, zero-length or unmapped buffers, offsets outside the frame.
   Result Process(uint32_t tail, vfio_user::DmaMemory& dma, Backend& backend, uint32_t budget);
 
   const HotQueue& stats() const { return *hot_; }
