@@ -9,9 +9,10 @@ namespace emud::dataplane {
 
 DataPath::DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
                    DataPathOptions options)
-    : dev_(device), backend_(backend), state_(state), options_(options) {
+    : dev_(device), backend_(backend), state_(state), options_(options), counters_(state->device()) {
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     tx_.push_back(std::make_unique<TxQueue>(uint16_t(q), state_->tx(q)));
+    tx_.back()->CountMalformedInto(&state_->device()->tx_malformed);
     rx_.push_back(std::make_unique<RxQueue>(uint16_t(q), state_->rx(q)));
   }
   loopback_ = backend_->spec() == "loopback";
@@ -75,7 +76,7 @@ void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
 void DataPath::GetStats(avf::vc::EthStats* s) {
   constexpr uint64_t kCrc = 4;
   *s = {};
-  uint64_t rx_frames = 0, tx_frames = 0, tx_drops = 0, tx_malformed = 0;
+  uint64_t rx_frames = 0, tx_frames = 0, tx_drops = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     const HotQueue& r = rx_[q]->stats();
     const HotQueue& t = tx_[q]->stats();
@@ -88,14 +89,15 @@ void DataPath::GetStats(avf::vc::EthStats* s) {
     s->tx_bytes += t.bytes.load(std::memory_order_relaxed) + kCrc * tx_packets;
     tx_frames += tx_packets;
     tx_drops += t.drops.load(std::memory_order_relaxed);
-    tx_malformed += tx_[q]->malformed();
+
     s->tx_errors += t.errors.load(std::memory_order_relaxed);
   }
   // Multicast/broadcast are classified per frame (delivered or discarded).
-  s->rx_multicast = rx_multicast_;
-  s->rx_broadcast = rx_broadcast_;
-  s->rx_unicast = rx_frames - std::min(rx_frames, rx_multicast_ + rx_broadcast_);
+  s->rx_multicast = counters_->rx_multicast.load(std::memory_order_relaxed);
+  s->rx_broadcast = counters_->rx_broadcast.load(std::memory_order_relaxed);
+  s->rx_unicast = rx_frames - std::min(rx_frames, s->rx_multicast + s->rx_broadcast);
   s->tx_unicast = tx_frames;
+  const uint64_t tx_malformed = counters_->tx_malformed.load(std::memory_order_relaxed);
   s->tx_discards = tx_drops - std::min(tx_drops, tx_malformed);
 }
 
@@ -115,7 +117,7 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   vfio_user::DmaMemory* dma = dev_->dma();
   if (rx_running_ == 0 || dma == nullptr) return true;  // link down: dropped
   if (!filter_.Accept(frame)) {
-    ++filtered_;
+    Bump(counters_->rx_filtered);
     return true;
   }
   // RSS (tap/peer: the backend has no flows of its own): hash, then the

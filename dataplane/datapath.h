@@ -74,7 +74,7 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   bool Deliver(uint16_t queue, FrameView frame) override;
 
   const MacFilter& filter() const { return filter_; }
-  uint64_t filtered() const { return filtered_; }
+  uint64_t filtered() const { return counters_->rx_filtered.load(std::memory_order_relaxed); }
   uint64_t irqs_raised() const { return irqs_raised_; }
   uint64_t irqs_deferred() const { return irqs_deferred_; }
 
@@ -110,15 +110,19 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   void SignalVector(uint32_t v, uint32_t itr_index, int64_t now);
   void FlushDeferred(int64_t now);
   MacFilter filter_;
-  uint64_t filtered_ = 0;
-  // RX frames counted in the RX queues (delivered or dropped) by class of
-  // destination MAC; unicast is the rest. Not persisted.
-  uint64_t rx_multicast_ = 0, rx_broadcast_ = 0;
+  // Device-wide counters in the queue state file (a successor continues
+  // them): frames refused by the filter, RX frames counted in the RX queues
+  // (delivered or dropped) by class of destination MAC (unicast is the
+  // rest), malformed TX packets.
+  DeviceCounters* counters_;
+  static void Bump(std::atomic<uint64_t>& c) {
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   void CountClass(FrameView frame) {
     if (frame.size() < 6 || !(frame[0] & 1)) return;
     const bool bc = frame[0] == 0xff && frame[1] == 0xff && frame[2] == 0xff &&
                     frame[3] == 0xff && frame[4] == 0xff && frame[5] == 0xff;
-    (bc ? rx_broadcast_ : rx_multicast_)++;
+    Bump(bc ? counters_->rx_broadcast : counters_->rx_multicast);
   }
   bool loopback_;
 };

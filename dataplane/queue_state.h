@@ -23,6 +23,7 @@
 #define EMUD_DATAPLANE_QUEUE_STATE_H_
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -52,6 +53,16 @@ struct alignas(64) HotQueue {
   uint64_t rs_qw1[kMaxPendingRs];
 };
 
+// Device-wide counters GET_STATS reports that no queue owns (single writer:
+// the worker). They live in the file header's spare bytes, so files written
+// before they existed read them as zero.
+struct DeviceCounters {
+  std::atomic<uint64_t> rx_multicast;  // frames offered to RX, by destination
+  std::atomic<uint64_t> rx_broadcast;
+  std::atomic<uint64_t> rx_filtered;   // refused by the MAC filter
+  std::atomic<uint64_t> tx_malformed;  // TX packets dropped as malformed
+};
+
 class QueueStateFile {
  public:
   // Opens or creates `path`. An existing file with a matching header is kept
@@ -64,6 +75,7 @@ class QueueStateFile {
 
   HotQueue* tx(uint32_t q) { return &base_->tx[q]; }
   HotQueue* rx(uint32_t q) { return &base_->rx[q]; }
+  DeviceCounters* device() { return &base_->device; }
   bool reused() const { return reused_; }
 
  private:
@@ -71,10 +83,15 @@ class QueueStateFile {
     uint64_t magic;
     uint32_t version;
     uint32_t num_queues;
+    DeviceCounters device;  // bytes 16..47: header padding before
     alignas(64) HotQueue tx[kMaxQueues];
     HotQueue rx[kMaxQueues];
   };
   QueueStateFile() = default;
+  static void CheckLayout() {
+    static_assert(offsetof(Layout, device) == 16 && offsetof(Layout, tx) == 64,
+                  "the queue state layout is shared with running predecessors");
+  }
   Layout* base_ = nullptr;
   bool mapped_ = false;
   bool reused_ = false;

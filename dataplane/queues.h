@@ -134,11 +134,15 @@ class TxQueue {
 
   const HotQueue& stats() const { return *hot_; }
   // Packets dropped because the guest's descriptors were malformed (counted
-  // in stats().errors AND stats().drops), since this engine was built: what
-  // GET_STATS takes out of tx_discards so that the drivers' tx_errors +
-  // tx_discards counts each packet once. Not persisted (a successor starts
-  // at 0).
-  uint64_t malformed() const { return malformed_; }
+  // in stats().errors AND stats().drops): what GET_STATS takes out of
+  // tx_discards so that the drivers' tx_errors + tx_discards counts each
+  // packet once. Counted into `total` from now on (DataPath points every
+  // queue at the device's persisted DeviceCounters::tx_malformed, so a
+  // successor continues the count); by default a counter of this queue.
+  void CountMalformedInto(std::atomic<uint64_t>* total) { malformed_ = total; }
+  uint64_t malformed() const { return malformed_->load(std::memory_order_relaxed); }
+  TxQueue(const TxQueue&) = delete;
+  TxQueue& operator=(const TxQueue&) = delete;
 
   // After a crash: write the completions of a burst whose head was stored
   // but whose write-backs may not have happened (see queue_state.h).
@@ -161,13 +165,14 @@ class TxQueue {
   void DropMalformed() {
     Count(hot_->errors, 1);
     Count(hot_->drops, 1);
-    ++malformed_;
+    Count(*malformed_, 1);
   }
 
   uint16_t id_;
   HotQueue* hot_;
   QueueLimits limits_;
-  uint64_t malformed_ = 0;
+  std::atomic<uint64_t> own_malformed_{0};
+  std::atomic<uint64_t>* malformed_ = &own_malformed_;
   volatile uint64_t* ring_ = nullptr;  // cached translation of the ring
   uint32_t bad_tail_ = UINT32_MAX;
   bool ring_fault_ = false;

@@ -191,6 +191,22 @@ TEST(DataplaneIntegration, StatsFollowHardwareCounterSemantics) {
   EXPECT_EQ(st->tx_bytes, kFrames * (kLen + 4));
   EXPECT_EQ(st->tx_errors, 1u);
   EXPECT_EQ(st->tx_discards, 0u) << "DPDK's oerrors = tx_errors + tx_discards";
+
+  // A successor's engine over the same queue state (the worker restarted)
+  // continues every counter: nothing a driver reads goes backwards.
+  n.gdp.reset();
+  n.dp.reset();
+  DataPath successor(n.dev.get(), n.backend.get(), n.state.get());
+  avf::vc::EthStats again{};
+  successor.GetStats(&again);
+  EXPECT_EQ(again.rx_broadcast, st->rx_broadcast);
+  EXPECT_EQ(again.rx_multicast, st->rx_multicast);
+  EXPECT_EQ(again.rx_unicast, st->rx_unicast);
+  EXPECT_EQ(again.rx_discards, st->rx_discards);
+  EXPECT_EQ(again.rx_bytes, st->rx_bytes);
+  EXPECT_EQ(again.tx_errors, st->tx_errors);
+  EXPECT_EQ(again.tx_discards, st->tx_discards) << "the malformed count survives";
+  EXPECT_EQ(again.tx_unicast, st->tx_unicast);
   std::filesystem::remove_all(shm);
 }
 
