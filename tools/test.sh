@@ -29,6 +29,13 @@ if [[ $bazel_rc -ne 0 && $f -eq 0 ]]; then
   failures+=("bazel test //... (exit $bazel_rc: build failure)")
 fi
 rm -f "$log"
+# The chaos suite's figures (kills, reattach p50/p99/max, lost completions,
+# duplicates, fds), from its test log.
+chaos_log="$(bazel info bazel-testlogs 2>/dev/null)/tests/chaos/chaos_test/test.log"
+if [[ -f "$chaos_log" ]]; then
+  echo "=== tests/chaos figures"
+  grep -E '^chaos' "$chaos_log" || true
+fi
 
 # 2. Suites that run outside Bazel's sandbox (clang-built fuzzers, chaos).
 for suite in tests/suites/*.sh; do
