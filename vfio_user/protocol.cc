@@ -19,8 +19,9 @@ constexpr absl::string_view kErrnoPayload = "vfio-user-errno";
 absl::Status GetUint(const json& obj, const char* key, uint64_t min, uint64_t max, uint64_t* out,
                      bool* present = nullptr) {
   auto it = obj.find(key);
-  if (present) *present = it != obj.end();
-  if (it == obj.end()) return absl::OkStatus();
+  // null is "not given" (serde writes an absent Option as null).
+  if (present) *present = it != obj.end() && !it->is_null();
+  if (it == obj.end() || it->is_null()) return absl::OkStatus();
   if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<int64_t>() >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat("capability ", key, " is not an unsigned integer"));
   }
@@ -64,7 +65,7 @@ absl::StatusOr<Capabilities> ParseCapabilities(absl::string_view text) {
   if (!doc.is_object()) return absl::InvalidArgumentError("version JSON is not an object");
   Capabilities caps;
   auto cit = doc.find("capabilities");
-  if (cit == doc.end()) return caps;
+  if (cit == doc.end() || cit->is_null()) return caps;
   if (!cit->is_object()) return absl::InvalidArgumentError("\"capabilities\" is not an object");
   const json& c = *cit;
   uint64_t v = 0;
@@ -77,20 +78,20 @@ absl::StatusOr<Capabilities> ParseCapabilities(absl::string_view text) {
   if (present) caps.pgsizes = v;
   if (auto s = GetUint(c, "max_dma_maps", 0, 0xffffffffu, &v, &present); !s.ok()) return s;
   if (present) caps.max_dma_maps = static_cast<uint32_t>(v);
-  if (auto it = c.find("write_multiple"); it != c.end()) {
+  if (auto it = c.find("write_multiple"); it != c.end() && !it->is_null()) {
     if (!it->is_boolean()) return absl::InvalidArgumentError("write_multiple is not a boolean");
     caps.write_multiple = it->get<bool>();
   }
-  if (auto it = c.find("twin_socket"); it != c.end()) {
+  if (auto it = c.find("twin_socket"); it != c.end() && !it->is_null()) {
     if (!it->is_object()) return absl::InvalidArgumentError("twin_socket is not an object");
-    if (auto s = it->find("supported"); s != it->end()) {
+    if (auto s = it->find("supported"); s != it->end() && !s->is_null()) {
       if (!s->is_boolean()) return absl::InvalidArgumentError("twin_socket.supported is not a boolean");
       caps.twin_socket_supported = s->get<bool>();
     }
     if (auto st = GetUint(*it, "fd_index", 0, 0xffffffffu, &v, &present); !st.ok()) return st;
     if (present) caps.twin_socket_fd_index = static_cast<uint32_t>(v);
   }
-  if (auto it = c.find("migration"); it != c.end()) {
+  if (auto it = c.find("migration"); it != c.end() && !it->is_null()) {
     if (!it->is_object()) return absl::InvalidArgumentError("migration is not an object");
     if (auto s = GetUint(*it, "pgsize", 1, ~uint64_t{0}, &v, &present); !s.ok()) return s;
     if (present) caps.migration_pgsize = v;

@@ -421,7 +421,10 @@ Session::Reply Session::Dispatch(Message& m) {
   if (h.error != 0) return fail(EINVAL);
   if (m.fds_truncated) return fail(EINVAL);
   size_t max_fds = 0;
-  if (h.command == kCmdDmaMap) max_fds = 1;
+  // DMA_UNMAP: SPDK's client sends the region's fd with every unmap
+  // (lib/vfio_user/host/vfio_user.c: vfio_user_dev_dma_map_unmap); like
+  // libvfio-user we accept it and close it with the message.
+  if (h.command == kCmdDmaMap || h.command == kCmdDmaUnmap) max_fds = 1;
   if (h.command == kCmdDeviceSetIrqs) max_fds = options_.max_msg_fds;
   if (m.fds.size() > max_fds) return fail(EINVAL);
   if (!negotiated_ && h.command != kCmdVersion) return fail(EINVAL);
@@ -475,9 +478,12 @@ Session::Reply Session::HandleVersion(Message& m) {
   ours.max_dma_maps = options_.max_dma_maps;
   ours.write_multiple = client.write_multiple;  // a subset of what the client offered
   VersionPayload reply{kMajorVersion, kMinorVersion, std::nullopt};
-  if (v->json) {
-    // The reply must fit the client's receive buffer, which QEMU sizes to its
-    // own request: full JSON, else defaults omitted, else an empty object.
+  if (v->json && client.migration_max_bitmap_size) {
+    // QEMU (the client that sends migration.max_bitmap_size) sizes its
+    // receive buffer to its own request: the reply must fit it - full JSON,
+    // else defaults omitted, else an empty object. Other clients (rust-vmm,
+    // SPDK, libvfio-user) read msg_size bytes and get the full JSON, so that
+    // they never assume spec defaults looser than what we enforce.
     size_t budget = m.payload.size() - 4;
     std::string js = EncodeCapabilities(ours, false);
     if (js.size() + 1 > budget) js = EncodeCapabilities(ours, true);
@@ -487,6 +493,8 @@ Session::Reply Session::HandleVersion(Message& m) {
       ours.max_data_xfer_size = std::min<uint64_t>(ours.max_data_xfer_size, options_.max_data_xfer_size);
     }
     reply.json = js;
+  } else if (v->json) {
+    reply.json = EncodeCapabilities(ours, false);
   }
   client_caps_ = client;
   server_max_xfer_ = ours.max_data_xfer_size;
@@ -583,6 +591,16 @@ Session::Reply Session::HandleGetInfo(Message& m) {
   out.flags = kDeviceFlagReset | kDeviceFlagPci;
   out.num_regions = num_regions_;
   out.num_irqs = kNumPciIrqs;
+  // A client whose struct carries the kernel's cap_offset (20 bytes: the
+  // rust-vmm vfio-user crate's DeviceGetInfo) reads exactly that many back:
+  // answer with cap_offset 0 (no capabilities). Everyone else gets 16.
+  constexpr size_t kWithCapOffset = sizeof(DeviceInfo) + sizeof(uint32_t);
+  if (m.payload.size() == kWithCapOffset) {
+    out.argsz = kWithCapOffset;
+    r.payload = Bytes(out);
+    r.payload.resize(kWithCapOffset, 0);
+    return r;
+  }
   r.payload = Bytes(out);
   return r;
 }

@@ -105,8 +105,10 @@ TEST(VersionTest, NoJsonGetsNoJsonAndTinyJsonStillFits) {
     EXPECT_EQ(m->payload.size(), 4u);
   }
   {
+    // QEMU-shaped (it sends migration.max_bitmap_size) with a tiny request:
+    // the reply still fits the request, QEMU's receive buffer.
     auto c = h.Connect(false);
-    auto req = EncodeVersion({0, 0, std::string("{}")});
+    auto req = EncodeVersion({0, 0, std::string(R"({"capabilities":{"migration":{"max_bitmap_size":1}}})")});
     auto m = c->Request(kCmdVersion, req);
     ASSERT_EQ(ReplyErrno(m), 0);
     EXPECT_LE(m->payload.size(), req.size());
@@ -115,6 +117,41 @@ TEST(VersionTest, NoJsonGetsNoJsonAndTinyJsonStillFits) {
     ASSERT_TRUE(rv->json.has_value());
     EXPECT_TRUE(ParseCapabilities(*rv->json).ok());
   }
+  {
+    // Any other client reads msg_size bytes (rust-vmm, SPDK, libvfio-user):
+    // it gets our real limits, never an empty object meaning spec defaults
+    // looser than what the session enforces.
+    auto c = h.Connect(false);
+    auto req = EncodeVersion({0, 0, std::string("{}")});
+    auto m = c->Request(kCmdVersion, req, {}, 0, /*max_reply=*/4096);
+    ASSERT_EQ(ReplyErrno(m), 0);
+    auto rv = DecodeVersion(m->payload);
+    ASSERT_TRUE(rv.ok());
+    ASSERT_TRUE(rv->json.has_value());
+    auto caps = ParseCapabilities(*rv->json);
+    ASSERT_TRUE(caps.ok());
+    EXPECT_NE(rv->json->find("max_data_xfer_size"), std::string::npos) << *rv->json;
+    EXPECT_NE(rv->json->find("max_dma_maps"), std::string::npos) << *rv->json;
+  }
+}
+
+// serde writes an absent Option as null (rust-vmm's protocol types): null is
+// "not given", never an error.
+TEST(VersionTest, NullCapabilityValuesAreAbsent) {
+  ServerHarness h;
+  for (const char* js : {R"({"capabilities":null})",
+                         R"({"capabilities":{"max_msg_fds":null,"max_data_xfer_size":null,)"
+                         R"("migration":{"pgsize":4096,"max_bitmap_size":null},"twin_socket":null,)"
+                         R"("write_multiple":null}})"}) {
+    auto c = h.Connect(false);
+    auto m = c->Request(kCmdVersion, EncodeVersion({0, 0, std::string(js)}), {}, 0, 4096);
+    EXPECT_EQ(ReplyErrno(m), 0) << js;
+  }
+  auto caps = ParseCapabilities(R"({"capabilities":{"max_msg_fds":null,"migration":{"max_bitmap_size":null}}})");
+  ASSERT_TRUE(caps.ok());
+  EXPECT_FALSE(caps->migration_max_bitmap_size.has_value());
+  EXPECT_EQ(caps->max_msg_fds, Capabilities().max_msg_fds);
+  EXPECT_FALSE(ParseCapabilities(R"({"capabilities":{"max_msg_fds":"7"}})").ok());
 }
 
 TEST(VersionTest, BadVersionsRefused) {
@@ -206,6 +243,25 @@ TEST_F(SessionTest, DmaMapInvalid) {
   un.addr = 0x1000;
   un.size = 0x1000;
   EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaUnmap, Bytes(un))), EINVAL);
+}
+
+// SPDK's client sends the region's fd with every DMA_UNMAP: accepted (and
+// closed), and the window is really gone (a new map of it succeeds).
+TEST_F(SessionTest, DmaUnmapCarryingTheRegionFd) {
+  UniqueFd mem = MakeMemfd(1 << 16);
+  ASSERT_TRUE(client_->DmaMap(mem.get(), 0, 0x100000, 0x10000).ok());
+  int before = testing::CountOpenFds();
+  DmaUnmap un;
+  un.addr = 0x100000;
+  un.size = 0x10000;
+  const int fd = mem.get();
+  auto m = client_->Request(kCmdDmaUnmap, Bytes(un), absl::MakeConstSpan(&fd, 1));
+  ASSERT_EQ(ReplyErrno(m), 0);
+  EXPECT_TRUE(client_->DmaMap(mem.get(), 0, 0x100000, 0x10000).ok()) << "the window was unmapped";
+  ASSERT_TRUE(client_->DmaUnmap(0x100000, 0x10000).ok());
+  EXPECT_EQ(testing::CountOpenFds(), before) << "the fd that came with the unmap was closed";
+  int two[2] = {fd, fd};
+  EXPECT_EQ(ReplyErrno(client_->Request(kCmdDmaUnmap, Bytes(un), absl::MakeConstSpan(two, 2))), EINVAL);
 }
 
 TEST_F(SessionTest, DmaUnmapReplyIsTheRequestsEntry) {
@@ -369,6 +425,18 @@ TEST_F(SessionTest, DeviceInfo) {
   EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetInfo, Bytes(small))), EINVAL);
   std::vector<uint8_t> longp(20, 0);
   EXPECT_EQ(ReplyErrno(client_->Request(kCmdDeviceGetInfo, longp)), EINVAL);
+  // A client whose struct has the kernel's cap_offset (20 bytes; the rust-vmm
+  // vfio-user crate reads exactly that many back) gets cap_offset 0.
+  std::vector<uint8_t> with_cap(20, 0);
+  with_cap[0] = 20;
+  auto m = client_->Request(kCmdDeviceGetInfo, with_cap);
+  ASSERT_EQ(ReplyErrno(m), 0);
+  ASSERT_EQ(m->payload.size(), 20u);
+  DeviceInfo got;
+  std::memcpy(&got, m->payload.data(), sizeof got);
+  EXPECT_EQ(got.argsz, 20u);
+  EXPECT_EQ(got.num_regions, 9u);
+  EXPECT_EQ(m->payload[16] | m->payload[17] | m->payload[18] | m->payload[19], 0);
 }
 
 TEST_F(SessionTest, RegionInfoWithSparseMmapAndFd) {
