@@ -390,6 +390,23 @@ void Session::RefuseUnframeable(const Header& h) {
   (void)SendReply(h, r);
 }
 
+bool Session::PrepareReply(const Header& req, const Reply& reply, PreparedMessage* out) {
+  if (!conn_.valid()) return false;
+  Header h;
+  h.msg_id = req.msg_id;
+  h.command = req.command;
+  h.flags = kFlagTypeReply | (reply.err ? kFlagError : 0);
+  h.error = reply.err;
+  if (reply.err) ++stats_.error_replies;
+  absl::Span<const uint8_t> payload = reply.err ? absl::Span<const uint8_t>() : absl::MakeConstSpan(reply.payload);
+  absl::Span<const int> fds = reply.err ? absl::Span<const int>() : absl::MakeConstSpan(reply.fds);
+  if (absl::Status s = PrepareMessage(h, payload, fds, out); !s.ok()) {
+    Disconnect(absl::StrCat("preparing reply: ", s.message()));
+    return false;
+  }
+  return true;
+}
+
 bool Session::SendReply(const Header& req, const Reply& reply) {
   if (!conn_.valid()) return false;
   Header h;
@@ -1286,9 +1303,13 @@ bool Session::HandleMessageCrashConsistent() {
     Abandon();
     return false;
   }
-  // 6. Journal, then reply.
+  // 6. Journal, then reply. Everything the send needs is laid out first:
+  // between the mark and sendmsg a kill loses the reply (the successor takes
+  // the mark as "sent"), so nothing else may run there.
+  PreparedMessage out;
+  if (wants_reply && !PrepareReply(h, reply, &out)) return false;
   JournalMark(seq_);
-  if (options_.crash_point && options_.crash_point(3)) {
+  if (options_.crash_point && options_.crash_point(3)) [[unlikely]] {
     Abandon();
     return false;
   }
@@ -1296,7 +1317,10 @@ bool Session::HandleMessageCrashConsistent() {
     if (reply.err && !is_reply) ++stats_.posted_errors;
     return true;
   }
-  if (!SendReply(h, reply)) return false;
+  if (absl::Status st = SendPrepared(conn_.get(), out, options_.send_timeout); !st.ok()) {
+    Disconnect(absl::StrCat("sending reply: ", st.message()));
+    return false;
+  }
   if (options_.crash_point && options_.crash_point(4)) {
     Abandon();
     return false;

@@ -231,6 +231,8 @@ class Session {
     if (error) ++stats_.errors_by_command[i];
   }
   bool SendReply(const Header& req, const Reply& reply);
+  // The reply laid out for one sendmsg (crash-consistent path; see there).
+  bool PrepareReply(const Header& req, const Reply& reply, PreparedMessage* out);
   // EINVAL reply to a command whose msg_size cannot be framed (the caller
   // disconnects right after).
   void RefuseUnframeable(const Header& h);

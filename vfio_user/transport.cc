@@ -30,6 +30,27 @@ int PollFor(int fd, short events, absl::Time deadline) {
   }
 }
 
+// Writes `bytes` (no fds), polling up to `timeout` while the socket is full.
+absl::Status SendRawBytes(int sock, absl::Span<const uint8_t> bytes, absl::Duration timeout) {
+  absl::Time deadline = timeout == absl::InfiniteDuration() ? absl::InfiniteFuture() : absl::Now() + timeout;
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    ssize_t n = ::send(sock, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        int r = PollFor(sock, POLLOUT, deadline);
+        if (r == 0) return absl::DeadlineExceededError("send timed out");
+        if (r < 0) return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
+        continue;
+      }
+      return absl::UnavailableError(absl::StrCat("send: ", std::strerror(errno)));
+    }
+    sent += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
 // recvmsg of up to `len` bytes, appending received fds. Returns bytes read,
 // 0 on EOF, -1 with errno.
 ssize_t RecvWithFds(int sock, uint8_t* buf, size_t len, size_t max_fds, Message* msg, int flags) {
@@ -64,6 +85,52 @@ ssize_t RecvWithFds(int sock, uint8_t* buf, size_t len, size_t max_fds, Message*
 }
 
 }  // namespace
+
+absl::Status PrepareMessage(Header hdr, absl::Span<const uint8_t> payload,
+                            absl::Span<const int> fds, PreparedMessage* out) {
+  if (payload.size() > 0xffffffffu - kHeaderSize) return absl::InvalidArgumentError("message too big");
+  if (fds.size() > kMaxRecvFds) return absl::InvalidArgumentError("too many fds");
+  out->hdr = hdr;
+  out->hdr.msg_size = static_cast<uint32_t>(kHeaderSize + payload.size());
+  out->payload = payload;
+  out->fds = fds;
+  int niov = 0;
+  out->iov[niov++] = {&out->hdr, kHeaderSize};
+  if (!payload.empty()) out->iov[niov++] = {const_cast<uint8_t*>(payload.data()), payload.size()};
+  out->mh = msghdr{};
+  out->mh.msg_iov = out->iov;
+  out->mh.msg_iovlen = niov;
+  if (!fds.empty()) {
+    out->mh.msg_control = out->cbuf;
+    out->mh.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
+    std::memset(out->cbuf, 0, out->mh.msg_controllen);
+    cmsghdr* c = CMSG_FIRSTHDR(&out->mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout) {
+  const size_t total = m.hdr.msg_size;
+  ssize_t n = ::sendmsg(sock, &m.mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (n == static_cast<ssize_t>(total)) return absl::OkStatus();
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    return absl::UnavailableError(absl::StrCat("sendmsg: ", std::strerror(errno)));
+  }
+  if (n <= 0) return SendMessage(sock, m.hdr, m.payload, m.fds, timeout);  // nothing went out
+  // Part went out (the fds with it): send the rest without them.
+  size_t sent = static_cast<size_t>(n);
+  std::vector<uint8_t> rest;
+  rest.reserve(total - sent);
+  const uint8_t* h = reinterpret_cast<const uint8_t*>(&m.hdr);
+  for (size_t i = sent; i < kHeaderSize; ++i) rest.push_back(h[i]);
+  size_t from = sent > kHeaderSize ? sent - kHeaderSize : 0;
+  rest.insert(rest.end(), m.payload.begin() + from, m.payload.end());
+  return SendRawBytes(sock, rest, timeout);
+}
 
 absl::Status SendMessage(int sock, Header hdr, absl::Span<const uint8_t> payload,
                          absl::Span<const int> fds, absl::Duration timeout) {

@@ -7,6 +7,9 @@
 #ifndef EMUD_VFIO_USER_TRANSPORT_H_
 #define EMUD_VFIO_USER_TRANSPORT_H_
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -37,6 +40,30 @@ struct Message {
 // is written. UNAVAILABLE if the peer is gone, DEADLINE_EXCEEDED on timeout.
 absl::Status SendMessage(int sock, Header hdr, absl::Span<const uint8_t> payload,
                          absl::Span<const int> fds, absl::Duration timeout = absl::Seconds(5));
+
+// A message laid out for sendmsg ahead of time (header, iovecs, SCM_RIGHTS),
+// so that sending it is a single syscall with nothing computed in between:
+// the crash-consistent session marks "replied" in its journal right before
+// it, and a SIGKILL landing between the mark and the send loses the reply.
+// Not movable once prepared (the msghdr points into it).
+struct PreparedMessage {
+  PreparedMessage() = default;
+  PreparedMessage(const PreparedMessage&) = delete;
+  PreparedMessage& operator=(const PreparedMessage&) = delete;
+  Header hdr;
+  absl::Span<const uint8_t> payload;  // borrowed: must outlive the send
+  absl::Span<const int> fds;          // borrowed
+  iovec iov[2];
+  msghdr mh;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
+};
+// Fills `out` (msg_size set). INVALID_ARGUMENT for a too big message or too
+// many fds.
+absl::Status PrepareMessage(Header hdr, absl::Span<const uint8_t> payload,
+                            absl::Span<const int> fds, PreparedMessage* out);
+// Sends a prepared message: one sendmsg, then (if the socket took only part
+// of it) the rest as SendMessage does.
+absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout = absl::Seconds(5));
 
 // Incremental, buffered reader for a non-blocking socket: feed it readiness,
 // get whole messages. It reads as much as is available in one recvmsg (many

@@ -79,6 +79,59 @@ TEST(MessageReaderTest, PipelinedMessagesKeepTheirFds) {
   EXPECT_TRUE(r.idle());
 }
 
+// A prepared message goes out whole, fds included, also when the socket
+// takes only part of it at first (the rest follows without the fds).
+TEST(PreparedMessageTest, SendsLikeSendMessage) {
+  Pair p;
+  UniqueFd e1(::eventfd(0, 0));
+  std::vector<uint8_t> body(40, 9);
+  int one[1] = {e1.get()};
+  PreparedMessage pm;
+  ASSERT_TRUE(PrepareMessage(H(7), body, one, &pm).ok());
+  EXPECT_EQ(pm.hdr.msg_size, 16u + 40u);
+  ASSERT_TRUE(SendPrepared(p.a.get(), pm).ok());
+  PreparedMessage empty;
+  ASSERT_TRUE(PrepareMessage(H(8), {}, {}, &empty).ok());
+  ASSERT_TRUE(SendPrepared(p.a.get(), empty).ok());
+  MessageReader r(4096, 16);
+  Message m;
+  std::string err;
+  ASSERT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 7);
+  EXPECT_EQ(m.payload, body);
+  EXPECT_EQ(m.fds.size(), 1u);
+  ASSERT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 8);
+  EXPECT_TRUE(m.payload.empty());
+  std::vector<int> too_many(kMaxRecvFds + 1, e1.get());
+  PreparedMessage bad;
+  EXPECT_FALSE(PrepareMessage(H(9), {}, too_many, &bad).ok());
+
+  // Partial first send: a 1 MiB body into a socket buffer far smaller; a
+  // reader drains it concurrently.
+  std::vector<uint8_t> big(1 << 20);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = uint8_t(i * 7);
+  PreparedMessage large;
+  ASSERT_TRUE(PrepareMessage(H(10), big, one, &large).ok());
+  ::fcntl(p.a.get(), F_SETFL, O_NONBLOCK);
+  std::thread reader([&] {
+    MessageReader rr(2 << 20, 16);
+    Message got;
+    std::string e;
+    MessageReader::Result res;
+    while ((res = rr.Read(p.b.get(), &got, &e)) == MessageReader::Result::kWouldBlock) {
+      pollfd pf{p.b.get(), POLLIN, 0};
+      ::poll(&pf, 1, 1000);
+    }
+    EXPECT_EQ(res, MessageReader::Result::kMessage) << e;
+    EXPECT_EQ(got.hdr.msg_id, 10);
+    EXPECT_EQ(got.payload, big);
+    EXPECT_EQ(got.fds.size(), 1u);
+  });
+  EXPECT_TRUE(SendPrepared(p.a.get(), large, absl::Seconds(10)).ok());
+  reader.join();
+}
+
 TEST(MessageReaderTest, ExactModeNeverReadsAhead) {
   Pair p;
   UniqueFd e1(::eventfd(0, 0));
