@@ -313,7 +313,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   // The worker's fd-store channel, then every fd held for the device.
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-    WorkerFailedLocked(d, absl::StrCat("fd-store channel: ", std::strerror(errno)));
+    WorkerFailedLocked(d, absl::StrCat("fd-store channel: ", std::strerror(errno)), false);
     return;
   }
   UniqueFd mine(sv[0]), theirs(sv[1]);
@@ -330,7 +330,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   auto p = SpawnProcess(argv, inherit,
                         {absl::StrCat(fdstore::kStoreSocketEnv, "=", FdStoreSocket())});
   if (!p.ok()) {
-    WorkerFailedLocked(d, std::string(p.status().message()));
+    WorkerFailedLocked(d, std::string(p.status().message()), false);
     return;
   }
   if (d.channel_id != 0) CloseChannelLocked(d.channel_id);
@@ -356,22 +356,27 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   NotifyLocked(d);
 }
 
-void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason) {
+void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy) {
   absl::Time now = absl::Now();
-  RestartPolicy::Decision dec = d.policy.OnExit(d.started == absl::Time() ? now : d.started, now);
+  bool guest_connected = false;  // the store holds the client's connection
+  for (const auto& [key, fd] : store_.Fds(d.rec.name())) guest_connected |= key == "vfio/conn";
+  RestartPolicy::Decision dec = d.policy.OnExit(healthy, guest_connected);
   if (dec.give_up) {
     d.rec.set_failed(true);
     d.rec.set_last_error(absl::StrCat(
         "crash loop: the worker failed ", d.policy.consecutive_failures(),
-        " times in a row, each within ", absl::FormatDuration(options_.restart.stable_after),
-        " of its start; last: ", reason, "; fix the cause, then run 'emuctl reset ", d.rec.name(),
-        "'"));
+        " times in a row before it was serving (resumed or created its session and entered "
+        "its event loop); last: ",
+        reason, "; fix the cause, then run 'emuctl reset ", d.rec.name(), "'"));
     Log(absl::StrCat("device ", d.rec.name(), " FAILED: ", d.rec.last_error()));
   } else {
     d.rec.set_last_error(reason);
     d.restart_at = now + dec.delay;
-    Log(absl::StrCat("device ", d.rec.name(), ": ", reason, "; restarting in ",
-                     absl::FormatDuration(dec.delay)));
+    Log(absl::StrCat("device ", d.rec.name(), ": ", reason,
+                     healthy ? " (after serving)" : " (before serving)", "; restarting ",
+                     dec.delay == absl::ZeroDuration()
+                         ? std::string("now")
+                         : absl::StrCat("in ", absl::FormatDuration(dec.delay))));
   }
   d.started = absl::Time();
   (void)PersistLocked(d);
@@ -397,8 +402,12 @@ void DeviceManager::HandleExitLocked(Dev& d) {
   if (d.status.has_value() && d.status->pid() == pid && !d.status->last_error().empty()) {
     absl::StrAppend(&reason, ": ", d.status->last_error());
   }
+  // Healthy (restart_policy.h): the worker published its status record,
+  // which it does once its session is up and it enters its event loop.
+  const bool healthy = d.status.has_value() && d.status->pid() == pid &&
+                       d.status->phase() != WorkerStatus::PHASE_UNSPECIFIED;
   d.started = started;
-  WorkerFailedLocked(d, reason);
+  WorkerFailedLocked(d, reason, healthy);
   // Restart due now (a worker killed after a healthy run): spawn it here
   // rather than one loop round later - the guest is waiting.
   if (d.restart_at.has_value() && *d.restart_at <= absl::Now() && !d.rec.failed()) {

@@ -12,8 +12,9 @@
 // once) and, through inotify, the worker's device environment, where the
 // worker publishes its WorkerStatus record; the device's phase, virtchnl
 // version and counters come from that record. A worker that exits
-// unexpectedly is restarted with bounded exponential backoff
-// (RestartPolicy); a crash loop marks the device FAILED with the reason.
+// unexpectedly after it was serving is restarted at once, however often; one
+// that dies before serving is restarted with bounded backoff and a streak of
+// them marks the device FAILED with the reason (RestartPolicy).
 //
 // Restart of emud: Start() loads every record. A worker whose recorded pid
 // is still alive with the recorded start time is adopted (the guest keeps
@@ -164,7 +165,9 @@ class DeviceManager {
   Dev& AddDevLocked(emud::internal::DeviceRecord rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartWorkerLocked(Dev& d, bool count_restart) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void WorkerFailedLocked(Dev& d, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies the restart policy to an unexpected exit (or failed spawn).
+  void WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleExitLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stops d's worker (SIGTERM, SIGKILL after the stop timeout or deadline).
   // Releases mu_ while waiting; d.busy must be set by the caller.

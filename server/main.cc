@@ -56,13 +56,13 @@ ABSL_FLAG(bool, allow_worker_override, false,
 ABSL_FLAG(absl::Duration, worker_stop_timeout, absl::Seconds(5),
           "Grace period between SIGTERM and SIGKILL when stopping a worker");
 ABSL_FLAG(absl::Duration, restart_backoff_initial, absl::Milliseconds(100),
-          "Delay before restarting a worker that crashed again within --stable-after of its "
-          "start; doubles per consecutive crash (a worker that ran longer restarts at once)");
+          "Delay before restarting a worker that died before it was serving (a worker that "
+          "was serving is always restarted at once); doubles per consecutive such exit. While "
+          "a guest is connected the delay starts at 10ms and never exceeds 100ms");
 ABSL_FLAG(absl::Duration, restart_backoff_max, absl::Seconds(10), "Upper bound of the delay");
 ABSL_FLAG(int, crash_loop_restarts, 5,
-          "Restarts allowed in a crash streak; the next crash marks the device FAILED");
-ABSL_FLAG(absl::Duration, stable_after, absl::Seconds(10),
-          "A worker that stays up this long ends its crash streak");
+          "Consecutive deaths before serving that are retried; the next one marks the device "
+          "FAILED");
 ABSL_FLAG(bool, stop_workers_on_exit, false,
           "Stop all workers when emud exits (default: leave them serving; the next emud adopts "
           "them)");
@@ -178,7 +178,6 @@ int main(int argc, char** argv) {
   opts.restart.initial_backoff = absl::GetFlag(FLAGS_restart_backoff_initial);
   opts.restart.max_backoff = absl::GetFlag(FLAGS_restart_backoff_max);
   opts.restart.max_consecutive_failures = absl::GetFlag(FLAGS_crash_loop_restarts);
-  opts.restart.stable_after = absl::GetFlag(FLAGS_stable_after);
   if (opts.restart.initial_backoff <= absl::ZeroDuration() ||
       opts.restart.max_backoff < opts.restart.initial_backoff) {
     Fail("need 0 < --restart-backoff-initial <= --restart-backoff-max");

@@ -4,24 +4,25 @@
 
 namespace emud::server {
 
-RestartPolicy::Decision RestartPolicy::OnExit(absl::Time started, absl::Time now) {
-  const bool healthy = now - started >= options_.stable_after;
-  if (healthy) failures_ = 0;
-  ++failures_;
+RestartPolicy::Decision RestartPolicy::OnExit(bool healthy, bool guest_connected) {
   Decision d;
+  if (healthy) {
+    failures_ = 0;
+    return d;  // at once
+  }
+  ++failures_;
   if (failures_ > options_.max_consecutive_failures) {
     d.give_up = true;
     return d;
   }
-  // A worker killed after a healthy run: its successor takes over the
-  // guest's connection from the fd store, and every millisecond of delay is
-  // a millisecond of stalled traffic. Backoff is for crash loops only.
-  if (healthy) return d;
-  absl::Duration delay = options_.initial_backoff;
-  for (int i = 1; i < failures_ && delay < options_.max_backoff; ++i) {
-    delay = delay * options_.multiplier;
-  }
-  d.delay = std::min(delay, options_.max_backoff);
+  const absl::Duration initial =
+      guest_connected ? options_.connected_initial_backoff : options_.initial_backoff;
+  const absl::Duration cap =
+      guest_connected ? std::min(options_.connected_max_backoff, options_.max_backoff)
+                      : options_.max_backoff;
+  absl::Duration delay = initial;
+  for (int i = 1; i < failures_ && delay < cap; ++i) delay = delay * options_.multiplier;
+  d.delay = std::min(delay, cap);
   return d;
 }
 

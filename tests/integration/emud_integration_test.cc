@@ -83,8 +83,14 @@ class EmudTest : public ::testing::Test {
     EmudProcess::Options o;
     o.state_dir = dir_->path() + "/state";
     o.extra_flags = {"--restart-backoff-initial=20ms", "--restart-backoff-max=80ms",
-                     "--crash-loop-restarts=3",        "--stable-after=3s",
+                     "--crash-loop-restarts=3",
                      "--worker-stop-timeout=2s",       "--stop-workers-on-exit"};
+    // Supervision knobs shorten the crash-loop tests; the DefaultSupervision*
+    // tests run the same situations on the flags a user gets.
+    const std::string test = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    if (test.rfind("DefaultSupervision", 0) == 0) {
+      o.extra_flags = {"--worker-stop-timeout=2s", "--stop-workers-on-exit"};
+    }
     o.extra_env = std::move(extra_env);
     // Only tests that scrape pay for the metrics endpoint's slow stop.
     static const std::set<std::string> kScrapers = {
@@ -313,6 +319,61 @@ TEST_F(EmudTest, CrashLoopMarksFailedAndResetRecovers) {
   ASSERT_EQ(c.exit_code, 0) << c.err;
   ASSERT_TRUE(WaitPhase(emud_->stub(), "loop", v1::PHASE_LISTENING));
   EXPECT_EQ(MustGet("loop").status().last_error(), "");
+}
+
+// Issue 11: on default flags, a worker that was serving is replaced at once
+// however often it dies (external kills, OOM kills): never backoff, never
+// FAILED, and the guest's connection is carried over every time.
+TEST_F(EmudTest, DefaultSupervisionReplacesAServingWorkerAtOnceEveryTime) {
+  v1::Device d;
+  ASSERT_TRUE(CreateDevice(emud_->stub(), "k", &d).ok());
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "k", v1::PHASE_LISTENING));
+  FakeGuest guest(d.spec().socket_path());
+  ASSERT_TRUE(guest.connected());
+  ASSERT_TRUE(guest.Send("ready"));
+  ASSERT_TRUE(guest.Send("linkup"));
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "k", v1::PHASE_LINK_UP));
+  constexpr int kKills = 30;
+  absl::Duration longest;
+  for (int i = 0; i < kKills; ++i) {
+    // Kill each successor as soon as it is serving (its status is published).
+    v1::Device cur = MustGet("k");
+    ASSERT_NE(cur.status().phase(), v1::PHASE_FAILED) << cur.status().last_error();
+    const pid_t pid = cur.status().worker_pid();
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    absl::Time t0 = absl::Now();
+    v1::Device next;
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          next = MustGet("k");
+          return next.status().worker_pid() != 0 && next.status().worker_pid() != pid &&
+                 next.status().phase() == v1::PHASE_LINK_UP;
+        },
+        absl::Seconds(10)))
+        << "kill " << i << ": " << next.DebugString() << emud_->Log();
+    longest = std::max(longest, absl::Now() - t0);
+  }
+  v1::Device after = MustGet("k");
+  EXPECT_EQ(after.status().restart_count(), static_cast<uint32_t>(kKills));
+  EXPECT_EQ(after.status().consecutive_failures(), 0u);
+  // The same connection, still served.
+  EXPECT_TRUE(guest.Send("tx 1"));
+  std::printf("supervision: %d kills of a serving worker on default flags, longest "
+              "kill-to-serving %s\n", kKills, absl::FormatDuration(longest).c_str());
+}
+
+// A worker that dies before it is serving (here: the fake worker exits during
+// start-up) backs off and, on default flags, goes FAILED after 5 restarts.
+TEST_F(EmudTest, DefaultSupervisionCrashLoopBeforeServingGoesFailed) {
+  std::filesystem::create_directories(State() + "/fake");
+  std::ofstream(State() + "/fake/loop.crash") << "1";
+  ASSERT_TRUE(CreateDevice(emud_->stub(), "loop", nullptr).ok());
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "loop", v1::PHASE_FAILED, absl::Seconds(30)));
+  v1::Device failed = MustGet("loop");
+  EXPECT_EQ(failed.status().restart_count(), 5u);  // --crash-loop-restarts default
+  EXPECT_NE(failed.status().last_error().find("before it was serving"), std::string::npos)
+      << failed.status().last_error();
 }
 
 TEST_F(EmudTest, RestartedEmudKeepsDevicesAndAdoptsWorkers) {

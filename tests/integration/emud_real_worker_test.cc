@@ -23,7 +23,7 @@ TEST(EmudRealWorkerTest, GuestBringsLinkUpAndCountersMove) {
   EmudProcess::Options o;
   o.state_dir = dir.path() + "/state";
   o.worker_binary = Runfile("dataplane/emud-worker");
-  o.extra_flags = {"--stop-workers-on-exit", "--restart-backoff-initial=20ms"};
+  o.extra_flags = {"--stop-workers-on-exit"};  // supervision on its defaults
   auto started = EmudProcess::Start(o);
   ASSERT_TRUE(started.ok()) << started.status();
   EmudProcess& e = **started;
