@@ -152,9 +152,20 @@ absl::StatusOr<Message> Client::Request(uint16_t command, absl::Span<const uint8
   h.msg_id = NextId();
   h.command = command;
   h.flags = flags;
-  if (auto s = SendMessage(sock_.get(), h, payload, fds, timeout_); !s.ok()) return s;
+  const absl::Time sent = absl::Now();
+  auto note_wait = [&] {
+    if (absl::Duration w = absl::Now() - sent; w > max_reply_wait_) {
+      max_reply_wait_ = w;
+      max_reply_wait_command_ = command;
+    }
+  };
+  if (auto s = SendMessage(sock_.get(), h, payload, fds, timeout_); !s.ok()) {
+    if (!(flags & kFlagNoReply)) note_wait();
+    return s;
+  }
   if (flags & kFlagNoReply) return Message{};
   auto m = ReceiveReply(h.msg_id, command);
+  note_wait();
   if (!m.ok()) return m;
   size_t limit = max_reply ? max_reply : kHeaderSize + payload.size();
   if (m->hdr.msg_size > limit) {

@@ -123,6 +123,11 @@ class Client {
   const Capabilities& server_caps() const { return server_caps_; }
   int fd() const { return sock_.get(); }
   uint64_t dma_requests_served() const { return dma_served_; }
+  // The longest any request (Request(), i.e. every command above) waited
+  // from its send to its reply, or to its failure (e.g. the timeout), and
+  // that request's command; 0 / 0 before any request expecting a reply.
+  absl::Duration max_reply_wait() const { return max_reply_wait_; }
+  uint16_t max_reply_wait_command() const { return max_reply_wait_command_; }
 
  private:
   explicit Client(UniqueFd sock) : sock_(std::move(sock)) {}
@@ -139,6 +144,8 @@ class Client {
   bool busy_wait_ = false;
   DmaRwLayout dma_layout_ = DmaRwLayout::kSpec;
   uint64_t dma_served_ = 0;
+  absl::Duration max_reply_wait_ = absl::ZeroDuration();
+  uint16_t max_reply_wait_command_ = 0;
   MessageReader reader_{(64u << 20) + 4096, kMaxRecvFds};
 };
 
