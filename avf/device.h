@@ -46,6 +46,7 @@
 #include "avf/interrupts.h"
 #include "avf/regs.h"
 #include "avf/virtchnl.h"
+#include "base/poison_guard.h"
 #include "base/unique_fd.h"
 #include "vfio_user/device.h"
 #include "vfio_user/msix_table.h"
@@ -106,6 +107,12 @@ struct DeviceOptions {
   // one, in either mode. -1 = create. Its tails (and ITRN values) are newer
   // than any saved record: Restore keeps them.
   int doorbell_fd = -1;
+  // Poison-message quarantine (optional, not owned): every admin-queue
+  // message is handled inside PoisonGuard::kVirtchnl, keyed by its opcode,
+  // ATQ slot and bytes; one that PoisonGuard::kQuarantineAfter workers died
+  // handling is answered ADMIN_QUEUE_ERROR in its ARQ descriptor without
+  // being applied, and counted (Counters::vc_quarantined).
+  PoisonGuard* poison_guard = nullptr;
 };
 
 // Queue contexts, from CONFIG_VSI_QUEUES, validated against the DMA map at
@@ -151,6 +158,7 @@ struct MacFilterEntry {
 struct DeviceCounters {
   uint64_t vc_messages = 0;        // virtchnl requests handled
   uint64_t vc_errors = 0;          // requests answered with an error status
+  uint64_t vc_quarantined = 0;     // poison messages answered without applying
   uint64_t vc_not_supported = 0;   // requests answered NOT_SUPPORTED
   uint64_t vc_bad_length = 0;      // messages failing the length rules
   uint64_t bad_tail_writes = 0;    // QTX/QRX_TAIL >= ring_len of a configured queue

@@ -7,10 +7,12 @@
 // = 72 + 64 n ...). The device accepts any length >= the minimal one
 // (8 + 64 n ...) and ignores trailing bytes; counts of zero are refused.
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "avf/device.h"
 #include "avf/virtchnl.h"
+#include "base/fault_point.h"
 
 namespace emud::avf {
 
@@ -92,7 +94,33 @@ uint32_t LegacySpeed(uint32_t mbps) {
 
 void Device::RunAtq() {
   aq_.ProcessAtq(ctx_.dma, [this](uint32_t v_op, int32_t, absl::Span<const uint8_t> msg,
-                                  bool dma_error) { return HandleVfMessage(v_op, msg, dma_error); });
+                                  bool dma_error) {
+    PoisonGuard* guard = options_.poison_guard;
+    if (guard == nullptr) return HandleVfMessage(v_op, msg, dma_error);
+    // The slot is part of the key: the same message sent again later (a
+    // retry at another ATQ position) is a new attempt, not a death.
+    uint64_t key = 0xcbf29ce484222325ull;
+    auto mix = [&key](uint64_t v) {
+      for (int i = 0; i < 8; ++i, v >>= 8) key = (key ^ (v & 0xff)) * 0x100000001b3ull;
+    };
+    mix(v_op);
+    mix(aq_.ReadReg(kVfAtqh1));
+    for (uint8_t b : msg) key = (key ^ b) * 0x100000001b3ull;
+    if (guard->Enter(PoisonGuard::kVirtchnl, key) >= PoisonGuard::kQuarantineAfter) [[unlikely]] {
+      guard->Leave(PoisonGuard::kVirtchnl);
+      ++counters_.vc_messages;
+      ++counters_.vc_quarantined;
+      std::fprintf(stderr,
+                   "avf: quarantined poison virtchnl message %s (%zu bytes): %u workers died "
+                   "handling it; answered ADMIN_QUEUE_ERROR without applying it\n",
+                   vc::OpName(v_op), msg.size(), PoisonGuard::kQuarantineAfter);
+      Reply(v_op, vc::kErrAdminQueueError);
+      return AdminQueue::Next::kContinue;
+    }
+    AdminQueue::Next next = HandleVfMessage(v_op, msg, dma_error);
+    guard->Leave(PoisonGuard::kVirtchnl);
+    return next;
+  });
 }
 
 void Device::Reply(uint32_t v_op, int32_t status, absl::Span<const uint8_t> payload) {
@@ -135,6 +163,7 @@ bool Device::AnyQueueEnabled() const {
 AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t> msg,
                                          bool dma_error) {
   ++counters_.vc_messages;
+  fault::Point("virtchnl", msg.data(), msg.size());
   if (dma_error) {
     // The message itself was unreadable (buffer outside the DMA map or
     // datalen > 4096): refuse it so the driver's pending op completes.

@@ -1,5 +1,7 @@
 #include "dataplane/datapath.h"
 
+#include <cstdio>
+
 #include "absl/strings/match.h"
 #include "dataplane/adaptive_poll.h"
 #include "dataplane/offload.h"
@@ -186,7 +188,20 @@ bool DataPath::PollOnce() {
     TxQueue& tx = *tx_[q];
     uint32_t tail = dev_->TxTail(q);
     if (tail == tx.head()) continue;
+    PoisonGuard* guard = options_.poison_guard;
+    if (guard != nullptr && guard->Enter(PoisonGuard::kTxQueue, (uint64_t{q} << 32) | tx.head()) >=
+                                PoisonGuard::kQuarantineAfter) [[unlikely]] {
+      guard->Leave(PoisonGuard::kTxQueue);
+      std::fprintf(stderr,
+                   "dataplane: quarantined TX queue %u at descriptor %u: %u workers died "
+                   "processing it; the queue stops until the guest enables it again\n",
+                   q, tx.head(), PoisonGuard::kQuarantineAfter);
+      tx.Quarantine();
+      ++tx_quarantines_;
+      continue;
+    }
     TxQueue::Result r = tx.Process(tail, *dma, *backend_, options_.tx_budget);
+    if (guard != nullptr) guard->Leave(PoisonGuard::kTxQueue);
     if (r.packets > 0) work = true;
     if (r.wrote_back) tx_irq_ |= 1u << q;
     if (r.more) tx_kicked_ |= 1u << q;  // trapped mode: come back without a doorbell

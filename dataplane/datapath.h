@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "avf/device.h"
+#include "base/poison_guard.h"
 #include "dataplane/backend.h"
 #include "dataplane/mac_filter.h"
 #include "dataplane/queue_state.h"
@@ -29,6 +30,13 @@ struct DataPathOptions {
   // Verify IPv4/TCP/UDP checksums of received frames and report them in the
   // descriptor (L3L4P, IPE, L4E) so the guest need not (NETIF_F_RXCSUM).
   bool rx_checksum = true;
+  // Poison-ring quarantine (optional, not owned): each TX burst runs inside
+  // PoisonGuard::kTxQueue keyed by (queue, head). A ring position that
+  // PoisonGuard::kQuarantineAfter workers died processing stops that queue
+  // (TxQueue::Quarantine: counted in its errors, logged, published in
+  // WorkerStatus.quarantined) while the device and its other queues go on;
+  // the guest's next ENABLE_QUEUES (or a reset) starts it again.
+  PoisonGuard* poison_guard = nullptr;
 };
 
 class DataPath : public avf::DataPathHooks, public FrameSink {
@@ -59,6 +67,8 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
 
   // Per-queue counters for the WorkerStatus record.
   void FillCounters(internal::WorkerStatus* status) const;
+  // TX queues this worker stopped as poisoned (DataPathOptions::poison_guard).
+  uint64_t tx_quarantines() const { return tx_quarantines_; }
   uint64_t total_packets() const;
 
   // ---- avf::DataPathHooks ----
@@ -83,6 +93,7 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   Backend* backend_;
   QueueStateFile* state_;
   DataPathOptions options_;
+  uint64_t tx_quarantines_ = 0;
   std::vector<std::unique_ptr<TxQueue>> tx_;
   std::vector<std::unique_ptr<RxQueue>> rx_;
   uint32_t tx_running_ = 0;  // bit q

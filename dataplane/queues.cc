@@ -1,5 +1,7 @@
 #include "dataplane/queues.h"
 
+#include "base/fault_point.h"
+
 #include <atomic>
 #include <cstring>
 
@@ -105,6 +107,11 @@ absl::Status TxQueue::SetEnabled(bool on) {
   }
   hot_->enabled.store(on ? 1 : 0, std::memory_order_release);
   return absl::OkStatus();
+}
+
+void TxQueue::Quarantine() {
+  hot_->enabled.store(2, std::memory_order_release);
+  Count(hot_->errors, 1);
 }
 
 void TxQueue::OnDmaUnmap(uint64_t iova, uint64_t size) {
@@ -333,6 +340,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       batch_head_ = h;
       continue;
     }
+    fault::Point("tx", bufs[0].ptr, bufs[0].len);
     if (nbuf == 1 && !csum && !off.tso && !vlan && total >= kMinFrame) [[likely]] {
       frames_.push_back(FrameView(bufs[0].ptr, total));  // zero copy
     } else {

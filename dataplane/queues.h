@@ -112,10 +112,15 @@ class TxQueue {
   absl::Status Configure(uint64_t ring_addr, uint32_t ring_len);
   // ENABLE/DISABLE_QUEUES. Enabling an unconfigured queue fails.
   absl::Status SetEnabled(bool on);
-  bool enabled() const { return hot_->enabled.load(std::memory_order_relaxed) != 0; }
+  bool enabled() const { return hot_->enabled.load(std::memory_order_relaxed) == 1; }
   uint32_t head() const { return hot_->head.load(std::memory_order_relaxed); }
   uint32_t ring_len() const { return hot_->ring_len; }
   void OnDmaUnmap(uint64_t iova, uint64_t size);
+  // Stops the queue because its ring at head() kept killing workers
+  // (DataPathOptions::poison_guard): persisted (HotQueue::enabled = 2), so
+  // successors leave it stopped; counts an error. SetEnabled(true) restarts.
+  void Quarantine();
+  bool quarantined() const { return hot_->enabled.load(std::memory_order_relaxed) == 2; }
 
   struct Result {
     uint32_t packets = 0;     // packets consumed (sent or dropped)

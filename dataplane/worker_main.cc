@@ -229,6 +229,20 @@ int Main() {
   // in trap mode it makes tail writes self-durable (no LMDB commit per
   // doorbell; vfio_user::PciDevice::WriteIsSelfDurable), so a successor must
   // adopt it whatever the mode.
+  // Poison-input quarantine: what this worker handles when it dies is
+  // charged to that input; the third death on one input quarantines it.
+  auto guard = PoisonGuard::Open(absl::StrCat(dev_shm_dir, "/poison"));
+  if (!guard.ok()) return Fail("poison guard", guard.status());
+  for (auto level : {PoisonGuard::kVfioRequest, PoisonGuard::kVirtchnl, PoisonGuard::kTxQueue}) {
+    if ((*guard)->DeathsAtOpen(level) > 0) {
+      static const char* const kNames[] = {"a vfio-user request", "a virtchnl message",
+                                           "a TX burst"};
+      std::fprintf(stderr, "emud-worker: %s: a predecessor died handling %s (%u deaths on it)\n",
+                   name.c_str(), kNames[level], (*guard)->DeathsAtOpen(level));
+    }
+  }
+  if (persist) dopt.poison_guard = guard->get();
+
   UniqueFd doorbell_in = take("doorbell");
   const bool doorbell_inherited = doorbell_in.valid();
   dopt.doorbell_fd = doorbell_in.release();
@@ -259,13 +273,16 @@ int Main() {
   }
   auto qstate = QueueStateFile::Open(absl::StrCat(dev_shm_dir, "/queues"));
   if (!qstate.ok()) return Fail("queue state", qstate.status());
-  DataPath datapath(device->get(), backend->get(), qstate->get());
+  DataPathOptions dpopt;
+  if (persist) dpopt.poison_guard = guard->get();
+  DataPath datapath(device->get(), backend->get(), qstate->get(), dpopt);
 
   vfio_user::SessionOptions sopt;
   if (persist) {
     sopt.store = env->get();
     sopt.crash_consistent = true;
     sopt.journal_path = absl::StrCat(dev_shm_dir, "/journal");
+    sopt.poison_guard = guard->get();
   }
   if (store != nullptr) sopt.fd_depositor = &depositor;
 
@@ -414,6 +431,9 @@ int Main() {
   std::map<std::string, uint64_t> base_errors(status.vfio_user_errors().begin(),
                                               status.vfio_user_errors().end());
   std::map<std::string, uint64_t> base_vc(status.virtchnl_ops().begin(), status.virtchnl_ops().end());
+  std::map<std::string, uint64_t> base_quarantined(status.quarantined().begin(),
+                                                   status.quarantined().end());
+  uint64_t quarantined_seen = 0;
   absl::Time last_write = absl::InfinitePast();
   internal::WorkerStatus last_published;
   auto publish = [&](bool force) {
@@ -443,6 +463,26 @@ int Main() {
       if (st.errors_by_command[c] != 0 || base_errors.count(cmd)) {
         (*status.mutable_vfio_user_errors())[cmd] = base_errors[cmd] + st.errors_by_command[c];
       }
+    }
+    uint64_t quarantined_now = 0;
+    auto quarantined = [&](const std::string& key, uint64_t n) {
+      if (n == 0) return;
+      (*status.mutable_quarantined())[key] = base_quarantined[key] + n;
+      quarantined_now += n;
+    };
+    for (size_t c = 0; c < st.quarantined_by_command.size(); ++c) {
+      quarantined(absl::StrCat("vfio-user/", vfio_user::CommandName(static_cast<uint16_t>(c))),
+                  st.quarantined_by_command[c]);
+    }
+    quarantined("virtchnl", (*device)->counters().vc_quarantined);
+    quarantined("tx", datapath.tx_quarantines());
+    if (quarantined_now != quarantined_seen) {
+      quarantined_seen = quarantined_now;
+      std::string what;
+      for (const auto& [key, n] : status.quarantined()) absl::StrAppend(&what, " ", key, "=", n);
+      status.set_last_error(absl::StrCat(
+          "quarantined poison input that kept killing workers (answered with an error, not "
+          "applied; see the worker log):", what));
     }
     for (const auto& [key, n] : (*device)->counters().vc_replies) {
       std::string name = absl::StrCat(avf::vc::OpName(key.first), "/", avf::vc::StatusName(key.second));

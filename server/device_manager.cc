@@ -495,8 +495,11 @@ v1::Device DeviceManager::BuildLocked(const Dev& d) const {
     st->mutable_virtchnl_version()->set_major(d.status->virtchnl_major());
     st->mutable_virtchnl_version()->set_minor(d.status->virtchnl_minor());
   }
+  // The running worker's own report (e.g. a quarantined poison input) is
+  // newer than emud's record of how its predecessor ended.
   std::string err = d.rec.last_error();
-  if (err.empty() && d.status.has_value() && d.status->pid() == d.proc.pid) {
+  if (!d.rec.failed() && d.status.has_value() && d.proc.pid != 0 &&
+      d.status->pid() == d.proc.pid && !d.status->last_error().empty()) {
     err = d.status->last_error();
   }
   st->set_last_error(err);
@@ -710,6 +713,7 @@ absl::StatusOr<v1::DeviceStats> DeviceManager::GetDeviceStats(const std::string&
     out.mutable_vfio_user_errors()->insert(st.vfio_user_errors().begin(),
                                            st.vfio_user_errors().end());
     out.mutable_virtchnl_ops()->insert(st.virtchnl_ops().begin(), st.virtchnl_ops().end());
+    out.mutable_quarantined()->insert(st.quarantined().begin(), st.quarantined().end());
     out.set_reattaches(st.reattaches());
     out.set_last_reattach_seconds(st.last_reattach_seconds());
     if (st.updated_unix_nanos() != 0) {

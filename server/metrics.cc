@@ -23,6 +23,10 @@ const MetricDef kMetricDefs[] = {
      "counter", "device,command"},
     {"emud_virtchnl_ops_total", "virtchnl ops answered, by op and status", "counter",
      "device,op,status"},
+    {"emud_quarantined_total",
+     "Poison inputs that kept killing workers, answered with an error instead of applied "
+     "(kind: vfio-user/<COMMAND>, virtchnl, tx)",
+     "counter", "device,kind"},
     {"emud_dataplane_packets_total", "Packets moved by the data path", "counter",
      "device,queue,direction"},
     {"emud_dataplane_bytes_total", "Bytes moved by the data path", "counter",
@@ -78,6 +82,7 @@ Metrics::Metrics()
       vfio_messages_(Counter(*registry_, "emud_vfio_user_messages_total")),
       vfio_errors_(Counter(*registry_, "emud_vfio_user_errors_total")),
       virtchnl_ops_(Counter(*registry_, "emud_virtchnl_ops_total")),
+      quarantined_(Counter(*registry_, "emud_quarantined_total")),
       packets_(Counter(*registry_, "emud_dataplane_packets_total")),
       bytes_(Counter(*registry_, "emud_dataplane_bytes_total")),
       drops_(Counter(*registry_, "emud_dataplane_drops_total")),
@@ -141,6 +146,9 @@ void Metrics::UpdateFromWorkerStatus(const std::string& device,
   }
   for (const auto& [cmd, n] : st.vfio_user_errors()) {
     Advance(vfio_errors_, device, "e/" + cmd, {{"command", cmd}}, n);
+  }
+  for (const auto& [kind, n] : st.quarantined()) {
+    Advance(quarantined_, device, "q/" + kind, {{"kind", kind}}, n);
   }
   for (const auto& [opstatus, n] : st.virtchnl_ops()) {
     size_t slash = opstatus.find('/');
@@ -207,6 +215,7 @@ void Metrics::RemoveDevice(const std::string& device) {
         case 'm': vfio_messages_.Remove(t.counter); break;
         case 'e': vfio_errors_.Remove(t.counter); break;
         case 'v': virtchnl_ops_.Remove(t.counter); break;
+        case 'q': quarantined_.Remove(t.counter); break;
         case 'p': packets_.Remove(t.counter); break;
         case 'b': bytes_.Remove(t.counter); break;
         case 'd': drops_.Remove(t.counter); break;

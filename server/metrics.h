@@ -73,6 +73,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& vfio_messages_;
   prometheus::Family<prometheus::Counter>& vfio_errors_;
   prometheus::Family<prometheus::Counter>& virtchnl_ops_;
+  prometheus::Family<prometheus::Counter>& quarantined_;
   prometheus::Family<prometheus::Counter>& packets_;
   prometheus::Family<prometheus::Counter>& bytes_;
   prometheus::Family<prometheus::Counter>& drops_;

@@ -36,6 +36,7 @@ TEST(MetricsTest, EveryDeclaredMetricIsExported) {
   (*st.mutable_vfio_user_messages())["VERSION"] = 1;
   (*st.mutable_vfio_user_errors())["DMA_MAP"] = 1;
   (*st.mutable_virtchnl_ops())["VERSION/SUCCESS"] = 1;
+  (*st.mutable_quarantined())["tx"] = 1;
   m.UpdateFromWorkerStatus("d", st);
   m.ObserveCommit(absl::Microseconds(30));
   m.SetFdsHeld("d", 2);

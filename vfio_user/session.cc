@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/fault_point.h"
 #include "state_store/record.h"
 #include "state_store/store.h"
 #include "vfio_user/session_state.pb.h"
@@ -1165,6 +1166,17 @@ int Session::DrainSelfDurable() {
   return handled;
 }
 
+void Session::Quarantine(const Header& h, uint64_t digest) {
+  ++stats_.quarantined;
+  if (h.command < kCmdMax) ++stats_.quarantined_by_command[h.command];
+  std::fprintf(stderr,
+               "vfio-user: quarantined poison request %s (msg_id %u, %u bytes, digest %016llx): "
+               "%u workers died applying it; %s without applying it\n",
+               CommandName(h.command), h.msg_id, h.msg_size,
+               static_cast<unsigned long long>(digest), PoisonGuard::kQuarantineAfter,
+               (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO");
+}
+
 uint64_t Session::RunProgress(uint64_t digest, size_t bytes) {
   return (digest << 32) | static_cast<uint32_t>(bytes);
 }
@@ -1264,7 +1276,16 @@ bool Session::HandleMessageCrashConsistent() {
     ++stats_.stray_replies;
   } else {
     ++stats_.requests;
-    reply = Dispatch(msg);
+    PoisonGuard* guard = options_.poison_guard;
+    if (guard != nullptr && guard->Enter(PoisonGuard::kVfioRequest, digest) >=
+                                PoisonGuard::kQuarantineAfter) [[unlikely]] {
+      reply.err = EIO;
+      Quarantine(h, digest);
+    } else {
+      fault::Point("vfio", raw.data(), raw.size());
+      reply = Dispatch(msg);
+    }
+    if (guard != nullptr) guard->Leave(PoisonGuard::kVfioRequest);
     CountCommand(h.command, reply.err != 0);
   }
   bool wants_reply = !is_reply && !(h.flags & kFlagNoReply);

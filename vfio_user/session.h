@@ -51,6 +51,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/poison_guard.h"
 #include "base/unique_fd.h"
 #include "vfio_user/device.h"
 #include "vfio_user/dma_table.h"
@@ -120,6 +121,13 @@ struct SessionOptions {
   // journal's run-progress word, 2 = the run consumed); returning true
   // makes the session Abandon() right there, as if the process died.
   std::function<bool(int stage)> crash_point;
+  // Poison-request quarantine (crash_consistent mode; optional, not owned):
+  // a request being applied is bracketed at PoisonGuard::kVfioRequest, keyed
+  // by its digest; one that kQuarantineAfter workers died applying is
+  // answered EIO (posted: dropped) without being applied, counted in
+  // SessionStats::quarantined and logged. Self-durable doorbell writes are
+  // plain stores into a memfd and are not bracketed.
+  PoisonGuard* poison_guard = nullptr;
 };
 
 struct SessionStats {
@@ -132,10 +140,12 @@ struct SessionStats {
   uint64_t dma_messages = 0;    // DMA_READ/WRITE sent to the client
   uint64_t commits = 0;
   uint64_t replayed_replies = 0;  // resume: stored replies re-sent
+  uint64_t quarantined = 0;       // poison requests answered without applying
   // Per command number (index 0 = unknown commands), for metrics labels
   // (CommandName()).
   std::array<uint64_t, kCmdMax> by_command{};
   std::array<uint64_t, kCmdMax> errors_by_command{};
+  std::array<uint64_t, kCmdMax> quarantined_by_command{};
 };
 
 class Session {
@@ -220,6 +230,8 @@ class Session {
   // FNV-1a digest: digest (low 32 bits, shifted up) | length (low 32 bits);
   // 0 = no run in progress.
   static uint64_t RunProgress(uint64_t digest, size_t bytes);
+  // Counts and logs a poison request answered without being applied.
+  void Quarantine(const Header& h, uint64_t digest);
   static constexpr size_t kJournalPage = 4096;
   // Crash-consistent mode: reads the peeked message (raw.size() bytes) off
   // the socket; false (after Disconnect) if that fails.

@@ -1,0 +1,90 @@
+#include "base/poison_guard.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace emud {
+namespace {
+constexpr size_t kFileSize = 4096;
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PoisonGuard>> PoisonGuard::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+  }
+  // Allocate the page now: a store into a hole of a full tmpfs is a SIGBUS.
+  int err = ::posix_fallocate(fd, 0, kFileSize);
+  if (err != 0) {
+    ::close(fd);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("allocating ", path, ": ", std::strerror(err)));
+  }
+  void* p = ::mmap(nullptr, kFileSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) {
+    return absl::InternalError(absl::StrCat("mmap ", path, ": ", std::strerror(errno)));
+  }
+  std::unique_ptr<PoisonGuard> g(new PoisonGuard(static_cast<Slot*>(p), true));
+  g->Settle();
+  return g;
+}
+
+std::unique_ptr<PoisonGuard> PoisonGuard::InMemory() {
+  auto* slots = new Slot[kLevels]();
+  return std::unique_ptr<PoisonGuard>(new PoisonGuard(slots, false));
+}
+
+PoisonGuard::PoisonGuard(Slot* slots, bool mapped) : slots_(slots), mapped_(mapped) {}
+
+PoisonGuard::~PoisonGuard() {
+  if (mapped_) {
+    ::munmap(slots_, kFileSize);
+  } else {
+    delete[] slots_;
+  }
+}
+
+void PoisonGuard::Settle() {
+  // The deepest active level was running when the predecessor died.
+  int deepest = -1;
+  for (int l = 0; l < int{kLevels}; ++l) {
+    if (slots_[l].active == 1) deepest = l;
+  }
+  for (int l = 0; l < int{kLevels}; ++l) {
+    Slot& s = slots_[l];
+    if (s.active != 1) continue;
+    if (l == deepest && s.deaths < UINT32_MAX) ++s.deaths;
+    s.active = 0;  // a successor that dies before re-entering adds nothing
+    deaths_at_open_[l] = s.deaths;
+  }
+}
+
+uint32_t PoisonGuard::Enter(Level level, uint64_t key) {
+  Slot& s = slots_[level];
+  const uint32_t deaths = s.key == key ? s.deaths : 0;
+  // Order matters for a kill between the stores: "active" last, so a torn
+  // Enter is never charged.
+  s.key = key;
+  s.deaths = deaths;
+  s.active = 1;
+  depth_ |= 1u << level;
+  return deaths;
+}
+
+void PoisonGuard::Leave(Level level) {
+  Slot& s = slots_[level];
+  s.active = 0;
+  s.deaths = 0;
+  depth_ &= ~(1u << level);
+}
+
+}  // namespace emud
