@@ -22,7 +22,8 @@ namespace emud::fdstore {
 namespace {
 
 constexpr uint32_t kMagic = 0x31444645;  // "EFD1"
-constexpr size_t kMaxName = 200;
+constexpr size_t kMaxKey = 200;
+constexpr size_t kMaxName = 320;  // on the wire: keys, or "device/key" in a handoff
 
 struct WireHeader {
   uint32_t magic;
@@ -50,7 +51,7 @@ bool KeyChar(char c) {
 }  // namespace
 
 absl::Status ValidateKey(absl::string_view key) {
-  if (key.empty() || key.size() > kMaxName) {
+  if (key.empty() || key.size() > kMaxKey) {
     return absl::InvalidArgumentError(absl::StrCat("fd key length ", key.size(), " not in 1..200"));
   }
   for (char c : key) {
@@ -130,7 +131,7 @@ absl::StatusOr<Message> ReceiveMessage(int sock, UniqueFd* fd) {
   if (h.name_len > kMaxName || sizeof h + h.name_len != static_cast<size_t>(n)) {
     return absl::InvalidArgumentError("fd-store message size mismatch");
   }
-  if (h.op < static_cast<uint8_t>(Op::kHello) || h.op > static_cast<uint8_t>(Op::kAck)) {
+  if (h.op < static_cast<uint8_t>(Op::kHello) || h.op > static_cast<uint8_t>(Op::kListener)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown fd-store op ", h.op));
   }
   Message m;
@@ -189,6 +190,12 @@ std::vector<std::string> FdStore::Keys(absl::string_view device) const {
   return out;
 }
 
+std::vector<std::string> FdStore::Devices() const {
+  std::vector<std::string> out;
+  for (const auto& [d, m] : fds_) out.push_back(d);
+  return out;
+}
+
 size_t FdStore::size() const {
   size_t n = 0;
   for (const auto& [d, m] : fds_) n += m.size();
@@ -203,47 +210,33 @@ absl::Status FdStore::ServeOne(int channel, std::string* device) {
     // Malformed: refuse, keep the channel.
     return SendMessage(channel, Message{Op::kAck, EINVAL, ""});
   }
-  int err = 0;
-  switch (msg->op) {
-    case Op::kHello:
-      if (!device->empty() && *device != msg->name) {
-        err = EPERM;  // a channel serves exactly one device
-      } else if (msg->name.empty()) {
-        err = EINVAL;
-      } else {
-        *device = msg->name;
-      }
-      break;
-    case Op::kDeposit:
-      if (device->empty()) {
-        err = EPERM;
-      } else if (!fd.valid() || !ValidateKey(msg->name).ok()) {
-        err = EINVAL;
-      } else {
-        err = Put(*device, msg->name, std::move(fd)).ok() ? 0 : EINVAL;
-      }
-      break;
-    case Op::kRelease:
-      if (device->empty()) {
-        err = EPERM;
-      } else {
-        Release(*device, msg->name);
-      }
-      break;
-    case Op::kReleasePrefix:
-      if (device->empty()) {
-        err = EPERM;
-      } else if (msg->name.empty()) {
-        err = EINVAL;  // releasing everything is emud's decision, not a worker's
-      } else {
-        ReleasePrefix(*device, msg->name);
-      }
-      break;
-    case Op::kAck:
-      err = EINVAL;
-      break;
-  }
+  int err = Apply(*msg, std::move(fd), device);
   return SendMessage(channel, Message{Op::kAck, err, ""});
+}
+
+int FdStore::Apply(const Message& msg, UniqueFd fd, std::string* device) {
+  switch (msg.op) {
+    case Op::kHello:
+      if (!device->empty() && *device != msg.name) return EPERM;  // one device per channel
+      if (msg.name.empty()) return EINVAL;
+      *device = msg.name;
+      return 0;
+    case Op::kDeposit:
+      if (device->empty()) return EPERM;
+      if (!fd.valid() || !ValidateKey(msg.name).ok()) return EINVAL;
+      return Put(*device, msg.name, std::move(fd)).ok() ? 0 : EINVAL;
+    case Op::kRelease:
+      if (device->empty()) return EPERM;
+      Release(*device, msg.name);
+      return 0;
+    case Op::kReleasePrefix:
+      if (device->empty()) return EPERM;
+      if (msg.name.empty()) return EINVAL;  // releasing everything is emud's decision
+      ReleasePrefix(*device, msg.name);
+      return 0;
+    default:  // acks and the keeper's control ops are not a worker's to send
+      return EINVAL;
+  }
 }
 
 // ------------------------------------------------------------ FdStoreClient
@@ -281,7 +274,14 @@ absl::Status FdStoreClient::Call(const Message& msg, int fd) {
 }
 
 absl::Status FdStoreClient::Hello() {
-  return Call(Message{Op::kHello, static_cast<int64_t>(getpid()), device_}, -1);
+  // Behind emud-keeper the worker proves itself with the token emud got for
+  // it (pids mean nothing across the keeper's and emud's pid namespaces).
+  int64_t id = static_cast<int64_t>(getpid());
+  if (const char* t = std::getenv(kTokenEnv); t != nullptr) {
+    int64_t token = 0;
+    if (absl::SimpleAtoi(t, &token)) id = token;
+  }
+  return Call(Message{Op::kHello, id, device_}, -1);
 }
 
 absl::Status FdStoreClient::Deposit(absl::string_view key, int fd) {

@@ -48,12 +48,28 @@ inline constexpr char kStoreSocketEnv[] = "EMUD_FDSTORE_SOCKET";
 // ------------------------------------------------------------ wire format
 
 enum class Op : uint8_t {
-  kHello = 1,          // worker -> store: device name, pid in `arg`
+  kHello = 1,          // worker -> store: device name, pid (or keeper token) in `arg`
   kDeposit = 2,        // worker -> store: key + 1 fd
   kRelease = 3,        // worker -> store: key
   kReleasePrefix = 4,  // worker -> store: key prefix
   kAck = 5,            // store -> worker: `arg` = 0 or an errno
+  // emud <-> emud-keeper (fdstore/keeper.h). Replies are zero or more kFd
+  // messages, then a kAck.
+  kControl = 6,   // emud -> keeper: this channel is emud's control channel
+  kBind = 7,      // emud: device; keeper answers its new worker channel end
+                  // (key kChannelKey) and held fds as kFd, then kAck(token)
+  kFd = 8,        // keeper -> emud/successor: key (or "device/key"), fd if any
+  kDrop = 9,      // emud: device; every fd and channel of it is released
+  kList = 10,     // emud: device; keys as kFd without fds, then kAck(count)
+  kAdopt = 11,    // emud: device, token in `arg`: a running worker's token
+  kHandoff = 12,  // successor keeper -> keeper: send me everything, then exit
+  kChannel = 13,  // keeper -> successor: a worker channel ("device", token in arg)
+  kListener = 14, // keeper -> successor: the listening socket
 };
+
+// A worker started through emud-keeper finds its channel token here (its
+// HELLO after a keeper restart carries it instead of its pid).
+inline constexpr char kTokenEnv[] = "EMUD_FDSTORE_TOKEN";
 
 struct Message {
   Op op = Op::kAck;
@@ -85,6 +101,8 @@ class FdStore {
   // The fds held for `device`, borrowed (valid until released), key order.
   std::vector<std::pair<std::string, int>> Fds(absl::string_view device) const;
   std::vector<std::string> Keys(absl::string_view device) const;
+  // Devices holding at least one fd.
+  std::vector<std::string> Devices() const;
   size_t size() const;
 
   // Handles one message arriving on a worker's channel and acknowledges it.
@@ -93,6 +111,9 @@ class FdStore {
   // ack. Returns UNAVAILABLE when the channel closed (the worker died or
   // exited) - the held fds stay: they are what its successor needs.
   absl::Status ServeOne(int channel, std::string* device);
+  // The store's part of ServeOne for one received worker message (HELLO's
+  // identity check is the caller's): returns the errno to acknowledge with.
+  int Apply(const Message& msg, UniqueFd fd, std::string* device);
 
  private:
   std::map<std::string, std::map<std::string, UniqueFd, std::less<>>, std::less<>> fds_;
