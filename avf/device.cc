@@ -254,6 +254,18 @@ uint32_t Device::RxTail(uint32_t q) const {
 
 uint32_t Device::ReadReg(uint32_t off) {
   off &= ~3u;
+  if (reset_pending_) [[unlikely]] {
+    // RESET_VF's ATQ entry completed (head advanced) when it was handled; a
+    // PF resets the VF only afterwards, so the driver's wait for that entry
+    // sees it done: iavf_asq_send_command polls ATQH == next_to_use, reads
+    // it again to take the result, iavf_clean_asq and iavf_remove read it
+    // once more. Any other access (the reset detector's ARQLEN read, a
+    // register write) comes after the reset.
+    if (off == kVfAtqh1) return aq_.ReadReg(kVfAtqh1);
+    Touch(1u << kRecVf);
+    reset_pending_ = false;
+    VfReset();
+  }
   if (off < kDoorbellWindowSize) {
     if (InRange(off, QtxTail(0), kMaxDecodedQueues) || InRange(off, QrxTail(0), kMaxDecodedQueues) ||
         InRange(off, VfintItrn1(0, 0), kNumItrIndexes * 16)) {
@@ -306,6 +318,11 @@ uint32_t Device::ReadReg(uint32_t off) {
 }
 
 void Device::WriteReg(uint32_t off, uint32_t value) {
+  if (reset_pending_) [[unlikely]] {  // (see ReadReg) any other access comes after the reset
+    Touch(1u << kRecVf);
+    reset_pending_ = false;
+    VfReset();
+  }
   off &= ~3u;
   Touch(RecordsWrittenBy(off));
   if (off < kDoorbellWindowSize) {
@@ -573,6 +590,7 @@ std::string Device::SerializeRecord(int record) const {
       vf.set_link_reported_up(link_reported_up_);
       vf.set_link_up(link_up_);
       vf.set_link_speed_mbps(link_speed_mbps_);
+      vf.set_reset_pending(reset_pending_);
       return state_store::EncodeRecord(vf);
     }
     case kRecPci: {
@@ -743,6 +761,7 @@ absl::Status Device::Restore(const state_store::ReadTxn& txn) {
   link_reported_up_ = vf.link_reported_up();
   link_up_ = vf.link_up();
   link_speed_mbps_ = vf.link_speed_mbps();
+  reset_pending_ = vf.reset_pending();
   Touch(kAllRecords);
   return absl::OkStatus();
 }

@@ -385,6 +385,7 @@ class Device final : public vfio_user::PciDevice {
   bool vlan_strip_ = false;
   RssConfig rss_;
   bool link_reported_up_ = false;
+  bool reset_pending_ = false;  // RESET_VF handled; reset at the next register read
   bool link_up_ = true;
   uint32_t link_speed_mbps_ = 0;
 

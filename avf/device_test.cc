@@ -485,6 +485,7 @@ TEST_F(DeviceTest, RssHashTypesDefaultToThePfDefaultWithoutSetRssHena) {
   EXPECT_EQ(Status(vc::kOpSetRssHena, Bytes().Add(uint64_t{0}).span()), 0);
   EXPECT_EQ(dev_->rss().hena, 0u);
   drv_->Send(vc::kOpResetVf, {});
+  dev_->ReadReg(kVfArqlen1);  // the driver's reset detector: the reset happens here
   EXPECT_EQ(dev_->rss().hena, kRssHenaDefault);
   EXPECT_EQ(dev_->ReadReg(VfqfHena(1)), static_cast<uint32_t>(kRssHenaDefault >> 32));
 }
@@ -773,6 +774,11 @@ TEST_F(DeviceTest, DescriptorsAfterResetVfInTheSameDoorbellAreNotProcessed) {
   uint64_t msgs = dev_->counters().vc_messages;
   dev_->WriteReg(kVfAtqt1, (slot + 2) % 32);
   EXPECT_EQ(dev_->counters().vc_messages, msgs + 1);
+  // RESET_VF's entry is complete (the driver's wait for it ends), then the
+  // VF is reset: the ATQ is gone.
+  EXPECT_EQ(dev_->ReadReg(kVfAtqh1), (slot + 1) % 32);
+  EXPECT_EQ(dev_->ReadReg(kVfAtqh1), (slot + 1) % 32);  // as often as the driver reads it
+  EXPECT_EQ(dev_->ReadReg(kVfAtqlen1), 0u);              // any other access: reset
   EXPECT_EQ(dev_->ReadReg(kVfAtqh1), 0u);
 }
 

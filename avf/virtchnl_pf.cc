@@ -198,7 +198,13 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
       status = OpVersion(msg, &out);
       break;
     case vc::kOpResetVf:
-      VfReset();  // no reply; the mailbox is gone
+      // No reply; the mailbox goes. Its ATQ entry is complete (written back,
+      // head advanced) and the reset itself happens at the driver's next
+      // register read (Device::ReadReg), as a PF resets the VF only after
+      // the firmware completed the message: the driver's unbind no longer
+      // times out waiting for the entry (250 ms, "Unable to send opcode 2").
+      reset_pending_ = true;
+      Touch(1u << kRecVf);
       return AdminQueue::Next::kStop;
     case vc::kOpGetVfResources:
       status = OpGetVfResources(msg, &out);

