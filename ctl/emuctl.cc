@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/socket_access.h"
 #include "ctl/output.h"
 #include "proto/emud_v1.grpc.pb.h"
 #include "proto/grpc_health_v1.grpc.pb.h"
@@ -213,7 +214,14 @@ int main(int argc, char** argv) {
   c_create->add_option("--backend", backend,
                        "loopback (default), tap:IFNAME or peer:DEVICE");
   c_create->add_option("--socket", socket,
-                       "Absolute vfio-user socket path (default: <emud --socket-dir>/NAME.sock)");
+                       "Absolute vfio-user socket path (default: "
+                       "<emud --socket-dir>/NAME/vfio-user.sock)");
+  std::string socket_owner, socket_mode;
+  c_create->add_option("--socket-owner", socket_owner,
+                       "Numeric UID[:GID] (or :GID) of the socket and its directory: the VMM's "
+                       "user, e.g. 107 (default: emud's user, emud --socket-group)");
+  c_create->add_option("--socket-mode", socket_mode,
+                       "Octal socket mode, a subset of 0666 with 0600 (default 0660)");
   c_create->add_option("--doorbell", doorbell, "trap (default) or mmap")
       ->check(CLI::IsMember({"trap", "mmap"}));
   c_create->add_flag("--wait", wait,
@@ -304,6 +312,23 @@ int main(int argc, char** argv) {
     create.mutable_spec()->set_socket_path(socket);
     if (doorbell == "trap") create.mutable_spec()->set_doorbell(v1::DOORBELL_MODE_TRAP);
     if (doorbell == "mmap") create.mutable_spec()->set_doorbell(v1::DOORBELL_MODE_MMAP);
+    if (!socket_owner.empty()) {
+      auto o = emud::ParseSocketOwner(socket_owner, "--socket-owner");
+      if (!o.ok()) {
+        std::cerr << "emuctl: " << o.status().message() << std::endl;
+        return kUsage;
+      }
+      if (o->uid) create.mutable_spec()->set_socket_uid(*o->uid);
+      if (o->gid) create.mutable_spec()->set_socket_gid(*o->gid);
+    }
+    if (!socket_mode.empty()) {
+      auto m = emud::ParseSocketMode(socket_mode, "--socket-mode");
+      if (!m.ok()) {
+        std::cerr << "emuctl: " << m.status().message() << std::endl;
+        return kUsage;
+      }
+      create.mutable_spec()->set_socket_mode(*m);
+    }
     v1::Device d;
     grpc::Status s = client.stub()->CreateDevice(&ctx, create, &d);
     if (!s.ok()) return client.Fail(s);

@@ -41,6 +41,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "avf/device.h"
+#include "base/socket_access.h"
 #include "dataplane/adaptive_poll.h"
 #include "dataplane/backend.h"
 #include "dataplane/datapath.h"
@@ -58,6 +59,9 @@
 ABSL_FLAG(std::string, device, "", "device name");
 ABSL_FLAG(std::string, state_dir, emud::state_store::kDefaultStateDir, "emud state directory");
 ABSL_FLAG(std::string, socket, "", "vfio-user listening socket path");
+ABSL_FLAG(int64_t, socket_uid, -1, "owner of the socket (-1: this process's uid)");
+ABSL_FLAG(int64_t, socket_gid, -1, "group of the socket (-1: this process's or the directory's)");
+ABSL_FLAG(std::string, socket_mode, "0660", "octal mode of the socket (a subset of 0666 with 0600)");
 ABSL_FLAG(std::string, mac, "", "permanent MAC (aa:bb:cc:dd:ee:ff); empty = driver picks");
 ABSL_FLAG(int, queues, 4, "queue pairs offered (1..16)");
 ABSL_FLAG(std::string, backend, "loopback", "tap:IFNAME | loopback | peer:DEVICE");
@@ -130,25 +134,14 @@ class StoreDepositor : public vfio_user::FdDepositor {
 };
 
 absl::StatusOr<UniqueFd> BindListener(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError("socket path empty or too long");
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd.valid()) return absl::InternalError("socket");
-  ::unlink(path.c_str());
-  // Mode 0660 from birth (umask around bind; the worker is single-threaded
-  // here): a VMM running as another user connects through the socket's group,
-  // which is this process's gid or, in a setgid directory, the directory's.
-  const mode_t old_umask = ::umask(0117);
-  const int bound = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::umask(old_umask);
-  if (bound != 0 || ::listen(fd.get(), 16) != 0) {
-    return absl::InternalError(absl::StrCat("bind/listen ", path, ": ", std::strerror(errno)));
-  }
-  return fd;
+  // Owner, group and mode are set before listen() (base/socket_access.h): a
+  // VMM running as another user connects as the owner or through the group
+  // (by default this process's gid or, in a setgid directory, the
+  // directory's), nobody else.
+  auto mode = emud::ParseSocketMode(absl::GetFlag(FLAGS_socket_mode), "--socket-mode");
+  if (!mode.ok()) return mode.status();
+  return emud::BindUnixListener(path, static_cast<uid_t>(absl::GetFlag(FLAGS_socket_uid)),
+                                static_cast<gid_t>(absl::GetFlag(FLAGS_socket_gid)), *mode);
 }
 
 int Main() {

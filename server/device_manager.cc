@@ -18,6 +18,8 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/socket_access.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
 #include "state_store/state_dir.h"
@@ -42,6 +44,7 @@ constexpr absl::Duration kSettle = absl::Milliseconds(10);
 constexpr absl::Duration kKillGrace = absl::Seconds(3);
 // Safety net: every device's record is re-read this often even without events.
 constexpr absl::Duration kFallbackRefresh = absl::Seconds(2);
+constexpr absl::Duration kKeeperPoll = absl::Milliseconds(100);
 
 void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
@@ -124,7 +127,7 @@ absl::StatusOr<std::unique_ptr<DeviceManager>> DeviceManager::Open(ManagerOption
 
 DeviceManager::~DeviceManager() { Shutdown(); }
 
-absl::Status DeviceManager::Start() {
+absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)> take_over) {
   epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   inotify_.reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
@@ -139,12 +142,32 @@ absl::Status DeviceManager::Start() {
   ev.data.u64 = kInotifyId;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, inotify_.get(), &ev);
 
-  auto listen = fdstore::ListenSeqpacket(FdStoreSocket());
-  if (!listen.ok()) return listen.status();
-  store_listen_ = std::move(*listen);
-  ev.events = EPOLLIN;
-  ev.data.u64 = kStoreListenId;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, store_listen_.get(), &ev);
+  if (!options_.fd_keeper.empty()) {
+    // The keeper may be starting beside us (a node boot): wait for it.
+    absl::Time give_up = absl::Now() + options_.fd_keeper_wait;
+    absl::StatusOr<std::unique_ptr<fdstore::KeeperClient>> k;
+    for (;;) {
+      k = fdstore::KeeperClient::Connect(options_.fd_keeper);
+      if (k.ok() || absl::Now() >= give_up) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    if (!k.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "no emud-keeper answers at --fd-keeper ", options_.fd_keeper, " (", k.status().message(),
+          "); start emud-keeper first (deploy/k8s/keeper.yaml, deploy/systemd), or pass "
+          "--fd-keeper=none to keep the fds in emud (a container restart then resets guests)"));
+    }
+    absl::MutexLock lock(&mu_);
+    keeper_ = std::move(*k);
+    Log(absl::StrCat("fd store: emud-keeper at ", options_.fd_keeper));
+  } else {
+    auto listen = fdstore::ListenSeqpacket(FdStoreSocket());
+    if (!listen.ok()) return listen.status();
+    store_listen_ = std::move(*listen);
+    ev.events = EPOLLIN;
+    ev.data.u64 = kStoreListenId;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, store_listen_.get(), &ev);
+  }
 
   std::vector<DeviceRecord> recs;
   std::map<std::string, std::set<std::string>> fd_keys;
@@ -175,11 +198,25 @@ absl::Status DeviceManager::Start() {
     }
     if (d.rec.failed()) {
       Log(absl::StrCat("device ", d.rec.name(), " is FAILED: ", d.rec.last_error()));
+    } else if (take_over) {
+      // The running emud stops its worker (the session stays in the keeper);
+      // ours resumes it: a live upgrade of the device.
+      absl::Status r = take_over(d.rec.name());
+      if (!r.ok()) return r;
+      d.rec.set_worker_pid(0);
+      d.rec.set_worker_start_ticks(0);
+      Log(absl::StrCat("device ", d.rec.name(), ": taken over from the previous emud"));
+      StartWorkerLocked(d, /*count_restart=*/false);
     } else if (d.rec.worker_pid() > 0) {
       auto p = AdoptProcess(d.rec.worker_pid(), d.rec.worker_start_ticks());
       if (p.ok()) {
         d.proc = std::move(*p);
         d.started = absl::Now();
+        if (keeper_ != nullptr && d.rec.fd_keeper_token() != 0) {
+          // A keeper that restarted meanwhile learns who may reconnect.
+          absl::Status a = keeper_->Adopt(d.rec.name(), d.rec.fd_keeper_token());
+          if (!a.ok()) Log(absl::StrCat("device ", d.rec.name(), ": keeper adopt: ", a.ToString()));
+        }
         epoll_event pev{};
         pev.events = EPOLLIN;
         pev.data.u64 = d.id;
@@ -196,11 +233,49 @@ absl::Status DeviceManager::Start() {
     }
     RefreshLocked(d);
     NotifyLocked(d);
+    if (keeper_ != nullptr) metrics_->SetFdsHeld(d.rec.name(), HeldKeysLocked(d.rec.name()).size());
   }
   UpdatePhaseGaugesLocked();
   started_ = true;
   loop_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
+}
+
+absl::Status DeviceManager::BeginHandover() {
+  absl::MutexLock lock(&mu_);
+  if (keeper_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "this emud keeps the devices' fds itself (no --fd-keeper): they would die with it, so "
+        "a successor cannot take the devices over; run emud-keeper and restart emud on it");
+  }
+  if (handing_over_) return absl::FailedPreconditionError("a handover is already in progress");
+  handing_over_ = true;
+  shutting_down_ = true;  // API mutations are refused from now on
+  for (auto& [name, d] : devs_) d->restart_at.reset();
+  Log("handing the devices over to a successor emud");
+  return absl::OkStatus();
+}
+
+absl::Status DeviceManager::ReleaseForSuccessor(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  if (!handing_over_) return absl::FailedPreconditionError("no handover in progress");
+  Dev* d = FindLocked(name);
+  if (d == nullptr) return absl::OkStatus();  // created meanwhile elsewhere: nothing to stop
+  if (d->busy) return absl::AbortedError(absl::StrCat("device ", name, " is busy; retry"));
+  d->busy = true;
+  absl::Status s = StopWorkerLocked(*d, absl::Now() + options_.worker_stop_timeout);
+  d->busy = false;
+  if (s.ok()) Log(absl::StrCat("device ", name, ": worker stopped for the successor"));
+  return s;
+}
+
+void DeviceManager::AbortHandover() {
+  absl::MutexLock lock(&mu_);
+  handing_over_ = false;
+  shutting_down_ = false;
+  // Devices already released may be served by the successor's workers:
+  // leave them; restart only what dies from now on.
+  Log("handover aborted; supervising the devices still held");
 }
 
 void DeviceManager::BeginShutdown() {
@@ -252,6 +327,9 @@ void DeviceManager::Wake() {
 }
 
 absl::Status DeviceManager::CheckAcceptingLocked() const {
+  if (handing_over_) {
+    return absl::UnavailableError("emud is handing its devices over to its successor; retry in a moment");
+  }
   if (shutting_down_) return absl::UnavailableError("emud is shutting down");
   return absl::OkStatus();
 }
@@ -306,43 +384,69 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
       "--backend", spec.backend(),
       "--doorbell", spec.doorbell() == v1::DOORBELL_MODE_MMAP ? "mmap" : "trap",
   };
+  // Socket access (only when not the default, so an older worker binary
+  // that lacks these flags still runs default devices).
+  if (spec.has_socket_uid()) argv.insert(argv.end(), {"--socket-uid", absl::StrCat(spec.socket_uid())});
+  if (spec.has_socket_gid()) argv.insert(argv.end(), {"--socket-gid", absl::StrCat(spec.socket_gid())});
+  if (spec.socket_mode() != 0 && spec.socket_mode() != kDefaultSocketMode) {
+    argv.insert(argv.end(), {"--socket-mode", absl::StrFormat("%04o", spec.socket_mode())});
+  }
   if (count_restart) {
     d.rec.set_restart_count(d.rec.restart_count() + 1);
     metrics_->WorkerRestarted(d.rec.name());
   }
   // The worker's fd-store channel, then every fd held for the device.
-  int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-    WorkerFailedLocked(d, absl::StrCat("fd-store channel: ", std::strerror(errno)), false);
-    return;
+  std::vector<Inherit> inherit;
+  std::vector<std::string> env;
+  UniqueFd mine;  // emud's end of the channel (in-process store)
+  fdstore::KeeperClient::Bound bound;
+  if (keeper_ != nullptr) {
+    // The keeper makes the channel and hands over what it holds.
+    auto b = keeper_->Bind(d.rec.name());
+    if (!b.ok()) {
+      WorkerFailedLocked(d, absl::StrCat("emud-keeper: ", b.status().message()), false);
+      return;
+    }
+    bound = std::move(*b);
+    for (const auto& [key, fd] : bound.fds) inherit.push_back({key, fd.get()});
+    env = {absl::StrCat(fdstore::kStoreSocketEnv, "=", options_.fd_keeper),
+           absl::StrCat(fdstore::kTokenEnv, "=", bound.token)};
+    d.rec.set_fd_keeper_token(bound.token);
+  } else {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+      WorkerFailedLocked(d, absl::StrCat("fd-store channel: ", std::strerror(errno)), false);
+      return;
+    }
+    mine.reset(sv[0]);
+    bound.fds.emplace_back(fdstore::kChannelKey, UniqueFd(sv[1]));
+    ::fcntl(mine.get(), F_SETFL, ::fcntl(mine.get(), F_GETFL) | O_NONBLOCK);
+    inherit.push_back({fdstore::kChannelKey, bound.fds[0].second.get()});
+    for (const auto& [key, fd] : store_.Fds(d.rec.name())) inherit.push_back({key, fd});
+    env = {absl::StrCat(fdstore::kStoreSocketEnv, "=", FdStoreSocket())};
   }
-  UniqueFd mine(sv[0]), theirs(sv[1]);
-  ::fcntl(mine.get(), F_SETFL, ::fcntl(mine.get(), F_GETFL) | O_NONBLOCK);
-  std::vector<Inherit> inherit = {{fdstore::kChannelKey, theirs.get()}};
   bool has_listener = false;
-  for (const auto& [key, fd] : store_.Fds(d.rec.name())) {
-    inherit.push_back({key, fd});
-    has_listener = has_listener || key == "vfio/listen";
-  }
+  for (const auto& in : inherit) has_listener = has_listener || in.key == "vfio/listen";
   // A successor inherits the listening socket when the store holds it;
   // otherwise it binds a fresh one and the dead worker's file must go.
   if (!has_listener) RemoveSocketFile(spec.socket_path());
-  auto p = SpawnProcess(argv, inherit,
-                        {absl::StrCat(fdstore::kStoreSocketEnv, "=", FdStoreSocket())});
+  auto p = SpawnProcess(argv, inherit, env);
   if (!p.ok()) {
     WorkerFailedLocked(d, std::string(p.status().message()), false);
     return;
   }
-  if (d.channel_id != 0) CloseChannelLocked(d.channel_id);
-  auto ch = std::make_unique<Channel>();
-  ch->fd = std::move(mine);
-  ch->device = d.rec.name();
-  d.channel_id = next_id_++;
-  epoll_event cev{};
-  cev.events = EPOLLIN;
-  cev.data.u64 = d.channel_id;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, ch->fd.get(), &cev);
-  channels_[d.channel_id] = std::move(ch);
+  if (mine.valid()) {
+    if (d.channel_id != 0) CloseChannelLocked(d.channel_id);
+    auto ch = std::make_unique<Channel>();
+    ch->fd = std::move(mine);
+    ch->device = d.rec.name();
+    d.channel_id = next_id_++;
+    epoll_event cev{};
+    cev.events = EPOLLIN;
+    cev.data.u64 = d.channel_id;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, ch->fd.get(), &cev);
+    channels_[d.channel_id] = std::move(ch);
+  }
   d.proc = std::move(*p);
   d.started = absl::Now();
   epoll_event ev{};
@@ -352,6 +456,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   d.rec.set_worker_pid(d.proc.pid);
   d.rec.set_worker_start_ticks(d.proc.start_ticks);
   d.rec.set_worker_start_unix_nanos(absl::ToUnixNanos(d.started));
+  if (keeper_ != nullptr) metrics_->SetFdsHeld(d.rec.name(), bound.fds.size() - 1);
   (void)PersistLocked(d);
   NotifyLocked(d);
 }
@@ -359,7 +464,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
 void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy) {
   absl::Time now = absl::Now();
   bool guest_connected = false;  // the store holds the client's connection
-  for (const auto& [key, fd] : store_.Fds(d.rec.name())) guest_connected |= key == "vfio/conn";
+  for (const auto& key : HeldKeysLocked(d.rec.name())) guest_connected |= key == "vfio/conn";
   RestartPolicy::Decision dec = d.policy.OnExit(healthy, guest_connected);
   if (dec.give_up) {
     d.rec.set_failed(true);
@@ -392,7 +497,7 @@ void DeviceManager::HandleExitLocked(Dev& d) {
   d.rec.set_worker_pid(0);
   d.rec.set_worker_start_ticks(0);
   RefreshLocked(d);
-  if (d.stopping || d.deleting) {
+  if (d.stopping || d.deleting || handing_over_) {
     d.stopping = false;
     (void)PersistLocked(d);
     NotifyLocked(d);
@@ -557,7 +662,7 @@ void DeviceManager::UpdatePhaseGaugesLocked() {
 // ------------------------------------------------------------------ RPCs
 
 absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceRequest& req) {
-  auto rec = NormalizeCreateRequest(req, options_.socket_dir);
+  auto rec = NormalizeCreateRequest(req, options_.socket_dir, options_.socket_group);
   if (!rec.ok()) return rec.status();
   absl::MutexLock lock(&mu_);
   absl::Status s = CheckAcceptingLocked();
@@ -568,6 +673,15 @@ absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceReq
   if (!s.ok()) return s;
   s = PrepareSocketPath(rec->spec().socket_path(), /*probe=*/true);
   if (!s.ok()) return s;
+  if (InDeviceSocketDir(*rec, options_.socket_dir)) {
+    // The per-device directory: the VMM's owner/group, nobody else.
+    const auto& sp = rec->spec();
+    s = PrepareOwnedDir(DeviceSocketDir(*rec, options_.socket_dir),
+                        sp.has_socket_uid() ? sp.socket_uid() : static_cast<uid_t>(-1),
+                        sp.has_socket_gid() ? sp.socket_gid() : static_cast<gid_t>(-1),
+                        kSocketDirMode);
+    if (!s.ok()) return s;
+  }
   // A fresh device never inherits state left by an earlier one of its name.
   s = state_store::RemoveDeviceState(options_.state_dir, rec->name());
   if (!s.ok()) return s;
@@ -638,6 +752,10 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
     return s;
   }
   store_.ReleaseDevice(name);
+  if (keeper_ != nullptr) {
+    absl::Status k = keeper_->Drop(name);
+    if (!k.ok()) Log(absl::StrCat("device ", name, ": emud-keeper drop: ", k.ToString()));
+  }
   std::vector<uint64_t> gone;
   for (const auto& [id, ch] : channels_) {
     if (ch->device == name) gone.push_back(id);
@@ -651,6 +769,9 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   absl::Status rm = state_store::RemoveDeviceState(options_.state_dir, name);
   if (!rm.ok()) Log(rm.ToString());
   RemoveSocketFile(d->rec.spec().socket_path());
+  if (InDeviceSocketDir(d->rec, options_.socket_dir)) {
+    ::rmdir(DeviceSocketDir(d->rec, options_.socket_dir).c_str());  // only if empty
+  }
   metrics_->RemoveDevice(name);
   v1::Device last = BuildLocked(*d);
   by_id_.erase(d->id);
@@ -880,7 +1001,27 @@ void DeviceManager::SyncFdRecordsLocked(Dev& d) {
 
 size_t DeviceManager::FdsHeldForTest(const std::string& name) {
   absl::MutexLock lock(&mu_);
-  return store_.Keys(name).size();
+  return HeldKeysLocked(name).size();
+}
+
+std::vector<std::string> DeviceManager::HeldKeysLocked(const std::string& device) {
+  if (keeper_ == nullptr) return store_.Keys(device);
+  auto keys = keeper_->List(device);
+  if (!keys.ok()) {
+    Log(absl::StrCat("emud-keeper: listing ", device, ": ", keys.status().ToString()));
+    return {};
+  }
+  if (keeper_->TakeReconnected()) ReadoptTokensLocked();
+  return *keys;
+}
+
+void DeviceManager::ReadoptTokensLocked() {
+  Log("emud-keeper restarted or was upgraded: telling it the running workers' tokens");
+  for (auto& [name, d] : devs_) {
+    if (d->proc.pid == 0 || d->rec.fd_keeper_token() == 0) continue;
+    absl::Status a = keeper_->Adopt(name, d->rec.fd_keeper_token());
+    if (!a.ok()) Log(absl::StrCat("device ", name, ": keeper adopt: ", a.ToString()));
+  }
 }
 
 pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
@@ -904,8 +1045,15 @@ void DeviceManager::Loop() {
   std::set<std::string> settle;
   absl::Time settle_at = absl::InfiniteFuture();
   absl::Time next_fallback = absl::Now() + kFallbackRefresh;
+  // With a keeper, deposits do not pass through emud: the fds-held gauge is
+  // polled (one short control call per device).
+  absl::Time next_keeper_poll = absl::Now() + kKeeperPoll;
   while (true) {
     absl::Time wake_at = next_fallback;
+    {
+      absl::MutexLock lock(&mu_);
+      if (keeper_ != nullptr) wake_at = std::min(wake_at, next_keeper_poll);
+    }
     {
       absl::MutexLock lock(&mu_);
       if (stop_loop_) return;
@@ -962,7 +1110,12 @@ void DeviceManager::Loop() {
     if (!inotify_armed && now >= next_refresh_allowed) {
       for (auto& [name, d] : devs_) {
         if (!d->dirty) continue;
-        if (RefreshLocked(*d) == Refresh::kChanged) NotifyLocked(*d);
+        if (RefreshLocked(*d) == Refresh::kChanged) {
+          NotifyLocked(*d);
+          // With a keeper, deposits do not pass through emud; a status
+          // change (phase, counters) is when the count may have moved.
+          if (keeper_ != nullptr) metrics_->SetFdsHeld(name, HeldKeysLocked(name).size());
+        }
         // The commit that raised the event may not be visible yet (LMDB
         // publishes its txn id after the meta page write, which raises no
         // further event): read once more shortly.
@@ -992,9 +1145,15 @@ void DeviceManager::Loop() {
       settle.clear();
       settle_at = absl::InfiniteFuture();
     }
+    if (keeper_ != nullptr && now >= next_keeper_poll) {
+      for (auto& [name, d] : devs_) metrics_->SetFdsHeld(name, HeldKeysLocked(name).size());
+      next_keeper_poll = now + kKeeperPoll;
+    }
     if (now >= next_fallback) {
       for (auto& [name, d] : devs_) {
         if (RefreshLocked(*d) == Refresh::kChanged) NotifyLocked(*d);
+        // With a keeper, deposits do not pass through emud: poll the count.
+        if (keeper_ != nullptr) metrics_->SetFdsHeld(name, HeldKeysLocked(name).size());
       }
       next_fallback = now + kFallbackRefresh;
     }

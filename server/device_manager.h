@@ -40,6 +40,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -60,6 +61,7 @@
 #include "server/restart_policy.h"
 #include "base/unique_fd.h"
 #include "fdstore/fd_store.h"
+#include "fdstore/keeper.h"
 #include "server/validation.h"
 #include "server/worker_status_reader.h"
 #include "state_store/record.h"
@@ -69,8 +71,10 @@ namespace emud::server {
 
 struct ManagerOptions {
   std::string state_dir;
-  // Where default vfio-user sockets go (<socket_dir>/<name>.sock).
+  // Where default vfio-user sockets go (<socket_dir>/<name>/vfio-user.sock).
   std::string socket_dir;
+  // Group of sockets whose request names none (emud --socket-group).
+  std::optional<uint32_t> socket_group;
   // Absolute path of emud-worker.
   std::string worker_binary;
   // Lets UpgradeWorker name another worker binary.
@@ -83,6 +87,11 @@ struct ManagerOptions {
   bool stop_workers_on_exit = false;
   // Minimum interval between two reads of a busy worker's status record.
   absl::Duration status_refresh_interval = absl::Milliseconds(20);
+  // emud-keeper's socket: the fd store lives there, outside emud's
+  // container (fdstore/keeper.h). Empty: emud hosts the fd store itself.
+  std::string fd_keeper;
+  // How long Start() waits for the keeper to answer.
+  absl::Duration fd_keeper_wait = absl::Seconds(30);
 };
 
 class DeviceManager {
@@ -94,8 +103,19 @@ class DeviceManager {
   ~DeviceManager();
 
   // Loads every device, adopts or starts its worker and starts the event
-  // loop. Call once.
-  absl::Status Start();
+  // loop. Call once. With `take_over` (a handover from a running emud,
+  // server/handover.h), each device is first released by it through
+  // take_over(name), then started here as a live upgrade.
+  absl::Status Start(std::function<absl::Status(const std::string&)> take_over = nullptr);
+
+  // Handing over to a successor emud (server/handover.h): refuse API
+  // mutations and stop restarting workers; FAILED_PRECONDITION without a
+  // keeper (the fds would die with this emud's container).
+  absl::Status BeginHandover();
+  // Stops the device's worker for the successor and forgets it.
+  absl::Status ReleaseForSuccessor(const std::string& name);
+  // The successor went away before finishing: supervise what is left again.
+  void AbortHandover();
   // Refuses new requests and ends every watch. Idempotent.
   void BeginShutdown();
   // BeginShutdown, stops the event loop and, if configured, the workers.
@@ -188,6 +208,11 @@ class DeviceManager {
   void HandleChannelLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseChannelLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SyncFdRecordsLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keys held for the device, wherever the store lives.
+  std::vector<std::string> HeldKeysLocked(const std::string& device)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After the keeper restarted: tell it the running workers' tokens.
+  void ReadoptTokensLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Wake();
   absl::Status CheckAcceptingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -205,10 +230,12 @@ class DeviceManager {
   std::map<std::string, std::unique_ptr<Dev>> devs_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Dev*> by_id_ ABSL_GUARDED_BY(mu_);
   std::map<int, Dev*> by_watch_ ABSL_GUARDED_BY(mu_);
-  fdstore::FdStore store_ ABSL_GUARDED_BY(mu_);
+  fdstore::FdStore store_ ABSL_GUARDED_BY(mu_);  // unused with a keeper
+  std::unique_ptr<fdstore::KeeperClient> keeper_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::unique_ptr<Channel>> channels_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 16;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool handing_over_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_loop_ ABSL_GUARDED_BY(mu_) = false;
   // Watch events: events_[i] has sequence number first_seq_ + i.
   std::deque<emud::v1::DeviceEvent> events_ ABSL_GUARDED_BY(mu_);

@@ -14,7 +14,10 @@
 //    when they exit (the new emud watches them through pidfds);
 //  - forwards SIGTERM, SIGINT, SIGQUIT and SIGHUP to emud; after SIGTERM,
 //    SIGINT or SIGQUIT it stops restarting, waits for emud and exits with
-//    its status (128 + signal if emud was killed).
+//    its status (128 + signal if emud was killed);
+//  - does not restart an emud that exited with kExitHandedOver (75: it
+//    handed its devices to a successor emud, server/handover.h) and waits
+//    for SIGTERM instead.
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -33,6 +36,9 @@
 extern char** environ;
 
 namespace {
+
+// emud's exit status after a handover to a successor (server/handover.h).
+constexpr int kExitHandedOver = 75;
 
 int64_t NowMs() {
   timespec ts;
@@ -102,10 +108,10 @@ int main(int argc, char** argv) {
 
   pid_t emud = 0;
   int64_t started_ms = 0, restart_at_ms = NowMs(), backoff = backoff_initial;
-  bool stopping = false;
+  bool stopping = false, handed_over = false;
   int exit_code = 0;
   for (;;) {
-    if (emud == 0 && !stopping && NowMs() >= restart_at_ms) {
+    if (emud == 0 && !stopping && !handed_over && NowMs() >= restart_at_ms) {
       int rc = posix_spawn(&emud, cmd[0], nullptr, &attr, cmd.data(), environ);
       if (rc != 0) {
         emud = 0;
@@ -121,7 +127,7 @@ int main(int argc, char** argv) {
 
     siginfo_t si;
     int sig;
-    if (emud == 0 && !stopping) {
+    if (emud == 0 && !stopping && !handed_over) {
       int64_t wait_ms = std::max<int64_t>(0, restart_at_ms - NowMs());
       timespec ts{time_t(wait_ms / 1000), long(wait_ms % 1000) * 1000000};
       sig = sigtimedwait(&handled, &si, &ts);
@@ -140,6 +146,15 @@ int main(int argc, char** argv) {
         exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         if (stopping) {
           Log("emud " + how + "; stopping");
+          continue;
+        }
+        if (WIFEXITED(status) && WEXITSTATUS(status) == kExitHandedOver) {
+          // A successor emud (a surge rollout's new pod) took every device
+          // over: starting emud again would fight it. Wait for SIGTERM (the
+          // old pod's deletion) and exit 0 then.
+          Log("emud handed every device over to its successor; not restarting it");
+          handed_over = true;
+          exit_code = 0;
           continue;
         }
         if (NowMs() - started_ms >= 10000) backoff = backoff_initial;

@@ -32,7 +32,10 @@
 #include "server/device_manager.h"
 #include "server/metrics.h"
 #include "server/service.h"
+#include "base/socket_access.h"
 #include "base/unique_fd.h"
+#include "fdstore/keeper.h"
+#include "server/handover.h"
 #include "state_store/state_dir.h"
 
 ABSL_FLAG(std::string, state_dir, emud::state_store::kDefaultStateDir,
@@ -46,8 +49,11 @@ ABSL_FLAG(bool, allow_remote, false,
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "host:port of the Prometheus endpoint (/metrics); empty disables it");
 ABSL_FLAG(std::string, socket_dir, "",
-          "Directory for devices' default vfio-user sockets (<dir>/<name>.sock). Default: "
-          "<state-dir>/sockets");
+          "Directory for devices' default vfio-user sockets (<dir>/<name>/vfio-user.sock, a "
+          "directory per device). Default: <state-dir>/sockets");
+ABSL_FLAG(std::string, socket_group, "",
+          "Numeric group id given to device sockets (and their per-device directories) whose "
+          "create request names no group, e.g. the group the VMMs run in. Default: emud's group");
 ABSL_FLAG(std::string, worker_binary, "",
           "Path of emud-worker. Default: emud-worker next to emud, then ../dataplane/emud-worker "
           "(the Bazel output tree), then emud's runfiles");
@@ -63,6 +69,13 @@ ABSL_FLAG(absl::Duration, restart_backoff_max, absl::Seconds(10), "Upper bound o
 ABSL_FLAG(int, crash_loop_restarts, 5,
           "Consecutive deaths before serving that are retried; the next one marks the device "
           "FAILED");
+ABSL_FLAG(std::string, fd_keeper, "auto",
+          "Where the devices' fds are kept: PATH of emud-keeper's socket (wait for it at start), "
+          "'auto' (<state-dir>/keeper.sock if a keeper answers there, else in emud), or 'none' "
+          "(in emud: a whole-container restart then resets every guest)");
+ABSL_FLAG(bool, takeover, false,
+          "If another emud serves --state-dir, take its devices over, each as a live upgrade of "
+          "its worker, then serve in its place (a surge rollout; both need the same --fd-keeper)");
 ABSL_FLAG(bool, stop_workers_on_exit, false,
           "Stop all workers when emud exits (default: leave them serving; the next emud adopts "
           "them)");
@@ -132,6 +145,7 @@ int main(int argc, char** argv) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGUSR1);  // a successor took everything over (handover)
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
@@ -160,6 +174,11 @@ int main(int argc, char** argv) {
   opts.socket_dir = absl::GetFlag(FLAGS_socket_dir);
   if (opts.socket_dir.empty()) opts.socket_dir = opts.state_dir + "/sockets";
   if (opts.socket_dir[0] != '/') Fail("--socket-dir must be an absolute path");
+  if (!absl::GetFlag(FLAGS_socket_group).empty()) {
+    auto gid = emud::ParseNumericId(absl::GetFlag(FLAGS_socket_group), "--socket-group");
+    if (!gid.ok()) Fail(gid.status().message());
+    opts.socket_group = *gid;
+  }
   opts.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   if (opts.worker_binary.empty()) opts.worker_binary = FindWorkerBinary();
   if (opts.worker_binary.empty()) {
@@ -175,6 +194,22 @@ int main(int argc, char** argv) {
   opts.allow_worker_override = absl::GetFlag(FLAGS_allow_worker_override);
   opts.worker_stop_timeout = absl::GetFlag(FLAGS_worker_stop_timeout);
   opts.stop_workers_on_exit = absl::GetFlag(FLAGS_stop_workers_on_exit);
+  {
+    const std::string keeper = absl::GetFlag(FLAGS_fd_keeper);
+    if (keeper == "auto") {
+      const std::string path = opts.state_dir + "/keeper.sock";
+      if (emud::fdstore::KeeperClient::Connect(path).ok()) opts.fd_keeper = path;
+    } else if (keeper != "none") {
+      if (keeper.empty() || keeper[0] != '/') {
+        Fail("--fd-keeper must be an absolute socket path, 'auto' or 'none'");
+      }
+      opts.fd_keeper = keeper;
+    }
+    if (opts.fd_keeper.empty()) {
+      std::cerr << "emud: fd store in emud (no emud-keeper): a restart of emud's whole container "
+                   "resets every guest; run emud-keeper to survive it\n";
+    }
+  }
   opts.restart.initial_backoff = absl::GetFlag(FLAGS_restart_backoff_initial);
   opts.restart.max_backoff = absl::GetFlag(FLAGS_restart_backoff_max);
   opts.restart.max_consecutive_failures = absl::GetFlag(FLAGS_crash_loop_restarts);
@@ -190,9 +225,29 @@ int main(int argc, char** argv) {
   if (ec) Fail(absl::StrCat("cannot create --state-dir ", opts.state_dir, ": ", ec.message()));
   std::string lock_path = opts.state_dir + "/emud.lock";
   UniqueFd lock_fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  std::unique_ptr<emud::server::HandoverClient> predecessor;
   if (!lock_fd.valid() || ::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    Fail(absl::StrCat("another emud already uses --state-dir ", opts.state_dir, " (lock ",
-                      lock_path, ": ", std::strerror(errno), ")"));
+    if (!absl::GetFlag(FLAGS_takeover)) {
+      Fail(absl::StrCat("another emud already uses --state-dir ", opts.state_dir, " (lock ",
+                        lock_path, ": ", std::strerror(errno),
+                        "); stop it, or pass --takeover to take its devices over"));
+    }
+    if (opts.fd_keeper.empty()) {
+      Fail("--takeover needs emud-keeper (--fd-keeper): the devices' fds must outlive the emud "
+           "being replaced");
+    }
+    auto c = emud::server::HandoverClient::Connect(emud::server::HandoverSocket(opts.state_dir));
+    if (!c.ok()) Fail(absl::StrCat("--takeover: ", c.status().message()));
+    absl::Status b = (*c)->Begin();
+    if (!b.ok()) Fail(absl::StrCat("--takeover: ", b.message()));
+    predecessor = std::move(*c);
+    // It releases the lock once it stopped supervising.
+    absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      if (absl::Now() > give_up) Fail("--takeover: the running emud did not release its lock");
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    std::cerr << "emud: taking the devices over from the running emud" << std::endl;
   }
 
   std::vector<std::string> listen;
@@ -205,8 +260,18 @@ int main(int argc, char** argv) {
   emud::server::Metrics metrics;
   auto manager = emud::server::DeviceManager::Open(opts, &metrics);
   if (!manager.ok()) Fail(manager.status().ToString());
-  absl::Status s = (*manager)->Start();
+  absl::Status s = (*manager)->Start(
+      predecessor == nullptr
+          ? std::function<absl::Status(const std::string&)>()
+          : [&](const std::string& name) { return predecessor->Release(name); });
   if (!s.ok()) Fail(s.ToString());
+  if (predecessor != nullptr) {
+    // It stops serving its API and metrics; then we bind them.
+    s = predecessor->Finish();
+    if (!s.ok()) Fail(absl::StrCat("--takeover: ", s.message()));
+    predecessor.reset();
+    std::cerr << "emud: took every device over" << std::endl;
+  }
 
   emud::server::DeviceServiceImpl service(manager->get());
   grpc::EnableDefaultHealthCheckService(true);
@@ -283,8 +348,36 @@ int main(int argc, char** argv) {
                                    opts.worker_binary, "\n");
   (void)!::write(2, ready.data(), ready.size());  // one write: readers see whole lines
 
+  // A later emud may take everything over from us (--takeover).
+  emud::server::HandoverServer::Hooks hooks;
+  hooks.begin = [&]() -> absl::Status {
+    absl::Status b = (*manager)->BeginHandover();
+    if (!b.ok()) return b;
+    lock_fd.reset();  // closing the fd releases the flock for the successor
+    return absl::OkStatus();
+  };
+  hooks.release = [&](const std::string& name) { return (*manager)->ReleaseForSuccessor(name); };
+  hooks.abort = [&]() { (*manager)->AbortHandover(); };
+  hooks.finish = [&]() {
+    server->GetHealthCheckService()->SetServingStatus(false);
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    exposer.reset();
+    for (const auto& p : unix_paths) ::unlink(p.c_str());
+  };
+  auto handover = emud::server::HandoverServer::Listen(
+      emud::server::HandoverSocket(opts.state_dir), std::move(hooks));
+  if (!handover.ok()) Fail(handover.status().ToString());
+  (*handover)->set_on_done([] { ::kill(::getpid(), SIGUSR1); });
+
   int sig = 0;
   sigwait(&sigs, &sig);
+  if (sig == SIGUSR1 && (*handover)->done()) {
+    server->Wait();
+    (*manager)->Shutdown();  // no worker is ours any more
+    std::cerr << "emud: handed every device over to the successor; exiting" << std::endl;
+    std::exit(emud::server::kExitHandedOver);
+  }
+  handover->reset();
   std::cerr << "emud: " << strsignal(sig) << ": shutting down" << std::endl;
   server->GetHealthCheckService()->SetServingStatus(false);
   (*manager)->BeginShutdown();  // ends watches, refuses new mutations

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "base/socket_access.h"
 #include "state_store/state_dir.h"
 
 namespace emud::server {
@@ -165,7 +166,8 @@ absl::Status ValidateSocketPath(absl::string_view path) {
 }
 
 absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
-    const emud::v1::CreateDeviceRequest& req, absl::string_view socket_dir) {
+    const emud::v1::CreateDeviceRequest& req, absl::string_view socket_dir,
+    std::optional<uint32_t> default_socket_gid) {
   absl::Status s = state_store::ValidateDeviceName(req.name());
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("name: ", s.message()));
   if (req.type() != emud::v1::DEVICE_TYPE_AVF) {
@@ -195,7 +197,7 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
   if (spec->backend().empty()) spec->set_backend("loopback");
 
   if (spec->socket_path().empty()) {
-    spec->set_socket_path(absl::StrCat(socket_dir, "/", req.name(), ".sock"));
+    spec->set_socket_path(absl::StrCat(socket_dir, "/", req.name(), "/", kDefaultSocketFile));
     s = ValidateSocketPath(spec->socket_path());
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("default socket path under --socket-dir is invalid (",
@@ -204,6 +206,18 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
   } else {
     s = ValidateSocketPath(spec->socket_path());
     if (!s.ok()) return s;
+  }
+  if (!spec->has_socket_gid() && default_socket_gid.has_value()) {
+    spec->set_socket_gid(*default_socket_gid);
+  }
+  if (spec->socket_mode() == 0) spec->set_socket_mode(kDefaultSocketMode);
+  s = ValidateSocketMode(spec->socket_mode(), "spec.socket_mode");
+  if (!s.ok()) return s;
+  if ((spec->has_socket_uid() && spec->socket_uid() == UINT32_MAX) ||
+      (spec->has_socket_gid() && spec->socket_gid() == UINT32_MAX)) {
+    return absl::InvalidArgumentError(
+        "spec.socket_uid/socket_gid 4294967295 is not an id (it means 'unchanged' to chown); "
+        "leave the field unset instead");
   }
   switch (spec->doorbell()) {
     case emud::v1::DOORBELL_MODE_UNSPECIFIED:
@@ -218,6 +232,17 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
                        " is not a known mode; use DOORBELL_MODE_TRAP or DOORBELL_MODE_MMAP"));
   }
   return rec;
+}
+
+std::string DeviceSocketDir(const emud::internal::DeviceRecord& rec, absl::string_view socket_dir) {
+  return absl::StrCat(socket_dir, "/", rec.name());
+}
+
+bool InDeviceSocketDir(const emud::internal::DeviceRecord& rec, absl::string_view socket_dir) {
+  const std::string& path = rec.spec().socket_path();
+  std::string dir = DeviceSocketDir(rec, socket_dir);
+  return path.size() > dir.size() + 1 && absl::StartsWith(path, dir + "/") &&
+         path.find('/', dir.size() + 1) == std::string::npos;
 }
 
 absl::Status CheckConflictsAndAssignMac(

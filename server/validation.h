@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,10 +53,23 @@ absl::StatusOr<Backend> ParseBackend(absl::string_view spec, absl::string_view s
 absl::Status ValidateSocketPath(absl::string_view path);
 
 // Validates a CreateDeviceRequest and fills in defaults (queue pairs,
-// backend, socket path under `socket_dir`, doorbell mode; the MAC is left
+// backend, socket path and access under `socket_dir`, doorbell mode; the MAC is left
 // empty if not given: see AssignDefaults). Returns the record to persist.
+// The default socket path is <socket_dir>/<name>/vfio-user.sock (a
+// directory per device). Socket access: an unset spec.socket_gid becomes
+// `default_socket_gid` (emud --socket-group) if given; spec.socket_mode 0
+// becomes 0660, any other mode must pass ValidateSocketMode.
 absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
-    const emud::v1::CreateDeviceRequest& req, absl::string_view socket_dir);
+    const emud::v1::CreateDeviceRequest& req, absl::string_view socket_dir,
+    std::optional<uint32_t> default_socket_gid = std::nullopt);
+
+// <socket_dir>/<name>: the per-device directory of a default socket, which
+// emud creates with the socket's owner and group (mode 0750) and removes
+// with the device.
+std::string DeviceSocketDir(const emud::internal::DeviceRecord& rec, absl::string_view socket_dir);
+// True if the device's socket lies directly in DeviceSocketDir (an explicit
+// spec.socket_path elsewhere leaves its directory alone).
+bool InDeviceSocketDir(const emud::internal::DeviceRecord& rec, absl::string_view socket_dir);
 
 // Checks `candidate` against the existing devices: duplicate name, socket
 // path or TAP interface -> ALREADY_EXISTS; duplicate MAC -> ALREADY_EXISTS;

@@ -101,7 +101,10 @@ TEST(NormalizeTest, FillsDefaults) {
   ASSERT_TRUE(rec.ok()) << rec.status();
   EXPECT_EQ(rec->spec().queue_pairs(), 1u);
   EXPECT_EQ(rec->spec().backend(), "loopback");
-  EXPECT_EQ(rec->spec().socket_path(), "/run/emud/sockets/dev0.sock");
+  EXPECT_EQ(rec->spec().socket_path(), "/run/emud/sockets/dev0/vfio-user.sock");
+  EXPECT_EQ(rec->spec().socket_mode(), 0660u);
+  EXPECT_FALSE(rec->spec().has_socket_uid());
+  EXPECT_FALSE(rec->spec().has_socket_gid());
   EXPECT_EQ(rec->spec().doorbell(), emud::v1::DOORBELL_MODE_TRAP);
   EXPECT_TRUE(rec->spec().mac().empty());  // assigned by CheckConflictsAndAssignMac
 }
@@ -124,6 +127,11 @@ TEST(NormalizeTest, RefusesBadFields) {
       {"socket", [](auto& r) { r.mutable_spec()->set_socket_path("x.sock"); }, "spec.socket_path"},
       {"doorbell", [](auto& r) { r.mutable_spec()->set_doorbell(static_cast<emud::v1::DoorbellMode>(9)); },
        "spec.doorbell"},
+      {"socket mode x", [](auto& r) { r.mutable_spec()->set_socket_mode(0770); }, "spec.socket_mode"},
+      {"socket mode no owner", [](auto& r) { r.mutable_spec()->set_socket_mode(0060); },
+       "including 0600"},
+      {"socket uid -1", [](auto& r) { r.mutable_spec()->set_socket_uid(UINT32_MAX); },
+       "leave the field unset"},
   };
   for (auto& c : cases) {
     CreateDeviceRequest r = Req("dev0");
@@ -134,6 +142,23 @@ TEST(NormalizeTest, RefusesBadFields) {
     EXPECT_NE(rec.status().message().find(c.needle), std::string::npos)
         << c.what << ": " << rec.status();
   }
+}
+
+TEST(NormalizeTest, SocketAccess) {
+  // emud --socket-group applies where the request names no group.
+  auto rec = NormalizeCreateRequest(Req("dev0"), "/run/emud/sockets", 36u);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_FALSE(rec->spec().has_socket_uid());
+  EXPECT_EQ(rec->spec().socket_gid(), 36u);
+  CreateDeviceRequest r = Req("dev0");
+  r.mutable_spec()->set_socket_uid(107);
+  r.mutable_spec()->set_socket_gid(107);
+  r.mutable_spec()->set_socket_mode(0600);
+  rec = NormalizeCreateRequest(r, "/run/emud/sockets", 36u);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_EQ(rec->spec().socket_uid(), 107u);
+  EXPECT_EQ(rec->spec().socket_gid(), 107u);
+  EXPECT_EQ(rec->spec().socket_mode(), 0600u);
 }
 
 TEST(NormalizeTest, DefaultSocketPathTooLongSaysWhatToDo) {

@@ -16,6 +16,12 @@ packages=(
   clang libclang-rt-14-dev
   # tests: network namespaces, TAP, process inspection
   iproute2 procps util-linux lmdb-utils curl
+  # container image (tools/image.sh, tests/suites/image.sh): a bookworm rootfs
+  # from Debian packages, podman to import and run it (runc: crun 1.8 refuses
+  # hybrid cgroup hierarchies)
+  mmdebstrap podman runc
+  # Kubernetes manifests validated against the API's types (deploy/k8s)
+  python3-kubernetes
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(dpdk-dev)

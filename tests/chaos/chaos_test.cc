@@ -52,6 +52,8 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/mman.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,6 +74,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -106,9 +109,42 @@ double FdStoreFds(EmudProcess& e, const std::string& dev) {
   return it == m->end() ? -1 : it->second;
 }
 
+// The pid, in this test's pid namespace, of the worker of `dev` that emud
+// calls `ns_pid` (emud may run in a PID namespace of its own - the container
+// configuration - where its pids mean other processes here): the process
+// whose innermost NSpid is ns_pid and whose command line names the device.
+pid_t HostPid(pid_t ns_pid, const std::string& dev) {
+  if (ns_pid <= 0) return 0;
+  const std::string needle = " --device " + dev + " ";
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    pid_t pid = std::atoi(e.path().filename().c_str());
+    if (pid <= 0) continue;
+    FILE* f = std::fopen((e.path() / "status").c_str(), "r");
+    if (f == nullptr) continue;
+    char line[256];
+    pid_t inner = 0;
+    while (std::fgets(line, sizeof(line), f) != nullptr) {
+      if (std::strncmp(line, "NSpid:", 6) != 0) continue;
+      for (char* tok = std::strtok(line + 6, " \t\n"); tok != nullptr; tok = std::strtok(nullptr, " \t\n")) {
+        inner = std::atoi(tok);
+      }
+    }
+    std::fclose(f);
+    if (inner != ns_pid) continue;
+    f = std::fopen((e.path() / "cmdline").c_str(), "r");
+    if (f == nullptr) continue;
+    std::string cmd(4096, '\0');
+    cmd.resize(std::fread(cmd.data(), 1, cmd.size(), f));
+    std::fclose(f);
+    for (char& c : cmd) c = c == '\0' ? ' ' : c;
+    if (cmd.find(needle) != std::string::npos) return pid;
+  }
+  return 0;
+}
+
 pid_t WorkerPid(EmudProcess& e, const std::string& dev) {
   auto d = GetDevice(e.stub(), dev);
-  return d.ok() ? d->status().worker_pid() : 0;
+  return d.ok() ? HostPid(d->status().worker_pid(), dev) : 0;
 }
 
 // emud's view of a device, for failure messages: phase, worker, last_error.
@@ -169,7 +205,65 @@ struct ProcessReaper {
 };
 
 enum class Link { kLoopback, kTap, kPeer };
-enum class Kills { kRandom, kRapid };
+// kContainer: the fd store lives in emud-keeper (outside "emud's container":
+// a PID namespace of emud-init's own, as a container runtime makes one), and
+// the killer SIGKILLs the whole container - emud-init, emud and every worker
+// at once - then starts a new one; it also upgrades the keeper itself (a
+// successor keeper takes every fd over) and kills single workers.
+enum class Kills { kRandom, kRapid, kContainer };
+
+// emud-keeper, run by the test outside the "container".
+class KeeperProcess {
+ public:
+  explicit KeeperProcess(std::string socket) : socket_(std::move(socket)) {}
+  ~KeeperProcess() {
+    for (pid_t p : pids_) {
+      ::kill(p, SIGKILL);
+      ::waitpid(p, nullptr, 0);
+    }
+  }
+  // Starts a keeper (the first, or a successor that takes over from the
+  // running one, which then exits) and waits until it serves.
+  absl::Status StartOrUpgrade() {
+    const std::string log = socket_ + ".log";
+    std::vector<std::string> argv = {Runfile("fdstore/emud-keeper"), "--socket", socket_};
+    pid_t pid = ::fork();
+    if (pid < 0) return absl::InternalError("fork");
+    if (pid == 0) {
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) ::dup2(fd, 2);
+      std::vector<char*> a;
+      for (auto& s : argv) a.push_back(s.data());
+      a.push_back(nullptr);
+      ::execv(a[0], a.data());
+      ::_exit(127);
+    }
+    const pid_t old = pids_.empty() ? 0 : pids_.back();
+    pids_.push_back(pid);
+    // Ready: the predecessor handed over and exited, or a fresh one answers.
+    bool ok = WaitFor(
+        [&] {
+          if (old != 0) {
+            int st;
+            return ::waitpid(old, &st, WNOHANG) == old;
+          }
+          UniqueFd c(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+          sockaddr_un addr{};
+          addr.sun_family = AF_UNIX;
+          std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", socket_.c_str());
+          return ::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+        },
+        absl::Seconds(10));
+    if (old != 0) pids_.erase(std::find(pids_.begin(), pids_.end(), old));
+    if (!ok) return absl::DeadlineExceededError("emud-keeper did not start or take over");
+    return absl::OkStatus();
+  }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string socket_;
+  std::vector<pid_t> pids_;
+};
 
 struct ChaosConfig {
   const char* name;
@@ -330,6 +424,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   const uint32_t nq = cfg.queues;
   const bool tap = cfg.link == Link::kTap, peer = cfg.link == Link::kPeer;
   const bool rapid = cfg.kills == Kills::kRapid;
+  const bool container = cfg.kills == Kills::kContainer;
   ScopedNetns netns;
   if (tap) {
     absl::Status s = netns.Enter();
@@ -340,9 +435,14 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   const std::vector<std::string> devs =
       peer ? std::vector<std::string>{"chaosA", "chaosB"} : std::vector<std::string>{"chaos0"};
   const size_t ndev = devs.size();
-  const int worker_kills = rapid ? rapid_streak * int(ndev) : EnvInt("CHAOS_WORKER_KILLS", 100);
-  const int emud_kills = rapid ? 0 : EnvInt("CHAOS_EMUD_KILLS", 20);
-  const int upgrades = rapid ? 0 : EnvInt("CHAOS_UPGRADES", 5);
+  const int worker_kills = rapid ? rapid_streak * int(ndev)
+                           : container ? EnvInt("CHAOS_CONTAINER_WORKER_KILLS", 20)
+                                       : EnvInt("CHAOS_WORKER_KILLS", 100);
+  const int emud_kills = rapid || container ? 0 : EnvInt("CHAOS_EMUD_KILLS", 20);
+  const int upgrades = rapid || container ? 0 : EnvInt("CHAOS_UPGRADES", 5);
+  const int container_kills = container ? EnvInt("CHAOS_CONTAINER_KILLS", 10) : 0;
+  const int keeper_upgrades = container ? EnvInt("CHAOS_KEEPER_UPGRADES", 5) : 0;
+  const int surges = container ? EnvInt("CHAOS_SURGES", 3) : 0;
 
   TempStateDir dir("chaos");
   EmudProcess::Options o;
@@ -351,6 +451,54 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   // emud's defaults, supervision included. (Workers outlive emud by
   // default; ProcessReaper ends them.)
   ProcessReaper reaper{o.state_dir};
+  KeeperProcess keeper(dir.path() + "/keeper.sock");
+  // "A container": a cgroup v2 of its own holding emud-init and everything
+  // it starts (as a container runtime makes one; the DaemonSet runs with
+  // hostPID, so pids are the host's). Its death: cgroup.kill, which SIGKILLs
+  // every process in it at once.
+  std::string cgroup_root;
+  for (const char* root : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}) {
+    if (std::filesystem::exists(std::string(root) + "/cgroup.controllers")) {
+      cgroup_root = root;
+      break;
+    }
+  }
+  int containers_made = 0;
+  std::string cgroup;  // the current container's
+  auto in_new_container = [&](EmudProcess::Options opts) {
+    cgroup = absl::StrCat(cgroup_root, "/emud-chaos-", ::getpid(), "-", containers_made++);
+    opts.wrapper = {"/bin/sh", "-c", "mkdir -p \"$0\" && echo $$ > \"$0/cgroup.procs\" && exec \"$@\"",
+                    cgroup, Runfile("server/emud-init"), "--"};
+    return opts;
+  };
+  auto kill_container = [](const std::string& cg) {
+    if (FILE* f = std::fopen((cg + "/cgroup.kill").c_str(), "w")) {
+      std::fputs("1", f);
+      std::fclose(f);
+    }
+    // Empty once every process is gone; then it can go.
+    WaitFor([&] { return ::rmdir(cg.c_str()) == 0; }, absl::Seconds(5));
+  };
+  if (container) {
+    ASSERT_FALSE(cgroup_root.empty()) << "the container configuration needs cgroup v2 (cgroup.kill)";
+    ASSERT_TRUE(keeper.StartOrUpgrade().ok());
+    o.extra_flags.push_back("--fd-keeper=" + keeper.socket());
+    o = in_new_container(o);
+  }
+  // A surge rollout's new pod runs emud and emud-worker from its own image:
+  // copies at another path.
+  EmudProcess::Options surge = o;
+  if (surges > 0) {
+    const std::string v2 = dir.path() + "/v2";
+    std::filesystem::create_directories(v2);
+    for (const char* b : {"server/emud", "dataplane/emud-worker"}) {
+      std::filesystem::copy_file(Runfile(b), v2 + "/" + std::filesystem::path(b).filename().string(),
+                                 std::filesystem::copy_options::overwrite_existing);
+    }
+    surge.emud_binary = v2 + "/emud";
+    surge.worker_binary = v2 + "/emud-worker";
+    surge.extra_flags.push_back("--takeover");
+  }
   auto started = EmudProcess::Start(o);
   ASSERT_TRUE(started.ok()) << started.status();
   std::unique_ptr<EmudProcess> emud = std::move(*started);
@@ -451,6 +599,8 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   int last_event_seen = 0;
   uint64_t dups_before_kills = 0;
   std::atomic<int> worker_killed{0}, emud_killed{0}, upgraded{0};
+  std::atomic<int> containers_killed{0}, keepers_upgraded{0}, surged{0};
+  std::vector<double> container_ms, keeper_ms, surge_ms;  // main thread: outage per event kind
   std::atomic<uint64_t> frames_while_emud_down{0};
   std::atomic<bool> emud_down{false};
   std::string killer_error;
@@ -585,6 +735,9 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         int64_t k = kill_ns.load();
         if (k != 0 && in.sent_ns[seq] > k) {
           reattach_ms.push_back(double(NowNs() - k) / 1e6);
+          if (last_event_kind.load() == 'c') container_ms.push_back(reattach_ms.back());
+          if (last_event_kind.load() == 'k') keeper_ms.push_back(reattach_ms.back());
+          if (last_event_kind.load() == 's') surge_ms.push_back(reattach_ms.back());
           if (std::getenv("CHAOS_VERBOSE") != nullptr) {
             std::printf("reattach %.2f ms at %ld us\n", reattach_ms.back(), long(NowNs() / 1000));
           }
@@ -709,7 +862,16 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   }
   for (auto& g : guests) {
     ASSERT_GT(g->out.unique_received, 0u) << g->dev << ": no traffic before the chaos";
-    g->fdstore_start = FdStoreFds(*emud, g->dev);
+    // Settled: the same count twice, 300 ms apart (the guest's bring-up
+    // deposits may still be arriving; with a keeper emud polls the count).
+    double v = FdStoreFds(*emud, g->dev);
+    for (int i = 0; i < 20; ++i) {
+      absl::SleepFor(absl::Milliseconds(300));
+      double w = FdStoreFds(*emud, g->dev);
+      if (w == v) break;
+      v = w;
+    }
+    g->fdstore_start = v;
     g->first_worker = WorkerPid(*emud, g->dev);
     ASSERT_GT(g->first_worker, 0);
     g->worker_fds_start = Measure(g->first_worker).fds;
@@ -803,13 +965,81 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         last = absl::StrCat("rapid kill streak of ", devs[d]);
       }
     }
-    while (!rapid && !stop.load() && (wk < worker_kills || ek < emud_kills || up < upgrades)) {
+    int ck = 0, ku = 0, su = 0;
+    while (!rapid && !stop.load() &&
+           (wk < worker_kills || ek < emud_kills || up < upgrades || ck < container_kills ||
+            ku < keeper_upgrades || su < surges)) {
       if (!wait_resumed(last)) return;
       absl::SleepFor(absl::Microseconds(2000 + r() % 30000));  // a random instant
-      bool emud_turn = ek < emud_kills && (wk >= worker_kills || r() % 6 == 0);
-      bool upgrade_turn = !emud_turn && up < upgrades && (wk >= worker_kills || r() % 20 == 0);
+      if (su < surges && (r() % 5 == 0 || (wk >= worker_kills && ck >= container_kills &&
+                                           ku >= keeper_upgrades))) {
+        // Surge rollout: a new "pod" (emud from another binary path, in a
+        // container of its own) takes every device over from the running
+        // one, which then exits (status 75: emud-init waits for the old
+        // pod's deletion, SIGTERM here).
+        begin_kill('s');
+        const std::string old_cgroup = cgroup;
+        // Back and forth between the two builds, as rollouts and rollbacks do.
+        EmudProcess::Options back = o;
+        back.extra_flags.push_back("--takeover");
+        auto next = EmudProcess::Start(in_new_container(su % 2 == 0 ? surge : back));
+        if (!next.ok()) {
+          fail(absl::StrCat("surge ", su + 1, ": the new emud: ", next.status().ToString()));
+          return;
+        }
+        // The old pod is deleted once the new one is ready: SIGTERM, and
+        // its container goes (nothing of the devices is left in it).
+        int st = emud->Stop(SIGTERM);
+        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+          fail(absl::StrCat("surge ", su + 1, ": the old emud-init exited with status ", st));
+          return;
+        }
+        kill_container(old_cgroup);
+        emud = std::move(*next);
+        ++su;
+        surged.store(su);
+        last = absl::StrCat("surge rollout ", su);
+        continue;
+      }
+      bool container_turn = ck < container_kills && (wk >= worker_kills || r() % 3 == 0);
+      bool keeper_turn = !container_turn && ku < keeper_upgrades &&
+                         ((wk >= worker_kills && ck >= container_kills) || r() % 4 == 0);
+      bool emud_turn = !container_turn && !keeper_turn && ek < emud_kills &&
+                       (wk >= worker_kills || r() % 6 == 0);
+      bool upgrade_turn = !container_turn && !keeper_turn && !emud_turn && up < upgrades &&
+                          (wk >= worker_kills || r() % 20 == 0);
       const size_t d = r() % ndev;
-      if (upgrade_turn) {
+      if (container_turn) {
+        // The whole container at once: emud-init, emud, every worker. The
+        // keeper holds the guests' connections; a new container's emud
+        // starts every worker again from the keeper's fds + tmpfs state.
+        begin_kill('c');
+        emud_down.store(true);
+        const std::string dead = cgroup;
+        kill_container(dead);
+        emud->Stop(SIGKILL);  // reaps emud-init (already dead)
+        emud.reset();
+        auto again = EmudProcess::Start(in_new_container(o));
+        if (!again.ok()) {
+          fail(absl::StrCat("new container's emud: ", again.status().ToString()));
+          return;
+        }
+        emud = std::move(*again);
+        emud_down.store(false);
+        ++ck;
+        containers_killed.store(ck);
+        last = absl::StrCat("container kill ", ck);
+      } else if (keeper_turn) {
+        begin_kill('k');
+        absl::Status s = keeper.StartOrUpgrade();
+        if (!s.ok()) {
+          fail(absl::StrCat("keeper upgrade ", ku + 1, ": ", s.ToString()));
+          return;
+        }
+        ++ku;
+        keepers_upgraded.store(ku);
+        last = absl::StrCat("keeper upgrade ", ku);
+      } else if (upgrade_turn) {
         // emuctl upgrade-worker under traffic: the old worker stops (leaving
         // the session in the fd store), a new process takes it over.
         begin_kill('u');
@@ -980,6 +1210,20 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
       worker_killed.load(),
       absl::StrJoin(kills_by_device, "/").c_str(), emud_killed.load(), upgraded.load(),
       (unsigned long)frames, (unsigned long)rounds);
+  if (container) {
+    auto fig = [](const std::vector<double>& v) {
+      return absl::StrFormat("p50 %.1f p99 %.1f max %.1f ms (%zu)", Percentile(v, 0.5),
+                             Percentile(v, 0.99), Percentile(v, 1.0), v.size());
+    };
+    std::printf("%s container deaths %d (emud-init+emud+workers SIGKILLed together, keeper "
+                "kept the fds): guest-visible outage %s\n",
+                tag.c_str(), containers_killed.load(), fig(container_ms).c_str());
+    std::printf("%s keeper self-upgrades %d (every fd handed over SCM_RIGHTS): outage %s\n",
+                tag.c_str(), keepers_upgraded.load(), fig(keeper_ms).c_str());
+    std::printf("%s surge rollouts %d (a new emud from another binary path took every device "
+                "over, the old one exited): outage %s\n",
+                tag.c_str(), surged.load(), fig(surge_ms).c_str());
+  }
   std::printf("%s reattach ms p50 %.2f p99 %.2f max %.2f (%zu samples)\n", tag.c_str(),
               Percentile(reattach_ms, 0.5), Percentile(reattach_ms, 0.99),
               Percentile(reattach_ms, 1.0), reattach_ms.size());
@@ -1055,8 +1299,12 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   EXPECT_EQ(worker_killed.load(), worker_kills);
   EXPECT_EQ(emud_killed.load(), emud_kills);
   EXPECT_EQ(upgraded.load(), upgrades);
+  EXPECT_EQ(containers_killed.load(), container_kills);
+  EXPECT_EQ(keepers_upgraded.load(), keeper_upgrades);
+  EXPECT_EQ(surged.load(), surges);
   if (!rapid) {
-    EXPECT_EQ(reattach_ms.size(), size_t(worker_kills + upgrades))
+    EXPECT_EQ(reattach_ms.size(),
+              size_t(worker_kills + upgrades + container_kills + keeper_upgrades + surges))
         << "traffic resumed after every kill and upgrade";
   }
   EXPECT_EQ(lost, 0u) << "completed TX frames that never arrived";
@@ -1081,11 +1329,14 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     std::printf("emud log (tail):\n%s\n", log.substr(log.size() > 6000 ? log.size() - 6000 : 0).c_str());
   }
   emud->Stop(SIGTERM);
+  if (container) kill_container(cgroup);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Chaos, ChaosTest,
     ::testing::Values(
+        ChaosConfig{"ContainerDeathsMmapTwoQueues", "mmap", 2, Link::kLoopback,
+                    Kills::kContainer},
         ChaosConfig{"TrapOneQueue", "trap", 1},
         ChaosConfig{"MmapTwoQueues", "mmap", 2},
         ChaosConfig{"TapPing", "trap", 1, Link::kTap},

@@ -140,7 +140,7 @@ absl::StatusOr<std::unique_ptr<EmudProcess>> EmudProcess::Start(Options o) {
   if (o.worker_binary.empty()) o.worker_binary = Runfile("tests/fakes/fake_worker");
   p->log_path_ = absl::StrCat(o.state_dir, ".emud.log");
   std::vector<std::string> argv = o.wrapper;
-  std::vector<std::string> emud_argv = {Runfile("server/emud"),
+  std::vector<std::string> emud_argv = {o.emud_binary.empty() ? Runfile("server/emud") : o.emud_binary,
                                    "--state-dir", o.state_dir,
                                    "--worker-binary", o.worker_binary,
                                    "--metrics-listen", o.metrics ? "127.0.0.1:0" : ""};

@@ -51,6 +51,7 @@ class EmudProcess {
   struct Options {
     std::string state_dir;
     std::string worker_binary;  // default: the fake worker
+    std::string emud_binary;    // default: //server:emud
     std::vector<std::string> extra_flags;
     std::vector<std::string> extra_env;  // NAME=VALUE for emud and its workers
     // Serve metrics on 127.0.0.1:<ephemeral>. Off saves ~1.5 s per emud
