@@ -1,6 +1,7 @@
 #include "vfio_user/protocol.h"
 
 #include <cerrno>
+#include <cstddef>
 
 #include <nlohmann/json.hpp>
 
@@ -34,6 +35,27 @@ absl::Status GetUint(const json& obj, const char* key, uint64_t min, uint64_t ma
 }
 
 }  // namespace
+
+// operator[] reads a WRITE_MULTI entry's head as a RegionAccess.
+static_assert(offsetof(WriteMultiEntry, offset) == offsetof(RegionAccess, offset) &&
+              offsetof(WriteMultiEntry, region) == offsetof(RegionAccess, region) &&
+              offsetof(WriteMultiEntry, count) == offsetof(RegionAccess, count) &&
+              offsetof(WriteMultiEntry, data) == sizeof(RegionAccess));
+
+bool RegionWrites::DecodeMulti(absl::Span<const uint8_t> payload, RegionWrites* out) {
+  uint64_t cnt;
+  if (!LoadStruct(payload, 0, &cnt) || cnt == 0 || cnt > kWriteMultiMax ||
+      payload.size() != sizeof(cnt) + cnt * sizeof(WriteMultiEntry)) {
+    return false;
+  }
+  for (uint64_t i = 0; i < cnt; ++i) {
+    WriteMultiEntry e;
+    LoadStruct(payload, sizeof(cnt) + i * sizeof(WriteMultiEntry), &e);
+    if (e.count > kWriteMultiData) return false;
+  }
+  *out = RegionWrites(payload, cnt, true);
+  return true;
+}
 
 const char* CommandName(uint16_t cmd) {
   switch (cmd) {

@@ -215,6 +215,60 @@ inline void AppendBytes(std::vector<uint8_t>* out, absl::Span<const uint8_t> b) 
   out->insert(out->end(), b.begin(), b.end());
 }
 
+// ---- REGION_WRITE / REGION_WRITE_MULTI ----
+
+// One write: data.size() bytes at `offset` of `region`.
+struct RegionWrite {
+  uint32_t region = 0;
+  uint64_t offset = 0;
+  absl::Span<const uint8_t> data;
+};
+
+// The payload of a REGION_WRITE (one write) or a REGION_WRITE_MULTI (1..
+// kWriteMultiMax writes), decoded in place: a view of the request's bytes,
+// valid while they are. The one parser of both commands (the session's
+// handlers, its self-durable check and its doorbell path use it). Region
+// bounds and permissions are the caller's to check.
+class RegionWrites {
+ public:
+  RegionWrites() = default;
+  // False unless `payload` is a well-formed `command`: REGION_WRITE is a
+  // RegionAccess followed by exactly `count` bytes; REGION_WRITE_MULTI a u64
+  // count in 1..kWriteMultiMax followed by exactly that many entries, each
+  // with count <= kWriteMultiData. Any other command is false too.
+  static bool Decode(uint16_t command, absl::Span<const uint8_t> payload, RegionWrites* out) {
+    if (command == kCmdRegionWrite) {
+      RegionAccess a;
+      if (!LoadStruct(payload, 0, &a) || payload.size() - sizeof(a) != a.count) return false;
+      *out = RegionWrites(payload, 1, false);
+      return true;
+    }
+    return command == kCmdRegionWriteMulti && DecodeMulti(payload, out);
+  }
+  size_t size() const { return count_; }
+  // Write i < size(). A WRITE_MULTI entry starts with RegionAccess's fields.
+  RegionWrite operator[](size_t i) const {
+    const size_t at = multi_ ? sizeof(uint64_t) + i * sizeof(WriteMultiEntry) : 0;
+    RegionAccess a;
+    std::memcpy(&a, payload_.data() + at, sizeof(a));
+    return RegionWrite{a.region, a.offset, absl::MakeConstSpan(payload_.data() + at + sizeof(a), a.count)};
+  }
+  // The payload of a successful reply: the request's RegionAccess
+  // (REGION_WRITE) or its count (REGION_WRITE_MULTI), verbatim.
+  absl::Span<const uint8_t> reply() const {
+    return payload_.first(multi_ ? sizeof(uint64_t) : sizeof(RegionAccess));
+  }
+
+ private:
+  RegionWrites(absl::Span<const uint8_t> payload, size_t count, bool multi)
+      : payload_(payload), count_(count), multi_(multi) {}
+  static bool DecodeMulti(absl::Span<const uint8_t> payload, RegionWrites* out);
+
+  absl::Span<const uint8_t> payload_;
+  size_t count_ = 0;
+  bool multi_ = false;
+};
+
 // ---- VERSION ----
 
 inline constexpr uint16_t kMajorVersion = 0;

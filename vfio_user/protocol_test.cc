@@ -2,6 +2,8 @@
 
 #include <errno.h>
 
+#include <vector>
+
 #include "gtest/gtest.h"
 
 namespace emud::vfio_user {
@@ -108,6 +110,94 @@ TEST(LoadStructTest, Bounds) {
   EXPECT_TRUE(LoadStruct(b, 4, &a));
   EXPECT_FALSE(LoadStruct(b, 5, &a));
   EXPECT_FALSE(LoadStruct(b, ~size_t{0}, &a));
+}
+
+// ---- REGION_WRITE / REGION_WRITE_MULTI decoder ----
+
+std::vector<uint8_t> RegionWritePayload(uint64_t offset, uint32_t region, uint32_t count, size_t data_bytes) {
+  std::vector<uint8_t> p;
+  AppendStruct(&p, RegionAccess{offset, region, count});
+  for (size_t i = 0; i < data_bytes; ++i) p.push_back(static_cast<uint8_t>(0xa0 + i));
+  return p;
+}
+
+std::vector<uint8_t> WriteMultiPayload(const std::vector<WriteMultiEntry>& entries, uint64_t cnt) {
+  std::vector<uint8_t> p;
+  AppendStruct(&p, cnt);
+  for (const auto& e : entries) AppendStruct(&p, e);
+  return p;
+}
+
+TEST(RegionWritesTest, RegionWriteIsOneWriteWithItsHeaderAsTheReply) {
+  const std::vector<uint8_t> p = RegionWritePayload(0x2000, 3, 4, 4);
+  RegionWrites w;
+  ASSERT_TRUE(RegionWrites::Decode(kCmdRegionWrite, p, &w));
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].region, 3u);
+  EXPECT_EQ(w[0].offset, 0x2000u);
+  ASSERT_EQ(w[0].data.size(), 4u);
+  EXPECT_EQ(w[0].data.data(), p.data() + sizeof(RegionAccess)) << "a view, not a copy";
+  EXPECT_EQ(w[0].data[3], 0xa3);
+  EXPECT_EQ(std::vector<uint8_t>(w.reply().begin(), w.reply().end()),
+            std::vector<uint8_t>(p.begin(), p.begin() + sizeof(RegionAccess)));
+  // count 0 is well-formed (the region check refuses it).
+  const std::vector<uint8_t> empty = RegionWritePayload(0, 0, 0, 0);
+  ASSERT_TRUE(RegionWrites::Decode(kCmdRegionWrite, empty, &w));
+  EXPECT_TRUE(w[0].data.empty());
+}
+
+TEST(RegionWritesTest, MalformedRegionWrites) {
+  RegionWrites w;
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWrite, RegionWritePayload(0, 0, 4, 3), &w));
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWrite, RegionWritePayload(0, 0, 4, 5), &w));
+  std::vector<uint8_t> short_payload = RegionWritePayload(0, 0, 0, 0);
+  short_payload.pop_back();
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWrite, short_payload, &w));
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWrite, {}, &w));
+  // Only the two write commands decode.
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionRead, RegionWritePayload(0, 0, 4, 4), &w));
+}
+
+TEST(RegionWritesTest, WriteMultiEntriesInOrderWithTheCountAsTheReply) {
+  std::vector<WriteMultiEntry> e(3);
+  e[0] = {0x10, 0, 4, {1, 2, 3, 4}};
+  e[1] = {0x18, 1, 8, {1, 2, 3, 4, 5, 6, 7, 8}};
+  e[2] = {0x20, 2, 1, {9}};
+  const std::vector<uint8_t> p = WriteMultiPayload(e, 3);
+  RegionWrites w;
+  ASSERT_TRUE(RegionWrites::Decode(kCmdRegionWriteMulti, p, &w));
+  ASSERT_EQ(w.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(w[i].region, e[i].region);
+    EXPECT_EQ(w[i].offset, e[i].offset);
+    EXPECT_EQ(std::vector<uint8_t>(w[i].data.begin(), w[i].data.end()),
+              std::vector<uint8_t>(e[i].data, e[i].data + e[i].count));
+  }
+  EXPECT_EQ(std::vector<uint8_t>(w.reply().begin(), w.reply().end()),
+            std::vector<uint8_t>(p.begin(), p.begin() + 8));
+  // The largest batch.
+  std::vector<WriteMultiEntry> most(kWriteMultiMax, WriteMultiEntry{0, 0, 4, {}});
+  most.back().offset = 0x77;
+  const std::vector<uint8_t> largest = WriteMultiPayload(most, kWriteMultiMax);
+  ASSERT_TRUE(RegionWrites::Decode(kCmdRegionWriteMulti, largest, &w));
+  EXPECT_EQ(w.size(), kWriteMultiMax);
+  EXPECT_EQ(w[kWriteMultiMax - 1].offset, 0x77u);
+}
+
+TEST(RegionWritesTest, MalformedWriteMulti) {
+  RegionWrites w;
+  std::vector<WriteMultiEntry> two(2, WriteMultiEntry{0, 0, 4, {}});
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWriteMulti, WriteMultiPayload({}, 0), &w));      // none
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWriteMulti, WriteMultiPayload(two, 3), &w));     // short
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWriteMulti, WriteMultiPayload(two, 1), &w));     // long
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWriteMulti, WriteMultiPayload(two, uint64_t{1} << 61), &w));
+  std::vector<WriteMultiEntry> many(kWriteMultiMax + 1, WriteMultiEntry{0, 0, 4, {}});
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWriteMulti, WriteMultiPayload(many, many.size()), &w));
+  two[1].count = kWriteMultiData + 1;  // more than an entry holds
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWriteMulti, WriteMultiPayload(two, 2), &w));
+  std::vector<uint8_t> p = WriteMultiPayload(two, 2);
+  p.resize(4);
+  EXPECT_FALSE(RegionWrites::Decode(kCmdRegionWriteMulti, p, &w));
 }
 
 }  // namespace

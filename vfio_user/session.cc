@@ -4,9 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -15,32 +13,19 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "base/fault_point.h"
-#include "state_store/record.h"
 #include "state_store/store.h"
-#include "vfio_user/session_state.pb.h"
+#include "vfio_user/session_store.h"
 
 namespace emud::vfio_user {
 namespace {
 
-constexpr char kTable[] = "vfio_user_session";
+using session_store::DmaFdKey;
+using session_store::IrqFdKey;
+using session_store::kConnFdKey;
+
 constexpr size_t kMaxRegions = 100;          // QEMU refuses more
 constexpr int kMaxMessagesPerRound = 64;     // fairness with other fds on the loop
-constexpr size_t kStoredRequestMax = 256;
-
-std::string DmaKey(uint64_t iova) { return absl::StrFormat("dma/%016x", iova); }
-std::string DmaFdKey(uint64_t iova) { return absl::StrFormat("dma/%x", iova); }
-std::string IrqFdKey(uint32_t index, uint32_t vector) { return absl::StrCat("irq/", index, "/", vector); }
-
-uint64_t Fnv1a(const uint8_t* p, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
 
 bool IsEventFd(int fd) {
   char path[64], target[64];
@@ -60,7 +45,7 @@ std::vector<uint8_t> Bytes(const T& v) {
 
 }  // namespace
 
-std::vector<std::string> SessionTables() { return {kTable}; }
+std::vector<std::string> SessionTables() { return {session_store::kTable}; }
 
 // ---------------------------------------------------------------- message DMA
 
@@ -122,8 +107,6 @@ Session::Session(PciDevice* device, EventLoop* loop, SessionOptions options)
 Session::~Session() {
   if (conn_.valid()) Disconnect("session destroyed");
   if (loop_ && kick_fd_.valid()) loop_->Remove(kick_fd_.get());
-  if (run_progress_ != nullptr) ::munmap(const_cast<uint64_t*>(run_progress_), kJournalPage);
-  if (reply_mark_ != nullptr) ::munmap(const_cast<uint64_t*>(reply_mark_), kJournalPage);
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Create(PciDevice* device, EventLoop* loop,
@@ -192,30 +175,9 @@ absl::Status Session::Init() {
   message_dma_ = std::make_unique<MessageDmaImpl>(this);
   dma_->set_message_dma(message_dma_.get());
   if (options_.crash_consistent) {
-    journal_fd_.reset(::open(options_.journal_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!journal_fd_.valid()) {
-      return absl::InternalError(absl::StrCat("open journal ", options_.journal_path, ": ", std::strerror(errno)));
-    }
-    // Page 1 of the journal: the run-progress word, a plain store (a killed
-    // process cannot tear an aligned 8-byte store; tmpfs keeps it).
-    struct stat st;
-    if (::fstat(journal_fd_.get(), &st) != 0 ||
-        (st.st_size < static_cast<off_t>(2 * kJournalPage) &&
-         ::ftruncate(journal_fd_.get(), 2 * kJournalPage) != 0)) {
-      return absl::InternalError(absl::StrCat("size journal: ", std::strerror(errno)));
-    }
-    void* p = ::mmap(nullptr, kJournalPage, PROT_READ | PROT_WRITE, MAP_SHARED, journal_fd_.get(), kJournalPage);
-    if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap journal: ", std::strerror(errno)));
-    run_progress_ = static_cast<volatile uint64_t*>(p);
-    // The "replying N" mark is a store to shared memory, not a pwrite: a
-    // SIGKILL pending while the worker is in a syscall is delivered at that
-    // syscall's exit, so a pwrite mark made "mark done, reply not sent" the
-    // likely outcome of a kill landing during the mark (tests/chaos saw lost
-    // replies). Only user-mode instructions now separate the mark from
-    // sendmsg.
-    void* m = ::mmap(nullptr, kJournalPage, PROT_READ | PROT_WRITE, MAP_SHARED, journal_fd_.get(), 0);
-    if (m == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap journal: ", std::strerror(errno)));
-    reply_mark_ = static_cast<volatile uint64_t*>(m);
+    auto journal = RequestJournal::Open(options_.journal_path);
+    if (!journal.ok()) return journal.status();
+    journal_.emplace(std::move(*journal));
   }
   return absl::OkStatus();
 }
@@ -239,12 +201,12 @@ absl::Status Session::Watch() {
 absl::Status Session::AttachClient(UniqueFd conn) {
   if (conn_.valid()) return absl::FailedPreconditionError("a client is already attached");
   if (!conn.valid()) return absl::InvalidArgumentError("invalid connection fd");
-  if (run_progress_ != nullptr) *run_progress_ = 0;  // about an older connection
+  if (journal_) journal_->ClearRun();  // about an older connection
   int fl = ::fcntl(conn.get(), F_GETFL);
   if (fl < 0 || ::fcntl(conn.get(), F_SETFL, fl | O_NONBLOCK) != 0) {
     return absl::InternalError(absl::StrCat("fcntl O_NONBLOCK: ", std::strerror(errno)));
   }
-  if (auto s = DepositFd("vfio/conn", conn.get()); !s.ok()) return s;
+  if (auto s = DepositFd(kConnFdKey, conn.get()); !s.ok()) return s;
   conn_ = std::move(conn);
   reader_ = MessageReader(options_.max_msg_size, options_.max_msg_fds);
   reader_.set_exact_reads(options_.store != nullptr);
@@ -255,7 +217,7 @@ absl::Status Session::AttachClient(UniqueFd conn) {
   state_dirty_ = true;
   if (auto s = Watch(); !s.ok()) {
     conn_.reset();
-    ReleaseFd("vfio/conn");
+    ReleaseFd(kConnFdKey);
     return s;
   }
   return absl::OkStatus();
@@ -288,7 +250,7 @@ void Session::Disconnect(absl::string_view why) {
   irqs_->DisconnectAll();
   negotiated_ = false;
   state_dirty_ = true;
-  ReleaseFd("vfio/conn");
+  ReleaseFd(kConnFdKey);
   if (options_.store) {
     // The disconnect is state too: a successor must not resume a dead client.
     auto s = Commit(nullptr);
@@ -456,8 +418,9 @@ Session::Reply Session::Dispatch(Message& m) {
     case kCmdDeviceGetIrqInfo: return HandleGetIrqInfo(m);
     case kCmdDeviceSetIrqs: return HandleSetIrqs(m);
     case kCmdRegionRead: return HandleRegionRead(m);
-    case kCmdRegionWrite: return HandleRegionWrite(m);
-    case kCmdRegionWriteMulti: return HandleWriteMulti(m);
+    case kCmdRegionWrite:
+    case kCmdRegionWriteMulti:
+      return HandleRegionWrites(m);
     case kCmdDeviceReset: return HandleReset(m);
     case kCmdDmaRead:
     case kCmdDmaWrite:
@@ -813,53 +776,41 @@ Session::Reply Session::HandleRegionRead(Message& m) {
   return r;
 }
 
-Session::Reply Session::HandleRegionWrite(Message& m) {
+Session::Reply Session::HandleRegionWrites(Message& m) {
   Reply r;
-  RegionAccess req;
-  if (!LoadStruct(m.payload, 0, &req) || m.payload.size() - sizeof(RegionAccess) != req.count) {
+  RegionWrites writes;
+  if (WriteMultiRefused(m.hdr.command)) {
+    r.err = ENOTSUP;
+  } else if (!RegionWrites::Decode(m.hdr.command, m.payload, &writes)) {
     r.err = EINVAL;
-    return r;
+  } else {
+    r.err = ApplyRegionWrites(writes);
   }
-  if (auto s = CheckRegionAccess(req.region, req.offset, req.count, true); !s.ok()) {
-    r.err = static_cast<uint32_t>(StatusToErrno(s));
-    return r;
-  }
-  auto s = device_->RegionWrite(req.region, req.offset,
-                                absl::MakeConstSpan(m.payload.data() + sizeof(RegionAccess), req.count));
-  if (!s.ok()) {
-    r.err = EINVAL;
-    return r;
-  }
-  RegionAccess out = req;
-  r.payload = Bytes(out);
+  if (r.err == 0) r.payload.assign(writes.reply().begin(), writes.reply().end());
   return r;
 }
 
-Session::Reply Session::HandleWriteMulti(Message& m) {
-  Reply r;
-  r.err = EINVAL;
-  if (!client_caps_.write_multiple) {
-    r.err = ENOTSUP;
-    return r;
+uint32_t Session::ApplyRegionWrites(const RegionWrites& writes) {
+  // A WRITE_MULTI entry (<= 8 bytes) can only fail the check with EINVAL;
+  // a REGION_WRITE also with E2BIG.
+  if (writes.size() == 1) {  // REGION_WRITE: every trapped doorbell
+    const RegionWrite w = writes[0];
+    if (auto s = CheckRegionAccess(w.region, w.offset, w.data.size(), true); !s.ok()) {
+      return static_cast<uint32_t>(StatusToErrno(s));
+    }
+    return device_->RegionWrite(w.region, w.offset, w.data).ok() ? 0 : EINVAL;
   }
-  uint64_t cnt;
-  if (!LoadStruct(m.payload, 0, &cnt) || cnt == 0 || cnt > kWriteMultiMax ||
-      m.payload.size() != 8 + cnt * sizeof(WriteMultiEntry)) {
-    return r;
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const RegionWrite w = writes[i];
+    if (auto s = CheckRegionAccess(w.region, w.offset, w.data.size(), true); !s.ok()) {
+      return static_cast<uint32_t>(StatusToErrno(s));
+    }
   }
-  std::vector<WriteMultiEntry> entries(cnt);
-  for (uint64_t i = 0; i < cnt; ++i) {
-    LoadStruct(m.payload, 8 + i * sizeof(WriteMultiEntry), &entries[i]);
-    const auto& e = entries[i];
-    if (e.count > kWriteMultiData) return r;
-    if (!CheckRegionAccess(e.region, e.offset, e.count, true).ok()) return r;
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const RegionWrite w = writes[i];
+    if (!device_->RegionWrite(w.region, w.offset, w.data).ok()) return EINVAL;
   }
-  for (const auto& e : entries) {
-    if (!device_->RegionWrite(e.region, e.offset, absl::MakeConstSpan(e.data, e.count)).ok()) return r;
-  }
-  r.err = 0;
-  r.payload = Bytes(cnt);
-  return r;
+  return 0;
 }
 
 Session::Reply Session::HandleReset(Message& m) {
@@ -941,57 +892,20 @@ void Session::ReleaseFd(absl::string_view key) {
 }
 
 absl::Status Session::WriteAllState(state_store::WriteTxn& txn) {
-  state_store::RecordTable<SessionRecord> sessions(kTable);
-  state_store::RecordTable<DmaWindowRecord> windows(kTable);
-  state_store::RecordTable<IrqRecord> irqs(kTable);
   if (state_dirty_) {
-    SessionRecord rec;
-    rec.set_negotiated(negotiated_ && conn_.valid());
-    rec.set_major(kMajorVersion);
-    rec.set_minor(kMinorVersion);
-    rec.set_client_max_msg_fds(client_caps_.max_msg_fds);
-    rec.set_client_max_data_xfer_size(client_caps_.max_data_xfer_size);
-    rec.set_client_pgsizes(client_caps_.pgsizes);
-    rec.set_client_max_dma_maps(client_caps_.max_dma_maps);
-    rec.set_write_multiple(client_caps_.write_multiple);
-    rec.set_seq(seq_);
-    rec.set_next_server_msg_id(next_server_msg_id_);
-    rec.set_qemu_dma_layout(dma_layout_ == DmaRwLayout::kQemu);
-    if (auto s = sessions.Put(txn, "session", rec); !s.ok()) return s;
+    session_store::Negotiated n;
+    n.live = negotiated_ && conn_.valid();
+    n.client_caps = client_caps_;
+    n.seq = seq_;
+    n.next_server_msg_id = next_server_msg_id_;
+    n.dma_layout = dma_layout_;
+    if (auto s = session_store::PutNegotiated(txn, n); !s.ok()) return s;
   }
   for (uint64_t iova : dirty_windows_) {
-    auto it = dma_->windows().find(iova);
-    if (it == dma_->windows().end()) {
-      if (auto s = windows.Delete(txn, DmaKey(iova)); !s.ok()) return s;
-      continue;
-    }
-    const DmaWindow& w = it->second;
-    DmaWindowRecord rec;
-    rec.set_iova(w.iova);
-    rec.set_size(w.size);
-    rec.set_prot(w.prot);
-    rec.set_fd_offset(w.fd_offset);
-    rec.set_has_fd(w.has_fd);
-    if (w.has_fd) rec.set_fd_key(DmaFdKey(w.iova));
-    if (auto s = windows.Put(txn, DmaKey(iova), rec); !s.ok()) return s;
+    if (auto s = session_store::PutDmaWindow(txn, *dma_, iova); !s.ok()) return s;
   }
   if (irqs_->TakeDirty() || state_dirty_) {
-    IrqRecord rec;
-    rec.set_msix_enabled(irqs_->msix_enabled());
-    rec.set_function_masked(irqs_->function_masked());
-    for (uint32_t i = 0; i < kNumPciIrqs; ++i) {
-      if (irqs_->count(i) == 0) continue;
-      auto* idx = rec.add_indexes();
-      idx->set_index(i);
-      for (const auto& v : irqs_->Snapshot(i)) {
-        auto* vr = idx->add_vectors();
-        vr->set_has_fd(v.has_fd);
-        vr->set_masked(v.masked);
-        vr->set_guest_masked(v.guest_masked);
-        vr->set_pending(v.pending);
-      }
-    }
-    if (auto s = irqs.Put(txn, "irqs", rec); !s.ok()) return s;
+    if (auto s = session_store::PutIrqs(txn, *irqs_); !s.ok()) return s;
   }
   if (options_.save_device && attached_) {
     if (auto s = device_->Save(txn); !s.ok()) return s;
@@ -1020,408 +934,15 @@ absl::Status Session::Commit(const std::function<absl::Status(state_store::Write
   return s;
 }
 
-void Session::JournalMark(uint64_t seq) {
-  if (!journal_fd_.valid()) return;
-  if (reply_mark_ != nullptr) {
-    __atomic_store_n(const_cast<uint64_t*>(reply_mark_), seq, __ATOMIC_SEQ_CST);
-    return;
-  }
-  [[maybe_unused]] ssize_t n = ::pwrite(journal_fd_.get(), &seq, sizeof(seq), 0);
-}
-
-uint64_t Session::JournalRead() {
-  uint64_t seq = 0;
-  if (!journal_fd_.valid() || ::pread(journal_fd_.get(), &seq, sizeof(seq), 0) != sizeof(seq)) return 0;
-  return seq;
-}
-
-bool Session::IsSelfDurable(const Message& msg) const {
-  const Header& h = msg.hdr;
-  // Only what Dispatch would accept (anything else takes the regular path).
-  if (h.flags != (kFlagTypeCommand | kFlagNoReply) || h.error != 0 || !negotiated_ ||
-      !msg.fds.empty() || msg.fds_truncated) {
-    return false;
-  }
-  if (h.command == kCmdRegionWrite) {
-    RegionAccess req;
-    if (!LoadStruct(msg.payload, 0, &req) || msg.payload.size() - sizeof(RegionAccess) != req.count) {
-      return false;
-    }
-    return device_->WriteIsSelfDurable(req.region, req.offset, req.count);
-  }
-  if (h.command == kCmdRegionWriteMulti) {
-    uint64_t cnt;
-    if (!LoadStruct(msg.payload, 0, &cnt) || cnt == 0 || cnt > kWriteMultiMax ||
-        msg.payload.size() != 8 + cnt * sizeof(WriteMultiEntry)) {
-      return false;
-    }
-    for (uint64_t i = 0; i < cnt; ++i) {
-      WriteMultiEntry e;
-      if (!LoadStruct(msg.payload, 8 + i * sizeof(WriteMultiEntry), &e)) return false;
-      if (!device_->WriteIsSelfDurable(e.region, e.offset, e.count)) return false;
-    }
-    return true;
-  }
-  return false;
-}
-
-int Session::DrainSelfDurable() {
-  // One peek (no control buffer) covers a run of small messages; the
-  // self-durable ones at its front are applied one by one and consumed
-  // together. After each apply the run-progress word records how many bytes
-  // of the run are applied (with their digest), so a successor consumes
-  // exactly those without applying them again (Resume) and re-applies at
-  // most the one message being applied when the process died (re-applying a
-  // longer run could step a register back through older values).
-  drained_all_ = false;
-  if (peek_buf_.empty()) peek_buf_.resize(kPeekSize);
-  ssize_t n;
-  {
-    // With a control buffer: fds anywhere in the look-ahead send every
-    // message through the regular path (which refuses a write carrying fds).
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
-    iovec iov{peek_buf_.data(), peek_buf_.size()};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof(cbuf);
-    n = ::recvmsg(conn_.get(), &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n <= 0) return 0;  // EOF, errors and EAGAIN: the regular path decides
-    bool fds = (mh.msg_flags & MSG_CTRUNC) != 0;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      fds = true;
-      size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < nfd; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        ::close(fd);
-      }
-    }
-    if (fds) return 0;
-  }
-  size_t off = 0;
-  int handled = 0;
-  uint64_t digest = Fnv1a(nullptr, 0);  // of the run's first `off` bytes
-  // The whole look-ahead (<= ~200 small writes): each costs little (a store
-  // and maybe a doorbell hook), one peek and one read serve them all.
-  while (off + kHeaderSize <= static_cast<size_t>(n)) {
-    Header h;
-    std::memcpy(&h, peek_buf_.data() + off, kHeaderSize);
-    const uint32_t size = h.msg_size;
-    if (size < kHeaderSize || size > static_cast<size_t>(n) - off) break;
-    const uint8_t* payload = peek_buf_.data() + off + kHeaderSize;
-    uint32_t err = 0;
-    if (h.command == kCmdRegionWrite && h.flags == (kFlagTypeCommand | kFlagNoReply) && h.error == 0 &&
-        negotiated_ && size >= kHeaderSize + sizeof(RegionAccess)) {
-      // The doorbell fast path: HandleRegionWrite without building a reply.
-      RegionAccess req;
-      std::memcpy(&req, payload, sizeof(req));
-      if (size - kHeaderSize - sizeof(RegionAccess) != req.count ||
-          !device_->WriteIsSelfDurable(req.region, req.offset, req.count)) {
-        break;
-      }
-      if (!CheckRegionAccess(req.region, req.offset, req.count, true).ok() ||
-          !device_->RegionWrite(req.region, req.offset,
-                                absl::MakeConstSpan(payload + sizeof(RegionAccess), req.count)).ok()) {
-        err = EINVAL;
-      }
-    } else {
-      Message msg;
-      msg.hdr = h;
-      msg.payload.assign(payload, payload + (size - kHeaderSize));
-      if (!IsSelfDurable(msg)) break;
-      err = Dispatch(msg).err;
-    }
-    ++stats_.requests;
-    CountCommand(h.command, err != 0);
-    if (err) ++stats_.posted_errors;
-    if (options_.crash_point && options_.crash_point(1)) {
-      Abandon();
-      return -1;
-    }
-    digest = Fnv1a(peek_buf_.data() + off, size, digest);
-    off += size;
-    ++handled;
-    *run_progress_ = RunProgress(digest, off);
-    if (options_.crash_point && options_.crash_point(3)) {
-      Abandon();
-      return -1;
-    }
-  }
-  if (handled == 0) return 0;
-  // Everything readable was this run: no need to look again before the
-  // loop reports more (level-triggered; saves two failing reads per round).
-  drained_all_ = off == static_cast<size_t>(n) && static_cast<size_t>(n) < peek_buf_.size();
-  peek_buf_.resize(off);
-  const bool ok = ConsumePeeked(peek_buf_);
-  peek_buf_.resize(kPeekSize);
-  if (!ok) return -1;
-  if (options_.crash_point && options_.crash_point(2)) {
-    Abandon();
-    return -1;
-  }
-  *run_progress_ = 0;
-  return handled;
-}
-
-void Session::Quarantine(const Header& h, uint64_t digest) {
-  ++stats_.quarantined;
-  if (h.command < kCmdMax) ++stats_.quarantined_by_command[h.command];
-  std::fprintf(stderr,
-               "vfio-user: quarantined poison request %s (msg_id %u, %u bytes, digest %016llx): "
-               "%u workers died applying it; %s without applying it\n",
-               CommandName(h.command), h.msg_id, h.msg_size,
-               static_cast<unsigned long long>(digest), PoisonGuard::kQuarantineAfter,
-               (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO");
-}
-
-uint64_t Session::RunProgress(uint64_t digest, size_t bytes) {
-  return (digest << 32) | static_cast<uint32_t>(bytes);
-}
-
-bool Session::HandleMessageCrashConsistent() {
-  // 0. A run of self-durable posted writes at the head (the doorbell path).
-  if (int d = DrainSelfDurable(); d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
-  // 1. Peek the header (no control buffer: no fds are installed by this peek).
-  Header h;
-  ssize_t n = ::recv(conn_.get(), &h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0) {
-    Disconnect("peer closed");
-    return false;
-  }
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
-    Disconnect(absl::StrCat("recv: ", std::strerror(errno)));
-    return false;
-  }
-  if (static_cast<size_t>(n) < sizeof(h)) {
-    pollfd p{conn_.get(), POLLIN, 0};
-    ::poll(&p, 1, 1);
-    return false;
-  }
-  if (h.msg_size < kHeaderSize || h.msg_size > options_.max_msg_size) {
-    ++stats_.framing_errors;
-    RefuseUnframeable(h);
-    Disconnect(absl::StrCat("framing error: msg_size ", h.msg_size));
-    return false;
-  }
-  // 2. Peek the whole message, with its fds.
-  Message msg;
-  std::vector<uint8_t> raw(h.msg_size);
-  {
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
-    iovec iov{raw.data(), raw.size()};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof(cbuf);
-    ssize_t got = ::recvmsg(conn_.get(), &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (got < 0 && (errno == EAGAIN || errno == EINTR)) return false;
-    if (got <= 0) {
-      Disconnect("peer closed");
-      return false;
-    }
-    std::vector<UniqueFd> fds;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < nfd; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        fds.emplace_back(fd);
-      }
-    }
-    if (static_cast<size_t>(got) < raw.size()) {
-      pollfd p{conn_.get(), POLLIN, 0};
-      ::poll(&p, 1, 1);
-      return false;  // not all there yet; the peeked fds close here
-    }
-    if (mh.msg_flags & MSG_CTRUNC) msg.fds_truncated = true;
-    if (fds.size() > options_.max_msg_fds) {
-      msg.fds_truncated = true;
-      fds.clear();
-    }
-    msg.fds = std::move(fds);
-  }
-  std::memcpy(&msg.hdr, raw.data(), kHeaderSize);
-  msg.payload.assign(raw.begin() + kHeaderSize, raw.end());
-  const uint64_t digest = Fnv1a(raw.data(), raw.size());
-
-  // 3. Apply. A self-durable posted write needs no commit, journal or reply:
-  // apply and consume (a kill before the consume makes the successor apply
-  // it again, harmlessly; the "last" record still names the last committed
-  // request, whose bytes differ since it was not self-durable).
-  if (IsSelfDurable(msg)) {
-    ++stats_.requests;
-    Reply reply = Dispatch(msg);
-    CountCommand(h.command, reply.err != 0);
-    if (reply.err) ++stats_.posted_errors;
-    if (options_.crash_point && options_.crash_point(1)) {
-      Abandon();
-      return false;
-    }
-    if (!ConsumePeeked(raw)) return false;
-    if (options_.crash_point && options_.crash_point(2)) {
-      Abandon();
-      return false;
-    }
-    return true;
-  }
-  bool is_reply = (h.flags & kFlagTypeMask) == kFlagTypeReply;
-  Reply reply;
-  if (is_reply) {
-    ++stats_.stray_replies;
-  } else {
-    ++stats_.requests;
-    PoisonGuard* guard = options_.poison_guard;
-    if (guard != nullptr && guard->Enter(PoisonGuard::kVfioRequest, digest) >=
-                                PoisonGuard::kQuarantineAfter) [[unlikely]] {
-      reply.err = EIO;
-      Quarantine(h, digest);
-    } else {
-      fault::Point("vfio", raw.data(), raw.size());
-      reply = Dispatch(msg);
-    }
-    if (guard != nullptr) guard->Leave(PoisonGuard::kVfioRequest);
-    CountCommand(h.command, reply.err != 0);
-  }
-  bool wants_reply = !is_reply && !(h.flags & kFlagNoReply);
-  Header rh;
-  rh.msg_id = h.msg_id;
-  rh.command = h.command;
-  rh.flags = kFlagTypeReply | (reply.err ? kFlagError : 0);
-  rh.error = reply.err;
-  rh.msg_size = static_cast<uint32_t>(kHeaderSize + (reply.err ? 0 : reply.payload.size()));
-  ++seq_;
-  state_dirty_ = true;
-  // 4. Commit state + device + the applied request and its reply.
-  auto s = Commit([&](state_store::WriteTxn& txn) -> absl::Status {
-    LastRequestRecord last;
-    last.set_seq(seq_);
-    last.set_msg_size(h.msg_size);
-    last.set_header(raw.data(), kHeaderSize);
-    last.set_digest(digest);
-    if (raw.size() <= kStoredRequestMax) last.set_request(raw.data(), raw.size());
-    last.set_wants_reply(wants_reply);
-    last.set_reply_header(&rh, sizeof(rh));
-    if (!reply.err) last.set_reply_payload(reply.payload.data(), reply.payload.size());
-    return state_store::RecordTable<LastRequestRecord>(kTable).Put(txn, "last", last);
-  });
-  if (!s.ok()) {
-    Disconnect(absl::StrCat("commit failed: ", s.message()));
-    return false;
-  }
-  if (options_.crash_point && options_.crash_point(1)) {
-    Abandon();
-    return false;
-  }
-  // 5. Consume (no control buffer: the in-flight fd references are dropped).
-  if (!ConsumePeeked(raw)) return false;
-  if (options_.crash_point && options_.crash_point(2)) {
-    Abandon();
-    return false;
-  }
-  // 6. Journal, then reply. Everything the send needs is laid out first:
-  // between the mark and sendmsg a kill loses the reply (the successor takes
-  // the mark as "sent"), so nothing else may run there.
-  PreparedMessage out;
-  if (wants_reply && !PrepareReply(h, reply, &out)) return false;
-  JournalMark(seq_);
-  if (options_.crash_point && options_.crash_point(3)) [[unlikely]] {
-    Abandon();
-    return false;
-  }
-  if (!wants_reply) {
-    if (reply.err && !is_reply) ++stats_.posted_errors;
-    return true;
-  }
-  if (absl::Status st = SendPrepared(conn_.get(), out, options_.send_timeout); !st.ok()) {
-    Disconnect(absl::StrCat("sending reply: ", st.message()));
-    return false;
-  }
-  if (options_.crash_point && options_.crash_point(4)) {
-    Abandon();
-    return false;
-  }
-  return true;
-}
-
-bool Session::ConsumePeeked(std::vector<uint8_t>& raw) {
-  size_t consumed = 0;
-  while (consumed < raw.size()) {
-    ssize_t c = ::recv(conn_.get(), raw.data(), raw.size() - consumed, MSG_DONTWAIT);
-    if (c <= 0) {
-      if (c < 0 && errno == EINTR) continue;
-      Disconnect("consume failed");
-      return false;
-    }
-    consumed += static_cast<size_t>(c);
-  }
-  return true;
-}
-
 absl::Status Session::LoadState(const FdLookup& fds) {
-  state_store::RecordTable<SessionRecord> sessions(kTable);
-  state_store::RecordTable<DmaWindowRecord> windows(kTable);
-  state_store::RecordTable<IrqRecord> irqs(kTable);
-  std::optional<SessionRecord> srec;
-  std::vector<DmaWindowRecord> wrecs;
-  std::optional<IrqRecord> irec;
-  auto st = options_.store->View([&](const state_store::ReadTxn& txn) -> absl::Status {
-    auto s = sessions.Get(txn, "session");
-    if (!s.ok()) return s.status();
-    srec = *s;
-    auto i = irqs.Get(txn, "irqs");
-    if (!i.ok()) return i.status();
-    irec = *i;
-    return windows.ForEach(txn, "dma/", [&](absl::string_view, const DmaWindowRecord& w) {
-      wrecs.push_back(w);
-      return absl::OkStatus();
-    });
-  });
-  if (!st.ok()) return st;
-  if (!srec || !srec->negotiated()) return absl::NotFoundError("no live session persisted");
-  client_caps_.max_msg_fds = srec->client_max_msg_fds();
-  client_caps_.max_data_xfer_size = srec->client_max_data_xfer_size();
+  auto n = session_store::Restore(*options_.store, fds, *dma_, *irqs_);
+  if (!n.ok()) return n.status();
+  client_caps_ = n->client_caps;
   server_max_xfer_ = options_.max_data_xfer_size;  // what HandleVersion announced
-  client_caps_.pgsizes = srec->client_pgsizes();
-  client_caps_.max_dma_maps = srec->client_max_dma_maps();
-  client_caps_.write_multiple = srec->write_multiple();
-  seq_ = srec->seq();
-  next_server_msg_id_ = static_cast<uint16_t>(srec->next_server_msg_id());
-  dma_layout_ = srec->qemu_dma_layout() ? DmaRwLayout::kQemu : DmaRwLayout::kSpec;
+  seq_ = n->seq;
+  next_server_msg_id_ = n->next_server_msg_id;
+  dma_layout_ = n->dma_layout;
   negotiated_ = true;
-  for (const auto& w : wrecs) {
-    UniqueFd fd;
-    if (w.has_fd()) {
-      auto f = fds(w.fd_key());
-      if (!f.ok()) return absl::DataLossError(absl::StrCat("DMA window fd ", w.fd_key(), ": ", f.status().message()));
-      fd = std::move(*f);
-    }
-    if (auto s = dma_->Map(w.iova(), w.size(), w.prot(), std::move(fd), w.fd_offset()); !s.ok()) {
-      return absl::DataLossError(absl::StrCat("re-mapping DMA window: ", s.message()));
-    }
-  }
-  if (irec) {
-    irqs_->set_control(irec->msix_enabled(), irec->function_masked());
-    for (const auto& idx : irec->indexes()) {
-      if (idx.index() >= kNumPciIrqs) continue;
-      for (int v = 0; v < idx.vectors_size() && static_cast<uint32_t>(v) < irqs_->count(idx.index()); ++v) {
-        const auto& vr = idx.vectors(v);
-        UniqueFd efd;
-        if (vr.has_fd()) {
-          auto f = fds(IrqFdKey(idx.index(), v));
-          if (!f.ok()) return absl::DataLossError(absl::StrCat("eventfd ", IrqFdKey(idx.index(), v), " missing"));
-          efd = std::move(*f);
-        }
-        irqs_->RestoreVector(idx.index(), v, {vr.has_fd(), vr.masked(), vr.guest_masked(), vr.pending()},
-                             std::move(efd));
-      }
-    }
-  }
   return absl::OkStatus();
 }
 
@@ -1446,71 +967,8 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Resume(PciDevice* device, Even
   s->attached_ = true;
 
   if (s->options_.crash_consistent) {
-    std::optional<LastRequestRecord> last;
-    auto st = s->options_.store->View([&](const state_store::ReadTxn& txn) -> absl::Status {
-      auto l = state_store::RecordTable<LastRequestRecord>(kTable).Get(txn, "last");
-      if (!l.ok()) return l.status();
-      last = *l;
-      return absl::OkStatus();
-    });
-    if (!st.ok()) return st;
-    if (last && last->seq() == s->seq_) {
-      // Is the head of the socket the request we applied but did not consume?
-      bool head_is_last = false;
-      std::vector<uint8_t> raw(last->msg_size());
-      ssize_t n = ::recv(s->conn_.get(), raw.data(), raw.size(), MSG_PEEK | MSG_DONTWAIT);
-      if (n == static_cast<ssize_t>(raw.size()) && Fnv1a(raw.data(), raw.size()) == last->digest() &&
-          std::memcmp(raw.data(), last->header().data(), std::min<size_t>(kHeaderSize, last->header().size())) == 0) {
-        head_is_last = true;
-      }
-      if (head_is_last) {
-        size_t consumed = 0;
-        while (consumed < raw.size()) {
-          ssize_t c = ::recv(s->conn_.get(), raw.data(), raw.size() - consumed, MSG_DONTWAIT);
-          if (c <= 0) return absl::UnavailableError("consuming the applied request failed");
-          consumed += static_cast<size_t>(c);
-        }
-      }
-      if (last->wants_reply() && (head_is_last || s->JournalRead() != last->seq())) {
-        Header rh;
-        std::memcpy(&rh, last->reply_header().data(), std::min<size_t>(sizeof(rh), last->reply_header().size()));
-        Reply reply;
-        reply.err = (rh.flags & kFlagError) ? rh.error : 0;
-        reply.payload.assign(last->reply_payload().begin(), last->reply_payload().end());
-        // A region-info reply carries the region fd, which the record cannot
-        // hold: recompute it from the stored request.
-        if (rh.command == kCmdDeviceGetRegionInfo && !last->request().empty()) {
-          Message m;
-          std::memcpy(&m.hdr, last->request().data(), kHeaderSize);
-          m.payload.assign(last->request().begin() + kHeaderSize, last->request().end());
-          reply = s->HandleGetRegionInfo(m);
-        }
-        Header req;
-        req.msg_id = rh.msg_id;
-        req.command = rh.command;
-        s->JournalMark(last->seq());
-        ++s->stats_.replayed_replies;
-        if (!s->SendReply(req, reply)) return absl::UnavailableError("sending the stored reply failed");
-      } else if (head_is_last) {
-        s->JournalMark(last->seq());
-      }
-    }
-  }
-  if (s->run_progress_ != nullptr && *s->run_progress_ != 0) {
-    // A run of self-durable writes was applied up to here but maybe not
-    // consumed: if the socket head is still that prefix, consume it unapplied.
-    const uint64_t p = *s->run_progress_;
-    std::vector<uint8_t> raw(std::min<uint32_t>(static_cast<uint32_t>(p), 1u << 16));
-    ssize_t n = raw.empty() ? -1 : ::recv(s->conn_.get(), raw.data(), raw.size(), MSG_PEEK | MSG_DONTWAIT);
-    if (n == static_cast<ssize_t>(raw.size()) && RunProgress(Fnv1a(raw.data(), raw.size()), raw.size()) == p) {
-      size_t consumed = 0;
-      while (consumed < raw.size()) {
-        ssize_t c = ::recv(s->conn_.get(), raw.data(), raw.size() - consumed, MSG_DONTWAIT);
-        if (c <= 0) return absl::UnavailableError("consuming the applied writes failed");
-        consumed += static_cast<size_t>(c);
-      }
-    }
-    *s->run_progress_ = 0;
+    if (auto st = s->SettleLastRequest(); !st.ok()) return st;
+    if (auto st = s->SettleSelfDurableRun(); !st.ok()) return st;
   }
   if (auto st = s->Watch(); !st.ok()) return st;
   return s;

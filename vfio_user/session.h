@@ -34,7 +34,8 @@
 // successor that finds it still at the socket head (killed before the
 // consume) simply applies it again, which the contract makes harmless.
 //
-// fd keys (FdDepositor): "vfio/conn", "dma/<iova-hex>", "irq/<index>/<vector>".
+// fd keys (FdDepositor): "vfio/conn", "dma/<iova-hex>", "irq/<index>/<vector>"
+// (session_store.h, with the records that name them).
 #ifndef EMUD_VFIO_USER_SESSION_H_
 #define EMUD_VFIO_USER_SESSION_H_
 
@@ -44,6 +45,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +59,7 @@
 #include "vfio_user/dma_table.h"
 #include "vfio_user/event_loop.h"
 #include "vfio_user/irq_state.h"
+#include "vfio_user/journal.h"
 #include "vfio_user/protocol.h"
 #include "vfio_user/transport.h"
 
@@ -110,7 +113,8 @@ struct SessionOptions {
   // the socket buffer to be peeked) and refuses message-based DMA (windows
   // without an fd): the device sees a DMA error there.
   bool crash_consistent = false;
-  // A small file on tmpfs holding the "replying N" mark.
+  // A small file on tmpfs: the "replying N" mark and the self-durable run's
+  // progress (RequestJournal, journal.h).
   std::string journal_path;
   // Gets every connection / DMA / eventfd fd before the session relies on it.
   FdDepositor* fd_depositor = nullptr;
@@ -213,29 +217,9 @@ class Session {
   absl::Status Init();
   absl::Status Watch();
 
-  // One request, to completion. Returns false if the client was dropped.
+  // Plain and persisted (not crash-consistent) sessions: one request, to
+  // completion. Returns false if the client was dropped.
   bool HandleMessage(Message msg);
-  bool HandleMessageCrashConsistent();
-  // A posted REGION_WRITE / REGION_WRITE_MULTI whose every write the device
-  // reports as self-durable (PciDevice::WriteIsSelfDurable): nothing to
-  // commit for it. False for anything malformed or wanting a reply.
-  bool IsSelfDurable(const Message& msg) const;
-  // Crash-consistent mode: applies the self-durable messages at the socket
-  // head (one peek for the run), recording progress in the journal's
-  // run-progress word after each, then consumes them together. Returns how
-  // many (0: none / nothing readable; -1: the session was abandoned or
-  // disconnected).
-  int DrainSelfDurable();
-  // The run-progress word for the first `bytes` bytes of a run, given their
-  // FNV-1a digest: digest (low 32 bits, shifted up) | length (low 32 bits);
-  // 0 = no run in progress.
-  static uint64_t RunProgress(uint64_t digest, size_t bytes);
-  // Counts and logs a poison request answered without being applied.
-  void Quarantine(const Header& h, uint64_t digest);
-  static constexpr size_t kJournalPage = 4096;
-  // Crash-consistent mode: reads the peeked message (raw.size() bytes) off
-  // the socket; false (after Disconnect) if that fails.
-  bool ConsumePeeked(std::vector<uint8_t>& raw);
   Reply Dispatch(Message& msg);
   void CountCommand(uint16_t cmd, bool error) {
     size_t i = cmd < kCmdMax ? cmd : 0;
@@ -249,6 +233,53 @@ class Session {
   // disconnects right after).
   void RefuseUnframeable(const Header& h);
 
+  // The crash-consistent request path (session_crash_consistent.cc): peek,
+  // apply, commit, consume, journal, reply. Returns false when nothing more
+  // can be handled now (would block, dropped or abandoned).
+  bool HandleMessageCrashConsistent();
+  // A posted REGION_WRITE / REGION_WRITE_MULTI whose every write the device
+  // reports as self-durable (PciDevice::WriteIsSelfDurable): nothing to
+  // commit for it. False for anything malformed or wanting a reply.
+  bool IsSelfDurable(const Message& msg) const;
+  // The same test on a header and payload, leaving the writes decoded.
+  bool DecodeSelfDurable(const Header& h, absl::Span<const uint8_t> payload, RegionWrites* writes) const;
+  // Crash-consistent mode: applies the self-durable messages at the socket
+  // head (one peek for the run), recording progress in the journal's
+  // run-progress word after each, then consumes them together. Returns how
+  // many (0: none / nothing readable; -1: the session was abandoned or
+  // disconnected).
+  int DrainSelfDurable();
+  // Dispatch bracketed by the poison guard (options_.poison_guard), keyed by
+  // the request's digest: a request kQuarantineAfter workers died applying
+  // is answered EIO without being applied.
+  Reply ApplyGuarded(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest);
+  // Counts and logs a poison request answered without being applied.
+  void Quarantine(const Header& h, uint64_t digest);
+  // Takes the `n` peeked bytes off the socket; false (after Disconnect) if
+  // that fails.
+  bool ConsumePeeked(size_t n);
+  // Resume, crash-consistent mode: settles the request the predecessor
+  // applied last (consumes it if still at the socket head, re-sends its
+  // stored reply unless the journal says it went out), then the run of
+  // self-durable writes it recorded as applied (consumed unapplied if still
+  // at the socket head).
+  absl::Status SettleLastRequest();
+  absl::Status SettleSelfDurableRun();
+
+  // SessionOptions::crash_point stages. Committed requests: applied and
+  // committed, consumed, journal marked, replied. Self-durable writes: one
+  // applied, the run consumed, its progress recorded.
+  enum CrashStage : int { kCrashApplied = 1, kCrashConsumed = 2, kCrashMarked = 3, kCrashReplied = 4 };
+  // True, after Abandon(), when the crash_point test hook wants the process
+  // to die at `stage`.
+  bool CrashAt(CrashStage stage) {
+    if (options_.crash_point && options_.crash_point(stage)) [[unlikely]] {
+      Abandon();
+      return true;
+    }
+    return false;
+  }
+
   Reply HandleVersion(Message& m);
   Reply HandleDmaMap(Message& m);
   Reply HandleDmaUnmap(Message& m);
@@ -258,9 +289,13 @@ class Session {
   Reply HandleGetIrqInfo(Message& m);
   Reply HandleSetIrqs(Message& m);
   Reply HandleRegionRead(Message& m);
-  Reply HandleRegionWrite(Message& m);
-  Reply HandleWriteMulti(Message& m);
+  Reply HandleRegionWrites(Message& m);  // REGION_WRITE and REGION_WRITE_MULTI
   Reply HandleReset(Message& m);
+  // REGION_WRITE_MULTI before VERSION offered write_multiple: ENOTSUP.
+  bool WriteMultiRefused(uint16_t cmd) const { return cmd == kCmdRegionWriteMulti && !client_caps_.write_multiple; }
+  // Checks every write against its region, then applies them in order: the
+  // reply's errno (0 = all applied; a device error stops the rest, EINVAL).
+  uint32_t ApplyRegionWrites(const RegionWrites& writes);
 
   // Largest count of one DMA_READ/DMA_WRITE to the client: within the
   // client's max_data_xfer_size and our own advertised one (QEMU refuses a
@@ -277,15 +312,13 @@ class Session {
   // requests arriving meanwhile are queued in backlog_.
   absl::StatusOr<Message> ServerRequest(uint16_t cmd, absl::Span<const uint8_t> payload);
 
-  // Persistence.
+  // Persistence (records: session_store.h).
   absl::Status Commit(const std::function<absl::Status(state_store::WriteTxn&)>& extra);
   absl::Status WriteAllState(state_store::WriteTxn& txn);
   absl::Status LoadState(const FdLookup& fds);
   void BeforeUnmap(uint64_t iova, uint64_t size);
   absl::Status DepositFd(absl::string_view key, int fd);
   void ReleaseFd(absl::string_view key);
-  void JournalMark(uint64_t seq);
-  uint64_t JournalRead();
 
   PciDevice* device_;
   EventLoop* loop_;
@@ -309,15 +342,12 @@ class Session {
   DmaRwLayout dma_layout_ = DmaRwLayout::kSpec;  // resolved at VERSION
   uint16_t next_server_msg_id_ = 0;
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
-  static constexpr size_t kPeekSize = 8192;  // >= the largest WRITE_MULTI
-  std::vector<uint8_t> peek_buf_;  // DrainSelfDurable's look-ahead
-  bool drained_all_ = false;       // the last drain emptied the socket
-  volatile uint64_t* run_progress_ = nullptr;  // journal page 1 (mmapped)
-  volatile uint64_t* reply_mark_ = nullptr;    // journal page 0: "replying N" (mmapped)
+  static constexpr size_t kPeekSize = 8192;  // DrainSelfDurable's look-ahead (>= the largest WRITE_MULTI)
+  bool drained_all_ = false;                 // the last drain emptied the socket
+  std::optional<RequestJournal> journal_;    // crash-consistent mode
   bool state_dirty_ = false;
   std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
   std::vector<std::string> pending_releases_;  // fd-store keys released by the next commit
-  UniqueFd journal_fd_;
   SessionStats stats_;
   std::string last_disconnect_reason_;
   std::function<void()> on_disconnect_;

@@ -51,9 +51,11 @@ absl::Status SendRawBytes(int sock, absl::Span<const uint8_t> bytes, absl::Durat
   return absl::OkStatus();
 }
 
-// recvmsg of up to `len` bytes, appending received fds. Returns bytes read,
-// 0 on EOF, -1 with errno.
-ssize_t RecvWithFds(int sock, uint8_t* buf, size_t len, size_t max_fds, Message* msg, int flags) {
+// recvmsg of up to `len` bytes, appending received fds to *fds (beyond
+// max_fds closed) and setting *truncated for MSG_CTRUNC or closed ones.
+// Returns bytes read, 0 on EOF, -1 with errno. The one SCM_RIGHTS receiver.
+ssize_t RecvWithFds(int sock, uint8_t* buf, size_t len, size_t max_fds, std::vector<UniqueFd>* fds,
+                    bool* truncated, int flags) {
   alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
   iovec iov{buf, len};
   msghdr mh{};
@@ -66,22 +68,29 @@ ssize_t RecvWithFds(int sock, uint8_t* buf, size_t len, size_t max_fds, Message*
     n = ::recvmsg(sock, &mh, flags | MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return n;
-  if (mh.msg_flags & MSG_CTRUNC) msg->fds_truncated = true;
+  if (mh.msg_flags & MSG_CTRUNC) *truncated = true;
   for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     for (size_t i = 0; i < nfd; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (msg->fds.size() < max_fds) {
-        msg->fds.emplace_back(fd);
+      if (fds->size() < max_fds) {
+        fds->emplace_back(fd);
       } else {
         ::close(fd);
-        msg->fds_truncated = true;
+        *truncated = true;
       }
     }
   }
   return n;
+}
+
+// Lets the rest of a message arrive (a split sendmsg completes shortly)
+// instead of spinning on a partial one.
+void WaitBriefly(int sock) {
+  pollfd pf{sock, POLLIN, 0};
+  ::poll(&pf, 1, 1);
 }
 
 }  // namespace
@@ -194,8 +203,8 @@ bool MessageReader::Extract(Message* out, std::string* error, bool* framing_erro
   if (avail < kHeaderSize) return false;
   Header h;
   std::memcpy(&h, buf_.data() + buf_start_, kHeaderSize);
-  if (h.msg_size < kHeaderSize || h.msg_size > max_msg_size_) {
-    *error = absl::StrCat("framing error: msg_size ", h.msg_size, " (limit ", max_msg_size_, ")");
+  if (!Frameable(h.msg_size)) {
+    *error = FramingError(h.msg_size);
     *framing_error = true;
     return false;
   }
@@ -261,41 +270,27 @@ MessageReader::Result MessageReader::Read(int sock, Message* out, std::string* e
       // above kExactAtomicMax may not fit the socket buffer at once; they
       // are read in parts as usual.)
       Header h;
-      ssize_t p = ::recv(sock, &h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);
-      if (p < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return Result::kWouldBlock;
-        *error = absl::StrCat("recv: ", std::strerror(errno));
-        return Result::kClosed;
-      }
-      if (p == 0) {
-        *error = "peer closed";
-        return Result::kClosed;
-      }
-      if (static_cast<size_t>(p) == sizeof(h) && h.msg_size >= kHeaderSize && h.msg_size <= max_msg_size_ &&
-          h.msg_size <= kExactAtomicMax) {
+      if (Result r = PeekHeader(sock, &h, error); r != Result::kMessage) return r;
+      if (Frameable(h.msg_size) && h.msg_size <= kExactAtomicMax) {
         int queued = 0;
         if (::ioctl(sock, FIONREAD, &queued) == 0 && static_cast<uint32_t>(queued) < h.msg_size) {
           // The sender's single sendmsg is normally queued whole; a split
           // one completes shortly. Wait a little instead of spinning.
-          pollfd pf{sock, POLLIN, 0};
-          ::poll(&pf, 1, 1);
+          WaitBriefly(sock);
           return Result::kWouldBlock;
         }
         need = h.msg_size;
         if (buf_.size() < need) buf_.resize(need);
-      } else if (static_cast<size_t>(p) < sizeof(h)) {
-        pollfd pf{sock, POLLIN, 0};
-        ::poll(&pf, 1, 1);
-        return Result::kWouldBlock;
       }
       // else: framing error (found by Extract after the read) or a large
       // message read in parts.
     }
-    Message fdsink;
+    std::vector<UniqueFd> fds;
+    bool truncated = false;
     uint8_t* dst = buf_.data() + buf_end_;
     size_t room = buf_.size() - buf_end_;
     if (exact_) room = std::min(room, need - (buf_end_ - buf_start_));
-    ssize_t n = RecvWithFds(sock, dst, room, kMaxRecvFds, &fdsink, MSG_DONTWAIT);
+    ssize_t n = RecvWithFds(sock, dst, room, kMaxRecvFds, &fds, &truncated, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return Result::kWouldBlock;
       *error = absl::StrCat("recvmsg: ", std::strerror(errno));
@@ -306,16 +301,101 @@ MessageReader::Result MessageReader::Read(int sock, Message* out, std::string* e
       return Result::kClosed;
     }
     buf_end_ += static_cast<size_t>(n);
-    if (!fdsink.fds.empty() || fdsink.fds_truncated) {
+    if (!fds.empty() || truncated) {
       FdGroup g;
       g.owner_pos = stream_pos_ + (buf_end_ - buf_start_) - 1;
-      g.fds = std::move(fdsink.fds);
-      g.truncated = fdsink.fds_truncated;
+      g.fds = std::move(fds);
+      g.truncated = truncated;
       fd_groups_.push_back(std::move(g));
     } else if (static_cast<size_t>(n) < room) {
       drained_ = true;  // nothing more queued right now
     }
   }
+}
+
+std::string MessageReader::FramingError(uint32_t msg_size) const {
+  return absl::StrCat("framing error: msg_size ", msg_size, " (limit ", max_msg_size_, ")");
+}
+
+MessageReader::Result MessageReader::PeekHeader(int sock, Header* h, std::string* error) {
+  ssize_t p = ::recv(sock, h, sizeof(*h), MSG_PEEK | MSG_DONTWAIT);
+  if (p < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return Result::kWouldBlock;
+    *error = absl::StrCat("recv: ", std::strerror(errno));
+    return Result::kClosed;
+  }
+  if (p == 0) {
+    *error = "peer closed";
+    return Result::kClosed;
+  }
+  if (static_cast<size_t>(p) < sizeof(*h)) {
+    WaitBriefly(sock);
+    return Result::kWouldBlock;
+  }
+  return Result::kMessage;
+}
+
+MessageReader::Result MessageReader::Peek(int sock, Message* out, absl::Span<const uint8_t>* raw,
+                                          std::string* error) {
+  if (!idle()) {
+    *error = "peek behind buffered bytes";
+    return Result::kClosed;
+  }
+  Header h;
+  if (Result r = PeekHeader(sock, &h, error); r != Result::kMessage) return r;
+  if (!Frameable(h.msg_size)) {
+    out->hdr = h;
+    *error = FramingError(h.msg_size);
+    return Result::kFramingError;
+  }
+  if (buf_.size() < h.msg_size) buf_.resize(h.msg_size);
+  Message m;
+  ssize_t got = RecvWithFds(sock, buf_.data(), h.msg_size, max_fds_, &m.fds, &m.fds_truncated,
+                            MSG_PEEK | MSG_DONTWAIT);
+  if (got < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Result::kWouldBlock;
+    *error = absl::StrCat("recvmsg: ", std::strerror(errno));
+    return Result::kClosed;
+  }
+  if (got == 0) {
+    *error = "peer closed";
+    return Result::kClosed;
+  }
+  if (static_cast<size_t>(got) < h.msg_size) {
+    WaitBriefly(sock);
+    return Result::kWouldBlock;  // the peeked fds close with `m`
+  }
+  std::memcpy(&m.hdr, buf_.data(), kHeaderSize);
+  m.payload.assign(buf_.data() + kHeaderSize, buf_.data() + h.msg_size);
+  *out = std::move(m);
+  *raw = absl::MakeConstSpan(buf_.data(), h.msg_size);
+  return Result::kMessage;
+}
+
+absl::Span<const uint8_t> MessageReader::PeekAhead(int sock, size_t max, bool* carries_fds) {
+  *carries_fds = false;
+  if (!idle() || max == 0) return {};
+  if (buf_.size() < max) buf_.resize(max);
+  std::vector<UniqueFd> fds;  // whatever rides on the peeked bytes, closed on return
+  bool truncated = false;
+  ssize_t n = RecvWithFds(sock, buf_.data(), max, kMaxRecvFds, &fds, &truncated, MSG_PEEK | MSG_DONTWAIT);
+  if (n <= 0) return {};
+  *carries_fds = !fds.empty() || truncated;
+  return absl::MakeConstSpan(buf_.data(), static_cast<size_t>(n));
+}
+
+absl::Status MessageReader::Consume(int sock, size_t n) {
+  if (buf_.size() < n) buf_.resize(n);
+  size_t consumed = 0;
+  while (consumed < n) {
+    // No control buffer: the kernel drops the fds of what is read here.
+    ssize_t c = ::recv(sock, buf_.data(), n - consumed, MSG_DONTWAIT);
+    if (c < 0 && errno == EINTR) continue;
+    if (c < 0) return absl::UnavailableError(absl::StrCat("recv: ", std::strerror(errno)));
+    if (c == 0) return absl::UnavailableError("peer closed");
+    consumed += static_cast<size_t>(c);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Message> ReceiveMessage(int sock, size_t max_msg_size, size_t max_fds,

@@ -102,6 +102,30 @@ class MessageReader {
   // the stream mid-message. Used when the session persists its state.
   void set_exact_reads(bool exact) { exact_ = exact; }
 
+  // Peek mode (the crash-consistent session): a message is read without
+  // being consumed, applied, and consumed only once its effect is durable, so
+  // a process killed in between leaves it at the socket head for its
+  // successor. These work on the socket directly and need idle() (nothing
+  // buffered here, so the socket head is the stream head); they share the
+  // reader's buffer, so a returned span is valid until the next call.
+  //
+  // Peeks the whole message at the socket head with its fds (as Read
+  // attributes them: over max_fds closed and flagged). kMessage: *out
+  // decoded and *raw its bytes, header included. kWouldBlock: nothing queued,
+  // or not all of the message yet (after a 1 ms wait for the rest of a split
+  // sendmsg). kFramingError: out->hdr is the offending header. kClosed and
+  // kFramingError put a description in *error.
+  Result Peek(int sock, Message* out, absl::Span<const uint8_t>* raw, std::string* error);
+  // Look-ahead: peeks up to `max` bytes queued at the socket head (a run of
+  // messages, the last maybe cut short). Empty on EOF, error or nothing
+  // queued (the next Peek tells which). *carries_fds: some of those bytes
+  // carry fds (closed here, the bytes are returned all the same).
+  absl::Span<const uint8_t> PeekAhead(int sock, size_t max, bool* carries_fds);
+  // Takes `n` peeked bytes off the socket in one recv (if the socket hands
+  // them over at once: a killed process then never leaves its successor
+  // mid-message); the fds they carry are dropped. UNAVAILABLE on EOF or error.
+  absl::Status Consume(int sock, size_t n);
+
  private:
   struct FdGroup {
     uint64_t owner_pos;  // stream offset of the last byte of the read that brought them
@@ -110,6 +134,11 @@ class MessageReader {
   };
   // Extracts a complete message at the buffer head, if any.
   bool Extract(Message* out, std::string* error, bool* framing_error);
+  // Peeks the header at the socket head (no control buffer: installs no fd).
+  // kWouldBlock also for a partial header (after a 1 ms wait).
+  Result PeekHeader(int sock, Header* h, std::string* error);
+  bool Frameable(uint32_t msg_size) const { return msg_size >= kHeaderSize && msg_size <= max_msg_size_; }
+  std::string FramingError(uint32_t msg_size) const;
 
   size_t max_msg_size_;
   size_t max_fds_;

@@ -1,5 +1,6 @@
 #include "vfio_user/transport.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -249,6 +250,187 @@ TEST(MessageReaderTest, LargeMessageAndEof) {
   while ((res = r.Read(p.b.get(), &m, &err)) == MessageReader::Result::kWouldBlock) {
   }
   EXPECT_EQ(res, MessageReader::Result::kClosed);
+}
+
+// ---- Peek mode (the crash-consistent session) ----
+
+size_t OpenFds() {
+  size_t n = 0;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d) != nullptr) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+
+int Queued(int sock) {
+  int queued = -1;
+  EXPECT_EQ(::ioctl(sock, FIONREAD, &queued), 0);
+  return queued;
+}
+
+TEST(PeekTest, PeekLeavesTheMessageAndItsFdsUntilConsume) {
+  Pair p;
+  UniqueFd e1(::eventfd(0, EFD_NONBLOCK)), e2(::eventfd(0, EFD_NONBLOCK));
+  std::vector<uint8_t> body(40, 7);
+  int two[2] = {e1.get(), e2.get()};
+  ASSERT_TRUE(SendMessage(p.a.get(), H(1), body, two).ok());
+  ASSERT_TRUE(SendMessage(p.a.get(), H(2), {}, {}).ok());
+  const size_t fds_before = OpenFds();
+  MessageReader r(4096, 16);
+  for (int round = 0; round < 2; ++round) {  // peeking twice sees the same message
+    Message m;
+    absl::Span<const uint8_t> raw;
+    std::string err;
+    ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kMessage) << err;
+    EXPECT_EQ(m.hdr.msg_id, 1);
+    EXPECT_EQ(m.payload, body);
+    ASSERT_EQ(raw.size(), kHeaderSize + body.size());
+    EXPECT_EQ(std::memcmp(raw.data(), &m.hdr, kHeaderSize), 0);
+    ASSERT_EQ(m.fds.size(), 2u);
+    EXPECT_FALSE(m.fds_truncated);
+    // The peeked fds are the sender's eventfds.
+    uint64_t one = 1, got = 0;
+    ASSERT_EQ(::write(m.fds[1].get(), &one, sizeof(one)), 8);
+    ASSERT_EQ(::read(e2.get(), &got, sizeof(got)), 8);
+    EXPECT_EQ(got, 1u);
+    EXPECT_EQ(Queued(p.b.get()), static_cast<int>(raw.size() + kHeaderSize));
+    EXPECT_TRUE(r.idle());
+  }
+  EXPECT_EQ(OpenFds(), fds_before) << "peeked fds are closed with their message";
+  ASSERT_TRUE(r.Consume(p.b.get(), kHeaderSize + body.size()).ok());
+  EXPECT_EQ(OpenFds(), fds_before) << "consuming installs no fd";
+  Message m;
+  absl::Span<const uint8_t> raw;
+  std::string err;
+  ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 2);
+  EXPECT_TRUE(m.fds.empty());
+  ASSERT_TRUE(r.Consume(p.b.get(), raw.size()).ok());
+  EXPECT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kWouldBlock);
+  p.a.reset();
+  EXPECT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kClosed);
+  EXPECT_EQ(err, "peer closed");
+  EXPECT_EQ(r.Consume(p.b.get(), 1).code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(PeekTest, TooManyFdsFlaggedAndClosed) {
+  Pair p;
+  std::vector<UniqueFd> efds;
+  std::vector<int> raw_fds;
+  for (int i = 0; i < 6; ++i) {
+    efds.emplace_back(::eventfd(0, 0));
+    raw_fds.push_back(efds.back().get());
+  }
+  ASSERT_TRUE(SendMessage(p.a.get(), H(1), {}, raw_fds).ok());
+  const size_t fds_before = OpenFds();
+  MessageReader r(4096, 4);
+  {
+    Message m;
+    absl::Span<const uint8_t> raw;
+    std::string err;
+    ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kMessage) << err;
+    EXPECT_LE(m.fds.size(), 4u);
+    EXPECT_TRUE(m.fds_truncated);
+  }
+  EXPECT_EQ(OpenFds(), fds_before);
+}
+
+TEST(PeekTest, PartialMessageWouldBlockUntilAllOfItIsQueued) {
+  Pair p;
+  UniqueFd e1(::eventfd(0, 0));
+  Header h = H(9);
+  h.msg_size = kHeaderSize + 8;
+  std::vector<uint8_t> hdr(reinterpret_cast<uint8_t*>(&h), reinterpret_cast<uint8_t*>(&h) + kHeaderSize);
+  MessageReader r(4096, 16);
+  Message m;
+  absl::Span<const uint8_t> raw;
+  std::string err;
+  SendRawWithFds(p.a.get(), std::vector<uint8_t>(hdr.begin(), hdr.begin() + 5), {});
+  EXPECT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kWouldBlock);  // part of a header
+  SendRawWithFds(p.a.get(), std::vector<uint8_t>(hdr.begin() + 5, hdr.end()), {});
+  EXPECT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kWouldBlock);  // no payload yet
+  EXPECT_EQ(Queued(p.b.get()), 16);
+  SendRawWithFds(p.a.get(), std::vector<uint8_t>(8, 1), {e1.get()});
+  ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 9);
+  EXPECT_EQ(m.payload, std::vector<uint8_t>(8, 1));
+  EXPECT_EQ(m.fds.size(), 1u) << "fds riding on the body belong to the message";
+  ASSERT_TRUE(r.Consume(p.b.get(), raw.size()).ok());
+  EXPECT_EQ(Queued(p.b.get()), 0);
+}
+
+TEST(PeekTest, FramingErrorReportsTheHeader) {
+  for (uint32_t bad : {0u, 15u, 4097u}) {
+    Pair p;
+    Header h = H(0x77);
+    h.msg_size = bad;
+    std::vector<uint8_t> bytes(reinterpret_cast<uint8_t*>(&h), reinterpret_cast<uint8_t*>(&h) + kHeaderSize);
+    SendRawWithFds(p.a.get(), bytes, {});
+    MessageReader r(4096, 4);
+    Message m;
+    absl::Span<const uint8_t> raw;
+    std::string err;
+    ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kFramingError) << bad;
+    EXPECT_EQ(m.hdr.msg_id, 0x77);
+    EXPECT_EQ(m.hdr.msg_size, bad);
+    EXPECT_NE(err.find("framing error"), std::string::npos) << err;
+  }
+}
+
+TEST(PeekTest, PeekNeedsAnIdleReader) {
+  Pair p;
+  Header h = H(1);
+  h.msg_size = kHeaderSize + 8;
+  std::vector<uint8_t> hdr(reinterpret_cast<uint8_t*>(&h), reinterpret_cast<uint8_t*>(&h) + kHeaderSize);
+  SendRawWithFds(p.a.get(), hdr, {});
+  MessageReader r(4096, 4);
+  Message m;
+  std::string err;
+  ASSERT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kWouldBlock);
+  ASSERT_FALSE(r.idle());  // the header is buffered here, not at the socket head
+  absl::Span<const uint8_t> raw;
+  EXPECT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kClosed);
+  bool fds = true;
+  EXPECT_TRUE(r.PeekAhead(p.b.get(), 64, &fds).empty());
+}
+
+TEST(PeekTest, PeekAheadSeesARunAndFlagsFds) {
+  Pair p;
+  UniqueFd e1(::eventfd(0, 0));
+  int one[1] = {e1.get()};
+  std::vector<uint8_t> body(24, 5);
+  const size_t size = kHeaderSize + body.size();
+  ASSERT_TRUE(SendMessage(p.a.get(), H(1), body, {}).ok());
+  ASSERT_TRUE(SendMessage(p.a.get(), H(2), body, {}).ok());
+  MessageReader r(4096, 16);
+  bool fds = true;
+  auto run = r.PeekAhead(p.b.get(), 8192, &fds);
+  EXPECT_FALSE(fds);
+  ASSERT_EQ(run.size(), 2 * size);
+  Header h;
+  std::memcpy(&h, run.data() + size, kHeaderSize);
+  EXPECT_EQ(h.msg_id, 2);
+  EXPECT_EQ(r.PeekAhead(p.b.get(), size + 3, &fds).size(), size + 3) << "at most `max` bytes";
+  EXPECT_EQ(Queued(p.b.get()), static_cast<int>(2 * size)) << "nothing consumed";
+  // An fd anywhere in the look-ahead is reported (and closed here).
+  ASSERT_TRUE(SendMessage(p.a.get(), H(3), body, one).ok());
+  ASSERT_TRUE(SendMessage(p.a.get(), H(4), body, {}).ok());
+  const size_t fds_before = OpenFds();
+  run = r.PeekAhead(p.b.get(), 8192, &fds);
+  EXPECT_TRUE(fds);
+  EXPECT_GE(run.size(), 3 * size);
+  EXPECT_EQ(OpenFds(), fds_before);
+  // Consuming a prefix leaves the rest.
+  ASSERT_TRUE(r.Consume(p.b.get(), 3 * size).ok());
+  run = r.PeekAhead(p.b.get(), 8192, &fds);
+  EXPECT_FALSE(fds);
+  ASSERT_EQ(run.size(), size);
+  std::memcpy(&h, run.data(), kHeaderSize);
+  EXPECT_EQ(h.msg_id, 4);
+  ASSERT_TRUE(r.Consume(p.b.get(), size).ok());
+  EXPECT_TRUE(r.PeekAhead(p.b.get(), 8192, &fds).empty()) << "nothing queued";
+  EXPECT_TRUE(r.PeekAhead(p.b.get(), 0, &fds).empty());
 }
 
 }  // namespace

@@ -19,6 +19,8 @@ OUT=${FUZZ_OUT:-/dev/shm/avf-fuzz-$(id -u)}
 PROTO=avf/avf_state.proto
 MAX_LEN=8192
 SRCS=(
+  base/fault_point.cc
+  base/poison_guard.cc
   avf/admin_queue.cc
   avf/descriptors.cc
   avf/device.cc
@@ -32,6 +34,6 @@ SRCS=(
 )
 HASH_INPUTS=(avf/*.h avf/*.cc avf/*.proto avf/fuzz/*.h avf/fuzz/*.cc vfio_user/msix_table.*
              vfio_user/pci_config_space.* vfio_user/device.h state_store/*.h state_store/store.cc
-             base/*.h tests/fuzz/lib.sh)
+             base/*.h base/*.cc tests/fuzz/lib.sh)
 SEED_WRITER_SRCS=(avf/fuzz/seed_writer.cc)
 fuzz_build_and_run

@@ -21,12 +21,17 @@ PROTO=vfio_user/session_state.proto
 MAX_LEN=4096
 CORPUS_DIR=vfio_user/fuzz/corpus
 SRCS=(
+  base/fault_point.cc
+  base/poison_guard.cc
   vfio_user/protocol.cc
   vfio_user/transport.cc
   vfio_user/dma_table.cc
   vfio_user/event_loop.cc
   vfio_user/irq_state.cc
+  vfio_user/journal.cc
   vfio_user/session.cc
+  vfio_user/session_crash_consistent.cc
+  vfio_user/session_store.cc
   vfio_user/msix_table.cc
   vfio_user/pci_config_space.cc
   vfio_user/examples/example_device.cc

@@ -1,0 +1,264 @@
+// Session's crash-consistent request path (SessionOptions::crash_consistent),
+// as ARCHITECTURE.md describes it ("Control path", "Doorbells: self-durable
+// writes"): requests are peeked, applied, committed with their reply,
+// consumed, journalled and answered; runs of self-durable posted writes are
+// applied with their progress in the journal and consumed together; and a
+// successor settles what its predecessor left (Resume).
+#include <errno.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/fault_point.h"
+#include "vfio_user/session.h"
+#include "vfio_user/session_store.h"
+
+namespace emud::vfio_user {
+
+bool Session::DecodeSelfDurable(const Header& h, absl::Span<const uint8_t> payload,
+                                RegionWrites* writes) const {
+  // Only what Dispatch would accept (anything else takes the regular path).
+  if (h.flags != (kFlagTypeCommand | kFlagNoReply) || h.error != 0 || !negotiated_) return false;
+  if (!RegionWrites::Decode(h.command, payload, writes)) return false;
+  for (size_t i = 0; i < writes->size(); ++i) {
+    const RegionWrite w = (*writes)[i];
+    if (!device_->WriteIsSelfDurable(w.region, w.offset, w.data.size())) return false;
+  }
+  return true;
+}
+
+bool Session::IsSelfDurable(const Message& msg) const {
+  if (!msg.fds.empty() || msg.fds_truncated) return false;
+  RegionWrites writes;
+  return DecodeSelfDurable(msg.hdr, msg.payload, &writes);
+}
+
+int Session::DrainSelfDurable() {
+  // One peek covers a run of small messages; the self-durable ones at its
+  // front are applied one by one and consumed together. After each apply the
+  // run-progress word records how many bytes of the run are applied (with
+  // their digest), so a successor consumes exactly those without applying
+  // them again (SettleSelfDurableRun) and re-applies at most the one message
+  // being applied when the process died (re-applying a longer run could step
+  // a register back through older values).
+  drained_all_ = false;
+  bool fds = false;
+  const absl::Span<const uint8_t> run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds);
+  // EOF, errors and EAGAIN: the regular path decides. Fds anywhere in the
+  // look-ahead send every message through the regular path (which refuses a
+  // write carrying fds).
+  if (run.empty() || fds) return 0;
+  size_t off = 0;
+  int handled = 0;
+  uint64_t digest = Fnv1a({});  // of the run's first `off` bytes
+  // The whole look-ahead (<= ~200 small writes): each costs little (a store
+  // and maybe a doorbell hook), one peek and one read serve them all.
+  while (off + kHeaderSize <= run.size()) {
+    Header h;
+    std::memcpy(&h, run.data() + off, kHeaderSize);
+    if (h.msg_size < kHeaderSize || h.msg_size > run.size() - off) break;
+    const absl::Span<const uint8_t> msg = run.subspan(off, h.msg_size);
+    RegionWrites writes;
+    if (!DecodeSelfDurable(h, msg.subspan(kHeaderSize), &writes)) break;
+    const uint32_t err = WriteMultiRefused(h.command) ? ENOTSUP : ApplyRegionWrites(writes);
+    ++stats_.requests;
+    CountCommand(h.command, err != 0);
+    if (err) ++stats_.posted_errors;
+    if (CrashAt(kCrashApplied)) return -1;
+    digest = Fnv1a(msg, digest);
+    off += msg.size();
+    ++handled;
+    journal_->RecordRun(digest, off);
+    if (CrashAt(kCrashMarked)) return -1;
+  }
+  if (handled == 0) return 0;
+  // Everything readable was this run: no need to look again before the
+  // loop reports more (level-triggered; saves two failing reads per round).
+  drained_all_ = off == run.size() && run.size() < kPeekSize;
+  if (!ConsumePeeked(off)) return -1;
+  if (CrashAt(kCrashConsumed)) return -1;
+  journal_->ClearRun();
+  return handled;
+}
+
+Session::Reply Session::ApplyGuarded(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest) {
+  Reply reply;
+  PoisonGuard* guard = options_.poison_guard;
+  if (guard != nullptr && guard->Enter(PoisonGuard::kVfioRequest, digest) >=
+                              PoisonGuard::kQuarantineAfter) [[unlikely]] {
+    reply.err = EIO;
+    Quarantine(msg.hdr, digest);
+  } else {
+    fault::Point("vfio", raw.data(), raw.size());
+    reply = Dispatch(msg);
+  }
+  if (guard != nullptr) guard->Leave(PoisonGuard::kVfioRequest);
+  return reply;
+}
+
+void Session::Quarantine(const Header& h, uint64_t digest) {
+  ++stats_.quarantined;
+  if (h.command < kCmdMax) ++stats_.quarantined_by_command[h.command];
+  std::fprintf(stderr,
+               "vfio-user: quarantined poison request %s (msg_id %u, %u bytes, digest %016llx): "
+               "%u workers died applying it; %s without applying it\n",
+               CommandName(h.command), h.msg_id, h.msg_size,
+               static_cast<unsigned long long>(digest), PoisonGuard::kQuarantineAfter,
+               (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO");
+}
+
+bool Session::HandleMessageCrashConsistent() {
+  // 0. A run of self-durable posted writes at the head (the doorbell path).
+  if (int d = DrainSelfDurable(); d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
+  // 1. Peek the whole message, with its fds.
+  Message msg;
+  absl::Span<const uint8_t> raw;  // valid until the consume
+  std::string err;
+  switch (reader_.Peek(conn_.get(), &msg, &raw, &err)) {
+    case MessageReader::Result::kMessage:
+      break;
+    case MessageReader::Result::kWouldBlock:
+      return false;
+    case MessageReader::Result::kFramingError:
+      ++stats_.framing_errors;
+      RefuseUnframeable(msg.hdr);
+      Disconnect(err);
+      return false;
+    case MessageReader::Result::kClosed:
+      Disconnect(err);
+      return false;
+  }
+  const Header h = msg.hdr;
+  const uint64_t digest = Fnv1a(raw);
+
+  // 2. A self-durable posted write needs no commit, journal or reply: apply
+  // and consume (a kill before the consume makes the successor apply it
+  // again, harmlessly; the "last" record still names the last committed
+  // request, whose bytes differ since it was not self-durable).
+  if (IsSelfDurable(msg)) {
+    ++stats_.requests;
+    Reply reply = Dispatch(msg);
+    CountCommand(h.command, reply.err != 0);
+    if (reply.err) ++stats_.posted_errors;
+    if (CrashAt(kCrashApplied)) return false;
+    if (!ConsumePeeked(raw.size())) return false;
+    return !CrashAt(kCrashConsumed);
+  }
+  // 3. Apply.
+  const bool is_reply = (h.flags & kFlagTypeMask) == kFlagTypeReply;
+  Reply reply;
+  if (is_reply) {
+    ++stats_.stray_replies;
+  } else {
+    ++stats_.requests;
+    reply = ApplyGuarded(msg, raw, digest);
+    CountCommand(h.command, reply.err != 0);
+  }
+  const bool wants_reply = !is_reply && !(h.flags & kFlagNoReply);
+  Header rh;
+  rh.msg_id = h.msg_id;
+  rh.command = h.command;
+  rh.flags = kFlagTypeReply | (reply.err ? kFlagError : 0);
+  rh.error = reply.err;
+  rh.msg_size = static_cast<uint32_t>(kHeaderSize + (reply.err ? 0 : reply.payload.size()));
+  ++seq_;
+  state_dirty_ = true;
+  // 4. Commit state + device + the applied request and its reply.
+  auto s = Commit([&](state_store::WriteTxn& txn) -> absl::Status {
+    return session_store::PutLastRequest(txn, seq_, raw, digest, wants_reply, rh,
+                                         reply.err ? absl::Span<const uint8_t>() : absl::MakeConstSpan(reply.payload));
+  });
+  if (!s.ok()) {
+    Disconnect(absl::StrCat("commit failed: ", s.message()));
+    return false;
+  }
+  if (CrashAt(kCrashApplied)) return false;
+  // 5. Consume (no control buffer: the in-flight fd references are dropped).
+  if (!ConsumePeeked(raw.size())) return false;
+  if (CrashAt(kCrashConsumed)) return false;
+  // 6. Journal, then reply. Everything the send needs is laid out first:
+  // between the mark and sendmsg a kill loses the reply (the successor takes
+  // the mark as "sent"), so nothing else may run there.
+  PreparedMessage out;
+  if (wants_reply && !PrepareReply(h, reply, &out)) return false;
+  journal_->MarkReplying(seq_);
+  if (CrashAt(kCrashMarked)) return false;
+  if (!wants_reply) {
+    if (reply.err && !is_reply) ++stats_.posted_errors;
+    return true;
+  }
+  if (absl::Status st = SendPrepared(conn_.get(), out, options_.send_timeout); !st.ok()) {
+    Disconnect(absl::StrCat("sending reply: ", st.message()));
+    return false;
+  }
+  return !CrashAt(kCrashReplied);
+}
+
+bool Session::ConsumePeeked(size_t n) {
+  if (absl::Status s = reader_.Consume(conn_.get(), n); !s.ok()) {
+    Disconnect(absl::StrCat("consume failed: ", s.message()));
+    return false;
+  }
+  return true;
+}
+
+absl::Status Session::SettleLastRequest() {
+  auto last = session_store::GetLastRequest(*options_.store);
+  if (!last.ok()) return last.status();
+  if (!last->has_value() || (*last)->seq() != seq_) return absl::OkStatus();
+  const LastRequestRecord& rec = **last;
+  // Is the head of the socket the request we applied but did not consume?
+  bool fds;
+  const absl::Span<const uint8_t> head = reader_.PeekAhead(conn_.get(), rec.msg_size(), &fds);
+  const bool head_is_last =
+      head.size() == rec.msg_size() && Fnv1a(head) == rec.digest() &&
+      std::memcmp(head.data(), rec.header().data(), std::min<size_t>(kHeaderSize, rec.header().size())) == 0;
+  if (head_is_last && !reader_.Consume(conn_.get(), head.size()).ok()) {
+    return absl::UnavailableError("consuming the applied request failed");
+  }
+  if (rec.wants_reply() && (head_is_last || journal_->replying() != rec.seq())) {
+    Header rh;
+    std::memcpy(&rh, rec.reply_header().data(), std::min<size_t>(sizeof(rh), rec.reply_header().size()));
+    Reply reply;
+    reply.err = (rh.flags & kFlagError) ? rh.error : 0;
+    reply.payload.assign(rec.reply_payload().begin(), rec.reply_payload().end());
+    // A region-info reply carries the region fd, which the record cannot
+    // hold: recompute it from the stored request.
+    if (rh.command == kCmdDeviceGetRegionInfo && !rec.request().empty()) {
+      Message m;
+      std::memcpy(&m.hdr, rec.request().data(), kHeaderSize);
+      m.payload.assign(rec.request().begin() + kHeaderSize, rec.request().end());
+      reply = HandleGetRegionInfo(m);
+    }
+    Header req;
+    req.msg_id = rh.msg_id;
+    req.command = rh.command;
+    journal_->MarkReplying(rec.seq());
+    ++stats_.replayed_replies;
+    if (!SendReply(req, reply)) return absl::UnavailableError("sending the stored reply failed");
+  } else if (head_is_last) {
+    journal_->MarkReplying(rec.seq());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Session::SettleSelfDurableRun() {
+  const uint64_t progress = journal_->run();
+  if (progress == 0) return absl::OkStatus();
+  // A run of self-durable writes was applied up to here but maybe not
+  // consumed: if the socket head is still that prefix, consume it unapplied.
+  const size_t bytes = std::min<uint32_t>(RequestJournal::RunBytes(progress), 1u << 16);
+  bool fds;
+  const absl::Span<const uint8_t> head = reader_.PeekAhead(conn_.get(), bytes, &fds);
+  const bool applied_at_head =
+      bytes != 0 && head.size() == bytes && RequestJournal::RunProgress(Fnv1a(head), bytes) == progress;
+  if (applied_at_head && !reader_.Consume(conn_.get(), bytes).ok()) {
+    return absl::UnavailableError("consuming the applied writes failed");
+  }
+  journal_->ClearRun();
+  return absl::OkStatus();
+}
+
+}  // namespace emud::vfio_user
