@@ -312,13 +312,14 @@ TEST(EmudWorker, DmaUnmapMidTrafficIsCountedAndTrafficResumesAfterRemap) {
     ASSERT_TRUE(g.Up(w.socket()).ok());
     guest::GuestMemory& mem = g.bus->memory();
     std::vector<std::vector<uint8_t>> sent;
-    // Doorbells (posted) and the unmap reach the worker back to back: the
-    // unmap is applied before the queues are serviced.
+    // The guest unmaps its RAM, then rings TX doorbells: the worker must
+    // service the queue with its ring unmapped (counted, nothing written,
+    // no crash). Ringing before the unmap would race the worker's servicing.
+    ASSERT_TRUE(g.bus->client().DmaUnmap(mem.iova_base(), mem.size()).ok());
     for (uint32_t i = 0; i < 6; ++i) {
       sent.push_back(TestFrame(g.drv->mac(), 100 + 10 * i, i));
       ASSERT_TRUE(g.gdp->Transmit(0, sent.back()).ok());
     }
-    ASSERT_TRUE(g.bus->client().DmaUnmap(mem.iova_base(), mem.size()).ok());
     usleep(50000);
     EXPECT_EQ(kill(w.pid(), 0), 0) << "worker alive";
     // Map the same RAM again and ring the doorbell: the queued packets go.
