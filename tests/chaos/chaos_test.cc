@@ -258,6 +258,15 @@ class KeeperProcess {
     if (!ok) return absl::DeadlineExceededError("emud-keeper did not start or take over");
     return absl::OkStatus();
   }
+  // SIGKILL of the running keeper (no successor), then a fresh one.
+  absl::Status KillAndRestart() {
+    for (pid_t p : pids_) {
+      ::kill(p, SIGKILL);
+      ::waitpid(p, nullptr, 0);
+    }
+    pids_.clear();
+    return StartOrUpgrade();
+  }
   const std::string& socket() const { return socket_; }
 
  private:
@@ -443,6 +452,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   const int container_kills = container ? EnvInt("CHAOS_CONTAINER_KILLS", 10) : 0;
   const int keeper_upgrades = container ? EnvInt("CHAOS_KEEPER_UPGRADES", 5) : 0;
   const int surges = container ? EnvInt("CHAOS_SURGES", 3) : 0;
+  const int keeper_kills = container ? EnvInt("CHAOS_KEEPER_KILLS", 3) : 0;
 
   TempStateDir dir("chaos");
   EmudProcess::Options o;
@@ -599,7 +609,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   int last_event_seen = 0;
   uint64_t dups_before_kills = 0;
   std::atomic<int> worker_killed{0}, emud_killed{0}, upgraded{0};
-  std::atomic<int> containers_killed{0}, keepers_upgraded{0}, surged{0};
+  std::atomic<int> containers_killed{0}, keepers_upgraded{0}, surged{0}, keepers_killed{0};
   std::vector<double> container_ms, keeper_ms, surge_ms;  // main thread: outage per event kind
   std::atomic<uint64_t> frames_while_emud_down{0};
   std::atomic<bool> emud_down{false};
@@ -965,12 +975,41 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         last = absl::StrCat("rapid kill streak of ", devs[d]);
       }
     }
-    int ck = 0, ku = 0, su = 0;
+    int ck = 0, ku = 0, su = 0, kk = 0;
     while (!rapid && !stop.load() &&
            (wk < worker_kills || ek < emud_kills || up < upgrades || ck < container_kills ||
-            ku < keeper_upgrades || su < surges)) {
+            ku < keeper_upgrades || su < surges || kk < keeper_kills)) {
       if (!wait_resumed(last)) return;
       absl::SleepFor(absl::Microseconds(2000 + r() % 30000));  // a random instant
+      if (kk < keeper_kills && (r() % 6 == 0 || (wk >= worker_kills && ck >= container_kills &&
+                                                 ku >= keeper_upgrades && su >= surges))) {
+        // The keeper dies (no successor) while emud and the workers live:
+        // nothing may be lost. The workers hold their own duplicates and
+        // re-deposit into the next keeper; emud re-adopts their tokens.
+        std::vector<double> before;
+        for (const auto& dv : devs) before.push_back(FdStoreFds(*emud, dv));
+        last_event_kind.store('K');
+        events.fetch_add(1);
+        absl::Status s = keeper.KillAndRestart();
+        if (!s.ok()) {
+          fail(absl::StrCat("keeper restart after kill ", kk + 1, ": ", s.ToString()));
+          return;
+        }
+        ++kk;
+        keepers_killed.store(kk);
+        // Before the next worker kill, the new keeper must hold the device's
+        // fds again (a worker killed earlier would have nothing to inherit).
+        for (size_t i = 0; i < ndev; ++i) {
+          if (!WaitFor([&] { return FdStoreFds(*emud, devs[i]) >= before[i] && before[i] > 0; },
+                       absl::Seconds(10))) {
+            fail(absl::StrCat("workers did not re-deposit into the new keeper after kill ", kk,
+                              " (had ", before[i], ", now ", FdStoreFds(*emud, devs[i]), ")"));
+            return;
+          }
+        }
+        last = absl::StrCat("keeper kill ", kk);
+        continue;
+      }
       if (su < surges && (r() % 5 == 0 || (wk >= worker_kills && ck >= container_kills &&
                                            ku >= keeper_upgrades))) {
         // Surge rollout: a new "pod" (emud from another binary path, in a
@@ -1220,6 +1259,8 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
                 tag.c_str(), containers_killed.load(), fig(container_ms).c_str());
     std::printf("%s keeper self-upgrades %d (every fd handed over SCM_RIGHTS): outage %s\n",
                 tag.c_str(), keepers_upgraded.load(), fig(keeper_ms).c_str());
+    std::printf("%s keeper kills %d (SIGKILL, a fresh keeper, workers re-deposited; traffic "
+                "never waited for it)\n", tag.c_str(), keepers_killed.load());
     std::printf("%s surge rollouts %d (a new emud from another binary path took every device "
                 "over, the old one exited): outage %s\n",
                 tag.c_str(), surged.load(), fig(surge_ms).c_str());
@@ -1302,6 +1343,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   EXPECT_EQ(containers_killed.load(), container_kills);
   EXPECT_EQ(keepers_upgraded.load(), keeper_upgrades);
   EXPECT_EQ(surged.load(), surges);
+  EXPECT_EQ(keepers_killed.load(), keeper_kills);
   if (!rapid) {
     EXPECT_EQ(reattach_ms.size(),
               size_t(worker_kills + upgrades + container_kills + keeper_upgrades + surges))
