@@ -608,6 +608,15 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   std::atomic<char> last_event_kind{0};
   int last_event_seen = 0;
   uint64_t dups_before_kills = 0;
+  // Registers the killer's events so far (main thread). Also called when a
+  // duplicate arrives: the event that caused it may be newer than the last
+  // loop round.
+  auto sync_events = [&] {
+    for (int e = events.load(); last_event_seen < e; ++last_event_seen) {
+      dups_per_kill.push_back(0);
+      event_kinds.push_back(last_event_kind.load());
+    }
+  };
   std::atomic<int> worker_killed{0}, emud_killed{0}, upgraded{0};
   std::atomic<int> containers_killed{0}, keepers_upgraded{0}, surged{0}, keepers_killed{0};
   std::vector<double> container_ms, keeper_ms, surge_ms;  // main thread: outage per event kind
@@ -736,7 +745,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         moved = true;
         if (in.received[seq]++ == 0) {
           ++in.unique_received;
-        } else if (!dups_per_kill.empty()) {
+        } else if (sync_events(), !dups_per_kill.empty()) {
           ++dups_per_kill.back();
         } else {
           ++dups_before_kills;
@@ -1143,10 +1152,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   // ---- the guests' loop ----
   uint64_t rounds = 0;
   while (!stop.load() && !killer_done.load()) {
-    for (int e = events.load(); last_event_seen < e; ++last_event_seen) {
-      dups_per_kill.push_back(0);
-      event_kinds.push_back(last_event_kind.load());
-    }
+    sync_events();
     for (auto& g : guests) send_frames(*g);
     bool moved = reap_all();
     if (++rounds % 16 == 0) control_op(*guests[(rounds / 16) % ndev]);
