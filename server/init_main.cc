@@ -144,11 +144,16 @@ int main(int argc, char** argv) {
         std::string how = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
                                             : "was killed by signal " + std::to_string(WTERMSIG(status));
         exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        const bool handed = WIFEXITED(status) && WEXITSTATUS(status) == kExitHandedOver;
         if (stopping) {
-          Log("emud " + how + "; stopping");
+          // SIGTERM may cross the end of a handover (the old pod is deleted
+          // as soon as the new one is ready): a successful handover is still
+          // a clean exit, not a failure of the pod.
+          if (handed) exit_code = 0;
+          Log("emud " + how + (handed ? " (handed every device over)" : "") + "; stopping");
           continue;
         }
-        if (WIFEXITED(status) && WEXITSTATUS(status) == kExitHandedOver) {
+        if (handed) {
           // A successor emud (a surge rollout's new pod) took every device
           // over: starting emud again would fight it. Wait for SIGTERM (the
           // old pod's deletion) and exit 0 then.

@@ -98,6 +98,13 @@ int EnvInt(const char* name, int def) {
   return v != nullptr && *v != '\0' ? std::atoi(v) : def;
 }
 
+// The last lines of a process log, for a failure message.
+std::string LogTail(const std::string& log, size_t max_bytes = 6000) {
+  if (log.size() <= max_bytes) return log;
+  size_t from = log.find('\n', log.size() - max_bytes);
+  return "...\n" + log.substr(from == std::string::npos ? log.size() - max_bytes : from + 1);
+}
+
 int64_t NowNs() { return absl::GetCurrentTimeNanos(); }
 
 double FdStoreFds(EmudProcess& e, const std::string& dev) {
@@ -149,7 +156,7 @@ pid_t WorkerPid(EmudProcess& e, const std::string& dev) {
 
 // emud's view of a device, for failure messages: phase, worker, last_error.
 std::string DeviceDiag(EmudProcess* e, const std::string& dev) {
-  if (e == nullptr) return absl::StrCat("device ", dev, ": emud is not running");
+  if (e == nullptr || e->stub() == nullptr) return absl::StrCat("device ", dev, ": emud is not running");
   auto d = GetDevice(e->stub(), dev);
   if (!d.ok()) return absl::StrCat("device ", dev, ": GetDevice: ", d.status().ToString());
   const v1::DeviceStatus& s = d->status();
@@ -1039,7 +1046,8 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         // its container goes (nothing of the devices is left in it).
         int st = emud->Stop(SIGTERM);
         if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
-          fail(absl::StrCat("surge ", su + 1, ": the old emud-init exited with status ", st));
+          fail(absl::StrCat("surge ", su + 1, ": the old emud-init exited with status ", st,
+                            "; the end of its log:\n", LogTail(emud->Log())));
           return;
         }
         kill_container(old_cgroup);
@@ -1336,7 +1344,9 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     std::string log = emud ? emud->Log() : "";
     ADD_FAILURE() << (killer_error.empty() ? "the guest saw errors" : killer_error) << diag
                   << "\nemud log (tail):\n"
-                  << log.substr(log.size() > 6000 ? log.size() - 6000 : 0);
+                  << LogTail(log)
+                  << (container ? "\nemud-keeper log (tail):\n" + LogTail(ReadFile(keeper.socket() + ".log"))
+                                : std::string());
     return;
   }
 

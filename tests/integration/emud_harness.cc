@@ -28,7 +28,6 @@
 extern char** environ;
 
 namespace emud::testing {
-namespace {
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -36,6 +35,8 @@ std::string ReadFile(const std::string& path) {
   ss << in.rdbuf();
   return ss.str();
 }
+
+namespace {
 
 std::vector<char*> CStrings(std::vector<std::string>& v) {
   std::vector<char*> out;
@@ -226,6 +227,8 @@ void SetDeadline(grpc::ClientContext* ctx) {
 
 absl::StatusOr<emud::v1::Device> GetDevice(emud::v1::DeviceService::Stub* stub,
                                            const std::string& name) {
+  // A stopped EmudProcess has no stub.
+  if (stub == nullptr) return absl::UnavailableError("emud is not running");
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   emud::v1::GetDeviceRequest req;
@@ -291,7 +294,13 @@ absl::StatusOr<std::string> HttpGet(const std::string& url) {
     return absl::UnavailableError(absl::StrCat("connect ", hostport, ": ", std::strerror(errno)));
   }
   std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", hostport, "\r\n\r\n");
-  (void)!::write(fd, req.data(), req.size());
+  // MSG_NOSIGNAL: emud may die between connect and send (the chaos tests kill
+  // it); a plain write would then SIGPIPE the whole test binary, silently.
+  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+    const int err = errno;
+    ::close(fd);
+    return absl::UnavailableError(absl::StrCat("send to ", hostport, ": ", std::strerror(err)));
+  }
   std::string resp;
   char buf[8192];
   ssize_t n;

@@ -101,6 +101,9 @@ bool WaitPhase(emud::v1::DeviceService::Stub* stub, const std::string& name,
                emud::v1::Phase phase, absl::Duration timeout = absl::Seconds(10));
 
 // HTTP GET of a URL "http://host:port/path"; returns the body.
+// The whole file, or "" if it cannot be read.
+std::string ReadFile(const std::string& path);
+
 absl::StatusOr<std::string> HttpGet(const std::string& url);
 // Parses Prometheus text format into "name{labels}" -> value. Fails on a
 // malformed sample line.

@@ -121,6 +121,64 @@ TEST(EmudInitTest, EmudCrashKeepsWorkersAndOrphansAreReaped) {
   EXPECT_EQ(ReadStat(emud2).state, 0);
 }
 
+// Starts emud-init with `cmd` as its "emud"; returns emud-init's pid.
+pid_t StartInit(const std::vector<std::string>& cmd) {
+  std::vector<std::string> argv = {Runfile("server/emud-init"), "--"};
+  argv.insert(argv.end(), cmd.begin(), cmd.end());
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    std::vector<char*> a;
+    for (auto& s : argv) a.push_back(s.data());
+    a.push_back(nullptr);
+    ::execv(a[0], a.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// A surge rollout deletes the old pod once the new one is ready, which can be
+// before the old emud finished its handover: SIGTERM reaches emud-init while
+// emud is about to exit 75. The pod still ends cleanly (0), as it does when
+// the SIGTERM comes after the handover.
+TEST(EmudInitTest, AHandoverIsACleanExitEvenWhenSigtermCrossesIt) {
+  const std::string ready = absl::StrCat(::testing::TempDir(), "/init-ready-", ::getpid());
+  std::filesystem::remove(ready);
+  // SIGTERM arrives mid-handover: emud finishes it, then exits 75.
+  pid_t init = StartInit({"/bin/sh", "-c",
+                          "trap 'sleep 0.1; exit 75' TERM; touch \"$0\"; while :; do sleep 0.02; done",
+                          ready});
+  ASSERT_GT(init, 0);
+  ASSERT_TRUE(WaitFor([&] { return std::filesystem::exists(ready); }, absl::Seconds(10)));
+  ::kill(init, SIGTERM);
+  int st = 0;
+  ASSERT_EQ(::waitpid(init, &st, 0), init);
+  ASSERT_TRUE(WIFEXITED(st)) << st;
+  EXPECT_EQ(WEXITSTATUS(st), 0);
+
+  // The handover ends first: emud-init does not restart emud and exits 0 on
+  // the SIGTERM that follows. Anything else emud exits with is reported.
+  std::filesystem::remove(ready);
+  init = StartInit({"/bin/sh", "-c", "touch \"$0\"; exit 75", ready});
+  ASSERT_TRUE(WaitFor([&] { return std::filesystem::exists(ready); }, absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(300));  // emud-init saw the exit; no restart follows
+  std::filesystem::remove(ready);
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(std::filesystem::exists(ready)) << "emud-init restarted an emud that handed over";
+  ::kill(init, SIGTERM);
+  ASSERT_EQ(::waitpid(init, &st, 0), init);
+  ASSERT_TRUE(WIFEXITED(st)) << st;
+  EXPECT_EQ(WEXITSTATUS(st), 0);
+
+  init = StartInit({"/bin/sh", "-c", "trap 'exit 3' TERM; touch \"$0\"; while :; do sleep 0.02; done",
+                    ready});
+  ASSERT_TRUE(WaitFor([&] { return std::filesystem::exists(ready); }, absl::Seconds(10)));
+  ::kill(init, SIGTERM);
+  ASSERT_EQ(::waitpid(init, &st, 0), init);
+  ASSERT_TRUE(WIFEXITED(st)) << st;
+  EXPECT_EQ(WEXITSTATUS(st), 3);
+  std::filesystem::remove(ready);
+}
+
 TEST(EmudInitTest, RefusesAMissingCommand) {
   CommandResult r = RunCommand({Runfile("server/emud-init")});
   EXPECT_EQ(r.exit_code, 2);

@@ -42,7 +42,7 @@ class FakeGuest {
   // Sends a command and waits for the worker's "ok".
   bool Send(const std::string& cmd) {
     std::string line = cmd + "\n";
-    if (::write(fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size())) return false;
+    if (::send(fd_, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) return false;
     char buf[3];
     size_t got = 0;
     while (got < 3) {
