@@ -465,7 +465,16 @@ void Device::StopQueues(uint32_t rx_mask, uint32_t tx_mask) {
   }
   for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
     if (rx_running >> q & 1) rxq_[q].enabled = false;
-    if (tx_running >> q & 1) txq_[q].enabled = false;
+    if (tx_running >> q & 1) {
+      txq_[q].enabled = false;
+      // A stopped TX ring restarts at descriptor 0 (iavf_setup_tx_descriptors,
+      // DPDK iavf_reset_tx_queue); its old tail would make the device fetch
+      // descriptors of the next incarnation before they are posted. Drivers
+      // stop transmitting before they stop the queue (iavf_down:
+      // netif_tx_disable; DPDK dev_stop), so a tail written from now on
+      // belongs to the next incarnation and is kept (OpConfigVsiQueues).
+      DoorbellWrite(QtxTail(q) / 4, 0);
+    }
   }
 }
 

@@ -523,21 +523,33 @@ TEST_F(DeviceTest, RssRegisterWritesConfigureTheHash) {
   EXPECT_EQ(dev_->ReadReg(VfqfHkey(1)), 0x07060504u);
 }
 
-// iavf_setup_tx_descriptors restarts next_to_use at 0 and only
-// iavf_tx_map writes QTX_TAIL; after ndo_stop/ndo_open (DISABLE_QUEUES,
-// CONFIG_VSI_QUEUES with a new ring, ENABLE_QUEUES) a stale TX tail would
-// make the device fetch the new ring's descriptors before they are posted.
-TEST_F(DeviceTest, ConfigVsiQueuesRestartsTxTailsAndKeepsRxTails) {
+// A stopped TX ring restarts at descriptor 0 (iavf_setup_tx_descriptors):
+// the tail it had is dropped when the queue stops, or the device would fetch
+// the next ring's descriptors before they are posted. A tail written after
+// the stop belongs to the new ring and survives CONFIG_VSI_QUEUES: Linux's
+// reset path can transmit between iavf_configure and that message, and a
+// dropped tail there left the packet unsent for good (a TX watchdog on every
+// later reset). RX tails are kept throughout (buffers are posted first).
+TEST_F(DeviceTest, StoppedTxQueuesDropTheirTailAndKeepTailsWrittenAfter) {
   BringUp(2);
   dev_->WriteReg(QtxTail(0), 37);
   dev_->WriteReg(QtxTail(1), 5);
-  ASSERT_EQ(Status(vc::kOpDisableQueues, Select(3, 3).span()), 0);
+  ASSERT_EQ(Status(vc::kOpDisableQueues, Select(1, 1).span()), 0);
+  EXPECT_EQ(dev_->TxTail(0), 0u) << "queue 0 stopped: its old tail goes";
+  EXPECT_EQ(dev_->TxTail(1), 5u) << "queue 1 still runs";
   dev_->WriteReg(QrxTail(0), 511);  // iavf_configure posts RX buffers first
+  dev_->WriteReg(QtxTail(0), 1);    // a transmit on the new ring, before the queue runs
   ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(1).span()), 0);
-  EXPECT_EQ(dev_->TxTail(0), 0u);
-  EXPECT_EQ(dev_->ReadReg(QtxTail(0)), 0u);
+  EXPECT_EQ(dev_->TxTail(0), 1u);
+  EXPECT_EQ(dev_->ReadReg(QtxTail(0)), 1u);
   EXPECT_EQ(dev_->RxTail(0), 511u);
   EXPECT_EQ(dev_->TxTail(1), 5u) << "queue 1 was not reconfigured";
+  ASSERT_EQ(Status(vc::kOpEnableQueues, Select(1, 1).span()), 0);
+  EXPECT_EQ(dev_->TxTail(0), 1u) << "the enabled queue serves the tail posted before it ran";
+  // Reconfiguring a running queue stops it first: its tail goes too.
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(2).span()), 0);
+  EXPECT_EQ(dev_->TxTail(0), 0u);
+  EXPECT_EQ(dev_->TxTail(1), 0u);
 }
 
 // ------------------------------------------------------------ lengths and bad input

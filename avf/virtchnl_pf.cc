@@ -396,17 +396,12 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
   StopQueues(touched, touched);
   txq_ = tx;
   rxq_ = rx;
-  // A (re)configured TX ring starts empty: head 0 and QTX_TAIL 0. Linux
-  // never writes QTX_TAIL before the queue runs (iavf_main.c:
-  // iavf_configure_tx only records the address; iavf_txrx.c:iavf_tx_map
-  // writes next_to_use, which iavf_setup_tx_descriptors restarted at 0),
-  // so a tail left over from before a DISABLE_QUEUES / ndo_stop would make
-  // the device fetch descriptors of the new ring that the driver is still
-  // writing (mapped doorbells poll the tail). QRX_TAIL is kept: Linux posts
-  // RX buffers before this message (iavf_configure -> iavf_alloc_rx_buffers).
-  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
-    if ((touched >> q & 1) && txq_[q].configured) DoorbellWrite(QtxTail(q) / 4, 0);
-  }
+  // QTX_TAIL is kept, as hardware keeps the register: a stopped queue's
+  // tail was zeroed when it stopped (Device::StopQueues), so whatever it
+  // holds now was written by the ring's new incarnation. Linux's reset path
+  // can post a packet (and write the tail) between iavf_configure and this
+  // message; dropping that tail left the packet unsent and BQL's in-flight
+  // count stuck: NETDEV WATCHDOG on every reset after (tests/vmm reset-*-2qp).
   return vc::kSuccess;
 }
 

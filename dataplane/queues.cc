@@ -236,8 +236,13 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
       for (uint32_t k = 0; k < npkt_rs; ++k) completions_.push_back(pkt_rs[k]);
     };
     while (scan != tail && ndesc < n) {
-      uint64_t qw0 = LoadQw(&ring_[scan * 2]);
+      // qw1 first: a driver stores qw0 before qw1, so a qw1 that is new
+      // implies its qw0 is (x86 TSO; both loads acquire). It matters when
+      // the scan runs ahead of the driver: a tail written by a transmit that
+      // raced a VF reset (mapped doorbells) points into a new, still-empty
+      // ring.
       uint64_t qw1 = LoadQw(&ring_[scan * 2 + 1]);
+      uint64_t qw0 = LoadQw(&ring_[scan * 2]);
       ++ndesc;
       uint32_t idx = scan;
       scan = next(scan);

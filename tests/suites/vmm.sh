@@ -27,10 +27,8 @@ fi
 rm -f "$hlog"
 
 # Link-up, traffic and the chaos scenarios (worker kills, an emud kill and an
-# upgrade under traffic) on emud's defaults. The guest-initiated reset
-# scenarios (reset-trap-1qp, reset-mmap-2qp) are NOT run here: after a VF
-# reset a queue can stay stuck (NETDEV WATCHDOG when the guest transmits
-# through the reset; once, no ping reply after an unbind/rebind): an open
-# device bug, tests/vmm/README.md "Known failure". Run them with
-#   tests/vmm/run.sh reset-trap-1qp reset-mmap-2qp
-exec tests/vmm/run.sh trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp
+# upgrade under traffic) on emud's defaults, then guest-initiated VF resets
+# (MTU 9000 and back with jumbo pings and TCP, driver unbind + bind) while the
+# guest keeps transmitting, with 1 and 2 queue pairs in both doorbell modes.
+exec tests/vmm/run.sh trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp \
+  reset-trap-1qp reset-mmap-2qp reset-trap-2qp

@@ -373,6 +373,8 @@ for s in "${SCENARIOS[@]}"; do
     chaos-mmap-2qp) run_scenario "$s" mmap 2 basic,chaos ;;
     reset-trap-1qp) run_scenario "$s" trap 1 mtu,rebind ;;
     reset-mmap-2qp) run_scenario "$s" mmap 2 mtu,rebind ;;
+    reset-trap-2qp) run_scenario "$s" trap 2 mtu,rebind ;;
+    reset-mmap-1qp) run_scenario "$s" mmap 1 mtu,rebind ;;
     *) say "unknown scenario $s"; FAILED=$((FAILED + 1)); FAILED_NAMES+=("$s") ;;
   esac
 done
