@@ -9,8 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "avf/avf_state.pb.h"
-#include "state_store/record.h"
-#include "state_store/store.h"
+#include "state_store/record_codec.h"
 
 namespace emud::avf {
 
@@ -636,23 +635,23 @@ bool Device::SaveCacheConsistentForTest() {
   return ok;
 }
 
-absl::Status Device::Save(state_store::WriteTxn& txn) {
+absl::Status Device::Save(vfio_user::DeviceRecordWriter& records) {
   // Compared with what the transaction already holds rather than with a
   // private "last saved" copy: Save has no side effect outside the
   // transaction, so an aborted or retried (MAP_FULL) commit loses nothing.
   for (int r = 0; r < kNumRecords; ++r) {
     const std::string& bytes = RecordBytes(r);
-    auto cur = txn.Get(kStateTable, kRecordKeys[r]);
+    auto cur = records.Get(kRecordKeys[r]);
     if (!cur.ok()) return cur.status();
     if (cur->has_value() && **cur == bytes) continue;
-    if (absl::Status s = txn.Put(kStateTable, kRecordKeys[r], bytes); !s.ok()) return s;
+    if (absl::Status s = records.Put(kRecordKeys[r], bytes); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
 
-absl::Status Device::Restore(const state_store::ReadTxn& txn) {
+absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   auto get = [&](absl::string_view key) -> absl::StatusOr<std::optional<std::string>> {
-    auto raw = txn.Get(kStateTable, key);
+    auto raw = records.Get(key);
     if (!raw.ok()) return raw.status();
     if (!raw->has_value()) return std::optional<std::string>();
     return std::optional<std::string>(std::string(**raw));

@@ -202,7 +202,8 @@ class DataPathHooks {
 
 class Device final : public vfio_user::PciDevice {
  public:
-  // state_store table holding this device's records (the Env must list it).
+  // The namespace of this device's records (RecordNamespace(); the
+  // session's state_store table, which the worker's Env lists).
   static constexpr char kStateTable[] = "avf";
 
   // INVALID_ARGUMENT for bad options (queue count, doorbell fd).
@@ -222,13 +223,14 @@ class Device final : public vfio_user::PciDevice {
   // successive reads.
   absl::Status Reset() override;
   void OnDmaUnmap(uint64_t iova, uint64_t size) override;
-  // Records (table kStateTable): identity, regs, aq, irq, vf, pci. Save puts
-  // only those whose bytes differ from what `txn` holds (no state outside
-  // the transaction, so an aborted or retried commit loses nothing).
-  absl::Status Save(state_store::WriteTxn& txn) override;
+  // Records (namespace kStateTable): identity, regs, aq, irq, vf, pci. Save
+  // puts only those whose bytes differ from what `records` holds (no state
+  // outside the records, so an aborted or retried commit loses nothing).
+  absl::string_view RecordNamespace() const override { return kStateTable; }
+  absl::Status Save(vfio_user::DeviceRecordWriter& records) override;
   // NOT_FOUND if nothing was saved; FAILED_PRECONDITION if the records were
   // written by a device with other options (queue count, doorbell mode).
-  absl::Status Restore(const state_store::ReadTxn& txn) override;
+  absl::Status Restore(const vfio_user::DeviceRecordReader& records) override;
   // True for a BAR0 write of 4 or 8 bytes, dword-aligned, lying entirely in
   // QTX_TAIL(0..255) or QRX_TAIL(0..255): its only state effect is the tail
   // store into the doorbell memfd (plus the doorbell hook, whose data path

@@ -7,8 +7,6 @@
 
 #include "avf/testing.h"
 #include "gtest/gtest.h"
-#include "state_store/store.h"
-#include "state_store/test_util.h"
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -930,9 +928,7 @@ TEST_F(DeviceTest, OddSizedBarAccessesAreHandled) {
 // ------------------------------------------------------------ persistence
 
 TEST_F(DeviceTest, SaveRestoreRebuildsTheModel) {
-  state_store::ScratchDir dir("avf");
-  auto env = state_store::Env::Open(dir.path(), {.tables = {Device::kStateTable}});
-  ASSERT_TRUE(env.ok()) << env.status();
+  vfio_user::MapDeviceRecords records;
   drv_->InitAdminQueue();
   dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
   dev_->WriteReg(kVfintIcr0Ena1, kIcr0AdminQ);
@@ -946,13 +942,13 @@ TEST_F(DeviceTest, SaveRestoreRebuildsTheModel) {
   // The driver's misc handler: read ICR01, re-arm vector 0.
   dev_->ReadReg(kVfintIcr01);
   dev_->WriteReg(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask);
-  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return dev_->Save(t); }).ok());
+  ASSERT_TRUE(dev_->Save(records).ok());
   ASSERT_TRUE(dev_->SaveCacheConsistentForTest());
 
   auto other = Device::Create(DeviceOptions{});
   ASSERT_TRUE(other.ok());
   Device& b = **other;
-  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return b.Restore(t); }).ok());
+  ASSERT_TRUE(b.Restore(records).ok());
   for (uint32_t off : {kVfAtqbal1, kVfAtqlen1, kVfAtqh1, kVfAtqt1, kVfArqbal1, kVfArqlen1, kVfArqh1,
                        kVfArqt1, kVfintDynCtl01, kVfintIcr0Ena1, VfintDynCtln1(0), VfintItrn1(0, 0),
                        QrxTail(1), kVfgenRstat}) {
@@ -1000,32 +996,44 @@ TEST_F(DeviceTest, SaveRestoreRebuildsTheModel) {
   // record; the copy rebuilds the same device again.
   auto c = Device::Create(DeviceOptions{});
   ASSERT_TRUE(c.ok());
-  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*c)->Restore(t); }).ok());
-  state_store::ScratchDir dir2("avf-b");
-  auto env2 = state_store::Env::Open(dir2.path(), {.tables = {Device::kStateTable}});
-  ASSERT_TRUE(env2.ok());
-  // A tiny map forces MDB_MAP_FULL: the commit is retried from scratch and
-  // must still contain every record.
-  ASSERT_TRUE((*env2)->ShrinkMapForTest(8192).ok());
-  ASSERT_TRUE((*env2)->Update([&](state_store::WriteTxn& t) { return (*c)->Save(t); }).ok());
+  ASSERT_TRUE((*c)->Restore(records).ok());
+  // A commit that fails midway (a full store) is retried from scratch:
+  // Save keeps nothing outside the records, so the retry holds every record.
+  class FailingAfter final : public vfio_user::DeviceRecordWriter {
+   public:
+    explicit FailingAfter(int puts) : left_(puts) {}
+    absl::StatusOr<std::optional<absl::string_view>> Get(absl::string_view k) const override {
+      return inner_.Get(k);
+    }
+    absl::Status Put(absl::string_view k, absl::string_view v) override {
+      if (left_-- <= 0) return absl::ResourceExhaustedError("store full");
+      return inner_.Put(k, v);
+    }
+
+   private:
+    int left_;
+    vfio_user::MapDeviceRecords inner_;
+  } failing(2);
+  EXPECT_EQ((*c)->Save(failing).code(), absl::StatusCode::kResourceExhausted);
+  vfio_user::MapDeviceRecords retry;
+  ASSERT_TRUE((*c)->Save(retry).ok());
+  EXPECT_EQ(retry.size(), records.size());
   auto d2 = Device::Create(DeviceOptions{});
   ASSERT_TRUE(d2.ok());
-  ASSERT_TRUE((*env2)->View([&](const state_store::ReadTxn& t) { return (*d2)->Restore(t); }).ok());
+  ASSERT_TRUE((*d2)->Restore(retry).ok());
   EXPECT_EQ((*d2)->ReadReg(QrxTail(1)), 77u);
   EXPECT_EQ((*d2)->ReadReg(kVfArqh1), (*c)->ReadReg(kVfArqh1));
   EXPECT_TRUE((*d2)->rx_queue(2).enabled);
 }
 
 TEST_F(DeviceTest, RestoreFromEmptyStoreIsNotFoundAndMismatchIsRefused) {
-  state_store::ScratchDir dir("avf2");
-  auto env = state_store::Env::Open(dir.path(), {.tables = {Device::kStateTable}});
-  ASSERT_TRUE(env.ok());
-  auto s = (*env)->View([&](const state_store::ReadTxn& t) { return dev_->Restore(t); });
+  vfio_user::MapDeviceRecords records;
+  auto s = dev_->Restore(records);
   EXPECT_TRUE(absl::IsNotFound(s)) << s;
-  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return dev_->Save(t); }).ok());
+  ASSERT_TRUE(dev_->Save(records).ok());
   auto other = Device::Create(DeviceOptions{.max_queue_pairs = 2});
   ASSERT_TRUE(other.ok());
-  s = (*env)->View([&](const state_store::ReadTxn& t) { return (*other)->Restore(t); });
+  s = (*other)->Restore(records);
   EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
 }
 
@@ -1091,10 +1099,8 @@ TEST_F(DeviceTest, TrappedTailsLiveInTheAdoptableMemfd) {
 
   // Saved now; then more tail writes that are never saved (as the session
   // skips the commit for them).
-  state_store::ScratchDir dir("avf-trap");
-  auto env = state_store::Env::Open(dir.path(), {.tables = {Device::kStateTable}});
-  ASSERT_TRUE(env.ok());
-  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return dev_->Save(t); }).ok());
+  vfio_user::MapDeviceRecords records;
+  ASSERT_TRUE(dev_->Save(records).ok());
   ASSERT_TRUE(bar0_write(dev_.get(), QtxTail(3), 41).ok());
   ASSERT_TRUE(bar0_write(dev_.get(), QrxTail(1), 18).ok());
   EXPECT_TRUE(dev_->SaveCacheConsistentForTest());
@@ -1105,7 +1111,7 @@ TEST_F(DeviceTest, TrappedTailsLiveInTheAdoptableMemfd) {
   auto succ = Device::Create(DeviceOptions{.doorbell_fd = dup_fd});
   ASSERT_TRUE(succ.ok()) << succ.status();
   EXPECT_TRUE((*succ)->doorbell_adopted());
-  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*succ)->Restore(t); }).ok());
+  ASSERT_TRUE((*succ)->Restore(records).ok());
   EXPECT_EQ((*succ)->TxTail(3), 41u);
   EXPECT_EQ((*succ)->RxTail(1), 18u);
   EXPECT_TRUE((*succ)->Regions()[vfio_user::kBar0].mmap_areas.empty());
@@ -1116,15 +1122,15 @@ TEST_F(DeviceTest, TrappedTailsLiveInTheAdoptableMemfd) {
   // Without the memfd, a successor gets the saved (older) tails.
   auto fresh = Device::Create(DeviceOptions{});
   ASSERT_TRUE(fresh.ok());
-  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*fresh)->Restore(t); }).ok());
+  ASSERT_TRUE((*fresh)->Restore(records).ok());
   EXPECT_EQ((*fresh)->TxTail(3), 40u);
   EXPECT_EQ((*fresh)->RxTail(1), 17u);
   // The successor's next Save carries the tails written since (the regs
   // record moved).
-  ASSERT_TRUE((*env)->Update([&](state_store::WriteTxn& t) { return (*succ)->Save(t); }).ok());
+  ASSERT_TRUE((*succ)->Save(records).ok());
   auto fresh2 = Device::Create(DeviceOptions{});
   ASSERT_TRUE(fresh2.ok());
-  ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*fresh2)->Restore(t); }).ok());
+  ASSERT_TRUE((*fresh2)->Restore(records).ok());
   EXPECT_EQ((*fresh2)->TxTail(3), 42u);
   EXPECT_EQ((*fresh2)->RxTail(1), 18u);
 }

@@ -55,6 +55,7 @@
 #include "vfio_user/event_loop.h"
 #include "vfio_user/protocol.h"
 #include "vfio_user/session.h"
+#include "vfio_user/session_store.h"
 
 ABSL_FLAG(std::string, device, "", "device name");
 ABSL_FLAG(std::string, state_dir, emud::state_store::kDefaultStateDir, "emud state directory");
@@ -287,8 +288,7 @@ int Main() {
   std::unique_ptr<vfio_user::Session> resumed;
   bool recovered = false;
   if (conn.valid() && persist) {
-    absl::Status r = (*env)->View(
-        [&](const state_store::ReadTxn& txn) { return (*device)->Restore(txn); });
+    absl::Status r = vfio_user::session_store::RestoreDevice(**env, **device);
     if (r.ok()) {
       datapath.OnFiltersChanged();
       UniqueFd copy(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 3));

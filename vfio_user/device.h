@@ -14,12 +14,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-
-namespace emud::state_store {
-class WriteTxn;
-class ReadTxn;
-}  // namespace emud::state_store
+#include "vfio_user/device_records.h"
 
 namespace emud::vfio_user {
 
@@ -161,8 +158,13 @@ class PciDevice {
   // transaction that commits a request's effect, before the reply leaves. Restore rebuilds
   // the model from the records alone (no guest access yet); NOT_FOUND means
   // nothing was saved (a fresh device).
-  virtual absl::Status Save(state_store::WriteTxn& txn) = 0;
-  virtual absl::Status Restore(const state_store::ReadTxn& txn) = 0;
+  // The records are storage-neutral (device_records.h); RecordNamespace()
+  // names this device kind's namespace in whatever storage the transport
+  // uses (the session's state_store table, which its Env must list). It
+  // never changes: a successor of another build reads the same namespace.
+  virtual absl::string_view RecordNamespace() const = 0;
+  virtual absl::Status Save(DeviceRecordWriter& records) = 0;
+  virtual absl::Status Restore(const DeviceRecordReader& records) = 0;
 
   // Self-durable writes (a persistence fast path; default: none). True only
   // if every write of `size` bytes at `offset` of `region`, whatever its data

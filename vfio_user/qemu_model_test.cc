@@ -341,8 +341,9 @@ class AvfShapedDevice : public PciDevice {
     return absl::OkStatus();
   }
   void OnDmaUnmap(uint64_t, uint64_t) override {}
-  absl::Status Save(state_store::WriteTxn&) override { return absl::OkStatus(); }
-  absl::Status Restore(const state_store::ReadTxn&) override { return absl::NotFoundError("none"); }
+  absl::string_view RecordNamespace() const override { return "qemu_model"; }
+  absl::Status Save(DeviceRecordWriter&) override { return absl::OkStatus(); }
+  absl::Status Restore(const DeviceRecordReader&) override { return absl::NotFoundError("none"); }
 
  private:
   uint64_t region0_size_;

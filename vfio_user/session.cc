@@ -908,7 +908,7 @@ absl::Status Session::WriteAllState(state_store::WriteTxn& txn) {
     if (auto s = session_store::PutIrqs(txn, *irqs_); !s.ok()) return s;
   }
   if (options_.save_device && attached_) {
-    if (auto s = device_->Save(txn); !s.ok()) return s;
+    if (auto s = session_store::SaveDevice(txn, *device_); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

@@ -20,6 +20,7 @@
 #include "vfio_user/client.h"
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/session.h"
+#include "vfio_user/session_store.h"
 #include "vfio_user/test_harness.h"
 
 namespace emud::vfio_user {
@@ -87,11 +88,12 @@ class DurableScratchDevice : public PciDevice {
   void Detach() override { inner_->Detach(); }
   absl::Status Reset() override { return inner_->Reset(); }
   void OnDmaUnmap(uint64_t iova, uint64_t size) override { inner_->OnDmaUnmap(iova, size); }
-  absl::Status Save(state_store::WriteTxn& txn) override {
+  absl::string_view RecordNamespace() const override { return inner_->RecordNamespace(); }
+  absl::Status Save(DeviceRecordWriter& records) override {
     ++cell_->saves;
-    return inner_->Save(txn);
+    return inner_->Save(records);
   }
-  absl::Status Restore(const state_store::ReadTxn& txn) override { return inner_->Restore(txn); }
+  absl::Status Restore(const DeviceRecordReader& records) override { return inner_->Restore(records); }
   bool WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const override {
     return IsCell(region, offset, size);
   }
@@ -122,7 +124,7 @@ class Worker {
     opts.store = env;
     opts.fd_depositor = store;
     if (resume) {
-      EXPECT_TRUE(env->View([&](const state_store::ReadTxn& txn) { return device_->Restore(txn); }).ok());
+      EXPECT_TRUE(session_store::RestoreDevice(*env, *device_).ok());
       auto s = Session::Resume(device_.get(), loop_.get(), opts, std::move(conn), store->Lookup());
       EXPECT_TRUE(s.ok()) << s.status();
       if (s.ok()) session_ = std::move(*s);

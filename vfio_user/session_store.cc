@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "state_store/record.h"
 #include "state_store/store.h"
+#include "vfio_user/device.h"
 #include "vfio_user/dma_table.h"
 #include "vfio_user/irq_state.h"
 
@@ -164,6 +165,50 @@ absl::StatusOr<std::optional<LastRequestRecord>> GetLastRequest(const state_stor
   });
   if (!st.ok()) return st;
   return last;
+}
+
+namespace {
+
+// PciDevice records over a state_store transaction, in one table.
+class ReadTxnRecords final : public DeviceRecordReader {
+ public:
+  ReadTxnRecords(const state_store::ReadTxn& txn, absl::string_view table) : txn_(txn), table_(table) {}
+  absl::StatusOr<std::optional<absl::string_view>> Get(absl::string_view key) const override {
+    return txn_.Get(table_, key);
+  }
+
+ private:
+  const state_store::ReadTxn& txn_;
+  absl::string_view table_;
+};
+
+class WriteTxnRecords final : public DeviceRecordWriter {
+ public:
+  WriteTxnRecords(state_store::WriteTxn& txn, absl::string_view table) : txn_(txn), table_(table) {}
+  absl::StatusOr<std::optional<absl::string_view>> Get(absl::string_view key) const override {
+    return txn_.Get(table_, key);
+  }
+  absl::Status Put(absl::string_view key, absl::string_view value) override {
+    return txn_.Put(table_, key, value);
+  }
+
+ private:
+  state_store::WriteTxn& txn_;
+  absl::string_view table_;
+};
+
+}  // namespace
+
+absl::Status SaveDevice(state_store::WriteTxn& txn, PciDevice& device) {
+  WriteTxnRecords records(txn, device.RecordNamespace());
+  return device.Save(records);
+}
+
+absl::Status RestoreDevice(const state_store::Env& env, PciDevice& device) {
+  return env.View([&](const state_store::ReadTxn& txn) {
+    ReadTxnRecords records(txn, device.RecordNamespace());
+    return device.Restore(records);
+  });
 }
 
 }  // namespace emud::vfio_user::session_store

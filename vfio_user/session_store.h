@@ -34,6 +34,7 @@ namespace emud::vfio_user {
 
 class DmaTable;
 class IrqState;
+class PciDevice;
 
 namespace session_store {
 
@@ -70,6 +71,13 @@ absl::Status PutLastRequest(state_store::WriteTxn& txn, uint64_t seq, absl::Span
 using FdSource = absl::FunctionRef<absl::StatusOr<UniqueFd>(absl::string_view key)>;
 absl::StatusOr<Negotiated> Restore(const state_store::Env& env, FdSource fds, DmaTable& dma, IrqState& irqs);
 absl::StatusOr<std::optional<LastRequestRecord>> GetLastRequest(const state_store::Env& env);
+
+// The device's records (PciDevice::Save) inside `txn`, in the table its
+// RecordNamespace() names (the Env must list it).
+absl::Status SaveDevice(state_store::WriteTxn& txn, PciDevice& device);
+// PciDevice::Restore from a read transaction of `env`: NOT_FOUND if the
+// device saved nothing (a fresh device), whatever else Restore returns.
+absl::Status RestoreDevice(const state_store::Env& env, PciDevice& device);
 
 }  // namespace session_store
 }  // namespace emud::vfio_user

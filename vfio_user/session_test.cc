@@ -960,8 +960,9 @@ TEST(SessionCreateTest, DeviceDescriptionsAreBounded) {
       void Detach() override {}
       absl::Status Reset() override { return absl::OkStatus(); }
       void OnDmaUnmap(uint64_t, uint64_t) override {}
-      absl::Status Save(state_store::WriteTxn&) override { return absl::OkStatus(); }
-      absl::Status Restore(const state_store::ReadTxn&) override { return absl::OkStatus(); }
+      absl::string_view RecordNamespace() const override { return "fake"; }
+      absl::Status Save(DeviceRecordWriter&) override { return absl::OkStatus(); }
+      absl::Status Restore(const DeviceRecordReader&) override { return absl::OkStatus(); }
     } fake;
     fake.r = c.regions;
     fake.i = c.irqs;

@@ -29,11 +29,10 @@ SRCS=(
   avf/virtchnl_pf.cc
   vfio_user/msix_table.cc
   vfio_user/pci_config_space.cc
-  state_store/store.cc
   avf/fuzz/device_fuzzer.cc
 )
 HASH_INPUTS=(avf/*.h avf/*.cc avf/*.proto avf/fuzz/*.h avf/fuzz/*.cc vfio_user/msix_table.*
-             vfio_user/pci_config_space.* vfio_user/device.h state_store/*.h state_store/store.cc
+             vfio_user/pci_config_space.* vfio_user/device.h vfio_user/device_records.h state_store/record_codec.h
              base/*.h base/*.cc tests/fuzz/lib.sh)
 SEED_WRITER_SRCS=(avf/fuzz/seed_writer.cc)
 fuzz_build_and_run

@@ -19,6 +19,7 @@
 #include "tests/guest/vfio_user_bus.h"
 #include "vfio_user/event_loop.h"
 #include "vfio_user/session.h"
+#include "vfio_user/session_store.h"
 
 namespace emud::guest {
 namespace {
@@ -146,7 +147,7 @@ TEST(GuestOverSocketPersistence, SessionCommitsDeviceRecordsThatRebuildIt) {
     // A successor model built from the committed records alone.
     auto fresh = avf::Device::Create({});
     ASSERT_TRUE(fresh.ok());
-    ASSERT_TRUE((*env)->View([&](const state_store::ReadTxn& t) { return (*fresh)->Restore(t); }).ok());
+    ASSERT_TRUE(vfio_user::session_store::RestoreDevice(**env, **fresh).ok());
     avf::Device& a = srv.device();
     avf::Device& b = **fresh;
     for (uint32_t q = 0; q < 4; ++q) {

@@ -195,25 +195,25 @@ absl::Status ExampleDevice::Reset() {
 
 void ExampleDevice::OnDmaUnmap(uint64_t, uint64_t) { ++unmaps_seen_; }
 
-absl::Status ExampleDevice::Save(state_store::WriteTxn& txn) {
+absl::Status ExampleDevice::Save(DeviceRecordWriter& records) {
   std::string regs(reinterpret_cast<const char*>(&regs_), sizeof(regs_));
-  if (auto s = txn.Put(kTable, "regs", regs); !s.ok()) return s;
-  if (auto s = txn.Put(kTable, "config", config_.SaveState()); !s.ok()) return s;
-  return txn.Put(kTable, "msix", msix_.SaveState());
+  if (auto s = records.Put("regs", regs); !s.ok()) return s;
+  if (auto s = records.Put("config", config_.SaveState()); !s.ok()) return s;
+  return records.Put("msix", msix_.SaveState());
 }
 
-absl::Status ExampleDevice::Restore(const state_store::ReadTxn& txn) {
-  auto regs = txn.Get(kTable, "regs");
+absl::Status ExampleDevice::Restore(const DeviceRecordReader& records) {
+  auto regs = records.Get("regs");
   if (!regs.ok()) return regs.status();
   if (!regs->has_value()) return absl::NotFoundError("no saved example device");
   if ((*regs)->size() != sizeof(regs_)) return absl::DataLossError("saved registers have the wrong size");
   std::memcpy(&regs_, (*regs)->data(), sizeof(regs_));
-  auto cfg = txn.Get(kTable, "config");
+  auto cfg = records.Get("config");
   if (!cfg.ok()) return cfg.status();
   if (cfg->has_value()) {
     if (auto s = config_.RestoreState(**cfg); !s.ok()) return s;
   }
-  auto msix = txn.Get(kTable, "msix");
+  auto msix = records.Get("msix");
   if (!msix.ok()) return msix.status();
   if (msix->has_value()) {
     if (auto s = msix_.RestoreState(**msix); !s.ok()) return s;

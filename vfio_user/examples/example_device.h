@@ -55,8 +55,9 @@ class ExampleDevice : public PciDevice {
   void Detach() override;
   absl::Status Reset() override;
   void OnDmaUnmap(uint64_t iova, uint64_t size) override;
-  absl::Status Save(state_store::WriteTxn& txn) override;
-  absl::Status Restore(const state_store::ReadTxn& txn) override;
+  absl::string_view RecordNamespace() const override { return kTable; }
+  absl::Status Save(DeviceRecordWriter& records) override;
+  absl::Status Restore(const DeviceRecordReader& records) override;
 
   // Table the device persists into (list it in the Env's tables).
   static constexpr char kTable[] = "example_device";
