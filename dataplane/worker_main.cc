@@ -34,13 +34,13 @@
 #include <utility>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "avf/device.h"
+#include "base/command_line.h"
 #include "base/socket_access.h"
 #include "dataplane/adaptive_poll.h"
 #include "dataplane/backend.h"
@@ -55,20 +55,10 @@
 #include "vfio_user/event_loop.h"
 #include "vfio_user/protocol.h"
 #include "vfio_user/session.h"
-
-ABSL_FLAG(std::string, device, "", "device name");
-ABSL_FLAG(std::string, state_dir, emud::state_store::kDefaultStateDir, "emud state directory");
-ABSL_FLAG(std::string, socket, "", "vfio-user listening socket path");
-ABSL_FLAG(int64_t, socket_uid, -1, "owner of the socket (-1: this process's uid)");
-ABSL_FLAG(int64_t, socket_gid, -1, "group of the socket (-1: this process's or the directory's)");
-ABSL_FLAG(std::string, socket_mode, "0660", "octal mode of the socket (a subset of 0666 with 0600)");
-ABSL_FLAG(std::string, mac, "", "permanent MAC (aa:bb:cc:dd:ee:ff); empty = driver picks");
-ABSL_FLAG(int, queues, 4, "queue pairs offered (1..16)");
-ABSL_FLAG(std::string, backend, "loopback", "tap:IFNAME | loopback | peer:DEVICE");
-ABSL_FLAG(std::string, doorbell, "trap", "trap (posted region writes) | mmap (polled tail page)");
-ABSL_FLAG(bool, persist_session, true,
-          "commit vfio-user/AVF state to LMDB per request, crash-consistently (what lets a "
-          "successor take over after SIGKILL); false only for benchmarks measuring its cost");
+#include "worker_api/fd_keys.h"
+#include "worker_api/flags.h"
+#include "worker_api/status_record.h"
+#include "worker_api/worker_args.h"
 
 namespace emud::dataplane {
 namespace {
@@ -90,17 +80,6 @@ void OnSignal(int) {
 int Fail(absl::string_view what, const absl::Status& s) {
   std::fprintf(stderr, "emud-worker: %s: %s\n", std::string(what).c_str(), s.ToString().c_str());
   return 1;
-}
-
-bool ParseMac(const std::string& s, avf::MacAddr* out) {
-  std::vector<std::string> parts = absl::StrSplit(s, ':');
-  if (parts.size() != 6) return false;
-  for (int i = 0; i < 6; ++i) {
-    uint32_t v;
-    if (parts[i].size() != 2 || !absl::SimpleHexAtoi(parts[i], &v)) return false;
-    (*out)[i] = uint8_t(v);
-  }
-  return true;
 }
 
 // The worker's side of emud's fd store as the session's FdDepositor. While
@@ -133,37 +112,29 @@ class StoreDepositor : public vfio_user::FdDepositor {
   bool lost_ = false;
 };
 
-absl::StatusOr<UniqueFd> BindListener(const std::string& path) {
+absl::StatusOr<UniqueFd> BindListener(const worker_api::WorkerArgs& args) {
   // Owner, group and mode are set before listen() (base/socket_access.h): a
   // VMM running as another user connects as the owner or through the group
   // (by default this process's gid or, in a setgid directory, the
   // directory's), nobody else.
-  auto mode = emud::ParseSocketMode(absl::GetFlag(FLAGS_socket_mode), "--socket-mode");
-  if (!mode.ok()) return mode.status();
-  return emud::BindUnixListener(path, static_cast<uid_t>(absl::GetFlag(FLAGS_socket_uid)),
-                                static_cast<gid_t>(absl::GetFlag(FLAGS_socket_gid)), *mode);
+  return emud::BindUnixListener(args.socket_path, static_cast<uid_t>(args.socket_uid.value_or(-1)),
+                                static_cast<gid_t>(args.socket_gid.value_or(-1)),
+                                args.socket_mode.value_or(kDefaultSocketMode));
 }
 
 int Main() {
-  const std::string name = absl::GetFlag(FLAGS_device);
-  const std::string state_dir = absl::GetFlag(FLAGS_state_dir);
-  const std::string socket_path = absl::GetFlag(FLAGS_socket);
-  if (absl::Status s = state_store::ValidateDeviceName(name); !s.ok()) return Fail("--device", s);
-  if (socket_path.empty()) return Fail("--socket", absl::InvalidArgumentError("required"));
-  const int queues = absl::GetFlag(FLAGS_queues);
-  if (queues < 1 || queues > int(kMaxQueues)) {
-    return Fail("--queues", absl::InvalidArgumentError("must be 1..16"));
-  }
-  const std::string doorbell = absl::GetFlag(FLAGS_doorbell);
-  if (doorbell != "trap" && doorbell != "mmap") {
-    return Fail("--doorbell", absl::InvalidArgumentError("trap or mmap"));
-  }
+  auto parsed = worker_api::WorkerArgsFromFlags();
+  if (!parsed.ok()) return Fail("arguments", parsed.status());
+  const worker_api::WorkerArgs& args = *parsed;
+  const std::string& name = args.device;
+  const std::string& state_dir = args.state_dir;
+  const std::string& socket_path = args.socket_path;
+  const int queues = args.queues;
+  const std::string doorbell(worker_api::DoorbellModeName(args.doorbell));
   avf::DeviceOptions dopt;
   dopt.max_queue_pairs = uint32_t(queues);
-  dopt.mapped_doorbells = doorbell == "mmap";
-  if (!absl::GetFlag(FLAGS_mac).empty() && !ParseMac(absl::GetFlag(FLAGS_mac), &dopt.mac)) {
-    return Fail("--mac", absl::InvalidArgumentError(absl::GetFlag(FLAGS_mac)));
-  }
+  dopt.mapped_doorbells = args.doorbell == worker_api::DoorbellMode::kMmap;
+  if (!args.mac.empty()) dopt.mac = *worker_api::ParseMac(args.mac);
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
@@ -199,7 +170,7 @@ int Main() {
     return f;
   };
   StoreDepositor depositor(store.get());
-  const bool persist = absl::GetFlag(FLAGS_persist_session);
+  const bool persist = args.persist_session.value_or(true);
 
   std::error_code ec;
   const std::string env_dir = state_store::DeviceEnvDir(state_dir, name);
@@ -214,7 +185,7 @@ int Main() {
   state_store::EnvOptions eopt;
   eopt.tables = vfio_user::SessionTables();
   eopt.tables.push_back(avf::Device::kStateTable);
-  eopt.tables.push_back("status");
+  eopt.tables.push_back(worker_api::kStatusTable);
   auto env = state_store::Env::Open(env_dir, eopt);
   if (!env.ok()) return Fail("state store", env.status());
 
@@ -236,14 +207,14 @@ int Main() {
   }
   if (persist) dopt.poison_guard = guard->get();
 
-  UniqueFd doorbell_in = take("doorbell");
+  UniqueFd doorbell_in = take(worker_api::kDoorbellFdKey);
   const bool doorbell_inherited = doorbell_in.valid();
   dopt.doorbell_fd = doorbell_in.release();
   auto device = avf::Device::Create(dopt);
   if (!device.ok()) return Fail("device", device.status());
   if (!doorbell_inherited) {
     // Before any client can mmap it / any tail write relies on it.
-    absl::Status s = depositor.Deposit("doorbell", (*device)->doorbell_fd());
+    absl::Status s = depositor.Deposit(worker_api::kDoorbellFdKey, (*device)->doorbell_fd());
     if (!s.ok()) return Fail("deposit doorbell", s);
   }
   auto loop = vfio_user::EventLoop::Create();
@@ -254,14 +225,14 @@ int Main() {
   bopt.device = name;
   bopt.shm_dir = shm_dir;
   bopt.max_frame = avf::kMaxFrameSize;
-  const bool tap = absl::StartsWith(absl::GetFlag(FLAGS_backend), "tap:");
-  UniqueFd tap_in = take("backend/tap");
+  const bool tap = absl::StartsWith(args.backend, "tap:");
+  UniqueFd tap_in = take(worker_api::kTapFdKey);
   const bool tap_inherited = tap && tap_in.valid();
   if (tap) bopt.tap_fd = tap_in.release();
-  auto backend = OpenBackend(absl::GetFlag(FLAGS_backend), bopt);
+  auto backend = OpenBackend(args.backend, bopt);
   if (!backend.ok()) return Fail("backend", backend.status());
   if (tap && !tap_inherited) {
-    absl::Status s = depositor.Deposit("backend/tap", (*backend)->event_fd());
+    absl::Status s = depositor.Deposit(worker_api::kTapFdKey, (*backend)->event_fd());
     if (!s.ok()) return Fail("deposit backend/tap", s);
   }
   auto qstate = QueueStateFile::Open(absl::StrCat(dev_shm_dir, "/queues"));
@@ -282,8 +253,8 @@ int Main() {
   // A successor holding the guest's connection takes the session over:
   // device model from LMDB, session (DMA windows, eventfds, the pending
   // request) from LMDB + inherited fds, queues from the tmpfs queue state.
-  UniqueFd conn = take("vfio/conn");
-  UniqueFd listen_fd = take("vfio/listen");
+  UniqueFd conn = take(worker_api::kConnFdKey);
+  UniqueFd listen_fd = take(worker_api::kListenFdKey);
   std::unique_ptr<vfio_user::Session> resumed;
   bool recovered = false;
   if (conn.valid() && persist) {
@@ -310,7 +281,7 @@ int Main() {
         // committing a map) and before releasing the key. Release them now,
         // before any request can deposit the same key again.
         for (auto it = fds.begin(); it != fds.end();) {
-          if (absl::StartsWith(it->first, "dma/") || absl::StartsWith(it->first, "irq/")) {
+          if (worker_api::IsSessionFdKey(it->first)) {
             if (store != nullptr) depositor.Release(it->first);
             it = fds.erase(it);
           } else {
@@ -337,10 +308,10 @@ int Main() {
     }
   }
   if (!listen_fd.valid()) {
-    auto l = BindListener(socket_path);
+    auto l = BindListener(args);
     if (!l.ok()) return Fail("listen", l.status());
     listen_fd = std::move(*l);
-    absl::Status s = depositor.Deposit("vfio/listen", listen_fd.get());
+    absl::Status s = depositor.Deposit(worker_api::kListenFdKey, listen_fd.get());
     if (!s.ok()) return Fail("deposit vfio/listen", s);
   }
   auto server = vfio_user::Server::FromListener(std::move(listen_fd), std::move(resumed),
@@ -393,11 +364,11 @@ int Main() {
   }
 
   // Status record.
-  state_store::RecordTable<internal::WorkerStatus> status_table("status");
+  state_store::RecordTable<internal::WorkerStatus> status_table(worker_api::kStatusTable);
   internal::WorkerStatus status;
   {
     absl::Status s = (*env)->View([&](const state_store::ReadTxn& txn) -> absl::Status {
-      auto old = status_table.Get(txn, "worker");
+      auto old = status_table.Get(txn, worker_api::kStatusKey);
       if (old.ok() && old->has_value()) {
         status = **old;
         status.set_reattaches(status.reattaches() + 1);
@@ -493,7 +464,7 @@ int Main() {
       }
     }
     absl::Status s = (*env)->Update([&](state_store::WriteTxn& txn) {
-      return status_table.Put(txn, "worker", status);
+      return status_table.Put(txn, worker_api::kStatusKey, status);
     });
     if (!s.ok()) std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
     last_published = status;
@@ -545,18 +516,7 @@ int Main() {
 }  // namespace emud::dataplane
 
 int main(int argc, char** argv) {
-  // emud passes dashed flags (--state-dir); absl spells them with '_'.
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> fixed;
-  for (std::string& a : args) {
-    if (a.size() > 2 && a[0] == '-' && a[1] == '-') {
-      size_t end = a.find('=');
-      for (size_t i = 2; i < std::min(end, a.size()); ++i) {
-        if (a[i] == '-') a[i] = '_';
-      }
-    }
-    fixed.push_back(a.data());
-  }
-  absl::ParseCommandLine(int(fixed.size()), fixed.data());
+  // emud passes dashed flags (--state-dir).
+  emud::ParseDashedCommandLine(argc, argv);
   return emud::dataplane::Main();
 }
