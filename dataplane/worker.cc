@@ -95,6 +95,7 @@ absl::Status Worker::ResumeOrCreate() {
   WORKER_RETURN_IF_ERROR(OpenState());
   WORKER_RETURN_IF_ERROR(OpenPoisonGuard());
   WORKER_RETURN_IF_ERROR(CreateDevice());
+  WORKER_RETURN_IF_ERROR(CreateEventLoop());
   WORKER_RETURN_IF_ERROR(OpenBackendAndQueues());
   // A successor holding the guest's connection takes the session over:
   // device model from LMDB, session (DMA windows, eventfds, the pending
@@ -197,6 +198,10 @@ absl::Status Worker::CreateDevice() {
     absl::Status s = depositor_->Deposit(worker_api::kDoorbellFdKey, device_->doorbell_fd());
     if (!s.ok()) return Annotate(s, "deposit doorbell");
   }
+  return absl::OkStatus();
+}
+
+absl::Status Worker::CreateEventLoop() {
   auto loop = vfio_user::EventLoop::Create();
   if (!loop.ok()) return Annotate(loop.status(), "event loop");
   loop_ = std::move(*loop);

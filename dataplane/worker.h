@@ -124,6 +124,7 @@ class Worker {
   absl::Status OpenState();
   absl::Status OpenPoisonGuard();
   absl::Status CreateDevice();
+  absl::Status CreateEventLoop();
   absl::Status OpenBackendAndQueues();
   absl::Status ResumeSession();
   absl::Status CreateSession();
