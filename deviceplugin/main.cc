@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
+#include "base/command_line.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "base/socket_access.h"
@@ -56,22 +56,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Advertises a pool of emud devices to kubelet (device plugin API v1beta1).\n"
       "  emud-device-plugin --pool-size 8 --socket-owner 107:107");
-  // Flags are documented with dashes (--pool-size); absl spells them with
-  // underscores. Accept both.
-  std::vector<std::string> storage(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& a = storage[i];
-    if (a == "--") break;
-    if (a.rfind("--", 0) != 0) continue;
-    size_t end = std::min(a.find('='), a.size());
-    for (size_t j = 2; j < end; ++j) {
-      if (a[j] == '-') a[j] = '_';
-    }
-  }
-  std::vector<char*> fixed;
-  for (auto& a : storage) fixed.push_back(a.data());
-  fixed.push_back(nullptr);
-  absl::ParseCommandLine(argc, fixed.data());
+  // Flags are documented with dashes (--pool-size); both spellings work.
+  emud::ParseDashedCommandLine(argc, argv);
   emud::deviceplugin::PluginOptions o;
   o.emud_address = absl::GetFlag(FLAGS_emud);
   if (o.emud_address.rfind("/", 0) == 0) o.emud_address = "unix://" + o.emud_address;

@@ -12,9 +12,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "worker_api/fd_keys.h"
 
 extern char** environ;
 
@@ -390,11 +392,12 @@ absl::StatusOr<pid_t> SpawnWithFds(const std::vector<std::string>& argv,
     // dup2 to a different number clears close-on-exec on the target.
     posix_spawn_file_actions_adddup2(&fa, staged[i].get(), base + static_cast<int>(i));
   }
+  const std::string prefix = absl::StrCat(worker_api::kInheritedFdsEnv, "=");
   std::vector<std::string> envs;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "EMUD_FDS=", 9) != 0) envs.emplace_back(*e);
+    if (!absl::StartsWith(*e, prefix)) envs.emplace_back(*e);
   }
-  envs.push_back("EMUD_FDS=" + described);
+  envs.push_back(prefix + described);
   for (const auto& e : env) envs.push_back(e);
   std::vector<char*> cargv, cenv;
   for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
@@ -422,13 +425,13 @@ absl::StatusOr<pid_t> SpawnWithFds(const std::vector<std::string>& argv,
 
 absl::StatusOr<std::map<std::string, UniqueFd>> TakeInheritedFds() {
   std::map<std::string, UniqueFd> out;
-  const char* v = std::getenv("EMUD_FDS");
+  const char* v = std::getenv(worker_api::kInheritedFdsEnv);
   if (v == nullptr || *v == '\0') {
-    unsetenv("EMUD_FDS");
+    unsetenv(worker_api::kInheritedFdsEnv);
     return out;
   }
   std::string spec(v);
-  unsetenv("EMUD_FDS");
+  unsetenv(worker_api::kInheritedFdsEnv);
   for (absl::string_view item : absl::StrSplit(spec, ',')) {
     std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
     int fd;

@@ -32,18 +32,19 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "base/unique_fd.h"
+#include "worker_api/fd_keys.h"
 
 namespace emud::fdstore {
 
 absl::Status ValidateKey(absl::string_view key);
 
-// Conventions between emud and emud-worker (see server/device_manager.h):
-// emud starts every worker with its end of a connected channel inherited
-// under kChannelKey (next to the device's stored fds), and names the store's
+// Conventions between emud and emud-worker (worker_api/fd_keys.h): emud
+// starts every worker with its end of a connected channel inherited under
+// kChannelKey (next to the device's stored fds), and names the store's
 // listening socket, for FdStoreClient::Reconnect after emud restarts, in the
 // environment variable kStoreSocketEnv.
-inline constexpr char kChannelKey[] = "fdstore/channel";
-inline constexpr char kStoreSocketEnv[] = "EMUD_FDSTORE_SOCKET";
+inline constexpr const auto& kChannelKey = worker_api::kChannelFdKey;
+inline constexpr const auto& kStoreSocketEnv = worker_api::kFdStoreSocketEnv;
 
 // ------------------------------------------------------------ wire format
 
@@ -69,7 +70,7 @@ enum class Op : uint8_t {
 
 // A worker started through emud-keeper finds its channel token here (its
 // HELLO after a keeper restart carries it instead of its pid).
-inline constexpr char kTokenEnv[] = "EMUD_FDSTORE_TOKEN";
+inline constexpr const auto& kTokenEnv = worker_api::kFdStoreTokenEnv;
 
 struct Message {
   Op op = Op::kAck;

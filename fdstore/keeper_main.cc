@@ -20,7 +20,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
+#include "base/command_line.h"
 #include "absl/flags/usage.h"
 #include "fdstore/keeper.h"
 
@@ -56,13 +56,7 @@ void NotifySystemd() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Holds emud's device file descriptors across emud restarts.");
   // Dashed flags, as the other emud binaries take them.
-  for (int i = 1; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--", 2) != 0) continue;
-    for (char* p = argv[i] + 2; *p != '\0' && *p != '='; ++p) {
-      if (*p == '-') *p = '_';
-    }
-  }
-  absl::ParseCommandLine(argc, argv);
+  emud::ParseDashedCommandLine(argc, argv);
   const std::string mode = absl::GetFlag(FLAGS_after_handoff);
   if (mode != "exit" && mode != "wait") {
     std::fprintf(stderr, "emud-keeper: --after-handoff must be exit or wait, not '%s'\n",

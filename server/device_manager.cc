@@ -18,11 +18,12 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "base/socket_access.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
 #include "state_store/state_dir.h"
+#include "worker_api/fd_keys.h"
+#include "worker_api/worker_args.h"
 
 namespace emud::server {
 namespace {
@@ -374,23 +375,21 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   d.restart_at.reset();
   const auto& spec = d.rec.spec();
   std::string binary = d.rec.worker_binary().empty() ? options_.worker_binary : d.rec.worker_binary();
-  std::vector<std::string> argv = {
-      binary,
-      "--device", d.rec.name(),
-      "--state-dir", options_.state_dir,
-      "--socket", spec.socket_path(),
-      "--mac", spec.mac(),
-      "--queues", absl::StrCat(spec.queue_pairs()),
-      "--backend", spec.backend(),
-      "--doorbell", spec.doorbell() == v1::DOORBELL_MODE_MMAP ? "mmap" : "trap",
-  };
+  worker_api::WorkerArgs args;
+  args.device = d.rec.name();
+  args.state_dir = options_.state_dir;
+  args.socket_path = spec.socket_path();
+  args.mac = spec.mac();
+  args.queues = static_cast<int>(spec.queue_pairs());
+  args.backend = spec.backend();
+  args.doorbell = spec.doorbell() == v1::DOORBELL_MODE_MMAP ? worker_api::DoorbellMode::kMmap
+                                                            : worker_api::DoorbellMode::kTrap;
   // Socket access (only when not the default, so an older worker binary
-  // that lacks these flags still runs default devices).
-  if (spec.has_socket_uid()) argv.insert(argv.end(), {"--socket-uid", absl::StrCat(spec.socket_uid())});
-  if (spec.has_socket_gid()) argv.insert(argv.end(), {"--socket-gid", absl::StrCat(spec.socket_gid())});
-  if (spec.socket_mode() != 0 && spec.socket_mode() != kDefaultSocketMode) {
-    argv.insert(argv.end(), {"--socket-mode", absl::StrFormat("%04o", spec.socket_mode())});
-  }
+  // that lacks these flags still runs default devices: ToArgv).
+  if (spec.has_socket_uid()) args.socket_uid = spec.socket_uid();
+  if (spec.has_socket_gid()) args.socket_gid = spec.socket_gid();
+  if (spec.socket_mode() != 0) args.socket_mode = spec.socket_mode();
+  const std::vector<std::string> argv = args.ToArgv(binary);
   if (count_restart) {
     d.rec.set_restart_count(d.rec.restart_count() + 1);
     metrics_->WorkerRestarted(d.rec.name());
@@ -426,7 +425,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
     env = {absl::StrCat(fdstore::kStoreSocketEnv, "=", FdStoreSocket())};
   }
   bool has_listener = false;
-  for (const auto& in : inherit) has_listener = has_listener || in.key == "vfio/listen";
+  for (const auto& in : inherit) has_listener = has_listener || in.key == worker_api::kListenFdKey;
   // A successor inherits the listening socket when the store holds it;
   // otherwise it binds a fresh one and the dead worker's file must go.
   if (!has_listener) RemoveSocketFile(spec.socket_path());
@@ -464,7 +463,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
 void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy) {
   absl::Time now = absl::Now();
   bool guest_connected = false;  // the store holds the client's connection
-  for (const auto& key : HeldKeysLocked(d.rec.name())) guest_connected |= key == "vfio/conn";
+  for (const auto& key : HeldKeysLocked(d.rec.name())) guest_connected |= key == worker_api::kConnFdKey;
   RestartPolicy::Decision dec = d.policy.OnExit(healthy, guest_connected);
   if (dec.give_up) {
     d.rec.set_failed(true);

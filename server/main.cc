@@ -21,7 +21,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
+#include "base/command_line.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -149,22 +149,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  // Flags are documented with dashes (--state-dir); absl spells them with
-  // underscores. Accept both.
-  std::vector<std::string> storage(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& a = storage[i];
-    if (a == "--") break;
-    if (a.rfind("--", 0) != 0) continue;
-    size_t end = std::min(a.find('='), a.size());
-    for (size_t j = 2; j < end; ++j) {
-      if (a[j] == '-') a[j] = '_';
-    }
-  }
-  std::vector<char*> fixed;
-  for (auto& a : storage) fixed.push_back(a.data());
-  fixed.push_back(nullptr);
-  std::vector<char*> rest = absl::ParseCommandLine(argc, fixed.data());
+  // Flags are documented with dashes (--state-dir); both spellings work.
+  std::vector<std::string> rest = emud::ParseDashedCommandLine(argc, argv);
   if (rest.size() > 1) Fail(absl::StrCat("unexpected argument '", rest[1], "'; see --help"));
 
   emud::server::ManagerOptions opts;

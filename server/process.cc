@@ -13,9 +13,11 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "worker_api/fd_keys.h"
 
 extern char** environ;
 
@@ -76,11 +78,12 @@ absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
     staged.emplace_back(d);
     absl::StrAppend(&described, i ? "," : "", inherit[i].key, "=", base + static_cast<int>(i));
   }
+  const std::string prefix = absl::StrCat(worker_api::kInheritedFdsEnv, "=");
   std::vector<std::string> envs;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "EMUD_FDS=", 9) != 0) envs.emplace_back(*e);
+    if (!absl::StartsWith(*e, prefix)) envs.emplace_back(*e);
   }
-  if (!inherit.empty()) envs.push_back("EMUD_FDS=" + described);
+  if (!inherit.empty()) envs.push_back(prefix + described);
   for (const auto& e : env) envs.push_back(e);
   std::vector<char*> cenv;
   for (auto& e : envs) cenv.push_back(e.data());

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "state_store/record.h"
 #include "state_store/store.h"
+#include "worker_api/status_record.h"
 
 namespace emud::server {
 
@@ -45,7 +46,7 @@ absl::StatusOr<std::optional<emud::internal::WorkerStatus>> WorkerStatusReader::
     }
     if (rc != 0) return state_store::LmdbError(rc, "begin read", dir_);
     MDB_dbi dbi;
-    rc = mdb_dbi_open(txn, kStatusTable, 0, &dbi);
+    rc = mdb_dbi_open(txn, worker_api::kStatusTable, 0, &dbi);
     if (rc == MDB_NOTFOUND) {
       mdb_txn_abort(txn);
       return Result();
@@ -54,7 +55,7 @@ absl::StatusOr<std::optional<emud::internal::WorkerStatus>> WorkerStatusReader::
       mdb_txn_abort(txn);
       return state_store::LmdbError(rc, "open table status", dir_);
     }
-    MDB_val k{sizeof(kStatusKey) - 1, const_cast<char*>(kStatusKey)}, v;
+    MDB_val k{sizeof(worker_api::kStatusKey) - 1, const_cast<char*>(worker_api::kStatusKey)}, v;
     rc = mdb_get(txn, dbi, &k, &v);
     if (rc == MDB_NOTFOUND) {
       mdb_txn_abort(txn);

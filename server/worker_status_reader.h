@@ -1,6 +1,5 @@
 // WorkerStatusReader: reads the WorkerStatus record a worker publishes in its
-// device environment (state_store::DeviceEnvDir, table "status", key
-// "worker").
+// device environment (worker_api/status_record.h).
 //
 // The device environment belongs to the worker: its tables and schema version
 // are the worker's business. emud therefore opens it read-only through LMDB
@@ -18,9 +17,6 @@
 struct MDB_env;
 
 namespace emud::server {
-
-inline constexpr char kStatusTable[] = "status";
-inline constexpr char kStatusKey[] = "worker";
 
 class WorkerStatusReader {
  public:

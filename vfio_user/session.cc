@@ -16,13 +16,14 @@
 #include "absl/time/clock.h"
 #include "state_store/store.h"
 #include "vfio_user/session_store.h"
+#include "worker_api/fd_keys.h"
 
 namespace emud::vfio_user {
 namespace {
 
-using session_store::DmaFdKey;
-using session_store::IrqFdKey;
-using session_store::kConnFdKey;
+using worker_api::DmaFdKey;
+using worker_api::IrqFdKey;
+using worker_api::kConnFdKey;
 
 constexpr size_t kMaxRegions = 100;          // QEMU refuses more
 constexpr int kMaxMessagesPerRound = 64;     // fairness with other fds on the loop
@@ -992,7 +993,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Listen(const std::string& socket
   }
   if (::listen(fd.get(), 16) != 0) return absl::InternalError(absl::StrCat("listen: ", std::strerror(errno)));
   if (options.fd_depositor) {
-    if (auto s = options.fd_depositor->Deposit("vfio/listen", fd.get()); !s.ok()) return s;
+    if (auto s = options.fd_depositor->Deposit(worker_api::kListenFdKey, fd.get()); !s.ok()) return s;
   }
   auto session = Session::Create(device, loop, std::move(options));
   if (!session.ok()) return session.status();

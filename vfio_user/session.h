@@ -34,8 +34,9 @@
 // successor that finds it still at the socket head (killed before the
 // consume) simply applies it again, which the contract makes harmless.
 //
-// fd keys (FdDepositor): "vfio/conn", "dma/<iova-hex>", "irq/<index>/<vector>"
-// (session_store.h, with the records that name them).
+// fd keys (FdDepositor): worker_api::kConnFdKey, DmaFdKey(iova),
+// IrqFdKey(index, vector) (worker_api/fd_keys.h; session_store.h lists the
+// records that name them).
 #ifndef EMUD_VFIO_USER_SESSION_H_
 #define EMUD_VFIO_USER_SESSION_H_
 

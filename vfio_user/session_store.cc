@@ -9,9 +9,13 @@
 #include "vfio_user/device.h"
 #include "vfio_user/dma_table.h"
 #include "vfio_user/irq_state.h"
+#include "worker_api/fd_keys.h"
 
 namespace emud::vfio_user::session_store {
 namespace {
+
+using worker_api::DmaFdKey;
+using worker_api::IrqFdKey;
 
 constexpr char kSessionKey[] = "session";
 constexpr char kIrqsKey[] = "irqs";
@@ -19,7 +23,8 @@ constexpr char kLastKey[] = "last";
 constexpr char kDmaPrefix[] = "dma/";
 constexpr size_t kStoredRequestMax = 256;  // LastRequestRecord.request
 
-// The record key of a window (its fd's fd-store key is DmaFdKey).
+// The record key of a window. Not its fd's fd-store key (worker_api::DmaFdKey,
+// "dma/%x"): both are persisted, each stays as it is.
 std::string DmaKey(uint64_t iova) { return absl::StrFormat("dma/%016x", iova); }
 
 template <typename Msg>
@@ -29,8 +34,6 @@ state_store::RecordTable<Msg> Table() {
 
 }  // namespace
 
-std::string DmaFdKey(uint64_t iova) { return absl::StrFormat("dma/%x", iova); }
-std::string IrqFdKey(uint32_t index, uint32_t vector) { return absl::StrCat("irq/", index, "/", vector); }
 
 absl::Status PutNegotiated(state_store::WriteTxn& txn, const Negotiated& n) {
   SessionRecord rec;

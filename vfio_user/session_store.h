@@ -1,5 +1,6 @@
 // A persisted Session's records in its device's state_store environment, and
-// the fd-store keys they name. Table "vfio_user_session" (SessionTables()):
+// the fd-store keys they name (worker_api/fd_keys.h: kConnFdKey, DmaFdKey,
+// IrqFdKey). Table "vfio_user_session" (SessionTables()):
 //
 //   key                  record              fds it names (fd-store keys)
 //   "session"            SessionRecord       "vfio/conn" while negotiated
@@ -39,11 +40,6 @@ class PciDevice;
 namespace session_store {
 
 inline constexpr char kTable[] = "vfio_user_session";
-
-// fd-store keys.
-inline constexpr char kConnFdKey[] = "vfio/conn";
-std::string DmaFdKey(uint64_t iova);
-std::string IrqFdKey(uint32_t index, uint32_t vector);
 
 // What VERSION negotiated, and the session's message numbering.
 struct Negotiated {

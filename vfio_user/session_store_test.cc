@@ -19,6 +19,7 @@
 #include "vfio_user/dma_table.h"
 #include "vfio_user/irq_state.h"
 #include "vfio_user/session.h"
+#include "worker_api/fd_keys.h"
 
 namespace emud::vfio_user {
 namespace {
@@ -89,8 +90,8 @@ TEST_F(SessionStoreTest, LiveSessionRoundTripsAndNamesItsFds) {
               }).ok());
 
   // The fd-store keys are the emud<->worker contract.
-  EXPECT_EQ(session_store::DmaFdKey(0x10000), "dma/10000");
-  EXPECT_EQ(session_store::IrqFdKey(kMsixIrq, 2), "irq/2/2");
+  EXPECT_EQ(worker_api::DmaFdKey(0x10000), "dma/10000");
+  EXPECT_EQ(worker_api::IrqFdKey(kMsixIrq, 2), "irq/2/2");
   fds_["dma/10000"] = ram.get();
   fds_["irq/2/2"] = efd.get();
   DmaTable dma2(16, true);

@@ -1,5 +1,5 @@
 // fake_worker: a stand-in for emud-worker in emud's tests. It honours the
-// worker command-line contract, binds the vfio-user socket and publishes a
+// worker contract (worker_api/: command line, fd keys, status record), binds the vfio-user socket and publishes a
 // WorkerStatus record like the real worker, but instead of speaking
 // vfio-user it takes one-line text commands from whoever connects:
 //
@@ -43,11 +43,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/command_line.h"
 #include "fdstore/fd_store.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/record.h"
 #include "state_store/state_dir.h"
 #include "state_store/store.h"
+#include "worker_api/fd_keys.h"
+#include "worker_api/flags.h"
+#include "worker_api/status_record.h"
 
 namespace {
 
@@ -60,13 +64,13 @@ using emud::internal::WorkerStatus;
 
 struct Worker {
   std::unique_ptr<emud::state_store::Env> env;
-  emud::state_store::RecordTable<WorkerStatus> table{"status"};
+  emud::state_store::RecordTable<WorkerStatus> table{emud::worker_api::kStatusTable};
   WorkerStatus st;
 
   void Publish() {
     st.set_updated_unix_nanos(absl::ToUnixNanos(absl::Now()));
     absl::Status s = env->Update(
-        [&](emud::state_store::WriteTxn& txn) { return table.Put(txn, "worker", st); });
+        [&](emud::state_store::WriteTxn& txn) { return table.Put(txn, emud::worker_api::kStatusKey, st); });
     if (!s.ok()) Die(s.ToString());
   }
 };
@@ -74,17 +78,15 @@ struct Worker {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> args;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strncmp(argv[i], "--", 2) != 0) Die(absl::StrCat("bad argument ", argv[i]));
-    args[argv[i] + 2] = argv[i + 1];
-  }
-  for (const char* k : {"device", "state-dir", "socket", "mac", "queues", "backend", "doorbell"}) {
-    if (args[k].empty()) Die(absl::StrCat("missing --", k));
-  }
-  int queues = 0;
-  if (!absl::SimpleAtoi(args["queues"], &queues) || queues < 1 || queues > 16) Die("bad --queues");
-  const std::string device = args["device"], state_dir = args["state-dir"];
+  std::vector<std::string> rest = emud::ParseDashedCommandLine(argc, argv);
+  if (rest.size() > 1) Die(absl::StrCat("bad argument ", rest[1]));
+  auto args = emud::worker_api::WorkerArgsFromFlags();
+  if (!args.ok()) Die(args.status().ToString());
+  if (args->mac.empty()) Die("missing --mac");
+  if (args->backend.empty()) Die("missing --backend");
+  const int queues = args->queues;
+  const std::string device = args->device, state_dir = args->state_dir;
+  const std::string socket_path = args->socket_path;
 
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -123,12 +125,12 @@ int main(int argc, char** argv) {
 
   Worker w;
   emud::state_store::EnvOptions eo;
-  eo.tables = {"status"};
+  eo.tables = {emud::worker_api::kStatusTable};
   auto env = emud::state_store::Env::Open(emud::state_store::DeviceEnvDir(state_dir, device), eo);
   if (!env.ok()) Die(env.status().ToString());
   w.env = std::move(*env);
   absl::Status s = w.env->View([&](const emud::state_store::ReadTxn& txn) -> absl::Status {
-    auto prev = w.table.Get(txn, "worker");
+    auto prev = w.table.Get(txn, emud::worker_api::kStatusKey);
     if (!prev.ok()) return prev.status();
     if (prev->has_value()) {
       w.st = **prev;
@@ -155,23 +157,23 @@ int main(int argc, char** argv) {
   }
 
   int lfd = -1;
-  if (auto it = inherited->find("vfio/listen"); it != inherited->end()) {
+  if (auto it = inherited->find(emud::worker_api::kListenFdKey); it != inherited->end()) {
     lfd = it->second.release();
   } else {
     lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, args["socket"].c_str(), sizeof(addr.sun_path) - 1);
-    unlink(args["socket"].c_str());
+    std::strncpy(addr.sun_path, socket_path.c_str(), sizeof(addr.sun_path) - 1);
+    unlink(socket_path.c_str());
     if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(lfd, 4) != 0) {
-      w.st.set_last_error(absl::StrCat("bind ", args["socket"], ": ", std::strerror(errno)));
+      w.st.set_last_error(absl::StrCat("bind ", socket_path, ": ", std::strerror(errno)));
       w.Publish();
       return 4;
     }
-    deposit("vfio/listen", lfd);
+    deposit(emud::worker_api::kListenFdKey, lfd);
   }
   int cfd = -1;
-  if (auto it = inherited->find("vfio/conn"); it != inherited->end()) {
+  if (auto it = inherited->find(emud::worker_api::kConnFdKey); it != inherited->end()) {
     // Resume the client's connection where the previous worker left it.
     cfd = it->second.release();
     w.st.set_phase(previous.phase() >= WorkerStatus::CONNECTED ? previous.phase()
@@ -192,7 +194,7 @@ int main(int argc, char** argv) {
     if (poll(pfds, 4, want_reconnect ? 50 : -1) < 0) continue;
     if (pfds[0].revents) {
       close(lfd);
-      unlink(args["socket"].c_str());
+      unlink(socket_path.c_str());
       return 0;
     }
     if (pfds[2].revents) {
@@ -211,7 +213,7 @@ int main(int argc, char** argv) {
         close(c);  // one client at a time, like a vfio-user server
       } else if (c >= 0) {
         cfd = c;
-        deposit("vfio/conn", cfd);
+        deposit(emud::worker_api::kConnFdKey, cfd);
         w.st.set_phase(WorkerStatus::CONNECTED);
         (*w.st.mutable_vfio_user_messages())["VERSION"] += 1;
         w.Publish();
@@ -221,7 +223,7 @@ int main(int argc, char** argv) {
       char tmp[256];
       ssize_t n = read(cfd, tmp, sizeof(tmp));
       if (n <= 0) {
-        release("vfio/conn");
+        release(emud::worker_api::kConnFdKey);
         close(cfd);
         cfd = -1;
         buf.clear();

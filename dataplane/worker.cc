@@ -1,0 +1,427 @@
+#include "dataplane/worker.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "base/socket_access.h"
+#include "dataplane/adaptive_poll.h"
+#include "state_store/state_dir.h"
+#include "vfio_user/session_store.h"
+#include "worker_api/fd_keys.h"
+#include "worker_api/status_record.h"
+
+namespace emud::dataplane {
+namespace {
+
+// `s` with `what` in front of its message (same code).
+absl::Status Annotate(const absl::Status& s, absl::string_view what) {
+  return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+}
+
+}  // namespace
+
+#define WORKER_RETURN_IF_ERROR(expr)                     \
+  do {                                                   \
+    if (absl::Status _s = (expr); !_s.ok()) return _s;   \
+  } while (0)
+
+// The worker's side of the fd store as the session's FdDepositor. While the
+// store is away (emud restarting) fds are kept for FdStoreClient::Reconnect
+// instead: the worker never stalls or fails a guest request on emud.
+class Worker::StoreDepositor : public vfio_user::FdDepositor {
+ public:
+  explicit StoreDepositor(fdstore::FdStoreClient* store) : store_(store) {}
+  absl::Status Deposit(absl::string_view key, int fd) override {
+    if (store_ == nullptr) return absl::OkStatus();
+    if (store_->connected()) {
+      absl::Status s = store_->Deposit(key, fd);
+      if (s.ok()) return s;
+      if (s.code() == absl::StatusCode::kPermissionDenied ||
+          s.code() == absl::StatusCode::kInvalidArgument) {
+        return s;  // refused by the store
+      }
+      lost_ = true;  // the channel broke: the store died
+    }
+    return store_->Keep(key, fd);
+  }
+  void Release(absl::string_view key) override {
+    if (store_ == nullptr) return;
+    if (!store_->Release(key).ok() && store_->connected()) lost_ = true;
+  }
+  bool TakeLost() { return std::exchange(lost_, false); }
+
+ private:
+  fdstore::FdStoreClient* store_;
+  bool lost_ = false;
+};
+
+Worker::Worker(WorkerOptions options)
+    : options_(std::move(options)), persist_(options_.args.persist_session.value_or(true)) {}
+
+Worker::~Worker() {
+  loop_for_stop_.store(nullptr);
+  publisher_.reset();
+  server_.reset();  // the session disconnects its client (unless abandoned)
+  session_.reset();
+}
+
+bool Worker::resumable() const { return store_ != nullptr && persist_; }
+
+void Worker::Stop() {
+  stop_.store(true);
+  if (vfio_user::EventLoop* loop = loop_for_stop_.load()) loop->Stop();
+}
+
+UniqueFd Worker::TakeInherited(absl::string_view key) {
+  UniqueFd f;
+  if (auto it = options_.inherited_fds.find(std::string(key)); it != options_.inherited_fds.end()) {
+    f = std::move(it->second);
+    options_.inherited_fds.erase(it);
+  }
+  return f;
+}
+
+absl::Status Worker::ResumeOrCreate() {
+  const absl::Time start = absl::Now();
+  WORKER_RETURN_IF_ERROR(AdoptFdStore());
+  WORKER_RETURN_IF_ERROR(OpenState());
+  WORKER_RETURN_IF_ERROR(OpenPoisonGuard());
+  WORKER_RETURN_IF_ERROR(CreateDevice());
+  WORKER_RETURN_IF_ERROR(CreateEventLoop());
+  WORKER_RETURN_IF_ERROR(OpenBackendAndQueues());
+  // A successor holding the guest's connection takes the session over:
+  // device model from LMDB, session (DMA windows, eventfds, the pending
+  // request) from LMDB + inherited fds, queues from the tmpfs queue state.
+  conn_ = TakeInherited(worker_api::kConnFdKey);
+  if (conn_.valid() && persist_) WORKER_RETURN_IF_ERROR(ResumeSession());
+  if (!resumed_) WORKER_RETURN_IF_ERROR(CreateSession());
+  WORKER_RETURN_IF_ERROR(Listen());
+  ReleaseUnclaimedFds();
+  WORKER_RETURN_IF_ERROR(WatchFds());
+  publisher_ = std::make_unique<StatusPublisher>(env_.get(), device_.get(), datapath_.get(),
+                                                 &server_->session());
+  if (resumed_) {
+    resume_time_ = absl::Now() - start;
+    publisher_->SetReattachTime(resume_time_);
+  }
+  return absl::OkStatus();
+}
+
+// The fd store (when started by emud): our channel and, for a successor,
+// every fd the predecessor deposited. They are kept for Reconnect (the store
+// already holds them), then consumed by key.
+absl::Status Worker::AdoptFdStore() {
+  UniqueFd channel = TakeInherited(worker_api::kChannelFdKey);
+  if (channel.valid()) {
+    auto c = fdstore::FdStoreClient::Adopt(std::move(channel), options_.args.device);
+    if (!c.ok()) return Annotate(c.status(), "fd store");
+    store_ = std::move(*c);
+    for (const auto& [key, fd] : options_.inherited_fds) {
+      if (absl::Status s = store_->Keep(key, fd.get()); !s.ok()) return Annotate(s, "fd store");
+    }
+  }
+  depositor_ = std::make_unique<StoreDepositor>(store_.get());
+  return absl::OkStatus();
+}
+
+absl::Status Worker::OpenState() {
+  const std::string& state_dir = options_.args.state_dir;
+  const std::string& name = options_.args.device;
+  std::error_code ec;
+  const std::string env_dir = state_store::DeviceEnvDir(state_dir, name);
+  std::filesystem::create_directories(env_dir, ec);
+  std::filesystem::create_directories(state_store::ShmDir(state_dir), ec);
+  // DIR/shm/NAME/ (files of an older worker's DIR/shm/NAME.* layout move in).
+  if (absl::Status s = state_store::MigrateLegacyShmFiles(state_dir, name); !s.ok()) {
+    return Annotate(s, "state dir");
+  }
+  state_store::EnvOptions eopt;
+  eopt.tables = vfio_user::SessionTables();
+  eopt.tables.push_back(avf::Device::kStateTable);
+  eopt.tables.push_back(worker_api::kStatusTable);
+  auto env = state_store::Env::Open(env_dir, eopt);
+  if (!env.ok()) return Annotate(env.status(), "state store");
+  env_ = std::move(*env);
+  return absl::OkStatus();
+}
+
+// Poison-input quarantine: what this worker handles when it dies is charged
+// to that input; the third death on one input quarantines it.
+absl::Status Worker::OpenPoisonGuard() {
+  const std::string dev_shm_dir =
+      state_store::DeviceShmDir(options_.args.state_dir, options_.args.device);
+  auto guard = PoisonGuard::Open(absl::StrCat(dev_shm_dir, "/poison"));
+  if (!guard.ok()) return Annotate(guard.status(), "poison guard");
+  guard_ = std::move(*guard);
+  for (auto level : {PoisonGuard::kVfioRequest, PoisonGuard::kVirtchnl, PoisonGuard::kTxQueue}) {
+    if (guard_->DeathsAtOpen(level) > 0) {
+      static const char* const kNames[] = {"a vfio-user request", "a virtchnl message",
+                                           "a TX burst"};
+      std::fprintf(stderr, "emud-worker: %s: a predecessor died handling %s (%u deaths on it)\n",
+                   options_.args.device.c_str(), kNames[level], guard_->DeathsAtOpen(level));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The doorbell memfd (tails + ITRN) backs BAR0 [0, 0x3000) in both modes: in
+// trap mode it makes tail writes self-durable (no LMDB commit per doorbell;
+// vfio_user::PciDevice::WriteIsSelfDurable), so a successor must adopt it
+// whatever the mode.
+absl::Status Worker::CreateDevice() {
+  const worker_api::WorkerArgs& args = options_.args;
+  avf::DeviceOptions dopt;
+  dopt.max_queue_pairs = static_cast<uint32_t>(args.queues);
+  dopt.mapped_doorbells = args.doorbell == worker_api::DoorbellMode::kMmap;
+  if (!args.mac.empty()) {
+    auto mac = worker_api::ParseMac(args.mac);
+    if (!mac.ok()) return Annotate(mac.status(), "--mac");
+    dopt.mac = *mac;
+  }
+  if (persist_) dopt.poison_guard = guard_.get();
+  UniqueFd doorbell = TakeInherited(worker_api::kDoorbellFdKey);
+  const bool inherited = doorbell.valid();
+  dopt.doorbell_fd = doorbell.release();
+  auto device = avf::Device::Create(dopt);
+  if (!device.ok()) return Annotate(device.status(), "device");
+  device_ = std::move(*device);
+  if (!inherited) {
+    // Before any client can mmap it / any tail write relies on it.
+    absl::Status s = depositor_->Deposit(worker_api::kDoorbellFdKey, device_->doorbell_fd());
+    if (!s.ok()) return Annotate(s, "deposit doorbell");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Worker::CreateEventLoop() {
+  auto loop = vfio_user::EventLoop::Create();
+  if (!loop.ok()) return Annotate(loop.status(), "event loop");
+  loop_ = std::move(*loop);
+  loop_for_stop_.store(loop_.get());
+  if (stop_.load()) loop_->Stop();  // stopped before the loop existed
+  return absl::OkStatus();
+}
+
+absl::Status Worker::OpenBackendAndQueues() {
+  const worker_api::WorkerArgs& args = options_.args;
+  BackendOptions bopt;
+  bopt.device = args.device;
+  bopt.shm_dir = state_store::ShmDir(args.state_dir);
+  bopt.max_frame = avf::kMaxFrameSize;
+  const bool tap = absl::StartsWith(args.backend, "tap:");
+  UniqueFd tap_in = TakeInherited(worker_api::kTapFdKey);
+  const bool tap_inherited = tap && tap_in.valid();
+  if (tap) bopt.tap_fd = tap_in.release();
+  auto backend = OpenBackend(args.backend, bopt);
+  if (!backend.ok()) return Annotate(backend.status(), "backend");
+  backend_ = std::move(*backend);
+  if (tap && !tap_inherited) {
+    absl::Status s = depositor_->Deposit(worker_api::kTapFdKey, backend_->event_fd());
+    if (!s.ok()) return Annotate(s, "deposit backend/tap");
+  }
+  const std::string dev_shm_dir = state_store::DeviceShmDir(args.state_dir, args.device);
+  auto qstate = QueueStateFile::Open(absl::StrCat(dev_shm_dir, "/queues"));
+  if (!qstate.ok()) return Annotate(qstate.status(), "queue state");
+  qstate_ = std::move(*qstate);
+  DataPathOptions dpopt;
+  if (persist_) dpopt.poison_guard = guard_.get();
+  datapath_ = std::make_unique<DataPath>(device_.get(), backend_.get(), qstate_.get(), dpopt);
+  return absl::OkStatus();
+}
+
+vfio_user::SessionOptions Worker::SessionOptionsFor() const {
+  vfio_user::SessionOptions sopt;
+  if (persist_) {
+    sopt.store = env_.get();
+    sopt.crash_consistent = true;
+    sopt.journal_path = absl::StrCat(
+        state_store::DeviceShmDir(options_.args.state_dir, options_.args.device), "/journal");
+    sopt.poison_guard = guard_.get();
+  }
+  if (store_ != nullptr) sopt.fd_depositor = depositor_.get();
+  return sopt;
+}
+
+// Takes the predecessor's session over (sets resumed_), or leaves resumed_
+// false when there is none to take (NOT_FOUND: a fresh session follows).
+absl::Status Worker::ResumeSession() {
+  absl::Status r = vfio_user::session_store::RestoreDevice(*env_, *device_);
+  if (absl::IsNotFound(r)) return absl::OkStatus();
+  if (!r.ok()) return Annotate(r, "restore");
+  datapath_->OnFiltersChanged();
+  UniqueFd copy(::fcntl(conn_.get(), F_DUPFD_CLOEXEC, 3));
+  vfio_user::FdLookup lookup = [this](absl::string_view key) -> absl::StatusOr<UniqueFd> {
+    UniqueFd f = TakeInherited(key);
+    if (!f.valid()) return absl::NotFoundError(key);
+    return f;
+  };
+  auto s = vfio_user::Session::Resume(device_.get(), loop_.get(), SessionOptionsFor(),
+                                      std::move(copy), lookup);
+  if (absl::IsNotFound(s.status())) return absl::OkStatus();
+  if (!s.ok()) return Annotate(s.status(), "resume");
+  conn_.reset();  // the session holds its own copy
+  session_ = std::move(*s);
+  resumed_ = true;
+  datapath_->Recover();
+  ReleaseStaleSessionFds();
+  return absl::OkStatus();
+}
+
+// Inherited session fds that the restored state no longer names: the
+// predecessor was killed after committing an unmap (or before committing a
+// map) and before releasing the key. Released now, before any request can
+// deposit the same key again.
+void Worker::ReleaseStaleSessionFds() {
+  auto& fds = options_.inherited_fds;
+  for (auto it = fds.begin(); it != fds.end();) {
+    if (worker_api::IsSessionFdKey(it->first)) {
+      if (store_ != nullptr) depositor_->Release(it->first);
+      it = fds.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// A fresh session; a connection that never finished VERSION is served from
+// its first request (crash-consistent mode left it in the socket).
+absl::Status Worker::CreateSession() {
+  auto s = vfio_user::Session::Create(device_.get(), loop_.get(), SessionOptionsFor());
+  if (!s.ok()) return Annotate(s.status(), "session");
+  session_ = std::move(*s);
+  if (conn_.valid()) {
+    if (absl::Status a = session_->AttachClient(std::move(conn_)); !a.ok()) {
+      return Annotate(a, "attach");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The listener: inherited with the session, or bound with its final owner,
+// group and mode before listen() (base/socket_access.h) and deposited.
+absl::Status Worker::Listen() {
+  const worker_api::WorkerArgs& args = options_.args;
+  UniqueFd listen_fd = TakeInherited(worker_api::kListenFdKey);
+  if (!listen_fd.valid()) {
+    auto l = BindUnixListener(args.socket_path, static_cast<uid_t>(args.socket_uid.value_or(-1)),
+                              static_cast<gid_t>(args.socket_gid.value_or(-1)),
+                              args.socket_mode.value_or(kDefaultSocketMode));
+    if (!l.ok()) return Annotate(l.status(), "listen");
+    listen_fd = std::move(*l);
+    absl::Status s = depositor_->Deposit(worker_api::kListenFdKey, listen_fd.get());
+    if (!s.ok()) return Annotate(s, "deposit vfio/listen");
+  }
+  auto server =
+      vfio_user::Server::FromListener(std::move(listen_fd), std::move(session_), loop_.get());
+  if (!server.ok()) return Annotate(server.status(), "listen");
+  server_ = std::move(*server);
+  return absl::OkStatus();
+}
+
+// Inherited but not claimed (e.g. windows unmapped in a commit the
+// predecessor did not live to release): the store drops them.
+void Worker::ReleaseUnclaimedFds() {
+  for (const auto& [key, fd] : options_.inherited_fds) depositor_->Release(key);
+  options_.inherited_fds.clear();
+}
+
+absl::Status Worker::WatchFds() {
+  WatchStore();
+  if (backend_->event_fd() >= 0) {
+    absl::Status s = loop_->Add(backend_->event_fd(), EPOLLIN, [](uint32_t) {});
+    if (!s.ok()) return Annotate(s, "backend fd");
+  }
+  return absl::OkStatus();
+}
+
+// The store going away (emud or emud-keeper restarting): keep serving and
+// reconnect to its listening socket.
+void Worker::WatchStore() {
+  if (store_ != nullptr && store_->connected() && !store_watched_) {
+    store_watched_ = loop_->Add(store_->channel_fd(), EPOLLIN, [this](uint32_t) {
+      // The store never speaks first: readable or HUP means it died.
+      loop_->Remove(store_->channel_fd());
+      store_watched_ = false;
+      (void)store_->Reconnect("");  // drops the dead channel
+    }).ok();
+  }
+}
+
+void Worker::MaintainStore() {
+  if (store_ == nullptr) return;
+  if (depositor_->TakeLost() && store_->connected()) {
+    if (store_watched_) loop_->Remove(store_->channel_fd());
+    store_watched_ = false;
+    (void)store_->Reconnect("");
+  }
+  if (store_->connected() || options_.store_socket.empty()) return;
+  absl::Time now = absl::Now();
+  if (now < next_reconnect_) return;
+  next_reconnect_ = now + absl::Milliseconds(10);
+  if (store_->Reconnect(options_.store_socket).ok()) {
+    std::fprintf(stderr, "emud-worker: %s: reconnected to the fd store (%zu fds)\n",
+                 options_.args.device.c_str(), store_->deposited());
+    WatchStore();
+  }
+}
+
+absl::Status Worker::Run() {
+  const worker_api::WorkerArgs& args = options_.args;
+  if (resumed_) {
+    std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n",
+                 args.device.c_str(), absl::ToDoubleMilliseconds(resume_time_));
+  }
+  publisher_->Publish(true);
+  std::fprintf(stderr, "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues)\n",
+               args.device.c_str(), args.socket_path.c_str(), backend_->spec().c_str(),
+               std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues);
+
+  absl::Status result;
+  AdaptivePoller poller;
+  const int backend_fd = backend_->event_fd();
+  bool backend_watched = backend_fd >= 0;
+  while (!stop_.load()) {
+    bool work = datapath_->PollOnce();
+    // A backend holding a frame the guest has no buffer for (tap) would keep
+    // its fd readable and spin the loop: stop watching it until the frame is
+    // taken (the RX doorbell or the poll timeout brings us back).
+    if (backend_fd >= 0 && backend_watched == backend_->HasPending()) {
+      backend_watched = !backend_watched;
+      (void)loop_->Modify(backend_fd, backend_watched ? uint32_t{EPOLLIN} : 0u);
+    }
+    int64_t t = poller.Next(work, datapath_->NeedsPolling());
+    if (t < 0 && backend_->ArmNotify()) t = 0;
+    int64_t irq_due = datapath_->NextInterruptDeadlineNs(AdaptivePoller::NowNs());
+    if (irq_due >= 0 && (t < 0 || irq_due < t)) t = irq_due;  // ITR-deferred interrupt
+    absl::Duration timeout = t < 0 ? absl::Seconds(1) : absl::Nanoseconds(t);
+    if (store_ != nullptr && !store_->connected()) timeout = std::min(timeout, absl::Milliseconds(10));
+    auto r = loop_->RunOnce(timeout);
+    if (!r.ok()) {
+      publisher_->SetLastError(std::string(r.status().message()));
+      result = r.status();
+      break;
+    }
+    MaintainStore();
+    publisher_->Publish(false);
+  }
+  publisher_->Publish(true);
+  std::fprintf(stderr, "emud-worker: %s stopping\n", args.device.c_str());
+  return result;
+}
+
+void Worker::Abandon() {
+  if (server_ != nullptr) server_->session().Abandon();
+}
+
+#undef WORKER_RETURN_IF_ERROR
+
+}  // namespace emud::dataplane
