@@ -172,8 +172,17 @@ int WaitListening(Client& c, const Globals& g, const std::string& name, v1::Devi
     }
   }
   grpc::Status s = reader->Finish();
-  if (s.ok()) s = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "");
-  (void)g;
+  if (s.ok() || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    // Say why it is not serving yet, not only that the time ran out.
+    std::cerr << "emuctl: device " << name << " is still "
+              << v1::Phase_Name(out->status().phase()).substr(6) << " after " << g.timeout
+              << "s (raise --timeout)";
+    if (!out->status().last_error().empty()) {
+      std::cerr << "; last error: " << out->status().last_error();
+    }
+    std::cerr << std::endl;
+    return kTimeout;
+  }
   return c.Fail(s);
 }
 

@@ -41,6 +41,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "avf/device.h"
+#include "base/exit_reason.h"
 #include "base/socket_access.h"
 #include "dataplane/adaptive_poll.h"
 #include "dataplane/backend.h"
@@ -89,6 +90,7 @@ void OnSignal(int) {
 
 int Fail(absl::string_view what, const absl::Status& s) {
   std::fprintf(stderr, "emud-worker: %s: %s\n", std::string(what).c_str(), s.ToString().c_str());
+  RecordExitReason(what, s);  // emud puts it into the device's last_error
   return 1;
 }
 
@@ -145,6 +147,7 @@ absl::StatusOr<UniqueFd> BindListener(const std::string& path) {
 }
 
 int Main() {
+  InitExitReasonFromEnv();
   const std::string name = absl::GetFlag(FLAGS_device);
   const std::string state_dir = absl::GetFlag(FLAGS_state_dir);
   const std::string socket_path = absl::GetFlag(FLAGS_socket);
@@ -278,6 +281,16 @@ int Main() {
     sopt.poison_guard = guard->get();
   }
   if (store != nullptr) sopt.fd_depositor = &depositor;
+  if (persist && store != nullptr) {
+    // A full tmpfs: leave the request in the socket and the state as last
+    // committed, and let emud retry a successor at a pace until there is
+    // room (never a disconnect, which QEMU takes as a device reset).
+    sopt.on_store_full = [](const absl::Status& s) {
+      Fail("commit", s);
+      std::fflush(stderr);
+      _exit(1);
+    };
+  }
 
   // A successor holding the guest's connection takes the session over:
   // device model from LMDB, session (DMA windows, eventfds, the pending
@@ -429,10 +442,10 @@ int Main() {
   uint64_t quarantined_seen = 0;
   absl::Time last_write = absl::InfinitePast();
   internal::WorkerStatus last_published;
-  auto publish = [&](bool force) {
+  auto publish = [&](bool force) -> absl::Status {
     absl::Time now = absl::Now();
     auto phase = phase_now();
-    if (!force && phase == status.phase() && now - last_write < absl::Seconds(1)) return;
+    if (!force && phase == status.phase() && now - last_write < absl::Seconds(1)) return absl::OkStatus();
     if (phase != status.phase() || status.phase_seq() == 0) {
       status.set_phase_seq(status.phase_seq() + 1);
       auto* change = status.add_recent_phases();
@@ -489,22 +502,29 @@ int Main() {
       b.clear_updated_unix_nanos();
       if (google::protobuf::util::MessageDifferencer::Equals(a, b)) {
         last_write = now;
-        return;
+        return absl::OkStatus();
       }
     }
     absl::Status s = (*env)->Update([&](state_store::WriteTxn& txn) {
       return status_table.Put(txn, "worker", status);
     });
-    if (!s.ok()) std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
+    if (!s.ok()) {
+      std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
+      return s;
+    }
     last_published = status;
     last_write = now;
+    return absl::OkStatus();
   };
   if (recovered) {
     status.set_last_reattach_seconds(absl::ToDoubleSeconds(absl::Now() - t_start));
     std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n", name.c_str(),
                  status.last_reattach_seconds() * 1e3);
   }
-  publish(true);
+  // The first status record is what tells emud this worker serves: one
+  // that cannot be written (a full tmpfs) is a failed start, not a worker
+  // that serves while emud shows the device CREATED.
+  if (absl::Status s = publish(true); !s.ok()) return Fail("status", s);
   std::fprintf(stderr, "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues)\n",
                name.c_str(), socket_path.c_str(), (*backend)->spec().c_str(), doorbell.c_str(),
                queues);
@@ -533,9 +553,9 @@ int Main() {
       break;
     }
     maintain_store();
-    publish(false);
+    (void)publish(false);
   }
-  publish(true);
+  (void)publish(true);
   std::fprintf(stderr, "emud-worker: %s stopping\n", name.c_str());
   server->reset();
   return 0;

@@ -172,6 +172,8 @@ class DeviceManager {
     uint64_t seen_phase_seq = 0;
     uint64_t channel_id = 0;   // fd-store channel of the worker we spawned
     std::set<std::string> recorded_fds;  // keys in the "fds" table
+    UniqueFd exit_reason;  // the spawned worker's last words (base/exit_reason.h)
+    bool store_full_logged = false;  // one log line per full-tmpfs episode
   };
   struct Channel {
     UniqueFd fd;         // emud's end, non-blocking
@@ -189,6 +191,11 @@ class DeviceManager {
   void WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleExitLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // emud's reserve of tmpfs space for deletes on a full tmpfs.
+  void EnsureReserve();
+  bool ReleaseReserve();
+  // A worker that exited because the state tmpfs (or memory) is full.
+  void StoreFullLocked(Dev& d, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stops d's worker (SIGTERM, SIGKILL after the stop timeout or deadline).
   // Releases mu_ while waiting; d.busy must be set by the caller.
   absl::Status StopWorkerLocked(Dev& d, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
