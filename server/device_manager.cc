@@ -751,7 +751,8 @@ void DeviceManager::UpdatePhaseGaugesLocked() {
 // ------------------------------------------------------------------ RPCs
 
 absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceRequest& req) {
-  auto rec = NormalizeCreateRequest(req, options_.socket_dir, options_.socket_group);
+  auto rec = NormalizeCreateRequest(req, options_.socket_dir, options_.socket_group,
+                                    options_.socket_roots);
   if (!rec.ok()) return rec.status();
   absl::MutexLock lock(&mu_);
   absl::Status s = CheckAcceptingLocked();

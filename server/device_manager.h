@@ -75,6 +75,9 @@ struct ManagerOptions {
   std::string socket_dir;
   // Group of sockets whose request names none (emud --socket-group).
   std::optional<uint32_t> socket_group;
+  // Further directories explicit socket paths may lie under (emud
+  // --socket-roots); socket_dir always is one.
+  std::vector<std::string> socket_roots;
   // Absolute path of emud-worker.
   std::string worker_binary;
   // Lets UpgradeWorker name another worker binary.
