@@ -267,5 +267,48 @@ TEST(SocketRootsTest, SocketPathOutsideTheAllowedRootsIsRefused) {
   (*e2)->Stop(SIGTERM);
 }
 
+// The scrape an operator's Prometheus takes after guest traffic and a worker
+// kill passes Prometheus's own linter (Debian's prometheus package, installed
+// by tools/setup.sh).
+TEST(MetricsTest, ScrapeAfterTrafficAndAWorkerKillPassesPromtool) {
+  const char* promtool = "/usr/bin/promtool";
+  ASSERT_EQ(::access(promtool, X_OK), 0) << "promtool missing: run tools/setup.sh (package prometheus)";
+  TempStateDir dir("promtool");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  CommandResult c = e->Emuctl({"create-device", "--type", "avf", "--name", "nic0", "--queues",
+                               "2", "--wait"});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  auto dev = GetDevice(e->stub(), "nic0");
+  ASSERT_TRUE(dev.ok());
+  CommandResult g = RunCommand({Runfile("tests/guest/emu-guest"), "--socket",
+                                dev->spec().socket_path(), "--queues", "2", "--json"});
+  ASSERT_EQ(g.exit_code, 0) << g.out << g.err;
+  ASSERT_EQ(::kill(dev->status().worker_pid(), SIGKILL), 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto d = GetDevice(e->stub(), "nic0");
+        return d.ok() && d->status().restart_count() == 1 &&
+               d->status().phase() == v1::PHASE_LISTENING;
+      },
+      absl::Seconds(10)));
+  auto body = HttpGet(e->metrics_url());
+  ASSERT_TRUE(body.ok()) << body.status();
+  // Traffic and the kill are in the scrape.
+  EXPECT_TRUE(absl::StrContains(*body, "emud_worker_restarts_total{device=\"nic0\"} 1")) << *body;
+  EXPECT_TRUE(absl::StrContains(*body, "emud_vfio_user_messages_total{")) << *body;
+  std::string file = dir.path() + "/scrape.txt";
+  {
+    FILE* f = std::fopen(file.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(body->data(), 1, body->size(), f);
+    std::fclose(f);
+  }
+  CommandResult p = RunCommand({"/bin/sh", "-c", absl::StrCat(promtool, " check metrics < ", file)});
+  EXPECT_EQ(p.exit_code, 0) << p.out << p.err;
+  EXPECT_EQ(p.out + p.err, "") << "promtool findings:\n" << p.out << p.err;
+  e->Stop(SIGTERM);
+}
+
 }  // namespace
 }  // namespace emud::testing
