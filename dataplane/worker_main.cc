@@ -516,6 +516,7 @@ int Main() {
     last_write = now;
     return absl::OkStatus();
   };
+  status.set_last_reattach_seconds(0);  // no session resumed: nothing to report
   if (recovered) {
     status.set_last_reattach_seconds(absl::ToDoubleSeconds(absl::Now() - t_start));
     std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n", name.c_str(),

@@ -310,5 +310,36 @@ TEST(MetricsTest, ScrapeAfterTrafficAndAWorkerKillPassesPromtool) {
   e->Stop(SIGTERM);
 }
 
+TEST(EmuctlTest, VersionSuggestionsAndNameOutput) {
+  const std::string emuctl = Runfile("ctl/emuctl");
+  CommandResult v = RunCommand({emuctl, "version"});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_EQ(v.out, "emuctl 0.1.0\n");
+  CommandResult typo = RunCommand({emuctl, "create-devcie", "--name", "x"});
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(typo.err, "did you mean 'create-device'?")) << typo.err;
+  typo = RunCommand({emuctl, "lst"});
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(typo.err, "did you mean 'list'?")) << typo.err;
+  typo = RunCommand({emuctl, "frobnicate"});
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_FALSE(absl::StrContains(typo.err, "did you mean")) << typo.err;
+
+  TempStateDir dir("emuctl");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  for (const char* n : {"b", "a"}) {
+    ASSERT_EQ(e->Emuctl({"create-device", "--type", "avf", "--name", n}).exit_code, 0);
+  }
+  CommandResult names = e->Emuctl({"list", "-o", "name"});
+  EXPECT_EQ(names.exit_code, 0) << names.err;
+  EXPECT_EQ(names.out, "device/a\ndevice/b\n");
+  names = e->Emuctl({"get", "a", "-o", "name"});
+  EXPECT_EQ(names.exit_code, 0) << names.err;
+  EXPECT_EQ(names.out, "device/a\n");
+  EXPECT_EQ(e->Emuctl({"get", "nope", "-o", "name"}).exit_code, 3);
+  e->Stop(SIGTERM);
+}
+
 }  // namespace
 }  // namespace emud::testing
