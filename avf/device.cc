@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "avf/avf_state.pb.h"
+#include "base/backed_file.h"
 #include "state_store/record_codec.h"
 
 namespace emud::avf {
@@ -58,9 +59,12 @@ absl::Status Device::Init() {
     int fd = memfd_create("emud-avf-doorbells", MFD_CLOEXEC);
     if (fd < 0) return absl::InternalError(absl::StrCat("memfd_create: ", strerror(errno)));
     doorbell_fd_.reset(fd);
-    if (ftruncate(fd, kDoorbellWindowSize) != 0) {
-      return absl::InternalError(absl::StrCat("ftruncate: ", strerror(errno)));
-    }
+  }
+  // Allocated before it is mapped (also an adopted one: the guest's stores
+  // through QEMU's mapping must never fault; base/backed_file.h).
+  if (absl::Status s = BackFile(doorbell_fd_.get(), kDoorbellWindowSize, "doorbell memfd");
+      !s.ok()) {
+    return s;
   }
   void* p = mmap(nullptr, kDoorbellWindowSize, PROT_READ | PROT_WRITE, MAP_SHARED,
                  doorbell_fd_.get(), 0);

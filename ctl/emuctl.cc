@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -22,6 +23,22 @@ namespace v1 = emud::v1;
 using emud::ctl::Format;
 
 constexpr char kDefaultServer[] = "unix:///dev/shm/emud/emud.sock";
+// Same as emud's (server/metrics.h kVersion) and the image tag (tools/image.sh).
+constexpr char kClientVersion[] = "0.1.0";
+
+// Levenshtein distance, for "did you mean" on a mistyped command.
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
 
 // Exit codes (also printed by --help).
 enum Exit {
@@ -172,8 +189,17 @@ int WaitListening(Client& c, const Globals& g, const std::string& name, v1::Devi
     }
   }
   grpc::Status s = reader->Finish();
-  if (s.ok()) s = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "");
-  (void)g;
+  if (s.ok() || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    // Say why it is not serving yet, not only that the time ran out.
+    std::cerr << "emuctl: device " << name << " is still "
+              << v1::Phase_Name(out->status().phase()).substr(6) << " after " << g.timeout
+              << "s (raise --timeout)";
+    if (!out->status().last_error().empty()) {
+      std::cerr << "; last error: " << out->status().last_error();
+    }
+    std::cerr << std::endl;
+    return kTimeout;
+  }
   return c.Fail(s);
 }
 
@@ -194,8 +220,9 @@ int main(int argc, char** argv) {
   app.option_defaults()->always_capture_default();
   app.add_option("--server", g.server, "emud address: unix:///path, /path or host:port")
       ->envname("EMUCTL_SERVER");
-  app.add_option("-o,--output", g.output, "Output format")
-      ->check(CLI::IsMember({"table", "json", "yaml"}));
+  app.add_option("-o,--output", g.output,
+                 "Output format: table, json, yaml, or name (device/NAME per line, for scripts)")
+      ->check(CLI::IsMember({"table", "json", "yaml", "name"}));
   app.add_option("--timeout", g.timeout, "Seconds to wait for emud's answer")
       ->check(CLI::Range(0.001, 86400.0));
 
@@ -253,6 +280,7 @@ int main(int argc, char** argv) {
   c_upgrade->add_option("--worker-binary", worker_binary,
                         "Run this binary from now on (emud needs --allow-worker-override)");
   auto* c_health = app.add_subcommand("health", "Check emud's gRPC health (exit 0 if SERVING)");
+  auto* c_version = app.add_subcommand("version", "Print emuctl's version (no server needed)");
 
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
     sub->footer("Global flags (--server, -o, --timeout) go before or after the command.");
@@ -272,7 +300,16 @@ int main(int argc, char** argv) {
       known = known || sub->get_name() == a;
     }
     if (!known) {
-      std::cerr << "emuctl: unknown command '" << a << "' (see emuctl --help)" << std::endl;
+      std::string best;
+      size_t best_d = 3;  // suggest only close matches (or a prefix)
+      for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+        const std::string& n = sub->get_name();
+        size_t d = absl::StartsWith(n, a) && a.size() >= 3 ? 1 : EditDistance(a, n);
+        if (d < best_d) best_d = d, best = n;
+      }
+      std::cerr << "emuctl: unknown command '" << a << "'";
+      if (!best.empty()) std::cerr << "; did you mean '" << best << "'?";
+      std::cerr << " (see emuctl --help)" << std::endl;
       return kUsage;
     }
     break;
@@ -288,6 +325,12 @@ int main(int argc, char** argv) {
     std::cerr << "emuctl: " << msg << " (see emuctl --help)" << std::endl;
     return kUsage;
   }
+  if (*c_version) {
+    std::cout << "emuctl " << kClientVersion << std::endl;
+    return kOk;
+  }
+  const bool names_only = g.output == "name";
+  if (names_only) g.output = "table";
   auto fmt = emud::ctl::ParseFormat(g.output);
   if (!fmt.ok()) {
     std::cerr << "emuctl: " << fmt.status().message() << std::endl;
@@ -336,6 +379,7 @@ int main(int argc, char** argv) {
       int rc = WaitListening(client, g, d.name(), &d);
       if (rc != kOk) return rc;
     }
+    if (names_only) return (std::cout << "device/" << d.name() << std::endl, kOk);
     return Print(g, d, emud::ctl::DeviceTable(d));
   }
   if (*c_list) {
@@ -343,6 +387,11 @@ int main(int argc, char** argv) {
     grpc::Status s = client.stub()->ListDevices(&ctx, v1::ListDevicesRequest(), &resp);
     if (!s.ok()) return client.Fail(s);
     std::vector<v1::Device> devs(resp.devices().begin(), resp.devices().end());
+    if (names_only) {
+      for (const auto& d : devs) std::cout << "device/" << d.name() << "\n";
+      std::cout.flush();
+      return kOk;
+    }
     return Print(g, resp, emud::ctl::DeviceListTable(devs));
   }
   if (*c_get) {
@@ -351,6 +400,7 @@ int main(int argc, char** argv) {
     v1::Device d;
     grpc::Status s = client.stub()->GetDevice(&ctx, req, &d);
     if (!s.ok()) return client.Fail(s);
+    if (names_only) return (std::cout << "device/" << d.name() << std::endl, kOk);
     return Print(g, d, emud::ctl::DeviceTable(d));
   }
   if (*c_delete) {

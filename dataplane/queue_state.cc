@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/backed_file.h"
 #include "base/unique_fd.h"
 
 namespace emud::dataplane {
@@ -23,15 +24,15 @@ absl::StatusOr<std::unique_ptr<QueueStateFile>> QueueStateFile::Open(const std::
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return absl::InternalError("fstat");
   bool fresh = static_cast<size_t>(st.st_size) != sizeof(Layout);
-  if (fresh) {
-    if (::ftruncate(fd.get(), 0) != 0 ||
-        ::ftruncate(fd.get(), static_cast<off_t>(sizeof(Layout))) != 0) {
-      return absl::ResourceExhaustedError(absl::StrCat("size ", path, ": ", strerror(errno)));
-    }
-    // Make sure tmpfs has the pages (no SIGBUS later on a full filesystem).
-    if (int rc = ::posix_fallocate(fd.get(), 0, sizeof(Layout)); rc != 0) {
-      return absl::ResourceExhaustedError(absl::StrCat("allocate ", path, ": ", strerror(rc)));
-    }
+  if (fresh && ::ftruncate(fd.get(), 0) != 0) {
+    return absl::InternalError(absl::StrCat("truncate ", path, ": ", strerror(errno)));
+  }
+  // Every time, not only when fresh: a file of the right size left by a
+  // start that failed on a full tmpfs may still have holes (a store into one
+  // is a SIGBUS, see base/backed_file.h).
+  if (absl::Status s = BackFile(fd.get(), sizeof(Layout), absl::StrCat("queue state ", path));
+      !s.ok()) {
+    return s;
   }
   void* p = ::mmap(nullptr, sizeof(Layout), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap ", path, ": ", strerror(errno)));

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/backed_file.h"
 
 namespace emud::dataplane {
 
@@ -59,8 +60,10 @@ absl::StatusOr<std::unique_ptr<ShmRing>> ShmRing::OpenConsumer(const std::string
   if (::fstat(r->fd_.get(), &st) != 0) return absl::InternalError("fstat ring");
   bool fresh = static_cast<size_t>(st.st_size) != size;
   if (fresh && ::ftruncate(r->fd_.get(), 0) != 0) return absl::InternalError("truncate ring");
-  if (fresh && ::ftruncate(r->fd_.get(), static_cast<off_t>(size)) != 0) {
-    return absl::ResourceExhaustedError(absl::StrCat("size ring ", path, ": ", std::strerror(errno)));
+  // Allocated before it is mapped, every time (a ring left with holes by a
+  // start on a full tmpfs): the producer's and our stores cannot SIGBUS.
+  if (absl::Status a = BackFile(r->fd_.get(), size, absl::StrCat("peer ring ", path)); !a.ok()) {
+    return a;
   }
   absl::Status s = r->Map(r->fd_.get(), size);
   if (!s.ok()) return s;

@@ -50,10 +50,10 @@ internal::WorkerStatus::Phase StatusPublisher::PhaseNow() const {
   return internal::WorkerStatus::CONNECTED;
 }
 
-void StatusPublisher::Publish(bool force) {
+absl::Status StatusPublisher::Publish(bool force) {
   absl::Time now = absl::Now();
   auto phase = PhaseNow();
-  if (!force && phase == status_.phase() && now - last_write_ < absl::Seconds(1)) return;
+  if (!force && phase == status_.phase() && now - last_write_ < absl::Seconds(1)) return absl::OkStatus();
   if (phase != status_.phase() || status_.phase_seq() == 0) {
     status_.set_phase_seq(status_.phase_seq() + 1);
     auto* change = status_.add_recent_phases();
@@ -110,15 +110,19 @@ void StatusPublisher::Publish(bool force) {
     b.clear_updated_unix_nanos();
     if (google::protobuf::util::MessageDifferencer::Equals(a, b)) {
       last_write_ = now;
-      return;
+      return absl::OkStatus();
     }
   }
   absl::Status s = env_->Update([&](state_store::WriteTxn& txn) {
     return table_.Put(txn, worker_api::kStatusKey, status_);
   });
-  if (!s.ok()) std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
+  if (!s.ok()) {
+    std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
+    return s;
+  }
   last_published_ = status_;
   last_write_ = now;
+  return absl::OkStatus();
 }
 
 }  // namespace emud::dataplane

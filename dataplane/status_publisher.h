@@ -43,8 +43,9 @@ class StatusPublisher {
   // it. Unless `force`, a record whose phase did not change is written at
   // most once per second, and not at all if nothing but its timestamp would
   // change (an idle device costs no commit, and emud no re-read). A failed
-  // commit is logged to stderr; the next change or forced call writes again.
-  void Publish(bool force);
+  // commit is logged to stderr and returned (RESOURCE_EXHAUSTED on a full
+  // tmpfs); the next change or forced call writes again.
+  absl::Status Publish(bool force);
 
   // How long this worker took to resume its predecessor's session (kept in
   // the record; the next Publish writes it).

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/backed_file.h"
 
 namespace emud::dataplane {
 namespace {
@@ -75,23 +76,24 @@ absl::StatusOr<std::unique_ptr<TapRxStage>> TapRxStage::Open(const std::string& 
   if (fd < 0) return absl::InternalError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
   struct stat st {};
   if (::fstat(fd, &st) != 0 ||
-      (size_t(st.st_size) != sizeof(Layout) && ::ftruncate(fd, sizeof(Layout)) != 0)) {
+      (size_t(st.st_size) > sizeof(Layout) && ::ftruncate(fd, sizeof(Layout)) != 0)) {
     int e = errno;
     ::close(fd);
     return absl::InternalError(absl::StrCat("size ", path, ": ", std::strerror(e)));
   }
-  // Populated now: a full tmpfs fails here, not with SIGBUS on a later read.
+  // Allocated before it is mapped: a full tmpfs fails here, not with SIGBUS
+  // on a later read() into the stage (base/backed_file.h).
+  if (absl::Status s = BackFile(fd, sizeof(Layout),
+                                absl::StrCat("tap receive stage ", path.empty() ? "(memfd)" : path));
+      !s.ok()) {
+    ::close(fd);
+    return s;
+  }
   void* p = ::mmap(nullptr, sizeof(Layout), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) {
     int e = errno;
     ::close(fd);
     return absl::InternalError(absl::StrCat("mmap ", path, ": ", std::strerror(e)));
-  }
-  if (::fallocate(fd, 0, 0, sizeof(Layout)) != 0 && errno != EOPNOTSUPP) {
-    int e = errno;
-    ::munmap(p, sizeof(Layout));
-    ::close(fd);
-    return absl::ResourceExhaustedError(absl::StrCat("allocate ", path, ": ", std::strerror(e)));
   }
   std::unique_ptr<TapRxStage> s(new TapRxStage(fd, static_cast<Layout*>(p)));
   s->Recover();

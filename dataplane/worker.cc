@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/exit_reason.h"
 #include "base/socket_access.h"
 #include "dataplane/adaptive_poll.h"
 #include "state_store/state_dir.h"
@@ -109,10 +110,14 @@ absl::Status Worker::ResumeOrCreate() {
   WORKER_RETURN_IF_ERROR(WatchFds());
   publisher_ = std::make_unique<StatusPublisher>(env_.get(), device_.get(), datapath_.get(),
                                                  &server_->session());
-  if (resumed_) {
-    resume_time_ = absl::Now() - start;
-    publisher_->SetReattachTime(resume_time_);
-  }
+  // The predecessor's figure is not ours: a worker that resumed nothing
+  // reports no reattach.
+  if (resumed_) resume_time_ = absl::Now() - start;
+  publisher_->SetReattachTime(resumed_ ? resume_time_ : absl::ZeroDuration());
+  // The first status record is what tells emud this worker serves: one that
+  // cannot be written (a full tmpfs) is a failed start, not a worker that
+  // serves while emud shows the device CREATED.
+  if (absl::Status s = publisher_->Publish(true); !s.ok()) return Annotate(s, "status");
   return absl::OkStatus();
 }
 
@@ -248,6 +253,17 @@ vfio_user::SessionOptions Worker::SessionOptionsFor() const {
     sopt.poison_guard = guard_.get();
   }
   if (store_ != nullptr) sopt.fd_depositor = depositor_.get();
+  if (persist_ && store_ != nullptr) {
+    // A full tmpfs: leave the request in the socket and the state as last
+    // committed, and let emud start a successor at a pace until there is
+    // room (never a disconnect, which QEMU takes as a device reset).
+    sopt.on_store_full = [](const absl::Status& s) {
+      std::fprintf(stderr, "emud-worker: commit: %s\n", s.ToString().c_str());
+      RecordExitReason("commit", s);
+      std::fflush(stderr);
+      _exit(1);
+    };
+  }
   return sopt;
 }
 
@@ -380,7 +396,6 @@ absl::Status Worker::Run() {
     std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n",
                  args.device.c_str(), absl::ToDoubleMilliseconds(resume_time_));
   }
-  publisher_->Publish(true);
   std::fprintf(stderr, "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues)\n",
                args.device.c_str(), args.socket_path.c_str(), backend_->spec().c_str(),
                std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues);
@@ -411,9 +426,9 @@ absl::Status Worker::Run() {
       break;
     }
     MaintainStore();
-    publisher_->Publish(false);
+    (void)publisher_->Publish(false);
   }
-  publisher_->Publish(true);
+  (void)publisher_->Publish(true);
   std::fprintf(stderr, "emud-worker: %s stopping\n", args.device.c_str());
   return result;
 }

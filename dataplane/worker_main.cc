@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "base/command_line.h"
+#include "base/exit_reason.h"
 #include "dataplane/worker.h"
 #include "fdstore/fd_store.h"
 #include "worker_api/fd_keys.h"
@@ -54,10 +55,12 @@ void OnSignal(int) {
 
 int Fail(absl::string_view what, const absl::Status& s) {
   std::fprintf(stderr, "emud-worker: %s: %s\n", std::string(what).c_str(), s.ToString().c_str());
+  RecordExitReason(what, s);  // emud puts it into the device's last_error
   return 1;
 }
 
 int Main(int argc, char** argv) {
+  InitExitReasonFromEnv();
   // emud passes dashed flags (--state-dir).
   ParseDashedCommandLine(argc, argv);
   auto args = worker_api::WorkerArgsFromFlags();

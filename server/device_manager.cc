@@ -8,6 +8,7 @@
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -18,6 +19,8 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/exit_reason.h"
 #include "base/socket_access.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
@@ -109,6 +112,22 @@ v1::Phase FromWorkerPhase(WorkerStatus::Phase p) {
   }
 }
 
+// A device's state takes ~110 KiB of tmpfs idle (LMDB environment, queue
+// state, journal, poison page) and grows with DMA windows; refuse a create
+// that could not even start.
+constexpr uint64_t kDeviceStateBytes = 256 * 1024;
+
+absl::Status CheckStateRoom(const std::string& state_dir) {
+  struct statvfs vfs;
+  if (::statvfs(state_dir.c_str(), &vfs) != 0) return absl::OkStatus();
+  uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  if (free_bytes >= kDeviceStateBytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the filesystem holding the state directory ", state_dir, " is full: ", free_bytes / 1024,
+      " KiB free, a device needs about ", kDeviceStateBytes / 1024,
+      " KiB; free space on it or make it larger (mount -o remount,size=...), then retry"));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DeviceManager>> DeviceManager::Open(ManagerOptions options,
@@ -123,6 +142,7 @@ absl::StatusOr<std::unique_ptr<DeviceManager>> DeviceManager::Open(ManagerOption
   auto env = state_store::Env::Open(state_store::ControlEnvDir(m->options_.state_dir), eo);
   if (!env.ok()) return env.status();
   m->control_ = std::move(*env);
+  m->EnsureReserve();
   return m;
 }
 
@@ -424,6 +444,12 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
     for (const auto& [key, fd] : store_.Fds(d.rec.name())) inherit.push_back({key, fd});
     env = {absl::StrCat(fdstore::kStoreSocketEnv, "=", FdStoreSocket())};
   }
+  // Where the worker writes why it gave up (read back in HandleExitLocked).
+  d.exit_reason.reset();
+  if (auto r = CreateExitReasonFile(); r.ok()) {
+    d.exit_reason = std::move(*r);
+    inherit.push_back({"exit-reason", d.exit_reason.get(), kExitReasonEnv});
+  }
   bool has_listener = false;
   for (const auto& in : inherit) has_listener = has_listener || in.key == worker_api::kListenFdKey;
   // A successor inherits the listening socket when the store holds it;
@@ -487,6 +513,56 @@ void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason, bool h
   NotifyLocked(d);
 }
 
+// A file of kReserveBytes in emud's environment directory, allocated while
+// there is room and released when a commit that frees space (a delete)
+// finds the tmpfs full, so that emptying a full tmpfs through the API works.
+namespace {
+constexpr off_t kReserveBytes = 256 * 1024;
+std::string ReservePath(const std::string& state_dir) {
+  return state_store::ControlEnvDir(state_dir) + "/reserve";
+}
+}  // namespace
+
+void DeviceManager::EnsureReserve() {
+  std::string path = ReservePath(options_.state_dir);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  if (::posix_fallocate(fd, 0, kReserveBytes) != 0) {
+    // No room now: leave no partial reserve behind (it would only take the
+    // room a device needs); the next delete tries again.
+    ::close(fd);
+    ::unlink(path.c_str());
+    return;
+  }
+  ::close(fd);
+}
+
+bool DeviceManager::ReleaseReserve() {
+  std::string path = ReservePath(options_.state_dir);
+  bool released = ::unlink(path.c_str()) == 0;
+  if (released) Log("the state tmpfs is full: released emud's reserve to record a delete");
+  return released;
+}
+
+void DeviceManager::StoreFullLocked(Dev& d, const std::string& reason) {
+  bool guest_connected = false;
+  for (const auto& key : HeldKeysLocked(d.rec.name())) guest_connected |= key == "vfio/conn";
+  // With a guest connected its request waits (QEMU gives up after 5 s): retry
+  // often. Otherwise once a second is plenty.
+  absl::Duration delay = guest_connected ? d.policy.options().connected_max_backoff
+                                         : absl::Seconds(1);
+  d.rec.set_last_error(absl::StrCat(reason, "; retrying every ", absl::FormatDuration(delay),
+                                    " until there is room"));
+  d.restart_at = absl::Now() + delay;
+  d.started = absl::Time();
+  if (!d.store_full_logged) {
+    Log(absl::StrCat("device ", d.rec.name(), ": ", d.rec.last_error()));
+    d.store_full_logged = true;
+  }
+  (void)PersistLocked(d);
+  NotifyLocked(d);
+}
+
 void DeviceManager::HandleExitLocked(Dev& d) {
   std::string how = ReapAndDescribe(d.proc);
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, d.proc.pidfd.get(), nullptr);
@@ -503,7 +579,13 @@ void DeviceManager::HandleExitLocked(Dev& d) {
     return;
   }
   std::string reason = absl::StrCat("worker pid ", pid, " ", how);
-  if (d.status.has_value() && d.status->pid() == pid && !d.status->last_error().empty()) {
+  // Its own words first (base/exit_reason.h): "TUNSETIFF lo: Invalid
+  // argument" says what to fix, "exited with status 1" does not.
+  const std::string said = ReadExitReason(d.exit_reason.get());
+  d.exit_reason.reset();
+  if (!said.empty()) {
+    absl::StrAppend(&reason, ": ", said);
+  } else if (d.status.has_value() && d.status->pid() == pid && !d.status->last_error().empty()) {
     absl::StrAppend(&reason, ": ", d.status->last_error());
   }
   // Healthy (restart_policy.h): the worker published its status record,
@@ -511,6 +593,14 @@ void DeviceManager::HandleExitLocked(Dev& d) {
   const bool healthy = d.status.has_value() && d.status->pid() == pid &&
                        d.status->phase() != WorkerStatus::PHASE_UNSPECIFIED;
   d.started = started;
+  if (ExitReasonIsResourceExhausted(said)) {
+    // A full tmpfs (or memory): neither a crash loop (the device must go on
+    // by itself once space is freed) nor a reason to restart at once (the
+    // successor would fail the same way, in a tight loop). Retry at a pace.
+    StoreFullLocked(d, reason);
+    return;
+  }
+  d.store_full_logged = false;
   WorkerFailedLocked(d, reason, healthy);
   // Restart due now (a worker killed after a healthy run): spawn it here
   // rather than one loop round later - the guest is waiting.
@@ -661,7 +751,8 @@ void DeviceManager::UpdatePhaseGaugesLocked() {
 // ------------------------------------------------------------------ RPCs
 
 absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceRequest& req) {
-  auto rec = NormalizeCreateRequest(req, options_.socket_dir, options_.socket_group);
+  auto rec = NormalizeCreateRequest(req, options_.socket_dir, options_.socket_group,
+                                    options_.socket_roots);
   if (!rec.ok()) return rec.status();
   absl::MutexLock lock(&mu_);
   absl::Status s = CheckAcceptingLocked();
@@ -669,6 +760,8 @@ absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceReq
   std::vector<const DeviceRecord*> existing;
   for (const auto& [name, d] : devs_) existing.push_back(&d->rec);
   s = CheckConflictsAndAssignMac(*rec, existing);
+  if (!s.ok()) return s;
+  s = CheckStateRoom(options_.state_dir);
   if (!s.ok()) return s;
   s = PrepareSocketPath(rec->spec().socket_path(), /*probe=*/true);
   if (!s.ok()) return s;
@@ -687,7 +780,14 @@ absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceReq
   rec->set_create_unix_nanos(NowNanos());
   s = control_->Update(
       [&](state_store::WriteTxn& txn) { return devices_table_.Put(txn, rec->name(), *rec); });
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    // Nothing of the device may stay behind a failed create.
+    (void)state_store::RemoveDeviceState(options_.state_dir, rec->name());
+    if (InDeviceSocketDir(*rec, options_.socket_dir)) {
+      ::rmdir(DeviceSocketDir(*rec, options_.socket_dir).c_str());
+    }
+    return s;
+  }
   Dev& d = AddDevLocked(std::move(*rec));
   metrics_->InitRestarts(d.rec.name(), 0);
   Log(absl::StrCat("device ", d.rec.name(), " created (", d.rec.spec().backend(), ", ",
@@ -740,15 +840,27 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   }
   // The device stays findable until its record is gone, so a crash here
   // leaves a record that the next emud starts again (and can be deleted).
-  s = control_->Update([&](state_store::WriteTxn& txn) -> absl::Status {
+  auto forget = [&](state_store::WriteTxn& txn) -> absl::Status {
     absl::Status st = devices_table_.Delete(txn, name);
     if (!st.ok()) return st;
     return txn.DeletePrefix(fds_table_.name(), absl::StrCat(name, "/"));
-  });
+  };
+  s = control_->Update(forget);
+  if (s.code() == absl::StatusCode::kResourceExhausted && ReleaseReserve()) {
+    // A full tmpfs: the reserve (EnsureReserve) makes room for the commit
+    // that frees the device's state.
+    s = control_->Update(forget);
+  }
   if (!s.ok()) {
+    // Nothing is lost yet (fds held, state intact): put the device back as it
+    // was, worker running, so the delete can simply be retried.
     d->busy = false;
     d->deleting = false;
-    return s;
+    StartWorkerLocked(*d, /*count_restart=*/false);
+    return absl::Status(s.code(), absl::StrCat("could not record the deletion of device '", name,
+                                               "': ", s.message(),
+                                               "; the device was restarted unchanged - retry "
+                                               "the delete once there is room"));
   }
   store_.ReleaseDevice(name);
   if (keeper_ != nullptr) {
@@ -767,6 +879,7 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   d->reader->Close();
   absl::Status rm = state_store::RemoveDeviceState(options_.state_dir, name);
   if (!rm.ok()) Log(rm.ToString());
+  EnsureReserve();  // the device's state just freed room for it
   RemoveSocketFile(d->rec.spec().socket_path());
   if (InDeviceSocketDir(d->rec, options_.socket_dir)) {
     ::rmdir(DeviceSocketDir(d->rec, options_.socket_dir).c_str());  // only if empty

@@ -75,6 +75,9 @@ struct ManagerOptions {
   std::string socket_dir;
   // Group of sockets whose request names none (emud --socket-group).
   std::optional<uint32_t> socket_group;
+  // Further directories explicit socket paths may lie under (emud
+  // --socket-roots); socket_dir always is one.
+  std::vector<std::string> socket_roots;
   // Absolute path of emud-worker.
   std::string worker_binary;
   // Lets UpgradeWorker name another worker binary.
@@ -172,6 +175,8 @@ class DeviceManager {
     uint64_t seen_phase_seq = 0;
     uint64_t channel_id = 0;   // fd-store channel of the worker we spawned
     std::set<std::string> recorded_fds;  // keys in the "fds" table
+    UniqueFd exit_reason;  // the spawned worker's last words (base/exit_reason.h)
+    bool store_full_logged = false;  // one log line per full-tmpfs episode
   };
   struct Channel {
     UniqueFd fd;         // emud's end, non-blocking
@@ -189,6 +194,11 @@ class DeviceManager {
   void WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleExitLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // emud's reserve of tmpfs space for deletes on a full tmpfs.
+  void EnsureReserve();
+  bool ReleaseReserve();
+  // A worker that exited because the state tmpfs (or memory) is full.
+  void StoreFullLocked(Dev& d, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Stops d's worker (SIGTERM, SIGKILL after the stop timeout or deadline).
   // Releases mu_ while waiting; d.busy must be set by the caller.
   absl::Status StopWorkerLocked(Dev& d, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -51,6 +51,10 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
 ABSL_FLAG(std::string, socket_dir, "",
           "Directory for devices' default vfio-user sockets (<dir>/<name>/vfio-user.sock, a "
           "directory per device). Default: <state-dir>/sockets");
+ABSL_FLAG(std::string, socket_roots, "",
+          "Comma-separated absolute directories under which a create request may name an "
+          "explicit socket path (spec.socket_path / emuctl --socket), besides --socket-dir. "
+          "Default: none (only --socket-dir)");
 ABSL_FLAG(std::string, socket_group, "",
           "Numeric group id given to device sockets (and their per-device directories) whose "
           "create request names no group, e.g. the group the VMMs run in. Default: emud's group");
@@ -160,6 +164,12 @@ int main(int argc, char** argv) {
   opts.socket_dir = absl::GetFlag(FLAGS_socket_dir);
   if (opts.socket_dir.empty()) opts.socket_dir = opts.state_dir + "/sockets";
   if (opts.socket_dir[0] != '/') Fail("--socket-dir must be an absolute path");
+  for (absl::string_view r : absl::StrSplit(absl::GetFlag(FLAGS_socket_roots), ',', absl::SkipEmpty())) {
+    if (r.empty() || r[0] != '/' || absl::StrContains(r, "/../") || absl::EndsWith(r, "/..")) {
+      Fail(absl::StrCat("--socket-roots: '", r, "' is not an absolute, normalised directory"));
+    }
+    opts.socket_roots.emplace_back(r);
+  }
   if (!absl::GetFlag(FLAGS_socket_group).empty()) {
     auto gid = emud::ParseNumericId(absl::GetFlag(FLAGS_socket_group), "--socket-group");
     if (!gid.ok()) Fail(gid.status().message());

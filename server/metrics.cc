@@ -39,7 +39,9 @@ const MetricDef kMetricDefs[] = {
     {"emud_fdstore_fds", "Descriptors held in emud's fd store for the device", "gauge",
      "device"},
     {"emud_worker_reattach_duration_seconds",
-     "Time from a successor worker's start to its first packet moved", "histogram", ""},
+     "Time from a successor worker's exec to the guest's session resumed (LMDB state, "
+     "inherited fds, queues reconciled); only successors that took a connected guest over",
+     "histogram", ""},
     {"emud_state_store_commit_duration_seconds", "Duration of emud's state-store commits",
      "histogram", "env"},
 };
@@ -173,7 +175,8 @@ void Metrics::UpdateFromWorkerStatus(const std::string& device,
   if (seen == reattaches_seen_.end()) {
     reattaches_seen_[device] = st.reattaches();  // already counted before this emud
   } else if (st.reattaches() > seen->second) {
-    reattach_hist_.Observe(st.last_reattach_seconds());
+    // An idle device's successor resumed no session: nothing to record.
+    if (st.last_reattach_seconds() > 0) reattach_hist_.Observe(st.last_reattach_seconds());
     seen->second = st.reattaches();
   } else {
     seen->second = st.reattaches();

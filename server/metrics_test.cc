@@ -96,6 +96,11 @@ TEST(MetricsTest, ReattachObservedOnlyForNewReattaches) {
   std::string text = Scrape(m);
   EXPECT_EQ(Sample(text, "emud_worker_reattach_duration_seconds_count"), 1);
   EXPECT_DOUBLE_EQ(Sample(text, "emud_worker_reattach_duration_seconds_sum"), 0.003);
+  // An idle device's successor (no session resumed) reports 0: not a reattach.
+  st.set_reattaches(6);
+  st.set_last_reattach_seconds(0);
+  m.UpdateFromWorkerStatus("d", st);
+  EXPECT_EQ(Sample(Scrape(m), "emud_worker_reattach_duration_seconds_count"), 1);
 }
 
 }  // namespace

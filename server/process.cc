@@ -69,6 +69,7 @@ absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
   const int high = base + static_cast<int>(inherit.size()) + 64;
   std::vector<UniqueFd> staged;
   std::string described;
+  std::vector<std::string> fd_envs;
   for (size_t i = 0; i < inherit.size(); ++i) {
     int d = ::fcntl(inherit[i].fd, F_DUPFD_CLOEXEC, high);
     if (d < 0) {
@@ -76,14 +77,20 @@ absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
           absl::StrCat("dup of inherited fd ", inherit[i].key, ": ", std::strerror(errno)));
     }
     staged.emplace_back(d);
-    absl::StrAppend(&described, i ? "," : "", inherit[i].key, "=", base + static_cast<int>(i));
+    if (!inherit[i].env.empty()) {
+      fd_envs.push_back(absl::StrCat(inherit[i].env, "=", base + static_cast<int>(i)));
+      continue;
+    }
+    absl::StrAppend(&described, described.empty() ? "" : ",", inherit[i].key, "=",
+                    base + static_cast<int>(i));
   }
   const std::string prefix = absl::StrCat(worker_api::kInheritedFdsEnv, "=");
   std::vector<std::string> envs;
   for (char** e = environ; *e != nullptr; ++e) {
     if (!absl::StartsWith(*e, prefix)) envs.emplace_back(*e);
   }
-  if (!inherit.empty()) envs.push_back(prefix + described);
+  if (!described.empty()) envs.push_back(prefix + described);
+  for (const auto& e : fd_envs) envs.push_back(e);
   for (const auto& e : env) envs.push_back(e);
   std::vector<char*> cenv;
   for (auto& e : envs) cenv.push_back(e.data());

@@ -25,9 +25,12 @@ struct Process {
 // A descriptor handed to a child: `fd` (borrowed) appears in the child as
 // the next free number from 3 up, described by EMUD_FDS="key=3,key=4,..."
 // (the fd store's convention, see fdstore::TakeInheritedFds).
+// With `env` set, the fd is not listed in EMUD_FDS; the child finds its
+// number in the environment variable `env` instead.
 struct Inherit {
   std::string key;
   int fd = -1;
+  std::string env;
 };
 
 // Starts `argv[0]` (an absolute path) with `argv` in a new session (so a

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "base/socket_access.h"
 #include "state_store/state_dir.h"
@@ -167,7 +168,7 @@ absl::Status ValidateSocketPath(absl::string_view path) {
 
 absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
     const emud::v1::CreateDeviceRequest& req, absl::string_view socket_dir,
-    std::optional<uint32_t> default_socket_gid) {
+    std::optional<uint32_t> default_socket_gid, const std::vector<std::string>& socket_roots) {
   absl::Status s = state_store::ValidateDeviceName(req.name());
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("name: ", s.message()));
   if (req.type() != emud::v1::DEVICE_TYPE_AVF) {
@@ -206,6 +207,21 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
   } else {
     s = ValidateSocketPath(spec->socket_path());
     if (!s.ok()) return s;
+    // Normalised (no '.', '..', '//'), so a prefix test is a containment test.
+    std::vector<std::string> roots = {std::string(socket_dir)};
+    roots.insert(roots.end(), socket_roots.begin(), socket_roots.end());
+    bool inside = false;
+    for (std::string root : roots) {
+      while (root.size() > 1 && root.back() == '/') root.pop_back();
+      inside |= absl::StartsWith(spec->socket_path(), root == "/" ? "/" : root + "/");
+    }
+    if (!inside) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.socket_path '", spec->socket_path(), "' is outside the directories emud may put "
+          "sockets in (", absl::StrJoin(roots, ", "),
+          "); leave it empty for the default <socket-dir>/NAME/vfio-user.sock, or have the "
+          "operator allow its directory with emud --socket-roots"));
+    }
   }
   if (!spec->has_socket_gid() && default_socket_gid.has_value()) {
     spec->set_socket_gid(*default_socket_gid);

@@ -59,9 +59,13 @@ absl::Status ValidateSocketPath(absl::string_view path);
 // directory per device). Socket access: an unset spec.socket_gid becomes
 // `default_socket_gid` (emud --socket-group) if given; spec.socket_mode 0
 // becomes 0660, any other mode must pass ValidateSocketMode.
+// An explicit spec.socket_path must lie under `socket_dir` or one of
+// `socket_roots` (emud --socket-roots): an API client must not make emud
+// (often root) create directories and sockets anywhere.
 absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
     const emud::v1::CreateDeviceRequest& req, absl::string_view socket_dir,
-    std::optional<uint32_t> default_socket_gid = std::nullopt);
+    std::optional<uint32_t> default_socket_gid = std::nullopt,
+    const std::vector<std::string>& socket_roots = {});
 
 // <socket_dir>/<name>: the per-device directory of a default socket, which
 // emud creates with the socket's owner and group (mode 0750) and removes

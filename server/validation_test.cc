@@ -224,3 +224,35 @@ TEST(ConflictTest, PeersMustPairUp) {
 
 }  // namespace
 }  // namespace emud::server
+
+namespace emud::server {
+namespace {
+
+TEST(SocketRootsTest, ExplicitPathsMustLieUnderTheSocketDirOrAnAllowedRoot) {
+  auto with_path = [](const std::string& p) {
+    emud::v1::CreateDeviceRequest r;
+    r.set_name("dev0");
+    r.set_type(emud::v1::DEVICE_TYPE_AVF);
+    r.mutable_spec()->set_socket_path(p);
+    return r;
+  };
+  // Inside --socket-dir: fine.
+  EXPECT_TRUE(NormalizeCreateRequest(with_path("/run/emud/sockets/x/v.sock"), "/run/emud/sockets").ok());
+  // Anywhere else: refused, naming the allowed directories and the flag.
+  auto bad = NormalizeCreateRequest(with_path("/tmp/x/deep/a/b/x.sock"), "/run/emud/sockets");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("/run/emud/sockets"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("--socket-roots"), std::string::npos) << bad.status();
+  // A sibling whose name merely starts like the root is outside.
+  EXPECT_FALSE(NormalizeCreateRequest(with_path("/run/emud/sockets2/v.sock"), "/run/emud/sockets").ok());
+  // An allowed root (emud --socket-roots).
+  EXPECT_TRUE(NormalizeCreateRequest(with_path("/var/lib/vms/a.sock"), "/run/emud/sockets",
+                                     std::nullopt, {"/var/lib/vms/"})
+                  .ok());
+  // '..' cannot climb out (normalisation is required first).
+  EXPECT_FALSE(NormalizeCreateRequest(with_path("/run/emud/sockets/../x.sock"), "/run/emud/sockets").ok());
+}
+
+}  // namespace
+}  // namespace emud::server

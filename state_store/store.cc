@@ -1,15 +1,20 @@
 #include "state_store/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <lmdb.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/backed_file.h"
 
 namespace emud::state_store {
 namespace {
@@ -37,6 +42,19 @@ absl::Status LmdbError(int rc, absl::string_view what, absl::string_view where) 
                             "on it or enlarge it, e.g. mount -o remount,size=... /dev/shm)"));
     case MDB_MAP_FULL:
       return absl::ResourceExhaustedError(msg);
+    case EIO: {
+      // LMDB reports a short pwrite of its pages as EIO: on tmpfs that is
+      // the filesystem filling up mid-write.
+      struct statvfs vfs;
+      if (statvfs(std::string(where).c_str(), &vfs) == 0 &&
+          static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize < (uint64_t{1} << 20)) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            msg, " (a short write: the filesystem holding the state directory is full, ",
+            static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
+            " bytes free; free space on it or enlarge it)"));
+      }
+      return absl::InternalError(msg);
+    }
     case MDB_NOTFOUND:
       return absl::NotFoundError(msg);
     case MDB_VERSION_MISMATCH:
@@ -155,9 +173,14 @@ absl::Status Env::Init() {
   rc = mdb_env_set_mapsize(env_, options_.initial_map_size);
   if (rc != 0) return LmdbError(rc, "mdb_env_set_mapsize", dir_);
   // No MDB_WRITEMAP: pages are written with pwrite, so a full tmpfs yields
-  // ENOSPC instead of SIGBUS on a store into a hole of a mapped file.
+  // ENOSPC instead of SIGBUS on a store into a hole of a mapped file. The
+  // lock file (reader table) IS mapped and stored into: allocate it first.
+  absl::Status s = BackLockFile(/*before_open=*/true);
+  if (!s.ok()) return s;
   rc = mdb_env_open(env_, dir_.c_str(), MDB_NOSYNC | MDB_NOTLS, 0600);
   if (rc != 0) return LmdbError(rc, "mdb_env_open", dir_);
+  s = BackLockFile(/*before_open=*/false);  // an existing one may have holes
+  if (!s.ok()) return s;
   int dead = 0;
   rc = mdb_reader_check(env_, &dead);
   if (rc != 0) return LmdbError(rc, "mdb_reader_check", dir_);
@@ -195,6 +218,47 @@ absl::Status Env::Init() {
     break;
   }
   return CheckSchema();
+}
+
+absl::Status Env::BackLockFile(bool before_open) {
+  // LMDB maps lock.mdb MAP_SHARED and writes its header and reader slots
+  // with plain stores; it sizes the file with ftruncate (holes). On a full
+  // tmpfs such a store is a SIGBUS, so every hole is allocated here. Two
+  // rules: the size of an existing file is never changed (every process
+  // derives the reader table's length from it), and no descriptor of an
+  // existing lock file is ever closed by us (closing any descriptor of a
+  // file drops the process's fcntl locks on it, which LMDB uses to tell live
+  // readers from dead ones).
+  std::string path = dir_ + "/lock.mdb";
+  if (before_open) {
+    // Only a file that does not exist yet (nobody can hold locks on it): make
+    // it LMDB's own size for its default 126 readers (mdb.c: 125 64-byte
+    // reader slots + a 192-byte header), allocated.
+    constexpr size_t kNewLockFileSize = 125 * 64 + 192;
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      if (errno == EEXIST) return absl::OkStatus();
+      return LmdbError(errno, "create lock file", dir_);
+    }
+    absl::Status s = BackFile(fd, kNewLockFileSize, path);
+    ::close(fd);
+    if (!s.ok()) ::unlink(path.c_str());
+    return s;
+  }
+  // After mdb_env_open: allocate through LMDB's own descriptor.
+  char real[PATH_MAX];
+  if (::realpath(path.c_str(), real) == nullptr) return absl::OkStatus();
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    std::error_code lec;
+    auto target = std::filesystem::read_symlink(e.path(), lec);
+    if (lec || target != real) continue;
+    int fd = std::atoi(e.path().filename().c_str());
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || st.st_size <= 0) continue;
+    return BackFile(fd, static_cast<size_t>(st.st_size), path);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Env::CheckSchema() {

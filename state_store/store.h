@@ -137,6 +137,7 @@ class Env {
   Env(std::string dir, EnvOptions options) : dir_(std::move(dir)), options_(std::move(options)) {}
   absl::Status Init();
   absl::Status CheckSchema();
+  absl::Status BackLockFile(bool before_open);
   absl::StatusOr<unsigned> Dbi(absl::string_view table) const;
   absl::Status Grow();
   absl::Status UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool* map_full,

@@ -22,6 +22,8 @@ packages=(
   mmdebstrap podman runc
   # Kubernetes manifests validated against the API's types (deploy/k8s)
   python3-kubernetes
+  # promtool: emud's metrics scrape linted (tests/integration:operability_test)
+  prometheus
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(dpdk-dev)

@@ -119,6 +119,14 @@ struct SessionOptions {
   std::string journal_path;
   // Gets every connection / DMA / eventfd fd before the session relies on it.
   FdDepositor* fd_depositor = nullptr;
+  // Crash-consistent mode: a request's commit failed with RESOURCE_EXHAUSTED
+  // (a full tmpfs). The request is still in the socket and the store holds
+  // the state before it, so the right move is the process's exit: a
+  // successor resumes from the last commit and applies the request again
+  // once there is room, and the guest sees a slow reply instead of a reset.
+  // Expected not to return; if it returns (or is unset) the client is
+  // disconnected, as after any other failed commit.
+  std::function<void(const absl::Status&)> on_store_full;
   // Test hook (crash_consistent mode): called at 1 = after the commit, 2 =
   // after consuming the request, 3 = after the journal mark, 4 = after the
   // reply was sent (self-durable posted writes - see IsSelfDurable - are

@@ -171,6 +171,9 @@ bool Session::HandleMessageCrashConsistent() {
                                          reply.err ? absl::Span<const uint8_t>() : absl::MakeConstSpan(reply.payload));
   });
   if (!s.ok()) {
+    if (s.code() == absl::StatusCode::kResourceExhausted && options_.on_store_full) {
+      options_.on_store_full(s);
+    }
     Disconnect(absl::StrCat("commit failed: ", s.message()));
     return false;
   }

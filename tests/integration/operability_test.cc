@@ -1,0 +1,345 @@
+// Faults an operator meets, on emud's default flags with the real worker:
+// a full state tmpfs at create, at commit (a guest attaching) and at delete
+// (a small tmpfs mounted by the test: root), the cause of a worker's failed
+// start in last_error, and socket paths outside the allowed directories.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <future>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/integration/emud_harness.h"
+
+namespace emud::testing {
+namespace {
+
+namespace v1 = emud::v1;
+
+// A tmpfs of `size` mounted on `dir`, unmounted (lazily, so a straggler
+// cannot keep it) on every path out of the test.
+class SmallTmpfs {
+ public:
+  SmallTmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
+    std::filesystem::create_directories(dir);
+    mounted_ = ::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
+                       absl::StrCat("size=", size, ",mode=0755").c_str()) == 0;
+    err_ = errno;
+  }
+  ~SmallTmpfs() {
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  int error() const { return err_; }
+  uint64_t FreeBytes() const {
+    struct statvfs v {};
+    ::statvfs(dir_.c_str(), &v);
+    return uint64_t{v.f_bavail} * v.f_frsize;
+  }
+  // Fills the filesystem until not one more page can be allocated.
+  void Fill() {
+    for (int i = 0;; ++i) {
+      uint64_t free_bytes = FreeBytes();
+      if (free_bytes == 0) break;
+      int fd = ::open(absl::StrCat(dir_, "/filler", i).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      ASSERT_GE(fd, 0);
+      int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(free_bytes));
+      if (rc != 0) (void)::posix_fallocate(fd, 0, 4096);
+      ::close(fd);
+      if (i > 64) break;
+    }
+    EXPECT_LT(FreeBytes(), 4096u);
+  }
+  void Free() {
+    for (int i = 0; i <= 65; ++i) ::unlink(absl::StrCat(dir_, "/filler", i).c_str());
+  }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+  int err_ = 0;
+};
+
+std::unique_ptr<EmudProcess> StartEmud(const std::string& state_dir) {
+  EmudProcess::Options o;
+  o.state_dir = state_dir;
+  o.worker_binary = Runfile("dataplane/emud-worker");
+  o.extra_flags = {"--stop-workers-on-exit"};  // no worker outlives the test
+  auto e = EmudProcess::Start(o);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return e.ok() ? std::move(*e) : nullptr;
+}
+
+void ExpectNoSigbus(EmudProcess& e) {
+  std::string log = e.Log();
+  EXPECT_FALSE(absl::StrContains(log, "signal 7")) << log;
+  EXPECT_FALSE(absl::StrContains(log, "Bus error")) << log;
+}
+
+class FullTmpfsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root (CI runs as root)";
+    fs_ = std::make_unique<SmallTmpfs>(dir_.path() + "/fs", "8m");
+    ASSERT_TRUE(fs_->mounted()) << "mount tmpfs: " << std::strerror(fs_->error());
+    state_ = dir_.path() + "/fs/state";
+    emud_ = StartEmud(state_);
+    ASSERT_NE(emud_, nullptr);
+  }
+  void TearDown() override {
+    if (emud_ != nullptr) {
+      ExpectNoSigbus(*emud_);
+      emud_->Stop(SIGTERM);
+      emud_.reset();
+    }
+    fs_.reset();  // unmounts
+  }
+  int Guest(const std::string& socket) {
+    CommandResult g = RunCommand({Runfile("tests/guest/emu-guest"), "--socket", socket,
+                                  "--queues", "2", "--json"});
+    guest_out_ = g.out + g.err;
+    return g.exit_code;
+  }
+
+  TempStateDir dir_{"full"};
+  std::unique_ptr<SmallTmpfs> fs_;
+  std::string state_;
+  std::unique_ptr<EmudProcess> emud_;
+  std::string guest_out_;
+};
+
+TEST_F(FullTmpfsTest, CreateIsRefusedClearlyAndLeavesNothingBehind) {
+  CommandResult c = emud_->Emuctl({"create-device", "--type", "avf", "--name", "a", "--wait"});
+  ASSERT_EQ(c.exit_code, 0) << c.err << emud_->Log();
+  fs_->Fill();
+  c = emud_->Emuctl({"create-device", "--type", "avf", "--name", "b", "--queues", "16", "--wait"});
+  EXPECT_EQ(c.exit_code, 9) << c.out << c.err;  // RESOURCE_EXHAUSTED: other server error
+  EXPECT_TRUE(absl::StrContains(c.err, "is full")) << c.err;
+  EXPECT_TRUE(absl::StrContains(c.err, "free space")) << c.err;
+  EXPECT_EQ(GetDevice(emud_->stub(), "b").status().code(), absl::StatusCode::kNotFound);
+  for (const char* sub : {"/sockets/b", "/devices/b", "/shm/b"}) {
+    EXPECT_FALSE(std::filesystem::exists(state_ + sub)) << sub;
+  }
+  // The running device is untouched, and once there is room b can be made.
+  EXPECT_EQ(GetDevice(emud_->stub(), "a")->status().phase(), v1::PHASE_LISTENING);
+  fs_->Free();
+  c = emud_->Emuctl({"create-device", "--type", "avf", "--name", "b", "--queues", "16", "--wait"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+}
+
+// A worker that cannot allocate its mapped files (the queue state here)
+// exits with the reason, is retried at a pace without ever going FAILED, and
+// serves as soon as there is room.
+TEST_F(FullTmpfsTest, WorkerStartOnAFullTmpfsWaitsForRoomWithoutSigbusOrFailed) {
+  CommandResult c = emud_->Emuctl({"create-device", "--type", "avf", "--name", "a", "--queues",
+                                   "16", "--wait"});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  auto dev = GetDevice(emud_->stub(), "a");
+  ASSERT_TRUE(dev.ok());
+  // The idle device's successor must create its queue state anew (as after
+  // a first start): remove it, fill the tmpfs, kill the worker.
+  ASSERT_EQ(::unlink((state_ + "/shm/a/queues").c_str()), 0);
+  fs_->Fill();
+  ASSERT_EQ(::kill(dev->status().worker_pid(), SIGKILL), 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto d = GetDevice(emud_->stub(), "a");
+        return d.ok() && d->status().restart_count() >= 7;  // > --crash-loop-restarts (5)
+      },
+      absl::Seconds(30)));
+  dev = GetDevice(emud_->stub(), "a");
+  EXPECT_NE(dev->status().phase(), v1::PHASE_FAILED);
+  EXPECT_TRUE(absl::StrContains(dev->status().last_error(), "queue state")) << dev->status().last_error();
+  EXPECT_TRUE(absl::StrContains(dev->status().last_error(), "No space left on device"))
+      << dev->status().last_error();
+  EXPECT_TRUE(absl::StrContains(dev->status().last_error(), "until there is room"))
+      << dev->status().last_error();
+  fs_->Free();
+  ASSERT_TRUE(WaitPhase(emud_->stub(), "a", v1::PHASE_LISTENING, absl::Seconds(10)));
+  EXPECT_EQ(Guest(dev->spec().socket_path()), 0) << guest_out_;
+  EXPECT_TRUE(absl::StrContains(guest_out_, "\"link_up\": true")) << guest_out_;
+}
+
+// A guest attaching while the tmpfs is full: its requests' commits fail, the
+// worker leaves each request in the socket and exits (never SIGBUS, never a
+// disconnect); once there is room the guest's bring-up completes.
+TEST_F(FullTmpfsTest, CommitOnAFullTmpfsWaitsForRoomAndTheGuestGoesOn) {
+  CommandResult c = emud_->Emuctl({"create-device", "--type", "avf", "--name", "a", "--queues",
+                                   "2", "--wait"});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  auto dev = GetDevice(emud_->stub(), "a");
+  ASSERT_TRUE(dev.ok());
+  fs_->Fill();
+  auto guest = std::async(std::launch::async, [&] { return Guest(dev->spec().socket_path()); });
+  bool saw_full = WaitFor(
+      [&] {
+        auto d = GetDevice(emud_->stub(), "a");
+        return d.ok() && absl::StrContains(d->status().last_error(), "RESOURCE_EXHAUSTED");
+      },
+      absl::Seconds(3));
+  fs_->Free();
+  EXPECT_EQ(guest.get(), 0) << guest_out_ << emud_->Log();
+  EXPECT_TRUE(absl::StrContains(guest_out_, "\"link_up\": true")) << guest_out_;
+  dev = GetDevice(emud_->stub(), "a");
+  EXPECT_NE(dev->status().phase(), v1::PHASE_FAILED);
+  // A first connection grows the device's LMDB file (session records, DMA
+  // windows): the commit path was exercised, not bypassed by free pages.
+  EXPECT_TRUE(saw_full) << emud_->Log();
+  EXPECT_TRUE(absl::StrContains(dev->status().last_error(), "full")) << dev->status().last_error();
+  EXPECT_TRUE(absl::StrContains(emud_->Log(), "emud-worker: commit: RESOURCE_EXHAUSTED")) << emud_->Log();
+}
+
+TEST_F(FullTmpfsTest, DeleteOnAFullTmpfsSucceedsAndFreesTheState) {
+  for (const char* n : {"a", "b"}) {
+    CommandResult c = emud_->Emuctl({"create-device", "--type", "avf", "--name", n, "--wait"});
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+  }
+  fs_->Fill();
+  CommandResult c = emud_->Emuctl({"delete", "a", "--force"});
+  EXPECT_EQ(c.exit_code, 0) << c.err << emud_->Log();
+  EXPECT_EQ(GetDevice(emud_->stub(), "a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(std::filesystem::exists(state_ + "/devices/a"));
+  EXPECT_FALSE(std::filesystem::exists(state_ + "/shm/a"));
+  // The other device still serves; deleting it works too.
+  auto b = GetDevice(emud_->stub(), "b");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->status().phase(), v1::PHASE_LISTENING);
+  EXPECT_GT(b->status().worker_pid(), 0);
+  c = emud_->Emuctl({"delete", "b"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  fs_->Free();
+}
+
+// The reason a worker could not start is the device's last_error and travels
+// in its events (emuctl --wait prints the FAILED event's last_error).
+TEST(StartFailureTest, CauseOfAFailedStartIsInLastError) {
+  if (::access("/dev/net/tun", R_OK | W_OK) != 0 || ::geteuid() != 0) {
+    GTEST_SKIP() << "needs /dev/net/tun and root (CI runs as root)";
+  }
+  TempStateDir dir("startfail");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  CommandResult c = e->Emuctl({"create-device", "--type", "avf", "--name", "t", "--backend",
+                               "tap:lo", "--wait", "--timeout", "30"});
+  EXPECT_EQ(c.exit_code, 10) << c.out << c.err;
+  EXPECT_TRUE(absl::StrContains(c.err, "TUNSETIFF")) << c.err;
+  auto d = GetDevice(e->stub(), "t");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->status().phase(), v1::PHASE_FAILED);
+  EXPECT_TRUE(absl::StrContains(d->status().last_error(), "TUNSETIFF lo")) << d->status().last_error();
+  EXPECT_TRUE(absl::StrContains(d->status().last_error(), "emuctl reset t")) << d->status().last_error();
+  ExpectNoSigbus(*e);
+  e->Stop(SIGTERM);
+}
+
+TEST(SocketRootsTest, SocketPathOutsideTheAllowedRootsIsRefused) {
+  TempStateDir dir("roots");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  std::string outside = dir.path() + "/elsewhere/deep/a/b/x.sock";
+  CommandResult c = e->Emuctl({"create-device", "--type", "avf", "--name", "x", "--socket", outside});
+  EXPECT_EQ(c.exit_code, 5) << c.out << c.err;
+  EXPECT_TRUE(absl::StrContains(c.err, "outside the directories")) << c.err;
+  EXPECT_TRUE(absl::StrContains(c.err, "--socket-roots")) << c.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/elsewhere"));  // nothing created
+  EXPECT_EQ(GetDevice(e->stub(), "x").status().code(), absl::StatusCode::kNotFound);
+  e->Stop(SIGTERM);
+
+  // Allowed with --socket-roots, and the device serves there.
+  EmudProcess::Options o;
+  o.state_dir = dir.path() + "/state";
+  o.worker_binary = Runfile("dataplane/emud-worker");
+  o.extra_flags = {"--stop-workers-on-exit", "--socket-roots=" + dir.path() + "/elsewhere"};
+  auto e2 = EmudProcess::Start(o);
+  ASSERT_TRUE(e2.ok()) << e2.status();
+  c = (*e2)->Emuctl({"create-device", "--type", "avf", "--name", "x", "--socket", outside, "--wait"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  struct stat st {};
+  EXPECT_EQ(::stat(outside.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  (*e2)->Stop(SIGTERM);
+}
+
+// The scrape an operator's Prometheus takes after guest traffic and a worker
+// kill passes Prometheus's own linter (Debian's prometheus package, installed
+// by tools/setup.sh).
+TEST(MetricsTest, ScrapeAfterTrafficAndAWorkerKillPassesPromtool) {
+  const char* promtool = "/usr/bin/promtool";
+  ASSERT_EQ(::access(promtool, X_OK), 0) << "promtool missing: run tools/setup.sh (package prometheus)";
+  TempStateDir dir("promtool");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  CommandResult c = e->Emuctl({"create-device", "--type", "avf", "--name", "nic0", "--queues",
+                               "2", "--wait"});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  auto dev = GetDevice(e->stub(), "nic0");
+  ASSERT_TRUE(dev.ok());
+  CommandResult g = RunCommand({Runfile("tests/guest/emu-guest"), "--socket",
+                                dev->spec().socket_path(), "--queues", "2", "--json"});
+  ASSERT_EQ(g.exit_code, 0) << g.out << g.err;
+  ASSERT_EQ(::kill(dev->status().worker_pid(), SIGKILL), 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto d = GetDevice(e->stub(), "nic0");
+        return d.ok() && d->status().restart_count() == 1 &&
+               d->status().phase() == v1::PHASE_LISTENING;
+      },
+      absl::Seconds(10)));
+  auto body = HttpGet(e->metrics_url());
+  ASSERT_TRUE(body.ok()) << body.status();
+  // Traffic and the kill are in the scrape.
+  EXPECT_TRUE(absl::StrContains(*body, "emud_worker_restarts_total{device=\"nic0\"} 1")) << *body;
+  EXPECT_TRUE(absl::StrContains(*body, "emud_vfio_user_messages_total{")) << *body;
+  std::string file = dir.path() + "/scrape.txt";
+  {
+    FILE* f = std::fopen(file.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(body->data(), 1, body->size(), f);
+    std::fclose(f);
+  }
+  CommandResult p = RunCommand({"/bin/sh", "-c", absl::StrCat(promtool, " check metrics < ", file)});
+  EXPECT_EQ(p.exit_code, 0) << p.out << p.err;
+  EXPECT_EQ(p.out + p.err, "") << "promtool findings:\n" << p.out << p.err;
+  e->Stop(SIGTERM);
+}
+
+TEST(EmuctlTest, VersionSuggestionsAndNameOutput) {
+  const std::string emuctl = Runfile("ctl/emuctl");
+  CommandResult v = RunCommand({emuctl, "version"});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_EQ(v.out, "emuctl 0.1.0\n");
+  CommandResult typo = RunCommand({emuctl, "create-devcie", "--name", "x"});
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(typo.err, "did you mean 'create-device'?")) << typo.err;
+  typo = RunCommand({emuctl, "lst"});
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(typo.err, "did you mean 'list'?")) << typo.err;
+  typo = RunCommand({emuctl, "frobnicate"});
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_FALSE(absl::StrContains(typo.err, "did you mean")) << typo.err;
+
+  TempStateDir dir("emuctl");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  for (const char* n : {"b", "a"}) {
+    ASSERT_EQ(e->Emuctl({"create-device", "--type", "avf", "--name", n}).exit_code, 0);
+  }
+  CommandResult names = e->Emuctl({"list", "-o", "name"});
+  EXPECT_EQ(names.exit_code, 0) << names.err;
+  EXPECT_EQ(names.out, "device/a\ndevice/b\n");
+  names = e->Emuctl({"get", "a", "-o", "name"});
+  EXPECT_EQ(names.exit_code, 0) << names.err;
+  EXPECT_EQ(names.out, "device/a\n");
+  EXPECT_EQ(e->Emuctl({"get", "nope", "-o", "name"}).exit_code, 3);
+  e->Stop(SIGTERM);
+}
+
+}  // namespace
+}  // namespace emud::testing
