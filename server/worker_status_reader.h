@@ -2,26 +2,25 @@
 // device environment (worker_api/status_record.h).
 //
 // The device environment belongs to the worker: its tables and schema version
-// are the worker's business. emud therefore opens it read-only through LMDB
-// directly (no table creation, no schema check or migration), so the two
-// never disagree about the schema.
+// are the worker's business. emud therefore opens it read-only
+// (state_store::Env::OpenReadOnly: no table creation, no schema check or
+// migration), so the two never disagree about the schema.
 #ifndef EMUD_SERVER_WORKER_STATUS_READER_H_
 #define EMUD_SERVER_WORKER_STATUS_READER_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "proto/worker_status.pb.h"
-
-struct MDB_env;
+#include "state_store/store.h"
 
 namespace emud::server {
 
 class WorkerStatusReader {
  public:
   explicit WorkerStatusReader(std::string env_dir) : dir_(std::move(env_dir)) {}
-  ~WorkerStatusReader();
   WorkerStatusReader(const WorkerStatusReader&) = delete;
   WorkerStatusReader& operator=(const WorkerStatusReader&) = delete;
 
@@ -30,11 +29,11 @@ class WorkerStatusReader {
   absl::StatusOr<std::optional<emud::internal::WorkerStatus>> Read();
 
   // Closes the environment (before its directory is removed). Read() reopens.
-  void Close();
+  void Close() { env_.reset(); }
 
  private:
   std::string dir_;
-  MDB_env* env_ = nullptr;
+  std::unique_ptr<state_store::Env> env_;
 };
 
 }  // namespace emud::server

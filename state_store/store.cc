@@ -74,7 +74,10 @@ absl::Status LmdbError(int rc, absl::string_view what, absl::string_view where) 
 absl::StatusOr<std::optional<absl::string_view>> ReadTxn::Get(absl::string_view table,
                                                              absl::string_view key) const {
   auto dbi = env_->Dbi(table);
-  if (!dbi.ok()) return dbi.status();
+  if (!dbi.ok()) {
+    if (env_->IsMissingTable(table)) return std::optional<absl::string_view>();
+    return dbi.status();
+  }
   MDB_val k = Val(key), v;
   int rc = mdb_get(txn_, *dbi, &k, &v);
   if (rc == MDB_NOTFOUND) return std::optional<absl::string_view>();
@@ -86,7 +89,7 @@ absl::Status ReadTxn::ForEach(
     absl::string_view table, absl::string_view prefix,
     absl::FunctionRef<absl::Status(absl::string_view, absl::string_view)> fn) const {
   auto dbi = env_->Dbi(table);
-  if (!dbi.ok()) return dbi.status();
+  if (!dbi.ok()) return env_->IsMissingTable(table) ? absl::OkStatus() : dbi.status();
   MDB_cursor* cur = nullptr;
   int rc = mdb_cursor_open(txn_, *dbi, &cur);
   if (rc != 0) return LmdbError(rc, "cursor open", env_->dir());
@@ -153,6 +156,62 @@ absl::StatusOr<std::unique_ptr<Env>> Env::Open(const std::string& dir, EnvOption
   absl::Status s = env->Init();
   if (!s.ok()) return s;
   return env;
+}
+
+absl::StatusOr<std::unique_ptr<Env>> Env::OpenReadOnly(const std::string& dir,
+                                                       std::vector<std::string> tables) {
+  EnvOptions options;
+  options.tables = std::move(tables);
+  std::unique_ptr<Env> env(new Env(dir, std::move(options)));
+  env->read_only_ = true;
+  absl::Status s = env->InitReadOnly();
+  if (!s.ok()) return s;
+  return env;
+}
+
+absl::Status Env::InitReadOnly() {
+  struct stat st;
+  if (::stat((dir_ + "/data.mdb").c_str(), &st) != 0 || st.st_size == 0) {
+    return absl::NotFoundError(absl::StrCat("no environment in ", dir_, " yet"));
+  }
+  int rc = mdb_env_create(&env_);
+  if (rc != 0) return LmdbError(rc, "mdb_env_create", dir_);
+  rc = mdb_env_set_maxdbs(env_, static_cast<MDB_dbi>(options_.tables.size() + 1));
+  if (rc != 0) return LmdbError(rc, "mdb_env_set_maxdbs", dir_);
+  rc = mdb_env_open(env_, dir_.c_str(), MDB_RDONLY | MDB_NOTLS, 0600);
+  // The owner may not have written its first meta pages yet.
+  if (rc == MDB_INVALID || rc == ENOENT) {
+    return absl::NotFoundError(absl::StrCat("no committed environment in ", dir_, " yet"));
+  }
+  if (rc != 0) return LmdbError(rc, "mdb_env_open (read-only)", dir_);
+  for (int attempt = 0;; ++attempt) {
+    MDB_txn* txn = nullptr;
+    rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn);
+    if (rc == MDB_MAP_RESIZED && attempt < 3) {
+      mdb_env_set_mapsize(env_, 0);  // adopt the size the owner grew to
+      continue;
+    }
+    if (rc != 0) return LmdbError(rc, "begin read", dir_);
+    dbis_.clear();
+    missing_tables_.clear();
+    for (const auto& name : options_.tables) {
+      MDB_dbi dbi;
+      rc = mdb_dbi_open(txn, name.c_str(), 0, &dbi);
+      if (rc == MDB_NOTFOUND) {
+        missing_tables_.push_back(name);
+        continue;
+      }
+      if (rc != 0) {
+        mdb_txn_abort(txn);
+        return LmdbError(rc, absl::StrCat("open table ", name), dir_);
+      }
+      dbis_.emplace_back(name, dbi);
+    }
+    // Committing a read transaction keeps its dbi handles for the Env.
+    rc = mdb_txn_commit(txn);
+    if (rc != 0) return LmdbError(rc, "end read", dir_);
+    return absl::OkStatus();
+  }
 }
 
 Env::~Env() {
@@ -393,6 +452,9 @@ absl::Status Env::UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool
 }
 
 absl::Status Env::Update(absl::FunctionRef<absl::Status(WriteTxn&)> fn) {
+  if (read_only_) {
+    return absl::FailedPreconditionError(absl::StrCat(dir_, " is opened read-only"));
+  }
   absl::MutexLock write_lock(&write_mu_);
   for (int attempt = 0; attempt < kMaxGrowAttempts; ++attempt) {
     bool map_full = false, map_resized = false;

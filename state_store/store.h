@@ -102,7 +102,21 @@ class Env {
   // reader slots left by dead processes (mdb_reader_check), checks the schema
   // version and runs migrations.
   static absl::StatusOr<std::unique_ptr<Env>> Open(const std::string& dir, EnvOptions options);
+
+  // Opens, read-only, an environment another process owns (emud reading a
+  // worker's status record): no directory or table creation, no schema check
+  // or migration (the owner's business, so the two never disagree), nothing
+  // allocated or written but LMDB's reader slot. Of `tables`, those that
+  // exist are opened (has_table); a read of one that does not finds
+  // nothing. NOT_FOUND while the directory holds no committed environment
+  // yet (its owner may be creating it). Update fails FAILED_PRECONDITION.
+  static absl::StatusOr<std::unique_ptr<Env>> OpenReadOnly(const std::string& dir,
+                                                           std::vector<std::string> tables);
   ~Env();
+
+  // True if `table` is open in this Env (always, for a declared table of a
+  // writable Env; for a read-only one, if it existed when it was opened).
+  bool has_table(absl::string_view table) const { return Dbi(table).ok(); }
 
   Env(const Env&) = delete;
   Env& operator=(const Env&) = delete;
@@ -136,9 +150,17 @@ class Env {
   friend class WriteTxn;
   Env(std::string dir, EnvOptions options) : dir_(std::move(dir)), options_(std::move(options)) {}
   absl::Status Init();
+  absl::Status InitReadOnly();
   absl::Status CheckSchema();
   absl::Status BackLockFile(bool before_open);
   absl::StatusOr<unsigned> Dbi(absl::string_view table) const;
+  // Read-only: a declared table that did not exist at open (reads find nothing).
+  bool IsMissingTable(absl::string_view table) const {
+    for (const auto& t : missing_tables_) {
+      if (t == table) return true;
+    }
+    return false;
+  }
   absl::Status Grow();
   absl::Status UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool* map_full,
                           bool* map_resized);
@@ -148,6 +170,8 @@ class Env {
   MDB_env* env_ = nullptr;
   std::vector<std::pair<std::string, unsigned>> dbis_;
   int stale_readers_cleared_ = 0;
+  bool read_only_ = false;
+  std::vector<std::string> missing_tables_;  // read-only: declared, absent
   // Serialises writers in this process (LMDB does across processes).
   absl::Mutex write_mu_;
   // Held shared by every transaction, exclusively while the map is resized:

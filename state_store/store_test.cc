@@ -65,6 +65,57 @@ TEST(EnvTest, PutGetDeleteAndScanByPrefix) {
   }).ok());
 }
 
+// emud reads a worker's environment read-only: nothing before the owner
+// committed one, tables that appear later are seen after a reopen, the
+// owner's growth of the map is adopted, and nothing can be written.
+TEST(EnvTest, ReadOnlyOpenSeesTheOwnersCommitsAndWritesNothing) {
+  ScratchDir dir;
+  EXPECT_EQ(Env::OpenReadOnly(dir.path(), {"t"}).status().code(), absl::StatusCode::kNotFound);
+  EnvOptions first;
+  first.tables = {"t"};
+  auto owner = Env::Open(dir.path(), first);
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  ASSERT_TRUE((*owner)->Update([](WriteTxn& t) { return t.Put("t", "k", "v1"); }).ok());
+
+  auto reader = Env::OpenReadOnly(dir.path(), {"t", "later"});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_TRUE((*reader)->has_table("t"));
+  EXPECT_FALSE((*reader)->has_table("later"));
+  auto get = [&](Env& e, const char* table) {
+    std::string out = "<none>";
+    EXPECT_TRUE(e.View([&](const ReadTxn& t) -> absl::Status {
+                   auto v = t.Get(table, "k");
+                   if (!v.ok()) return v.status();
+                   if (v->has_value()) out = std::string(**v);
+                   return absl::OkStatus();
+                 }).ok());
+    return out;
+  };
+  EXPECT_EQ(get(**reader, "t"), "v1");
+  EXPECT_EQ(get(**reader, "later"), "<none>") << "a table that does not exist yet holds nothing";
+  EXPECT_EQ((*reader)->Update([](WriteTxn& t) { return t.Put("t", "k", "x"); }).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // The owner commits more (past a small map: it grows) and adds a table.
+  ASSERT_TRUE((*owner)->ShrinkMapForTest(64 * 1024).ok());
+  const std::string big(16 * 1024, 'b');
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_TRUE((*owner)->Update([&](WriteTxn& t) { return t.Put("t", absl::StrCat("big", i), big); }).ok());
+  }
+  ASSERT_TRUE((*owner)->Update([](WriteTxn& t) { return t.Put("t", "k", "v2"); }).ok());
+  EXPECT_EQ(get(**reader, "t"), "v2");
+  owner->reset();
+  EnvOptions second;
+  second.tables = {"t", "later"};
+  auto owner2 = Env::Open(dir.path(), second);
+  ASSERT_TRUE(owner2.ok()) << owner2.status();
+  ASSERT_TRUE((*owner2)->Update([](WriteTxn& t) { return t.Put("later", "k", "l"); }).ok());
+  reader->reset();
+  auto reader2 = Env::OpenReadOnly(dir.path(), {"t", "later"});
+  ASSERT_TRUE(reader2.ok());
+  EXPECT_EQ(get(**reader2, "later"), "l");
+}
+
 TEST(EnvTest, UndeclaredTableIsAnError) {
   ScratchDir dir;
   auto env = Env::Open(dir.path(), Opts());
