@@ -51,6 +51,7 @@
 #include "vfio_user/device.h"
 #include "vfio_user/msix_table.h"
 #include "vfio_user/pci_config_space.h"
+#include "worker_api/counters.h"
 
 namespace emud::avf {
 
@@ -155,19 +156,11 @@ struct MacFilterEntry {
 };
 
 // Counters of refused guest input and notable events.
+// (worker_api/counters.h: EMUD_AVF_COUNTERS lists them with their meaning.)
 struct DeviceCounters {
-  uint64_t vc_messages = 0;        // virtchnl requests handled
-  uint64_t vc_errors = 0;          // requests answered with an error status
-  uint64_t vc_quarantined = 0;     // poison messages answered without applying
-  uint64_t vc_not_supported = 0;   // requests answered NOT_SUPPORTED
-  uint64_t vc_bad_length = 0;      // messages failing the length rules
-  uint64_t bad_tail_writes = 0;    // QTX/QRX_TAIL >= ring_len of a configured queue
-  uint64_t ignored_tail_writes = 0;  // tail of a queue not granted/configured
-  uint64_t bad_ring_addr = 0;      // ring outside the DMA map / misaligned
-  uint64_t odd_size_accesses = 0;  // BAR0 accesses not 4 or 8 bytes aligned
-  uint64_t vf_resets = 0;
-  uint64_t flrs = 0;
-  uint64_t link_events = 0;
+#define EMUD_AVF_COUNTER_FIELD(name, help) uint64_t name = 0;
+  EMUD_AVF_COUNTERS(EMUD_AVF_COUNTER_FIELD)
+#undef EMUD_AVF_COUNTER_FIELD
   // Replies posted to the driver, by (virtchnl op, status); events excluded.
   std::map<std::pair<uint32_t, int32_t>, uint64_t> vc_replies;
 };

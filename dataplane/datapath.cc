@@ -302,10 +302,9 @@ void DataPath::FillCounters(internal::WorkerStatus* status) const {
   for (uint32_t q = 0; q < dev_->num_queue_pairs() && q < kMaxQueues; ++q) {
     auto fill = [q](internal::QueueCounters* c, const HotQueue& h) {
       c->set_queue(q);
-      c->set_packets(h.packets.load(std::memory_order_relaxed));
-      c->set_bytes(h.bytes.load(std::memory_order_relaxed));
-      c->set_drops(h.drops.load(std::memory_order_relaxed));
-      c->set_errors(h.errors.load(std::memory_order_relaxed));
+#define EMUD_FILL_QUEUE_COUNTER(name, help) c->set_##name(h.name.load(std::memory_order_relaxed));
+      EMUD_QUEUE_COUNTERS(EMUD_FILL_QUEUE_COUNTER)
+#undef EMUD_FILL_QUEUE_COUNTER
     };
     fill(status->add_rx(), rx_[q]->stats());
     fill(status->add_tx(), tx_[q]->stats());

@@ -69,6 +69,9 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   void FillCounters(internal::WorkerStatus* status) const;
   // TX queues this worker stopped as poisoned (DataPathOptions::poison_guard).
   uint64_t tx_quarantines() const { return tx_quarantines_; }
+  // Device-wide data-path counters (persisted in the queue-state file, so
+  // cumulative across workers).
+  const DataPathCounters& counters() const { return *counters_; }
   uint64_t total_packets() const;
 
   // ---- avf::DataPathHooks ----
@@ -125,7 +128,7 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   // them): frames refused by the filter, RX frames counted in the RX queues
   // (delivered or dropped) by class of destination MAC (unicast is the
   // rest), malformed TX packets.
-  DeviceCounters* counters_;
+  DataPathCounters* counters_;
   static void Bump(std::atomic<uint64_t>& c) {
     c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }

@@ -29,6 +29,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "worker_api/counters.h"
 
 namespace emud::dataplane {
 
@@ -42,10 +43,9 @@ struct alignas(64) HotQueue {
   uint32_t ring_len;
   uint64_t ring_addr;
   // Cumulative counters (single writer: the worker).
-  std::atomic<uint64_t> packets;
-  std::atomic<uint64_t> bytes;
-  std::atomic<uint64_t> drops;
-  std::atomic<uint64_t> errors;
+#define EMUD_HOT_QUEUE_FIELD(name, help) std::atomic<uint64_t> name;
+  EMUD_QUEUE_COUNTERS(EMUD_HOT_QUEUE_FIELD)
+#undef EMUD_HOT_QUEUE_FIELD
   // TX: completions of the last burst not yet known to be written.
   std::atomic<uint32_t> rs_count;
   uint32_t rs_head;
@@ -56,12 +56,13 @@ struct alignas(64) HotQueue {
 // Device-wide counters GET_STATS reports that no queue owns (single writer:
 // the worker). They live in the file header's spare bytes, so files written
 // before they existed read them as zero.
-struct DeviceCounters {
-  std::atomic<uint64_t> rx_multicast;  // frames offered to RX, by destination
-  std::atomic<uint64_t> rx_broadcast;
-  std::atomic<uint64_t> rx_filtered;   // refused by the MAC filter
-  std::atomic<uint64_t> tx_malformed;  // TX packets dropped as malformed
+struct DataPathCounters {
+#define EMUD_DATAPATH_FIELD(name, help) std::atomic<uint64_t> name;
+  EMUD_DATAPATH_COUNTERS(EMUD_DATAPATH_FIELD)
+#undef EMUD_DATAPATH_FIELD
 };
+static_assert(sizeof(DataPathCounters) <= 48,
+              "DataPathCounters live in the queue-state file header's 48 spare bytes");
 
 class QueueStateFile {
  public:
@@ -75,7 +76,7 @@ class QueueStateFile {
 
   HotQueue* tx(uint32_t q) { return &base_->tx[q]; }
   HotQueue* rx(uint32_t q) { return &base_->rx[q]; }
-  DeviceCounters* device() { return &base_->device; }
+  DataPathCounters* device() { return &base_->device; }
   bool reused() const { return reused_; }
 
  private:
@@ -83,7 +84,7 @@ class QueueStateFile {
     uint64_t magic;
     uint32_t version;
     uint32_t num_queues;
-    DeviceCounters device;  // bytes 16..47: header padding before
+    DataPathCounters device;  // bytes 16..47: header padding before
     alignas(64) HotQueue tx[kMaxQueues];
     HotQueue rx[kMaxQueues];
   };

@@ -142,7 +142,7 @@ class TxQueue {
   // in stats().errors AND stats().drops): what GET_STATS takes out of
   // tx_discards so that the drivers' tx_errors + tx_discards counts each
   // packet once. Counted into `total` from now on (DataPath points every
-  // queue at the device's persisted DeviceCounters::tx_malformed, so a
+  // queue at the device's persisted DataPathCounters::tx_malformed, so a
   // successor continues the count); by default a counter of this queue.
   void CountMalformedInto(std::atomic<uint64_t>* total) { malformed_ = total; }
   uint64_t malformed() const { return malformed_->load(std::memory_order_relaxed); }

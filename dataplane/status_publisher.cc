@@ -31,6 +31,14 @@ StatusPublisher::StatusPublisher(state_store::Env* env, const avf::Device* devic
   base_errors_.insert(status_.vfio_user_errors().begin(), status_.vfio_user_errors().end());
   base_vc_.insert(status_.virtchnl_ops().begin(), status_.virtchnl_ops().end());
   base_quarantined_.insert(status_.quarantined().begin(), status_.quarantined().end());
+  // The AVF model's counters start at zero in each worker; the data path's
+  // live in the queue-state file and are cumulative already.
+#define EMUD_BASE_AVF_COUNTER(name, help)                          \
+  if (auto it = status_.device_counters().find(#name); it != status_.device_counters().end()) { \
+    base_avf_[#name] = it->second;                                 \
+  }
+  EMUD_AVF_COUNTERS(EMUD_BASE_AVF_COUNTER)
+#undef EMUD_BASE_AVF_COUNTER
 }
 
 void StatusPublisher::SetReattachTime(absl::Duration d) {
@@ -98,6 +106,17 @@ absl::Status StatusPublisher::Publish(bool force) {
         "quarantined poison input that kept killing workers (answered with an error, not "
         "applied; see the worker log):", what));
   }
+  auto& dc = *status_.mutable_device_counters();
+  const avf::DeviceCounters& ac = device_->counters();
+#define EMUD_PUBLISH_AVF_COUNTER(name, help) \
+  if (ac.name != 0 || base_avf_.count(#name) != 0) dc[#name] = base_avf_[#name] + ac.name;
+  EMUD_AVF_COUNTERS(EMUD_PUBLISH_AVF_COUNTER)
+#undef EMUD_PUBLISH_AVF_COUNTER
+  const DataPathCounters& pc = datapath_->counters();
+#define EMUD_PUBLISH_DATAPATH_COUNTER(name, help) \
+  if (uint64_t v = pc.name.load(std::memory_order_relaxed); v != 0) dc[#name] = v;
+  EMUD_DATAPATH_COUNTERS(EMUD_PUBLISH_DATAPATH_COUNTER)
+#undef EMUD_PUBLISH_DATAPATH_COUNTER
   for (const auto& [key, n] : device_->counters().vc_replies) {
     std::string name = absl::StrCat(avf::vc::OpName(key.first), "/", avf::vc::StatusName(key.second));
     (*status_.mutable_virtchnl_ops())[name] = base_vc_[name] + n;

@@ -66,7 +66,8 @@ class StatusPublisher {
   state_store::RecordTable<internal::WorkerStatus> table_;
   internal::WorkerStatus status_;
   // What predecessors counted; this worker's session and device count from 0.
-  std::map<std::string, uint64_t> base_messages_, base_errors_, base_vc_, base_quarantined_;
+  std::map<std::string, uint64_t> base_messages_, base_errors_, base_vc_, base_quarantined_,
+      base_avf_;
   uint64_t quarantined_seen_ = 0;
   absl::Time last_write_ = absl::InfinitePast();
   internal::WorkerStatus last_published_;

@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "worker_api/counters.h"
 
 namespace emud::server {
 
@@ -27,14 +28,13 @@ const MetricDef kMetricDefs[] = {
      "Poison inputs that kept killing workers, answered with an error instead of applied "
      "(kind: vfio-user/<COMMAND>, virtchnl, tx)",
      "counter", "device,kind"},
-    {"emud_dataplane_packets_total", "Packets moved by the data path", "counter",
-     "device,queue,direction"},
-    {"emud_dataplane_bytes_total", "Bytes moved by the data path", "counter",
-     "device,queue,direction"},
-    {"emud_dataplane_drops_total", "Packets dropped by the data path", "counter",
-     "device,queue,direction"},
-    {"emud_dataplane_errors_total", "Data-path errors (bad descriptors, backend errors)",
-     "counter", "device,queue,direction"},
+#define EMUD_QUEUE_METRIC_DEF(name, help) \
+  {"emud_dataplane_" #name "_total", help, "counter", "device,queue,direction"},
+    EMUD_QUEUE_COUNTERS(EMUD_QUEUE_METRIC_DEF)
+#undef EMUD_QUEUE_METRIC_DEF
+#define EMUD_DEVICE_METRIC_DEF(name, help) {"emud_device_" #name "_total", help, "counter", "device"},
+    EMUD_AVF_COUNTERS(EMUD_DEVICE_METRIC_DEF) EMUD_DATAPATH_COUNTERS(EMUD_DEVICE_METRIC_DEF)
+#undef EMUD_DEVICE_METRIC_DEF
     {"emud_worker_restarts_total", "Worker restarts after unexpected exits", "counter", "device"},
     {"emud_fdstore_fds", "Descriptors held in emud's fd store for the device", "gauge",
      "device"},
@@ -85,10 +85,6 @@ Metrics::Metrics()
       vfio_errors_(Counter(*registry_, "emud_vfio_user_errors_total")),
       virtchnl_ops_(Counter(*registry_, "emud_virtchnl_ops_total")),
       quarantined_(Counter(*registry_, "emud_quarantined_total")),
-      packets_(Counter(*registry_, "emud_dataplane_packets_total")),
-      bytes_(Counter(*registry_, "emud_dataplane_bytes_total")),
-      drops_(Counter(*registry_, "emud_dataplane_drops_total")),
-      errors_(Counter(*registry_, "emud_dataplane_errors_total")),
       restarts_(Counter(*registry_, "emud_worker_restarts_total")),
       reattach_(Histogram(*registry_, "emud_worker_reattach_duration_seconds")),
       fds_(Gauge(*registry_, "emud_fdstore_fds")),
@@ -106,6 +102,15 @@ Metrics::Metrics()
             {"protobuf_version",
              google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)}})
       .Set(1);
+#define EMUD_QUEUE_FAMILY(name, help) \
+  queue_families_[#name] = &Counter(*registry_, "emud_dataplane_" #name "_total");
+  EMUD_QUEUE_COUNTERS(EMUD_QUEUE_FAMILY)
+#undef EMUD_QUEUE_FAMILY
+#define EMUD_DEVICE_FAMILY(name, help) \
+  device_families_[#name] = &Counter(*registry_, "emud_device_" #name "_total");
+  EMUD_AVF_COUNTERS(EMUD_DEVICE_FAMILY)
+  EMUD_DATAPATH_COUNTERS(EMUD_DEVICE_FAMILY)
+#undef EMUD_DEVICE_FAMILY
   absl::MutexLock lock(&mu_);
   for (int p = emud::v1::PHASE_CREATED; p <= emud::v1::PHASE_FAILED; ++p) {
     auto phase = static_cast<emud::v1::Phase>(p);
@@ -129,7 +134,7 @@ void Metrics::Advance(prometheus::Family<prometheus::Counter>& fam, const std::s
   if (it == per_dev.end()) {
     auto all = labels;
     all["device"] = device;
-    it = per_dev.emplace(key, Tracked{&fam.Add(all), 0}).first;
+    it = per_dev.emplace(key, Tracked{&fam, &fam.Add(all), 0}).first;
   }
   Tracked& t = it->second;
   if (value >= t.last) {
@@ -163,14 +168,19 @@ void Metrics::UpdateFromWorkerStatus(const std::string& device,
       std::string qs = absl::StrCat(q.queue());
       std::map<std::string, std::string> l = {{"queue", qs}, {"direction", dir}};
       std::string k = absl::StrCat(dir, "/", qs);
-      Advance(packets_, device, "p/" + k, l, q.packets());
-      Advance(bytes_, device, "b/" + k, l, q.bytes());
-      Advance(drops_, device, "d/" + k, l, q.drops());
-      Advance(errors_, device, "x/" + k, l, q.errors());
+#define EMUD_ADVANCE_QUEUE_COUNTER(name, help) \
+  Advance(*queue_families_[#name], device, #name "/" + k, l, q.name());
+      EMUD_QUEUE_COUNTERS(EMUD_ADVANCE_QUEUE_COUNTER)
+#undef EMUD_ADVANCE_QUEUE_COUNTER
     }
   };
   queues(st.rx(), "rx");
   queues(st.tx(), "tx");
+  for (const auto& [name, n] : st.device_counters()) {
+    auto fam = device_families_.find(name);
+    if (fam == device_families_.end()) continue;  // a newer worker's counter: not exported yet
+    Advance(*fam->second, device, "c/" + name, {}, n);
+  }
   auto seen = reattaches_seen_.find(device);
   if (seen == reattaches_seen_.end()) {
     reattaches_seen_[device] = st.reattaches();  // already counted before this emud
@@ -213,19 +223,7 @@ void Metrics::RemoveDevice(const std::string& device) {
   }
   auto it = series_.find(device);
   if (it != series_.end()) {
-    for (auto& [key, t] : it->second) {
-      switch (key[0]) {
-        case 'm': vfio_messages_.Remove(t.counter); break;
-        case 'e': vfio_errors_.Remove(t.counter); break;
-        case 'v': virtchnl_ops_.Remove(t.counter); break;
-        case 'q': quarantined_.Remove(t.counter); break;
-        case 'p': packets_.Remove(t.counter); break;
-        case 'b': bytes_.Remove(t.counter); break;
-        case 'd': drops_.Remove(t.counter); break;
-        case 'x': errors_.Remove(t.counter); break;
-        case 'r': restarts_.Remove(t.counter); break;
-      }
-    }
+    for (auto& [key, t] : it->second) t.family->Remove(t.counter);
     series_.erase(it);
   }
   reattaches_seen_.erase(device);

@@ -60,6 +60,7 @@ class Metrics {
 
  private:
   struct Tracked {
+    prometheus::Family<prometheus::Counter>* family;
     prometheus::Counter* counter;
     uint64_t last;
   };
@@ -74,16 +75,16 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& vfio_errors_;
   prometheus::Family<prometheus::Counter>& virtchnl_ops_;
   prometheus::Family<prometheus::Counter>& quarantined_;
-  prometheus::Family<prometheus::Counter>& packets_;
-  prometheus::Family<prometheus::Counter>& bytes_;
-  prometheus::Family<prometheus::Counter>& drops_;
-  prometheus::Family<prometheus::Counter>& errors_;
   prometheus::Family<prometheus::Counter>& restarts_;
   prometheus::Family<prometheus::Histogram>& reattach_;
   prometheus::Family<prometheus::Gauge>& fds_;
   prometheus::Family<prometheus::Histogram>& commit_;
   prometheus::Histogram& commit_hist_;
   prometheus::Histogram& reattach_hist_;
+  // Generated from worker_api/counters.h: emud_dataplane_<name>_total by
+  // queue counter name, emud_device_<name>_total by device counter name.
+  std::map<std::string, prometheus::Family<prometheus::Counter>*> queue_families_;
+  std::map<std::string, prometheus::Family<prometheus::Counter>*, std::less<>> device_families_;
 
   absl::Mutex mu_;
   // device -> series key -> tracked counter.

@@ -1,4 +1,5 @@
 #include "server/metrics.h"
+#include "worker_api/counters.h"
 
 #include <set>
 #include <string>
@@ -37,6 +38,10 @@ TEST(MetricsTest, EveryDeclaredMetricIsExported) {
   (*st.mutable_vfio_user_errors())["DMA_MAP"] = 1;
   (*st.mutable_virtchnl_ops())["VERSION/SUCCESS"] = 1;
   (*st.mutable_quarantined())["tx"] = 1;
+#define EMUD_SET_DEVICE_COUNTER(name, help) (*st.mutable_device_counters())[#name] = 1;
+  EMUD_AVF_COUNTERS(EMUD_SET_DEVICE_COUNTER)
+  EMUD_DATAPATH_COUNTERS(EMUD_SET_DEVICE_COUNTER)
+#undef EMUD_SET_DEVICE_COUNTER
   m.UpdateFromWorkerStatus("d", st);
   m.ObserveCommit(absl::Microseconds(30));
   m.SetFdsHeld("d", 2);
@@ -68,6 +73,30 @@ TEST(MetricsTest, CountersNeverGoBackwards) {
   q->set_packets(25);
   m.UpdateFromWorkerStatus("d", st);
   EXPECT_EQ(Sample(Scrape(m), key), 175);
+}
+
+// Device counters (worker_api/counters.h) become emud_device_<name>_total
+// with the list's help text; unknown names (a newer worker) are skipped;
+// they go with the device.
+TEST(MetricsTest, DeviceCountersFromTheOneList) {
+  Metrics m;
+  emud::internal::WorkerStatus st;
+  (*st.mutable_device_counters())["bad_tail_writes"] = 7;
+  (*st.mutable_device_counters())["rx_filtered"] = 3;
+  (*st.mutable_device_counters())["from_the_future"] = 9;
+  m.UpdateFromWorkerStatus("d", st);
+  std::string text = Scrape(m);
+  EXPECT_EQ(Sample(text, "emud_device_bad_tail_writes_total{device=\"d\"}"), 7);
+  EXPECT_EQ(Sample(text, "emud_device_rx_filtered_total{device=\"d\"}"), 3);
+  EXPECT_NE(text.find("# HELP emud_device_bad_tail_writes_total Queue tail writes at or beyond"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("from_the_future"), std::string::npos);
+  (*st.mutable_device_counters())["bad_tail_writes"] = 9;
+  m.UpdateFromWorkerStatus("d", st);
+  EXPECT_EQ(Sample(Scrape(m), "emud_device_bad_tail_writes_total{device=\"d\"}"), 9);
+  m.RemoveDevice("d");
+  EXPECT_EQ(Scrape(m).find("device=\"d\""), std::string::npos);
 }
 
 TEST(MetricsTest, PhaseGaugesAndRemoval) {

@@ -297,6 +297,10 @@ TEST(MetricsTest, ScrapeAfterTrafficAndAWorkerKillPassesPromtool) {
   // Traffic and the kill are in the scrape.
   EXPECT_TRUE(absl::StrContains(*body, "emud_worker_restarts_total{device=\"nic0\"} 1")) << *body;
   EXPECT_TRUE(absl::StrContains(*body, "emud_vfio_user_messages_total{")) << *body;
+  // A device counter from worker_api/counters.h, through the status record:
+  // the guest's bring-up sent virtchnl requests.
+  EXPECT_TRUE(absl::StrContains(*body, "emud_device_vc_messages_total{device=\"nic0\"} ")) << *body;
+  EXPECT_FALSE(absl::StrContains(*body, "emud_device_vc_messages_total{device=\"nic0\"} 0\n")) << *body;
   std::string file = dir.path() + "/scrape.txt";
   {
     FILE* f = std::fopen(file.c_str(), "w");
