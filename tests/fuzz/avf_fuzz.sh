@@ -19,6 +19,7 @@ OUT=${FUZZ_OUT:-/dev/shm/avf-fuzz-$(id -u)}
 PROTO=avf/avf_state.proto
 MAX_LEN=8192
 SRCS=(
+  base/backed_file.cc
   base/fault_point.cc
   base/poison_guard.cc
   avf/admin_queue.cc
@@ -32,7 +33,7 @@ SRCS=(
   avf/fuzz/device_fuzzer.cc
 )
 HASH_INPUTS=(avf/*.h avf/*.cc avf/*.proto avf/fuzz/*.h avf/fuzz/*.cc vfio_user/msix_table.*
-             vfio_user/pci_config_space.* vfio_user/device.h vfio_user/device_records.h state_store/record_codec.h
+             vfio_user/pci_config_space.* vfio_user/device.h vfio_user/device_records.h state_store/record_codec.h worker_api/*.h
              base/*.h base/*.cc tests/fuzz/lib.sh)
 SEED_WRITER_SRCS=(avf/fuzz/seed_writer.cc)
 fuzz_build_and_run

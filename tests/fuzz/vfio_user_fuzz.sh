@@ -21,8 +21,10 @@ PROTO=vfio_user/session_state.proto
 MAX_LEN=4096
 CORPUS_DIR=vfio_user/fuzz/corpus
 SRCS=(
+  base/backed_file.cc
   base/fault_point.cc
   base/poison_guard.cc
+  worker_api/fd_keys.cc
   vfio_user/protocol.cc
   vfio_user/transport.cc
   vfio_user/dma_table.cc
@@ -41,6 +43,6 @@ SRCS=(
 )
 HASH_INPUTS=(vfio_user/*.h vfio_user/*.cc vfio_user/*.proto vfio_user/examples/*.h
              vfio_user/examples/*.cc vfio_user/fuzz/*.h vfio_user/fuzz/*.cc state_store/*.h
-             state_store/*.cc base/*.h tests/fuzz/lib.sh)
+             state_store/*.cc base/*.h base/*.cc worker_api/*.h worker_api/*.cc tests/fuzz/lib.sh)
 SEED_WRITER_SRCS=(vfio_user/fuzz/seed_writer.cc vfio_user/protocol.cc)
 fuzz_build_and_run
