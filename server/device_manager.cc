@@ -32,6 +32,11 @@ namespace emud::server {
 namespace {
 
 using emud::internal::DeviceRecord;
+using fdstore::AdoptProcess;
+using fdstore::HasExited;
+using fdstore::Process;
+using fdstore::ReapAndDescribe;
+using fdstore::SignalProcess;
 using emud::internal::WorkerStatus;
 using google::protobuf::util::TimeUtil;
 namespace v1 = emud::v1;
@@ -415,7 +420,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
     metrics_->WorkerRestarted(d.rec.name());
   }
   // The worker's fd-store channel, then every fd held for the device.
-  std::vector<Inherit> inherit;
+  std::vector<fdstore::InheritedFd> inherit;
   std::vector<std::string> env;
   UniqueFd mine;  // emud's end of the channel (in-process store)
   fdstore::KeeperClient::Bound bound;
@@ -455,7 +460,7 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   // A successor inherits the listening socket when the store holds it;
   // otherwise it binds a fresh one and the dead worker's file must go.
   if (!has_listener) RemoveSocketFile(spec.socket_path());
-  auto p = SpawnProcess(argv, inherit, env);
+  auto p = fdstore::SpawnWithFds(argv, inherit, env);
   if (!p.ok()) {
     WorkerFailedLocked(d, std::string(p.status().message()), false);
     return;

@@ -57,7 +57,7 @@
 #include "proto/emud_v1.pb.h"
 #include "proto/worker_status.pb.h"
 #include "server/metrics.h"
-#include "server/process.h"
+#include "fdstore/process.h"
 #include "server/restart_policy.h"
 #include "base/unique_fd.h"
 #include "fdstore/fd_store.h"
@@ -155,7 +155,7 @@ class DeviceManager {
   struct Dev {
     uint64_t id = 0;
     emud::internal::DeviceRecord rec;
-    Process proc;  // pid 0 = no worker
+    fdstore::Process proc;  // pid 0 = no worker
     absl::Time started;
     bool stopping = false;  // we asked the worker to exit: not a crash
     bool deleting = false;
