@@ -140,6 +140,49 @@ absl::StatusOr<std::unique_ptr<DeviceManager>> DeviceManager::Open(ManagerOption
 DeviceManager::~DeviceManager() { Shutdown(); }
 
 absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)> take_over) {
+  absl::Status s = OpenParts();
+  if (!s.ok()) return s;
+  std::vector<DeviceRecord> recs;
+  std::map<std::string, std::set<std::string>> fd_keys;
+  s = control_->View([&](const state_store::ReadTxn& txn) {
+    absl::Status st = devices_table_.ForEach(txn, "", [&](absl::string_view, const DeviceRecord& r) {
+      recs.push_back(r);
+      return absl::OkStatus();
+    });
+    if (!st.ok()) return st;
+    return fds_table_.ForEach(txn, "", [&](absl::string_view k, const emud::internal::FdRecord&) {
+      size_t slash = k.find('/');
+      if (slash != absl::string_view::npos) {
+        fd_keys[std::string(k.substr(0, slash))].insert(std::string(k.substr(slash + 1)));
+      }
+      return absl::OkStatus();
+    });
+  });
+  if (!s.ok()) return s;
+
+  absl::MutexLock lock(&mu_);
+  for (auto& r : recs) {
+    Dev& d = AddDevLocked(std::move(r));
+    const std::string& name = d.rec.name();
+    metrics_->InitRestarts(name, d.rec.restart_count());
+    d.recorded_fds = fd_keys[name];
+    if (!d.recorded_fds.empty()) {
+      Log(absl::StrCat("device ", name, ": ", d.recorded_fds.size(),
+                       " fds were held by the previous emud; its worker re-deposits them"));
+    }
+    s = ResumeWorkerLocked(d, take_over);
+    if (!s.ok()) return s;
+    RefreshLocked(d);
+    NotifyLocked(d);
+    fd_host_->RefreshHeldGauge(name);
+  }
+  UpdatePhaseGaugesLocked();
+  started_ = true;
+  loop_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+absl::Status DeviceManager::OpenParts() {
   epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!epoll_.valid() || !wake_.valid()) {
@@ -186,72 +229,43 @@ absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)
   watch((*supervisor)->event_fd(), kSupervisorId);
   watch((*watcher)->event_fd(), kWatcherId);
   watch((*host)->event_fd(), kFdHostId);
-
-  std::vector<DeviceRecord> recs;
-  std::map<std::string, std::set<std::string>> fd_keys;
-  absl::Status s = control_->View([&](const state_store::ReadTxn& txn) {
-    absl::Status st = devices_table_.ForEach(txn, "", [&](absl::string_view, const DeviceRecord& r) {
-      recs.push_back(r);
-      return absl::OkStatus();
-    });
-    if (!st.ok()) return st;
-    return fds_table_.ForEach(txn, "", [&](absl::string_view k, const emud::internal::FdRecord&) {
-      size_t slash = k.find('/');
-      if (slash != absl::string_view::npos) {
-        fd_keys[std::string(k.substr(0, slash))].insert(std::string(k.substr(slash + 1)));
-      }
-      return absl::OkStatus();
-    });
-  });
-  if (!s.ok()) return s;
-
   absl::MutexLock lock(&mu_);
   supervisor_ = std::move(*supervisor);
   watcher_ = std::move(*watcher);
   fd_host_ = std::move(*host);
   const absl::Duration gauge_interval = fd_host_->held_gauge_interval();
   if (gauge_interval != absl::InfiniteDuration()) next_gauge_poll_ = absl::Now() + gauge_interval;
-  for (auto& r : recs) {
-    Dev& d = AddDevLocked(std::move(r));
-    const std::string& name = d.rec.name();
-    metrics_->InitRestarts(name, d.rec.restart_count());
-    d.recorded_fds = fd_keys[name];
-    if (!d.recorded_fds.empty()) {
-      Log(absl::StrCat("device ", name, ": ", d.recorded_fds.size(),
-                       " fds were held by the previous emud; its worker re-deposits them"));
-    }
-    if (d.rec.failed()) {
-      Log(absl::StrCat("device ", name, " is FAILED: ", d.rec.last_error()));
-    } else if (take_over) {
-      // The running emud stops its worker (the session stays in the keeper);
-      // ours resumes it: a live upgrade of the device.
-      absl::Status r = take_over(name);
-      if (!r.ok()) return r;
-      d.rec.set_worker_pid(0);
-      d.rec.set_worker_start_ticks(0);
-      Log(absl::StrCat("device ", name, ": taken over from the previous emud"));
-      StartWorkerLocked(d, /*count_restart=*/false);
-    } else if (d.rec.worker_pid() > 0) {
-      absl::Status a = supervisor_->Adopt(name, d.rec.worker_pid(), d.rec.worker_start_ticks());
-      if (a.ok()) {
-        fd_host_->WorkerAdopted(name, d.rec.fd_keeper_token());
-        Log(absl::StrCat("device ", name, ": adopted running worker pid ", supervisor_->pid(name)));
-      } else {
-        d.rec.set_last_error(absl::StrCat("worker pid ", d.rec.worker_pid(),
-                                          " exited while emud was not running"));
-        Log(absl::StrCat("device ", name, ": ", d.rec.last_error(), "; restarting it"));
-        StartWorkerLocked(d, /*count_restart=*/true);
-      }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceManager::ResumeWorkerLocked(
+    Dev& d, const std::function<absl::Status(const std::string&)>& take_over) {
+  const std::string& name = d.rec.name();
+  if (d.rec.failed()) {
+    Log(absl::StrCat("device ", name, " is FAILED: ", d.rec.last_error()));
+  } else if (take_over) {
+    // The running emud stops its worker (the session stays in the keeper);
+    // ours resumes it: a live upgrade of the device.
+    absl::Status r = take_over(name);
+    if (!r.ok()) return r;
+    d.rec.set_worker_pid(0);
+    d.rec.set_worker_start_ticks(0);
+    Log(absl::StrCat("device ", name, ": taken over from the previous emud"));
+    StartWorkerLocked(d, /*count_restart=*/false);
+  } else if (d.rec.worker_pid() > 0) {
+    absl::Status a = supervisor_->Adopt(name, d.rec.worker_pid(), d.rec.worker_start_ticks());
+    if (a.ok()) {
+      fd_host_->WorkerAdopted(name, d.rec.fd_keeper_token());
+      Log(absl::StrCat("device ", name, ": adopted running worker pid ", supervisor_->pid(name)));
     } else {
-      StartWorkerLocked(d, /*count_restart=*/false);
+      d.rec.set_last_error(absl::StrCat("worker pid ", d.rec.worker_pid(),
+                                        " exited while emud was not running"));
+      Log(absl::StrCat("device ", name, ": ", d.rec.last_error(), "; restarting it"));
+      StartWorkerLocked(d, /*count_restart=*/true);
     }
-    RefreshLocked(d);
-    NotifyLocked(d);
-    fd_host_->RefreshHeldGauge(name);
+  } else {
+    StartWorkerLocked(d, /*count_restart=*/false);
   }
-  UpdatePhaseGaugesLocked();
-  started_ = true;
-  loop_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
 }
 

@@ -187,6 +187,16 @@ class DeviceManager {
   absl::StatusOr<Dev*> FindForChangeLocked(const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Dev* FindLocked(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Start's first step: the event loop's epoll and wake fd, the supervisor,
+  // the status watcher and the fd-store host.
+  absl::Status OpenParts();
+  // Start's step per loaded device: a FAILED device stays down; with
+  // `take_over` the running emud releases the device and a worker starts
+  // here; a recorded worker still running is adopted; any other is started.
+  // Fails only if take_over fails.
+  absl::Status ResumeWorkerLocked(Dev& d,
+                                  const std::function<absl::Status(const std::string&)>& take_over)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Dev& AddDevLocked(emud::internal::DeviceRecord rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartWorkerLocked(Dev& d, bool count_restart) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
