@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -17,8 +16,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "worker_api/fd_keys.h"
-
-extern char** environ;
 
 namespace emud::fdstore {
 namespace {
@@ -366,62 +363,7 @@ absl::StatusOr<UniqueFd> ListenSeqpacket(const std::string& path) {
   return s;
 }
 
-// ----------------------------------------------------------------- spawning
-
-absl::StatusOr<pid_t> SpawnWithFds(const std::vector<std::string>& argv,
-                                   const std::vector<InheritedFd>& fds,
-                                   const std::vector<std::string>& env) {
-  if (argv.empty()) return absl::InvalidArgumentError("empty argv");
-  // Move every source fd above the target range first, so that a dup2 never
-  // clobbers a source that is still to be copied.
-  const int base = 3;
-  const int high = base + static_cast<int>(fds.size()) + 64;
-  std::vector<UniqueFd> staged;
-  std::string described;
-  for (size_t i = 0; i < fds.size(); ++i) {
-    absl::Status s = ValidateKey(fds[i].key);
-    if (!s.ok()) return s;
-    int d = fcntl(fds[i].fd, F_DUPFD_CLOEXEC, high);
-    if (d < 0) return Errno(absl::StrCat("dup of inherited fd ", fds[i].key));
-    staged.emplace_back(d);
-    absl::StrAppend(&described, i ? "," : "", fds[i].key, "=", base + static_cast<int>(i));
-  }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  for (size_t i = 0; i < staged.size(); ++i) {
-    // dup2 to a different number clears close-on-exec on the target.
-    posix_spawn_file_actions_adddup2(&fa, staged[i].get(), base + static_cast<int>(i));
-  }
-  const std::string prefix = absl::StrCat(worker_api::kInheritedFdsEnv, "=");
-  std::vector<std::string> envs;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, prefix)) envs.emplace_back(*e);
-  }
-  envs.push_back(prefix + described);
-  for (const auto& e : env) envs.push_back(e);
-  std::vector<char*> cargv, cenv;
-  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-  cargv.push_back(nullptr);
-  for (const auto& e : envs) cenv.push_back(const_cast<char*>(e.c_str()));
-  cenv.push_back(nullptr);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  // The child starts with default signal dispositions and an empty mask.
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, argv[0].c_str(), &fa, &attr, cargv.data(), cenv.data());
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot start ", argv[0], ": ", strerror(rc)));
-  }
-  return pid;
-}
+// ------------------------------------------------- inherited descriptors
 
 absl::StatusOr<std::map<std::string, UniqueFd>> TakeInheritedFds() {
   std::map<std::string, UniqueFd> out;

@@ -10,7 +10,8 @@
 //    worker. A worker deposits each fd before acting on it (Deposit waits for
 //    the store's acknowledgement) and releases it when the object goes away.
 //  - emud hands a device's whole set to its successor worker at spawn time as
-//    inherited descriptors (SpawnWithFds / TakeInheritedFds).
+//    inherited descriptors (SpawnWithFds in fdstore/process.h /
+//    TakeInheritedFds).
 //  - If emud itself dies, workers keep their fds; each reconnects to the
 //    store's listening socket and re-deposits everything (FdStoreClient keeps
 //    its own duplicates for exactly this).
@@ -167,20 +168,10 @@ class FdStoreClient {
 // Listening SOCK_SEQPACKET socket at `path` (replacing a stale one), mode 0600.
 absl::StatusOr<UniqueFd> ListenSeqpacket(const std::string& path);
 
-// --------------------------------------------------------------- spawning
+// ------------------------------------------------- inherited descriptors
 
-struct InheritedFd {
-  std::string key;
-  int fd = -1;  // borrowed; duplicated into the child
-};
-
-// Starts `argv[0]` (a path) with `argv`, the parent's environment plus
-// `env`, and `fds` inherited at descriptors 3, 4, ... in order, described to
-// the child by EMUD_FDS="key=3,key=4,...". Uses posix_spawn, so it is safe in
-// a multi-threaded parent. Returns the child's pid.
-absl::StatusOr<pid_t> SpawnWithFds(const std::vector<std::string>& argv,
-                                   const std::vector<InheritedFd>& fds,
-                                   const std::vector<std::string>& env = {});
+// The parent's side, spawning with inherited fds: SpawnWithFds
+// (fdstore/process.h).
 
 // In the child: takes the descriptors described by EMUD_FDS (marking them
 // close-on-exec) and clears the variable. Empty map if it is absent.

@@ -231,30 +231,6 @@ TEST(FdStoreTest, KeptFdsAreHandedOverOnlyAtReconnect) {
   unlink(path.c_str());
 }
 
-TEST(SpawnTest, ChildGetsFdsAtDescribedNumbers) {
-  int in[2], out[2];
-  ASSERT_EQ(pipe2(in, O_CLOEXEC), 0);
-  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
-  // The child copies from the "in" fd to the "out" fd, both found via EMUD_FDS.
-  auto pid = SpawnWithFds(
-      {"/bin/sh", "-c",
-       "echo \"$EMUD_FDS\" >&4; read line <&3; echo \"got:$line\" >&4"},
-      {{"in", in[0]}, {"out", out[1]}});
-  ASSERT_TRUE(pid.ok()) << pid.status();
-  close(in[0]);
-  close(out[1]);
-  ASSERT_EQ(write(in[1], "hello\n", 6), 6);
-  close(in[1]);
-  std::string got;
-  char buf[128];
-  ssize_t n;
-  while ((n = read(out[0], buf, sizeof buf)) > 0) got.append(buf, n);
-  close(out[0]);
-  int status;
-  ASSERT_EQ(waitpid(*pid, &status, 0), *pid);
-  EXPECT_EQ(got, "in=3,out=4\ngot:hello\n");
-}
-
 TEST(SpawnTest, TakeInheritedFdsParsesAndValidates) {
   UniqueFd m = MemfdWith("inherited");
   int fd = m.release();

@@ -1,11 +1,8 @@
 #include "server/device_manager.h"
 
 #include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -22,7 +19,6 @@
 #include "absl/strings/str_format.h"
 #include "base/exit_reason.h"
 #include "base/socket_access.h"
-#include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
 #include "state_store/state_dir.h"
 #include "worker_api/fd_keys.h"
@@ -36,19 +32,14 @@ using emud::internal::WorkerStatus;
 using google::protobuf::util::TimeUtil;
 namespace v1 = emud::v1;
 
+// The event loop's sources.
 constexpr uint64_t kWakeId = 1;
-constexpr uint64_t kInotifyId = 2;
-constexpr uint64_t kStoreListenId = 3;
+constexpr uint64_t kSupervisorId = 2;
+constexpr uint64_t kWatcherId = 3;
+constexpr uint64_t kFdHostId = 4;
 // Watch history: watchers consume continuously; one that falls further
 // behind than this is told to restart its watch. Bounds memory.
 constexpr size_t kMaxRetainedEvents = 2048;
-// Status refreshes allowed back to back before rate limiting sets in.
-constexpr int kRefreshBurst = 8;
-constexpr absl::Duration kSettle = absl::Milliseconds(10);
-constexpr absl::Duration kKillGrace = absl::Seconds(3);
-// Safety net: every device's record is re-read this often even without events.
-constexpr absl::Duration kFallbackRefresh = absl::Seconds(2);
-constexpr absl::Duration kKeeperPoll = absl::Milliseconds(100);
 
 void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
@@ -149,50 +140,11 @@ absl::StatusOr<std::unique_ptr<DeviceManager>> DeviceManager::Open(ManagerOption
 DeviceManager::~DeviceManager() { Shutdown(); }
 
 absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)> take_over) {
-  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  inotify_.reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-  if (!epoll_.valid() || !wake_.valid() || !inotify_.valid()) {
-    return absl::InternalError(absl::StrCat("event loop setup: ", std::strerror(errno)));
-  }
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = kWakeId;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
-  ev.events = EPOLLIN | EPOLLONESHOT;
-  ev.data.u64 = kInotifyId;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, inotify_.get(), &ev);
-
-  if (!options_.fd_keeper.empty()) {
-    // The keeper may be starting beside us (a node boot): wait for it.
-    absl::Time give_up = absl::Now() + options_.fd_keeper_wait;
-    absl::StatusOr<std::unique_ptr<fdstore::KeeperClient>> k;
-    for (;;) {
-      k = fdstore::KeeperClient::Connect(options_.fd_keeper);
-      if (k.ok() || absl::Now() >= give_up) break;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    if (!k.ok()) {
-      return absl::UnavailableError(absl::StrCat(
-          "no emud-keeper answers at --fd-keeper ", options_.fd_keeper, " (", k.status().message(),
-          "); start emud-keeper first (deploy/k8s/keeper.yaml, deploy/systemd), or pass "
-          "--fd-keeper=none to keep the fds in emud (a container restart then resets guests)"));
-    }
-    absl::MutexLock lock(&mu_);
-    keeper_ = std::move(*k);
-    Log(absl::StrCat("fd store: emud-keeper at ", options_.fd_keeper));
-  } else {
-    auto listen = fdstore::ListenSeqpacket(FdStoreSocket());
-    if (!listen.ok()) return listen.status();
-    store_listen_ = std::move(*listen);
-    ev.events = EPOLLIN;
-    ev.data.u64 = kStoreListenId;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, store_listen_.get(), &ev);
-  }
-
+  absl::Status s = OpenParts();
+  if (!s.ok()) return s;
   std::vector<DeviceRecord> recs;
   std::map<std::string, std::set<std::string>> fd_keys;
-  absl::Status s = control_->View([&](const state_store::ReadTxn& txn) {
+  s = control_->View([&](const state_store::ReadTxn& txn) {
     absl::Status st = devices_table_.ForEach(txn, "", [&](absl::string_view, const DeviceRecord& r) {
       recs.push_back(r);
       return absl::OkStatus();
@@ -211,50 +163,18 @@ absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)
   absl::MutexLock lock(&mu_);
   for (auto& r : recs) {
     Dev& d = AddDevLocked(std::move(r));
-    metrics_->InitRestarts(d.rec.name(), d.rec.restart_count());
-    d.recorded_fds = fd_keys[d.rec.name()];
+    const std::string& name = d.rec.name();
+    metrics_->InitRestarts(name, d.rec.restart_count());
+    d.recorded_fds = fd_keys[name];
     if (!d.recorded_fds.empty()) {
-      Log(absl::StrCat("device ", d.rec.name(), ": ", d.recorded_fds.size(),
+      Log(absl::StrCat("device ", name, ": ", d.recorded_fds.size(),
                        " fds were held by the previous emud; its worker re-deposits them"));
     }
-    if (d.rec.failed()) {
-      Log(absl::StrCat("device ", d.rec.name(), " is FAILED: ", d.rec.last_error()));
-    } else if (take_over) {
-      // The running emud stops its worker (the session stays in the keeper);
-      // ours resumes it: a live upgrade of the device.
-      absl::Status r = take_over(d.rec.name());
-      if (!r.ok()) return r;
-      d.rec.set_worker_pid(0);
-      d.rec.set_worker_start_ticks(0);
-      Log(absl::StrCat("device ", d.rec.name(), ": taken over from the previous emud"));
-      StartWorkerLocked(d, /*count_restart=*/false);
-    } else if (d.rec.worker_pid() > 0) {
-      auto p = AdoptProcess(d.rec.worker_pid(), d.rec.worker_start_ticks());
-      if (p.ok()) {
-        d.proc = std::move(*p);
-        d.started = absl::Now();
-        if (keeper_ != nullptr && d.rec.fd_keeper_token() != 0) {
-          // A keeper that restarted meanwhile learns who may reconnect.
-          absl::Status a = keeper_->Adopt(d.rec.name(), d.rec.fd_keeper_token());
-          if (!a.ok()) Log(absl::StrCat("device ", d.rec.name(), ": keeper adopt: ", a.ToString()));
-        }
-        epoll_event pev{};
-        pev.events = EPOLLIN;
-        pev.data.u64 = d.id;
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, d.proc.pidfd.get(), &pev);
-        Log(absl::StrCat("device ", d.rec.name(), ": adopted running worker pid ", d.proc.pid));
-      } else {
-        d.rec.set_last_error(absl::StrCat("worker pid ", d.rec.worker_pid(),
-                                          " exited while emud was not running"));
-        Log(absl::StrCat("device ", d.rec.name(), ": ", d.rec.last_error(), "; restarting it"));
-        StartWorkerLocked(d, /*count_restart=*/true);
-      }
-    } else {
-      StartWorkerLocked(d, /*count_restart=*/false);
-    }
+    s = ResumeWorkerLocked(d, take_over);
+    if (!s.ok()) return s;
     RefreshLocked(d);
     NotifyLocked(d);
-    if (keeper_ != nullptr) metrics_->SetFdsHeld(d.rec.name(), HeldKeysLocked(d.rec.name()).size());
+    fd_host_->RefreshHeldGauge(name);
   }
   UpdatePhaseGaugesLocked();
   started_ = true;
@@ -262,9 +182,96 @@ absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)
   return absl::OkStatus();
 }
 
+absl::Status DeviceManager::OpenParts() {
+  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!epoll_.valid() || !wake_.valid()) {
+    return absl::InternalError(absl::StrCat("event loop setup: ", std::strerror(errno)));
+  }
+  auto supervisor = Supervisor::Create({options_.restart, options_.worker_stop_timeout});
+  if (!supervisor.ok()) return supervisor.status();
+  StatusWatcherOptions wo;
+  wo.state_dir = options_.state_dir;
+  wo.refresh_interval = options_.status_refresh_interval;
+  auto watcher = StatusWatcher::Create(
+      wo, [metrics = metrics_](const std::string& device, const WorkerStatus& st) {
+        metrics->UpdateFromWorkerStatus(device, st);
+      });
+  if (!watcher.ok()) return watcher.status();
+  // The host asks with mu_ held (it is only called under mu_).
+  WorkerDirectory workers;
+  workers.current_pid = [this](const std::string& device) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return supervisor_->pid(device);
+  };
+  workers.running_tokens = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (const auto& [name, d] : devs_) {
+      if (supervisor_->pid(name) == 0 || d->rec.fd_keeper_token() == 0) continue;
+      out.emplace_back(name, d->rec.fd_keeper_token());
+    }
+    return out;
+  };
+  FdStoreHostOptions ho;
+  ho.state_dir = options_.state_dir;
+  ho.fd_keeper = options_.fd_keeper;
+  ho.fd_keeper_wait = options_.fd_keeper_wait;
+  auto host = OpenFdStoreHost(ho, metrics_, std::move(workers));
+  if (!host.ok()) return host.status();
+
+  auto watch = [&](int fd, uint64_t id) {
+    if (fd < 0) return;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = id;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev);
+  };
+  watch(wake_.get(), kWakeId);
+  watch((*supervisor)->event_fd(), kSupervisorId);
+  watch((*watcher)->event_fd(), kWatcherId);
+  watch((*host)->event_fd(), kFdHostId);
+  absl::MutexLock lock(&mu_);
+  supervisor_ = std::move(*supervisor);
+  watcher_ = std::move(*watcher);
+  fd_host_ = std::move(*host);
+  const absl::Duration gauge_interval = fd_host_->held_gauge_interval();
+  if (gauge_interval != absl::InfiniteDuration()) next_gauge_poll_ = absl::Now() + gauge_interval;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceManager::ResumeWorkerLocked(
+    Dev& d, const std::function<absl::Status(const std::string&)>& take_over) {
+  const std::string& name = d.rec.name();
+  if (d.rec.failed()) {
+    Log(absl::StrCat("device ", name, " is FAILED: ", d.rec.last_error()));
+  } else if (take_over) {
+    // The running emud stops its worker (the session stays in the keeper);
+    // ours resumes it: a live upgrade of the device.
+    absl::Status r = take_over(name);
+    if (!r.ok()) return r;
+    d.rec.set_worker_pid(0);
+    d.rec.set_worker_start_ticks(0);
+    Log(absl::StrCat("device ", name, ": taken over from the previous emud"));
+    StartWorkerLocked(d, /*count_restart=*/false);
+  } else if (d.rec.worker_pid() > 0) {
+    absl::Status a = supervisor_->Adopt(name, d.rec.worker_pid(), d.rec.worker_start_ticks());
+    if (a.ok()) {
+      fd_host_->WorkerAdopted(name, d.rec.fd_keeper_token());
+      Log(absl::StrCat("device ", name, ": adopted running worker pid ", supervisor_->pid(name)));
+    } else {
+      d.rec.set_last_error(absl::StrCat("worker pid ", d.rec.worker_pid(),
+                                        " exited while emud was not running"));
+      Log(absl::StrCat("device ", name, ": ", d.rec.last_error(), "; restarting it"));
+      StartWorkerLocked(d, /*count_restart=*/true);
+    }
+  } else {
+    StartWorkerLocked(d, /*count_restart=*/false);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status DeviceManager::BeginHandover() {
   absl::MutexLock lock(&mu_);
-  if (keeper_ == nullptr) {
+  if (fd_host_ == nullptr || !fd_host_->outlives_emud()) {
     return absl::FailedPreconditionError(
         "this emud keeps the devices' fds itself (no --fd-keeper): they would die with it, so "
         "a successor cannot take the devices over; run emud-keeper and restart emud on it");
@@ -272,7 +279,7 @@ absl::Status DeviceManager::BeginHandover() {
   if (handing_over_) return absl::FailedPreconditionError("a handover is already in progress");
   handing_over_ = true;
   shutting_down_ = true;  // API mutations are refused from now on
-  for (auto& [name, d] : devs_) d->restart_at.reset();
+  supervisor_->CancelAllRestarts();
   Log("handing the devices over to a successor emud");
   return absl::OkStatus();
 }
@@ -283,9 +290,8 @@ absl::Status DeviceManager::ReleaseForSuccessor(const std::string& name) {
   Dev* d = FindLocked(name);
   if (d == nullptr) return absl::OkStatus();  // created meanwhile elsewhere: nothing to stop
   if (d->busy) return absl::AbortedError(absl::StrCat("device ", name, " is busy; retry"));
-  d->busy = true;
+  BusyGuard busy(*d);
   absl::Status s = StopWorkerLocked(*d, absl::Now() + options_.worker_stop_timeout);
-  d->busy = false;
   if (s.ok()) Log(absl::StrCat("device ", name, ": worker stopped for the successor"));
   return s;
 }
@@ -321,20 +327,9 @@ void DeviceManager::Shutdown() {
     Log("leaving workers running; the next emud adopts them");
     return;
   }
-  for (auto& [name, d] : devs_) {
-    if (d->proc.pid > 0) (void)SignalProcess(d->proc, SIGTERM);
-  }
-  absl::Time deadline = absl::Now() + options_.worker_stop_timeout;
-  for (auto& [name, d] : devs_) {
-    if (d->proc.pid == 0) continue;
-    while (!HasExited(d->proc) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
-    if (!HasExited(d->proc)) {
-      (void)SignalProcess(d->proc, SIGKILL);
-      struct pollfd pfd = {d->proc.pidfd.get(), POLLIN, 0};
-      ::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(kKillGrace)));
-    }
-    ReapAndDescribe(d->proc);
-    d->proc = Process{};
+  for (const std::string& name : supervisor_->StopAll()) {
+    Dev* d = FindLocked(name);
+    if (d == nullptr) continue;
     d->rec.set_worker_pid(0);
     d->rec.set_worker_start_ticks(0);
     (void)PersistLocked(*d);
@@ -360,26 +355,25 @@ DeviceManager::Dev* DeviceManager::FindLocked(const std::string& name) {
   return it == devs_.end() ? nullptr : it->second.get();
 }
 
+absl::StatusOr<DeviceManager::Dev*> DeviceManager::FindForChangeLocked(const std::string& name) {
+  absl::Status s = CheckAcceptingLocked();
+  if (!s.ok()) return s;
+  Dev* d = FindLocked(name);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
+  if (d->busy) {
+    return absl::AbortedError(
+        absl::StrCat("another operation on device '", name, "' is in progress; retry"));
+  }
+  return d;
+}
+
 DeviceManager::Dev& DeviceManager::AddDevLocked(DeviceRecord rec) {
   auto d = std::make_unique<Dev>();
-  d->id = next_id_++;
-  d->policy = RestartPolicy(options_.restart);
-  std::string dir = state_store::DeviceEnvDir(options_.state_dir, rec.name());
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  d->reader = std::make_unique<WorkerStatusReader>(dir);
-  d->watch = ::inotify_add_watch(inotify_.get(), dir.c_str(),
-                                 IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE);
-  if (d->watch < 0) {
-    Log(absl::StrCat("inotify on ", dir, ": ", std::strerror(errno),
-                     " (status updates fall back to polling every ",
-                     absl::FormatDuration(kFallbackRefresh), ")"));
-  }
+  supervisor_->Add(rec.name());
+  watcher_->Watch(rec.name());
   d->rec = std::move(rec);
   d->phase_time = absl::Now();
   Dev& ref = *d;
-  by_id_[ref.id] = &ref;
-  if (ref.watch >= 0) by_watch_[ref.watch] = &ref;
   devs_[ref.rec.name()] = std::move(d);
   return ref;
 }
@@ -392,11 +386,12 @@ absl::Status DeviceManager::PersistLocked(const Dev& d) {
 }
 
 void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
-  d.restart_at.reset();
+  const std::string& name = d.rec.name();
+  supervisor_->CancelRestart(name);
   const auto& spec = d.rec.spec();
   std::string binary = d.rec.worker_binary().empty() ? options_.worker_binary : d.rec.worker_binary();
   worker_api::WorkerArgs args;
-  args.device = d.rec.name();
+  args.device = name;
   args.state_dir = options_.state_dir;
   args.socket_path = spec.socket_path();
   args.mac = spec.mac();
@@ -412,103 +407,58 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   const std::vector<std::string> argv = args.ToArgv(binary);
   if (count_restart) {
     d.rec.set_restart_count(d.rec.restart_count() + 1);
-    metrics_->WorkerRestarted(d.rec.name());
+    metrics_->WorkerRestarted(name);
   }
   // The worker's fd-store channel, then every fd held for the device.
-  std::vector<Inherit> inherit;
-  std::vector<std::string> env;
-  UniqueFd mine;  // emud's end of the channel (in-process store)
-  fdstore::KeeperClient::Bound bound;
-  if (keeper_ != nullptr) {
-    // The keeper makes the channel and hands over what it holds.
-    auto b = keeper_->Bind(d.rec.name());
-    if (!b.ok()) {
-      WorkerFailedLocked(d, absl::StrCat("emud-keeper: ", b.status().message()), false);
-      return;
-    }
-    bound = std::move(*b);
-    for (const auto& [key, fd] : bound.fds) inherit.push_back({key, fd.get()});
-    env = {absl::StrCat(fdstore::kStoreSocketEnv, "=", options_.fd_keeper),
-           absl::StrCat(fdstore::kTokenEnv, "=", bound.token)};
-    d.rec.set_fd_keeper_token(bound.token);
-  } else {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-      WorkerFailedLocked(d, absl::StrCat("fd-store channel: ", std::strerror(errno)), false);
-      return;
-    }
-    mine.reset(sv[0]);
-    bound.fds.emplace_back(fdstore::kChannelKey, UniqueFd(sv[1]));
-    ::fcntl(mine.get(), F_SETFL, ::fcntl(mine.get(), F_GETFL) | O_NONBLOCK);
-    inherit.push_back({fdstore::kChannelKey, bound.fds[0].second.get()});
-    for (const auto& [key, fd] : store_.Fds(d.rec.name())) inherit.push_back({key, fd});
-    env = {absl::StrCat(fdstore::kStoreSocketEnv, "=", FdStoreSocket())};
+  auto launch = fd_host_->PrepareWorker(name);
+  if (!launch.ok()) {
+    WorkerFailedLocked(d, std::string(launch.status().message()), false);
+    return;
   }
-  // Where the worker writes why it gave up (read back in HandleExitLocked).
-  d.exit_reason.reset();
-  if (auto r = CreateExitReasonFile(); r.ok()) {
-    d.exit_reason = std::move(*r);
-    inherit.push_back({"exit-reason", d.exit_reason.get(), kExitReasonEnv});
-  }
+  if (launch->token != 0) d.rec.set_fd_keeper_token(launch->token);
   bool has_listener = false;
-  for (const auto& in : inherit) has_listener = has_listener || in.key == worker_api::kListenFdKey;
+  for (const auto& in : launch->inherit) has_listener |= in.key == worker_api::kListenFdKey;
   // A successor inherits the listening socket when the store holds it;
   // otherwise it binds a fresh one and the dead worker's file must go.
   if (!has_listener) RemoveSocketFile(spec.socket_path());
-  auto p = SpawnProcess(argv, inherit, env);
-  if (!p.ok()) {
-    WorkerFailedLocked(d, std::string(p.status().message()), false);
+  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, launch->env);
+  if (!s.ok()) {
+    WorkerFailedLocked(d, std::string(s.message()), false);
     return;
   }
-  if (mine.valid()) {
-    if (d.channel_id != 0) CloseChannelLocked(d.channel_id);
-    auto ch = std::make_unique<Channel>();
-    ch->fd = std::move(mine);
-    ch->device = d.rec.name();
-    d.channel_id = next_id_++;
-    epoll_event cev{};
-    cev.events = EPOLLIN;
-    cev.data.u64 = d.channel_id;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, ch->fd.get(), &cev);
-    channels_[d.channel_id] = std::move(ch);
-  }
-  d.proc = std::move(*p);
-  d.started = absl::Now();
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = d.id;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, d.proc.pidfd.get(), &ev);
-  d.rec.set_worker_pid(d.proc.pid);
-  d.rec.set_worker_start_ticks(d.proc.start_ticks);
-  d.rec.set_worker_start_unix_nanos(absl::ToUnixNanos(d.started));
-  if (keeper_ != nullptr) metrics_->SetFdsHeld(d.rec.name(), bound.fds.size() - 1);
+  fd_host_->WorkerStarted(name, *launch);
+  d.rec.set_worker_pid(supervisor_->pid(name));
+  d.rec.set_worker_start_ticks(supervisor_->start_ticks(name));
+  d.rec.set_worker_start_unix_nanos(absl::ToUnixNanos(supervisor_->started(name)));
   (void)PersistLocked(d);
   NotifyLocked(d);
 }
 
+bool DeviceManager::GuestConnectedLocked(const Dev& d) {
+  bool connected = false;
+  for (const auto& key : fd_host_->HeldKeys(d.rec.name())) connected |= key == worker_api::kConnFdKey;
+  return connected;
+}
+
 void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy) {
-  absl::Time now = absl::Now();
-  bool guest_connected = false;  // the store holds the client's connection
-  for (const auto& key : HeldKeysLocked(d.rec.name())) guest_connected |= key == worker_api::kConnFdKey;
-  RestartPolicy::Decision dec = d.policy.OnExit(healthy, guest_connected);
+  const std::string& name = d.rec.name();
+  RestartPolicy::Decision dec = supervisor_->WorkerFailed(name, healthy, GuestConnectedLocked(d));
   if (dec.give_up) {
     d.rec.set_failed(true);
     d.rec.set_last_error(absl::StrCat(
-        "crash loop: the worker failed ", d.policy.consecutive_failures(),
+        "crash loop: the worker failed ", supervisor_->consecutive_failures(name),
         " times in a row before it was serving (resumed or created its session and entered "
         "its event loop); last: ",
-        reason, "; fix the cause, then run 'emuctl reset ", d.rec.name(), "'"));
-    Log(absl::StrCat("device ", d.rec.name(), " FAILED: ", d.rec.last_error()));
+        reason, "; fix the cause, then run 'emuctl reset ", name, "'"));
+    Log(absl::StrCat("device ", name, " FAILED: ", d.rec.last_error()));
   } else {
     d.rec.set_last_error(reason);
-    d.restart_at = now + dec.delay;
-    Log(absl::StrCat("device ", d.rec.name(), ": ", reason,
+    Log(absl::StrCat("device ", name, ": ", reason,
                      healthy ? " (after serving)" : " (before serving)", "; restarting ",
                      dec.delay == absl::ZeroDuration()
                          ? std::string("now")
                          : absl::StrCat("in ", absl::FormatDuration(dec.delay))));
   }
-  d.started = absl::Time();
   (void)PersistLocked(d);
   NotifyLocked(d);
 }
@@ -545,171 +495,115 @@ bool DeviceManager::ReleaseReserve() {
 }
 
 void DeviceManager::StoreFullLocked(Dev& d, const std::string& reason) {
-  bool guest_connected = false;
-  for (const auto& key : HeldKeysLocked(d.rec.name())) guest_connected |= key == "vfio/conn";
-  // With a guest connected its request waits (QEMU gives up after 5 s): retry
-  // often. Otherwise once a second is plenty.
-  absl::Duration delay = guest_connected ? d.policy.options().connected_max_backoff
-                                         : absl::Seconds(1);
-  d.rec.set_last_error(absl::StrCat(reason, "; retrying every ", absl::FormatDuration(delay),
+  Supervisor::Retry retry = supervisor_->StoreFull(d.rec.name(), GuestConnectedLocked(d));
+  d.rec.set_last_error(absl::StrCat(reason, "; retrying every ", absl::FormatDuration(retry.delay),
                                     " until there is room"));
-  d.restart_at = absl::Now() + delay;
-  d.started = absl::Time();
-  if (!d.store_full_logged) {
-    Log(absl::StrCat("device ", d.rec.name(), ": ", d.rec.last_error()));
-    d.store_full_logged = true;
-  }
+  if (retry.first) Log(absl::StrCat("device ", d.rec.name(), ": ", d.rec.last_error()));
   (void)PersistLocked(d);
   NotifyLocked(d);
 }
 
-void DeviceManager::HandleExitLocked(Dev& d) {
-  std::string how = ReapAndDescribe(d.proc);
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, d.proc.pidfd.get(), nullptr);
-  pid_t pid = d.proc.pid;
-  absl::Time started = d.started;
-  d.proc = Process{};
+void DeviceManager::HandleExitLocked(Dev& d, const Supervisor::Exit& exit) {
   d.rec.set_worker_pid(0);
   d.rec.set_worker_start_ticks(0);
   RefreshLocked(d);
-  if (d.stopping || d.deleting || handing_over_) {
-    d.stopping = false;
+  if (exit.requested || d.deleting || handing_over_) {
     (void)PersistLocked(d);
     NotifyLocked(d);
     return;
   }
-  std::string reason = absl::StrCat("worker pid ", pid, " ", how);
-  // Its own words first (base/exit_reason.h): "TUNSETIFF lo: Invalid
-  // argument" says what to fix, "exited with status 1" does not.
-  const std::string said = ReadExitReason(d.exit_reason.get());
-  d.exit_reason.reset();
-  if (!said.empty()) {
-    absl::StrAppend(&reason, ": ", said);
-  } else if (d.status.has_value() && d.status->pid() == pid && !d.status->last_error().empty()) {
-    absl::StrAppend(&reason, ": ", d.status->last_error());
+  std::string reason = absl::StrCat("worker pid ", exit.pid, " ", exit.how);
+  // Its own words first (base/exit_reason.h), else its status record's.
+  const WorkerStatus* st = watcher_->status(d.rec.name());
+  if (!exit.said.empty()) {
+    absl::StrAppend(&reason, ": ", exit.said);
+  } else if (st != nullptr && st->pid() == exit.pid && !st->last_error().empty()) {
+    absl::StrAppend(&reason, ": ", st->last_error());
   }
   // Healthy (restart_policy.h): the worker published its status record,
   // which it does once its session is up and it enters its event loop.
-  const bool healthy = d.status.has_value() && d.status->pid() == pid &&
-                       d.status->phase() != WorkerStatus::PHASE_UNSPECIFIED;
-  d.started = started;
-  if (ExitReasonIsResourceExhausted(said)) {
+  const bool healthy =
+      st != nullptr && st->pid() == exit.pid && st->phase() != WorkerStatus::PHASE_UNSPECIFIED;
+  if (ExitReasonIsResourceExhausted(exit.said)) {
     // A full tmpfs (or memory): neither a crash loop (the device must go on
     // by itself once space is freed) nor a reason to restart at once (the
     // successor would fail the same way, in a tight loop). Retry at a pace.
     StoreFullLocked(d, reason);
     return;
   }
-  d.store_full_logged = false;
+  supervisor_->ClearStoreFull(d.rec.name());
   WorkerFailedLocked(d, reason, healthy);
   // Restart due now (a worker killed after a healthy run): spawn it here
   // rather than one loop round later - the guest is waiting.
-  if (d.restart_at.has_value() && *d.restart_at <= absl::Now() && !d.rec.failed()) {
+  std::optional<absl::Time> at = supervisor_->restart_at(d.rec.name());
+  if (at.has_value() && *at <= absl::Now() && !d.rec.failed()) {
     StartWorkerLocked(d, /*count_restart=*/true);
   }
 }
 
 absl::Status DeviceManager::StopWorkerLocked(Dev& d, absl::Time deadline) {
-  if (d.proc.pid == 0) return absl::OkStatus();
-  d.stopping = true;
-  (void)SignalProcess(d.proc, SIGTERM);
-  auto gone = [](Dev* dev) { return dev->proc.pid == 0; };
-  absl::Condition cond(+gone, &d);
-  absl::Time term_deadline = std::min(deadline, absl::Now() + options_.worker_stop_timeout);
-  if (mu_.AwaitWithDeadline(cond, term_deadline)) return absl::OkStatus();
-  Log(absl::StrCat("device ", d.rec.name(), ": worker pid ", d.proc.pid,
-                   " ignored SIGTERM; sending SIGKILL"));
-  (void)SignalProcess(d.proc, SIGKILL);
-  if (mu_.AwaitWithTimeout(cond, kKillGrace)) return absl::OkStatus();
-  d.stopping = false;
-  return absl::UnavailableError(absl::StrCat("worker pid ", d.proc.pid, " of device ",
-                                             d.rec.name(), " did not exit after SIGKILL; retry"));
+  return supervisor_->Stop(d.rec.name(), deadline, mu_);
 }
 
-DeviceManager::Refresh DeviceManager::RefreshLocked(Dev& d) {
-  d.dirty = false;
-  auto st = d.reader->Read();
-  if (!st.ok()) {
-    Log(absl::StrCat("device ", d.rec.name(), ": reading worker status: ", st.status().ToString()));
-    return Refresh::kNothingNew;
-  }
-  if (!st->has_value()) return Refresh::kNothingNew;
-  WorkerStatus& next = **st;
-  if (d.status.has_value()) {
-    // Every publish stamps the record: same pid and stamp, same record.
-    if (next.updated_unix_nanos() == d.status->updated_unix_nanos() &&
-        next.pid() == d.status->pid()) {
-      return Refresh::kNothingNew;
-    }
-    // A worker refreshes its record periodically; only the timestamp moves
-    // then, and nothing downstream (metrics, phase, watchers) needs to run.
-    // (MessageDifferencer: serialized maps have no stable order.)
-    int64_t stamp = next.updated_unix_nanos();
-    next.set_updated_unix_nanos(d.status->updated_unix_nanos());
-    bool same = google::protobuf::util::MessageDifferencer::Equals(*d.status, next);
-    next.set_updated_unix_nanos(stamp);
-    if (same) {
-      d.status->set_updated_unix_nanos(stamp);
-      return Refresh::kTimestampOnly;
-    }
-  }
-  // Phases the worker went through since our last read, other than the one
-  // it is in now (e.g. LINK_UP of a guest that already detached).
-  if (d.proc.pid != 0 && next.pid() == d.proc.pid) {
-    for (int i = 0; i + 1 < next.recent_phases_size(); ++i) {
-      const auto& change = next.recent_phases(i);
-      if (change.seq() > d.seen_phase_seq) d.missed_phases.push_back(FromWorkerPhase(change.phase()));
-    }
-    d.seen_phase_seq = std::max(d.seen_phase_seq, next.phase_seq());
-  }
-  d.status = std::move(next);
-  metrics_->UpdateFromWorkerStatus(d.rec.name(), *d.status);
-  return Refresh::kChanged;
+StatusWatcher::Refresh DeviceManager::RefreshLocked(Dev& d) {
+  return watcher_->Read(d.rec.name(), supervisor_->pid(d.rec.name()));
+}
+
+const WorkerStatus* DeviceManager::CurrentStatusLocked(const Dev& d) const {
+  pid_t pid = supervisor_->pid(d.rec.name());
+  const WorkerStatus* st = watcher_->status(d.rec.name());
+  if (pid == 0 || st == nullptr || st->pid() != pid) return nullptr;
+  return st;
 }
 
 v1::Phase DeviceManager::PhaseLocked(const Dev& d) const {
   if (d.rec.failed()) return v1::PHASE_FAILED;
-  if (d.proc.pid == 0) return v1::PHASE_CREATED;
+  if (supervisor_->pid(d.rec.name()) == 0) return v1::PHASE_CREATED;
   // A record published by a previous worker says nothing about this one.
-  if (!d.status.has_value() || d.status->pid() != d.proc.pid) return v1::PHASE_CREATED;
-  return FromWorkerPhase(d.status->phase());
+  const WorkerStatus* st = CurrentStatusLocked(d);
+  if (st == nullptr) return v1::PHASE_CREATED;
+  return FromWorkerPhase(st->phase());
 }
 
 v1::Device DeviceManager::BuildLocked(const Dev& d) const {
+  const std::string& name = d.rec.name();
+  const pid_t pid = supervisor_->pid(name);
+  const WorkerStatus* status = watcher_->status(name);
   v1::Device out;
-  out.set_name(d.rec.name());
+  out.set_name(name);
   out.set_type(d.rec.type());
   *out.mutable_spec() = d.rec.spec();
   v1::DeviceStatus* st = out.mutable_status();
   st->set_phase(d.phase == v1::PHASE_UNSPECIFIED ? PhaseLocked(d) : d.phase);
-  st->set_worker_pid(d.proc.pid);
+  st->set_worker_pid(pid);
   st->set_restart_count(d.rec.restart_count());
-  st->set_consecutive_failures(static_cast<uint32_t>(d.policy.consecutive_failures()));
-  if (d.status.has_value() && d.status->virtchnl_major() != 0) {
-    st->mutable_virtchnl_version()->set_major(d.status->virtchnl_major());
-    st->mutable_virtchnl_version()->set_minor(d.status->virtchnl_minor());
+  st->set_consecutive_failures(static_cast<uint32_t>(supervisor_->consecutive_failures(name)));
+  if (status != nullptr && status->virtchnl_major() != 0) {
+    st->mutable_virtchnl_version()->set_major(status->virtchnl_major());
+    st->mutable_virtchnl_version()->set_minor(status->virtchnl_minor());
   }
   // The running worker's own report (e.g. a quarantined poison input) is
   // newer than emud's record of how its predecessor ended.
   std::string err = d.rec.last_error();
-  if (!d.rec.failed() && d.status.has_value() && d.proc.pid != 0 &&
-      d.status->pid() == d.proc.pid && !d.status->last_error().empty()) {
-    err = d.status->last_error();
+  const WorkerStatus* current = CurrentStatusLocked(d);
+  if (!d.rec.failed() && current != nullptr && !current->last_error().empty()) {
+    err = current->last_error();
   }
   st->set_last_error(err);
   *st->mutable_create_time() = TimeUtil::NanosecondsToTimestamp(d.rec.create_unix_nanos());
   *st->mutable_phase_time() = Ts(d.phase_time);
-  if (d.proc.pid != 0 && d.started != absl::Time()) *st->mutable_worker_start_time() = Ts(d.started);
+  const absl::Time started = supervisor_->started(name);
+  if (pid != 0 && started != absl::Time()) *st->mutable_worker_start_time() = Ts(started);
   return out;
 }
 
 void DeviceManager::NotifyLocked(Dev& d) {
   v1::Phase p = PhaseLocked(d);
   bool first = d.last_emitted.empty();
-  std::vector<v1::Phase> missed;
-  missed.swap(d.missed_phases);
+  std::vector<WorkerStatus::Phase> missed = watcher_->TakeMissedPhases(d.rec.name());
   if (!first && p != v1::PHASE_FAILED) {
-    for (v1::Phase m : missed) {
+    for (WorkerStatus::Phase wp : missed) {
+      v1::Phase m = FromWorkerPhase(wp);
       if (m == d.phase) continue;
       d.phase = m;
       d.phase_time = absl::Now();
@@ -815,26 +709,20 @@ std::vector<v1::Device> DeviceManager::ListDevices() {
 absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
                                          absl::Time deadline) {
   absl::MutexLock lock(&mu_);
-  absl::Status s = CheckAcceptingLocked();
-  if (!s.ok()) return s;
-  Dev* d = FindLocked(name);
-  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
-  if (d->busy) {
-    return absl::AbortedError(
-        absl::StrCat("another operation on device '", name, "' is in progress; retry"));
-  }
+  absl::StatusOr<Dev*> found = FindForChangeLocked(name);
+  if (!found.ok()) return found.status();
+  Dev* d = *found;
   v1::Phase phase = PhaseLocked(*d);
   if (GuestAttached(phase) && !force) {
     return absl::FailedPreconditionError(absl::StrCat(
         "device '", name, "' has a connected guest (phase ", v1::Phase_Name(phase),
         "); detach it from the VM first, or delete with force to pull it from under the guest"));
   }
-  d->busy = true;
+  BusyGuard busy(*d);
   d->deleting = true;
-  d->restart_at.reset();
-  s = StopWorkerLocked(*d, deadline);
+  supervisor_->CancelRestart(name);
+  absl::Status s = StopWorkerLocked(*d, deadline);
   if (!s.ok()) {
-    d->busy = false;
     d->deleting = false;
     return s;
   }
@@ -854,7 +742,6 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   if (!s.ok()) {
     // Nothing is lost yet (fds held, state intact): put the device back as it
     // was, worker running, so the delete can simply be retried.
-    d->busy = false;
     d->deleting = false;
     StartWorkerLocked(*d, /*count_restart=*/false);
     return absl::Status(s.code(), absl::StrCat("could not record the deletion of device '", name,
@@ -862,21 +749,8 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
                                                "; the device was restarted unchanged - retry "
                                                "the delete once there is room"));
   }
-  store_.ReleaseDevice(name);
-  if (keeper_ != nullptr) {
-    absl::Status k = keeper_->Drop(name);
-    if (!k.ok()) Log(absl::StrCat("device ", name, ": emud-keeper drop: ", k.ToString()));
-  }
-  std::vector<uint64_t> gone;
-  for (const auto& [id, ch] : channels_) {
-    if (ch->device == name) gone.push_back(id);
-  }
-  for (uint64_t id : gone) CloseChannelLocked(id);
-  if (d->watch >= 0) {
-    ::inotify_rm_watch(inotify_.get(), d->watch);
-    by_watch_.erase(d->watch);
-  }
-  d->reader->Close();
+  fd_host_->DropDevice(name);
+  watcher_->Unwatch(name);
   absl::Status rm = state_store::RemoveDeviceState(options_.state_dir, name);
   if (!rm.ok()) Log(rm.ToString());
   EnsureReserve();  // the device's state just freed room for it
@@ -886,7 +760,8 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   }
   metrics_->RemoveDevice(name);
   v1::Device last = BuildLocked(*d);
-  by_id_.erase(d->id);
+  busy.Release();
+  supervisor_->Remove(name);
   devs_.erase(name);
   EmitLocked(v1::DeviceEvent::KIND_DELETED, last);
   UpdatePhaseGaugesLocked();
@@ -897,20 +772,16 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
 absl::StatusOr<v1::Device> DeviceManager::ResetDevice(const std::string& name,
                                                       absl::Time deadline) {
   absl::MutexLock lock(&mu_);
-  absl::Status s = CheckAcceptingLocked();
-  if (!s.ok()) return s;
-  Dev* d = FindLocked(name);
-  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
-  if (d->busy) {
-    return absl::AbortedError(
-        absl::StrCat("another operation on device '", name, "' is in progress; retry"));
+  absl::StatusOr<Dev*> found = FindForChangeLocked(name);
+  if (!found.ok()) return found.status();
+  Dev* d = *found;
+  {
+    BusyGuard busy(*d);
+    supervisor_->CancelRestart(name);
+    absl::Status s = StopWorkerLocked(*d, deadline);
+    if (!s.ok()) return s;
   }
-  d->busy = true;
-  d->restart_at.reset();
-  s = StopWorkerLocked(*d, deadline);
-  d->busy = false;
-  if (!s.ok()) return s;
-  d->policy.Reset();
+  supervisor_->ResetPolicy(name);
   d->rec.set_failed(false);
   d->rec.set_last_error("");
   Log(absl::StrCat("device ", name, " reset"));
@@ -927,8 +798,8 @@ absl::StatusOr<v1::DeviceStats> DeviceManager::GetDeviceStats(const std::string&
   v1::DeviceStats out;
   out.set_name(name);
   out.set_worker_restarts(d->rec.restart_count());
-  if (d->status.has_value()) {
-    const WorkerStatus& st = *d->status;
+  if (const WorkerStatus* status = watcher_->status(name); status != nullptr) {
+    const WorkerStatus& st = *status;
     auto copy = [](const auto& from, auto* to) {
       for (const auto& q : from) {
         v1::QueueStats* o = to->Add();
@@ -971,28 +842,24 @@ absl::StatusOr<v1::Device> DeviceManager::UpgradeWorker(const std::string& name,
     }
   }
   absl::MutexLock lock(&mu_);
-  absl::Status s = CheckAcceptingLocked();
-  if (!s.ok()) return s;
-  Dev* d = FindLocked(name);
-  if (d == nullptr) return absl::NotFoundError(absl::StrCat("no device named '", name, "'"));
+  absl::StatusOr<Dev*> found = FindForChangeLocked(name);
+  if (!found.ok()) return found.status();
+  Dev* d = *found;
   if (d->rec.failed()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "device '", name, "' is FAILED; run reset to start a fresh worker instead"));
-  }
-  if (d->busy) {
-    return absl::AbortedError(
-        absl::StrCat("another operation on device '", name, "' is in progress; retry"));
   }
   // The old worker stops (a persisted emud-worker exits at once on SIGTERM,
   // leaving the guest's session to the fd store), then the new one starts
   // with the device's fds and resumes the session: the guest keeps its
   // connection (tests/chaos upgrades under traffic). The gap is one worker
   // start-up.
-  d->busy = true;
-  d->restart_at.reset();
-  s = StopWorkerLocked(*d, deadline);
-  d->busy = false;
-  if (!s.ok()) return s;
+  {
+    BusyGuard busy(*d);
+    supervisor_->CancelRestart(name);
+    absl::Status s = StopWorkerLocked(*d, deadline);
+    if (!s.ok()) return s;
+  }
   if (!binary.empty()) d->rec.set_worker_binary(binary);
   Log(absl::StrCat("device ", name, ": upgrading worker"));
   StartWorkerLocked(*d, /*count_restart=*/false);
@@ -1029,67 +896,12 @@ DeviceManager::WaitResult DeviceManager::WaitForEvents(uint64_t* cursor,
 
 // ------------------------------------------------------------- fd store
 
-void DeviceManager::AcceptChannelsLocked() {
-  while (true) {
-    int fd = ::accept4(store_listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;
-    auto ch = std::make_unique<Channel>();
-    ch->fd.reset(fd);
-    uint64_t id = next_id_++;
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = id;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev);
-    channels_[id] = std::move(ch);
-  }
-}
-
-void DeviceManager::CloseChannelLocked(uint64_t id) {
-  auto it = channels_.find(id);
-  if (it == channels_.end()) return;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
-  channels_.erase(it);
-  for (auto& [name, d] : devs_) {
-    if (d->channel_id == id) d->channel_id = 0;
-  }
-}
-
-void DeviceManager::HandleChannelLocked(uint64_t id) {
-  Channel& ch = *channels_[id];
-  const bool anonymous = ch.device.empty();
-  absl::Status s = store_.ServeOne(ch.fd.get(), &ch.device);
-  if (!s.ok()) {  // closed by the worker (exit, crash) or unusable
-    CloseChannelLocked(id);
-    return;
-  }
-  if (ch.device.empty()) return;
-  Dev* d = FindLocked(ch.device);
-  if (anonymous) {
-    // A reconnecting worker: only the device's current worker may speak
-    // for it.
-    struct ucred cred {};
-    socklen_t len = sizeof(cred);
-    bool ok = ::getsockopt(ch.fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
-              d != nullptr && d->proc.pid != 0 && cred.pid == d->proc.pid;
-    if (!ok) {
-      Log(absl::StrCat("fd store: refusing a channel from pid ", cred.pid, " for device '",
-                       ch.device, "' (not its current worker)"));
-      CloseChannelLocked(id);
-      return;
-    }
-    Log(absl::StrCat("device ", ch.device, ": worker pid ", cred.pid,
-                     " reconnected to the fd store"));
-  }
-  if (d != nullptr) SyncFdRecordsLocked(*d);
-}
-
 void DeviceManager::SyncFdRecordsLocked(Dev& d) {
-  std::vector<std::string> keys = store_.Keys(d.rec.name());
+  std::vector<std::string> keys = fd_host_->HeldKeys(d.rec.name());
   std::set<std::string> now(keys.begin(), keys.end());
-  metrics_->SetFdsHeld(d.rec.name(), now.size());
   if (now == d.recorded_fds) return;
   emud::internal::FdRecord rec;
-  rec.set_worker_pid(d.proc.pid);
+  rec.set_worker_pid(supervisor_->pid(d.rec.name()));
   rec.set_deposit_unix_nanos(NowNanos());
   absl::Status s = control_->Update([&](state_store::WriteTxn& txn) -> absl::Status {
     for (const auto& k : now) {
@@ -1113,71 +925,28 @@ void DeviceManager::SyncFdRecordsLocked(Dev& d) {
 
 size_t DeviceManager::FdsHeldForTest(const std::string& name) {
   absl::MutexLock lock(&mu_);
-  return HeldKeysLocked(name).size();
-}
-
-std::vector<std::string> DeviceManager::HeldKeysLocked(const std::string& device) {
-  if (keeper_ == nullptr) return store_.Keys(device);
-  auto keys = keeper_->List(device);
-  if (!keys.ok()) {
-    Log(absl::StrCat("emud-keeper: listing ", device, ": ", keys.status().ToString()));
-    return {};
-  }
-  if (keeper_->TakeReconnected()) ReadoptTokensLocked();
-  return *keys;
-}
-
-void DeviceManager::ReadoptTokensLocked() {
-  Log("emud-keeper restarted or was upgraded: telling it the running workers' tokens");
-  for (auto& [name, d] : devs_) {
-    if (d->proc.pid == 0 || d->rec.fd_keeper_token() == 0) continue;
-    absl::Status a = keeper_->Adopt(name, d->rec.fd_keeper_token());
-    if (!a.ok()) Log(absl::StrCat("device ", name, ": keeper adopt: ", a.ToString()));
-  }
+  return fd_host_->HeldKeys(name).size();
 }
 
 pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
   absl::MutexLock lock(&mu_);
-  Dev* d = FindLocked(name);
-  return d == nullptr ? 0 : d->proc.pid;
+  return supervisor_->pid(name);
 }
 
 // ------------------------------------------------------------- event loop
 
 void DeviceManager::Loop() {
-  bool inotify_armed = true;
-  // Times of the last kRefreshBurst refreshes: a device's first few changes
-  // (CREATED -> LISTENING) are seen at once, a busy worker's stream of
-  // commits at most kRefreshBurst times per status_refresh_interval.
-  std::deque<absl::Time> recent_refreshes;
-  absl::Time next_refresh_allowed = absl::InfinitePast();
-  // inotify reports a commit's writes before LMDB makes it visible to
-  // readers, so a device refreshed on an event is read once more a little
-  // later (kSettle) to catch a commit that was in flight.
-  std::set<std::string> settle;
-  absl::Time settle_at = absl::InfiniteFuture();
-  absl::Time next_fallback = absl::Now() + kFallbackRefresh;
-  // With a keeper, deposits do not pass through emud: the fds-held gauge is
-  // polled (one short control call per device).
-  absl::Time next_keeper_poll = absl::Now() + kKeeperPoll;
   while (true) {
-    absl::Time wake_at = next_fallback;
-    {
-      absl::MutexLock lock(&mu_);
-      if (keeper_ != nullptr) wake_at = std::min(wake_at, next_keeper_poll);
-    }
+    absl::Time wake_at;
     {
       absl::MutexLock lock(&mu_);
       if (stop_loop_) return;
-      for (const auto& [name, d] : devs_) {
-        if (d->restart_at.has_value()) wake_at = std::min(wake_at, *d->restart_at);
-      }
+      wake_at = std::min(watcher_->NextPoll(), next_gauge_poll_);
+      if (auto r = supervisor_->NextRestart(); r.has_value()) wake_at = std::min(wake_at, *r);
     }
-    if (!inotify_armed) wake_at = std::min(wake_at, next_refresh_allowed);
-    wake_at = std::min(wake_at, settle_at);
     int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(wake_at - absl::Now()) + 1);
-    epoll_event evs[64];
-    int n = ::epoll_wait(epoll_.get(), evs, 64, static_cast<int>(std::min<int64_t>(ms, 60000)));
+    epoll_event evs[8];
+    int n = ::epoll_wait(epoll_.get(), evs, 8, static_cast<int>(std::min<int64_t>(ms, 60000)));
     if (n < 0 && errno != EINTR) {
       Log(absl::StrCat("epoll_wait: ", std::strerror(errno)));
       absl::SleepFor(absl::Milliseconds(10));
@@ -1186,94 +955,49 @@ void DeviceManager::Loop() {
     absl::MutexLock lock(&mu_);
     if (stop_loop_) return;
     for (int i = 0; i < n; ++i) {
-      uint64_t id = evs[i].data.u64;
-      if (id == kWakeId) {
-        uint64_t v;
-        (void)!::read(wake_.get(), &v, sizeof(v));
-      } else if (id == kInotifyId) {
-        inotify_armed = false;
-        alignas(inotify_event) char buf[16384];
-        ssize_t len;
-        while ((len = ::read(inotify_.get(), buf, sizeof(buf))) > 0) {
-          for (char* p = buf; p < buf + len;) {
-            auto* e = reinterpret_cast<inotify_event*>(p);
-            if (e->mask & IN_Q_OVERFLOW) {
-              for (auto& [name, d] : devs_) d->dirty = true;
-            } else if (e->len > 0 && std::strcmp(e->name, "data.mdb") == 0) {
-              // Only commits matter (lock.mdb changes through mmap or at open).
-              auto it = by_watch_.find(e->wd);
-              if (it != by_watch_.end()) it->second->dirty = true;
-            }
-            p += sizeof(inotify_event) + e->len;
+      switch (evs[i].data.u64) {
+        case kWakeId: {
+          uint64_t v;
+          (void)!::read(wake_.get(), &v, sizeof(v));
+          break;
+        }
+        case kSupervisorId:
+          for (const Supervisor::Exit& exit : supervisor_->TakeExits()) {
+            if (Dev* d = FindLocked(exit.device)) HandleExitLocked(*d, exit);
           }
-        }
-      } else if (id == kStoreListenId) {
-        AcceptChannelsLocked();
-      } else if (channels_.count(id) > 0) {
-        HandleChannelLocked(id);
-      } else {
-        auto it = by_id_.find(id);
-        if (it != by_id_.end() && it->second->proc.pid != 0 && HasExited(it->second->proc)) {
-          HandleExitLocked(*it->second);
-        }
+          break;
+        case kWatcherId:
+          watcher_->HandleEvents();
+          break;
+        case kFdHostId:
+          for (const std::string& name : fd_host_->HandleEvents()) {
+            if (Dev* d = FindLocked(name)) SyncFdRecordsLocked(*d);
+          }
+          break;
       }
     }
-    absl::Time now = absl::Now();
-    if (!inotify_armed && now >= next_refresh_allowed) {
-      for (auto& [name, d] : devs_) {
-        if (!d->dirty) continue;
-        if (RefreshLocked(*d) == Refresh::kChanged) {
-          NotifyLocked(*d);
-          // With a keeper, deposits do not pass through emud; a status
-          // change (phase, counters) is when the count may have moved.
-          if (keeper_ != nullptr) metrics_->SetFdsHeld(name, HeldKeysLocked(name).size());
-        }
-        // The commit that raised the event may not be visible yet (LMDB
-        // publishes its txn id after the meta page write, which raises no
-        // further event): read once more shortly.
-        settle.insert(name);
-      }
-      if (!settle.empty() && settle_at == absl::InfiniteFuture()) settle_at = now + kSettle;
-      recent_refreshes.push_back(now);
-      while (recent_refreshes.size() > static_cast<size_t>(kRefreshBurst)) {
-        recent_refreshes.pop_front();
-      }
-      next_refresh_allowed =
-          recent_refreshes.size() < static_cast<size_t>(kRefreshBurst)
-              ? now
-              : recent_refreshes.front() + options_.status_refresh_interval;
-      epoll_event ev{};
-      ev.events = EPOLLIN | EPOLLONESHOT;
-      ev.data.u64 = kInotifyId;
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, inotify_.get(), &ev);
-      inotify_armed = true;
+    RunDueLocked(absl::Now());
+  }
+}
+
+void DeviceManager::RunDueLocked(absl::Time now) {
+  watcher_->Poll(now, [&](const std::string& name, StatusWatcher::Reason why) {
+    Dev* d = FindLocked(name);
+    if (d == nullptr) return;
+    if (RefreshLocked(*d) == StatusWatcher::Refresh::kChanged) {
+      NotifyLocked(*d);
+      // Deposits into a keeper do not pass through emud; a status change
+      // (phase, counters) is when its count may have moved.
+      if (why == StatusWatcher::Reason::kChanged) fd_host_->RefreshHeldGauge(name);
     }
-    if (now >= settle_at) {
-      for (const auto& name : settle) {
-        Dev* d = FindLocked(name);
-        Refresh r = d != nullptr ? RefreshLocked(*d) : Refresh::kNothingNew;
-        if (r == Refresh::kChanged) NotifyLocked(*d);
-      }
-      settle.clear();
-      settle_at = absl::InfiniteFuture();
-    }
-    if (keeper_ != nullptr && now >= next_keeper_poll) {
-      for (auto& [name, d] : devs_) metrics_->SetFdsHeld(name, HeldKeysLocked(name).size());
-      next_keeper_poll = now + kKeeperPoll;
-    }
-    if (now >= next_fallback) {
-      for (auto& [name, d] : devs_) {
-        if (RefreshLocked(*d) == Refresh::kChanged) NotifyLocked(*d);
-        // With a keeper, deposits do not pass through emud: poll the count.
-        if (keeper_ != nullptr) metrics_->SetFdsHeld(name, HeldKeysLocked(name).size());
-      }
-      next_fallback = now + kFallbackRefresh;
-    }
-    std::vector<Dev*> due;
-    for (auto& [name, d] : devs_) {
-      if (d->restart_at.has_value() && *d->restart_at <= now && d->proc.pid == 0) due.push_back(d.get());
-    }
-    for (Dev* d : due) StartWorkerLocked(*d, /*count_restart=*/true);
+    if (why == StatusWatcher::Reason::kFallback) fd_host_->RefreshHeldGauge(name);
+  });
+  if (now >= next_gauge_poll_) {
+    for (const auto& [name, d] : devs_) fd_host_->RefreshHeldGauge(name);
+    next_gauge_poll_ = now + fd_host_->held_gauge_interval();
+  }
+  for (const std::string& name : supervisor_->DueRestarts(now)) {
+    if (Dev* d = FindLocked(name)) StartWorkerLocked(*d, /*count_restart=*/true);
   }
 }
 

@@ -1,40 +1,40 @@
-// DeviceManager: emud's model of its devices and the supervisor of their
-// workers.
+// DeviceManager: emud's registry of its devices and the API over it.
 //
 // Devices are DeviceRecords in emud's control environment
 // (state_store::ControlEnvDir, table "devices"). Each device has one worker
-// process (emud-worker) started with the command-line contract
+// process (emud-worker) started with the command-line contract of
+// worker_api::WorkerArgs. The manager composes three parts and keeps the
+// records, the watch events and the API on top of them:
 //
-//   WORKER --device NAME --state-dir DIR --socket PATH --mac MAC --queues N
-//          --backend SPEC --doorbell trap|mmap
+//  - Supervisor (server/supervisor.h): spawns, adopts, stops and reaps the
+//    workers (pidfds) and applies the restart policy: a worker that exits
+//    unexpectedly after it was serving is restarted at once, however often;
+//    one that dies before serving is restarted with bounded backoff and a
+//    streak of them marks the device FAILED with the reason (RestartPolicy).
+//  - FdStoreHost (server/fd_store_host.h): the fd store, in emud or in
+//    emud-keeper. Every worker is started with its end of a SOCK_SEQPACKET
+//    channel inherited under fdstore::kChannelKey, followed by every fd held
+//    for its device under their keys (EMUD_FDS), and with
+//    fdstore::kStoreSocketEnv naming where it reconnects and re-deposits
+//    after emud (or the keeper) restarts. Keys held in emud are recorded in
+//    the control environment (table "fds"); deleting a device releases its
+//    fds.
+//  - StatusWatcher (server/status_watcher.h): the WorkerStatus record each
+//    worker publishes in its device environment; the device's phase,
+//    virtchnl version and counters come from that record.
 //
-// An event loop thread watches every worker's pidfd (its exit is noticed at
-// once) and, through inotify, the worker's device environment, where the
-// worker publishes its WorkerStatus record; the device's phase, virtchnl
-// version and counters come from that record. A worker that exits
-// unexpectedly after it was serving is restarted at once, however often; one
-// that dies before serving is restarted with bounded backoff and a streak of
-// them marks the device FAILED with the reason (RestartPolicy).
+// One event loop thread waits on the three parts' event fds and a wake
+// eventfd, and runs due restarts and status reads.
 //
 // Restart of emud: Start() loads every record. A worker whose recorded pid
 // is still alive with the recorded start time is adopted (the guest keeps
 // its connection); a worker that died meanwhile is restarted and counted.
 // On shutdown workers keep running unless stop_workers_on_exit is set.
 //
-// The fd store (fdstore/): emud holds duplicates of the descriptors each
-// worker deposits (vfio-user sockets, guest memory, eventfds, ...), so that a
-// successor gets the very same kernel objects. Every worker is started with
-// its end of a SOCK_SEQPACKET channel inherited under fdstore::kChannelKey,
-// followed by every fd held for its device under their keys (EMUD_FDS), and
-// with fdstore::kStoreSocketEnv naming the store's listening socket
-// (<state-dir>/fdstore.sock) so that, after emud restarts, it can reconnect
-// and re-deposit. A reconnecting channel must come from the device's current
-// worker (SO_PEERCRED). The held keys are recorded in the control
-// environment (table "fds"); deleting a device releases its fds.
-//
 // Thread safety: every public method may be called from any thread
-// (gRPC handlers); they serialise on one mutex, released while waiting for a
-// worker to stop.
+// (gRPC handlers); they serialise on one mutex (the parts are driven under
+// it), released while waiting for a worker to stop. An operation that waits
+// marks its device busy; a second one on the same device is ABORTED.
 #ifndef EMUD_SERVER_DEVICE_MANAGER_H_
 #define EMUD_SERVER_DEVICE_MANAGER_H_
 
@@ -56,14 +56,13 @@
 #include "proto/device_record.pb.h"
 #include "proto/emud_v1.pb.h"
 #include "proto/worker_status.pb.h"
-#include "server/metrics.h"
-#include "server/process.h"
-#include "server/restart_policy.h"
 #include "base/unique_fd.h"
-#include "fdstore/fd_store.h"
-#include "fdstore/keeper.h"
+#include "server/fd_store_host.h"
+#include "server/metrics.h"
+#include "server/restart_policy.h"
+#include "server/status_watcher.h"
+#include "server/supervisor.h"
 #include "server/validation.h"
-#include "server/worker_status_reader.h"
 #include "state_store/record.h"
 #include "state_store/store.h"
 
@@ -152,60 +151,74 @@ class DeviceManager {
   std::string FdStoreSocket() const { return options_.state_dir + "/fdstore.sock"; }
 
  private:
+  // A device in the registry; its worker, fds and status record are the
+  // parts' (keyed by rec.name()).
   struct Dev {
-    uint64_t id = 0;
     emud::internal::DeviceRecord rec;
-    Process proc;  // pid 0 = no worker
-    absl::Time started;
-    bool stopping = false;  // we asked the worker to exit: not a crash
     bool deleting = false;
     bool busy = false;  // an operation waits for the worker with the lock released
-    std::optional<absl::Time> restart_at;
-    RestartPolicy policy;
-    std::unique_ptr<WorkerStatusReader> reader;
-    int watch = -1;  // inotify watch descriptor
-    bool dirty = false;
-    std::optional<emud::internal::WorkerStatus> status;
     emud::v1::Phase phase = emud::v1::PHASE_UNSPECIFIED;
     absl::Time phase_time;
     std::string last_emitted;  // serialized Device of the last event
-    // Worker phases published since the last notification that the current
-    // phase hides (short-lived ones); NotifyLocked reports them in order.
-    std::vector<emud::v1::Phase> missed_phases;
-    uint64_t seen_phase_seq = 0;
-    uint64_t channel_id = 0;   // fd-store channel of the worker we spawned
     std::set<std::string> recorded_fds;  // keys in the "fds" table
-    UniqueFd exit_reason;  // the spawned worker's last words (base/exit_reason.h)
-    bool store_full_logged = false;  // one log line per full-tmpfs episode
   };
-  struct Channel {
-    UniqueFd fd;         // emud's end, non-blocking
-    std::string device;  // preset for spawned channels; set by HELLO otherwise
+  // Marks a device busy for one operation; clears the mark when destroyed
+  // (with mu_ held) unless Release()d (the device was erased).
+  class BusyGuard {
+   public:
+    explicit BusyGuard(Dev& d) : d_(&d) { d.busy = true; }
+    ~BusyGuard() {
+      if (d_ != nullptr) d_->busy = false;
+    }
+    BusyGuard(const BusyGuard&) = delete;
+    BusyGuard& operator=(const BusyGuard&) = delete;
+    void Release() { d_ = nullptr; }
+
+   private:
+    Dev* d_;
   };
 
   DeviceManager(ManagerOptions options, Metrics* metrics)
       : options_(std::move(options)), metrics_(metrics) {}
 
+  // The preamble of every operation that changes a device: emud accepts
+  // mutations (CheckAcceptingLocked), the device exists (NOT_FOUND) and no
+  // other operation waits on it (ABORTED).
+  absl::StatusOr<Dev*> FindForChangeLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Dev* FindLocked(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Start's first step: the event loop's epoll and wake fd, the supervisor,
+  // the status watcher and the fd-store host.
+  absl::Status OpenParts();
+  // Start's step per loaded device: a FAILED device stays down; with
+  // `take_over` the running emud releases the device and a worker starts
+  // here; a recorded worker still running is adopted; any other is started.
+  // Fails only if take_over fails.
+  absl::Status ResumeWorkerLocked(Dev& d,
+                                  const std::function<absl::Status(const std::string&)>& take_over)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Dev& AddDevLocked(emud::internal::DeviceRecord rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartWorkerLocked(Dev& d, bool count_restart) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies the restart policy to an unexpected exit (or failed spawn).
   void WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void HandleExitLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void HandleExitLocked(Dev& d, const Supervisor::Exit& exit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // emud's reserve of tmpfs space for deletes on a full tmpfs.
   void EnsureReserve();
   bool ReleaseReserve();
   // A worker that exited because the state tmpfs (or memory) is full.
   void StoreFullLocked(Dev& d, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Stops d's worker (SIGTERM, SIGKILL after the stop timeout or deadline).
-  // Releases mu_ while waiting; d.busy must be set by the caller.
+  // The fd store holds the device's client connection.
+  bool GuestConnectedLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stops d's worker (Supervisor::Stop). Releases mu_ while waiting; d must
+  // be busy.
   absl::Status StopWorkerLocked(Dev& d, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Re-reads the worker's status record. kChanged: anything but its
-  // timestamp changed (metrics are updated; the caller notifies watchers).
-  enum class Refresh { kNothingNew, kTimestampOnly, kChanged };
-  Refresh RefreshLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Re-reads the worker's status record (StatusWatcher::Read).
+  StatusWatcher::Refresh RefreshLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The current worker's status record; null if none or a previous worker's.
+  const emud::internal::WorkerStatus* CurrentStatusLocked(const Dev& d) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   emud::v1::Phase PhaseLocked(const Dev& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   emud::v1::Device BuildLocked(const Dev& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Updates phase bookkeeping and emits an event if the device changed.
@@ -214,15 +227,11 @@ class DeviceManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdatePhaseGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
-  void AcceptChannelsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void HandleChannelLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void CloseChannelLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One round of the loop's timed work: status reads, the fds-held gauge,
+  // due restarts.
+  void RunDueLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records the device's held keys in the "fds" table.
   void SyncFdRecordsLocked(Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Keys held for the device, wherever the store lives.
-  std::vector<std::string> HeldKeysLocked(const std::string& device)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // After the keeper restarted: tell it the running workers' tokens.
-  void ReadoptTokensLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Wake();
   absl::Status CheckAcceptingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -232,18 +241,16 @@ class DeviceManager {
   const state_store::RecordTable<emud::internal::DeviceRecord> devices_table_{"devices"};
   const state_store::RecordTable<emud::internal::FdRecord> fds_table_{"fds"};
 
-  UniqueFd epoll_, wake_, inotify_, store_listen_;
+  UniqueFd epoll_, wake_;
   std::thread loop_;
   bool started_ = false;
 
   mutable absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Dev>> devs_ ABSL_GUARDED_BY(mu_);
-  std::map<uint64_t, Dev*> by_id_ ABSL_GUARDED_BY(mu_);
-  std::map<int, Dev*> by_watch_ ABSL_GUARDED_BY(mu_);
-  fdstore::FdStore store_ ABSL_GUARDED_BY(mu_);  // unused with a keeper
-  std::unique_ptr<fdstore::KeeperClient> keeper_ ABSL_GUARDED_BY(mu_);
-  std::map<uint64_t, std::unique_ptr<Channel>> channels_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 16;
+  std::unique_ptr<Supervisor> supervisor_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<FdStoreHost> fd_host_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<StatusWatcher> watcher_ ABSL_GUARDED_BY(mu_);
+  absl::Time next_gauge_poll_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool handing_over_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_loop_ ABSL_GUARDED_BY(mu_) = false;

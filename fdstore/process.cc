@@ -1,4 +1,4 @@
-#include "server/process.h"
+#include "fdstore/process.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "fdstore/fd_store.h"
 #include "worker_api/fd_keys.h"
 
 extern char** environ;
@@ -25,7 +26,7 @@ extern char** environ;
 #define P_PIDFD 3
 #endif
 
-namespace emud::server {
+namespace emud::fdstore {
 namespace {
 
 int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
@@ -52,11 +53,11 @@ absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid) {
   return ticks;
 }
 
-absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
-                                     const std::vector<Inherit>& inherit,
+absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
+                                     const std::vector<InheritedFd>& inherit,
                                      const std::vector<std::string>& env) {
   if (argv.empty() || argv[0].empty() || argv[0][0] != '/') {
-    return absl::InvalidArgumentError("SpawnProcess needs an absolute binary path");
+    return absl::InvalidArgumentError("SpawnWithFds needs an absolute binary path");
   }
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -71,6 +72,10 @@ absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
   std::string described;
   std::vector<std::string> fd_envs;
   for (size_t i = 0; i < inherit.size(); ++i) {
+    if (inherit[i].env.empty()) {
+      absl::Status s = ValidateKey(inherit[i].key);  // a ',' or '=' would garble EMUD_FDS
+      if (!s.ok()) return s;
+    }
     int d = ::fcntl(inherit[i].fd, F_DUPFD_CLOEXEC, high);
     if (d < 0) {
       return absl::InternalError(
@@ -193,4 +198,4 @@ std::string ReapAndDescribe(const Process& p) {
   }
 }
 
-}  // namespace emud::server
+}  // namespace emud::fdstore

@@ -1,7 +1,9 @@
-// Process helpers for worker supervision: spawning with a pidfd, adopting a
-// running process by pid, signalling and reaping through the pidfd.
-#ifndef EMUD_SERVER_PROCESS_H_
-#define EMUD_SERVER_PROCESS_H_
+// Processes that hold a device's fds: spawning a successor with the fds it
+// inherits (the one spawner of the project), adopting a running process by
+// pid, signalling and reaping through a pidfd. The child's side of the
+// inheritance is TakeInheritedFds (fdstore/fd_store.h).
+#ifndef EMUD_FDSTORE_PROCESS_H_
+#define EMUD_FDSTORE_PROCESS_H_
 
 #include <sys/types.h>
 
@@ -13,7 +15,7 @@
 #include "absl/status/statusor.h"
 #include "base/unique_fd.h"
 
-namespace emud::server {
+namespace emud::fdstore {
 
 struct Process {
   pid_t pid = 0;
@@ -24,10 +26,10 @@ struct Process {
 
 // A descriptor handed to a child: `fd` (borrowed) appears in the child as
 // the next free number from 3 up, described by EMUD_FDS="key=3,key=4,..."
-// (the fd store's convention, see fdstore::TakeInheritedFds).
+// (worker_api::kInheritedFdsEnv; the child takes them with TakeInheritedFds).
 // With `env` set, the fd is not listed in EMUD_FDS; the child finds its
 // number in the environment variable `env` instead.
-struct Inherit {
+struct InheritedFd {
   std::string key;
   int fd = -1;
   std::string env;
@@ -37,10 +39,12 @@ struct Inherit {
 // terminal's ^C or emud's own death does not reach it), with only
 // `inherit` open above descriptor 2 (EMUD_FDS set if any), default signal
 // dispositions, an empty signal mask and emud's environment plus `env`
-// (NAME=VALUE). Returns the child with a pidfd. Fails if the binary cannot
+// (NAME=VALUE). Uses posix_spawn, so it is safe in a multi-threaded parent.
+// Returns the child with a pidfd. INVALID_ARGUMENT for a relative path or a
+// key fdstore::ValidateKey refuses; FAILED_PRECONDITION if the binary cannot
 // be run.
-absl::StatusOr<Process> SpawnProcess(const std::vector<std::string>& argv,
-                                     const std::vector<Inherit>& inherit = {},
+absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
+                                     const std::vector<InheritedFd>& inherit = {},
                                      const std::vector<std::string>& env = {});
 
 // Takes a running process (not necessarily a child) whose start time must be
@@ -62,6 +66,6 @@ bool HasExited(const Process& p);
 // its real parent can read, says so.
 std::string ReapAndDescribe(const Process& p);
 
-}  // namespace emud::server
+}  // namespace emud::fdstore
 
-#endif  // EMUD_SERVER_PROCESS_H_
+#endif  // EMUD_FDSTORE_PROCESS_H_

@@ -1,4 +1,4 @@
-#include "server/process.h"
+#include "fdstore/process.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -7,7 +7,7 @@
 
 #include "gtest/gtest.h"
 
-namespace emud::server {
+namespace emud::fdstore {
 namespace {
 
 void WaitExit(const Process& p) {
@@ -16,7 +16,7 @@ void WaitExit(const Process& p) {
 }
 
 TEST(ProcessTest, ExitStatusIsReported) {
-  auto p = SpawnProcess({"/bin/sh", "-c", "exit 3"});
+  auto p = SpawnWithFds({"/bin/sh", "-c", "exit 3"});
   ASSERT_TRUE(p.ok()) << p.status();
   WaitExit(*p);
   EXPECT_TRUE(HasExited(*p));
@@ -24,7 +24,7 @@ TEST(ProcessTest, ExitStatusIsReported) {
 }
 
 TEST(ProcessTest, SignalThroughPidfdAndNewSession) {
-  auto p = SpawnProcess({"/bin/sleep", "30"});
+  auto p = SpawnWithFds({"/bin/sleep", "30"});
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_FALSE(HasExited(*p));
   EXPECT_EQ(::getsid(p->pid), p->pid);  // its own session
@@ -44,7 +44,7 @@ TEST(ProcessTest, DescriptorsAreNotInheritedAndSignalsAreReset) {
   sigemptyset(&block);
   sigaddset(&block, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &block, &old);
-  auto p = SpawnProcess({"/bin/sh", "-c", "test -e /proc/self/fd/47 && exit 1; sleep 30"});
+  auto p = SpawnWithFds({"/bin/sh", "-c", "test -e /proc/self/fd/47 && exit 1; sleep 30"});
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   ::close(47);
   ::close(fd);
@@ -61,7 +61,7 @@ TEST(ProcessTest, InheritedFdsAndEnvironment) {
   int extra = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   // The child writes EMUD_FDS and EXTRA to the inherited pipe (fd 3) and
   // checks that fd 4 is /dev/null and nothing else is open above it.
-  auto p = SpawnProcess(
+  auto p = SpawnWithFds(
       {"/bin/sh", "-c",
        "echo \"$EMUD_FDS $EXTRA\" >&3; test -e /proc/self/fd/4 || exit 4; "
        "test -e /proc/self/fd/6 && exit 6; exit 0"},
@@ -78,13 +78,17 @@ TEST(ProcessTest, InheritedFdsAndEnvironment) {
 }
 
 TEST(ProcessTest, MissingBinaryFails) {
-  auto p = SpawnProcess({"/nonexistent/emud-worker"});
+  auto p = SpawnWithFds({"/nonexistent/emud-worker"});
   EXPECT_FALSE(p.ok());
-  EXPECT_FALSE(SpawnProcess({"relative"}).ok());
+  EXPECT_FALSE(SpawnWithFds({"relative"}).ok());
+  int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  EXPECT_EQ(SpawnWithFds({"/bin/true"}, {{"a,b", fd}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ::close(fd);
 }
 
 TEST(ProcessTest, AdoptChecksStartTime) {
-  auto p = SpawnProcess({"/bin/sleep", "30"});
+  auto p = SpawnWithFds({"/bin/sleep", "30"});
   ASSERT_TRUE(p.ok());
   auto wrong = AdoptProcess(p->pid, p->start_ticks + 1);
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kNotFound);
@@ -99,4 +103,4 @@ TEST(ProcessTest, AdoptChecksStartTime) {
 }
 
 }  // namespace
-}  // namespace emud::server
+}  // namespace emud::fdstore

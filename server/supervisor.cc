@@ -1,0 +1,253 @@
+#include "server/supervisor.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "base/exit_reason.h"
+
+namespace emud::server {
+namespace {
+
+constexpr absl::Duration kKillGrace = absl::Seconds(3);
+
+void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Supervisor>> Supervisor::Create(SupervisorOptions options) {
+  std::unique_ptr<Supervisor> s(new Supervisor(std::move(options)));
+  s->epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!s->epoll_.valid()) {
+    return absl::InternalError(absl::StrCat("supervisor epoll: ", std::strerror(errno)));
+  }
+  return s;
+}
+
+Supervisor::~Supervisor() = default;
+
+Supervisor::Slot* Supervisor::Find(const std::string& device) {
+  auto it = slots_.find(device);
+  return it == slots_.end() ? nullptr : it->second.get();
+}
+
+const Supervisor::Slot* Supervisor::Find(const std::string& device) const {
+  auto it = slots_.find(device);
+  return it == slots_.end() ? nullptr : it->second.get();
+}
+
+void Supervisor::Add(const std::string& device) {
+  if (slots_.count(device) > 0) return;
+  auto s = std::make_unique<Slot>();
+  s->id = next_id_++;
+  s->policy = RestartPolicy(options_.restart);
+  slots_[device] = std::move(s);
+}
+
+void Supervisor::Remove(const std::string& device) {
+  Slot* s = Find(device);
+  if (s == nullptr) return;
+  if (s->proc.pidfd.valid()) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->proc.pidfd.get(), nullptr);
+  slots_.erase(device);
+}
+
+void Supervisor::Watch(Slot& s) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = s.id;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, s.proc.pidfd.get(), &ev);
+}
+
+absl::Status Supervisor::Spawn(const std::string& device, const std::vector<std::string>& argv,
+                               std::vector<fdstore::InheritedFd> inherit,
+                               const std::vector<std::string>& env) {
+  Slot* s = Find(device);
+  if (s == nullptr) return absl::NotFoundError(absl::StrCat("no slot for device ", device));
+  s->restart_at.reset();
+  // Where the worker writes why it gave up (read back in TakeExits).
+  s->exit_reason.reset();
+  if (auto r = CreateExitReasonFile(); r.ok()) {
+    s->exit_reason = std::move(*r);
+    inherit.push_back({"exit-reason", s->exit_reason.get(), kExitReasonEnv});
+  }
+  auto p = fdstore::SpawnWithFds(argv, inherit, env);
+  if (!p.ok()) return p.status();
+  s->proc = std::move(*p);
+  s->started = absl::Now();
+  s->stopping = false;
+  Watch(*s);
+  return absl::OkStatus();
+}
+
+absl::Status Supervisor::Adopt(const std::string& device, pid_t pid, uint64_t start_ticks) {
+  Slot* s = Find(device);
+  if (s == nullptr) return absl::NotFoundError(absl::StrCat("no slot for device ", device));
+  auto p = fdstore::AdoptProcess(pid, start_ticks);
+  if (!p.ok()) return p.status();
+  s->proc = std::move(*p);
+  s->started = absl::Now();
+  s->stopping = false;
+  s->exit_reason.reset();
+  Watch(*s);
+  return absl::OkStatus();
+}
+
+pid_t Supervisor::pid(const std::string& device) const {
+  const Slot* s = Find(device);
+  return s == nullptr ? 0 : s->proc.pid;
+}
+
+uint64_t Supervisor::start_ticks(const std::string& device) const {
+  const Slot* s = Find(device);
+  return s == nullptr ? 0 : s->proc.start_ticks;
+}
+
+absl::Time Supervisor::started(const std::string& device) const {
+  const Slot* s = Find(device);
+  return s == nullptr ? absl::Time() : s->started;
+}
+
+std::vector<Supervisor::Exit> Supervisor::TakeExits() {
+  std::vector<Exit> out;
+  epoll_event evs[64];
+  int n = ::epoll_wait(epoll_.get(), evs, 64, 0);
+  for (int i = 0; i < n; ++i) {
+    auto it = std::find_if(slots_.begin(), slots_.end(),
+                           [&](const auto& kv) { return kv.second->id == evs[i].data.u64; });
+    if (it == slots_.end()) continue;
+    Slot& s = *it->second;
+    if (s.proc.pid == 0 || !fdstore::HasExited(s.proc)) continue;
+    Exit e;
+    e.device = it->first;
+    e.pid = s.proc.pid;
+    e.how = fdstore::ReapAndDescribe(s.proc);
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s.proc.pidfd.get(), nullptr);
+    s.proc = fdstore::Process{};
+    // Its own words (base/exit_reason.h): "TUNSETIFF lo: Invalid argument"
+    // says what to fix, "exited with status 1" does not.
+    e.said = ReadExitReason(s.exit_reason.get());
+    s.exit_reason.reset();
+    e.requested = s.stopping;
+    s.stopping = false;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+absl::Status Supervisor::Stop(const std::string& device, absl::Time deadline, absl::Mutex& mu) {
+  Slot* s = Find(device);
+  if (s == nullptr || s->proc.pid == 0) return absl::OkStatus();
+  s->stopping = true;
+  (void)fdstore::SignalProcess(s->proc, SIGTERM);
+  auto gone = [](Slot* slot) { return slot->proc.pid == 0; };
+  absl::Condition cond(+gone, s);
+  absl::Time term_deadline = std::min(deadline, absl::Now() + options_.stop_timeout);
+  if (mu.AwaitWithDeadline(cond, term_deadline)) return absl::OkStatus();
+  Log(absl::StrCat("device ", device, ": worker pid ", s->proc.pid,
+                   " ignored SIGTERM; sending SIGKILL"));
+  (void)fdstore::SignalProcess(s->proc, SIGKILL);
+  if (mu.AwaitWithTimeout(cond, kKillGrace)) return absl::OkStatus();
+  s->stopping = false;
+  return absl::UnavailableError(absl::StrCat("worker pid ", s->proc.pid, " of device ", device,
+                                             " did not exit after SIGKILL; retry"));
+}
+
+std::vector<std::string> Supervisor::StopAll() {
+  std::vector<std::string> stopped;
+  for (auto& [name, s] : slots_) {
+    if (s->proc.pid > 0) (void)fdstore::SignalProcess(s->proc, SIGTERM);
+  }
+  absl::Time deadline = absl::Now() + options_.stop_timeout;
+  for (auto& [name, s] : slots_) {
+    if (s->proc.pid == 0) continue;
+    while (!fdstore::HasExited(s->proc) && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    if (!fdstore::HasExited(s->proc)) {
+      (void)fdstore::SignalProcess(s->proc, SIGKILL);
+      struct pollfd pfd = {s->proc.pidfd.get(), POLLIN, 0};
+      ::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(kKillGrace)));
+    }
+    fdstore::ReapAndDescribe(s->proc);
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->proc.pidfd.get(), nullptr);
+    s->proc = fdstore::Process{};
+    stopped.push_back(name);
+  }
+  return stopped;
+}
+
+RestartPolicy::Decision Supervisor::WorkerFailed(const std::string& device, bool healthy,
+                                                 bool guest_connected) {
+  Slot* s = Find(device);
+  if (s == nullptr) return RestartPolicy::Decision{true, absl::ZeroDuration()};
+  RestartPolicy::Decision dec = s->policy.OnExit(healthy, guest_connected);
+  if (!dec.give_up) s->restart_at = absl::Now() + dec.delay;
+  s->started = absl::Time();
+  return dec;
+}
+
+Supervisor::Retry Supervisor::StoreFull(const std::string& device, bool guest_connected) {
+  Retry r;
+  // With a guest connected its request waits (QEMU gives up after 5 s): retry
+  // often. Otherwise once a second is plenty.
+  r.delay = guest_connected ? options_.restart.connected_max_backoff : absl::Seconds(1);
+  Slot* s = Find(device);
+  if (s == nullptr) return r;
+  s->restart_at = absl::Now() + r.delay;
+  s->started = absl::Time();
+  r.first = !s->store_full;
+  s->store_full = true;
+  return r;
+}
+
+void Supervisor::ClearStoreFull(const std::string& device) {
+  if (Slot* s = Find(device)) s->store_full = false;
+}
+
+void Supervisor::ResetPolicy(const std::string& device) {
+  if (Slot* s = Find(device)) s->policy.Reset();
+}
+
+int Supervisor::consecutive_failures(const std::string& device) const {
+  const Slot* s = Find(device);
+  return s == nullptr ? 0 : s->policy.consecutive_failures();
+}
+
+void Supervisor::CancelRestart(const std::string& device) {
+  if (Slot* s = Find(device)) s->restart_at.reset();
+}
+
+void Supervisor::CancelAllRestarts() {
+  for (auto& [name, s] : slots_) s->restart_at.reset();
+}
+
+std::optional<absl::Time> Supervisor::restart_at(const std::string& device) const {
+  const Slot* s = Find(device);
+  return s == nullptr ? std::nullopt : s->restart_at;
+}
+
+std::optional<absl::Time> Supervisor::NextRestart() const {
+  std::optional<absl::Time> next;
+  for (const auto& [name, s] : slots_) {
+    if (s->restart_at.has_value() && (!next.has_value() || *s->restart_at < *next)) {
+      next = s->restart_at;
+    }
+  }
+  return next;
+}
+
+std::vector<std::string> Supervisor::DueRestarts(absl::Time now) const {
+  std::vector<std::string> due;
+  for (const auto& [name, s] : slots_) {
+    if (s->restart_at.has_value() && *s->restart_at <= now && s->proc.pid == 0) due.push_back(name);
+  }
+  return due;
+}
+
+}  // namespace emud::server

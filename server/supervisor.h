@@ -1,0 +1,167 @@
+// Supervisor: the worker processes of emud's devices and when to restart
+// them.
+//
+// One slot per device (Add/Remove) holds its current worker, spawned here
+// (Spawn: fdstore::SpawnWithFds plus a memfd for the worker's exit reason,
+// base/exit_reason.h) or adopted from a previous emud (Adopt: pid plus /proc
+// start time), the device's RestartPolicy streak and its pending restart
+// time. A worker's exit is noticed through its pidfd: event_fd() becomes
+// readable and TakeExits() reaps every exited worker and says how and why
+// each ended. What an exit means (expected, healthy, a full tmpfs) is the
+// caller's to decide; it then asks for a restart time (WorkerFailed,
+// StoreFull, ScheduleRestart) and starts the worker again when it is due
+// (DueRestarts).
+//
+// The supervisor knows no records, no fd store and no status record: argv,
+// inherited fds and environment come from the caller.
+//
+// Thread safety: not thread-safe. DeviceManager calls it with its mutex
+// held; Stop() releases that mutex while it waits for the exit, which the
+// caller's event loop (TakeExits) must observe.
+#ifndef EMUD_SERVER_SUPERVISOR_H_
+#define EMUD_SERVER_SUPERVISOR_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "base/unique_fd.h"
+#include "fdstore/process.h"
+#include "server/restart_policy.h"
+
+namespace emud::server {
+
+struct SupervisorOptions {
+  RestartPolicyOptions restart;
+  // SIGTERM to SIGKILL grace period when stopping a worker.
+  absl::Duration stop_timeout = absl::Seconds(5);
+};
+
+class Supervisor {
+ public:
+  // Creates the epoll set that watches the workers' pidfds.
+  static absl::StatusOr<std::unique_ptr<Supervisor>> Create(SupervisorOptions options);
+  ~Supervisor();
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Readable while a watched worker has exited and was not taken yet
+  // (TakeExits). For the caller's event loop (epoll, level-triggered).
+  int event_fd() const { return epoll_.get(); }
+
+  // A slot for `device`, with no worker and a fresh restart policy. Adding an
+  // existing device is a no-op.
+  void Add(const std::string& device);
+  // Forgets the device. Its worker, if any, must have exited and been taken.
+  void Remove(const std::string& device);
+
+  // Starts `argv` (absolute binary) as the device's worker with `inherit`
+  // (plus its exit-reason memfd under base/exit_reason.h's variable) and
+  // `env`, and watches it. Cancels a pending restart. Requires a slot
+  // without a running worker. Errors are the spawner's; the slot then has
+  // no worker.
+  absl::Status Spawn(const std::string& device, const std::vector<std::string>& argv,
+                     std::vector<fdstore::InheritedFd> inherit,
+                     const std::vector<std::string>& env);
+  // Takes over the running `pid` whose /proc start time is `start_ticks`
+  // (a worker of a previous emud) and watches it. NOT_FOUND if it is gone.
+  absl::Status Adopt(const std::string& device, pid_t pid, uint64_t start_ticks);
+
+  // The device's worker: pid (0 if none or no such device), /proc start
+  // time, and when it was started or adopted (absl::Time() after an
+  // unexpected exit).
+  pid_t pid(const std::string& device) const;
+  uint64_t start_ticks(const std::string& device) const;
+  absl::Time started(const std::string& device) const;
+
+  struct Exit {
+    std::string device;
+    pid_t pid = 0;
+    // "exited with status 1", "killed by signal 9 (Killed)", ...
+    std::string how;
+    // What the worker wrote before it gave up (base/exit_reason.h); empty if
+    // nothing (or for an adopted worker).
+    std::string said;
+    // Stop() asked for this exit.
+    bool requested = false;
+  };
+  // Reaps every watched worker that has exited (as epoll reports them);
+  // their slots have no worker afterwards.
+  std::vector<Exit> TakeExits();
+
+  // Stops the device's worker: SIGTERM, SIGKILL after stop_timeout (or at
+  // `deadline`, if earlier), then waits up to 3 s more. Releases `mu` while
+  // waiting; the exit counts once TakeExits (run under `mu` by the caller's
+  // event loop) took it. OK at once if there is no worker; UNAVAILABLE if
+  // it survived SIGKILL. The device's slot must not be removed meanwhile.
+  absl::Status Stop(const std::string& device, absl::Time deadline, absl::Mutex& mu)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Stops every worker at once (emud's shutdown): SIGTERM to all, SIGKILL to
+  // those still running after stop_timeout, reaping each. Returns the
+  // devices whose worker was stopped.
+  std::vector<std::string> StopAll();
+
+  // Applies the restart policy to an unexpected exit (or failed start) of
+  // the device's worker (restart_policy.h). Unless it gives up, the restart
+  // is due after the decision's delay (DueRestarts).
+  RestartPolicy::Decision WorkerFailed(const std::string& device, bool healthy,
+                                       bool guest_connected);
+  // The worker exited because the state tmpfs (or memory) is full: not a
+  // crash loop, retried at a pace (100 ms-ish with a guest connected, 1 s
+  // otherwise). Returns the delay and whether this is the first such exit
+  // since the last other exit (log it once per episode).
+  struct Retry {
+    absl::Duration delay;
+    bool first = false;
+  };
+  Retry StoreFull(const std::string& device, bool guest_connected);
+  // Restarts from here on are not for a full tmpfs (a new episode logs again).
+  void ClearStoreFull(const std::string& device);
+  // Forgets the device's streak of unhealthy exits (a reset).
+  void ResetPolicy(const std::string& device);
+  int consecutive_failures(const std::string& device) const;
+
+  // Pending restarts: cancel one, or all (a handover stops restarting).
+  void CancelRestart(const std::string& device);
+  void CancelAllRestarts();
+  // When the device's worker is to be restarted, if it is.
+  std::optional<absl::Time> restart_at(const std::string& device) const;
+  // The earliest pending restart, if any.
+  std::optional<absl::Time> NextRestart() const;
+  // Devices with no worker whose restart is due at `now`, in device order.
+  std::vector<std::string> DueRestarts(absl::Time now) const;
+
+ private:
+  struct Slot {
+    uint64_t id = 0;  // epoll data of its pidfd
+    fdstore::Process proc;
+    absl::Time started;
+    bool stopping = false;
+    std::optional<absl::Time> restart_at;
+    RestartPolicy policy;
+    UniqueFd exit_reason;
+    bool store_full = false;
+  };
+  explicit Supervisor(SupervisorOptions options) : options_(std::move(options)) {}
+  Slot* Find(const std::string& device);
+  const Slot* Find(const std::string& device) const;
+  void Watch(Slot& s);
+
+  const SupervisorOptions options_;
+  UniqueFd epoll_;
+  std::map<std::string, std::unique_ptr<Slot>> slots_;
+  uint64_t next_id_ = 1;
+};
+
+}  // namespace emud::server
+
+#endif  // EMUD_SERVER_SUPERVISOR_H_
