@@ -20,6 +20,8 @@ PROTO=avf/avf_state.proto
 MAX_LEN=8192
 SRCS=(
   base/fault_point.cc
+  base/backed_file.cc
+  base/mapped_file.cc
   base/poison_guard.cc
   avf/admin_queue.cc
   avf/descriptors.cc

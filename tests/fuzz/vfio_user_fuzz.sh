@@ -22,6 +22,8 @@ MAX_LEN=4096
 CORPUS_DIR=vfio_user/fuzz/corpus
 SRCS=(
   base/fault_point.cc
+  base/backed_file.cc
+  base/mapped_file.cc
   base/poison_guard.cc
   vfio_user/protocol.cc
   vfio_user/transport.cc
