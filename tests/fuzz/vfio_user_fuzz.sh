@@ -25,6 +25,7 @@ SRCS=(
   base/backed_file.cc
   base/mapped_file.cc
   base/poison_guard.cc
+  base/scm_rights.cc
   vfio_user/protocol.cc
   vfio_user/transport.cc
   vfio_user/dma_table.cc
@@ -43,6 +44,6 @@ SRCS=(
 )
 HASH_INPUTS=(vfio_user/*.h vfio_user/*.cc vfio_user/*.proto vfio_user/examples/*.h
              vfio_user/examples/*.cc vfio_user/fuzz/*.h vfio_user/fuzz/*.cc state_store/*.h
-             state_store/*.cc base/*.h tests/fuzz/lib.sh)
+             state_store/*.cc base/*.h base/*.cc tests/fuzz/lib.sh)
 SEED_WRITER_SRCS=(vfio_user/fuzz/seed_writer.cc vfio_user/protocol.cc)
 fuzz_build_and_run
