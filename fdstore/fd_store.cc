@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/scm_rights.h"
+#include "base/unix_listener.h"
 #include "worker_api/fd_keys.h"
 
 extern char** environ;
@@ -319,22 +320,7 @@ absl::Status FdStoreClient::Reconnect(const std::string& path) {
 }
 
 absl::StatusOr<UniqueFd> ListenSeqpacket(const std::string& path) {
-  struct sockaddr_un addr {};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long (max ",
-                                                   sizeof addr.sun_path - 1, "): ", path));
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  UniqueFd s(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!s.valid()) return Errno("socket");
-  unlink(path.c_str());
-  if (bind(s.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) != 0) {
-    return Errno(absl::StrCat("bind ", path));
-  }
-  chmod(path.c_str(), 0600);
-  if (listen(s.get(), 64) != 0) return Errno("listen");
-  return s;
+  return ListenUnix(path, {.type = SOCK_SEQPACKET, .mode = 0600, .backlog = 64});
 }
 
 // ----------------------------------------------------------------- spawning
