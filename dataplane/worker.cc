@@ -80,7 +80,7 @@ bool Worker::resumable() const { return store_ != nullptr && persist_; }
 
 void Worker::Stop() {
   stop_.store(true);
-  if (vfio_user::EventLoop* loop = loop_for_stop_.load()) loop->Stop();
+  if (emud::EventLoop* loop = loop_for_stop_.load()) loop->Stop();
 }
 
 UniqueFd Worker::TakeInherited(absl::string_view key) {
@@ -209,7 +209,7 @@ absl::Status Worker::CreateDevice() {
 }
 
 absl::Status Worker::CreateEventLoop() {
-  auto loop = vfio_user::EventLoop::Create();
+  auto loop = emud::EventLoop::Create();
   if (!loop.ok()) return Annotate(loop.status(), "event loop");
   loop_ = std::move(*loop);
   loop_for_stop_.store(loop_.get());

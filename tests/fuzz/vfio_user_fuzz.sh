@@ -29,7 +29,7 @@ SRCS=(
   vfio_user/protocol.cc
   vfio_user/transport.cc
   vfio_user/dma_table.cc
-  vfio_user/event_loop.cc
+  base/event_loop.cc
   vfio_user/irq_state.cc
   vfio_user/journal.cc
   vfio_user/session.cc
