@@ -26,6 +26,7 @@ SRCS=(
   base/mapped_file.cc
   base/poison_guard.cc
   base/scm_rights.cc
+  base/unix_listener.cc
   vfio_user/protocol.cc
   vfio_user/transport.cc
   vfio_user/dma_table.cc
@@ -40,10 +41,12 @@ SRCS=(
   vfio_user/examples/example_device.cc
   state_store/store.cc
   state_store/state_dir.cc
+  worker_api/fd_keys.cc
   vfio_user/fuzz/session_fuzzer.cc
 )
 HASH_INPUTS=(vfio_user/*.h vfio_user/*.cc vfio_user/*.proto vfio_user/examples/*.h
              vfio_user/examples/*.cc vfio_user/fuzz/*.h vfio_user/fuzz/*.cc state_store/*.h
-             state_store/*.cc base/*.h base/*.cc tests/fuzz/lib.sh)
+             state_store/*.cc base/*.h base/*.cc worker_api/*.h
+             worker_api/*.cc tests/fuzz/lib.sh)
 SEED_WRITER_SRCS=(vfio_user/fuzz/seed_writer.cc vfio_user/protocol.cc)
 fuzz_build_and_run
