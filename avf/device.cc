@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "avf/avf_state.pb.h"
-#include "base/backed_file.h"
+#include "base/mapped_file.h"
 #include "state_store/record_codec.h"
 
 namespace emud::avf {
@@ -27,11 +27,7 @@ bool InRange(uint32_t off, uint32_t base, uint32_t count) {
 
 Device::Device(const DeviceOptions& options) : options_(options) {}
 
-Device::~Device() {
-  if (doorbell_fd_.valid() && doorbell_ != nullptr) {
-    munmap(const_cast<uint32_t*>(doorbell_), kDoorbellWindowSize);
-  }
-}
+Device::~Device() = default;
 
 absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceOptions& options) {
   if (options.max_queue_pairs < 1 || options.max_queue_pairs > kMaxQueuePairs) {
@@ -62,14 +58,10 @@ absl::Status Device::Init() {
   }
   // Allocated before it is mapped (also an adopted one: the guest's stores
   // through QEMU's mapping must never fault; base/backed_file.h).
-  if (absl::Status s = BackFile(doorbell_fd_.get(), kDoorbellWindowSize, "doorbell memfd");
-      !s.ok()) {
-    return s;
-  }
-  void* p = mmap(nullptr, kDoorbellWindowSize, PROT_READ | PROT_WRITE, MAP_SHARED,
-                 doorbell_fd_.get(), 0);
-  if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap doorbells: ", strerror(errno)));
-  doorbell_ = static_cast<volatile uint32_t*>(p);
+  auto map = MappedFile::MapBacked(doorbell_fd_.get(), kDoorbellWindowSize, "doorbell memfd");
+  if (!map.ok()) return map.status();
+  doorbell_map_ = std::move(*map);
+  doorbell_ = doorbell_map_.as<volatile uint32_t>();
   irq_ = std::make_unique<InterruptController>(doorbell_ + kItrnIndex);
   num_queue_pairs_ = options_.max_queue_pairs;
   link_up_ = options_.link_up;

@@ -46,6 +46,7 @@
 #include "avf/interrupts.h"
 #include "avf/regs.h"
 #include "avf/virtchnl.h"
+#include "base/mapped_file.h"
 #include "base/poison_guard.h"
 #include "base/unique_fd.h"
 #include "vfio_user/device.h"
@@ -357,6 +358,7 @@ class Device final : public vfio_user::PciDevice {
 
   // BAR0 [0, kDoorbellWindowSize): the memfd and its shared mapping.
   UniqueFd doorbell_fd_;
+  MappedFile doorbell_map_;  // the doorbell window of doorbell_fd_
   volatile uint32_t* doorbell_ = nullptr;
   bool doorbell_adopted_ = false;
 

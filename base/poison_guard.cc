@@ -1,15 +1,16 @@
 #include "base/poison_guard.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/unique_fd.h"
 
 namespace emud {
 namespace {
@@ -17,41 +18,28 @@ constexpr size_t kFileSize = 4096;
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PoisonGuard>> PoisonGuard::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd.valid()) {
     return absl::InternalError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
   }
-  // Allocate the page now: a store into a hole of a full tmpfs is a SIGBUS.
-  int err = ::posix_fallocate(fd, 0, kFileSize);
-  if (err != 0) {
-    ::close(fd);
-    return absl::ResourceExhaustedError(
-        absl::StrCat("allocating ", path, ": ", std::strerror(err)));
-  }
-  void* p = ::mmap(nullptr, kFileSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ::close(fd);
-  if (p == MAP_FAILED) {
-    return absl::InternalError(absl::StrCat("mmap ", path, ": ", std::strerror(errno)));
-  }
-  std::unique_ptr<PoisonGuard> g(new PoisonGuard(static_cast<Slot*>(p), true));
+  // Allocated before it is mapped: a store into a hole of a full tmpfs is a
+  // SIGBUS.
+  auto map = MappedFile::MapBacked(fd.get(), kFileSize, absl::StrCat("poison guard ", path));
+  if (!map.ok()) return map.status();
+  std::unique_ptr<PoisonGuard> g(new PoisonGuard(std::move(*map), nullptr));
   g->Settle();
   return g;
 }
 
 std::unique_ptr<PoisonGuard> PoisonGuard::InMemory() {
-  auto* slots = new Slot[kLevels]();
-  return std::unique_ptr<PoisonGuard>(new PoisonGuard(slots, false));
+  return std::unique_ptr<PoisonGuard>(
+      new PoisonGuard(MappedFile(), std::unique_ptr<Slot[]>(new Slot[kLevels]())));
 }
 
-PoisonGuard::PoisonGuard(Slot* slots, bool mapped) : slots_(slots), mapped_(mapped) {}
-
-PoisonGuard::~PoisonGuard() {
-  if (mapped_) {
-    ::munmap(slots_, kFileSize);
-  } else {
-    delete[] slots_;
-  }
-}
+PoisonGuard::PoisonGuard(MappedFile map, std::unique_ptr<Slot[]> heap)
+    : map_(std::move(map)),
+      heap_(std::move(heap)),
+      slots_(heap_ != nullptr ? heap_.get() : map_.as<Slot>()) {}
 
 void PoisonGuard::Settle() {
   // The deepest active level was running when the predecessor died.

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "base/mapped_file.h"
 
 namespace emud {
 
@@ -46,7 +47,6 @@ class PoisonGuard {
   static absl::StatusOr<std::unique_ptr<PoisonGuard>> Open(const std::string& path);
   // Process-private memory (tests; workers without persistence).
   static std::unique_ptr<PoisonGuard> InMemory();
-  ~PoisonGuard();
   PoisonGuard(const PoisonGuard&) = delete;
   PoisonGuard& operator=(const PoisonGuard&) = delete;
 
@@ -64,10 +64,11 @@ class PoisonGuard {
     uint32_t deaths;
     uint32_t active;  // 1 while handling `key`
   };
-  explicit PoisonGuard(Slot* slots, bool mapped);
+  PoisonGuard(MappedFile map, std::unique_ptr<Slot[]> heap);
   void Settle();
-  Slot* slots_;
-  bool mapped_;
+  MappedFile map_;                // Open: the file
+  std::unique_ptr<Slot[]> heap_;  // InMemory
+  Slot* slots_;                   // one of the two
   uint32_t deaths_at_open_[kLevels] = {};
   uint32_t depth_ = 0;  // bit l: level l active in this process
 };

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/unix_listener.h"
 
 namespace emud {
 
@@ -77,23 +78,6 @@ absl::StatusOr<uint32_t> ParseSocketMode(absl::string_view text, absl::string_vi
   return mode;
 }
 
-namespace {
-
-absl::Status ChownError(const std::string& path, uid_t uid, gid_t gid, int err) {
-  std::string ids = absl::StrCat(uid == static_cast<uid_t>(-1) ? std::string("-") : absl::StrCat(uid), ":",
-                                 gid == static_cast<gid_t>(-1) ? std::string("-") : absl::StrCat(gid));
-  if (err == EPERM) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot give ", path, " to ", ids, ": this process (uid ", ::geteuid(),
-        ") lacks CAP_CHOWN; run emud as root, or leave the socket owner unset and run the VMM "
-        "as emud's user or in its group"));
-  }
-  return absl::FailedPreconditionError(
-      absl::StrCat("chown ", path, " to ", ids, ": ", std::strerror(err)));
-}
-
-}  // namespace
-
 absl::Status PrepareOwnedDir(const std::string& dir, uid_t uid, gid_t gid, uint32_t mode) {
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return absl::FailedPreconditionError(
@@ -108,7 +92,7 @@ absl::Status PrepareOwnedDir(const std::string& dir, uid_t uid, gid_t gid, uint3
   UniqueFd owned(fd);
   if ((uid != static_cast<uid_t>(-1) || gid != static_cast<gid_t>(-1)) &&
       ::fchown(fd, uid, gid) != 0) {
-    return ChownError(dir, uid, gid, errno);
+    return ChownFailure(dir, uid, gid, errno);
   }
   // fchmod after fchown: chown clears setgid for non-root callers.
   struct stat st;
@@ -122,45 +106,6 @@ absl::Status PrepareOwnedDir(const std::string& dir, uid_t uid, gid_t gid, uint3
         absl::StrCat("chmod ", dir, ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<UniqueFd> BindUnixListener(const std::string& path, uid_t uid, gid_t gid,
-                                          uint32_t mode, int backlog) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("socket path '", path, "' is empty or longer than ", sizeof(addr.sun_path) - 1,
-                     " bytes"));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd.valid()) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  ::unlink(path.c_str());
-  // Owner-only from birth (umask around bind; callers bind before they start
-  // threads), then the final ids and mode, then listen: a connect() before
-  // listen() is refused, so nobody reaches the socket with looser access.
-  const mode_t old_umask = ::umask(0177);
-  const int bound = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::umask(old_umask);
-  if (bound != 0) {
-    return absl::InternalError(absl::StrCat("bind ", path, ": ", std::strerror(errno)));
-  }
-  if ((uid != static_cast<uid_t>(-1) || gid != static_cast<gid_t>(-1)) &&
-      ::chown(path.c_str(), uid, gid) != 0) {
-    absl::Status s = ChownError(path, uid, gid, errno);
-    ::unlink(path.c_str());
-    return s;
-  }
-  if (::chmod(path.c_str(), mode) != 0) {
-    absl::Status s = absl::InternalError(absl::StrCat("chmod ", path, ": ", std::strerror(errno)));
-    ::unlink(path.c_str());
-    return s;
-  }
-  if (::listen(fd.get(), backlog) != 0) {
-    return absl::InternalError(absl::StrCat("listen ", path, ": ", std::strerror(errno)));
-  }
-  return fd;
 }
 
 }  // namespace emud

@@ -1,6 +1,7 @@
 // Who may connect to a vfio-user socket: the owner, group and mode of the
 // socket and of the per-device directory that holds it. Shared by emud
-// (validation, preparing the directory), emud-worker (binding), emuctl and
+// (validation, preparing the directory), emud-worker (its socket is bound by
+// base/unix_listener.h with these ids and mode), emuctl and
 // emud-device-plugin (parsing operators' input). No project dependencies.
 #ifndef EMUD_BASE_SOCKET_ACCESS_H_
 #define EMUD_BASE_SOCKET_ACCESS_H_
@@ -47,13 +48,6 @@ absl::Status ValidateSocketMode(uint32_t mode, absl::string_view what);
 // symlink or a non-directory. FAILED_PRECONDITION naming what to fix if the
 // ids cannot be set (the process lacks CAP_CHOWN).
 absl::Status PrepareOwnedDir(const std::string& dir, uid_t uid, gid_t gid, uint32_t mode);
-
-// Binds a listening UNIX stream socket at `path` (a stale file there is
-// removed) with owner `uid`, group `gid` (-1: the process's own) and `mode`,
-// all set before listen(): no client connects while the socket still has
-// the process's ids or a wider mode. Non-blocking, close-on-exec.
-absl::StatusOr<UniqueFd> BindUnixListener(const std::string& path, uid_t uid, gid_t gid,
-                                          uint32_t mode, int backlog = 16);
 
 }  // namespace emud
 

@@ -1,4 +1,5 @@
 #include "base/socket_access.h"
+#include "base/unix_listener.h"
 
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -90,7 +91,7 @@ TEST(SocketAccessTest, OnlyOwnerAndGroupConnect) {
   EXPECT_EQ(st.st_mode & 07777, 0750u);
 
   std::string path = dir + "/" + kDefaultSocketFile;
-  auto fd = BindUnixListener(path, 107, 3000, 0660);
+  auto fd = ListenUnix(path, {.uid = 107, .gid = 3000, .mode = 0660});
   ASSERT_TRUE(fd.ok()) << fd.status();
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
@@ -104,7 +105,7 @@ TEST(SocketAccessTest, OnlyOwnerAndGroupConnect) {
   EXPECT_EQ(ConnectAs(path, 2001, 3000), 0) << "primary group";
 
   // Owner only: the group is locked out too.
-  fd = BindUnixListener(path, 107, 3000, 0600);
+  fd = ListenUnix(path, {.uid = 107, .gid = 3000, .mode = 0600});
   ASSERT_TRUE(fd.ok()) << fd.status();
   EXPECT_EQ(ConnectAs(path, 107, 107), 0);
   EXPECT_EQ(ConnectAs(path, 2000, 2000, 3000), EACCES);
@@ -130,10 +131,10 @@ TEST(SocketAccessTest, NonRootCannotGiveSocketsAway) {
     absl::Status s = PrepareOwnedDir(dir + "/d", 107, 107, kSocketDirMode);
     if (s.code() != absl::StatusCode::kFailedPrecondition) ::_exit(1);
     if (s.message().find("CAP_CHOWN") == absl::string_view::npos) ::_exit(2);
-    auto fd = BindUnixListener(dir + "/s.sock", 107, (gid_t)-1, 0660);
+    auto fd = ListenUnix(dir + "/s.sock", {.uid = 107, .mode = 0660});
     if (fd.ok() || fd.status().message().find("CAP_CHOWN") == absl::string_view::npos) ::_exit(3);
     // Its own ids are fine.
-    fd = BindUnixListener(dir + "/s.sock", (uid_t)-1, (gid_t)-1, 0600);
+    fd = ListenUnix(dir + "/s.sock", {});
     ::_exit(fd.ok() ? 0 : 4);
   }
   int status = 0;

@@ -2,14 +2,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "base/backed_file.h"
+#include "base/mapped_file.h"
 #include "base/unique_fd.h"
 
 namespace emud::dataplane {
@@ -27,18 +27,15 @@ absl::StatusOr<std::unique_ptr<QueueStateFile>> QueueStateFile::Open(const std::
   if (fresh && ::ftruncate(fd.get(), 0) != 0) {
     return absl::InternalError(absl::StrCat("truncate ", path, ": ", strerror(errno)));
   }
-  // Every time, not only when fresh: a file of the right size left by a
-  // start that failed on a full tmpfs may still have holes (a store into one
-  // is a SIGBUS, see base/backed_file.h).
-  if (absl::Status s = BackFile(fd.get(), sizeof(Layout), absl::StrCat("queue state ", path));
-      !s.ok()) {
-    return s;
-  }
-  void* p = ::mmap(nullptr, sizeof(Layout), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-  if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap ", path, ": ", strerror(errno)));
+  // Allocated every time, not only when fresh: a file of the right size left
+  // by a start that failed on a full tmpfs may still have holes (a store into
+  // one is a SIGBUS, see base/backed_file.h).
+  auto map = MappedFile::MapBacked(fd.get(), sizeof(Layout), absl::StrCat("queue state ", path));
+  if (!map.ok()) return map.status();
+  void* p = map->data();
   std::unique_ptr<QueueStateFile> f(new QueueStateFile());
-  f->base_ = static_cast<Layout*>(p);
-  f->mapped_ = true;
+  f->map_ = std::move(*map);
+  f->base_ = f->map_.as<Layout>();
   if (!fresh && f->base_->magic == kMagic && f->base_->version == kVersion &&
       f->base_->num_queues == kMaxQueues) {
     f->reused_ = true;
@@ -69,17 +66,10 @@ absl::StatusOr<std::unique_ptr<QueueStateFile>> QueueStateFile::Open(const std::
 
 std::unique_ptr<QueueStateFile> QueueStateFile::Anonymous() {
   std::unique_ptr<QueueStateFile> f(new QueueStateFile());
-  f->base_ = new Layout();
+  f->anon_ = std::make_unique<Layout>();
+  f->base_ = f->anon_.get();
   std::memset(static_cast<void*>(f->base_), 0, sizeof(Layout));
   return f;
-}
-
-QueueStateFile::~QueueStateFile() {
-  if (mapped_) {
-    ::munmap(base_, sizeof(Layout));
-  } else {
-    delete base_;
-  }
 }
 
 }  // namespace emud::dataplane

@@ -29,6 +29,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "base/mapped_file.h"
 #include "worker_api/counters.h"
 
 namespace emud::dataplane {
@@ -72,7 +73,6 @@ class QueueStateFile {
   // Anonymous (not persisted) state, for tests and the benchmark's
   // "persistence off" switch.
   static std::unique_ptr<QueueStateFile> Anonymous();
-  ~QueueStateFile();
 
   HotQueue* tx(uint32_t q) { return &base_->tx[q]; }
   HotQueue* rx(uint32_t q) { return &base_->rx[q]; }
@@ -93,8 +93,9 @@ class QueueStateFile {
     static_assert(offsetof(Layout, device) == 16 && offsetof(Layout, tx) == 64,
                   "the queue state layout is shared with running predecessors");
   }
-  Layout* base_ = nullptr;
-  bool mapped_ = false;
+  MappedFile map_;                 // Open: the file
+  std::unique_ptr<Layout> anon_;   // Anonymous: the heap
+  Layout* base_ = nullptr;         // one of the two
   bool reused_ = false;
 };
 

@@ -7,9 +7,10 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "base/backed_file.h"
+#include "base/mapped_file.h"
 
 namespace emud::dataplane {
 
@@ -30,17 +31,12 @@ struct ShmRing::Header {
 };
 static_assert(sizeof(std::atomic<uint64_t>) == 8 && std::atomic<uint64_t>::is_always_lock_free);
 
-ShmRing::~ShmRing() {
-  if (hdr_ != nullptr) ::munmap(hdr_, map_size_);
-}
+ShmRing::~ShmRing() = default;
 
-absl::Status ShmRing::Map(int fd, size_t size) {
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap ring: ", std::strerror(errno)));
-  hdr_ = static_cast<Header*>(p);
-  data_ = static_cast<uint8_t*>(p) + kHeaderSize;
-  map_size_ = size;
-  return absl::OkStatus();
+void ShmRing::Attach(MappedFile map) {
+  map_ = std::move(map);
+  hdr_ = map_.as<Header>();
+  data_ = map_.data() + kHeaderSize;
 }
 
 absl::StatusOr<std::unique_ptr<ShmRing>> ShmRing::OpenConsumer(const std::string& path,
@@ -62,11 +58,9 @@ absl::StatusOr<std::unique_ptr<ShmRing>> ShmRing::OpenConsumer(const std::string
   if (fresh && ::ftruncate(r->fd_.get(), 0) != 0) return absl::InternalError("truncate ring");
   // Allocated before it is mapped, every time (a ring left with holes by a
   // start on a full tmpfs): the producer's and our stores cannot SIGBUS.
-  if (absl::Status a = BackFile(r->fd_.get(), size, absl::StrCat("peer ring ", path)); !a.ok()) {
-    return a;
-  }
-  absl::Status s = r->Map(r->fd_.get(), size);
-  if (!s.ok()) return s;
+  auto map = MappedFile::MapBacked(r->fd_.get(), size, absl::StrCat("peer ring ", path));
+  if (!map.ok()) return map.status();
+  r->Attach(std::move(*map));
   Header* h = r->hdr_;
   if (fresh || h->magic != kMagic || h->version != kVersion || h->slots != slots ||
       h->slot_size != slot_size) {
@@ -113,8 +107,11 @@ absl::StatusOr<std::unique_ptr<ShmRing>> ShmRing::OpenProducer(const std::string
   }
   size_t size = kHeaderSize + size_t{probe.slots} * probe.slot_size;
   if (static_cast<size_t>(st.st_size) < size) return absl::NotFoundError("ring file short");
-  absl::Status s = r->Map(r->fd_.get(), size);
-  if (!s.ok()) return s;
+  // The consumer created and allocated the file (OpenConsumer); mapping
+  // only what it allocated, the producer's stores cannot SIGBUS.
+  auto map = MappedFile::Map(r->fd_.get(), 0, size, PROT_READ | PROT_WRITE);
+  if (!map.ok()) return absl::InternalError(absl::StrCat("mmap ring: ", map.status().message()));
+  r->Attach(std::move(*map));
   r->slots_ = probe.slots;  // our copy: the mapped header may change under us
   r->slot_size_ = probe.slot_size;
   r->fifo_path_ = path + ".wake";

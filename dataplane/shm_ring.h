@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/mapped_file.h"
 #include "base/unique_fd.h"
 
 namespace emud::dataplane {
@@ -62,13 +63,15 @@ class ShmRing {
  private:
   struct Header;
   ShmRing() = default;
-  absl::Status Map(int fd, size_t size);
 
   UniqueFd fd_;
   UniqueFd fifo_;
+  // Adopts `map` (header page + slots).
+  void Attach(MappedFile map);
+
+  MappedFile map_;
   Header* hdr_ = nullptr;
   uint8_t* data_ = nullptr;
-  size_t map_size_ = 0;
   uint32_t slots_ = 0;
   uint32_t slot_size_ = 0;
   bool producer_ = false;

@@ -10,7 +10,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "base/backed_file.h"
+#include "base/mapped_file.h"
+#include "base/unique_fd.h"
 
 namespace emud::dataplane {
 namespace {
@@ -71,38 +72,23 @@ std::optional<size_t> SelfDescribedFrameLength(absl::Span<const uint8_t> buf) {
 }
 
 absl::StatusOr<std::unique_ptr<TapRxStage>> TapRxStage::Open(const std::string& path) {
-  int fd = path.empty() ? ::memfd_create("emud-tap-rx", MFD_CLOEXEC)
-                        : ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return absl::InternalError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+  UniqueFd fd(path.empty() ? ::memfd_create("emud-tap-rx", MFD_CLOEXEC)
+                           : ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd.valid()) return absl::InternalError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 ||
-      (size_t(st.st_size) > sizeof(Layout) && ::ftruncate(fd, sizeof(Layout)) != 0)) {
-    int e = errno;
-    ::close(fd);
-    return absl::InternalError(absl::StrCat("size ", path, ": ", std::strerror(e)));
+  if (::fstat(fd.get(), &st) != 0 ||
+      (size_t(st.st_size) > sizeof(Layout) && ::ftruncate(fd.get(), sizeof(Layout)) != 0)) {
+    return absl::InternalError(absl::StrCat("size ", path, ": ", std::strerror(errno)));
   }
   // Allocated before it is mapped: a full tmpfs fails here, not with SIGBUS
-  // on a later read() into the stage (base/backed_file.h).
-  if (absl::Status s = BackFile(fd, sizeof(Layout),
-                                absl::StrCat("tap receive stage ", path.empty() ? "(memfd)" : path));
-      !s.ok()) {
-    ::close(fd);
-    return s;
-  }
-  void* p = ::mmap(nullptr, sizeof(Layout), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-  if (p == MAP_FAILED) {
-    int e = errno;
-    ::close(fd);
-    return absl::InternalError(absl::StrCat("mmap ", path, ": ", std::strerror(e)));
-  }
-  std::unique_ptr<TapRxStage> s(new TapRxStage(fd, static_cast<Layout*>(p)));
+  // on a later read() into the stage (base/mapped_file.h).
+  auto map = MappedFile::MapBacked(
+      fd.get(), sizeof(Layout),
+      absl::StrCat("tap receive stage ", path.empty() ? "(memfd)" : path), MAP_POPULATE);
+  if (!map.ok()) return map.status();
+  std::unique_ptr<TapRxStage> s(new TapRxStage(std::move(*map)));
   s->Recover();
   return s;
-}
-
-TapRxStage::~TapRxStage() {
-  ::munmap(l_, sizeof(Layout));
-  ::close(fd_);
 }
 
 void TapRxStage::Recover() {

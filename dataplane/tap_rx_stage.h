@@ -26,9 +26,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/mapped_file.h"
 
 namespace emud::dataplane {
 
@@ -46,7 +48,6 @@ class TapRxStage {
   // stage (a memfd) that survives nothing. INTERNAL on I/O errors,
   // RESOURCE_EXHAUSTED if the tmpfs is full.
   static absl::StatusOr<std::unique_ptr<TapRxStage>> Open(const std::string& path);
-  ~TapRxStage();
 
   // The held frame (possibly recovered at Open), or an empty span.
   absl::Span<const uint8_t> held() const;
@@ -65,10 +66,10 @@ class TapRxStage {
 
  private:
   struct Layout;
-  TapRxStage(int fd, Layout* l) : fd_(fd), l_(l) {}
+  explicit TapRxStage(MappedFile map) : map_(std::move(map)), l_(map_.as<Layout>()) {}
   void Recover();
 
-  int fd_;
+  MappedFile map_;  // the stage file, allocated and MAP_POPULATE
   Layout* l_;
   uint64_t recovered_ = 0, unrecoverable_ = 0;
 };

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "base/exit_reason.h"
 #include "base/socket_access.h"
+#include "base/unix_listener.h"
 #include "dataplane/adaptive_poll.h"
 #include "state_store/state_dir.h"
 #include "vfio_user/session_store.h"
@@ -79,7 +80,7 @@ bool Worker::resumable() const { return store_ != nullptr && persist_; }
 
 void Worker::Stop() {
   stop_.store(true);
-  if (vfio_user::EventLoop* loop = loop_for_stop_.load()) loop->Stop();
+  if (emud::EventLoop* loop = loop_for_stop_.load()) loop->Stop();
 }
 
 UniqueFd Worker::TakeInherited(absl::string_view key) {
@@ -208,7 +209,7 @@ absl::Status Worker::CreateDevice() {
 }
 
 absl::Status Worker::CreateEventLoop() {
-  auto loop = vfio_user::EventLoop::Create();
+  auto loop = emud::EventLoop::Create();
   if (!loop.ok()) return Annotate(loop.status(), "event loop");
   loop_ = std::move(*loop);
   loop_for_stop_.store(loop_.get());
@@ -323,14 +324,15 @@ absl::Status Worker::CreateSession() {
 }
 
 // The listener: inherited with the session, or bound with its final owner,
-// group and mode before listen() (base/socket_access.h) and deposited.
+// group and mode before listen() (base/unix_listener.h) and deposited.
 absl::Status Worker::Listen() {
   const worker_api::WorkerArgs& args = options_.args;
   UniqueFd listen_fd = TakeInherited(worker_api::kListenFdKey);
   if (!listen_fd.valid()) {
-    auto l = BindUnixListener(args.socket_path, static_cast<uid_t>(args.socket_uid.value_or(-1)),
-                              static_cast<gid_t>(args.socket_gid.value_or(-1)),
-                              args.socket_mode.value_or(kDefaultSocketMode));
+    auto l = ListenUnix(args.socket_path,
+                        {.uid = static_cast<uid_t>(args.socket_uid.value_or(-1)),
+                         .gid = static_cast<gid_t>(args.socket_gid.value_or(-1)),
+                         .mode = args.socket_mode.value_or(kDefaultSocketMode)});
     if (!l.ok()) return Annotate(l.status(), "listen");
     listen_fd = std::move(*l);
     absl::Status s = depositor_->Deposit(worker_api::kListenFdKey, listen_fd.get());

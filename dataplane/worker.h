@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "avf/device.h"
+#include "base/event_loop.h"
 #include "base/poison_guard.h"
 #include "base/unique_fd.h"
 #include "dataplane/backend.h"
@@ -36,7 +37,6 @@
 #include "fdstore/fd_store.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/store.h"
-#include "vfio_user/event_loop.h"
 #include "vfio_user/session.h"
 #include "worker_api/worker_args.h"
 
@@ -149,8 +149,8 @@ class Worker {
   std::unique_ptr<state_store::Env> env_;
   std::unique_ptr<PoisonGuard> guard_;
   std::unique_ptr<avf::Device> device_;
-  std::unique_ptr<vfio_user::EventLoop> loop_;
-  std::atomic<vfio_user::EventLoop*> loop_for_stop_{nullptr};
+  std::unique_ptr<emud::EventLoop> loop_;
+  std::atomic<emud::EventLoop*> loop_for_stop_{nullptr};
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<QueueStateFile> qstate_;
   std::unique_ptr<DataPath> datapath_;

@@ -15,6 +15,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/scm_rights.h"
+#include "base/unix_listener.h"
 #include "worker_api/fd_keys.h"
 
 namespace emud::fdstore {
@@ -69,57 +71,27 @@ absl::Status SendMessage(int sock, const Message& msg, int fd) {
   h.name_len = static_cast<uint32_t>(msg.name.size());
   std::memcpy(buf, &h, sizeof h);
   std::memcpy(buf + sizeof h, msg.name.data(), msg.name.size());
-  struct iovec iov = {buf, sizeof h + msg.name.size()};
-  struct msghdr mh {};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (fd >= 0) {
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
-    struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  for (;;) {
-    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-    if (n >= 0) return absl::OkStatus();
-    if (errno == EINTR) continue;
-    return Errno("fd-store send");
-  }
+  const SendResult r =
+      SendWithFds(sock, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buf), sizeof h + msg.name.size()),
+                  fd >= 0 ? absl::MakeConstSpan(&fd, 1) : absl::Span<const int>());
+  if (r.ok()) return absl::OkStatus();
+  errno = r.error;
+  return Errno("fd-store send");
 }
 
 absl::StatusOr<Message> ReceiveMessage(int sock, UniqueFd* fd) {
   fd->reset();
   char buf[sizeof(WireHeader) + kMaxName + 1];
-  struct iovec iov = {buf, sizeof buf};
-  struct msghdr mh {};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  ssize_t n;
-  do {
-    n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return Errno("fd-store receive");
-  if (n == 0) return absl::UnavailableError("fd-store channel closed by peer");
-  // Collect every fd first so that none leaks whatever we decide.
+  // Every fd is owned as it arrives, so that none leaks whatever we decide.
   std::vector<UniqueFd> got;
-  for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int f;
-        std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-        got.emplace_back(f);
-      }
-    }
+  const RecvResult r = RecvWithFds(sock, absl::MakeSpan(reinterpret_cast<uint8_t*>(buf), sizeof buf), &got);
+  if (!r.ok()) {
+    errno = r.error;
+    return Errno("fd-store receive");
   }
-  if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+  const ssize_t n = static_cast<ssize_t>(r.bytes);
+  if (n == 0) return absl::UnavailableError("fd-store channel closed by peer");
+  if (r.data_truncated || r.fds_truncated) {
     return absl::InvalidArgumentError("fd-store message truncated");
   }
   if (got.size() > 1) return absl::InvalidArgumentError("fd-store message carries more than one fd");
@@ -345,22 +317,7 @@ absl::Status FdStoreClient::Reconnect(const std::string& path) {
 }
 
 absl::StatusOr<UniqueFd> ListenSeqpacket(const std::string& path) {
-  struct sockaddr_un addr {};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path too long (max ",
-                                                   sizeof addr.sun_path - 1, "): ", path));
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  UniqueFd s(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!s.valid()) return Errno("socket");
-  unlink(path.c_str());
-  if (bind(s.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) != 0) {
-    return Errno(absl::StrCat("bind ", path));
-  }
-  chmod(path.c_str(), 0600);
-  if (listen(s.get(), 64) != 0) return Errno("listen");
-  return s;
+  return ListenUnix(path, {.type = SOCK_SEQPACKET, .mode = 0600, .backlog = 64});
 }
 
 // ------------------------------------------------- inherited descriptors

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/scm_rights.h"
 #include "gtest/gtest.h"
 
 namespace emud::fdstore {
@@ -117,20 +118,8 @@ TEST(FdStoreTest, MalformedMessagesAreRefusedWithoutLeaking) {
     // Two fds in one message.
     UniqueFd f1 = MemfdWith("1"), f2 = MemfdWith("2");
     int both[2] = {f1.get(), f2.get()};
-    char payload[24] = {};
-    struct iovec iov = {payload, sizeof payload};
-    struct msghdr mh {};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof both)];
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
-    struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof both);
-    std::memcpy(CMSG_DATA(c), both, sizeof both);
-    ASSERT_GT(sendmsg(a.get(), &mh, 0), 0);
+    uint8_t payload[24] = {};
+    ASSERT_GT(SendWithFds(a.get(), payload, both).bytes, 0u);
   }
   UniqueFd got;
   auto m = ReceiveMessage(b.get(), &got);

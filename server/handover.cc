@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "base/unix_listener.h"
 
 namespace emud::server {
 namespace {
@@ -47,18 +48,13 @@ absl::StatusOr<std::unique_ptr<HandoverServer>> HandoverServer::Listen(const std
   std::unique_ptr<HandoverServer> s(new HandoverServer());
   s->path_ = path;
   s->hooks_ = std::move(hooks);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError("handover path too long");
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  s->listen_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  ::unlink(path.c_str());
-  mode_t old = ::umask(0177);
-  int rc = ::bind(s->listen_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::umask(old);
-  if (rc != 0 || ::listen(s->listen_.get(), 1) != 0) {
-    return absl::InternalError(absl::StrCat("handover socket ", path, ": ", std::strerror(errno)));
+  auto listener =
+      ListenUnix(path, {.type = SOCK_SEQPACKET, .mode = 0600, .backlog = 1, .nonblocking = false});
+  if (!listener.ok()) {
+    return absl::Status(listener.status().code(),
+                        absl::StrCat("handover socket: ", listener.status().message()));
   }
+  s->listen_ = std::move(*listener);
   s->wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   s->thread_ = std::thread([p = s.get()] { p->Serve(); });
   return s;

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/scm_rights.h"
 
 namespace emud::vfio_user {
 namespace {
@@ -177,23 +178,9 @@ absl::StatusOr<Message> Client::Request(uint16_t command, absl::Span<const uint8
 
 absl::Status Client::SendRaw(absl::Span<const uint8_t> bytes, absl::Span<const int> fds) {
   // SendMessage frames; here the bytes are sent as they are.
-  msghdr mh{};
-  iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
-  if (!fds.empty()) {
-    if (fds.size() > kMaxRecvFds) return absl::InvalidArgumentError("too many fds");
-    mh.msg_control = cbuf;
-    mh.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-  }
-  ssize_t n = ::sendmsg(sock_.get(), &mh, MSG_NOSIGNAL);
-  if (n != static_cast<ssize_t>(bytes.size())) return absl::UnavailableError("short raw send");
+  if (fds.size() > kMaxRecvFds) return absl::InvalidArgumentError("too many fds");
+  const SendResult r = SendWithFds(sock_.get(), bytes, fds);
+  if (!r.ok() || r.bytes != bytes.size()) return absl::UnavailableError("short raw send");
   return absl::OkStatus();
 }
 

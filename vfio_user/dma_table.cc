@@ -100,41 +100,6 @@ SigbusGuard& SigbusGuard::operator=(SigbusGuard&& o) noexcept {
 
 uint64_t DmaTable::PoisonedPages() { return g_poisoned.load(std::memory_order_relaxed); }
 
-absl::StatusOr<Mapping> Mapping::Map(int fd, uint64_t offset, uint64_t size, int prot) {
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  if (size == 0) return ErrnoStatus(EINVAL, "empty mapping");
-  uint64_t delta = offset % page;
-  uint64_t len = size + delta;
-  if (len < size || offset - delta > uint64_t{INT64_MAX}) return ErrnoStatus(EINVAL, "mapping overflows");
-  void* p = ::mmap(nullptr, len, prot, MAP_SHARED, fd, static_cast<off_t>(offset - delta));
-  if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mmap: ", std::strerror(errno)));
-  Mapping m;
-  m.base_ = p;
-  m.base_len_ = len;
-  m.data_ = static_cast<uint8_t*>(p) + delta;
-  m.size_ = size;
-  return m;
-}
-
-Mapping::~Mapping() {
-  if (base_) ::munmap(base_, base_len_);
-}
-Mapping::Mapping(Mapping&& o) noexcept
-    : base_(std::exchange(o.base_, nullptr)),
-      base_len_(std::exchange(o.base_len_, 0)),
-      data_(std::exchange(o.data_, nullptr)),
-      size_(std::exchange(o.size_, 0)) {}
-Mapping& Mapping::operator=(Mapping&& o) noexcept {
-  if (this != &o) {
-    if (base_) ::munmap(base_, base_len_);
-    base_ = std::exchange(o.base_, nullptr);
-    base_len_ = std::exchange(o.base_len_, 0);
-    data_ = std::exchange(o.data_, nullptr);
-    size_ = std::exchange(o.size_, 0);
-  }
-  return *this;
-}
-
 absl::Status DmaTable::Map(uint64_t iova, uint64_t size, uint32_t prot, UniqueFd fd, uint64_t fd_offset) {
   if (size == 0) return ErrnoStatus(EINVAL, "zero-size DMA window");
   if (iova + size < iova) return ErrnoStatus(EINVAL, "DMA window wraps");
@@ -167,8 +132,9 @@ absl::Status DmaTable::Map(uint64_t iova, uint64_t size, uint32_t prot, UniqueFd
     if (prot & kDmaFlagRead) mprot |= PROT_READ;
     if (prot & kDmaFlagWrite) mprot |= PROT_WRITE;
     if (mprot == 0) mprot = PROT_NONE;
-    auto m = Mapping::Map(fd.get(), fd_offset, size, mprot);
-    if (!m.ok()) return m.status();
+    int map_errno = 0;
+    auto m = MappedFile::Map(fd.get(), fd_offset, size, mprot, &map_errno);
+    if (!m.ok()) return ErrnoStatus(map_errno, m.status().message());
     w.mapping = std::move(*m);
     w.guard = SigbusGuard(w.mapping.data(), w.mapping.size());
     w.has_fd = true;

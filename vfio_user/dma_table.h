@@ -2,7 +2,7 @@
 // checked translation of guest addresses into them.
 //
 // A window with an fd is mmapped here (MAP_SHARED, protection from the map
-// flags) and owned by an RAII Mapping; a window without an fd is reachable
+// flags) and owned by a MappedFile (base/mapped_file.h); a window without an fd is reachable
 // only through the message fallback (DMA_READ / DMA_WRITE to the client),
 // which the owner supplies as a MessageDma.
 #ifndef EMUD_VFIO_USER_DMA_TABLE_H_
@@ -16,33 +16,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/mapped_file.h"
 #include "base/unique_fd.h"
 #include "vfio_user/device.h"
 
 namespace emud::vfio_user {
-
-// An mmap()ed range, unmapped on destruction.
-class Mapping {
- public:
-  Mapping() = default;
-  // Maps `size` bytes of `fd` at `offset` (any alignment: the page-aligned
-  // superset is mapped). `prot` as for mmap.
-  static absl::StatusOr<Mapping> Map(int fd, uint64_t offset, uint64_t size, int prot);
-  ~Mapping();
-  Mapping(Mapping&& o) noexcept;
-  Mapping& operator=(Mapping&& o) noexcept;
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-
-  uint8_t* data() const { return data_; }
-  uint64_t size() const { return size_; }
-
- private:
-  void* base_ = nullptr;
-  size_t base_len_ = 0;
-  uint8_t* data_ = nullptr;
-  uint64_t size_ = 0;
-};
 
 // Registers a mapped DMA window with the process-wide SIGBUS guard: if the
 // client truncates the file under a window (a hostile VMM), the faulting page
@@ -77,7 +55,7 @@ struct DmaWindow {
   uint64_t fd_offset = 0;
   UniqueFd fd;        // kept only when the table keeps fds (persistence)
   bool has_fd = false;
-  Mapping mapping;    // empty when !has_fd
+  MappedFile mapping;  // empty when !has_fd
   SigbusGuard guard;  // destroyed (unregistered) before `mapping` is unmapped
 };
 

@@ -22,7 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "vfio_user/dma_table.h"
+#include "base/mapped_file.h"
 
 namespace emud::vfio_user {
 
@@ -63,13 +63,13 @@ class RequestJournal {
   uint64_t run() const { return *run_progress(); }
 
  private:
-  explicit RequestJournal(Mapping pages) : pages_(std::move(pages)) {}
+  explicit RequestJournal(MappedFile pages) : pages_(std::move(pages)) {}
   uint64_t* reply_mark() const { return reinterpret_cast<uint64_t*>(pages_.data()); }
   volatile uint64_t* run_progress() const {
     return reinterpret_cast<volatile uint64_t*>(pages_.data() + kPage);
   }
 
-  Mapping pages_;  // both pages, MAP_SHARED
+  MappedFile pages_;  // both pages, MAP_SHARED, allocated
 };
 
 }  // namespace emud::vfio_user

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/scm_rights.h"
 #include "vfio_user/device.h"
 
 namespace emud::vfio_user {
@@ -63,30 +64,15 @@ ssize_t RecvAll(int fd, uint8_t* buf, size_t len, std::vector<UniqueFd>* fds) {
     pollfd p{fd, POLLIN, 0};
     int r = ::poll(&p, 1, kWaitMs);
     if (r <= 0) return -1;
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
-    iovec iov{buf + got, len - got};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof(cbuf);
-    ssize_t n = ::recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return got ? static_cast<ssize_t>(got) : n;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < nfd; ++i) {
-        int f;
-        std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        if (fds) {
-          fds->emplace_back(f);
-        } else {
-          ::close(f);
-        }
-      }
+    std::vector<UniqueFd> dropped;  // received without a caller to take them: closed
+    RecvResult rr = RecvWithFds(fd, absl::MakeSpan(buf + got, len - got), fds ? fds : &dropped);
+    if (!rr.ok()) {
+      if (got) return static_cast<ssize_t>(got);
+      errno = rr.error;
+      return -1;
     }
-    got += static_cast<size_t>(n);
+    if (rr.bytes == 0) return static_cast<ssize_t>(got);
+    got += rr.bytes;
   }
   return static_cast<ssize_t>(got);
 }

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/unix_listener.h"
 #include "state_store/store.h"
 #include "vfio_user/session_store.h"
 #include "worker_api/fd_keys.h"
@@ -979,19 +980,9 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Resume(PciDevice* device, Even
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Listen(const std::string& socket_path, PciDevice* device,
                                                        EventLoop* loop, SessionOptions options) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError("socket path empty or too long");
-  }
-  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd.valid()) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  ::unlink(socket_path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::InternalError(absl::StrCat("bind ", socket_path, ": ", std::strerror(errno)));
-  }
-  if (::listen(fd.get(), 16) != 0) return absl::InternalError(absl::StrCat("listen: ", std::strerror(errno)));
+  auto listener = ListenUnix(socket_path, {});  // owner-only, non-blocking
+  if (!listener.ok()) return listener.status();
+  UniqueFd fd = std::move(*listener);
   if (options.fd_depositor) {
     if (auto s = options.fd_depositor->Deposit(worker_api::kListenFdKey, fd.get()); !s.ok()) return s;
   }

@@ -16,9 +16,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/event_loop.h"
 #include "gtest/gtest.h"
 #include "vfio_user/client.h"
-#include "vfio_user/event_loop.h"
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/session.h"
 

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/scm_rights.h"
 
 namespace emud::vfio_user {
 namespace {
@@ -51,39 +52,18 @@ absl::Status SendRawBytes(int sock, absl::Span<const uint8_t> bytes, absl::Durat
   return absl::OkStatus();
 }
 
-// recvmsg of up to `len` bytes, appending received fds to *fds (beyond
-// max_fds closed) and setting *truncated for MSG_CTRUNC or closed ones.
-// Returns bytes read, 0 on EOF, -1 with errno. The one SCM_RIGHTS receiver.
+// recvmsg of up to `len` bytes (base/scm_rights.h), appending received fds
+// to *fds (beyond max_fds closed) and setting *truncated for MSG_CTRUNC or
+// closed ones. Returns bytes read, 0 on EOF, -1 with errno.
 ssize_t RecvWithFds(int sock, uint8_t* buf, size_t len, size_t max_fds, std::vector<UniqueFd>* fds,
                     bool* truncated, int flags) {
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
-  iovec iov{buf, len};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = cbuf;
-  mh.msg_controllen = sizeof(cbuf);
-  ssize_t n;
-  do {
-    n = ::recvmsg(sock, &mh, flags | MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return n;
-  if (mh.msg_flags & MSG_CTRUNC) *truncated = true;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < nfd; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (fds->size() < max_fds) {
-        fds->emplace_back(fd);
-      } else {
-        ::close(fd);
-        *truncated = true;
-      }
-    }
+  RecvResult r = emud::RecvWithFds(sock, absl::MakeSpan(buf, len), fds, max_fds, flags);
+  if (!r.ok()) {
+    errno = r.error;
+    return -1;
   }
-  return n;
+  if (r.fds_truncated) *truncated = true;
+  return static_cast<ssize_t>(r.bytes);
 }
 
 // Lets the rest of a message arrive (a split sendmsg completes shortly)
@@ -109,29 +89,17 @@ absl::Status PrepareMessage(Header hdr, absl::Span<const uint8_t> payload,
   out->mh = msghdr{};
   out->mh.msg_iov = out->iov;
   out->mh.msg_iovlen = niov;
-  if (!fds.empty()) {
-    out->mh.msg_control = out->cbuf;
-    out->mh.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
-    std::memset(out->cbuf, 0, out->mh.msg_controllen);
-    cmsghdr* c = CMSG_FIRSTHDR(&out->mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-  }
-  return absl::OkStatus();
+  return out->control.Attach(&out->mh, fds);
 }
 
 absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout) {
   const size_t total = m.hdr.msg_size;
-  ssize_t n = ::sendmsg(sock, &m.mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-  if (n == static_cast<ssize_t>(total)) return absl::OkStatus();
-  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-    return absl::UnavailableError(absl::StrCat("sendmsg: ", std::strerror(errno)));
-  }
-  if (n <= 0) return SendMessage(sock, m.hdr, m.payload, m.fds, timeout);  // nothing went out
+  const SendResult r = SendMsg(sock, m.mh, MSG_DONTWAIT);
+  if (r.ok() && r.bytes == total) return absl::OkStatus();
+  if (!r.ok() && r.error != EAGAIN && r.error != EWOULDBLOCK) return r.status("sendmsg");
+  if (r.bytes == 0) return SendMessage(sock, m.hdr, m.payload, m.fds, timeout);  // nothing went out
   // Part went out (the fds with it): send the rest without them.
-  size_t sent = static_cast<size_t>(n);
+  size_t sent = r.bytes;
   std::vector<uint8_t> rest;
   rest.reserve(total - sent);
   const uint8_t* h = reinterpret_cast<const uint8_t*>(&m.hdr);
@@ -149,7 +117,6 @@ absl::Status SendMessage(int sock, Header hdr, absl::Span<const uint8_t> payload
   absl::Time deadline = timeout == absl::InfiniteDuration() ? absl::InfiniteFuture() : absl::Now() + timeout;
   size_t total = kHeaderSize + payload.size();
   size_t sent = 0;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
   while (sent < total) {
     iovec iov[2];
     int niov = 0;
@@ -160,31 +127,19 @@ absl::Status SendMessage(int sock, Header hdr, absl::Span<const uint8_t> payload
       size_t off = sent - kHeaderSize;
       iov[niov++] = {const_cast<uint8_t*>(payload.data()) + off, payload.size() - off};
     }
-    msghdr mh{};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = niov;
-    if (sent == 0 && !fds.empty()) {
-      mh.msg_control = cbuf;
-      mh.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
-      std::memset(cbuf, 0, mh.msg_controllen);
-      cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-      std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-    }
-    ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    // The fds ride on the first sendmsg that takes any byte.
+    const SendResult s = SendWithFds(sock, absl::MakeConstSpan(iov, niov),
+                                     sent == 0 ? fds : absl::Span<const int>(), 0);
+    if (!s.ok()) {
+      if (s.error == EAGAIN || s.error == EWOULDBLOCK) {
         int r = PollFor(sock, POLLOUT, deadline);
         if (r == 0) return absl::DeadlineExceededError("send timed out");
         if (r < 0) return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
         continue;
       }
-      return absl::UnavailableError(absl::StrCat("sendmsg: ", std::strerror(errno)));
+      return s.status("sendmsg");
     }
-    sent += static_cast<size_t>(n);
+    sent += s.bytes;
   }
   return absl::OkStatus();
 }

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/scm_rights.h"
 #include "base/unique_fd.h"
 #include "vfio_user/protocol.h"
 
@@ -26,7 +27,7 @@ namespace emud::vfio_user {
 
 // Most fds a single recvmsg() accepts (the kernel's SCM_MAX_FD); fds beyond a
 // caller's limit are closed and the message flagged.
-inline constexpr size_t kMaxRecvFds = 253;
+inline constexpr size_t kMaxRecvFds = kMaxFdsPerMessage;
 
 struct Message {
   Header hdr;
@@ -55,7 +56,7 @@ struct PreparedMessage {
   absl::Span<const int> fds;          // borrowed
   iovec iov[2];
   msghdr mh;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(kMaxRecvFds * sizeof(int))];
+  FdControl control;  // the SCM_RIGHTS message mh points at
 };
 // Fills `out` (msg_size set). INVALID_ARGUMENT for a too big message or too
 // many fds.

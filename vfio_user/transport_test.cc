@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/scm_rights.h"
 #include "gtest/gtest.h"
 
 namespace emud::vfio_user {
@@ -36,21 +37,9 @@ Header H(uint16_t id) {
 }
 
 void SendRawWithFds(int sock, const std::vector<uint8_t>& bytes, const std::vector<int>& fds) {
-  iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(16 * sizeof(int))];
-  if (!fds.empty()) {
-    mh.msg_control = cbuf;
-    mh.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-  }
-  ASSERT_EQ(::sendmsg(sock, &mh, 0), static_cast<ssize_t>(bytes.size()));
+  const SendResult r = SendWithFds(sock, bytes, fds);
+  ASSERT_TRUE(r.ok()) << r.status("send");
+  ASSERT_EQ(r.bytes, bytes.size());
 }
 
 TEST(MessageReaderTest, PipelinedMessagesKeepTheirFds) {

@@ -44,6 +44,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/command_line.h"
+#include "base/unix_listener.h"
 #include "fdstore/fd_store.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/record.h"
@@ -160,16 +161,13 @@ int main(int argc, char** argv) {
   if (auto it = inherited->find(emud::worker_api::kListenFdKey); it != inherited->end()) {
     lfd = it->second.release();
   } else {
-    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socket_path.c_str(), sizeof(addr.sun_path) - 1);
-    unlink(socket_path.c_str());
-    if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(lfd, 4) != 0) {
-      w.st.set_last_error(absl::StrCat("bind ", socket_path, ": ", std::strerror(errno)));
+    auto listener = emud::ListenUnix(socket_path, {.backlog = 4, .nonblocking = false});
+    if (!listener.ok()) {
+      w.st.set_last_error(std::string(listener.status().message()));
       w.Publish();
       return 4;
     }
+    lfd = listener->release();
     deposit(emud::worker_api::kListenFdKey, lfd);
   }
   int cfd = -1;

@@ -21,6 +21,7 @@ MAX_LEN=8192
 SRCS=(
   base/backed_file.cc
   base/fault_point.cc
+  base/mapped_file.cc
   base/poison_guard.cc
   avf/admin_queue.cc
   avf/descriptors.cc

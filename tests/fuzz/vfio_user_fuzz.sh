@@ -23,12 +23,15 @@ CORPUS_DIR=vfio_user/fuzz/corpus
 SRCS=(
   base/backed_file.cc
   base/fault_point.cc
+  base/mapped_file.cc
   base/poison_guard.cc
+  base/scm_rights.cc
+  base/unix_listener.cc
   worker_api/fd_keys.cc
   vfio_user/protocol.cc
   vfio_user/transport.cc
   vfio_user/dma_table.cc
-  vfio_user/event_loop.cc
+  base/event_loop.cc
   vfio_user/irq_state.cc
   vfio_user/journal.cc
   vfio_user/session.cc

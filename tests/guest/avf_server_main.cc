@@ -10,11 +10,11 @@
 
 #include "CLI/CLI.hpp"
 #include "avf/device.h"
-#include "vfio_user/event_loop.h"
+#include "base/event_loop.h"
 #include "vfio_user/session.h"
 
 namespace {
-emud::vfio_user::EventLoop* g_loop = nullptr;
+emud::EventLoop* g_loop = nullptr;
 void OnSignal(int) {
   if (g_loop != nullptr) g_loop->Stop();
 }
@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "avf-server: %s\n", dev.status().ToString().c_str());
     return 1;
   }
-  auto loop = emud::vfio_user::EventLoop::Create();
+  auto loop = emud::EventLoop::Create();
   if (!loop.ok()) {
     std::fprintf(stderr, "avf-server: %s\n", loop.status().ToString().c_str());
     return 1;

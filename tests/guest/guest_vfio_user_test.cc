@@ -13,11 +13,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "avf/device.h"
+#include "base/event_loop.h"
 #include "gtest/gtest.h"
 #include "state_store/store.h"
 #include "tests/guest/iavf_driver.h"
 #include "tests/guest/vfio_user_bus.h"
-#include "vfio_user/event_loop.h"
 #include "vfio_user/session.h"
 #include "vfio_user/session_store.h"
 
@@ -42,7 +42,7 @@ class AvfServer {
     auto dev = avf::Device::Create(o);
     EXPECT_TRUE(dev.ok()) << dev.status();
     dev_ = std::move(*dev);
-    auto loop = vfio_user::EventLoop::Create();
+    auto loop = emud::EventLoop::Create();
     EXPECT_TRUE(loop.ok());
     loop_ = std::move(*loop);
     vfio_user::SessionOptions so;
@@ -66,7 +66,7 @@ class AvfServer {
  private:
   std::string path_;
   std::unique_ptr<avf::Device> dev_;
-  std::unique_ptr<vfio_user::EventLoop> loop_;
+  std::unique_ptr<emud::EventLoop> loop_;
   std::unique_ptr<vfio_user::Server> server_;
   std::thread thread_;
 };

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/backed_file.h"
 #include "state_store/store.h"
 
 namespace emud::vfio_user {
@@ -17,10 +18,11 @@ ExampleDevice::ExampleDevice() = default;
 absl::StatusOr<std::unique_ptr<ExampleDevice>> ExampleDevice::Create() {
   std::unique_ptr<ExampleDevice> d(new ExampleDevice());
   d->shared_fd_.reset(::memfd_create("emud-example-bar0", MFD_CLOEXEC));
-  if (!d->shared_fd_.valid() || ::ftruncate(d->shared_fd_.get(), kBar0Size) != 0) {
-    return absl::InternalError(absl::StrCat("memfd: ", std::strerror(errno)));
-  }
-  auto m = Mapping::Map(d->shared_fd_.get(), kSharedOffset, kSharedSize, PROT_READ | PROT_WRITE);
+  if (!d->shared_fd_.valid()) return absl::InternalError(absl::StrCat("memfd: ", std::strerror(errno)));
+  // Allocated before it is mapped (base/backed_file.h): the client maps the
+  // same memfd and stores into it.
+  if (auto s = BackFile(d->shared_fd_.get(), kBar0Size, "example BAR0 memfd"); !s.ok()) return s;
+  auto m = MappedFile::Map(d->shared_fd_.get(), kSharedOffset, kSharedSize, PROT_READ | PROT_WRITE);
   if (!m.ok()) return m.status();
   d->shared_ = std::move(*m);
   PciConfigSpace& c = d->config_;

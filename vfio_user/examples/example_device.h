@@ -76,7 +76,7 @@ class ExampleDevice : public PciDevice {
   PciConfigSpace config_{4096};
   MsixTable msix_{1};
   UniqueFd shared_fd_;
-  Mapping shared_;
+  MappedFile shared_;
   DeviceContext ctx_;
   bool attached_ = false;
   struct Regs {

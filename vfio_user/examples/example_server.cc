@@ -15,8 +15,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/time/time.h"
+#include "base/event_loop.h"
 #include "state_store/store.h"
-#include "vfio_user/event_loop.h"
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/session.h"
 
@@ -27,7 +27,7 @@ ABSL_FLAG(std::string, state_dir, "", "persist the session and device in an LMDB
 ABSL_FLAG(bool, crash_consistent, false, "peek/commit/consume/journal every request (needs --state_dir)");
 
 namespace {
-emud::vfio_user::EventLoop* g_loop = nullptr;
+emud::EventLoop* g_loop = nullptr;
 void OnSignal(int) {
   if (g_loop) g_loop->Stop();
 }
@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: example_server --socket PATH | --fd FDNUM\n");
     return 2;
   }
-  auto loop = emud::vfio_user::EventLoop::Create();
+  auto loop = emud::EventLoop::Create();
   if (!loop.ok()) {
     std::fprintf(stderr, "%s\n", std::string(loop.status().message()).c_str());
     return 1;
@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     session = std::move(*s);
-    emud::vfio_user::EventLoop* l = loop->get();
+    emud::EventLoop* l = loop->get();
     session->set_on_disconnect([l] { l->Stop(); });
     if (auto st = session->AttachClient(emud::UniqueFd(conn_fd)); !st.ok()) {
       std::fprintf(stderr, "--fd: %s\n", std::string(st.message()).c_str());

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "base/scm_rights.h"
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/protocol.h"
 #include "vfio_user/session.h"
@@ -53,21 +54,7 @@ void SendChunk(int sock, const uint8_t* p, size_t n, uint8_t tag) {
   for (auto& f : fds) {
     if (f.valid()) raw.push_back(f.get());
   }
-  iovec iov{const_cast<uint8_t*>(p), n};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(32 * sizeof(int))];
-  if (!raw.empty() && n > 0) {
-    mh.msg_control = cbuf;
-    mh.msg_controllen = CMSG_SPACE(raw.size() * sizeof(int));
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(raw.size() * sizeof(int));
-    std::memcpy(CMSG_DATA(c), raw.data(), raw.size() * sizeof(int));
-  }
-  if (n > 0) (void)::sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (n > 0) (void)emud::SendWithFds(sock, absl::MakeConstSpan(p, n), raw, MSG_DONTWAIT);
 }
 
 void Pump(Session& s, int client) {

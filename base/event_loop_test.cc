@@ -1,4 +1,4 @@
-#include "vfio_user/event_loop.h"
+#include "base/event_loop.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -7,7 +7,7 @@
 
 #include "gtest/gtest.h"
 
-namespace emud::vfio_user {
+namespace emud {
 namespace {
 
 TEST(EventLoopTest, DispatchRemoveInsideHandlerAndStop) {
@@ -45,4 +45,4 @@ TEST(EventLoopTest, IdleLoopBlocks) {
 }
 
 }  // namespace
-}  // namespace emud::vfio_user
+}  // namespace emud

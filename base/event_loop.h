@@ -9,8 +9,8 @@
 // Single-threaded: every method except Stop() must be called from the thread
 // running the loop (or before it runs). Handlers may add/remove fds,
 // including their own.
-#ifndef EMUD_VFIO_USER_EVENT_LOOP_H_
-#define EMUD_VFIO_USER_EVENT_LOOP_H_
+#ifndef EMUD_BASE_EVENT_LOOP_H_
+#define EMUD_BASE_EVENT_LOOP_H_
 
 #include <sys/epoll.h>
 
@@ -24,7 +24,7 @@
 #include "absl/time/time.h"
 #include "base/unique_fd.h"
 
-namespace emud::vfio_user {
+namespace emud {
 
 class EventLoop {
  public:
@@ -64,6 +64,6 @@ class EventLoop {
   std::unordered_map<int, std::shared_ptr<Handler>> handlers_;
 };
 
-}  // namespace emud::vfio_user
+}  // namespace emud
 
-#endif  // EMUD_VFIO_USER_EVENT_LOOP_H_
+#endif  // EMUD_BASE_EVENT_LOOP_H_

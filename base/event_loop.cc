@@ -1,4 +1,4 @@
-#include "vfio_user/event_loop.h"
+#include "base/event_loop.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
-namespace emud::vfio_user {
+namespace emud {
 
 absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create() {
   std::unique_ptr<EventLoop> loop(new EventLoop());
@@ -118,4 +118,4 @@ void EventLoop::Stop() {
   [[maybe_unused]] ssize_t r = ::write(stop_fd_.get(), &one, sizeof(one));
 }
 
-}  // namespace emud::vfio_user
+}  // namespace emud
