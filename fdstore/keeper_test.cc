@@ -1,4 +1,5 @@
 #include "fdstore/keeper.h"
+#include "fdstore/running_keeper.h"
 
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -29,23 +30,6 @@ ino_t Inode(int fd) {
   ::fstat(fd, &st);
   return st.st_ino;
 }
-
-// A keeper serving in a thread.
-struct RunningKeeper {
-  std::unique_ptr<Keeper> keeper;
-  std::atomic<bool> stop{false};
-  std::thread thread;
-  explicit RunningKeeper(const std::string& path) {
-    auto k = Keeper::Start(path);
-    EXPECT_TRUE(k.ok()) << k.status();
-    keeper = std::move(*k);
-    thread = std::thread([this] { EXPECT_TRUE(keeper->Run(&stop).ok()); });
-  }
-  ~RunningKeeper() {
-    stop = true;
-    thread.join();
-  }
-};
 
 TEST(KeeperTest, BindHandsTheWorkerChannelAndTheHeldFds) {
   const std::string path = SocketPath("bind.sock");

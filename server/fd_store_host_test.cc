@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "fdstore/fd_store.h"
 #include "fdstore/keeper.h"
+#include "fdstore/running_keeper.h"
 #include "gtest/gtest.h"
 #include "worker_api/fd_keys.h"
 
@@ -105,26 +106,10 @@ TEST(FdStoreHostTest, InEmudChannelsDepositsReconnectsAndDrop) {
   std::filesystem::remove_all(dir);
 }
 
-struct RunningKeeper {
-  std::unique_ptr<fdstore::Keeper> keeper;
-  std::atomic<bool> stop{false};
-  std::thread thread;
-  explicit RunningKeeper(const std::string& path) {
-    auto k = fdstore::Keeper::Start(path);
-    EXPECT_TRUE(k.ok()) << k.status();
-    keeper = std::move(*k);
-    thread = std::thread([this] { EXPECT_TRUE(keeper->Run(&stop).ok()); });
-  }
-  ~RunningKeeper() {
-    stop = true;
-    thread.join();
-  }
-};
-
 TEST(FdStoreHostTest, KeeperBindsListsReadoptsAndDrops) {
   const std::string dir = TempDir();
   const std::string path = dir + "/keeper.sock";
-  auto keeper = std::make_unique<RunningKeeper>(path);
+  auto keeper = std::make_unique<fdstore::RunningKeeper>(path);
   Metrics metrics;
   int readopts = 0;
   WorkerDirectory workers;
@@ -163,7 +148,7 @@ TEST(FdStoreHostTest, KeeperBindsListsReadoptsAndDrops) {
 
   // A restarted keeper hears the running workers' tokens on the next call.
   keeper.reset();
-  keeper = std::make_unique<RunningKeeper>(path);
+  keeper = std::make_unique<fdstore::RunningKeeper>(path);
   EXPECT_TRUE(h.HeldKeys("dev").empty());  // a fresh keeper holds nothing
   EXPECT_EQ(readopts, 1);
 

@@ -1383,8 +1383,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   if (std::getenv("CHAOS_VERBOSE") != nullptr) std::printf("%s\n", emud->Log().c_str());
 
   if (::testing::Test::HasFailure()) {
-    std::string log = emud->Log();
-    std::printf("emud log (tail):\n%s\n", log.substr(log.size() > 6000 ? log.size() - 6000 : 0).c_str());
+    std::printf("emud log (tail):\n%s\n", LogTail(emud->Log()).c_str());
   }
   emud->Stop(SIGTERM);
   if (container) kill_container(cgroup);
