@@ -82,14 +82,15 @@ class EmudTest : public ::testing::Test {
   void StartEmud(std::vector<std::string> extra_env = {}) {
     EmudProcess::Options o;
     o.state_dir = dir_->path() + "/state";
-    o.extra_flags = {"--restart-backoff-initial=20ms", "--restart-backoff-max=80ms",
-                     "--crash-loop-restarts=3",
-                     "--worker-stop-timeout=2s",       "--stop-workers-on-exit"};
-    // Supervision knobs shorten the crash-loop tests; the DefaultSupervision*
-    // tests run the same situations on the flags a user gets.
+    // Supervision on the flags a user gets; only the crash-loop test shortens
+    // the backoff and the verdict (its twin, DefaultSupervisionCrashLoop-
+    // BeforeServingGoesFailed, runs the same situation on defaults). Workers
+    // are stopped with emud so that nothing outlives a test.
+    o.extra_flags = {"--worker-stop-timeout=2s", "--stop-workers-on-exit"};
     const std::string test = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    if (test.rfind("DefaultSupervision", 0) == 0) {
-      o.extra_flags = {"--worker-stop-timeout=2s", "--stop-workers-on-exit"};
+    if (test == "CrashLoopMarksFailedAndResetRecovers") {
+      o.extra_flags.insert(o.extra_flags.end(), {"--restart-backoff-initial=20ms",
+                                                 "--restart-backoff-max=80ms", "--crash-loop-restarts=3"});
     }
     o.extra_env = std::move(extra_env);
     // Only tests that scrape pay for the metrics endpoint's slow stop.
