@@ -427,6 +427,10 @@ absl::Status Worker::Run() {
       result = r.status();
       break;
     }
+    // An fd event (a trapped register access or any vfio-user message, a
+    // backend frame) says the guest is active: mapped doorbells go back to
+    // the short end of the sleep ramp (adaptive_poll.h).
+    if (*r > 0) poller.NoteActivity();
     MaintainStore();
     (void)publisher_->Publish(false);
   }
