@@ -11,11 +11,12 @@
 //   last work:                         0
 //   !must_poll (every source of work
 //   raises an fd event):              -1
+//   less than activity_window since
+//   the last NoteActivity():           min_sleep
 //   otherwise:                         clamp(idle / idle_divisor,
 //                                            min_sleep, max_sleep)
 //
-// where idle = now - last activity, and activity is work or an fd event
-// reported through NoteActivity(). So a sleep never exceeds
+// where idle = now - the last work. So a sleep never exceeds
 // max(min_sleep, idle / idle_divisor): the latency a mapped doorbell can be
 // charged is a fixed fraction (1/256 by default) of the time the device had
 // been quiet, never more than max_sleep. The number of wake-ups spent on an
@@ -23,6 +24,17 @@
 // min_sleep))) until the cap reaches max_sleep, then T / max_sleep:
 // logarithmic in T, so a device that went quiet pays a bounded CPU cost for
 // staying responsive, and a long idle one wakes max_sleep apart.
+//
+// An fd event (NoteActivity: a trapped register access, any vfio-user
+// message, a backend frame) is a hint that traffic may follow: it buys
+// activity_window of min_sleep polling but does not restart the long ramp,
+// because a Linux iavf guest reads a trapped register from its watchdog every
+// 2 s; restarting the ramp each time would keep an idle device at ~1% of a
+// core.
+//
+// Sleeps are short, so the thread should run with kTimerSlackNs of timer
+// slack (PR_SET_TIMERSLACK): with the default 50 us a 50 us sleep lasts
+// ~100 us.
 //
 // The policy is a pure function of the reported outcomes and the clock; every
 // method has an overload taking `now_ns` (CLOCK_MONOTONIC) so it can be tested
@@ -50,7 +62,11 @@ class AdaptivePoller {
     // Longest sleep: worst added latency of a doorbell after a long idle
     // stretch, and 1 / max_sleep wake-ups per second when idle.
     int64_t max_sleep_ns = 20'000'000;
+    // Sleep only min_sleep this long after a NoteActivity() (the flat part of
+    // the ramp that work gets: idle_divisor * min_sleep).
+    int64_t activity_window_ns = 12'800'000;
   };
+  static constexpr int64_t kTimerSlackNs = 1'000;
   AdaptivePoller() : AdaptivePoller(Options()) {}
   explicit AdaptivePoller(Options o) : o_(o) {
     o_.idle_divisor = std::max<int64_t>(1, o_.idle_divisor);
@@ -70,18 +86,19 @@ class AdaptivePoller {
   int64_t Next(bool did_work, bool must_poll) { return Next(did_work, must_poll, NowNs()); }
   int64_t Next(bool did_work, bool must_poll, int64_t now_ns) {
     if (did_work) {
-      last_work_ = last_activity_ = now_ns;
+      last_work_ = now_ns;
       return 0;
     }
     if (now_ns - last_work_ < o_.busy_window_ns) return 0;
     if (!must_poll) return -1;
-    int64_t idle = std::max<int64_t>(0, now_ns - last_activity_);
+    if (now_ns - last_activity_ < o_.activity_window_ns) return o_.min_sleep_ns;
+    int64_t idle = std::max<int64_t>(0, now_ns - last_work_);
     return std::clamp(idle / o_.idle_divisor, o_.min_sleep_ns, o_.max_sleep_ns);
   }
 
   // An fd event that hints at traffic (a trapped register access or any
-  // vfio-user message, a frame from the backend): the sleep ramp starts over
-  // at min_sleep, without the busy window that work starts.
+  // vfio-user message, a frame from the backend): min_sleep for
+  // activity_window, without the busy window that work starts.
   void NoteActivity() { NoteActivity(NowNs()); }
   void NoteActivity(int64_t now_ns) { last_activity_ = std::max(last_activity_, now_ns); }
 
@@ -90,7 +107,7 @@ class AdaptivePoller {
  private:
   Options o_;
   int64_t last_work_ = 0;
-  int64_t last_activity_ = 0;
+  int64_t last_activity_ = INT64_MIN / 2;
 };
 
 }  // namespace emud::dataplane
