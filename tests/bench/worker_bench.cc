@@ -17,7 +17,11 @@
 // and re-arming DYN_CTLN like NAPI), then pauses `gap` before the next one.
 // Both doorbell modes in one run: "rr doorbell=D gap_us=G p50_us= p99_us=",
 // "rr_ratio gap_us=G mmap/trap rtt ratio p50= p99=", and "rr_idle" (the
-// worker's CPU while the same device is idle afterwards).
+// worker's CPU while the same device is idle afterwards). With --rr_wait=irq
+// the re-arm is a trapped write that wakes the worker, whose next poll also
+// finds mapped tails: a stale interrupt (TX completion and RX share vector 1)
+// then acts as a doorbell, as it would under Linux iavf; --rr_wait=poll is
+// what measures the poll policy alone.
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
