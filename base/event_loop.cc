@@ -60,8 +60,19 @@ void EventLoop::Remove(int fd) {
 
 absl::StatusOr<int> EventLoop::RunOnce(absl::Duration timeout) {
   epoll_event evs[32];
-  int ms = timeout == absl::InfiniteDuration() ? -1 : static_cast<int>(absl::ToInt64Milliseconds(timeout));
-  int n = ::epoll_wait(epfd_.get(), evs, 32, ms);
+  int n;
+  if (timeout == absl::InfiniteDuration()) {
+    n = ::epoll_wait(epfd_.get(), evs, 32, -1);
+  } else {
+    // Nanosecond timeouts (Linux 5.11): a 50 us sleep is a 50 us sleep, not
+    // a spin (epoll_wait's milliseconds truncated it to 0) or a whole 1 ms.
+    timespec ts = absl::ToTimespec(std::max(timeout, absl::ZeroDuration()));
+    n = ::epoll_pwait2(epfd_.get(), evs, 32, &ts, nullptr);
+    if (n < 0 && errno == ENOSYS) {  // older kernel: whole milliseconds, rounded up
+      n = ::epoll_wait(epfd_.get(), evs, 32,
+                       static_cast<int>(absl::ToInt64Milliseconds(timeout + absl::Microseconds(999))));
+    }
+  }
   if (n < 0) {
     if (errno == EINTR) return 0;
     return absl::InternalError(absl::StrCat("epoll_wait: ", std::strerror(errno)));

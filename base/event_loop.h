@@ -41,8 +41,9 @@ class EventLoop {
   void Remove(int fd);
   bool Watching(int fd) const { return handlers_.count(fd) != 0; }
 
-  // Waits up to `timeout` (0 = poll) for events and dispatches them.
-  // Returns the number of handlers run.
+  // Waits up to `timeout` (0 = poll, with nanosecond resolution: timer
+  // slack applies) for events and dispatches them. Returns the number of
+  // handlers run.
   absl::StatusOr<int> RunOnce(absl::Duration timeout);
   // Runs until Stop(); busy-polls for busy_poll() after activity.
   absl::Status Run();

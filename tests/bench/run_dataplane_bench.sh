@@ -8,6 +8,8 @@
 #           (also persistence on vs off)
 #   DPDK    testpmd virtio-user <-> vhost-user io forwarding (dpdk_vhost_yardstick.sh)
 #   memcpy  single-core bandwidth, in-cache (2 MiB) and DRAM-sized (1 GiB)
+#   rr      worker_bench --rr: request/response round trips at light load (one
+#           frame, 1 ms and 10 ms pauses), mmap against trap doorbells
 # Ratios are formed per repeat (ours_r / DPDK_r) and reported min/median/max.
 # Usage: [FRAMES=64,512,1518] [QUEUES=1,4] run_dataplane_bench.sh [REPEATS] [SECONDS]
 # Needs dpdk-testpmd (tools/setup.sh --bench) for the DPDK column.
@@ -37,6 +39,11 @@ for r in $(seq "$repeats"); do
     | sed "s/^/rep=$r /" | tee -a "$out"
   "$bin"/tests/bench/dataplane_bench --frames=64 --queues=1 --doorbells=mmap --repeats=1 \
     --seconds="$secs" --persist=false --idle=false --memcpy=false | sed "s/^/rep=$r /" | tee -a "$out"
+  # Light-load latency (issue 16 item 4): mapped against trapped doorbells.
+  "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker --rr \
+    --rr_gaps_us=${RR_GAPS_US:-1000,10000} --rr_round_trips=${RR_ROUND_TRIPS:-300} \
+    --doorbells=mmap,trap --idle=$([[ $r == 1 ]] && echo true || echo false) 2>/dev/null |
+    sed "s/^/rep=$r /" | tee -a "$out"
   for f in ${frames//,/ }; do
     bash tests/bench/dpdk_vhost_yardstick.sh "$f" 3 | sed "s/^/rep=$r /" | tee -a "$out"
   done
@@ -86,4 +93,22 @@ for kind, db, f in (('ours', 'mmap', 64), ('e2e', 'mmap', 64), ('e2e', 'trap', 6
     if pr: print(f"persistence on/off ({name}, {db}, {f} B, 1 queue) {mmm(pr)}")
 for r in rows:
     if r['kind'] in ('e2e_idle',): print(f"idle worker CPU doorbell={r['doorbell']}: {r['worker_cpu_percent']}% of a core")
+rr = {}
+for r in rows:
+    if r['kind'] == 'rr' and int(r.get('lost', '0')) == 0:
+        rr.setdefault((r['doorbell'], int(r['gap_us'])), []).append(
+            (r['rep'], float(r['p50_us']), float(r['p99_us']), float(r['worker_cpu_percent'])))
+for (db, gap), v in sorted(rr.items()):
+    print(f"rr doorbell={db} gap={gap}us rtt p50 us {mmm([x[1] for x in v])} | p99 us "
+          f"{mmm([x[2] for x in v])} | worker CPU % {mmm([x[3] for x in v])}")
+for gap in sorted({g for _, g in rr}):
+    m = {x[0]: x for x in rr.get(('mmap', gap), [])}
+    t = {x[0]: x for x in rr.get(('trap', gap), [])}
+    reps = [k for k in m if k in t]
+    if reps:
+        print(f"mmap/trap rtt ratio gap={gap}us p50 {mmm([m[k][1] / t[k][1] for k in reps])} | "
+              f"p99 {mmm([m[k][2] / t[k][2] for k in reps])}")
+for r in rows:
+    if r['kind'] == 'rr_idle':
+        print(f"idle worker CPU after request/response doorbell={r['doorbell']}: {r['worker_cpu_percent']}% of a core")
 PY

@@ -8,6 +8,20 @@
 //
 // Prints per configuration: "e2e doorbell=D queues=Q frame=F mpps min= median=
 // max=", and with --idle the worker's CPU share while the link is up and idle.
+//
+//   worker_bench --rr [--rr_gaps_us=1000,10000] [--rr_round_trips=500] [--rr_wait=poll]
+//
+// Request/response latency instead (light load): the guest sends one 64-byte
+// frame, the worker loops it back, the guest waits for its RX descriptor
+// (spinning on the ring, or with --rr_wait=irq on the queue's MSI-X eventfd
+// and re-arming DYN_CTLN like NAPI), then pauses `gap` before the next one.
+// Both doorbell modes in one run: "rr doorbell=D gap_us=G p50_us= p99_us=",
+// "rr_ratio gap_us=G mmap/trap rtt ratio p50= p99=", and "rr_idle" (the
+// worker's CPU while the same device is idle afterwards). With --rr_wait=irq
+// the re-arm is a trapped write that wakes the worker, whose next poll also
+// finds mapped tails: a stale interrupt (TX completion and RX share vector 1)
+// then acts as a doorbell, as it would under Linux iavf; --rr_wait=poll is
+// what measures the poll policy alone.
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -19,6 +33,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +43,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "avf/regs.h"
 #include "tests/guest/iavf_driver.h"
 #include "tests/guest/vfio_user_bus.h"
 
@@ -41,6 +58,10 @@ ABSL_FLAG(std::string, persist_session, "",
           "pass --persist-session=VALUE to the worker (true/false; empty: its default)");
 ABSL_FLAG(int, guest_cpu, 0, "CPU of this (guest) process");
 ABSL_FLAG(int, worker_cpu, 1, "CPU of the worker");
+ABSL_FLAG(bool, rr, false, "request/response latency mode (see the file comment)");
+ABSL_FLAG(std::string, rr_gaps_us, "1000,10000", "pauses between round trips (microseconds)");
+ABSL_FLAG(int, rr_round_trips, 500, "measured round trips per gap and doorbell mode");
+ABSL_FLAG(std::string, rr_wait, "poll", "how the guest waits for the answer: poll or irq");
 
 namespace emud::bench {
 namespace {
@@ -250,8 +271,232 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
   return res;
 }
 
+// ------------------------------------------------------- request/response
+// One emud-worker (loopback backend, 1 queue pair) and the test guest, up and
+// linked, for the request/response mode.
+class RrDevice {
+ public:
+  ~RrDevice() {
+    drv_.reset();
+    if (map_ != nullptr) munmap(map_, map_size_);
+    bus_.reset();
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  bool Start(const std::string& mode) {
+    dir_ = absl::StrCat("/dev/shm/emud-wbench-rr-", getpid());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    std::string sock = dir_ + "/w.sock";
+    pid_ = fork();
+    if (pid_ == 0) {
+      Pin(absl::GetFlag(FLAGS_worker_cpu));
+      std::string bin = absl::GetFlag(FLAGS_worker);
+      std::vector<std::string> args = {bin,        "--device",  "bench",    "--state-dir",
+                                       dir_,       "--socket",  sock,       "--mac",
+                                       "02:00:00:00:00:01",     "--queues", "1",
+                                       "--backend", "loopback", "--doorbell", mode};
+      std::string persist = absl::GetFlag(FLAGS_persist_session);
+      if (!persist.empty()) args.push_back("--persist-session=" + persist);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(bin.c_str(), argv.data());
+      _exit(127);
+    }
+    Pin(absl::GetFlag(FLAGS_guest_cpu));
+    for (int i = 0; i < 500 && !std::filesystem::exists(sock); ++i) usleep(10000);
+    guest::VfioUserBusOptions bo;
+    bo.posted_writes = true;
+    bo.memory_size = 16u << 20;
+    auto bus = guest::VfioUserBus::Connect(sock, bo);
+    if (!bus.ok()) {
+      fprintf(stderr, "connect: %s\n", bus.status().ToString().c_str());
+      return false;
+    }
+    bus_ = std::move(*bus);
+    if (mode == "mmap") {
+      auto ri = bus_->client().GetRegionInfo(0);
+      if (!ri.ok() || !ri->fd.valid()) return false;
+      for (auto& a : ri->sparse_areas) map_size_ = std::max<size_t>(map_size_, a.offset + a.size);
+      void* m = mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED, ri->fd.get(),
+                     off_t(ri->info.offset));
+      if (m == MAP_FAILED) return false;
+      map_ = m;
+    }
+    guest::DriverOptions dopt;
+    dopt.max_queues = 1;
+    dopt.ring_size = kRing;
+    dopt.rx_buf_len = 2048;
+    drv_ = std::make_unique<guest::IavfDriver>(bus_.get(), dopt);
+    if (!drv_->Probe().ok() || !drv_->Init().ok() || !drv_->Open().ok()) {
+      fprintf(stderr, "driver bring-up failed\n");
+      return false;
+    }
+    return true;
+  }
+
+  pid_t pid() const { return pid_; }
+  guest::VfioUserBus& bus() { return *bus_; }
+  guest::IavfDriver& drv() { return *drv_; }
+  volatile uint32_t* page() const { return static_cast<volatile uint32_t*>(map_); }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+  std::unique_ptr<guest::VfioUserBus> bus_;
+  std::unique_ptr<guest::IavfDriver> drv_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+};
+
+struct RrResult {
+  std::vector<double> rtt_us;  // sorted
+  int lost = 0;
+  double worker_cpu = -1;      // share of a core while the round trips ran
+  double Pct(double p) const {
+    if (rtt_us.empty()) return -1;
+    size_t i = std::min(rtt_us.size() - 1, size_t(p * double(rtt_us.size())));
+    return rtt_us[i];
+  }
+};
+
+// `n` round trips of one 64-byte frame with `gap_us` between the answer and
+// the next request (after `warmup` unmeasured ones).
+RrResult RequestResponse(RrDevice& d, int gap_us, int n, int warmup, bool irq) {
+  RrResult res;
+  guest::IavfDriver& drv = d.drv();
+  Doorbells db(&d.bus(), d.page());
+  guest::Ring& tx = drv.tx_ring(0);
+  guest::Ring& rx = drv.rx_ring(0);
+  auto buf = d.bus().memory().Allocate(2048, 64);
+  if (!buf.ok()) return res;
+  constexpr uint32_t kLen = 60;
+  std::memset(buf->host, 0, kLen);
+  std::memcpy(buf->host, drv.mac().data(), 6);
+  buf->host[6] = 0x02;
+  buf->host[12] = 0x08;
+  buf->host[14] = 0x45;
+  buf->host[23] = 17;
+  uint8_t* txd = tx.desc.host;
+  uint8_t* rxd = rx.desc.host;
+  uint64_t tx_next = tx.next_to_use, rx_clean = rx.next_to_clean, rx_posted = rx.next_to_use;
+  // Linux flavour: queue 0 on vector 1, re-armed through DYN_CTLN1(0) (trapped).
+  const uint32_t vec = 1;
+  const uint32_t rearm = avf::kDynCtlIntena | avf::kDynCtlItrIndxMask;
+  using Clock = std::chrono::steady_clock;
+  double c0 = 0;
+  Clock::time_point w0;
+  for (int i = 0; i < warmup + n; ++i) {
+    if (i == warmup) {
+      c0 = CpuSeconds(d.pid());
+      w0 = Clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(gap_us));
+    uint32_t idx = uint32_t(tx_next % kRing);
+    uint64_t cmd = 0x1 | 0x2 | 0x4;  // EOP | RS | ICRC
+    *reinterpret_cast<uint64_t*>(txd + idx * 16) = buf->iova;
+    __atomic_store_n(reinterpret_cast<uint64_t*>(txd + idx * 16 + 8), cmd << 4 | uint64_t(kLen) << 34,
+                     __ATOMIC_RELEASE);
+    ++tx_next;
+    auto t0 = Clock::now();
+    db.Write(tx.tail_offset, uint32_t(tx_next % kRing));
+    uint32_t ridx = uint32_t(rx_clean % kRing);
+    auto* rqw1 = reinterpret_cast<uint64_t*>(rxd + ridx * 32 + 8);
+    bool got = false;
+    for (;;) {
+      if (__atomic_load_n(rqw1, __ATOMIC_ACQUIRE) & 1) {
+        got = true;
+        break;
+      }
+      if (Clock::now() - t0 > std::chrono::seconds(1)) break;
+      if (irq) {
+        // NAPI: sleep on the vector, poll, re-arm (the re-arm is a trapped
+        // register write in both doorbell modes).
+        (void)d.bus().WaitVector(vec, absl::Milliseconds(100));
+        if (__atomic_load_n(rqw1, __ATOMIC_ACQUIRE) & 1) {
+          got = true;
+        }
+        (void)d.bus().Write32(avf::VfintDynCtln1(vec - 1), rearm);
+        if (got) break;
+      }
+    }
+    auto t1 = Clock::now();
+    if (!got) {
+      if (i >= warmup) ++res.lost;
+      break;  // the ring positions are unknown now
+    }
+    if (i >= warmup) res.rtt_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    // Re-post the RX buffer (as the throughput loop does) and reap the TX slot.
+    uint32_t u = uint32_t(rx_posted % kRing);
+    const guest::DmaBuffer& b = rx.buffers[rx_posted % rx.buffers.size()];
+    *reinterpret_cast<uint64_t*>(rxd + u * 32) = b.iova;
+    *reinterpret_cast<uint64_t*>(rxd + u * 32 + 8) = 0;
+    ++rx_posted;
+    ++rx_clean;
+    db.Write(rx.tail_offset, uint32_t(rx_posted % kRing));
+  }
+  res.worker_cpu = (CpuSeconds(d.pid()) - c0) / std::chrono::duration<double>(Clock::now() - w0).count();
+  tx.next_to_use = uint32_t(tx_next % kRing);
+  rx.next_to_clean = uint32_t(rx_clean % kRing);
+  rx.next_to_use = uint32_t(rx_posted % kRing);
+  std::sort(res.rtt_us.begin(), res.rtt_us.end());
+  return res;
+}
+
+int MainRequestResponse() {
+  std::vector<int> gaps;
+  for (auto s : absl::StrSplit(absl::GetFlag(FLAGS_rr_gaps_us), ',')) gaps.push_back(std::stoi(std::string(s)));
+  std::vector<std::string> modes = absl::StrSplit(absl::GetFlag(FLAGS_doorbells), ',');
+  const bool irq = absl::GetFlag(FLAGS_rr_wait) == "irq";
+  const char* wait = irq ? "irq" : "poll";
+  const int n = absl::GetFlag(FLAGS_rr_round_trips);
+  std::map<std::pair<std::string, int>, RrResult> results;
+  for (const auto& mode : modes) {
+    RrDevice d;
+    if (!d.Start(mode)) return 1;
+    for (int gap : gaps) {
+      RrResult r = RequestResponse(d, gap, n, std::max(10, n / 20), irq);
+      printf("rr doorbell=%s gap_us=%d wait=%s round_trips=%zu lost=%d p50_us=%.1f p90_us=%.1f "
+             "p99_us=%.1f max_us=%.1f worker_cpu_percent=%.2f\n",
+             mode.c_str(), gap, wait, r.rtt_us.size(), r.lost, r.Pct(0.5), r.Pct(0.9), r.Pct(0.99),
+             r.rtt_us.empty() ? -1.0 : r.rtt_us.back(), r.worker_cpu * 100);
+      fflush(stdout);
+      results[{mode, gap}] = std::move(r);
+    }
+    if (absl::GetFlag(FLAGS_idle)) {
+      // The same device idle afterwards (as --idle measures it: 0.5 s after
+      // the last frame, for 3 s).
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      double c0 = CpuSeconds(d.pid());
+      auto w0 = std::chrono::steady_clock::now();
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+      double cpu = (CpuSeconds(d.pid()) - c0) /
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+      printf("rr_idle doorbell=%s worker_cpu_percent=%.3f\n", mode.c_str(), cpu * 100);
+      fflush(stdout);
+    }
+  }
+  for (int gap : gaps) {
+    auto m = results.find({"mmap", gap});
+    auto t = results.find({"trap", gap});
+    if (m == results.end() || t == results.end() || t->second.rtt_us.empty() ||
+        m->second.rtt_us.empty()) {
+      continue;
+    }
+    printf("rr_ratio gap_us=%d wait=%s mmap/trap rtt ratio p50=%.2f p99=%.2f\n", gap, wait,
+           m->second.Pct(0.5) / t->second.Pct(0.5), m->second.Pct(0.99) / t->second.Pct(0.99));
+  }
+  return 0;
+}
+
 int Main() {
   signal(SIGPIPE, SIG_IGN);
+  if (absl::GetFlag(FLAGS_rr)) return MainRequestResponse();
   std::vector<uint32_t> frames, queues;
   for (auto s : absl::StrSplit(absl::GetFlag(FLAGS_frames), ',')) frames.push_back(std::stoi(std::string(s)));
   for (auto s : absl::StrSplit(absl::GetFlag(FLAGS_queues), ',')) queues.push_back(std::stoi(std::string(s)));
