@@ -26,6 +26,12 @@
 
 namespace emud {
 
+// epoll_wait with a nanosecond timeout (`timeout_ns` < 0: indefinitely):
+// epoll_pwait2 (Linux 5.11), or on an older kernel whole milliseconds rounded
+// up, never down to a spin. A 50 us sleep is then a 50 us sleep (plus timer
+// slack), which the adaptive pollers rely on. Returns what epoll_wait does.
+int EpollWaitNs(int epfd, epoll_event* events, int max_events, int64_t timeout_ns);
+
 class EventLoop {
  public:
   using Handler = std::function<void(uint32_t events)>;

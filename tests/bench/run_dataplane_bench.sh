@@ -10,6 +10,8 @@
 #   memcpy  single-core bandwidth, in-cache (2 MiB) and DRAM-sized (1 GiB)
 #   rr      worker_bench --rr: request/response round trips at light load (one
 #           frame, 1 ms and 10 ms pauses), mmap against trap doorbells
+#   threads worker_bench at 4 queues, mmap doorbells, --datapath-threads 1 and 2
+#           interleaved, guest and worker unpinned (sharing the same cores)
 # Ratios are formed per repeat (ours_r / DPDK_r) and reported min/median/max.
 # Usage: [FRAMES=64,512,1518] [QUEUES=1,4] run_dataplane_bench.sh [REPEATS] [SECONDS]
 # Needs dpdk-testpmd (tools/setup.sh --bench) for the DPDK column.
@@ -34,6 +36,11 @@ for r in $(seq "$repeats"); do
   "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker --frames=64,1518 \
     --queues=1 --doorbells=mmap,trap --repeats=1 --seconds="$secs" --idle=false \
     --persist_session=false 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
+  # Data-path threads: 2 against 1 at 4 queues, guest and worker on the same
+  # (all) cores, side by side.
+  "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker --frames=64,1518 \
+    --queues=4 --doorbells=mmap --repeats=1 --seconds="$secs" --idle=false \
+    --datapath_threads=1,2 --guest_cpu=-1 --worker_cpu=-1 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
   "$bin"/tests/bench/dataplane_bench --frames=64,1518 --queues=1 --doorbells=mmap,trap \
     --repeats=1 --seconds="$secs" --idle=false --memcpy=$([[ $r == 1 ]] && echo true || echo false) \
     | sed "s/^/rep=$r /" | tee -a "$out"
@@ -68,8 +75,12 @@ for f in (64, 512, 1518):
     v = [m for (rep, fr), m in dpdk.items() if fr == f]
     if v: print(f"dpdk_vhost frame={f} Mpps {mmm(v)}")
 groups = {}
+threads = {}
 for r in rows:
-    if r['kind'] not in ('e2e', 'ours'): continue
+    if r['kind'] == 'e2e' and 'threads' in r:
+        threads.setdefault((r['rep'], int(r['frame'])), {})[int(r['threads'])] = float(r['median'])
+for r in rows:
+    if r['kind'] not in ('e2e', 'ours') or 'threads' in r: continue
     p = r.get('persist', '1')
     p = {'default': '1', 'true': '1', 'false': '0'}.get(p, p)
     key = (r['kind'], r['doorbell'], int(r['queues']), int(r['frame']), p)
@@ -91,6 +102,9 @@ for kind, db, f in (('ours', 'mmap', 64), ('e2e', 'mmap', 64), ('e2e', 'trap', 6
     pr = [on[k] / off[k] for k in on if k in off and off[k] > 0]
     name = 'engine hot-state file' if kind == 'ours' else 'worker session persistence'
     if pr: print(f"persistence on/off ({name}, {db}, {f} B, 1 queue) {mmm(pr)}")
+for f in (64, 1518):
+    tr = [t[2] / t[1] for (rep, fr), t in threads.items() if fr == f and t.get(1, 0) > 0 and 2 in t]
+    if tr: print(f"data-path threads 2 vs 1 (mmap, 4 queues, {f} B, guest and worker unpinned on the same cores) {mmm(tr)}")
 for r in rows:
     if r['kind'] in ('e2e_idle',): print(f"idle worker CPU doorbell={r['doorbell']}: {r['worker_cpu_percent']}% of a core")
 rr = {}

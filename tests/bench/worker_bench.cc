@@ -56,8 +56,11 @@ ABSL_FLAG(int, repeats, 3, "runs per configuration");
 ABSL_FLAG(bool, idle, true, "measure the worker's CPU while idle");
 ABSL_FLAG(std::string, persist_session, "",
           "pass --persist-session=VALUE to the worker (true/false; empty: its default)");
-ABSL_FLAG(int, guest_cpu, 0, "CPU of this (guest) process");
-ABSL_FLAG(int, worker_cpu, 1, "CPU of the worker");
+ABSL_FLAG(int, guest_cpu, 0, "CPU of this (guest) process (-1: not pinned)");
+ABSL_FLAG(int, worker_cpu, 1, "CPU of the worker (-1: not pinned)");
+ABSL_FLAG(std::string, datapath_threads, "1",
+          "worker --datapath-threads values; several (e.g. 1,2) are measured side by side, "
+          "interleaved run by run");
 ABSL_FLAG(bool, rr, false, "request/response latency mode (see the file comment)");
 ABSL_FLAG(std::string, rr_gaps_us, "1000,10000", "pauses between round trips (microseconds)");
 ABSL_FLAG(int, rr_round_trips, 500, "measured round trips per gap and doorbell mode");
@@ -69,6 +72,7 @@ namespace {
 constexpr uint32_t kRing = 1024;
 
 void Pin(int cpu) {
+  if (cpu < 0) return;
   cpu_set_t s;
   CPU_ZERO(&s);
   CPU_SET(cpu, &s);
@@ -113,7 +117,8 @@ struct Result {
   double idle_cpu = -1;
 };
 
-Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seconds, bool idle) {
+Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seconds, bool idle,
+               int threads = 1) {
   Result res;
   std::string dir = absl::StrCat("/dev/shm/emud-wbench-", getpid());
   std::filesystem::remove_all(dir);
@@ -130,6 +135,7 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
                                      "--doorbell", mode};
     std::string persist = absl::GetFlag(FLAGS_persist_session);
     if (!persist.empty()) args.push_back("--persist-session=" + persist);
+    if (threads != 1) args.insert(args.end(), {"--datapath-threads", std::to_string(threads)});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -501,19 +507,31 @@ int Main() {
   for (auto s : absl::StrSplit(absl::GetFlag(FLAGS_frames), ',')) frames.push_back(std::stoi(std::string(s)));
   for (auto s : absl::StrSplit(absl::GetFlag(FLAGS_queues), ',')) queues.push_back(std::stoi(std::string(s)));
   std::vector<std::string> modes = absl::StrSplit(absl::GetFlag(FLAGS_doorbells), ',');
+  std::vector<int> threads;
+  for (auto s : absl::StrSplit(absl::GetFlag(FLAGS_datapath_threads), ',')) {
+    threads.push_back(std::stoi(std::string(s)));
+  }
   for (const auto& mode : modes) {
     for (uint32_t nq : queues) {
       for (uint32_t f : frames) {
-        std::vector<double> v;
+        std::vector<std::vector<double>> v(threads.size());
         for (int i = 0; i < absl::GetFlag(FLAGS_repeats); ++i) {
-          v.push_back(RunOnce(mode, nq, f, absl::GetFlag(FLAGS_seconds), false).mpps);
+          for (size_t t = 0; t < threads.size(); ++t) {
+            v[t].push_back(
+                RunOnce(mode, nq, f, absl::GetFlag(FLAGS_seconds), false, threads[t]).mpps);
+          }
         }
-        std::sort(v.begin(), v.end());
-        std::string persist = absl::GetFlag(FLAGS_persist_session);
-        printf("e2e doorbell=%s queues=%u frame=%u persist=%s mpps min=%.3f median=%.3f max=%.3f "
-               "gbps_median=%.2f\n",
-               mode.c_str(), nq, f, persist.empty() ? "default" : persist.c_str(), v.front(),
-               v[v.size() / 2], v.back(), v[v.size() / 2] * f * 8 / 1e3);
+        for (size_t t = 0; t < threads.size(); ++t) {
+          std::sort(v[t].begin(), v[t].end());
+          std::string persist = absl::GetFlag(FLAGS_persist_session);
+          // " threads=N" only when measuring thread counts (older parsers).
+          std::string th = threads.size() > 1 || threads[t] != 1 ? absl::StrCat(" threads=", threads[t]) : "";
+          printf("e2e doorbell=%s queues=%u frame=%u persist=%s%s mpps min=%.3f median=%.3f "
+                 "max=%.3f gbps_median=%.2f\n",
+                 mode.c_str(), nq, f, persist.empty() ? "default" : persist.c_str(), th.c_str(),
+                 v[t].front(), v[t][v[t].size() / 2], v[t].back(),
+                 v[t][v[t].size() / 2] * f * 8 / 1e3);
+        }
         fflush(stdout);
       }
     }
