@@ -405,6 +405,26 @@ bool Device::WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size)
                        inside(VfintItrn1(0, 0), kNumItrIndexes * 16));
 }
 
+bool Device::WriteIsDeferrable(uint32_t region, uint64_t offset, uint64_t size) const {
+  switch (region) {
+    case vfio_user::kConfigRegion:
+    case vfio_user::kBar3:
+      return true;
+    case vfio_user::kBar0: {
+      // Any dword the write touches must not be ATQT or ARQT.
+      const uint64_t first = offset & ~uint64_t{3};
+      const uint64_t end = offset + size;
+      if (end < offset) return false;
+      for (uint32_t reg : {kVfAtqt1, kVfArqt1}) {
+        if (reg >= first && reg < end) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
 void Device::OnTailWrite(QueueKind kind, uint32_t q, uint32_t value) {
   DoorbellWrite((kind == QueueKind::kTx ? QtxTail(q) : QrxTail(q)) / 4, value);
   if (q >= num_queue_pairs_) {

@@ -241,6 +241,12 @@ class Device final : public vfio_user::PciDevice {
   // interrupt, never a lost one. Never while a VF reset is pending (the next
   // register access performs it, which must be committed).
   bool WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const override;
+  // Every config-space, BAR3 (MSI-X table) and BAR0 write except ATQT and
+  // ARQT: those run the admin queue, which writes descriptors and replies
+  // into guest memory at once (and may start queues). Config writes (an FLR
+  // included) and register writes change device state and at most raise
+  // interrupts.
+  bool WriteIsDeferrable(uint32_t region, uint64_t offset, uint64_t size) const override;
 
   // ---- BAR0 register access (also what RegionRead/Write of BAR0 use) ----
   // `offset` is 4-byte aligned, < kBar0Size. Reads have the register's side
