@@ -406,8 +406,14 @@ absl::Status Worker::Run() {
   AdaptivePoller poller;
   const int backend_fd = backend_->event_fd();
   bool backend_watched = backend_fd >= 0;
+  // Control messages (and any other fd event) count as activity: the loop
+  // keeps polling for the poller's busy window after one, so a VMM's next
+  // request right after a reply finds the worker on-CPU (libvfio-user's
+  // example server spins ~100 us the same way). An idle device sees no
+  // event and still blocks.
+  bool fd_activity = false;
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce();
+    bool work = datapath_->PollOnce() || fd_activity;
     // A backend holding a frame the guest has no buffer for (tap) would keep
     // its fd readable and spin the loop: stop watching it until the frame is
     // taken (the RX doorbell or the poll timeout brings us back).
@@ -427,6 +433,7 @@ absl::Status Worker::Run() {
       result = r.status();
       break;
     }
+    fd_activity = *r > 0;
     MaintainStore();
     (void)publisher_->Publish(false);
   }
