@@ -8,6 +8,15 @@
 //
 // Prints per configuration: "e2e doorbell=D queues=Q frame=F mpps min= median=
 // max=", and with --idle the worker's CPU share while the link is up and idle.
+//
+// With --napi (default) each configuration also runs an interrupt-driven
+// guest, Linux NAPI style, interleaved with the polling one: it sleeps on
+// the queue's MSI-X eventfd, polls the rings (budget 64 RX descriptors, as
+// NAPI's weight), and when a poll did not use its budget re-arms the vector
+// with a trapped VFINT_DYN_CTLN1 write (posted REGION_WRITE, as
+// iavf_update_enable_itr does) before sleeping again. It prints "e2e_napi
+// ..." and "interrupt-driven vs polling ... ratio=" (Mpps, same run) with
+// the re-arm rate.
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -27,6 +36,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "avf/regs.h"
 #include "tests/guest/iavf_driver.h"
 #include "tests/guest/vfio_user_bus.h"
 
@@ -40,6 +50,8 @@ ABSL_FLAG(bool, idle, true, "measure the worker's CPU while idle");
 ABSL_FLAG(std::string, persist_session, "",
           "pass --persist-session=VALUE to the worker (true/false; empty: its default)");
 ABSL_FLAG(int, guest_cpu, 0, "CPU of this (guest) process");
+ABSL_FLAG(bool, napi, true,
+          "also run the interrupt-driven (NAPI-style) guest and print interrupt-driven vs polling");
 ABSL_FLAG(int, worker_cpu, 1, "CPU of the worker");
 
 namespace emud::bench {
@@ -90,9 +102,13 @@ struct Q {
 struct Result {
   double mpps = -1;
   double idle_cpu = -1;
+  double rearms_per_s = 0;  // NAPI guest: DYN_CTLN re-arm writes
 };
 
-Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seconds, bool idle) {
+constexpr uint32_t kNapiBudget = 64;  // NAPI_POLL_WEIGHT
+
+Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seconds, bool idle,
+               bool napi = false) {
   Result res;
   std::string dir = absl::StrCat("/dev/shm/emud-wbench-", getpid());
   std::filesystem::remove_all(dir);
@@ -171,6 +187,7 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
         qs[q].txbuf.push_back(*b);
       }
     }
+    const uint32_t rx_budget = napi ? kNapiBudget : 256;
     auto round = [&]() -> uint64_t {
       uint64_t got = 0;
       for (uint32_t q = 0; q < qs.size(); ++q) {
@@ -209,25 +226,52 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
           *reinterpret_cast<uint64_t*>(rxd + u * 32 + 8) = 0;
           ++g.rx_posted;
           ++g.rx_clean;
-          if (++reaped == 256) break;
+          if (++reaped == rx_budget) break;
         }
         if (reaped > 0) db.Write(g.rx->tail_offset, uint32_t(g.rx_posted % kRing));
       }
       return got;
     };
+    // NAPI: one poll of every queue; a poll that stayed under its budget
+    // completes and re-arms the queue vectors (trapped DYN_CTLN1 writes,
+    // iavf_update_enable_itr without an ITR change); then the guest sleeps
+    // until a vector fires. A poll that used its budget polls again at once.
+    uint64_t rearms = 0;
+    guest::VfioUserBus* vbus = bus->get();
+    auto napi_round = [&]() -> uint64_t {
+      uint64_t got = round();
+      if (got >= rx_budget * qs.size()) return got;
+      for (uint32_t q = 0; q < qs.size(); ++q) {
+        (void)vbus->Write32(avf::VfintDynCtln1(q), avf::kDynCtlIntena |
+                                                       (avf::kItrIndexNone << avf::kDynCtlItrIndxShift));
+        ++rearms;
+      }
+      // Sleep until a queue vector fires (vector q + 1 serves queue q); after
+      // 5 ms without one, poll anyway (a lost interrupt shows as a low rate).
+      bool woke = false;
+      for (uint32_t q = 0; q < qs.size() && !woke; ++q) {
+        auto n = vbus->WaitVector(q + 1, q == 0 ? absl::Milliseconds(5) : absl::ZeroDuration());
+        woke = !n.ok() || *n > 0;
+      }
+      return got;
+    };
+    auto step = [&]() -> uint64_t { return napi ? napi_round() : round(); };
     using Clock = std::chrono::steady_clock;
     auto t0 = Clock::now();
-    while (Clock::now() - t0 < std::chrono::milliseconds(200)) round();
+    while (Clock::now() - t0 < std::chrono::milliseconds(200)) step();
     uint64_t pkts = 0;
+    rearms = 0;
     auto start = Clock::now();
     auto end = start + std::chrono::duration<double>(seconds);
     Clock::time_point now;
     uint32_t it = 0;
     for (;;) {
-      pkts += round();
-      if ((++it & 63) == 0 && (now = Clock::now()) >= end) break;
+      pkts += step();
+      if ((++it & (napi ? 0 : 63)) == 0 && (now = Clock::now()) >= end) break;
     }
-    res.mpps = pkts / std::chrono::duration<double>(now - start).count() / 1e6;
+    const double elapsed = std::chrono::duration<double>(now - start).count();
+    res.mpps = pkts / elapsed / 1e6;
+    res.rearms_per_s = rearms / elapsed;
     if (idle) {
       auto d0 = Clock::now();
       // Drain the rings (reap what is in flight), then stay idle.
@@ -259,16 +303,34 @@ int Main() {
   for (const auto& mode : modes) {
     for (uint32_t nq : queues) {
       for (uint32_t f : frames) {
-        std::vector<double> v;
+        std::vector<double> v, nv, ratio, rearm;
+        const bool napi = absl::GetFlag(FLAGS_napi);
         for (int i = 0; i < absl::GetFlag(FLAGS_repeats); ++i) {
           v.push_back(RunOnce(mode, nq, f, absl::GetFlag(FLAGS_seconds), false).mpps);
+          if (napi) {  // interleaved with the polling runs: same machine conditions
+            Result r = RunOnce(mode, nq, f, absl::GetFlag(FLAGS_seconds), false, /*napi=*/true);
+            nv.push_back(r.mpps);
+            rearm.push_back(r.rearms_per_s);
+            ratio.push_back(v.back() > 0 ? r.mpps / v.back() : 0);
+          }
         }
         std::sort(v.begin(), v.end());
         std::string persist = absl::GetFlag(FLAGS_persist_session);
+        const char* ps = persist.empty() ? "default" : persist.c_str();
         printf("e2e doorbell=%s queues=%u frame=%u persist=%s mpps min=%.3f median=%.3f max=%.3f "
                "gbps_median=%.2f\n",
-               mode.c_str(), nq, f, persist.empty() ? "default" : persist.c_str(), v.front(),
-               v[v.size() / 2], v.back(), v[v.size() / 2] * f * 8 / 1e3);
+               mode.c_str(), nq, f, ps, v.front(), v[v.size() / 2], v.back(), v[v.size() / 2] * f * 8 / 1e3);
+        if (napi) {
+          std::sort(nv.begin(), nv.end());
+          std::sort(ratio.begin(), ratio.end());
+          std::sort(rearm.begin(), rearm.end());
+          printf("e2e_napi doorbell=%s queues=%u frame=%u persist=%s mpps min=%.3f median=%.3f max=%.3f "
+                 "rearms_per_s_median=%.0f\n",
+                 mode.c_str(), nq, f, ps, nv.front(), nv[nv.size() / 2], nv.back(), rearm[rearm.size() / 2]);
+          printf("interrupt-driven vs polling doorbell=%s queues=%u frame=%u persist=%s ratio min=%.3f "
+                 "median=%.3f max=%.3f\n",
+                 mode.c_str(), nq, f, ps, ratio.front(), ratio[ratio.size() / 2], ratio.back());
+        }
         fflush(stdout);
       }
     }
