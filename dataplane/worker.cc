@@ -442,8 +442,14 @@ absl::Status Worker::Run() {
   for (uint32_t k = 0; k < nbq; ++k) {
     if (backend_->event_fd(k) >= 0) backend_watched |= 1u << k;
   }
+  // Control messages (and any other fd event) count as activity: the loop
+  // keeps polling for the poller's busy window after one, so a VMM's next
+  // request right after a reply finds the worker on-CPU (libvfio-user's
+  // example server spins ~100 us the same way). An idle device sees no
+  // event and still blocks.
+  bool fd_activity = false;
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce();
+    bool work = datapath_->PollOnce() || fd_activity;
     // A backend holding a frame the guest has no buffer for (tap) would keep
     // its fd readable and spin the loop: stop watching it until the frame is
     // taken (the RX doorbell or the poll timeout brings us back).
@@ -473,6 +479,7 @@ absl::Status Worker::Run() {
     // backend frame) says the guest is active: mapped doorbells go back to
     // the short end of the sleep ramp (adaptive_poll.h).
     if (*r > 0) poller.NoteActivity();
+    fd_activity = *r > 0;
     MaintainStore();
     (void)publisher_->Publish(false);
   }
@@ -510,8 +517,9 @@ absl::Status Worker::RunThreaded() {
   absl::Status result;
   AdaptivePoller poller;
   epoll_event evs[16];
+  bool fd_activity = false;  // as in Run: a control message keeps the loop polling a while
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce();
+    bool work = datapath_->PollOnce() || fd_activity;
     for (uint32_t k = 0; k < nbq; k += datapath_->threads()) {
       const int fd = backend_->event_fd(k);
       const bool on = watched & (1u << k);
@@ -534,8 +542,9 @@ absl::Status Worker::RunThreaded() {
     const int n = EpollWaitNs(ep.get(), evs, 16, t);
     if (n > 0) poller.NoteActivity();
     bool control = false;
+    fd_activity = false;
     for (int i = 0; i < n; ++i) {
-      if (evs[i].data.u32 == kLoopId) control = true;
+      if (evs[i].data.u32 == kLoopId) control = fd_activity = true;
       if (evs[i].data.u32 == kWakeId) {
         uint64_t v;
         (void)!::read(datapath_->wake_fd(), &v, sizeof(v));

@@ -2,7 +2,8 @@
 # Data-path benchmark with its yardsticks, measured side by side in one run.
 # Each repeat runs, back to back (so they share the machine's conditions):
 #   e2e     tests/bench:worker_bench - test guest over vfio-user + emud-worker
-#           process, loopback, each pinned to its own CPU, mmap and trap doorbells
+#           process, loopback, each pinned to its own CPU, mmap and trap doorbells;
+#           also its interrupt-driven (NAPI-style) guest against the polling one
 #   engine  tests/bench:dataplane_bench - the same guest loop and the worker's
 #           queue engines in two processes without the vfio-user session
 #           (also persistence on vs off)
@@ -29,18 +30,23 @@ trap 'rm -f "$out"' EXIT
 for r in $(seq "$repeats"); do
   echo "== repeat $r/$repeats" >&2
   "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker \
-    --frames="$frames" --queues="$queues" --doorbells=mmap,trap --repeats=1 --seconds="$secs" \
+    --frames="$frames" --queues="$queues" --doorbells=mmap,trap --repeats=1 --seconds="$secs" --napi=false \
     --idle=$([[ $r == 1 ]] && echo true || echo false) 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
   # The worker's crash-consistent session persistence (issue 7) switched off:
   # the persistence overhead, side by side.
   "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker --frames=64,1518 \
     --queues=1 --doorbells=mmap,trap --repeats=1 --seconds="$secs" --idle=false \
-    --persist_session=false 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
+    --persist_session=false --napi=false 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
   # Data-path threads: 2 against 1 at 4 queues, guest and worker on the same
   # (all) cores, side by side.
   "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker --frames=64,1518 \
     --queues=4 --doorbells=mmap --repeats=1 --seconds="$secs" --idle=false \
-    --datapath_threads=1,2 --guest_cpu=-1 --worker_cpu=-1 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
+    --datapath_threads=1,2 --guest_cpu=-1 --worker_cpu=-1 --napi=false 2>/dev/null | sed "s/^/rep=$r /" | tee -a "$out"
+  # Interrupt-driven guest (NAPI style: sleep on MSI-X, poll, re-arm with a
+  # trapped DYN_CTLN1 write) against the polling one, interleaved, defaults.
+  "$bin"/tests/bench/worker_bench --worker="$bin"/dataplane/emud-worker --frames=64,1518 \
+    --queues=1 --doorbells=trap --repeats=1 --seconds="$secs" --idle=false --napi=true 2>/dev/null \
+    | grep -E '^(e2e_napi|interrupt-driven)' | sed "s/^/rep=$r /" | tee -a "$out"
   "$bin"/tests/bench/dataplane_bench --frames=64,1518 --queues=1 --doorbells=mmap,trap \
     --repeats=1 --seconds="$secs" --idle=false --memcpy=$([[ $r == 1 ]] && echo true || echo false) \
     | sed "s/^/rep=$r /" | tee -a "$out"
@@ -105,6 +111,16 @@ for kind, db, f in (('ours', 'mmap', 64), ('e2e', 'mmap', 64), ('e2e', 'trap', 6
 for f in (64, 1518):
     tr = [t[2] / t[1] for (rep, fr), t in threads.items() if fr == f and t.get(1, 0) > 0 and 2 in t]
     if tr: print(f"data-path threads 2 vs 1 (mmap, 4 queues, {f} B, guest and worker unpinned on the same cores) {mmm(tr)}")
+napi, rearm = {}, {}
+for r in rows:
+    if r['kind'] == 'interrupt-driven':
+        napi.setdefault((r['doorbell'], int(r['frame'])), []).append(float(r['median']))
+    if r['kind'] == 'e2e_napi':
+        rearm.setdefault((r['doorbell'], int(r['frame'])), []).append(float(r['rearms_per_s_median']))
+for (db, f), v in sorted(napi.items()):
+    line = f"interrupt-driven vs polling ({db}, {f} B, 1 queue) {mmm(v)}"
+    if rearm.get((db, f)): line += f" | DYN_CTLN re-arms/s {mmm(rearm[(db, f)])}"
+    print(line)
 for r in rows:
     if r['kind'] in ('e2e_idle',): print(f"idle worker CPU doorbell={r['doorbell']}: {r['worker_cpu_percent']}% of a core")
 rr = {}

@@ -22,6 +22,15 @@
 // finds mapped tails: a stale interrupt (TX completion and RX share vector 1)
 // then acts as a doorbell, as it would under Linux iavf; --rr_wait=poll is
 // what measures the poll policy alone.
+//
+// With --napi (default) each configuration also runs an interrupt-driven
+// guest, Linux NAPI style, interleaved with the polling one: it sleeps on
+// the queue's MSI-X eventfd, polls the rings (budget 64 RX descriptors, as
+// NAPI's weight), and when a poll did not use its budget re-arms the vector
+// with a trapped VFINT_DYN_CTLN1 write (posted REGION_WRITE, as
+// iavf_update_enable_itr does) before sleeping again. It prints "e2e_napi
+// ..." and "interrupt-driven vs polling ... ratio=" (Mpps, same run) with
+// the re-arm rate.
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -65,6 +74,8 @@ ABSL_FLAG(bool, rr, false, "request/response latency mode (see the file comment)
 ABSL_FLAG(std::string, rr_gaps_us, "1000,10000", "pauses between round trips (microseconds)");
 ABSL_FLAG(int, rr_round_trips, 500, "measured round trips per gap and doorbell mode");
 ABSL_FLAG(std::string, rr_wait, "poll", "how the guest waits for the answer: poll or irq");
+ABSL_FLAG(bool, napi, true,
+          "also run the interrupt-driven (NAPI-style) guest and print interrupt-driven vs polling");
 
 namespace emud::bench {
 namespace {
@@ -115,10 +126,13 @@ struct Q {
 struct Result {
   double mpps = -1;
   double idle_cpu = -1;
+  double rearms_per_s = 0;  // NAPI guest: DYN_CTLN re-arm writes
 };
 
+constexpr uint32_t kNapiBudget = 64;  // NAPI_POLL_WEIGHT
+
 Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seconds, bool idle,
-               int threads = 1) {
+               int threads = 1, bool napi = false) {
   Result res;
   std::string dir = absl::StrCat("/dev/shm/emud-wbench-", getpid());
   std::filesystem::remove_all(dir);
@@ -198,6 +212,7 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
         qs[q].txbuf.push_back(*b);
       }
     }
+    const uint32_t rx_budget = napi ? kNapiBudget : 256;
     auto round = [&]() -> uint64_t {
       uint64_t got = 0;
       for (uint32_t q = 0; q < qs.size(); ++q) {
@@ -236,25 +251,52 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
           *reinterpret_cast<uint64_t*>(rxd + u * 32 + 8) = 0;
           ++g.rx_posted;
           ++g.rx_clean;
-          if (++reaped == 256) break;
+          if (++reaped == rx_budget) break;
         }
         if (reaped > 0) db.Write(g.rx->tail_offset, uint32_t(g.rx_posted % kRing));
       }
       return got;
     };
+    // NAPI: one poll of every queue; a poll that stayed under its budget
+    // completes and re-arms the queue vectors (trapped DYN_CTLN1 writes,
+    // iavf_update_enable_itr without an ITR change); then the guest sleeps
+    // until a vector fires. A poll that used its budget polls again at once.
+    uint64_t rearms = 0;
+    guest::VfioUserBus* vbus = bus->get();
+    auto napi_round = [&]() -> uint64_t {
+      uint64_t got = round();
+      if (got >= rx_budget * qs.size()) return got;
+      for (uint32_t q = 0; q < qs.size(); ++q) {
+        (void)vbus->Write32(avf::VfintDynCtln1(q), avf::kDynCtlIntena |
+                                                       (avf::kItrIndexNone << avf::kDynCtlItrIndxShift));
+        ++rearms;
+      }
+      // Sleep until a queue vector fires (vector q + 1 serves queue q); after
+      // 5 ms without one, poll anyway (a lost interrupt shows as a low rate).
+      bool woke = false;
+      for (uint32_t q = 0; q < qs.size() && !woke; ++q) {
+        auto n = vbus->WaitVector(q + 1, q == 0 ? absl::Milliseconds(5) : absl::ZeroDuration());
+        woke = !n.ok() || *n > 0;
+      }
+      return got;
+    };
+    auto step = [&]() -> uint64_t { return napi ? napi_round() : round(); };
     using Clock = std::chrono::steady_clock;
     auto t0 = Clock::now();
-    while (Clock::now() - t0 < std::chrono::milliseconds(200)) round();
+    while (Clock::now() - t0 < std::chrono::milliseconds(200)) step();
     uint64_t pkts = 0;
+    rearms = 0;
     auto start = Clock::now();
     auto end = start + std::chrono::duration<double>(seconds);
     Clock::time_point now;
     uint32_t it = 0;
     for (;;) {
-      pkts += round();
-      if ((++it & 63) == 0 && (now = Clock::now()) >= end) break;
+      pkts += step();
+      if ((++it & (napi ? 0 : 63)) == 0 && (now = Clock::now()) >= end) break;
     }
-    res.mpps = pkts / std::chrono::duration<double>(now - start).count() / 1e6;
+    const double elapsed = std::chrono::duration<double>(now - start).count();
+    res.mpps = pkts / elapsed / 1e6;
+    res.rearms_per_s = rearms / elapsed;
     if (idle) {
       auto d0 = Clock::now();
       // Drain the rings (reap what is in flight), then stay idle.
@@ -514,23 +556,45 @@ int Main() {
   for (const auto& mode : modes) {
     for (uint32_t nq : queues) {
       for (uint32_t f : frames) {
-        std::vector<std::vector<double>> v(threads.size());
+        const bool napi = absl::GetFlag(FLAGS_napi);
+        std::vector<std::vector<double>> v(threads.size()), nv(threads.size()),
+            ratio(threads.size()), rearm(threads.size());
         for (int i = 0; i < absl::GetFlag(FLAGS_repeats); ++i) {
           for (size_t t = 0; t < threads.size(); ++t) {
             v[t].push_back(
                 RunOnce(mode, nq, f, absl::GetFlag(FLAGS_seconds), false, threads[t]).mpps);
+            if (napi) {  // interleaved with the polling runs: same machine conditions
+              Result r = RunOnce(mode, nq, f, absl::GetFlag(FLAGS_seconds), false, threads[t],
+                                 /*napi=*/true);
+              nv[t].push_back(r.mpps);
+              rearm[t].push_back(r.rearms_per_s);
+              ratio[t].push_back(v[t].back() > 0 ? r.mpps / v[t].back() : 0);
+            }
           }
         }
+        std::string persist = absl::GetFlag(FLAGS_persist_session);
+        const char* ps = persist.empty() ? "default" : persist.c_str();
         for (size_t t = 0; t < threads.size(); ++t) {
           std::sort(v[t].begin(), v[t].end());
-          std::string persist = absl::GetFlag(FLAGS_persist_session);
           // " threads=N" only when measuring thread counts (older parsers).
           std::string th = threads.size() > 1 || threads[t] != 1 ? absl::StrCat(" threads=", threads[t]) : "";
           printf("e2e doorbell=%s queues=%u frame=%u persist=%s%s mpps min=%.3f median=%.3f "
                  "max=%.3f gbps_median=%.2f\n",
-                 mode.c_str(), nq, f, persist.empty() ? "default" : persist.c_str(), th.c_str(),
-                 v[t].front(), v[t][v[t].size() / 2], v[t].back(),
-                 v[t][v[t].size() / 2] * f * 8 / 1e3);
+                 mode.c_str(), nq, f, ps, th.c_str(), v[t].front(), v[t][v[t].size() / 2],
+                 v[t].back(), v[t][v[t].size() / 2] * f * 8 / 1e3);
+          if (napi) {
+            std::sort(nv[t].begin(), nv[t].end());
+            std::sort(ratio[t].begin(), ratio[t].end());
+            std::sort(rearm[t].begin(), rearm[t].end());
+            printf("e2e_napi doorbell=%s queues=%u frame=%u persist=%s%s mpps min=%.3f median=%.3f "
+                   "max=%.3f rearms_per_s_median=%.0f\n",
+                   mode.c_str(), nq, f, ps, th.c_str(), nv[t].front(), nv[t][nv[t].size() / 2],
+                   nv[t].back(), rearm[t][rearm[t].size() / 2]);
+            printf("interrupt-driven vs polling doorbell=%s queues=%u frame=%u persist=%s%s ratio "
+                   "min=%.3f median=%.3f max=%.3f\n",
+                   mode.c_str(), nq, f, ps, th.c_str(), ratio[t].front(),
+                   ratio[t][ratio[t].size() / 2], ratio[t].back());
+          }
         }
         fflush(stdout);
       }
