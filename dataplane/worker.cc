@@ -94,21 +94,27 @@ UniqueFd Worker::TakeInherited(absl::string_view key) {
 
 absl::Status Worker::ResumeOrCreate() {
   const absl::Time start = absl::Now();
+  worker_api::RestartTrace& trace = options_.trace;  // one mark per step
   WORKER_RETURN_IF_ERROR(AdoptFdStore());
+  trace.Mark("fdstore");
   WORKER_RETURN_IF_ERROR(OpenState());
+  trace.Mark("lmdb");
   WORKER_RETURN_IF_ERROR(OpenPoisonGuard());
   WORKER_RETURN_IF_ERROR(CreateDevice());
   WORKER_RETURN_IF_ERROR(CreateEventLoop());
   WORKER_RETURN_IF_ERROR(OpenBackendAndQueues());
+  trace.Mark("device");
   // A successor holding the guest's connection takes the session over:
   // device model from LMDB, session (DMA windows, eventfds, the pending
   // request) from LMDB + inherited fds, queues from the tmpfs queue state.
   conn_ = TakeInherited(worker_api::kConnFdKey);
   if (conn_.valid() && persist_) WORKER_RETURN_IF_ERROR(ResumeSession());
   if (!resumed_) WORKER_RETURN_IF_ERROR(CreateSession());
+  trace.Mark("session");
   WORKER_RETURN_IF_ERROR(Listen());
   ReleaseUnclaimedFds();
   WORKER_RETURN_IF_ERROR(WatchFds());
+  trace.Mark("listen");
   publisher_ = std::make_unique<StatusPublisher>(env_.get(), device_.get(), datapath_.get(),
                                                  &server_->session());
   // The predecessor's figure is not ours: a worker that resumed nothing
@@ -119,6 +125,7 @@ absl::Status Worker::ResumeOrCreate() {
   // cannot be written (a full tmpfs) is a failed start, not a worker that
   // serves while emud shows the device CREATED.
   if (absl::Status s = publisher_->Publish(true); !s.ok()) return Annotate(s, "status");
+  trace.Mark("status");
   return absl::OkStatus();
 }
 
@@ -394,6 +401,7 @@ void Worker::MaintainStore() {
 
 absl::Status Worker::Run() {
   const worker_api::WorkerArgs& args = options_.args;
+  options_.trace.Mark("run");
   if (resumed_) {
     std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n",
                  args.device.c_str(), absl::ToDoubleMilliseconds(resume_time_));
@@ -401,6 +409,15 @@ absl::Status Worker::Run() {
   std::fprintf(stderr, "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues)\n",
                args.device.c_str(), args.socket_path.c_str(), backend_->spec().c_str(),
                std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues);
+  // The startup trace is logged once the data path has run: after the
+  // first round that found no work, or the 64th.
+  uint32_t round = 0;
+  bool logged = false;
+  auto log_start = [&] {
+    logged = true;
+    std::fprintf(stderr, "emud-worker: %s%s%d: %s\n", args.device.c_str(),
+                 worker_api::kRestartTraceLogTag, int(::getpid()), options_.trace.Format().c_str());
+  };
 
   absl::Status result;
   AdaptivePoller poller;
@@ -408,6 +425,7 @@ absl::Status Worker::Run() {
   bool backend_watched = backend_fd >= 0;
   while (!stop_.load()) {
     bool work = datapath_->PollOnce();
+    if (round == 0) options_.trace.Mark("polled");
     // A backend holding a frame the guest has no buffer for (tap) would keep
     // its fd readable and spin the loop: stop watching it until the frame is
     // taken (the RX doorbell or the poll timeout brings us back).
@@ -429,7 +447,10 @@ absl::Status Worker::Run() {
     }
     MaintainStore();
     (void)publisher_->Publish(false);
+    ++round;
+    if (!logged && ((round >= 2 && !work) || round >= 64)) log_start();
   }
+  if (!logged) log_start();
   (void)publisher_->Publish(true);
   std::fprintf(stderr, "emud-worker: %s stopping\n", args.device.c_str());
   return result;

@@ -38,6 +38,7 @@
 #include "proto/worker_status.pb.h"
 #include "state_store/store.h"
 #include "vfio_user/session.h"
+#include "worker_api/restart_trace.h"
 #include "worker_api/worker_args.h"
 
 namespace emud::dataplane {
@@ -52,6 +53,9 @@ struct WorkerOptions {
   // The fd store's listening socket (worker_api::kFdStoreSocketEnv), for
   // reconnecting after the store went away; empty: never reconnect.
   std::string store_socket;
+  // The start's timeline so far (emud's marks, the process's); each
+  // ResumeOrCreate step and the first poll add theirs, and Run logs it.
+  worker_api::RestartTrace trace;
 };
 
 class Worker {

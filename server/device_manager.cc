@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "base/exit_reason.h"
 #include "base/socket_access.h"
 #include "google/protobuf/util/time_util.h"
@@ -421,7 +422,14 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   // A successor inherits the listening socket when the store holds it;
   // otherwise it binds a fresh one and the dead worker's file must go.
   if (!has_listener) RemoveSocketFile(spec.socket_path());
-  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, launch->env);
+  std::vector<std::string> env = launch->env;
+  if (count_restart && exit_trace_.has_value()) {
+    // The predecessor's exit, as this loop round saw it (restart_trace.h).
+    worker_api::RestartTrace trace = *exit_trace_;
+    trace.Mark("spawn");
+    env.push_back(absl::StrCat(worker_api::kRestartTraceEnv, "=", trace.Encode()));
+  }
+  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, env);
   if (!s.ok()) {
     WorkerFailedLocked(d, std::string(s.message()), false);
     return;
@@ -947,6 +955,7 @@ void DeviceManager::Loop() {
     int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(wake_at - absl::Now()) + 1);
     epoll_event evs[8];
     int n = ::epoll_wait(epoll_.get(), evs, 8, static_cast<int>(std::min<int64_t>(ms, 60000)));
+    const int64_t woke_ns = absl::GetCurrentTimeNanos();
     if (n < 0 && errno != EINTR) {
       Log(absl::StrCat("epoll_wait: ", std::strerror(errno)));
       absl::SleepFor(absl::Milliseconds(10));
@@ -954,6 +963,7 @@ void DeviceManager::Loop() {
     }
     absl::MutexLock lock(&mu_);
     if (stop_loop_) return;
+    const int64_t locked_ns = absl::GetCurrentTimeNanos();
     for (int i = 0; i < n; ++i) {
       switch (evs[i].data.u64) {
         case kWakeId: {
@@ -963,7 +973,12 @@ void DeviceManager::Loop() {
         }
         case kSupervisorId:
           for (const Supervisor::Exit& exit : supervisor_->TakeExits()) {
+            exit_trace_.emplace();
+            exit_trace_->MarkAt("woke", woke_ns);
+            exit_trace_->MarkAt("locked", locked_ns);
+            exit_trace_->Mark("reaped");
             if (Dev* d = FindLocked(exit.device)) HandleExitLocked(*d, exit);
+            exit_trace_.reset();
           }
           break;
         case kWatcherId:

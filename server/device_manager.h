@@ -65,6 +65,7 @@
 #include "server/validation.h"
 #include "state_store/record.h"
 #include "state_store/store.h"
+#include "worker_api/restart_trace.h"
 
 namespace emud::server {
 
@@ -253,6 +254,10 @@ class DeviceManager {
   absl::Time next_gauge_poll_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool handing_over_ ABSL_GUARDED_BY(mu_) = false;
+  // While the loop handles a worker's exit: when it woke for it and took
+  // mu_ (worker_api/restart_trace.h); a restart started from there hands
+  // them to the successor.
+  std::optional<worker_api::RestartTrace> exit_trace_ ABSL_GUARDED_BY(mu_);
   bool stop_loop_ ABSL_GUARDED_BY(mu_) = false;
   // Watch events: events_[i] has sequence number first_seq_ + i.
   std::deque<emud::v1::DeviceEvent> events_ ABSL_GUARDED_BY(mu_);
