@@ -16,6 +16,7 @@
 #include "base/socket_access.h"
 #include "base/unix_listener.h"
 #include "dataplane/adaptive_poll.h"
+#include "dataplane/startup_priority.h"
 #include "state_store/state_dir.h"
 #include "vfio_user/session_store.h"
 #include "worker_api/fd_keys.h"
@@ -426,6 +427,7 @@ absl::Status Worker::Run() {
   while (!stop_.load()) {
     bool work = datapath_->PollOnce();
     if (round == 0) options_.trace.Mark("polled");
+    EndStartupPriority(work);  // a real-time start ends with the first frame
     // A backend holding a frame the guest has no buffer for (tap) would keep
     // its fd readable and spin the loop: stop watching it until the frame is
     // taken (the RX doorbell or the poll timeout brings us back).

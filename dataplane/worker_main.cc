@@ -31,6 +31,7 @@
 #include "absl/time/clock.h"
 #include "base/command_line.h"
 #include "base/exit_reason.h"
+#include "dataplane/startup_priority.h"
 #include "dataplane/worker.h"
 #include "fdstore/fd_store.h"
 #include "worker_api/fd_keys.h"
@@ -47,7 +48,12 @@ std::atomic<Worker*> g_worker{nullptr};
 // The first instant of this process's code (before static constructors of
 // the default priority): the end of exec, for the startup trace.
 int64_t g_exec_ns = 0;
-__attribute__((constructor(101))) void MarkExec() { g_exec_ns = absl::GetCurrentTimeNanos(); }
+// A real-time start (emud --startup-rt-priority) is adopted here, before
+// anything could create a thread that would inherit it.
+__attribute__((constructor(101))) void AtExec() {
+  g_exec_ns = absl::GetCurrentTimeNanos();
+  AdoptStartupPriority();
+}
 
 void OnSignal(int) {
   // Every instant is a consistent crash point for a resumable worker (what

@@ -95,6 +95,11 @@ struct ManagerOptions {
   std::string fd_keeper;
   // How long Start() waits for the keeper to answer.
   absl::Duration fd_keeper_wait = absl::Seconds(30);
+  // > 0: the SCHED_FIFO priority of emud's supervision loop (it wakes for a
+  // worker's exit and spawns the successor) and of a starting worker until
+  // its first frame, at most 200 ms (SupervisorOptions). 0: neither. Without
+  // CAP_SYS_NICE both run without it (logged once).
+  int startup_rt_priority = 1;
 };
 
 class DeviceManager {
