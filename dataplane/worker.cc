@@ -17,6 +17,7 @@
 #include "base/socket_access.h"
 #include "base/unix_listener.h"
 #include "dataplane/adaptive_poll.h"
+#include "dataplane/startup_priority.h"
 #include "state_store/state_dir.h"
 #include "vfio_user/session_store.h"
 #include "worker_api/fd_keys.h"
@@ -95,21 +96,27 @@ UniqueFd Worker::TakeInherited(absl::string_view key) {
 
 absl::Status Worker::ResumeOrCreate() {
   const absl::Time start = absl::Now();
+  worker_api::RestartTrace& trace = options_.trace;  // one mark per step
   WORKER_RETURN_IF_ERROR(AdoptFdStore());
+  trace.Mark("fdstore");
   WORKER_RETURN_IF_ERROR(OpenState());
+  trace.Mark("lmdb");
   WORKER_RETURN_IF_ERROR(OpenPoisonGuard());
   WORKER_RETURN_IF_ERROR(CreateDevice());
   WORKER_RETURN_IF_ERROR(CreateEventLoop());
   WORKER_RETURN_IF_ERROR(OpenBackendAndQueues());
+  trace.Mark("device");
   // A successor holding the guest's connection takes the session over:
   // device model from LMDB, session (DMA windows, eventfds, the pending
   // request) from LMDB + inherited fds, queues from the tmpfs queue state.
   conn_ = TakeInherited(worker_api::kConnFdKey);
   if (conn_.valid() && persist_) WORKER_RETURN_IF_ERROR(ResumeSession());
   if (!resumed_) WORKER_RETURN_IF_ERROR(CreateSession());
+  trace.Mark("session");
   WORKER_RETURN_IF_ERROR(Listen());
   ReleaseUnclaimedFds();
   WORKER_RETURN_IF_ERROR(WatchFds());
+  trace.Mark("listen");
   publisher_ = std::make_unique<StatusPublisher>(env_.get(), device_.get(), datapath_.get(),
                                                  &server_->session());
   // The predecessor's figure is not ours: a worker that resumed nothing
@@ -120,6 +127,7 @@ absl::Status Worker::ResumeOrCreate() {
   // cannot be written (a full tmpfs) is a failed start, not a worker that
   // serves while emud shows the device CREATED.
   if (absl::Status s = publisher_->Publish(true); !s.ok()) return Annotate(s, "status");
+  trace.Mark("status");
   return absl::OkStatus();
 }
 
@@ -420,6 +428,7 @@ void Worker::MaintainStore() {
 
 absl::Status Worker::Run() {
   const worker_api::WorkerArgs& args = options_.args;
+  options_.trace.Mark("run");
   if (resumed_) {
     std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n",
                  args.device.c_str(), absl::ToDoubleMilliseconds(resume_time_));
@@ -430,11 +439,27 @@ absl::Status Worker::Run() {
                args.device.c_str(), args.socket_path.c_str(), backend_->spec().c_str(),
                std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues,
                datapath_->threads(), backend_->num_queues());
+  // The startup trace is logged once the data path has run: after the
+  // first round that found no work, or the 64th.
+  uint32_t round = 0;
+  bool logged = false;
+  auto log_start = [&] {
+    logged = true;
+    std::fprintf(stderr, "emud-worker: %s%s%d: %s\n", args.device.c_str(),
+                 worker_api::kRestartTraceLogTag, int(::getpid()), options_.trace.Format().c_str());
+  };
 
   // Short sleeps need a tight timer (adaptive_poll.h); threads this one
   // creates inherit it.
   (void)prctl(PR_SET_TIMERSLACK, AdaptivePoller::kTimerSlackNs, 0, 0, 0);
-  if (datapath_->threads() > 1) return RunThreaded();
+  if (datapath_->threads() > 1) {
+    absl::Status s = RunThreaded([&](bool work) {
+      ++round;
+      if (!logged && ((round >= 2 && !work) || round >= 64)) log_start();
+    });
+    if (!logged) log_start();
+    return s;
+  }
   absl::Status result;
   AdaptivePoller poller;
   const uint32_t nbq = backend_->num_queues();
@@ -449,7 +474,10 @@ absl::Status Worker::Run() {
   // event and still blocks.
   bool fd_activity = false;
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce() || fd_activity;
+    const bool moved = datapath_->PollOnce();
+    if (round == 0) options_.trace.Mark("polled");
+    EndStartupPriority(moved);  // a real-time start ends with the first frame
+    bool work = moved || fd_activity;
     // A backend holding a frame the guest has no buffer for (tap) would keep
     // its fd readable and spin the loop: stop watching it until the frame is
     // taken (the RX doorbell or the poll timeout brings us back).
@@ -482,7 +510,10 @@ absl::Status Worker::Run() {
     fd_activity = *r > 0;
     MaintainStore();
     (void)publisher_->Publish(false);
+    ++round;
+    if (!logged && ((round >= 2 && !work) || round >= 64)) log_start();
   }
+  if (!logged) log_start();
   (void)publisher_->Publish(true);
   std::fprintf(stderr, "emud-worker: %s stopping\n", args.device.c_str());
   return result;
@@ -495,7 +526,7 @@ absl::Status Worker::Run() {
 // store - only with every other lane parked (DataPath::PauseGuard), so no
 // request's effect (DMA map/unmap, queue contexts, RSS, interrupt state)
 // races a lane's round.
-absl::Status Worker::RunThreaded() {
+absl::Status Worker::RunThreaded(absl::FunctionRef<void(bool work)> after_round) {
   UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
   if (!ep.valid()) return absl::InternalError("epoll_create1");
   constexpr uint32_t kLoopId = 1u << 30, kWakeId = (1u << 30) + 1;
@@ -519,7 +550,9 @@ absl::Status Worker::RunThreaded() {
   epoll_event evs[16];
   bool fd_activity = false;  // as in Run: a control message keeps the loop polling a while
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce() || fd_activity;
+    const bool moved = datapath_->PollOnce();
+    EndStartupPriority(moved);  // lanes 1.. never had it (SCHED_RESET_ON_FORK)
+    bool work = moved || fd_activity;
     for (uint32_t k = 0; k < nbq; k += datapath_->threads()) {
       const int fd = backend_->event_fd(k);
       const bool on = watched & (1u << k);
@@ -564,6 +597,7 @@ absl::Status Worker::RunThreaded() {
       MaintainStore();
     }
     (void)publisher_->Publish(false);
+    after_round(work);
   }
   datapath_->StopThreads();
   (void)publisher_->Publish(true);

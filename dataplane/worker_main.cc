@@ -28,12 +28,15 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/time/clock.h"
 #include "base/command_line.h"
 #include "base/exit_reason.h"
+#include "dataplane/startup_priority.h"
 #include "dataplane/worker.h"
 #include "fdstore/fd_store.h"
 #include "worker_api/fd_keys.h"
 #include "worker_api/flags.h"
+#include "worker_api/restart_trace.h"
 
 namespace emud::dataplane {
 namespace {
@@ -41,6 +44,16 @@ namespace {
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_exit_now{false};  // resumable: SIGTERM = a crash
 std::atomic<Worker*> g_worker{nullptr};
+
+// The first instant of this process's code (before static constructors of
+// the default priority): the end of exec, for the startup trace.
+int64_t g_exec_ns = 0;
+// A real-time start (emud --startup-rt-priority) is adopted here, before
+// anything could create a thread that would inherit it.
+__attribute__((constructor(101))) void AtExec() {
+  g_exec_ns = absl::GetCurrentTimeNanos();
+  AdoptStartupPriority();
+}
 
 void OnSignal(int) {
   // Every instant is a consistent crash point for a resumable worker (what
@@ -60,6 +73,12 @@ int Fail(absl::string_view what, const absl::Status& s) {
 }
 
 int Main(int argc, char** argv) {
+  // emud's marks (a restart: its wake-up for the predecessor's exit), then ours.
+  const char* trace_env = std::getenv(worker_api::kRestartTraceEnv);
+  worker_api::RestartTrace trace =
+      worker_api::RestartTrace::Decode(trace_env != nullptr ? trace_env : "");
+  trace.MarkAt("exec", g_exec_ns);
+  trace.Mark("main");
   InitExitReasonFromEnv();
   // emud passes dashed flags (--state-dir).
   ParseDashedCommandLine(argc, argv);
@@ -82,6 +101,8 @@ int Main(int argc, char** argv) {
   if (const char* store = std::getenv(worker_api::kFdStoreSocketEnv); store != nullptr) {
     options.store_socket = store;
   }
+  trace.Mark("args");
+  options.trace = std::move(trace);
 
   Worker worker(std::move(options));
   g_worker.store(&worker);

@@ -1,6 +1,7 @@
 #include "server/device_manager.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -17,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "base/exit_reason.h"
 #include "base/socket_access.h"
 #include "google/protobuf/util/time_util.h"
@@ -188,7 +190,11 @@ absl::Status DeviceManager::OpenParts() {
   if (!epoll_.valid() || !wake_.valid()) {
     return absl::InternalError(absl::StrCat("event loop setup: ", std::strerror(errno)));
   }
-  auto supervisor = Supervisor::Create({options_.restart, options_.worker_stop_timeout});
+  SupervisorOptions sopt;
+  sopt.restart = options_.restart;
+  sopt.stop_timeout = options_.worker_stop_timeout;
+  sopt.startup_rt_priority = options_.startup_rt_priority;
+  auto supervisor = Supervisor::Create(sopt);
   if (!supervisor.ok()) return supervisor.status();
   StatusWatcherOptions wo;
   wo.state_dir = options_.state_dir;
@@ -423,11 +429,21 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   // A successor inherits the listening socket when the store holds it;
   // otherwise it binds a fresh one and the dead worker's file must go.
   if (!has_listener) RemoveSocketFile(spec.socket_path());
-  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, launch->env);
+  std::vector<std::string> env = launch->env;
+  if (count_restart && exit_trace_.has_value()) {
+    // The predecessor's exit, as this loop round saw it (restart_trace.h).
+    worker_api::RestartTrace trace = *exit_trace_;
+    trace.Mark("spawn");
+    env.push_back(absl::StrCat(worker_api::kRestartTraceEnv, "=", trace.Encode()));
+  }
+  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, env);
   if (!s.ok()) {
     WorkerFailedLocked(d, std::string(s.message()), false);
     return;
   }
+  // (The loop takes a real-time start back if the worker does not: its
+  // timer is due then.)
+  if (supervisor_->startup_rt_priority() > 0) Wake();
   fd_host_->WorkerStarted(name, *launch);
   d.rec.set_worker_pid(supervisor_->pid(name));
   d.rec.set_worker_start_ticks(supervisor_->start_ticks(name));
@@ -938,6 +954,22 @@ pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
 // ------------------------------------------------------------- event loop
 
 void DeviceManager::Loop() {
+  // The loop is the supervision path: a worker's exit wakes it and it spawns
+  // the successor while the guest waits, so it does not queue behind the
+  // machine's other work. Real-time, but it only runs on its events (exits,
+  // status records, fd-store messages, due timers) and sleeps otherwise. Not
+  // SCHED_RESET_ON_FORK: posix_spawn's child must run real-time from its
+  // first instruction (measured: a child born SCHED_OTHER waited up to 20 ms
+  // under load before it could even raise itself); the worker adds the reset
+  // at exec (dataplane/startup_priority.h), and the loop starts no threads.
+  if (options_.startup_rt_priority > 0) {
+    sched_param sp{};
+    sp.sched_priority = options_.startup_rt_priority;
+    if (::sched_setscheduler(0, SCHED_FIFO, &sp) != 0) {
+      Log(absl::StrCat("supervision loop without real-time priority (SCHED_FIFO ",
+                       options_.startup_rt_priority, "): ", std::strerror(errno)));
+    }
+  }
   while (true) {
     absl::Time wake_at;
     {
@@ -945,10 +977,14 @@ void DeviceManager::Loop() {
       if (stop_loop_) return;
       wake_at = std::min(watcher_->NextPoll(), next_gauge_poll_);
       if (auto r = supervisor_->NextRestart(); r.has_value()) wake_at = std::min(wake_at, *r);
+      if (auto r = supervisor_->EndStartupPriorities(absl::Now()); r.has_value()) {
+        wake_at = std::min(wake_at, *r);
+      }
     }
     int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(wake_at - absl::Now()) + 1);
     epoll_event evs[8];
     int n = ::epoll_wait(epoll_.get(), evs, 8, static_cast<int>(std::min<int64_t>(ms, 60000)));
+    const int64_t woke_ns = absl::GetCurrentTimeNanos();
     if (n < 0 && errno != EINTR) {
       Log(absl::StrCat("epoll_wait: ", std::strerror(errno)));
       absl::SleepFor(absl::Milliseconds(10));
@@ -956,6 +992,7 @@ void DeviceManager::Loop() {
     }
     absl::MutexLock lock(&mu_);
     if (stop_loop_) return;
+    const int64_t locked_ns = absl::GetCurrentTimeNanos();
     for (int i = 0; i < n; ++i) {
       switch (evs[i].data.u64) {
         case kWakeId: {
@@ -965,7 +1002,12 @@ void DeviceManager::Loop() {
         }
         case kSupervisorId:
           for (const Supervisor::Exit& exit : supervisor_->TakeExits()) {
+            exit_trace_.emplace();
+            exit_trace_->MarkAt("woke", woke_ns);
+            exit_trace_->MarkAt("locked", locked_ns);
+            exit_trace_->Mark("reaped");
             if (Dev* d = FindLocked(exit.device)) HandleExitLocked(*d, exit);
+            exit_trace_.reset();
           }
           break;
         case kWatcherId:

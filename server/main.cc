@@ -79,6 +79,11 @@ ABSL_FLAG(int, datapath_threads, 1,
 ABSL_FLAG(int, crash_loop_restarts, 5,
           "Consecutive deaths before serving that are retried; the next one marks the device "
           "FAILED");
+ABSL_FLAG(int, startup_rt_priority, 1,
+          "SCHED_FIFO priority (1-99) of emud's supervision loop and of a starting worker until "
+          "its first frame (at most 200 ms), so that a successor's start does not wait behind "
+          "other work on the machine; 0: no real-time scheduling. Needs CAP_SYS_NICE (without "
+          "it both run SCHED_OTHER)");
 ABSL_FLAG(std::string, fd_keeper, "auto",
           "Where the devices' fds are kept: PATH of emud-keeper's socket (wait for it at start), "
           "'auto' (<state-dir>/keeper.sock if a keeper answers there, else in emud), or 'none' "
@@ -224,6 +229,10 @@ int main(int argc, char** argv) {
     Fail("need 0 < --restart-backoff-initial <= --restart-backoff-max");
   }
   if (opts.restart.max_consecutive_failures < 0) Fail("--crash-loop-restarts must be >= 0");
+  opts.startup_rt_priority = absl::GetFlag(FLAGS_startup_rt_priority);
+  if (opts.startup_rt_priority < 0 || opts.startup_rt_priority > 99) {
+    Fail("--startup-rt-priority must be 0 (off) or 1-99");
+  }
 
   // One emud per state directory.
   std::error_code ec;

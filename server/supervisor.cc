@@ -76,11 +76,29 @@ absl::Status Supervisor::Spawn(const std::string& device, const std::vector<std:
     s->exit_reason = std::move(*r);
     inherit.push_back({"exit-reason", s->exit_reason.get(), kExitReasonEnv});
   }
-  auto p = fdstore::SpawnWithFds(argv, inherit, env);
+  const absl::Time t0 = absl::Now();
+  auto p = fdstore::SpawnWithFds(argv, inherit, env, rt_priority_);
+  if (absl::IsPermissionDenied(p.status()) && rt_priority_ > 0) {
+    Log(absl::StrCat(p.status().message(), "; workers start without real-time priority"));
+    rt_priority_ = 0;
+    p = fdstore::SpawnWithFds(argv, inherit, env);
+  }
   if (!p.ok()) return p.status();
   s->proc = std::move(*p);
   s->started = absl::Now();
+  // posix_spawn returns once the child has exec'd. Under load it sometimes
+  // takes 5-20 ms although the child is real-time, most likely waiting for
+  // emud's mmap_lock (the child shares emud's memory map until its exec,
+  // which copies argv and environment out of it, and emud's other threads
+  // are not real-time): ARCHITECTURE.md, known limits. Logged, as the one
+  // part of a reattach emud's log can show.
+  if (s->started - t0 >= absl::Milliseconds(5)) {
+    Log(absl::StrCat("device ", device, ": spawning worker pid ", s->proc.pid, " took ",
+                     absl::FormatDuration(s->started - t0)));
+  }
   s->stopping = false;
+  s->rt_until.reset();
+  if (rt_priority_ > 0) s->rt_until = s->started + options_.startup_rt_max;
   Watch(*s);
   return absl::OkStatus();
 }
@@ -237,6 +255,24 @@ std::optional<absl::Time> Supervisor::NextRestart() const {
   for (const auto& [name, s] : slots_) {
     if (s->restart_at.has_value() && (!next.has_value() || *s->restart_at < *next)) {
       next = s->restart_at;
+    }
+  }
+  return next;
+}
+
+std::optional<absl::Time> Supervisor::EndStartupPriorities(absl::Time now) {
+  std::optional<absl::Time> next;
+  for (auto& [name, s] : slots_) {
+    if (!s->rt_until.has_value()) continue;
+    if (s->proc.pid == 0) {
+      s->rt_until.reset();
+    } else if (*s->rt_until <= now) {
+      s->rt_until.reset();
+      if (absl::Status st = fdstore::EndRealtime(s->proc); !st.ok()) {
+        Log(absl::StrCat("device ", name, ": ", st.message()));
+      }
+    } else if (!next.has_value() || *s->rt_until < *next) {
+      next = s->rt_until;
     }
   }
   return next;
