@@ -30,6 +30,8 @@
 #include "absl/status/status.h"
 #include "base/command_line.h"
 #include "base/exit_reason.h"
+#include "base/log.h"
+#include "absl/strings/str_cat.h"
 #include "dataplane/worker.h"
 #include "fdstore/fd_store.h"
 #include "worker_api/fd_keys.h"
@@ -54,13 +56,15 @@ void OnSignal(int) {
 }
 
 int Fail(absl::string_view what, const absl::Status& s) {
-  std::fprintf(stderr, "emud-worker: %s: %s\n", std::string(what).c_str(), s.ToString().c_str());
+  log::Error(absl::StrCat(what, ": ", s.ToString()));
   RecordExitReason(what, s);  // emud puts it into the device's last_error
   return 1;
 }
 
 int Main(int argc, char** argv) {
   InitExitReasonFromEnv();
+  // emud's --log-format and --log-level (base/log.h).
+  log::InitFromEnvironment("emud-worker");
   // emud passes dashed flags (--state-dir).
   ParseDashedCommandLine(argc, argv);
   auto args = worker_api::WorkerArgsFromFlags();
@@ -74,6 +78,7 @@ int Main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
 
   const std::string name = args->device;
+  log::SetProcessDevice(name);  // every line of this worker is about its device
   WorkerOptions options;
   options.args = *std::move(args);
   auto inherited = fdstore::TakeInheritedFds();
@@ -94,7 +99,7 @@ int Main(int argc, char** argv) {
   if (g_stop.load() && g_exit_now.load()) _exit(0);  // SIGTERM during start-up
 
   absl::Status s = worker.Run();
-  if (!s.ok()) std::fprintf(stderr, "emud-worker: event loop: %s\n", s.ToString().c_str());
+  if (!s.ok()) log::Error(absl::StrCat("event loop: ", s.ToString()));
   g_worker.store(nullptr);
   return 0;
 }

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "base/version.h"
 #include "absl/time/time.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -36,8 +37,6 @@ struct MetricDef {
 // The whole list, in exposition order (see metrics.cc).
 extern const MetricDef kMetricDefs[];
 extern const size_t kNumMetricDefs;
-
-inline constexpr char kVersion[] = "0.1.0";
 
 class Metrics {
  public:

@@ -193,7 +193,7 @@ TEST_F(FullTmpfsTest, CommitOnAFullTmpfsWaitsForRoomAndTheGuestGoesOn) {
   // windows): the commit path was exercised, not bypassed by free pages.
   EXPECT_TRUE(saw_full) << emud_->Log();
   EXPECT_TRUE(absl::StrContains(dev->status().last_error(), "full")) << dev->status().last_error();
-  EXPECT_TRUE(absl::StrContains(emud_->Log(), "emud-worker: commit: RESOURCE_EXHAUSTED")) << emud_->Log();
+  EXPECT_TRUE(absl::StrContains(emud_->Log(), ": commit: RESOURCE_EXHAUSTED")) << emud_->Log();
 }
 
 TEST_F(FullTmpfsTest, DeleteOnAFullTmpfsSucceedsAndFreesTheState) {
