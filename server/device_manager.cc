@@ -255,6 +255,7 @@ absl::Status DeviceManager::ResumeWorkerLocked(
     if (a.ok()) {
       fd_host_->WorkerAdopted(name, d.rec.fd_keeper_token());
       log::DeviceInfo(name, absl::StrCat("adopted running worker pid ", supervisor_->pid(name)));
+      metrics_->WorkerAdopted(name);
     } else {
       d.rec.set_last_error(absl::StrCat("worker pid ", d.rec.worker_pid(),
                                         " exited while emud was not running"));
@@ -613,12 +614,12 @@ void DeviceManager::NotifyLocked(Dev& d) {
   if (p != d.phase) {
     d.phase = p;
     d.phase_time = absl::Now();
-    UpdatePhaseGaugesLocked();
   }
   v1::Device dev = BuildLocked(d);
   std::string bytes = dev.SerializeAsString();
   if (bytes == d.last_emitted) return;
   d.last_emitted = std::move(bytes);
+  UpdatePhaseGaugesLocked();  // the phase or the worker (pid) changed
   EmitLocked(first ? v1::DeviceEvent::KIND_ADDED : v1::DeviceEvent::KIND_MODIFIED, dev);
 }
 
@@ -636,8 +637,21 @@ void DeviceManager::EmitLocked(v1::DeviceEvent::Kind kind, const v1::Device& dev
 
 void DeviceManager::UpdatePhaseGaugesLocked() {
   std::map<v1::Phase, int> counts;
-  for (const auto& [name, d] : devs_) ++counts[d->phase];
+  std::vector<DeviceMetricState> states;
+  for (const auto& [name, d] : devs_) {
+    ++counts[d->phase];
+    DeviceMetricState st;
+    st.name = name;
+    st.phase = d->phase;
+    st.type = d->rec.type() == v1::DEVICE_TYPE_AVF ? "avf" : "unspecified";
+    st.backend = d->rec.spec().backend();
+    st.doorbell = d->rec.spec().doorbell() == v1::DOORBELL_MODE_MMAP ? "mmap" : "trap";
+    st.queue_pairs = d->rec.spec().queue_pairs();
+    st.worker_pid = supervisor_->pid(name);
+    states.push_back(std::move(st));
+  }
   metrics_->SetDeviceCounts(counts);
+  metrics_->SetDeviceStates(states);
 }
 
 // ------------------------------------------------------------------ RPCs

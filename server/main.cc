@@ -14,6 +14,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -128,6 +129,32 @@ std::string NonTmpfsWarning(const std::string& dir) {
       "the kernel writes back to that disk (disk I/O under guest traffic, where tmpfs has "
       "none), and the state outlives a reboot that the guests' connections do not; put it on "
       "a tmpfs (e.g. under /dev/shm)");
+}
+
+// Counts this start in <state-dir>/emud.starts (emud_starts_total); 0 if
+// the count cannot be kept (a full tmpfs: the metric then starts over).
+uint64_t CountStart(const std::string& state_dir) {
+  const std::string path = state_dir + "/emud.starts";
+  uint64_t n = 0;
+  {
+    std::ifstream in(path);
+    std::string line;
+    if (std::getline(in, line)) (void)absl::SimpleAtoi(line, &n);
+  }
+  ++n;
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << n << "\n";
+    if (!out.flush()) {
+      emud::log::Warning(absl::StrCat("cannot record emud's start in ", path,
+                                      "; emud_starts_total counts from this start"));
+      ::unlink(tmp.c_str());
+      return 1;
+    }
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return 1;
+  return n;
 }
 
 // Why the metrics endpoint cannot listen on host:port, with what to do.
@@ -354,6 +381,7 @@ int main(int argc, char** argv) {
   }
 
   emud::server::Metrics metrics;
+  metrics.SetStarts(CountStart(opts.state_dir));
   auto manager = emud::server::DeviceManager::Open(opts, &metrics);
   if (!manager.ok()) Fail(manager.status().ToString());
   absl::Status s = (*manager)->Start(
@@ -428,6 +456,7 @@ int main(int argc, char** argv) {
       Fail(MetricsListenError(metrics_addr, e.what()));
     }
     exposer->RegisterCollectable(metrics.registry());
+    exposer->RegisterCollectable(metrics.process_collector());
     auto bound = exposer->GetListeningPorts();
     std::string host = metrics_addr.substr(0, metrics_addr.rfind(':'));
     metrics_url = absl::StrCat("http://", host, ":", bound.empty() ? 0 : bound[0], "/metrics");
