@@ -246,7 +246,7 @@ std::string CompletionScript(CLI::App& app, const std::string& shell) {
   std::string cmds, cases;
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
     cmds += sub->get_name() + " ";
-    std::string flags = "--help ";
+    std::string flags;
     bool takes_name = false;
     for (const CLI::Option* o : sub->get_options()) {
       if (o->get_positional()) {
@@ -562,7 +562,10 @@ int main(int argc, char** argv) {
     v1::WatchDevicesRequest req;
     for (const auto& n : watch_names) req.add_names(n);
     req.set_skip_initial(skip_initial && !streamed);
-    auto reader = client.stub()->WatchDevices(&wctx, req);
+    // A fresh channel per attempt: the old one may still hold the
+    // connection of the emud that went away.
+    Client attempt(g);
+    auto reader = attempt.stub()->WatchDevices(&wctx, req);
     v1::DeviceEvent ev;
     while (reader->Read(&ev)) {
       streamed = true;
@@ -584,7 +587,10 @@ int main(int argc, char** argv) {
     }
     grpc::Status s = reader->Finish();
     if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && timeout_given) return kOk;
-    if (streamed && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    // The watch was running (events came, or emud ended it by shutting down).
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        (streamed || s.error_message() == "emud is shutting down")) {
+      streamed = true;
       std::cerr << "emuctl: lost emud at " << g.server << " (" << s.error_message()
                 << "); reconnecting" << std::endl;
       std::this_thread::sleep_for(std::chrono::seconds(1));
