@@ -12,8 +12,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "base/exit_reason.h"
+#include "base/log.h"
 #include "base/socket_access.h"
 #include "base/unix_listener.h"
 #include "dataplane/adaptive_poll.h"
@@ -181,8 +183,8 @@ absl::Status Worker::OpenPoisonGuard() {
     if (guard_->DeathsAtOpen(level) > 0) {
       static const char* const kNames[] = {"a vfio-user request", "a virtchnl message",
                                            "a TX burst"};
-      std::fprintf(stderr, "emud-worker: %s: a predecessor died handling %s (%u deaths on it)\n",
-                   options_.args.device.c_str(), kNames[level], guard_->DeathsAtOpen(level));
+      log::Warning(absl::StrCat("a predecessor died handling ", kNames[level], " (",
+                                guard_->DeathsAtOpen(level), " deaths on it)"));
     }
   }
   return absl::OkStatus();
@@ -289,9 +291,8 @@ vfio_user::SessionOptions Worker::SessionOptionsFor() const {
     // committed, and let emud start a successor at a pace until there is
     // room (never a disconnect, which QEMU takes as a device reset).
     sopt.on_store_full = [](const absl::Status& s) {
-      std::fprintf(stderr, "emud-worker: commit: %s\n", s.ToString().c_str());
+      log::Error(absl::StrCat("commit: ", s.ToString()));
       RecordExitReason("commit", s);
-      std::fflush(stderr);
       _exit(1);
     };
   }
@@ -420,8 +421,7 @@ void Worker::MaintainStore() {
   if (now < next_reconnect_) return;
   next_reconnect_ = now + absl::Milliseconds(10);
   if (store_->Reconnect(options_.store_socket).ok()) {
-    std::fprintf(stderr, "emud-worker: %s: reconnected to the fd store (%zu fds)\n",
-                 options_.args.device.c_str(), store_->deposited());
+    log::Info(absl::StrCat("reconnected to the fd store (", store_->deposited(), " fds)"));
     WatchStore();
   }
 }
@@ -430,23 +430,20 @@ absl::Status Worker::Run() {
   const worker_api::WorkerArgs& args = options_.args;
   options_.trace.Mark("run");
   if (resumed_) {
-    std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n",
-                 args.device.c_str(), absl::ToDoubleMilliseconds(resume_time_));
+    log::Info(absl::StrFormat("resumed the guest's session in %.2f ms",
+                              absl::ToDoubleMilliseconds(resume_time_)));
   }
-  std::fprintf(stderr,
-               "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues, %u data-path "
-               "threads, %u backend queues)\n",
-               args.device.c_str(), args.socket_path.c_str(), backend_->spec().c_str(),
-               std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues,
-               datapath_->threads(), backend_->num_queues());
+  log::Info(absl::StrCat("serving on ", args.socket_path, " (backend ", backend_->spec(),
+                         ", doorbell ", worker_api::DoorbellModeName(args.doorbell), ", ",
+                         args.queues, " queues, ", datapath_->threads(),
+                         " data-path threads, ", backend_->num_queues(), " backend queues)"));
   // The startup trace is logged once the data path has run: after the
   // first round that found no work, or the 64th.
   uint32_t round = 0;
   bool logged = false;
   auto log_start = [&] {
     logged = true;
-    std::fprintf(stderr, "emud-worker: %s%s%d: %s\n", args.device.c_str(),
-                 worker_api::kRestartTraceLogTag, int(::getpid()), options_.trace.Format().c_str());
+    log::Info(absl::StrCat(worker_api::kRestartTraceLogTag, ::getpid(), ": ", options_.trace.Format()));
   };
 
   // Short sleeps need a tight timer (adaptive_poll.h); threads this one
@@ -515,7 +512,7 @@ absl::Status Worker::Run() {
   }
   if (!logged) log_start();
   (void)publisher_->Publish(true);
-  std::fprintf(stderr, "emud-worker: %s stopping\n", args.device.c_str());
+  log::Info("stopping");
   return result;
 }
 
@@ -601,7 +598,7 @@ absl::Status Worker::RunThreaded(absl::FunctionRef<void(bool work)> after_round)
   }
   datapath_->StopThreads();
   (void)publisher_->Publish(true);
-  std::fprintf(stderr, "emud-worker: %s stopping\n", options_.args.device.c_str());
+  log::Info("stopping");
   return result;
 }
 

@@ -32,6 +32,8 @@
 #include "base/command_line.h"
 #include "base/exit_reason.h"
 #include "dataplane/startup_priority.h"
+#include "base/log.h"
+#include "absl/strings/str_cat.h"
 #include "dataplane/worker.h"
 #include "fdstore/fd_store.h"
 #include "worker_api/fd_keys.h"
@@ -67,7 +69,7 @@ void OnSignal(int) {
 }
 
 int Fail(absl::string_view what, const absl::Status& s) {
-  std::fprintf(stderr, "emud-worker: %s: %s\n", std::string(what).c_str(), s.ToString().c_str());
+  log::Error(absl::StrCat(what, ": ", s.ToString()));
   RecordExitReason(what, s);  // emud puts it into the device's last_error
   return 1;
 }
@@ -80,6 +82,8 @@ int Main(int argc, char** argv) {
   trace.MarkAt("exec", g_exec_ns);
   trace.Mark("main");
   InitExitReasonFromEnv();
+  // emud's --log-format and --log-level (base/log.h).
+  log::InitFromEnvironment("emud-worker");
   // emud passes dashed flags (--state-dir).
   ParseDashedCommandLine(argc, argv);
   auto args = worker_api::WorkerArgsFromFlags();
@@ -93,6 +97,7 @@ int Main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
 
   const std::string name = args->device;
+  log::SetProcessDevice(name);  // every line of this worker is about its device
   WorkerOptions options;
   options.args = *std::move(args);
   auto inherited = fdstore::TakeInheritedFds();
@@ -115,7 +120,7 @@ int Main(int argc, char** argv) {
   if (g_stop.load() && g_exit_now.load()) _exit(0);  // SIGTERM during start-up
 
   absl::Status s = worker.Run();
-  if (!s.ok()) std::fprintf(stderr, "emud-worker: event loop: %s\n", s.ToString().c_str());
+  if (!s.ok()) log::Error(absl::StrCat("event loop: ", s.ToString()));
   g_worker.store(nullptr);
   return 0;
 }

@@ -10,14 +10,13 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "base/exit_reason.h"
 
 namespace emud::server {
 namespace {
 
 constexpr absl::Duration kKillGrace = absl::Seconds(3);
-
-void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
 }  // namespace
 
@@ -167,8 +166,8 @@ absl::Status Supervisor::Stop(const std::string& device, absl::Time deadline, ab
   absl::Condition cond(+gone, s);
   absl::Time term_deadline = std::min(deadline, absl::Now() + options_.stop_timeout);
   if (mu.AwaitWithDeadline(cond, term_deadline)) return absl::OkStatus();
-  Log(absl::StrCat("device ", device, ": worker pid ", s->proc.pid,
-                   " ignored SIGTERM; sending SIGKILL"));
+  log::DeviceWarning(device, absl::StrCat("worker pid ", s->proc.pid,
+                                          " ignored SIGTERM; sending SIGKILL"));
   (void)fdstore::SignalProcess(s->proc, SIGKILL);
   if (mu.AwaitWithTimeout(cond, kKillGrace)) return absl::OkStatus();
   s->stopping = false;

@@ -77,6 +77,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -453,15 +454,19 @@ struct ReattachSample {
 // (workers log to emud's stderr), by device.
 std::map<std::string, std::vector<worker_api::RestartTrace>> StartupTraces(const std::string& log) {
   std::map<std::string, std::vector<worker_api::RestartTrace>> out;
+  // "<time> INFO emud-worker: DEV: startup trace pid N: TRACE" (base/log.h)
   const std::string head = "emud-worker: ";
   for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    size_t h = line.find(head);
+    if (h == absl::string_view::npos) continue;
+    line.remove_prefix(h + head.size());
     size_t at = line.find(worker_api::kRestartTraceLogTag);
-    if (!absl::ConsumePrefix(&line, head) || at == absl::string_view::npos) continue;
-    at -= head.size();
-    std::string dev(line.substr(0, at));
+    if (at == absl::string_view::npos) continue;
+    absl::string_view dev = absl::StripAsciiWhitespace(line.substr(0, at));
+    absl::ConsumeSuffix(&dev, ":");
     size_t colon = line.find(": ", at);
     if (colon == absl::string_view::npos) continue;
-    out[dev].push_back(worker_api::RestartTrace::Decode(line.substr(colon + 2)));
+    out[std::string(dev)].push_back(worker_api::RestartTrace::Decode(line.substr(colon + 2)));
   }
   return out;
 }
