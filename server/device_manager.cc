@@ -978,8 +978,8 @@ void DeviceManager::Loop() {
     sched_param sp{};
     sp.sched_priority = options_.startup_rt_priority;
     if (::sched_setscheduler(0, SCHED_FIFO, &sp) != 0) {
-      Log(absl::StrCat("supervision loop without real-time priority (SCHED_FIFO ",
-                       options_.startup_rt_priority, "): ", std::strerror(errno)));
+      log::Warning(absl::StrCat("supervision loop without real-time priority (SCHED_FIFO ",
+                                options_.startup_rt_priority, "): ", std::strerror(errno)));
     }
   }
   while (true) {

@@ -78,7 +78,7 @@ absl::Status Supervisor::Spawn(const std::string& device, const std::vector<std:
   const absl::Time t0 = absl::Now();
   auto p = fdstore::SpawnWithFds(argv, inherit, env, rt_priority_);
   if (absl::IsPermissionDenied(p.status()) && rt_priority_ > 0) {
-    Log(absl::StrCat(p.status().message(), "; workers start without real-time priority"));
+    log::Warning(absl::StrCat(p.status().message(), "; workers start without real-time priority"));
     rt_priority_ = 0;
     p = fdstore::SpawnWithFds(argv, inherit, env);
   }
@@ -92,8 +92,8 @@ absl::Status Supervisor::Spawn(const std::string& device, const std::vector<std:
   // are not real-time): ARCHITECTURE.md, known limits. Logged, as the one
   // part of a reattach emud's log can show.
   if (s->started - t0 >= absl::Milliseconds(5)) {
-    Log(absl::StrCat("device ", device, ": spawning worker pid ", s->proc.pid, " took ",
-                     absl::FormatDuration(s->started - t0)));
+    log::DeviceWarning(device, absl::StrCat("spawning worker pid ", s->proc.pid, " took ",
+                                            absl::FormatDuration(s->started - t0)));
   }
   s->stopping = false;
   s->rt_until.reset();
@@ -268,7 +268,7 @@ std::optional<absl::Time> Supervisor::EndStartupPriorities(absl::Time now) {
     } else if (*s->rt_until <= now) {
       s->rt_until.reset();
       if (absl::Status st = fdstore::EndRealtime(s->proc); !st.ok()) {
-        Log(absl::StrCat("device ", name, ": ", st.message()));
+        log::DeviceWarning(name, st.message());
       }
     } else if (!next.has_value() || *s->rt_until < *next) {
       next = s->rt_until;
