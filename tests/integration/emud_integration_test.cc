@@ -283,7 +283,7 @@ TEST_F(EmudTest, MetricsAreScrapedAndCountersNeverGoBackwards) {
                       absl::Seconds(10)));
   m = Scrape();
   EXPECT_EQ(m[pk], 40);
-  EXPECT_EQ(m["emud_worker_reattach_duration_seconds_count"], 1);
+  EXPECT_EQ(m["emud_worker_reattach_duration_seconds_count{device=\"m0\"}"], 1);
   {
     FakeGuest guest(after.spec().socket_path());
     ASSERT_TRUE(guest.Send("tx 2"));
