@@ -545,9 +545,12 @@ absl::Status Worker::RunThreaded(absl::FunctionRef<void(bool work)> after_round)
   absl::Status result;
   AdaptivePoller poller;
   epoll_event evs[16];
+  bool polled = false;
   bool fd_activity = false;  // as in Run: a control message keeps the loop polling a while
   while (!stop_.load()) {
     const bool moved = datapath_->PollOnce();
+    if (!polled) options_.trace.Mark("polled");
+    polled = true;
     EndStartupPriority(moved);  // lanes 1.. never had it (SCHED_RESET_ON_FORK)
     bool work = moved || fd_activity;
     for (uint32_t k = 0; k < nbq; k += datapath_->threads()) {
