@@ -141,11 +141,15 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     if (c & RxCsum::kIpBad) csum_bits |= rxd::kErrIpe;
     if (c & RxCsum::kL4Bad) csum_bits |= rxd::kErrL4e;
   }
-  RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(q, false), *dma, hash, csum_bits);
+  RxQueue::DeliverResult res =
+      rx.Deliver(frame, RxTail(q, false), *dma, csum_bits, hash.has_value(), hash.value_or(0));
   if (res == RxQueue::DeliverResult::kNoBuffers) {
     // Nothing was written: look at the live tail once before giving up.
     const uint32_t cached = rx_tail_cache_[q];
-    if (RxTail(q, true) != cached) res = rx.Deliver(frame, rx_tail_cache_[q], *dma, hash, csum_bits);
+    if (RxTail(q, true) != cached) {
+      res = rx.Deliver(frame, rx_tail_cache_[q], *dma, csum_bits, hash.has_value(),
+                       hash.value_or(0));
+    }
   }
   switch (res) {
     case RxQueue::DeliverResult::kDelivered:

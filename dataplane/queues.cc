@@ -73,6 +73,22 @@ uint8_t ClassifyPtype(FrameView f) {
   return 1;
 }
 
+uint8_t* DmaWindowCache::Slow(vfio_user::DmaMemory& dma, uint64_t iova, uint64_t len,
+                              Access access) {
+  if (len == 0) return nullptr;
+  vfio_user::DmaMemory::Window w;
+  if (dma.FindWindow(iova, access, &w)) {
+    const uint64_t off = iova - w.iova;
+    if (off >= w.size || len > w.size - off) return nullptr;  // crosses the window's end
+    w_ = w;
+    return w.host + off;
+  }
+  // No window: an implementation without them, or a range it refuses
+  // (Translate says which; nothing is cached).
+  auto p = dma.Translate(iova, len, access);
+  return p.ok() ? *p : nullptr;
+}
+
 // ------------------------------------------------------------------ TX
 
 TxQueue::TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits)
@@ -115,6 +131,7 @@ void TxQueue::Quarantine() {
 }
 
 void TxQueue::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  buf_window_.Clear();
   if (RangesOverlap(iova, size, hot_->ring_addr, uint64_t{hot_->ring_len} * 16)) ring_ = nullptr;
 }
 
@@ -332,12 +349,13 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     // Resolve buffers.
     bool fault = false;
     for (uint32_t i = 0; i < nbuf; ++i) {
-      auto p = dma.Translate(bufs[i].addr, bufs[i].len, vfio_user::DmaMemory::kRead);
-      if (!p.ok()) {
+      const uint8_t* p =
+          buf_window_.Translate(dma, bufs[i].addr, bufs[i].len, vfio_user::DmaMemory::kRead);
+      if (p == nullptr) {
         fault = true;
         break;
       }
-      bufs[i].ptr = *p;
+      bufs[i].ptr = p;
     }
     if (fault) [[unlikely]] {
       DropMalformed();
@@ -459,6 +477,7 @@ absl::Status RxQueue::SetEnabled(bool on) {
 }
 
 void RxQueue::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  buf_window_.Clear();
   if (RangesOverlap(iova, size, hot_->ring_addr, uint64_t{hot_->ring_len} * 32)) ring_ = nullptr;
 }
 
@@ -478,35 +497,45 @@ bool RxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
 }
 
 RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
-                                        vfio_user::DmaMemory& dma,
-                                        std::optional<uint32_t> rss_hash,
-                                        uint64_t csum_bits) {
+                                        vfio_user::DmaMemory& dma, uint64_t csum_bits,
+                                        bool has_rss_hash, uint32_t rss_hash) {
   const uint32_t n = hot_->ring_len;
-  if (!enabled() || n == 0) {
+  if (!enabled() || n == 0) [[unlikely]] {
     Count(hot_->drops, 1);
     return DeliverResult::kDropped;
   }
-  if (tail >= n) {
+  if (tail >= n) [[unlikely]] {
     if (tail != bad_tail_) Count(hot_->errors, 1);
     bad_tail_ = tail;
     Count(hot_->drops, 1);
     return DeliverResult::kDropped;
   }
   bad_tail_ = UINT32_MAX;
-  if (frame.size() > max_pkt_ || frame.empty()) {
+  if (frame.size() > max_pkt_ || frame.empty()) [[unlikely]] {
     Count(hot_->drops, 1);
     return DeliverResult::kDropped;
   }
-  if (!EnsureRing(dma)) {
+  if (!EnsureRing(dma)) [[unlikely]] {
     Count(hot_->drops, 1);
     return DeliverResult::kDropped;
   }
   const uint32_t h = head();
   const uint32_t avail = tail >= h ? tail - h : tail + n - h;
-  const uint32_t need = uint32_t((frame.size() + dbuf_ - 1) / dbuf_);
+  const uint32_t need =
+      frame.size() <= dbuf_ ? 1 : uint32_t((frame.size() + dbuf_ - 1) / dbuf_);
   if (need > avail) return DeliverResult::kNoBuffers;
+  // The descriptors a few frames ahead, if posted: the guest wrote them
+  // last, so each line is a transfer from its core; ask for it now (for
+  // writing: we write it back) instead of stalling on it then.
+  if (avail > need + 8) {
+    uint32_t ahead = h + need + 8;
+    if (ahead >= n) ahead -= n;
+    __builtin_prefetch(const_cast<uint64_t*>(&ring_[ahead * 4]), 1);
+  }
 
   const uint64_t ptype = ClassifyPtype(frame);
+  const uint64_t qw0 = has_rss_hash ? uint64_t(rss_hash) << 32 : 0;
+  const uint64_t flags = rxd::kDd | ptype << rxd::kPtypeShift | (has_rss_hash ? rxd::kFltstatRss : 0);
   uint32_t end = h + need >= n ? h + need - n : h + need;
   hot_->intent.store(end, std::memory_order_release);
   size_t done = 0;
@@ -518,20 +547,19 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
     size_t chunk = std::min<size_t>(dbuf_, frame.size() - done);
     bool last = i + 1 == need;
     uint64_t qw1;
-    auto p = dma.Translate(addr, chunk, vfio_user::DmaMemory::kWrite);
-    if (p.ok()) {
-      std::memcpy(*p, frame.data() + done, chunk);
-      qw1 = rxd::kDd | (last ? rxd::kEof : 0) | ptype << rxd::kPtypeShift |
-            uint64_t(chunk) << rxd::kLenShift | (rss_hash ? rxd::kFltstatRss : 0) |
-            (last ? csum_bits : 0);
+    uint8_t* p = buf_window_.Translate(dma, addr, chunk, vfio_user::DmaMemory::kWrite);
+    if (p != nullptr) [[likely]] {
+      std::memcpy(p, frame.data() + done, chunk);
+      qw1 = flags | uint64_t(chunk) << rxd::kLenShift | (last ? rxd::kEof | csum_bits : 0);
+      StoreQwRelaxed(&d[0], qw0);
     } else {
       // Give the buffer back marked bad (RXE + EOF): the driver discards the
       // frame and recycles the buffer; nothing is skipped.
       ok = false;
       qw1 = rxd::kErrorDescQw1;
       last = true;
+      StoreQwRelaxed(&d[0], 0);
     }
-    StoreQwRelaxed(&d[0], rss_hash && p.ok() ? uint64_t(*rss_hash) << 32 : 0);
     StoreQwRelaxed(&d[2], 0);
     StoreQwRelaxed(&d[3], 0);
     StoreQw(&d[1], qw1);  // release: DD last
@@ -542,7 +570,7 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
   hot_->head.store(idx, std::memory_order_release);
   hot_->intent.store(idx, std::memory_order_release);
   wrote_back_ = true;
-  if (!ok) {
+  if (!ok) [[unlikely]] {
     Count(hot_->errors, 1);
     Count(hot_->drops, 1);
     return DeliverResult::kDropped;
