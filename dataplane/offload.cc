@@ -297,6 +297,20 @@ absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
   return absl::OkStatus();
 }
 
+namespace {
+// The partial sum of a 20-byte IPv4 header (no options): five 32-bit words
+// summed in 64 bits cannot carry out, then folded to 32 with end-around carry
+// (what CsumPartial returns for the same bytes, up to the final fold).
+inline uint32_t CsumIpv4Header20(const uint8_t* p) {
+  uint32_t w[5];
+  std::memcpy(w, p, 20);
+  uint64_t sum = uint64_t{w[0]} + w[1] + w[2] + w[3] + w[4];
+  sum = (sum & 0xffffffffu) + (sum >> 32);
+  sum = (sum & 0xffffffffu) + (sum >> 32);
+  return static_cast<uint32_t>(sum);
+}
+}  // namespace
+
 uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
   if (f.size() < 14) return 0;
   size_t off = 12;
@@ -317,7 +331,9 @@ uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
     if (ihl < 20 || l3 + ihl > f.size()) return 0;
     // The header checksum is checked whatever follows it: DPDK
     // (iavf_rxd_to_pkt_flags) reports IP GOOD whenever IPE is clear.
-    if (CsumFold(CsumPartial(&f[l3], ihl, 0)) != 0xffff) result |= RxCsum::kIpBad;
+    if (CsumFold(ihl == 20 ? CsumIpv4Header20(&f[l3]) : CsumPartial(&f[l3], ihl, 0)) != 0xffff) {
+      result |= RxCsum::kIpBad;
+    }
     proto = f[l3 + 9];
     const bool fragment = (LoadBe16(&f[l3 + 6]) & 0x3fff) != 0;
     if (fragment || (proto != 6 && proto != 17 && proto != 132)) {
@@ -331,7 +347,11 @@ uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
     } else {
       l4 = l3 + ihl;
       l4_len = tot - ihl;
-      pseudo = CsumPartial(&f[l3 + 12], 8, 0);
+      // UDP without a checksum (0) needs no pseudo-header: checked below
+      // before it is summed.
+      if (proto != 17 || l4_len < 8 || LoadBe16(&f[l4 + 6]) != 0) {
+        pseudo = CsumPartial(&f[l3 + 12], 8, 0);
+      }
     }
   } else if (et == 0x86dd) {
     if (f.size() < l3 + 40 || (f[l3] >> 4) != 6) return 0;
