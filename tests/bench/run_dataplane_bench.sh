@@ -49,8 +49,10 @@ rows = [dict(re.findall(r'(\w+)=([^\s]+)', l)) | {'kind': l.split()[1]}
 def mmm(v):
     v = sorted(v); return f"min={v[0]:.2f} median={statistics.median(v):.2f} max={v[-1]:.2f}"
 mem = {}
+ring_copy_ns = None
 for r in rows:
     if r['kind'] == 'memcpy': mem[r['working_set']] = float(r['median'])
+    if r['kind'] == 'memcpy_frames': ring_copy_ns = float(r['median'])
 dpdk = {}
 for r in rows:
     if r['kind'] == 'dpdk_vhost':
@@ -86,4 +88,21 @@ for kind, db, f in (('ours', 'mmap', 64), ('e2e', 'mmap', 64), ('e2e', 'trap', 6
     if pr: print(f"persistence on/off ({name}, {db}, {f} B, 1 queue) {mmm(pr)}")
 for r in rows:
     if r['kind'] in ('e2e_idle',): print(f"idle worker CPU doorbell={r['doorbell']}: {r['worker_cpu_percent']}% of a core")
+# The issue-16 targets, e2e (test guest + emud-worker), 1 queue pair.
+print("== targets (e2e, 1 queue; ratios formed per repeat, min/median/max)")
+incache = next((g for ws, g in mem.items() if ws == '2MiB'), None)
+for db in ('mmap', 'trap'):
+    vals = groups.get(('e2e', db, 1, 64, '1'), [])
+    r = [m / dpdk[(rep, 64)] for rep, m in vals if dpdk.get((rep, 64), 0) > 0]
+    print(f"64 B vs DPDK vhost-user, {db} doorbells: " + (mmm(r) if r else "NA") + " (target >= 1.5)")
+for db in ('mmap', 'trap'):
+    vals = groups.get(('e2e', db, 1, 1518, '1'), [])
+    if incache and vals:
+        r = [m * 1e6 * 1518 / (incache * 1e9) for _, m in vals]
+        ns = statistics.median([1e3 / m for _, m in vals])
+        line = f"1518 B vs in-cache memcpy, {db} doorbells: {mmm(r)} (target >= 0.5); {ns:.0f} ns/frame"
+        if ring_copy_ns: line += f", of which the copy between ring-laid-out buffers alone is {ring_copy_ns:.0f} ns"
+        print(line)
+    else:
+        print(f"1518 B vs in-cache memcpy, {db} doorbells: NA")
 PY
