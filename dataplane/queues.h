@@ -273,6 +273,11 @@ class RxQueue {
 
  private:
   bool EnsureRing(vfio_user::DmaMemory& dma);
+  // Deliver for every case (several buffers, errors, the first frame).
+  __attribute__((noinline)) DeliverResult DeliverSlow(FrameView frame, uint32_t tail,
+                                                      vfio_user::DmaMemory& dma,
+                                                      uint64_t csum_bits, bool has_rss_hash,
+                                                      uint32_t rss_hash);
   void Count(std::atomic<uint64_t>& c, uint64_t n) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }

@@ -230,9 +230,6 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
           uint64_t qw1 = __atomic_load_n(reinterpret_cast<uint64_t*>(rxd + idx * 32 + 8),
                                          __ATOMIC_ACQUIRE);
           if (!(qw1 & 1)) break;
-          // The device writes descriptors in order: fetch the line four
-          // descriptors on while this one is handled (a PMD's batched read).
-          __builtin_prefetch(rxd + ((idx + 4) % kRing) * 32);
           ++got;
           // Re-post the buffer that sat in this slot (fixed slot->buffer map
           // since the ring keeps one slot empty: slot u gets buffer u % (N-1)).
