@@ -102,6 +102,12 @@ class DmaWindowCache {
     return Slow(dma, iova, len, access);
   }
   void Clear() { w_ = {}; }
+  // The cached window only (no lookup), for prefetch hints: nullptr if the
+  // range is not inside it.
+  uint8_t* Peek(uint64_t iova, uint64_t len) const {
+    const uint64_t off = iova - w_.iova;
+    return off < w_.size && len - 1 < w_.size - off ? w_.host + off : nullptr;
+  }
 
  private:
   uint8_t* Slow(vfio_user::DmaMemory& dma, uint64_t iova, uint64_t len, Access access);
