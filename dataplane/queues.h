@@ -8,8 +8,10 @@
 // and never in an out-of-bounds access or an unbounded loop (one Process /
 // Deliver call touches at most ring_len descriptors).
 //
-// Ring memory is translated once and cached; OnDmaUnmap drops the cached
-// pointer (the next call translates again or counts a fault).
+// Ring memory is translated once and cached, and so is the DMA window the
+// last buffer was found in (DmaWindowCache: every buffer address and length
+// is still checked against it); OnDmaUnmap drops both (the next call
+// translates again or counts a fault).
 #ifndef EMUD_DATAPLANE_QUEUES_H_
 #define EMUD_DATAPLANE_QUEUES_H_
 
