@@ -16,8 +16,14 @@ namespace emud::avf {
 
 namespace {
 
-constexpr uint32_t kDoorbellDwords = kDoorbellWindowSize / 4;
 constexpr uint32_t kItrnIndex = 0x2800 / 4;  // first VFINT_ITRN1 dword in the window
+// The doorbell memfd: the window, then one page the client never maps with
+// the queue vectors' words (InterruptController) and a marker saying they
+// are valid (a predecessor from before this layout left the page unset).
+constexpr uint32_t kDoorbellFileSize = kDoorbellWindowSize + 0x1000;
+constexpr uint32_t kVectorIndex = kDoorbellWindowSize / 4;
+constexpr uint32_t kVectorMarkIndex = kVectorIndex + kMaxQueueVectors;
+constexpr uint32_t kVectorMark = 0x31515249;  // "IRQ1"
 
 bool InRange(uint32_t off, uint32_t base, uint32_t count) {
   return off >= base && off < base + 4 * count && ((off - base) & 3) == 0;
@@ -58,16 +64,18 @@ absl::Status Device::Init() {
   }
   // Allocated before it is mapped (also an adopted one: the guest's stores
   // through QEMU's mapping must never fault; base/backed_file.h).
-  auto map = MappedFile::MapBacked(doorbell_fd_.get(), kDoorbellWindowSize, "doorbell memfd");
+  // An adopted memfd of an older layout grows by the vector page here.
+  auto map = MappedFile::MapBacked(doorbell_fd_.get(), kDoorbellFileSize, "doorbell memfd");
   if (!map.ok()) return map.status();
   doorbell_map_ = std::move(*map);
   doorbell_ = doorbell_map_.as<volatile uint32_t>();
-  irq_ = std::make_unique<InterruptController>(doorbell_ + kItrnIndex);
+  irq_ = std::make_unique<InterruptController>(doorbell_ + kItrnIndex, doorbell_ + kVectorIndex);
   num_queue_pairs_ = options_.max_queue_pairs;
   link_up_ = options_.link_up;
   link_speed_mbps_ = options_.link_speed_mbps;
   if (!doorbell_adopted_) {
-    for (uint32_t i = 0; i < kDoorbellDwords; ++i) doorbell_[i] = 0;
+    for (uint32_t i = 0; i < kDoorbellFileSize / 4; ++i) doorbell_[i] = 0;
+    doorbell_[kVectorMarkIndex] = kVectorMark;
   }
   return InitConfigSpace();
 }
@@ -385,13 +393,36 @@ void Device::WriteReg(uint32_t off, uint32_t value) {
 }
 
 bool Device::WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const {
-  if (region != vfio_user::kBar0 || doorbell_ == nullptr) return false;
+  if (region != vfio_user::kBar0 || doorbell_ == nullptr || reset_pending_) return false;
   if ((size != 4 && size != 8) || (offset & 3) != 0) return false;
-  auto inside = [&](uint32_t base) {
-    const uint64_t end = base + 4ull * kMaxDecodedQueues;
+  auto inside = [&](uint32_t base, uint32_t dwords) {
+    const uint64_t end = base + 4ull * dwords;
     return offset >= base && offset < end && size <= end - offset;
   };
-  return inside(QtxTail(0)) || inside(QrxTail(0));
+  if (inside(QtxTail(0), kMaxDecodedQueues) || inside(QrxTail(0), kMaxDecodedQueues)) return true;
+  // The interrupt re-arm path: one register per write (see the header).
+  return size == 4 && (inside(VfintDynCtln1(0), kMaxQueueVectors) ||
+                       inside(VfintItrn1(0, 0), kNumItrIndexes * 16));
+}
+
+bool Device::WriteIsDeferrable(uint32_t region, uint64_t offset, uint64_t size) const {
+  switch (region) {
+    case vfio_user::kConfigRegion:
+    case vfio_user::kBar3:
+      return true;
+    case vfio_user::kBar0: {
+      // Any dword the write touches must not be ATQT or ARQT.
+      const uint64_t first = offset & ~uint64_t{3};
+      const uint64_t end = offset + size;
+      if (end < offset) return false;
+      for (uint32_t reg : {kVfAtqt1, kVfArqt1}) {
+        if (reg >= first && reg < end) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
 }
 
 void Device::OnTailWrite(QueueKind kind, uint32_t q, uint32_t value) {
@@ -703,8 +734,13 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   for (int i = 0; i < regs.hlut_size() && i < int(kNumHlutRegs); ++i) hlut_reg_[i] = regs.hlut(i);
 
   aq_.RestoreFrom(aq);
-  if (doorbell_adopted_) {
-    // Keep the live ITRN values of the shared page.
+  if (doorbell_adopted_ && doorbell_[kVectorMarkIndex] == kVectorMark) {
+    // The live ITRN values and queue-vector words are newer than the record
+    // (DYN_CTLN/ITRN writes and the data path's fires are never committed).
+    irq_->RestoreFrom(irq, /*keep_live_queue_vectors=*/true);
+  } else if (doorbell_adopted_) {
+    // A predecessor from before the vector page: its ITRN values are live,
+    // its vectors are in the record.
     std::array<uint32_t, kNumItrIndexes * 16> itrn;
     for (uint32_t i = 0; i < itrn.size(); ++i) itrn[i] = doorbell_[kItrnIndex + i];
     irq_->RestoreFrom(irq);
@@ -712,6 +748,7 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   } else {
     irq_->RestoreFrom(irq);
   }
+  doorbell_[kVectorMarkIndex] = kVectorMark;
 
   vf_major_ = vf.vf_major();
   vf_minor_ = vf.vf_minor();

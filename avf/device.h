@@ -102,7 +102,10 @@ struct DeviceOptions {
   // a trap, no doorbell hook runs, the data path polls TxTail()/RxTail()).
   // In both modes that window lives in a memfd (tmpfs: it survives a process
   // kill), so a trapped tail write is self-durable (WriteIsSelfDurable); only
-  // mapped mode advertises it as mmappable.
+  // mapped mode advertises it as mmappable. The memfd's page after the window
+  // (never mapped by the client) holds the queue vectors' state
+  // (InterruptController::kWordArmed...), so that the interrupt re-arm path
+  // (DYN_CTLN, ITRN writes) is self-durable too.
   bool mapped_doorbells = false;
   // Adopt this memfd (size >= kDoorbellWindowSize; e.g. handed over by a
   // predecessor through the fd store; ownership is taken) instead of creating
@@ -229,7 +232,21 @@ class Device final : public vfio_user::PciDevice {
   // QTX_TAIL(0..255) or QRX_TAIL(0..255): its only state effect is the tail
   // store into the doorbell memfd (plus the doorbell hook, whose data path
   // keeps its own tmpfs state), and storing the same tail twice equals once.
+  // Also for a 4-byte VFINT_DYN_CTLN1(0..15) or VFINT_ITRN1 write (Linux
+  // iavf's re-arm after every NAPI poll, iavf_txrx.c:iavf_update_enable_itr,
+  // and its ITR settings): the vector's state is one word and the ITRN a
+  // dword of the memfd, each changed by one store, a fire's eventfd write
+  // before the store that disarms (avf/interrupts.h). Applying the same
+  // write again can only re-arm a vector that fired: at most one spurious
+  // interrupt, never a lost one. Never while a VF reset is pending (the next
+  // register access performs it, which must be committed).
   bool WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const override;
+  // Every config-space, BAR3 (MSI-X table) and BAR0 write except ATQT and
+  // ARQT: those run the admin queue, which writes descriptors and replies
+  // into guest memory at once (and may start queues). Config writes (an FLR
+  // included) and register writes change device state and at most raise
+  // interrupts.
+  bool WriteIsDeferrable(uint32_t region, uint64_t offset, uint64_t size) const override;
 
   // ---- BAR0 register access (also what RegionRead/Write of BAR0 use) ----
   // `offset` is 4-byte aligned, < kBar0Size. Reads have the register's side
@@ -356,9 +373,10 @@ class Device final : public vfio_user::PciDevice {
   std::unique_ptr<vfio_user::PciConfigSpace> config_;
   vfio_user::MsixTable msix_{kMaxMsixVectors};
 
-  // BAR0 [0, kDoorbellWindowSize): the memfd and its shared mapping.
+  // BAR0 [0, kDoorbellWindowSize) and the queue-vector page after it
+  // (kDoorbellFileSize in all): the memfd and its shared mapping.
   UniqueFd doorbell_fd_;
-  MappedFile doorbell_map_;  // the doorbell window of doorbell_fd_
+  MappedFile doorbell_map_;  // all of doorbell_fd_
   volatile uint32_t* doorbell_ = nullptr;
   bool doorbell_adopted_ = false;
 

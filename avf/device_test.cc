@@ -2,12 +2,14 @@
 
 #include <array>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <vector>
 
 #include "avf/testing.h"
 #include "gtest/gtest.h"
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -1091,7 +1093,15 @@ TEST_F(DeviceTest, TrappedTailsLiveInTheAdoptableMemfd) {
   EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(256), 4));
   EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(1) + 2, 4));
   EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, QtxTail(1), 2));
-  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintItrn1(0, 0), 4));
+  // The interrupt re-arm path: one DYN_CTLN / ITRN dword per write.
+  EXPECT_TRUE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintItrn1(0, 0), 4));
+  EXPECT_TRUE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintItrn1(2, 15), 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintItrn1(0, 0), 8));
+  EXPECT_TRUE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintDynCtln1(0), 4));
+  EXPECT_TRUE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintDynCtln1(15), 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintDynCtln1(16), 4));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, VfintDynCtln1(0), 8));
+  EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, kVfintDynCtl01, 4));
   EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar0, kVfAtqt1, 4));
   EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kBar3, 0, 4));
   EXPECT_FALSE(dev_->WriteIsSelfDurable(vfio_user::kConfigRegion, QtxTail(0), 4));
@@ -1257,6 +1267,123 @@ TEST_F(DeviceTest, EveryOpRefusesAForeignVsiAndBadFields) {
   EXPECT_EQ(dev_->promisc_flags(), 0);
   EXPECT_EQ(dev_->rss().hfunc, 0u);
   EXPECT_EQ(dev_->counters().vc_errors, 19u);
+}
+
+// The interrupt re-arm path is self-durable: Linux iavf writes DYN_CTLN1
+// after every NAPI poll, and a commit per write capped it near 15k/s. Each
+// queue vector's state is one word of the doorbell memfd, so a successor
+// adopting the memfd resumes the exact register state after a kill at any
+// step, whatever (older) record it restores.
+TEST_F(DeviceTest, InterruptRearmStateSurvivesAKillAtEachStep) {
+  BringUp(2);
+  vfio_user::MapDeviceRecords records;
+  ASSERT_TRUE(dev_->Save(records).ok());  // the last commit: nothing below is saved
+  auto bar0_write = [&](Device* d, uint32_t off, uint32_t v) {
+    uint8_t b[4];
+    std::memcpy(b, &v, 4);
+    return d->RegionWrite(vfio_user::kBar0, off, absl::MakeConstSpan(b, 4));
+  };
+  constexpr uint32_t kArm = kDynCtlIntena | (kItrIndexNone << kDynCtlItrIndxShift);
+  constexpr uint32_t kArmItr = kDynCtlIntena | (1u << kDynCtlItrIndxShift) | (25u << kDynCtlIntervalShift);
+  constexpr uint32_t kWbOnItr = kDynCtlWbOnItr | (kItrIndexNone << kDynCtlItrIndxShift);
+  // What a NAPI guest does, interleaved with the data path's causes.
+  const std::vector<std::function<void()>> steps = {
+      [&] { ASSERT_TRUE(bar0_write(dev_.get(), VfintDynCtln1(0), kArm).ok()); },
+      [&] { dev_->RaiseVector(1); },  // fires, auto-masks
+      [&] { dev_->RaiseVector(1); },  // pending
+      [&] { ASSERT_TRUE(bar0_write(dev_.get(), VfintDynCtln1(0), kArmItr).ok()); },  // fires the pending cause
+      [&] { ASSERT_TRUE(bar0_write(dev_.get(), VfintItrn1(0, 1), 7).ok()); },
+      [&] { ASSERT_TRUE(bar0_write(dev_.get(), VfintDynCtln1(1), kWbOnItr).ok()); },
+      [&] { dev_->RaiseVector(2); },
+      [&] { ASSERT_TRUE(bar0_write(dev_.get(), VfintDynCtln1(1), kArm).ok()); },
+  };
+  for (size_t i = 0; i < steps.size(); ++i) {
+    steps[i]();
+    int dup_fd = fcntl(dev_->doorbell_fd(), F_DUPFD_CLOEXEC, 3);
+    ASSERT_GE(dup_fd, 0);
+    auto succ = Device::Create(DeviceOptions{.doorbell_fd = dup_fd});
+    ASSERT_TRUE(succ.ok()) << succ.status();
+    ASSERT_TRUE((*succ)->Restore(records).ok());
+    for (uint32_t v = 0; v < 2; ++v) {
+      SCOPED_TRACE(::testing::Message() << "after step " << i << ", vector " << v);
+      EXPECT_EQ((*succ)->ReadReg(VfintDynCtln1(v)), dev_->ReadReg(VfintDynCtln1(v)));
+      for (uint32_t x = 0; x < kNumItrIndexes; ++x) {
+        EXPECT_EQ((*succ)->ReadReg(VfintItrn1(x, v)), dev_->ReadReg(VfintItrn1(x, v)));
+      }
+      const VectorState a = (*succ)->vector_state(v + 1), b = dev_->vector_state(v + 1);
+      EXPECT_EQ(a.armed, b.armed);
+      EXPECT_EQ(a.pending, b.pending);
+      EXPECT_EQ(a.wb_on_itr, b.wb_on_itr);
+      EXPECT_EQ(a.itr, b.itr);
+    }
+  }
+  EXPECT_EQ(irqs_.Count(1), 2);
+  EXPECT_EQ(irqs_.Count(2), 1);
+  EXPECT_EQ(dev_->ReadReg(VfintItrn1(1, 0)), 25u);
+  EXPECT_EQ(dev_->ReadReg(VfintItrn1(0, 1)), 7u);
+  // The saved record still says what the memfd says (the next commit's Save).
+  ASSERT_TRUE(dev_->Save(records).ok());
+  auto fresh = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(fresh.ok());
+  ASSERT_TRUE((*fresh)->Restore(records).ok());
+  for (uint32_t v = 0; v < 2; ++v) {
+    EXPECT_EQ((*fresh)->ReadReg(VfintDynCtln1(v)), dev_->ReadReg(VfintDynCtln1(v)));
+    EXPECT_EQ((*fresh)->vector_state(v + 1).pending, dev_->vector_state(v + 1).pending);
+  }
+}
+
+// A kill between a fire's eventfd write and the store that disarms the
+// vector must not lose the interrupt: at the instant of the fire, the memfd
+// still says "armed" (and pending, for a re-arm), so the successor either
+// re-applies the DYN_CTLN write still at the socket head or, for a data-path
+// cause, fires every armed vector: a duplicate, never a loss.
+TEST_F(DeviceTest, AFireIsNeverLostToAKillBeforeTheDisarmingStore) {
+  BringUp(1);
+  vfio_user::MapDeviceRecords records;
+  ASSERT_TRUE(dev_->Save(records).ok());
+  constexpr uint32_t kArm = kDynCtlIntena | (kItrIndexNone << kDynCtlItrIndxShift);
+  struct SnapshotIrqs : FakeIrqs {
+    int fd = -1;
+    std::vector<uint8_t> at_fire;
+    void TriggerMsix(uint32_t vector) override {
+      FakeIrqs::TriggerMsix(vector);
+      struct stat st;
+      ASSERT_EQ(fstat(fd, &st), 0);
+      at_fire.assign(st.st_size, 0);
+      ASSERT_EQ(pread(fd, at_fire.data(), at_fire.size(), 0), st.st_size);
+    }
+  } snap;
+  snap.fd = dev_->doorbell_fd();
+  dev_->Attach({&dma_, &snap});
+  auto successor_at_fire = [&]() {
+    int fd = memfd_create("snapshot", MFD_CLOEXEC);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(pwrite(fd, snap.at_fire.data(), snap.at_fire.size(), 0), ssize_t(snap.at_fire.size()));
+    auto succ = Device::Create(DeviceOptions{.doorbell_fd = fd});
+    EXPECT_TRUE(succ.ok());
+    EXPECT_TRUE((*succ)->Restore(records).ok());
+    return std::move(*succ);
+  };
+  // 1. A data-path cause fires an armed vector.
+  uint8_t b[4];
+  std::memcpy(b, &kArm, 4);
+  ASSERT_TRUE(dev_->RegionWrite(vfio_user::kBar0, VfintDynCtln1(0), absl::MakeConstSpan(b, 4)).ok());
+  ASSERT_TRUE(dev_->RaiseVector(1));
+  ASSERT_FALSE(snap.at_fire.empty());
+  EXPECT_TRUE(successor_at_fire()->vector_state(1).armed) << "the successor's resume fires it again";
+  EXPECT_FALSE(dev_->vector_state(1).armed);
+  // 2. A re-arm fires the cause that came while disarmed.
+  dev_->RaiseVector(1);
+  snap.at_fire.clear();
+  ASSERT_TRUE(dev_->RegionWrite(vfio_user::kBar0, VfintDynCtln1(0), absl::MakeConstSpan(b, 4)).ok());
+  ASSERT_EQ(snap.Count(1), 2);
+  ASSERT_FALSE(snap.at_fire.empty());
+  auto succ = successor_at_fire();
+  EXPECT_TRUE(succ->vector_state(1).pending);
+  FakeIrqs again;
+  succ->Attach({&dma_, &again});
+  ASSERT_TRUE(succ->RegionWrite(vfio_user::kBar0, VfintDynCtln1(0), absl::MakeConstSpan(b, 4)).ok());
+  EXPECT_EQ(again.Count(1), 1) << "re-applying the write at the socket head fires again";
 }
 
 }  // namespace

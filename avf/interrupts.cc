@@ -11,7 +11,8 @@ constexpr uint32_t kDynCtlStoredMask =
     ~(kDynCtlClearPba | kDynCtlSwintTrig | kDynCtlIntenaMsk | kDynCtlIntena);
 }  // namespace
 
-InterruptController::InterruptController(volatile uint32_t* itrn) : itrn_(itrn) {}
+InterruptController::InterruptController(volatile uint32_t* itrn, volatile uint32_t* vectors)
+    : itrn_(itrn), vectors_(vectors != nullptr ? vectors : own_vectors_.data()) {}
 
 uint32_t InterruptController::ReadIcr01() {
   uint32_t v = icr01_;
@@ -55,29 +56,33 @@ void InterruptController::WriteDynCtln(uint32_t v, uint32_t value) {
     ++bad_vector_;
     return;
   }
-  QueueVector& q = queue_[v];
+  const uint32_t old = vectors_[v];
+  bool armed = (old & kWordArmed) != 0;
+  bool pending = (old & kWordPending) != 0;
   const bool arming = !(value & kDynCtlIntenaMsk) && (value & kDynCtlIntena) != 0;
-  if (!(value & kDynCtlIntenaMsk)) q.armed = arming;
+  if (!(value & kDynCtlIntenaMsk)) armed = arming;
   uint32_t idx = (value & kDynCtlItrIndxMask) >> kDynCtlItrIndxShift;
   if (idx < kNumItrIndexes) {
     itrn_[16 * idx + v] = (value & kDynCtlIntervalMask) >> kDynCtlIntervalShift;
   }
   // An arming write keeps a pending data-path cause despite CLEARPBA (see
   // the header); CLEARPBA alone drops it.
-  if ((value & kDynCtlClearPba) && !arming) q.pending = false;
-  if (value & kDynCtlSwintTrig) q.pending = true;
-  q.wb_on_itr = (value & kDynCtlWbOnItr) != 0;
-  q.dyn_ctl = value & kDynCtlStoredMask;
-  if (q.armed && q.pending) {
-    q.armed = false;
-    q.pending = false;
-    Fire(v + 1);
+  if ((value & kDynCtlClearPba) && !arming) pending = false;
+  if (value & kDynCtlSwintTrig) pending = true;
+  // WB_ON_ITR is kept in the stored bits (kDynCtlStoredMask keeps bit 30).
+  uint32_t word = value & kDynCtlStoredMask;
+  if (armed && pending) {
+    Fire(v + 1);  // before the store that disarms (see the header)
+  } else {
+    word |= (armed ? kWordArmed : 0) | (pending ? kWordPending : 0);
   }
+  vectors_[v] = word;
 }
 
 uint32_t InterruptController::dyn_ctln(uint32_t v) const {
   if (v >= kMaxQueueVectors) return 0;
-  return queue_[v].dyn_ctl | (queue_[v].armed ? kDynCtlIntena : 0);
+  const uint32_t w = vectors_[v];
+  return (w & kDynCtlStoredMask) | ((w & kWordArmed) ? kDynCtlIntena : 0);
 }
 
 void InterruptController::WriteItrn(uint32_t index, uint32_t v, uint32_t value) {
@@ -104,14 +109,14 @@ bool InterruptController::RaiseQueueVector(uint32_t msix_vector) {
     ++bad_vector_;
     return false;
   }
-  QueueVector& q = queue_[msix_vector - 1];
-  if (!q.armed || sink_ == nullptr) {
-    q.pending = true;
+  volatile uint32_t& w = vectors_[msix_vector - 1];
+  const uint32_t old = w;
+  if (!(old & kWordArmed) || sink_ == nullptr) {
+    if (!(old & kWordPending)) w = old | kWordPending;
     return false;
   }
-  q.armed = false;
-  q.pending = false;
-  Fire(msix_vector);
+  Fire(msix_vector);  // before the store that disarms (see the header)
+  w = old & ~(kWordArmed | kWordPending);
   return true;
 }
 
@@ -143,10 +148,10 @@ VectorState InterruptController::state(uint32_t msix_vector) const {
     return s;
   }
   if (msix_vector > kMaxQueueVectors) return s;
-  const QueueVector& q = queue_[msix_vector - 1];
-  s.armed = q.armed;
-  s.pending = q.pending;
-  s.wb_on_itr = q.wb_on_itr;
+  const uint32_t w = vectors_[msix_vector - 1];
+  s.armed = (w & kWordArmed) != 0;
+  s.pending = (w & kWordPending) != 0;
+  s.wb_on_itr = (w & kDynCtlWbOnItr) != 0;
   for (uint32_t i = 0; i < kNumItrIndexes; ++i) s.itr[i] = itrn(i, msix_vector - 1);
   return s;
 }
@@ -160,7 +165,7 @@ void InterruptController::Reset() {
   misc_event_pending_ = false;
   stat_ctl01_ = 0;
   itr01_ = {};
-  queue_ = {};
+  for (uint32_t v = 0; v < kMaxQueueVectors; ++v) vectors_[v] = 0;
   for (uint32_t i = 0; i < kNumItrIndexes * 16; ++i) itrn_[i] = 0;
 }
 
@@ -174,17 +179,24 @@ void InterruptController::SaveTo(AvfInterruptState* out) const {
   out->set_misc_event_pending(misc_event_pending_);
   out->set_stat_ctl01(stat_ctl01_);
   for (uint32_t v : itr01_) out->add_itr01(v);
-  for (const QueueVector& q : queue_) {
+  for (uint32_t v = 0; v < kMaxQueueVectors; ++v) {
+    const uint32_t w = vectors_[v];
     auto* qv = out->add_queue_vector();
-    qv->set_dyn_ctl(q.dyn_ctl);
-    qv->set_armed(q.armed);
-    qv->set_pending(q.pending);
-    qv->set_wb_on_itr(q.wb_on_itr);
+    qv->set_dyn_ctl(w & kDynCtlStoredMask);
+    qv->set_armed((w & kWordArmed) != 0);
+    qv->set_pending((w & kWordPending) != 0);
+    qv->set_wb_on_itr((w & kDynCtlWbOnItr) != 0);
   }
   for (uint32_t i = 0; i < kNumItrIndexes * 16; ++i) out->add_itrn(itrn_[i]);
 }
 
-void InterruptController::RestoreFrom(const AvfInterruptState& in) {
+void InterruptController::RestoreFrom(const AvfInterruptState& in, bool keep_live_queue_vectors) {
+  std::array<uint32_t, kNumItrIndexes * 16> itrn{};
+  std::array<uint32_t, kMaxQueueVectors> words{};
+  if (keep_live_queue_vectors) {
+    for (uint32_t i = 0; i < itrn.size(); ++i) itrn[i] = itrn_[i];
+    for (uint32_t v = 0; v < kMaxQueueVectors; ++v) words[v] = vectors_[v];
+  }
   Reset();
   icr01_ = in.icr01();
   icr0_ena1_ = in.icr0_ena1();
@@ -198,12 +210,19 @@ void InterruptController::RestoreFrom(const AvfInterruptState& in) {
   for (int i = 0; i < in.itr01_size() && i < int(kNumItrIndexes); ++i) {
     itr01_[i] = in.itr01(i) & kItrIntervalMask;
   }
+  if (keep_live_queue_vectors) {
+    for (uint32_t i = 0; i < itrn.size(); ++i) itrn_[i] = itrn[i];
+    for (uint32_t v = 0; v < kMaxQueueVectors; ++v) vectors_[v] = words[v];
+    return;
+  }
   for (int i = 0; i < in.queue_vector_size() && i < int(kMaxQueueVectors); ++i) {
     const auto& qv = in.queue_vector(i);
-    queue_[i].dyn_ctl = qv.dyn_ctl() & kDynCtlStoredMask;
-    queue_[i].armed = qv.armed();
-    queue_[i].pending = qv.pending();
-    queue_[i].wb_on_itr = qv.wb_on_itr();
+    // wb_on_itr is bit 30 of the stored bits; the flag wins for old records.
+    uint32_t w = (qv.dyn_ctl() & kDynCtlStoredMask & ~kDynCtlWbOnItr) |
+                 (qv.wb_on_itr() ? kDynCtlWbOnItr : 0);
+    if (qv.armed()) w |= kWordArmed;
+    if (qv.pending()) w |= kWordPending;
+    vectors_[i] = w;
   }
   for (int i = 0; i < in.itrn_size() && i < int(kNumItrIndexes * 16); ++i) {
     itrn_[i] = in.itrn(i) & kItrIntervalMask;

@@ -17,6 +17,13 @@
 //  * ITR_INDX 0..2 with INTERVAL updates that ITR register; 3 = no update.
 //  * WB_ON_ITR is recorded per vector for the data path (a software device
 //    writes descriptors back immediately, which satisfies it).
+//  * Crash consistency of the queue vectors (ARCHITECTURE.md, "Doorbells:
+//    self-durable writes"): each vector's state is one word, changed by one
+//    store, and a fire's eventfd write comes BEFORE the store that disarms
+//    the vector. A process killed anywhere leaves either the state before
+//    the change (re-applying the DYN_CTLN write, or the successor's "fire
+//    every armed vector", fires it: a duplicate at most) or after it (the
+//    interrupt went out). Never "disarmed but not fired".
 //  * ICR01 latches causes (ADMINQ) regardless of masking and is read-to-clear.
 //    Vector 0 is edge-triggered by events, not by the latched level: it
 //    fires when DYN_CTL01 is armed and either a message was posted since it
@@ -58,9 +65,12 @@ struct VectorState {
 class InterruptController {
  public:
   // `itrn` points at 48 dwords holding VFINT_ITRN1(i, v) at [16 * i + v]
-  // (the device's register page, possibly a shared doorbell mapping); it
-  // must outlive the controller.
-  explicit InterruptController(volatile uint32_t* itrn);
+  // (the device's register page, possibly a shared doorbell mapping);
+  // `vectors`, if not null, at kMaxQueueVectors dwords holding each queue
+  // vector's whole state (QueueVectorWord; the device keeps them in its
+  // doorbell memfd so that DYN_CTLN writes are self-durable), else the
+  // controller keeps them itself. Both must outlive the controller.
+  explicit InterruptController(volatile uint32_t* itrn, volatile uint32_t* vectors = nullptr);
 
   InterruptController(const InterruptController&) = delete;
   InterruptController& operator=(const InterruptController&) = delete;
@@ -109,15 +119,20 @@ class InterruptController {
   uint64_t bad_vector() const { return bad_vector_; }
 
   void SaveTo(AvfInterruptState* out) const;
-  void RestoreFrom(const AvfInterruptState& in);
+  // `keep_live_queue_vectors`: the ITRN and queue-vector words already hold
+  // newer state than `in` (an adopted doorbell memfd): only the misc vector
+  // is restored from `in`.
+  void RestoreFrom(const AvfInterruptState& in, bool keep_live_queue_vectors = false);
+
+  // A queue vector's whole state in one dword, so that every change is one
+  // aligned store into the (tmpfs) word a successor finds: the stored
+  // DYN_CTLN bits (ITR_INDX, INTERVAL, SW_ITR_INDX*, WB_ON_ITR) plus
+  // "armed" in the INTENA bit and "pending" in the CLEARPBA bit, which a
+  // DYN_CTLN read never returns as such.
+  static constexpr uint32_t kWordArmed = kDynCtlIntena;
+  static constexpr uint32_t kWordPending = kDynCtlClearPba;
 
  private:
-  struct QueueVector {
-    uint32_t dyn_ctl = 0;
-    bool armed = false;
-    bool pending = false;
-    bool wb_on_itr = false;
-  };
   void EvaluateMisc();
   bool MiscPending() const;
   void Fire(uint32_t msix_vector);
@@ -132,7 +147,8 @@ class InterruptController {
   bool misc_event_pending_ = false;  // ARQ message since the last fire / ICR01 read
   uint32_t stat_ctl01_ = 0;
   std::array<uint32_t, kNumItrIndexes> itr01_{};
-  std::array<QueueVector, kMaxQueueVectors> queue_{};
+  std::array<uint32_t, kMaxQueueVectors> own_vectors_{};
+  volatile uint32_t* vectors_;  // QueueVectorWord per DYN_CTLN index
   uint64_t fired_ = 0;
   uint64_t bad_vector_ = 0;
 };

@@ -58,10 +58,24 @@ void EventLoop::Remove(int fd) {
   if (handlers_.erase(fd)) ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
 }
 
+int EpollWaitNs(int epfd, epoll_event* events, int max_events, int64_t timeout_ns) {
+  if (timeout_ns < 0) return ::epoll_wait(epfd, events, max_events, -1);
+  timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
+  int n = ::epoll_pwait2(epfd, events, max_events, &ts, nullptr);
+  if (n < 0 && errno == ENOSYS) {
+    n = ::epoll_wait(epfd, events, max_events,
+                     static_cast<int>(std::min<int64_t>((timeout_ns + 999'999) / 1'000'000, INT32_MAX)));
+  }
+  return n;
+}
+
 absl::StatusOr<int> EventLoop::RunOnce(absl::Duration timeout) {
   epoll_event evs[32];
-  int ms = timeout == absl::InfiniteDuration() ? -1 : static_cast<int>(absl::ToInt64Milliseconds(timeout));
-  int n = ::epoll_wait(epfd_.get(), evs, 32, ms);
+  int n;
+  n = EpollWaitNs(epfd_.get(), evs, 32,
+                  timeout == absl::InfiniteDuration()
+                      ? -1
+                      : absl::ToInt64Nanoseconds(std::max(timeout, absl::ZeroDuration())));
   if (n < 0) {
     if (errno == EINTR) return 0;
     return absl::InternalError(absl::StrCat("epoll_wait: ", std::strerror(errno)));

@@ -26,6 +26,12 @@
 
 namespace emud {
 
+// epoll_wait with a nanosecond timeout (`timeout_ns` < 0: indefinitely):
+// epoll_pwait2 (Linux 5.11), or on an older kernel whole milliseconds rounded
+// up, never down to a spin. A 50 us sleep is then a 50 us sleep (plus timer
+// slack), which the adaptive pollers rely on. Returns what epoll_wait does.
+int EpollWaitNs(int epfd, epoll_event* events, int max_events, int64_t timeout_ns);
+
 class EventLoop {
  public:
   using Handler = std::function<void(uint32_t events)>;
@@ -41,8 +47,9 @@ class EventLoop {
   void Remove(int fd);
   bool Watching(int fd) const { return handlers_.count(fd) != 0; }
 
-  // Waits up to `timeout` (0 = poll) for events and dispatches them.
-  // Returns the number of handlers run.
+  // Waits up to `timeout` (0 = poll, with nanosecond resolution: timer
+  // slack applies) for events and dispatches them. Returns the number of
+  // handlers run.
   absl::StatusOr<int> RunOnce(absl::Duration timeout);
   // Runs until Stop(); busy-polls for busy_poll() after activity.
   absl::Status Run();

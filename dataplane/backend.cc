@@ -12,17 +12,17 @@ class LoopbackBackend : public Backend {
   size_t Send(uint16_t queue, absl::Span<const FrameView> frames) override {
     for (FrameView f : frames) {
       if (sink_ != nullptr && sink_->Deliver(queue, f)) {
-        ++counters_.rx_frames;
+        AtomicBackendCounters::Add(counters_.rx_frames, 1);
       } else {
-        ++counters_.tx_dropped;
+        AtomicBackendCounters::Add(counters_.tx_dropped, 1);
         continue;
       }
-      ++counters_.tx_frames;
+      AtomicBackendCounters::Add(counters_.tx_frames, 1);
     }
     return frames.size();
   }
-  size_t Poll(size_t) override { return 0; }
-  int event_fd() const override { return -1; }
+  size_t Poll(size_t, uint32_t) override { return 0; }
+  int event_fd(uint32_t) const override { return -1; }
 };
 
 }  // namespace

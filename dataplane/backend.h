@@ -6,14 +6,25 @@
 //   peer:DEVICE   an L2 link to another emulated device of the node over
 //                 shared-memory SPSC rings in tmpfs files
 //
-// Threading: a backend is used from one thread (the worker's event loop).
-// Frames are whole Ethernet frames without CRC.
+// Queues: a backend has num_queues() receive queues (a multi-queue TAP: one
+// per TAP queue; the others: 1), each with its own event_fd, pending frame
+// and Poll. TX queue q transmits on backend queue q % num_queues() (a
+// multi-queue TAP: the host kernel then steers the flow's replies to that
+// TAP queue, tun's automatic flow steering).
+//
+// Threading (dataplane/datapath.h, "data-path threads"): Send may be called
+// concurrently from several threads, each with its own TX queue; Poll,
+// HasPending and ArmNotify of one backend queue from one thread at a time;
+// SetActiveQueues only while no thread polls (the data path quiesces them).
+// Counters are atomic. Frames are whole Ethernet frames without CRC.
 #ifndef EMUD_DATAPLANE_BACKEND_H_
 #define EMUD_DATAPLANE_BACKEND_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -42,6 +53,13 @@ struct BackendCounters {
   uint64_t rx_errors = 0;   // malformed input from the other side
 };
 
+// The live counters behind Backend::counters() (written from several
+// data-path threads).
+struct AtomicBackendCounters {
+  std::atomic<uint64_t> tx_frames{0}, tx_dropped{0}, rx_frames{0}, rx_errors{0};
+  static void Add(std::atomic<uint64_t>& c, uint64_t n) { c.fetch_add(n, std::memory_order_relaxed); }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -56,27 +74,42 @@ class Backend {
   // accepted; the rest were dropped (counted in tx_dropped). Never blocks.
   virtual size_t Send(uint16_t queue, absl::Span<const FrameView> frames) = 0;
 
-  // Offers up to `budget` pending received frames to the sink. Returns the
-  // number taken. Never blocks.
-  virtual size_t Poll(size_t budget) = 0;
+  // Offers up to `budget` pending received frames of backend queue `queue`
+  // to the sink (as FrameSink::Deliver(queue, ...)). Returns the number
+  // taken. Never blocks.
+  virtual size_t Poll(size_t budget, uint32_t queue = 0) = 0;
 
-  // A descriptor that becomes readable when Poll may find frames, or -1 if
-  // the backend never has asynchronous input (loopback). After it fires, call
-  // Poll until it returns less than the budget, then ArmNotify().
-  virtual int event_fd() const = 0;
+  // Receive queues (>= 1).
+  virtual uint32_t num_queues() const { return 1; }
 
-  // Prepares event_fd() to signal the next frame. Returns true if frames are
-  // already pending (poll again instead of sleeping).
-  virtual bool ArmNotify() { return false; }
+  // A descriptor that becomes readable when Poll(queue) may find frames, or
+  // -1 if the backend never has asynchronous input (loopback). After it
+  // fires, call Poll until it returns less than the budget, then ArmNotify().
+  virtual int event_fd(uint32_t queue = 0) const = 0;
 
-  // True if frames were left pending because the sink refused them.
-  virtual bool HasPending() const { return false; }
+  // Prepares event_fd(queue) to signal the next frame. Returns true if
+  // frames are already pending (poll again instead of sleeping).
+  virtual bool ArmNotify(uint32_t /*queue*/ = 0) { return false; }
 
-  const BackendCounters& counters() const { return counters_; }
+  // True if frames of `queue` were left pending because the sink refused them.
+  virtual bool HasPending(uint32_t /*queue*/ = 0) const { return false; }
+
+  // Which receive queues the host should deliver to (bit k = queue k; a
+  // multi-queue TAP attaches and detaches its TAP queues, so the host
+  // kernel spreads traffic over the queues the guest runs). Queue 0 always
+  // stays active. Default: ignored.
+  virtual void SetActiveQueues(uint32_t /*mask*/) {}
+
+  BackendCounters counters() const {
+    return {counters_.tx_frames.load(std::memory_order_relaxed),
+            counters_.tx_dropped.load(std::memory_order_relaxed),
+            counters_.rx_frames.load(std::memory_order_relaxed),
+            counters_.rx_errors.load(std::memory_order_relaxed)};
+  }
 
  protected:
   FrameSink* sink_ = nullptr;
-  BackendCounters counters_;
+  AtomicBackendCounters counters_;
 };
 
 struct BackendOptions {
@@ -86,11 +119,18 @@ struct BackendOptions {
   std::string shm_dir;
   // Largest frame carried (peer ring slot size, TAP read buffer).
   uint32_t max_frame = 9728;
-  // TAP: adopt this descriptor, already attached to the interface (handed
-  // over by a predecessor through the fd store; ownership is taken, also on
-  // error), instead of opening /dev/net/tun. Its interface name must match.
-  // A TAP backend's event_fd() is its TAP fd (what the fd store keeps).
-  int tap_fd = -1;
+  // TAP: queues wanted (the device's queue pairs). 1 opens a single-queue
+  // TAP as before; more open it with IFF_MULTI_QUEUE, one TAP queue each
+  // (an existing single-queue TAP, e.g. made by `ip tuntap add` without
+  // multi_queue, refuses that: the backend then runs with its one queue).
+  uint32_t tap_queues = 1;
+  // TAP: adopt these descriptors (index k: TAP queue k; -1: none), handed
+  // over by a predecessor through the fd store (ownership is taken, also on
+  // error), instead of opening /dev/net/tun for them. Their interface name
+  // must match; a detached queue is re-attached. Missing queues of a
+  // multi-queue TAP are opened anew. A TAP backend's event_fd(k) is its TAP
+  // queue k's fd (what the fd store keeps).
+  std::vector<int> tap_fds;
 };
 
 // Parses `spec` and opens the backend.

@@ -5,6 +5,7 @@
 // lazily, frames sent before the peer exists are dropped like on a cable whose
 // other end is unplugged).
 #include <filesystem>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "dataplane/backend.h"
@@ -23,7 +24,10 @@ class PeerBackend : public Backend {
 
   std::string spec() const override { return absl::StrCat("peer:", peer_); }
 
+  // The ring has one producer: TX queues served by different data-path
+  // threads take turns (uncontended with one thread).
   size_t Send(uint16_t, absl::Span<const FrameView> frames) override {
+    std::lock_guard<std::mutex> lock(send_mu_);
     if (out_ == nullptr) {
       auto r = ShmRing::OpenProducer(out_path_);
       if (r.ok()) out_ = std::move(*r);
@@ -33,15 +37,16 @@ class PeerBackend : public Backend {
       if (out_ != nullptr && out_->Push(f)) {
         ++sent;
       } else {
-        ++counters_.tx_dropped;
+        AtomicBackendCounters::Add(counters_.tx_dropped, 1);
       }
     }
-    counters_.tx_frames += sent;
+    AtomicBackendCounters::Add(counters_.tx_frames, sent);
+    if (out_ != nullptr) out_errors_.store(out_->errors(), std::memory_order_relaxed);
     if (sent > 0) out_->WakeIfSleeping();
     return sent;
   }
 
-  size_t Poll(size_t budget) override {
+  size_t Poll(size_t budget, uint32_t) override {
     in_->DrainWake();
     pending_ = false;
     size_t taken = 0;
@@ -55,23 +60,26 @@ class PeerBackend : public Backend {
       in_->Pop();
       ++taken;
     }
-    counters_.rx_frames += taken;
-    counters_.rx_errors = in_->errors() + (out_ ? out_->errors() : 0);
+    AtomicBackendCounters::Add(counters_.rx_frames, taken);
+    counters_.rx_errors.store(in_->errors() + (out_errors_.load(std::memory_order_relaxed)),
+                              std::memory_order_relaxed);
     return taken;
   }
 
-  int event_fd() const override { return in_->wake_fd(); }
-  bool ArmNotify() override {
+  int event_fd(uint32_t) const override { return in_->wake_fd(); }
+  bool ArmNotify(uint32_t) override {
     pending_ = false;
     return in_->PrepareSleep();
   }
-  bool HasPending() const override { return pending_; }
+  bool HasPending(uint32_t) const override { return pending_; }
 
  private:
   std::string peer_;
   std::string out_path_;
   std::unique_ptr<ShmRing> in_;
-  std::unique_ptr<ShmRing> out_;
+  std::mutex send_mu_;
+  std::unique_ptr<ShmRing> out_;  // guarded by send_mu_
+  std::atomic<uint64_t> out_errors_{0};
   bool pending_ = false;
 };
 

@@ -1,8 +1,16 @@
 #include "dataplane/datapath.h"
 
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "base/event_loop.h"
 #include "dataplane/adaptive_poll.h"
 #include "dataplane/offload.h"
 #include "dataplane/rss.h"
@@ -18,30 +26,216 @@ DataPath::DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
     rx_.push_back(std::make_unique<RxQueue>(uint16_t(q), state_->rx(q)));
   }
   loopback_ = backend_->spec() == "loopback";
+  const uint32_t n = std::clamp<uint32_t>(options_.threads, 1, kMaxQueues);
+  for (uint32_t t = 0; t < n; ++t) {
+    auto lane = std::make_unique<Lane>();
+    lane->id = t;
+    lane->guard = t == 0 ? options_.poison_guard
+                         : (t - 1 < options_.lane_poison_guards.size()
+                                ? options_.lane_poison_guards[t - 1]
+                                : nullptr);
+    lanes_.push_back(std::move(lane));
+  }
+  for (uint32_t q = 0; q < kMaxQueues; ++q) lanes_[q % n]->queues |= 1u << q;
+  for (uint32_t k = 0; k < backend_->num_queues() && k < 32; ++k) {
+    lanes_[k % n]->backend_queues |= 1u << k;
+  }
+  if (n > 1) main_wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   dev_->set_hooks(this);
   backend_->set_sink(this);
   OnFiltersChanged();
 }
 
 DataPath::~DataPath() {
+  StopThreads();
   dev_->set_hooks(nullptr);
   backend_->set_sink(nullptr);
 }
 
-void DataPath::OnTxDoorbell(uint32_t queue) {
-  if (queue < kMaxQueues) tx_kicked_ |= 1u << queue;
+// ---------------------------------------------------------------- lanes
+
+absl::Status DataPath::StartThreads() {
+  if (running_ || lanes_.size() == 1) return absl::OkStatus();
+  if (!main_wake_.valid()) return absl::InternalError("eventfd for the data-path lanes");
+  for (size_t t = 1; t < lanes_.size(); ++t) {
+    Lane& l = *lanes_[t];
+    l.epoll.reset(::epoll_create1(EPOLL_CLOEXEC));
+    l.wake.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!l.epoll.valid() || !l.wake.valid()) {
+      return absl::InternalError(absl::StrCat("data-path lane ", t, ": ", std::strerror(errno)));
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = UINT32_MAX;
+    if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, l.wake.get(), &ev) != 0) {
+      return absl::InternalError(absl::StrCat("data-path lane ", t, ": ", std::strerror(errno)));
+    }
+    l.watched = 0;
+    for (uint32_t m = l.backend_queues; m != 0; m &= m - 1) {
+      const uint32_t k = __builtin_ctz(m);
+      const int fd = backend_->event_fd(k);
+      if (fd < 0) continue;
+      ev.data.u32 = k;
+      if (::epoll_ctl(l.epoll.get(), EPOLL_CTL_ADD, fd, &ev) == 0) l.watched |= 1u << k;
+    }
+  }
+  stop_.store(false);
+  pause_.store(pause_depth_ > 0);
+  running_ = true;
+  for (size_t t = 1; t < lanes_.size(); ++t) {
+    Lane* l = lanes_[t].get();
+    l->thread = std::thread([this, l] { LaneMain(*l); });
+  }
+  return absl::OkStatus();
 }
 
-void DataPath::OnRxDoorbell(uint32_t) { rx_kicked_ = true; }
+void DataPath::StopThreads() {
+  if (!running_) return;
+  {
+    std::lock_guard<std::mutex> lock(park_mu_);
+    stop_.store(true);
+  }
+  park_cv_.notify_all();
+  for (size_t t = 1; t < lanes_.size(); ++t) {
+    Wake(*lanes_[t]);
+    lanes_[t]->thread.join();
+  }
+  running_ = false;
+}
+
+void DataPath::Wake(Lane& l) {
+  if (l.id == 0 || !l.wake.valid()) return;
+  const uint64_t one = 1;
+  (void)!::write(l.wake.get(), &one, sizeof(one));
+}
+
+// The handshake (Dekker's, seq_cst on both sides): a lane announces a round
+// (active = true) and only then looks at pause_; the control thread raises
+// pause_ and only then waits for every lane's active to fall. Either the
+// lane sees the pause and parks, or the control thread sees the round and
+// waits for its end: never both running.
+void DataPath::PauseLanes() {
+  if (pause_depth_++ > 0 || !running_) return;
+  pause_.store(true, std::memory_order_seq_cst);
+  for (size_t t = 1; t < lanes_.size(); ++t) {
+    for (int spins = 0; lanes_[t]->active.load(std::memory_order_seq_cst); ++spins) {
+      if (spins > 64) std::this_thread::yield();
+    }
+  }
+}
+
+void DataPath::ResumeLanes() {
+  if (--pause_depth_ > 0 || !running_) return;
+  {
+    std::lock_guard<std::mutex> lock(park_mu_);
+    pause_.store(false, std::memory_order_seq_cst);
+  }
+  park_cv_.notify_all();
+}
+
+void DataPath::LaneMain(Lane& l) {
+  AdaptivePoller poller;
+  epoll_event evs[16];
+  uint32_t pending_watch = 0;  // held frames: their fds are not watched
+  while (!stop_.load(std::memory_order_relaxed)) {
+    l.active.store(true, std::memory_order_seq_cst);
+    if (pause_.load(std::memory_order_seq_cst)) {
+      l.active.store(false, std::memory_order_seq_cst);
+      std::unique_lock<std::mutex> lock(park_mu_);
+      park_cv_.wait(lock, [this] { return !pause_.load() || stop_.load(); });
+      continue;
+    }
+    const bool work = Round(l);
+    l.active.store(false, std::memory_order_release);
+    l.rounds.fetch_add(1, std::memory_order_relaxed);
+    PostInterrupts(l);
+    // A held frame (no RX buffer) keeps its fd readable: stop watching it
+    // until it is taken (the RX doorbell's wake or the poll timeout).
+    uint32_t held = 0;
+    for (uint32_t m = l.watched; m != 0; m &= m - 1) {
+      const uint32_t k = __builtin_ctz(m);
+      if (backend_->HasPending(k)) held |= 1u << k;
+    }
+    if (held != pending_watch) {
+      for (uint32_t m = held ^ pending_watch; m != 0; m &= m - 1) {
+        const uint32_t k = __builtin_ctz(m);
+        epoll_event ev{};
+        ev.events = (held & (1u << k)) ? 0u : uint32_t{EPOLLIN};
+        ev.data.u32 = k;
+        (void)::epoll_ctl(l.epoll.get(), EPOLL_CTL_MOD, backend_->event_fd(k), &ev);
+      }
+      pending_watch = held;
+    }
+    int64_t t = poller.Next(work, LaneNeedsPolling(l));
+    if (t < 0) {
+      for (uint32_t m = l.backend_queues; m != 0; m &= m - 1) {
+        if (backend_->ArmNotify(__builtin_ctz(m))) t = 0;
+      }
+    }
+    if (l.kicked.load(std::memory_order_relaxed) != 0) t = 0;
+    const int n = EpollWaitNs(l.epoll.get(), evs, 16, t < 0 ? 1'000'000'000 : t);
+    if (n > 0) poller.NoteActivity();
+    for (int i = 0; i < n; ++i) {
+      if (evs[i].data.u32 == UINT32_MAX) {
+        uint64_t v;
+        (void)!::read(l.wake.get(), &v, sizeof(v));
+      }
+    }
+  }
+  l.active.store(false);
+}
+
+void DataPath::PostInterrupts(Lane& l) {
+  if ((l.tx_irq | l.rx_irq) == 0) return;
+  const uint32_t prev_tx = posted_tx_irq_.fetch_or(l.tx_irq, std::memory_order_release);
+  const uint32_t prev_rx = posted_rx_irq_.fetch_or(l.rx_irq, std::memory_order_release);
+  l.tx_irq = l.rx_irq = 0;
+  if ((prev_tx | prev_rx) == 0) {
+    const uint64_t one = 1;
+    (void)!::write(main_wake_.get(), &one, sizeof(one));
+  }
+}
+
+bool DataPath::LaneNeedsPolling(const Lane& l) const {
+  if (dev_->options().mapped_doorbells && ((tx_running_ | rx_running_) & l.queues) != 0) return true;
+  if (l.kicked.load(std::memory_order_relaxed) != 0) return true;
+  for (uint32_t m = l.backend_queues; m != 0; m &= m - 1) {
+    if (backend_->HasPending(__builtin_ctz(m))) return true;
+  }
+  return false;
+}
+
+void DataPath::UpdateBackendQueues() {
+  if (backend_->num_queues() <= 1) return;
+  const uint32_t want = (dev_->rss().hena != 0 ? rx_running_ : 0u) | 1u;
+  if (want == active_backend_) return;
+  backend_->SetActiveQueues(want);
+  active_backend_ = want;
+}
+
+// ---------------------------------------------------------------- hooks
+
+void DataPath::OnTxDoorbell(uint32_t queue) {
+  if (queue >= kMaxQueues) return;
+  Lane& l = *lanes_[LaneOf(queue)];
+  l.kicked.fetch_or(1u << queue, std::memory_order_relaxed);
+  Wake(l);
+}
+
+void DataPath::OnRxDoorbell(uint32_t queue) {
+  // Buffers for a frame a lane holds: that lane polls its backend again.
+  if (queue < kMaxQueues) Wake(*lanes_[LaneOf(queue)]);
+}
 
 void DataPath::OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) {
-  rx_tail_valid_ = 0;
+  PauseGuard pause(this);
+  for (auto& l : lanes_) l->rx_tail_valid = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     if (tx_mask & (1u << q)) {
       const avf::TxQueueContext& c = dev_->tx_queue(q);
       if (tx_[q]->Configure(c.ring_addr, c.ring_len).ok() && tx_[q]->SetEnabled(true).ok()) {
         tx_running_ |= 1u << q;
-        tx_kicked_ |= 1u << q;
+        lanes_[LaneOf(q)]->kicked.fetch_or(1u << q, std::memory_order_relaxed);
       }
     }
     if (rx_mask & (1u << q)) {
@@ -52,10 +246,13 @@ void DataPath::OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) {
       }
     }
   }
+  UpdateBackendQueues();
+  for (auto& l : lanes_) Wake(*l);
 }
 
 void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
-  rx_tail_valid_ = 0;
+  PauseGuard pause(this);
+  for (auto& l : lanes_) l->rx_tail_valid = 0;
   for (uint32_t q = 0; q < kMaxQueues; ++q) {
     if (tx_mask & (1u << q)) {
       (void)tx_[q]->SetEnabled(false);
@@ -66,6 +263,7 @@ void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
       rx_running_ &= ~(1u << q);
     }
   }
+  UpdateBackendQueues();
 }
 
 // Hardware counter semantics, which both drivers assume: the per-class RX
@@ -76,6 +274,7 @@ void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
 // is their sum; Linux iavf_virtchnl_completion reports them as tx_errors /
 // tx_dropped). TX frames are not classified: tx_unicast counts them all.
 void DataPath::GetStats(avf::vc::EthStats* s) {
+  PauseGuard pause(this);  // a consistent snapshot across lanes
   constexpr uint64_t kCrc = 4;
   *s = {};
   uint64_t rx_frames = 0, tx_frames = 0, tx_drops = 0;
@@ -104,6 +303,7 @@ void DataPath::GetStats(avf::vc::EthStats* s) {
 }
 
 void DataPath::OnFiltersChanged() {
+  PauseGuard pause(this);
   filter_.Clear();
   for (const avf::MacFilterEntry& e : dev_->mac_filters()) filter_.Add(e.addr);
   uint16_t p = dev_->promisc_flags();
@@ -111,10 +311,13 @@ void DataPath::OnFiltersChanged() {
 }
 
 void DataPath::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  PauseGuard pause(this);
   for (auto& q : tx_) q->OnDmaUnmap(iova, size);
   for (auto& q : rx_) q->OnDmaUnmap(iova, size);
 }
 
+// Runs on the lane serving backend queue / loopback TX queue `queue`, and
+// delivers to an RX queue of that lane only (its engines are that lane's).
 bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   vfio_user::DmaMemory* dma = dev_->dma();
   if (rx_running_ == 0 || dma == nullptr) return true;  // link down: dropped
@@ -122,17 +325,31 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     Bump(counters_->rx_filtered);
     return true;
   }
+  Lane& lane = *lanes_[LaneOf(queue)];
+  const uint32_t running = rx_running_ & lane.queues;
+  if (running == 0) {
+    // A frame of a TAP queue whose RX queue just stopped (its detach drops
+    // the rest): this lane has nowhere to put it.
+    rx_[queue % kMaxQueues]->CountDrop();
+    CountClass(frame);
+    return true;
+  }
   // RSS (tap/peer: the backend has no flows of its own): hash, then the
-  // driver's lookup table; loopback keeps the TX queue. Fallback: the lowest
-  // running queue.
+  // driver's lookup table; loopback keeps the TX queue. With several lanes a
+  // table entry naming another lane's queue is not followed: the frame stays
+  // on the queue of the backend queue that carried it (per flow the same
+  // choice, so no reordering). Fallback: the lane's lowest running queue.
   uint32_t q = queue;
   std::optional<uint32_t> hash;
   const avf::RssConfig& rss = dev_->rss();
   if (!loopback_ && rss.hena != 0) {
     hash = FrameRssHash(rss.key, frame, rss.hena);
-    if (hash) q = rss.lut[*hash % rss.lut.size()];
+    if (hash) {
+      const uint32_t r = rss.lut[*hash % rss.lut.size()];
+      if (r < kMaxQueues && (running & (1u << r))) q = r;
+    }
   }
-  if (q >= kMaxQueues || !(rx_running_ & (1u << q))) q = __builtin_ctz(rx_running_);
+  if (q >= kMaxQueues || !(running & (1u << q))) q = __builtin_ctz(running);
   RxQueue& rx = *rx_[q];
   uint64_t csum_bits = 0;
   if (options_.rx_checksum) {
@@ -141,23 +358,23 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     if (c & RxCsum::kIpBad) csum_bits |= rxd::kErrIpe;
     if (c & RxCsum::kL4Bad) csum_bits |= rxd::kErrL4e;
   }
-  RxQueue::DeliverResult res =
-      rx.Deliver(frame, RxTail(q, false), *dma, csum_bits, hash.has_value(), hash.value_or(0));
+  RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(lane, q, false), *dma, csum_bits,
+                                          hash.has_value(), hash.value_or(0));
   if (res == RxQueue::DeliverResult::kNoBuffers) {
     // Nothing was written: look at the live tail once before giving up.
-    const uint32_t cached = rx_tail_cache_[q];
-    if (RxTail(q, true) != cached) {
-      res = rx.Deliver(frame, rx_tail_cache_[q], *dma, csum_bits, hash.has_value(),
+    const uint32_t cached = lane.rx_tail_cache[q];
+    if (RxTail(lane, q, true) != cached) {
+      res = rx.Deliver(frame, lane.rx_tail_cache[q], *dma, csum_bits, hash.has_value(),
                        hash.value_or(0));
     }
   }
   switch (res) {
     case RxQueue::DeliverResult::kDelivered:
-      rx_irq_ |= 1u << q;
+      lane.rx_irq |= 1u << q;
       CountClass(frame);
       return true;
     case RxQueue::DeliverResult::kDropped:
-      if (rx.TakeWroteBack()) rx_irq_ |= 1u << q;
+      if (rx.TakeWroteBack()) lane.rx_irq |= 1u << q;
       CountClass(frame);  // a discard is counted in its class too (GetStats)
       return true;
     case RxQueue::DeliverResult::kNoBuffers:
@@ -170,29 +387,34 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   return true;
 }
 
-uint32_t DataPath::RxTail(uint32_t q, bool refresh) {
-  if (refresh || !(rx_tail_valid_ & (1u << q))) {
-    rx_tail_cache_[q] = dev_->RxTail(q);
-    rx_tail_valid_ |= 1u << q;
+uint32_t DataPath::RxTail(Lane& lane, uint32_t q, bool refresh) {
+  if (refresh || !(lane.rx_tail_valid & (1u << q))) {
+    lane.rx_tail_cache[q] = dev_->RxTail(q);
+    lane.rx_tail_valid |= 1u << q;
   }
-  return rx_tail_cache_[q];
+  return lane.rx_tail_cache[q];
 }
 
-bool DataPath::PollOnce() {
+// One round of `lane`: TX of its queues, then its backend queues.
+bool DataPath::Round(Lane& lane) {
   vfio_user::DmaMemory* dma = dev_->dma();
   if (dma == nullptr) return false;
   bool work = false;
-  rx_tail_valid_ = 0;  // tails are read afresh each round
+  lane.rx_tail_valid = 0;  // tails are read afresh each round
   const bool mapped = dev_->options().mapped_doorbells;
-  uint32_t todo = mapped ? tx_running_ : (tx_kicked_ & tx_running_);
-  tx_kicked_ = 0;
+  uint32_t kicked = 0;
+  if (lane.kicked.load(std::memory_order_relaxed) != 0) {
+    kicked = lane.kicked.exchange(0, std::memory_order_acquire);
+  }
+  uint32_t todo = (mapped ? tx_running_ : (kicked & tx_running_)) & lane.queues;
+  uint32_t more = 0;
+  PoisonGuard* guard = lane.guard;
   while (todo != 0) {
     uint32_t q = __builtin_ctz(todo);
     todo &= todo - 1;
     TxQueue& tx = *tx_[q];
     uint32_t tail = dev_->TxTail(q);
     if (tail == tx.head()) continue;
-    PoisonGuard* guard = options_.poison_guard;
     if (guard != nullptr && guard->Enter(PoisonGuard::kTxQueue, (uint64_t{q} << 32) | tx.head()) >=
                                 PoisonGuard::kQuarantineAfter) [[unlikely]] {
       guard->Leave(PoisonGuard::kTxQueue);
@@ -201,34 +423,51 @@ bool DataPath::PollOnce() {
                    "processing it; the queue stops until the guest enables it again\n",
                    q, tx.head(), PoisonGuard::kQuarantineAfter);
       tx.Quarantine();
-      ++tx_quarantines_;
+      tx_quarantines_.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     TxQueue::Result r = tx.Process(tail, *dma, *backend_, options_.tx_budget);
     if (guard != nullptr) guard->Leave(PoisonGuard::kTxQueue);
     if (r.packets > 0) work = true;
-    if (r.wrote_back) tx_irq_ |= 1u << q;
-    if (r.more) tx_kicked_ |= 1u << q;  // trapped mode: come back without a doorbell
+    if (r.wrote_back) lane.tx_irq |= 1u << q;
+    if (r.more) more |= 1u << q;  // trapped mode: come back without a doorbell
   }
-  if (backend_->event_fd() >= 0 || backend_->HasPending()) {
-    if (backend_->Poll(options_.rx_budget) > 0) work = true;
+  if (more != 0) lane.kicked.fetch_or(more, std::memory_order_relaxed);
+  for (uint32_t m = lane.backend_queues; m != 0; m &= m - 1) {
+    const uint32_t k = __builtin_ctz(m);
+    if (backend_->event_fd(k) >= 0 || backend_->HasPending(k)) {
+      if (backend_->Poll(options_.rx_budget, k) > 0) work = true;
+    }
   }
-  rx_kicked_ = false;
-  rx_tail_valid_ = 0;  // a Deliver outside a round reads the live tail
+  lane.rx_tail_valid = 0;  // a Deliver outside a round reads the live tail
+  return work;
+}
+
+bool DataPath::PollOnce() {
+  Lane& lane = *lanes_[0];
+  bool work = Round(lane);
+  if (lanes_.size() > 1) {
+    if ((posted_tx_irq_.load(std::memory_order_relaxed) |
+         posted_rx_irq_.load(std::memory_order_relaxed)) != 0) {
+      lane.tx_irq |= posted_tx_irq_.exchange(0, std::memory_order_acquire);
+      lane.rx_irq |= posted_rx_irq_.exchange(0, std::memory_order_acquire);
+    }
+  }
+  UpdateBackendQueues();
   // Interrupts: at most one per vector per round and per ITR interval; the
   // model auto-masks, so a disarmed vector stays pending until the driver
   // re-arms it (no storm, no lost wake-up).
-  if ((tx_irq_ | rx_irq_ | deferred_) != 0) {
+  if ((lane.tx_irq | lane.rx_irq | deferred_) != 0) {
     int64_t now = AdaptivePoller::NowNs();
-    for (uint32_t m = tx_irq_; m != 0; m &= m - 1) {
+    for (uint32_t m = lane.tx_irq; m != 0; m &= m - 1) {
       const avf::TxQueueContext& c = dev_->tx_queue(__builtin_ctz(m));
       SignalVector(c.msix_vector, c.itr_index, now);
     }
-    for (uint32_t m = rx_irq_; m != 0; m &= m - 1) {
+    for (uint32_t m = lane.rx_irq; m != 0; m &= m - 1) {
       const avf::RxQueueContext& c = dev_->rx_queue(__builtin_ctz(m));
       SignalVector(c.msix_vector, c.itr_index, now);
     }
-    tx_irq_ = rx_irq_ = 0;
+    lane.tx_irq = lane.rx_irq = 0;
     FlushDeferred(now);
   }
   return work;
@@ -272,11 +511,13 @@ int64_t DataPath::NextInterruptDeadlineNs(int64_t now) const {
 }
 
 bool DataPath::NeedsPolling() const {
-  if (dev_->options().mapped_doorbells && (tx_running_ | rx_running_) != 0) return true;
-  return tx_kicked_ != 0 || backend_->HasPending() || deferred_ != 0;
+  if (LaneNeedsPolling(*lanes_[0]) || deferred_ != 0) return true;
+  return (posted_tx_irq_.load(std::memory_order_relaxed) |
+          posted_rx_irq_.load(std::memory_order_relaxed)) != 0;
 }
 
 void DataPath::Recover() {
+  PauseGuard pause(this);
   vfio_user::DmaMemory* dma = dev_->dma();
   if (dma == nullptr) return;
   uint32_t vectors = 0;
@@ -291,13 +532,15 @@ void DataPath::Recover() {
     if (tx_[q]->enabled()) {
       tx_[q]->Recover(*dma);
       tx_running_ |= 1u << q;
-      tx_kicked_ |= 1u << q;
+      lanes_[LaneOf(q)]->kicked.fetch_or(1u << q, std::memory_order_relaxed);
       vectors |= 1u << (dev_->tx_queue(q).msix_vector % kVectors);
     }
   }
   // A wake-up may have been lost with the predecessor: fire each queue
   // vector once (a spurious MSI-X only makes NAPI poll an empty ring).
   for (uint32_t m = vectors & ~1u; m != 0; m &= m - 1) dev_->RaiseVector(__builtin_ctz(m));
+  active_backend_ = 0;  // the predecessor's TAP queue attachment is re-applied
+  UpdateBackendQueues();
 }
 
 void DataPath::FillCounters(internal::WorkerStatus* status) const {

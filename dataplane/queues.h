@@ -1,7 +1,8 @@
 // TX and RX queue engines of an AVF device: they move frames between the
 // guest's descriptor rings (through DmaMemory) and a Backend.
 //
-// Both engines are driven by the worker's event loop (one thread). Every
+// Each queue's engine is driven by one data-path thread at a time (its
+// lane, dataplane/datapath.h). Every
 // value read from guest memory or from a doorbell is untrusted: a bad tail,
 // a descriptor pointing outside the DMA map, a zero or oversized length, a
 // chain without EOP or with too many buffers ends in a drop/error counter
@@ -203,7 +204,7 @@ class TxQueue {
   void DropMalformed() {
     Count(hot_->errors, 1);
     Count(hot_->drops, 1);
-    Count(*malformed_, 1);
+    malformed_->fetch_add(1, std::memory_order_relaxed);  // shared by every lane's queues
   }
 
   uint16_t id_;

@@ -30,8 +30,8 @@ struct CaptureBackend : Backend {
     }
     return n;
   }
-  size_t Poll(size_t) override { return 0; }
-  int event_fd() const override { return -1; }
+  size_t Poll(size_t, uint32_t) override { return 0; }
+  int event_fd(uint32_t) const override { return -1; }
 };
 
 class QueuesTest : public ::testing::Test {

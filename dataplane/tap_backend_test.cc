@@ -118,5 +118,87 @@ TEST_F(NetnsTest, FramesCrossByteForByteBothWays) {
   }
 }
 
+// IFF_MULTI_QUEUE: one TAP queue per queue pair; a successor adopts every
+// queue fd (detached ones re-attached), and a host frame reaches the
+// device on one of them.
+TEST_F(NetnsTest, MultiQueueTapIsAdoptedQueueByQueue) {
+  std::string ifname = "emudmq0";
+  BackendOptions opt;
+  opt.device = "d";
+  opt.tap_queues = 3;
+  auto tap = OpenBackend(absl::StrCat("tap:", ifname), opt);
+  ASSERT_TRUE(tap.ok()) << tap.status();
+  ASSERT_EQ((*tap)->num_queues(), 3u);
+  // What the fd store keeps: a duplicate of each queue fd.
+  std::vector<int> dups;
+  for (uint32_t k = 0; k < 3; ++k) dups.push_back(fcntl((*tap)->event_fd(k), F_DUPFD_CLOEXEC, 3));
+  (*tap)->SetActiveQueues(0x1);  // the guest runs one RX queue: 1 and 2 detached
+  tap->reset();                  // the worker dies; the interface lives on the dups
+  BackendOptions succ = opt;
+  succ.tap_fds = dups;
+  auto adopted = OpenBackend(absl::StrCat("tap:", ifname), succ);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  ASSERT_EQ((*adopted)->num_queues(), 3u);
+  for (uint32_t k = 0; k < 3; ++k) EXPECT_EQ((*adopted)->event_fd(k), dups[k]);
+  CollectSink sink;
+  (*adopted)->set_sink(&sink);
+  (*adopted)->SetActiveQueues(0x7);
+  ASSERT_EQ(std::system(absl::StrCat("ip -n ", ns_, " link set ", ifname, " up").c_str()), 0);
+  int ifindex = if_nametoindex(ifname.c_str());
+  UniqueFd ps(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(kTestEthertype)));
+  ASSERT_TRUE(ps.valid());
+  sockaddr_ll sll{};
+  sll.sll_family = AF_PACKET;
+  sll.sll_protocol = htons(kTestEthertype);
+  sll.sll_ifindex = ifindex;
+  ASSERT_EQ(bind(ps.get(), reinterpret_cast<sockaddr*>(&sll), sizeof(sll)), 0);
+  // Every TX queue's frames leave through the TAP (queue q -> TAP queue q).
+  std::vector<uint8_t> f(60, 0);
+  f[0] = 0x02;
+  f[6] = 0x02;
+  f[12] = kTestEthertype >> 8;
+  f[13] = kTestEthertype & 0xff;
+  for (uint16_t q = 0; q < 3; ++q) {
+    f[20] = uint8_t(q);
+    FrameView v[] = {f};
+    ASSERT_EQ((*adopted)->Send(q, v), 1u) << q;
+    pollfd p{ps.get(), POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 5000), 1);
+    std::vector<uint8_t> buf(2048);
+    ASSERT_EQ(recv(ps.get(), buf.data(), buf.size(), 0), 60);
+    EXPECT_EQ(buf[20], q);
+  }
+  // Host -> device: the frame arrives on one of the three queues.
+  f[20] = 0x77;
+  ASSERT_EQ(sendto(ps.get(), f.data(), f.size(), 0, reinterpret_cast<sockaddr*>(&sll), sizeof(sll)),
+            60);
+  bool found = false;
+  for (int tries = 0; tries < 50 && !found; ++tries) {
+    std::vector<pollfd> p;
+    for (uint32_t k = 0; k < 3; ++k) p.push_back({(*adopted)->event_fd(k), POLLIN, 0});
+    poll(p.data(), p.size(), 100);
+    for (uint32_t k = 0; k < 3; ++k) (*adopted)->Poll(64, k);
+    for (auto& g : sink.got) found |= g == f;
+  }
+  EXPECT_TRUE(found);
+}
+
+// A single-queue TAP stays single-queue when the successor wants more.
+TEST_F(NetnsTest, SingleQueueTapIsKept) {
+  std::string ifname = "emudsq0";
+  BackendOptions opt;
+  opt.device = "d";
+  auto tap = OpenBackend(absl::StrCat("tap:", ifname), opt);
+  ASSERT_TRUE(tap.ok()) << tap.status();
+  int dup = fcntl((*tap)->event_fd(), F_DUPFD_CLOEXEC, 3);
+  tap->reset();
+  BackendOptions succ = opt;
+  succ.tap_queues = 4;
+  succ.tap_fds = {dup};
+  auto adopted = OpenBackend(absl::StrCat("tap:", ifname), succ);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_EQ((*adopted)->num_queues(), 1u);
+}
+
 }  // namespace
 }  // namespace emud::dataplane

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -224,22 +225,43 @@ absl::Status Worker::OpenBackendAndQueues() {
   bopt.shm_dir = state_store::ShmDir(args.state_dir);
   bopt.max_frame = avf::kMaxFrameSize;
   const bool tap = absl::StartsWith(args.backend, "tap:");
-  UniqueFd tap_in = TakeInherited(worker_api::kTapFdKey);
-  const bool tap_inherited = tap && tap_in.valid();
-  if (tap) bopt.tap_fd = tap_in.release();
+  // One TAP queue per queue pair (IFF_MULTI_QUEUE): the predecessor's, by
+  // key, else opened and deposited.
+  uint32_t tap_inherited = 0;  // bit k: TAP queue k inherited
+  if (tap) {
+    bopt.tap_queues = static_cast<uint32_t>(args.queues);
+    for (uint32_t k = 0; k < bopt.tap_queues; ++k) {
+      UniqueFd fd = TakeInherited(worker_api::TapFdKey(k));
+      if (fd.valid()) tap_inherited |= 1u << k;
+      bopt.tap_fds.push_back(fd.release());
+    }
+  }
   auto backend = OpenBackend(args.backend, bopt);
   if (!backend.ok()) return Annotate(backend.status(), "backend");
   backend_ = std::move(*backend);
-  if (tap && !tap_inherited) {
-    absl::Status s = depositor_->Deposit(worker_api::kTapFdKey, backend_->event_fd());
-    if (!s.ok()) return Annotate(s, "deposit backend/tap");
+  for (uint32_t k = 0; tap && k < backend_->num_queues(); ++k) {
+    if (tap_inherited & (1u << k)) continue;
+    const std::string key = worker_api::TapFdKey(k);
+    absl::Status s = depositor_->Deposit(key, backend_->event_fd(k));
+    if (!s.ok()) return Annotate(s, "deposit " + key);
   }
   const std::string dev_shm_dir = state_store::DeviceShmDir(args.state_dir, args.device);
   auto qstate = QueueStateFile::Open(absl::StrCat(dev_shm_dir, "/queues"));
   if (!qstate.ok()) return Annotate(qstate.status(), "queue state");
   qstate_ = std::move(*qstate);
   DataPathOptions dpopt;
-  if (persist_) dpopt.poison_guard = guard_.get();
+  dpopt.threads = static_cast<uint32_t>(std::min(args.datapath_threads, args.queues));
+  if (persist_) {
+    dpopt.poison_guard = guard_.get();
+    // Each further data-path thread brackets its TX bursts in a guard page
+    // of its own (DIR/shm/NAME/poison.lane<t>).
+    for (uint32_t t = 1; t < dpopt.threads; ++t) {
+      auto g = PoisonGuard::Open(absl::StrCat(dev_shm_dir, "/poison.lane", t));
+      if (!g.ok()) return Annotate(g.status(), "poison guard");
+      lane_guards_.push_back(std::move(*g));
+      dpopt.lane_poison_guards.push_back(lane_guards_.back().get());
+    }
+  }
   datapath_ = std::make_unique<DataPath>(device_.get(), backend_.get(), qstate_.get(), dpopt);
   return absl::OkStatus();
 }
@@ -352,10 +374,14 @@ void Worker::ReleaseUnclaimedFds() {
   options_.inherited_fds.clear();
 }
 
+// With one data-path thread the backend's fds wake the event loop; with
+// more, Run() waits on its own epoll (RunThreaded).
 absl::Status Worker::WatchFds() {
   WatchStore();
-  if (backend_->event_fd() >= 0) {
-    absl::Status s = loop_->Add(backend_->event_fd(), EPOLLIN, [](uint32_t) {});
+  if (datapath_->threads() > 1) return absl::OkStatus();
+  for (uint32_t k = 0; k < backend_->num_queues(); ++k) {
+    if (backend_->event_fd(k) < 0) continue;
+    absl::Status s = loop_->Add(backend_->event_fd(k), EPOLLIN, [](uint32_t) {});
     if (!s.ok()) return Annotate(s, "backend fd");
   }
   return absl::OkStatus();
@@ -398,25 +424,47 @@ absl::Status Worker::Run() {
     std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n",
                  args.device.c_str(), absl::ToDoubleMilliseconds(resume_time_));
   }
-  std::fprintf(stderr, "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues)\n",
+  std::fprintf(stderr,
+               "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues, %u data-path "
+               "threads, %u backend queues)\n",
                args.device.c_str(), args.socket_path.c_str(), backend_->spec().c_str(),
-               std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues);
+               std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues,
+               datapath_->threads(), backend_->num_queues());
 
+  // Short sleeps need a tight timer (adaptive_poll.h); threads this one
+  // creates inherit it.
+  (void)prctl(PR_SET_TIMERSLACK, AdaptivePoller::kTimerSlackNs, 0, 0, 0);
+  if (datapath_->threads() > 1) return RunThreaded();
   absl::Status result;
   AdaptivePoller poller;
-  const int backend_fd = backend_->event_fd();
-  bool backend_watched = backend_fd >= 0;
+  const uint32_t nbq = backend_->num_queues();
+  uint32_t backend_watched = 0;
+  for (uint32_t k = 0; k < nbq; ++k) {
+    if (backend_->event_fd(k) >= 0) backend_watched |= 1u << k;
+  }
+  // Control messages (and any other fd event) count as activity: the loop
+  // keeps polling for the poller's busy window after one, so a VMM's next
+  // request right after a reply finds the worker on-CPU (libvfio-user's
+  // example server spins ~100 us the same way). An idle device sees no
+  // event and still blocks.
+  bool fd_activity = false;
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce();
+    bool work = datapath_->PollOnce() || fd_activity;
     // A backend holding a frame the guest has no buffer for (tap) would keep
     // its fd readable and spin the loop: stop watching it until the frame is
     // taken (the RX doorbell or the poll timeout brings us back).
-    if (backend_fd >= 0 && backend_watched == backend_->HasPending()) {
-      backend_watched = !backend_watched;
-      (void)loop_->Modify(backend_fd, backend_watched ? uint32_t{EPOLLIN} : 0u);
+    for (uint32_t k = 0; k < nbq; ++k) {
+      const int fd = backend_->event_fd(k);
+      const bool watched = backend_watched & (1u << k);
+      if (fd >= 0 && watched == backend_->HasPending(k)) {
+        backend_watched ^= 1u << k;
+        (void)loop_->Modify(fd, watched ? 0u : uint32_t{EPOLLIN});
+      }
     }
     int64_t t = poller.Next(work, datapath_->NeedsPolling());
-    if (t < 0 && backend_->ArmNotify()) t = 0;
+    for (uint32_t k = 0; t < 0 && k < nbq; ++k) {
+      if (backend_->ArmNotify(k)) t = 0;
+    }
     int64_t irq_due = datapath_->NextInterruptDeadlineNs(AdaptivePoller::NowNs());
     if (irq_due >= 0 && (t < 0 || irq_due < t)) t = irq_due;  // ITR-deferred interrupt
     absl::Duration timeout = t < 0 ? absl::Seconds(1) : absl::Nanoseconds(t);
@@ -427,11 +475,99 @@ absl::Status Worker::Run() {
       result = r.status();
       break;
     }
+    // An fd event (a trapped register access or any vfio-user message, a
+    // backend frame) says the guest is active: mapped doorbells go back to
+    // the short end of the sleep ramp (adaptive_poll.h).
+    if (*r > 0) poller.NoteActivity();
+    fd_activity = *r > 0;
     MaintainStore();
     (void)publisher_->Publish(false);
   }
   (void)publisher_->Publish(true);
   std::fprintf(stderr, "emud-worker: %s stopping\n", args.device.c_str());
+  return result;
+}
+
+// More than one data-path thread: lanes 1.. run on their own threads; this
+// thread runs lane 0 and the control path. It waits on an epoll of its own
+// (the event loop's fd, the lanes' interrupt wake-up, lane 0's backend
+// queues), and dispatches the event loop - vfio-user requests, the fd
+// store - only with every other lane parked (DataPath::PauseGuard), so no
+// request's effect (DMA map/unmap, queue contexts, RSS, interrupt state)
+// races a lane's round.
+absl::Status Worker::RunThreaded() {
+  UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ep.valid()) return absl::InternalError("epoll_create1");
+  constexpr uint32_t kLoopId = 1u << 30, kWakeId = (1u << 30) + 1;
+  auto add = [&](int fd, uint32_t id) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = id;
+    return ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+  };
+  if (!add(loop_->fd(), kLoopId) || !add(datapath_->wake_fd(), kWakeId)) {
+    return absl::InternalError("epoll_ctl");
+  }
+  const uint32_t nbq = backend_->num_queues();
+  uint32_t watched = 0;
+  for (uint32_t k = 0; k < nbq; k += datapath_->threads()) {  // lane 0's queues
+    if (backend_->event_fd(k) >= 0 && add(backend_->event_fd(k), k)) watched |= 1u << k;
+  }
+  if (absl::Status s = datapath_->StartThreads(); !s.ok()) return s;
+  absl::Status result;
+  AdaptivePoller poller;
+  epoll_event evs[16];
+  bool fd_activity = false;  // as in Run: a control message keeps the loop polling a while
+  while (!stop_.load()) {
+    bool work = datapath_->PollOnce() || fd_activity;
+    for (uint32_t k = 0; k < nbq; k += datapath_->threads()) {
+      const int fd = backend_->event_fd(k);
+      const bool on = watched & (1u << k);
+      if (fd >= 0 && on == backend_->HasPending(k)) {
+        watched ^= 1u << k;
+        epoll_event ev{};
+        ev.events = on ? 0u : uint32_t{EPOLLIN};
+        ev.data.u32 = k;
+        (void)::epoll_ctl(ep.get(), EPOLL_CTL_MOD, fd, &ev);
+      }
+    }
+    int64_t t = poller.Next(work, datapath_->NeedsPolling());
+    for (uint32_t k = 0; t < 0 && k < nbq; k += datapath_->threads()) {
+      if (backend_->ArmNotify(k)) t = 0;
+    }
+    int64_t irq_due = datapath_->NextInterruptDeadlineNs(AdaptivePoller::NowNs());
+    if (irq_due >= 0 && (t < 0 || irq_due < t)) t = irq_due;
+    if (t < 0) t = 1'000'000'000;
+    if (store_ != nullptr && !store_->connected()) t = std::min<int64_t>(t, 10'000'000);
+    const int n = EpollWaitNs(ep.get(), evs, 16, t);
+    if (n > 0) poller.NoteActivity();
+    bool control = false;
+    fd_activity = false;
+    for (int i = 0; i < n; ++i) {
+      if (evs[i].data.u32 == kLoopId) control = fd_activity = true;
+      if (evs[i].data.u32 == kWakeId) {
+        uint64_t v;
+        (void)!::read(datapath_->wake_fd(), &v, sizeof(v));
+      }
+    }
+    if (control) {
+      DataPath::PauseGuard pause(datapath_.get());
+      auto r = loop_->RunOnce(absl::ZeroDuration());
+      if (!r.ok()) {
+        publisher_->SetLastError(std::string(r.status().message()));
+        result = r.status();
+        break;
+      }
+      MaintainStore();
+    } else if (store_ != nullptr && !store_->connected()) {
+      DataPath::PauseGuard pause(datapath_.get());
+      MaintainStore();
+    }
+    (void)publisher_->Publish(false);
+  }
+  datapath_->StopThreads();
+  (void)publisher_->Publish(true);
+  std::fprintf(stderr, "emud-worker: %s stopping\n", options_.args.device.c_str());
   return result;
 }
 

@@ -16,7 +16,9 @@
 //   s = w.Run();                          // until Stop()
 //
 // Threading: ResumeOrCreate, Run and Abandon on one thread; Stop from any
-// thread or a signal handler.
+// thread or a signal handler. With --datapath-threads N > 1, Run also runs
+// N - 1 data-path threads (dataplane/datapath.h) and dispatches every
+// control event with them parked.
 #ifndef EMUD_DATAPLANE_WORKER_H_
 #define EMUD_DATAPLANE_WORKER_H_
 
@@ -24,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "avf/device.h"
@@ -136,6 +139,7 @@ class Worker {
   vfio_user::SessionOptions SessionOptionsFor() const;
   void WatchStore();
   void MaintainStore();
+  absl::Status RunThreaded();
 
   WorkerOptions options_;
   const bool persist_;
@@ -148,6 +152,7 @@ class Worker {
   std::unique_ptr<StoreDepositor> depositor_;
   std::unique_ptr<state_store::Env> env_;
   std::unique_ptr<PoisonGuard> guard_;
+  std::vector<std::unique_ptr<PoisonGuard>> lane_guards_;  // data-path threads 1..
   std::unique_ptr<avf::Device> device_;
   std::unique_ptr<emud::EventLoop> loop_;
   std::atomic<emud::EventLoop*> loop_for_stop_{nullptr};

@@ -399,6 +399,8 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   args.backend = spec.backend();
   args.doorbell = spec.doorbell() == v1::DOORBELL_MODE_MMAP ? worker_api::DoorbellMode::kMmap
                                                             : worker_api::DoorbellMode::kTrap;
+  // (Passed only when not 1: ToArgv.)
+  args.datapath_threads = std::min<int>(options_.datapath_threads, args.queues);
   // Socket access (only when not the default, so an older worker binary
   // that lacks these flags still runs default devices: ToArgv).
   if (spec.has_socket_uid()) args.socket_uid = spec.socket_uid();

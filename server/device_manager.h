@@ -81,6 +81,9 @@ struct ManagerOptions {
   std::string worker_binary;
   // Lets UpgradeWorker name another worker binary.
   bool allow_worker_override = false;
+  // Data-path threads of every worker (emud --datapath-threads; the worker
+  // uses at most one per queue pair). 1: the event loop serves every queue.
+  int datapath_threads = 1;
   RestartPolicyOptions restart;
   // SIGTERM to SIGKILL grace period when stopping a worker.
   absl::Duration worker_stop_timeout = absl::Seconds(5);

@@ -190,13 +190,29 @@ class PciDevice {
   // transaction (e.g. a store into tmpfs-backed shared memory that a
   // successor adopts); side effects it triggers (a data path reacting to a
   // doorbell) must keep their own crash-safe state. The answer must depend
-  // only on the arguments and the device's construction options, never on
-  // mutable state. A crash-consistent session neither calls Save nor commits
+  // only on the arguments, the device's construction options and its state
+  // as it is right before this write is applied (the session asks just
+  // before applying). A crash-consistent session neither calls Save nor commits
   // for a request made only of such writes, and may apply one again after a
   // kill (a successor re-reads it from the socket). Records the write makes
   // stale (generation counters) are written by the next Save as usual.
   virtual bool WriteIsSelfDurable(uint32_t /*region*/, uint64_t /*offset*/,
                                   uint64_t /*size*/) const {
+    return false;
+  }
+  // True if a POSTED write of `size` bytes at `offset` of `region` has no
+  // effect the guest can observe before the session's next reply other than
+  // interrupts (which may then fire once more after a crash): no write into
+  // guest memory, nothing a data path makes visible. A posted write has no
+  // completion, so such a write may become durable later, with the posted
+  // writes that follow it: a crash-consistent session applies a run of them
+  // and commits the run once (ARCHITECTURE.md, "Group commit of posted
+  // writes"), and a successor killed before that commit re-applies the whole
+  // run from the state before it. A run may end with one write that is not
+  // deferrable (its effect is then as exposed as a single request's today).
+  // Same rules as WriteIsSelfDurable for what the answer may depend on.
+  virtual bool WriteIsDeferrable(uint32_t /*region*/, uint64_t /*offset*/,
+                                 uint64_t /*size*/) const {
     return false;
   }
 };

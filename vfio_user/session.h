@@ -131,7 +131,9 @@ struct SessionOptions {
   // after consuming the request, 3 = after the journal mark, 4 = after the
   // reply was sent (self-durable posted writes - see IsSelfDurable - are
   // not committed: 1 = one applied, 3 = its progress recorded in the
-  // journal's run-progress word, 2 = the run consumed); returning true
+  // journal's run-progress word, 2 = the run consumed; a group-committed
+  // run of posted writes: 5 = one applied, not yet committed, then 1, 2, 3
+  // as for a request); returning true
   // makes the session Abandon() right there, as if the process died.
   std::function<bool(int stage)> crash_point;
   // Poison-request quarantine (crash_consistent mode; optional, not owned):
@@ -154,6 +156,8 @@ struct SessionStats {
   uint64_t commits = 0;
   uint64_t replayed_replies = 0;  // resume: stored replies re-sent
   uint64_t quarantined = 0;       // poison requests answered without applying
+  uint64_t grouped_runs = 0;      // runs of posted writes committed together
+  uint64_t grouped_writes = 0;    // the posted writes in them
   // Per command number (index 0 = unknown commands), for metrics labels
   // (CommandName()).
   std::array<uint64_t, kCmdMax> by_command{};
@@ -252,12 +256,20 @@ class Session {
   bool IsSelfDurable(const Message& msg) const;
   // The same test on a header and payload, leaving the writes decoded.
   bool DecodeSelfDurable(const Header& h, absl::Span<const uint8_t> payload, RegionWrites* writes) const;
-  // Crash-consistent mode: applies the self-durable messages at the socket
-  // head (one peek for the run), recording progress in the journal's
+  // Crash-consistent mode: applies the self-durable messages at the head of
+  // the peeked `run` (one peek for the run), recording progress in the journal's
   // run-progress word after each, then consumes them together. Returns how
   // many (0: none / nothing readable; -1: the session was abandoned or
   // disconnected).
-  int DrainSelfDurable();
+  int DrainSelfDurable(absl::Span<const uint8_t> run);
+  // Crash-consistent mode: applies the run of posted (non-self-durable)
+  // writes at the head of the peeked `run` and commits them once, then
+  // consumes them together. Returns how many (0: the head is no posted
+  // write; -1: abandoned or disconnected).
+  int CommitPostedRun(absl::Span<const uint8_t> run);
+  // A well-formed-looking posted REGION_WRITE / WRITE_MULTI header on a
+  // negotiated session (the payload may still be refused).
+  bool IsPostedWrite(const Header& h) const;
   // Dispatch bracketed by the poison guard (options_.poison_guard), keyed by
   // the request's digest: a request kQuarantineAfter workers died applying
   // is answered EIO without being applied.
@@ -278,7 +290,13 @@ class Session {
   // SessionOptions::crash_point stages. Committed requests: applied and
   // committed, consumed, journal marked, replied. Self-durable writes: one
   // applied, the run consumed, its progress recorded.
-  enum CrashStage : int { kCrashApplied = 1, kCrashConsumed = 2, kCrashMarked = 3, kCrashReplied = 4 };
+  enum CrashStage : int {
+    kCrashApplied = 1,
+    kCrashConsumed = 2,
+    kCrashMarked = 3,
+    kCrashReplied = 4,
+    kCrashRunApplied = 5,
+  };
   // True, after Abandon(), when the crash_point test hook wants the process
   // to die at `stage`.
   bool CrashAt(CrashStage stage) {

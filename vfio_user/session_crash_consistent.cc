@@ -35,7 +35,7 @@ bool Session::IsSelfDurable(const Message& msg) const {
   return DecodeSelfDurable(msg.hdr, msg.payload, &writes);
 }
 
-int Session::DrainSelfDurable() {
+int Session::DrainSelfDurable(absl::Span<const uint8_t> run) {
   // One peek covers a run of small messages; the self-durable ones at its
   // front are applied one by one and consumed together. After each apply the
   // run-progress word records how many bytes of the run are applied (with
@@ -44,12 +44,6 @@ int Session::DrainSelfDurable() {
   // being applied when the process died (re-applying a longer run could step
   // a register back through older values).
   drained_all_ = false;
-  bool fds = false;
-  const absl::Span<const uint8_t> run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds);
-  // EOF, errors and EAGAIN: the regular path decides. Fds anywhere in the
-  // look-ahead send every message through the regular path (which refuses a
-  // write carrying fds).
-  if (run.empty() || fds) return 0;
   size_t off = 0;
   int handled = 0;
   uint64_t digest = Fnv1a({});  // of the run's first `off` bytes
@@ -109,9 +103,100 @@ void Session::Quarantine(const Header& h, uint64_t digest) {
                (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO");
 }
 
+bool Session::IsPostedWrite(const Header& h) const {
+  return h.flags == (kFlagTypeCommand | kFlagNoReply) && h.error == 0 && negotiated_ &&
+         (h.command == kCmdRegionWrite || h.command == kCmdRegionWriteMulti);
+}
+
+int Session::CommitPostedRun(absl::Span<const uint8_t> run) {
+  // A run of posted writes is applied in order and committed once
+  // (ARCHITECTURE.md, "Group commit of posted writes"): a posted write has
+  // no reply, so nothing the guest can observe depends on its durability
+  // before the next reply, which is sent only after this commit. A kill
+  // before the commit leaves the whole run at the socket head and the store
+  // before it: the successor applies it again from that state. The run
+  // stops before a self-durable write (re-applying a run must never step a
+  // self-durable register back through older values) and after a write the
+  // device does not call deferrable (it writes guest memory at once).
+  drained_all_ = false;
+  size_t off = 0;
+  int handled = 0;
+  uint64_t digest = Fnv1a({});
+  Header first;
+  while (off + kHeaderSize <= run.size()) {
+    Header h;
+    std::memcpy(&h, run.data() + off, kHeaderSize);
+    if (h.msg_size < kHeaderSize || h.msg_size > run.size() - off || !IsPostedWrite(h)) break;
+    const absl::Span<const uint8_t> raw = run.subspan(off, h.msg_size);
+    RegionWrites writes;
+    if (!RegionWrites::Decode(h.command, raw.subspan(kHeaderSize), &writes)) break;  // the regular path answers it
+    bool self_durable = true, deferrable = true;
+    for (size_t i = 0; i < writes.size(); ++i) {
+      const RegionWrite w = writes[i];
+      self_durable = self_durable && device_->WriteIsSelfDurable(w.region, w.offset, w.data.size());
+      deferrable = deferrable && device_->WriteIsDeferrable(w.region, w.offset, w.data.size());
+    }
+    if (self_durable) break;  // DrainSelfDurable's, next round
+    Message msg;
+    msg.hdr = h;
+    msg.payload.assign(raw.begin() + kHeaderSize, raw.end());
+    ++stats_.requests;
+    const Reply reply = ApplyGuarded(msg, raw, Fnv1a(raw));
+    CountCommand(h.command, reply.err != 0);
+    if (reply.err) ++stats_.posted_errors;
+    if (handled == 0) first = h;
+    digest = Fnv1a(raw, digest);
+    off += raw.size();
+    ++handled;
+    if (CrashAt(kCrashRunApplied)) return -1;
+    if (!deferrable) break;
+  }
+  if (handled == 0) return 0;
+  ++stats_.grouped_runs;
+  stats_.grouped_writes += handled;
+  drained_all_ = off == run.size() && run.size() < kPeekSize;
+  ++seq_;
+  state_dirty_ = true;
+  // The run is the "last request": a successor finding it still at the
+  // socket head (same length, digest and first header) consumes it
+  // unapplied; no reply is owed.
+  Header rh;
+  rh.msg_id = first.msg_id;
+  rh.command = first.command;
+  rh.flags = kFlagTypeReply;
+  rh.msg_size = kHeaderSize;
+  const absl::Span<const uint8_t> applied = run.first(off);
+  auto s = Commit([&](state_store::WriteTxn& txn) -> absl::Status {
+    return session_store::PutLastRequest(txn, seq_, applied, digest, /*wants_reply=*/false, rh, {});
+  });
+  if (!s.ok()) {
+    if (s.code() == absl::StatusCode::kResourceExhausted && options_.on_store_full) {
+      options_.on_store_full(s);
+    }
+    Disconnect(absl::StrCat("commit failed: ", s.message()));
+    return -1;
+  }
+  if (CrashAt(kCrashApplied)) return -1;
+  if (!ConsumePeeked(off)) return -1;
+  if (CrashAt(kCrashConsumed)) return -1;
+  journal_->MarkReplying(seq_);
+  if (CrashAt(kCrashMarked)) return -1;
+  return handled;
+}
+
 bool Session::HandleMessageCrashConsistent() {
-  // 0. A run of self-durable posted writes at the head (the doorbell path).
-  if (int d = DrainSelfDurable(); d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
+  // 0. One look-ahead for the runs at the head: self-durable posted writes
+  // (the doorbell and interrupt re-arm path: no commit) or other posted
+  // writes (one commit for the run). EOF, errors and EAGAIN: the regular
+  // path decides. Fds anywhere in the look-ahead send every message through
+  // the regular path (which refuses a write carrying fds).
+  bool fds = false;
+  const absl::Span<const uint8_t> run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds);
+  if (!run.empty() && !fds) {
+    int d = DrainSelfDurable(run);
+    if (d == 0) d = CommitPostedRun(run);
+    if (d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
+  }
   // 1. Peek the whole message, with its fds.
   Message msg;
   absl::Span<const uint8_t> raw;  // valid until the consume

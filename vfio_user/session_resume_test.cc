@@ -97,6 +97,11 @@ class DurableScratchDevice : public PciDevice {
   bool WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size) const override {
     return IsCell(region, offset, size);
   }
+  // ADD only changes the accumulator: deferrable (group-committed); the
+  // doorbell runs DMA and is not.
+  bool WriteIsDeferrable(uint32_t region, uint64_t offset, uint64_t size) const override {
+    return region == kBar0 && offset == ExampleDevice::kAdd && size == 4;
+  }
 
  private:
   static bool IsCell(uint32_t region, uint64_t offset, uint64_t size) {
@@ -444,6 +449,107 @@ TEST_P(SelfDurableCrashTest, ResumeReappliesAtMostTheWriteInFlight) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Stages, SelfDurableCrashTest, ::testing::Values(1, 2, 3));
+
+// Posted writes of one run, queued together: `adds` ADD writes (values 1, 2,
+// 4, ...), and optionally a self-durable scratch write in the middle.
+std::vector<uint8_t> PostedRun(int adds, int scratch_at = -1) {
+  std::vector<uint8_t> raw;
+  for (int i = 0; i < adds; ++i) {
+    if (i == scratch_at) {
+      Header h;
+      h.msg_id = static_cast<uint16_t>(0x700 + i);
+      h.command = kCmdRegionWrite;
+      h.flags = kFlagNoReply;
+      RegionAccess a{ExampleDevice::kScratch, kBar0, 4};
+      uint32_t v = 55;
+      h.msg_size = kHeaderSize + sizeof(a) + 4;
+      AppendStruct(&raw, h);
+      AppendStruct(&raw, a);
+      AppendStruct(&raw, v);
+    }
+    Header h;
+    h.msg_id = static_cast<uint16_t>(0x600 + i);
+    h.command = kCmdRegionWrite;
+    h.flags = kFlagNoReply;
+    RegionAccess a{ExampleDevice::kAdd, kBar0, 4};
+    uint32_t v = 1u << i;
+    h.msg_size = kHeaderSize + sizeof(a) + 4;
+    AppendStruct(&raw, h);
+    AppendStruct(&raw, a);
+    AppendStruct(&raw, v);
+  }
+  return raw;
+}
+
+// A run of deferrable posted writes costs one commit, and a self-durable
+// write inside it splits it (it is never part of a committed run).
+TEST_F(ResumeTest, PostedWritesAreGroupCommitted) {
+  DurableCell cell;
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  Worker w(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  const uint64_t commits = w.session()->stats().commits;
+  ASSERT_TRUE(client_->SendRaw(PostedRun(12)).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 4095u);
+  const uint64_t runs = w.session()->stats().grouped_runs;
+  EXPECT_EQ(w.session()->stats().grouped_writes, 12u);
+  EXPECT_GE(runs, 1u);
+  EXPECT_EQ(w.session()->stats().commits, commits + runs + 1) << "one per run, one for the read";
+  ASSERT_TRUE(client_->SendRaw(PostedRun(4, /*scratch_at=*/2)).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 4095u + 15u);
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 55u);
+  EXPECT_EQ(w.session()->stats().grouped_writes, 16u);
+  EXPECT_GE(w.session()->stats().grouped_runs, runs + 2) << "split by the self-durable write";
+}
+
+// Kill inside a group-committed run of 4 posted ADDs (after a committed,
+// replied ADD 100): stage 5 (the 3rd applied, nothing committed) - the
+// successor applies the whole run again from the state before it; stages 1
+// (committed), 2 (consumed), 3 (journal marked) - it consumes or finds it
+// gone and applies nothing again. Either way every ADD counts exactly once
+// and no reply is re-sent.
+class GroupCommitCrashTest : public ResumeTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(GroupCommitCrashTest, RunAppliedExactlyOnce) {
+  const int stage = GetParam();
+  DurableCell cell;
+  std::atomic<int> hits{0};
+  std::atomic<bool> armed{false}, died{false};
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  o.crash_point = [&](int s) {
+    if (armed && s == stage && ++hits == (stage == 5 ? 3 : 1)) {
+      armed = false;
+      died = true;
+      return true;
+    }
+    return false;
+  };
+  auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 100).ok());
+  armed = true;
+  ASSERT_TRUE(client_->SendRaw(PostedRun(4)).ok());
+  for (int i = 0; i < 2000 && !died; ++i) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(died);
+  w->Die();
+  w.reset();
+  SessionOptions o2 = o;
+  o2.crash_point = nullptr;
+  Worker successor(env_.get(), o2, &store_, ConnFromStore(), true, &cell);
+  ASSERT_NE(successor.session(), nullptr);
+  auto acc = client_->Read32(kBar0, ExampleDevice::kAcc);
+  ASSERT_TRUE(acc.ok()) << acc.status();
+  EXPECT_EQ(*acc, 115u);
+  EXPECT_EQ(successor.session()->stats().replayed_replies, 0u);
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 1).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 116u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, GroupCommitCrashTest, ::testing::Values(5, 1, 2, 3));
 
 // A self-durable-looking posted write carrying an fd is refused like any
 // write with fds (the look-ahead sees the fd and leaves it to the regular

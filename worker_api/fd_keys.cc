@@ -16,4 +16,8 @@ bool IsSessionFdKey(absl::string_view key) {
   return absl::StartsWith(key, kDmaFdKeyPrefix) || absl::StartsWith(key, kIrqFdKeyPrefix);
 }
 
+std::string TapFdKey(uint32_t queue) {
+  return queue == 0 ? std::string(kTapFdKey) : absl::StrCat(kTapFdKey, "/", queue);
+}
+
 }  // namespace emud::worker_api

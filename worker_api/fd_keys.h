@@ -16,7 +16,7 @@
 //   DmaFdKey(iova)           one DMA window's guest-memory fd      vfio_user::Session
 //   IrqFdKey(index, vector)  an interrupt eventfd from SET_IRQS    vfio_user::Session
 //   kDoorbellFdKey           the memfd behind the doorbell page    worker
-//   kTapFdKey                the TAP device                        worker
+//   TapFdKey(k)              TAP queue k (kTapFdKey for queue 0)   worker
 //
 // emud reads two of them: kListenFdKey (a successor inherits the listener
 // rather than binding a new socket) and kConnFdKey (a guest is connected, so
@@ -35,7 +35,7 @@ inline constexpr char kChannelFdKey[] = "fdstore/channel";
 inline constexpr char kListenFdKey[] = "vfio/listen";
 inline constexpr char kConnFdKey[] = "vfio/conn";
 inline constexpr char kDoorbellFdKey[] = "doorbell";
-inline constexpr char kTapFdKey[] = "backend/tap";
+inline constexpr char kTapFdKey[] = "backend/tap";  // TAP queue 0 (a single-queue TAP)
 
 inline constexpr char kDmaFdKeyPrefix[] = "dma/";
 inline constexpr char kIrqFdKeyPrefix[] = "irq/";
@@ -47,6 +47,9 @@ inline constexpr char kIrqFdKeyPrefix[] = "irq/";
 std::string DmaFdKey(uint64_t iova);
 // "irq/<index>/<vector>" in decimal, e.g. IrqFdKey(2, 0) == "irq/2/0".
 std::string IrqFdKey(uint32_t index, uint32_t vector);
+// TAP queue k of a multi-queue TAP: kTapFdKey for k == 0 (what a worker
+// before multi-queue deposited), "backend/tap/<k>" in decimal otherwise.
+std::string TapFdKey(uint32_t queue);
 // True for keys made by DmaFdKey or IrqFdKey: the descriptors the session's
 // persisted records name, which a resumed session claims and a successor
 // releases if the records no longer name them.

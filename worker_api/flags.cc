@@ -22,6 +22,10 @@ ABSL_FLAG(bool, persist_session, true,
           "commit vfio-user/AVF state to LMDB per request, crash-consistently (what lets a "
           "successor take over after SIGKILL); false only for benchmarks measuring its cost");
 
+ABSL_FLAG(int, datapath_threads, 1,
+          "data-path threads (1..16): queue pair q is served by thread q % N, thread 0 being "
+          "the event loop that also serves the vfio-user session");
+
 namespace emud::worker_api {
 
 absl::StatusOr<WorkerArgs> WorkerArgsFromFlags() {
@@ -46,6 +50,7 @@ absl::StatusOr<WorkerArgs> WorkerArgsFromFlags() {
   if (!mode.ok()) return mode.status();
   a.socket_mode = *mode;
   a.persist_session = absl::GetFlag(FLAGS_persist_session);
+  a.datapath_threads = absl::GetFlag(FLAGS_datapath_threads);
   if (absl::Status s = a.Validate(); !s.ok()) return s;
   return a;
 }

@@ -51,6 +51,9 @@ std::vector<std::string> WorkerArgs::ToArgv(absl::string_view binary) const {
   if (persist_session.has_value()) {
     argv.push_back(absl::StrCat("--persist-session=", *persist_session ? "true" : "false"));
   }
+  if (datapath_threads != 1) {
+    argv.insert(argv.end(), {"--datapath-threads", absl::StrCat(datapath_threads)});
+  }
   return argv;
 }
 
@@ -58,6 +61,10 @@ absl::Status WorkerArgs::Validate() const {
   if (socket_path.empty()) return absl::InvalidArgumentError("--socket: required");
   if (queues < 1 || queues > kMaxQueuePairs) {
     return absl::InvalidArgumentError(absl::StrCat("--queues: must be 1..", kMaxQueuePairs));
+  }
+  if (datapath_threads < 1 || datapath_threads > kMaxQueuePairs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--datapath-threads: must be 1..", kMaxQueuePairs));
   }
   if (!mac.empty() && !ParseMac(mac).ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--mac: ", mac));

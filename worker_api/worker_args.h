@@ -5,7 +5,7 @@
 //   emud-worker --device NAME --state-dir DIR --socket PATH --mac MAC
 //               --queues N --backend tap:IF|loopback|peer:DEV --doorbell trap|mmap
 //               [--socket-uid UID] [--socket-gid GID] [--socket-mode 0OOO]
-//               [--persist-session=true|false]
+//               [--persist-session=true|false] [--datapath-threads N]
 //
 // Compatibility: a live upgrade runs an older worker binary under a newer
 // emud and a newer one under an older emud (handover, upgrade-worker), so a
@@ -61,18 +61,25 @@ struct WorkerArgs {
   // Crash-consistent persistence of the session (--persist-session). Unset:
   // on. Off only for benchmarks that measure its cost.
   std::optional<bool> persist_session;
+  // Data-path threads (--datapath-threads, 1..kMaxQueuePairs; the worker
+  // uses at most one per queue pair): queue pair q is served by thread
+  // q % N, thread 0 being the event loop that also carries the session
+  // (dataplane/datapath.h). Default 1: every queue on the event loop.
+  int datapath_threads = 1;
 
   // The argv to start `binary` with: the binary, then "--name" "value"
   // pairs (dashed names, the value a separate argument) in the order of the
   // usage line above. The required flags are always present (an empty mac
   // too); socket_uid, socket_gid and persist_session only when set, and
-  // socket_mode only when set to something other than kDefaultSocketMode.
+  // socket_mode only when set to something other than kDefaultSocketMode,
+  // datapath_threads only when not 1.
   // Does not validate: Validate() is the worker's check.
   std::vector<std::string> ToArgv(absl::string_view binary) const;
 
   // OK if a worker can start with these arguments as far as they can be
   // checked without the file system: socket path non-empty, queues in range,
-  // mac empty or well-formed, socket_mode a valid socket mode. The device
+  // mac empty or well-formed, socket_mode a valid socket mode,
+  // datapath_threads in 1..kMaxQueuePairs. The device
   // name is checked by the worker (state_store::ValidateDeviceName), not
   // here. INVALID_ARGUMENT naming the flag otherwise.
   absl::Status Validate() const;

@@ -291,6 +291,9 @@ struct ChaosConfig {
   // peer: two devices, each the other's backend, one guest each.
   Link link = Link::kLoopback;
   Kills kills = Kills::kRandom;
+  // emud --datapath-threads (1 = emud's default, not passed): queue pair q
+  // is served by worker thread q % N; a kill lands on any thread mid-burst.
+  uint32_t datapath_threads = 1;
 };
 
 // gtest prints the parameter of a failed test by its name.
@@ -463,6 +466,9 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
 
   TempStateDir dir("chaos");
   EmudProcess::Options o;
+  if (cfg.datapath_threads != 1) {
+    o.extra_flags.push_back(absl::StrCat("--datapath-threads=", cfg.datapath_threads));
+  }
   o.state_dir = dir.path() + "/state";
   o.worker_binary = Runfile("dataplane/emud-worker");
   // emud's defaults, supervision included. (Workers outlive emud by
@@ -1396,6 +1402,8 @@ INSTANTIATE_TEST_SUITE_P(
                     Kills::kContainer},
         ChaosConfig{"TrapOneQueue", "trap", 1},
         ChaosConfig{"MmapTwoQueues", "mmap", 2},
+        ChaosConfig{"MmapFourQueuesTwoThreads", "mmap", 4, Link::kLoopback, Kills::kRandom, 2},
+        ChaosConfig{"TrapFourQueuesTwoThreads", "trap", 4, Link::kLoopback, Kills::kRandom, 2},
         ChaosConfig{"TapPing", "trap", 1, Link::kTap},
         ChaosConfig{"RapidKillsTrapOneQueue", "trap", 1, Link::kLoopback, Kills::kRapid},
         ChaosConfig{"RapidKillsMmapTwoQueues", "mmap", 2, Link::kLoopback, Kills::kRapid},

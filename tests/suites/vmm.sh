@@ -29,6 +29,7 @@ rm -f "$hlog"
 # Link-up, traffic and the chaos scenarios (worker kills, an emud kill and an
 # upgrade under traffic) on emud's defaults, then guest-initiated VF resets
 # (MTU 9000 and back with jumbo pings and TCP, driver unbind + bind) while the
-# guest keeps transmitting, with 1 and 2 queue pairs in both doorbell modes.
+# guest keeps transmitting, with 1 and 2 queue pairs in both doorbell modes;
+# 4 queue pairs with several TCP flows at once spread over them.
 exec tests/vmm/run.sh trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp \
-  reset-trap-1qp reset-mmap-2qp reset-trap-2qp
+  reset-trap-1qp reset-mmap-2qp reset-trap-2qp flows-mmap-4qp

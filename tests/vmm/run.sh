@@ -8,6 +8,11 @@
 #            chaos-trap-1qp chaos-mmap-2qp                 the same under worker kills,
 #                                                          an emud kill and a worker upgrade
 #            reset-trap-1qp reset-mmap-2qp                 MTU 9000 + jumbo pings, unbind/bind
+#            flows-trap-4qp flows-mmap-4qp                 4 queue pairs (4 vCPUs): pings, then
+#                                                          EMUD_VMM_FLOWS TCP flows each way at once;
+#                                                          traffic must use >= 2 RX and 2 TX queues
+# When a trap and an mmap scenario with the same queue count both ran, the
+# summary gives the ratio of their average ping RTTs (light load: 5 pings/s).
 #
 # Environment (defaults in brackets):
 #   EMUD_VMM_CACHE [/var/cache/emud-vmm]   harness cache (tests/vmm/build_harness.sh)
@@ -16,6 +21,7 @@
 #   EMUD_VMM_KILL_INTERVAL_MS [300-500]    random pause between two kills
 #   EMUD_VMM_POST_KILLS [5]                worker kills after the emud kill + upgrade
 #   EMUD_VMM_REP [2]                       TCP transfer = REP x 4 MiB payload, each way
+#   EMUD_VMM_FLOWS [4]                     TCP flows each way in the flows phase
 #   EMUD_VMM_PINGS [25]                    pings per (non-chaos) check, -i 0.2
 #   EMUD_VMM_RESET_MAX_MS [1000]           a guest-initiated reset must finish within this
 #   EMUD_VMM_LOGDIR [/tmp/emud-vmm-logs/DATE]  logs kept after the run
@@ -34,6 +40,7 @@ KILLS="${EMUD_VMM_KILLS:-60}"
 KILL_IV="${EMUD_VMM_KILL_INTERVAL_MS:-300-500}"
 POST_KILLS="${EMUD_VMM_POST_KILLS:-5}"
 REP="${EMUD_VMM_REP:-2}"
+FLOWS="${EMUD_VMM_FLOWS:-4}"
 PINGS="${EMUD_VMM_PINGS:-25}"
 RESET_MAX_MS="${EMUD_VMM_RESET_MAX_MS:-1000}"
 TIMEOUT_S="${EMUD_VMM_TIMEOUT_S:-420}"
@@ -172,7 +179,8 @@ disrupt() {
 
 # ------------------------------------------------------------------ one scenario
 # run_scenario NAME DOORBELL QUEUES PHASES
-PASSED=0 FAILED=0 FAILED_NAMES=() SUMMARY=()
+PASSED=0 FAILED=0 FAILED_NAMES=() SUMMARY=() FLOWQ=""
+declare -A AVG_RTT=()
 run_scenario() {
   local name=$1 doorbell=$2 queues=$3 phases=$4
   local id fails=() rxsha peerhost=10.77.0.1 guestip=10.77.0.2/24 t_start=$SECONDS
@@ -233,7 +241,7 @@ run_scenario() {
     -object memory-backend-memfd,id=mem,size=512M,share=on \
     -L "$VMM_FW_DIR" -bios "$VMM_BIOS" \
     -kernel "$VMM_KERNEL" -initrd "$VMM_INITRD" \
-    -append "console=ttyS0 loglevel=5 panic=-1 vmm.ip=$guestip vmm.peer=$peerhost vmm.phases=$phases vmm.pings=$PINGS vmm.chaos_max_s=$((TIMEOUT_S - 60)) vmm.ctl=5003 vmm.rep=$REP vmm.rxsha=$rxsha vmm.sink=5001 vmm.src=5002$dyndbg" \
+    -append "console=ttyS0 loglevel=5 panic=-1 vmm.ip=$guestip vmm.peer=$peerhost vmm.phases=$phases vmm.pings=$PINGS vmm.chaos_max_s=$((TIMEOUT_S - 60)) vmm.ctl=5003 vmm.rep=$REP vmm.rxsha=$rxsha vmm.sink=5001 vmm.src=5002 vmm.flows=$FLOWS$dyndbg" \
     -serial "file:$DIR/console.log" -serial "file:$DIR/results.log" \
     -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$sock\",\"type\":\"unix\"}}" \
     "${extra[@]}" >"$DIR/qemu.log" 2>&1 &
@@ -333,16 +341,28 @@ run_scenario() {
     done
   fi
 
+  if [[ $phases == *flows* ]]; then
+    local rxq txq
+    rxq=$(grep -oE '\bflows_rx_[0-9]+_packets=[1-9][0-9]*' "$R" | wc -l)
+    txq=$(grep -oE '\bflows_tx_[0-9]+_packets=[1-9][0-9]*' "$R" | wc -l)
+    ((rxq >= 2 && queues >= 2)) || fails+=("flows: traffic on $rxq RX queue(s) of $queues (RSS did not spread $FLOWS flows)")
+    ((txq >= 2 && queues >= 2)) || fails+=("flows: traffic on $txq TX queue(s) of $queues")
+    FLOWQ="RX queues used $rxq/$queues, TX queues used $txq/$queues, $(grep -o 'flows_ms=[0-9]*' "$R")"
+  fi
+
   # ---------------- figures
   local fig=""
-  local sent recv maxrtt
+  local sent recv maxrtt avgrtt
   sent=$(grep -o '_ping_sent=[0-9]*' "$R" | cut -d= -f2 | awk '{s += $1} END {print s + 0}')
   recv=$(grep -o '_ping_received=[0-9]*' "$R" | cut -d= -f2 | awk '{s += $1} END {print s + 0}')
   maxrtt=$(grep -o '_ping_max_ms=[0-9.]*' "$R" | cut -d= -f2 | sort -g | tail -1)
   local txb rxb
   txb=$(grep -o '^sink .* bytes=[0-9]* ok=1' "$DIR/peer.log" | sed 's/.*bytes=\([0-9]*\).*/\1/' | awk '{s += $1} END {print s + 0}')
   rxb=$(grep -o '_tcp_rx_bytes=[0-9]* [a-z0-9_]*_tcp_rx_ms=[0-9]* [a-z0-9_]*_tcp_rx_sha_ok=1' "$R" | sed 's/.*_tcp_rx_bytes=\([0-9]*\).*/\1/' | awk '{s += $1} END {print s + 0}')
-  fig="pings ${sent:-0}/${recv:-0} (sent/received), longest RTT ${maxrtt:-n/a} ms, TCP verified guest->host ${txb:-0} B, host->guest ${rxb:-0} B"
+  avgrtt=$(grep -o '\bbasic_ping_avg_ms=[0-9.]*' "$R" | head -1 | cut -d= -f2)
+  [[ -n $avgrtt ]] && AVG_RTT["$doorbell-$queues"]=$avgrtt
+  fig="pings ${sent:-0}/${recv:-0} (sent/received), average RTT ${avgrtt:-n/a} ms, longest RTT ${maxrtt:-n/a} ms, TCP verified guest->host ${txb:-0} B, host->guest ${rxb:-0} B"
+  [[ $phases == *flows* ]] && fig="$fig, $FLOWQ"
   [[ $phases == *chaos* ]] && fig="$fig, worker kills $KILLS_DONE, emud kills $EMUD_KILLS, upgrades $UPGRADES, restarts $final_restarts"
   local resets
   resets=$(grep -oE '\b(mtu9000_rc|mtu9000_cmd_ms|mtu9000_traffic_ms|mtu9000_link_up_ms|mtu1500_rc|mtu1500_cmd_ms|mtu1500_traffic_ms|mtu1500_link_up_ms|unbind_ms|bind_traffic_ms|rebind_traffic_ms)=[-0-9]*' "$R" | tr '\n' ' ')
@@ -375,11 +395,17 @@ for s in "${SCENARIOS[@]}"; do
     reset-mmap-2qp) run_scenario "$s" mmap 2 mtu,rebind ;;
     reset-trap-2qp) run_scenario "$s" trap 2 mtu,rebind ;;
     reset-mmap-1qp) run_scenario "$s" mmap 1 mtu,rebind ;;
+    flows-trap-4qp) run_scenario "$s" trap 4 basic,flows ;;
+    flows-mmap-4qp) run_scenario "$s" mmap 4 basic,flows ;;
     *) say "unknown scenario $s"; FAILED=$((FAILED + 1)); FAILED_NAMES+=("$s") ;;
   esac
 done
 
 say "=== summary"
 for l in "${SUMMARY[@]}"; do say "  $l"; done
+for q in 1 2 4; do
+  m=${AVG_RTT[mmap-$q]:-} t=${AVG_RTT[trap-$q]:-}
+  [[ -n $m && -n $t ]] && say "  ping average RTT, $q queue pair(s): mmap $m ms, trap $t ms, mmap/trap $(awk -v a="$m" -v b="$t" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')"
+done
 say "$PASSED passed, $FAILED failed"
 ((FAILED == 0))
