@@ -13,6 +13,8 @@
 #include "avf/device.h"
 #include "avf/virtchnl.h"
 #include "base/fault_point.h"
+#include "base/log.h"
+#include "absl/strings/str_cat.h"
 
 namespace emud::avf {
 
@@ -110,10 +112,10 @@ void Device::RunAtq() {
       guard->Leave(PoisonGuard::kVirtchnl);
       ++counters_.vc_messages;
       ++counters_.vc_quarantined;
-      std::fprintf(stderr,
-                   "avf: quarantined poison virtchnl message %s (%zu bytes): %u workers died "
-                   "handling it; answered ADMIN_QUEUE_ERROR without applying it\n",
-                   vc::OpName(v_op), msg.size(), PoisonGuard::kQuarantineAfter);
+      log::Error(absl::StrCat("avf: quarantined poison virtchnl message ", vc::OpName(v_op), " (",
+                              msg.size(), " bytes): ", PoisonGuard::kQuarantineAfter,
+                              " workers died handling it; answered ADMIN_QUEUE_ERROR without "
+                              "applying it"));
       Reply(v_op, vc::kErrAdminQueueError);
       return AdminQueue::Next::kContinue;
     }

@@ -2,7 +2,14 @@
 // Run `emuctl --help` for commands, address forms and exit codes.
 #include <grpcpp/grpcpp.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstring>
+#include <thread>
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
@@ -13,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/socket_access.h"
+#include "base/version.h"
 #include "ctl/output.h"
 #include "proto/emud_v1.grpc.pb.h"
 #include "proto/grpc_health_v1.grpc.pb.h"
@@ -23,8 +31,7 @@ namespace v1 = emud::v1;
 using emud::ctl::Format;
 
 constexpr char kDefaultServer[] = "unix:///dev/shm/emud/emud.sock";
-// Same as emud's (server/metrics.h kVersion) and the image tag (tools/image.sh).
-constexpr char kClientVersion[] = "0.1.0";
+constexpr const char* kClientVersion = emud::kVersion;
 
 // Levenshtein distance, for "did you mean" on a mistyped command.
 size_t EditDistance(const std::string& a, const std::string& b) {
@@ -114,6 +121,11 @@ class Client {
   }
   // Prints the error on one line and returns the exit code.
   int Fail(const grpc::Status& s) const {
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE && SocketRefusesUs()) {
+      std::cerr << "emuctl: permission denied on emud's socket " << SocketPath()
+                << " (run as its owner or in its group, or as root)" << std::endl;
+      return kPermission;
+    }
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
       std::cerr << "emuctl: cannot reach emud at " << g_.server << ": " << s.error_message()
                 << " (is emud running? set --server or EMUCTL_SERVER)" << std::endl;
@@ -128,6 +140,28 @@ class Client {
     return ExitFor(s.error_code());
   }
   v1::DeviceService::Stub* stub() { return stub_.get(); }
+  // The UNIX socket path of --server, or "".
+  std::string SocketPath() const {
+    std::string t = GrpcTarget(g_.server);
+    if (absl::StartsWith(t, "unix://")) return t.substr(7);
+    if (absl::StartsWith(t, "unix:")) return t.substr(5);
+    return "";
+  }
+  // gRPC reports a refused connect(2) as UNAVAILABLE whatever errno was:
+  // try it to tell EACCES apart.
+  bool SocketRefusesUs() const {
+    const std::string path = SocketPath();
+    if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) return false;
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, path.data(), path.size());
+    const bool denied =
+        ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 && errno == EACCES;
+    ::close(fd);
+    return denied;
+  }
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
 
  private:
@@ -203,6 +237,56 @@ int WaitListening(Client& c, const Globals& g, const std::string& name, v1::Devi
   return c.Fail(s);
 }
 
+// bash completion from the commands and flags defined above; zsh runs the
+// same function through bashcompinit. Device names come from `emuctl list
+// -o name` (so from the emud that --server / EMUCTL_SERVER name).
+std::string CompletionScript(CLI::App& app, const std::string& shell) {
+  std::string out;
+  if (shell == "zsh") out += "autoload -U +X bashcompinit && bashcompinit\n";
+  std::string cmds, cases;
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    cmds += sub->get_name() + " ";
+    std::string flags;
+    bool takes_name = false;
+    for (const CLI::Option* o : sub->get_options()) {
+      if (o->get_positional()) {
+        takes_name = takes_name || o->get_name(true) == "NAME";
+        continue;
+      }
+      for (const std::string& l : o->get_lnames()) flags += "--" + l + " ";
+    }
+    std::string words = "\"" + flags + "\"";
+    if (takes_name) words = "\"" + flags + "$(_emuctl_devices)\"";
+    if (sub->get_name() == "completion") words = "\"bash zsh\"";
+    cases += "    " + sub->get_name() + ") words=" + words + " ;;\n";
+  }
+  out +=
+      "# emuctl completion (emuctl completion " + shell + ")\n"
+      "_emuctl_devices() {\n"
+      "  emuctl list -o name 2>/dev/null | sed 's|^device/||'\n"
+      "}\n"
+      "_emuctl() {\n"
+      "  local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} cmd= words= i\n"
+      "  case $prev in\n"
+      "    -o|--output) COMPREPLY=($(compgen -W \"table json yaml name\" -- \"$cur\")); return ;;\n"
+      "    --server|--timeout) return ;;\n"
+      "  esac\n"
+      "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
+      "    case ${COMP_WORDS[i]} in\n"
+      "      --server|--timeout|-o|--output) ((i++)) ;;\n"
+      "      -*) ;;\n"
+      "      *) cmd=${COMP_WORDS[i]}; break ;;\n"
+      "    esac\n"
+      "  done\n"
+      "  case $cmd in\n"
+      "    '') words=\"" + cmds + "--server --output --timeout --help\" ;;\n" + cases +
+      "  esac\n"
+      "  COMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n"
+      "}\n"
+      "complete -F _emuctl emuctl\n";
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -228,16 +312,19 @@ int main(int argc, char** argv) {
 
   // create-device
   v1::CreateDeviceRequest create;
-  std::string type = "avf", mac, backend, socket, doorbell;
+  std::string type, mac, backend, socket, doorbell;
   unsigned queues = 0;
   bool wait = false;
   auto* c_create = app.add_subcommand("create-device", "Create a device and start its worker");
-  c_create->add_option("--type", type, "Device type")->required()->check(CLI::IsMember({"avf"}));
+  c_create->add_option("--type", type, "Device type: avf (the only one)")
+      ->required()
+      ->check(CLI::IsMember({"avf"}));
   c_create->add_option("--name", *create.mutable_name(),
                        "Device name: 1-63 of [A-Za-z0-9._-], not starting with . or -")
       ->required();
   c_create->add_option("--mac", mac, "Unicast MAC (default: derived from the name)");
-  c_create->add_option("--queues", queues, "Queue pairs, 1-16 (default 1)");
+  c_create->add_option("--queues", queues, "Queue pairs, 1-16 (default 1)")
+      ->default_str("");
   c_create->add_option("--backend", backend,
                        "loopback (default), tap:IFNAME or peer:DEVICE");
   c_create->add_option("--socket", socket,
@@ -281,6 +368,14 @@ int main(int argc, char** argv) {
                         "Run this binary from now on (emud needs --allow-worker-override)");
   auto* c_health = app.add_subcommand("health", "Check emud's gRPC health (exit 0 if SERVING)");
   auto* c_version = app.add_subcommand("version", "Print emuctl's version (no server needed)");
+  std::string shell;
+  auto* c_completion = app.add_subcommand(
+      "completion",
+      "Print a shell completion script: source <(emuctl completion bash), or for zsh\n"
+      "source <(emuctl completion zsh) (commands, flags, and device names from emud)");
+  c_completion->add_option("SHELL", shell, "bash or zsh")
+      ->required()
+      ->check(CLI::IsMember({"bash", "zsh"}));
 
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
     sub->footer("Global flags (--server, -o, --timeout) go before or after the command.");
@@ -324,6 +419,10 @@ int main(int argc, char** argv) {
     std::string msg = e.what();
     std::cerr << "emuctl: " << msg << " (see emuctl --help)" << std::endl;
     return kUsage;
+  }
+  if (*c_completion) {
+    std::cout << CompletionScript(app, shell);
+    return kOk;
   }
   if (*c_version) {
     std::cout << "emuctl " << kClientVersion << std::endl;
@@ -451,13 +550,25 @@ int main(int argc, char** argv) {
     return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kUnreachable;
   }
   if (*c_watch) {
+    // A watch outlives emud restarts: once it has streamed, a lost emud is
+    // retried every second, and the current devices are printed again on
+    // reconnection (what changed meanwhile).
+    const auto deadline = std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(g.timeout * 1000));
+    bool streamed = false, first = true;
+    for (;;) {
+    grpc::ClientContext wctx;
+    if (timeout_given) wctx.set_deadline(deadline);
     v1::WatchDevicesRequest req;
     for (const auto& n : watch_names) req.add_names(n);
-    req.set_skip_initial(skip_initial);
-    auto reader = client.stub()->WatchDevices(&ctx, req);
+    req.set_skip_initial(skip_initial && !streamed);
+    // A fresh channel per attempt: the old one may still hold the
+    // connection of the emud that went away.
+    Client attempt(g);
+    auto reader = attempt.stub()->WatchDevices(&wctx, req);
     v1::DeviceEvent ev;
-    bool first = true;
     while (reader->Read(&ev)) {
+      streamed = true;
       switch (g.format) {
         case Format::kTable:
           std::cout << emud::ctl::EventLine(ev, first);
@@ -476,8 +587,18 @@ int main(int argc, char** argv) {
     }
     grpc::Status s = reader->Finish();
     if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && timeout_given) return kOk;
+    // The watch was running (events came, or emud ended it by shutting down).
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        (streamed || s.error_message() == "emud is shutting down")) {
+      streamed = true;
+      std::cerr << "emuctl: lost emud at " << g.server << " (" << s.error_message()
+                << "); reconnecting" << std::endl;
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
     if (!s.ok()) return client.Fail(s);
     return kOk;
+    }
   }
   return kUsage;
 }

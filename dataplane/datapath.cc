@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/event_loop.h"
+#include "base/log.h"
 #include "dataplane/adaptive_poll.h"
 #include "dataplane/offload.h"
 #include "dataplane/rss.h"
@@ -418,10 +419,10 @@ bool DataPath::Round(Lane& lane) {
     if (guard != nullptr && guard->Enter(PoisonGuard::kTxQueue, (uint64_t{q} << 32) | tx.head()) >=
                                 PoisonGuard::kQuarantineAfter) [[unlikely]] {
       guard->Leave(PoisonGuard::kTxQueue);
-      std::fprintf(stderr,
-                   "dataplane: quarantined TX queue %u at descriptor %u: %u workers died "
-                   "processing it; the queue stops until the guest enables it again\n",
-                   q, tx.head(), PoisonGuard::kQuarantineAfter);
+      log::Error(absl::StrCat("dataplane: quarantined TX queue ", q, " at descriptor ",
+                              tx.head(), ": ", PoisonGuard::kQuarantineAfter,
+                              " workers died processing it; the queue stops until the guest "
+                              "enables it again"));
       tx.Quarantine();
       tx_quarantines_.fetch_add(1, std::memory_order_relaxed);
       continue;

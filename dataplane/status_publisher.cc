@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "absl/time/clock.h"
 #include "avf/virtchnl.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -136,7 +137,7 @@ absl::Status StatusPublisher::Publish(bool force) {
     return table_.Put(txn, worker_api::kStatusKey, status_);
   });
   if (!s.ok()) {
-    std::fprintf(stderr, "emud-worker: status: %s\n", s.ToString().c_str());
+    log::Error(absl::StrCat("status: ", s.ToString()));
     return s;
   }
   last_published_ = status_;

@@ -12,11 +12,14 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "base/exit_reason.h"
+#include "base/log.h"
 #include "base/socket_access.h"
 #include "base/unix_listener.h"
 #include "dataplane/adaptive_poll.h"
+#include "dataplane/startup_priority.h"
 #include "state_store/state_dir.h"
 #include "vfio_user/session_store.h"
 #include "worker_api/fd_keys.h"
@@ -95,21 +98,27 @@ UniqueFd Worker::TakeInherited(absl::string_view key) {
 
 absl::Status Worker::ResumeOrCreate() {
   const absl::Time start = absl::Now();
+  worker_api::RestartTrace& trace = options_.trace;  // one mark per step
   WORKER_RETURN_IF_ERROR(AdoptFdStore());
+  trace.Mark("fdstore");
   WORKER_RETURN_IF_ERROR(OpenState());
+  trace.Mark("lmdb");
   WORKER_RETURN_IF_ERROR(OpenPoisonGuard());
   WORKER_RETURN_IF_ERROR(CreateDevice());
   WORKER_RETURN_IF_ERROR(CreateEventLoop());
   WORKER_RETURN_IF_ERROR(OpenBackendAndQueues());
+  trace.Mark("device");
   // A successor holding the guest's connection takes the session over:
   // device model from LMDB, session (DMA windows, eventfds, the pending
   // request) from LMDB + inherited fds, queues from the tmpfs queue state.
   conn_ = TakeInherited(worker_api::kConnFdKey);
   if (conn_.valid() && persist_) WORKER_RETURN_IF_ERROR(ResumeSession());
   if (!resumed_) WORKER_RETURN_IF_ERROR(CreateSession());
+  trace.Mark("session");
   WORKER_RETURN_IF_ERROR(Listen());
   ReleaseUnclaimedFds();
   WORKER_RETURN_IF_ERROR(WatchFds());
+  trace.Mark("listen");
   publisher_ = std::make_unique<StatusPublisher>(env_.get(), device_.get(), datapath_.get(),
                                                  &server_->session());
   // The predecessor's figure is not ours: a worker that resumed nothing
@@ -120,6 +129,7 @@ absl::Status Worker::ResumeOrCreate() {
   // cannot be written (a full tmpfs) is a failed start, not a worker that
   // serves while emud shows the device CREATED.
   if (absl::Status s = publisher_->Publish(true); !s.ok()) return Annotate(s, "status");
+  trace.Mark("status");
   return absl::OkStatus();
 }
 
@@ -173,8 +183,8 @@ absl::Status Worker::OpenPoisonGuard() {
     if (guard_->DeathsAtOpen(level) > 0) {
       static const char* const kNames[] = {"a vfio-user request", "a virtchnl message",
                                            "a TX burst"};
-      std::fprintf(stderr, "emud-worker: %s: a predecessor died handling %s (%u deaths on it)\n",
-                   options_.args.device.c_str(), kNames[level], guard_->DeathsAtOpen(level));
+      log::Warning(absl::StrCat("a predecessor died handling ", kNames[level], " (",
+                                guard_->DeathsAtOpen(level), " deaths on it)"));
     }
   }
   return absl::OkStatus();
@@ -281,9 +291,8 @@ vfio_user::SessionOptions Worker::SessionOptionsFor() const {
     // committed, and let emud start a successor at a pace until there is
     // room (never a disconnect, which QEMU takes as a device reset).
     sopt.on_store_full = [](const absl::Status& s) {
-      std::fprintf(stderr, "emud-worker: commit: %s\n", s.ToString().c_str());
+      log::Error(absl::StrCat("commit: ", s.ToString()));
       RecordExitReason("commit", s);
-      std::fflush(stderr);
       _exit(1);
     };
   }
@@ -412,29 +421,42 @@ void Worker::MaintainStore() {
   if (now < next_reconnect_) return;
   next_reconnect_ = now + absl::Milliseconds(10);
   if (store_->Reconnect(options_.store_socket).ok()) {
-    std::fprintf(stderr, "emud-worker: %s: reconnected to the fd store (%zu fds)\n",
-                 options_.args.device.c_str(), store_->deposited());
+    log::Info(absl::StrCat("reconnected to the fd store (", store_->deposited(), " fds)"));
     WatchStore();
   }
 }
 
 absl::Status Worker::Run() {
   const worker_api::WorkerArgs& args = options_.args;
+  options_.trace.Mark("run");
   if (resumed_) {
-    std::fprintf(stderr, "emud-worker: %s resumed the guest's session in %.2f ms\n",
-                 args.device.c_str(), absl::ToDoubleMilliseconds(resume_time_));
+    log::Info(absl::StrFormat("resumed the guest's session in %.2f ms",
+                              absl::ToDoubleMilliseconds(resume_time_)));
   }
-  std::fprintf(stderr,
-               "emud-worker: %s serving on %s (backend %s, doorbell %s, %d queues, %u data-path "
-               "threads, %u backend queues)\n",
-               args.device.c_str(), args.socket_path.c_str(), backend_->spec().c_str(),
-               std::string(worker_api::DoorbellModeName(args.doorbell)).c_str(), args.queues,
-               datapath_->threads(), backend_->num_queues());
+  log::Info(absl::StrCat("serving on ", args.socket_path, " (backend ", backend_->spec(),
+                         ", doorbell ", worker_api::DoorbellModeName(args.doorbell), ", ",
+                         args.queues, " queues, ", datapath_->threads(),
+                         " data-path threads, ", backend_->num_queues(), " backend queues)"));
+  // The startup trace is logged once the data path has run: after the
+  // first round that found no work, or the 64th.
+  uint32_t round = 0;
+  bool logged = false;
+  auto log_start = [&] {
+    logged = true;
+    log::Info(absl::StrCat(worker_api::kRestartTraceLogTag, ::getpid(), ": ", options_.trace.Format()));
+  };
 
   // Short sleeps need a tight timer (adaptive_poll.h); threads this one
   // creates inherit it.
   (void)prctl(PR_SET_TIMERSLACK, AdaptivePoller::kTimerSlackNs, 0, 0, 0);
-  if (datapath_->threads() > 1) return RunThreaded();
+  if (datapath_->threads() > 1) {
+    absl::Status s = RunThreaded([&](bool work) {
+      ++round;
+      if (!logged && ((round >= 2 && !work) || round >= 64)) log_start();
+    });
+    if (!logged) log_start();
+    return s;
+  }
   absl::Status result;
   AdaptivePoller poller;
   const uint32_t nbq = backend_->num_queues();
@@ -449,7 +471,10 @@ absl::Status Worker::Run() {
   // event and still blocks.
   bool fd_activity = false;
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce() || fd_activity;
+    const bool moved = datapath_->PollOnce();
+    if (round == 0) options_.trace.Mark("polled");
+    EndStartupPriority(moved);  // a real-time start ends with the first frame
+    bool work = moved || fd_activity;
     // A backend holding a frame the guest has no buffer for (tap) would keep
     // its fd readable and spin the loop: stop watching it until the frame is
     // taken (the RX doorbell or the poll timeout brings us back).
@@ -482,9 +507,12 @@ absl::Status Worker::Run() {
     fd_activity = *r > 0;
     MaintainStore();
     (void)publisher_->Publish(false);
+    ++round;
+    if (!logged && ((round >= 2 && !work) || round >= 64)) log_start();
   }
+  if (!logged) log_start();
   (void)publisher_->Publish(true);
-  std::fprintf(stderr, "emud-worker: %s stopping\n", args.device.c_str());
+  log::Info("stopping");
   return result;
 }
 
@@ -495,7 +523,7 @@ absl::Status Worker::Run() {
 // store - only with every other lane parked (DataPath::PauseGuard), so no
 // request's effect (DMA map/unmap, queue contexts, RSS, interrupt state)
 // races a lane's round.
-absl::Status Worker::RunThreaded() {
+absl::Status Worker::RunThreaded(absl::FunctionRef<void(bool work)> after_round) {
   UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
   if (!ep.valid()) return absl::InternalError("epoll_create1");
   constexpr uint32_t kLoopId = 1u << 30, kWakeId = (1u << 30) + 1;
@@ -519,7 +547,9 @@ absl::Status Worker::RunThreaded() {
   epoll_event evs[16];
   bool fd_activity = false;  // as in Run: a control message keeps the loop polling a while
   while (!stop_.load()) {
-    bool work = datapath_->PollOnce() || fd_activity;
+    const bool moved = datapath_->PollOnce();
+    EndStartupPriority(moved);  // lanes 1.. never had it (SCHED_RESET_ON_FORK)
+    bool work = moved || fd_activity;
     for (uint32_t k = 0; k < nbq; k += datapath_->threads()) {
       const int fd = backend_->event_fd(k);
       const bool on = watched & (1u << k);
@@ -564,10 +594,11 @@ absl::Status Worker::RunThreaded() {
       MaintainStore();
     }
     (void)publisher_->Publish(false);
+    after_round(work);
   }
   datapath_->StopThreads();
   (void)publisher_->Publish(true);
-  std::fprintf(stderr, "emud-worker: %s stopping\n", options_.args.device.c_str());
+  log::Info("stopping");
   return result;
 }
 

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "avf/device.h"
 #include "base/event_loop.h"
@@ -41,6 +42,7 @@
 #include "proto/worker_status.pb.h"
 #include "state_store/store.h"
 #include "vfio_user/session.h"
+#include "worker_api/restart_trace.h"
 #include "worker_api/worker_args.h"
 
 namespace emud::dataplane {
@@ -55,6 +57,9 @@ struct WorkerOptions {
   // The fd store's listening socket (worker_api::kFdStoreSocketEnv), for
   // reconnecting after the store went away; empty: never reconnect.
   std::string store_socket;
+  // The start's timeline so far (emud's marks, the process's); each
+  // ResumeOrCreate step and the first poll add theirs, and Run logs it.
+  worker_api::RestartTrace trace;
 };
 
 class Worker {
@@ -139,7 +144,7 @@ class Worker {
   vfio_user::SessionOptions SessionOptionsFor() const;
   void WatchStore();
   void MaintainStore();
-  absl::Status RunThreaded();
+  absl::Status RunThreaded(absl::FunctionRef<void(bool work)> after_round);
 
   WorkerOptions options_;
   const bool persist_;

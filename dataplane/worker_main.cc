@@ -28,12 +28,17 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/time/clock.h"
 #include "base/command_line.h"
 #include "base/exit_reason.h"
+#include "dataplane/startup_priority.h"
+#include "base/log.h"
+#include "absl/strings/str_cat.h"
 #include "dataplane/worker.h"
 #include "fdstore/fd_store.h"
 #include "worker_api/fd_keys.h"
 #include "worker_api/flags.h"
+#include "worker_api/restart_trace.h"
 
 namespace emud::dataplane {
 namespace {
@@ -41,6 +46,16 @@ namespace {
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_exit_now{false};  // resumable: SIGTERM = a crash
 std::atomic<Worker*> g_worker{nullptr};
+
+// The first instant of this process's code (before static constructors of
+// the default priority): the end of exec, for the startup trace.
+int64_t g_exec_ns = 0;
+// A real-time start (emud --startup-rt-priority) is adopted here, before
+// anything could create a thread that would inherit it.
+__attribute__((constructor(101))) void AtExec() {
+  g_exec_ns = absl::GetCurrentTimeNanos();
+  AdoptStartupPriority();
+}
 
 void OnSignal(int) {
   // Every instant is a consistent crash point for a resumable worker (what
@@ -54,13 +69,21 @@ void OnSignal(int) {
 }
 
 int Fail(absl::string_view what, const absl::Status& s) {
-  std::fprintf(stderr, "emud-worker: %s: %s\n", std::string(what).c_str(), s.ToString().c_str());
+  log::Error(absl::StrCat(what, ": ", s.ToString()));
   RecordExitReason(what, s);  // emud puts it into the device's last_error
   return 1;
 }
 
 int Main(int argc, char** argv) {
+  // emud's marks (a restart: its wake-up for the predecessor's exit), then ours.
+  const char* trace_env = std::getenv(worker_api::kRestartTraceEnv);
+  worker_api::RestartTrace trace =
+      worker_api::RestartTrace::Decode(trace_env != nullptr ? trace_env : "");
+  trace.MarkAt("exec", g_exec_ns);
+  trace.Mark("main");
   InitExitReasonFromEnv();
+  // emud's --log-format and --log-level (base/log.h).
+  log::InitFromEnvironment("emud-worker");
   // emud passes dashed flags (--state-dir).
   ParseDashedCommandLine(argc, argv);
   auto args = worker_api::WorkerArgsFromFlags();
@@ -74,6 +97,7 @@ int Main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
 
   const std::string name = args->device;
+  log::SetProcessDevice(name);  // every line of this worker is about its device
   WorkerOptions options;
   options.args = *std::move(args);
   auto inherited = fdstore::TakeInheritedFds();
@@ -82,6 +106,8 @@ int Main(int argc, char** argv) {
   if (const char* store = std::getenv(worker_api::kFdStoreSocketEnv); store != nullptr) {
     options.store_socket = store;
   }
+  trace.Mark("args");
+  options.trace = std::move(trace);
 
   Worker worker(std::move(options));
   g_worker.store(&worker);
@@ -94,7 +120,7 @@ int Main(int argc, char** argv) {
   if (g_stop.load() && g_exit_now.load()) _exit(0);  // SIGTERM during start-up
 
   absl::Status s = worker.Run();
-  if (!s.ok()) std::fprintf(stderr, "emud-worker: event loop: %s\n", s.ToString().c_str());
+  if (!s.ok()) log::Error(absl::StrCat("event loop: ", s.ToString()));
   g_worker.store(nullptr);
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "fdstore/process.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -10,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -55,7 +57,7 @@ absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid) {
 
 absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
                                      const std::vector<InheritedFd>& inherit,
-                                     const std::vector<std::string>& env) {
+                                     const std::vector<std::string>& env, int rt_priority) {
   if (argv.empty() || argv[0].empty() || argv[0][0] != '/') {
     return absl::InvalidArgumentError("SpawnWithFds needs an absolute binary path");
   }
@@ -115,12 +117,24 @@ absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
   for (int s : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2}) sigaddset(&defaults, s);
   posix_spawnattr_setsigmask(&attr, &empty);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
+  short flags = POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+  if (rt_priority > 0) {
+    sched_param sp{};
+    sp.sched_priority = rt_priority;
+    posix_spawnattr_setschedpolicy(&attr, SCHED_FIFO);
+    posix_spawnattr_setschedparam(&attr, &sp);
+    flags |= POSIX_SPAWN_SETSCHEDULER;
+  }
+  posix_spawnattr_setflags(&attr, flags);
   pid_t pid = 0;
   int rc = posix_spawn(&pid, args[0], &fa, &attr, args.data(), cenv.data());
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
+  if (rc == EPERM && rt_priority > 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot start ", argv[0], " with SCHED_FIFO priority ", rt_priority, ": ",
+                     std::strerror(rc)));
+  }
   if (rc != 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot run ", argv[0], ": ", std::strerror(rc)));
@@ -140,6 +154,26 @@ absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
   auto ticks = ProcStartTicks(pid);
   p.start_ticks = ticks.ok() ? *ticks : 0;
   return p;
+}
+
+absl::Status EndRealtime(const Process& p) {
+  if (!p.is_child || p.pid <= 0 || HasExited(p)) return absl::OkStatus();
+  // An unreaped child's pid (and its threads' ids) cannot be reused.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(absl::StrCat("/proc/", p.pid, "/task"), ec)) {
+    pid_t tid = 0;
+    if (!absl::SimpleAtoi(e.path().filename().string(), &tid)) continue;
+    int policy = ::sched_getscheduler(tid);
+    if (policy < 0) continue;
+    policy &= ~SCHED_RESET_ON_FORK;
+    if (policy != SCHED_FIFO && policy != SCHED_RR) continue;
+    sched_param sp{};
+    if (::sched_setscheduler(tid, SCHED_OTHER, &sp) != 0 && errno != ESRCH) {
+      return absl::InternalError(
+          absl::StrCat("SCHED_OTHER for thread ", tid, " of pid ", p.pid, ": ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Process> AdoptProcess(pid_t pid, uint64_t start_ticks) {

@@ -43,9 +43,23 @@ struct InheritedFd {
 // Returns the child with a pidfd. INVALID_ARGUMENT for a relative path or a
 // key fdstore::ValidateKey refuses; FAILED_PRECONDITION if the binary cannot
 // be run.
+//
+// With `rt_priority` > 0 the child runs SCHED_FIFO at that priority from
+// before its exec (POSIX_SPAWN_SETSCHEDULER): a successor worker's start is
+// then not queued behind the machine's other work. The child must drop it
+// itself (dataplane/startup_priority.h), and the caller bounds it
+// (EndRealtime). Spawning fails with PERMISSION_DENIED if the caller may not
+// grant it (no CAP_SYS_NICE, RLIMIT_RTPRIO).
 absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
                                      const std::vector<InheritedFd>& inherit = {},
-                                     const std::vector<std::string>& env = {});
+                                     const std::vector<std::string>& env = {},
+                                     int rt_priority = 0);
+
+// Puts every thread of the live child `p` that runs a real-time policy back
+// to SCHED_OTHER (its nice value is kept). For a child spawned with
+// rt_priority that did not drop it in time (an older binary, a start that
+// hangs). OK if the process is gone.
+absl::Status EndRealtime(const Process& p);
 
 // Takes a running process (not necessarily a child) whose start time must be
 // `start_ticks`. NOT_FOUND if the pid is gone or now names another process.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -34,6 +35,23 @@ TEST(ProcessTest, SignalThroughPidfdAndNewSession) {
   EXPECT_NE(ReapAndDescribe(*p).find("killed by signal 9"), std::string::npos);
   // Signalling a reaped process through its pidfd is harmless.
   EXPECT_TRUE(SignalProcess(*p, SIGTERM).ok());
+}
+
+// A real-time start (emud --startup-rt-priority) and its end from outside.
+TEST(ProcessTest, RealtimeStartAndItsEnd) {
+  auto p = SpawnWithFds({"/bin/sleep", "30"}, {}, {}, /*rt_priority=*/1);
+  if (absl::IsPermissionDenied(p.status())) GTEST_SKIP() << "no CAP_SYS_NICE: " << p.status();
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(::sched_getscheduler(p->pid) & ~SCHED_RESET_ON_FORK, SCHED_FIFO);
+  sched_param sp{};
+  ASSERT_EQ(::sched_getparam(p->pid, &sp), 0);
+  EXPECT_EQ(sp.sched_priority, 1);
+  ASSERT_TRUE(EndRealtime(*p).ok());
+  EXPECT_EQ(::sched_getscheduler(p->pid), SCHED_OTHER);
+  ASSERT_TRUE(SignalProcess(*p, SIGKILL).ok());
+  WaitExit(*p);
+  ReapAndDescribe(*p);
+  EXPECT_TRUE(EndRealtime(*p).ok());  // gone: nothing to do
 }
 
 TEST(ProcessTest, DescriptorsAreNotInheritedAndSignalsAreReset) {

@@ -1,6 +1,7 @@
 #include "server/device_manager.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -13,11 +14,12 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "base/exit_reason.h"
+#include "base/log.h"
 #include "base/socket_access.h"
 #include "google/protobuf/util/time_util.h"
 #include "state_store/state_dir.h"
@@ -40,8 +42,6 @@ constexpr uint64_t kFdHostId = 4;
 // Watch history: watchers consume continuously; one that falls further
 // behind than this is told to restart its watch. Bounds memory.
 constexpr size_t kMaxRetainedEvents = 2048;
-
-void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
 int64_t NowNanos() { return absl::ToUnixNanos(absl::Now()); }
 
@@ -167,7 +167,7 @@ absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)
     metrics_->InitRestarts(name, d.rec.restart_count());
     d.recorded_fds = fd_keys[name];
     if (!d.recorded_fds.empty()) {
-      Log(absl::StrCat("device ", name, ": ", d.recorded_fds.size(),
+      log::DeviceInfo(name, absl::StrCat(d.recorded_fds.size(),
                        " fds were held by the previous emud; its worker re-deposits them"));
     }
     s = ResumeWorkerLocked(d, take_over);
@@ -188,7 +188,11 @@ absl::Status DeviceManager::OpenParts() {
   if (!epoll_.valid() || !wake_.valid()) {
     return absl::InternalError(absl::StrCat("event loop setup: ", std::strerror(errno)));
   }
-  auto supervisor = Supervisor::Create({options_.restart, options_.worker_stop_timeout});
+  SupervisorOptions sopt;
+  sopt.restart = options_.restart;
+  sopt.stop_timeout = options_.worker_stop_timeout;
+  sopt.startup_rt_priority = options_.startup_rt_priority;
+  auto supervisor = Supervisor::Create(sopt);
   if (!supervisor.ok()) return supervisor.status();
   StatusWatcherOptions wo;
   wo.state_dir = options_.state_dir;
@@ -242,7 +246,7 @@ absl::Status DeviceManager::ResumeWorkerLocked(
     Dev& d, const std::function<absl::Status(const std::string&)>& take_over) {
   const std::string& name = d.rec.name();
   if (d.rec.failed()) {
-    Log(absl::StrCat("device ", name, " is FAILED: ", d.rec.last_error()));
+    log::DeviceError(name, absl::StrCat("is FAILED: ", d.rec.last_error()));
   } else if (take_over) {
     // The running emud stops its worker (the session stays in the keeper);
     // ours resumes it: a live upgrade of the device.
@@ -250,17 +254,18 @@ absl::Status DeviceManager::ResumeWorkerLocked(
     if (!r.ok()) return r;
     d.rec.set_worker_pid(0);
     d.rec.set_worker_start_ticks(0);
-    Log(absl::StrCat("device ", name, ": taken over from the previous emud"));
+    log::DeviceInfo(name, "taken over from the previous emud");
     StartWorkerLocked(d, /*count_restart=*/false);
   } else if (d.rec.worker_pid() > 0) {
     absl::Status a = supervisor_->Adopt(name, d.rec.worker_pid(), d.rec.worker_start_ticks());
     if (a.ok()) {
       fd_host_->WorkerAdopted(name, d.rec.fd_keeper_token());
-      Log(absl::StrCat("device ", name, ": adopted running worker pid ", supervisor_->pid(name)));
+      log::DeviceInfo(name, absl::StrCat("adopted running worker pid ", supervisor_->pid(name)));
+      metrics_->WorkerAdopted(name);
     } else {
       d.rec.set_last_error(absl::StrCat("worker pid ", d.rec.worker_pid(),
                                         " exited while emud was not running"));
-      Log(absl::StrCat("device ", name, ": ", d.rec.last_error(), "; restarting it"));
+      log::DeviceWarning(name, absl::StrCat(d.rec.last_error(), "; restarting it"));
       StartWorkerLocked(d, /*count_restart=*/true);
     }
   } else {
@@ -280,7 +285,7 @@ absl::Status DeviceManager::BeginHandover() {
   handing_over_ = true;
   shutting_down_ = true;  // API mutations are refused from now on
   supervisor_->CancelAllRestarts();
-  Log("handing the devices over to a successor emud");
+  log::Info("handing the devices over to a successor emud");
   return absl::OkStatus();
 }
 
@@ -292,7 +297,7 @@ absl::Status DeviceManager::ReleaseForSuccessor(const std::string& name) {
   if (d->busy) return absl::AbortedError(absl::StrCat("device ", name, " is busy; retry"));
   BusyGuard busy(*d);
   absl::Status s = StopWorkerLocked(*d, absl::Now() + options_.worker_stop_timeout);
-  if (s.ok()) Log(absl::StrCat("device ", name, ": worker stopped for the successor"));
+  if (s.ok()) log::DeviceInfo(name, "worker stopped for the successor");
   return s;
 }
 
@@ -302,7 +307,7 @@ void DeviceManager::AbortHandover() {
   shutting_down_ = false;
   // Devices already released may be served by the successor's workers:
   // leave them; restart only what dies from now on.
-  Log("handover aborted; supervising the devices still held");
+  log::Warning("handover aborted; supervising the devices still held");
 }
 
 void DeviceManager::BeginShutdown() {
@@ -324,7 +329,7 @@ void DeviceManager::Shutdown() {
   started_ = false;
   absl::MutexLock lock(&mu_);
   if (!options_.stop_workers_on_exit) {
-    Log("leaving workers running; the next emud adopts them");
+    log::Info("leaving workers running; the next emud adopts them");
     return;
   }
   for (const std::string& name : supervisor_->StopAll()) {
@@ -334,7 +339,7 @@ void DeviceManager::Shutdown() {
     d->rec.set_worker_start_ticks(0);
     (void)PersistLocked(*d);
   }
-  Log("workers stopped");
+  log::Info("workers stopped");
 }
 
 void DeviceManager::Wake() {
@@ -381,7 +386,7 @@ DeviceManager::Dev& DeviceManager::AddDevLocked(DeviceRecord rec) {
 absl::Status DeviceManager::PersistLocked(const Dev& d) {
   absl::Status s = control_->Update(
       [&](state_store::WriteTxn& txn) { return devices_table_.Put(txn, d.rec.name(), d.rec); });
-  if (!s.ok()) Log(absl::StrCat("persisting device ", d.rec.name(), ": ", s.ToString()));
+  if (!s.ok()) log::DeviceError(d.rec.name(), absl::StrCat("persisting the device: ", s.ToString()));
   return s;
 }
 
@@ -423,11 +428,21 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   // A successor inherits the listening socket when the store holds it;
   // otherwise it binds a fresh one and the dead worker's file must go.
   if (!has_listener) RemoveSocketFile(spec.socket_path());
-  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, launch->env);
+  std::vector<std::string> env = launch->env;
+  if (count_restart && exit_trace_.has_value()) {
+    // The predecessor's exit, as this loop round saw it (restart_trace.h).
+    worker_api::RestartTrace trace = *exit_trace_;
+    trace.Mark("spawn");
+    env.push_back(absl::StrCat(worker_api::kRestartTraceEnv, "=", trace.Encode()));
+  }
+  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, env);
   if (!s.ok()) {
     WorkerFailedLocked(d, std::string(s.message()), false);
     return;
   }
+  // (The loop takes a real-time start back if the worker does not: its
+  // timer is due then.)
+  if (supervisor_->startup_rt_priority() > 0) Wake();
   fd_host_->WorkerStarted(name, *launch);
   d.rec.set_worker_pid(supervisor_->pid(name));
   d.rec.set_worker_start_ticks(supervisor_->start_ticks(name));
@@ -452,10 +467,10 @@ void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason, bool h
         " times in a row before it was serving (resumed or created its session and entered "
         "its event loop); last: ",
         reason, "; fix the cause, then run 'emuctl reset ", name, "'"));
-    Log(absl::StrCat("device ", name, " FAILED: ", d.rec.last_error()));
+    log::DeviceError(name, absl::StrCat("FAILED: ", d.rec.last_error()));
   } else {
     d.rec.set_last_error(reason);
-    Log(absl::StrCat("device ", name, ": ", reason,
+    log::DeviceWarning(name, absl::StrCat(reason,
                      healthy ? " (after serving)" : " (before serving)", "; restarting ",
                      dec.delay == absl::ZeroDuration()
                          ? std::string("now")
@@ -492,7 +507,7 @@ void DeviceManager::EnsureReserve() {
 bool DeviceManager::ReleaseReserve() {
   std::string path = ReservePath(options_.state_dir);
   bool released = ::unlink(path.c_str()) == 0;
-  if (released) Log("the state tmpfs is full: released emud's reserve to record a delete");
+  if (released) log::Warning("the state tmpfs is full: released emud's reserve to record a delete");
   return released;
 }
 
@@ -500,7 +515,7 @@ void DeviceManager::StoreFullLocked(Dev& d, const std::string& reason) {
   Supervisor::Retry retry = supervisor_->StoreFull(d.rec.name(), GuestConnectedLocked(d));
   d.rec.set_last_error(absl::StrCat(reason, "; retrying every ", absl::FormatDuration(retry.delay),
                                     " until there is room"));
-  if (retry.first) Log(absl::StrCat("device ", d.rec.name(), ": ", d.rec.last_error()));
+  if (retry.first) log::DeviceWarning(d.rec.name(), d.rec.last_error());
   (void)PersistLocked(d);
   NotifyLocked(d);
 }
@@ -617,12 +632,12 @@ void DeviceManager::NotifyLocked(Dev& d) {
   if (p != d.phase) {
     d.phase = p;
     d.phase_time = absl::Now();
-    UpdatePhaseGaugesLocked();
   }
   v1::Device dev = BuildLocked(d);
   std::string bytes = dev.SerializeAsString();
   if (bytes == d.last_emitted) return;
   d.last_emitted = std::move(bytes);
+  UpdatePhaseGaugesLocked();  // the phase or the worker (pid) changed
   EmitLocked(first ? v1::DeviceEvent::KIND_ADDED : v1::DeviceEvent::KIND_MODIFIED, dev);
 }
 
@@ -640,8 +655,21 @@ void DeviceManager::EmitLocked(v1::DeviceEvent::Kind kind, const v1::Device& dev
 
 void DeviceManager::UpdatePhaseGaugesLocked() {
   std::map<v1::Phase, int> counts;
-  for (const auto& [name, d] : devs_) ++counts[d->phase];
+  std::vector<DeviceMetricState> states;
+  for (const auto& [name, d] : devs_) {
+    ++counts[d->phase];
+    DeviceMetricState st;
+    st.name = name;
+    st.phase = d->phase;
+    st.type = d->rec.type() == v1::DEVICE_TYPE_AVF ? "avf" : "unspecified";
+    st.backend = d->rec.spec().backend();
+    st.doorbell = d->rec.spec().doorbell() == v1::DOORBELL_MODE_MMAP ? "mmap" : "trap";
+    st.queue_pairs = d->rec.spec().queue_pairs();
+    st.worker_pid = supervisor_->pid(name);
+    states.push_back(std::move(st));
+  }
   metrics_->SetDeviceCounts(counts);
+  metrics_->SetDeviceStates(states);
 }
 
 // ------------------------------------------------------------------ RPCs
@@ -686,7 +714,7 @@ absl::StatusOr<v1::Device> DeviceManager::CreateDevice(const v1::CreateDeviceReq
   }
   Dev& d = AddDevLocked(std::move(*rec));
   metrics_->InitRestarts(d.rec.name(), 0);
-  Log(absl::StrCat("device ", d.rec.name(), " created (", d.rec.spec().backend(), ", ",
+  log::DeviceInfo(d.rec.name(), absl::StrCat("created (", d.rec.spec().backend(), ", ",
                    d.rec.spec().queue_pairs(), " queue pairs, socket ", d.rec.spec().socket_path(),
                    ")"));
   StartWorkerLocked(d, /*count_restart=*/false);
@@ -754,7 +782,7 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   fd_host_->DropDevice(name);
   watcher_->Unwatch(name);
   absl::Status rm = state_store::RemoveDeviceState(options_.state_dir, name);
-  if (!rm.ok()) Log(rm.ToString());
+  if (!rm.ok()) log::DeviceError(name, rm.ToString());
   EnsureReserve();  // the device's state just freed room for it
   RemoveSocketFile(d->rec.spec().socket_path());
   if (InDeviceSocketDir(d->rec, options_.socket_dir)) {
@@ -767,7 +795,7 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   devs_.erase(name);
   EmitLocked(v1::DeviceEvent::KIND_DELETED, last);
   UpdatePhaseGaugesLocked();
-  Log(absl::StrCat("device ", name, " deleted"));
+  log::DeviceInfo(name, "deleted");
   return absl::OkStatus();
 }
 
@@ -786,7 +814,7 @@ absl::StatusOr<v1::Device> DeviceManager::ResetDevice(const std::string& name,
   supervisor_->ResetPolicy(name);
   d->rec.set_failed(false);
   d->rec.set_last_error("");
-  Log(absl::StrCat("device ", name, " reset"));
+  log::DeviceInfo(name, "reset");
   StartWorkerLocked(*d, /*count_restart=*/false);
   return BuildLocked(*d);
 }
@@ -863,7 +891,7 @@ absl::StatusOr<v1::Device> DeviceManager::UpgradeWorker(const std::string& name,
     if (!s.ok()) return s;
   }
   if (!binary.empty()) d->rec.set_worker_binary(binary);
-  Log(absl::StrCat("device ", name, ": upgrading worker"));
+  log::DeviceInfo(name, "upgrading worker");
   StartWorkerLocked(*d, /*count_restart=*/false);
   return BuildLocked(*d);
 }
@@ -921,7 +949,7 @@ void DeviceManager::SyncFdRecordsLocked(Dev& d) {
   if (s.ok()) {
     d.recorded_fds = std::move(now);
   } else {
-    Log(absl::StrCat("device ", d.rec.name(), ": recording fd-store keys: ", s.ToString()));
+    log::DeviceError(d.rec.name(), absl::StrCat("recording fd-store keys: ", s.ToString()));
   }
 }
 
@@ -938,6 +966,22 @@ pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
 // ------------------------------------------------------------- event loop
 
 void DeviceManager::Loop() {
+  // The loop is the supervision path: a worker's exit wakes it and it spawns
+  // the successor while the guest waits, so it does not queue behind the
+  // machine's other work. Real-time, but it only runs on its events (exits,
+  // status records, fd-store messages, due timers) and sleeps otherwise. Not
+  // SCHED_RESET_ON_FORK: posix_spawn's child must run real-time from its
+  // first instruction (measured: a child born SCHED_OTHER waited up to 20 ms
+  // under load before it could even raise itself); the worker adds the reset
+  // at exec (dataplane/startup_priority.h), and the loop starts no threads.
+  if (options_.startup_rt_priority > 0) {
+    sched_param sp{};
+    sp.sched_priority = options_.startup_rt_priority;
+    if (::sched_setscheduler(0, SCHED_FIFO, &sp) != 0) {
+      log::Warning(absl::StrCat("supervision loop without real-time priority (SCHED_FIFO ",
+                                options_.startup_rt_priority, "): ", std::strerror(errno)));
+    }
+  }
   while (true) {
     absl::Time wake_at;
     {
@@ -945,17 +989,22 @@ void DeviceManager::Loop() {
       if (stop_loop_) return;
       wake_at = std::min(watcher_->NextPoll(), next_gauge_poll_);
       if (auto r = supervisor_->NextRestart(); r.has_value()) wake_at = std::min(wake_at, *r);
+      if (auto r = supervisor_->EndStartupPriorities(absl::Now()); r.has_value()) {
+        wake_at = std::min(wake_at, *r);
+      }
     }
     int64_t ms = std::max<int64_t>(0, absl::ToInt64Milliseconds(wake_at - absl::Now()) + 1);
     epoll_event evs[8];
     int n = ::epoll_wait(epoll_.get(), evs, 8, static_cast<int>(std::min<int64_t>(ms, 60000)));
+    const int64_t woke_ns = absl::GetCurrentTimeNanos();
     if (n < 0 && errno != EINTR) {
-      Log(absl::StrCat("epoll_wait: ", std::strerror(errno)));
+      log::Error(absl::StrCat("epoll_wait: ", std::strerror(errno)));
       absl::SleepFor(absl::Milliseconds(10));
       continue;
     }
     absl::MutexLock lock(&mu_);
     if (stop_loop_) return;
+    const int64_t locked_ns = absl::GetCurrentTimeNanos();
     for (int i = 0; i < n; ++i) {
       switch (evs[i].data.u64) {
         case kWakeId: {
@@ -965,7 +1014,12 @@ void DeviceManager::Loop() {
         }
         case kSupervisorId:
           for (const Supervisor::Exit& exit : supervisor_->TakeExits()) {
+            exit_trace_.emplace();
+            exit_trace_->MarkAt("woke", woke_ns);
+            exit_trace_->MarkAt("locked", locked_ns);
+            exit_trace_->Mark("reaped");
             if (Dev* d = FindLocked(exit.device)) HandleExitLocked(*d, exit);
+            exit_trace_.reset();
           }
           break;
         case kWatcherId:

@@ -65,6 +65,7 @@
 #include "server/validation.h"
 #include "state_store/record.h"
 #include "state_store/store.h"
+#include "worker_api/restart_trace.h"
 
 namespace emud::server {
 
@@ -97,6 +98,11 @@ struct ManagerOptions {
   std::string fd_keeper;
   // How long Start() waits for the keeper to answer.
   absl::Duration fd_keeper_wait = absl::Seconds(30);
+  // > 0: the SCHED_FIFO priority of emud's supervision loop (it wakes for a
+  // worker's exit and spawns the successor) and of a starting worker until
+  // its first frame, at most 200 ms (SupervisorOptions). 0: neither. Without
+  // CAP_SYS_NICE both run without it (logged once).
+  int startup_rt_priority = 1;
 };
 
 class DeviceManager {
@@ -256,6 +262,10 @@ class DeviceManager {
   absl::Time next_gauge_poll_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool handing_over_ ABSL_GUARDED_BY(mu_) = false;
+  // While the loop handles a worker's exit: when it woke for it and took
+  // mu_ (worker_api/restart_trace.h); a restart started from there hands
+  // them to the successor.
+  std::optional<worker_api::RestartTrace> exit_trace_ ABSL_GUARDED_BY(mu_);
   bool stop_loop_ ABSL_GUARDED_BY(mu_) = false;
   // Watch events: events_[i] has sequence number first_seq_ + i.
   std::deque<emud::v1::DeviceEvent> events_ ABSL_GUARDED_BY(mu_);

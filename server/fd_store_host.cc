@@ -11,13 +11,12 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "fdstore/fd_store.h"
 #include "fdstore/keeper.h"
 
 namespace emud::server {
 namespace {
-
-void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
 // ------------------------------------------------------- in-process store
 
@@ -158,13 +157,13 @@ class LocalFdStoreHost final : public FdStoreHost {
       bool ok = ::getsockopt(ch.fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
                 current != 0 && cred.pid == current;
       if (!ok) {
-        Log(absl::StrCat("fd store: refusing a channel from pid ", cred.pid, " for device '",
-                         ch.device, "' (not its current worker)"));
+        log::DeviceWarning(ch.device, absl::StrCat("fd store: refusing a channel from pid ",
+                                                   cred.pid, " (not its current worker)"));
         CloseChannel(id);
         return "";
       }
-      Log(absl::StrCat("device ", ch.device, ": worker pid ", cred.pid,
-                       " reconnected to the fd store"));
+      log::DeviceInfo(ch.device,
+                      absl::StrCat("worker pid ", cred.pid, " reconnected to the fd store"));
     }
     metrics_->SetFdsHeld(ch.device, store_.Keys(ch.device).size());
     return ch.device;
@@ -216,13 +215,13 @@ class KeeperFdStoreHost final : public FdStoreHost {
   void WorkerAdopted(const std::string& device, int64_t token) override {
     if (token == 0) return;
     absl::Status a = keeper_->Adopt(device, token);
-    if (!a.ok()) Log(absl::StrCat("device ", device, ": keeper adopt: ", a.ToString()));
+    if (!a.ok()) log::DeviceError(device, absl::StrCat("keeper adopt: ", a.ToString()));
   }
 
   std::vector<std::string> HeldKeys(const std::string& device) override {
     auto keys = keeper_->List(device);
     if (!keys.ok()) {
-      Log(absl::StrCat("emud-keeper: listing ", device, ": ", keys.status().ToString()));
+      log::DeviceError(device, absl::StrCat("emud-keeper: listing: ", keys.status().ToString()));
       return {};
     }
     if (keeper_->TakeReconnected()) Readopt();
@@ -236,7 +235,7 @@ class KeeperFdStoreHost final : public FdStoreHost {
 
   void DropDevice(const std::string& device) override {
     absl::Status k = keeper_->Drop(device);
-    if (!k.ok()) Log(absl::StrCat("device ", device, ": emud-keeper drop: ", k.ToString()));
+    if (!k.ok()) log::DeviceError(device, absl::StrCat("emud-keeper drop: ", k.ToString()));
   }
 
   int event_fd() const override { return -1; }
@@ -245,10 +244,10 @@ class KeeperFdStoreHost final : public FdStoreHost {
  private:
   // After the keeper restarted: tell it the running workers' tokens.
   void Readopt() {
-    Log("emud-keeper restarted or was upgraded: telling it the running workers' tokens");
+    log::Info("emud-keeper restarted or was upgraded: telling it the running workers' tokens");
     for (const auto& [device, token] : workers_.running_tokens()) {
       absl::Status a = keeper_->Adopt(device, token);
-      if (!a.ok()) Log(absl::StrCat("device ", device, ": keeper adopt: ", a.ToString()));
+      if (!a.ok()) log::DeviceError(device, absl::StrCat("keeper adopt: ", a.ToString()));
     }
   }
 
@@ -284,7 +283,7 @@ absl::StatusOr<std::unique_ptr<FdStoreHost>> OpenFdStoreHost(const FdStoreHostOp
         "); start emud-keeper first (deploy/k8s/keeper.yaml, deploy/systemd), or pass "
         "--fd-keeper=none to keep the fds in emud (a container restart then resets guests)"));
   }
-  Log(absl::StrCat("fd store: emud-keeper at ", options.fd_keeper));
+  log::Info(absl::StrCat("fd store: emud-keeper at ", options.fd_keeper));
   return std::make_unique<KeeperFdStoreHost>(std::move(*k), options.fd_keeper, metrics,
                                              std::move(workers));
 }

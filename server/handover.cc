@@ -13,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "absl/strings/strip.h"
 #include "base/unix_listener.h"
 
@@ -110,8 +111,7 @@ void HandoverServer::Session(int fd) {
     if (!SendLine(fd, s.ok() ? "OK" : absl::StrCat("ERR ", s.message())).ok()) break;
   }
   if (begun) {
-    std::cerr << "emud: the successor went away before the handover finished; supervising again"
-              << std::endl;
+    log::Warning("the successor went away before the handover finished; supervising again");
     hooks_.abort();
   }
 }

@@ -33,6 +33,9 @@
 #include <string>
 #include <vector>
 
+#include "base/log.h"
+#include "base/version.h"
+
 extern char** environ;
 
 namespace {
@@ -46,13 +49,26 @@ int64_t NowMs() {
   return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-void Log(const std::string& s) { std::fprintf(stderr, "emud-init: %s\n", s.c_str()); }
+void Log(const std::string& s) { emud::log::Info(s); }
+
+constexpr char kUsage[] =
+    "usage: emud-init [--backoff-initial-ms N] [--backoff-max-ms N] -- EMUD [ARGS...]\n";
+
+constexpr char kHelp[] =
+    "emud-init: runs EMUD (emud and its arguments) and restarts it when it exits, so that a\n"
+    "crash of emud never ends the container and its workers. It is the child subreaper\n"
+    "(workers orphaned by emud are reaped), forwards SIGTERM, SIGINT, SIGQUIT and SIGHUP to\n"
+    "emud, and after SIGTERM, SIGINT or SIGQUIT exits with emud's status. An emud that handed\n"
+    "its devices to a successor (exit status 75) is not restarted.\n\n"
+    "Flags:\n"
+    "  --backoff-initial-ms N  first restart delay, doubling per quick exit (default 100)\n"
+    "  --backoff-max-ms N      upper bound of the delay (default 5000)\n"
+    "  --help, -h              print this text and exit\n"
+    "  --version               print the version and exit\n"
+    "Log lines follow EMUD_LOG_FORMAT (text or json) like emud's.\n";
 
 int Usage(const char* why) {
-  std::fprintf(stderr,
-               "emud-init: %s\n"
-               "usage: emud-init [--backoff-initial-ms N] [--backoff-max-ms N] -- EMUD [ARGS...]\n",
-               why);
+  std::fprintf(stderr, "emud-init: %s\n%s", why, kUsage);
   return 2;
 }
 
@@ -68,6 +84,7 @@ bool ParseMs(const char* s, int64_t* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  emud::log::InitFromEnvironment("emud-init");
   int64_t backoff_initial = 100, backoff_max = 5000;
   int i = 1;
   for (; i < argc; ++i) {
@@ -75,6 +92,14 @@ int main(int argc, char** argv) {
     if (a == "--") {
       ++i;
       break;
+    }
+    if (a == "--help" || a == "-h") {
+      std::printf("%s%s", kUsage, kHelp);
+      return 0;
+    }
+    if (a == "--version") {
+      std::printf("emud-init %s\n", emud::kVersion);
+      return 0;
     }
     if ((a == "--backoff-initial-ms" || a == "--backoff-max-ms") && i + 1 < argc) {
       if (!ParseMs(argv[++i], a == "--backoff-initial-ms" ? &backoff_initial : &backoff_max)) {

@@ -2,15 +2,19 @@
 // supervises one emud-worker per device and exports Prometheus metrics.
 // See device_manager.h for supervision and the worker command line.
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -22,7 +26,8 @@
 
 #include "absl/flags/flag.h"
 #include "base/command_line.h"
-#include "absl/flags/usage.h"
+#include "base/log.h"
+#include "base/sd_notify.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -79,6 +84,11 @@ ABSL_FLAG(int, datapath_threads, 1,
 ABSL_FLAG(int, crash_loop_restarts, 5,
           "Consecutive deaths before serving that are retried; the next one marks the device "
           "FAILED");
+ABSL_FLAG(int, startup_rt_priority, 1,
+          "SCHED_FIFO priority (1-99) of emud's supervision loop and of a starting worker until "
+          "its first frame (at most 200 ms), so that a successor's start does not wait behind "
+          "other work on the machine; 0: no real-time scheduling. Needs CAP_SYS_NICE (without "
+          "it both run SCHED_OTHER)");
 ABSL_FLAG(std::string, fd_keeper, "auto",
           "Where the devices' fds are kept: PATH of emud-keeper's socket (wait for it at start), "
           "'auto' (<state-dir>/keeper.sock if a keeper answers there, else in emud), or 'none' "
@@ -89,14 +99,118 @@ ABSL_FLAG(bool, takeover, false,
 ABSL_FLAG(bool, stop_workers_on_exit, false,
           "Stop all workers when emud exits (default: leave them serving; the next emud adopts "
           "them)");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log line format of emud and its workers (on stderr): text (time, level, program, "
+          "device, message) or json (one object per line: time, level, program, pid, device, "
+          "msg)");
+ABSL_FLAG(std::string, log_level, "info",
+          "Least severe level logged by emud and its workers: debug, info, warning or error");
+ABSL_FLAG(bool, v, false, "Verbose: the same as --log-level=debug");
 
 namespace {
 
 using emud::UniqueFd;
 
 void Fail(absl::string_view msg) {
-  std::cerr << "emud: " << msg << std::endl;
+  emud::log::Error(msg);
   std::exit(2);
+}
+
+// What an operator needs to know about a state directory that is not on
+// tmpfs (empty if it is).
+std::string NonTmpfsWarning(const std::string& dir) {
+  struct statfs fs;
+  if (::statfs(dir.c_str(), &fs) != 0) return "";
+  constexpr unsigned long kTmpfs = 0x01021994, kRamfs = 0x858458f6;
+  const auto type = static_cast<unsigned long>(fs.f_type);
+  if (type == kTmpfs || type == kRamfs) return "";
+  std::string name;
+  switch (type) {
+    case 0xef53: name = "ext2/3/4"; break;
+    case 0x58465342: name = "xfs"; break;
+    case 0x9123683e: name = "btrfs"; break;
+    case 0x794c7630: name = "overlayfs"; break;
+    case 0x6969: name = "nfs"; break;
+    case 0x2fc12fc1: name = "zfs"; break;
+    default: name = absl::StrCat("type 0x", absl::Hex(type));
+  }
+  return absl::StrCat(
+      "--state-dir ", dir, " is on ", name,
+      ", not tmpfs: every committed guest request and queue-index update then dirties pages "
+      "the kernel writes back to that disk (disk I/O under guest traffic, where tmpfs has "
+      "none), and the state outlives a reboot that the guests' connections do not; put it on "
+      "a tmpfs (e.g. under /dev/shm)");
+}
+
+// Counts this start in <state-dir>/emud.starts (emud_starts_total); 0 if
+// the count cannot be kept (a full tmpfs: the metric then starts over).
+uint64_t CountStart(const std::string& state_dir) {
+  const std::string path = state_dir + "/emud.starts";
+  uint64_t n = 0;
+  {
+    std::ifstream in(path);
+    std::string line;
+    if (std::getline(in, line)) (void)absl::SimpleAtoi(line, &n);
+  }
+  ++n;
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << n << "\n";
+    if (!out.flush()) {
+      emud::log::Warning(absl::StrCat("cannot record emud's start in ", path,
+                                      "; emud_starts_total counts from this start"));
+      ::unlink(tmp.c_str());
+      return 1;
+    }
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return 1;
+  return n;
+}
+
+// Why the metrics endpoint cannot listen on host:port, with what to do.
+std::string MetricsListenError(const std::string& addr, const std::string& what) {
+  const size_t colon = addr.rfind(':');
+  std::string host = colon == std::string::npos ? addr : addr.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "" : addr.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res);
+  if (colon == std::string::npos || rc != 0) {
+    return absl::StrCat("--metrics-listen ", addr, ": not a usable HOST:PORT (",
+                        rc != 0 ? gai_strerror(rc) : "no port", "); pass --metrics-listen "
+                        "HOST:PORT, e.g. 127.0.0.1:9464, or --metrics-listen= to disable it");
+  }
+  std::string why = what;
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    if (!fd.valid()) continue;
+    int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+      const int err = errno;
+      ::freeaddrinfo(res);
+      if (err == EADDRINUSE) {
+        return absl::StrCat("metrics port ", port, " on ", host, " is in use (",
+                            std::strerror(err),
+                            "): another process listens there, maybe another emud; pass "
+                            "--metrics-listen HOST:PORT with a free port, or --metrics-listen= "
+                            "to disable the endpoint");
+      }
+      return absl::StrCat("--metrics-listen ", addr, ": cannot listen there (",
+                          std::strerror(err), "); pass --metrics-listen HOST:PORT with an "
+                          "address of this host, or --metrics-listen= to disable it");
+    }
+  }
+  ::freeaddrinfo(res);
+  return absl::StrCat("--metrics-listen ", addr, ": cannot serve metrics (", why,
+                      "); pass another --metrics-listen HOST:PORT, or --metrics-listen= to "
+                      "disable it");
 }
 
 std::string Dirname(const std::string& p) { return std::filesystem::path(p).parent_path(); }
@@ -142,13 +256,15 @@ void PrepareUnixListen(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  emud::ProgramInfo info;
+  info.name = "emud";
+  info.usage =
       "emud: vfio-user device-emulation service (control plane).\n"
-      "Flags may be written with dashes or underscores (--state-dir = --state_dir).\n"
       "Usage: emud [--state-dir DIR] [--grpc-listen ADDR[,ADDR]] [--metrics-listen HOST:PORT]\n"
-      "            [--socket-dir DIR] [--worker-binary PATH] ...\n"
+      "            [--socket-dir DIR] [--worker-binary PATH] ... (every flag has a default)\n"
       "SIGTERM or SIGINT shut emud down gracefully; workers keep serving unless\n"
-      "--stop-workers-on-exit.");
+      "--stop-workers-on-exit. Under systemd (Type=notify) emud reports READY=1 once it\n"
+      "serves its API and metrics.";
   // Signals are taken synchronously by main (sigwait); every thread created
   // from here on inherits the blocked mask. Workers get a clean mask.
   sigset_t sigs;
@@ -160,7 +276,21 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
 
   // Flags are documented with dashes (--state-dir); both spellings work.
-  std::vector<std::string> rest = emud::ParseDashedCommandLine(argc, argv);
+  std::vector<std::string> rest = emud::ParseDashedCommandLine(argc, argv, info);
+  {
+    emud::log::Format format;
+    emud::log::Level level;
+    if (absl::Status s = emud::log::ParseFormat(absl::GetFlag(FLAGS_log_format), &format);
+        !s.ok()) {
+      Fail(s.message());
+    }
+    if (absl::Status s = emud::log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level); !s.ok()) {
+      Fail(s.message());
+    }
+    if (absl::GetFlag(FLAGS_v)) level = emud::log::Level::kDebug;
+    emud::log::Init("emud", format, level);
+    emud::log::ExportToEnvironment();  // the workers log the same way
+  }
   if (rest.size() > 1) Fail(absl::StrCat("unexpected argument '", rest[1], "'; see --help"));
 
   emud::server::ManagerOptions opts;
@@ -208,8 +338,9 @@ int main(int argc, char** argv) {
       opts.fd_keeper = keeper;
     }
     if (opts.fd_keeper.empty()) {
-      std::cerr << "emud: fd store in emud (no emud-keeper): a restart of emud's whole container "
-                   "resets every guest; run emud-keeper to survive it\n";
+      emud::log::Warning(
+          "fd store in emud (no emud-keeper): a restart of emud's whole container resets every "
+          "guest; run emud-keeper to survive it");
     }
   }
   opts.restart.initial_backoff = absl::GetFlag(FLAGS_restart_backoff_initial);
@@ -224,11 +355,16 @@ int main(int argc, char** argv) {
     Fail("need 0 < --restart-backoff-initial <= --restart-backoff-max");
   }
   if (opts.restart.max_consecutive_failures < 0) Fail("--crash-loop-restarts must be >= 0");
+  opts.startup_rt_priority = absl::GetFlag(FLAGS_startup_rt_priority);
+  if (opts.startup_rt_priority < 0 || opts.startup_rt_priority > 99) {
+    Fail("--startup-rt-priority must be 0 (off) or 1-99");
+  }
 
   // One emud per state directory.
   std::error_code ec;
   std::filesystem::create_directories(opts.state_dir, ec);
   if (ec) Fail(absl::StrCat("cannot create --state-dir ", opts.state_dir, ": ", ec.message()));
+  if (std::string w = NonTmpfsWarning(opts.state_dir); !w.empty()) emud::log::Warning(w);
   std::string lock_path = opts.state_dir + "/emud.lock";
   UniqueFd lock_fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   std::unique_ptr<emud::server::HandoverClient> predecessor;
@@ -253,7 +389,7 @@ int main(int argc, char** argv) {
       if (absl::Now() > give_up) Fail("--takeover: the running emud did not release its lock");
       absl::SleepFor(absl::Milliseconds(5));
     }
-    std::cerr << "emud: taking the devices over from the running emud" << std::endl;
+    emud::log::Info("taking the devices over from the running emud");
   }
 
   std::vector<std::string> listen;
@@ -264,6 +400,7 @@ int main(int argc, char** argv) {
   }
 
   emud::server::Metrics metrics;
+  metrics.SetStarts(CountStart(opts.state_dir));
   auto manager = emud::server::DeviceManager::Open(opts, &metrics);
   if (!manager.ok()) Fail(manager.status().ToString());
   absl::Status s = (*manager)->Start(
@@ -276,7 +413,7 @@ int main(int argc, char** argv) {
     s = predecessor->Finish();
     if (!s.ok()) Fail(absl::StrCat("--takeover: ", s.message()));
     predecessor.reset();
-    std::cerr << "emud: took every device over" << std::endl;
+    emud::log::Info("took every device over");
   }
 
   emud::server::DeviceServiceImpl service(manager->get());
@@ -334,9 +471,11 @@ int main(int argc, char** argv) {
     try {
       exposer = std::make_unique<prometheus::Exposer>(metrics_addr, 2);
     } catch (const std::exception& e) {
-      Fail(absl::StrCat("--metrics-listen ", metrics_addr, ": ", e.what()));
+      // prometheus-cpp only says "null context when constructing CivetServer".
+      Fail(MetricsListenError(metrics_addr, e.what()));
     }
     exposer->RegisterCollectable(metrics.registry());
+    exposer->RegisterCollectable(metrics.process_collector());
     auto bound = exposer->GetListeningPorts();
     std::string host = metrics_addr.substr(0, metrics_addr.rfind(':'));
     metrics_url = absl::StrCat("http://", host, ":", bound.empty() ? 0 : bound[0], "/metrics");
@@ -349,10 +488,22 @@ int main(int argc, char** argv) {
       served.push_back(absl::StrCat(addr.substr(0, addr.rfind(':')), ":", *ports[pi++]));
     }
   }
-  std::string ready = absl::StrCat("emud: ready: grpc ", absl::StrJoin(served, ","), " metrics ",
-                                   metrics_url, " state ", opts.state_dir, " worker ",
-                                   opts.worker_binary, "\n");
-  (void)!::write(2, ready.data(), ready.size());  // one write: readers see whole lines
+  emud::log::Info(absl::StrCat("ready: grpc ", absl::StrJoin(served, ","), " metrics ",
+                               metrics_url, " state ", opts.state_dir, " worker ",
+                               opts.worker_binary));
+  // systemd (Type=notify): the API and metrics are served. Workers must not
+  // inherit NOTIFY_SOCKET; the address is kept for STOPPING=1.
+  std::string notify_socket;
+  if (const char* n = ::getenv(emud::kNotifySocketEnv); n != nullptr) notify_socket = n;
+  if (absl::Status s = emud::SdNotify(
+          absl::StrCat("READY=1\nSTATUS=serving ", absl::StrJoin(served, ",")),
+          /*unset_environment=*/true);
+      !s.ok()) {
+    emud::log::Warning(s.message());
+  }
+  auto notify_stopping = [&] {
+    if (!notify_socket.empty()) (void)emud::SdNotifyTo(notify_socket, "STOPPING=1");
+  };
 
   // A later emud may take everything over from us (--takeover).
   emud::server::HandoverServer::Hooks hooks;
@@ -365,6 +516,7 @@ int main(int argc, char** argv) {
   hooks.release = [&](const std::string& name) { return (*manager)->ReleaseForSuccessor(name); };
   hooks.abort = [&]() { (*manager)->AbortHandover(); };
   hooks.finish = [&]() {
+    notify_stopping();
     server->GetHealthCheckService()->SetServingStatus(false);
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     exposer.reset();
@@ -380,11 +532,12 @@ int main(int argc, char** argv) {
   if (sig == SIGUSR1 && (*handover)->done()) {
     server->Wait();
     (*manager)->Shutdown();  // no worker is ours any more
-    std::cerr << "emud: handed every device over to the successor; exiting" << std::endl;
+    emud::log::Info("handed every device over to the successor; exiting");
     std::exit(emud::server::kExitHandedOver);
   }
   handover->reset();
-  std::cerr << "emud: " << strsignal(sig) << ": shutting down" << std::endl;
+  emud::log::Info(absl::StrCat(strsignal(sig), ": shutting down"));
+  notify_stopping();
   server->GetHealthCheckService()->SetServingStatus(false);
   (*manager)->BeginShutdown();  // ends watches, refuses new mutations
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -392,6 +545,6 @@ int main(int argc, char** argv) {
   exposer.reset();  // civetweb takes up to ~1.5 s to stop its listener
   (*manager)->Shutdown();
   for (const auto& p : unix_paths) ::unlink(p.c_str());
-  std::cerr << "emud: stopped" << std::endl;
+  emud::log::Info("stopped");
   return 0;
 }

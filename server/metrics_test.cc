@@ -1,6 +1,8 @@
 #include "server/metrics.h"
 #include "worker_api/counters.h"
 
+#include <unistd.h>
+
 #include <set>
 #include <string>
 
@@ -12,7 +14,7 @@ namespace {
 
 std::string Scrape(Metrics& m) {
   prometheus::TextSerializer ser;
-  return ser.Serialize(m.registry()->Collect());
+  return ser.Serialize(m.CollectAll());
 }
 
 // Value of the sample whose line starts with `prefix` (name{labels}).
@@ -31,6 +33,9 @@ double Sample(const std::string& text, const std::string& prefix) {
 TEST(MetricsTest, EveryDeclaredMetricIsExported) {
   Metrics m;
   m.InitRestarts("d", 0);
+  m.SetDeviceStates({{"d", emud::v1::PHASE_LISTENING, "avf", "loopback", "trap", 2, ::getpid()}});
+  m.WorkerAdopted("d");
+  m.SetStarts(1);
   emud::internal::WorkerStatus st;
   st.mutable_rx()->Add()->set_packets(1);
   st.mutable_tx()->Add()->set_packets(1);
@@ -42,6 +47,9 @@ TEST(MetricsTest, EveryDeclaredMetricIsExported) {
   EMUD_AVF_COUNTERS(EMUD_SET_DEVICE_COUNTER)
   EMUD_DATAPATH_COUNTERS(EMUD_SET_DEVICE_COUNTER)
 #undef EMUD_SET_DEVICE_COUNTER
+  m.UpdateFromWorkerStatus("d", st);
+  st.set_reattaches(1);
+  st.set_last_reattach_seconds(0.002);
   m.UpdateFromWorkerStatus("d", st);
   m.ObserveCommit(absl::Microseconds(30));
   m.SetFdsHeld("d", 2);
@@ -118,18 +126,78 @@ TEST(MetricsTest, ReattachObservedOnlyForNewReattaches) {
   st.set_reattaches(4);  // happened before this emud: not observed
   st.set_last_reattach_seconds(0.004);
   m.UpdateFromWorkerStatus("d", st);
-  EXPECT_EQ(Sample(Scrape(m), "emud_worker_reattach_duration_seconds_count"), 0);
+  // No series until the device's first reattach.
+  EXPECT_EQ(Sample(Scrape(m), "emud_worker_reattach_duration_seconds_count"), -1);
   st.set_reattaches(5);
   st.set_last_reattach_seconds(0.003);
   m.UpdateFromWorkerStatus("d", st);
   std::string text = Scrape(m);
-  EXPECT_EQ(Sample(text, "emud_worker_reattach_duration_seconds_count"), 1);
-  EXPECT_DOUBLE_EQ(Sample(text, "emud_worker_reattach_duration_seconds_sum"), 0.003);
+  EXPECT_EQ(Sample(text, "emud_worker_reattach_duration_seconds_count{device=\"d\"}"), 1);
+  EXPECT_DOUBLE_EQ(Sample(text, "emud_worker_reattach_duration_seconds_sum{device=\"d\"}"), 0.003);
   // An idle device's successor (no session resumed) reports 0: not a reattach.
   st.set_reattaches(6);
   st.set_last_reattach_seconds(0);
   m.UpdateFromWorkerStatus("d", st);
-  EXPECT_EQ(Sample(Scrape(m), "emud_worker_reattach_duration_seconds_count"), 1);
+  EXPECT_EQ(Sample(Scrape(m), "emud_worker_reattach_duration_seconds_count{device=\"d\"}"), 1);
+}
+
+TEST(MetricsTest, DevicePhaseAndInfoInKubeStateMetricsStyle) {
+  Metrics m;
+  m.SetDeviceStates({{"vm1", emud::v1::PHASE_LINK_UP, "avf", "tap:t0", "mmap", 4, 0},
+                     {"vm2", emud::v1::PHASE_FAILED, "avf", "loopback", "trap", 1, 0}});
+  std::string t = Scrape(m);
+  EXPECT_EQ(Sample(t, "emud_device_phase{device=\"vm1\",phase=\"link_up\"}"), 1) << t;
+  EXPECT_EQ(Sample(t, "emud_device_phase{device=\"vm1\",phase=\"listening\"}"), 0);
+  EXPECT_EQ(Sample(t, "emud_device_phase{device=\"vm2\",phase=\"failed\"}"), 1);
+  EXPECT_EQ(Sample(t, "emud_device_info{backend=\"tap:t0\",device=\"vm1\",doorbell=\"mmap\","
+                      "queue_pairs=\"4\",type=\"avf\"}"),
+            1)
+      << t;
+  // A phase change moves the 1; a deleted device's series go.
+  m.SetDeviceStates({{"vm1", emud::v1::PHASE_LISTENING, "avf", "tap:t0", "mmap", 4, 0}});
+  t = Scrape(m);
+  EXPECT_EQ(Sample(t, "emud_device_phase{device=\"vm1\",phase=\"link_up\"}"), 0);
+  EXPECT_EQ(Sample(t, "emud_device_phase{device=\"vm1\",phase=\"listening\"}"), 1);
+  EXPECT_EQ(t.find("device=\"vm2\""), std::string::npos) << t;
+}
+
+TEST(MetricsTest, ProcessMetricsOfEmudAndOfEachWorker) {
+  Metrics m;
+  // This test process poses as the worker of "w".
+  m.SetDeviceStates({{"w", emud::v1::PHASE_LISTENING, "avf", "loopback", "trap", 1, ::getpid()},
+                     {"gone", emud::v1::PHASE_LISTENING, "avf", "loopback", "trap", 1, 0x3ffffff}});
+  std::string t = Scrape(m);
+  EXPECT_GT(Sample(t, "process_resident_memory_bytes "), 1e6) << t;
+  EXPECT_GT(Sample(t, "process_open_fds "), 2);
+  EXPECT_GT(Sample(t, "process_start_time_seconds "), 1.5e9);
+  EXPECT_GE(Sample(t, "process_cpu_seconds_total "), 0);
+  EXPECT_GT(Sample(t, "emud_worker_process_resident_memory_bytes{device=\"w\"}"), 1e6);
+  EXPECT_EQ(Sample(t, "emud_worker_process_start_time_seconds{device=\"w\"}"),
+            Sample(t, "process_start_time_seconds "));
+  // A worker that is gone has no samples rather than wrong ones.
+  EXPECT_EQ(t.find("emud_worker_process_open_fds{device=\"gone\"}"), std::string::npos);
+}
+
+TEST(MetricsTest, StartsAdoptionsAndReattachByDevice) {
+  Metrics m;
+  m.SetStarts(3);
+  m.WorkerAdopted("a");
+  m.WorkerAdopted("a");
+  emud::internal::WorkerStatus st;
+  m.UpdateFromWorkerStatus("a", st);  // first sight: earlier reattaches not ours
+  st.set_reattaches(1);
+  st.set_last_reattach_seconds(0);  // an idle device's successor: nothing recorded
+  m.UpdateFromWorkerStatus("a", st);
+  st.set_reattaches(2);
+  st.set_last_reattach_seconds(0.004);
+  m.UpdateFromWorkerStatus("a", st);
+  std::string t = Scrape(m);
+  EXPECT_EQ(Sample(t, "emud_starts_total "), 3) << t;
+  EXPECT_EQ(Sample(t, "emud_worker_adoptions_total{device=\"a\"}"), 2);
+  EXPECT_EQ(Sample(t, "emud_worker_reattach_duration_seconds_count{device=\"a\"}"), 1);
+  m.RemoveDevice("a");
+  t = Scrape(m);
+  EXPECT_EQ(t.find("device=\"a\""), std::string::npos) << t;
 }
 
 }  // namespace

@@ -117,6 +117,15 @@ grpc::Status DeviceServiceImpl::WatchDevices(grpc::ServerContext* ctx,
   auto wanted = [&](const v1::Device& d) { return names.empty() || names.count(d.name()) > 0; };
   uint64_t cursor = 0;
   std::vector<v1::Device> snapshot = manager_->Snapshot(&cursor);
+  // Watching a name that does not exist would wait forever for nothing.
+  for (const std::string& n : names) {
+    bool found = std::any_of(snapshot.begin(), snapshot.end(),
+                             [&](const v1::Device& d) { return d.name() == n; });
+    if (!found) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("device ", n, " not found; emuctl list shows the devices"));
+    }
+  }
   if (!req->skip_initial()) {
     for (auto& d : snapshot) {
       if (!wanted(d)) continue;

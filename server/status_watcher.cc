@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "state_store/state_dir.h"
 
@@ -18,8 +19,6 @@ namespace emud::server {
 namespace {
 
 using emud::internal::WorkerStatus;
-
-void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
 }  // namespace
 
@@ -59,7 +58,7 @@ void StatusWatcher::Watch(const std::string& device) {
   d.watch = ::inotify_add_watch(inotify_.get(), dir.c_str(),
                                 IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE);
   if (d.watch < 0) {
-    Log(absl::StrCat("inotify on ", dir, ": ", std::strerror(errno),
+    log::Warning(absl::StrCat("inotify on ", dir, ": ", std::strerror(errno),
                      " (status updates fall back to polling every ",
                      absl::FormatDuration(options_.fallback), ")"));
   } else {
@@ -107,7 +106,7 @@ StatusWatcher::Refresh StatusWatcher::Read(const std::string& device, pid_t work
   d.dirty = false;
   auto st = d.reader->Read();
   if (!st.ok()) {
-    Log(absl::StrCat("device ", device, ": reading worker status: ", st.status().ToString()));
+    log::DeviceWarning(device, absl::StrCat("reading worker status: ", st.status().ToString()));
     return Refresh::kNothingNew;
   }
   if (!st->has_value()) return Refresh::kNothingNew;

@@ -10,14 +10,13 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "base/exit_reason.h"
 
 namespace emud::server {
 namespace {
 
 constexpr absl::Duration kKillGrace = absl::Seconds(3);
-
-void Log(absl::string_view msg) { std::cerr << "emud: " << msg << std::endl; }
 
 }  // namespace
 
@@ -76,11 +75,29 @@ absl::Status Supervisor::Spawn(const std::string& device, const std::vector<std:
     s->exit_reason = std::move(*r);
     inherit.push_back({"exit-reason", s->exit_reason.get(), kExitReasonEnv});
   }
-  auto p = fdstore::SpawnWithFds(argv, inherit, env);
+  const absl::Time t0 = absl::Now();
+  auto p = fdstore::SpawnWithFds(argv, inherit, env, rt_priority_);
+  if (absl::IsPermissionDenied(p.status()) && rt_priority_ > 0) {
+    log::Warning(absl::StrCat(p.status().message(), "; workers start without real-time priority"));
+    rt_priority_ = 0;
+    p = fdstore::SpawnWithFds(argv, inherit, env);
+  }
   if (!p.ok()) return p.status();
   s->proc = std::move(*p);
   s->started = absl::Now();
+  // posix_spawn returns once the child has exec'd. Under load it sometimes
+  // takes 5-20 ms although the child is real-time, most likely waiting for
+  // emud's mmap_lock (the child shares emud's memory map until its exec,
+  // which copies argv and environment out of it, and emud's other threads
+  // are not real-time): ARCHITECTURE.md, known limits. Logged, as the one
+  // part of a reattach emud's log can show.
+  if (s->started - t0 >= absl::Milliseconds(5)) {
+    log::DeviceWarning(device, absl::StrCat("spawning worker pid ", s->proc.pid, " took ",
+                                            absl::FormatDuration(s->started - t0)));
+  }
   s->stopping = false;
+  s->rt_until.reset();
+  if (rt_priority_ > 0) s->rt_until = s->started + options_.startup_rt_max;
   Watch(*s);
   return absl::OkStatus();
 }
@@ -149,8 +166,8 @@ absl::Status Supervisor::Stop(const std::string& device, absl::Time deadline, ab
   absl::Condition cond(+gone, s);
   absl::Time term_deadline = std::min(deadline, absl::Now() + options_.stop_timeout);
   if (mu.AwaitWithDeadline(cond, term_deadline)) return absl::OkStatus();
-  Log(absl::StrCat("device ", device, ": worker pid ", s->proc.pid,
-                   " ignored SIGTERM; sending SIGKILL"));
+  log::DeviceWarning(device, absl::StrCat("worker pid ", s->proc.pid,
+                                          " ignored SIGTERM; sending SIGKILL"));
   (void)fdstore::SignalProcess(s->proc, SIGKILL);
   if (mu.AwaitWithTimeout(cond, kKillGrace)) return absl::OkStatus();
   s->stopping = false;
@@ -237,6 +254,24 @@ std::optional<absl::Time> Supervisor::NextRestart() const {
   for (const auto& [name, s] : slots_) {
     if (s->restart_at.has_value() && (!next.has_value() || *s->restart_at < *next)) {
       next = s->restart_at;
+    }
+  }
+  return next;
+}
+
+std::optional<absl::Time> Supervisor::EndStartupPriorities(absl::Time now) {
+  std::optional<absl::Time> next;
+  for (auto& [name, s] : slots_) {
+    if (!s->rt_until.has_value()) continue;
+    if (s->proc.pid == 0) {
+      s->rt_until.reset();
+    } else if (*s->rt_until <= now) {
+      s->rt_until.reset();
+      if (absl::Status st = fdstore::EndRealtime(s->proc); !st.ok()) {
+        log::DeviceWarning(name, st.message());
+      }
+    } else if (!next.has_value() || *s->rt_until < *next) {
+      next = s->rt_until;
     }
   }
   return next;

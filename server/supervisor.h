@@ -44,6 +44,13 @@ struct SupervisorOptions {
   RestartPolicyOptions restart;
   // SIGTERM to SIGKILL grace period when stopping a worker.
   absl::Duration stop_timeout = absl::Seconds(5);
+  // > 0: a worker starts SCHED_FIFO at this priority (fdstore::SpawnWithFds)
+  // and drops it after its first frame (dataplane/startup_priority.h); the
+  // supervisor takes it back after startup_rt_max whatever the worker did.
+  // A spawn the kernel refuses it to (no CAP_SYS_NICE) runs without it, and
+  // so do all later ones.
+  int startup_rt_priority = 0;
+  absl::Duration startup_rt_max = absl::Milliseconds(200);
 };
 
 class Supervisor {
@@ -137,6 +144,11 @@ class Supervisor {
   std::optional<absl::Time> restart_at(const std::string& device) const;
   // The earliest pending restart, if any.
   std::optional<absl::Time> NextRestart() const;
+  // Ends the real-time start of workers spawned startup_rt_max ago or more
+  // (fdstore::EndRealtime), and says when the next one is due.
+  std::optional<absl::Time> EndStartupPriorities(absl::Time now);
+  // Whether workers still start with a real-time priority.
+  int startup_rt_priority() const { return rt_priority_; }
   // Devices with no worker whose restart is due at `now`, in device order.
   std::vector<std::string> DueRestarts(absl::Time now) const;
 
@@ -150,8 +162,10 @@ class Supervisor {
     RestartPolicy policy;
     UniqueFd exit_reason;
     bool store_full = false;
+    std::optional<absl::Time> rt_until;  // started real-time; taken back then
   };
-  explicit Supervisor(SupervisorOptions options) : options_(std::move(options)) {}
+  explicit Supervisor(SupervisorOptions options)
+      : options_(std::move(options)), rt_priority_(options_.startup_rt_priority) {}
   Slot* Find(const std::string& device);
   const Slot* Find(const std::string& device) const;
   void Watch(Slot& s);
@@ -160,6 +174,7 @@ class Supervisor {
   UniqueFd epoll_;
   std::map<std::string, std::unique_ptr<Slot>> slots_;
   uint64_t next_id_ = 1;
+  int rt_priority_ = 0;
 };
 
 }  // namespace emud::server

@@ -67,15 +67,15 @@ TEST(ManifestsTest, DaemonSetMatchesEmudAndConfigMap) {
   EXPECT_EQ(command[2].as<std::string>(), "/usr/bin/emud");
 
   // Every flag exists in emud (flags are spelled with dashes; absl lists
-  // them with underscores).
+  // them dashed, as the manifests write them).
   std::string help = Output(Runfile("server/emud") + " --helpfull 2>&1");
-  ASSERT_NE(help.find("--state_dir"), std::string::npos) << help;
+  ASSERT_NE(help.find("--state-dir"), std::string::npos) << help;
   std::regex var(R"(\$\(([A-Z_]+)\))");
   for (const auto& a : c["args"]) {
     std::string arg = a.as<std::string>();
     ASSERT_EQ(arg.rfind("--", 0), 0u) << arg;
     std::string name = arg.substr(2, arg.find('=') - 2);
-    for (char& ch : name) if (ch == '-') ch = '_';
+    for (char& ch : name) if (ch == '_') ch = '-';
     EXPECT_NE(help.find("--" + name + " "), std::string::npos) << "emud has no flag " << arg;
     for (std::sregex_iterator it(arg.begin(), arg.end(), var), end; it != end; ++it) {
       EXPECT_TRUE(cm["data"][(*it)[1].str()]) << "ConfigMap lacks " << (*it)[1].str();
@@ -265,7 +265,7 @@ TEST(ManifestsTest, DevicePluginMatchesItsFlagsAndKubelet) {
   YAML::Node c = pod["containers"][0];
   EXPECT_EQ(c["command"][0].as<std::string>(), "/usr/bin/emud-device-plugin");
   std::string help = Output(Runfile("deviceplugin/emud-device-plugin") + " --helpfull 2>&1");
-  ASSERT_NE(help.find("--pool_size"), std::string::npos) << help;
+  ASSERT_NE(help.find("--pool-size"), std::string::npos) << help;
   std::regex var(R"(\$\(([A-Z_]+)\))");
   std::map<std::string, std::string> flags;
   for (const auto& a : c["args"]) {
@@ -273,7 +273,7 @@ TEST(ManifestsTest, DevicePluginMatchesItsFlagsAndKubelet) {
     ASSERT_EQ(arg.rfind("--", 0), 0u) << arg;
     std::string name = arg.substr(2, arg.find('=') - 2);
     flags[name] = arg.substr(arg.find('=') + 1);
-    for (char& ch : name) if (ch == '-') ch = '_';
+    for (char& ch : name) if (ch == '_') ch = '-';
     EXPECT_NE(help.find("--" + name + " "), std::string::npos) << "no flag " << arg;
     for (std::sregex_iterator it(arg.begin(), arg.end(), var), end; it != end; ++it) {
       EXPECT_TRUE(cm["data"][(*it)[1].str()]) << "ConfigMap lacks " << (*it)[1].str();
@@ -380,7 +380,7 @@ TEST(ManifestsTest, KeeperAndSurgeRolloutFitTogether) {
   EXPECT_EQ(ku["maxSurge"].as<int>(), 1);
   EXPECT_EQ(ku["maxUnavailable"].as<int>(), 0);
   std::string keeper_help = Output(Runfile("fdstore/emud-keeper") + " --helpfull 2>&1");
-  EXPECT_NE(keeper_help.find("--after_handoff"), std::string::npos) << keeper_help;
+  EXPECT_NE(keeper_help.find("--after-handoff"), std::string::npos) << keeper_help;
 
   YAML::Node ds = Load("daemonset.yaml");
   auto u = ds["spec"]["updateStrategy"]["rollingUpdate"];

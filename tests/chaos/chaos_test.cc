@@ -43,8 +43,12 @@
 //    worker's fd count is back where it was.
 // Printed (lines starting "chaos", which tools/test.sh collects): kills,
 // reattach p50/p99/max (SIGKILL -> first frame sent after the kill
-// received), respawn p50/p99/max in rapid mode (SIGKILL -> successor serving
-// in emud's view), lost completions, duplicates, the longest wait of any
+// received), where a worker kill's reattach time goes (p50/p99/max of each
+// phase between the SIGKILL, emud's wake-up, lock, reap and spawn, the
+// successor's exec, main, each ResumeOrCreate step and first poll, and the
+// guest's first frame: worker_api/restart_trace.h, matched from the traces
+// the workers log), respawn p50/p99/max in rapid mode (SIGKILL -> successor
+// serving in emud's view), lost completions, duplicates, the longest wait of any
 // request for its reply, the devices' phases, fds.
 #include <net/if.h>
 #include <sched.h>
@@ -73,9 +77,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "avf/regs.h"
@@ -87,6 +93,7 @@
 #include "tests/guest/vfio_user_bus.h"
 #include "tests/integration/emud_harness.h"
 #include "vfio_user/protocol.h"
+#include "worker_api/restart_trace.h"
 
 namespace emud::testing {
 namespace {
@@ -436,6 +443,77 @@ absl::StatusOr<Serving> ServingNow(EmudProcess& e, const std::string& dev) {
   return Serving{d->status().worker_pid(), st.reattaches()};
 }
 
+// One reattach after a worker kill (random or rapid): the SIGKILL instant,
+// the device and when the first frame sent after it arrived.
+struct ReattachSample {
+  int64_t kill_ns = 0, frame_ns = 0;
+  int device = 0;
+};
+
+// The successors' startup traces (worker_api/restart_trace.h) in emud's log
+// (workers log to emud's stderr), by device.
+std::map<std::string, std::vector<worker_api::RestartTrace>> StartupTraces(const std::string& log) {
+  std::map<std::string, std::vector<worker_api::RestartTrace>> out;
+  // "<time> INFO emud-worker: DEV: startup trace pid N: TRACE" (base/log.h)
+  const std::string head = "emud-worker: ";
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    size_t h = line.find(head);
+    if (h == absl::string_view::npos) continue;
+    line.remove_prefix(h + head.size());
+    size_t at = line.find(worker_api::kRestartTraceLogTag);
+    if (at == absl::string_view::npos) continue;
+    absl::string_view dev = absl::StripAsciiWhitespace(line.substr(0, at));
+    absl::ConsumeSuffix(&dev, ":");
+    size_t colon = line.find(": ", at);
+    if (colon == absl::string_view::npos) continue;
+    out[std::string(dev)].push_back(worker_api::RestartTrace::Decode(line.substr(colon + 2)));
+  }
+  return out;
+}
+
+// Where a reattach's time goes, phase by phase: the SIGKILL, emud's marks,
+// the successor's, the guest's first frame. Each sample is matched with the
+// trace of the first successor whose emud wake-up for its predecessor's exit
+// came after the kill (a rapid streak's sample: the successor of its last
+// kill). Prints p50/p99/max per phase.
+void PrintPhases(const std::string& tag, const std::vector<ReattachSample>& samples,
+                 const std::vector<std::string>& devs, const std::string& log) {
+  static const char* const kMarks[] = {"woke",   "locked",  "reaped", "spawn",  "exec",
+                                       "main",   "args",    "fdstore", "lmdb", "device",
+                                       "session", "listen", "status", "run",    "polled"};
+  constexpr size_t kN = sizeof(kMarks) / sizeof(kMarks[0]);
+  auto traces = StartupTraces(log);
+  std::vector<std::vector<double>> phase(kN + 1);  // kill->woke ... polled->frame
+  std::vector<double> total;
+  size_t matched = 0;
+  for (const ReattachSample& s : samples) {
+    const worker_api::RestartTrace* best = nullptr;
+    for (const auto& t : traces[devs[s.device]]) {
+      int64_t w = t.At("woke");
+      if (w < s.kill_ns || w > s.frame_ns) continue;
+      if (best == nullptr || w < best->At("woke")) best = &t;
+    }
+    if (best == nullptr) continue;
+    std::vector<int64_t> at = {s.kill_ns};
+    for (const char* m : kMarks) at.push_back(best->At(m));
+    at.push_back(s.frame_ns);
+    if (std::find(at.begin(), at.end(), 0) != at.end()) continue;  // an older worker's line
+    ++matched;
+    for (size_t i = 0; i + 1 < at.size(); ++i) phase[i].push_back(double(at[i + 1] - at[i]) / 1e6);
+    total.push_back(double(s.frame_ns - s.kill_ns) / 1e6);
+  }
+  std::printf("%s reattach phases (%zu of %zu worker-kill samples traced), ms p50 / p99 / max:\n",
+              tag.c_str(), matched, samples.size());
+  if (matched == 0) return;
+  for (size_t i = 0; i <= kN; ++i) {
+    std::string name = absl::StrCat(i == 0 ? "kill" : kMarks[i - 1], "->", i == kN ? "frame" : kMarks[i]);
+    std::printf("%s   %-16s %6.2f / %6.2f / %6.2f\n", tag.c_str(), name.c_str(),
+                Percentile(phase[i], 0.5), Percentile(phase[i], 0.99), Percentile(phase[i], 1.0));
+  }
+  std::printf("%s   %-16s %6.2f / %6.2f / %6.2f\n", tag.c_str(), "kill->frame", Percentile(total, 0.5),
+              Percentile(total, 0.99), Percentile(total, 1.0));
+}
+
 class ChaosTest : public ::testing::TestWithParam<ChaosConfig> {};
 
 TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
@@ -611,6 +689,8 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   std::atomic<bool> resumed{true};
   std::atomic<bool> stop{false}, killer_done{false};
   std::vector<double> reattach_ms;        // main thread
+  std::vector<ReattachSample> reattach_samples;  // main thread: worker kills ('w', 'r')
+  std::atomic<int> kill_device{0};        // the device of the last worker kill
   std::vector<double> respawn_ms;         // killer thread (rapid)
   // Duplicates are charged to the latest chaos event (worker kill, rapid
   // kill, upgrade or emud kill: 'w', 'r', 'u', 'e'); none may come before
@@ -766,7 +846,11 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         if (emud_down.load()) frames_while_emud_down.fetch_add(1);
         int64_t k = kill_ns.load();
         if (k != 0 && in.sent_ns[seq] > k) {
-          reattach_ms.push_back(double(NowNs() - k) / 1e6);
+          const int64_t now = NowNs();
+          reattach_ms.push_back(double(now - k) / 1e6);
+          if (last_event_kind.load() == 'w' || last_event_kind.load() == 'r') {
+            reattach_samples.push_back({k, now, kill_device.load()});
+          }
           if (last_event_kind.load() == 'c') container_ms.push_back(reattach_ms.back());
           if (last_event_kind.load() == 'k') keeper_ms.push_back(reattach_ms.back());
           if (last_event_kind.load() == 's') surge_ms.push_back(reattach_ms.back());
@@ -964,6 +1048,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         }
         for (int i = 0; i < rapid_streak && !stop.load(); ++i) {
           const int64_t t0 = NowNs();
+          kill_device.store(int(d));
           begin_kill('r');
           ::kill(cur->pid, SIGKILL);
           ++wk;
@@ -1148,6 +1233,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
           fail(absl::StrCat("no worker pid for ", devs[d], " after ", last));
           return;
         }
+        kill_device.store(int(d));
         begin_kill('w');
         ::kill(pid, SIGKILL);
         if (std::getenv("CHAOS_VERBOSE") != nullptr) {
@@ -1288,6 +1374,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   std::printf("%s reattach ms p50 %.2f p99 %.2f max %.2f (%zu samples)\n", tag.c_str(),
               Percentile(reattach_ms, 0.5), Percentile(reattach_ms, 0.99),
               Percentile(reattach_ms, 1.0), reattach_ms.size());
+  PrintPhases(tag, reattach_samples, devs, emud ? emud->Log() : std::string());
   if (rapid) {
     std::printf("%s respawn (kill -> successor serving in emud's view) ms p50 %.2f p99 %.2f max %.2f\n",
                 tag.c_str(), Percentile(respawn_ms, 0.5), Percentile(respawn_ms, 0.99),

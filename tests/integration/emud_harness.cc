@@ -162,7 +162,8 @@ absl::StatusOr<std::unique_ptr<EmudProcess>> EmudProcess::Start(Options o) {
   bool ok = WaitFor(
       [&] {
         std::string text = ReadFile(p->log_path_).substr(log_start);
-        size_t at = text.find("emud: ready: ");
+        size_t at = text.find("emud: ready: ");                  // --log-format=text
+        if (at == std::string::npos) at = text.find("\"msg\":\"ready: ");  // json
         if (at == std::string::npos) return false;
         size_t end = text.find('\n', at);
         if (end == std::string::npos) return false;  // line still being written

@@ -4,16 +4,25 @@
 // start in last_error, and socket paths outside the allowed directories.
 #include <fcntl.h>
 #include <signal.h>
+#include <netinet/in.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <future>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/integration/emud_harness.h"
@@ -193,7 +202,7 @@ TEST_F(FullTmpfsTest, CommitOnAFullTmpfsWaitsForRoomAndTheGuestGoesOn) {
   // windows): the commit path was exercised, not bypassed by free pages.
   EXPECT_TRUE(saw_full) << emud_->Log();
   EXPECT_TRUE(absl::StrContains(dev->status().last_error(), "full")) << dev->status().last_error();
-  EXPECT_TRUE(absl::StrContains(emud_->Log(), "emud-worker: commit: RESOURCE_EXHAUSTED")) << emud_->Log();
+  EXPECT_TRUE(absl::StrContains(emud_->Log(), ": commit: RESOURCE_EXHAUSTED")) << emud_->Log();
 }
 
 TEST_F(FullTmpfsTest, DeleteOnAFullTmpfsSucceedsAndFreesTheState) {
@@ -343,6 +352,178 @@ TEST(EmuctlTest, VersionSuggestionsAndNameOutput) {
   EXPECT_EQ(names.out, "device/a\n");
   EXPECT_EQ(e->Emuctl({"get", "nope", "-o", "name"}).exit_code, 3);
   e->Stop(SIGTERM);
+}
+
+TEST(FlagsTest, HelpVersionFlagfileAndABusyMetricsPort) {
+  const std::string emud = Runfile("server/emud");
+  CommandResult h = RunCommand({emud, "--help"});
+  EXPECT_EQ(h.exit_code, 0) << h.err;
+  for (const char* f : {"--state-dir", "--grpc-listen", "--metrics-listen", "--socket-roots",
+                        "--fd-keeper", "--takeover", "--log-format", "--log-level", "-v",
+                        "--flagfile=FILE", "--version"}) {
+    EXPECT_TRUE(absl::StrContains(h.out, absl::StrCat("\n  ", f))) << f << "\n" << h.out;
+  }
+  EXPECT_FALSE(absl::StrContains(h.out, "No flags matched"));
+  CommandResult v = RunCommand({emud, "--version"});
+  EXPECT_EQ(v.exit_code, 0);
+  EXPECT_EQ(v.out, "emud 0.1.0\n");
+  CommandResult ih = RunCommand({Runfile("server/emud-init"), "--help"});
+  EXPECT_EQ(ih.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(ih.out, "usage: emud-init")) << ih.out;
+
+  // A port another process listens on: emud names it and the flag to pass.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  TempStateDir dir("flags");
+  // Flags from a file, dashed as the docs write them.
+  const std::string flagfile = dir.path() + "/emud.flags";
+  {
+    std::ofstream(flagfile) << "# emud\n--state-dir=" << dir.path() << "/state\n"
+                            << "--metrics-listen=127.0.0.1:" << port << "\n"
+                            << "--worker-binary=" << Runfile("dataplane/emud-worker") << "\n";
+  }
+  CommandResult busy = RunCommand({emud, "--flagfile=" + flagfile});
+  ::close(fd);
+  EXPECT_EQ(busy.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(busy.err, absl::StrCat("metrics port ", port,
+                                                       " on 127.0.0.1 is in use")))
+      << busy.err;
+  EXPECT_TRUE(absl::StrContains(busy.err, "pass --metrics-listen HOST:PORT")) << busy.err;
+  EXPECT_FALSE(absl::StrContains(busy.err, "CivetServer")) << busy.err;
+}
+
+// systemd's side of Type=notify: a datagram socket named by NOTIFY_SOCKET.
+TEST(SystemdTest, ReadyAndStoppingAreNotifiedAndJsonLogLinesParse) {
+  TempStateDir dir("notify");
+  const std::string sock = dir.path() + "/notify.sock";
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, sock.c_str(), sizeof(a.sun_path) - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  EmudProcess::Options o;
+  o.state_dir = dir.path() + "/state";
+  o.worker_binary = Runfile("dataplane/emud-worker");
+  o.extra_flags = {"--stop-workers-on-exit", "--log-format=json", "-v"};
+  o.extra_env = {"NOTIFY_SOCKET=" + sock};
+  auto e = EmudProcess::Start(o);
+  ASSERT_TRUE(e.ok()) << e.status();
+  char buf[512];
+  ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);  // sent before "ready" was logged
+  ASSERT_GT(n, 0) << "no sd_notify datagram";
+  EXPECT_TRUE(absl::StartsWith(std::string(buf, n), "READY=1\n")) << std::string(buf, n);
+  ASSERT_EQ((*e)->Emuctl({"create-device", "--type", "avf", "--name", "j1", "--wait"}).exit_code,
+            0);
+  // The worker does not inherit NOTIFY_SOCKET.
+  CommandResult pid = (*e)->Emuctl({"get", "j1", "-o", "json"});
+  std::string env;
+  size_t at = pid.out.find("\"workerPid\": ");
+  ASSERT_NE(at, std::string::npos) << pid.out;
+  const int wpid = std::atoi(pid.out.c_str() + at + 13);
+  {
+    std::ifstream in(absl::StrCat("/proc/", wpid, "/environ"));
+    env.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  EXPECT_FALSE(env.empty());
+  EXPECT_FALSE(absl::StrContains(env, "NOTIFY_SOCKET=")) << "worker inherited NOTIFY_SOCKET";
+  EXPECT_TRUE(absl::StrContains(env, "EMUD_LOG_FORMAT=json"));
+  (*e)->Stop(SIGTERM);
+  n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+  EXPECT_EQ(n > 0 ? std::string(buf, n) : "", "STOPPING=1");
+  ::close(fd);
+
+  // Every line is a JSON object with time and level; the worker's carry
+  // their device.
+  bool worker_line = false, device_line = false;
+  for (absl::string_view line : absl::StrSplit((*e)->Log(), '\n', absl::SkipEmpty())) {
+    google::protobuf::Struct st;
+    auto s = google::protobuf::util::JsonStringToMessage(std::string(line), &st);
+    ASSERT_TRUE(s.ok()) << s.ToString() << ": " << line;
+    EXPECT_EQ(st.fields().count("time"), 1u) << line;
+    EXPECT_EQ(st.fields().count("level"), 1u) << line;
+    if (st.fields().at("program").string_value() == "emud-worker") {
+      worker_line = true;
+      EXPECT_EQ(st.fields().at("device").string_value(), "j1") << line;
+    }
+    if (st.fields().count("device") && st.fields().at("program").string_value() == "emud") {
+      device_line = true;
+    }
+  }
+  EXPECT_TRUE(worker_line) << (*e)->Log();
+  EXPECT_TRUE(device_line) << (*e)->Log();
+}
+
+TEST(EmuctlTest, CompletionWatchNotFoundPermissionAndReconnect) {
+  const std::string emuctl = Runfile("ctl/emuctl");
+  CommandResult c = RunCommand({emuctl, "completion", "bash"});
+  EXPECT_EQ(c.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(c.out, "complete -F _emuctl emuctl")) << c.out;
+  EXPECT_TRUE(absl::StrContains(c.out, "create-device)")) << c.out;
+  EXPECT_TRUE(absl::StrContains(c.out, "--backend")) << c.out;
+  CommandResult z = RunCommand({emuctl, "completion", "zsh"});
+  EXPECT_EQ(z.exit_code, 0);
+  EXPECT_TRUE(absl::StartsWith(z.out, "autoload -U +X bashcompinit && bashcompinit\n"));
+  EXPECT_EQ(RunCommand({"/bin/bash", "-n", "-c", c.out}).exit_code, 0);
+  EXPECT_EQ(RunCommand({emuctl, "completion", "fish"}).exit_code, 1);
+  CommandResult help = RunCommand({emuctl, "create-device", "--help"});
+  EXPECT_FALSE(absl::StrContains(help.out, "UINT=0")) << help.out;
+
+  TempStateDir dir("watch");
+  EmudProcess::Options o;
+  o.state_dir = dir.path() + "/state";
+  o.extra_flags = {"--stop-workers-on-exit"};
+  o.metrics = false;
+  auto e = EmudProcess::Start(o);
+  ASSERT_TRUE(e.ok()) << e.status();
+  CommandResult w = (*e)->Emuctl({"watch", "nope", "--timeout", "5"});
+  EXPECT_EQ(w.exit_code, 3) << w.err;
+  EXPECT_TRUE(absl::StrContains(w.err, "device nope not found")) << w.err;
+
+  // Not the socket's owner nor in its group (0660 root:root): exit 8.
+  if (::geteuid() == 0 && ::access("/usr/bin/setpriv", X_OK) == 0) {
+    ::chmod(dir.path().c_str(), 0755);
+    ::chmod(o.state_dir.c_str(), 0755);
+    CommandResult denied =
+        RunCommand({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    emuctl, "--server", (*e)->grpc_address(), "list"});
+    EXPECT_EQ(denied.exit_code, 8) << denied.err;
+    EXPECT_TRUE(absl::StrContains(denied.err, "permission denied")) << denied.err;
+  }
+
+  // watch survives an emud restart: it reconnects and shows what is there.
+  const std::string out = dir.path() + "/watch.out";
+  pid_t watcher = ::fork();
+  if (watcher == 0) {
+    int f = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(f, 1);
+    ::dup2(f, 2);
+    ::execl(emuctl.c_str(), emuctl.c_str(), "--server", (*e)->grpc_address().c_str(), "watch",
+            "--timeout", "30", "-o", "json", nullptr);
+    ::_exit(127);
+  }
+  ::usleep(500 * 1000);
+  (*e)->Stop(SIGTERM);
+  auto e2 = EmudProcess::Start(o);
+  ASSERT_TRUE(e2.ok()) << e2.status();
+  ASSERT_EQ((*e2)->Emuctl({"create-device", "--type", "avf", "--name", "after"}).exit_code, 0);
+  std::string text;
+  for (int i = 0; i < 100 && !absl::StrContains(text, "\"after\""); ++i) {
+    ::usleep(100 * 1000);
+    std::ifstream in(out);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ::kill(watcher, SIGTERM);
+  ::waitpid(watcher, nullptr, 0);
+  EXPECT_TRUE(absl::StrContains(text, "reconnecting")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "\"after\"")) << text;
+  (*e2)->Stop(SIGTERM);
 }
 
 }  // namespace
