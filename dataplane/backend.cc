@@ -9,15 +9,20 @@ namespace {
 class LoopbackBackend : public Backend {
  public:
   std::string spec() const override { return "loopback"; }
+  // Counted once per burst: a locked add per frame also waited for every
+  // store before it to drain (the frame's copy into the RX buffer), which
+  // cost more than the rest of a 64-byte frame's delivery.
   size_t Send(uint16_t queue, absl::Span<const FrameView> frames) override {
+    uint64_t delivered = 0;
     for (FrameView f : frames) {
-      if (sink_ != nullptr && sink_->Deliver(queue, f)) {
-        AtomicBackendCounters::Add(counters_.rx_frames, 1);
-      } else {
-        AtomicBackendCounters::Add(counters_.tx_dropped, 1);
-        continue;
-      }
-      AtomicBackendCounters::Add(counters_.tx_frames, 1);
+      if (sink_ != nullptr && sink_->Deliver(queue, f)) ++delivered;
+    }
+    if (delivered > 0) {
+      AtomicBackendCounters::Add(counters_.rx_frames, delivered);
+      AtomicBackendCounters::Add(counters_.tx_frames, delivered);
+    }
+    if (delivered < frames.size()) {
+      AtomicBackendCounters::Add(counters_.tx_dropped, frames.size() - delivered);
     }
     return frames.size();
   }

@@ -359,12 +359,14 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     if (c & RxCsum::kIpBad) csum_bits |= rxd::kErrIpe;
     if (c & RxCsum::kL4Bad) csum_bits |= rxd::kErrL4e;
   }
-  RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(lane, q, false), *dma, hash, csum_bits);
+  RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(lane, q, false), *dma, csum_bits,
+                                          hash.has_value(), hash.value_or(0));
   if (res == RxQueue::DeliverResult::kNoBuffers) {
     // Nothing was written: look at the live tail once before giving up.
     const uint32_t cached = lane.rx_tail_cache[q];
     if (RxTail(lane, q, true) != cached) {
-      res = rx.Deliver(frame, lane.rx_tail_cache[q], *dma, hash, csum_bits);
+      res = rx.Deliver(frame, lane.rx_tail_cache[q], *dma, csum_bits, hash.has_value(),
+                       hash.value_or(0));
     }
   }
   switch (res) {

@@ -9,8 +9,10 @@
 // and never in an out-of-bounds access or an unbounded loop (one Process /
 // Deliver call touches at most ring_len descriptors).
 //
-// Ring memory is translated once and cached; OnDmaUnmap drops the cached
-// pointer (the next call translates again or counts a fault).
+// Ring memory is translated once and cached, and so is the DMA window the
+// last buffer was found in (DmaWindowCache: every buffer address and length
+// is still checked against it); OnDmaUnmap drops both (the next call
+// translates again or counts a fault).
 #ifndef EMUD_DATAPLANE_QUEUES_H_
 #define EMUD_DATAPLANE_QUEUES_H_
 
@@ -83,6 +85,37 @@ inline constexpr uint64_t kErrorDescQw1 =
     kDd | kEof | kErrRxe | kErrIpe | kErrL4e | (uint64_t{1} << kLenShift);
 inline uint32_t Ptype(uint64_t qw1) { return uint32_t(qw1 >> kPtypeShift) & 0xFF; }
 }  // namespace rxd
+
+// The DMA window a queue translated its last buffer in. A buffer inside it
+// costs a bounds check and an add instead of a virtual Translate (nearly
+// every buffer: guest RAM is one or a few windows). Every address and length
+// is still checked against the window, so a hostile descriptor that points
+// elsewhere takes the slow path and fails there; the queue drops the window
+// in OnDmaUnmap, before the unmap completes (the ring pointer's lifetime).
+class DmaWindowCache {
+ public:
+  using Access = vfio_user::DmaMemory::Access;
+  // Host pointer to [iova, iova + len), or nullptr when the range is not
+  // inside one mapped window allowing `access` (or len == 0).
+  uint8_t* Translate(vfio_user::DmaMemory& dma, uint64_t iova, uint64_t len, Access access) {
+    const uint64_t off = iova - w_.iova;
+    if (off < w_.size && len - 1 < w_.size - off && (access & ~w_.access) == 0) [[likely]] {
+      return w_.host + off;  // len - 1 < size - off: 0 < len <= size - off
+    }
+    return Slow(dma, iova, len, access);
+  }
+  void Clear() { w_ = {}; }
+  // The cached window only (no lookup), for prefetch hints: nullptr if the
+  // range is not inside it.
+  uint8_t* Peek(uint64_t iova, uint64_t len) const {
+    const uint64_t off = iova - w_.iova;
+    return off < w_.size && len - 1 < w_.size - off ? w_.host + off : nullptr;
+  }
+
+ private:
+  uint8_t* Slow(vfio_user::DmaMemory& dma, uint64_t iova, uint64_t len, Access access);
+  vfio_user::DmaMemory::Window w_;  // size 0: empty
+};
 
 // The legacy packet type of `frame` (AVF PTYPE table: 1 L2, 11 ARP, 22..28
 // IPv4, 88..94 IPv6).
@@ -180,6 +213,7 @@ class TxQueue {
   std::atomic<uint64_t> own_malformed_{0};
   std::atomic<uint64_t>* malformed_ = &own_malformed_;
   volatile uint64_t* ring_ = nullptr;  // cached translation of the ring
+  DmaWindowCache buf_window_;          // cached window of the buffers
   uint32_t bad_tail_ = UINT32_MAX;
   bool ring_fault_ = false;
   // Current batch.
@@ -218,11 +252,15 @@ class RxQueue {
   // Writes `frame` into the buffers posted in [head, tail). kNoBuffers: not
   // enough posted buffers (nothing written); kDropped: the frame was
   // discarded (too long, queue disabled, bad tail, DMA fault; counted).
-  // `rss_hash`: reported in the descriptor (qw0 bits 63:32, FLTSTAT = 3).
   // `csum_bits`: L3L4P / IPE / L4E for the last descriptor (rxd::).
+  // `rss_hash` (when `has_rss_hash`): reported in the descriptor (qw0 bits
+  // 63:32, FLTSTAT = 3). Scalars, not a std::optional: GCC builds an
+  // optional argument with two stores and reloads it as one word, a failed
+  // store forwarding that waits for every older store (the previous
+  // frame's copy) to drain.
   DeliverResult Deliver(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma,
-                        std::optional<uint32_t> rss_hash = std::nullopt,
-                        uint64_t csum_bits = 0);
+                        uint64_t csum_bits = 0, bool has_rss_hash = false,
+                        uint32_t rss_hash = 0);
 
   // Descriptors written since the last call (for interrupt decisions).
   bool TakeWroteBack() {
@@ -244,6 +282,11 @@ class RxQueue {
 
  private:
   bool EnsureRing(vfio_user::DmaMemory& dma);
+  // Deliver for every case (several buffers, errors, the first frame).
+  __attribute__((noinline)) DeliverResult DeliverSlow(FrameView frame, uint32_t tail,
+                                                      vfio_user::DmaMemory& dma,
+                                                      uint64_t csum_bits, bool has_rss_hash,
+                                                      uint32_t rss_hash);
   void Count(std::atomic<uint64_t>& c, uint64_t n) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
@@ -254,6 +297,7 @@ class RxQueue {
   uint32_t dbuf_ = 2048;
   uint32_t max_pkt_ = 1518;
   volatile uint64_t* ring_ = nullptr;
+  DmaWindowCache buf_window_;
   uint32_t bad_tail_ = UINT32_MAX;
   bool ring_fault_ = false;
   bool wrote_back_ = false;

@@ -1,5 +1,6 @@
 #include "dataplane/queues.h"
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -735,6 +736,62 @@ TEST_F(TxVlanTest, ContextL2tag2) {
   EXPECT_EQ(q.stats().errors.load(), 1u);
   EXPECT_EQ(q.head(), 4u);
   EXPECT_EQ(Qw(kTxRing + 3 * 16 + 8) & 0xF, 0xFu);
+}
+
+}  // namespace
+}  // namespace emud::dataplane
+
+namespace emud::dataplane {
+namespace {
+
+// Buffers are translated through a cached window: every address and length
+// is still checked against it, a read-only window never serves an RX write,
+// and an unmapped window is forgotten (OnDmaUnmap).
+TEST_F(QueuesTest, CachedBufferWindowKeepsEveryCheck) {
+  // A second, read-only window right after guest RAM.
+  std::vector<uint8_t> ro(0x10000);
+  const uint64_t kRo = kBase + kMemSize;
+  dma_.AddWindow(kRo, ro.size(), ro.data(), /*writable=*/false);
+  TxQueue tx(0, state_->tx(0));
+  ASSERT_TRUE(tx.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(tx.SetEnabled(true).ok());
+  TxDesc(0, Buf(0), 100, txd::kCmdEop);                          // caches guest RAM
+  TxDesc(1, kBase + kMemSize - 50, 100, txd::kCmdEop);          // crosses its end
+  TxDesc(2, kBase + kMemSize - 100, 100, txd::kCmdEop);         // ends exactly there
+  TxDesc(3, kRo + 16, 100, txd::kCmdEop);                       // the read-only window
+  TxDesc(4, 0x10, 100, txd::kCmdEop);                           // nothing mapped
+  TxDesc(5, Buf(1), 100, txd::kCmdEop | txd::kCmdRs);
+  tx.Process(6, dma_, backend_, 64);
+  EXPECT_EQ(backend_.sent.size(), 4u);  // 0, 2, 3, 5
+  EXPECT_EQ(tx.stats().drops.load(), 2u);
+  EXPECT_EQ(tx.malformed(), 2u);
+
+  RxQueue rx(0, state_->rx(0));
+  ASSERT_TRUE(rx.Configure(kRxRing, 64, 2048, 1518).ok());
+  ASSERT_TRUE(rx.SetEnabled(true).ok());
+  PostRx(0, Buf(2));                 // caches guest RAM for writing
+  PostRx(1, kRo + 64);               // read-only: refused
+  PostRx(2, kBase + kMemSize - 30);  // crosses the end of guest RAM
+  PostRx(3, Buf(3));
+  auto f = Frame(100, 3);
+  for (uint32_t i = 0; i < 4; ++i) rx.Deliver(f, 4, dma_);
+  EXPECT_EQ(rxd::Len(RxQw1(0)), 100u);
+  EXPECT_EQ(RxQw1(1), rxd::kErrorDescQw1);
+  EXPECT_EQ(RxQw1(2), rxd::kErrorDescQw1);
+  EXPECT_EQ(rxd::Len(RxQw1(3)), 100u);
+  EXPECT_EQ(std::memcmp(At(Buf(3)), f.data(), f.size()), 0);
+  EXPECT_TRUE(std::all_of(ro.begin(), ro.end(), [](uint8_t b) { return b == 0; }));
+
+  // The buffers' window unmapped (the rings live in it too): nothing is
+  // read or written through the cached pointer any more.
+  tx.OnDmaUnmap(kBase, kMemSize);
+  rx.OnDmaUnmap(kBase, kMemSize);
+  dma_.RemoveWindow(kBase);
+  TxDesc(6, Buf(4), 100, txd::kCmdEop);
+  const size_t sent = backend_.sent.size();
+  tx.Process(7, dma_, backend_, 64);
+  EXPECT_EQ(backend_.sent.size(), sent);
+  EXPECT_EQ(rx.Deliver(f, 8, dma_), RxQueue::DeliverResult::kDropped);
 }
 
 }  // namespace

@@ -15,7 +15,7 @@ namespace emud::dataplane {
 class SimpleDmaMemory : public vfio_user::DmaMemory {
  public:
   void AddWindow(uint64_t iova, uint64_t size, uint8_t* host, bool writable = true) {
-    windows_.push_back({iova, size, host, writable});
+    windows_.push_back(W{iova, size, host, writable});
   }
   void RemoveWindow(uint64_t iova) {
     for (size_t i = 0; i < windows_.size(); ++i) {
@@ -28,13 +28,24 @@ class SimpleDmaMemory : public vfio_user::DmaMemory {
 
   absl::StatusOr<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) override {
     if (len == 0) return absl::InvalidArgumentError("zero length");
-    for (const Window& w : windows_) {
+    for (const W& w : windows_) {
       if (iova >= w.iova && iova - w.iova < w.size && len <= w.size - (iova - w.iova)) {
         if ((access & kWrite) && !w.writable) return absl::PermissionDeniedError("read-only");
         return w.host + (iova - w.iova);
       }
     }
     return absl::OutOfRangeError(absl::StrCat("iova 0x", absl::Hex(iova), "+", len, " not mapped"));
+  }
+  bool FindWindow(uint64_t iova, Access access, Window* out) override {
+    for (const W& w : windows_) {
+      if (iova - w.iova < w.size) {
+        uint32_t allowed = uint32_t{kRead} | (w.writable ? uint32_t{kWrite} : 0u);
+        if ((access & ~allowed) != 0) return false;
+        *out = {w.iova, w.size, w.host, allowed};
+        return true;
+      }
+    }
+    return false;
   }
   absl::Status Read(uint64_t iova, absl::Span<uint8_t> dst) override {
     auto p = Translate(iova, dst.size(), kRead);
@@ -50,12 +61,12 @@ class SimpleDmaMemory : public vfio_user::DmaMemory {
   }
 
  private:
-  struct Window {
+  struct W {
     uint64_t iova, size;
     uint8_t* host;
     bool writable;
   };
-  std::vector<Window> windows_;
+  std::vector<W> windows_;
 };
 
 }  // namespace emud::dataplane

@@ -84,6 +84,22 @@ class DmaMemory {
   // through PciDevice::OnDmaUnmap, before the unmap completes.
   virtual absl::StatusOr<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) = 0;
 
+  // A whole window, for callers that translate many addresses (the data
+  // path: every descriptor's buffer) and check bounds themselves.
+  struct Window {
+    uint64_t iova = 0;
+    uint64_t size = 0;  // > 0
+    uint8_t* host = nullptr;
+    uint32_t access = 0;  // Access bits the window allows
+  };
+  // The window containing `iova` when it is mmapped in this process and
+  // allows `access`. The caller must check every address and length against
+  // it (iova - w.iova < w.size && len <= w.size - (iova - w.iova)) and drop
+  // it when PciDevice::OnDmaUnmap reports an unmap: the same lifetime as a
+  // Translate pointer. false: no such window, or an implementation without
+  // windows (callers fall back to Translate).
+  virtual bool FindWindow(uint64_t /*iova*/, Access /*access*/, Window* /*out*/) { return false; }
+
   // Copy helpers that also work for windows without an fd (falling back to
   // DMA_READ / DMA_WRITE messages to the client). A range may span adjacent
   // windows.

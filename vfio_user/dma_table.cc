@@ -189,6 +189,16 @@ absl::StatusOr<uint8_t*> DmaTable::Translate(uint64_t iova, uint64_t len, Access
   return w->mapping.data() + off;
 }
 
+bool DmaTable::FindWindow(uint64_t iova, Access access, Window* out) {
+  DmaWindow* w = Find(iova);
+  if (w == nullptr || !w->has_fd || w->size == 0) return false;
+  uint32_t allowed = ((w->prot & kDmaFlagRead) ? uint32_t{kRead} : 0u) |
+                     ((w->prot & kDmaFlagWrite) ? uint32_t{kWrite} : 0u);
+  if ((access & ~allowed) != 0) return false;
+  *out = {w->iova, w->size, w->mapping.data(), allowed};
+  return true;
+}
+
 absl::Status DmaTable::Read(uint64_t iova, absl::Span<uint8_t> dst) {
   size_t done = 0;
   while (done < dst.size()) {

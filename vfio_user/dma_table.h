@@ -88,6 +88,7 @@ class DmaTable : public DmaMemory {
 
   // DmaMemory.
   absl::StatusOr<uint8_t*> Translate(uint64_t iova, uint64_t len, Access access) override;
+  bool FindWindow(uint64_t iova, Access access, Window* out) override;
   absl::Status Read(uint64_t iova, absl::Span<uint8_t> dst) override;
   absl::Status Write(uint64_t iova, absl::Span<const uint8_t> src) override;
 

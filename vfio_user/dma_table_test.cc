@@ -79,6 +79,29 @@ TEST(DmaTableTest, RememberedWindowNeverOutlivesItsUnmap) {
   EXPECT_EQ(t.Translate(0x20000, 1, DmaMemory::kRead).status().code(), absl::StatusCode::kOutOfRange);
 }
 
+// FindWindow hands out a whole window (the data path caches it and checks
+// each buffer against it): the mapped window with its permissions, never a
+// window without an fd or one that forbids the access.
+TEST(DmaTableTest, FindWindowReturnsMappedWindowsOnly) {
+  DmaTable t(16, false);
+  ASSERT_TRUE(t.Map(0x10000, 0x2000, kDmaFlagRead | kDmaFlagWrite, Memfd(0x3000), 0x1000).ok());
+  ASSERT_TRUE(t.Map(0x20000, 0x1000, kDmaFlagRead, Memfd(0x1000), 0).ok());
+  ASSERT_TRUE(t.Map(0x30000, 0x1000, kDmaFlagRead | kDmaFlagWrite, UniqueFd(), 0).ok());
+  DmaMemory::Window w;
+  ASSERT_TRUE(t.FindWindow(0x11234, DmaMemory::kWrite, &w));
+  EXPECT_EQ(w.iova, 0x10000u);
+  EXPECT_EQ(w.size, 0x2000u);
+  EXPECT_EQ(w.access, uint32_t{DmaMemory::kRead} | DmaMemory::kWrite);
+  EXPECT_EQ(w.host, *t.Translate(0x10000, 1, DmaMemory::kRead));
+  EXPECT_TRUE(t.FindWindow(0x20000, DmaMemory::kRead, &w));
+  EXPECT_EQ(w.access, uint32_t{DmaMemory::kRead});
+  EXPECT_FALSE(t.FindWindow(0x20000, DmaMemory::kWrite, &w));  // read-only
+  EXPECT_FALSE(t.FindWindow(0x30000, DmaMemory::kRead, &w));   // no fd: messages only
+  EXPECT_FALSE(t.FindWindow(0x12000, DmaMemory::kRead, &w));   // just past the first
+  ASSERT_TRUE(t.Unmap(0x10000, 0x2000, nullptr).ok());
+  EXPECT_FALSE(t.FindWindow(0x11234, DmaMemory::kRead, &w));
+}
+
 TEST(DmaTableTest, ReadWriteSpanAdjacentWindowsAndUseMessagesWithoutFd) {
   DmaTable t(16, true);
   FakeMessageDma msg;
