@@ -18,21 +18,7 @@ SECONDS_TO_RUN=${1:-20}
 OUT=${FUZZ_OUT:-/dev/shm/avf-fuzz-$(id -u)}
 PROTO=avf/avf_state.proto
 MAX_LEN=8192
-SRCS=(
-  base/backed_file.cc
-  base/fault_point.cc
-  base/mapped_file.cc
-  base/poison_guard.cc
-  avf/admin_queue.cc
-  avf/descriptors.cc
-  avf/device.cc
-  avf/interrupts.cc
-  avf/virtchnl.cc
-  avf/virtchnl_pf.cc
-  vfio_user/msix_table.cc
-  vfio_user/pci_config_space.cc
-  avf/fuzz/device_fuzzer.cc
-)
+FUZZ_TARGET=//avf/fuzz:device_fuzzer
 HASH_INPUTS=(avf/*.h avf/*.cc avf/*.proto avf/fuzz/*.h avf/fuzz/*.cc vfio_user/msix_table.*
              vfio_user/pci_config_space.* vfio_user/device.h vfio_user/device_records.h state_store/record_codec.h worker_api/*.h
              base/*.h base/*.cc tests/fuzz/lib.sh)

@@ -6,7 +6,9 @@
 # The caller sets, then calls fuzz_build_and_run:
 #   NAME             fuzzer binary name ($OUT/$NAME)
 #   PROTO            the .proto the sources include (generated under $OUT/gen)
-#   SRCS             array: sources of the fuzzer, its entry point included
+#   FUZZ_TARGET      the fuzzer's Bazel cc_library (entry point + deps): its
+#                    sources in this workspace are asked from `bazel query`,
+#                    so the clang build follows the BUILD files
 #   HASH_INPUTS      array: every file whose change must trigger a rebuild
 #   SEED_WRITER_SRCS array: sources of the program writing the built-in seeds
 #   MAX_LEN          libFuzzer -max_len
@@ -18,17 +20,22 @@
 
 fuzz_build_and_run() {
   local cxx=${CXX:-$(command -v clang++-14 || command -v clang++)}
+  local q
+  q=$(bazel query "kind('source file', deps($FUZZ_TARGET))" 2>/dev/null) ||
+    { echo "$NAME: bazel query deps($FUZZ_TARGET) failed" >&2; return 1; }
+  mapfile -t SRCS < <(sed -n 's#^//\([^:]*\):\(.*\.cc\)$#\1/\2#p; s#^//:\(.*\.cc\)$#\1#p' <<<"$q" | sort)
+  ((${#SRCS[@]} > 0)) || { echo "$NAME: no sources in deps($FUZZ_TARGET)" >&2; return 1; }
   mkdir -p "$OUT/gen" "$OUT/corpus" "$OUT/obj"
   protoc -I. --cpp_out="$OUT/gen" "$PROTO"
 
-  local modules="absl_status absl_statusor absl_strings absl_str_format absl_synchronization absl_time absl_cord protobuf lmdb"
+  local modules="absl_status absl_statusor absl_strings absl_str_format absl_synchronization absl_time absl_cord absl_flags absl_flags_parse protobuf lmdb"
   local cflags libs san
   cflags="$(pkg-config --cflags $modules) -std=c++20 -g -O1 -I. -I$OUT/gen -Wno-deprecated-declarations"
   libs="$(pkg-config --libs $modules) -lpthread"
   san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
 
   local hash
-  hash=$( (cat "${HASH_INPUTS[@]}"; echo "$cxx $san ${SRCS[*]}") | sha256sum | cut -c1-16)
+  hash=$( (cat "${HASH_INPUTS[@]}" "${SRCS[@]}"; echo "$cxx $san ${SRCS[*]}") | sha256sum | cut -c1-16)
   if [ -x "$OUT/$NAME" ] && [ -x "$OUT/seed_writer" ] && [ "$(cat "$OUT/build.hash" 2>/dev/null)" = "$hash" ]; then
     echo "$NAME: sources unchanged, reusing $OUT/$NAME"
   else

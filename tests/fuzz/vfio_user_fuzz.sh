@@ -20,30 +20,7 @@ OUT=${FUZZ_OUT:-/dev/shm/vfu-fuzz-$(id -u)}
 PROTO=vfio_user/session_state.proto
 MAX_LEN=4096
 CORPUS_DIR=vfio_user/fuzz/corpus
-SRCS=(
-  base/backed_file.cc
-  base/fault_point.cc
-  base/mapped_file.cc
-  base/poison_guard.cc
-  base/scm_rights.cc
-  base/unix_listener.cc
-  worker_api/fd_keys.cc
-  vfio_user/protocol.cc
-  vfio_user/transport.cc
-  vfio_user/dma_table.cc
-  base/event_loop.cc
-  vfio_user/irq_state.cc
-  vfio_user/journal.cc
-  vfio_user/session.cc
-  vfio_user/session_crash_consistent.cc
-  vfio_user/session_store.cc
-  vfio_user/msix_table.cc
-  vfio_user/pci_config_space.cc
-  vfio_user/examples/example_device.cc
-  state_store/store.cc
-  state_store/state_dir.cc
-  vfio_user/fuzz/session_fuzzer.cc
-)
+FUZZ_TARGET=//vfio_user/fuzz:session_fuzzer
 HASH_INPUTS=(vfio_user/*.h vfio_user/*.cc vfio_user/*.proto vfio_user/examples/*.h
              vfio_user/examples/*.cc vfio_user/fuzz/*.h vfio_user/fuzz/*.cc state_store/*.h
              state_store/*.cc base/*.h base/*.cc worker_api/*.h worker_api/*.cc tests/fuzz/lib.sh)
