@@ -13,15 +13,22 @@
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/socket_access.h"
 #include "base/version.h"
+#include "ctl/jsonpath.h"
 #include "ctl/output.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "proto/emud_v1.grpc.pb.h"
 #include "proto/grpc_health_v1.grpc.pb.h"
 
@@ -96,11 +103,47 @@ int ExitFor(grpc::StatusCode c) {
   }
 }
 
+// The emuctl flag that sets a request field, or "".
+std::string FlagFor(const std::string& field) {
+  static const std::map<std::string, std::string> kFlags = {
+      {"name", "--name / NAME"},        {"type", "--type"},
+      {"spec.mac", "--mac"},            {"spec.queue_pairs", "--queues"},
+      {"spec.backend", "--backend"},    {"spec.socket_path", "--socket"},
+      {"spec.socket_mode", "--socket-mode"}, {"spec.socket_uid", "--socket-owner"},
+      {"spec.socket_gid", "--socket-owner"}, {"spec.doorbell", "--doorbell"},
+      {"names", "NAME"},
+  };
+  auto it = kFlags.find(field);
+  return it == kFlags.end() ? "" : it->second;
+}
+
+// The field violations of a google.rpc.BadRequest in the status details
+// (grpc-status-details-bin), one line each: the field, the emuctl flag that
+// sets it, and the description when it says more than the message.
+std::string FieldViolations(const grpc::Status& s) {
+  if (s.error_details().empty()) return "";
+  google::rpc::Status details;
+  if (!details.ParseFromString(s.error_details())) return "";
+  std::string out;
+  for (const auto& any : details.details()) {
+    google::rpc::BadRequest bad;
+    if (!any.Is<google::rpc::BadRequest>() || !any.UnpackTo(&bad)) continue;
+    for (const auto& v : bad.field_violations()) {
+      out += "  invalid field: " + v.field();
+      if (std::string flag = FlagFor(v.field()); !flag.empty()) out += " (emuctl " + flag + ")";
+      if (v.description() != s.error_message()) out += ": " + v.description();
+      out += "\n";
+    }
+  }
+  return out;
+}
+
 struct Globals {
   std::string server;
   std::string output = "table";
   double timeout = 10;
   Format format = Format::kTable;
+  std::optional<emud::ctl::JsonPathTemplate> jsonpath;  // -o jsonpath=
 };
 
 std::string GrpcTarget(const std::string& addr) {
@@ -136,6 +179,7 @@ class Client {
       std::string msg = s.error_message();
       for (char& c : msg) if (c == '\n') c = ' ';
       std::cerr << "emuctl: " << msg << std::endl;
+      std::cerr << FieldViolations(s);
     }
     return ExitFor(s.error_code());
   }
@@ -170,16 +214,22 @@ class Client {
   std::unique_ptr<v1::DeviceService::Stub> stub_;
 };
 
-int Print(const Globals& g, const google::protobuf::Message& m, const std::string& table) {
+// Prints `json` (pretty JSON text) in the chosen format; `table` (and
+// `wide`, if not empty) are the human forms.
+int PrintJson(const Globals& g, const std::string& json, const std::string& table,
+              const std::string& wide = "") {
   switch (g.format) {
     case Format::kTable:
       std::cout << table;
       break;
+    case Format::kWide:
+      std::cout << (wide.empty() ? table : wide);
+      break;
     case Format::kJson:
-      std::cout << emud::ctl::ToJson(m, true);
+      std::cout << json;
       break;
     case Format::kYaml: {
-      auto y = emud::ctl::ToYaml(m);
+      auto y = emud::ctl::JsonToYaml(json);
       if (!y.ok()) {
         std::cerr << "emuctl: " << y.status().message() << std::endl;
         return kServerError;
@@ -187,9 +237,17 @@ int Print(const Globals& g, const google::protobuf::Message& m, const std::strin
       std::cout << *y;
       break;
     }
+    case Format::kJsonPath:
+      std::cout << g.jsonpath->Execute(nlohmann::json::parse(json));
+      break;
   }
   std::cout.flush();
   return kOk;
+}
+
+int Print(const Globals& g, const google::protobuf::Message& m, const std::string& table,
+          const std::string& wide = "") {
+  return PrintJson(g, emud::ctl::ToJson(m, true), table, wide);
 }
 
 // Waits until `name` leaves CREATED (LISTENING or later: ok; FAILED: 10).
@@ -268,7 +326,7 @@ std::string CompletionScript(CLI::App& app, const std::string& shell) {
       "_emuctl() {\n"
       "  local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} cmd= words= i\n"
       "  case $prev in\n"
-      "    -o|--output) COMPREPLY=($(compgen -W \"table json yaml name\" -- \"$cur\")); return ;;\n"
+      "    -o|--output) COMPREPLY=($(compgen -W \"table wide json yaml name jsonpath=\" -- \"$cur\")); return ;;\n"
       "    --server|--timeout) return ;;\n"
       "  esac\n"
       "  for ((i = 1; i < COMP_CWORD; i++)); do\n"
@@ -290,6 +348,26 @@ std::string CompletionScript(CLI::App& app, const std::string& shell) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // kubectl's -o=FORMAT (CLI11 would take "=FORMAT" as the value).
+  std::vector<std::string> split_args;
+  std::vector<char*> args(argv, argv + argc);
+  for (int i = 1; i < argc; ++i) {
+    if (absl::StartsWith(argv[i], "-o=")) split_args.push_back(argv[i] + 3);
+  }
+  if (!split_args.empty()) {
+    args.clear();
+    size_t k = 0;
+    for (int i = 0; i < argc; ++i) {
+      if (i > 0 && absl::StartsWith(argv[i], "-o=")) {
+        args.push_back(const_cast<char*>("-o"));
+        args.push_back(split_args[k++].data());
+      } else {
+        args.push_back(argv[i]);
+      }
+    }
+    argc = static_cast<int>(args.size());
+    argv = args.data();
+  }
   Globals g;
   if (const char* env = std::getenv("EMUCTL_SERVER"); env != nullptr && *env != '\0') {
     g.server = env;
@@ -305,8 +383,14 @@ int main(int argc, char** argv) {
   app.add_option("--server", g.server, "emud address: unix:///path, /path or host:port")
       ->envname("EMUCTL_SERVER");
   app.add_option("-o,--output", g.output,
-                 "Output format: table, json, yaml, or name (device/NAME per line, for scripts)")
-      ->check(CLI::IsMember({"table", "json", "yaml", "name"}));
+                 "Output format: table, wide (more columns), json, yaml, name (device/NAME per "
+                 "line, for scripts), or jsonpath=TEMPLATE (kubectl's JSONPath over the JSON "
+                 "form, e.g. jsonpath='{range .devices[*]}{.name}{\"\\n\"}{end}')")
+      ->check([](const std::string& v) -> std::string {
+        if (v == "name") return "";
+        auto f = emud::ctl::ParseFormat(v);
+        return f.ok() ? "" : std::string(f.status().message());
+      });
   app.add_option("--timeout", g.timeout, "Seconds to wait for emud's answer")
       ->check(CLI::Range(0.001, 86400.0));
 
@@ -367,7 +451,10 @@ int main(int argc, char** argv) {
   c_upgrade->add_option("--worker-binary", worker_binary,
                         "Run this binary from now on (emud needs --allow-worker-override)");
   auto* c_health = app.add_subcommand("health", "Check emud's gRPC health (exit 0 if SERVING)");
-  auto* c_version = app.add_subcommand("version", "Print emuctl's version (no server needed)");
+  bool client_only = false;
+  auto* c_version = app.add_subcommand(
+      "version", "Print emuctl's version and the version of the emud it talks to");
+  c_version->add_flag("--client", client_only, "Only emuctl's version (no server needed)");
   std::string shell;
   auto* c_completion = app.add_subcommand(
       "completion",
@@ -424,18 +511,23 @@ int main(int argc, char** argv) {
     std::cout << CompletionScript(app, shell);
     return kOk;
   }
-  if (*c_version) {
-    std::cout << "emuctl " << kClientVersion << std::endl;
-    return kOk;
-  }
   const bool names_only = g.output == "name";
   if (names_only) g.output = "table";
-  auto fmt = emud::ctl::ParseFormat(g.output);
+  std::string jsonpath;
+  auto fmt = emud::ctl::ParseFormat(g.output, &jsonpath);
   if (!fmt.ok()) {
     std::cerr << "emuctl: " << fmt.status().message() << std::endl;
     return kUsage;
   }
   g.format = *fmt;
+  if (g.format == Format::kJsonPath) {
+    auto t = emud::ctl::JsonPathTemplate::Parse(jsonpath);
+    if (!t.ok()) {
+      std::cerr << "emuctl: -o " << t.status().message() << std::endl;
+      return kUsage;
+    }
+    g.jsonpath = std::move(*t);
+  }
   bool timeout_given = app.get_option("--timeout")->count() > 0;
 
   Client client(g);
@@ -446,6 +538,27 @@ int main(int argc, char** argv) {
     client.Prepare(&ctx);
   }
 
+  if (*c_version) {
+    nlohmann::json j = {{"clientVersion", {{"version", kClientVersion}}}};
+    if (client_only) return PrintJson(g, j.dump(2) + "\n", emud::ctl::VersionText(kClientVersion, nullptr));
+    v1::ServerInfo info;
+    grpc::Status s = client.stub()->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info);
+    if (!s.ok()) {
+      // The client's version still prints; the exit code says why the
+      // server's is missing.
+      if (g.format == Format::kTable || g.format == Format::kWide) {
+        std::cout << emud::ctl::VersionText(kClientVersion, nullptr) << std::flush;
+      } else {
+        PrintJson(g, j.dump(2) + "\n", "");
+      }
+      int rc = client.Fail(s);
+      std::cerr << "emuctl: the server version is unknown (emuctl version --client prints "
+                   "only the client's)" << std::endl;
+      return rc;
+    }
+    j["serverInfo"] = nlohmann::json::parse(emud::ctl::ToJson(info, false));
+    return PrintJson(g, j.dump(2) + "\n", emud::ctl::VersionText(kClientVersion, &info));
+  }
   if (*c_create) {
     create.set_type(v1::DEVICE_TYPE_AVF);
     create.mutable_spec()->set_mac(mac);
@@ -491,7 +604,8 @@ int main(int argc, char** argv) {
       std::cout.flush();
       return kOk;
     }
-    return Print(g, resp, emud::ctl::DeviceListTable(devs));
+    return Print(g, resp, emud::ctl::DeviceListTable(devs),
+                 emud::ctl::DeviceWideTable(devs, absl::Now()));
   }
   if (*c_get) {
     v1::GetDeviceRequest req;
@@ -500,7 +614,7 @@ int main(int argc, char** argv) {
     grpc::Status s = client.stub()->GetDevice(&ctx, req, &d);
     if (!s.ok()) return client.Fail(s);
     if (names_only) return (std::cout << "device/" << d.name() << std::endl, kOk);
-    return Print(g, d, emud::ctl::DeviceTable(d));
+    return Print(g, d, emud::ctl::DeviceTable(d), emud::ctl::DeviceWideTable({d}, absl::Now()));
   }
   if (*c_delete) {
     v1::DeleteDeviceRequest req;
@@ -509,7 +623,9 @@ int main(int argc, char** argv) {
     v1::DeleteDeviceResponse resp;
     grpc::Status s = client.stub()->DeleteDevice(&ctx, req, &resp);
     if (!s.ok()) return client.Fail(s);
-    if (g.format == Format::kTable) std::cout << "deleted " << name << std::endl;
+    if (g.format == Format::kTable || g.format == Format::kWide) {
+      std::cout << "deleted " << name << std::endl;
+    }
     else return Print(g, resp, "");
     return kOk;
   }
@@ -545,7 +661,7 @@ int main(int argc, char** argv) {
     grpc::Status s = stub->Check(&ctx, req, &resp);
     if (!s.ok()) return client.Fail(s);
     std::string st = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status());
-    if (g.format == Format::kTable) std::cout << st << std::endl;
+    if (g.format == Format::kTable || g.format == Format::kWide) std::cout << st << std::endl;
     else Print(g, resp, "");
     return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kUnreachable;
   }
@@ -571,7 +687,11 @@ int main(int argc, char** argv) {
       streamed = true;
       switch (g.format) {
         case Format::kTable:
+        case Format::kWide:
           std::cout << emud::ctl::EventLine(ev, first);
+          break;
+        case Format::kJsonPath:
+          std::cout << g.jsonpath->Execute(nlohmann::json::parse(emud::ctl::ToJson(ev, false)));
           break;
         case Format::kJson:
           std::cout << emud::ctl::ToJson(ev, false) << "\n";

@@ -77,12 +77,21 @@ void EmitYaml(YAML::Emitter& out, const nlohmann::json& j) {
 
 }  // namespace
 
-absl::StatusOr<Format> ParseFormat(const std::string& s) {
+absl::StatusOr<Format> ParseFormat(const std::string& s, std::string* jsonpath) {
   if (s == "table") return Format::kTable;
+  if (s == "wide") return Format::kWide;
   if (s == "json") return Format::kJson;
   if (s == "yaml") return Format::kYaml;
-  return absl::InvalidArgumentError(
-      absl::StrCat("output format '", s, "' is not one of table, json, yaml"));
+  if (s.rfind("jsonpath=", 0) == 0) {
+    if (jsonpath != nullptr) *jsonpath = s.substr(9);
+    return Format::kJsonPath;
+  }
+  if (s == "jsonpath") {
+    return absl::InvalidArgumentError(
+        "output format jsonpath needs a template: -o jsonpath='{.name}'");
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "output format '", s, "' is not one of table, wide, json, yaml, name, jsonpath=TEMPLATE"));
 }
 
 std::string ToJson(const google::protobuf::Message& m, bool pretty) {
@@ -96,7 +105,11 @@ std::string ToJson(const google::protobuf::Message& m, bool pretty) {
 }
 
 absl::StatusOr<std::string> ToYaml(const google::protobuf::Message& m) {
-  nlohmann::json j = nlohmann::json::parse(ToJson(m, false), nullptr, /*allow_exceptions=*/false);
+  return JsonToYaml(ToJson(m, false));
+}
+
+absl::StatusOr<std::string> JsonToYaml(const std::string& json) {
+  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InternalError("protobuf printed invalid JSON");
   YAML::Emitter out;
   EmitYaml(out, j);
@@ -130,6 +143,59 @@ std::string DeviceListTable(const std::vector<v1::Device>& devices) {
                     absl::StrCat(d.spec().queue_pairs()), d.spec().backend(),
                     d.spec().socket_path()});
   }
+  return Columns(rows);
+}
+
+std::string Age(absl::Duration d) {
+  int64_t s = absl::ToInt64Seconds(d);
+  if (s < 0) s = 0;
+  if (s < 120) return absl::StrCat(s, "s");
+  if (s < 3600) return s % 60 ? absl::StrCat(s / 60, "m", s % 60, "s") : absl::StrCat(s / 60, "m");
+  if (s < 86400) {
+    int64_t m = (s % 3600) / 60;
+    return m ? absl::StrCat(s / 3600, "h", m, "m") : absl::StrCat(s / 3600, "h");
+  }
+  int64_t h = (s % 86400) / 3600;
+  return h ? absl::StrCat(s / 86400, "d", h, "h") : absl::StrCat(s / 86400, "d");
+}
+
+std::string DeviceWideTable(const std::vector<v1::Device>& devices, absl::Time now) {
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "TYPE", "PHASE", "PID", "RESTARTS", "FAILURES", "MAC", "QUEUES", "BACKEND",
+       "DOORBELL", "VIRTCHNL", "SOCKET", "SOCKET-ACCESS", "AGE", "LAST-ERROR"}};
+  for (const auto& d : devices) {
+    const auto& s = d.status();
+    const auto& c = s.create_time();
+    rows.push_back(
+        {d.name(), TypeName(d.type()), PhaseName(s.phase()),
+         s.worker_pid() ? absl::StrCat(s.worker_pid()) : "-", absl::StrCat(s.restart_count()),
+         absl::StrCat(s.consecutive_failures()), d.spec().mac(),
+         absl::StrCat(d.spec().queue_pairs()), d.spec().backend(),
+         DoorbellName(d.spec().doorbell()), Version(s), d.spec().socket_path(),
+         absl::StrFormat("%s:%s/%04o",
+                         d.spec().has_socket_uid() ? absl::StrCat(d.spec().socket_uid()) : "emud",
+                         d.spec().has_socket_gid() ? absl::StrCat(d.spec().socket_gid()) : "emud",
+                         d.spec().socket_mode() ? d.spec().socket_mode() : 0660u),
+         c.seconds() == 0 && c.nanos() == 0
+             ? "-"
+             : Age(now - absl::FromUnixSeconds(c.seconds()) - absl::Nanoseconds(c.nanos())),
+         s.last_error().empty() ? "-" : s.last_error()});
+  }
+  return Columns(rows);
+}
+
+std::string VersionText(const std::string& client_version, const v1::ServerInfo* server) {
+  if (server == nullptr) return absl::StrCat("Client Version: ", client_version, "\n");
+  std::vector<std::vector<std::string>> rows = {
+      {"Client Version:", client_version},
+      {"Server Version:", server->version()},
+      {"Server Build:", absl::StrCat(server->build_type(), " (gRPC ", server->grpc_version(),
+                                     ", protobuf ", server->protobuf_version(), ")")},
+      {"Server Started:", absl::StrCat(Time(server->start_time()), " (pid ", server->pid(), ")")},
+      {"State Directory:", server->state_dir()},
+      {"Socket Directory:", server->socket_dir()},
+      {"Devices:", absl::StrCat(server->device_count())},
+  };
   return Columns(rows);
 }
 

@@ -73,5 +73,64 @@ TEST(OutputTest, FormatsParse) {
   EXPECT_FALSE(ParseFormat("xml").ok());
 }
 
+TEST(OutputTest, FormatsIncludingWideAndJsonPath) {
+  std::string tmpl;
+  EXPECT_EQ(*ParseFormat("wide"), Format::kWide);
+  EXPECT_EQ(*ParseFormat("jsonpath={.name}", &tmpl), Format::kJsonPath);
+  EXPECT_EQ(tmpl, "{.name}");
+  EXPECT_EQ(ParseFormat("jsonpath").status().message(),
+            "output format jsonpath needs a template: -o jsonpath='{.name}'");
+  EXPECT_EQ(ParseFormat("xml").status().message(),
+            "output format 'xml' is not one of table, wide, json, yaml, name, jsonpath=TEMPLATE");
+}
+
+TEST(OutputTest, WideTableHasTheExtraColumns) {
+  v1::Device d = Sample();
+  d.mutable_spec()->set_doorbell(v1::DOORBELL_MODE_MMAP);
+  d.mutable_spec()->set_socket_uid(107);
+  d.mutable_status()->set_restart_count(2);
+  d.mutable_status()->set_consecutive_failures(1);
+  d.mutable_status()->mutable_virtchnl_version()->set_major(1);
+  d.mutable_status()->mutable_virtchnl_version()->set_minor(1);
+  d.mutable_status()->set_last_error("boom");
+  d.mutable_status()->mutable_create_time()->set_seconds(1000);
+  std::string t = DeviceWideTable({d}, absl::FromUnixSeconds(1000 + 3 * 60 + 12));
+  EXPECT_EQ(t,
+            "NAME  TYPE  PHASE    PID   RESTARTS  FAILURES  MAC                QUEUES  BACKEND    "
+            "DOORBELL  VIRTCHNL  SOCKET               SOCKET-ACCESS  AGE    LAST-ERROR\n"
+            "dev0  avf   LINK_UP  1234  2         1         02:00:00:00:00:01  4       tap:emud0  "
+            "mmap      1.1       /run/emud/dev0.sock  107:emud/0660  3m12s  boom\n");
+}
+
+TEST(OutputTest, AgeLikeKubectl) {
+  EXPECT_EQ(Age(absl::Seconds(45)), "45s");
+  EXPECT_EQ(Age(absl::Seconds(119)), "119s");
+  EXPECT_EQ(Age(absl::Minutes(5)), "5m");
+  EXPECT_EQ(Age(absl::Hours(5) + absl::Minutes(3)), "5h3m");
+  EXPECT_EQ(Age(absl::Hours(52)), "2d4h");
+}
+
+TEST(OutputTest, VersionText) {
+  EXPECT_EQ(VersionText("0.1.0", nullptr), "Client Version: 0.1.0\n");
+  v1::ServerInfo s;
+  s.set_version("0.1.0");
+  s.set_build_type("release");
+  s.set_grpc_version("1.51.1");
+  s.set_protobuf_version("3.21.12");
+  s.mutable_start_time()->set_seconds(0);
+  s.set_pid(7);
+  s.set_state_dir("/dev/shm/emud");
+  s.set_socket_dir("/dev/shm/emud/sockets");
+  s.set_device_count(3);
+  EXPECT_EQ(VersionText("0.1.0", &s),
+            "Client Version:    0.1.0\n"
+            "Server Version:    0.1.0\n"
+            "Server Build:      release (gRPC 1.51.1, protobuf 3.21.12)\n"
+            "Server Started:    - (pid 7)\n"
+            "State Directory:   /dev/shm/emud\n"
+            "Socket Directory:  /dev/shm/emud/sockets\n"
+            "Devices:           3\n");
+}
+
 }  // namespace
 }  // namespace emud::ctl

@@ -37,6 +37,7 @@
 #include "worker_api/worker_args.h"
 #include "server/device_manager.h"
 #include "server/metrics.h"
+#include "server/reflection_v1.h"
 #include "server/service.h"
 #include "base/socket_access.h"
 #include "base/unique_fd.h"
@@ -256,6 +257,7 @@ void PrepareUnixListen(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const absl::Time start_time = absl::Now();
   emud::ProgramInfo info;
   info.name = "emud";
   info.usage =
@@ -416,7 +418,8 @@ int main(int argc, char** argv) {
     emud::log::Info("took every device over");
   }
 
-  emud::server::DeviceServiceImpl service(manager->get());
+  emud::server::DeviceServiceImpl service(
+      manager->get(), emud::server::ServerIdentity{opts.state_dir, opts.socket_dir, start_time});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -453,10 +456,14 @@ int main(int argc, char** argv) {
     }
   }
   builder.RegisterService(&service);
+  // grpc.reflection.v1 next to the plugin's v1alpha (server/reflection_v1.h).
+  emud::server::ReflectionV1Service reflection_v1;
+  builder.RegisterService(&reflection_v1);
   mode_t old_umask = ::umask(0117);  // UNIX sockets come out 0660
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   ::umask(old_umask);
   if (server == nullptr) Fail(absl::StrCat("cannot serve gRPC on ", grpc_listen));
+  reflection_v1.SetServer(server.get());
   for (const auto& p : unix_paths) ::chmod(p.c_str(), 0660);
   for (const auto& p : ports) {
     if (*p == 0) Fail(absl::StrCat("cannot bind a TCP address of --grpc-listen ", grpc_listen));

@@ -1,11 +1,20 @@
 #include "server/service.h"
 
 #include <algorithm>
+#include <unistd.h>
+
 #include <set>
+
+#include <grpcpp/grpcpp.h>
+#include "google/protobuf/stubs/common.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
+#include "base/version.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "server/validation.h"
 #include "state_store/state_dir.h"
 
 namespace emud::server {
@@ -21,9 +30,11 @@ absl::Time Deadline(const grpc::ServerContext* ctx) {
 
 // Names in requests are checked before lookups so that a malformed name
 // gets INVALID_ARGUMENT rather than NOT_FOUND.
-absl::Status CheckName(const std::string& name) {
+absl::Status CheckName(const std::string& name, const std::string& field = "name") {
   absl::Status s = state_store::ValidateDeviceName(name);
-  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("name: ", s.message()));
+  if (!s.ok()) {
+    return WithField(absl::InvalidArgumentError(absl::StrCat(field, ": ", s.message())), field);
+  }
   return absl::OkStatus();
 }
 
@@ -39,7 +50,29 @@ grpc::Status DeadlinePassed(const grpc::ServerContext* ctx) {
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  const auto code = static_cast<grpc::StatusCode>(s.code());
+  const std::string field = FieldOf(s);
+  if (field.empty()) return grpc::Status(code, std::string(s.message()));
+  google::rpc::Status details;
+  details.set_code(static_cast<int>(s.code()));
+  details.set_message(std::string(s.message()));
+  if (s.code() == absl::StatusCode::kInvalidArgument) {
+    google::rpc::BadRequest bad;
+    auto* v = bad.add_field_violations();
+    v->set_field(field);
+    v->set_description(std::string(s.message()));
+    details.add_details()->PackFrom(bad);
+  }
+  google::rpc::ErrorInfo info;
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument: info.set_reason(kReasonInvalidField); break;
+    case absl::StatusCode::kAlreadyExists: info.set_reason(kReasonFieldValueInUse); break;
+    default: info.set_reason(kReasonFieldConflict); break;
+  }
+  info.set_domain(kErrorDomain);
+  (*info.mutable_metadata())["field"] = field;
+  details.add_details()->PackFrom(info);
+  return grpc::Status(code, std::string(s.message()), details.SerializeAsString());
 }
 
 grpc::Status DeviceServiceImpl::CreateDevice(grpc::ServerContext* ctx,
@@ -111,7 +144,7 @@ grpc::Status DeviceServiceImpl::WatchDevices(grpc::ServerContext* ctx,
                                              grpc::ServerWriter<v1::DeviceEvent>* writer) {
   std::set<std::string> names;
   for (const auto& n : req->names()) {
-    if (auto s = CheckName(n); !s.ok()) return ToGrpc(s);
+    if (auto s = CheckName(n, "names"); !s.ok()) return ToGrpc(s);
     names.insert(n);
   }
   auto wanted = [&](const v1::Device& d) { return names.empty() || names.count(d.name()) > 0; };
@@ -157,6 +190,26 @@ grpc::Status DeviceServiceImpl::WatchDevices(grpc::ServerContext* ctx,
       if (!writer->Write(ev)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
     }
   }
+}
+
+grpc::Status DeviceServiceImpl::GetServerInfo(grpc::ServerContext*,
+                                              const v1::GetServerInfoRequest*,
+                                              v1::ServerInfo* resp) {
+  resp->set_version(kVersion);
+#ifdef NDEBUG
+  resp->set_build_type("release");
+#else
+  resp->set_build_type("debug");
+#endif
+  resp->set_grpc_version(grpc::Version());
+  resp->set_protobuf_version(google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION));
+  *resp->mutable_start_time() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      absl::ToUnixNanos(identity_.start_time));
+  resp->set_state_dir(identity_.state_dir);
+  resp->set_socket_dir(identity_.socket_dir);
+  resp->set_device_count(static_cast<uint32_t>(manager_->ListDevices().size()));
+  resp->set_pid(::getpid());
+  return grpc::Status::OK;
 }
 
 }  // namespace emud::server

@@ -4,8 +4,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -37,6 +39,16 @@ uint64_t Fnv1a(absl::string_view s, uint32_t salt) {
 }
 
 }  // namespace
+
+absl::Status WithField(absl::Status s, absl::string_view field) {
+  if (!s.ok()) s.SetPayload(kFieldPayloadUrl, absl::Cord(field));
+  return s;
+}
+
+std::string FieldOf(const absl::Status& s) {
+  auto f = s.GetPayload(kFieldPayloadUrl);
+  return f.has_value() ? std::string(*f) : std::string();
+}
 
 absl::StatusOr<Mac> ParseUnicastMac(absl::string_view text) {
   auto bad = [&](absl::string_view why) {
@@ -170,12 +182,14 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
     const emud::v1::CreateDeviceRequest& req, absl::string_view socket_dir,
     std::optional<uint32_t> default_socket_gid, const std::vector<std::string>& socket_roots) {
   absl::Status s = state_store::ValidateDeviceName(req.name());
-  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("name: ", s.message()));
+  if (!s.ok()) {
+    return WithField(absl::InvalidArgumentError(absl::StrCat("name: ", s.message())), "name");
+  }
   if (req.type() != emud::v1::DEVICE_TYPE_AVF) {
-    return absl::InvalidArgumentError(absl::StrCat(
+    return WithField(absl::InvalidArgumentError(absl::StrCat(
         "type ", emud::v1::DeviceType_Name(req.type()).empty() ? absl::StrCat(int(req.type()))
                                                               : emud::v1::DeviceType_Name(req.type()),
-        " is not supported; set type to DEVICE_TYPE_AVF"));
+        " is not supported; set type to DEVICE_TYPE_AVF")), "type");
   }
   emud::internal::DeviceRecord rec;
   rec.set_name(req.name());
@@ -185,16 +199,18 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
 
   if (!spec->mac().empty()) {
     auto mac = ParseUnicastMac(spec->mac());
-    if (!mac.ok()) return mac.status();
+    if (!mac.ok()) return WithField(mac.status(), "spec.mac");
     spec->set_mac(FormatMac(*mac));
   }
   if (spec->queue_pairs() == 0) spec->set_queue_pairs(kDefaultQueuePairs);
   if (spec->queue_pairs() > kMaxQueuePairs) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.queue_pairs ", spec->queue_pairs(),
-                                                   " is out of range; use 1 to ", kMaxQueuePairs));
+    return WithField(
+        absl::InvalidArgumentError(absl::StrCat("spec.queue_pairs ", spec->queue_pairs(),
+                                                " is out of range; use 1 to ", kMaxQueuePairs)),
+        "spec.queue_pairs");
   }
   auto backend = ParseBackend(spec->backend(), req.name());
-  if (!backend.ok()) return backend.status();
+  if (!backend.ok()) return WithField(backend.status(), "spec.backend");
   if (spec->backend().empty()) spec->set_backend("loopback");
 
   if (spec->socket_path().empty()) {
@@ -206,7 +222,7 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
     }
   } else {
     s = ValidateSocketPath(spec->socket_path());
-    if (!s.ok()) return s;
+    if (!s.ok()) return WithField(s, "spec.socket_path");
     // Normalised (no '.', '..', '//'), so a prefix test is a containment test.
     std::vector<std::string> roots = {std::string(socket_dir)};
     roots.insert(roots.end(), socket_roots.begin(), socket_roots.end());
@@ -216,11 +232,12 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
       inside |= absl::StartsWith(spec->socket_path(), root == "/" ? "/" : root + "/");
     }
     if (!inside) {
-      return absl::InvalidArgumentError(absl::StrCat(
+      return WithField(absl::InvalidArgumentError(absl::StrCat(
           "spec.socket_path '", spec->socket_path(), "' is outside the directories emud may put "
           "sockets in (", absl::StrJoin(roots, ", "),
           "); leave it empty for the default <socket-dir>/NAME/vfio-user.sock, or have the "
-          "operator allow its directory with emud --socket-roots"));
+          "operator allow its directory with emud --socket-roots")),
+          "spec.socket_path");
     }
   }
   if (!spec->has_socket_gid() && default_socket_gid.has_value()) {
@@ -228,12 +245,15 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
   }
   if (spec->socket_mode() == 0) spec->set_socket_mode(kDefaultSocketMode);
   s = ValidateSocketMode(spec->socket_mode(), "spec.socket_mode");
-  if (!s.ok()) return s;
-  if ((spec->has_socket_uid() && spec->socket_uid() == UINT32_MAX) ||
-      (spec->has_socket_gid() && spec->socket_gid() == UINT32_MAX)) {
-    return absl::InvalidArgumentError(
-        "spec.socket_uid/socket_gid 4294967295 is not an id (it means 'unchanged' to chown); "
-        "leave the field unset instead");
+  if (!s.ok()) return WithField(s, "spec.socket_mode");
+  for (auto [set, id, field] : {std::make_tuple(spec->has_socket_uid(), spec->socket_uid(), "spec.socket_uid"),
+                                std::make_tuple(spec->has_socket_gid(), spec->socket_gid(), "spec.socket_gid")}) {
+    if (set && id == UINT32_MAX) {
+      return WithField(absl::InvalidArgumentError(absl::StrCat(
+                           field, " 4294967295 is not an id (it means 'unchanged' to chown); "
+                           "leave the field unset instead")),
+                       field);
+    }
   }
   switch (spec->doorbell()) {
     case emud::v1::DOORBELL_MODE_UNSPECIFIED:
@@ -243,9 +263,10 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
     case emud::v1::DOORBELL_MODE_MMAP:
       break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("spec.doorbell ", int(spec->doorbell()),
-                       " is not a known mode; use DOORBELL_MODE_TRAP or DOORBELL_MODE_MMAP"));
+      return WithField(absl::InvalidArgumentError(absl::StrCat(
+                           "spec.doorbell ", int(spec->doorbell()),
+                           " is not a known mode; use DOORBELL_MODE_TRAP or DOORBELL_MODE_MMAP")),
+                       "spec.doorbell");
   }
   return rec;
 }
@@ -265,32 +286,41 @@ absl::Status CheckConflictsAndAssignMac(
     emud::internal::DeviceRecord& cand,
     const std::vector<const emud::internal::DeviceRecord*>& existing) {
   auto backend = ParseBackend(cand.spec().backend(), cand.name());
-  if (!backend.ok()) return backend.status();
+  if (!backend.ok()) return WithField(backend.status(), "spec.backend");
   for (const auto* e : existing) {
     if (e->name() == cand.name()) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "device '", cand.name(), "' already exists; delete it first or choose another name"));
+      return WithField(absl::AlreadyExistsError(absl::StrCat(
+                           "device '", cand.name(),
+                           "' already exists; delete it first or choose another name")),
+                       "name");
     }
     if (e->spec().socket_path() == cand.spec().socket_path()) {
-      return absl::AlreadyExistsError(absl::StrCat("spec.socket_path '", cand.spec().socket_path(),
-                                                   "' is already used by device '", e->name(), "'"));
+      return WithField(
+          absl::AlreadyExistsError(absl::StrCat("spec.socket_path '", cand.spec().socket_path(),
+                                                "' is already used by device '", e->name(), "'")),
+          "spec.socket_path");
     }
     if (!cand.spec().mac().empty() && e->spec().mac() == cand.spec().mac()) {
-      return absl::AlreadyExistsError(absl::StrCat("spec.mac ", cand.spec().mac(),
-                                                   " is already used by device '", e->name(), "'"));
+      return WithField(absl::AlreadyExistsError(absl::StrCat(
+                           "spec.mac ", cand.spec().mac(), " is already used by device '",
+                           e->name(), "'")),
+                       "spec.mac");
     }
     auto eb = ParseBackend(e->spec().backend(), e->name());
     if (!eb.ok()) continue;  // cannot happen for stored records
     if (backend->kind == Backend::Kind::kTap && eb->kind == Backend::Kind::kTap &&
         eb->arg == backend->arg) {
-      return absl::AlreadyExistsError(absl::StrCat("spec.backend tap:", backend->arg,
-                                                   " is already used by device '", e->name(), "'"));
+      return WithField(absl::AlreadyExistsError(absl::StrCat(
+                           "spec.backend tap:", backend->arg, " is already used by device '",
+                           e->name(), "'")),
+                       "spec.backend");
     }
     if (backend->kind == Backend::Kind::kPeer && e->name() == backend->arg &&
         eb->kind == Backend::Kind::kPeer && eb->arg != cand.name()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("spec.backend peer:", backend->arg, ": that device is paired with '", eb->arg,
-                       "', not with '", cand.name(), "'"));
+      return WithField(absl::FailedPreconditionError(absl::StrCat(
+                           "spec.backend peer:", backend->arg, ": that device is paired with '",
+                           eb->arg, "', not with '", cand.name(), "'")),
+                       "spec.backend");
     }
     if (eb->kind == Backend::Kind::kPeer && eb->arg == cand.name() &&
         !(backend->kind == Backend::Kind::kPeer && backend->arg == e->name())) {

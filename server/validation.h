@@ -29,6 +29,14 @@ inline constexpr size_t kMaxIfNameLength = 15;
 
 using Mac = std::array<uint8_t, 6>;
 
+// The request field an error is about ("spec.mac"), carried as a payload of
+// the absl::Status: ToGrpc (service.h) turns it into the google.rpc.BadRequest
+// and google.rpc.ErrorInfo details of the gRPC status.
+inline constexpr char kFieldPayloadUrl[] = "type.emud.dev/emud.internal.Field";
+absl::Status WithField(absl::Status s, absl::string_view field);
+// The field of `s`, or "" if it names none.
+std::string FieldOf(const absl::Status& s);
+
 // Parses "xx:xx:xx:xx:xx:xx" (or '-' separated), hex digits in any case.
 // Refuses multicast/broadcast and all-zero addresses.
 absl::StatusOr<Mac> ParseUnicastMac(absl::string_view text);

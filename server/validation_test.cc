@@ -114,24 +114,25 @@ TEST(NormalizeTest, RefusesBadFields) {
     const char* what;
     std::function<void(CreateDeviceRequest&)> mutate;
     const char* needle;
+    const char* field;  // the field the error names (WithField)
   };
   std::vector<Case> cases = {
-      {"name", [](auto& r) { r.set_name("bad/name"); }, "name"},
-      {"empty name", [](auto& r) { r.set_name(""); }, "name"},
-      {"type", [](auto& r) { r.set_type(emud::v1::DEVICE_TYPE_UNSPECIFIED); }, "DEVICE_TYPE_AVF"},
-      {"type unknown", [](auto& r) { r.set_type(static_cast<emud::v1::DeviceType>(77)); }, "77"},
-      {"queues", [](auto& r) { r.mutable_spec()->set_queue_pairs(17); }, "spec.queue_pairs"},
-      {"mac", [](auto& r) { r.mutable_spec()->set_mac("01:00:00:00:00:00"); }, "spec.mac"},
-      {"backend", [](auto& r) { r.mutable_spec()->set_backend("x"); }, "spec.backend"},
-      {"self peer", [](auto& r) { r.mutable_spec()->set_backend("peer:dev0"); }, "own peer"},
-      {"socket", [](auto& r) { r.mutable_spec()->set_socket_path("x.sock"); }, "spec.socket_path"},
+      {"name", [](auto& r) { r.set_name("bad/name"); }, "name", "name"},
+      {"empty name", [](auto& r) { r.set_name(""); }, "name", "name"},
+      {"type", [](auto& r) { r.set_type(emud::v1::DEVICE_TYPE_UNSPECIFIED); }, "DEVICE_TYPE_AVF", "type"},
+      {"type unknown", [](auto& r) { r.set_type(static_cast<emud::v1::DeviceType>(77)); }, "77", "type"},
+      {"queues", [](auto& r) { r.mutable_spec()->set_queue_pairs(17); }, "spec.queue_pairs", "spec.queue_pairs"},
+      {"mac", [](auto& r) { r.mutable_spec()->set_mac("01:00:00:00:00:00"); }, "spec.mac", "spec.mac"},
+      {"backend", [](auto& r) { r.mutable_spec()->set_backend("x"); }, "spec.backend", "spec.backend"},
+      {"self peer", [](auto& r) { r.mutable_spec()->set_backend("peer:dev0"); }, "own peer", "spec.backend"},
+      {"socket", [](auto& r) { r.mutable_spec()->set_socket_path("x.sock"); }, "spec.socket_path", "spec.socket_path"},
       {"doorbell", [](auto& r) { r.mutable_spec()->set_doorbell(static_cast<emud::v1::DoorbellMode>(9)); },
-       "spec.doorbell"},
-      {"socket mode x", [](auto& r) { r.mutable_spec()->set_socket_mode(0770); }, "spec.socket_mode"},
+       "spec.doorbell", "spec.doorbell"},
+      {"socket mode x", [](auto& r) { r.mutable_spec()->set_socket_mode(0770); }, "spec.socket_mode", "spec.socket_mode"},
       {"socket mode no owner", [](auto& r) { r.mutable_spec()->set_socket_mode(0060); },
-       "including 0600"},
+       "including 0600", "spec.socket_mode"},
       {"socket uid -1", [](auto& r) { r.mutable_spec()->set_socket_uid(UINT32_MAX); },
-       "leave the field unset"},
+       "leave the field unset", "spec.socket_uid"},
   };
   for (auto& c : cases) {
     CreateDeviceRequest r = Req("dev0");
@@ -141,7 +142,10 @@ TEST(NormalizeTest, RefusesBadFields) {
     EXPECT_EQ(rec.status().code(), absl::StatusCode::kInvalidArgument) << c.what;
     EXPECT_NE(rec.status().message().find(c.needle), std::string::npos)
         << c.what << ": " << rec.status();
+    EXPECT_EQ(FieldOf(rec.status()), c.field) << c.what;
   }
+  EXPECT_EQ(FieldOf(absl::InvalidArgumentError("x")), "");
+  EXPECT_EQ(FieldOf(WithField(absl::OkStatus(), "name")), "");
 }
 
 TEST(NormalizeTest, SocketAccess) {

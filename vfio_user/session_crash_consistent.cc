@@ -7,10 +7,11 @@
 #include <errno.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/log.h"
 #include "base/fault_point.h"
 #include "vfio_user/session.h"
 #include "vfio_user/session_store.h"
@@ -95,12 +96,12 @@ Session::Reply Session::ApplyGuarded(Message& msg, absl::Span<const uint8_t> raw
 void Session::Quarantine(const Header& h, uint64_t digest) {
   ++stats_.quarantined;
   if (h.command < kCmdMax) ++stats_.quarantined_by_command[h.command];
-  std::fprintf(stderr,
-               "vfio-user: quarantined poison request %s (msg_id %u, %u bytes, digest %016llx): "
-               "%u workers died applying it; %s without applying it\n",
-               CommandName(h.command), h.msg_id, h.msg_size,
-               static_cast<unsigned long long>(digest), PoisonGuard::kQuarantineAfter,
-               (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO");
+  // The worker serves one device: log::SetProcessDevice names it on the line.
+  emud::log::Error(absl::StrFormat(
+      "vfio-user: quarantined poison request %s (msg_id %u, %u bytes, digest %016x): "
+      "%u workers died applying it; %s without applying it",
+      CommandName(h.command), h.msg_id, h.msg_size, digest, PoisonGuard::kQuarantineAfter,
+      (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO"));
 }
 
 bool Session::IsPostedWrite(const Header& h) const {

@@ -14,17 +14,23 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <iterator>
 #include <future>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_split.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "proto/reflection_v1.grpc.pb.h"
 #include "tests/integration/emud_harness.h"
 
 namespace emud::testing {
@@ -325,9 +331,9 @@ TEST(MetricsTest, ScrapeAfterTrafficAndAWorkerKillPassesPromtool) {
 
 TEST(EmuctlTest, VersionSuggestionsAndNameOutput) {
   const std::string emuctl = Runfile("ctl/emuctl");
-  CommandResult v = RunCommand({emuctl, "version"});
+  CommandResult v = RunCommand({emuctl, "version", "--client"});
   EXPECT_EQ(v.exit_code, 0) << v.err;
-  EXPECT_EQ(v.out, "emuctl 0.1.0\n");
+  EXPECT_EQ(v.out, "Client Version: 0.1.0\n");
   CommandResult typo = RunCommand({emuctl, "create-devcie", "--name", "x"});
   EXPECT_EQ(typo.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(typo.err, "did you mean 'create-device'?")) << typo.err;
@@ -524,6 +530,287 @@ TEST(EmuctlTest, CompletionWatchNotFoundPermissionAndReconnect) {
   EXPECT_TRUE(absl::StrContains(text, "reconnecting")) << text;
   EXPECT_TRUE(absl::StrContains(text, "\"after\"")) << text;
   (*e2)->Stop(SIGTERM);
+}
+
+TEST(EmuctlTest, VersionShowsTheServersAndSaysWhenItIsUnreachable) {
+  const std::string emuctl = Runfile("ctl/emuctl");
+  // No emud: the client's version, a note, and exit 2 (emud unreachable).
+  CommandResult v = RunCommand({emuctl, "--server", "unix:///nonexistent/emud.sock", "version"});
+  EXPECT_EQ(v.exit_code, 2) << v.err;
+  EXPECT_EQ(v.out, "Client Version: 0.1.0\n");
+  EXPECT_TRUE(absl::StrContains(v.err, "cannot reach emud at unix:///nonexistent/emud.sock"))
+      << v.err;
+  EXPECT_TRUE(absl::StrContains(v.err, "the server version is unknown")) << v.err;
+
+  TempStateDir dir("version");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  ASSERT_EQ(e->Emuctl({"create-device", "--type", "avf", "--name", "a"}).exit_code, 0);
+
+  // The RPC.
+  grpc::ClientContext ctx;
+  v1::ServerInfo info;
+  grpc::Status s = e->stub()->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(info.version(), "0.1.0");
+  EXPECT_TRUE(info.build_type() == "release" || info.build_type() == "debug") << info.build_type();
+  EXPECT_FALSE(info.grpc_version().empty());
+  EXPECT_FALSE(info.protobuf_version().empty());
+  EXPECT_EQ(info.state_dir(), dir.path() + "/state");
+  EXPECT_FALSE(info.socket_dir().empty());
+  EXPECT_EQ(info.device_count(), 1u);
+  EXPECT_EQ(info.pid(), e->pid());
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  EXPECT_GT(info.start_time().seconds(), now - 120);
+  EXPECT_LE(info.start_time().seconds(), now);
+
+  v = e->Emuctl({"version"});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_TRUE(absl::StartsWith(v.out, "Client Version:    0.1.0\nServer Version:    0.1.0\n"))
+      << v.out;
+  EXPECT_TRUE(absl::StrContains(v.out, "State Directory:   " + dir.path() + "/state\n")) << v.out;
+  EXPECT_TRUE(absl::StrContains(v.out, "Devices:           1\n")) << v.out;
+  v = e->Emuctl({"version", "-o", "jsonpath={.clientVersion.version} {.serverInfo.deviceCount}"});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_EQ(v.out, "0.1.0 1");
+  e->Stop(SIGTERM);
+}
+
+TEST(EmuctlTest, WideAndJsonPathOutput) {
+  TempStateDir dir("wide");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  ASSERT_EQ(e->Emuctl({"create-device", "--type", "avf", "--name", "b", "--doorbell", "mmap",
+                       "--queues", "2"})
+                .exit_code,
+            0);
+  ASSERT_EQ(e->Emuctl({"create-device", "--type", "avf", "--name", "a"}).exit_code, 0);
+
+  CommandResult w = e->Emuctl({"list", "-o", "wide"});
+  EXPECT_EQ(w.exit_code, 0) << w.err;
+  std::vector<std::string> lines = absl::StrSplit(w.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << w.out;
+  EXPECT_TRUE(absl::StartsWith(lines[0], "NAME  TYPE  PHASE")) << lines[0];
+  for (const char* col : {"RESTARTS", "FAILURES", "BACKEND", "DOORBELL", "VIRTCHNL", "SOCKET",
+                          "SOCKET-ACCESS", "AGE", "LAST-ERROR"}) {
+    EXPECT_TRUE(absl::StrContains(lines[0], col)) << col << " in " << lines[0];
+  }
+  EXPECT_TRUE(absl::StrContains(lines[2], " mmap ")) << lines[2];
+  EXPECT_TRUE(absl::StrContains(lines[1], " trap ")) << lines[1];
+  w = e->Emuctl({"get", "b", "-o", "wide"});
+  EXPECT_EQ(w.exit_code, 0) << w.err;
+  lines = absl::StrSplit(w.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 2u) << w.out;
+  EXPECT_TRUE(absl::StartsWith(lines[0], "NAME  TYPE  PHASE")) << lines[0];
+  EXPECT_TRUE(absl::StrContains(lines[0], "DOORBELL")) << lines[0];
+  EXPECT_TRUE(absl::StartsWith(lines[1], "b ")) << lines[1];
+
+  CommandResult j =
+      e->Emuctl({"list", "-o", "jsonpath={range .devices[*]}{.name}\\t{.spec.queuePairs}\\n{end}"});
+  EXPECT_EQ(j.exit_code, 0) << j.err;
+  EXPECT_EQ(j.out, "a\t1\nb\t2\n");
+  j = e->Emuctl({"list", "-o=jsonpath={.devices[*].spec.doorbell}"});
+  EXPECT_EQ(j.exit_code, 0) << j.err;
+  EXPECT_EQ(j.out, "DOORBELL_MODE_TRAP DOORBELL_MODE_MMAP");
+  j = e->Emuctl({"get", "b", "-o", "jsonpath={.name} {.status.phase}{\"\\n\"}"});
+  EXPECT_EQ(j.exit_code, 0) << j.err;
+  EXPECT_TRUE(j.out == "b PHASE_CREATED\n" || j.out == "b PHASE_LISTENING\n") << j.out;
+
+  // Bad templates are usage errors (exit 1) that say what is wrong, before
+  // any call to emud.
+  j = e->Emuctl({"list", "-o", "jsonpath={range .devices[*]}{.name}"});
+  EXPECT_EQ(j.exit_code, 1);
+  EXPECT_EQ(j.err,
+            "emuctl: -o jsonpath template, offset 0: {range ...} without a closing {end}\n");
+  j = e->Emuctl({"list", "-o", "jsonpath={name}"});
+  EXPECT_EQ(j.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(j.err, "'name' is not a path: start it with '.'")) << j.err;
+  j = e->Emuctl({"list", "-o", "jsonpath"});
+  EXPECT_EQ(j.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(j.err, "needs a template")) << j.err;
+  j = e->Emuctl({"list", "-o", "xml"});
+  EXPECT_EQ(j.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(j.err, "is not one of table, wide, json, yaml, name")) << j.err;
+  e->Stop(SIGTERM);
+}
+
+// The google.rpc.Status in a failed call's grpc-status-details-bin.
+google::rpc::Status Details(const grpc::Status& s) {
+  google::rpc::Status d;
+  EXPECT_FALSE(s.error_details().empty()) << s.error_message();
+  EXPECT_TRUE(d.ParseFromString(s.error_details()));
+  return d;
+}
+
+TEST(RichErrorsTest, AWrongFieldCarriesBadRequestAndErrorInfo) {
+  TempStateDir dir("details");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  v1::CreateDeviceRequest req;
+  req.set_name("x");
+  req.set_type(v1::DEVICE_TYPE_AVF);
+  req.mutable_spec()->set_mac("zz:00:00:00:00:01");
+  v1::Device d;
+  grpc::ClientContext ctx;
+  grpc::Status s = e->stub()->CreateDevice(&ctx, req, &d);
+  ASSERT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  google::rpc::Status st = Details(s);
+  EXPECT_EQ(st.code(), int(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(st.message(), s.error_message());
+  ASSERT_EQ(st.details_size(), 2);
+  google::rpc::BadRequest bad;
+  ASSERT_TRUE(st.details(0).UnpackTo(&bad)) << st.details(0).type_url();
+  EXPECT_EQ(st.details(0).type_url(), "type.googleapis.com/google.rpc.BadRequest");
+  ASSERT_EQ(bad.field_violations_size(), 1);
+  EXPECT_EQ(bad.field_violations(0).field(), "spec.mac");
+  EXPECT_EQ(bad.field_violations(0).description(), s.error_message());
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(st.details(1).UnpackTo(&info)) << st.details(1).type_url();
+  EXPECT_EQ(info.reason(), "INVALID_FIELD");
+  EXPECT_EQ(info.domain(), "emud.dev");
+  EXPECT_EQ(info.metadata().at("field"), "spec.mac");
+
+  // A bad name on a lookup, and a queue count out of range.
+  grpc::ClientContext ctx2;
+  v1::GetDeviceRequest get;
+  get.set_name("-bad");
+  s = e->stub()->GetDevice(&ctx2, get, &d);
+  ASSERT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  st = Details(s);
+  ASSERT_TRUE(st.details(0).UnpackTo(&bad));
+  EXPECT_EQ(bad.field_violations(0).field(), "name");
+  req.mutable_spec()->clear_mac();
+  req.mutable_spec()->set_queue_pairs(17);
+  grpc::ClientContext ctx3;
+  s = e->stub()->CreateDevice(&ctx3, req, &d);
+  st = Details(s);
+  ASSERT_TRUE(st.details(0).UnpackTo(&bad));
+  EXPECT_EQ(bad.field_violations(0).field(), "spec.queue_pairs");
+
+  // A name in use: ALREADY_EXISTS with an ErrorInfo, no BadRequest.
+  ASSERT_EQ(e->Emuctl({"create-device", "--type", "avf", "--name", "x"}).exit_code, 0);
+  req.mutable_spec()->set_queue_pairs(1);
+  grpc::ClientContext ctx4;
+  s = e->stub()->CreateDevice(&ctx4, req, &d);
+  ASSERT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  st = Details(s);
+  ASSERT_EQ(st.details_size(), 1);
+  ASSERT_TRUE(st.details(0).UnpackTo(&info));
+  EXPECT_EQ(info.reason(), "FIELD_VALUE_IN_USE");
+  EXPECT_EQ(info.metadata().at("field"), "name");
+
+  // An error that is about no field carries no details.
+  grpc::ClientContext ctx5;
+  get.set_name("nope");
+  s = e->stub()->GetDevice(&ctx5, get, &d);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(s.error_details().empty());
+
+  // emuctl prints the field violation with the flag that sets the field.
+  CommandResult c = e->Emuctl({"create-device", "--type", "avf", "--name", "y", "--mac", "zz"});
+  EXPECT_EQ(c.exit_code, 5);
+  EXPECT_EQ(c.err,
+            "emuctl: spec.mac 'zz' has the wrong length; expected 6 hex octets like "
+            "02:00:00:00:00:01\n"
+            "  invalid field: spec.mac (emuctl --mac)\n");
+  c = e->Emuctl({"create-device", "--type", "avf", "--name", "y", "--queues", "17"});
+  EXPECT_EQ(c.exit_code, 5);
+  EXPECT_TRUE(absl::StrContains(c.err, "  invalid field: spec.queue_pairs (emuctl --queues)\n"))
+      << c.err;
+  e->Stop(SIGTERM);
+}
+
+namespace rv1 = grpc::reflection::v1;
+
+// One request/response exchange on a v1 reflection stream.
+rv1::ServerReflectionResponse Ask(
+    grpc::ClientReaderWriter<rv1::ServerReflectionRequest, rv1::ServerReflectionResponse>* rw,
+    const rv1::ServerReflectionRequest& req) {
+  rv1::ServerReflectionResponse resp;
+  EXPECT_TRUE(rw->Write(req));
+  EXPECT_TRUE(rw->Read(&resp));
+  return resp;
+}
+
+TEST(ReflectionTest, V1AnswersLikeV1Alpha) {
+  TempStateDir dir("refl");
+  auto e = StartEmud(dir.path() + "/state");
+  ASSERT_NE(e, nullptr);
+  auto stub = rv1::ServerReflection::NewStub(e->channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto rw = stub->ServerReflectionInfo(&ctx);
+
+  rv1::ServerReflectionRequest req;
+  req.set_host("emud");
+  req.set_list_services("");
+  rv1::ServerReflectionResponse resp = Ask(rw.get(), req);
+  ASSERT_TRUE(resp.has_list_services_response()) << resp.DebugString();
+  std::set<std::string> services;
+  for (const auto& sv : resp.list_services_response().service()) services.insert(sv.name());
+  for (const char* want : {"emud.v1.DeviceService", "grpc.health.v1.Health",
+                           "grpc.reflection.v1.ServerReflection",
+                           "grpc.reflection.v1alpha.ServerReflection"}) {
+    EXPECT_EQ(services.count(want), 1u) << want << " in " << resp.DebugString();
+  }
+  EXPECT_TRUE(resp.original_request().has_list_services());
+
+  // The file of a service, with the method this change added.
+  req.set_file_containing_symbol("emud.v1.DeviceService");
+  resp = Ask(rw.get(), req);
+  ASSERT_TRUE(resp.has_file_descriptor_response()) << resp.DebugString();
+  bool found = false;
+  for (const std::string& bytes : resp.file_descriptor_response().file_descriptor_proto()) {
+    google::protobuf::FileDescriptorProto f;
+    ASSERT_TRUE(f.ParseFromString(bytes));
+    if (f.package() != "emud.v1") continue;
+    found = true;
+    ASSERT_EQ(f.service_size(), 1);
+    bool has_info = false;
+    for (const auto& m : f.service(0).method()) has_info |= m.name() == "GetServerInfo";
+    EXPECT_TRUE(has_info);
+    // ... and the same file by its name.
+    rv1::ServerReflectionRequest by_name;
+    by_name.set_file_by_filename(f.name());
+    rv1::ServerReflectionResponse r2 = Ask(rw.get(), by_name);
+    ASSERT_TRUE(r2.has_file_descriptor_response()) << r2.DebugString();
+    google::protobuf::FileDescriptorProto f2;
+    ASSERT_TRUE(f2.ParseFromString(r2.file_descriptor_response().file_descriptor_proto(0)));
+    EXPECT_EQ(f2.name(), f.name());
+  }
+  EXPECT_TRUE(found);
+
+  // v1 describes itself.
+  req.set_file_containing_symbol("grpc.reflection.v1.ServerReflection");
+  resp = Ask(rw.get(), req);
+  ASSERT_TRUE(resp.has_file_descriptor_response()) << resp.DebugString();
+
+  // Extensions: emud's messages have none.
+  req.set_all_extension_numbers_of_type("emud.v1.Device");
+  resp = Ask(rw.get(), req);
+  ASSERT_TRUE(resp.has_all_extension_numbers_response()) << resp.DebugString();
+  EXPECT_EQ(resp.all_extension_numbers_response().base_type_name(), "emud.v1.Device");
+  EXPECT_EQ(resp.all_extension_numbers_response().extension_number_size(), 0);
+  req.mutable_file_containing_extension()->set_containing_type("emud.v1.Device");
+  req.mutable_file_containing_extension()->set_extension_number(100);
+  resp = Ask(rw.get(), req);
+  ASSERT_TRUE(resp.has_error_response()) << resp.DebugString();
+  EXPECT_EQ(resp.error_response().error_code(), int(grpc::StatusCode::NOT_FOUND));
+
+  // Errors.
+  req.set_file_containing_symbol("no.such.Symbol");
+  resp = Ask(rw.get(), req);
+  ASSERT_TRUE(resp.has_error_response()) << resp.DebugString();
+  EXPECT_EQ(resp.error_response().error_code(), int(grpc::StatusCode::NOT_FOUND));
+  req.set_file_by_filename("no/such.proto");
+  resp = Ask(rw.get(), req);
+  ASSERT_TRUE(resp.has_error_response()) << resp.DebugString();
+  EXPECT_EQ(resp.error_response().error_code(), int(grpc::StatusCode::NOT_FOUND));
+
+  EXPECT_TRUE(rw->WritesDone());
+  grpc::Status s = rw->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_code() << " " << s.error_message();
+  e->Stop(SIGTERM);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include <array>
 #include <cstdio>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -139,6 +140,13 @@ TEST_F(QuarantineTest, PoisonVfioUserRequestIsAnsweredEioAndTheDeviceLives) {
   ASSERT_FALSE(s.ok()) << "the poison request must get an error reply";
   EXPECT_NE(std::string(s.message()).find("errno 5"), std::string::npos) << s;
   ExpectQuarantined("vfio-user/REGION_WRITE");
+  // The worker's line has a time, a level and the device (base/log.h).
+  EXPECT_TRUE(std::regex_search(
+      emud_->Log(),
+      std::regex("\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z ERROR emud-worker: q: vfio-user: quarantined "
+                 "poison request REGION_WRITE \\(msg_id \\d+, \\d+ bytes, digest [0-9a-f]{16}\\): 3 "
+                 "workers died applying it; answered EIO without applying it\n")))
+      << emud_->Log();
 }
 
 TEST_F(QuarantineTest, PoisonVirtchnlMessageGetsAnErrorStatusInItsArqDescriptor) {
