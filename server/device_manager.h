@@ -103,6 +103,10 @@ struct ManagerOptions {
   // its first frame, at most 200 ms (SupervisorOptions). 0: neither. Without
   // CAP_SYS_NICE both run without it (logged once).
   int startup_rt_priority = 1;
+  // A standby worker per running device (fdstore/standby.h): exec'd and
+  // initialised ahead of need, promoted when the device's worker dies
+  // instead of spawning its successor (SupervisorOptions).
+  bool standby_workers = true;
 };
 
 class DeviceManager {
@@ -154,6 +158,8 @@ class DeviceManager {
 
   // Test hook: pid of the device's worker, 0 if none.
   pid_t WorkerPidForTest(const std::string& name);
+  // Test hook: pid of the device's standby worker, 0 if none.
+  pid_t StandbyPidForTest(const std::string& name);
   // Test hook: number of fds the store holds for the device.
   size_t FdsHeldForTest(const std::string& name);
   // Path of the fd store's listening socket.
@@ -209,6 +215,8 @@ class DeviceManager {
   Dev& AddDevLocked(emud::internal::DeviceRecord rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartWorkerLocked(Dev& d, bool count_restart) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The device's worker command line (worker_api::WorkerArgs::ToArgv).
+  std::vector<std::string> WorkerArgvLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies the restart policy to an unexpected exit (or failed spawn).
   void WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
