@@ -24,9 +24,8 @@ constexpr size_t kMaxPromotionBytes = 64 * 1024;
 absl::Status SendPromotion(int go, const std::vector<InheritedFd>& inherit,
                            const std::vector<std::string>& env) {
   if (inherit.size() > kMaxFdsPerMessage) {
-    return absl::InvalidArgumentError(absl::StrCat("a promotion carries at most ",
-                                                   kMaxFdsPerMessage, " fds, not ",
-                                                   inherit.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a promotion carries at most ", kMaxFdsPerMessage, " fds, not ", inherit.size()));
   }
   std::string payload;
   std::vector<int> fds;
@@ -48,7 +47,8 @@ absl::Status SendPromotion(int go, const std::vector<InheritedFd>& inherit,
     return absl::InvalidArgumentError("promotion message too large");
   }
   SendResult r = SendWithFds(
-      go, absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()),
+      go,
+      absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()),
       fds, MSG_DONTWAIT);
   if (!r.ok()) return r.status("promoting the standby worker");
   return absl::OkStatus();
@@ -63,8 +63,8 @@ absl::Status StandbyReady(int go) {
 absl::Status AwaitPromotion(int go) {
   std::string buf(kMaxPromotionBytes, '\0');
   std::vector<UniqueFd> fds;
-  RecvResult r =
-      RecvWithFds(go, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), buf.size()), &fds);
+  RecvResult r = RecvWithFds(
+      go, absl::Span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), buf.size()), &fds);
   if (r.ok() && r.bytes == 0) return absl::CancelledError("emud no longer wants this standby");
   if (!r.ok()) {
     if (r.error == ECONNRESET) return absl::CancelledError("emud no longer wants this standby");
@@ -83,7 +83,8 @@ absl::Status AwaitPromotion(int go) {
     const char kind = item[0];
     item.remove_prefix(1);
     if (kind == 'f') {
-      if (next_fd >= fds.size()) return absl::InternalError("promotion names more fds than it carries");
+      if (next_fd >= fds.size())
+        return absl::InternalError("promotion names more fds than it carries");
       std::pair<std::string, std::string> ke = absl::StrSplit(item, absl::MaxSplits('\x01', 1));
       const int fd = fds[next_fd++].release();
       taken.push_back(fd);

@@ -24,7 +24,8 @@ TEST(StandbyTest, APromotionLooksLikeASpawn) {
   char b = 0;
   ASSERT_EQ(::recv(emud.get(), &b, 1, MSG_DONTWAIT), 1);
   EXPECT_EQ(b, kStandbyReady);
-  ASSERT_TRUE(SendPromotion(emud.get(), {{"vfio/conn", r.get(), ""}, {"x", w.get(), "STANDBY_TEST_FD"}},
+  ASSERT_TRUE(SendPromotion(emud.get(),
+                            {{"vfio/conn", r.get(), ""}, {"x", w.get(), "STANDBY_TEST_FD"}},
                             {"STANDBY_TEST_ENV=a=b"})
                   .ok());
   ::unsetenv(worker_api::kInheritedFdsEnv);

@@ -309,7 +309,7 @@ void DeviceManager::AbortHandover() {
   handing_over_ = false;
   shutting_down_ = false;
   // Standbys again for the devices still held (started on the loop's next
-  // round; DueStandbys skips devices without a worker).
+  // round; none for a device without a worker).
   for (const auto& [name, d] : devs_) supervisor_->DiscardStandby(name, absl::Now());
   // Devices already released may be served by the successor's workers:
   // leave them; restart only what dies from now on.
@@ -1025,8 +1025,8 @@ void DeviceManager::Loop() {
       if (stop_loop_) return;
       wake_at = std::min(watcher_->NextPoll(), next_gauge_poll_);
       if (auto r = supervisor_->NextRestart(); r.has_value()) wake_at = std::min(wake_at, *r);
-      if (!handing_over_ && !shutting_down_) {
-        if (auto r = supervisor_->NextStandby(); r.has_value()) wake_at = std::min(wake_at, *r);
+      for (const auto& [name, d] : devs_) {
+        if (StandbyWantedLocked(*d)) wake_at = std::min(wake_at, supervisor_->standby_due(name));
       }
       if (auto r = supervisor_->EndStartupPriorities(absl::Now()); r.has_value()) {
         wake_at = std::min(wake_at, *r);
@@ -1094,19 +1094,22 @@ void DeviceManager::RunDueLocked(absl::Time now) {
   for (const std::string& name : supervisor_->DueRestarts(now)) {
     if (Dev* d = FindLocked(name)) StartWorkerLocked(*d, /*count_restart=*/true);
   }
-  // Standbys: started standby_delay after their worker, i.e. once it is
-  // past its start, so that they never compete with it for the CPU.
-  if (handing_over_ || shutting_down_) return;
-  for (const std::string& name : supervisor_->DueStandbys(now)) {
-    Dev* d = FindLocked(name);
-    if (d == nullptr || d->rec.failed() || d->deleting || d->busy) {
-      supervisor_->DiscardStandby(name, now + absl::Seconds(1));  // look again then
-      continue;
-    }
+  // Standbys: once the device's worker serves (so that they never compete
+  // with its start for the CPU), unless one died lately (the supervisor's
+  // backoff).
+  for (const auto& [name, d] : devs_) {
+    if (!StandbyWantedLocked(*d) || supervisor_->standby_due(name) > now) continue;
     if (absl::Status s = supervisor_->SpawnStandby(name, WorkerArgvLocked(*d)); !s.ok()) {
       log::DeviceWarning(name, absl::StrCat("standby worker: ", s.message()));
     }
   }
+}
+
+bool DeviceManager::StandbyWantedLocked(const Dev& d) const {
+  if (!options_.standby_workers || handing_over_ || shutting_down_) return false;
+  if (d.rec.failed() || d.deleting || d.busy) return false;
+  const WorkerStatus* st = CurrentStatusLocked(d);
+  return st != nullptr && st->phase() != WorkerStatus::PHASE_UNSPECIFIED;
 }
 
 }  // namespace emud::server

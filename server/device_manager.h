@@ -215,6 +215,11 @@ class DeviceManager {
   Dev& AddDevLocked(emud::internal::DeviceRecord rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartWorkerLocked(Dev& d, bool count_restart) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the device is to have a standby worker now: standbys on, emud
+  // neither handing over nor shutting down, the device neither FAILED,
+  // deleted nor busy, and its worker serving (its status record published:
+  // a standby started earlier would compete with the worker's start).
+  bool StandbyWantedLocked(const Dev& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The device's worker command line (worker_api::WorkerArgs::ToArgv).
   std::vector<std::string> WorkerArgvLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies the restart policy to an unexpected exit (or failed spawn).

@@ -262,6 +262,14 @@ std::vector<std::string> Supervisor::DueStandbys(absl::Time now) const {
   return due;
 }
 
+absl::Time Supervisor::standby_due(const std::string& device) const {
+  const Slot* s = Find(device);
+  if (!options_.standby_workers || s == nullptr || s->proc.pid == 0 || s->standby != nullptr) {
+    return absl::InfiniteFuture();
+  }
+  return s->standby_due;
+}
+
 std::optional<absl::Time> Supervisor::NextStandby() const {
   std::optional<absl::Time> next;
   if (!options_.standby_workers) return next;

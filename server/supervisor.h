@@ -51,13 +51,14 @@ struct SupervisorOptions {
   // so do all later ones.
   int startup_rt_priority = 0;
   absl::Duration startup_rt_max = absl::Milliseconds(200);
-  // Standby workers (fdstore/standby.h): one per running device, started
-  // standby_delay after its worker (so it never competes with a starting
+  // Standby workers (fdstore/standby.h): one per running device, due
+  // standby_delay after its worker started (DeviceManager also waits until
+  // the worker serves, so that a standby never competes with a starting
   // worker for the CPU); Spawn(..., use_standby) promotes it. A standby
   // that dies is started again after standby_retry_initial, doubling up to
   // standby_retry_max while they die before becoming ready.
   bool standby_workers = false;
-  absl::Duration standby_delay = absl::Milliseconds(200);
+  absl::Duration standby_delay = absl::ZeroDuration();
   absl::Duration standby_retry_initial = absl::Seconds(1);
   absl::Duration standby_retry_max = absl::Seconds(60);
 };
@@ -120,6 +121,9 @@ class Supervisor {
   std::vector<std::string> DueStandbys(absl::Time now) const;
   // The earliest due standby, if any.
   std::optional<absl::Time> NextStandby() const;
+  // When the device's next standby is due (InfiniteFuture: none is: off, no
+  // running worker, or it has one).
+  absl::Time standby_due(const std::string& device) const;
   // Takes over the running `pid` whose /proc start time is `start_ticks`
   // (a worker of a previous emud) and watches it. NOT_FOUND if it is gone.
   absl::Status Adopt(const std::string& device, pid_t pid, uint64_t start_ticks);
