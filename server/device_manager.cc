@@ -999,6 +999,11 @@ pid_t DeviceManager::StandbyPidForTest(const std::string& name) {
   return supervisor_->standby_pid(name);
 }
 
+bool DeviceManager::StandbyReadyForTest(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  return supervisor_->StandbyReady(name);
+}
+
 // ------------------------------------------------------------- event loop
 
 void DeviceManager::Loop() {

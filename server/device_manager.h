@@ -160,6 +160,8 @@ class DeviceManager {
   pid_t WorkerPidForTest(const std::string& name);
   // Test hook: pid of the device's standby worker, 0 if none.
   pid_t StandbyPidForTest(const std::string& name);
+  // Test hook: the device's standby said it is ready to be promoted.
+  bool StandbyReadyForTest(const std::string& name);
   // Test hook: number of fds the store holds for the device.
   size_t FdsHeldForTest(const std::string& name);
   // Path of the fd store's listening socket.
