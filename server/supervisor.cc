@@ -208,7 +208,7 @@ absl::Status Supervisor::SpawnStandby(const std::string& device,
   auto p = fdstore::SpawnWithFds(full, {{"standby", theirs.get(), "EMUD_STANDBY_FD"}}, {}, -1);
   if (!p.ok()) {
     s->standby_failures++;
-    s->standby_due = absl::Now() + options_.standby_retry_max;
+    s->standby_not_before = absl::Now() + options_.standby_retry_max;
     return p.status();
   }
   sb->proc = std::move(*p);
@@ -257,7 +257,10 @@ std::vector<std::string> Supervisor::DueStandbys(absl::Time now) const {
   std::vector<std::string> due;
   if (!options_.standby_workers) return due;
   for (const auto& [name, s] : slots_) {
-    if (s->proc.pid != 0 && s->standby == nullptr && s->standby_due <= now) due.push_back(name);
+    if (s->proc.pid != 0 && s->standby == nullptr &&
+        std::max(s->standby_due, s->standby_not_before) <= now) {
+      due.push_back(name);
+    }
   }
   return due;
 }
@@ -267,7 +270,7 @@ absl::Time Supervisor::standby_due(const std::string& device) const {
   if (!options_.standby_workers || s == nullptr || s->proc.pid == 0 || s->standby != nullptr) {
     return absl::InfiniteFuture();
   }
-  return s->standby_due;
+  return std::max(s->standby_due, s->standby_not_before);
 }
 
 std::optional<absl::Time> Supervisor::NextStandby() const {
@@ -277,7 +280,8 @@ std::optional<absl::Time> Supervisor::NextStandby() const {
     if (s->proc.pid == 0 || s->standby != nullptr || s->standby_due == absl::InfiniteFuture()) {
       continue;
     }
-    if (!next.has_value() || s->standby_due < *next) next = s->standby_due;
+    const absl::Time at = std::max(s->standby_due, s->standby_not_before);
+    if (!next.has_value() || at < *next) next = at;
   }
   return next;
 }
@@ -299,6 +303,7 @@ void Supervisor::StandbyExited(const std::string& device, Slot& s) {
   for (int i = 1; i < s.standby_failures && delay < options_.standby_retry_max; ++i) delay *= 2;
   delay = std::min(delay, options_.standby_retry_max);
   s.standby_due = absl::Now() + delay;
+  s.standby_not_before = s.standby_due;  // a worker restart does not cut it short
   log::DeviceWarning(device, absl::StrCat("standby worker pid ", pid, " ", how,
                                           was_ready ? "" : " before it was ready",
                                           "; a new standby in ", absl::FormatDuration(delay)));

@@ -226,6 +226,9 @@ class Supervisor {
     // When to start the next standby (with a running worker).
     absl::Time standby_due = absl::InfiniteFuture();
     int standby_failures = 0;  // standbys in a row that died before ready
+    // No standby before this (the backoff after one died), whatever
+    // standby_due says.
+    absl::Time standby_not_before = absl::InfinitePast();
     bool promoted = false;
   };
   explicit Supervisor(SupervisorOptions options)

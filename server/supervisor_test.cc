@@ -288,8 +288,16 @@ TEST(SupervisorStandbyTest, AStandbyThatNeverGetsReadyIsRetriedEverMoreSlowly) {
     last = delay;
   }
   EXPECT_EQ(s->pid("d"), worker);
-  EXPECT_EQ(s->consecutive_failures("d"), 0);
+  // A worker restart does not cut the backoff short.
+  const absl::Time due = *s->NextStandby();
   ::kill(worker, SIGKILL);
+  ASSERT_EQ(WaitExits(*s).size(), 1u);
+  ASSERT_TRUE(s->Spawn("d", {"/bin/sleep", "30"}, {}, {}).ok());
+  ASSERT_TRUE(s->NextStandby().has_value());
+  EXPECT_GE(*s->NextStandby(), due);
+  const pid_t worker2 = s->pid("d");
+  EXPECT_EQ(s->consecutive_failures("d"), 0);
+  ::kill(worker2, SIGKILL);
   EXPECT_EQ(WaitExits(*s).size(), 1u);
 }
 
