@@ -179,6 +179,7 @@ absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)
   UpdatePhaseGaugesLocked();
   started_ = true;
   loop_ = std::thread([this] { Loop(); });
+  if (options_.standby_workers) standby_spawner_ = std::thread([this] { StandbySpawner(); });
   return absl::OkStatus();
 }
 
@@ -330,6 +331,13 @@ void DeviceManager::Shutdown() {
   if (loop_.joinable()) {
     Wake();
     loop_.join();
+  }
+  if (standby_spawner_.joinable()) {
+    {
+      absl::MutexLock lock(&standby_mu_);
+      standby_stop_ = true;
+    }
+    standby_spawner_.join();
   }
   if (!started_) return;
   started_ = false;
@@ -1104,8 +1112,34 @@ void DeviceManager::RunDueLocked(absl::Time now) {
   // backoff).
   for (const auto& [name, d] : devs_) {
     if (!StandbyWantedLocked(*d) || supervisor_->standby_due(name) > now) continue;
-    if (absl::Status s = supervisor_->SpawnStandby(name, WorkerArgvLocked(*d)); !s.ok()) {
-      log::DeviceWarning(name, absl::StrCat("standby worker: ", s.message()));
+    auto launch = supervisor_->PrepareStandby(name, WorkerArgvLocked(*d));
+    if (!launch.ok()) {
+      log::DeviceWarning(name, absl::StrCat("standby worker: ", launch.status().message()));
+      continue;
+    }
+    absl::MutexLock lock(&standby_mu_);
+    standby_jobs_.push_back(std::move(*launch));
+  }
+}
+
+void DeviceManager::StandbySpawner() {
+  while (true) {
+    Supervisor::StandbyLaunch job;
+    {
+      absl::MutexLock lock(&standby_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(standby_mu_) {
+        return standby_stop_ || !standby_jobs_.empty();
+      };
+      standby_mu_.Await(absl::Condition(&ready));
+      if (standby_stop_) return;
+      job = std::move(standby_jobs_.front());
+      standby_jobs_.pop_front();
+    }
+    absl::StatusOr<fdstore::Process> proc = Supervisor::LaunchStandby(job);
+    absl::MutexLock lock(&mu_);
+    absl::Status s = supervisor_->InstallStandby(job, std::move(proc));
+    if (!s.ok() && !absl::IsAborted(s)) {
+      log::DeviceWarning(job.device, absl::StrCat("standby worker: ", s.message()));
     }
   }
 }

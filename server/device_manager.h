@@ -251,6 +251,11 @@ class DeviceManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdatePhaseGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
+  // The standby spawner: spawns the standbys the loop reserved
+  // (Supervisor::PrepareStandby) outside mu_ and the loop, then installs
+  // them under mu_. posix_spawn can take 5-20 ms in emud; the loop must
+  // not wait for it while a worker may die.
+  void StandbySpawner();
   // One round of the loop's timed work: status reads, the fds-held gauge,
   // due restarts.
   void RunDueLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -267,6 +272,11 @@ class DeviceManager {
 
   UniqueFd epoll_, wake_;
   std::thread loop_;
+  std::thread standby_spawner_;
+  // Lock order: mu_, then standby_mu_ (the spawner never holds both).
+  absl::Mutex standby_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::deque<Supervisor::StandbyLaunch> standby_jobs_ ABSL_GUARDED_BY(standby_mu_);
+  bool standby_stop_ ABSL_GUARDED_BY(standby_mu_) = false;
   bool started_ = false;
 
   mutable absl::Mutex mu_;

@@ -103,7 +103,8 @@ absl::Status Supervisor::Spawn(const std::string& device, const std::vector<std:
     s->exit_reason = std::move(*r);
     inherit.push_back({"exit-reason", s->exit_reason.get(), kExitReasonEnv});
   }
-  if (use_standby && s->standby != nullptr && PromoteLocked(device, *s, argv, inherit, env)) {
+  if (use_standby && s->standby != nullptr && s->standby->proc.pid != 0 &&
+      PromoteLocked(device, *s, argv, inherit, env)) {
     return absl::OkStatus();
   }
   const absl::Time t0 = absl::Now();
@@ -189,6 +190,13 @@ bool Supervisor::promoted(const std::string& device) const {
 
 absl::Status Supervisor::SpawnStandby(const std::string& device,
                                       const std::vector<std::string>& argv) {
+  auto launch = PrepareStandby(device, argv);
+  if (!launch.ok()) return launch.status();
+  return InstallStandby(*launch, LaunchStandby(*launch));
+}
+
+absl::StatusOr<Supervisor::StandbyLaunch> Supervisor::PrepareStandby(
+    const std::string& device, const std::vector<std::string>& argv) {
   Slot* s = Find(device);
   if (s == nullptr) return absl::NotFoundError(absl::StrCat("no slot for device ", device));
   if (s->standby != nullptr) return absl::FailedPreconditionError("the device has a standby");
@@ -197,28 +205,60 @@ absl::Status Supervisor::SpawnStandby(const std::string& device,
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
     return absl::InternalError(absl::StrCat("standby socketpair: ", std::strerror(errno)));
   }
-  UniqueFd ours(sv[0]), theirs(sv[1]);
   auto sb = std::make_unique<Standby>();
+  sb->reservation = next_id_++;
+  sb->go.reset(sv[0]);
   sb->argv = argv;
   sb->binary_identity = BinaryIdentity(argv[0]);
-  std::vector<std::string> full = argv;
+  StandbyLaunch launch;
+  launch.device = device;
+  launch.reservation = sb->reservation;
+  launch.argv = argv;
   // Its only inherited fd, hence 3 (fdstore::SpawnWithFds).
-  full.push_back("--standby-fd=3");
-  // SCHED_OTHER: the loop that spawns it is real-time, the standby is not.
-  auto p = fdstore::SpawnWithFds(full, {{"standby", theirs.get(), "EMUD_STANDBY_FD"}}, {}, -1);
-  if (!p.ok()) {
-    s->standby_failures++;
-    s->standby_not_before = absl::Now() + options_.standby_retry_max;
-    return p.status();
+  launch.argv.push_back("--standby-fd=3");
+  launch.theirs.reset(sv[1]);
+  s->standby = std::move(sb);
+  return launch;
+}
+
+absl::StatusOr<fdstore::Process> Supervisor::LaunchStandby(const StandbyLaunch& launch) {
+  // SCHED_OTHER whatever the calling thread runs (emud's loop is real-time).
+  const absl::Time t0 = absl::Now();
+  auto p = fdstore::SpawnWithFds(launch.argv, {{"standby", launch.theirs.get(), "EMUD_STANDBY_FD"}},
+                                 {}, -1);
+  if (const absl::Duration took = absl::Now() - t0; p.ok() && took >= absl::Milliseconds(5)) {
+    log::DeviceInfo(launch.device, absl::StrCat("spawning standby worker pid ", p->pid, " took ",
+                                                absl::FormatDuration(took)));
   }
-  sb->proc = std::move(*p);
-  sb->go = std::move(ours);
-  sb->id = next_id_++;
+  return p;
+}
+
+absl::Status Supervisor::InstallStandby(const StandbyLaunch& launch,
+                                        absl::StatusOr<fdstore::Process> proc) {
+  Slot* s = Find(launch.device);
+  const bool current = s != nullptr && s->standby != nullptr &&
+                       s->standby->reservation == launch.reservation &&
+                       s->standby->proc.pid == 0;
+  if (!proc.ok()) {
+    if (current) {
+      s->standby.reset();
+      s->standby_failures++;
+      s->standby_not_before = absl::Now() + options_.standby_retry_max;
+    }
+    return proc.status();
+  }
+  if (!current) {
+    // Discarded while it was being spawned: it must never be promoted.
+    KillAndReap(*proc);
+    return absl::AbortedError("the standby was discarded while it started");
+  }
+  Standby& sb = *s->standby;
+  sb.proc = std::move(*proc);
+  sb.id = next_id_++;
   epoll_event ev{};
   ev.events = EPOLLIN;
-  ev.data.u64 = sb->id;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sb->proc.pidfd.get(), &ev);
-  s->standby = std::move(sb);
+  ev.data.u64 = sb.id;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sb.proc.pidfd.get(), &ev);
   return absl::OkStatus();
 }
 
@@ -227,7 +267,9 @@ void Supervisor::DiscardStandby(const std::string& device, absl::Time next) {
   if (s == nullptr) return;
   s->standby_due = next;
   if (s->standby == nullptr) return;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->standby->proc.pidfd.get(), nullptr);
+  if (s->standby->proc.pidfd.valid()) {
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s->standby->proc.pidfd.get(), nullptr);
+  }
   s->standby.reset();  // SIGKILL, reap
 }
 
@@ -345,7 +387,8 @@ std::vector<Supervisor::Exit> Supervisor::TakeExits() {
   int n = ::epoll_wait(epoll_.get(), evs, 64, 0);
   for (int i = 0; i < n; ++i) {
     auto sb = std::find_if(slots_.begin(), slots_.end(), [&](const auto& kv) {
-      return kv.second->standby != nullptr && kv.second->standby->id == evs[i].data.u64;
+      return kv.second->standby != nullptr && kv.second->standby->id != 0 &&
+             kv.second->standby->id == evs[i].data.u64;
     });
     if (sb != slots_.end()) {
       // A standby is not the device's worker: its end is no worker exit.

@@ -107,6 +107,23 @@ class Supervisor {
   // by TakeExits or counted by the restart policy. Requires a slot with a
   // running worker and no standby.
   absl::Status SpawnStandby(const std::string& device, const std::vector<std::string>& argv);
+  // SpawnStandby in three steps, so that the spawn itself (posix_spawn, which
+  // can take 5-20 ms in a big multi-threaded process) runs outside the
+  // caller's lock and event loop: Prepare reserves the device's standby
+  // (none is due meanwhile) and makes the go channel; Launch spawns (no
+  // supervisor state: any thread, no lock); Install makes the result the
+  // device's standby, unless the reservation was discarded meanwhile (an
+  // upgrade, a delete, a promotion's fallback...): then it is killed.
+  struct StandbyLaunch {
+    std::string device;
+    uint64_t reservation = 0;
+    std::vector<std::string> argv;  // with the standby flag
+    UniqueFd theirs;                // the standby's end of the go channel
+  };
+  absl::StatusOr<StandbyLaunch> PrepareStandby(const std::string& device,
+                                               const std::vector<std::string>& argv);
+  static absl::StatusOr<fdstore::Process> LaunchStandby(const StandbyLaunch& launch);
+  absl::Status InstallStandby(const StandbyLaunch& launch, absl::StatusOr<fdstore::Process> proc);
   // Kills and reaps the device's standby, if any (an upgrade, a reset, a
   // delete, a handover: nothing may promote what was started before), and
   // starts the next one no earlier than `next` (InfiniteFuture: not until
@@ -199,9 +216,11 @@ class Supervisor {
 
  private:
   // A standby worker: killed and reaped when destroyed (unless promoted,
-  // which moves proc out).
+  // which moves proc out). Reserved (PrepareStandby) but not installed yet:
+  // no proc.
   struct Standby {
-    uint64_t id = 0;  // epoll data of its pidfd
+    uint64_t reservation = 0;
+    uint64_t id = 0;  // epoll data of its pidfd (0 until installed)
     fdstore::Process proc;
     UniqueFd go;  // emud's end of the go channel
     std::vector<std::string> argv;  // without the standby flag

@@ -414,6 +414,40 @@ TEST(SupervisorStandbyTest, DiscardKillsTheStandbyAndRemoveToo) {
   EXPECT_TRUE(Gone(standby));
 }
 
+TEST(SupervisorStandbyTest, AStandbyDiscardedWhileItStartsIsKilled) {
+  auto s = Make(StandbyOptions());
+  s->Add("d");
+  const std::vector<std::string> argv = {Shim(), kWorkerScript};
+  ASSERT_TRUE(s->Spawn("d", argv, {}, {}).ok());
+  // Reserved: no other is due; not promotable before it is installed.
+  auto launch = s->PrepareStandby("d", argv);
+  ASSERT_TRUE(launch.ok()) << launch.status();
+  EXPECT_TRUE(s->DueStandbys(absl::Now() + absl::Hours(1)).empty());
+  EXPECT_EQ(s->standby_pid("d"), 0);
+  // An upgrade meanwhile: the one being spawned must never be promoted.
+  s->DiscardStandby("d");
+  auto proc = Supervisor::LaunchStandby(*launch);
+  ASSERT_TRUE(proc.ok()) << proc.status();
+  const pid_t pid = proc->pid;
+  EXPECT_TRUE(absl::IsAborted(s->InstallStandby(*launch, std::move(proc))));
+  EXPECT_TRUE(Gone(pid));
+  EXPECT_EQ(s->standby_pid("d"), 0);
+  // Not discarded: installed, and promoted like any other.
+  auto again = s->PrepareStandby("d", argv);
+  ASSERT_TRUE(again.ok());
+  ASSERT_TRUE(s->InstallStandby(*again, Supervisor::LaunchStandby(*again)).ok());
+  const pid_t standby = s->standby_pid("d");
+  EXPECT_GT(standby, 0);
+  ASSERT_TRUE(WaitReady(*s, "d"));
+  ::kill(s->pid("d"), SIGKILL);
+  ASSERT_EQ(WaitExits(*s).size(), 1u);
+  ASSERT_TRUE(s->Spawn("d", argv, {}, {}, /*use_standby=*/true).ok());
+  EXPECT_TRUE(s->promoted("d"));
+  EXPECT_EQ(s->pid("d"), standby);
+  ::kill(standby, SIGKILL);
+  EXPECT_EQ(WaitExits(*s).size(), 1u);
+}
+
 TEST(SupervisorStandbyTest, OffByDefault) {
   auto s = Make();
   s->Add("d");
