@@ -36,6 +36,7 @@
 #include "absl/strings/str_cat.h"
 #include "dataplane/worker.h"
 #include "fdstore/fd_store.h"
+#include "fdstore/standby.h"
 #include "worker_api/fd_keys.h"
 #include "worker_api/flags.h"
 #include "worker_api/restart_trace.h"
@@ -74,19 +75,48 @@ int Fail(absl::string_view what, const absl::Status& s) {
   return 1;
 }
 
+// A standby worker (--standby-fd, fdstore/standby.h): everything above
+// (exec, loading, static init, logging, the arguments) is done; say so and
+// wait for emud. Returns false if emud no longer wants this standby. Once
+// promoted, the process is what a spawned successor would be at main():
+// its fds and environment are those emud would have spawned it with.
+bool AwaitPromotion(int go) {
+  if (!fdstore::StandbyReady(go).ok()) return false;
+  absl::Status s = fdstore::AwaitPromotion(go);
+  ::close(go);
+  if (!s.ok()) {
+    if (!absl::IsCancelled(s)) log::Error(absl::StrCat("standby: ", s.ToString()));
+    return false;
+  }
+  // Its start begins here; emud made it real-time before waking it.
+  g_exec_ns = absl::GetCurrentTimeNanos();
+  AdoptStartupPriority();
+  return true;
+}
+
 int Main(int argc, char** argv) {
-  // emud's marks (a restart: its wake-up for the predecessor's exit), then ours.
+  // emud's --log-format and --log-level (base/log.h).
+  log::InitFromEnvironment("emud-worker");
+  // emud passes dashed flags (--state-dir).
+  ParseDashedCommandLine(argc, argv);
+  auto args = worker_api::WorkerArgsFromFlags();
+  if (const int go = worker_api::StandbyFdFromFlags(); go >= 0) {
+    // Nothing of the device is touched before the promotion: no fd store,
+    // no state environment, no socket (the live worker owns them).
+    if (!args.ok()) {
+      log::Error(absl::StrCat("standby: arguments: ", args.status().ToString()));
+      return 1;
+    }
+    if (!AwaitPromotion(go)) return 0;
+  }
+  // emud's marks (a restart: its wake-up for the predecessor's exit), then
+  // ours. For a promoted standby "exec" is its wake-up.
   const char* trace_env = std::getenv(worker_api::kRestartTraceEnv);
   worker_api::RestartTrace trace =
       worker_api::RestartTrace::Decode(trace_env != nullptr ? trace_env : "");
   trace.MarkAt("exec", g_exec_ns);
   trace.Mark("main");
   InitExitReasonFromEnv();
-  // emud's --log-format and --log-level (base/log.h).
-  log::InitFromEnvironment("emud-worker");
-  // emud passes dashed flags (--state-dir).
-  ParseDashedCommandLine(argc, argv);
-  auto args = worker_api::WorkerArgsFromFlags();
   if (!args.ok()) return Fail("arguments", args.status());
 
   signal(SIGPIPE, SIG_IGN);

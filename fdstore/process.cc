@@ -124,6 +124,11 @@ absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
     posix_spawnattr_setschedpolicy(&attr, SCHED_FIFO);
     posix_spawnattr_setschedparam(&attr, &sp);
     flags |= POSIX_SPAWN_SETSCHEDULER;
+  } else if (rt_priority < 0) {
+    sched_param sp{};
+    posix_spawnattr_setschedpolicy(&attr, SCHED_OTHER);
+    posix_spawnattr_setschedparam(&attr, &sp);
+    flags |= POSIX_SPAWN_SETSCHEDULER;
   }
   posix_spawnattr_setflags(&attr, flags);
   pid_t pid = 0;

@@ -50,6 +50,9 @@ struct InheritedFd {
 // itself (dataplane/startup_priority.h), and the caller bounds it
 // (EndRealtime). Spawning fails with PERMISSION_DENIED if the caller may not
 // grant it (no CAP_SYS_NICE, RLIMIT_RTPRIO).
+// With `rt_priority` < 0 the child runs SCHED_OTHER whatever the calling
+// thread runs (a standby worker spawned from emud's real-time loop); 0
+// leaves the calling thread's policy to the child.
 absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,
                                      const std::vector<InheritedFd>& inherit = {},
                                      const std::vector<std::string>& env = {},

@@ -179,6 +179,7 @@ absl::Status DeviceManager::Start(std::function<absl::Status(const std::string&)
   UpdatePhaseGaugesLocked();
   started_ = true;
   loop_ = std::thread([this] { Loop(); });
+  if (options_.standby_workers) standby_spawner_ = std::thread([this] { StandbySpawner(); });
   return absl::OkStatus();
 }
 
@@ -192,6 +193,7 @@ absl::Status DeviceManager::OpenParts() {
   sopt.restart = options_.restart;
   sopt.stop_timeout = options_.worker_stop_timeout;
   sopt.startup_rt_priority = options_.startup_rt_priority;
+  sopt.standby_workers = options_.standby_workers;
   auto supervisor = Supervisor::Create(sopt);
   if (!supervisor.ok()) return supervisor.status();
   StatusWatcherOptions wo;
@@ -285,6 +287,8 @@ absl::Status DeviceManager::BeginHandover() {
   handing_over_ = true;
   shutting_down_ = true;  // API mutations are refused from now on
   supervisor_->CancelAllRestarts();
+  // The successor starts its own standbys, from its own binaries.
+  supervisor_->DiscardAllStandbys();
   log::Info("handing the devices over to a successor emud");
   return absl::OkStatus();
 }
@@ -305,6 +309,9 @@ void DeviceManager::AbortHandover() {
   absl::MutexLock lock(&mu_);
   handing_over_ = false;
   shutting_down_ = false;
+  // Standbys again for the devices still held (started on the loop's next
+  // round; none for a device without a worker).
+  for (const auto& [name, d] : devs_) supervisor_->DiscardStandby(name, absl::Now());
   // Devices already released may be served by the successor's workers:
   // leave them; restart only what dies from now on.
   log::Warning("handover aborted; supervising the devices still held");
@@ -325,9 +332,19 @@ void DeviceManager::Shutdown() {
     Wake();
     loop_.join();
   }
+  if (standby_spawner_.joinable()) {
+    {
+      absl::MutexLock lock(&standby_mu_);
+      standby_stop_ = true;
+    }
+    standby_spawner_.join();
+  }
   if (!started_) return;
   started_ = false;
   absl::MutexLock lock(&mu_);
+  // Standbys never outlive their emud (they would exit anyway once emud's
+  // end of their go channel closes).
+  supervisor_->DiscardAllStandbys();
   if (!options_.stop_workers_on_exit) {
     log::Info("leaving workers running; the next emud adopts them");
     return;
@@ -390,9 +407,8 @@ absl::Status DeviceManager::PersistLocked(const Dev& d) {
   return s;
 }
 
-void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
+std::vector<std::string> DeviceManager::WorkerArgvLocked(const Dev& d) {
   const std::string& name = d.rec.name();
-  supervisor_->CancelRestart(name);
   const auto& spec = d.rec.spec();
   std::string binary = d.rec.worker_binary().empty() ? options_.worker_binary : d.rec.worker_binary();
   worker_api::WorkerArgs args;
@@ -411,7 +427,14 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
   if (spec.has_socket_uid()) args.socket_uid = spec.socket_uid();
   if (spec.has_socket_gid()) args.socket_gid = spec.socket_gid();
   if (spec.socket_mode() != 0) args.socket_mode = spec.socket_mode();
-  const std::vector<std::string> argv = args.ToArgv(binary);
+  return args.ToArgv(binary);
+}
+
+void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
+  const std::string& name = d.rec.name();
+  supervisor_->CancelRestart(name);
+  const auto& spec = d.rec.spec();
+  const std::vector<std::string> argv = WorkerArgvLocked(d);
   if (count_restart) {
     d.rec.set_restart_count(d.rec.restart_count() + 1);
     metrics_->WorkerRestarted(name);
@@ -435,7 +458,9 @@ void DeviceManager::StartWorkerLocked(Dev& d, bool count_restart) {
     trace.Mark("spawn");
     env.push_back(absl::StrCat(worker_api::kRestartTraceEnv, "=", trace.Encode()));
   }
-  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, env);
+  // A restart (the predecessor died) promotes the device's standby if it
+  // has a ready one of this argv and binary; any other start spawns.
+  absl::Status s = supervisor_->Spawn(name, argv, launch->inherit, env, /*use_standby=*/count_restart);
   if (!s.ok()) {
     WorkerFailedLocked(d, std::string(s.message()), false);
     return;
@@ -468,6 +493,7 @@ void DeviceManager::WorkerFailedLocked(Dev& d, const std::string& reason, bool h
         "its event loop); last: ",
         reason, "; fix the cause, then run 'emuctl reset ", name, "'"));
     log::DeviceError(name, absl::StrCat("FAILED: ", d.rec.last_error()));
+    supervisor_->DiscardStandby(name);
   } else {
     d.rec.set_last_error(reason);
     log::DeviceWarning(name, absl::StrCat(reason,
@@ -751,9 +777,11 @@ absl::Status DeviceManager::DeleteDevice(const std::string& name, bool force,
   BusyGuard busy(*d);
   d->deleting = true;
   supervisor_->CancelRestart(name);
+  supervisor_->DiscardStandby(name);
   absl::Status s = StopWorkerLocked(*d, deadline);
   if (!s.ok()) {
     d->deleting = false;
+    supervisor_->DiscardStandby(name, absl::Now());  // a standby again
     return s;
   }
   // The device stays findable until its record is gone, so a crash here
@@ -808,8 +836,13 @@ absl::StatusOr<v1::Device> DeviceManager::ResetDevice(const std::string& name,
   {
     BusyGuard busy(*d);
     supervisor_->CancelRestart(name);
+    // A fresh worker, and a fresh standby after it.
+    supervisor_->DiscardStandby(name);
     absl::Status s = StopWorkerLocked(*d, deadline);
-    if (!s.ok()) return s;
+    if (!s.ok()) {
+      supervisor_->DiscardStandby(name, absl::Now());
+      return s;
+    }
   }
   supervisor_->ResetPolicy(name);
   d->rec.set_failed(false);
@@ -887,8 +920,14 @@ absl::StatusOr<v1::Device> DeviceManager::UpgradeWorker(const std::string& name,
   {
     BusyGuard busy(*d);
     supervisor_->CancelRestart(name);
+    // The standby runs the old binary: it must never be promoted. A new one
+    // (of the new binary) follows the new worker's start.
+    supervisor_->DiscardStandby(name);
     absl::Status s = StopWorkerLocked(*d, deadline);
-    if (!s.ok()) return s;
+    if (!s.ok()) {
+      supervisor_->DiscardStandby(name, absl::Now());
+      return s;
+    }
   }
   if (!binary.empty()) d->rec.set_worker_binary(binary);
   log::DeviceInfo(name, "upgrading worker");
@@ -963,6 +1002,16 @@ pid_t DeviceManager::WorkerPidForTest(const std::string& name) {
   return supervisor_->pid(name);
 }
 
+pid_t DeviceManager::StandbyPidForTest(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  return supervisor_->standby_pid(name);
+}
+
+bool DeviceManager::StandbyReadyForTest(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  return supervisor_->StandbyReady(name);
+}
+
 // ------------------------------------------------------------- event loop
 
 void DeviceManager::Loop() {
@@ -989,6 +1038,9 @@ void DeviceManager::Loop() {
       if (stop_loop_) return;
       wake_at = std::min(watcher_->NextPoll(), next_gauge_poll_);
       if (auto r = supervisor_->NextRestart(); r.has_value()) wake_at = std::min(wake_at, *r);
+      for (const auto& [name, d] : devs_) {
+        if (StandbyWantedLocked(*d)) wake_at = std::min(wake_at, supervisor_->standby_due(name));
+      }
       if (auto r = supervisor_->EndStartupPriorities(absl::Now()); r.has_value()) {
         wake_at = std::min(wake_at, *r);
       }
@@ -1055,6 +1107,48 @@ void DeviceManager::RunDueLocked(absl::Time now) {
   for (const std::string& name : supervisor_->DueRestarts(now)) {
     if (Dev* d = FindLocked(name)) StartWorkerLocked(*d, /*count_restart=*/true);
   }
+  // Standbys: once the device's worker serves (so that they never compete
+  // with its start for the CPU), unless one died lately (the supervisor's
+  // backoff).
+  for (const auto& [name, d] : devs_) {
+    if (!StandbyWantedLocked(*d) || supervisor_->standby_due(name) > now) continue;
+    auto launch = supervisor_->PrepareStandby(name, WorkerArgvLocked(*d));
+    if (!launch.ok()) {
+      log::DeviceWarning(name, absl::StrCat("standby worker: ", launch.status().message()));
+      continue;
+    }
+    absl::MutexLock lock(&standby_mu_);
+    standby_jobs_.push_back(std::move(*launch));
+  }
+}
+
+void DeviceManager::StandbySpawner() {
+  while (true) {
+    Supervisor::StandbyLaunch job;
+    {
+      absl::MutexLock lock(&standby_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(standby_mu_) {
+        return standby_stop_ || !standby_jobs_.empty();
+      };
+      standby_mu_.Await(absl::Condition(&ready));
+      if (standby_stop_) return;
+      job = std::move(standby_jobs_.front());
+      standby_jobs_.pop_front();
+    }
+    absl::StatusOr<fdstore::Process> proc = Supervisor::LaunchStandby(job);
+    absl::MutexLock lock(&mu_);
+    absl::Status s = supervisor_->InstallStandby(job, std::move(proc));
+    if (!s.ok() && !absl::IsAborted(s)) {
+      log::DeviceWarning(job.device, absl::StrCat("standby worker: ", s.message()));
+    }
+  }
+}
+
+bool DeviceManager::StandbyWantedLocked(const Dev& d) const {
+  if (!options_.standby_workers || handing_over_ || shutting_down_) return false;
+  if (d.rec.failed() || d.deleting || d.busy) return false;
+  const WorkerStatus* st = CurrentStatusLocked(d);
+  return st != nullptr && st->phase() != WorkerStatus::PHASE_UNSPECIFIED;
 }
 
 }  // namespace emud::server

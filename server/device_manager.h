@@ -103,6 +103,10 @@ struct ManagerOptions {
   // its first frame, at most 200 ms (SupervisorOptions). 0: neither. Without
   // CAP_SYS_NICE both run without it (logged once).
   int startup_rt_priority = 1;
+  // A standby worker per running device (fdstore/standby.h): exec'd and
+  // initialised ahead of need, promoted when the device's worker dies
+  // instead of spawning its successor (SupervisorOptions).
+  bool standby_workers = true;
 };
 
 class DeviceManager {
@@ -154,6 +158,10 @@ class DeviceManager {
 
   // Test hook: pid of the device's worker, 0 if none.
   pid_t WorkerPidForTest(const std::string& name);
+  // Test hook: pid of the device's standby worker, 0 if none.
+  pid_t StandbyPidForTest(const std::string& name);
+  // Test hook: the device's standby said it is ready to be promoted.
+  bool StandbyReadyForTest(const std::string& name);
   // Test hook: number of fds the store holds for the device.
   size_t FdsHeldForTest(const std::string& name);
   // Path of the fd store's listening socket.
@@ -209,6 +217,13 @@ class DeviceManager {
   Dev& AddDevLocked(emud::internal::DeviceRecord rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartWorkerLocked(Dev& d, bool count_restart) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the device is to have a standby worker now: standbys on, emud
+  // neither handing over nor shutting down, the device neither FAILED,
+  // deleted nor busy, and its worker serving (its status record published:
+  // a standby started earlier would compete with the worker's start).
+  bool StandbyWantedLocked(const Dev& d) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The device's worker command line (worker_api::WorkerArgs::ToArgv).
+  std::vector<std::string> WorkerArgvLocked(const Dev& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies the restart policy to an unexpected exit (or failed spawn).
   void WorkerFailedLocked(Dev& d, const std::string& reason, bool healthy)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -236,6 +251,11 @@ class DeviceManager {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdatePhaseGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
+  // The standby spawner: spawns the standbys the loop reserved
+  // (Supervisor::PrepareStandby) outside mu_ and the loop, then installs
+  // them under mu_. posix_spawn can take 5-20 ms in emud; the loop must
+  // not wait for it while a worker may die.
+  void StandbySpawner();
   // One round of the loop's timed work: status reads, the fds-held gauge,
   // due restarts.
   void RunDueLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -252,6 +272,11 @@ class DeviceManager {
 
   UniqueFd epoll_, wake_;
   std::thread loop_;
+  std::thread standby_spawner_;
+  // Lock order: mu_, then standby_mu_ (the spawner never holds both).
+  absl::Mutex standby_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::deque<Supervisor::StandbyLaunch> standby_jobs_ ABSL_GUARDED_BY(standby_mu_);
+  bool standby_stop_ ABSL_GUARDED_BY(standby_mu_) = false;
   bool started_ = false;
 
   mutable absl::Mutex mu_;

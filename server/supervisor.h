@@ -51,6 +51,16 @@ struct SupervisorOptions {
   // so do all later ones.
   int startup_rt_priority = 0;
   absl::Duration startup_rt_max = absl::Milliseconds(200);
+  // Standby workers (fdstore/standby.h): one per running device, due
+  // standby_delay after its worker started (DeviceManager also waits until
+  // the worker serves, so that a standby never competes with a starting
+  // worker for the CPU); Spawn(..., use_standby) promotes it. A standby
+  // that dies is started again after standby_retry_initial, doubling up to
+  // standby_retry_max while they die before becoming ready.
+  bool standby_workers = false;
+  absl::Duration standby_delay = absl::ZeroDuration();
+  absl::Duration standby_retry_initial = absl::Seconds(1);
+  absl::Duration standby_retry_max = absl::Seconds(60);
 };
 
 class Supervisor {
@@ -76,9 +86,61 @@ class Supervisor {
   // `env`, and watches it. Cancels a pending restart. Requires a slot
   // without a running worker. Errors are the spawner's; the slot then has
   // no worker.
+  //
+  // With `use_standby` (a restart after a crash) and a ready standby of the
+  // same argv whose binary file is unchanged since it was started, the
+  // standby is promoted instead (fdstore::SendPromotion of `inherit`, the
+  // exit-reason memfd and `env`): no fork, no exec. A standby of another
+  // argv or binary is discarded first; one not ready yet is kept and the
+  // worker is spawned. Either way the result is the device's worker, the
+  // same to everything else (pid, pidfd, exits, restart policy).
   absl::Status Spawn(const std::string& device, const std::vector<std::string>& argv,
                      std::vector<fdstore::InheritedFd> inherit,
-                     const std::vector<std::string>& env);
+                     const std::vector<std::string>& env, bool use_standby = false);
+  // Whether the device's last Spawn promoted its standby.
+  bool promoted(const std::string& device) const;
+
+  // Standby workers (SupervisorOptions::standby_workers). A standby is
+  // `argv` plus --standby-fd=3, spawned SCHED_OTHER with nothing but its go
+  // channel: it holds none of the device's fds, its state or its socket.
+  // Its exit is handled here (logged, started again later), never reported
+  // by TakeExits or counted by the restart policy. Requires a slot with a
+  // running worker and no standby.
+  absl::Status SpawnStandby(const std::string& device, const std::vector<std::string>& argv);
+  // SpawnStandby in three steps, so that the spawn itself (posix_spawn, which
+  // can take 5-20 ms in a big multi-threaded process) runs outside the
+  // caller's lock and event loop: Prepare reserves the device's standby
+  // (none is due meanwhile) and makes the go channel; Launch spawns (no
+  // supervisor state: any thread, no lock); Install makes the result the
+  // device's standby, unless the reservation was discarded meanwhile (an
+  // upgrade, a delete, a promotion's fallback...): then it is killed.
+  struct StandbyLaunch {
+    std::string device;
+    uint64_t reservation = 0;
+    std::vector<std::string> argv;  // with the standby flag
+    UniqueFd theirs;                // the standby's end of the go channel
+  };
+  absl::StatusOr<StandbyLaunch> PrepareStandby(const std::string& device,
+                                               const std::vector<std::string>& argv);
+  static absl::StatusOr<fdstore::Process> LaunchStandby(const StandbyLaunch& launch);
+  absl::Status InstallStandby(const StandbyLaunch& launch, absl::StatusOr<fdstore::Process> proc);
+  // Kills and reaps the device's standby, if any (an upgrade, a reset, a
+  // delete, a handover: nothing may promote what was started before), and
+  // starts the next one no earlier than `next` (InfiniteFuture: not until
+  // the device's worker is started again).
+  void DiscardStandby(const std::string& device, absl::Time next = absl::InfiniteFuture());
+  void DiscardAllStandbys();
+  // The device's standby's pid, 0 if none.
+  pid_t standby_pid(const std::string& device) const;
+  // Whether the device's standby said it is ready (reads its go channel).
+  bool StandbyReady(const std::string& device);
+  // Devices with a running worker, no standby and a standby due at `now`.
+  std::vector<std::string> DueStandbys(absl::Time now) const;
+  // The earliest due standby, if any.
+  std::optional<absl::Time> NextStandby() const;
+  // When the device's next standby is due (InfiniteFuture: none is: off, no
+  // running worker, or it has one).
+  absl::Time standby_due(const std::string& device) const;
   // Takes over the running `pid` whose /proc start time is `start_ticks`
   // (a worker of a previous emud) and watches it. NOT_FOUND if it is gone.
   absl::Status Adopt(const std::string& device, pid_t pid, uint64_t start_ticks);
@@ -153,6 +215,22 @@ class Supervisor {
   std::vector<std::string> DueRestarts(absl::Time now) const;
 
  private:
+  // A standby worker: killed and reaped when destroyed (unless promoted,
+  // which moves proc out). Reserved (PrepareStandby) but not installed yet:
+  // no proc.
+  struct Standby {
+    uint64_t reservation = 0;
+    uint64_t id = 0;  // epoll data of its pidfd (0 until installed)
+    fdstore::Process proc;
+    UniqueFd go;  // emud's end of the go channel
+    std::vector<std::string> argv;  // without the standby flag
+    std::string binary_identity;    // of argv[0] when it was spawned
+    bool ready = false;
+    Standby() = default;
+    Standby(const Standby&) = delete;
+    Standby& operator=(const Standby&) = delete;
+    ~Standby();
+  };
   struct Slot {
     uint64_t id = 0;  // epoll data of its pidfd
     fdstore::Process proc;
@@ -163,12 +241,27 @@ class Supervisor {
     UniqueFd exit_reason;
     bool store_full = false;
     std::optional<absl::Time> rt_until;  // started real-time; taken back then
+    std::unique_ptr<Standby> standby;
+    // When to start the next standby (with a running worker).
+    absl::Time standby_due = absl::InfiniteFuture();
+    int standby_failures = 0;  // standbys in a row that died before ready
+    // No standby before this (the backoff after one died), whatever
+    // standby_due says.
+    absl::Time standby_not_before = absl::InfinitePast();
+    bool promoted = false;
   };
   explicit Supervisor(SupervisorOptions options)
       : options_(std::move(options)), rt_priority_(options_.startup_rt_priority) {}
   Slot* Find(const std::string& device);
   const Slot* Find(const std::string& device) const;
   void Watch(Slot& s);
+  // Tries to promote the slot's standby; false (the standby kept or
+  // discarded) if it cannot be.
+  bool PromoteLocked(const std::string& device, Slot& s, const std::vector<std::string>& argv,
+                     const std::vector<fdstore::InheritedFd>& inherit,
+                     const std::vector<std::string>& env);
+  void StandbyExited(const std::string& device, Slot& s);
+  static bool CheckReady(Standby& sb);
 
   const SupervisorOptions options_;
   UniqueFd epoll_;

@@ -26,7 +26,13 @@ ABSL_FLAG(int, datapath_threads, 1,
           "data-path threads (1..16): queue pair q is served by thread q % N, thread 0 being "
           "the event loop that also serves the vfio-user session");
 
+ABSL_FLAG(int, standby_fd, -1,
+          "run as a standby worker (emud --standby-workers, fdstore/standby.h): start up, "
+          "then wait on this fd until emud promotes this process to the device's worker");
+
 namespace emud::worker_api {
+
+int StandbyFdFromFlags() { return absl::GetFlag(FLAGS_standby_fd); }
 
 absl::StatusOr<WorkerArgs> WorkerArgsFromFlags() {
   WorkerArgs a;

@@ -22,6 +22,12 @@ namespace emud::worker_api {
 // exactly what the worker will do.
 absl::StatusOr<WorkerArgs> WorkerArgsFromFlags();
 
+// --standby-fd: >= 0 for a standby worker (fdstore/standby.h), the fd of its
+// go channel; -1 otherwise. Not a WorkerArgs field: emud adds it to a
+// standby's argv only, and an older worker binary that does not know it
+// refuses to start (so it never runs as a worker beside the live one).
+int StandbyFdFromFlags();
+
 }  // namespace emud::worker_api
 
 #endif  // EMUD_WORKER_API_FLAGS_H_

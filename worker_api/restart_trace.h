@@ -10,6 +10,10 @@
 // and logs the whole line once it has polled (kLogPrefix): nothing of this is
 // on the path to the first frame but a clock read per step.
 //
+// A promoted standby worker (fdstore/standby.h) gets the same marks in its
+// promotion message; its "exec" is its wake-up from the go channel (it
+// exec'd long before), so "spawn -> exec" is then the promotion.
+//
 // A worker started for another reason (create, upgrade-worker, a backed-off
 // restart) logs its own marks only.
 #ifndef EMUD_WORKER_API_RESTART_TRACE_H_
