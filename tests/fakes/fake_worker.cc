@@ -46,6 +46,7 @@
 #include "base/command_line.h"
 #include "base/unix_listener.h"
 #include "fdstore/fd_store.h"
+#include "fdstore/standby.h"
 #include "proto/worker_status.pb.h"
 #include "state_store/record.h"
 #include "state_store/state_dir.h"
@@ -88,6 +89,14 @@ int main(int argc, char** argv) {
   const int queues = args->queues;
   const std::string device = args->device, state_dir = args->state_dir;
   const std::string socket_path = args->socket_path;
+  // A standby (--standby-fd, fdstore/standby.h), as emud-worker: ready, then
+  // wait; once promoted, go on as a spawned successor would.
+  if (const int go = emud::worker_api::StandbyFdFromFlags(); go >= 0) {
+    if (!emud::fdstore::StandbyReady(go).ok()) return 0;
+    const absl::Status s = emud::fdstore::AwaitPromotion(go);
+    ::close(go);
+    if (!s.ok()) return 0;
+  }
 
   sigset_t sigs;
   sigemptyset(&sigs);
