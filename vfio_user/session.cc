@@ -203,7 +203,10 @@ absl::Status Session::Watch() {
 absl::Status Session::AttachClient(UniqueFd conn) {
   if (conn_.valid()) return absl::FailedPreconditionError("a client is already attached");
   if (!conn.valid()) return absl::InvalidArgumentError("invalid connection fd");
-  if (journal_) journal_->ClearRun();  // about an older connection
+  if (journal_) {  // about an older connection
+    journal_->ClearRun();
+    journal_->ClearPure();
+  }
   int fl = ::fcntl(conn.get(), F_GETFL);
   if (fl < 0 || ::fcntl(conn.get(), F_SETFL, fl | O_NONBLOCK) != 0) {
     return absl::InternalError(absl::StrCat("fcntl O_NONBLOCK: ", std::strerror(errno)));
@@ -326,9 +329,10 @@ bool Session::HandleMessage(Message msg) {
   }
   ++stats_.requests;
   const bool self_durable = IsSelfDurable(msg);
+  const bool pure = options_.store != nullptr && IsPure(msg, kHeaderSize + msg.payload.size());
   Reply reply = Dispatch(msg);
   CountCommand(hdr.command, reply.err != 0);
-  if (options_.store && !self_durable) {
+  if (options_.store && !self_durable && !pure) {
     if (auto s = Commit(nullptr); !s.ok()) {
       // The effect is applied in memory but not durable: tell the client.
       reply = Reply{};
@@ -917,6 +921,10 @@ absl::Status Session::WriteAllState(state_store::WriteTxn& txn) {
 
 absl::Status Session::Commit(const std::function<absl::Status(state_store::WriteTxn&)>& extra) {
   if (!options_.store) return absl::OkStatus();
+  // Save runs on this thread inside the transaction, and so does everything
+  // that moves the generation (the data path's lane 0 included).
+  const bool saves_device = options_.save_device && attached_;
+  const uint64_t generation = device_->StateGeneration();
   auto s = options_.store->Update([&](state_store::WriteTxn& txn) -> absl::Status {
     if (auto st = WriteAllState(txn); !st.ok()) return st;
     if (extra) return extra(txn);
@@ -924,6 +932,11 @@ absl::Status Session::Commit(const std::function<absl::Status(state_store::Write
   });
   if (s.ok()) {
     ++stats_.commits;
+    if (saves_device) {
+      committed_generation_ = generation;
+    } else {
+      committed_generation_.reset();
+    }
     state_dirty_ = false;
     dirty_windows_.clear();
     if (options_.fd_depositor != nullptr) {
@@ -932,6 +945,7 @@ absl::Status Session::Commit(const std::function<absl::Status(state_store::Write
     pending_releases_.clear();
   } else {
     state_dirty_ = true;
+    committed_generation_.reset();
   }
   return s;
 }
@@ -971,6 +985,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Resume(PciDevice* device, Even
   if (s->options_.crash_consistent) {
     if (auto st = s->SettleLastRequest(); !st.ok()) return st;
     if (auto st = s->SettleSelfDurableRun(); !st.ok()) return st;
+    if (auto st = s->SettlePure(); !st.ok()) return st;
   }
   if (auto st = s->Watch(); !st.ok()) return st;
   return s;

@@ -133,7 +133,8 @@ struct SessionOptions {
   // not committed: 1 = one applied, 3 = its progress recorded in the
   // journal's run-progress word, 2 = the run consumed; a group-committed
   // run of posted writes: 5 = one applied, not yet committed, then 1, 2, 3
-  // as for a request); returning true
+  // as for a request; a request answered without a commit - see IsPure -
+  // 6 = applied and recorded in the journal, then 2, 3, 4); returning true
   // makes the session Abandon() right there, as if the process died.
   std::function<bool(int stage)> crash_point;
   // Poison-request quarantine (crash_consistent mode; optional, not owned):
@@ -158,6 +159,7 @@ struct SessionStats {
   uint64_t quarantined = 0;       // poison requests answered without applying
   uint64_t grouped_runs = 0;      // runs of posted writes committed together
   uint64_t grouped_writes = 0;    // the posted writes in them
+  uint64_t uncommitted_replies = 0;  // requests answered without a commit (IsPure)
   // Per command number (index 0 = unknown commands), for metrics labels
   // (CommandName()).
   std::array<uint64_t, kCmdMax> by_command{};
@@ -267,6 +269,19 @@ class Session {
   // consumes them together. Returns how many (0: the head is no posted
   // write; -1: abandoned or disconnected).
   int CommitPostedRun(absl::Span<const uint8_t> run);
+  // A request that changes no state and whose reply reveals only durable
+  // state, so it needs no commit (ARCHITECTURE.md, "Reads without side
+  // effects"): DEVICE_GET_INFO, GET_REGION_INFO, GET_REGION_IO_FDS,
+  // GET_IRQ_INFO, and a REGION_READ the device reports without side effects
+  // (PciDevice::ReadHasSideEffects), each wanting a reply and carrying no
+  // fds, while nothing is pending a commit: no session change, no interrupt
+  // state change, the device's StateGeneration unchanged since the last
+  // commit.
+  bool IsPure(const Message& msg, size_t raw_size) const;
+  // Crash-consistent mode: applies the pure request (IsPure) peeked at the
+  // socket head, records it in the journal, consumes it, marks its reply in
+  // the journal and sends it. False as HandleMessageCrashConsistent.
+  bool HandlePure(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest);
   // A well-formed-looking posted REGION_WRITE / WRITE_MULTI header on a
   // negotiated session (the payload may still be refused).
   bool IsPostedWrite(const Header& h) const;
@@ -286,6 +301,10 @@ class Session {
   // at the socket head).
   absl::Status SettleLastRequest();
   absl::Status SettleSelfDurableRun();
+  // ... then the uncommitted request it recorded (HandlePure): answered
+  // again (applied anew: it changes nothing) if it was consumed and its
+  // reply not marked.
+  absl::Status SettlePure();
 
   // SessionOptions::crash_point stages. Committed requests: applied and
   // committed, consumed, journal marked, replied. Self-durable writes: one
@@ -296,6 +315,7 @@ class Session {
     kCrashMarked = 3,
     kCrashReplied = 4,
     kCrashRunApplied = 5,
+    kCrashPureRecorded = 6,
   };
   // True, after Abandon(), when the crash_point test hook wants the process
   // to die at `stage`.
@@ -373,6 +393,8 @@ class Session {
   bool drained_all_ = false;                 // the last drain emptied the socket
   std::optional<RequestJournal> journal_;    // crash-consistent mode
   bool state_dirty_ = false;
+  // The device's StateGeneration at the last commit that saved it (IsPure).
+  std::optional<uint64_t> committed_generation_;
   std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
   std::vector<std::string> pending_releases_;  // fd-store keys released by the next commit
   SessionStats stats_;

@@ -103,6 +103,62 @@ void Session::Quarantine(const Header& h, uint64_t digest) {
                (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO");
 }
 
+bool Session::IsPure(const Message& msg, size_t raw_size) const {
+  const Header& h = msg.hdr;
+  if (h.flags != kFlagTypeCommand || h.error != 0 || !negotiated_ || !attached_) return false;
+  if (!msg.fds.empty() || msg.fds_truncated || raw_size > RequestJournal::kPureMax) return false;
+  switch (h.command) {
+    case kCmdDeviceGetInfo:
+    case kCmdDeviceGetRegionInfo:
+    case kCmdDeviceGetRegionIoFds:
+    case kCmdDeviceGetIrqInfo:
+      break;  // answered from the session's fixed description
+    case kCmdRegionRead: {
+      RegionAccess req;
+      // A malformed or refused read is answered with an error and reads
+      // nothing; a valid one asks the device.
+      if (!LoadStruct(msg.payload, 0, &req) || msg.payload.size() != sizeof(RegionAccess)) break;
+      if (!CheckRegionAccess(req.region, req.offset, req.count, false).ok()) break;
+      if (device_->ReadHasSideEffects(req.region, req.offset, req.count)) return false;
+      break;
+    }
+    default:
+      return false;
+  }
+  // The reply may reveal only durable state: nothing may wait for a commit
+  // (a group-committed run is committed before its handler returns; the
+  // data path's changes to saved state move the generation).
+  return !state_dirty_ && dirty_windows_.empty() && pending_releases_.empty() && !irqs_->dirty() &&
+         options_.save_device && committed_generation_.has_value() &&
+         *committed_generation_ == device_->StateGeneration();
+}
+
+bool Session::HandlePure(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest) {
+  // Apply (changes nothing), record the request in the journal, consume it,
+  // mark its reply, reply: a kill before the consume leaves it at the socket
+  // head (the successor answers it as any request); after it, the successor
+  // finds the record and no longer the request at the head, and answers it
+  // again unless the mark says the reply went out (SettlePure).
+  const Header h = msg.hdr;
+  ++stats_.requests;
+  ++stats_.uncommitted_replies;
+  Reply reply = ApplyGuarded(msg, raw, digest);
+  CountCommand(h.command, reply.err != 0);
+  journal_->RecordPure(raw);
+  if (CrashAt(kCrashPureRecorded)) return false;
+  if (!ConsumePeeked(raw.size())) return false;
+  if (CrashAt(kCrashConsumed)) return false;
+  PreparedMessage out;
+  if (!PrepareReply(h, reply, &out)) return false;
+  journal_->MarkPureReplying();
+  if (CrashAt(kCrashMarked)) return false;
+  if (absl::Status st = SendPrepared(conn_.get(), out, options_.send_timeout); !st.ok()) {
+    Disconnect(absl::StrCat("sending reply: ", st.message()));
+    return false;
+  }
+  return !CrashAt(kCrashReplied);
+}
+
 bool Session::IsPostedWrite(const Header& h) const {
   return h.flags == (kFlagTypeCommand | kFlagNoReply) && h.error == 0 && negotiated_ &&
          (h.command == kCmdRegionWrite || h.command == kCmdRegionWriteMulti);
@@ -231,7 +287,10 @@ bool Session::HandleMessageCrashConsistent() {
     if (!ConsumePeeked(raw.size())) return false;
     return !CrashAt(kCrashConsumed);
   }
-  // 3. Apply.
+  // 3. A request that changes no state, while everything its reply may
+  // reveal is durable: no commit.
+  if (IsPure(msg, raw.size())) return HandlePure(msg, raw, digest);
+  // 4. Apply.
   const bool is_reply = (h.flags & kFlagTypeMask) == kFlagTypeReply;
   Reply reply;
   if (is_reply) {
@@ -250,7 +309,7 @@ bool Session::HandleMessageCrashConsistent() {
   rh.msg_size = static_cast<uint32_t>(kHeaderSize + (reply.err ? 0 : reply.payload.size()));
   ++seq_;
   state_dirty_ = true;
-  // 4. Commit state + device + the applied request and its reply.
+  // 5. Commit state + device + the applied request and its reply.
   auto s = Commit([&](state_store::WriteTxn& txn) -> absl::Status {
     return session_store::PutLastRequest(txn, seq_, raw, digest, wants_reply, rh,
                                          reply.err ? absl::Span<const uint8_t>() : absl::MakeConstSpan(reply.payload));
@@ -263,10 +322,10 @@ bool Session::HandleMessageCrashConsistent() {
     return false;
   }
   if (CrashAt(kCrashApplied)) return false;
-  // 5. Consume (no control buffer: the in-flight fd references are dropped).
+  // 6. Consume (no control buffer: the in-flight fd references are dropped).
   if (!ConsumePeeked(raw.size())) return false;
   if (CrashAt(kCrashConsumed)) return false;
-  // 6. Journal, then reply. Everything the send needs is laid out first:
+  // 7. Journal, then reply. Everything the send needs is laid out first:
   // between the mark and sendmsg a kill loses the reply (the successor takes
   // the mark as "sent"), so nothing else may run there.
   PreparedMessage out;
@@ -346,6 +405,35 @@ absl::Status Session::SettleSelfDurableRun() {
     return absl::UnavailableError("consuming the applied writes failed");
   }
   journal_->ClearRun();
+  return absl::OkStatus();
+}
+
+absl::Status Session::SettlePure() {
+  bool replying = false;
+  const absl::Span<const uint8_t> rec = journal_->pure(&replying);
+  if (rec.empty() || replying) {
+    journal_->ClearPure();
+    return absl::OkStatus();
+  }
+  // Recorded, reply not sent. Still at the socket head: not consumed, the
+  // loop answers it like any request. Otherwise it was consumed: answer it
+  // now, applied anew (it changes no state, and the state its reply
+  // reveals is what this process restored: durable).
+  bool fds;
+  const absl::Span<const uint8_t> head = reader_.PeekAhead(conn_.get(), rec.size(), &fds);
+  const bool at_head = head.size() == rec.size() && std::memcmp(head.data(), rec.data(), rec.size()) == 0;
+  if (!at_head) {
+    Message m;
+    std::memcpy(&m.hdr, rec.data(), kHeaderSize);
+    m.payload.assign(rec.begin() + kHeaderSize, rec.end());
+    ++stats_.requests;
+    Reply reply = Dispatch(m);
+    CountCommand(m.hdr.command, reply.err != 0);
+    journal_->MarkPureReplying();
+    ++stats_.replayed_replies;
+    if (!SendReply(m.hdr, reply)) return absl::UnavailableError("answering the recorded request failed");
+  }
+  journal_->ClearPure();
   return absl::OkStatus();
 }
 
