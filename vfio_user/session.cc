@@ -197,7 +197,12 @@ absl::Status Session::Watch() {
     });
     if (!s.ok()) return s;
   }
-  return loop_->Add(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t) { ProcessReady(); });
+  // Crash-consistent mode: edge-triggered, because a deferred run of
+  // self-durable writes stays in the socket (DrainSelfDurable) and would keep
+  // a level-triggered watch firing. Every arrival is an edge; ProcessReady
+  // reads until nothing more can be handled or re-schedules itself.
+  const uint32_t events = EPOLLIN | EPOLLRDHUP | (options_.crash_consistent ? EPOLLET : 0u);
+  return loop_->Add(conn_.get(), events, [this](uint32_t) { ProcessReady(); });
 }
 
 absl::Status Session::AttachClient(UniqueFd conn) {
@@ -213,6 +218,8 @@ absl::Status Session::AttachClient(UniqueFd conn) {
   }
   if (auto s = DepositFd(kConnFdKey, conn.get()); !s.ok()) return s;
   conn_ = std::move(conn);
+  peek_offset_ = false;  // a new socket peeks from its head
+  deferred_ = 0;
   reader_ = MessageReader(options_.max_msg_size, options_.max_msg_fds);
   reader_.set_exact_reads(options_.store != nullptr);
   backlog_.clear();
@@ -239,6 +246,8 @@ void Session::Disconnect(absl::string_view why) {
   last_disconnect_reason_ = std::string(why);
   if (loop_) loop_->Remove(conn_.get());
   conn_.reset();
+  peek_offset_ = false;
+  deferred_ = 0;
   backlog_.clear();
   dma_->UnmapAll([this](uint64_t iova, uint64_t size) { BeforeUnmap(iova, size); });
   if (attached_) {
@@ -267,6 +276,8 @@ void Session::Disconnect(absl::string_view why) {
 void Session::Abandon() {
   if (loop_ && conn_.valid()) loop_->Remove(conn_.get());
   conn_.reset();
+  peek_offset_ = false;
+  deferred_ = 0;
   backlog_.clear();
   negotiated_ = false;
   attached_ = false;
@@ -286,6 +297,7 @@ void Session::Abandon() {
 void Session::ProcessReady() {
   if (in_process_) return;
   in_process_ = true;
+  bool more = false;  // crash-consistent: the round ended at its cap, not on "nothing more"
   for (int i = 0; i < kMaxMessagesPerRound && conn_.valid(); ++i) {
     if (!backlog_.empty()) {
       Message m = std::move(backlog_.front());
@@ -295,6 +307,7 @@ void Session::ProcessReady() {
     }
     if (options_.crash_consistent) {
       if (!HandleMessageCrashConsistent()) break;
+      more = i + 1 == kMaxMessagesPerRound;
       continue;
     }
     Message m;
@@ -315,7 +328,7 @@ void Session::ProcessReady() {
     }
   }
   in_process_ = false;
-  if (conn_.valid() && kick_fd_.valid() && HasBufferedInput()) {
+  if (conn_.valid() && kick_fd_.valid() && (HasBufferedInput() || more)) {
     uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(kick_fd_.get(), &one, sizeof(one));
   }
@@ -979,6 +992,11 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Resume(PciDevice* device, Even
   }
   s->conn_ = std::move(conn);
   s->reader_.set_exact_reads(true);
+  // The peek offset is the socket's, not the process's: a predecessor that
+  // deferred a run left it past that run. Peek from the head (a kernel
+  // without SO_PEEK_OFF on AF_UNIX never had one set).
+  const int no_offset = -1;
+  (void)::setsockopt(s->conn_.get(), SOL_SOCKET, SO_PEEK_OFF, &no_offset, sizeof(no_offset));
   device->Attach(DeviceContext{s->dma_.get(), s->irqs_.get()});
   s->attached_ = true;
 

@@ -160,6 +160,7 @@ struct SessionStats {
   uint64_t grouped_runs = 0;      // runs of posted writes committed together
   uint64_t grouped_writes = 0;    // the posted writes in them
   uint64_t uncommitted_replies = 0;  // requests answered without a commit (IsPure)
+  uint64_t deferred_consumes = 0;    // self-durable runs consumed after more than one wake-up
   // Per command number (index 0 = unknown commands), for metrics labels
   // (CommandName()).
   std::array<uint64_t, kCmdMax> by_command{};
@@ -263,7 +264,18 @@ class Session {
   // run-progress word after each, then consumes them together. Returns how
   // many (0: none / nothing readable; -1: the session was abandoned or
   // disconnected).
+  // With an event loop, a look-ahead made entirely of such writes is not
+  // consumed at once: the socket's peek offset (SO_PEEK_OFF) is moved past
+  // it and the run continues with the next wake-up's writes (recorded in the
+  // same run-progress word), until kDeferMax bytes or anything else arrives
+  // (ARCHITECTURE.md, "Doorbells: self-durable writes").
   int DrainSelfDurable(absl::Span<const uint8_t> run);
+  // Takes the deferred run off the socket and peeks from its head again.
+  // False (after Disconnect) if that fails.
+  bool EndDeferredRun();
+  // SO_PEEK_OFF on the connection: `off` (>= 0) or -1 (off). False (after
+  // Disconnect) on failure.
+  bool SetPeekOffset(int off);
   // Crash-consistent mode: applies the run of posted (non-self-durable)
   // writes at the head of the peeked `run` and commits them once, then
   // consumes them together. Returns how many (0: the head is no posted
@@ -391,6 +403,14 @@ class Session {
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
   static constexpr size_t kPeekSize = 8192;  // DrainSelfDurable's look-ahead (>= the largest WRITE_MULTI)
   bool drained_all_ = false;                 // the last drain emptied the socket
+  // A run of self-durable writes applied but left at the socket head, the
+  // socket's peek offset just past it (DrainSelfDurable): its bytes and
+  // their digest.
+  static constexpr size_t kDeferMax = 2048;
+  bool peek_offset_ = false;
+  bool peek_offset_supported_ = true;  // false once the kernel refused SO_PEEK_OFF
+  size_t deferred_ = 0;
+  uint64_t deferred_digest_ = 0;
   std::optional<RequestJournal> journal_;    // crash-consistent mode
   bool state_dirty_ = false;
   // The device's StateGeneration at the last commit that saved it (IsPure).

@@ -5,6 +5,7 @@
 // applied with their progress in the journal and consumed together; and a
 // successor settles what its predecessor left (Resume).
 #include <errno.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -46,7 +47,9 @@ int Session::DrainSelfDurable(absl::Span<const uint8_t> run) {
   drained_all_ = false;
   size_t off = 0;
   int handled = 0;
-  uint64_t digest = Fnv1a({});  // of the run's first `off` bytes
+  // A deferred run (peek_offset_) goes on: `run` starts right after it.
+  const size_t base = peek_offset_ ? deferred_ : 0;
+  uint64_t digest = peek_offset_ ? deferred_digest_ : Fnv1a({});  // of the run's first base + `off` bytes
   // The whole look-ahead (<= ~200 small writes): each costs little (a store
   // and maybe a doorbell hook), one peek and one read serve them all.
   while (off + kHeaderSize <= run.size()) {
@@ -64,17 +67,61 @@ int Session::DrainSelfDurable(absl::Span<const uint8_t> run) {
     digest = Fnv1a(msg, digest);
     off += msg.size();
     ++handled;
-    journal_->RecordRun(digest, off);
+    journal_->RecordRun(digest, base + off);
     if (CrashAt(kCrashMarked)) return -1;
   }
   if (handled == 0) return 0;
   // Everything readable was this run: no need to look again before the
-  // loop reports more (level-triggered; saves two failing reads per round).
+  // loop reports more (saves two failing reads per round).
   drained_all_ = off == run.size() && run.size() < kPeekSize;
-  if (!ConsumePeeked(off)) return -1;
+  const size_t total = base + off;
+  // Defer the consume: the next wake-up peeks past these bytes (the peek
+  // offset) and its writes extend the run, so a wake-up costs one peek, not a
+  // peek and a recv. Bounded (each queued message holds socket buffer the
+  // client's sends wait for); only with a loop, which watches the socket
+  // edge-triggered (Watch), since the deferred bytes keep it readable.
+  if (drained_all_ && loop_ != nullptr && total < kDeferMax && peek_offset_supported_) {
+    if (peek_offset_ || SetPeekOffset(static_cast<int>(total))) {
+      peek_offset_ = true;
+      deferred_ = total;
+      deferred_digest_ = digest;
+      return handled;
+    }
+    if (!conn_.valid()) return -1;
+  }
+  if (!ConsumePeeked(total)) return -1;
+  if (base != 0) ++stats_.deferred_consumes;
   if (CrashAt(kCrashConsumed)) return -1;
   journal_->ClearRun();
+  if (peek_offset_) {
+    peek_offset_ = false;
+    deferred_ = 0;
+    if (!SetPeekOffset(-1)) return -1;
+  }
   return handled;
+}
+
+bool Session::SetPeekOffset(int off) {
+  if (::setsockopt(conn_.get(), SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) == 0) return true;
+  if (off >= 0 && (errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
+    peek_offset_supported_ = false;  // consume each run at once, as before
+    return false;
+  }
+  Disconnect(absl::StrCat("SO_PEEK_OFF: ", std::strerror(errno)));
+  return false;
+}
+
+bool Session::EndDeferredRun() {
+  if (!peek_offset_) return true;
+  if (deferred_ != 0) {
+    if (!ConsumePeeked(deferred_)) return false;
+    ++stats_.deferred_consumes;
+    if (CrashAt(kCrashConsumed)) return false;
+  }
+  journal_->ClearRun();
+  peek_offset_ = false;
+  deferred_ = 0;
+  return SetPeekOffset(-1);
 }
 
 Session::Reply Session::ApplyGuarded(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest) {
@@ -246,8 +293,22 @@ bool Session::HandleMessageCrashConsistent() {
   // writes (one commit for the run). EOF, errors and EAGAIN: the regular
   // path decides. Fds anywhere in the look-ahead send every message through
   // the regular path (which refuses a write carrying fds).
-  bool fds = false;
-  const absl::Span<const uint8_t> run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds);
+  bool fds = false, would_block = false;
+  absl::Span<const uint8_t> run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds, &would_block);
+  if (peek_offset_) {
+    // A deferred run: `run` is what arrived after it. Nothing new (a wake-up
+    // for bytes an earlier round already took): keep it. More self-durable
+    // writes extend it; anything else (another request, fds, a partial
+    // message, EOF, an error) ends it: consumed, and the look-ahead made
+    // again from the socket head.
+    if (run.empty() && would_block) return false;
+    if (!run.empty() && !fds) {
+      const int d = DrainSelfDurable(run);
+      if (d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
+    }
+    if (!EndDeferredRun()) return false;
+    run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds);
+  }
   if (!run.empty() && !fds) {
     int d = DrainSelfDurable(run);
     if (d == 0) d = CommitPostedRun(run);

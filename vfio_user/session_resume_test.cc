@@ -6,7 +6,9 @@
 // the request in flight.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/sockios.h>
 
 #include <atomic>
 #include <cstring>
@@ -409,7 +411,8 @@ TEST_F(ResumeTest, SelfDurablePostedWritesAreNotCommitted) {
 // write: stage 1 (applied, progress not recorded) - the successor consumes
 // the 2 recorded ones unapplied and applies the 3rd again (harmless) and the
 // 4th; stage 3 (progress recorded) - it applies only the 4th; stage 2 (run
-// consumed, progress word not yet cleared) - nothing is applied again. The
+// consumed when the next message ended its deferral, progress word not yet
+// cleared) - nothing is applied again. The
 // stale stored reply of the committed request is never re-sent and that
 // request is not re-applied.
 class SelfDurableCrashTest : public ResumeTest, public ::testing::WithParamInterface<int> {};
@@ -448,6 +451,11 @@ TEST_P(SelfDurableCrashTest, ResumeReappliesAtMostTheWriteInFlight) {
   }
   armed = true;
   ASSERT_TRUE(client_->SendRaw(raw).ok());
+  // The run is consumed when something else arrives (it is deferred until
+  // then): a posted ADD 0, which the successor applies.
+  if (stage == 2) {
+    ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 0, /*posted=*/true).ok());
+  }
   for (int i = 0; i < 2000 && !died; ++i) absl::SleepFor(absl::Milliseconds(1));
   ASSERT_TRUE(died);
   w->Die();
@@ -734,6 +742,196 @@ TEST_P(PureReadCrashTest, AnsweredExactlyOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Stages, PureReadCrashTest, ::testing::Values(6, 2, 4));
+
+// ---- Deferred runs of self-durable writes (SO_PEEK_OFF) ----
+
+// A posted REGION_WRITE of the self-durable scratch cell (36 bytes).
+std::vector<uint8_t> ScratchWrite(uint32_t v, uint16_t msg_id) {
+  std::vector<uint8_t> raw;
+  Header h;
+  h.msg_id = msg_id;
+  h.command = kCmdRegionWrite;
+  h.flags = kFlagNoReply;
+  RegionAccess a{ExampleDevice::kScratch, kBar0, 4};
+  h.msg_size = kHeaderSize + sizeof(a) + 4;
+  AppendStruct(&raw, h);
+  AppendStruct(&raw, a);
+  AppendStruct(&raw, v);
+  return raw;
+}
+constexpr size_t kScratchWriteSize = kHeaderSize + sizeof(RegionAccess) + 4;
+
+// Bytes queued at the server end (SIOCINQ: no peek, so the socket's peek
+// offset is left alone).
+int Queued(int server_fd) {
+  int n = -1;
+  EXPECT_EQ(::ioctl(server_fd, SIOCINQ, &n), 0);
+  return n;
+}
+
+bool WaitFor(const std::function<bool()>& done) {
+  for (int i = 0; i < 5000; ++i) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return done();
+}
+
+// Writes arriving one per wake-up extend one run left in the socket (one
+// peek per wake-up, no recv); a read ends it, consumed once; a long stream
+// is consumed every kDeferMax bytes.
+TEST_F(ResumeTest, SelfDurableRunIsDeferredAcrossWakeUps) {
+  DurableCell cell;
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  Worker w(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  UniqueFd server = ConnFromStore();
+  ASSERT_TRUE(client_->Version().ok());
+  for (uint32_t i = 1; i <= 10; ++i) {
+    ASSERT_TRUE(client_->SendRaw(ScratchWrite(i, static_cast<uint16_t>(0x100 + i))).ok());
+    ASSERT_TRUE(WaitFor([&] { return cell.applies == i; }));
+  }
+  ASSERT_TRUE(WaitFor([&] { return Queued(server.get()) == static_cast<int>(10 * kScratchWriteSize); }))
+      << Queued(server.get());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 10u);
+  EXPECT_EQ(Queued(server.get()), 0);
+  EXPECT_EQ(cell.applies, 10u);
+  EXPECT_GE(w.session()->stats().deferred_consumes, 1u);
+  for (uint32_t i = 11; i <= 200; ++i) {
+    ASSERT_TRUE(client_->SendRaw(ScratchWrite(i, static_cast<uint16_t>(0x100 + i))).ok());
+  }
+  ASSERT_TRUE(WaitFor([&] { return cell.applies == 200; }));
+  EXPECT_LT(Queued(server.get()), 2048 + 8192) << "bounded";
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 200u);
+  EXPECT_EQ(cell.applies, 200u);
+}
+
+// Kill inside a deferred run (writes 1..5 each in its own wake-up, after a
+// committed ADD): 1 = the 5th applied, not recorded (the successor consumes
+// 4 and applies the 5th again); 3 = the 5th recorded (consumes 5, applies
+// none again); 2 = the run consumed when a read ended it (nothing left; the
+// read is answered by the successor). The successor resets the socket's peek
+// offset, so the cell ends at the last value with every write applied once
+// (the in-flight one at most twice) and the stream in step.
+class DeferredRunCrashTest : public ResumeTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(DeferredRunCrashTest, EveryWriteAppliedOnce) {
+  const int stage = GetParam();
+  DurableCell cell;
+  std::atomic<bool> armed{false}, died{false};
+  std::atomic<int> hits{0};
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  o.crash_point = [&](int s) {
+    if (armed && s == stage && ++hits == (stage == 2 ? 1 : 5)) {
+      armed = false;
+      died = true;
+      return true;
+    }
+    return false;
+  };
+  auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 3).ok());
+  armed = true;  // the ADD's stages all ran before its reply
+  for (uint32_t i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(client_->SendRaw(ScratchWrite(i, static_cast<uint16_t>(0x100 + i))).ok());
+    ASSERT_TRUE(WaitFor([&] { return cell.applies == i || died; }));
+  }
+  Header rh;
+  rh.msg_id = 0x7777;
+  rh.command = kCmdRegionRead;
+  RegionAccess ra{ExampleDevice::kScratch, kBar0, 4};
+  rh.msg_size = kHeaderSize + sizeof(ra);
+  std::vector<uint8_t> read;
+  AppendStruct(&read, rh);
+  AppendStruct(&read, ra);
+  if (stage == 2) {
+    ASSERT_TRUE(client_->SendRaw(read).ok());
+  }
+  ASSERT_TRUE(WaitFor([&] { return died.load(); }));
+  w->Die();
+  w.reset();
+  SessionOptions o2 = o;
+  o2.crash_point = nullptr;
+  Worker successor(env_.get(), o2, &store_, ConnFromStore(), true, &cell);
+  ASSERT_NE(successor.session(), nullptr);
+  if (stage != 2) {
+    for (uint32_t i = 6; i <= 8; ++i) {
+      ASSERT_TRUE(client_->SendRaw(ScratchWrite(i, static_cast<uint16_t>(0x100 + i))).ok());
+    }
+    ASSERT_TRUE(client_->SendRaw(read).ok());
+  }
+  auto reply = client_->ReceiveReply(0x7777, kCmdRegionRead);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  uint32_t v;
+  ASSERT_EQ(reply->payload.size(), sizeof(ra) + 4);
+  std::memcpy(&v, reply->payload.data() + sizeof(ra), 4);
+  EXPECT_EQ(v, stage == 2 ? 5u : 8u);
+  EXPECT_EQ(cell.applies, stage == 2 ? 5u : (stage == 1 ? 9u : 8u));
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kAcc), 3u);
+  ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kScratch, 42, /*posted=*/true).ok());
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 42u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, DeferredRunCrashTest, ::testing::Values(1, 3, 2));
+
+// A message split across two sends, and a write carrying an fd, arriving
+// while a run is deferred: the run is consumed and the rest handled from the
+// socket head (the split message whole, the fd-carrying write refused as
+// ever, the writes around them applied once).
+TEST_F(ResumeTest, DeferredRunMeetsPartialMessagesAndFds) {
+  DurableCell cell;
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  Worker w(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  UniqueFd server = ConnFromStore();
+  ASSERT_TRUE(client_->Version().ok());
+  auto send_one = [&](uint32_t v, uint32_t applies) {
+    ASSERT_TRUE(client_->SendRaw(ScratchWrite(v, static_cast<uint16_t>(0x200 + v))).ok());
+    ASSERT_TRUE(WaitFor([&] { return cell.applies == applies; }));
+  };
+  send_one(1, 1);
+  send_one(2, 2);
+  ASSERT_TRUE(WaitFor([&] { return Queued(server.get()) == static_cast<int>(2 * kScratchWriteSize); }));
+  // Split: 20 bytes, then (a little later) the rest.
+  const std::vector<uint8_t> split = ScratchWrite(3, 0x203);
+  ASSERT_TRUE(client_->SendRaw(absl::MakeConstSpan(split).first(20)).ok());
+  absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_TRUE(client_->SendRaw(absl::MakeConstSpan(split).subspan(20)).ok());
+  ASSERT_TRUE(WaitFor([&] { return cell.applies == 3; }));
+  send_one(4, 4);
+  // An fd-carrying write in the middle of a deferred run.
+  UniqueFd efd = MakeEventfd();
+  int fd = efd.get();
+  ASSERT_TRUE(client_->SendRaw(ScratchWrite(99, 0x299), absl::MakeConstSpan(&fd, 1)).ok());
+  send_one(5, 5);
+  EXPECT_EQ(*client_->Read32(kBar0, ExampleDevice::kScratch), 5u);
+  EXPECT_EQ(cell.applies, 5u);
+  EXPECT_EQ(w.session()->stats().posted_errors, 1u);
+  EXPECT_EQ(Queued(server.get()), 0);
+}
+
+// The client closes while a run is deferred: the session sees the EOF (the
+// edge-triggered watch still reports it), consumes the run and disconnects.
+TEST_F(ResumeTest, ClientClosingDuringADeferredRunDisconnects) {
+  DurableCell cell;
+  SessionOptions o;
+  o.crash_consistent = true;
+  o.journal_path = dir_ + "/journal";
+  Worker w(env_.get(), o, &store_, std::move(server_end_), false, &cell);
+  ASSERT_TRUE(client_->Version().ok());
+  for (uint32_t i = 1; i <= 3; ++i) {
+    ASSERT_TRUE(client_->SendRaw(ScratchWrite(i, static_cast<uint16_t>(0x300 + i))).ok());
+    ASSERT_TRUE(WaitFor([&] { return cell.applies == i; }));
+  }
+  client_.reset();  // closes the socket
+  EXPECT_TRUE(WaitFor([&] { return !w.session()->connected(); }));
+  EXPECT_EQ(cell.applies, 3u);
+}
 
 }  // namespace
 }  // namespace emud::vfio_user
