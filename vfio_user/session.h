@@ -33,6 +33,10 @@
 // no journal mark, seq unchanged): its effect is already durable, and a
 // successor that finds it still at the socket head (killed before the
 // consume) simply applies it again, which the contract makes harmless.
+// Likewise a read that changes no state (PciDevice::ReadHasSideEffects, and
+// the GET_*_INFO requests) is answered without a commit while nothing waits
+// for one (IsPure); in crash-consistent mode its bytes are journalled first
+// so that a successor answers it if it was consumed but not answered.
 //
 // fd keys (FdDepositor): worker_api::kConnFdKey, DmaFdKey(iova),
 // IrqFdKey(index, vector) (worker_api/fd_keys.h; session_store.h lists the
