@@ -94,9 +94,16 @@ int Session::DrainSelfDurable(absl::Span<const uint8_t> run) {
   if (CrashAt(kCrashConsumed)) return -1;
   journal_->ClearRun();
   if (peek_offset_) {
-    peek_offset_ = false;
     deferred_ = 0;
-    if (!SetPeekOffset(-1)) return -1;
+    deferred_digest_ = Fnv1a({});
+    // Consuming moved the offset back by as much: 0 if every peeked byte
+    // was this run (the kDeferMax case), and the next run starts deferred
+    // at the head; else leftover bytes lie behind it and the regular path
+    // peeks from the head.
+    if (!drained_all_ || loop_ == nullptr) {
+      peek_offset_ = false;
+      if (!SetPeekOffset(-1)) return -1;
+    }
   }
   return handled;
 }
