@@ -321,11 +321,20 @@ bool Session::HandleMessageCrashConsistent() {
     if (d == 0) d = CommitPostedRun(run);
     if (d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
   }
-  // 1. Peek the whole message, with its fds.
+  // 1. The whole message at the head: taken from the look-ahead when that
+  // holds all of it and no fds rode on it (a peek reports the fds of every
+  // skb whose bytes it returns), else peeked on its own with its fds.
   Message msg;
   absl::Span<const uint8_t> raw;  // valid until the consume
   std::string err;
-  switch (reader_.Peek(conn_.get(), &msg, &raw, &err)) {
+  Header head;
+  if (!fds && run.size() >= kHeaderSize) std::memcpy(&head, run.data(), kHeaderSize);
+  if (!fds && run.size() >= kHeaderSize && head.msg_size >= kHeaderSize && head.msg_size <= run.size() &&
+      head.msg_size <= options_.max_msg_size) {
+    msg.hdr = head;
+    msg.payload.assign(run.begin() + kHeaderSize, run.begin() + head.msg_size);
+    raw = run.first(head.msg_size);
+  } else switch (reader_.Peek(conn_.get(), &msg, &raw, &err)) {
     case MessageReader::Result::kMessage:
       break;
     case MessageReader::Result::kWouldBlock:
