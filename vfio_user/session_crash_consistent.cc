@@ -504,7 +504,7 @@ absl::Status Session::SettlePure() {
     std::memcpy(&m.hdr, rec.data(), kHeaderSize);
     m.payload.assign(rec.begin() + kHeaderSize, rec.end());
     ++stats_.requests;
-    Reply reply = Dispatch(m);
+    Reply reply = ApplyGuarded(m, rec, Fnv1a(rec));
     CountCommand(m.hdr.command, reply.err != 0);
     journal_->MarkPureReplying();
     ++stats_.replayed_replies;
