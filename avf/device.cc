@@ -405,6 +405,27 @@ bool Device::WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size)
                        inside(VfintItrn1(0, 0), kNumItrIndexes * 16));
 }
 
+bool Device::ReadHasSideEffects(uint32_t region, uint64_t offset, uint64_t size) const {
+  if (region != vfio_user::kBar0) return false;  // config space, MSI-X table and PBA, unused BARs
+  if (size == 0) return false;
+  const uint64_t first = offset & ~uint64_t{3};
+  const uint64_t end = offset + size;
+  if (end < offset) return true;
+  if (reset_pending_) {
+    // Only a lone ATQH read leaves the pending reset alone (ReadReg).
+    return !(first == kVfAtqh1 && end <= kVfAtqh1 + 4u);
+  }
+  if (kVfintIcr01 >= first && kVfintIcr01 < end) return true;
+  if (rstat_ < kVfrVfActive && kVfgenRstat >= first && kVfgenRstat < end) return true;
+  return false;
+}
+
+uint64_t Device::StateGeneration() const {
+  uint64_t g = 0;
+  for (int r = 0; r < kNumRecords; ++r) g += gen_[r];
+  return g;
+}
+
 bool Device::WriteIsDeferrable(uint32_t region, uint64_t offset, uint64_t size) const {
   switch (region) {
     case vfio_user::kConfigRegion:

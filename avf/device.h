@@ -247,6 +247,14 @@ class Device final : public vfio_user::PciDevice {
   // included) and register writes change device state and at most raise
   // interrupts.
   bool WriteIsDeferrable(uint32_t region, uint64_t offset, uint64_t size) const override;
+  // Reads with side effects: BAR0 VFINT_ICR01 (read-to-clear), VFGEN_RSTAT
+  // while a reset is still stepping it, any BAR0 register but ATQH while a
+  // VF reset is pending (the read performs the reset), and an odd-sized
+  // BAR0 read covering one of those. Config space and BAR3 (MSI-X table,
+  // PBA) reads change nothing.
+  bool ReadHasSideEffects(uint32_t region, uint64_t offset, uint64_t size) const override;
+  // The sum of the records' generations (Touch moves one on every change).
+  uint64_t StateGeneration() const override;
 
   // ---- BAR0 register access (also what RegionRead/Write of BAR0 use) ----
   // `offset` is 4-byte aligned, < kBar0Size. Reads have the register's side

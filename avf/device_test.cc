@@ -730,6 +730,62 @@ TEST_F(DeviceTest, DisableQueuesStopsDmaBeforeReply) {
 
 // ------------------------------------------------------------ reset
 
+// ReadHasSideEffects is what a crash-consistent session trusts to answer a
+// read without a commit: a read it calls free must leave the saved state's
+// generation and the value alone; ICR01, a stepping RSTAT and a read that
+// performs a pending VF reset are not free.
+TEST_F(DeviceTest, ReadsReportedWithoutSideEffectsChangeNothing) {
+  BringUp(4);
+  dev_->WriteReg(VfintDynCtln1(0), kDynCtlIntena);
+  auto read = [&](uint32_t region, uint64_t off, size_t n) {
+    std::vector<uint8_t> b(n);
+    EXPECT_TRUE(dev_->RegionRead(region, off, absl::MakeSpan(b)).ok());
+    return b;
+  };
+  for (uint32_t off = 0; off < kBar0Size; off += 4) {
+    if (dev_->ReadHasSideEffects(vfio_user::kBar0, off, 4)) {
+      EXPECT_TRUE(off == kVfintIcr01) << std::hex << off;
+      continue;
+    }
+    const uint64_t g = dev_->StateGeneration();
+    const auto v = read(vfio_user::kBar0, off, 4);
+    EXPECT_EQ(dev_->StateGeneration(), g) << std::hex << off;
+    EXPECT_EQ(read(vfio_user::kBar0, off, 4), v) << std::hex << off;
+  }
+  EXPECT_TRUE(dev_->ReadHasSideEffects(vfio_user::kBar0, kVfintIcr01, 4));
+  EXPECT_TRUE(dev_->ReadHasSideEffects(vfio_user::kBar0, kVfintIcr01 + 2, 1)) << "odd sizes cover the dword";
+  for (uint32_t off = 0; off < 4096; off += 4) {
+    ASSERT_FALSE(dev_->ReadHasSideEffects(vfio_user::kConfigRegion, off, 4));
+  }
+  EXPECT_FALSE(dev_->ReadHasSideEffects(vfio_user::kBar3, 0, 16));
+  {
+    const uint64_t g = dev_->StateGeneration();
+    read(vfio_user::kConfigRegion, 0, 256);
+    read(vfio_user::kBar3, 0, 64);
+    EXPECT_EQ(dev_->StateGeneration(), g);
+  }
+  // ICR01 moves the generation when read.
+  {
+    const uint64_t g = dev_->StateGeneration();
+    read(vfio_user::kBar0, kVfintIcr01, 4);
+    EXPECT_NE(dev_->StateGeneration(), g);
+  }
+  // A pending VF reset: only ATQH leaves it pending.
+  drv_->Send(vc::kOpResetVf, {});
+  EXPECT_FALSE(dev_->ReadHasSideEffects(vfio_user::kBar0, kVfAtqh1, 4));
+  EXPECT_TRUE(dev_->ReadHasSideEffects(vfio_user::kBar0, kVfArqlen1, 4));
+  EXPECT_TRUE(dev_->ReadHasSideEffects(vfio_user::kBar0, QtxTail(0), 4));
+  EXPECT_FALSE(dev_->ReadHasSideEffects(vfio_user::kConfigRegion, 0, 4));
+  EXPECT_EQ(dev_->ReadReg(kVfArqlen1) & kAqLenEnable, 0u);  // performs the reset
+  // RSTAT steps on each read until VFACTIVE, then is free.
+  EXPECT_TRUE(dev_->ReadHasSideEffects(vfio_user::kBar0, kVfgenRstat, 4));
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrInProgress);
+  EXPECT_TRUE(dev_->ReadHasSideEffects(vfio_user::kBar0, kVfgenRstat, 4));
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrCompleted);
+  EXPECT_FALSE(dev_->ReadHasSideEffects(vfio_user::kBar0, kVfgenRstat, 4));
+  EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrVfActive);
+}
+
 TEST_F(DeviceTest, ResetVfHandshakeAndReinitWithoutVersion) {
   BringUp(4);
   Bytes mac;

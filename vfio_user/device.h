@@ -215,6 +215,25 @@ class PciDevice {
                                  uint64_t /*size*/) const {
     return false;
   }
+  // False only if every read of `size` bytes at `offset` of `region`
+  // (already checked against the region), whatever the device state, changes
+  // no device state at all: no read-to-clear, no state machine stepped by the
+  // read, nothing Save would write differently afterwards. Default: every
+  // read has side effects. A crash-consistent session answers a read without
+  // side effects with no commit (ARCHITECTURE.md, "Reads without side
+  // effects"), but only while StateGeneration() equals its value at the last
+  // commit, so the reply reveals only durable state; a device that returns
+  // false here must therefore implement StateGeneration. Same rules as
+  // WriteIsSelfDurable for what the answer may depend on.
+  virtual bool ReadHasSideEffects(uint32_t /*region*/, uint64_t /*offset*/,
+                                  uint64_t /*size*/) const {
+    return true;
+  }
+  // A counter that moves whenever state Save writes may have changed (every
+  // path that would make Save write other bytes moves it first). State kept
+  // durable outside the store (self-durable memfd words) need not move it.
+  // Only consulted for reads without side effects (see above).
+  virtual uint64_t StateGeneration() const { return 0; }
 };
 
 }  // namespace emud::vfio_user

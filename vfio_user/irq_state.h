@@ -76,6 +76,11 @@ class IrqState : public InterruptSink {
   uint64_t dropped() const;
   // Changes since the last call (persistence uses it to skip unchanged irq records).
   bool TakeDirty();
+  // Whether there are changes since the last TakeDirty (without taking them).
+  bool dirty() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return dirty_;
+  }
 
  private:
   struct Vector {

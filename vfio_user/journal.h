@@ -4,6 +4,9 @@
 //
 //   page 0, word 0  the reply mark: "replying N", the seq of the last request
 //                   whose reply is about to be sent
+//   page 0, byte 64 the uncommitted request: a request answered without a
+//                   commit (a read without side effects), its bytes and
+//                   whether its reply is about to be sent (RecordPure)
 //   page 1, word 0  run progress: how much of a run of self-durable posted
 //                   writes at the socket head is applied (RunProgress)
 //
@@ -16,8 +19,10 @@
 #ifndef EMUD_VFIO_USER_JOURNAL_H_
 #define EMUD_VFIO_USER_JOURNAL_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -62,9 +67,44 @@ class RequestJournal {
   void ClearRun() { *run_progress() = 0; }
   uint64_t run() const { return *run_progress(); }
 
+  // The uncommitted request (ARCHITECTURE.md, "Reads without side effects"):
+  // a request applied without a commit because it changes no state. Its
+  // bytes are recorded before it is consumed, so a successor that no longer
+  // finds it at the socket head answers it again unless the reply mark says
+  // its reply went out. Stores only: the tag is cleared first and set last,
+  // so a record is either whole or absent.
+  static constexpr size_t kPureMax = 1024;
+  void RecordPure(absl::Span<const uint8_t> request) {
+    volatile uint64_t* w = pure_words();
+    w[0] = 0;
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // the bytes are not volatile
+    std::memcpy(pages_.data() + kPureBytes, request.data(), request.size());
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    w[1] = 0;
+    w[0] = RunProgress(Fnv1a(request), request.size());
+  }
+  // The last store before the uncommitted request's reply is sent.
+  void MarkPureReplying() { pure_words()[1] = 1; }
+  void ClearPure() { pure_words()[0] = 0; }
+  // The recorded uncommitted request (empty: none), and whether its reply
+  // was about to be sent.
+  absl::Span<const uint8_t> pure(bool* replying) const {
+    const uint64_t tag = pure_words()[0];
+    const uint32_t n = RunBytes(tag);
+    *replying = pure_words()[1] != 0;
+    if (tag == 0 || n == 0 || n > kPureMax) return {};
+    absl::Span<const uint8_t> bytes(pages_.data() + kPureBytes, n);
+    if (RunProgress(Fnv1a(bytes), n) != tag) return {};
+    return bytes;
+  }
+
  private:
   explicit RequestJournal(MappedFile pages) : pages_(std::move(pages)) {}
   uint64_t* reply_mark() const { return reinterpret_cast<uint64_t*>(pages_.data()); }
+  static constexpr size_t kPureWords = 64, kPureBytes = 128;
+  volatile uint64_t* pure_words() const {
+    return reinterpret_cast<volatile uint64_t*>(pages_.data() + kPureWords);
+  }
   volatile uint64_t* run_progress() const {
     return reinterpret_cast<volatile uint64_t*>(pages_.data() + kPage);
   }

@@ -197,19 +197,29 @@ absl::Status Session::Watch() {
     });
     if (!s.ok()) return s;
   }
-  return loop_->Add(conn_.get(), EPOLLIN | EPOLLRDHUP, [this](uint32_t) { ProcessReady(); });
+  // Crash-consistent mode: edge-triggered, because a deferred run of
+  // self-durable writes stays in the socket (DrainSelfDurable) and would keep
+  // a level-triggered watch firing. Every arrival is an edge; ProcessReady
+  // reads until nothing more can be handled or re-schedules itself.
+  const uint32_t events = EPOLLIN | EPOLLRDHUP | (options_.crash_consistent ? EPOLLET : 0u);
+  return loop_->Add(conn_.get(), events, [this](uint32_t) { ProcessReady(); });
 }
 
 absl::Status Session::AttachClient(UniqueFd conn) {
   if (conn_.valid()) return absl::FailedPreconditionError("a client is already attached");
   if (!conn.valid()) return absl::InvalidArgumentError("invalid connection fd");
-  if (journal_) journal_->ClearRun();  // about an older connection
+  if (journal_) {  // about an older connection
+    journal_->ClearRun();
+    journal_->ClearPure();
+  }
   int fl = ::fcntl(conn.get(), F_GETFL);
   if (fl < 0 || ::fcntl(conn.get(), F_SETFL, fl | O_NONBLOCK) != 0) {
     return absl::InternalError(absl::StrCat("fcntl O_NONBLOCK: ", std::strerror(errno)));
   }
   if (auto s = DepositFd(kConnFdKey, conn.get()); !s.ok()) return s;
   conn_ = std::move(conn);
+  peek_offset_ = false;  // a new socket peeks from its head
+  deferred_ = 0;
   reader_ = MessageReader(options_.max_msg_size, options_.max_msg_fds);
   reader_.set_exact_reads(options_.store != nullptr);
   backlog_.clear();
@@ -236,6 +246,8 @@ void Session::Disconnect(absl::string_view why) {
   last_disconnect_reason_ = std::string(why);
   if (loop_) loop_->Remove(conn_.get());
   conn_.reset();
+  peek_offset_ = false;
+  deferred_ = 0;
   backlog_.clear();
   dma_->UnmapAll([this](uint64_t iova, uint64_t size) { BeforeUnmap(iova, size); });
   if (attached_) {
@@ -264,6 +276,8 @@ void Session::Disconnect(absl::string_view why) {
 void Session::Abandon() {
   if (loop_ && conn_.valid()) loop_->Remove(conn_.get());
   conn_.reset();
+  peek_offset_ = false;
+  deferred_ = 0;
   backlog_.clear();
   negotiated_ = false;
   attached_ = false;
@@ -283,6 +297,7 @@ void Session::Abandon() {
 void Session::ProcessReady() {
   if (in_process_) return;
   in_process_ = true;
+  bool more = false;  // crash-consistent: the round ended at its cap, not on "nothing more"
   for (int i = 0; i < kMaxMessagesPerRound && conn_.valid(); ++i) {
     if (!backlog_.empty()) {
       Message m = std::move(backlog_.front());
@@ -292,6 +307,7 @@ void Session::ProcessReady() {
     }
     if (options_.crash_consistent) {
       if (!HandleMessageCrashConsistent()) break;
+      more = i + 1 == kMaxMessagesPerRound;
       continue;
     }
     Message m;
@@ -312,7 +328,7 @@ void Session::ProcessReady() {
     }
   }
   in_process_ = false;
-  if (conn_.valid() && kick_fd_.valid() && HasBufferedInput()) {
+  if (conn_.valid() && kick_fd_.valid() && (HasBufferedInput() || more)) {
     uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(kick_fd_.get(), &one, sizeof(one));
   }
@@ -326,9 +342,10 @@ bool Session::HandleMessage(Message msg) {
   }
   ++stats_.requests;
   const bool self_durable = IsSelfDurable(msg);
+  const bool pure = options_.store != nullptr && IsPure(msg, kHeaderSize + msg.payload.size());
   Reply reply = Dispatch(msg);
   CountCommand(hdr.command, reply.err != 0);
-  if (options_.store && !self_durable) {
+  if (options_.store && !self_durable && !pure) {
     if (auto s = Commit(nullptr); !s.ok()) {
       // The effect is applied in memory but not durable: tell the client.
       reply = Reply{};
@@ -917,6 +934,10 @@ absl::Status Session::WriteAllState(state_store::WriteTxn& txn) {
 
 absl::Status Session::Commit(const std::function<absl::Status(state_store::WriteTxn&)>& extra) {
   if (!options_.store) return absl::OkStatus();
+  // Save runs on this thread inside the transaction, and so does everything
+  // that moves the generation (the data path's lane 0 included).
+  const bool saves_device = options_.save_device && attached_;
+  const uint64_t generation = device_->StateGeneration();
   auto s = options_.store->Update([&](state_store::WriteTxn& txn) -> absl::Status {
     if (auto st = WriteAllState(txn); !st.ok()) return st;
     if (extra) return extra(txn);
@@ -924,6 +945,11 @@ absl::Status Session::Commit(const std::function<absl::Status(state_store::Write
   });
   if (s.ok()) {
     ++stats_.commits;
+    if (saves_device) {
+      committed_generation_ = generation;
+    } else {
+      committed_generation_.reset();
+    }
     state_dirty_ = false;
     dirty_windows_.clear();
     if (options_.fd_depositor != nullptr) {
@@ -932,6 +958,7 @@ absl::Status Session::Commit(const std::function<absl::Status(state_store::Write
     pending_releases_.clear();
   } else {
     state_dirty_ = true;
+    committed_generation_.reset();
   }
   return s;
 }
@@ -965,12 +992,18 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Resume(PciDevice* device, Even
   }
   s->conn_ = std::move(conn);
   s->reader_.set_exact_reads(true);
+  // The peek offset is the socket's, not the process's: a predecessor that
+  // deferred a run left it past that run. Peek from the head (a kernel
+  // without SO_PEEK_OFF on AF_UNIX never had one set).
+  const int no_offset = -1;
+  (void)::setsockopt(s->conn_.get(), SOL_SOCKET, SO_PEEK_OFF, &no_offset, sizeof(no_offset));
   device->Attach(DeviceContext{s->dma_.get(), s->irqs_.get()});
   s->attached_ = true;
 
   if (s->options_.crash_consistent) {
     if (auto st = s->SettleLastRequest(); !st.ok()) return st;
     if (auto st = s->SettleSelfDurableRun(); !st.ok()) return st;
+    if (auto st = s->SettlePure(); !st.ok()) return st;
   }
   if (auto st = s->Watch(); !st.ok()) return st;
   return s;

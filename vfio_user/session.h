@@ -33,6 +33,10 @@
 // no journal mark, seq unchanged): its effect is already durable, and a
 // successor that finds it still at the socket head (killed before the
 // consume) simply applies it again, which the contract makes harmless.
+// Likewise a read that changes no state (PciDevice::ReadHasSideEffects, and
+// the GET_*_INFO requests) is answered without a commit while nothing waits
+// for one (IsPure); in crash-consistent mode its bytes are journalled first
+// so that a successor answers it if it was consumed but not answered.
 //
 // fd keys (FdDepositor): worker_api::kConnFdKey, DmaFdKey(iova),
 // IrqFdKey(index, vector) (worker_api/fd_keys.h; session_store.h lists the
@@ -133,7 +137,8 @@ struct SessionOptions {
   // not committed: 1 = one applied, 3 = its progress recorded in the
   // journal's run-progress word, 2 = the run consumed; a group-committed
   // run of posted writes: 5 = one applied, not yet committed, then 1, 2, 3
-  // as for a request); returning true
+  // as for a request; a request answered without a commit - see IsPure -
+  // 6 = applied and recorded in the journal, then 2, 3, 4); returning true
   // makes the session Abandon() right there, as if the process died.
   std::function<bool(int stage)> crash_point;
   // Poison-request quarantine (crash_consistent mode; optional, not owned):
@@ -158,6 +163,8 @@ struct SessionStats {
   uint64_t quarantined = 0;       // poison requests answered without applying
   uint64_t grouped_runs = 0;      // runs of posted writes committed together
   uint64_t grouped_writes = 0;    // the posted writes in them
+  uint64_t uncommitted_replies = 0;  // requests answered without a commit (IsPure)
+  uint64_t deferred_consumes = 0;    // self-durable runs consumed after more than one wake-up
   // Per command number (index 0 = unknown commands), for metrics labels
   // (CommandName()).
   std::array<uint64_t, kCmdMax> by_command{};
@@ -261,12 +268,36 @@ class Session {
   // run-progress word after each, then consumes them together. Returns how
   // many (0: none / nothing readable; -1: the session was abandoned or
   // disconnected).
+  // With an event loop, a look-ahead made entirely of such writes is not
+  // consumed at once: the socket's peek offset (SO_PEEK_OFF) is moved past
+  // it and the run continues with the next wake-up's writes (recorded in the
+  // same run-progress word), until kDeferMax bytes or anything else arrives
+  // (ARCHITECTURE.md, "Doorbells: self-durable writes").
   int DrainSelfDurable(absl::Span<const uint8_t> run);
+  // Takes the deferred run off the socket and peeks from its head again.
+  // False (after Disconnect) if that fails.
+  bool EndDeferredRun();
+  // SO_PEEK_OFF on the connection: `off` (>= 0) or -1 (off). False (after
+  // Disconnect) on failure.
+  bool SetPeekOffset(int off);
   // Crash-consistent mode: applies the run of posted (non-self-durable)
   // writes at the head of the peeked `run` and commits them once, then
   // consumes them together. Returns how many (0: the head is no posted
   // write; -1: abandoned or disconnected).
   int CommitPostedRun(absl::Span<const uint8_t> run);
+  // A request that changes no state and whose reply reveals only durable
+  // state, so it needs no commit (ARCHITECTURE.md, "Reads without side
+  // effects"): DEVICE_GET_INFO, GET_REGION_INFO, GET_REGION_IO_FDS,
+  // GET_IRQ_INFO, and a REGION_READ the device reports without side effects
+  // (PciDevice::ReadHasSideEffects), each wanting a reply and carrying no
+  // fds, while nothing is pending a commit: no session change, no interrupt
+  // state change, the device's StateGeneration unchanged since the last
+  // commit.
+  bool IsPure(const Message& msg, size_t raw_size) const;
+  // Crash-consistent mode: applies the pure request (IsPure) peeked at the
+  // socket head, records it in the journal, consumes it, marks its reply in
+  // the journal and sends it. False as HandleMessageCrashConsistent.
+  bool HandlePure(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest);
   // A well-formed-looking posted REGION_WRITE / WRITE_MULTI header on a
   // negotiated session (the payload may still be refused).
   bool IsPostedWrite(const Header& h) const;
@@ -286,6 +317,10 @@ class Session {
   // at the socket head).
   absl::Status SettleLastRequest();
   absl::Status SettleSelfDurableRun();
+  // ... then the uncommitted request it recorded (HandlePure): answered
+  // again (applied anew: it changes nothing) if it was consumed and its
+  // reply not marked.
+  absl::Status SettlePure();
 
   // SessionOptions::crash_point stages. Committed requests: applied and
   // committed, consumed, journal marked, replied. Self-durable writes: one
@@ -296,6 +331,7 @@ class Session {
     kCrashMarked = 3,
     kCrashReplied = 4,
     kCrashRunApplied = 5,
+    kCrashPureRecorded = 6,
   };
   // True, after Abandon(), when the crash_point test hook wants the process
   // to die at `stage`.
@@ -371,8 +407,18 @@ class Session {
   uint64_t seq_ = 0;  // applied requests (crash-consistent numbering)
   static constexpr size_t kPeekSize = 8192;  // DrainSelfDurable's look-ahead (>= the largest WRITE_MULTI)
   bool drained_all_ = false;                 // the last drain emptied the socket
+  // A run of self-durable writes applied but left at the socket head, the
+  // socket's peek offset just past it (DrainSelfDurable): its bytes and
+  // their digest.
+  static constexpr size_t kDeferMax = 2048;
+  bool peek_offset_ = false;
+  bool peek_offset_supported_ = true;  // false once the kernel refused SO_PEEK_OFF
+  size_t deferred_ = 0;
+  uint64_t deferred_digest_ = 0;
   std::optional<RequestJournal> journal_;    // crash-consistent mode
   bool state_dirty_ = false;
+  // The device's StateGeneration at the last commit that saved it (IsPure).
+  std::optional<uint64_t> committed_generation_;
   std::vector<uint64_t> dirty_windows_;  // iovas added/removed since the last commit
   std::vector<std::string> pending_releases_;  // fd-store keys released by the next commit
   SessionStats stats_;

@@ -5,6 +5,7 @@
 // applied with their progress in the journal and consumed together; and a
 // successor settles what its predecessor left (Resume).
 #include <errno.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
@@ -47,7 +48,9 @@ int Session::DrainSelfDurable(absl::Span<const uint8_t> run) {
   drained_all_ = false;
   size_t off = 0;
   int handled = 0;
-  uint64_t digest = Fnv1a({});  // of the run's first `off` bytes
+  // A deferred run (peek_offset_) goes on: `run` starts right after it.
+  const size_t base = peek_offset_ ? deferred_ : 0;
+  uint64_t digest = peek_offset_ ? deferred_digest_ : Fnv1a({});  // of the run's first base + `off` bytes
   // The whole look-ahead (<= ~200 small writes): each costs little (a store
   // and maybe a doorbell hook), one peek and one read serve them all.
   while (off + kHeaderSize <= run.size()) {
@@ -65,17 +68,68 @@ int Session::DrainSelfDurable(absl::Span<const uint8_t> run) {
     digest = Fnv1a(msg, digest);
     off += msg.size();
     ++handled;
-    journal_->RecordRun(digest, off);
+    journal_->RecordRun(digest, base + off);
     if (CrashAt(kCrashMarked)) return -1;
   }
   if (handled == 0) return 0;
   // Everything readable was this run: no need to look again before the
-  // loop reports more (level-triggered; saves two failing reads per round).
+  // loop reports more (saves two failing reads per round).
   drained_all_ = off == run.size() && run.size() < kPeekSize;
-  if (!ConsumePeeked(off)) return -1;
+  const size_t total = base + off;
+  // Defer the consume: the next wake-up peeks past these bytes (the peek
+  // offset) and its writes extend the run, so a wake-up costs one peek, not a
+  // peek and a recv. Bounded (each queued message holds socket buffer the
+  // client's sends wait for); only with a loop, which watches the socket
+  // edge-triggered (Watch), since the deferred bytes keep it readable.
+  if (drained_all_ && loop_ != nullptr && total < kDeferMax && peek_offset_supported_) {
+    if (peek_offset_ || SetPeekOffset(static_cast<int>(total))) {
+      peek_offset_ = true;
+      deferred_ = total;
+      deferred_digest_ = digest;
+      return handled;
+    }
+    if (!conn_.valid()) return -1;
+  }
+  if (!ConsumePeeked(total)) return -1;
+  if (base != 0) ++stats_.deferred_consumes;
   if (CrashAt(kCrashConsumed)) return -1;
   journal_->ClearRun();
+  if (peek_offset_) {
+    deferred_ = 0;
+    deferred_digest_ = Fnv1a({});
+    // Consuming moved the offset back by as much: 0 if every peeked byte
+    // was this run (the kDeferMax case), and the next run starts deferred
+    // at the head; else leftover bytes lie behind it and the regular path
+    // peeks from the head.
+    if (!drained_all_ || loop_ == nullptr) {
+      peek_offset_ = false;
+      if (!SetPeekOffset(-1)) return -1;
+    }
+  }
   return handled;
+}
+
+bool Session::SetPeekOffset(int off) {
+  if (::setsockopt(conn_.get(), SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) == 0) return true;
+  if (off >= 0 && (errno == EOPNOTSUPP || errno == ENOPROTOOPT)) {
+    peek_offset_supported_ = false;  // consume each run at once, as before
+    return false;
+  }
+  Disconnect(absl::StrCat("SO_PEEK_OFF: ", std::strerror(errno)));
+  return false;
+}
+
+bool Session::EndDeferredRun() {
+  if (!peek_offset_) return true;
+  if (deferred_ != 0) {
+    if (!ConsumePeeked(deferred_)) return false;
+    ++stats_.deferred_consumes;
+    if (CrashAt(kCrashConsumed)) return false;
+  }
+  journal_->ClearRun();
+  peek_offset_ = false;
+  deferred_ = 0;
+  return SetPeekOffset(-1);
 }
 
 Session::Reply Session::ApplyGuarded(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest) {
@@ -102,6 +156,62 @@ void Session::Quarantine(const Header& h, uint64_t digest) {
       "%u workers died applying it; %s without applying it",
       CommandName(h.command), h.msg_id, h.msg_size, digest, PoisonGuard::kQuarantineAfter,
       (h.flags & kFlagNoReply) ? "dropped (posted)" : "answered EIO"));
+}
+
+bool Session::IsPure(const Message& msg, size_t raw_size) const {
+  const Header& h = msg.hdr;
+  if (h.flags != kFlagTypeCommand || h.error != 0 || !negotiated_ || !attached_) return false;
+  if (!msg.fds.empty() || msg.fds_truncated || raw_size > RequestJournal::kPureMax) return false;
+  switch (h.command) {
+    case kCmdDeviceGetInfo:
+    case kCmdDeviceGetRegionInfo:
+    case kCmdDeviceGetRegionIoFds:
+    case kCmdDeviceGetIrqInfo:
+      break;  // answered from the session's fixed description
+    case kCmdRegionRead: {
+      RegionAccess req;
+      // A malformed or refused read is answered with an error and reads
+      // nothing; a valid one asks the device.
+      if (!LoadStruct(msg.payload, 0, &req) || msg.payload.size() != sizeof(RegionAccess)) break;
+      if (!CheckRegionAccess(req.region, req.offset, req.count, false).ok()) break;
+      if (device_->ReadHasSideEffects(req.region, req.offset, req.count)) return false;
+      break;
+    }
+    default:
+      return false;
+  }
+  // The reply may reveal only durable state: nothing may wait for a commit
+  // (a group-committed run is committed before its handler returns; the
+  // data path's changes to saved state move the generation).
+  return !state_dirty_ && dirty_windows_.empty() && pending_releases_.empty() && !irqs_->dirty() &&
+         options_.save_device && committed_generation_.has_value() &&
+         *committed_generation_ == device_->StateGeneration();
+}
+
+bool Session::HandlePure(Message& msg, absl::Span<const uint8_t> raw, uint64_t digest) {
+  // Apply (changes nothing), record the request in the journal, consume it,
+  // mark its reply, reply: a kill before the consume leaves it at the socket
+  // head (the successor answers it as any request); after it, the successor
+  // finds the record and no longer the request at the head, and answers it
+  // again unless the mark says the reply went out (SettlePure).
+  const Header h = msg.hdr;
+  ++stats_.requests;
+  ++stats_.uncommitted_replies;
+  Reply reply = ApplyGuarded(msg, raw, digest);
+  CountCommand(h.command, reply.err != 0);
+  journal_->RecordPure(raw);
+  if (CrashAt(kCrashPureRecorded)) return false;
+  if (!ConsumePeeked(raw.size())) return false;
+  if (CrashAt(kCrashConsumed)) return false;
+  PreparedMessage out;
+  if (!PrepareReply(h, reply, &out)) return false;
+  journal_->MarkPureReplying();
+  if (CrashAt(kCrashMarked)) return false;
+  if (absl::Status st = SendPrepared(conn_.get(), out, options_.send_timeout); !st.ok()) {
+    Disconnect(absl::StrCat("sending reply: ", st.message()));
+    return false;
+  }
+  return !CrashAt(kCrashReplied);
 }
 
 bool Session::IsPostedWrite(const Header& h) const {
@@ -191,18 +301,41 @@ bool Session::HandleMessageCrashConsistent() {
   // writes (one commit for the run). EOF, errors and EAGAIN: the regular
   // path decides. Fds anywhere in the look-ahead send every message through
   // the regular path (which refuses a write carrying fds).
-  bool fds = false;
-  const absl::Span<const uint8_t> run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds);
+  bool fds = false, would_block = false;
+  absl::Span<const uint8_t> run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds, &would_block);
+  if (peek_offset_) {
+    // A deferred run: `run` is what arrived after it. Nothing new (a wake-up
+    // for bytes an earlier round already took): keep it. More self-durable
+    // writes extend it; anything else (another request, fds, a partial
+    // message, EOF, an error) ends it: consumed, and the look-ahead made
+    // again from the socket head.
+    if (run.empty() && would_block) return false;
+    if (!run.empty() && !fds) {
+      const int d = DrainSelfDurable(run);
+      if (d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
+    }
+    if (!EndDeferredRun()) return false;
+    run = reader_.PeekAhead(conn_.get(), kPeekSize, &fds);
+  }
   if (!run.empty() && !fds) {
     int d = DrainSelfDurable(run);
     if (d == 0) d = CommitPostedRun(run);
     if (d != 0) return d > 0 && !(drained_all_ && loop_ != nullptr);
   }
-  // 1. Peek the whole message, with its fds.
+  // 1. The whole message at the head: taken from the look-ahead when that
+  // holds all of it and no fds rode on it (a peek reports the fds of every
+  // skb whose bytes it returns), else peeked on its own with its fds.
   Message msg;
   absl::Span<const uint8_t> raw;  // valid until the consume
   std::string err;
-  switch (reader_.Peek(conn_.get(), &msg, &raw, &err)) {
+  Header head;
+  if (!fds && run.size() >= kHeaderSize) std::memcpy(&head, run.data(), kHeaderSize);
+  if (!fds && run.size() >= kHeaderSize && head.msg_size >= kHeaderSize && head.msg_size <= run.size() &&
+      head.msg_size <= options_.max_msg_size) {
+    msg.hdr = head;
+    msg.payload.assign(run.begin() + kHeaderSize, run.begin() + head.msg_size);
+    raw = run.first(head.msg_size);
+  } else switch (reader_.Peek(conn_.get(), &msg, &raw, &err)) {
     case MessageReader::Result::kMessage:
       break;
     case MessageReader::Result::kWouldBlock:
@@ -232,7 +365,10 @@ bool Session::HandleMessageCrashConsistent() {
     if (!ConsumePeeked(raw.size())) return false;
     return !CrashAt(kCrashConsumed);
   }
-  // 3. Apply.
+  // 3. A request that changes no state, while everything its reply may
+  // reveal is durable: no commit.
+  if (IsPure(msg, raw.size())) return HandlePure(msg, raw, digest);
+  // 4. Apply.
   const bool is_reply = (h.flags & kFlagTypeMask) == kFlagTypeReply;
   Reply reply;
   if (is_reply) {
@@ -251,7 +387,7 @@ bool Session::HandleMessageCrashConsistent() {
   rh.msg_size = static_cast<uint32_t>(kHeaderSize + (reply.err ? 0 : reply.payload.size()));
   ++seq_;
   state_dirty_ = true;
-  // 4. Commit state + device + the applied request and its reply.
+  // 5. Commit state + device + the applied request and its reply.
   auto s = Commit([&](state_store::WriteTxn& txn) -> absl::Status {
     return session_store::PutLastRequest(txn, seq_, raw, digest, wants_reply, rh,
                                          reply.err ? absl::Span<const uint8_t>() : absl::MakeConstSpan(reply.payload));
@@ -264,10 +400,10 @@ bool Session::HandleMessageCrashConsistent() {
     return false;
   }
   if (CrashAt(kCrashApplied)) return false;
-  // 5. Consume (no control buffer: the in-flight fd references are dropped).
+  // 6. Consume (no control buffer: the in-flight fd references are dropped).
   if (!ConsumePeeked(raw.size())) return false;
   if (CrashAt(kCrashConsumed)) return false;
-  // 6. Journal, then reply. Everything the send needs is laid out first:
+  // 7. Journal, then reply. Everything the send needs is laid out first:
   // between the mark and sendmsg a kill loses the reply (the successor takes
   // the mark as "sent"), so nothing else may run there.
   PreparedMessage out;
@@ -347,6 +483,35 @@ absl::Status Session::SettleSelfDurableRun() {
     return absl::UnavailableError("consuming the applied writes failed");
   }
   journal_->ClearRun();
+  return absl::OkStatus();
+}
+
+absl::Status Session::SettlePure() {
+  bool replying = false;
+  const absl::Span<const uint8_t> rec = journal_->pure(&replying);
+  if (rec.empty() || replying) {
+    journal_->ClearPure();
+    return absl::OkStatus();
+  }
+  // Recorded, reply not sent. Still at the socket head: not consumed, the
+  // loop answers it like any request. Otherwise it was consumed: answer it
+  // now, applied anew (it changes no state, and the state its reply
+  // reveals is what this process restored: durable).
+  bool fds;
+  const absl::Span<const uint8_t> head = reader_.PeekAhead(conn_.get(), rec.size(), &fds);
+  const bool at_head = head.size() == rec.size() && std::memcmp(head.data(), rec.data(), rec.size()) == 0;
+  if (!at_head) {
+    Message m;
+    std::memcpy(&m.hdr, rec.data(), kHeaderSize);
+    m.payload.assign(rec.begin() + kHeaderSize, rec.end());
+    ++stats_.requests;
+    Reply reply = ApplyGuarded(m, rec, Fnv1a(rec));
+    CountCommand(m.hdr.command, reply.err != 0);
+    journal_->MarkPureReplying();
+    ++stats_.replayed_replies;
+    if (!SendReply(m.hdr, reply)) return absl::UnavailableError("answering the recorded request failed");
+  }
+  journal_->ClearPure();
   return absl::OkStatus();
 }
 

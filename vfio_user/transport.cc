@@ -327,13 +327,18 @@ MessageReader::Result MessageReader::Peek(int sock, Message* out, absl::Span<con
   return Result::kMessage;
 }
 
-absl::Span<const uint8_t> MessageReader::PeekAhead(int sock, size_t max, bool* carries_fds) {
+absl::Span<const uint8_t> MessageReader::PeekAhead(int sock, size_t max, bool* carries_fds,
+                                                   bool* would_block) {
   *carries_fds = false;
+  if (would_block != nullptr) *would_block = false;
   if (!idle() || max == 0) return {};
   if (buf_.size() < max) buf_.resize(max);
   std::vector<UniqueFd> fds;  // whatever rides on the peeked bytes, closed on return
   bool truncated = false;
   ssize_t n = RecvWithFds(sock, buf_.data(), max, kMaxRecvFds, &fds, &truncated, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && would_block != nullptr) {
+    *would_block = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  }
   if (n <= 0) return {};
   *carries_fds = !fds.empty() || truncated;
   return absl::MakeConstSpan(buf_.data(), static_cast<size_t>(n));

@@ -121,7 +121,10 @@ class MessageReader {
   // messages, the last maybe cut short). Empty on EOF, error or nothing
   // queued (the next Peek tells which). *carries_fds: some of those bytes
   // carry fds (closed here, the bytes are returned all the same).
-  absl::Span<const uint8_t> PeekAhead(int sock, size_t max, bool* carries_fds);
+  // *would_block (if given): empty because nothing (more) is queued now,
+  // rather than EOF or an error.
+  absl::Span<const uint8_t> PeekAhead(int sock, size_t max, bool* carries_fds,
+                                      bool* would_block = nullptr);
   // Takes `n` peeked bytes off the socket in one recv (if the socket hands
   // them over at once: a killed process then never leaves its successor
   // mid-message); the fds they carry are dropped. UNAVAILABLE on EOF or error.
