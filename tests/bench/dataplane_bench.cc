@@ -43,6 +43,7 @@
 #include "dataplane/queue_state.h"
 #include "dataplane/queues.h"
 #include "dataplane/simple_dma.h"
+#include "tests/bench/bench_frame.h"
 
 ABSL_FLAG(std::string, frames, "64,512,1518", "frame sizes (bytes incl. 4-byte CRC)");
 ABSL_FLAG(std::string, queues, "1,4", "queue pairs");
@@ -57,6 +58,8 @@ ABSL_FLAG(int, worker_cpu, 1, "CPU of the worker process");
 
 namespace emud::dataplane {
 namespace {
+
+using ::emud::bench::FillUdpFrame;
 
 constexpr uint32_t kRing = 1024;
 constexpr uint32_t kBufSize = 2048;
@@ -188,34 +191,6 @@ struct Sink : FrameSink {
 }
 
 // ------------------------------------------------------------- guest
-// An IPv4/UDP frame as testpmd's txonly builds them (valid IPv4 header
-// checksum and lengths, UDP checksum 0); the same as worker_bench's.
-void FillUdpFrame(uint8_t* f, uint32_t len, const uint8_t* dst_mac) {
-  std::memset(f, 0, len);
-  std::memcpy(f, dst_mac, 6);
-  f[6] = 0x02;
-  f[11] = 0x02;
-  f[12] = 0x08;  // IPv4
-  uint8_t* ip = f + 14;
-  const uint32_t ip_len = len - 14, udp_len = ip_len - 20;
-  ip[0] = 0x45;
-  ip[2] = uint8_t(ip_len >> 8);
-  ip[3] = uint8_t(ip_len);
-  ip[8] = 64;  // TTL
-  ip[9] = 17;  // UDP
-  const uint8_t addrs[8] = {198, 18, 0, 1, 198, 18, 0, 2};
-  std::memcpy(ip + 12, addrs, 8);
-  uint32_t sum = 0;
-  for (int i = 0; i < 20; i += 2) sum += uint32_t(ip[i] << 8 | ip[i + 1]);
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  ip[10] = uint8_t(~sum >> 8);
-  ip[11] = uint8_t(~sum);
-  uint8_t* udp = ip + 20;
-  udp[0] = 0x04; udp[1] = 0xd2;  // 1234
-  udp[2] = 0x16; udp[3] = 0x2e;  // 5678
-  udp[4] = uint8_t(udp_len >> 8);
-  udp[5] = uint8_t(udp_len);
-}
 
 struct GuestQueue {
   Layout l;

@@ -53,6 +53,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "avf/regs.h"
+#include "tests/bench/bench_frame.h"
 #include "tests/guest/iavf_driver.h"
 #include "tests/guest/vfio_user_bus.h"
 
@@ -121,35 +122,6 @@ class Doorbells {
   volatile uint32_t* page_;
 };
 
-// An IPv4/UDP frame of `len` bytes as testpmd's txonly builds them: valid
-// IPv4 header checksum and lengths, UDP checksum 0 (none), so the device's
-// RX checksum check verifies the IP header and reports L3L4P.
-void FillUdpFrame(uint8_t* f, uint32_t len, const uint8_t* dst_mac) {
-  std::memset(f, 0, len);
-  std::memcpy(f, dst_mac, 6);
-  f[6] = 0x02;
-  f[11] = 0x02;
-  f[12] = 0x08;  // IPv4
-  uint8_t* ip = f + 14;
-  const uint32_t ip_len = len - 14, udp_len = ip_len - 20;
-  ip[0] = 0x45;
-  ip[2] = uint8_t(ip_len >> 8);
-  ip[3] = uint8_t(ip_len);
-  ip[8] = 64;  // TTL
-  ip[9] = 17;  // UDP
-  const uint8_t addrs[8] = {198, 18, 0, 1, 198, 18, 0, 2};
-  std::memcpy(ip + 12, addrs, 8);
-  uint32_t sum = 0;
-  for (int i = 0; i < 20; i += 2) sum += uint32_t(ip[i] << 8 | ip[i + 1]);
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  ip[10] = uint8_t(~sum >> 8);
-  ip[11] = uint8_t(~sum);
-  uint8_t* udp = ip + 20;
-  udp[0] = 0x04; udp[1] = 0xd2;  // 1234
-  udp[2] = 0x16; udp[3] = 0x2e;  // 5678
-  udp[4] = uint8_t(udp_len >> 8);
-  udp[5] = uint8_t(udp_len);
-}
 
 struct Q {
   guest::Ring* tx;
@@ -168,13 +140,12 @@ struct Result {
 
 constexpr uint32_t kNapiBudget = 64;  // NAPI_POLL_WEIGHT
 
-Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seconds, bool idle,
-               int threads = 1, bool napi = false) {
-  Result res;
-  std::string dir = absl::StrCat("/dev/shm/emud-wbench-", getpid());
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  std::string sock = dir + "/w.sock";
+// Starts emud-worker on CPU --worker_cpu serving one bench device in `dir`
+// (loopback backend, the given doorbell mode, queues and data-path threads,
+// --persist_session passed on), pins this process to --guest_cpu and waits
+// (up to 5 s) for the worker's socket. Returns the worker's pid.
+pid_t StartWorker(const std::string& dir, const std::string& sock, const std::string& mode,
+                  uint32_t nq, int threads) {
   pid_t pid = fork();
   if (pid == 0) {
     Pin(absl::GetFlag(FLAGS_worker_cpu));
@@ -195,6 +166,17 @@ Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seco
   }
   Pin(absl::GetFlag(FLAGS_guest_cpu));
   for (int i = 0; i < 500 && !std::filesystem::exists(sock); ++i) usleep(10000);
+  return pid;
+}
+
+Result RunOnce(const std::string& mode, uint32_t nq, uint32_t frame, double seconds, bool idle,
+               int threads = 1, bool napi = false) {
+  Result res;
+  std::string dir = absl::StrCat("/dev/shm/emud-wbench-", getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::string sock = dir + "/w.sock";
+  pid_t pid = StartWorker(dir, sock, mode, nq, threads);
   {
     guest::VfioUserBusOptions bo;
     bo.posted_writes = true;
@@ -382,24 +364,7 @@ class RrDevice {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
     std::string sock = dir_ + "/w.sock";
-    pid_ = fork();
-    if (pid_ == 0) {
-      Pin(absl::GetFlag(FLAGS_worker_cpu));
-      std::string bin = absl::GetFlag(FLAGS_worker);
-      std::vector<std::string> args = {bin,        "--device",  "bench",    "--state-dir",
-                                       dir_,       "--socket",  sock,       "--mac",
-                                       "02:00:00:00:00:01",     "--queues", "1",
-                                       "--backend", "loopback", "--doorbell", mode};
-      std::string persist = absl::GetFlag(FLAGS_persist_session);
-      if (!persist.empty()) args.push_back("--persist-session=" + persist);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(bin.c_str(), argv.data());
-      _exit(127);
-    }
-    Pin(absl::GetFlag(FLAGS_guest_cpu));
-    for (int i = 0; i < 500 && !std::filesystem::exists(sock); ++i) usleep(10000);
+    pid_ = StartWorker(dir_, sock, mode, 1, 1);
     guest::VfioUserBusOptions bo;
     bo.posted_writes = true;
     bo.memory_size = 16u << 20;
