@@ -207,6 +207,23 @@ class ResumeTest : public ::testing::Test {
     env_.reset();
     if (std::system(absl::StrCat("rm -rf ", dir_).c_str()) != 0) ADD_FAILURE() << "cleanup";
   }
+  // Crash-consistent session options whose worker "dies" (its crash point
+  // returns true) the `nth` time stage `stage` is reached once armed_ is
+  // set; died_ then says it happened.
+  SessionOptions KillAt(int stage, int nth) {
+    SessionOptions o;
+    o.crash_consistent = true;
+    o.journal_path = dir_ + "/journal";
+    o.crash_point = [this, stage, nth](int s) {
+      if (armed_ && s == stage && ++kill_hits_ == nth) {
+        armed_ = false;
+        died_ = true;
+        return true;
+      }
+      return false;
+    };
+    return o;
+  }
   UniqueFd ConnFromStore() {
     auto fd = store_.Lookup()("vfio/conn");
     EXPECT_TRUE(fd.ok());
@@ -219,6 +236,8 @@ class ResumeTest : public ::testing::Test {
   FakeFdStore store_;
   UniqueFd server_end_;
   std::unique_ptr<Client> client_;
+  std::atomic<bool> armed_{false}, died_{false};
+  std::atomic<int> kill_hits_{0};
 };
 
 TEST_F(ResumeTest, SuccessorResumesSessionFromRecordsAndFdStore) {
@@ -297,18 +316,9 @@ class CrashConsistentTest : public ResumeTest, public ::testing::WithParamInterf
 
 TEST_P(CrashConsistentTest, RequestAppliedOnceAndAnsweredOnce) {
   const int stage = GetParam();
-  std::atomic<bool> armed{false}, died{false};
-  SessionOptions o;
-  o.crash_consistent = true;
-  o.journal_path = dir_ + "/journal";
-  o.crash_point = [&](int s) {
-    if (armed && s == stage) {
-      armed = false;
-      died = true;
-      return true;
-    }
-    return false;
-  };
+  std::atomic<bool>& armed = armed_;
+  std::atomic<bool>& died = died_;
+  SessionOptions o = KillAt(stage, 1);
   auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false);
   ASSERT_TRUE(client_->Version().ok());
   ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 100).ok());
@@ -420,19 +430,9 @@ class SelfDurableCrashTest : public ResumeTest, public ::testing::WithParamInter
 TEST_P(SelfDurableCrashTest, ResumeReappliesAtMostTheWriteInFlight) {
   const int stage = GetParam();
   DurableCell cell;
-  std::atomic<int> hits{0};
-  std::atomic<bool> armed{false}, died{false};
-  SessionOptions o;
-  o.crash_consistent = true;
-  o.journal_path = dir_ + "/journal";
-  o.crash_point = [&](int s) {
-    if (armed && s == stage && ++hits == (stage == 2 ? 1 : 3)) {
-      armed = false;
-      died = true;
-      return true;
-    }
-    return false;
-  };
+  std::atomic<bool>& armed = armed_;
+  std::atomic<bool>& died = died_;
+  SessionOptions o = KillAt(stage, stage == 2 ? 1 : 3);
   auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false, &cell);
   ASSERT_TRUE(client_->Version().ok());
   ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 100).ok());  // committed, replied
@@ -546,19 +546,9 @@ class GroupCommitCrashTest : public ResumeTest, public ::testing::WithParamInter
 TEST_P(GroupCommitCrashTest, RunAppliedExactlyOnce) {
   const int stage = GetParam();
   DurableCell cell;
-  std::atomic<int> hits{0};
-  std::atomic<bool> armed{false}, died{false};
-  SessionOptions o;
-  o.crash_consistent = true;
-  o.journal_path = dir_ + "/journal";
-  o.crash_point = [&](int s) {
-    if (armed && s == stage && ++hits == (stage == 5 ? 3 : 1)) {
-      armed = false;
-      died = true;
-      return true;
-    }
-    return false;
-  };
+  std::atomic<bool>& armed = armed_;
+  std::atomic<bool>& died = died_;
+  SessionOptions o = KillAt(stage, stage == 5 ? 3 : 1);
   auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false, &cell);
   ASSERT_TRUE(client_->Version().ok());
   ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 100).ok());
@@ -819,19 +809,9 @@ class DeferredRunCrashTest : public ResumeTest, public ::testing::WithParamInter
 TEST_P(DeferredRunCrashTest, EveryWriteAppliedOnce) {
   const int stage = GetParam();
   DurableCell cell;
-  std::atomic<bool> armed{false}, died{false};
-  std::atomic<int> hits{0};
-  SessionOptions o;
-  o.crash_consistent = true;
-  o.journal_path = dir_ + "/journal";
-  o.crash_point = [&](int s) {
-    if (armed && s == stage && ++hits == (stage == 2 ? 1 : 5)) {
-      armed = false;
-      died = true;
-      return true;
-    }
-    return false;
-  };
+  std::atomic<bool>& armed = armed_;
+  std::atomic<bool>& died = died_;
+  SessionOptions o = KillAt(stage, stage == 2 ? 1 : 5);
   auto w = std::make_unique<Worker>(env_.get(), o, &store_, std::move(server_end_), false, &cell);
   ASSERT_TRUE(client_->Version().ok());
   ASSERT_TRUE(client_->Write32(kBar0, ExampleDevice::kAdd, 3).ok());
