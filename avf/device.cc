@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -21,8 +22,13 @@ constexpr uint32_t kItrnIndex = 0x2800 / 4;  // first VFINT_ITRN1 dword in the w
 // the queue vectors' words (InterruptController) and a marker saying they
 // are valid (a predecessor from before this layout left the page unset).
 constexpr uint32_t kDoorbellFileSize = kDoorbellWindowSize + 0x1000;
+// Vector words: InterruptController::VectorWordIndex (0..15, then 17..64);
+// the mark sits at 16, where the 16-vector layout put it.
 constexpr uint32_t kVectorIndex = kDoorbellWindowSize / 4;
-constexpr uint32_t kVectorMarkIndex = kVectorIndex + kMaxQueueVectors;
+constexpr uint32_t kVectorMarkIndex = kVectorIndex + 16;
+static_assert(InterruptController::VectorWordIndex(15) < 16 &&
+              InterruptController::VectorWordIndex(16) == 17);
+static_assert(kVectorIndex + InterruptController::kVectorWords + 1 <= kDoorbellFileSize / 4);
 constexpr uint32_t kVectorMark = 0x31515249;  // "IRQ1"
 
 bool InRange(uint32_t off, uint32_t base, uint32_t count) {
@@ -31,14 +37,22 @@ bool InRange(uint32_t off, uint32_t base, uint32_t count) {
 
 }  // namespace
 
-Device::Device(const DeviceOptions& options) : options_(options) {}
+const TxQueueContext Device::kNoTxq{};
+const RxQueueContext Device::kNoRxq{};
+
+Device::Device(const DeviceOptions& options)
+    : options_(options),
+      msix_(DeviceMsixVectors(options.max_queue_pairs)),
+      txq_(options.max_queue_pairs),
+      rxq_(options.max_queue_pairs) {}
 
 Device::~Device() = default;
 
 absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceOptions& options) {
   if (options.max_queue_pairs < 1 || options.max_queue_pairs > kMaxQueuePairs) {
     return absl::InvalidArgumentError(
-        absl::StrCat("max_queue_pairs must be 1..", kMaxQueuePairs, ", got ", options.max_queue_pairs));
+        absl::StrCat("max_queue_pairs must be 1..", kMaxQueuePairs, ", got ", options.max_queue_pairs,
+                     " (more than 16 only for drivers negotiating LARGE_NUM_QPAIRS)"));
   }
   std::unique_ptr<Device> d(new Device(options));
   if (absl::Status s = d->Init(); !s.ok()) return s;
@@ -69,7 +83,8 @@ absl::Status Device::Init() {
   if (!map.ok()) return map.status();
   doorbell_map_ = std::move(*map);
   doorbell_ = doorbell_map_.as<volatile uint32_t>();
-  irq_ = std::make_unique<InterruptController>(doorbell_ + kItrnIndex, doorbell_ + kVectorIndex);
+  irq_ = std::make_unique<InterruptController>(doorbell_ + kItrnIndex, doorbell_ + kVectorIndex,
+                                               msix_.num_vectors() - 1);
   num_queue_pairs_ = options_.max_queue_pairs;
   link_up_ = options_.link_up;
   link_speed_mbps_ = options_.link_speed_mbps;
@@ -131,7 +146,7 @@ std::vector<vfio_user::RegionDesc> Device::Regions() const {
 std::vector<vfio_user::IrqDesc> Device::Irqs() const {
   std::vector<vfio_user::IrqDesc> v(vfio_user::kNumPciIrqs);
   for (uint32_t i = 0; i < vfio_user::kNumPciIrqs; ++i) v[i].index = i;
-  v[vfio_user::kMsixIrq].count = kMaxMsixVectors;
+  v[vfio_user::kMsixIrq].count = msix_.num_vectors();
   v[vfio_user::kMsixIrq].maskable = true;
   return v;
 }
@@ -271,7 +286,7 @@ uint32_t Device::ReadReg(uint32_t off) {
   }
   if (off < kDoorbellWindowSize) {
     if (InRange(off, QtxTail(0), kMaxDecodedQueues) || InRange(off, QrxTail(0), kMaxDecodedQueues) ||
-        InRange(off, VfintItrn1(0, 0), kNumItrIndexes * 16)) {
+        InRange(off, VfintItrn1(0, 0), kNumItrIndexes * kNumItrnVectors)) {
       return DoorbellRead(off / 4);
     }
     return 0;
@@ -333,9 +348,9 @@ void Device::WriteReg(uint32_t off, uint32_t value) {
       OnTailWrite(QueueKind::kTx, (off - QtxTail(0)) / 4, value);
     } else if (InRange(off, QrxTail(0), kMaxDecodedQueues)) {
       OnTailWrite(QueueKind::kRx, (off - QrxTail(0)) / 4, value);
-    } else if (InRange(off, VfintItrn1(0, 0), kNumItrIndexes * 16)) {
+    } else if (InRange(off, VfintItrn1(0, 0), kNumItrIndexes * kNumItrnVectors)) {
       uint32_t i = (off - VfintItrn1(0, 0)) / 4;
-      irq_->WriteItrn(i / 16, i % 16, value);
+      irq_->WriteItrn(i / kNumItrnVectors, i % kNumItrnVectors, value);
     }
     return;
   }
@@ -401,8 +416,8 @@ bool Device::WriteIsSelfDurable(uint32_t region, uint64_t offset, uint64_t size)
   };
   if (inside(QtxTail(0), kMaxDecodedQueues) || inside(QrxTail(0), kMaxDecodedQueues)) return true;
   // The interrupt re-arm path: one register per write (see the header).
-  return size == 4 && (inside(VfintDynCtln1(0), kMaxQueueVectors) ||
-                       inside(VfintItrn1(0, 0), kNumItrIndexes * 16));
+  return size == 4 && (inside(VfintDynCtln1(0), irq_->num_queue_vectors()) ||
+                       inside(VfintItrn1(0, 0), kNumItrIndexes * kNumItrnVectors));
 }
 
 bool Device::ReadHasSideEffects(uint32_t region, uint64_t offset, uint64_t size) const {
@@ -471,7 +486,8 @@ void Device::OnTailWrite(QueueKind kind, uint32_t q, uint32_t value) {
 
 uint32_t Device::RecordsWrittenBy(uint32_t off) const {
   if (off < kDoorbellWindowSize) {
-    return InRange(off, VfintItrn1(0, 0), kNumItrIndexes * 16) ? 1u << kRecIrq : 1u << kRecRegs;
+    return InRange(off, VfintItrn1(0, 0), kNumItrIndexes * kNumItrnVectors) ? 1u << kRecIrq
+                                                                            : 1u << kRecRegs;
   }
   if (off == kVfAtqt1) return kAllRecords;  // virtchnl may change anything
   if (off == kVfArqt1) return (1u << kRecAq) | (1u << kRecIrq);
@@ -492,7 +508,7 @@ bool Device::RaiseVector(uint32_t msix_vector) {
 }
 
 bool Device::RaiseQueueInterrupt(QueueKind kind, uint32_t q) {
-  if (q >= kMaxQueuePairs) return false;
+  if (q >= txq_.size()) return false;
   Touch(1u << kRecIrq);
   uint32_t v = kind == QueueKind::kTx ? txq_[q].msix_vector : rxq_[q].msix_vector;
   if (v == 0) return false;
@@ -501,16 +517,16 @@ bool Device::RaiseQueueInterrupt(QueueKind kind, uint32_t q) {
 
 // ---------------------------------------------------------------- reset
 
-void Device::StopQueues(uint32_t rx_mask, uint32_t tx_mask) {
-  uint32_t rx_running = 0, tx_running = 0;
-  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
-    if ((rx_mask >> q & 1) && rxq_[q].enabled) rx_running |= 1u << q;
-    if ((tx_mask >> q & 1) && txq_[q].enabled) tx_running |= 1u << q;
+void Device::StopQueues(QueueMask rx_mask, QueueMask tx_mask) {
+  QueueMask rx_running = 0, tx_running = 0;
+  for (uint32_t q = 0; q < txq_.size(); ++q) {
+    if ((rx_mask >> q & 1) && rxq_[q].enabled) rx_running |= QueueMask{1} << q;
+    if ((tx_mask >> q & 1) && txq_[q].enabled) tx_running |= QueueMask{1} << q;
   }
   if ((rx_running | tx_running) != 0 && hooks_ != nullptr) {
     hooks_->OnQueuesDisabled(rx_running, tx_running);
   }
-  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+  for (uint32_t q = 0; q < txq_.size(); ++q) {
     if (rx_running >> q & 1) rxq_[q].enabled = false;
     if (tx_running >> q & 1) {
       txq_[q].enabled = false;
@@ -529,11 +545,11 @@ void Device::VfReset() {
   Touch(kAllRecords);
   ++counters_.vf_resets;
   rstat_ = kVfrInProgress;
-  StopQueues(~0u, ~0u);  // DMA stops before anything else changes
-  aq_.Reset();           // ATQLEN/ARQLEN.ENABLE off: the driver's reset detector
+  StopQueues(~QueueMask{0}, ~QueueMask{0});  // DMA stops before anything else changes
+  aq_.Reset();  // ATQLEN/ARQLEN.ENABLE off: the driver's reset detector
   irq_->Reset();
-  txq_ = {};
-  rxq_ = {};
+  std::fill(txq_.begin(), txq_.end(), TxQueueContext{});
+  std::fill(rxq_.begin(), rxq_.end(), RxQueueContext{});
   for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
     DoorbellWrite(QtxTail(q) / 4, 0);
     DoorbellWrite(QrxTail(q) / 4, 0);
@@ -571,15 +587,26 @@ std::string Device::SerializeRecord(int record) const {
       id.set_mac(std::string(options_.mac.begin(), options_.mac.end()));
       id.set_supported_caps(options_.supported_caps);
       id.set_mapped_doorbells(options_.mapped_doorbells);
+      id.set_msix_vectors(msix_.num_vectors());
       return state_store::EncodeRecord(id);
     }
     case kRecRegs: {
       AvfRegisters regs;
       regs.set_rstat(rstat_);
-      std::string tx(kMaxDecodedQueues * 4, '\0'), rx(kMaxDecodedQueues * 4, '\0');
+      // Up to the last non-zero tail (the rest restore as zero): the record
+      // grows with the queues in use, not with the 256 decoded registers.
+      uint32_t tx_used = 0, rx_used = 0;
       for (uint32_t q = 0; q < kMaxDecodedQueues; ++q) {
-        uint32_t t = TxTail(q), r = RxTail(q);
+        if (TxTail(q) != 0) tx_used = q + 1;
+        if (RxTail(q) != 0) rx_used = q + 1;
+      }
+      std::string tx(tx_used * 4, '\0'), rx(rx_used * 4, '\0');
+      for (uint32_t q = 0; q < tx_used; ++q) {
+        uint32_t t = TxTail(q);
         std::memcpy(tx.data() + 4 * q, &t, 4);
+      }
+      for (uint32_t q = 0; q < rx_used; ++q) {
+        uint32_t r = RxTail(q);
         std::memcpy(rx.data() + 4 * q, &r, 4);
       }
       regs.set_qtx_tails(std::move(tx));
@@ -606,8 +633,16 @@ std::string Device::SerializeRecord(int record) const {
       vf.set_granted_caps(granted_caps_);
       vf.set_resources_sent(resources_sent_);
       vf.set_num_queue_pairs(num_queue_pairs_);
-      for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+      // Records only for queues with any state (configured, or mapped to a
+      // vector): 4 queues in use cost 4 entries whatever the device offers.
+      for (uint32_t q = 0; q < txq_.size(); ++q) {
         const TxQueueContext& t = txq_[q];
+        const RxQueueContext& r = rxq_[q];
+        const bool tx_used = t.configured || t.enabled || t.msix_vector != 0 ||
+                             t.itr_index != kItrIndexNone;
+        const bool rx_used = r.configured || r.enabled || r.msix_vector != 0 ||
+                             r.itr_index != kItrIndexNone;
+        if (!tx_used && !rx_used) continue;
         auto* tp = vf.add_txq();
         tp->set_id(q);
         tp->set_configured(t.configured);
@@ -616,7 +651,6 @@ std::string Device::SerializeRecord(int record) const {
         tp->set_ring_len(t.ring_len);
         tp->set_msix_vector(t.msix_vector);
         tp->set_itr_index(t.itr_index);
-        const RxQueueContext& r = rxq_[q];
         auto* rp = vf.add_rxq();
         rp->set_id(q);
         rp->set_configured(r.configured);
@@ -729,8 +763,11 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   if (auto s = decode("irq", &irq); !s.ok()) return s;
   if (auto s = decode("vf", &vf); !s.ok()) return s;
   if (auto s = decode("pci", &pci); !s.ok()) return s;
+  // msix_vectors is absent (0) in records from before it existed: those
+  // devices had 17 vectors, DeviceMsixVectors of their (<= 16) queue pairs.
   if (id.max_queue_pairs() != options_.max_queue_pairs ||
-      id.mapped_doorbells() != options_.mapped_doorbells) {
+      id.mapped_doorbells() != options_.mapped_doorbells ||
+      (id.msix_vectors() != 0 && id.msix_vectors() != msix_.num_vectors())) {
     return absl::FailedPreconditionError(
         absl::StrCat("saved avf device has max_queue_pairs=", id.max_queue_pairs(),
                      " mapped_doorbells=", id.mapped_doorbells(), "; this one ",
@@ -762,7 +799,7 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   } else if (doorbell_adopted_) {
     // A predecessor from before the vector page: its ITRN values are live,
     // its vectors are in the record.
-    std::array<uint32_t, kNumItrIndexes * 16> itrn;
+    std::array<uint32_t, kNumItrIndexes * kNumItrnVectors> itrn;
     for (uint32_t i = 0; i < itrn.size(); ++i) itrn[i] = doorbell_[kItrnIndex + i];
     irq_->RestoreFrom(irq);
     for (uint32_t i = 0; i < itrn.size(); ++i) doorbell_[kItrnIndex + i] = itrn[i];
@@ -776,20 +813,21 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   granted_caps_ = vf.granted_caps() & options_.supported_caps;
   resources_sent_ = vf.resources_sent();
   num_queue_pairs_ = std::clamp<uint32_t>(vf.num_queue_pairs(), 1, options_.max_queue_pairs);
-  txq_ = {};
-  rxq_ = {};
+  std::fill(txq_.begin(), txq_.end(), TxQueueContext{});
+  std::fill(rxq_.begin(), rxq_.end(), RxQueueContext{});
+  const uint32_t vectors = msix_.num_vectors() - 1;
   for (const auto& t : vf.txq()) {
-    if (t.id() >= kMaxQueuePairs) continue;
+    if (t.id() >= txq_.size()) continue;
     TxQueueContext& c = txq_[t.id()];
     c.configured = t.configured();
     c.enabled = t.enabled() && t.configured();
     c.ring_addr = t.ring_addr();
     c.ring_len = std::min<uint32_t>(t.ring_len(), 8160);
-    c.msix_vector = t.msix_vector() <= kMaxQueueVectors ? t.msix_vector() : 0;
+    c.msix_vector = t.msix_vector() <= vectors ? t.msix_vector() : 0;
     c.itr_index = std::min<uint32_t>(t.itr_index(), kItrIndexNone);
   }
   for (const auto& r : vf.rxq()) {
-    if (r.id() >= kMaxQueuePairs) continue;
+    if (r.id() >= rxq_.size()) continue;
     RxQueueContext& c = rxq_[r.id()];
     c.configured = r.configured();
     c.enabled = r.enabled() && r.configured();
@@ -798,7 +836,7 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
     c.buffer_size = r.buffer_size();
     c.max_frame = r.max_frame();
     c.keep_crc = r.keep_crc();
-    c.msix_vector = r.msix_vector() <= kMaxQueueVectors ? r.msix_vector() : 0;
+    c.msix_vector = r.msix_vector() <= vectors ? r.msix_vector() : 0;
     c.itr_index = std::min<uint32_t>(r.itr_index(), kItrIndexNone);
   }
   macs_.clear();

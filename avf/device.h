@@ -2,7 +2,7 @@
 // (PCI 8086:1889) as a vfio_user::PciDevice.
 //
 // The model does what the PF driver plus silicon do for a VF: PCI identity
-// and config space (MSI-X with 1 + 16 vectors, PCIe with FLR), the BAR0
+// and config space (MSI-X with 1 + 16..64 vectors, PCIe with FLR), the BAR0
 // registers, the admin-queue mailbox, virtchnl 1.1 (as the ice PF answers
 // it), VF reset, and the queue contexts the data path runs on. It moves no
 // packets itself: the data path (dataplane/, issue 5) sits on top of the API
@@ -63,9 +63,24 @@ using MacAddr = std::array<uint8_t, 6>;
 // or not, as ice does). VLAN / VLAN_V2 / CRC / RX_FLEX_DESC etc. stay off by
 // default: granting VLAN makes Linux expect tag stripping/insertion from the
 // data path.
+// LARGE_NUM_QPAIRS is granted only to a device of more than 16 queue pairs
+// (as ice grants it only to a VF given a bigger RSS LUT).
 inline constexpr uint32_t kDefaultSupportedCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg |
                                                   vc::kCapWbOnItr | vc::kCapReqQueues |
-                                                  vc::kCapAdvLinkSpeed;
+                                                  vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs;
+
+// MSI-X vectors of a device offering `max_queue_pairs`: 17 (misc + 16, what
+// an ice VF gets by default, ICE_NUM_VF_MSIX_MED) up to 16 queue pairs, else
+// one per queue pair plus misc (at most 65, ICE_NUM_VF_MSIX_MAX).
+constexpr uint32_t DeviceMsixVectors(uint32_t max_queue_pairs) {
+  return max_queue_pairs <= kLegacyMaxQueuePairs ? 1 + kLegacyMaxQueuePairs
+         : max_queue_pairs >= kMaxQueuePairs     ? kMaxMsixVectors
+                                                 : 1 + max_queue_pairs;
+}
+
+// A set of queues (bit q = queue q; kMaxQueuePairs <= 64).
+using QueueMask = uint64_t;
+static_assert(kMaxQueuePairs <= 64);
 
 // RSS hash types (i40e PCTYPE bits) the VF hashes on after power-on and
 // every VF reset, before (and unless) the driver sends SET_RSS_HENA: the
@@ -86,8 +101,10 @@ inline constexpr uint64_t kRssHenaCaps = kRssHenaDefault | (1ull << 34) | (1ull 
 inline constexpr uint16_t kVsiId = 1;
 
 struct DeviceOptions {
-  // Queue pairs the VSI offers (1..16); REQUEST_QUEUES may change the number
-  // granted after a VF reset, up to this many.
+  // Queue pairs the VSI offers (1..kMaxQueuePairs = 64); REQUEST_QUEUES may
+  // change the number granted after a VF reset, up to this many. A driver
+  // that does not negotiate LARGE_NUM_QPAIRS gets at most 16. The device has
+  // DeviceMsixVectors(max_queue_pairs) MSI-X vectors.
   uint32_t max_queue_pairs = 4;
   // Permanent MAC in GET_VF_RESOURCES; all zero lets the driver pick a
   // random one (Linux then adds it with ADD_ETH_ADDR).
@@ -140,7 +157,7 @@ struct RxQueueContext {
   uint32_t ring_len = 0;     // descriptors: 64..8160, multiple of 32
   uint32_t buffer_size = 0;  // bytes per posted buffer (databuffer_size & ~127)
   uint32_t max_frame = 0;    // largest frame to deliver (max_pkt_size, <= 9728)
-  bool keep_crc = false;     // crc_disable (only with the CRC cap, never granted)
+  bool keep_crc = false;     // crc_disable (only with the CRC cap)
   uint32_t msix_vector = 0;
   uint32_t itr_index = kItrIndexNone;
 };
@@ -179,14 +196,14 @@ class DataPathHooks {
   // counted and not reported). Read the tail with TxTail()/RxTail().
   virtual void OnTxDoorbell(uint32_t /*queue*/) {}
   virtual void OnRxDoorbell(uint32_t /*queue*/) {}
-  // ENABLE_QUEUES started these queues (bit q = queue q; only queues that
-  // were not running). Contexts are final; the device's ring heads start at
-  // descriptor 0. Called before the reply reaches the guest.
-  virtual void OnQueuesEnabled(uint32_t /*rx_mask*/, uint32_t /*tx_mask*/) {}
-  // These queues stop (DISABLE_QUEUES, CONFIG_VSI_QUEUES of a running queue,
-  // VF reset, FLR). The data path must have stopped all DMA to their rings
-  // when this returns; the guest sees the reply / reset only afterwards.
-  virtual void OnQueuesDisabled(uint32_t /*rx_mask*/, uint32_t /*tx_mask*/) {}
+  // ENABLE_QUEUES(_V2) started these queues (bit q = queue q; only queues
+  // that were not running). Contexts are final; the device's ring heads
+  // start at descriptor 0. Called before the reply reaches the guest.
+  virtual void OnQueuesEnabled(QueueMask /*rx_mask*/, QueueMask /*tx_mask*/) {}
+  // These queues stop (DISABLE_QUEUES(_V2), CONFIG_VSI_QUEUES of a running
+  // queue, VF reset, FLR). The data path must have stopped all DMA to their
+  // rings when this returns; the guest sees the reply / reset only afterwards.
+  virtual void OnQueuesDisabled(QueueMask /*rx_mask*/, QueueMask /*tx_mask*/) {}
   // GET_STATS: fill the VSI totals (all queues; zeros if not overridden).
   virtual void GetStats(vc::EthStats* /*stats*/) {}
   // MAC filters, VLAN filters or promiscuous flags changed (read them with
@@ -268,9 +285,12 @@ class Device final : public vfio_user::PciDevice {
   vfio_user::DmaMemory* dma() const { return ctx_.dma; }
   // Queue pairs currently granted to the VF (queues 0..n-1 are valid).
   uint32_t num_queue_pairs() const { return num_queue_pairs_; }
-  // Contexts of queue q < kMaxQueuePairs (unconfigured beyond the granted).
-  const TxQueueContext& tx_queue(uint32_t q) const { return txq_[q % kMaxQueuePairs]; }
-  const RxQueueContext& rx_queue(uint32_t q) const { return rxq_[q % kMaxQueuePairs]; }
+  // Contexts of queue q (unconfigured beyond the granted ones; one
+  // unconfigured context for any q >= options().max_queue_pairs).
+  const TxQueueContext& tx_queue(uint32_t q) const { return q < txq_.size() ? txq_[q] : kNoTxq; }
+  const RxQueueContext& rx_queue(uint32_t q) const { return q < rxq_.size() ? rxq_[q] : kNoRxq; }
+  // MSI-X vectors of this device (misc included): DeviceMsixVectors().
+  uint32_t msix_vectors() const { return msix_.num_vectors(); }
   // Last value the guest wrote to QTX_TAIL(q) / QRX_TAIL(q) (q < 256). Raw:
   // it may be >= ring_len, which the data path must treat as "no new work".
   // In mapped mode this reads the shared doorbell page.
@@ -282,7 +302,7 @@ class Device final : public vfio_user::PciDevice {
   // queue unmapped or mapped to vector 0 (DPDK without WB_ON_ITR polls).
   // Returns true if the vector fired now.
   bool RaiseQueueInterrupt(QueueKind kind, uint32_t q);
-  // Same for queue vector `msix_vector` (1..16) directly.
+  // Same for queue vector `msix_vector` (1..msix_vectors() - 1) directly.
   bool RaiseVector(uint32_t msix_vector);
   // Armed/pending/WB_ON_ITR/ITR intervals of a vector, for coalescing.
   VectorState vector_state(uint32_t msix_vector) const { return irq_->state(msix_vector); }
@@ -342,6 +362,15 @@ class Device final : public vfio_user::PciDevice {
   int32_t OpConfigIrqMap(absl::Span<const uint8_t> msg);
   int32_t OpEnableQueues(absl::Span<const uint8_t> msg);
   int32_t OpDisableQueues(absl::Span<const uint8_t> msg);
+  // LARGE_NUM_QPAIRS ops (ice: virt/queues.c ice_vc_ena_qs_v2_msg,
+  // ice_vc_dis_qs_v2_msg, ice_vc_map_q_vector_msg; virt/rss.c
+  // ice_vc_get_max_rss_qregion).
+  int32_t OpQueuesV2(absl::Span<const uint8_t> msg, bool enable);
+  int32_t OpMapQueueVector(absl::Span<const uint8_t> msg);
+  int32_t OpGetMaxRssQregion(std::vector<uint8_t>* out);
+  int32_t EnableQueueMasks(QueueMask rx, QueueMask tx);
+  // Queue pairs a driver may hold: all with LARGE_NUM_QPAIRS, else 16.
+  uint32_t QueuePairLimit() const;
   int32_t OpEthAddr(absl::Span<const uint8_t> msg, bool add);
   int32_t OpVlan(absl::Span<const uint8_t> msg, bool add);
   int32_t OpPromisc(absl::Span<const uint8_t> msg);
@@ -353,7 +382,7 @@ class Device final : public vfio_user::PciDevice {
   // Returns true if the request was granted (a VF reset followed, no reply).
   bool OpRequestQueues(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
   bool RingInDmaMap(uint64_t addr, uint64_t bytes);
-  void StopQueues(uint32_t rx_mask, uint32_t tx_mask);
+  void StopQueues(QueueMask rx_mask, QueueMask tx_mask);
 
   // VF reset (RESET_VF, REQUEST_QUEUES): mailbox, queues, interrupts and
   // configuration back to their post-reset state; RSTAT -> INPROGRESS.
@@ -379,7 +408,7 @@ class Device final : public vfio_user::PciDevice {
   DataPathHooks* hooks_ = nullptr;
 
   std::unique_ptr<vfio_user::PciConfigSpace> config_;
-  vfio_user::MsixTable msix_{kMaxMsixVectors};
+  vfio_user::MsixTable msix_;
 
   // BAR0 [0, kDoorbellWindowSize) and the queue-vector page after it
   // (kDoorbellFileSize in all): the memfd and its shared mapping.
@@ -400,8 +429,11 @@ class Device final : public vfio_user::PciDevice {
   uint32_t granted_caps_ = 0;
   bool resources_sent_ = false;
   uint32_t num_queue_pairs_ = 0;
-  std::array<TxQueueContext, kMaxQueuePairs> txq_{};
-  std::array<RxQueueContext, kMaxQueuePairs> rxq_{};
+  // One context per queue pair the device offers (options_.max_queue_pairs).
+  std::vector<TxQueueContext> txq_;
+  std::vector<RxQueueContext> rxq_;
+  static const TxQueueContext kNoTxq;
+  static const RxQueueContext kNoRxq;
   std::vector<MacFilterEntry> macs_;
   std::bitset<4096> vlans_;
   uint16_t promisc_flags_ = 0;

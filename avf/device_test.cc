@@ -52,12 +52,12 @@ class Bytes {
 struct RecordingHooks : DataPathHooks {
   void OnTxDoorbell(uint32_t q) override { tx_doorbells.push_back(q); }
   void OnRxDoorbell(uint32_t q) override { rx_doorbells.push_back(q); }
-  void OnQueuesEnabled(uint32_t rx, uint32_t tx) override { enabled.push_back({rx, tx}); }
-  void OnQueuesDisabled(uint32_t rx, uint32_t tx) override { disabled.push_back({rx, tx}); }
+  void OnQueuesEnabled(QueueMask rx, QueueMask tx) override { enabled.push_back({rx, tx}); }
+  void OnQueuesDisabled(QueueMask rx, QueueMask tx) override { disabled.push_back({rx, tx}); }
   void GetStats(vc::EthStats* s) override { s->rx_bytes = 1234, s->tx_unicast = 7; }
   void OnFiltersChanged() override { ++filters_changed; }
   std::vector<uint32_t> tx_doorbells, rx_doorbells;
-  std::vector<std::pair<uint32_t, uint32_t>> enabled, disabled;
+  std::vector<std::pair<QueueMask, QueueMask>> enabled, disabled;
   int filters_changed = 0;
 };
 
@@ -169,7 +169,8 @@ TEST_F(DeviceTest, PciIdentityBarsAndCapabilities) {
   uint8_t msix = dev_->config_space().FindCapability(vfio_user::pci::kCapIdMsix);
   ASSERT_NE(msix, 0);
   uint32_t ctrl = Cfg32(*dev_, msix) >> 16;
-  EXPECT_EQ((ctrl & 0x7FF) + 1, kMaxMsixVectors);
+  EXPECT_EQ((ctrl & 0x7FF) + 1, 17u);
+  EXPECT_EQ(dev_->msix_vectors(), 17u);
   EXPECT_EQ(Cfg32(*dev_, msix + 4), 3u);
   EXPECT_EQ(Cfg32(*dev_, msix + 8), 0x2000u | 3u);
   uint8_t pcie = dev_->config_space().FindCapability(vfio_user::pci::kCapIdPcie);
@@ -180,7 +181,7 @@ TEST_F(DeviceTest, PciIdentityBarsAndCapabilities) {
   EXPECT_TRUE(regions[vfio_user::kBar0].mmap_areas.empty());
   EXPECT_EQ(regions[vfio_user::kBar3].size, kBar3Size);
   EXPECT_EQ(regions[vfio_user::kConfigRegion].size, 4096u);
-  EXPECT_EQ(dev_->Irqs()[vfio_user::kMsixIrq].count, kMaxMsixVectors);
+  EXPECT_EQ(dev_->Irqs()[vfio_user::kMsixIrq].count, 17u);
   EXPECT_EQ(dev_->Irqs()[vfio_user::kIntxIrq].count, 0u);
 }
 
@@ -261,7 +262,7 @@ TEST_F(DeviceTest, FullBringUpRaisesLinkAndServesStats) {
   EXPECT_EQ(dev_->ReadReg(kVfintIcr01) & kIcr0AdminQ, kIcr0AdminQ);
   EXPECT_EQ(dev_->ReadReg(kVfintIcr01), 0u) << "read-to-clear";
   ASSERT_EQ(hooks_.enabled.size(), 1u);
-  EXPECT_EQ(hooks_.enabled[0], std::make_pair(0xFu, 0xFu));
+  EXPECT_EQ(hooks_.enabled[0], std::make_pair(QueueMask{0xF}, QueueMask{0xF}));
   // LINK_CHANGE follows the ENABLE_QUEUES reply.
   auto ev = drv_->Receive();
   ASSERT_TRUE(ev.has_value());
@@ -721,7 +722,7 @@ TEST_F(DeviceTest, DisableQueuesStopsDmaBeforeReply) {
   BringUp(2);
   ASSERT_EQ(Status(vc::kOpDisableQueues, Select(3, 3).span()), 0);
   ASSERT_EQ(hooks_.disabled.size(), 1u);
-  EXPECT_EQ(hooks_.disabled[0], std::make_pair(3u, 3u));
+  EXPECT_EQ(hooks_.disabled[0], std::make_pair(QueueMask{3}, QueueMask{3}));
   EXPECT_FALSE(dev_->rx_queue(0).enabled);
   EXPECT_TRUE(dev_->rx_queue(0).configured);
   dev_->WriteReg(QtxTail(0), 1);
@@ -806,7 +807,7 @@ TEST_F(DeviceTest, ResetVfHandshakeAndReinitWithoutVersion) {
   EXPECT_EQ(dev_->ReadReg(kVfgenRstat), kVfrVfActive);
   // Queues stopped, configuration forgotten, no reply queued.
   ASSERT_FALSE(hooks_.disabled.empty());
-  EXPECT_EQ(hooks_.disabled.back(), std::make_pair(0xFu, 0xFu));
+  EXPECT_EQ(hooks_.disabled.back(), std::make_pair(QueueMask{0xF}, QueueMask{0xF}));
   EXPECT_FALSE(dev_->tx_queue(0).configured);
   EXPECT_EQ(dev_->tx_queue(0).msix_vector, 0u);
   EXPECT_TRUE(dev_->mac_filters().empty());
@@ -1440,6 +1441,321 @@ TEST_F(DeviceTest, AFireIsNeverLostToAKillBeforeTheDisarmingStore) {
   succ->Attach({&dma_, &again});
   ASSERT_TRUE(succ->RegionWrite(vfio_user::kBar0, VfintDynCtln1(0), absl::MakeConstSpan(b, 4)).ok());
   EXPECT_EQ(again.Count(1), 1) << "re-applying the write at the socket head fires again";
+}
+
+}  // namespace
+}  // namespace emud::avf
+
+// ------------------------------------------------------------ LARGE_NUM_QPAIRS
+
+namespace emud::avf {
+namespace {
+
+// DPDK net/iavf asks for LARGE_NUM_QPAIRS (iavf_get_vf_resource).
+constexpr uint32_t kDpdkCaps = vc::kCapL2 | vc::kCapWbOnItr | vc::kCapReqQueues |
+                               vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs | vc::kCapRssPf;
+
+class LargeVfTest : public DeviceTest {
+ protected:
+  void NegotiateLarge(uint32_t caps = kDpdkCaps) {
+    drv_->InitAdminQueue();
+    vc::VersionInfo v{1, 1};
+    ASSERT_EQ(drv_->CallStruct(vc::kOpVersion, v)->v_retval, 0);
+    res_ = *drv_->CallStruct(vc::kOpGetVfResources, caps);
+    ASSERT_EQ(res_.v_retval, 0);
+  }
+  vc::VfResource Res() const { return vc::Load<vc::VfResource>(res_.payload, 0); }
+  // 64-descriptor rings, 4 KiB apart: 64 queue pairs fit the fake RAM.
+  uint64_t SmallTx(uint32_t q) const { return drv_->scratch_base() + q * 0x1000; }
+  uint64_t SmallRx(uint32_t q) const { return drv_->scratch_base() + q * 0x1000 + 0x800; }
+  // CONFIG_VSI_QUEUES for queues [first, first + n), DPDK's batches.
+  Bytes Queues(uint32_t first, uint32_t n) {
+    Bytes b;
+    b.Add(vc::VsiQueueConfigHeader{kVsiId, static_cast<uint16_t>(n), 0});
+    for (uint32_t q = first; q < first + n; ++q) {
+      vc::QueuePairInfo p{};
+      p.txq.vsi_id = p.rxq.vsi_id = kVsiId;
+      p.txq.queue_id = p.rxq.queue_id = static_cast<uint16_t>(q);
+      p.txq.ring_len = p.rxq.ring_len = 64;
+      p.txq.dma_ring_addr = SmallTx(q);
+      p.rxq.dma_ring_addr = SmallRx(q);
+      p.rxq.databuffer_size = 2048;
+      p.rxq.max_pkt_size = 1518;
+      b.Add(p);
+    }
+    return b;
+  }
+  static Bytes Chunks(std::vector<vc::QueueChunk> chunks, int claimed = -1) {
+    Bytes b;
+    b.Add(vc::DelEnaDisQueuesHeader{
+        kVsiId, 0, static_cast<uint16_t>(claimed < 0 ? chunks.size() : claimed), 0});
+    for (const auto& c : chunks) b.Add(c);
+    return b;
+  }
+  static vc::QueueVector Qv(uint16_t q, uint16_t v, int32_t type, int32_t itr = 0) {
+    vc::QueueVector m{};
+    m.queue_id = q;
+    m.vector_id = v;
+    m.itr_idx = itr;
+    m.queue_type = type;
+    return m;
+  }
+  static Bytes Maps(std::vector<vc::QueueVector> maps, uint16_t vport = kVsiId) {
+    Bytes b;
+    b.Add(vc::QueueVectorMapsHeader{vport, static_cast<uint16_t>(maps.size()), {}});
+    for (const auto& m : maps) b.Add(m);
+    return b;
+  }
+  // Configures, maps (queue q -> vector q + 1, both directions) and starts
+  // queues 0..n-1 as DPDK's large-VF path does.
+  void BringUpLarge(uint32_t n) {
+    for (uint32_t first = 0; first < n; first += 16) {
+      ASSERT_EQ(Status(vc::kOpConfigVsiQueues, Queues(first, std::min(16u, n - first)).span()), 0);
+    }
+    std::vector<vc::QueueVector> maps;
+    for (uint32_t q = 0; q < n; ++q) {
+      maps.push_back(Qv(q, q + 1, vc::kQueueTypeRx));
+      maps.push_back(Qv(q, q + 1, vc::kQueueTypeTx, 1));
+    }
+    ASSERT_EQ(Status(vc::kOpMapQueueVector, Maps(maps).span()), 0);
+    const uint16_t nq = static_cast<uint16_t>(n);
+    ASSERT_EQ(Status(vc::kOpEnableQueuesV2,
+                     Chunks({{vc::kQueueTypeTx, 0, nq}, {vc::kQueueTypeRx, 0, nq}}).span()),
+              0);
+  }
+  ArqMessage res_;
+};
+
+TEST_F(LargeVfTest, GrantedOnlyToADeviceOfMoreThan16PairsAndADriverAskingForIt) {
+  Make(DeviceOptions{.max_queue_pairs = 32});
+  EXPECT_EQ(dev_->msix_vectors(), 33u);
+  EXPECT_EQ(dev_->Irqs()[vfio_user::kMsixIrq].count, 33u);
+  NegotiateLarge();
+  EXPECT_NE(Res().vf_cap_flags & vc::kCapLargeNumQpairs, 0u);
+  EXPECT_EQ(Res().num_queue_pairs, 32);
+  EXPECT_EQ(Res().vsi_res[0].num_queue_pairs, 32);
+  EXPECT_EQ(Res().max_vectors, 33);
+  // A driver without it (Linux iavf) gets ice's default VSI: 16 pairs.
+  NegotiateLarge(kLinuxCaps);
+  EXPECT_EQ(Res().vf_cap_flags & vc::kCapLargeNumQpairs, 0u);
+  EXPECT_EQ(Res().num_queue_pairs, 16);
+  EXPECT_EQ(Res().max_vectors, 17);
+  EXPECT_EQ(dev_->num_queue_pairs(), 16u);
+  for (uint32_t op : {vc::kOpEnableQueuesV2, vc::kOpDisableQueuesV2, vc::kOpMapQueueVector,
+                      vc::kOpGetMaxRssQregion}) {
+    EXPECT_EQ(Status(op, Chunks({{vc::kQueueTypeRx, 0, 1}}).span()), vc::kNotSupported)
+        << vc::OpName(op);
+  }
+  // A device of 16 pairs or fewer never grants it.
+  Make(DeviceOptions{.max_queue_pairs = 16});
+  EXPECT_EQ(dev_->msix_vectors(), 17u);
+  NegotiateLarge();
+  EXPECT_EQ(Res().vf_cap_flags & vc::kCapLargeNumQpairs, 0u);
+  EXPECT_EQ(Res().num_queue_pairs, 16);
+  // The limits: 64 pairs, 65 vectors.
+  Make(DeviceOptions{.max_queue_pairs = 64});
+  EXPECT_EQ(dev_->msix_vectors(), 65u);
+  EXPECT_FALSE(Device::Create(DeviceOptions{.max_queue_pairs = 65}).ok());
+  NegotiateLarge();
+  ArqMessage q = Call(vc::kOpGetMaxRssQregion, {});
+  ASSERT_EQ(q.v_retval, 0);
+  ASSERT_EQ(q.payload.size(), sizeof(vc::MaxRssQregion));
+  EXPECT_EQ(vc::Load<vc::MaxRssQregion>(q.payload, 0).qregion_width, 6) << "64-entry LUT";
+}
+
+TEST_F(LargeVfTest, ThirtyTwoQueuesMapEnableInterruptAndDisableByChunks) {
+  Make(DeviceOptions{.max_queue_pairs = 32});
+  NegotiateLarge();
+  BringUpLarge(32);
+  ASSERT_EQ(hooks_.enabled.size(), 1u);
+  EXPECT_EQ(hooks_.enabled[0], std::make_pair(QueueMask{0xFFFFFFFF}, QueueMask{0xFFFFFFFF}));
+  auto ev = drv_->Receive();
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(vc::Load<vc::PfEvent>(ev->payload, 0).event, vc::kEventLinkChange);
+  for (uint32_t q : {0u, 15u, 16u, 31u}) {
+    EXPECT_TRUE(dev_->rx_queue(q).enabled && dev_->tx_queue(q).enabled) << q;
+    EXPECT_EQ(dev_->rx_queue(q).msix_vector, q + 1);
+    EXPECT_EQ(dev_->tx_queue(q).itr_index, 1u);
+  }
+  // Vector 32 (DYN_CTLN1(31)): armed by the driver, fired by queue 31.
+  dev_->WriteReg(VfintDynCtln1(31), kDynCtlIntena | kDynCtlItrIndxMask);
+  EXPECT_EQ(dev_->ReadReg(VfintDynCtln1(31)) & kDynCtlIntena, kDynCtlIntena);
+  EXPECT_TRUE(dev_->RaiseQueueInterrupt(QueueKind::kRx, 31));
+  EXPECT_EQ(irqs_.Count(32), 1);
+  EXPECT_FALSE(dev_->RaiseQueueInterrupt(QueueKind::kRx, 31)) << "auto-masked";
+  EXPECT_TRUE(dev_->vector_state(32).pending);
+  // Tails of high queues reach the data path.
+  dev_->WriteReg(QtxTail(20), 5);
+  ASSERT_FALSE(hooks_.tx_doorbells.empty());
+  EXPECT_EQ(hooks_.tx_doorbells.back(), 20u);
+  // DISABLE_QUEUES_V2 of TX 8..23 and RX 31 only.
+  ASSERT_EQ(Status(vc::kOpDisableQueuesV2,
+                   Chunks({{vc::kQueueTypeTx, 8, 16}, {vc::kQueueTypeRx, 31, 1}}).span()),
+            0);
+  ASSERT_EQ(hooks_.disabled.size(), 1u);
+  EXPECT_EQ(hooks_.disabled[0], std::make_pair(QueueMask{1} << 31, QueueMask{0xFFFF00}));
+  EXPECT_FALSE(dev_->tx_queue(23).enabled);
+  EXPECT_TRUE(dev_->tx_queue(24).enabled);
+  EXPECT_EQ(dev_->TxTail(20), 0u) << "a stopped TX queue restarts at 0";
+  // Enabled again by chunk: only the stopped ones are reported.
+  ASSERT_EQ(Status(vc::kOpEnableQueuesV2, Chunks({{vc::kQueueTypeTx, 0, 32}}).span()), 0);
+  EXPECT_EQ(hooks_.enabled.back(), std::make_pair(QueueMask{0}, QueueMask{0xFFFF00}));
+  // The legacy ops still serve queues 0..15 and refuse the others.
+  EXPECT_EQ(Status(vc::kOpDisableQueues, Select(1, 1).span()), 0);
+  EXPECT_EQ(Status(vc::kOpDisableQueues, Select(1u << 16, 0).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpEnableQueues, Select(0, 1u << 20).span()), vc::kErrParam);
+}
+
+TEST_F(LargeVfTest, ChunksAndMapsOutOfRangeOrLyingAreRefusedWithoutEffect) {
+  Make(DeviceOptions{.max_queue_pairs = 24});
+  NegotiateLarge();
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, Queues(0, 16).span()), 0);
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, Queues(16, 8).span()), 0);
+  const uint64_t bad_chunks = dev_->counters().vc_bad_queue_chunk;
+  const uint64_t bad_len = dev_->counters().vc_bad_length;
+  struct Case {
+    const char* what;
+    Bytes msg;
+  };
+  std::vector<Case> chunk_cases;
+  chunk_cases.push_back({"past the granted queues", Chunks({{vc::kQueueTypeRx, 20, 5}})});
+  chunk_cases.push_back({"start beyond", Chunks({{vc::kQueueTypeTx, 24, 1}})});
+  chunk_cases.push_back({"u16 wrap", Chunks({{vc::kQueueTypeTx, 0xFFFF, 2}})});
+  chunk_cases.push_back({"empty chunk", Chunks({{vc::kQueueTypeRx, 0, 0}})});
+  chunk_cases.push_back({"unknown type", Chunks({{2, 0, 1}})});
+  chunk_cases.push_back({"negative type", Chunks({{-1, 0, 1}})});
+  chunk_cases.push_back({"good then bad", Chunks({{vc::kQueueTypeRx, 0, 4}, {vc::kQueueTypeTx, 23, 2}})});
+  for (uint32_t op : {vc::kOpEnableQueuesV2, vc::kOpDisableQueuesV2}) {
+    for (const Case& c : chunk_cases) {
+      EXPECT_EQ(Status(op, c.msg.span()), vc::kErrParam) << vc::OpName(op) << ": " << c.what;
+    }
+  }
+  EXPECT_EQ(dev_->counters().vc_bad_queue_chunk, bad_chunks + 2 * chunk_cases.size());
+  EXPECT_TRUE(hooks_.enabled.empty()) << "nothing started";
+  // Foreign VSI.
+  Bytes foreign;
+  foreign.Add(vc::DelEnaDisQueuesHeader{7, 0, 1, 0}).Add(vc::QueueChunk{vc::kQueueTypeRx, 0, 1});
+  EXPECT_EQ(Status(vc::kOpEnableQueuesV2, foreign.span()), vc::kErrParam);
+  // Lying lengths: more chunks claimed than sent, none, a short header.
+  EXPECT_EQ(Status(vc::kOpEnableQueuesV2, Chunks({{vc::kQueueTypeRx, 0, 1}}, 3).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpEnableQueuesV2, Chunks({}, 0).span()), vc::kErrParam);
+  const uint8_t short_hdr[6] = {1, 0, 0, 0, 1, 0};
+  EXPECT_EQ(Status(vc::kOpDisableQueuesV2, short_hdr), vc::kErrParam);
+  Bytes lying_maps = Maps({Qv(0, 1, vc::kQueueTypeRx)});
+  lying_maps.vec()[2] = 9;  // num_qv_maps = 9, one sent
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, lying_maps.span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({}).span()), vc::kErrParam);
+  EXPECT_EQ(dev_->counters().vc_bad_length, bad_len + 5);
+  // An unconfigured queue cannot start (none of the chunk does).
+  Make(DeviceOptions{.max_queue_pairs = 24});
+  NegotiateLarge();
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, Queues(0, 16).span()), 0);
+  EXPECT_EQ(Status(vc::kOpEnableQueuesV2, Chunks({{vc::kQueueTypeRx, 10, 10}}).span()), vc::kErrParam);
+  EXPECT_TRUE(hooks_.enabled.empty());
+  EXPECT_FALSE(dev_->rx_queue(10).enabled);
+  // MAP_QUEUE_VECTOR: vector beyond the VF's 25, queue beyond 24, ITR index,
+  // type, foreign VSI; a bad map anywhere maps nothing.
+  const uint64_t bad_maps = dev_->counters().vc_bad_queue_chunk;
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({Qv(0, 25, vc::kQueueTypeRx)}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({Qv(24, 1, vc::kQueueTypeRx)}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({Qv(0, 1, vc::kQueueTypeRx, 4)}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({Qv(0, 1, vc::kQueueTypeRx, -1)}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({Qv(0, 1, 3)}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpMapQueueVector,
+                   Maps({Qv(5, 6, vc::kQueueTypeTx), Qv(6, 99, vc::kQueueTypeTx)}).span()),
+            vc::kErrParam);
+  EXPECT_EQ(dev_->counters().vc_bad_queue_chunk, bad_maps + 6);
+  EXPECT_EQ(dev_->tx_queue(5).msix_vector, 0u) << "nothing mapped";
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({Qv(0, 1, vc::kQueueTypeRx)}, 3).span()), vc::kErrParam);
+  // The highest vector and ITR "none" are fine.
+  EXPECT_EQ(Status(vc::kOpMapQueueVector, Maps({Qv(23, 24, vc::kQueueTypeTx, 3)}).span()), 0);
+  EXPECT_EQ(dev_->tx_queue(23).msix_vector, 24u);
+  EXPECT_EQ(dev_->tx_queue(23).itr_index, kItrIndexNone);
+  // DYN_CTLN beyond the VF's vectors is counted and ignored.
+  dev_->WriteReg(VfintDynCtln1(30), kDynCtlIntena);
+  EXPECT_EQ(dev_->ReadReg(VfintDynCtln1(30)), 0u);
+}
+
+TEST_F(LargeVfTest, RequestQueuesAcrossTheRange) {
+  Make(DeviceOptions{.max_queue_pairs = 64});
+  NegotiateLarge();
+  vc::VfResRequest too_many{65};
+  ArqMessage r = *drv_->CallStruct(vc::kOpRequestQueues, too_many);
+  EXPECT_EQ(r.v_retval, 0);
+  EXPECT_EQ(vc::Load<vc::VfResRequest>(r.payload, 0).num_queue_pairs, 64) << "the most it can give";
+  for (uint16_t want : {48, 17, 64, 3}) {
+    drv_->SendStruct(vc::kOpRequestQueues, vc::VfResRequest{want});
+    auto ev = drv_->Receive();
+    ASSERT_TRUE(ev.has_value());
+    EXPECT_EQ(vc::Load<vc::PfEvent>(ev->payload, 0).event, vc::kEventResetImpending);
+    while (dev_->ReadReg(kVfgenRstat) != kVfrVfActive) {
+    }
+    NegotiateLarge();
+    EXPECT_EQ(Res().num_queue_pairs, want);
+    EXPECT_EQ(Res().max_vectors, want + 1);
+  }
+  // Without LARGE_NUM_QPAIRS: 16 at most.
+  NegotiateLarge(kLinuxCaps);
+  r = *drv_->CallStruct(vc::kOpRequestQueues, vc::VfResRequest{20});
+  EXPECT_EQ(vc::Load<vc::VfResRequest>(r.payload, 0).num_queue_pairs, 16);
+}
+
+TEST_F(LargeVfTest, StateGrowsWithTheQueuesInUseAndRestores) {
+  // All records but "pci" (config space: 4 KiB whatever the queues; MSI-X
+  // table: 16 bytes per vector).
+  auto size_of = [](const vfio_user::MapDeviceRecords& recs) {
+    size_t n = 0;
+    for (const auto& [k, v] : recs.all()) {
+      std::printf("  record %s: %zu bytes\n", k.c_str(), v.size());
+      if (k != "pci") n += k.size() + v.size();
+    }
+    return n;
+  };
+  auto saved = [&](uint32_t device_qps, uint32_t used) {
+    Make(DeviceOptions{.max_queue_pairs = device_qps});
+    if (device_qps <= 16) {  // no LARGE_NUM_QPAIRS: the legacy ops
+      Negotiate();
+      EXPECT_EQ(Status(vc::kOpConfigIrqMap, IrqMap(used).span()), 0);
+      EXPECT_EQ(Status(vc::kOpConfigVsiQueues, Queues(0, used).span()), 0);
+      const uint32_t m = (1u << used) - 1;
+      EXPECT_EQ(Status(vc::kOpEnableQueues, Select(m, m).span()), 0);
+    } else {
+      NegotiateLarge();
+      BringUpLarge(used);
+    }
+    for (uint32_t q = 0; q < used; ++q) dev_->WriteReg(QrxTail(q), 63);
+    vfio_user::MapDeviceRecords recs;
+    EXPECT_TRUE(dev_->Save(recs).ok());
+    return recs;
+  };
+  const size_t four_of_4 = size_of(saved(4, 4));
+  const size_t four_of_64 = size_of(saved(64, 4));
+  vfio_user::MapDeviceRecords big = saved(64, 64);
+  const size_t all_of_64 = size_of(big);
+  std::printf("avf state records but pci: 4/4 queues %zu bytes, 4/64 %zu bytes, 64/64 %zu bytes\n",
+              four_of_4, four_of_64, all_of_64);
+  // The offer costs nothing until used.
+  EXPECT_LE(four_of_64, four_of_4 + 16);
+  EXPECT_GT(all_of_64, four_of_64 + 60 * 40) << "each queue in use has its records";
+  EXPECT_LT(four_of_4, 1000u) << "no 256-entry arrays";
+  // A successor rebuilds queue 40 and vector 41 from the records.
+  dev_->WriteReg(VfintDynCtln1(40), kDynCtlIntena);
+  ASSERT_TRUE(dev_->Save(big).ok());
+  auto other = Device::Create(DeviceOptions{.max_queue_pairs = 64});
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->Restore(big).ok());
+  Device& b = **other;
+  EXPECT_EQ(b.num_queue_pairs(), 64u);
+  EXPECT_TRUE(b.rx_queue(40).enabled);
+  EXPECT_EQ(b.rx_queue(40).ring_addr, SmallRx(40));
+  EXPECT_EQ(b.tx_queue(63).msix_vector, 64u);
+  EXPECT_EQ(b.RxTail(63), 63u);
+  EXPECT_TRUE(b.vector_state(41).armed);
+  EXPECT_NE(b.granted_caps() & vc::kCapLargeNumQpairs, 0u);
+  // A device with another vector count refuses them.
+  auto smaller = Device::Create(DeviceOptions{.max_queue_pairs = 32});
+  ASSERT_TRUE(smaller.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition((*smaller)->Restore(big)));
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "avf/interrupts.h"
 
+#include <algorithm>
+
 #include "avf/avf_state.pb.h"
 #include "vfio_user/device.h"
 
@@ -11,8 +13,11 @@ constexpr uint32_t kDynCtlStoredMask =
     ~(kDynCtlClearPba | kDynCtlSwintTrig | kDynCtlIntenaMsk | kDynCtlIntena);
 }  // namespace
 
-InterruptController::InterruptController(volatile uint32_t* itrn, volatile uint32_t* vectors)
-    : itrn_(itrn), vectors_(vectors != nullptr ? vectors : own_vectors_.data()) {}
+InterruptController::InterruptController(volatile uint32_t* itrn, volatile uint32_t* vectors,
+                                         uint32_t num_queue_vectors)
+    : itrn_(itrn),
+      vectors_(vectors != nullptr ? vectors : own_vectors_.data()),
+      num_vectors_(std::clamp<uint32_t>(num_queue_vectors, 1, kMaxQueueVectors)) {}
 
 uint32_t InterruptController::ReadIcr01() {
   uint32_t v = icr01_;
@@ -52,18 +57,18 @@ uint32_t InterruptController::itr01(uint32_t index) const {
 }
 
 void InterruptController::WriteDynCtln(uint32_t v, uint32_t value) {
-  if (v >= kMaxQueueVectors) {
+  if (v >= num_vectors_) {
     ++bad_vector_;
     return;
   }
-  const uint32_t old = vectors_[v];
+  const uint32_t old = Word(v);
   bool armed = (old & kWordArmed) != 0;
   bool pending = (old & kWordPending) != 0;
   const bool arming = !(value & kDynCtlIntenaMsk) && (value & kDynCtlIntena) != 0;
   if (!(value & kDynCtlIntenaMsk)) armed = arming;
   uint32_t idx = (value & kDynCtlItrIndxMask) >> kDynCtlItrIndxShift;
-  if (idx < kNumItrIndexes) {
-    itrn_[16 * idx + v] = (value & kDynCtlIntervalMask) >> kDynCtlIntervalShift;
+  if (idx < kNumItrIndexes && v < kNumItrnVectors) {
+    itrn_[kNumItrnVectors * idx + v] = (value & kDynCtlIntervalMask) >> kDynCtlIntervalShift;
   }
   // An arming write keeps a pending data-path cause despite CLEARPBA (see
   // the header); CLEARPBA alone drops it.
@@ -76,24 +81,24 @@ void InterruptController::WriteDynCtln(uint32_t v, uint32_t value) {
   } else {
     word |= (armed ? kWordArmed : 0) | (pending ? kWordPending : 0);
   }
-  vectors_[v] = word;
+  Word(v) = word;
 }
 
 uint32_t InterruptController::dyn_ctln(uint32_t v) const {
-  if (v >= kMaxQueueVectors) return 0;
-  const uint32_t w = vectors_[v];
+  if (v >= num_vectors_) return 0;
+  const uint32_t w = Word(v);
   return (w & kDynCtlStoredMask) | ((w & kWordArmed) ? kDynCtlIntena : 0);
 }
 
 void InterruptController::WriteItrn(uint32_t index, uint32_t v, uint32_t value) {
-  if (index < kNumItrIndexes && v < kMaxQueueVectors) {
-    itrn_[16 * index + v] = value & kItrIntervalMask;
+  if (index < kNumItrIndexes && v < kNumItrnVectors) {
+    itrn_[kNumItrnVectors * index + v] = value & kItrIntervalMask;
   }
 }
 
 uint32_t InterruptController::itrn(uint32_t index, uint32_t v) const {
-  if (index < kNumItrIndexes && v < kMaxQueueVectors) {
-    return itrn_[16 * index + v] & kItrIntervalMask;
+  if (index < kNumItrIndexes && v < kNumItrnVectors && v < num_vectors_) {
+    return itrn_[kNumItrnVectors * index + v] & kItrIntervalMask;
   }
   return 0;
 }
@@ -105,11 +110,11 @@ void InterruptController::RaiseAdminQueue() {
 }
 
 bool InterruptController::RaiseQueueVector(uint32_t msix_vector) {
-  if (msix_vector == 0 || msix_vector > kMaxQueueVectors) {
+  if (msix_vector == 0 || msix_vector > num_vectors_) {
     ++bad_vector_;
     return false;
   }
-  volatile uint32_t& w = vectors_[msix_vector - 1];
+  volatile uint32_t& w = Word(msix_vector - 1);
   const uint32_t old = w;
   if (!(old & kWordArmed) || sink_ == nullptr) {
     if (!(old & kWordPending)) w = old | kWordPending;
@@ -147,8 +152,8 @@ VectorState InterruptController::state(uint32_t msix_vector) const {
     s.itr = itr01_;
     return s;
   }
-  if (msix_vector > kMaxQueueVectors) return s;
-  const uint32_t w = vectors_[msix_vector - 1];
+  if (msix_vector > num_vectors_) return s;
+  const uint32_t w = Word(msix_vector - 1);
   s.armed = (w & kWordArmed) != 0;
   s.pending = (w & kWordPending) != 0;
   s.wb_on_itr = (w & kDynCtlWbOnItr) != 0;
@@ -165,8 +170,8 @@ void InterruptController::Reset() {
   misc_event_pending_ = false;
   stat_ctl01_ = 0;
   itr01_ = {};
-  for (uint32_t v = 0; v < kMaxQueueVectors; ++v) vectors_[v] = 0;
-  for (uint32_t i = 0; i < kNumItrIndexes * 16; ++i) itrn_[i] = 0;
+  for (uint32_t v = 0; v < kMaxQueueVectors; ++v) Word(v) = 0;
+  for (uint32_t i = 0; i < kNumItrIndexes * kNumItrnVectors; ++i) itrn_[i] = 0;
 }
 
 void InterruptController::SaveTo(AvfInterruptState* out) const {
@@ -179,23 +184,29 @@ void InterruptController::SaveTo(AvfInterruptState* out) const {
   out->set_misc_event_pending(misc_event_pending_);
   out->set_stat_ctl01(stat_ctl01_);
   for (uint32_t v : itr01_) out->add_itr01(v);
-  for (uint32_t v = 0; v < kMaxQueueVectors; ++v) {
-    const uint32_t w = vectors_[v];
+  // Positional; vectors after the last one with any state are left out (they
+  // restore as zero), so the record grows with the vectors in use.
+  uint32_t used = 0;
+  for (uint32_t v = 0; v < num_vectors_; ++v) {
+    if (Word(v) != 0) used = v + 1;
+  }
+  for (uint32_t v = 0; v < used; ++v) {
+    const uint32_t w = Word(v);
     auto* qv = out->add_queue_vector();
     qv->set_dyn_ctl(w & kDynCtlStoredMask);
     qv->set_armed((w & kWordArmed) != 0);
     qv->set_pending((w & kWordPending) != 0);
     qv->set_wb_on_itr((w & kDynCtlWbOnItr) != 0);
   }
-  for (uint32_t i = 0; i < kNumItrIndexes * 16; ++i) out->add_itrn(itrn_[i]);
+  for (uint32_t i = 0; i < kNumItrIndexes * kNumItrnVectors; ++i) out->add_itrn(itrn_[i]);
 }
 
 void InterruptController::RestoreFrom(const AvfInterruptState& in, bool keep_live_queue_vectors) {
-  std::array<uint32_t, kNumItrIndexes * 16> itrn{};
+  std::array<uint32_t, kNumItrIndexes * kNumItrnVectors> itrn{};
   std::array<uint32_t, kMaxQueueVectors> words{};
   if (keep_live_queue_vectors) {
     for (uint32_t i = 0; i < itrn.size(); ++i) itrn[i] = itrn_[i];
-    for (uint32_t v = 0; v < kMaxQueueVectors; ++v) words[v] = vectors_[v];
+    for (uint32_t v = 0; v < kMaxQueueVectors; ++v) words[v] = Word(v);
   }
   Reset();
   icr01_ = in.icr01();
@@ -212,19 +223,19 @@ void InterruptController::RestoreFrom(const AvfInterruptState& in, bool keep_liv
   }
   if (keep_live_queue_vectors) {
     for (uint32_t i = 0; i < itrn.size(); ++i) itrn_[i] = itrn[i];
-    for (uint32_t v = 0; v < kMaxQueueVectors; ++v) vectors_[v] = words[v];
+    for (uint32_t v = 0; v < kMaxQueueVectors; ++v) Word(v) = v < num_vectors_ ? words[v] : 0;
     return;
   }
-  for (int i = 0; i < in.queue_vector_size() && i < int(kMaxQueueVectors); ++i) {
+  for (int i = 0; i < in.queue_vector_size() && i < int(num_vectors_); ++i) {
     const auto& qv = in.queue_vector(i);
     // wb_on_itr is bit 30 of the stored bits; the flag wins for old records.
     uint32_t w = (qv.dyn_ctl() & kDynCtlStoredMask & ~kDynCtlWbOnItr) |
                  (qv.wb_on_itr() ? kDynCtlWbOnItr : 0);
     if (qv.armed()) w |= kWordArmed;
     if (qv.pending()) w |= kWordPending;
-    vectors_[i] = w;
+    Word(i) = w;
   }
-  for (int i = 0; i < in.itrn_size() && i < int(kNumItrIndexes * 16); ++i) {
+  for (int i = 0; i < in.itrn_size() && i < int(kNumItrIndexes * kNumItrnVectors); ++i) {
     itrn_[i] = in.itrn(i) & kItrIntervalMask;
   }
 }

@@ -1,6 +1,7 @@
 // The AVF interrupt block: the misc vector (MSI-X 0: VFINT_ICR01,
 // VFINT_ICR0_ENA1, VFINT_DYN_CTL01, VFINT_ITR01) and the queue vectors
-// (MSI-X 1..16: VFINT_DYN_CTLN1, VFINT_ITRN1).
+// (MSI-X 1..num_queue_vectors, at most 64: VFINT_DYN_CTLN1, and VFINT_ITRN1
+// for the first 16).
 //
 // Model (what iavf and DPDK rely on):
 //  * A vector is "armed" by a DYN_CTL write with INTENA=1 (unless INTENA_MSK
@@ -66,11 +67,21 @@ class InterruptController {
  public:
   // `itrn` points at 48 dwords holding VFINT_ITRN1(i, v) at [16 * i + v]
   // (the device's register page, possibly a shared doorbell mapping);
-  // `vectors`, if not null, at kMaxQueueVectors dwords holding each queue
-  // vector's whole state (QueueVectorWord; the device keeps them in its
-  // doorbell memfd so that DYN_CTLN writes are self-durable), else the
-  // controller keeps them itself. Both must outlive the controller.
-  explicit InterruptController(volatile uint32_t* itrn, volatile uint32_t* vectors = nullptr);
+  // `vectors`, if not null, at kVectorWords dwords holding each queue
+  // vector's whole state (QueueVectorWord of vector v at VectorWordIndex(v);
+  // the device keeps them in its doorbell memfd so that DYN_CTLN writes are
+  // self-durable), else the controller keeps them itself. Both must outlive
+  // the controller. `num_queue_vectors` (1..kMaxQueueVectors): MSI-X vectors
+  // 1..num_queue_vectors exist.
+  explicit InterruptController(volatile uint32_t* itrn, volatile uint32_t* vectors = nullptr,
+                               uint32_t num_queue_vectors = kNumItrnVectors);
+
+  // Where the word of queue vector v lives among the vector dwords: the
+  // first 16 at 0..15 (the layout predecessors share), then, past the dword
+  // 16 that the device uses as the page's validity mark, 17.. for 16..63.
+  static constexpr uint32_t VectorWordIndex(uint32_t v) { return v < 16 ? v : v + 1; }
+  static constexpr uint32_t kVectorWords = kMaxQueueVectors + 1;
+  uint32_t num_queue_vectors() const { return num_vectors_; }
 
   InterruptController(const InterruptController&) = delete;
   InterruptController& operator=(const InterruptController&) = delete;
@@ -92,7 +103,7 @@ class InterruptController {
   uint32_t stat_ctl01() const { return stat_ctl01_; }
   void WriteItr01(uint32_t index, uint32_t value);  // index < 3
   uint32_t itr01(uint32_t index) const;
-  // `v` is the DYN_CTLN1 index (MSI-X vector v + 1), < kMaxQueueVectors.
+  // `v` is the DYN_CTLN1 index (MSI-X vector v + 1), < num_queue_vectors().
   void WriteDynCtln(uint32_t v, uint32_t value);
   uint32_t dyn_ctln(uint32_t v) const;
   void WriteItrn(uint32_t index, uint32_t v, uint32_t value);
@@ -102,7 +113,7 @@ class InterruptController {
   // A message was posted on the ARQ: latch ICR01.ADMINQ, note the event and
   // fire vector 0 if enabled and armed (else it fires on the next arming).
   void RaiseAdminQueue();
-  // A queue cause for MSI-X vector `msix_vector` (1..kMaxQueueVectors).
+  // A queue cause for MSI-X vector `msix_vector` (1..num_queue_vectors()).
   // Returns true if the vector fired now, false if it was left pending (or
   // the vector number is out of range, counted).
   bool RaiseQueueVector(uint32_t msix_vector);
@@ -147,8 +158,11 @@ class InterruptController {
   bool misc_event_pending_ = false;  // ARQ message since the last fire / ICR01 read
   uint32_t stat_ctl01_ = 0;
   std::array<uint32_t, kNumItrIndexes> itr01_{};
-  std::array<uint32_t, kMaxQueueVectors> own_vectors_{};
-  volatile uint32_t* vectors_;  // QueueVectorWord per DYN_CTLN index
+  volatile uint32_t& Word(uint32_t v) const { return vectors_[VectorWordIndex(v)]; }
+
+  std::array<uint32_t, kVectorWords> own_vectors_{};
+  volatile uint32_t* vectors_;  // QueueVectorWord per DYN_CTLN index (Word)
+  uint32_t num_vectors_;
   uint64_t fired_ = 0;
   uint64_t bad_vector_ = 0;
 };

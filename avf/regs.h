@@ -14,8 +14,17 @@ inline constexpr uint16_t kDeviceAdaptiveVf = 0x1889;
 inline constexpr uint32_t kClassEthernet = 0x020000;
 
 // Device limits of this model.
-inline constexpr uint32_t kMaxQueuePairs = 16;           // IAVF_MAX_REQ_QUEUES
-inline constexpr uint32_t kMaxMsixVectors = 1 + kMaxQueuePairs;  // misc + queues
+// Queue pairs: up to 16 for a VF that did not negotiate LARGE_NUM_QPAIRS
+// (ICE_MAX_RSS_QS_PER_VF, IAVF_MAX_REQ_QUEUES; legacy ENABLE_QUEUES and
+// CONFIG_IRQ_MAP carry 16-bit/32-bit queue bitmaps), up to 64 with it: ice's
+// tier for a VF given a 512-entry global RSS LUT (ice_lut_type_to_qs_num,
+// ICE_LUT_GLOBAL_MAX_QS). The 256-queue tier needs ice's 2048-entry PF LUT;
+// this model's RSS LUT has 64 entries, so it stops at 64.
+inline constexpr uint32_t kLegacyMaxQueuePairs = 16;
+inline constexpr uint32_t kMaxQueuePairs = 64;
+// MSI-X: the misc vector plus up to 64 queue vectors (ICE_NUM_VF_MSIX_MAX).
+// A device has DeviceMsixVectors(max_queue_pairs) of them (device.h).
+inline constexpr uint32_t kMaxMsixVectors = 1 + kMaxQueuePairs;
 inline constexpr uint64_t kBar0Size = 64 * 1024;
 inline constexpr uint64_t kBar3Size = 16 * 1024;
 inline constexpr uint64_t kMsixTableOffset = 0x0;       // in BAR3
@@ -58,7 +67,11 @@ inline constexpr uint32_t kNumHlutRegs = 16;
 inline constexpr uint32_t kMaxDecodedQueues = 256;
 inline constexpr uint32_t kNumItrIndexes = 3;
 inline constexpr uint32_t kItrIndexNone = 3;
-inline constexpr uint32_t kMaxQueueVectors = kMaxQueuePairs;  // DYN_CTLN1(0..15)
+inline constexpr uint32_t kMaxQueueVectors = kMaxMsixVectors - 1;  // DYN_CTLN1(0..63)
+// VFINT_ITRN1(i, v) is decoded for queue vectors 0..15 (64-byte stride per
+// ITR index, iavf_register.h); vectors 16.. coalesce with ITR 0 = none (their
+// DYN_CTLN INTERVAL is not kept).
+inline constexpr uint32_t kNumItrnVectors = 16;
 
 // The mmappable doorbell window when doorbells are mapped: [0, 0x3000)
 // holds QTX_TAIL (page 0) and QRX_TAIL + VFINT_ITRN1 (page 2).

@@ -43,7 +43,11 @@ const char* OpName(uint32_t op) {
     case kOpEnableVlanStripping: return "ENABLE_VLAN_STRIPPING";
     case kOpDisableVlanStripping: return "DISABLE_VLAN_STRIPPING";
     case kOpRequestQueues: return "REQUEST_QUEUES";
+    case kOpGetMaxRssQregion: return "GET_MAX_RSS_QREGION";
     case kOpGetOffloadVlanV2Caps: return "GET_OFFLOAD_VLAN_V2_CAPS";
+    case kOpEnableQueuesV2: return "ENABLE_QUEUES_V2";
+    case kOpDisableQueuesV2: return "DISABLE_QUEUES_V2";
+    case kOpMapQueueVector: return "MAP_QUEUE_VECTOR";
     default: return "op?";
   }
 }

@@ -41,7 +41,11 @@ enum Op : uint32_t {
   kOpEnableVlanStripping = 27,
   kOpDisableVlanStripping = 28,
   kOpRequestQueues = 29,
+  kOpGetMaxRssQregion = 50,
   kOpGetOffloadVlanV2Caps = 51,
+  kOpEnableQueuesV2 = 107,
+  kOpDisableQueuesV2 = 108,
+  kOpMapQueueVector = 111,
 };
 
 // Reply status (cookie_low of an ARQ descriptor), s32.
@@ -236,6 +240,52 @@ struct VfResRequest {
   uint16_t num_queue_pairs;
 };
 static_assert(sizeof(VfResRequest) == 2);
+
+// LARGE_NUM_QPAIRS (virtchnl.h: virtchnl_queue_chunk, virtchnl_queue_chunks,
+// virtchnl_del_ena_dis_queues, virtchnl_queue_vector(_maps),
+// virtchnl_max_rss_qregion).
+inline constexpr int32_t kQueueTypeTx = 0;
+inline constexpr int32_t kQueueTypeRx = 1;
+
+struct QueueChunk {
+  int32_t type;  // kQueueTypeTx / kQueueTypeRx
+  uint16_t start_queue_id;
+  uint16_t num_queues;
+};
+static_assert(sizeof(QueueChunk) == 8);
+
+// ENABLE/DISABLE_QUEUES_V2: this header, then QueueChunk[num_chunks] at 8.
+struct DelEnaDisQueuesHeader {
+  uint16_t vport_id;
+  uint16_t pad;
+  uint16_t num_chunks;
+  uint16_t rsvd;
+};
+static_assert(sizeof(DelEnaDisQueuesHeader) == 8);
+
+struct QueueVector {
+  uint16_t queue_id;
+  uint16_t vector_id;
+  uint8_t pad[4];
+  int32_t itr_idx;     // 0, 1 or 3 (VIRTCHNL_ITR_IDX_NO_ITR)
+  int32_t queue_type;  // kQueueTypeTx / kQueueTypeRx
+};
+static_assert(sizeof(QueueVector) == 16);
+
+// MAP_QUEUE_VECTOR: this header, then QueueVector[num_qv_maps] at 8.
+struct QueueVectorMapsHeader {
+  uint16_t vport_id;
+  uint16_t num_qv_maps;
+  uint8_t pad[4];
+};
+static_assert(sizeof(QueueVectorMapsHeader) == 8);
+
+struct MaxRssQregion {
+  uint16_t vport_id;
+  uint16_t qregion_width;  // log2 of the queues one RSS region may span
+  uint8_t pad[4];
+};
+static_assert(sizeof(MaxRssQregion) == 8);
 
 // Reads a T from msg at `offset`; the caller has checked the length.
 template <typename T>

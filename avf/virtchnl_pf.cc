@@ -79,6 +79,19 @@ bool LengthOk(uint32_t op, absl::Span<const uint8_t> m) {
     case vc::kOpSetRssHena: return n >= sizeof(uint64_t);
     case vc::kOpConfigRssHfunc: return n >= sizeof(vc::RssHfunc);
     case vc::kOpRequestQueues: return n >= sizeof(vc::VfResRequest);
+    case vc::kOpGetMaxRssQregion: return true;
+    case vc::kOpEnableQueuesV2:
+    case vc::kOpDisableQueuesV2: {
+      if (n < sizeof(vc::DelEnaDisQueuesHeader)) return false;
+      uint16_t c = Load<uint16_t>(m, 4);
+      return c != 0 && n >= sizeof(vc::DelEnaDisQueuesHeader) + size_t{c} * sizeof(vc::QueueChunk);
+    }
+    case vc::kOpMapQueueVector: {
+      if (n < sizeof(vc::QueueVectorMapsHeader)) return false;
+      uint16_t c = Load<uint16_t>(m, 2);
+      return c != 0 &&
+             n >= sizeof(vc::QueueVectorMapsHeader) + size_t{c} * sizeof(vc::QueueVector);
+    }
     default: return false;
   }
 }
@@ -156,7 +169,7 @@ void Device::SetLink(bool up, uint32_t speed_mbps) {
 }
 
 bool Device::AnyQueueEnabled() const {
-  for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+  for (uint32_t q = 0; q < txq_.size(); ++q) {
     if (rxq_[q].enabled || txq_[q].enabled) return true;
   }
   return false;
@@ -182,6 +195,15 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
     case vc::kOpGetRssHenaCaps: case vc::kOpSetRssHena: case vc::kOpConfigRssHfunc:
     case vc::kOpEnableVlanStripping: case vc::kOpDisableVlanStripping:
     case vc::kOpRequestQueues:
+      break;
+    case vc::kOpGetMaxRssQregion: case vc::kOpEnableQueuesV2: case vc::kOpDisableQueuesV2:
+    case vc::kOpMapQueueVector:
+      // ice's allowlist: only for a VF granted LARGE_NUM_QPAIRS
+      // (large_num_qpairs_allowlist_opcodes).
+      if (!(granted_caps_ & vc::kCapLargeNumQpairs)) {
+        Reply(v_op, vc::kNotSupported);
+        return AdminQueue::Next::kContinue;
+      }
       break;
     default:
       Reply(v_op, vc::kNotSupported);
@@ -217,9 +239,10 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
     case vc::kOpConfigIrqMap:
       status = OpConfigIrqMap(msg);
       break;
-    case vc::kOpEnableQueues: {
+    case vc::kOpEnableQueues:
+    case vc::kOpEnableQueuesV2: {
       const bool was_running = AnyQueueEnabled();
-      status = OpEnableQueues(msg);
+      status = v_op == vc::kOpEnableQueues ? OpEnableQueues(msg) : OpQueuesV2(msg, true);
       Reply(v_op, status);
       // LINK_CHANGE after the reply when the first queue starts (or the link
       // changed since it was last reported): Linux takes link-up only once
@@ -235,6 +258,15 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
     }
     case vc::kOpDisableQueues:
       status = OpDisableQueues(msg);
+      break;
+    case vc::kOpDisableQueuesV2:
+      status = OpQueuesV2(msg, false);
+      break;
+    case vc::kOpMapQueueVector:
+      status = OpMapQueueVector(msg);
+      break;
+    case vc::kOpGetMaxRssQregion:
+      status = OpGetMaxRssQregion(&out);
       break;
     case vc::kOpAddEthAddr:
     case vc::kOpDelEthAddr:
@@ -302,6 +334,12 @@ int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint
     requested = vc::kCapL2 | vc::kCapRssReg | vc::kCapVlan;
   }
   granted_caps_ = requested & options_.supported_caps & ~(vc::kCapRssAq | vc::kCapRssReg);
+  // LARGE_NUM_QPAIRS only for a VF given more than 16 queue pairs (ice:
+  // only with an RSS LUT bigger than the VSI's). A VF without it has at most
+  // 16 (the legacy ops' bitmaps), as ice's default VSI: the grant shrinks
+  // to that (REQUEST_QUEUES cannot ask for more).
+  if (options_.max_queue_pairs <= kLegacyMaxQueuePairs) granted_caps_ &= ~vc::kCapLargeNumQpairs;
+  if (num_queue_pairs_ > QueuePairLimit()) num_queue_pairs_ = QueuePairLimit();
   // One RSS mechanism, as ice_virtchnl.c:ice_vc_get_vf_res_msg grants it:
   // RSS_PF if asked for, else RSS_REG whether asked for or not (a driver
   // without RSS_PF programs the VFQF_* registers: iavf_main.c:iavf_init_rss
@@ -313,7 +351,7 @@ int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint
   vc::VfResource r{};
   r.num_vsis = 1;
   r.num_queue_pairs = static_cast<uint16_t>(num_queue_pairs_);
-  r.max_vectors = static_cast<uint16_t>(num_queue_pairs_ + 1);
+  r.max_vectors = static_cast<uint16_t>(std::min(num_queue_pairs_ + 1, msix_.num_vectors()));
   r.max_mtu = kMaxFrameSize;
   r.vf_cap_flags = granted_caps_;
   r.rss_key_size = kRssKeySize;
@@ -341,9 +379,9 @@ bool Device::RingInDmaMap(uint64_t addr, uint64_t bytes) {
 int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
   auto hdr = Load<vc::VsiQueueConfigHeader>(msg, 0);
   if (hdr.vsi_id != kVsiId || hdr.num_queue_pairs > num_queue_pairs_) return vc::kErrParam;
-  std::array<TxQueueContext, kMaxQueuePairs> tx = txq_;
-  std::array<RxQueueContext, kMaxQueuePairs> rx = rxq_;
-  uint32_t touched = 0;
+  std::vector<TxQueueContext> tx = txq_;
+  std::vector<RxQueueContext> rx = rxq_;
+  QueueMask touched = 0;
   for (uint32_t i = 0; i < hdr.num_queue_pairs; ++i) {
     auto qp = Load<vc::QueuePairInfo>(msg, sizeof(hdr) + i * sizeof(vc::QueuePairInfo));
     const uint32_t q = qp.txq.queue_id;
@@ -352,7 +390,7 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
         !ValidRingLen(qp.txq.ring_len) || !ValidRingLen(qp.rxq.ring_len)) {
       return vc::kErrParam;
     }
-    touched |= 1u << q;
+    touched |= QueueMask{1} << q;
     TxQueueContext t;
     if (qp.txq.ring_len > 0) {
       if ((qp.txq.dma_ring_addr & 127) != 0 ||
@@ -396,8 +434,8 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
   }
   // Reconfiguring a running queue stops it first.
   StopQueues(touched, touched);
-  txq_ = tx;
-  rxq_ = rx;
+  txq_ = std::move(tx);
+  rxq_ = std::move(rx);
   // QTX_TAIL is kept, as hardware keeps the register: a stopped queue's
   // tail was zeroed when it stopped (Device::StopQueues), so whatever it
   // holds now was written by the ring's new incarnation. Linux's reset path
@@ -416,9 +454,10 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
 // raises no queue interrupt.
 int32_t Device::OpConfigIrqMap(absl::Span<const uint8_t> msg) {
   const uint16_t n = Load<uint16_t>(msg, 0);
-  const uint32_t max_vectors = num_queue_pairs_ + 1;
+  const uint32_t max_vectors = std::min(num_queue_pairs_ + 1, msix_.num_vectors());
   if (n > max_vectors) return vc::kErrParam;
-  const uint32_t valid_queues = (1u << num_queue_pairs_) - 1;
+  // The maps are 16-bit: queues 0..15 (more need MAP_QUEUE_VECTOR).
+  const uint32_t valid_queues = (1u << std::min(num_queue_pairs_, 16u)) - 1;
   for (uint32_t i = 0; i < n; ++i) {
     auto m = Load<vc::VectorMap>(msg, 2 + i * sizeof(vc::VectorMap));
     if (m.vsi_id != kVsiId || m.vector_id >= max_vectors || (m.rxq_map & ~valid_queues) ||
@@ -428,7 +467,7 @@ int32_t Device::OpConfigIrqMap(absl::Span<const uint8_t> msg) {
   }
   for (uint32_t i = 0; i < n; ++i) {
     auto m = Load<vc::VectorMap>(msg, 2 + i * sizeof(vc::VectorMap));
-    for (uint32_t q = 0; q < num_queue_pairs_; ++q) {
+    for (uint32_t q = 0; q < std::min(num_queue_pairs_, 16u); ++q) {
       if (m.rxq_map >> q & 1) {
         rxq_[q].msix_vector = m.vector_id;
         rxq_[q].itr_index = m.rxitr_idx;
@@ -442,35 +481,119 @@ int32_t Device::OpConfigIrqMap(absl::Span<const uint8_t> msg) {
   return vc::kSuccess;
 }
 
+// Legacy bitmaps: queues 0..15 only, as ice_vc_validate_vqs_bitmaps
+// (BIT(ICE_MAX_RSS_QS_PER_VF)); more need ENABLE/DISABLE_QUEUES_V2.
+static uint32_t LegacyQueueBits(uint32_t num_queue_pairs) {
+  return (1u << std::min(num_queue_pairs, kLegacyMaxQueuePairs)) - 1;
+}
+
 int32_t Device::OpEnableQueues(absl::Span<const uint8_t> msg) {
   auto s = Load<vc::QueueSelect>(msg, 0);
-  const uint32_t valid = (1u << num_queue_pairs_) - 1;
+  const uint32_t valid = LegacyQueueBits(num_queue_pairs_);
   if (s.vsi_id != kVsiId || (s.rx_queues == 0 && s.tx_queues == 0) || (s.rx_queues & ~valid) ||
       (s.tx_queues & ~valid)) {
     return vc::kErrParam;
   }
+  return EnableQueueMasks(s.rx_queues, s.tx_queues);
+}
+
+// Every selected queue must be configured (else nothing starts).
+int32_t Device::EnableQueueMasks(QueueMask rx, QueueMask tx) {
   for (uint32_t q = 0; q < num_queue_pairs_; ++q) {
-    if ((s.rx_queues >> q & 1) && !rxq_[q].configured) return vc::kErrParam;
-    if ((s.tx_queues >> q & 1) && !txq_[q].configured) return vc::kErrParam;
+    if ((rx >> q & 1) && !rxq_[q].configured) return vc::kErrParam;
+    if ((tx >> q & 1) && !txq_[q].configured) return vc::kErrParam;
   }
-  uint32_t rx_new = 0, tx_new = 0;
+  QueueMask rx_new = 0, tx_new = 0;
   for (uint32_t q = 0; q < num_queue_pairs_; ++q) {
-    if ((s.rx_queues >> q & 1) && !rxq_[q].enabled) {
+    if ((rx >> q & 1) && !rxq_[q].enabled) {
       rxq_[q].enabled = true;
-      rx_new |= 1u << q;
+      rx_new |= QueueMask{1} << q;
     }
-    if ((s.tx_queues >> q & 1) && !txq_[q].enabled) {
+    if ((tx >> q & 1) && !txq_[q].enabled) {
       txq_[q].enabled = true;
-      tx_new |= 1u << q;
+      tx_new |= QueueMask{1} << q;
     }
   }
   if ((rx_new | tx_new) != 0 && hooks_ != nullptr) hooks_->OnQueuesEnabled(rx_new, tx_new);
   return vc::kSuccess;
 }
 
+// ENABLE/DISABLE_QUEUES_V2 (ice_vc_validate_qs_v2_msg): the VSI, then every
+// chunk of a known type (RX, TX), not empty, ending within the queues
+// granted; the whole message is checked before any queue changes.
+int32_t Device::OpQueuesV2(absl::Span<const uint8_t> msg, bool enable) {
+  auto h = Load<vc::DelEnaDisQueuesHeader>(msg, 0);
+  if (h.vport_id != kVsiId) return vc::kErrParam;
+  QueueMask rx = 0, tx = 0;
+  for (uint32_t i = 0; i < h.num_chunks; ++i) {
+    auto c = Load<vc::QueueChunk>(msg, sizeof(h) + i * sizeof(vc::QueueChunk));
+    if ((c.type != vc::kQueueTypeRx && c.type != vc::kQueueTypeTx) || c.num_queues == 0 ||
+        uint32_t{c.start_queue_id} + c.num_queues > num_queue_pairs_) {
+      ++counters_.vc_bad_queue_chunk;
+      return vc::kErrParam;
+    }
+    const QueueMask bits = (c.num_queues >= 64 ? ~QueueMask{0}
+                                               : (QueueMask{1} << c.num_queues) - 1)
+                           << c.start_queue_id;
+    (c.type == vc::kQueueTypeRx ? rx : tx) |= bits;
+  }
+  if (!enable) {
+    StopQueues(rx, tx);  // DMA stops before the reply
+    return vc::kSuccess;
+  }
+  return EnableQueueMasks(rx, tx);
+}
+
+// MAP_QUEUE_VECTOR (ice_vc_validate_qv_maps): every map names a queue
+// granted and a vector of this VF, else nothing is mapped. Vector 0 is
+// accepted as in CONFIG_IRQ_MAP (see OpConfigIrqMap: write-back only, no
+// queue interrupt), ITR indexes 0..2 and 3 (none).
+int32_t Device::OpMapQueueVector(absl::Span<const uint8_t> msg) {
+  auto h = Load<vc::QueueVectorMapsHeader>(msg, 0);
+  if (h.vport_id != kVsiId) return vc::kErrParam;
+  const uint32_t vectors = msix_.num_vectors();
+  for (uint32_t i = 0; i < h.num_qv_maps; ++i) {
+    auto m = Load<vc::QueueVector>(msg, sizeof(h) + i * sizeof(vc::QueueVector));
+    if ((m.queue_type != vc::kQueueTypeRx && m.queue_type != vc::kQueueTypeTx) ||
+        m.queue_id >= num_queue_pairs_ || m.vector_id >= vectors || m.itr_idx < 0 ||
+        m.itr_idx > int32_t{kItrIndexNone}) {
+      ++counters_.vc_bad_queue_chunk;
+      return vc::kErrParam;
+    }
+  }
+  for (uint32_t i = 0; i < h.num_qv_maps; ++i) {
+    auto m = Load<vc::QueueVector>(msg, sizeof(h) + i * sizeof(vc::QueueVector));
+    if (m.queue_type == vc::kQueueTypeRx) {
+      rxq_[m.queue_id].msix_vector = m.vector_id;
+      rxq_[m.queue_id].itr_index = static_cast<uint32_t>(m.itr_idx);
+    } else {
+      txq_[m.queue_id].msix_vector = m.vector_id;
+      txq_[m.queue_id].itr_index = static_cast<uint32_t>(m.itr_idx);
+    }
+  }
+  return vc::kSuccess;
+}
+
+// The queues one RSS region may span, as log2 (ice_vc_get_max_rss_qregion:
+// ilog2 of the VSI's LUT size): 64 entries here.
+int32_t Device::OpGetMaxRssQregion(std::vector<uint8_t>* out) {
+  static_assert((kRssLutSize & (kRssLutSize - 1)) == 0);
+  vc::MaxRssQregion r{};
+  r.vport_id = kVsiId;
+  r.qregion_width = static_cast<uint16_t>(__builtin_ctz(kRssLutSize));
+  Append(out, r);
+  return vc::kSuccess;
+}
+
+uint32_t Device::QueuePairLimit() const {
+  return (granted_caps_ & vc::kCapLargeNumQpairs)
+             ? options_.max_queue_pairs
+             : std::min(options_.max_queue_pairs, kLegacyMaxQueuePairs);
+}
+
 int32_t Device::OpDisableQueues(absl::Span<const uint8_t> msg) {
   auto s = Load<vc::QueueSelect>(msg, 0);
-  const uint32_t valid = (1u << num_queue_pairs_) - 1;
+  const uint32_t valid = LegacyQueueBits(num_queue_pairs_);
   if (s.vsi_id != kVsiId || (s.rx_queues == 0 && s.tx_queues == 0) || (s.rx_queues & ~valid) ||
       (s.tx_queues & ~valid)) {
     return vc::kErrParam;
@@ -585,7 +708,10 @@ void Device::ResetVfFromPf() {
 
 bool Device::OpRequestQueues(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out) {
   uint16_t req = Load<uint16_t>(msg, 0);
-  if (req != 0 && req <= options_.max_queue_pairs) {
+  // Up to the device's queue pairs with LARGE_NUM_QPAIRS, else 16
+  // (ice_vc_request_qs_msg answers with the most it can give).
+  const uint32_t limit = QueuePairLimit();
+  if (req != 0 && req <= limit) {
     // Granted: as the ice PF, announce the reset and do it; no reply. The
     // driver re-reads its resources afterwards.
     num_queue_pairs_ = req;
@@ -593,7 +719,7 @@ bool Device::OpRequestQueues(absl::Span<const uint8_t> msg, std::vector<uint8_t>
     return true;
   }
   // Not granted: answer with what the PF can give (0 echoes 0).
-  vc::VfResRequest r{static_cast<uint16_t>(req == 0 ? 0 : options_.max_queue_pairs)};
+  vc::VfResRequest r{static_cast<uint16_t>(req == 0 ? 0 : limit)};
   Append(out, r);
   return false;
 }

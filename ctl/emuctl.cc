@@ -407,7 +407,8 @@ int main(int argc, char** argv) {
                        "Device name: 1-63 of [A-Za-z0-9._-], not starting with . or -")
       ->required();
   c_create->add_option("--mac", mac, "Unicast MAC (default: derived from the name)");
-  c_create->add_option("--queues", queues, "Queue pairs, 1-16 (default 1)")
+  c_create->add_option("--queues", queues,
+                       "Queue pairs, 1-64 (default 1; more than 16 for drivers with LARGE_NUM_QPAIRS)")
       ->default_str("");
   c_create->add_option("--backend", backend,
                        "loopback (default), tap:IFNAME or peer:DEVICE");

@@ -20,14 +20,19 @@ namespace emud::dataplane {
 
 DataPath::DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
                    DataPathOptions options)
-    : dev_(device), backend_(backend), state_(state), options_(options), counters_(state->device()) {
-  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+    : dev_(device),
+      backend_(backend),
+      state_(state),
+      options_(options),
+      counters_(state->device()),
+      nq_(std::min(state->num_queues(), kMaxQueues)) {
+  for (uint32_t q = 0; q < nq_; ++q) {
     tx_.push_back(std::make_unique<TxQueue>(uint16_t(q), state_->tx(q)));
     tx_.back()->CountMalformedInto(&state_->device()->tx_malformed);
     rx_.push_back(std::make_unique<RxQueue>(uint16_t(q), state_->rx(q)));
   }
   loopback_ = backend_->spec() == "loopback";
-  const uint32_t n = std::clamp<uint32_t>(options_.threads, 1, kMaxQueues);
+  const uint32_t n = std::clamp<uint32_t>(options_.threads, 1, nq_);
   for (uint32_t t = 0; t < n; ++t) {
     auto lane = std::make_unique<Lane>();
     lane->id = t;
@@ -37,7 +42,7 @@ DataPath::DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
                                 : nullptr);
     lanes_.push_back(std::move(lane));
   }
-  for (uint32_t q = 0; q < kMaxQueues; ++q) lanes_[q % n]->queues |= 1u << q;
+  for (uint32_t q = 0; q < nq_; ++q) lanes_[q % n]->queues |= uint64_t{1} << q;
   for (uint32_t k = 0; k < backend_->num_queues() && k < 32; ++k) {
     lanes_[k % n]->backend_queues |= 1u << k;
   }
@@ -188,8 +193,8 @@ void DataPath::LaneMain(Lane& l) {
 
 void DataPath::PostInterrupts(Lane& l) {
   if ((l.tx_irq | l.rx_irq) == 0) return;
-  const uint32_t prev_tx = posted_tx_irq_.fetch_or(l.tx_irq, std::memory_order_release);
-  const uint32_t prev_rx = posted_rx_irq_.fetch_or(l.rx_irq, std::memory_order_release);
+  const uint64_t prev_tx = posted_tx_irq_.fetch_or(l.tx_irq, std::memory_order_release);
+  const uint64_t prev_rx = posted_rx_irq_.fetch_or(l.rx_irq, std::memory_order_release);
   l.tx_irq = l.rx_irq = 0;
   if ((prev_tx | prev_rx) == 0) {
     const uint64_t one = 1;
@@ -208,7 +213,8 @@ bool DataPath::LaneNeedsPolling(const Lane& l) const {
 
 void DataPath::UpdateBackendQueues() {
   if (backend_->num_queues() <= 1) return;
-  const uint32_t want = (dev_->rss().hena != 0 ? rx_running_ : 0u) | 1u;
+  // Backend queues are 32 at most (bit k of a 32-bit mask).
+  const uint32_t want = (dev_->rss().hena != 0 ? static_cast<uint32_t>(rx_running_) : 0u) | 1u;
   if (want == active_backend_) return;
   backend_->SetActiveQueues(want);
   active_backend_ = want;
@@ -217,33 +223,34 @@ void DataPath::UpdateBackendQueues() {
 // ---------------------------------------------------------------- hooks
 
 void DataPath::OnTxDoorbell(uint32_t queue) {
-  if (queue >= kMaxQueues) return;
+  if (queue >= nq_) return;
   Lane& l = *lanes_[LaneOf(queue)];
-  l.kicked.fetch_or(1u << queue, std::memory_order_relaxed);
+  l.kicked.fetch_or(uint64_t{1} << queue, std::memory_order_relaxed);
   Wake(l);
 }
 
 void DataPath::OnRxDoorbell(uint32_t queue) {
   // Buffers for a frame a lane holds: that lane polls its backend again.
-  if (queue < kMaxQueues) Wake(*lanes_[LaneOf(queue)]);
+  if (queue < nq_) Wake(*lanes_[LaneOf(queue)]);
 }
 
-void DataPath::OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) {
+void DataPath::OnQueuesEnabled(avf::QueueMask rx_mask, avf::QueueMask tx_mask) {
   PauseGuard pause(this);
   for (auto& l : lanes_) l->rx_tail_valid = 0;
-  for (uint32_t q = 0; q < kMaxQueues; ++q) {
-    if (tx_mask & (1u << q)) {
+  for (uint32_t q = 0; q < nq_; ++q) {
+    const uint64_t bit = uint64_t{1} << q;
+    if (tx_mask & bit) {
       const avf::TxQueueContext& c = dev_->tx_queue(q);
       if (tx_[q]->Configure(c.ring_addr, c.ring_len).ok() && tx_[q]->SetEnabled(true).ok()) {
-        tx_running_ |= 1u << q;
-        lanes_[LaneOf(q)]->kicked.fetch_or(1u << q, std::memory_order_relaxed);
+        tx_running_ |= bit;
+        lanes_[LaneOf(q)]->kicked.fetch_or(bit, std::memory_order_relaxed);
       }
     }
-    if (rx_mask & (1u << q)) {
+    if (rx_mask & bit) {
       const avf::RxQueueContext& c = dev_->rx_queue(q);
       if (rx_[q]->Configure(c.ring_addr, c.ring_len, c.buffer_size, c.max_frame).ok() &&
           rx_[q]->SetEnabled(true).ok()) {
-        rx_running_ |= 1u << q;
+        rx_running_ |= bit;
       }
     }
   }
@@ -251,17 +258,18 @@ void DataPath::OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) {
   for (auto& l : lanes_) Wake(*l);
 }
 
-void DataPath::OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) {
+void DataPath::OnQueuesDisabled(avf::QueueMask rx_mask, avf::QueueMask tx_mask) {
   PauseGuard pause(this);
   for (auto& l : lanes_) l->rx_tail_valid = 0;
-  for (uint32_t q = 0; q < kMaxQueues; ++q) {
-    if (tx_mask & (1u << q)) {
+  for (uint32_t q = 0; q < nq_; ++q) {
+    const uint64_t bit = uint64_t{1} << q;
+    if (tx_mask & bit) {
       (void)tx_[q]->SetEnabled(false);
-      tx_running_ &= ~(1u << q);
+      tx_running_ &= ~bit;
     }
-    if (rx_mask & (1u << q)) {
+    if (rx_mask & bit) {
       (void)rx_[q]->SetEnabled(false);
-      rx_running_ &= ~(1u << q);
+      rx_running_ &= ~bit;
     }
   }
   UpdateBackendQueues();
@@ -279,7 +287,7 @@ void DataPath::GetStats(avf::vc::EthStats* s) {
   constexpr uint64_t kCrc = 4;
   *s = {};
   uint64_t rx_frames = 0, tx_frames = 0, tx_drops = 0;
-  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+  for (uint32_t q = 0; q < nq_; ++q) {
     const HotQueue& r = rx_[q]->stats();
     const HotQueue& t = tx_[q]->stats();
     const uint64_t rx_packets = r.packets.load(std::memory_order_relaxed);
@@ -327,11 +335,11 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     return true;
   }
   Lane& lane = *lanes_[LaneOf(queue)];
-  const uint32_t running = rx_running_ & lane.queues;
+  const uint64_t running = rx_running_ & lane.queues;
   if (running == 0) {
     // A frame of a TAP queue whose RX queue just stopped (its detach drops
     // the rest): this lane has nowhere to put it.
-    rx_[queue % kMaxQueues]->CountDrop();
+    rx_[queue % nq_]->CountDrop();
     CountClass(frame);
     return true;
   }
@@ -347,10 +355,10 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     hash = FrameRssHash(rss.key, frame, rss.hena);
     if (hash) {
       const uint32_t r = rss.lut[*hash % rss.lut.size()];
-      if (r < kMaxQueues && (running & (1u << r))) q = r;
+      if (r < nq_ && (running >> r & 1)) q = r;
     }
   }
-  if (q >= kMaxQueues || !(running & (1u << q))) q = __builtin_ctz(running);
+  if (q >= nq_ || !(running >> q & 1)) q = __builtin_ctzll(running);
   RxQueue& rx = *rx_[q];
   uint64_t csum_bits = 0;
   if (options_.rx_checksum) {
@@ -371,11 +379,11 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   }
   switch (res) {
     case RxQueue::DeliverResult::kDelivered:
-      lane.rx_irq |= 1u << q;
+      lane.rx_irq |= uint64_t{1} << q;
       CountClass(frame);
       return true;
     case RxQueue::DeliverResult::kDropped:
-      if (rx.TakeWroteBack()) lane.rx_irq |= 1u << q;
+      if (rx.TakeWroteBack()) lane.rx_irq |= uint64_t{1} << q;
       CountClass(frame);  // a discard is counted in its class too (GetStats)
       return true;
     case RxQueue::DeliverResult::kNoBuffers:
@@ -389,9 +397,9 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
 }
 
 uint32_t DataPath::RxTail(Lane& lane, uint32_t q, bool refresh) {
-  if (refresh || !(lane.rx_tail_valid & (1u << q))) {
+  if (refresh || !(lane.rx_tail_valid >> q & 1)) {
     lane.rx_tail_cache[q] = dev_->RxTail(q);
-    lane.rx_tail_valid |= 1u << q;
+    lane.rx_tail_valid |= uint64_t{1} << q;
   }
   return lane.rx_tail_cache[q];
 }
@@ -403,15 +411,15 @@ bool DataPath::Round(Lane& lane) {
   bool work = false;
   lane.rx_tail_valid = 0;  // tails are read afresh each round
   const bool mapped = dev_->options().mapped_doorbells;
-  uint32_t kicked = 0;
+  uint64_t kicked = 0;
   if (lane.kicked.load(std::memory_order_relaxed) != 0) {
     kicked = lane.kicked.exchange(0, std::memory_order_acquire);
   }
-  uint32_t todo = (mapped ? tx_running_ : (kicked & tx_running_)) & lane.queues;
-  uint32_t more = 0;
+  uint64_t todo = (mapped ? tx_running_ : (kicked & tx_running_)) & lane.queues;
+  uint64_t more = 0;
   PoisonGuard* guard = lane.guard;
   while (todo != 0) {
-    uint32_t q = __builtin_ctz(todo);
+    uint32_t q = __builtin_ctzll(todo);
     todo &= todo - 1;
     TxQueue& tx = *tx_[q];
     uint32_t tail = dev_->TxTail(q);
@@ -430,8 +438,8 @@ bool DataPath::Round(Lane& lane) {
     TxQueue::Result r = tx.Process(tail, *dma, *backend_, options_.tx_budget);
     if (guard != nullptr) guard->Leave(PoisonGuard::kTxQueue);
     if (r.packets > 0) work = true;
-    if (r.wrote_back) lane.tx_irq |= 1u << q;
-    if (r.more) more |= 1u << q;  // trapped mode: come back without a doorbell
+    if (r.wrote_back) lane.tx_irq |= uint64_t{1} << q;
+    if (r.more) more |= uint64_t{1} << q;  // trapped mode: come back without a doorbell
   }
   if (more != 0) lane.kicked.fetch_or(more, std::memory_order_relaxed);
   for (uint32_t m = lane.backend_queues; m != 0; m &= m - 1) {
@@ -460,12 +468,12 @@ bool DataPath::PollOnce() {
   // re-arms it (no storm, no lost wake-up).
   if ((lane.tx_irq | lane.rx_irq | deferred_) != 0) {
     int64_t now = AdaptivePoller::NowNs();
-    for (uint32_t m = lane.tx_irq; m != 0; m &= m - 1) {
-      const avf::TxQueueContext& c = dev_->tx_queue(__builtin_ctz(m));
+    for (uint64_t m = lane.tx_irq; m != 0; m &= m - 1) {
+      const avf::TxQueueContext& c = dev_->tx_queue(__builtin_ctzll(m));
       SignalVector(c.msix_vector, c.itr_index, now);
     }
-    for (uint32_t m = lane.rx_irq; m != 0; m &= m - 1) {
-      const avf::RxQueueContext& c = dev_->rx_queue(__builtin_ctz(m));
+    for (uint64_t m = lane.rx_irq; m != 0; m &= m - 1) {
+      const avf::RxQueueContext& c = dev_->rx_queue(__builtin_ctzll(m));
       SignalVector(c.msix_vector, c.itr_index, now);
     }
     lane.tx_irq = lane.rx_irq = 0;
@@ -476,12 +484,13 @@ bool DataPath::PollOnce() {
 
 void DataPath::SignalVector(uint32_t v, uint32_t itr_index, int64_t now) {
   if (v == 0 || v >= kVectors) return;  // unmapped queue: no interrupt
+  const uint64_t bit = uint64_t{1} << (v - 1);
   if (now < next_fire_ns_[v]) {
-    if (!(deferred_ & (1u << v))) ++irqs_deferred_;
-    deferred_ |= 1u << v;
+    if (!(deferred_ & bit)) ++irqs_deferred_;
+    deferred_ |= bit;
     return;
   }
-  deferred_ &= ~(1u << v);
+  deferred_ &= ~bit;
   dev_->RaiseVector(v);
   ++irqs_raised_;
   avf::VectorState st = dev_->vector_state(v);
@@ -491,10 +500,10 @@ void DataPath::SignalVector(uint32_t v, uint32_t itr_index, int64_t now) {
 }
 
 void DataPath::FlushDeferred(int64_t now) {
-  for (uint32_t m = deferred_; m != 0; m &= m - 1) {
-    uint32_t v = __builtin_ctz(m);
+  for (uint64_t m = deferred_; m != 0; m &= m - 1) {
+    const uint32_t v = __builtin_ctzll(m) + 1;
     if (now >= next_fire_ns_[v]) {
-      deferred_ &= ~(1u << v);
+      deferred_ &= ~(uint64_t{1} << (v - 1));
       dev_->RaiseVector(v);
       ++irqs_raised_;
       next_fire_ns_[v] = now + itr_ns_[v];
@@ -504,8 +513,8 @@ void DataPath::FlushDeferred(int64_t now) {
 
 int64_t DataPath::NextInterruptDeadlineNs(int64_t now) const {
   int64_t best = -1;
-  for (uint32_t m = deferred_; m != 0; m &= m - 1) {
-    int64_t d = std::max<int64_t>(0, next_fire_ns_[__builtin_ctz(m)] - now);
+  for (uint64_t m = deferred_; m != 0; m &= m - 1) {
+    int64_t d = std::max<int64_t>(0, next_fire_ns_[__builtin_ctzll(m) + 1] - now);
     if (best < 0 || d < best) best = d;
   }
   return best;
@@ -521,25 +530,29 @@ void DataPath::Recover() {
   PauseGuard pause(this);
   vfio_user::DmaMemory* dma = dev_->dma();
   if (dma == nullptr) return;
-  uint32_t vectors = 0;
-  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+  uint64_t vectors = 0;  // bit v - 1: queue vector v
+  auto note_vector = [&vectors](uint32_t v) {
+    if (v != 0 && v < kVectors) vectors |= uint64_t{1} << (v - 1);
+  };
+  for (uint32_t q = 0; q < nq_; ++q) {
+    const uint64_t bit = uint64_t{1} << q;
     if (rx_[q]->enabled()) {
       const avf::RxQueueContext& c = dev_->rx_queue(q);
       rx_[q]->SetBufferSizes(c.buffer_size, c.max_frame);
       rx_[q]->Recover(*dma);
-      rx_running_ |= 1u << q;
-      vectors |= 1u << (dev_->rx_queue(q).msix_vector % kVectors);
+      rx_running_ |= bit;
+      note_vector(c.msix_vector);
     }
     if (tx_[q]->enabled()) {
       tx_[q]->Recover(*dma);
-      tx_running_ |= 1u << q;
-      lanes_[LaneOf(q)]->kicked.fetch_or(1u << q, std::memory_order_relaxed);
-      vectors |= 1u << (dev_->tx_queue(q).msix_vector % kVectors);
+      tx_running_ |= bit;
+      lanes_[LaneOf(q)]->kicked.fetch_or(bit, std::memory_order_relaxed);
+      note_vector(dev_->tx_queue(q).msix_vector);
     }
   }
   // A wake-up may have been lost with the predecessor: fire each queue
   // vector once (a spurious MSI-X only makes NAPI poll an empty ring).
-  for (uint32_t m = vectors & ~1u; m != 0; m &= m - 1) dev_->RaiseVector(__builtin_ctz(m));
+  for (uint64_t m = vectors; m != 0; m &= m - 1) dev_->RaiseVector(__builtin_ctzll(m) + 1);
   active_backend_ = 0;  // the predecessor's TAP queue attachment is re-applied
   UpdateBackendQueues();
 }
@@ -547,7 +560,7 @@ void DataPath::Recover() {
 void DataPath::FillCounters(internal::WorkerStatus* status) const {
   status->clear_rx();
   status->clear_tx();
-  for (uint32_t q = 0; q < dev_->num_queue_pairs() && q < kMaxQueues; ++q) {
+  for (uint32_t q = 0; q < dev_->num_queue_pairs() && q < nq_; ++q) {
     auto fill = [q](internal::QueueCounters* c, const HotQueue& h) {
       c->set_queue(q);
 #define EMUD_FILL_QUEUE_COUNTER(name, help) c->set_##name(h.name.load(std::memory_order_relaxed));
@@ -561,7 +574,7 @@ void DataPath::FillCounters(internal::WorkerStatus* status) const {
 
 uint64_t DataPath::total_packets() const {
   uint64_t n = 0;
-  for (uint32_t q = 0; q < kMaxQueues; ++q) {
+  for (uint32_t q = 0; q < nq_; ++q) {
     n += rx_[q]->stats().packets.load(std::memory_order_relaxed) +
          tx_[q]->stats().packets.load(std::memory_order_relaxed);
   }

@@ -65,7 +65,8 @@ struct DataPathOptions {
   // the guest's next ENABLE_QUEUES (or a reset) starts it again.
   PoisonGuard* poison_guard = nullptr;
   // Lanes (data-path threads), lane 0 being the caller's: 1..kMaxQueues,
-  // clamped to that. Queue pair q -> lane q % threads.
+  // clamped to that. Queue pair q -> lane q % threads (all of a device's
+  // queue pairs, up to 64, are served).
   uint32_t threads = 1;
   // Poison guards of lanes 1.. (index t - 1; a missing one: that lane's
   // bursts are not bracketed). Each lane brackets its bursts in its own
@@ -147,8 +148,8 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   // ---- avf::DataPathHooks ----
   void OnTxDoorbell(uint32_t queue) override;
   void OnRxDoorbell(uint32_t queue) override;
-  void OnQueuesEnabled(uint32_t rx_mask, uint32_t tx_mask) override;
-  void OnQueuesDisabled(uint32_t rx_mask, uint32_t tx_mask) override;
+  void OnQueuesEnabled(avf::QueueMask rx_mask, avf::QueueMask tx_mask) override;
+  void OnQueuesDisabled(avf::QueueMask rx_mask, avf::QueueMask tx_mask) override;
   void GetStats(avf::vc::EthStats* stats) override;
   void OnFiltersChanged() override;
   void OnDmaUnmap(uint64_t iova, uint64_t size) override;
@@ -166,19 +167,19 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   // control thread's doorbell hooks).
   struct Lane {
     uint32_t id = 0;
-    uint32_t queues = 0;          // bit q: queue pairs served here
+    uint64_t queues = 0;          // bit q: queue pairs served here
     uint32_t backend_queues = 0;  // bit k: backend queues polled here
     PoisonGuard* guard = nullptr;
-    std::atomic<uint32_t> kicked{0};  // trapped TX doorbells since the last round
-    uint32_t tx_irq = 0;              // queues with write-backs this round
-    uint32_t rx_irq = 0;
+    std::atomic<uint64_t> kicked{0};  // trapped TX doorbells since the last round
+    uint64_t tx_irq = 0;              // queues with write-backs this round
+    uint64_t rx_irq = 0;
     // RX tails read once per round (bit q valid), not once per frame: with
     // mapped doorbells the tail sits on a cache line the guest's CPU keeps
     // writing, and a load per frame cost about half the worker's cycles at
     // 1518 bytes. A stale tail only hides buffers posted since it was read
     // (tails only move forward within a round); kNoBuffers re-reads it.
     uint32_t rx_tail_cache[kMaxQueues] = {};
-    uint32_t rx_tail_valid = 0;
+    uint64_t rx_tail_valid = 0;
     std::atomic<uint64_t> rounds{0};
     // Lanes 1..: the thread, its epoll and wake eventfd, and the pause
     // handshake flag (true while a round runs).
@@ -206,11 +207,11 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   std::vector<std::unique_ptr<RxQueue>> rx_;
   std::vector<std::unique_ptr<Lane>> lanes_;
   // Changed only while the other lanes are parked (control thread).
-  uint32_t tx_running_ = 0;  // bit q
-  uint32_t rx_running_ = 0;
+  uint64_t tx_running_ = 0;  // bit q
+  uint64_t rx_running_ = 0;
   uint32_t active_backend_ = 0;  // last SetActiveQueues mask (0: not yet)
   // Interrupt causes posted by lanes 1.. for lane 0 to raise.
-  std::atomic<uint32_t> posted_tx_irq_{0}, posted_rx_irq_{0};
+  std::atomic<uint64_t> posted_tx_irq_{0}, posted_rx_irq_{0};
   UniqueFd main_wake_;
   // Pause handshake (lanes_.size() > 1).
   bool running_ = false;
@@ -223,10 +224,10 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   // ITR coalescing per MSI-X vector (index = vector number): a vector does
   // not fire again before its ITR interval since the last firing elapsed;
   // a cause arriving earlier is deferred (never dropped) to the deadline.
-  static constexpr uint32_t kVectors = 17;
+  static constexpr uint32_t kVectors = avf::kMaxMsixVectors;  // 0 (misc) unused
   int64_t next_fire_ns_[kVectors] = {};
   int64_t itr_ns_[kVectors] = {};
-  uint32_t deferred_ = 0;  // bit v: a cause waits for vector v's deadline
+  uint64_t deferred_ = 0;  // bit v - 1: a cause waits for vector v's deadline
   uint64_t irqs_raised_ = 0, irqs_deferred_ = 0;
   void SignalVector(uint32_t v, uint32_t itr_index, int64_t now);
   void FlushDeferred(int64_t now);
@@ -244,6 +245,7 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
     Bump(bc ? counters_->rx_broadcast : counters_->rx_multicast);
   }
   bool loopback_;
+  uint32_t nq_;  // queue pairs served: the state file's (>= the device's)
 };
 
 }  // namespace emud::dataplane

@@ -23,6 +23,7 @@
 #define EMUD_DATAPLANE_QUEUE_STATE_H_
 
 #include <atomic>
+#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -34,7 +35,16 @@
 
 namespace emud::dataplane {
 
-inline constexpr uint32_t kMaxQueues = 16;
+// Queue pairs a state file holds: at least 16 (the layout predecessors of
+// up to 16 queues share, so their files stay valid), more for a device
+// offering more (up to avf::kMaxQueuePairs = 64).
+inline constexpr uint32_t kMinStateQueues = 16;
+inline constexpr uint32_t kMaxQueues = 64;
+constexpr uint32_t StateQueuesFor(uint32_t queue_pairs) {
+  return queue_pairs < kMinStateQueues ? kMinStateQueues
+         : queue_pairs > kMaxQueues    ? kMaxQueues
+                                       : queue_pairs;
+}
 inline constexpr uint32_t kMaxPendingRs = 128;  // RS completions per TX burst
 
 struct alignas(64) HotQueue {
@@ -65,37 +75,47 @@ struct DataPathCounters {
 static_assert(sizeof(DataPathCounters) <= 48,
               "DataPathCounters live in the queue-state file header's 48 spare bytes");
 
+// File layout: a 64-byte Header, then HotQueue tx[n], then HotQueue rx[n]
+// (n = num_queues, StateQueuesFor(the device's queue pairs)). With n = 16
+// this is the layout of the 16-queue workers before it, byte for byte.
 class QueueStateFile {
  public:
-  // Opens or creates `path`. An existing file with a matching header is kept
-  // as is (a successor continues); otherwise it is initialised to zero.
-  static absl::StatusOr<std::unique_ptr<QueueStateFile>> Open(const std::string& path);
+  // Opens or creates `path` for `queue_pairs` queue pairs. An existing file
+  // with a matching header (same queue count) is kept as is (a successor
+  // continues); otherwise it is initialised to zero.
+  static absl::StatusOr<std::unique_ptr<QueueStateFile>> Open(const std::string& path,
+                                                              uint32_t queue_pairs = 1);
   // Anonymous (not persisted) state, for tests and the benchmark's
   // "persistence off" switch.
-  static std::unique_ptr<QueueStateFile> Anonymous();
+  static std::unique_ptr<QueueStateFile> Anonymous(uint32_t queue_pairs = 1);
 
-  HotQueue* tx(uint32_t q) { return &base_->tx[q]; }
-  HotQueue* rx(uint32_t q) { return &base_->rx[q]; }
-  DataPathCounters* device() { return &base_->device; }
+  // Queues held: q < num_queues() for tx() and rx().
+  uint32_t num_queues() const { return n_; }
+  HotQueue* tx(uint32_t q) { return &queues_[q]; }
+  HotQueue* rx(uint32_t q) { return &queues_[n_ + q]; }
+  DataPathCounters* device() { return &header_->device; }
   bool reused() const { return reused_; }
+  static size_t FileSize(uint32_t n) { return 64 + 2 * size_t{n} * sizeof(HotQueue); }
 
  private:
-  struct Layout {
+  struct Header {
     uint64_t magic;
     uint32_t version;
     uint32_t num_queues;
     DataPathCounters device;  // bytes 16..47: header padding before
-    alignas(64) HotQueue tx[kMaxQueues];
-    HotQueue rx[kMaxQueues];
   };
   QueueStateFile() = default;
+  void Bind(void* base, uint32_t n);
   static void CheckLayout() {
-    static_assert(offsetof(Layout, device) == 16 && offsetof(Layout, tx) == 64,
+    static_assert(offsetof(Header, device) == 16 && sizeof(Header) <= 64,
                   "the queue state layout is shared with running predecessors");
+    static_assert(sizeof(HotQueue) % 64 == 0);
   }
-  MappedFile map_;                 // Open: the file
-  std::unique_ptr<Layout> anon_;   // Anonymous: the heap
-  Layout* base_ = nullptr;         // one of the two
+  MappedFile map_;                  // Open: the file
+  std::unique_ptr<HotQueue[]> anon_;  // Anonymous: the heap (header in anon_[0])
+  Header* header_ = nullptr;
+  HotQueue* queues_ = nullptr;      // at byte 64
+  uint32_t n_ = 0;
   bool reused_ = false;
 };
 

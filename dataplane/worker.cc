@@ -235,11 +235,12 @@ absl::Status Worker::OpenBackendAndQueues() {
   bopt.shm_dir = state_store::ShmDir(args.state_dir);
   bopt.max_frame = avf::kMaxFrameSize;
   const bool tap = absl::StartsWith(args.backend, "tap:");
-  // One TAP queue per queue pair (IFF_MULTI_QUEUE): the predecessor's, by
-  // key, else opened and deposited.
+  // One TAP queue per queue pair (IFF_MULTI_QUEUE), at most 32 (backend
+  // queue sets are 32-bit masks; RSS still spreads over every RX queue):
+  // the predecessor's, by key, else opened and deposited.
   uint32_t tap_inherited = 0;  // bit k: TAP queue k inherited
   if (tap) {
-    bopt.tap_queues = static_cast<uint32_t>(args.queues);
+    bopt.tap_queues = std::min<uint32_t>(static_cast<uint32_t>(args.queues), 32);
     for (uint32_t k = 0; k < bopt.tap_queues; ++k) {
       UniqueFd fd = TakeInherited(worker_api::TapFdKey(k));
       if (fd.valid()) tap_inherited |= 1u << k;
@@ -256,7 +257,8 @@ absl::Status Worker::OpenBackendAndQueues() {
     if (!s.ok()) return Annotate(s, "deposit " + key);
   }
   const std::string dev_shm_dir = state_store::DeviceShmDir(args.state_dir, args.device);
-  auto qstate = QueueStateFile::Open(absl::StrCat(dev_shm_dir, "/queues"));
+  auto qstate = QueueStateFile::Open(absl::StrCat(dev_shm_dir, "/queues"),
+                                     static_cast<uint32_t>(args.queues));
   if (!qstate.ok()) return Annotate(qstate.status(), "queue state");
   qstate_ = std::move(*qstate);
   DataPathOptions dpopt;

@@ -206,7 +206,9 @@ absl::StatusOr<emud::internal::DeviceRecord> NormalizeCreateRequest(
   if (spec->queue_pairs() > kMaxQueuePairs) {
     return WithField(
         absl::InvalidArgumentError(absl::StrCat("spec.queue_pairs ", spec->queue_pairs(),
-                                                " is out of range; use 1 to ", kMaxQueuePairs)),
+                                                " is out of range; use 1 to ", kMaxQueuePairs,
+                                                " (more than 16 only for guest drivers with "
+                                                "LARGE_NUM_QPAIRS, such as DPDK's iavf)")),
         "spec.queue_pairs");
   }
   auto backend = ParseBackend(spec->backend(), req.name());

@@ -20,7 +20,9 @@
 
 namespace emud::server {
 
-inline constexpr uint32_t kMaxQueuePairs = 16;
+// avf::kMaxQueuePairs: more than 16 only reach a guest driver negotiating
+// LARGE_NUM_QPAIRS (DPDK's iavf); Linux iavf gets 16 of them.
+inline constexpr uint32_t kMaxQueuePairs = 64;
 inline constexpr uint32_t kDefaultQueuePairs = 1;
 // sizeof(sockaddr_un::sun_path) is 108, including the terminating NUL.
 inline constexpr size_t kMaxSocketPathLength = 107;

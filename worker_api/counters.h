@@ -29,6 +29,8 @@
   X(vc_quarantined, "Poison virtchnl messages answered without being applied")           \
   X(vc_not_supported, "virtchnl requests answered NOT_SUPPORTED")                        \
   X(vc_bad_length, "virtchnl messages refused by the length rules")                      \
+  X(vc_bad_queue_chunk,                                                                  \
+    "ENABLE/DISABLE_QUEUES_V2 chunks or MAP_QUEUE_VECTOR maps refused (queue, vector, type)") \
   X(bad_tail_writes, "Queue tail writes at or beyond the ring length, ignored")          \
   X(ignored_tail_writes, "Tail writes of a queue not granted or not configured")         \
   X(bad_ring_addr, "Rings refused: outside the DMA map or misaligned")                   \

@@ -53,8 +53,11 @@ TEST(WorkerArgs, OptionalFlagsOnlyWhenSet) {
 TEST(WorkerArgs, Validate) {
   EXPECT_TRUE(Typical().Validate().ok());
   WorkerArgs a = Typical();
-  a.queues = 17;
+  a.queues = 64;  // LARGE_NUM_QPAIRS range
+  EXPECT_TRUE(a.Validate().ok());
+  a.queues = 65;
   EXPECT_EQ(a.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.Validate().message(), "--queues: must be 1..64");
   a = Typical();
   a.queues = 0;
   EXPECT_FALSE(a.Validate().ok());

@@ -37,8 +37,9 @@ absl::string_view DoorbellModeName(DoorbellMode mode);
 // The inverse of DoorbellModeName; INVALID_ARGUMENT for any other text.
 absl::StatusOr<DoorbellMode> ParseDoorbellMode(absl::string_view text);
 
-// Queue pairs a worker offers: 1..kMaxQueuePairs.
-inline constexpr int kMaxQueuePairs = 16;
+// Queue pairs a worker offers: 1..kMaxQueuePairs (avf::kMaxQueuePairs; more
+// than 16 only for a guest driver negotiating LARGE_NUM_QPAIRS).
+inline constexpr int kMaxQueuePairs = 64;
 
 using MacAddress = std::array<uint8_t, 6>;
 // "aa:bb:cc:dd:ee:ff" (two hex digits per byte, either case); INVALID_ARGUMENT

@@ -149,7 +149,7 @@ struct Rig {
         Check(dma.Contains(r.ring_addr, uint64_t{r.ring_len} * 32), "RX ring outside the DMA map");
         Check(r.buffer_size >= 1024 && r.buffer_size <= 16256 && r.max_frame <= kMaxFrameSize, "RX sizes");
       }
-      Check(t.msix_vector <= kMaxQueueVectors && r.msix_vector <= kMaxQueueVectors, "vector");
+      Check(t.msix_vector < dev->msix_vectors() && r.msix_vector < dev->msix_vectors(), "vector");
     }
   }
 };

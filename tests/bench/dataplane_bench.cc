@@ -113,11 +113,11 @@ struct Sink : FrameSink {
   std::unique_ptr<QueueStateFile> state;
   std::string state_path = absl::StrCat("/dev/shm/emud-bench-", getpid(), ".queues");
   if (persist) {
-    auto s = QueueStateFile::Open(state_path);
+    auto s = QueueStateFile::Open(state_path, nq);
     if (!s.ok()) _exit(3);
     state = std::move(*s);
   } else {
-    state = QueueStateFile::Anonymous();
+    state = QueueStateFile::Anonymous(nq);
   }
   std::vector<std::unique_ptr<TxQueue>> tx;
   std::vector<std::unique_ptr<RxQueue>> rx;

@@ -477,9 +477,49 @@ absl::Status IavfDriver::GetResources() {
   return absl::OkStatus();
 }
 
+bool IavfDriver::LargeVf() const {
+  return (caps_ & vc::kCapLargeNumQpairs) != 0 && num_queues_ > avf::kLegacyMaxQueuePairs;
+}
+
+absl::Status IavfDriver::MapQueueVectors(std::vector<vc::QueueVector> maps) {
+  Msg m;
+  m.Add(vc::QueueVectorMapsHeader{vsi_id_, static_cast<uint16_t>(maps.size()), {}});
+  for (const auto& qv : maps) m.Add(qv);
+  auto r = Exec(vc::kOpMapQueueVector, m.span());
+  if (!r.ok()) return r.status();
+  return r->v_retval == 0 ? absl::OkStatus()
+                          : absl::InternalError(absl::StrCat("MAP_QUEUE_VECTOR: ", r->v_retval));
+}
+
+absl::Status IavfDriver::QueuesV2(uint32_t v_op, std::vector<vc::QueueChunk> chunks) {
+  Msg m;
+  m.Add(vc::DelEnaDisQueuesHeader{vsi_id_, 0, static_cast<uint16_t>(chunks.size()), 0});
+  for (const auto& c : chunks) m.Add(c);
+  auto r = Exec(v_op, m.span());
+  if (!r.ok()) return r.status();
+  return r->v_retval == 0 ? absl::OkStatus()
+                          : absl::InternalError(absl::StrCat(vc::OpName(v_op), ": ", r->v_retval));
+}
+
 absl::Status IavfDriver::MapVectors() {
-  // iavf_map_rings_to_vectors (round robin) + iavf_map_queues (misc last).
   const uint32_t q_vectors = num_msix_ - 1;
+  if (LargeVf()) {
+    // More than 16 queues (iavf_map_queue_vector with LARGE_NUM_QPAIRS):
+    // the same round robin, one map per queue and direction.
+    std::vector<vc::QueueVector> maps;
+    for (uint32_t q = 0; q < num_queues_; ++q) {
+      for (int32_t type : {vc::kQueueTypeRx, vc::kQueueTypeTx}) {
+        vc::QueueVector qv{};
+        qv.queue_id = static_cast<uint16_t>(q);
+        qv.vector_id = static_cast<uint16_t>(q % q_vectors + 1);
+        qv.itr_idx = type == vc::kQueueTypeRx ? 0 : 1;
+        qv.queue_type = type;
+        maps.push_back(qv);
+      }
+    }
+    return MapQueueVectors(std::move(maps));
+  }
+  // iavf_map_rings_to_vectors (round robin) + iavf_map_queues (misc last).
   std::vector<uint16_t> mask(q_vectors, 0);
   for (uint32_t q = 0; q < num_queues_; ++q) mask[q % q_vectors] |= static_cast<uint16_t>(1u << q);
   Msg m;
@@ -598,9 +638,20 @@ void IavfDriver::FreeRings() {
 }
 
 absl::Status IavfDriver::ConfigureQueues(bool legacy_length) {
+  // More than 16 queues: batches of 32 pairs (DPDK's IAVF_CFG_Q_NUM_PER_BUF;
+  // a message holds at most 4 KiB).
+  const uint32_t batch = num_queues_ > avf::kLegacyMaxQueuePairs ? 32 : num_queues_;
+  for (uint32_t first = 0; first < num_queues_; first += batch) {
+    const uint32_t n = std::min(batch, num_queues_ - first);
+    if (auto s = ConfigureQueueBatch(first, n, legacy_length); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status IavfDriver::ConfigureQueueBatch(uint32_t first, uint32_t n, bool legacy_length) {
   Msg m;
-  m.Add(vc::VsiQueueConfigHeader{vsi_id_, static_cast<uint16_t>(num_queues_), 0});
-  for (uint32_t q = 0; q < num_queues_; ++q) {
+  m.Add(vc::VsiQueueConfigHeader{vsi_id_, static_cast<uint16_t>(n), 0});
+  for (uint32_t q = first; q < first + n; ++q) {
     vc::QueuePairInfo p{};
     p.txq.vsi_id = vsi_id_;
     p.txq.queue_id = static_cast<uint16_t>(q);
@@ -622,6 +673,16 @@ absl::Status IavfDriver::ConfigureQueues(bool legacy_length) {
 }
 
 absl::Status IavfDriver::EnableQueues() {
+  if (LargeVf()) {
+    const uint16_t n = static_cast<uint16_t>(num_queues_);
+    if (auto s = QueuesV2(vc::kOpEnableQueuesV2,
+                          {{vc::kQueueTypeTx, 0, n}, {vc::kQueueTypeRx, 0, n}});
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = MiscIrqEnable(); !s.ok()) return s;
+    return IrqEnableQueues();
+  }
   uint32_t mask = (1u << num_queues_) - 1;
   auto r = Exec(vc::kOpEnableQueues, Msg().Add(vc::QueueSelect{vsi_id_, 0, mask, mask}).span());
   if (!r.ok()) return r.status();
@@ -708,6 +769,16 @@ absl::Status IavfDriver::InitDpdk() {
     if (r->v_retval != 0) return absl::InternalError(absl::StrCat("SET_RSS_HENA(0): ", r->v_retval));
   }
   if (auto st = RequestStats(); !st.ok()) return st.status();
+  // dev_configure with more than 16 queues (the large-VF path): the RSS
+  // region the PF allows (iavf_get_max_rss_queue_region).
+  if (LargeVf()) {
+    auto q = Exec(vc::kOpGetMaxRssQregion, {});
+    if (!q.ok()) return q.status();
+    if (q->v_retval != 0 || q->payload.size() < sizeof(vc::MaxRssQregion)) {
+      return absl::InternalError(absl::StrCat("GET_MAX_RSS_QREGION: ", q->v_retval));
+    }
+    max_rss_qregion_ = 1u << vc::Load<vc::MaxRssQregion>(q->payload, 0).qregion_width;
+  }
   // dev_configure: iavf_init_rss (LUT, KEY) then the hash types.
   if (!(caps_ & vc::kCapRssPf)) return absl::OkStatus();
   for (uint32_t i = 0; i < rss_lut_.size(); ++i) rss_lut_[i] = static_cast<uint8_t>(i % num_queues_);
@@ -743,6 +814,28 @@ absl::Status IavfDriver::OpenDpdk() {
       !s.ok()) {
     return s;
   }
+  if (LargeVf()) {
+    // iavf_config_irq_map_lv: every RX queue on vector 1, ITR 0; then
+    // iavf_switch_queue_lv enables each queue with its own chunk (TX, RX).
+    std::vector<vc::QueueVector> maps;
+    for (uint32_t q = 0; q < num_queues_; ++q) {
+      vc::QueueVector qv{};
+      qv.queue_id = static_cast<uint16_t>(q);
+      qv.vector_id = 1;
+      qv.queue_type = vc::kQueueTypeRx;
+      maps.push_back(qv);
+    }
+    if (auto s = MapQueueVectors(std::move(maps)); !s.ok()) return s;
+    if (auto s = AddPrimaryMac(); !s.ok()) return s;
+    for (int32_t type : {vc::kQueueTypeTx, vc::kQueueTypeRx}) {
+      for (uint32_t q = 0; q < num_queues_; ++q) {
+        if (auto s = QueuesV2(vc::kOpEnableQueuesV2, {{type, static_cast<uint16_t>(q), 1}}); !s.ok()) {
+          return s;
+        }
+      }
+    }
+    return WaitLink(true);
+  }
   const uint16_t rx_mask = static_cast<uint16_t>((1u << num_queues_) - 1);
   // iavf_config_irq_map: sizeof(virtchnl_irq_map_info) (one vecmap element)
   // + 12 * nb_msix = 14 + 12 bytes for the one vector.
@@ -769,8 +862,18 @@ absl::Status IavfDriver::Close() {
   if (!running_) return absl::OkStatus();
   if (options_.flavor == Flavor::kDpdk) {
     // iavf_dev_stop: iavf_stop_queues sends one DISABLE_QUEUES with every
-    // queue; no filter is removed (MACs stay until close / reset).
+    // queue (iavf_disable_queues_lv: DISABLE_QUEUES_V2, a TX and an RX
+    // chunk); no filter is removed (MACs stay until close / reset).
     running_ = false;
+    if (LargeVf()) {
+      const uint16_t n = static_cast<uint16_t>(num_queues_);
+      if (auto s = QueuesV2(vc::kOpDisableQueuesV2, {{vc::kQueueTypeTx, 0, n}, {vc::kQueueTypeRx, 0, n}});
+          !s.ok()) {
+        return s;
+      }
+      FreeRings();
+      return absl::OkStatus();
+    }
     uint32_t mask = (1u << num_queues_) - 1;
     auto r = Exec(vc::kOpDisableQueues, Msg().Add(vc::QueueSelect{vsi_id_, 0, mask, mask}).span());
     if (!r.ok()) return r.status();
@@ -781,10 +884,19 @@ absl::Status IavfDriver::Close() {
   running_ = false;
   link_up_ = false;
   if (auto s = IrqDisableQueues(); !s.ok()) return s;
-  uint32_t mask = (1u << num_queues_) - 1;
-  auto r = Exec(vc::kOpDisableQueues, Msg().Add(vc::QueueSelect{vsi_id_, 0, mask, mask}).span());
-  if (!r.ok()) return r.status();
-  if (r->v_retval != 0) return absl::InternalError(absl::StrCat("DISABLE_QUEUES: ", r->v_retval));
+  absl::StatusOr<PfMessage> r;
+  if (LargeVf()) {
+    const uint16_t n = static_cast<uint16_t>(num_queues_);
+    if (auto s = QueuesV2(vc::kOpDisableQueuesV2, {{vc::kQueueTypeTx, 0, n}, {vc::kQueueTypeRx, 0, n}});
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    uint32_t mask = (1u << num_queues_) - 1;
+    r = Exec(vc::kOpDisableQueues, Msg().Add(vc::QueueSelect{vsi_id_, 0, mask, mask}).span());
+    if (!r.ok()) return r.status();
+    if (r->v_retval != 0) return absl::InternalError(absl::StrCat("DISABLE_QUEUES: ", r->v_retval));
+  }
   vc::EtherAddr a{};
   std::memcpy(a.addr, mac_.data(), 6);
   a.type = 1;

@@ -158,6 +158,8 @@ class IavfDriver {
   uint32_t vf_queue_pairs() const { return vf_qps_; }
   uint32_t num_active_queues() const { return num_queues_; }
   uint32_t num_msix_vectors() const { return num_msix_; }
+  // DPDK flavour, large VF: queues one RSS region may span (0: not asked).
+  uint32_t max_rss_qregion() const { return max_rss_qregion_; }
   uint32_t max_frame() const { return max_frame_; }
   const std::array<uint8_t, 6>& mac() const { return mac_; }
   avf::vc::VersionInfo pf_version() const { return pf_version_; }
@@ -213,6 +215,12 @@ class IavfDriver {
   absl::Status SetRssKeyLut();
   absl::Status AddPrimaryMac();
   absl::Status ConfigureQueues(bool legacy_length = true);
+  absl::Status ConfigureQueueBatch(uint32_t first, uint32_t n, bool legacy_length);
+  // More than 16 queues with LARGE_NUM_QPAIRS granted: MAP_QUEUE_VECTOR and
+  // ENABLE/DISABLE_QUEUES_V2 instead of CONFIG_IRQ_MAP and the bitmaps.
+  bool LargeVf() const;
+  absl::Status MapQueueVectors(std::vector<avf::vc::QueueVector> maps);
+  absl::Status QueuesV2(uint32_t v_op, std::vector<avf::vc::QueueChunk> chunks);
   absl::Status EnableQueues();
   absl::Status InitDpdk();
   absl::Status OpenDpdk();
@@ -230,6 +238,7 @@ class IavfDriver {
   uint16_t vsi_id_ = 0;
   uint32_t vf_qps_ = 0;
   uint32_t max_vectors_ = 0;
+  uint32_t max_rss_qregion_ = 0;
   uint32_t max_frame_ = 0;
   uint32_t num_queues_ = 0;
   uint32_t num_msix_ = 0;

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -44,6 +45,14 @@ std::string TestDir() {
   return d;
 }
 
+// The device and driver a Node starts.
+struct NodeShape {
+  uint32_t queues = 2;
+  guest::Flavor flavor = guest::Flavor::kLinux;
+  uint32_t caps = guest::kLinuxIavfCaps;
+  uint32_t threads = 1;
+};
+
 // One emulated device with its guest.
 struct Node {
   std::unique_ptr<guest::GuestMemory> mem;
@@ -56,9 +65,9 @@ struct Node {
   std::unique_ptr<guest::GuestDataPath> gdp;
 
   void Start(const std::string& name, const std::string& spec, uint8_t mac_last,
-             const std::string& shm) {
+             const std::string& shm, NodeShape shape = NodeShape()) {
     avf::DeviceOptions o;
-    o.max_queue_pairs = 2;
+    o.max_queue_pairs = shape.queues;
     o.mac = {0x02, 0, 0, 0, 0, mac_last};
     auto d = avf::Device::Create(o);
     ASSERT_TRUE(d.ok()) << d.status();
@@ -72,11 +81,16 @@ struct Node {
     auto b = dataplane::OpenBackend(spec, bo);
     ASSERT_TRUE(b.ok()) << b.status();
     backend = std::move(*b);
-    state = QueueStateFile::Anonymous();
-    dp = std::make_unique<DataPath>(dev.get(), backend.get(), state.get());
+    state = QueueStateFile::Anonymous(shape.queues);
+    dataplane::DataPathOptions dpo;
+    dpo.threads = shape.threads;
+    dp = std::make_unique<DataPath>(dev.get(), backend.get(), state.get(), dpo);
+    ASSERT_TRUE(dp->StartThreads().ok());
     bus = std::make_unique<guest::InProcessBus>(dev.get(), mem.get());
     guest::DriverOptions dopt;
-    dopt.max_queues = 2;
+    dopt.flavor = shape.flavor;
+    dopt.caps = shape.caps;
+    dopt.max_queues = shape.queues;
     dopt.ring_size = 64;
     dopt.rx_buf_len = 1024;  // frames above 1 KiB span buffers
     drv = std::make_unique<guest::IavfDriver>(bus.get(), dopt);
@@ -150,6 +164,75 @@ TEST(DataplaneIntegration, LoopbackFramesComeBackByteForByte) {
 // copies them into rtnl stats): the per-class RX counters include discarded
 // frames, byte counters include the 4-byte CRC of each frame, and a
 // malformed TX packet is an error, not also a discard.
+// More than 16 queue pairs (LARGE_NUM_QPAIRS): 40, so that queue masks need
+// more than 32 bits. Both driver flavours negotiate it, map their vectors
+// with MAP_QUEUE_VECTOR and start their queues with ENABLE_QUEUES_V2; one
+// frame sent on each TX queue comes back (loopback) on the RX queue of the
+// same number, through three data-path threads (queue q on lane q % 3) for
+// the Linux flavour and one for DPDK's.
+TEST(DataplaneIntegration, LargeVfServesEveryQueueInBothFlavours) {
+  std::string shm = TestDir();
+  constexpr uint32_t kQueues = 40;
+  for (guest::Flavor flavor : {guest::Flavor::kLinux, guest::Flavor::kDpdk}) {
+    SCOPED_TRACE(flavor == guest::Flavor::kLinux ? "linux" : "dpdk");
+    const bool is_linux = flavor == guest::Flavor::kLinux;
+    Node n;
+    NodeShape shape;
+    shape.queues = kQueues;
+    shape.flavor = flavor;
+    shape.caps = is_linux ? (guest::kLinuxIavfCaps | avf::vc::kCapLargeNumQpairs) : guest::kDpdkIavfCaps;
+    shape.threads = is_linux ? 3 : 1;
+    n.Start(is_linux ? "lvl" : "lvd", "loopback", 1, shm, shape);
+    if (::testing::Test::HasFatalFailure()) return;
+    ASSERT_NE(n.drv->caps() & avf::vc::kCapLargeNumQpairs, 0u);
+    ASSERT_EQ(n.drv->num_active_queues(), kQueues);
+    ASSERT_EQ(n.dp->threads(), shape.threads);
+    const auto& trace = n.drv->trace();
+    auto count = [&](const char* op) { return std::count(trace.begin(), trace.end(), std::string(op)); };
+    EXPECT_EQ(count("CONFIG_IRQ_MAP"), 0);
+    EXPECT_EQ(count("ENABLE_QUEUES"), 0);
+    EXPECT_EQ(count("MAP_QUEUE_VECTOR"), 1);
+    EXPECT_EQ(count("CONFIG_VSI_QUEUES"), 2) << "batches of 32";
+    EXPECT_EQ(count("ENABLE_QUEUES_V2"), is_linux ? 1 : 2 * int(kQueues)) << "DPDK: one chunk per queue";
+    if (!is_linux) {
+      EXPECT_EQ(n.drv->max_rss_qregion(), 64u);
+    }
+    for (uint32_t q = 0; q < kQueues; ++q) {
+      ASSERT_TRUE(n.dev->rx_queue(q).enabled && n.dev->tx_queue(q).enabled) << q;
+      std::vector<uint8_t> f = MakeFrame(n.drv->mac(), 64 + q, q);
+      f[14] = uint8_t(q);  // the queue it was sent on
+      ASSERT_TRUE(n.gdp->Transmit(q, f).ok()) << q;
+    }
+    std::vector<int> got(kQueues, 0);
+    size_t total = 0;
+    for (int i = 0; i < 4000 && total < kQueues; ++i) {
+      n.dp->PollOnce();
+      for (uint32_t q = 0; q < kQueues; ++q) {
+        auto r = n.gdp->Receive(q);
+        ASSERT_TRUE(r.ok()) << r.status();
+        for (const guest::RxFrame& fr : *r) {
+          ASSERT_GE(fr.data.size(), 15u);
+          EXPECT_EQ(fr.data[14], q) << "came back on the queue it was sent on";
+          EXPECT_EQ(fr.data.size(), 64 + q);
+          ++got[q];
+          ++total;
+        }
+      }
+      if (total < kQueues) usleep(500);
+    }
+    for (uint32_t q = 0; q < kQueues; ++q) {
+      EXPECT_EQ(got[q], 1) << "RX queue " << q;
+      EXPECT_EQ(n.gdp->ReapTx(q), 1u) << "TX queue " << q;
+    }
+    const auto st = n.drv->RequestStats();
+    ASSERT_TRUE(st.ok());
+    EXPECT_EQ(st->tx_unicast, kQueues);
+    ASSERT_TRUE(n.drv->Close().ok());
+    EXPECT_EQ(count("DISABLE_QUEUES_V2"), 1);
+    for (uint32_t q = 0; q < kQueues; ++q) EXPECT_FALSE(n.dev->rx_queue(q).enabled) << q;
+  }
+}
+
 TEST(DataplaneIntegration, StatsFollowHardwareCounterSemantics) {
   std::string shm = TestDir();
   Node n;

@@ -680,7 +680,7 @@ TEST(RichErrorsTest, AWrongFieldCarriesBadRequestAndErrorInfo) {
   ASSERT_TRUE(st.details(0).UnpackTo(&bad));
   EXPECT_EQ(bad.field_violations(0).field(), "name");
   req.mutable_spec()->clear_mac();
-  req.mutable_spec()->set_queue_pairs(17);
+  req.mutable_spec()->set_queue_pairs(65);
   grpc::ClientContext ctx3;
   s = e->stub()->CreateDevice(&ctx3, req, &d);
   st = Details(s);
@@ -713,10 +713,11 @@ TEST(RichErrorsTest, AWrongFieldCarriesBadRequestAndErrorInfo) {
             "emuctl: spec.mac 'zz' has the wrong length; expected 6 hex octets like "
             "02:00:00:00:00:01\n"
             "  invalid field: spec.mac (emuctl --mac)\n");
-  c = e->Emuctl({"create-device", "--type", "avf", "--name", "y", "--queues", "17"});
+  c = e->Emuctl({"create-device", "--type", "avf", "--name", "y", "--queues", "65"});
   EXPECT_EQ(c.exit_code, 5);
   EXPECT_TRUE(absl::StrContains(c.err, "  invalid field: spec.queue_pairs (emuctl --queues)\n"))
       << c.err;
+  EXPECT_TRUE(absl::StrContains(c.err, "spec.queue_pairs 65 is out of range; use 1 to 64")) << c.err;
   e->Stop(SIGTERM);
 }
 
