@@ -60,14 +60,17 @@ using MacAddr = std::array<uint8_t, 6>;
 
 // Capabilities the device grants when asked (requested & supported; RSS_AQ
 // never; RSS_REG, when supported, to every VF not granted RSS_PF, asked for
-// or not, as ice does). VLAN / VLAN_V2 / CRC / RX_FLEX_DESC etc. stay off by
-// default: granting VLAN makes Linux expect tag stripping/insertion from the
-// data path.
+// or not, as ice does). CRC as ice grants it (ice_vc_get_vf_res_msg: to a
+// VF asking): an RX queue configured with crc_disable gets frames with
+// their Ethernet FCS (DPDK's KEEP_CRC, Linux's rx-fcs). VLAN / VLAN_V2 /
+// RX_FLEX_DESC etc. stay off by default: granting VLAN makes Linux expect
+// tag stripping/insertion from the data path.
 // LARGE_NUM_QPAIRS is granted only to a device of more than 16 queue pairs
 // (as ice grants it only to a VF given a bigger RSS LUT).
 inline constexpr uint32_t kDefaultSupportedCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg |
                                                   vc::kCapWbOnItr | vc::kCapReqQueues |
-                                                  vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs;
+                                                  vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs |
+                                                  vc::kCapCrc;
 
 // MSI-X vectors of a device offering `max_queue_pairs`: 17 (misc + 16, what
 // an ice VF gets by default, ICE_NUM_VF_MSIX_MED) up to 16 queue pairs, else

@@ -604,7 +604,6 @@ TEST_F(DeviceTest, QueueConfigValidation) {
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.databuffer_size = 64; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.databuffer_size = 16384; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.max_pkt_size = 20000; }), vc::kErrParam);
-  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.headwb_enabled = 1; }), vc::kErrParam);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.txq.vsi_id = 9; }), vc::kErrParam);
   EXPECT_FALSE(dev_->tx_queue(0).configured) << "failed messages change nothing";
@@ -617,6 +616,14 @@ TEST_F(DeviceTest, QueueConfigValidation) {
   EXPECT_EQ(Status(vc::kOpEnableQueues, Select(1 << 5, 0).span()), vc::kErrParam)
       << "queue beyond those granted";
   EXPECT_GE(dev_->counters().bad_ring_addr, 3u);
+  // crc_disable (keep the FCS): with the CRC capability, granted to a VF
+  // asking for it as ice does; refused to one that did not.
+  EXPECT_NE(dev_->granted_caps() & vc::kCapCrc, 0u);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), 0);
+  EXPECT_TRUE(dev_->rx_queue(0).keep_crc);
+  ASSERT_EQ(drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps & ~vc::kCapCrc)->v_retval, 0);
+  EXPECT_EQ(dev_->granted_caps() & vc::kCapCrc, 0u);
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), vc::kErrParam);
 }
 
 // Linux >= 6.10 sizes RX buffers from the MTU (libeth_rx_hw_len_mtu:

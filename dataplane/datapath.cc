@@ -251,6 +251,7 @@ void DataPath::OnQueuesEnabled(avf::QueueMask rx_mask, avf::QueueMask tx_mask) {
       if (rx_[q]->Configure(c.ring_addr, c.ring_len, c.buffer_size, c.max_frame).ok() &&
           rx_[q]->SetEnabled(true).ok()) {
         rx_running_ |= bit;
+        rx_keep_crc_ = c.keep_crc ? (rx_keep_crc_ | bit) : (rx_keep_crc_ & ~bit);
       }
     }
   }
@@ -360,6 +361,14 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   }
   if (q >= nq_ || !(running >> q & 1)) q = __builtin_ctzll(running);
   RxQueue& rx = *rx_[q];
+  if (rx_keep_crc_ >> q & 1) [[unlikely]] {
+    // KEEP_CRC: the frame as the wire carried it, FCS included (the length
+    // in the descriptor counts it; DPDK subtracts its crc_len).
+    const uint32_t fcs = EthernetFcs(frame.data(), frame.size());
+    lane.fcs_frame.assign(frame.begin(), frame.end());
+    for (int i = 0; i < 4; ++i) lane.fcs_frame.push_back(uint8_t(fcs >> (8 * i)));
+    frame = FrameView(lane.fcs_frame);
+  }
   uint64_t csum_bits = 0;
   if (options_.rx_checksum) {
     uint32_t c = CheckRxChecksums(frame);
@@ -541,6 +550,7 @@ void DataPath::Recover() {
       rx_[q]->SetBufferSizes(c.buffer_size, c.max_frame);
       rx_[q]->Recover(*dma);
       rx_running_ |= bit;
+      if (c.keep_crc) rx_keep_crc_ |= bit;
       note_vector(c.msix_vector);
     }
     if (tx_[q]->enabled()) {

@@ -180,6 +180,8 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
     // (tails only move forward within a round); kNoBuffers re-reads it.
     uint32_t rx_tail_cache[kMaxQueues] = {};
     uint64_t rx_tail_valid = 0;
+    // A frame with its FCS appended, for RX queues that keep the CRC.
+    std::vector<uint8_t> fcs_frame;
     std::atomic<uint64_t> rounds{0};
     // Lanes 1..: the thread, its epoll and wake eventfd, and the pause
     // handshake flag (true while a round runs).
@@ -209,6 +211,9 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   // Changed only while the other lanes are parked (control thread).
   uint64_t tx_running_ = 0;  // bit q
   uint64_t rx_running_ = 0;
+  // RX queues configured with crc_disable (VIRTCHNL_VF_OFFLOAD_CRC): frames
+  // are written with their Ethernet FCS, as the NIC leaves it in place.
+  uint64_t rx_keep_crc_ = 0;
   uint32_t active_backend_ = 0;  // last SetActiveQueues mask (0: not yet)
   // Interrupt causes posted by lanes 1.. for lane 0 to raise.
   std::atomic<uint64_t> posted_tx_irq_{0}, posted_rx_irq_{0};

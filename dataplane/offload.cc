@@ -42,13 +42,15 @@ inline void StoreBe32(uint8_t* p, uint32_t v) {
   p[3] = uint8_t(v);
 }
 
-// Table-driven CRC32c (reflected polynomial 0x82F63B78), slicing by 8.
-struct Crc32cTables {
+// Table-driven reflected CRC-32 of polynomial `kPoly`, slicing by 8:
+// 0x82F63B78 CRC32c, 0xEDB88320 IEEE 802.3 (the Ethernet FCS).
+template <uint32_t kPoly>
+struct Crc32Tables {
   uint32_t t[8][256];
-  Crc32cTables() {
+  Crc32Tables() {
     for (uint32_t i = 0; i < 256; ++i) {
       uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (kPoly & (0u - (c & 1)));
       t[0][i] = c;
     }
     for (uint32_t i = 0; i < 256; ++i) {
@@ -57,8 +59,9 @@ struct Crc32cTables {
   }
 };
 
-uint32_t Crc32cSoft(const uint8_t* p, size_t len, uint32_t c) {
-  static const Crc32cTables tables;
+template <uint32_t kPoly>
+uint32_t Crc32Soft(const uint8_t* p, size_t len, uint32_t c) {
+  static const Crc32Tables<kPoly> tables;
   const auto& t = tables.t;
   while (len >= 8) {
     uint64_t v = Load64(p) ^ c;
@@ -70,6 +73,10 @@ uint32_t Crc32cSoft(const uint8_t* p, size_t len, uint32_t c) {
   }
   while (len--) c = (c >> 8) ^ t[0][(c ^ *p++) & 0xff];
   return c;
+}
+
+uint32_t Crc32cSoft(const uint8_t* p, size_t len, uint32_t c) {
+  return Crc32Soft<0x82F63B78u>(p, len, c);
 }
 
 __attribute__((target("sse4.2"))) uint32_t Crc32cHw(const uint8_t* p, size_t len, uint32_t c) {
@@ -431,5 +438,9 @@ __attribute__((noinline)) uint32_t CheckRxChecksumsWalk(absl::Span<const uint8_t
   return result;
 }
 }  // namespace
+
+uint32_t EthernetFcs(const uint8_t* data, size_t len) {
+  return ~Crc32Soft<0xEDB88320u>(data, len, ~0u);
+}
 
 }  // namespace emud::dataplane

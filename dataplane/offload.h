@@ -43,6 +43,11 @@ absl::Status FillIpv4HeaderChecksum(absl::Span<uint8_t> hdr);
 // CRC32c (Castagnoli), standard init/final xor: Crc32c("123456789") ==
 // 0xE3069283. `crc` continues a previous result.
 uint32_t Crc32c(const uint8_t* data, size_t len, uint32_t crc = 0);
+// The Ethernet FCS of a frame (IEEE 802.3 CRC-32: reflected 0xEDB88320,
+// init and final xor ~0): EthernetFcs("123456789") == 0xCBF43926. On the
+// wire (and in a KEEP_CRC receive buffer) it follows the frame least
+// significant byte first.
+uint32_t EthernetFcs(const uint8_t* data, size_t len);
 
 // What a packet's TX descriptors ask for (AVF data + context descriptor
 // fields, decoded to bytes).

@@ -572,3 +572,29 @@ TEST(RxChecksums, UdpShortPathAgreesWithTheGeneralWalk) {
 
 }  // namespace
 }  // namespace emud::dataplane
+
+namespace emud::dataplane {
+namespace {
+
+TEST(EthernetFcs, CheckValueAndBitwiseReference) {
+  const char* check = "123456789";
+  EXPECT_EQ(EthernetFcs(reinterpret_cast<const uint8_t*>(check), 9), 0xCBF43926u);
+  EXPECT_EQ(EthernetFcs(nullptr, 0), 0u);
+  std::mt19937 rng(7);
+  for (size_t len : {1, 7, 8, 9, 60, 64, 1514, 9000}) {
+    std::vector<uint8_t> d(len);
+    for (auto& b : d) b = uint8_t(rng());
+    uint32_t c = 0xFFFFFFFF;
+    for (uint8_t b : d) {
+      c ^= b;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    }
+    EXPECT_EQ(EthernetFcs(d.data(), d.size()), ~c) << len;
+    // A frame followed by its FCS (LSB first) has the CRC residue 0x2144DF1C.
+    for (int i = 0; i < 4; ++i) d.push_back(uint8_t(~c >> (8 * i)));
+    EXPECT_EQ(EthernetFcs(d.data(), d.size()), 0x2144DF1Cu) << len;
+  }
+}
+
+}  // namespace
+}  // namespace emud::dataplane

@@ -121,7 +121,7 @@ TEST(NormalizeTest, RefusesBadFields) {
       {"empty name", [](auto& r) { r.set_name(""); }, "name", "name"},
       {"type", [](auto& r) { r.set_type(emud::v1::DEVICE_TYPE_UNSPECIFIED); }, "DEVICE_TYPE_AVF", "type"},
       {"type unknown", [](auto& r) { r.set_type(static_cast<emud::v1::DeviceType>(77)); }, "77", "type"},
-      {"queues", [](auto& r) { r.mutable_spec()->set_queue_pairs(17); }, "spec.queue_pairs", "spec.queue_pairs"},
+      {"queues", [](auto& r) { r.mutable_spec()->set_queue_pairs(65); }, "use 1 to 64 (more than 16 only", "spec.queue_pairs"},
       {"mac", [](auto& r) { r.mutable_spec()->set_mac("01:00:00:00:00:00"); }, "spec.mac", "spec.mac"},
       {"backend", [](auto& r) { r.mutable_spec()->set_backend("x"); }, "spec.backend", "spec.backend"},
       {"self peer", [](auto& r) { r.mutable_spec()->set_backend("peer:dev0"); }, "own peer", "spec.backend"},

@@ -17,6 +17,8 @@
 //    sending to the other);
 //  - doorbells: trap (posted REGION_WRITEs) or mmap (the guest stores into
 //    the mapped tail page, as under QEMU);
+//  - queues: 1 to 4, and 20 with LARGE_NUM_QPAIRS (MAP_QUEUE_VECTOR,
+//    ENABLE_QUEUES_V2, queue and vector numbers past 16);
 //  - kills: random (SIGKILL of a worker at a random instant 2..32 ms after
 //    traffic resumed from the previous kill - CHAOS_WORKER_KILLS, default
 //    100, of any device - plus emud SIGKILLs, CHAOS_EMUD_KILLS, default 20,
@@ -301,6 +303,10 @@ struct ChaosConfig {
   // emud --datapath-threads (1 = emud's default, not passed): queue pair q
   // is served by worker thread q % N; a kill lands on any thread mid-burst.
   uint32_t datapath_threads = 1;
+  // The guest asks for VIRTCHNL_VF_LARGE_NUM_QPAIRS (as DPDK and Linux with
+  // large-VF support do): more than 16 queue pairs, mapped with
+  // MAP_QUEUE_VECTOR and started with ENABLE_QUEUES_V2.
+  bool large_vf = false;
 };
 
 // gtest prints the parameter of a failed test by its name.
@@ -658,12 +664,14 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     guest::DriverOptions dopt;
     dopt.ring_size = 256;
     dopt.max_queues = nq;
+    if (cfg.large_vf) dopt.caps |= avf::vc::kCapLargeNumQpairs;
     g->drv = std::make_unique<guest::IavfDriver>(g->bus.get(), dopt);
     ASSERT_TRUE(g->drv->Probe().ok());
     ASSERT_TRUE(g->drv->Init().ok());
     ASSERT_TRUE(g->drv->Open().ok());
     ASSERT_TRUE(g->drv->link_up());
     ASSERT_EQ(g->drv->num_active_queues(), nq);
+    ASSERT_EQ((g->drv->caps() & avf::vc::kCapLargeNumQpairs) != 0, cfg.large_vf);
     g->gdp = std::make_unique<guest::GuestDataPath>(g->drv.get());
     g->out.tx_fifo.resize(nq);
     g->extra_fd = memfd_create("chaos-extra", MFD_CLOEXEC);
@@ -1491,6 +1499,8 @@ INSTANTIATE_TEST_SUITE_P(
         ChaosConfig{"MmapTwoQueues", "mmap", 2},
         ChaosConfig{"MmapFourQueuesTwoThreads", "mmap", 4, Link::kLoopback, Kills::kRandom, 2},
         ChaosConfig{"TrapFourQueuesTwoThreads", "trap", 4, Link::kLoopback, Kills::kRandom, 2},
+        ChaosConfig{"MmapTwentyQueuesLargeVfTwoThreads", "mmap", 20, Link::kLoopback,
+                    Kills::kRandom, 2, /*large_vf=*/true},
         ChaosConfig{"TapPing", "trap", 1, Link::kTap},
         ChaosConfig{"RapidKillsTrapOneQueue", "trap", 1, Link::kLoopback, Kills::kRapid},
         ChaosConfig{"RapidKillsMmapTwoQueues", "mmap", 2, Link::kLoopback, Kills::kRapid},

@@ -663,6 +663,7 @@ absl::Status IavfDriver::ConfigureQueueBatch(uint32_t first, uint32_t n, bool le
     p.rxq.dma_ring_addr = rx_rings_[q].desc.iova;
     p.rxq.max_pkt_size = std::min(options_.max_frame, max_frame_);
     p.rxq.databuffer_size = options_.rx_buf_len;
+    p.rxq.crc_disable = options_.keep_crc && (caps_ & vc::kCapCrc) ? 1 : 0;
     m.Add(p);
   }
   if (legacy_length) m.Zero(sizeof(vc::QueuePairInfo));

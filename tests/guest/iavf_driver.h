@@ -85,6 +85,9 @@ struct DriverOptions {
   uint32_t ring_size = 512;     // IAVF_DEFAULT_TXD / RXD
   uint32_t rx_buf_len = 1536;   // databuffer_size for MTU 1500
   uint32_t max_frame = 9728;
+  // Keep the Ethernet FCS on RX (DPDK RTE_ETH_RX_OFFLOAD_KEEP_CRC, Linux
+  // rx-fcs): crc_disable in CONFIG_VSI_QUEUES when the PF granted CRC.
+  bool keep_crc = false;
   // GET_RSS_HENA_CAPS + SET_RSS_HENA before the RSS key/LUT at init. Linux
   // never does: with RSS_PF, iavf_main.c:iavf_init_rss queues only
   // CONFIG_RSS_KEY and CONFIG_RSS_LUT and the hash types stay the PF's

@@ -51,6 +51,7 @@ struct NodeShape {
   guest::Flavor flavor = guest::Flavor::kLinux;
   uint32_t caps = guest::kLinuxIavfCaps;
   uint32_t threads = 1;
+  bool keep_crc = false;
 };
 
 // One emulated device with its guest.
@@ -91,6 +92,7 @@ struct Node {
     dopt.flavor = shape.flavor;
     dopt.caps = shape.caps;
     dopt.max_queues = shape.queues;
+    dopt.keep_crc = shape.keep_crc;
     dopt.ring_size = 64;
     dopt.rx_buf_len = 1024;  // frames above 1 KiB span buffers
     drv = std::make_unique<guest::IavfDriver>(bus.get(), dopt);
@@ -230,6 +232,53 @@ TEST(DataplaneIntegration, LargeVfServesEveryQueueInBothFlavours) {
     ASSERT_TRUE(n.drv->Close().ok());
     EXPECT_EQ(count("DISABLE_QUEUES_V2"), 1);
     for (uint32_t q = 0; q < kQueues; ++q) EXPECT_FALSE(n.dev->rx_queue(q).enabled) << q;
+  }
+}
+
+// CRC-32 of IEEE 802.3 bit by bit (independent of the data path's tables).
+uint32_t BitwiseFcs(const std::vector<uint8_t>& d) {
+  uint32_t c = 0xFFFFFFFF;
+  for (uint8_t b : d) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+  }
+  return ~c;
+}
+
+// VIRTCHNL_VF_OFFLOAD_CRC: DPDK with KEEP_CRC (crc_disable = 1) receives each
+// frame with its Ethernet FCS appended, least significant byte first; the
+// descriptor length counts it. Without it (the Linux default) nothing is
+// appended.
+TEST(DataplaneIntegration, KeepCrcAppendsTheEthernetFcs) {
+  std::string shm = TestDir();
+  for (bool keep : {true, false}) {
+    SCOPED_TRACE(keep ? "keep_crc" : "stripped");
+    Node n;
+    NodeShape shape;
+    shape.flavor = guest::Flavor::kDpdk;
+    shape.caps = guest::kDpdkIavfCaps;
+    shape.keep_crc = keep;
+    n.Start(keep ? "crc" : "nocrc", "loopback", 1, shm, shape);
+    if (::testing::Test::HasFatalFailure()) return;
+    ASSERT_NE(n.drv->caps() & avf::vc::kCapCrc, 0u) << "granted as ice does";
+    EXPECT_EQ(n.dev->rx_queue(0).keep_crc, keep);
+    std::vector<std::vector<uint8_t>> sent;
+    // Up to DPDK's max_pkt_size (MTU 1500 + 26) with the FCS; 1000 and up
+    // span two 1 KiB buffers.
+    for (size_t len : {60, 61, 1000, 1021, 1514, 1522}) {
+      sent.push_back(MakeFrame(n.drv->mac(), len, uint32_t(len) + 5));
+      ASSERT_TRUE(n.gdp->Transmit(0, sent.back()).ok());
+    }
+    auto got = Collect({&n}, n, sent.size());
+    ASSERT_EQ(got.size(), sent.size());
+    for (size_t i = 0; i < sent.size(); ++i) {
+      std::vector<uint8_t> want = sent[i];
+      if (keep) {
+        const uint32_t fcs = BitwiseFcs(sent[i]);
+        for (int b = 0; b < 4; ++b) want.push_back(uint8_t(fcs >> (8 * b)));
+      }
+      EXPECT_EQ(got[i].data, want) << "frame " << i;
+    }
   }
 }
 
