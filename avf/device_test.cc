@@ -1496,6 +1496,48 @@ TEST_F(DeviceTest, VlanV2CapsAreIceSingleVlanModeWithoutPortVlan) {
   EXPECT_FALSE(dev_->vlan_insert_l2tag2()) << "VLAN_V2 offers the L2TAG1 location only";
 }
 
+// The wire layout, byte by byte as include/linux/avf/virtchnl.h lays it out
+// (not through vc:: structs): virtchnl_vlan is 8 bytes, a filter 32 with
+// the inner tag first; the caps reply's fields at their offsets.
+TEST_F(DeviceTest, VlanV2WireLayout) {
+  Negotiate();
+  ArqMessage r = Call(vc::kOpGetOffloadVlanV2Caps, {});
+  ASSERT_EQ(r.payload.size(), 40u);
+  auto u32 = [&](size_t at) { return vc::Load<uint32_t>(r.payload, at); };
+  EXPECT_EQ(u32(0), 0u);                      // filtering_support.outer
+  EXPECT_EQ(u32(4), 0x1u);                    // filtering_support.inner: 8100
+  EXPECT_EQ(u32(8), 0x1u);                    // filtering.ethertype_init
+  EXPECT_EQ(vc::Load<uint16_t>(r.payload, 12), 8);  // max_filters
+  EXPECT_EQ(u32(16), 0u);                     // stripping_support.outer
+  EXPECT_EQ(u32(20), 0x80000101u);            // stripping_support.inner: TOGGLE|L2TAG1|8100
+  EXPECT_EQ(u32(24), 0u);                     // insertion_support.outer
+  EXPECT_EQ(u32(28), 0x80000101u);            // insertion_support.inner
+  EXPECT_EQ(u32(32), 0x1u);                   // offloads.ethertype_init
+  EXPECT_EQ(r.payload[36], 1);                // ethertype_match
+  // ADD_VLAN_V2 of VLAN 100 (inner 0x8100) and, in the second element's
+  // outer half, nothing: 8 + 2 * 32 bytes.
+  std::vector<uint8_t> m(8 + 64, 0);
+  m[0] = kVsiId;
+  m[2] = 2;
+  m[8] = 100;                       // filters[0].inner.tci
+  m[8 + 4] = 0x00, m[8 + 5] = 0x81;  // filters[0].inner.tpid 0x8100 (LE)
+  m[40] = 200;                      // filters[1].inner.tci
+  m[40 + 5] = 0x81;
+  ASSERT_EQ(Status(vc::kOpAddVlanV2, m), 0);
+  EXPECT_TRUE(dev_->vlan_filters()[100]);
+  EXPECT_TRUE(dev_->vlan_filters()[200]);
+  m.pop_back();
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, m), vc::kErrParam) << "71 bytes for two filters";
+  // An outer tag (bytes 8..15 of the element) is refused in SVM.
+  std::vector<uint8_t> o(8 + 32, 0);
+  o[0] = kVsiId;
+  o[2] = 1;
+  o[16] = 5;
+  o[16 + 5] = 0x81;
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, o), vc::kErrParam);
+  EXPECT_FALSE(dev_->vlan_filters()[5]);
+}
+
 TEST_F(DeviceTest, VlanV2FiltersValidatedLikeIce) {
   Negotiate();
   ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);

@@ -287,18 +287,21 @@ struct VlanCaps {
 static_assert(sizeof(VlanCaps) == 40);
 
 struct Vlan {
-  uint16_t tci;
-  uint16_t tci_mask;
-  uint16_t tpid;
+  uint16_t tci;       // 15:13 PCP, 11:0 VID
+  uint16_t tci_mask;  // only with VIRTCHNL_VLAN_FILTER_MASK
+  uint16_t tpid;      // 0x8100, 0x88a8, ... (the TPID itself)
+  uint8_t pad[2];
 };
-static_assert(sizeof(Vlan) == 6);
+static_assert(sizeof(Vlan) == 8);
 
+// Inner first (virtchnl.h: VIRTCHNL_CHECK_STRUCT_LEN(32, virtchnl_vlan_filter)).
 struct VlanFilter {
-  Vlan outer;
   Vlan inner;
+  Vlan outer;
   uint8_t pad[16];
 };
-static_assert(sizeof(VlanFilter) == 28);
+static_assert(sizeof(VlanFilter) == 32);
+static_assert(offsetof(VlanFilter, outer) == 8);
 // ADD/DEL_VLAN_V2: u16 vport_id, u16 num_elements, u8 pad[4], VlanFilter[] at 8.
 
 // ENABLE/DISABLE_VLAN_STRIPPING_V2 / _INSERTION_V2 / _FILTERING_V2.
