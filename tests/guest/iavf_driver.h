@@ -73,9 +73,11 @@ inline constexpr uint32_t kDpdkIavfCaps =
 enum class Flavor {
   kLinux,  // iavf.ko (the default; see the file comment)
   kDpdk,   // net/iavf (drivers/net/intel/iavf): VERSION, GET_VF_RESOURCES
-           // (ARQ polled), then vector 0 served as iavf_dev_interrupt_handler
-           // does (disable irq0, drain the ARQ, re-enable with CLEARPBA; no
-           // ICR01 read), SET_RSS_HENA(0), GET_STATS; configure: RSS LUT,
+           // (ARQ polled), GET_OFFLOAD_VLAN_V2_CAPS with VLAN_V2, then
+           // vector 0 served as iavf_dev_interrupt_handler does (disable
+           // irq0, drain the ARQ, re-enable with CLEARPBA; no ICR01 read),
+           // SET_RSS_HENA(0), GET_STATS; configure: the VLAN offloads
+           // (iavf_dev_init_vlan: stripping and insertion off), RSS LUT,
            // KEY, GET_RSS_HENA_CAPS, SET_RSS_HENA; start: CONFIG_VSI_QUEUES
            // (72 + 64 n bytes, 2048-byte buffers, max_pkt_size MTU + 26),
            // CONFIG_IRQ_MAP (14 + 12 bytes: RX queues on vector 1,
