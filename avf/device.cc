@@ -247,6 +247,7 @@ absl::Status Device::Reset() {
   msix_.Reset();
   vf_major_ = vf_minor_ = 0;
   granted_caps_ = 0;
+  requested_caps_ = 0;
   resources_sent_ = false;
   num_queue_pairs_ = options_.max_queue_pairs;
   return absl::OkStatus();
@@ -558,6 +559,8 @@ void Device::VfReset() {
   vlans_.reset();
   promisc_flags_ = 0;
   vlan_strip_ = false;
+  vlan_v2_caps_sent_ = false;
+  vlan_insert_off_ = false;
   rss_ = {};
   hena_reg_ = {};
   hkey_reg_ = {};
@@ -681,6 +684,9 @@ std::string Device::SerializeRecord(int record) const {
       vf.set_link_up(link_up_);
       vf.set_link_speed_mbps(link_speed_mbps_);
       vf.set_reset_pending(reset_pending_);
+      vf.set_requested_caps(requested_caps_);
+      vf.set_vlan_v2_caps_sent(vlan_v2_caps_sent_);
+      vf.set_vlan_insert_off(vlan_insert_off_);
       return state_store::EncodeRecord(vf);
     }
     case kRecPci: {
@@ -849,7 +855,7 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   }
   vlans_.reset();
   for (uint32_t v : vf.vlan()) {
-    if (v < vlans_.size()) vlans_.set(v);
+    if (v > 0 && v < vlans_.size()) vlans_.set(v);
   }
   promisc_flags_ = vf.promisc_flags() & (vc::kPromiscUnicast | vc::kPromiscMulticast);
   vlan_strip_ = vf.vlan_strip();
@@ -862,6 +868,9 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
   link_up_ = vf.link_up();
   link_speed_mbps_ = vf.link_speed_mbps();
   reset_pending_ = vf.reset_pending();
+  requested_caps_ = vf.requested_caps();
+  vlan_v2_caps_sent_ = vf.vlan_v2_caps_sent();
+  vlan_insert_off_ = vf.vlan_insert_off();
   Touch(kAllRecords);
   return absl::OkStatus();
 }

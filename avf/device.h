@@ -60,17 +60,17 @@ using MacAddr = std::array<uint8_t, 6>;
 
 // Capabilities the device grants when asked (requested & supported; RSS_AQ
 // never; RSS_REG, when supported, to every VF not granted RSS_PF, asked for
-// or not, as ice does). CRC as ice grants it (ice_vc_get_vf_res_msg: to a
-// VF asking): an RX queue configured with crc_disable gets frames with
-// their Ethernet FCS (DPDK's KEEP_CRC, Linux's rx-fcs). VLAN / VLAN_V2 /
-// RX_FLEX_DESC etc. stay off by default: granting VLAN makes Linux expect
-// tag stripping/insertion from the data path.
-// LARGE_NUM_QPAIRS is granted only to a device of more than 16 queue pairs
-// (as ice grants it only to a VF given a bigger RSS LUT).
+// or not, as i40e does; ice itself has stopped granting RSS_REG). CRC as ice
+// grants it (ice_vc_get_vf_res_msg: to a VF asking): an RX queue configured
+// with crc_disable gets frames with their Ethernet FCS (DPDK's KEEP_CRC,
+// Linux's rx-fcs). VLAN_V2 to a driver asking for it, else VLAN, never both,
+// as ice_vc_get_vf_res_msg grants them. LARGE_NUM_QPAIRS is granted only to
+// a device of more than 16 queue pairs (as ice grants it only to a VF given
+// a bigger RSS LUT).
 inline constexpr uint32_t kDefaultSupportedCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg |
                                                   vc::kCapWbOnItr | vc::kCapReqQueues |
                                                   vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs |
-                                                  vc::kCapCrc;
+                                                  vc::kCapCrc | vc::kCapVlan | vc::kCapVlanV2;
 
 // MSI-X vectors of a device offering `max_queue_pairs`: 17 (misc + 16, what
 // an ice VF gets by default, ICE_NUM_VF_MSIX_MED) up to 16 queue pairs, else
@@ -84,6 +84,19 @@ constexpr uint32_t DeviceMsixVectors(uint32_t max_queue_pairs) {
 // A set of queues (bit q = queue q; kMaxQueuePairs <= 64).
 using QueueMask = uint64_t;
 static_assert(kMaxQueuePairs <= 64);
+
+// VLAN filters a VF may hold (ice's ICE_MAX_VLAN_PER_VF for an untrusted
+// VF; VLAN 0 is implicit and never counted). VLAN_V2 reports it as
+// max_filters; legacy ADD_VLAN stops adding, answering success, once
+// non-zero filters + 1 reach it (ice_vf_has_max_vlans).
+inline constexpr uint32_t kMaxVlanFilters = 8;
+
+// What GET_OFFLOAD_VLAN_V2_CAPS answers: ice in single VLAN mode for a VF
+// without a port VLAN (ice_virtchnl.c:ice_vc_set_svm_caps): filtering,
+// stripping and insertion of the one 802.1Q tag, toggleable, stripped into
+// and inserted from L2TAG1; no 802.1ad (ice offers 0x88a8 only as the outer
+// tag in double VLAN mode, which this model does not emulate).
+vc::VlanCaps VlanV2Caps();
 
 // RSS hash types (i40e PCTYPE bits) the VF hashes on after power-on and
 // every VF reset, before (and unless) the driver sends SET_RSS_HENA: the
@@ -312,8 +325,23 @@ class Device final : public vfio_user::PciDevice {
   // Receive filtering state from virtchnl.
   const std::vector<MacFilterEntry>& mac_filters() const { return macs_; }
   uint16_t promisc_flags() const { return promisc_flags_; }  // vc::kPromisc*
+  // VLAN IDs (1..4095) with a filter; VLAN 0 (untagged and priority-tagged
+  // frames) always passes.
   const std::bitset<4096>& vlan_filters() const { return vlans_; }
+  // Whether the data path filters received 802.1Q frames by VLAN ID: once
+  // VLAN or VLAN_V2 is granted (ice prunes a VF VSI's VLANs); bypassed by
+  // either promiscuous flag (ice's VLAN promiscuous mode).
+  bool vlan_filtering() const { return (granted_caps_ & (vc::kCapVlan | vc::kCapVlanV2)) != 0; }
+  // 802.1Q stripping into L2TAG1 (legacy ENABLE_VLAN_STRIPPING or
+  // ENABLE_VLAN_STRIPPING_V2 inner 0x8100; on after GET_VF_RESOURCES for a
+  // driver asking for VLAN, as ice_vf_init_vlan_stripping).
   bool vlan_strip() const { return vlan_strip_; }
+  // TX VLAN insertion the data path performs: from the data descriptor's
+  // L2TAG1 unless VLAN_V2 insertion was disabled
+  // (DISABLE_VLAN_INSERTION_V2); from the context descriptor's L2TAG2 only
+  // without VLAN_V2 (the VLAN_V2 caps offer the L2TAG1 location only).
+  bool vlan_insert_l2tag1() const { return !vlan_insert_off_; }
+  bool vlan_insert_l2tag2() const { return !(granted_caps_ & vc::kCapVlanV2); }
   const RssConfig& rss() const { return rss_; }
   uint32_t granted_caps() const { return granted_caps_; }
   // Changes the "physical" link; sends LINK_CHANGE now if queues are running.
@@ -376,6 +404,10 @@ class Device final : public vfio_user::PciDevice {
   uint32_t QueuePairLimit() const;
   int32_t OpEthAddr(absl::Span<const uint8_t> msg, bool add);
   int32_t OpVlan(absl::Span<const uint8_t> msg, bool add);
+  int32_t OpVlanStripping(bool enable);
+  int32_t OpGetVlanV2Caps(std::vector<uint8_t>* out);
+  int32_t OpVlanV2(absl::Span<const uint8_t> msg, bool add);
+  int32_t OpVlanSettingV2(uint32_t v_op, absl::Span<const uint8_t> msg);
   int32_t OpPromisc(absl::Span<const uint8_t> msg);
   int32_t OpGetStats(absl::Span<const uint8_t> msg, std::vector<uint8_t>* out);
   int32_t OpRssKey(absl::Span<const uint8_t> msg);
@@ -441,6 +473,9 @@ class Device final : public vfio_user::PciDevice {
   std::bitset<4096> vlans_;
   uint16_t promisc_flags_ = 0;
   bool vlan_strip_ = false;
+  uint32_t requested_caps_ = 0;    // GET_VF_RESOURCES' word (ice: driver_caps)
+  bool vlan_v2_caps_sent_ = false; // GET_OFFLOAD_VLAN_V2_CAPS answered since the reset
+  bool vlan_insert_off_ = false;   // DISABLE_VLAN_INSERTION_V2
   RssConfig rss_;
   bool link_reported_up_ = false;
   bool reset_pending_ = false;  // RESET_VF handled; reset at the next register read

@@ -225,7 +225,8 @@ TEST_F(DeviceTest, VersionAndResources) {
   EXPECT_EQ(res.vf_cap_flags & must, must);
   EXPECT_EQ(res.vf_cap_flags & ~kLinuxCaps, 0u) << "never more than requested";
   EXPECT_EQ(res.vf_cap_flags & vc::kCapRssAq, 0u);
-  EXPECT_EQ(res.vf_cap_flags & vc::kCapVlanV2, 0u);
+  // Linux asks for VLAN and VLAN_V2: ice grants VLAN_V2 alone.
+  EXPECT_EQ(res.vf_cap_flags & (vc::kCapVlanV2 | vc::kCapVlan), vc::kCapVlanV2);
 }
 
 TEST_F(DeviceTest, LegacyVfGetsResourcesWithoutCapabilityWord) {
@@ -240,8 +241,11 @@ TEST_F(DeviceTest, LegacyVfGetsResourcesWithoutCapabilityWord) {
   EXPECT_EQ(vc::Load<vc::VersionInfo>(ver->payload, 0).minor, 0u);
   ArqMessage r = Call(vc::kOpGetVfResources, {});
   EXPECT_EQ(r.v_retval, 0);
-  // ice_vc_get_vf_res_msg: no RSS_PF -> RSS_REG (the legacy set asks for it).
-  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags, vc::kCapL2 | vc::kCapRssReg);
+  // ice_vc_get_vf_res_msg: no RSS_PF -> RSS_REG (the legacy set asks for
+  // it), and the legacy VLAN offload.
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags,
+            vc::kCapL2 | vc::kCapRssReg | vc::kCapVlan);
+  EXPECT_TRUE(dev_->vlan_strip()) << "ice_vf_init_vlan_stripping: on for a VLAN driver";
   // A 1.1 VF that asks for neither RSS_PF nor RSS_REG still gets RSS_REG.
   uint32_t caps = vc::kCapL2 | vc::kCapRssAq | vc::kCapWbOnItr;
   r = *drv_->CallStruct(vc::kOpGetVfResources, caps);
@@ -576,7 +580,8 @@ TEST_F(DeviceTest, LengthRulesAcceptLegacyAndMinimalSizesOnly) {
 
 TEST_F(DeviceTest, UnknownOpsAreNotSupported) {
   Negotiate();
-  for (uint32_t op : {0u, 4u, 5u, 16u, 17u, 20u, 30u, 44u, 51u, 107u, 0xFFFFFFFFu}) {
+  // 58/59: ENABLE/DISABLE_VLAN_FILTERING_V2, which ice does not implement.
+  for (uint32_t op : {0u, 4u, 5u, 16u, 17u, 20u, 30u, 44u, 58u, 59u, 0xFFFFFFFFu}) {
     ArqMessage r = Call(op, Bytes().Zero(16).span());
     EXPECT_EQ(r.v_retval, vc::kNotSupported) << op;
     EXPECT_EQ(r.desc.flags & kAqFlagErr, 0);
@@ -1448,6 +1453,294 @@ TEST_F(DeviceTest, AFireIsNeverLostToAKillBeforeTheDisarmingStore) {
   succ->Attach({&dma_, &again});
   ASSERT_TRUE(succ->RegionWrite(vfio_user::kBar0, VfintDynCtln1(0), absl::MakeConstSpan(b, 4)).ok());
   EXPECT_EQ(again.Count(1), 1) << "re-applying the write at the socket head fires again";
+}
+
+// ------------------------------------------------------------ VLAN (issue 18)
+
+Bytes VlanV2List(std::initializer_list<vc::VlanFilter> filters, uint16_t vport = kVsiId) {
+  Bytes b;
+  b.Add(vport).Add(static_cast<uint16_t>(filters.size())).Zero(4);
+  for (const auto& f : filters) b.Add(f);
+  return b;
+}
+vc::VlanFilter Inner(uint16_t tci, uint16_t tpid = 0x8100) {
+  vc::VlanFilter f{};
+  f.inner.tci = tci;
+  f.inner.tpid = tpid;
+  return f;
+}
+Bytes Setting(uint32_t outer, uint32_t inner, uint16_t vport = kVsiId) {
+  vc::VlanSetting s{};
+  s.outer_ethertype_setting = outer;
+  s.inner_ethertype_setting = inner;
+  s.vport_id = vport;
+  return Bytes().Add(s);
+}
+
+TEST_F(DeviceTest, VlanV2CapsAreIceSingleVlanModeWithoutPortVlan) {
+  Negotiate();  // Linux: VLAN | VLAN_V2 requested, VLAN_V2 granted
+  EXPECT_TRUE(dev_->vlan_filtering());
+  EXPECT_TRUE(dev_->vlan_strip()) << "ice_vf_init_vlan_stripping: the driver asked for VLAN";
+  // Before the caps: ice validates against all-zero caps.
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(100)}).span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()),
+            vc::kErrParam);
+  ArqMessage r = Call(vc::kOpGetOffloadVlanV2Caps, {});
+  ASSERT_EQ(r.v_retval, 0);
+  ASSERT_EQ(r.payload.size(), sizeof(vc::VlanCaps));
+  auto c = vc::Load<vc::VlanCaps>(r.payload, 0);
+  EXPECT_EQ(c.filtering.filtering_support.inner, vc::kVlanEthertype8100);
+  EXPECT_EQ(c.filtering.filtering_support.outer, 0u);
+  EXPECT_EQ(c.filtering.ethertype_init, vc::kVlanEthertype8100);
+  EXPECT_EQ(c.filtering.max_filters, 8);
+  const uint32_t off = vc::kVlanEthertype8100 | vc::kVlanToggle | vc::kVlanTagLocationL2tag1;
+  EXPECT_EQ(c.offloads.stripping_support.inner, off);
+  EXPECT_EQ(c.offloads.insertion_support.inner, off);
+  EXPECT_EQ(c.offloads.stripping_support.outer, 0u);
+  EXPECT_EQ(c.offloads.insertion_support.outer, 0u);
+  EXPECT_EQ(c.offloads.ethertype_init, vc::kVlanEthertype8100);
+  EXPECT_EQ(c.offloads.ethertype_match, vc::kEthertypeStrippingMatchesInsertion);
+  EXPECT_TRUE(dev_->vlan_insert_l2tag1());
+  EXPECT_FALSE(dev_->vlan_insert_l2tag2()) << "VLAN_V2 offers the L2TAG1 location only";
+}
+
+// The wire layout, byte by byte as include/linux/avf/virtchnl.h lays it out
+// (not through vc:: structs): virtchnl_vlan is 8 bytes, a filter 32 with
+// the inner tag first; the caps reply's fields at their offsets.
+TEST_F(DeviceTest, VlanV2WireLayout) {
+  Negotiate();
+  ArqMessage r = Call(vc::kOpGetOffloadVlanV2Caps, {});
+  ASSERT_EQ(r.payload.size(), 40u);
+  auto u32 = [&](size_t at) { return vc::Load<uint32_t>(r.payload, at); };
+  EXPECT_EQ(u32(0), 0u);                      // filtering_support.outer
+  EXPECT_EQ(u32(4), 0x1u);                    // filtering_support.inner: 8100
+  EXPECT_EQ(u32(8), 0x1u);                    // filtering.ethertype_init
+  EXPECT_EQ(vc::Load<uint16_t>(r.payload, 12), 8);  // max_filters
+  EXPECT_EQ(u32(16), 0u);                     // stripping_support.outer
+  EXPECT_EQ(u32(20), 0x80000101u);            // stripping_support.inner: TOGGLE|L2TAG1|8100
+  EXPECT_EQ(u32(24), 0u);                     // insertion_support.outer
+  EXPECT_EQ(u32(28), 0x80000101u);            // insertion_support.inner
+  EXPECT_EQ(u32(32), 0x1u);                   // offloads.ethertype_init
+  EXPECT_EQ(r.payload[36], 1);                // ethertype_match
+  // ADD_VLAN_V2 of VLAN 100 (inner 0x8100) and, in the second element's
+  // outer half, nothing: 8 + 2 * 32 bytes.
+  std::vector<uint8_t> m(8 + 64, 0);
+  m[0] = kVsiId;
+  m[2] = 2;
+  m[8] = 100;                       // filters[0].inner.tci
+  m[8 + 4] = 0x00, m[8 + 5] = 0x81;  // filters[0].inner.tpid 0x8100 (LE)
+  m[40] = 200;                      // filters[1].inner.tci
+  m[40 + 5] = 0x81;
+  ASSERT_EQ(Status(vc::kOpAddVlanV2, m), 0);
+  EXPECT_TRUE(dev_->vlan_filters()[100]);
+  EXPECT_TRUE(dev_->vlan_filters()[200]);
+  m.pop_back();
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, m), vc::kErrParam) << "71 bytes for two filters";
+  // An outer tag (bytes 8..15 of the element) is refused in SVM.
+  std::vector<uint8_t> o(8 + 32, 0);
+  o[0] = kVsiId;
+  o[2] = 1;
+  o[16] = 5;
+  o[16 + 5] = 0x81;
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, o), vc::kErrParam);
+  EXPECT_FALSE(dev_->vlan_filters()[5]);
+}
+
+TEST_F(DeviceTest, VlanV2FiltersValidatedLikeIce) {
+  Negotiate();
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  const int before = hooks_.filters_changed;
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(100), Inner(0x0fff)}).span()), 0);
+  EXPECT_TRUE(dev_->vlan_filters()[100]);
+  EXPECT_TRUE(dev_->vlan_filters()[4095]);
+  EXPECT_GT(hooks_.filters_changed, before);
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(100)}).span()), 0) << "duplicate";
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(0)}).span()), 0) << "TCI 0: skipped";
+  EXPECT_EQ(dev_->vlan_filters().count(), 2u);
+  EXPECT_EQ(Status(vc::kOpDelVlanV2, VlanV2List({Inner(300)}).span()), 0) << "absent";
+  // Refused, nothing applied.
+  vc::VlanFilter outer{};
+  outer.outer.tci = 5;
+  outer.outer.tpid = 0x88a8;
+  vc::VlanFilter masked = Inner(5);
+  masked.inner.tci_mask = 0x0fff;
+  for (const Bytes& bad : {VlanV2List({Inner(5)}, kVsiId + 1), VlanV2List({Inner(6), outer}),
+                           VlanV2List({Inner(6), masked}), VlanV2List({Inner(6), Inner(0x2005)}),
+                           VlanV2List({Inner(6), Inner(5, 0x88a8)}),
+                           VlanV2List({Inner(6), Inner(5, 0x9100)})}) {
+    EXPECT_EQ(Status(vc::kOpAddVlanV2, bad.span()), vc::kErrParam);
+    EXPECT_EQ(Status(vc::kOpDelVlanV2, bad.span()), vc::kErrParam);
+  }
+  EXPECT_FALSE(dev_->vlan_filters()[6]);
+  EXPECT_FALSE(dev_->vlan_filters()[5]);
+  // Lengths: no element, fewer bytes than announced.
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, Bytes().Add(uint16_t{kVsiId}).Add(uint16_t{0}).Zero(32).span()),
+            vc::kErrParam);
+  Bytes cut = VlanV2List({Inner(7), Inner(8)});
+  cut.vec().resize(cut.vec().size() - 1);
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, cut.span()), vc::kErrParam);
+  // max_filters: 2 held + 7 > 8 refused whole; 2 + 6 fits.
+  const uint64_t full = dev_->counters().vlan_filters_full;
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(10), Inner(11), Inner(12), Inner(13),
+                                                 Inner(14), Inner(15), Inner(16)}).span()),
+            vc::kErrParam);
+  EXPECT_EQ(dev_->vlan_filters().count(), 2u);
+  EXPECT_EQ(dev_->counters().vlan_filters_full, full + 1);
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(10), Inner(11), Inner(12), Inner(13),
+                                                 Inner(14), Inner(15)}).span()),
+            0);
+  EXPECT_EQ(dev_->vlan_filters().count(), 8u);
+  EXPECT_EQ(Status(vc::kOpDelVlanV2, VlanV2List({Inner(100), Inner(10)}).span()), 0);
+  EXPECT_FALSE(dev_->vlan_filters()[100]);
+  EXPECT_EQ(dev_->vlan_filters().count(), 6u);
+}
+
+TEST_F(DeviceTest, VlanV2StrippingAndInsertionSettings) {
+  Negotiate();
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  const uint32_t q = vc::kVlanEthertype8100;
+  EXPECT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, q).span()), 0);
+  EXPECT_FALSE(dev_->vlan_strip());
+  EXPECT_EQ(Status(vc::kOpEnableVlanStrippingV2, Setting(0, q).span()), 0);
+  EXPECT_TRUE(dev_->vlan_strip());
+  EXPECT_EQ(Status(vc::kOpDisableVlanInsertionV2, Setting(0, q).span()), 0);
+  EXPECT_FALSE(dev_->vlan_insert_l2tag1());
+  EXPECT_EQ(Status(vc::kOpEnableVlanInsertionV2, Setting(0, q).span()), 0);
+  EXPECT_TRUE(dev_->vlan_insert_l2tag1());
+  for (uint32_t op : {vc::kOpEnableVlanStrippingV2, vc::kOpDisableVlanStrippingV2,
+                      vc::kOpEnableVlanInsertionV2, vc::kOpDisableVlanInsertionV2}) {
+    EXPECT_EQ(Status(op, Setting(0, 0).span()), vc::kErrParam) << "no setting";
+    EXPECT_EQ(Status(op, Setting(q, 0).span()), vc::kErrParam) << "outer: unsupported in SVM";
+    EXPECT_EQ(Status(op, Setting(0, q | vc::kVlanEthertype88a8).span()), vc::kErrParam)
+        << "two ethertypes without ETHERTYPE_AND";
+    EXPECT_EQ(Status(op, Setting(0, vc::kVlanEthertype88a8).span()), vc::kErrParam);
+    EXPECT_EQ(Status(op, Setting(0, q, kVsiId + 1).span()), vc::kErrParam) << "foreign vport";
+    EXPECT_EQ(Status(op, Bytes().Add(uint32_t{0}).Add(q).span()), vc::kErrParam) << "short";
+  }
+  // A location bit passes ice's validation; only ENABLE needs a real TPID.
+  EXPECT_EQ(Status(vc::kOpEnableVlanStrippingV2, Setting(0, vc::kVlanTagLocationL2tag1).span()),
+            vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanTagLocationL2tag1).span()), 0);
+  EXPECT_FALSE(dev_->vlan_strip());
+  EXPECT_TRUE(dev_->vlan_insert_l2tag1());
+}
+
+TEST_F(DeviceTest, VlanV2StrippingRefusedWhileAQueueKeepsTheCrc) {
+  DeviceOptions o;
+  o.supported_caps |= vc::kCapCrc;
+  Make(o);
+  Negotiate();
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  Bytes b = VsiQueues(1);
+  reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8)->rxq.crc_disable = 1;
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), 0);
+  EXPECT_EQ(Status(vc::kOpEnableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()),
+            vc::kNotSupported);
+  EXPECT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
+}
+
+TEST_F(DeviceTest, LegacyVlanForADriverWithoutVlanV2) {
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 1};
+  ASSERT_EQ(drv_->CallStruct(vc::kOpVersion, v)->v_retval, 0);
+  const uint32_t caps = vc::kCapL2 | vc::kCapRssPf | vc::kCapVlan | vc::kCapWbOnItr;
+  ArqMessage r = *drv_->CallStruct(vc::kOpGetVfResources, caps);
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags & (vc::kCapVlan | vc::kCapVlanV2),
+            vc::kCapVlan);
+  EXPECT_TRUE(dev_->vlan_filtering());
+  EXPECT_TRUE(dev_->vlan_strip());
+  EXPECT_TRUE(dev_->vlan_insert_l2tag2()) << "no VLAN_V2: both descriptor locations";
+  EXPECT_EQ(Status(vc::kOpGetOffloadVlanV2Caps, {}), vc::kErrParam) << "VLAN_V2 not granted";
+  EXPECT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(100)}).span()), vc::kErrParam);
+  auto vlans = [](std::initializer_list<uint16_t> ids) {
+    Bytes b;
+    b.Add(uint16_t{kVsiId}).Add(static_cast<uint16_t>(ids.size()));
+    for (uint16_t id : ids) b.Add(id);
+    return b;
+  };
+  EXPECT_EQ(Status(vc::kOpAddVlan, vlans({0, 100, 200}).span()), 0);
+  EXPECT_TRUE(dev_->vlan_filters()[100]);
+  EXPECT_TRUE(dev_->vlan_filters()[200]);
+  EXPECT_FALSE(dev_->vlan_filters()[0]) << "VLAN 0 is implicit";
+  EXPECT_EQ(Status(vc::kOpAddVlan, vlans({5, 4096}).span()), vc::kErrParam);
+  EXPECT_FALSE(dev_->vlan_filters()[5]) << "nothing applied";
+  // ice_vf_has_max_vlans: adding stops at 7 non-zero IDs, answered success.
+  EXPECT_EQ(Status(vc::kOpAddVlan, vlans({1, 2, 3, 4, 5, 6, 7}).span()), 0);
+  EXPECT_EQ(dev_->vlan_filters().count(), 7u);
+  EXPECT_FALSE(dev_->vlan_filters()[6]);
+  EXPECT_EQ(dev_->counters().vlan_filters_full, 1u);
+  EXPECT_EQ(Status(vc::kOpDelVlan, vlans({100, 999}).span()), 0);
+  EXPECT_FALSE(dev_->vlan_filters()[100]);
+  EXPECT_EQ(Status(vc::kOpDisableVlanStripping, {}), 0);
+  EXPECT_FALSE(dev_->vlan_strip());
+  EXPECT_EQ(Status(vc::kOpEnableVlanStripping, {}), 0);
+  EXPECT_TRUE(dev_->vlan_strip());
+  // The V2 setting ops are refused too (no caps were sent).
+  EXPECT_EQ(Status(vc::kOpDisableVlanInsertionV2, Setting(0, vc::kVlanEthertype8100).span()),
+            vc::kErrParam);
+  EXPECT_TRUE(dev_->vlan_insert_l2tag1());
+}
+
+TEST_F(DeviceTest, VlanOpsRefusedToADriverNotAskingForVlan) {
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 1};
+  ASSERT_EQ(drv_->CallStruct(vc::kOpVersion, v)->v_retval, 0);
+  ArqMessage r = *drv_->CallStruct(vc::kOpGetVfResources, uint32_t{vc::kCapL2 | vc::kCapRssPf});
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags & (vc::kCapVlan | vc::kCapVlanV2), 0u);
+  EXPECT_FALSE(dev_->vlan_filtering());
+  EXPECT_FALSE(dev_->vlan_strip());
+  Bytes one;
+  one.Add(uint16_t{kVsiId}).Add(uint16_t{1}).Add(uint16_t{100});
+  EXPECT_EQ(Status(vc::kOpAddVlan, one.span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpDelVlan, one.span()), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpEnableVlanStripping, {}), vc::kErrParam);
+  EXPECT_EQ(Status(vc::kOpDisableVlanStripping, {}), vc::kErrParam);
+  EXPECT_FALSE(dev_->vlan_filters().any());
+  EXPECT_FALSE(dev_->vlan_strip());
+  // And a device configured without VLAN support grants neither.
+  DeviceOptions o;
+  o.supported_caps &= ~(vc::kCapVlan | vc::kCapVlanV2);
+  Make(o);
+  Negotiate();
+  EXPECT_FALSE(dev_->vlan_filtering());
+  EXPECT_FALSE(dev_->vlan_strip());
+  EXPECT_EQ(Status(vc::kOpAddVlan, one.span()), vc::kErrParam);
+}
+
+TEST_F(DeviceTest, VlanStateIsSavedRestoredAndClearedByAVfReset) {
+  Negotiate();
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  ASSERT_EQ(Status(vc::kOpAddVlanV2, VlanV2List({Inner(100), Inner(7)}).span()), 0);
+  ASSERT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
+  ASSERT_EQ(Status(vc::kOpDisableVlanInsertionV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
+  vfio_user::MapDeviceRecords records;
+  ASSERT_TRUE(dev_->Save(records).ok());
+  ASSERT_TRUE(dev_->SaveCacheConsistentForTest());
+  auto other = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(other.ok());
+  Device& b = **other;
+  ASSERT_TRUE(b.Restore(records).ok());
+  EXPECT_EQ(b.vlan_filters(), dev_->vlan_filters());
+  EXPECT_FALSE(b.vlan_strip());
+  EXPECT_FALSE(b.vlan_insert_l2tag1());
+  EXPECT_TRUE(b.vlan_filtering());
+  // The successor keeps answering V2 ops (the caps were sent before).
+  dev_->Detach();
+  dev_ = std::move(*other);
+  FakeIrqs irqs2;
+  dev_->Attach({&dma_, &irqs2});
+  // A VF reset clears filters, settings and the caps negotiation.
+  dev_->ResetVfFromPf();
+  EXPECT_FALSE(dev_->vlan_filters().any());
+  EXPECT_FALSE(dev_->vlan_strip());
+  EXPECT_TRUE(dev_->vlan_insert_l2tag1());
+  vfio_user::MapDeviceRecords after;
+  ASSERT_TRUE(dev_->Save(after).ok());
+  auto c = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE((*c)->Restore(after).ok());
+  EXPECT_FALSE((*c)->vlan_filters().any());
+  EXPECT_TRUE((*c)->vlan_insert_l2tag1());
 }
 
 }  // namespace

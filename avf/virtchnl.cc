@@ -45,6 +45,14 @@ const char* OpName(uint32_t op) {
     case kOpRequestQueues: return "REQUEST_QUEUES";
     case kOpGetMaxRssQregion: return "GET_MAX_RSS_QREGION";
     case kOpGetOffloadVlanV2Caps: return "GET_OFFLOAD_VLAN_V2_CAPS";
+    case kOpAddVlanV2: return "ADD_VLAN_V2";
+    case kOpDelVlanV2: return "DEL_VLAN_V2";
+    case kOpEnableVlanStrippingV2: return "ENABLE_VLAN_STRIPPING_V2";
+    case kOpDisableVlanStrippingV2: return "DISABLE_VLAN_STRIPPING_V2";
+    case kOpEnableVlanInsertionV2: return "ENABLE_VLAN_INSERTION_V2";
+    case kOpDisableVlanInsertionV2: return "DISABLE_VLAN_INSERTION_V2";
+    case kOpEnableVlanFilteringV2: return "ENABLE_VLAN_FILTERING_V2";
+    case kOpDisableVlanFilteringV2: return "DISABLE_VLAN_FILTERING_V2";
     case kOpEnableQueuesV2: return "ENABLE_QUEUES_V2";
     case kOpDisableQueuesV2: return "DISABLE_QUEUES_V2";
     case kOpMapQueueVector: return "MAP_QUEUE_VECTOR";

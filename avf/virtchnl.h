@@ -43,6 +43,14 @@ enum Op : uint32_t {
   kOpRequestQueues = 29,
   kOpGetMaxRssQregion = 50,
   kOpGetOffloadVlanV2Caps = 51,
+  kOpAddVlanV2 = 52,
+  kOpDelVlanV2 = 53,
+  kOpEnableVlanStrippingV2 = 54,
+  kOpDisableVlanStrippingV2 = 55,
+  kOpEnableVlanInsertionV2 = 56,
+  kOpDisableVlanInsertionV2 = 57,
+  kOpEnableVlanFilteringV2 = 58,
+  kOpDisableVlanFilteringV2 = 59,
   kOpEnableQueuesV2 = 107,
   kOpDisableQueuesV2 = 108,
   kOpMapQueueVector = 111,
@@ -235,6 +243,79 @@ struct PfEvent {
   int32_t severity;
 };
 static_assert(sizeof(PfEvent) == 16);
+
+// VLAN_V2 (virtchnl_vlan_support bits, used in every *_support word and
+// in the ethertype settings).
+inline constexpr uint32_t kVlanUnsupported = 0;
+inline constexpr uint32_t kVlanEthertype8100 = 0x1;
+inline constexpr uint32_t kVlanEthertype88a8 = 0x2;
+inline constexpr uint32_t kVlanEthertype9100 = 0x4;
+inline constexpr uint32_t kVlanTagLocationL2tag1 = 0x100;
+inline constexpr uint32_t kVlanTagLocationL2tag2 = 0x200;
+inline constexpr uint32_t kVlanTagLocationL2tag2_2 = 0x400;
+inline constexpr uint32_t kVlanPrio = 0x01000000;
+inline constexpr uint32_t kVlanFilterMask = 0x10000000;
+inline constexpr uint32_t kVlanEthertypeAnd = 0x20000000;
+inline constexpr uint32_t kVlanEthertypeXor = 0x40000000;
+inline constexpr uint32_t kVlanToggle = 0x80000000;
+inline constexpr uint8_t kEthertypeStrippingMatchesInsertion = 1;
+
+struct VlanSupportedCaps {
+  uint32_t outer;
+  uint32_t inner;
+};
+static_assert(sizeof(VlanSupportedCaps) == 8);
+
+struct VlanFilteringCaps {
+  VlanSupportedCaps filtering_support;
+  uint32_t ethertype_init;
+  uint16_t max_filters;
+  uint8_t pad[2];
+};
+static_assert(sizeof(VlanFilteringCaps) == 16);
+
+struct VlanOffloadCaps {
+  VlanSupportedCaps stripping_support;
+  VlanSupportedCaps insertion_support;
+  uint32_t ethertype_init;
+  uint8_t ethertype_match;
+  uint8_t pad[3];
+};
+static_assert(sizeof(VlanOffloadCaps) == 24);
+
+// GET_OFFLOAD_VLAN_V2_CAPS reply.
+struct VlanCaps {
+  VlanFilteringCaps filtering;
+  VlanOffloadCaps offloads;
+};
+static_assert(sizeof(VlanCaps) == 40);
+
+struct Vlan {
+  uint16_t tci;       // 15:13 PCP, 11:0 VID
+  uint16_t tci_mask;  // only with VIRTCHNL_VLAN_FILTER_MASK
+  uint16_t tpid;      // 0x8100, 0x88a8, ... (the TPID itself)
+  uint8_t pad[2];
+};
+static_assert(sizeof(Vlan) == 8);
+
+// Inner first (virtchnl.h: VIRTCHNL_CHECK_STRUCT_LEN(32, virtchnl_vlan_filter)).
+struct VlanFilter {
+  Vlan inner;
+  Vlan outer;
+  uint8_t pad[16];
+};
+static_assert(sizeof(VlanFilter) == 32);
+static_assert(offsetof(VlanFilter, outer) == 8);
+// ADD/DEL_VLAN_V2: u16 vport_id, u16 num_elements, u8 pad[4], VlanFilter[] at 8.
+
+// ENABLE/DISABLE_VLAN_STRIPPING_V2 / _INSERTION_V2 / _FILTERING_V2.
+struct VlanSetting {
+  uint32_t outer_ethertype_setting;
+  uint32_t inner_ethertype_setting;
+  uint16_t vport_id;
+  uint8_t pad[6];
+};
+static_assert(sizeof(VlanSetting) == 16);
 
 struct VfResRequest {
   uint16_t num_queue_pairs;

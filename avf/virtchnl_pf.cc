@@ -70,6 +70,18 @@ bool LengthOk(uint32_t op, absl::Span<const uint8_t> m) {
       return c != 0 && n >= 4 + size_t{c} * 2;
     }
     case vc::kOpConfigPromiscuousMode: return n >= sizeof(vc::PromiscInfo);
+    case vc::kOpGetOffloadVlanV2Caps: return true;
+    case vc::kOpAddVlanV2:
+    case vc::kOpDelVlanV2: {
+      if (n < 8) return false;
+      uint16_t c = Load<uint16_t>(m, 2);
+      return c != 0 && n >= 8 + size_t{c} * sizeof(vc::VlanFilter);
+    }
+    case vc::kOpEnableVlanStrippingV2:
+    case vc::kOpDisableVlanStrippingV2:
+    case vc::kOpEnableVlanInsertionV2:
+    case vc::kOpDisableVlanInsertionV2:
+      return n >= sizeof(vc::VlanSetting);
     case vc::kOpConfigRssKey:
     case vc::kOpConfigRssLut: {
       if (n < 4) return false;
@@ -194,7 +206,9 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
     case vc::kOpGetStats: case vc::kOpConfigRssKey: case vc::kOpConfigRssLut:
     case vc::kOpGetRssHenaCaps: case vc::kOpSetRssHena: case vc::kOpConfigRssHfunc:
     case vc::kOpEnableVlanStripping: case vc::kOpDisableVlanStripping:
-    case vc::kOpRequestQueues:
+    case vc::kOpRequestQueues: case vc::kOpGetOffloadVlanV2Caps: case vc::kOpAddVlanV2:
+    case vc::kOpDelVlanV2: case vc::kOpEnableVlanStrippingV2: case vc::kOpDisableVlanStrippingV2:
+    case vc::kOpEnableVlanInsertionV2: case vc::kOpDisableVlanInsertionV2:
       break;
     case vc::kOpGetMaxRssQregion: case vc::kOpEnableQueuesV2: case vc::kOpDisableQueuesV2:
     case vc::kOpMapQueueVector:
@@ -206,6 +220,9 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
       }
       break;
     default:
+      // ENABLE/DISABLE_VLAN_FILTERING_V2 among them: ice has no handler
+      // (ice_virtchnl_dflt_ops) and never offers VIRTCHNL_VLAN_TOGGLE for
+      // filtering.
       Reply(v_op, vc::kNotSupported);
       return AdminQueue::Next::kContinue;
   }
@@ -301,9 +318,20 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
       break;
     case vc::kOpEnableVlanStripping:
     case vc::kOpDisableVlanStripping:
-      // Answered as a success even without the VLAN cap (some consumers
-      // treat a failed DISABLE as fatal); the data path reads vlan_strip().
-      vlan_strip_ = v_op == vc::kOpEnableVlanStripping;
+      status = OpVlanStripping(v_op == vc::kOpEnableVlanStripping);
+      break;
+    case vc::kOpGetOffloadVlanV2Caps:
+      status = OpGetVlanV2Caps(&out);
+      break;
+    case vc::kOpAddVlanV2:
+    case vc::kOpDelVlanV2:
+      status = OpVlanV2(msg, v_op == vc::kOpAddVlanV2);
+      break;
+    case vc::kOpEnableVlanStrippingV2:
+    case vc::kOpDisableVlanStrippingV2:
+    case vc::kOpEnableVlanInsertionV2:
+    case vc::kOpDisableVlanInsertionV2:
+      status = OpVlanSettingV2(v_op, msg);
       break;
     case vc::kOpRequestQueues:
       if (OpRequestQueues(msg, &out)) return AdminQueue::Next::kStop;
@@ -333,6 +361,7 @@ int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint
     // A 1.0 VF sends no capability word: the legacy set.
     requested = vc::kCapL2 | vc::kCapRssReg | vc::kCapVlan;
   }
+  requested_caps_ = requested;
   granted_caps_ = requested & options_.supported_caps & ~(vc::kCapRssAq | vc::kCapRssReg);
   // LARGE_NUM_QPAIRS only for a VF given more than 16 queue pairs (ice:
   // only with an RSS LUT bigger than the VSI's). A VF without it has at most
@@ -340,6 +369,9 @@ int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint
   // to that (REQUEST_QUEUES cannot ask for more).
   if (options_.max_queue_pairs <= kLegacyMaxQueuePairs) granted_caps_ &= ~vc::kCapLargeNumQpairs;
   if (num_queue_pairs_ > QueuePairLimit()) num_queue_pairs_ = QueuePairLimit();
+  // VLAN_V2 if asked for, else the legacy VLAN (ice_vc_get_vf_res_msg, in
+  // single VLAN mode without a port VLAN): never both.
+  if (granted_caps_ & vc::kCapVlanV2) granted_caps_ &= ~vc::kCapVlan;
   // One RSS mechanism, as ice_virtchnl.c:ice_vc_get_vf_res_msg grants it:
   // RSS_PF if asked for, else RSS_REG whether asked for or not (a driver
   // without RSS_PF programs the VFQF_* registers: iavf_main.c:iavf_init_rss
@@ -348,6 +380,17 @@ int32_t Device::OpGetVfResources(absl::Span<const uint8_t> msg, std::vector<uint
     granted_caps_ |= vc::kCapRssReg;
   }
   resources_sent_ = true;
+  // ice_vf_init_vlan_stripping: 802.1Q stripping starts on for a driver
+  // that asked for the legacy VLAN offload (whether or not VLAN_V2 was
+  // granted instead), off otherwise.
+  const bool strip = (requested & vc::kCapVlan) &&
+                     (granted_caps_ & (vc::kCapVlan | vc::kCapVlanV2));
+  if (strip != vlan_strip_) {
+    vlan_strip_ = strip;
+    if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+  } else if (hooks_ != nullptr) {
+    hooks_->OnFiltersChanged();  // vlan_filtering() follows the grant
+  }
   vc::VfResource r{};
   r.num_vsis = 1;
   r.num_queue_pairs = static_cast<uint16_t>(num_queue_pairs_);
@@ -416,6 +459,9 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
           x.max_pkt_size > kMaxFrameSize || (x.crc_disable && !(granted_caps_ & vc::kCapCrc))) {
         return vc::kErrParam;
       }
+      // A kept CRC and a stripped VLAN tag exclude each other, as in
+      // ice_vc_cfg_qs_msg (crc_disable && vf->vlan_strip_ena: ERR_PARAM).
+      if (x.crc_disable && vlan_strip_) return vc::kErrParam;
       if ((x.dma_ring_addr & 127) != 0 || !RingInDmaMap(x.dma_ring_addr, uint64_t{x.ring_len} * 32)) {
         ++counters_.bad_ring_addr;
         return vc::kErrParam;
@@ -636,15 +682,163 @@ int32_t Device::OpEthAddr(absl::Span<const uint8_t> msg, bool add) {
   return status;
 }
 
+// Legacy ADD/DEL_VLAN as ice_vc_process_vlan_msg: ERR_PARAM unless the
+// driver asked for VIRTCHNL_VF_OFFLOAD_VLAN (its capability word, not the
+// grant: Linux asks for both and gets VLAN_V2), for a foreign VSI or any ID
+// >= 4096 (nothing applied). VLAN 0 is skipped (always present). ADD stops
+// adding, still answering success, once non-zero filters + 1 reach
+// kMaxVlanFilters; adding a present ID or deleting an absent one succeeds.
 int32_t Device::OpVlan(absl::Span<const uint8_t> msg, bool add) {
   const uint16_t vsi = Load<uint16_t>(msg, 0);
   const uint16_t n = Load<uint16_t>(msg, 2);
+  if (!(requested_caps_ & vc::kCapVlan) || !(granted_caps_ & (vc::kCapVlan | vc::kCapVlanV2))) {
+    return vc::kErrParam;
+  }
   if (vsi != kVsiId) return vc::kErrParam;
   for (uint32_t i = 0; i < n; ++i) {
     if (Load<uint16_t>(msg, 4 + 2 * i) >= 4096) return vc::kErrParam;
   }
-  for (uint32_t i = 0; i < n; ++i) vlans_.set(Load<uint16_t>(msg, 4 + 2 * i), add);
-  if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+  bool changed = false;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint16_t vid = Load<uint16_t>(msg, 4 + 2 * i);
+    if (vid == 0) continue;
+    if (add) {
+      if (vlans_.count() + 1 >= kMaxVlanFilters) {
+        ++counters_.vlan_filters_full;
+        break;  // ice: "VF-%d is not trusted ...", success
+      }
+      changed |= !vlans_[vid];
+      vlans_.set(vid);
+    } else {
+      changed |= vlans_[vid];
+      vlans_.reset(vid);
+    }
+  }
+  if (changed && hooks_ != nullptr) hooks_->OnFiltersChanged();
+  return vc::kSuccess;
+}
+
+// Legacy ENABLE/DISABLE_VLAN_STRIPPING (ice_vc_ena/dis_vlan_stripping):
+// ERR_PARAM unless the driver asked for VIRTCHNL_VF_OFFLOAD_VLAN.
+int32_t Device::OpVlanStripping(bool enable) {
+  if (!(requested_caps_ & vc::kCapVlan) || !(granted_caps_ & (vc::kCapVlan | vc::kCapVlanV2))) {
+    return vc::kErrParam;
+  }
+  if (vlan_strip_ != enable) {
+    vlan_strip_ = enable;
+    if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+  }
+  return vc::kSuccess;
+}
+
+vc::VlanCaps VlanV2Caps() {
+  vc::VlanCaps c{};
+  c.filtering.filtering_support.inner = vc::kVlanEthertype8100;
+  c.filtering.filtering_support.outer = vc::kVlanUnsupported;
+  c.filtering.ethertype_init = vc::kVlanEthertype8100;
+  c.filtering.max_filters = kMaxVlanFilters;
+  const uint32_t offload = vc::kVlanEthertype8100 | vc::kVlanToggle | vc::kVlanTagLocationL2tag1;
+  c.offloads.stripping_support.inner = offload;
+  c.offloads.insertion_support.inner = offload;
+  c.offloads.ethertype_init = vc::kVlanEthertype8100;
+  c.offloads.ethertype_match = vc::kEthertypeStrippingMatchesInsertion;
+  return c;
+}
+
+// GET_OFFLOAD_VLAN_V2_CAPS: the caps (VlanV2Caps) to a VF granted VLAN_V2;
+// ERR_PARAM to one that was not (ice answers any VF, but then validates
+// the V2 ops against caps a driver never negotiating V2 never saw).
+int32_t Device::OpGetVlanV2Caps(std::vector<uint8_t>* out) {
+  if (!(granted_caps_ & vc::kCapVlanV2)) return vc::kErrParam;
+  vlan_v2_caps_sent_ = true;
+  Append(out, VlanV2Caps());
+  return vc::kSuccess;
+}
+
+namespace {
+// ice_vc_is_valid_vlan: a filter half with TCI 0 or TPID 0 is absent.
+bool VlanPresent(const vc::Vlan& v) { return v.tci != 0 && v.tpid != 0; }
+}  // namespace
+
+// ADD/DEL_VLAN_V2 as ice_vc_add/remove_vlan_v2_msg in single VLAN mode:
+// ERR_PARAM, nothing applied, for a foreign vport, before
+// GET_OFFLOAD_VLAN_V2_CAPS (ice validates against caps it has not sent:
+// all zero), for ADD when non-zero filters + elements exceed max_filters,
+// and for any element with an outer tag, a TCI mask, priority bits or an
+// inner TPID other than 0x8100 (the caps offer none of those). Halves with
+// TCI or TPID 0 are skipped; so is VLAN 0. Duplicates and deleting absent
+// IDs succeed.
+int32_t Device::OpVlanV2(absl::Span<const uint8_t> msg, bool add) {
+  const uint16_t vport = Load<uint16_t>(msg, 0);
+  const uint16_t n = Load<uint16_t>(msg, 2);
+  if (vport != kVsiId || !vlan_v2_caps_sent_) return vc::kErrParam;
+  if (add && vlans_.count() + n > kMaxVlanFilters) {
+    ++counters_.vlan_filters_full;
+    return vc::kErrParam;
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    auto f = Load<vc::VlanFilter>(msg, 8 + i * sizeof(vc::VlanFilter));
+    if (VlanPresent(f.outer) || f.outer.tci_mask != 0 || f.inner.tci_mask != 0 ||
+        (f.outer.tci & 0xe000) != 0 || (f.inner.tci & 0xe000) != 0 ||
+        (VlanPresent(f.inner) && f.inner.tpid != 0x8100)) {
+      return vc::kErrParam;
+    }
+  }
+  bool changed = false;
+  for (uint32_t i = 0; i < n; ++i) {
+    auto f = Load<vc::VlanFilter>(msg, 8 + i * sizeof(vc::VlanFilter));
+    if (!VlanPresent(f.inner)) continue;
+    const uint16_t vid = f.inner.tci & 0x0fff;
+    if (vid == 0) continue;
+    changed |= vlans_[vid] != add;
+    vlans_.set(vid, add);
+  }
+  if (changed && hooks_ != nullptr) hooks_->OnFiltersChanged();
+  return vc::kSuccess;
+}
+
+// ENABLE/DISABLE_VLAN_STRIPPING_V2 / _INSERTION_V2 as ice's handlers
+// (ice_vc_valid_vlan_setting_msg against the caps sent): ERR_PARAM for a
+// foreign vport, before GET_OFFLOAD_VLAN_V2_CAPS, for no setting at all,
+// any outer setting (unsupported in single VLAN mode), an inner setting
+// sharing no bit with the caps or naming more than one ethertype, and for
+// ENABLE an inner setting other than exactly 0x8100 (ice_vc_get_tpid).
+// ENABLE_VLAN_STRIPPING_V2 while an RX queue keeps the CRC: NOT_SUPPORTED
+// (ice_vsi_is_rxq_crc_strip_dis).
+int32_t Device::OpVlanSettingV2(uint32_t v_op, absl::Span<const uint8_t> msg) {
+  auto s = Load<vc::VlanSetting>(msg, 0);
+  if (s.vport_id != kVsiId || !vlan_v2_caps_sent_) return vc::kErrParam;
+  const vc::VlanCaps caps = VlanV2Caps();
+  const bool strip = v_op == vc::kOpEnableVlanStrippingV2 || v_op == vc::kOpDisableVlanStrippingV2;
+  const vc::VlanSupportedCaps& sup =
+      strip ? caps.offloads.stripping_support : caps.offloads.insertion_support;
+  auto valid = [](uint32_t negotiated, uint32_t setting) {
+    if (setting != 0 && !(negotiated & setting)) return false;
+    if (!(negotiated & vc::kVlanEthertypeAnd) && __builtin_popcount(setting) > 1) return false;
+    return (negotiated & vc::kVlanToggle) != 0;
+  };
+  if ((s.outer_ethertype_setting == 0 && s.inner_ethertype_setting == 0) ||
+      (sup.outer == 0 && sup.inner == 0) ||
+      (s.outer_ethertype_setting != 0 && !valid(sup.outer, s.outer_ethertype_setting)) ||
+      (s.inner_ethertype_setting != 0 && !valid(sup.inner, s.inner_ethertype_setting))) {
+    return vc::kErrParam;
+  }
+  const bool enable = v_op == vc::kOpEnableVlanStrippingV2 || v_op == vc::kOpEnableVlanInsertionV2;
+  if (enable && s.inner_ethertype_setting != vc::kVlanEthertype8100) return vc::kErrParam;
+  if (v_op == vc::kOpEnableVlanStrippingV2) {
+    for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+      if (rxq_[q].configured && rxq_[q].keep_crc) return vc::kNotSupported;
+    }
+  }
+  if (strip) {
+    if (vlan_strip_ != enable) {
+      vlan_strip_ = enable;
+      if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+    }
+  } else if (vlan_insert_off_ == enable) {
+    vlan_insert_off_ = !enable;
+    if (hooks_ != nullptr) hooks_->OnFiltersChanged();
+  }
   return vc::kSuccess;
 }
 

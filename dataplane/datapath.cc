@@ -318,6 +318,33 @@ void DataPath::OnFiltersChanged() {
   for (const avf::MacFilterEntry& e : dev_->mac_filters()) filter_.Add(e.addr);
   uint16_t p = dev_->promisc_flags();
   filter_.SetPromisc(p & avf::vc::kPromiscUnicast, p & avf::vc::kPromiscMulticast);
+  // VLAN: ice prunes the VF's VSI by VLAN ID once a VLAN offload is
+  // negotiated, except in (VLAN) promiscuous mode, which a VF gets with
+  // either promiscuous flag (ice_is_vlan_promisc_allowed).
+  vlan_filter_ = dev_->vlan_filtering() && p == 0;
+  vlan_strip_ = dev_->vlan_strip();
+  vlans_ = dev_->vlan_filters();
+  for (auto& q : tx_) q->SetVlanInsertion(dev_->vlan_insert_l2tag1(), dev_->vlan_insert_l2tag2());
+}
+
+// A frame whose outer ethertype is 802.1Q: the VLAN filter, then stripping
+// into `lane`'s buffer. False if the filter refused it (counted).
+bool DataPath::VlanRx(Lane& lane, FrameView* frame, uint32_t* l2tag1) {
+  const FrameView f = *frame;
+  const uint16_t tci = uint16_t(f[14] << 8 | f[15]);
+  const uint16_t vid = tci & 0x0FFF;
+  if (vlan_filter_ && vid != 0 && !vlans_[vid]) {
+    Bump(counters_->rx_vlan_filtered);
+    return false;
+  }
+  if (!vlan_strip_) return true;
+  if (lane.strip_buf.size() < f.size()) lane.strip_buf.resize(std::max<size_t>(f.size(), 16384));
+  uint8_t* b = lane.strip_buf.data();
+  std::memcpy(b, f.data(), 12);
+  std::memcpy(b + 12, f.data() + 16, f.size() - 16);
+  *frame = FrameView(b, f.size() - 4);
+  *l2tag1 = rxd::kL2tag1Present | tci;
+  return true;
 }
 
 void DataPath::OnDmaUnmap(uint64_t iova, uint64_t size) {
@@ -336,6 +363,10 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     return true;
   }
   Lane& lane = *lanes_[LaneOf(queue)];
+  uint32_t l2tag1 = 0;
+  if (frame.size() >= 18 && frame[12] == 0x81 && frame[13] == 0x00) [[unlikely]] {
+    if (!VlanRx(lane, &frame, &l2tag1)) return true;
+  }
   const uint64_t running = rx_running_ & lane.queues;
   if (running == 0) {
     // A frame of a TAP queue whose RX queue just stopped (its detach drops
@@ -377,13 +408,13 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
     if (c & RxCsum::kL4Bad) csum_bits |= rxd::kErrL4e;
   }
   RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(lane, q, false), *dma, csum_bits,
-                                          hash.has_value(), hash.value_or(0));
+                                          hash.has_value(), hash.value_or(0), l2tag1);
   if (res == RxQueue::DeliverResult::kNoBuffers) {
     // Nothing was written: look at the live tail once before giving up.
     const uint32_t cached = lane.rx_tail_cache[q];
     if (RxTail(lane, q, true) != cached) {
       res = rx.Deliver(frame, lane.rx_tail_cache[q], *dma, csum_bits, hash.has_value(),
-                       hash.value_or(0));
+                       hash.value_or(0), l2tag1);
     }
   }
   switch (res) {

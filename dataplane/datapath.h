@@ -29,6 +29,7 @@
 #define EMUD_DATAPLANE_DATAPATH_H_
 
 #include <atomic>
+#include <bitset>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -189,7 +190,9 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
     UniqueFd epoll, wake;
     std::atomic<bool> active{false};
     uint32_t watched = 0;  // backend queues whose fd is in `epoll`
+    std::vector<uint8_t> strip_buf;  // a frame without its stripped VLAN tag
   };
+  __attribute__((noinline)) bool VlanRx(Lane& lane, FrameView* frame, uint32_t* l2tag1);
   bool Round(Lane& lane);
   void LaneMain(Lane& lane);
   void Wake(Lane& lane);
@@ -237,6 +240,11 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   void SignalVector(uint32_t v, uint32_t itr_index, int64_t now);
   void FlushDeferred(int64_t now);
   MacFilter filter_;  // read by every lane, rebuilt while they are parked
+  // VLAN receive state, likewise (OnFiltersChanged): filter 802.1Q frames by
+  // VLAN ID (VLAN 0 always passes), strip the tag into L2TAG1.
+  bool vlan_filter_ = false;
+  bool vlan_strip_ = false;
+  std::bitset<4096> vlans_;
   // Device-wide counters in the queue state file (a successor continues
   // them): frames refused by the filter, RX frames counted in the RX queues
   // (delivered or dropped) by class of destination MAC (unicast is the

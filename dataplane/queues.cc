@@ -364,6 +364,9 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     // iavf_build_data_desc_cmd_offset_fields, Linux iavf_tx_map), or the
     // context descriptor's CMD.IL2TAG2 with its L2TAG2 (the VLAN_V2 L2TAG2
     // location). Both at once would need an order we do not know: error.
+    // So is a location the device does not offer now (SetVlanInsertion:
+    // VLAN_V2 offers L2TAG1 only, and the driver may turn insertion off):
+    // the frame would leave without the tag its driver meant it to carry.
     const uint32_t first_cmd = uint32_t(first_qw1 >> 4) & 0x3FF;
     const uint32_t first_offset = uint32_t(first_qw1 >> 16) & 0x3FFFF;
     const bool il2tag1 = (first_cmd & txd::kCmdIl2tag1) != 0;
@@ -371,7 +374,8 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     const bool vlan = il2tag1 || il2tag2;
     const uint16_t vlan_tag = uint16_t(il2tag1 ? first_qw1 >> 48 : l2tag2);
     const size_t limit = off.tso ? limits_.max_tso_bytes : limits_.max_frame;
-    if (bad || (il2tag1 && il2tag2) || total > limit || total < 14 || nbuf == 0) [[unlikely]] {
+    if (bad || (il2tag1 && il2tag2) || (il2tag1 && !insert_l2tag1_) ||
+        (il2tag2 && !insert_l2tag2_) || total > limit || total < 14 || nbuf == 0) [[unlikely]] {
       DropMalformed();
       complete();
       batch_head_ = h;
@@ -536,7 +540,7 @@ bool RxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
 
 RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
                                         vfio_user::DmaMemory& dma, uint64_t csum_bits,
-                                        bool has_rss_hash, uint32_t rss_hash) {
+                                        bool has_rss_hash, uint32_t rss_hash, uint32_t l2tag1) {
   // The common frame straight through: queue running, tail in the ring, a
   // frame that fits one buffer, the ring translated, its buffer inside the
   // cached window. The same checks and the same order of durable writes as
@@ -562,11 +566,13 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
       hot_->intent.store(next, std::memory_order_release);
       std::memcpy(p, frame.data(), len);
       const uint64_t ptype = ClassifyPtype(frame);
-      StoreQwRelaxed(&d[0], has_rss_hash ? uint64_t(rss_hash) << 32 : 0);
+      StoreQwRelaxed(&d[0], (has_rss_hash ? uint64_t(rss_hash) << 32 : 0) |
+                                uint64_t(l2tag1 & 0xFFFF) << 16);
       StoreQwRelaxed(&d[2], 0);
       StoreQwRelaxed(&d[3], 0);
       StoreQw(&d[1], rxd::kDd | rxd::kEof | csum_bits | ptype << rxd::kPtypeShift |
                          uint64_t(len) << rxd::kLenShift |
+                         uint64_t(l2tag1 >> 16) << 2 |  // kL2tag1Present -> L2TAG1P
                          (has_rss_hash ? rxd::kFltstatRss : 0));  // release: DD last
       hot_->head.store(next, std::memory_order_release);
       hot_->intent.store(next, std::memory_order_release);
@@ -586,12 +592,13 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
       return DeliverResult::kDelivered;
     }
   }
-  return DeliverSlow(frame, tail, dma, csum_bits, has_rss_hash, rss_hash);
+  return DeliverSlow(frame, tail, dma, csum_bits, has_rss_hash, rss_hash, l2tag1);
 }
 
 RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
                                             vfio_user::DmaMemory& dma, uint64_t csum_bits,
-                                            bool has_rss_hash, uint32_t rss_hash) {
+                                            bool has_rss_hash, uint32_t rss_hash,
+                                            uint32_t l2tag1) {
   const uint32_t n = hot_->ring_len;
   if (!enabled() || n == 0) [[unlikely]] {
     Count(hot_->drops, 1);
@@ -643,8 +650,11 @@ RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
     uint8_t* p = buf_window_.Translate(dma, addr, chunk, vfio_user::DmaMemory::kWrite);
     if (p != nullptr) [[likely]] {
       std::memcpy(p, frame.data() + done, chunk);
-      qw1 = flags | uint64_t(chunk) << rxd::kLenShift | (last ? rxd::kEof | csum_bits : 0);
-      StoreQwRelaxed(&d[0], qw0);
+      // The stripped tag, like the checksum status, with the EOF
+      // descriptor (where both drivers read it).
+      qw1 = flags | uint64_t(chunk) << rxd::kLenShift |
+            (last ? rxd::kEof | csum_bits | uint64_t(l2tag1 >> 16) << 2 : 0);
+      StoreQwRelaxed(&d[0], qw0 | (last ? uint64_t(l2tag1 & 0xFFFF) << 16 : 0));
     } else {
       // Give the buffer back marked bad (RXE + EOF): the driver discards the
       // frame and recycles the buffer; nothing is skipped.

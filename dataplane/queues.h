@@ -84,6 +84,10 @@ inline uint32_t Len(uint64_t qw1) { return uint32_t(qw1 >> kLenShift) & 0x3FFF; 
 inline constexpr uint64_t kErrorDescQw1 =
     kDd | kEof | kErrRxe | kErrIpe | kErrL4e | (uint64_t{1} << kLenShift);
 inline uint32_t Ptype(uint64_t qw1) { return uint32_t(qw1 >> kPtypeShift) & 0xFF; }
+// Status L2TAG1P: qw0 bits 31:16 hold the stripped 802.1Q TCI.
+inline constexpr uint64_t kL2tag1p = 1ull << 2;
+// RxQueue::Deliver's `l2tag1` argument: this bit plus the TCI.
+inline constexpr uint32_t kL2tag1Present = 1u << 16;
 }  // namespace rxd
 
 // The DMA window a queue translated its last buffer in. A buffer inside it
@@ -166,12 +170,20 @@ class TxQueue {
   // insertion (data CMD.IL2TAG1 + L2TAG1, or context CMD.IL2TAG2 + L2TAG2;
   // into every TSO segment), then padding to 60 bytes. Dropped and counted
   // as malformed (errors + drops): tunnel offload requests (context EIPT or
-  // L4TUNT), both VLAN tags at once, a context descriptor inside a packet,
+  // L4TUNT), both VLAN tags at once, a tag location not enabled
+  // (SetVlanInsertion), a context descriptor inside a packet,
   // more than max_tx_buffers (TSO: min(max_tso_buffers, ring_len - 1)) data
   // descriptors, zero-length or unmapped buffers, offsets outside the frame.
   Result Process(uint32_t tail, vfio_user::DmaMemory& dma, Backend& backend, uint32_t budget);
 
   const HotQueue& stats() const { return *hot_; }
+  // Which VLAN insertion requests are honoured (avf::Device::
+  // vlan_insert_l2tag1/2); a packet asking for another is malformed. Both
+  // by default.
+  void SetVlanInsertion(bool l2tag1, bool l2tag2) {
+    insert_l2tag1_ = l2tag1;
+    insert_l2tag2_ = l2tag2;
+  }
   // Packets dropped because the guest's descriptors were malformed (counted
   // in stats().errors AND stats().drops): what GET_STATS takes out of
   // tx_discards so that the drivers' tx_errors + tx_discards counts each
@@ -231,6 +243,8 @@ class TxQueue {
   // (never per packet).
   std::vector<Buf> bufs_;
   bool wrote_back_ = false;
+  bool insert_l2tag1_ = true;
+  bool insert_l2tag2_ = true;
 };
 
 class RxQueue {
@@ -258,9 +272,12 @@ class RxQueue {
   // optional argument with two stores and reloads it as one word, a failed
   // store forwarding that waits for every older store (the previous
   // frame's copy) to drain.
+  // `l2tag1`: rxd::kL2tag1Present | TCI for a frame whose 802.1Q tag was
+  // stripped (VLAN stripping; `frame` is the untagged rest): reported in
+  // the EOF descriptor (qw0 bits 31:16, status L2TAG1P); 0 for none.
   DeliverResult Deliver(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma,
                         uint64_t csum_bits = 0, bool has_rss_hash = false,
-                        uint32_t rss_hash = 0);
+                        uint32_t rss_hash = 0, uint32_t l2tag1 = 0);
 
   // Descriptors written since the last call (for interrupt decisions).
   bool TakeWroteBack() {
@@ -286,7 +303,7 @@ class RxQueue {
   __attribute__((noinline)) DeliverResult DeliverSlow(FrameView frame, uint32_t tail,
                                                       vfio_user::DmaMemory& dma,
                                                       uint64_t csum_bits, bool has_rss_hash,
-                                                      uint32_t rss_hash);
+                                                      uint32_t rss_hash, uint32_t l2tag1);
   void Count(std::atomic<uint64_t>& c, uint64_t n) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }

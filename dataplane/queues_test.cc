@@ -738,6 +738,69 @@ TEST_F(TxVlanTest, ContextL2tag2) {
   EXPECT_EQ(Qw(kTxRing + 3 * 16 + 8) & 0xF, 0xFu);
 }
 
+// SetVlanInsertion (the device's negotiated locations and enable state): a
+// request for a location not offered is malformed (error + drop, nothing
+// sent untagged); the offered one still inserts.
+TEST_F(TxVlanTest, InsertionOnlyAtTheOfferedLocation) {
+  TxQueue q(0, state_->tx(0));
+  ASSERT_TRUE(q.Configure(kTxRing, 64).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  q.SetVlanInsertion(/*l2tag1=*/true, /*l2tag2=*/false);  // VLAN_V2
+  auto f = Frame(80, 4);
+  std::memcpy(At(Buf(0)), f.data(), f.size());
+  Qw(kTxRing) = uint64_t{0x0456} << 32;
+  Qw(kTxRing + 8) = txd::ContextQw1(txd::kCtxCmdIl2tag2, 0, 0);
+  TxDescTag(1, Buf(0), 80, txd::kCmdEop | txd::kCmdRs, 0, 0);
+  TxDescTag(2, Buf(0), 80, kIl2tag1 | txd::kCmdEop | txd::kCmdRs, 0, 9);
+  q.Process(3, dma_, backend_, 64);
+  ASSERT_EQ(backend_.sent.size(), 1u);
+  EXPECT_EQ(backend_.sent[0], Tagged(f, 9));
+  EXPECT_EQ(q.stats().errors.load(), 1u);
+  EXPECT_EQ(q.malformed(), 1u);
+  // Insertion turned off (DISABLE_VLAN_INSERTION_V2): IL2TAG1 refused too,
+  // untagged packets unaffected.
+  q.SetVlanInsertion(false, false);
+  backend_.sent.clear();
+  TxDescTag(3, Buf(0), 80, kIl2tag1 | txd::kCmdEop | txd::kCmdRs, 0, 9);
+  TxDescTag(4, Buf(0), 80, txd::kCmdEop | txd::kCmdRs, 0, 0);
+  q.Process(5, dma_, backend_, 64);
+  ASSERT_EQ(backend_.sent.size(), 1u);
+  EXPECT_EQ(backend_.sent[0], f);
+  EXPECT_EQ(q.malformed(), 2u);
+  EXPECT_EQ(q.head(), 5u);
+}
+
+// A stripped tag (Deliver's l2tag1) is reported in the EOF descriptor:
+// L2TAG1 in qw0 31:16 next to the RSS hash, status L2TAG1P; none without.
+TEST_F(QueuesTest, RxReportsTheStrippedTagInL2tag1) {
+  RxQueue q(0, state_->rx(0));
+  ASSERT_TRUE(q.Configure(kRxRing, 32, 1024, 9000).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  for (uint32_t i = 0; i < 32; ++i) PostRx(i, Buf(i));
+  auto f = Frame(100, 9);
+  // The fast path (one buffer) ...
+  ASSERT_EQ(q.Deliver(f, 31, dma_, 0, true, 0xabcd1234, rxd::kL2tag1Present | 0x6064),
+            RxQueue::DeliverResult::kDelivered);
+  EXPECT_TRUE(RxQw1(0) & rxd::kL2tag1p);
+  EXPECT_EQ(Qw(kRxRing), uint64_t{0xabcd1234} << 32 | uint64_t{0x6064} << 16);
+  ASSERT_EQ(q.Deliver(f, 31, dma_), RxQueue::DeliverResult::kDelivered);
+  EXPECT_FALSE(RxQw1(1) & rxd::kL2tag1p);
+  EXPECT_EQ(Qw(kRxRing + 32), 0u);
+  ASSERT_EQ(q.Deliver(f, 31, dma_, 0, false, 0, rxd::kL2tag1Present | 0x0fff),
+            RxQueue::DeliverResult::kDelivered);  // ring translated: the fast path
+  EXPECT_TRUE(RxQw1(2) & rxd::kL2tag1p);
+  EXPECT_EQ(Qw(kRxRing + 2 * 32), uint64_t{0x0fff} << 16);
+  // ... and a frame over three buffers: the tag with the EOF descriptor.
+  auto big = Frame(3000, 4);
+  ASSERT_EQ(q.Deliver(big, 31, dma_, 0, false, 0, rxd::kL2tag1Present | 100),
+            RxQueue::DeliverResult::kDelivered);
+  EXPECT_FALSE(RxQw1(3) & rxd::kL2tag1p);
+  EXPECT_EQ(Qw(kRxRing + 3 * 32), 0u);
+  EXPECT_TRUE(RxQw1(5) & rxd::kEof);
+  EXPECT_TRUE(RxQw1(5) & rxd::kL2tag1p);
+  EXPECT_EQ(Qw(kRxRing + 5 * 32), uint64_t{100} << 16);
+}
+
 }  // namespace
 }  // namespace emud::dataplane
 

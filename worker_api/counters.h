@@ -37,7 +37,8 @@
   X(odd_size_accesses, "BAR0 accesses that are not 4 or 8 bytes, aligned")               \
   X(vf_resets, "VF resets (RESET_VF)")                                                   \
   X(flrs, "Function-level resets (PCIe FLR, DEVICE_RESET)")                              \
-  X(link_events, "Link-change events posted to the guest")
+  X(link_events, "Link-change events posted to the guest")                               \
+  X(vlan_filters_full, "VLAN filter additions refused or stopped at the VF's limit")
 
 // Per device, kept by the data path in the queue-state file header
 // (dataplane::DataPathCounters). Same export as EMUD_AVF_COUNTERS.
@@ -45,6 +46,7 @@
   X(rx_multicast, "Multicast frames offered to the guest's receive queues")         \
   X(rx_broadcast, "Broadcast frames offered to the guest's receive queues")         \
   X(rx_filtered, "Frames refused by the guest's MAC filter")                        \
-  X(tx_malformed, "Transmitted packets dropped as malformed")
+  X(tx_malformed, "Transmitted packets dropped as malformed")                       \
+  X(rx_vlan_filtered, "802.1Q frames refused by the guest's VLAN filter")
 
 #endif  // EMUD_WORKER_API_COUNTERS_H_

@@ -23,6 +23,28 @@ inline std::vector<std::string> SeedInputs() {
     e.Read(kVfArqlen1).Read(kVfgenRstat).Read(kVfgenRstat).Read(kVfgenRstat);
     seeds.push_back(e.str());
   }
+  // VLAN: VLAN_V2 caps, filters (8 + 32 n bytes), stripping/insertion
+  // settings, then the legacy ops, around traffic doorbells.
+  {
+    Encoder e(1);
+    e.Write(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask).Write(kVfintIcr0Ena1, kIcr0AdminQ);
+    e.Valid(kTVersion, 0).Valid(kTGetResources, 0).Valid(kTVsiQueues, 2).Valid(kTEnable, 0x3);
+    std::string filters(8 + 64, '\0');
+    filters[0] = 1;      // vport
+    filters[2] = 2;      // elements
+    filters[8] = 100;    // inner.tci
+    filters[13] = '\x81';  // inner.tpid 0x8100
+    filters[40] = 7;
+    filters[45] = '\x81';
+    std::string setting(16, '\0');
+    setting[4] = 1;   // inner 0x8100
+    setting[8] = 1;   // vport
+    e.Msg(51, "").Msg(52, filters).Msg(55, setting).Msg(54, setting).Msg(57, setting);
+    e.Msg(56, setting).Write(QtxTail(0), 3).Msg(53, filters).Msg(58, setting).Drain();
+    e.Msg(12, std::string("\x01\x00\x02\x00\x64\x00\x00\x10", 8)).Msg(28, "").Msg(27, "");
+    e.Msg(13, std::string("\x01\x00\x01\x00\x64\x00", 6)).Drain();
+    seeds.push_back(e.str());
+  }
   // Raw messages with odd lengths, and register noise.
   {
     Encoder e(1);

@@ -27,6 +27,11 @@
 //    worker_pid, its own status record is read: LINK_UP and one more
 //    reattach - CHAOS_RAPID_KILLS times in a row, default 100, per device).
 //
+// VLAN (loopback and peer): each guest holds a VLAN_V2 filter (kChaosVlan)
+// with stripping and insertion on; odd frames are sent with the device
+// inserting the tag and must come back stripped with the TCI in L2TAG1,
+// even frames untagged - across every kill, so the filter and stripping
+// state are those the successor restored.
 // Checked (correctness only; the one time bound is the 2.5 s reply bound):
 //  - the guest never sees a reset (VFGEN_RSTAT stays VFACTIVE, ARQLEN.ENABLE
 //    stays set, no RESET_IMPENDING event, the watchdog finds nothing), and no
@@ -196,6 +201,13 @@ double Percentile(std::vector<double> v, double p) {
 
 constexpr uint16_t kEtherType = 0x88b5;
 constexpr uint64_t kMagic = 0xc4a05c4a05c4a05cull;
+// Loopback and peer links run over a VLAN as a Linux VLAN sub-interface
+// would (VLAN_V2: filter, CTAG_RX stripping, CTAG_TX insertion): every odd
+// frame is sent with the device inserting this VLAN and must come back
+// through the filter, stripped, with the TCI in L2TAG1 - on every worker,
+// so the filter and the stripping state survive each kill. Even frames are
+// untagged and must arrive without L2TAG1P.
+constexpr uint16_t kChaosVlan = 100;
 constexpr uint32_t kWindow = 48;  // frames in flight per flow (RX ring 256: never short of buffers)
 // Half of QEMU's 5 s x-msg-timeout: a reply later than this is a correctness
 // failure waiting to happen under a real VMM, not a slow run.
@@ -672,6 +684,11 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     ASSERT_TRUE(g->drv->link_up());
     ASSERT_EQ(g->drv->num_active_queues(), nq);
     ASSERT_EQ((g->drv->caps() & avf::vc::kCapLargeNumQpairs) != 0, cfg.large_vf);
+    if (!tap) {
+      ASSERT_TRUE(g->drv->vlan_v2());
+      absl::Status v = g->drv->AddVlan(kChaosVlan);
+      ASSERT_TRUE(v.ok()) << v;
+    }
     g->gdp = std::make_unique<guest::GuestDataPath>(g->drv.get());
     g->out.tx_fifo.resize(nq);
     g->extra_fd = memfd_create("chaos-extra", MFD_CLOEXEC);
@@ -787,7 +804,8 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
       uint64_t seq = fl.next_seq;
       std::vector<uint8_t> f = make_frame(g, seq);
       const uint32_t q = uint32_t(seq % nq);
-      absl::Status s = g.gdp->Transmit(q, f);
+      const int32_t tci = !tap && seq % 2 == 1 ? kChaosVlan : -1;
+      absl::Status s = g.gdp->Transmit(q, f, 0, 0, tci);
       if (absl::IsResourceExhausted(s)) break;
       if (!s.ok()) {
         error(absl::StrCat(g.dev, ": transmit: ", s.ToString()));
@@ -834,6 +852,10 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         std::memcpy(&magic, &f.data[at + 8], 8);
         if (magic != kMagic || seq >= in.next_seq || (!tap && f.data[30] != g.from->id)) {
           error(absl::StrCat(g.dev, ": RX frame with bad payload, seq ", seq));
+          continue;
+        }
+        if (!tap && f.vlan_tci != (seq % 2 == 1 ? int32_t{kChaosVlan} : -1)) {
+          error(absl::StrCat(g.dev, ": frame ", seq, " came back with VLAN TCI ", f.vlan_tci));
           continue;
         }
         // Loopback and TAP return a frame on the queue it left by; a peer

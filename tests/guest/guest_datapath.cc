@@ -25,7 +25,7 @@ GuestDataPath::~GuestDataPath() {
 }
 
 absl::Status GuestDataPath::Transmit(uint32_t q, absl::Span<const uint8_t> frame,
-                                     uint32_t cmd_extra, uint32_t offset) {
+                                     uint32_t cmd_extra, uint32_t offset, int32_t vlan_tci) {
   Ring& r = drv_->tx_ring(q);
   if (tx_slots_.size() <= q) tx_slots_.resize(q + 1);
   if (tx_slots_[q].size() != r.count) tx_slots_[q].assign(r.count, TxSlot{});
@@ -37,7 +37,12 @@ absl::Status GuestDataPath::Transmit(uint32_t q, absl::Span<const uint8_t> frame
   uint8_t* d = r.desc.host + size_t{r.next_to_use} * 16;
   Store(d, b->iova);
   uint64_t cmd = 0x1 /*EOP*/ | 0x2 /*RS*/ | 0x4 /*ICRC*/ | cmd_extra;
-  Store(d + 8, cmd << 4 | uint64_t(offset) << 16 | uint64_t(frame.size()) << 34);
+  uint64_t tag = 0;
+  if (vlan_tci >= 0) {
+    cmd |= 0x8;  // IL2TAG1
+    tag = uint64_t(uint16_t(vlan_tci)) << 48;
+  }
+  Store(d + 8, cmd << 4 | uint64_t(offset) << 16 | uint64_t(frame.size()) << 34 | tag);
   tx_slots_[q][r.next_to_use].buf = *b;
   r.next_to_use = next;
   return drv_->bus().Write32(r.tail_offset, r.next_to_use);
@@ -95,6 +100,7 @@ absl::StatusOr<std::vector<RxFrame>> GuestDataPath::Receive(uint32_t q) {
       f.error = error;
       f.last_qw1 = qw1;
       f.first_qw0 = first_qw0_;
+      if (qw1 & 4) f.vlan_tci = int32_t(uint32_t(Load(d) >> 16) & 0xFFFF);  // L2TAG1P
       if (!f.error) out.push_back(std::move(f));
       part.clear();
       error = false;

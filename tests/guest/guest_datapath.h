@@ -23,6 +23,10 @@ struct RxFrame {
   bool error = false;  // RXE on some descriptor
   uint64_t last_qw1 = 0;    // write-back qw1 of the EOF descriptor (L3L4P, IPE, L4E...)
   uint64_t first_qw0 = 0;   // write-back qw0 of the first descriptor (RSS hash in 63:32)
+  // The stripped 802.1Q TCI (L2TAG1P in the EOF descriptor, L2TAG1 in its
+  // qw0 31:16), as iavf_clean_rx_irq / DPDK iavf_rxd_to_vlan_tci read it;
+  // -1 if none.
+  int32_t vlan_tci = -1;
 };
 
 class GuestDataPath {
@@ -33,8 +37,10 @@ class GuestDataPath {
   // Queues `frame` on TX queue q (one buffer, EOP|RS) and rings QTX_TAIL.
   // `cmd_extra`/`offset` add offload bits (IIPT/L4T, MACLEN/IPLEN/L4LEN).
   // RESOURCE_EXHAUSTED if the ring is full (reap completions first).
+  // `vlan_tci` >= 0: CMD.IL2TAG1 with that TCI in L2TAG1 (qw1 63:48), the
+  // tag the device inserts (iavf_tx_map / DPDK iavf_xmit_pkts).
   absl::Status Transmit(uint32_t q, absl::Span<const uint8_t> frame, uint32_t cmd_extra = 0,
-                        uint32_t offset = 0);
+                        uint32_t offset = 0, int32_t vlan_tci = -1);
   // Completed TX descriptors reaped on queue q (their buffers freed).
   uint32_t ReapTx(uint32_t q);
   // Frames received on queue q (buffers re-posted, QRX_TAIL written).

@@ -48,6 +48,9 @@ class Msg {
 }  // namespace
 
 IavfDriver::IavfDriver(GuestBus* bus, DriverOptions options) : bus_(bus), options_(options) {
+  const bool linux_flavor = options_.flavor == Flavor::kLinux;
+  vlan_strip_on_ = options_.vlan_strip.value_or(linux_flavor);
+  vlan_insert_on_ = options_.vlan_insert.value_or(linux_flavor);
   if (options_.flavor == Flavor::kDpdk) {
     if (options_.caps == kLinuxIavfCaps) options_.caps = kDpdkIavfCaps;
     // Default mbufs: 2176-byte data room - 128 headroom (iavf_rxq.c rx_buf_len,
@@ -718,6 +721,8 @@ absl::Status IavfDriver::Init() {
   if (auto s = SendVersion(); !s.ok()) return s;
   // __IAVF_INIT_GET_RESOURCES
   if (auto s = GetResources(); !s.ok()) return s;
+  // __IAVF_INIT_GET_OFFLOAD_VLAN_V2_CAPS
+  if (auto s = GetVlanV2Caps(); !s.ok()) return s;
   num_queues_ = std::min(vf_qps_, options_.max_queues);
   if (num_queues_ == 0) return absl::FailedPreconditionError("VF has no queues");
   num_msix_ = std::min(num_queues_ + 1, max_vectors_);
@@ -727,7 +732,10 @@ absl::Status IavfDriver::Init() {
   if (auto s = MiscIrqEnable(); !s.ok()) return s;
   // aq_required: MAP_VECTORS, then the RSS requests (watchdog priority).
   if (auto s = MapVectors(); !s.ok()) return s;
-  return ConfigureRss();
+  if (auto s = ConfigureRss(); !s.ok()) return s;
+  // iavf_init_config_adapter: "request initial VLAN offload settings"
+  // (iavf_set_vlan_offload_features(adapter, 0, netdev->features)).
+  return ApplyVlanOffloads();
 }
 
 absl::Status IavfDriver::Open() {
@@ -754,6 +762,7 @@ absl::Status IavfDriver::InitDpdk() {
     return absl::FailedPreconditionError("PF/VF API version mismatch");
   }
   if (auto s = GetResources(); !s.ok()) return s;
+  if (auto s = GetVlanV2Caps(); !s.ok()) return s;  // iavf_get_vlan_offload_caps_v2
   num_queues_ = std::min(vf_qps_, options_.max_queues);
   if (num_queues_ == 0) return absl::FailedPreconditionError("VF has no queues");
   // iavf_dev_init after iavf_init_vf: with WB_ON_ITR the vector-0 callback
@@ -780,7 +789,9 @@ absl::Status IavfDriver::InitDpdk() {
     }
     max_rss_qregion_ = 1u << vc::Load<vc::MaxRssQregion>(q->payload, 0).qregion_width;
   }
-  // dev_configure: iavf_init_rss (LUT, KEY) then the hash types.
+  // dev_configure: iavf_dev_init_vlan (filters, stripping, insertion), then
+  // iavf_init_rss (LUT, KEY) and the hash types.
+  if (auto s = ApplyVlanOffloads(); !s.ok()) return s;
   if (!(caps_ & vc::kCapRssPf)) return absl::OkStatus();
   for (uint32_t i = 0; i < rss_lut_.size(); ++i) rss_lut_[i] = static_cast<uint8_t>(i % num_queues_);
   std::mt19937 rng(0xd9d);
@@ -981,6 +992,7 @@ absl::Status IavfDriver::ResetTask(bool request_reset) {
     if (auto s = IrqEnableQueues(); !s.ok()) return s;
   }
   if (auto s = GetResources(); !s.ok()) return s;
+  if (auto s = GetVlanV2Caps(); !s.ok()) return s;
   const uint32_t queues = std::min(vf_qps_, options_.max_queues);
   if (queues != num_queues_) {
     // iavf_reinit_interrupt_scheme (Linux does it earlier, from the queue
@@ -1005,8 +1017,118 @@ absl::Status IavfDriver::ResetTask(bool request_reset) {
   if (caps_ & vc::kCapRssPf) {
     if (auto s = SetRssKeyLut(); !s.ok()) return s;
   }
+  // iavf_restore_filters (VLANs re-added) and the VLAN offload settings.
+  for (uint16_t vid : vlans_) {
+    if (auto s = VlanFilterOp(vid, true); !s.ok()) return s;
+  }
+  if (auto s = ApplyVlanOffloads(); !s.ok()) return s;
   if (was_running) return WaitLink(true);
   return absl::OkStatus();
+}
+
+absl::Status IavfDriver::GetVlanV2Caps() {
+  vlan_caps_ = {};
+  if (!(caps_ & vc::kCapVlanV2)) return absl::OkStatus();
+  auto r = Exec(vc::kOpGetOffloadVlanV2Caps, {});
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0 || r->payload.size() < sizeof(vc::VlanCaps)) {
+    return absl::InternalError(absl::StrCat("GET_OFFLOAD_VLAN_V2_CAPS: ", r->v_retval));
+  }
+  vlan_caps_ = vc::Load<vc::VlanCaps>(r->payload, 0);
+  return absl::OkStatus();
+}
+
+absl::Status IavfDriver::VlanFilterOp(uint16_t vid, bool add) {
+  Msg m;
+  uint32_t op;
+  if (caps_ & vc::kCapVlanV2) {
+    // iavf_add_vlans / DPDK iavf_add_del_vlan_v2: the tag goes where the
+    // filtering caps support 802.1Q, outer first.
+    const vc::VlanSupportedCaps& f = vlan_caps_.filtering.filtering_support;
+    vc::VlanFilter e{};
+    if (f.outer & vc::kVlanEthertype8100) {
+      e.outer = {vid, 0, 0x8100};
+    } else if (f.inner & vc::kVlanEthertype8100) {
+      e.inner = {vid, 0, 0x8100};
+    } else {
+      return absl::FailedPreconditionError("VLAN_V2 caps offer no 802.1Q filtering");
+    }
+    m.Add(vsi_id_).Add(uint16_t{1}).Zero(4).Add(e);
+    op = add ? vc::kOpAddVlanV2 : vc::kOpDelVlanV2;
+  } else if (caps_ & vc::kCapVlan) {
+    m.Add(vsi_id_).Add(uint16_t{1}).Add(vid);
+    op = add ? vc::kOpAddVlan : vc::kOpDelVlan;
+  } else {
+    return absl::FailedPreconditionError("no VLAN capability");
+  }
+  auto r = Exec(op, m.span());
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0) return absl::InternalError(absl::StrCat(vc::OpName(op), ": ", r->v_retval));
+  return absl::OkStatus();
+}
+
+absl::Status IavfDriver::AddVlan(uint16_t vid) {
+  if (auto s = VlanFilterOp(vid, true); !s.ok()) return s;
+  vlans_.insert(vid);
+  return absl::OkStatus();
+}
+
+absl::Status IavfDriver::DelVlan(uint16_t vid) {
+  if (auto s = VlanFilterOp(vid, false); !s.ok()) return s;
+  vlans_.erase(vid);
+  return absl::OkStatus();
+}
+
+// One stripping/insertion message: V2 with the 8100 ethertype in the outer
+// or inner setting as the caps offer it toggleable
+// (iavf_set_vc_offload_ethertype, DPDK iavf_config_vlan_strip_v2); legacy
+// VLAN: ENABLE/DISABLE_VLAN_STRIPPING (`legacy_op`), nothing for insertion.
+absl::Status IavfDriver::VlanSetting(uint32_t v2_op, uint32_t legacy_op, bool insertion) {
+  uint32_t op;
+  Msg m;
+  if (caps_ & vc::kCapVlanV2) {
+    const vc::VlanSupportedCaps& c =
+        insertion ? vlan_caps_.offloads.insertion_support : vlan_caps_.offloads.stripping_support;
+    vc::VlanSetting set{};
+    set.vport_id = vsi_id_;
+    auto toggles = [](uint32_t v) {
+      return (v & vc::kVlanEthertype8100) && (v & vc::kVlanToggle);
+    };
+    if (toggles(c.outer)) {
+      set.outer_ethertype_setting = vc::kVlanEthertype8100;
+    } else if (toggles(c.inner)) {
+      set.inner_ethertype_setting = vc::kVlanEthertype8100;
+    } else {
+      return absl::OkStatus();  // -ENOTSUP: the PF leaves it off
+    }
+    m.Add(set);
+    op = v2_op;
+  } else if ((caps_ & vc::kCapVlan) && !insertion) {
+    op = legacy_op;
+  } else {
+    return absl::OkStatus();
+  }
+  auto r = Exec(op, m.span());
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0) return absl::InternalError(absl::StrCat(vc::OpName(op), ": ", r->v_retval));
+  return absl::OkStatus();
+}
+
+absl::Status IavfDriver::SetVlanStripping(bool on) {
+  vlan_strip_on_ = on;
+  return VlanSetting(on ? vc::kOpEnableVlanStrippingV2 : vc::kOpDisableVlanStrippingV2,
+                     on ? vc::kOpEnableVlanStripping : vc::kOpDisableVlanStripping, false);
+}
+
+absl::Status IavfDriver::SetVlanInsertion(bool on) {
+  vlan_insert_on_ = on;
+  return VlanSetting(on ? vc::kOpEnableVlanInsertionV2 : vc::kOpDisableVlanInsertionV2, 0, true);
+}
+
+absl::Status IavfDriver::ApplyVlanOffloads() {
+  if (!(caps_ & (vc::kCapVlan | vc::kCapVlanV2))) return absl::OkStatus();
+  if (auto s = SetVlanStripping(vlan_strip_on_); !s.ok()) return s;
+  return SetVlanInsertion(vlan_insert_on_);
 }
 
 absl::Status IavfDriver::ConfigPromisc(bool unicast, bool multicast) {

@@ -7,10 +7,13 @@
 //   Init():  RSTAT poll for COMPLETED/VFACTIVE; ATQ/ARQ setup (H, T,
 //            LEN|ENABLE, BAL, BAH; ARQ pre-armed, ARQT = N-1); VERSION 1.1
 //            (ATQH must have advanced); GET_VF_RESOURCES with Linux's caps;
-//            MSI-X (queues + 1); misc vector enable (DYN_CTL01, ICR0_ENA1);
-//            CONFIG_IRQ_MAP (queue vectors, misc last); with RSS_PF:
-//            CONFIG_RSS_KEY, CONFIG_RSS_LUT (hash types: the PF default);
-//            with only RSS_REG: the HENA/HKEY/HLUT registers.
+//            with VLAN_V2: GET_OFFLOAD_VLAN_V2_CAPS; MSI-X (queues + 1);
+//            misc vector enable (DYN_CTL01, ICR0_ENA1); CONFIG_IRQ_MAP
+//            (queue vectors, misc last); with RSS_PF: CONFIG_RSS_KEY,
+//            CONFIG_RSS_LUT (hash types: the PF default); with only RSS_REG:
+//            the HENA/HKEY/HLUT registers; then the VLAN offloads (V2:
+//            ENABLE/DISABLE_VLAN_STRIPPING_V2 and _INSERTION_V2; legacy VLAN:
+//            ENABLE/DISABLE_VLAN_STRIPPING).
 //   Open():  ring allocation, RX buffers posted and QRX_TAIL written, queue
 //            vectors armed, then ADD_ETH_ADDR, CONFIG_VSI_QUEUES,
 //            ENABLE_QUEUES, and the LINK_CHANGE event (link up).
@@ -18,8 +21,10 @@
 //            re-init, RESET_VF, poll ARQLEN.ENABLE == 0, poll RSTAT ==
 //            VFACTIVE, AQ re-init, misc irq on, if it was open: rings and
 //            QRX_TAIL, queue vectors armed; then GET_VF_RESOURCES (no
-//            VERSION), CONFIG_IRQ_MAP, ADD_ETH_ADDR and, if it was open,
-//            CONFIG_VSI_QUEUES + ENABLE_QUEUES, then the RSS key/LUT.
+//            VERSION; GET_OFFLOAD_VLAN_V2_CAPS with VLAN_V2), CONFIG_IRQ_MAP,
+//            ADD_ETH_ADDR and, if it was open, CONFIG_VSI_QUEUES +
+//            ENABLE_QUEUES, then the RSS key/LUT, the VLAN filters it held
+//            and the VLAN offloads.
 // Messages use the drivers' historical lengths (one array element more).
 // At most one virtchnl request is outstanding; replies are collected from
 // the ARQ on the misc interrupt (vector 0) or by polling, events handled as
@@ -32,6 +37,8 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,9 +73,11 @@ inline constexpr uint32_t kDpdkIavfCaps =
 enum class Flavor {
   kLinux,  // iavf.ko (the default; see the file comment)
   kDpdk,   // net/iavf (drivers/net/intel/iavf): VERSION, GET_VF_RESOURCES
-           // (ARQ polled), then vector 0 served as iavf_dev_interrupt_handler
-           // does (disable irq0, drain the ARQ, re-enable with CLEARPBA; no
-           // ICR01 read), SET_RSS_HENA(0), GET_STATS; configure: RSS LUT,
+           // (ARQ polled), GET_OFFLOAD_VLAN_V2_CAPS with VLAN_V2, then
+           // vector 0 served as iavf_dev_interrupt_handler does (disable
+           // irq0, drain the ARQ, re-enable with CLEARPBA; no ICR01 read),
+           // SET_RSS_HENA(0), GET_STATS; configure: the VLAN offloads
+           // (iavf_dev_init_vlan: stripping and insertion off), RSS LUT,
            // KEY, GET_RSS_HENA_CAPS, SET_RSS_HENA; start: CONFIG_VSI_QUEUES
            // (72 + 64 n bytes, 2048-byte buffers, max_pkt_size MTU + 26),
            // CONFIG_IRQ_MAP (14 + 12 bytes: RX queues on vector 1,
@@ -93,6 +102,12 @@ struct DriverOptions {
   // CONFIG_RSS_KEY and CONFIG_RSS_LUT and the hash types stay the PF's
   // default (i40e_alloc_vsi_res). DPDK's flavour sends its own.
   bool hena_at_init = false;
+  // VLAN offloads requested at init and after resets (Linux: the netdev's
+  // NETIF_F_HW_VLAN_CTAG_RX/TX, on by default; DPDK: the port's
+  // RTE_ETH_RX_OFFLOAD_VLAN_STRIP / RTE_ETH_TX_OFFLOAD_VLAN_INSERT, off in
+  // testpmd's default configuration). Unset: the flavour's default.
+  std::optional<bool> vlan_strip;
+  std::optional<bool> vlan_insert;
   // Per virtchnl reply (Linux has none for most ops; DPDK waits ~2 s).
   absl::Duration reply_timeout = absl::Seconds(5);
   // Poll interval while waiting (Linux watchdog: 20 ms when busy).
@@ -127,6 +142,21 @@ class IavfDriver {
   absl::Status Init();
   // ndo_open: queues up and link up (waits for the LINK_CHANGE event).
   absl::Status Open();
+  // VLAN filters (Linux iavf_vlan_rx_add_vid / DPDK iavf_dev_vlan_filter_set):
+  // ADD/DEL_VLAN_V2 with the 802.1Q tag where the filtering caps put it
+  // (outer if offered, else inner) when VLAN_V2 was granted, else the legacy
+  // ADD/DEL_VLAN. Remembered and re-added after a reset
+  // (iavf_restore_filters). FAILED_PRECONDITION without a VLAN capability,
+  // INTERNAL on an error status.
+  absl::Status AddVlan(uint16_t vid);
+  absl::Status DelVlan(uint16_t vid);
+  // Stripping / insertion on or off (iavf_set_vlan_offload_features,
+  // DPDK iavf_config_vlan_strip_v2 / _insert_v2): the V2 messages with the
+  // 8100 ethertype where the caps offer it; legacy VLAN: stripping only.
+  absl::Status SetVlanStripping(bool on);
+  absl::Status SetVlanInsertion(bool on);
+  bool vlan_v2() const { return (caps_ & avf::vc::kCapVlanV2) != 0; }
+  const avf::vc::VlanCaps& vlan_caps() const { return vlan_caps_; }
   // ndo_stop: DISABLE_QUEUES, DEL_ETH_ADDR, rings freed (DPDK: one
   // DISABLE_QUEUES, no filter removed).
   absl::Status Close();
@@ -213,6 +243,12 @@ class IavfDriver {
 
   absl::Status SendVersion();
   absl::Status GetResources();
+  // GET_OFFLOAD_VLAN_V2_CAPS when VLAN_V2 was granted.
+  absl::Status GetVlanV2Caps();
+  // The configured stripping/insertion (and, after a reset, the filters).
+  absl::Status ApplyVlanOffloads();
+  absl::Status VlanFilterOp(uint16_t vid, bool add);
+  absl::Status VlanSetting(uint32_t v2_op, uint32_t legacy_op, bool insertion);
   absl::Status MapVectors();
   absl::Status ConfigureRss();
   absl::Status SetRssKeyLut();
@@ -261,6 +297,10 @@ class IavfDriver {
   uint64_t arq_messages_ = 0;
   uint64_t empty_irq0_runs_ = 0;
   bool promisc_ = false;
+  avf::vc::VlanCaps vlan_caps_{};
+  std::set<uint16_t> vlans_;
+  bool vlan_strip_on_ = false;
+  bool vlan_insert_on_ = false;
   // DPDK with WB_ON_ITR: vector 0 is served by its interrupt handler, which
   // hands replies to the waiting command through `inbox_`.
   bool dpdk_irq0_ = false;

@@ -52,9 +52,13 @@ TEST_F(GuestTest, LinuxBringUpSequenceReachesLinkUp) {
   EXPECT_TRUE(drv_->link_up());
   EXPECT_EQ(drv_->link_speed(), 25000u);
   // iavf_process_aq_command priority order; no HENA ops (iavf_init_rss).
+  // VLAN_V2 (granted instead of VLAN): its caps right after the resources
+  // (__IAVF_INIT_GET_OFFLOAD_VLAN_V2_CAPS), then the netdev's initial
+  // CTAG_RX/TX features.
   const std::vector<std::string> want = {
-      "VERSION",        "GET_VF_RESOURCES", "CONFIG_IRQ_MAP",    "CONFIG_RSS_KEY",
-      "CONFIG_RSS_LUT", "ADD_ETH_ADDR",     "CONFIG_VSI_QUEUES", "ENABLE_QUEUES"};
+      "VERSION",        "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "CONFIG_IRQ_MAP",
+      "CONFIG_RSS_KEY", "CONFIG_RSS_LUT",   "ENABLE_VLAN_STRIPPING_V2", "ENABLE_VLAN_INSERTION_V2",
+      "ADD_ETH_ADDR",   "CONFIG_VSI_QUEUES", "ENABLE_QUEUES"};
   EXPECT_EQ(drv_->trace(), want);
   EXPECT_EQ(dev_->rss().hena, avf::kRssHenaDefault) << "RSS hashes on the PF's default types";
   EXPECT_EQ(drv_->num_active_queues(), 4u);
@@ -88,9 +92,10 @@ TEST_F(GuestTest, ResetAndReinitialiseBringsLinkBack) {
   ASSERT_TRUE(drv_->Reset().ok());
   EXPECT_TRUE(drv_->link_up());
   std::vector<std::string> after(drv_->trace().begin() + before, drv_->trace().end());
-  const std::vector<std::string> want = {"RESET_VF",          "GET_VF_RESOURCES", "CONFIG_IRQ_MAP",
-                                         "ADD_ETH_ADDR",      "CONFIG_VSI_QUEUES", "ENABLE_QUEUES",
-                                         "CONFIG_RSS_KEY",    "CONFIG_RSS_LUT"};
+  const std::vector<std::string> want = {
+      "RESET_VF",       "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "CONFIG_IRQ_MAP",
+      "ADD_ETH_ADDR",   "CONFIG_VSI_QUEUES", "ENABLE_QUEUES",           "CONFIG_RSS_KEY",
+      "CONFIG_RSS_LUT", "ENABLE_VLAN_STRIPPING_V2", "ENABLE_VLAN_INSERTION_V2"};
   EXPECT_EQ(after, want);
   EXPECT_EQ(dev_->counters().vf_resets, 1u);
   EXPECT_GT(dev_->aq_counters().atq_processed, 0u);
@@ -187,8 +192,13 @@ TEST_F(GuestTest, DpdkBringUpOrderAlsoReachesLinkUp) {
   ASSERT_TRUE(drv_->Init().ok());
   ASSERT_TRUE(drv_->Open().ok());
   EXPECT_TRUE(drv_->link_up());
+  // iavf_init_vf asks for the VLAN_V2 caps; dev_configure's
+  // iavf_dev_init_vlan turns stripping and insertion off (testpmd's
+  // default offloads) before RSS.
   const std::vector<std::string> want = {
-      "VERSION",           "GET_VF_RESOURCES", "SET_RSS_HENA",  "GET_STATS",     "CONFIG_RSS_LUT",
+      "VERSION",           "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "SET_RSS_HENA",
+      "GET_STATS",         "DISABLE_VLAN_STRIPPING_V2", "DISABLE_VLAN_INSERTION_V2",
+      "CONFIG_RSS_LUT",
       "CONFIG_RSS_KEY",    "GET_RSS_HENA_CAPS", "SET_RSS_HENA", "CONFIG_VSI_QUEUES", "CONFIG_IRQ_MAP",
       "ADD_ETH_ADDR",      "ENABLE_QUEUES",    "ENABLE_QUEUES", "ENABLE_QUEUES", "ENABLE_QUEUES",
       "ENABLE_QUEUES",     "ENABLE_QUEUES",    "ENABLE_QUEUES", "ENABLE_QUEUES"};

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <random>
@@ -157,6 +158,160 @@ TEST(DataplaneIntegration, LoopbackFramesComeBackByteForByte) {
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->tx_unicast, sent.size() + 1);
   EXPECT_EQ(st->rx_unicast, sent.size());
+  std::filesystem::remove_all(shm);
+}
+
+// An 802.1Q frame for `dst`: the MakeFrame bytes with a tag (TCI) after the
+// MAC addresses.
+std::vector<uint8_t> Tagged(const std::vector<uint8_t>& untagged, uint16_t tci) {
+  std::vector<uint8_t> f(untagged.size() + 4);
+  std::memcpy(f.data(), untagged.data(), 12);
+  f[12] = 0x81;
+  f[13] = 0x00;
+  f[14] = uint8_t(tci >> 8);
+  f[15] = uint8_t(tci);
+  std::memcpy(f.data() + 16, untagged.data() + 12, untagged.size() - 12);
+  return f;
+}
+
+// Sends `frame` (optionally asking the device to insert `insert_tci`) on
+// TX queue 0 of a loopback node and returns what came back (nothing if the
+// device dropped or filtered it).
+std::vector<guest::RxFrame> Loop(Node& n, const std::vector<uint8_t>& frame, int32_t insert_tci = -1) {
+  EXPECT_TRUE(n.gdp->Transmit(0, frame, 0, 0, insert_tci).ok());
+  std::vector<guest::RxFrame> got;
+  for (int i = 0; i < 20; ++i) {
+    n.dp->PollOnce();
+    for (uint32_t q = 0; q < n.drv->num_active_queues(); ++q) {
+      auto r = n.gdp->Receive(q);
+      EXPECT_TRUE(r.ok());
+      if (r.ok()) got.insert(got.end(), r->begin(), r->end());
+    }
+  }
+  n.gdp->ReapTx(0);
+  return got;
+}
+
+// VLAN as Linux iavf uses it over VLAN_V2 (a VLAN sub-interface: filter +
+// CTAG_RX stripping + CTAG_TX insertion): the tagged frames of its VLAN
+// arrive untagged with the TCI in L2TAG1, other VLANs are filtered, untagged
+// frames never carry a tag (they stay on the parent interface), inserted
+// tags go out and come back through the filter.
+TEST(DataplaneIntegration, VlanV2LinuxFilterStripInsert) {
+  std::string shm = TestDir();
+  Node n;
+  n.Start("vlan", "loopback", 1, shm);
+  ASSERT_TRUE(n.drv->vlan_v2());
+  EXPECT_TRUE(n.dev->vlan_strip());
+  ASSERT_TRUE(n.drv->AddVlan(100).ok());
+  const auto plain = MakeFrame(n.drv->mac(), 200, 1);
+  auto got = Loop(n, Tagged(plain, 100));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, plain) << "tag stripped";
+  EXPECT_EQ(got[0].vlan_tci, 100);
+  got = Loop(n, Tagged(plain, 0x6064));  // priority 3, VLAN 100
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].vlan_tci, 0x6064);
+  // VLAN 200 has no filter.
+  EXPECT_TRUE(Loop(n, Tagged(plain, 200)).empty());
+  EXPECT_EQ(n.dp->counters().rx_vlan_filtered.load(), 1u);
+  // Untagged: delivered without L2TAG1P (the parent interface's).
+  got = Loop(n, plain);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].vlan_tci, -1);
+  EXPECT_EQ(got[0].data, plain);
+  // Priority-tagged (VLAN 0) frames pass the filter.
+  got = Loop(n, Tagged(plain, 0x2000));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].vlan_tci, 0x2000);
+  // TX insertion from L2TAG1: out tagged, in through the filter, stripped.
+  got = Loop(n, plain, 100);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, plain);
+  EXPECT_EQ(got[0].vlan_tci, 100);
+  EXPECT_TRUE(Loop(n, plain, 300).empty()) << "inserted VLAN 300 is filtered on the way back";
+  // Stripping off (ethtool -K rxvlan off): the tag stays in the frame.
+  ASSERT_TRUE(n.drv->SetVlanStripping(false).ok());
+  got = Loop(n, Tagged(plain, 100));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, Tagged(plain, 100));
+  EXPECT_EQ(got[0].vlan_tci, -1);
+  // Insertion off: a descriptor still asking for it is malformed (dropped).
+  ASSERT_TRUE(n.drv->SetVlanInsertion(false).ok());
+  const uint64_t malformed = n.dp->counters().tx_malformed.load();
+  EXPECT_TRUE(Loop(n, plain, 100).empty());
+  EXPECT_EQ(n.dp->counters().tx_malformed.load(), malformed + 1);
+  // Promiscuous mode lets every VLAN through (ice's VLAN promiscuous).
+  ASSERT_TRUE(n.drv->ConfigPromisc(true, false).ok());
+  EXPECT_EQ(Loop(n, Tagged(plain, 200)).size(), 1u);
+  ASSERT_TRUE(n.drv->ConfigPromisc(false, false).ok());
+  ASSERT_TRUE(n.drv->DelVlan(100).ok());
+  EXPECT_TRUE(Loop(n, Tagged(plain, 100)).empty());
+  // A successor's data path (worker restart) rebuilds the same VLAN state
+  // from the device model: VLAN 100 still filtered, stripping still off.
+  ASSERT_TRUE(n.drv->AddVlan(100).ok());
+  n.dp.reset();
+  n.dp = std::make_unique<DataPath>(n.dev.get(), n.backend.get(), n.state.get());
+  n.dp->Recover();
+  got = Loop(n, Tagged(plain, 100));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, Tagged(plain, 100));
+  EXPECT_TRUE(Loop(n, Tagged(plain, 101)).empty());
+  std::filesystem::remove_all(shm);
+}
+
+// DPDK over VLAN_V2: testpmd's default leaves stripping and insertion off
+// (iavf_dev_init_vlan), filters through ADD_VLAN_V2; "vlan set strip on"
+// turns it on.
+TEST(DataplaneIntegration, VlanV2DpdkFlavour) {
+  std::string shm = TestDir();
+  Node n;
+  NodeShape dpdk;
+  dpdk.flavor = guest::Flavor::kDpdk;
+  n.Start("vlandpdk", "loopback", 1, shm, dpdk);
+  ASSERT_TRUE(n.drv->vlan_v2());
+  EXPECT_FALSE(n.dev->vlan_strip());
+  EXPECT_FALSE(n.dev->vlan_insert_l2tag1());
+  ASSERT_TRUE(n.drv->AddVlan(100).ok());
+  const auto plain = MakeFrame(n.drv->mac(), 300, 2);
+  auto got = Loop(n, Tagged(plain, 100));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, Tagged(plain, 100)) << "no stripping by default";
+  EXPECT_TRUE(Loop(n, Tagged(plain, 300)).empty());
+  ASSERT_TRUE(n.drv->SetVlanStripping(true).ok());
+  ASSERT_TRUE(n.drv->SetVlanInsertion(true).ok());
+  got = Loop(n, Tagged(plain, 100));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, plain);
+  EXPECT_EQ(got[0].vlan_tci, 100);
+  got = Loop(n, plain, 100);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].vlan_tci, 100);
+  std::filesystem::remove_all(shm);
+}
+
+// A DPDK build without VLAN_V2 (or any driver asking only for VLAN) gets
+// the legacy offload: ADD_VLAN and ENABLE/DISABLE_VLAN_STRIPPING, and both
+// descriptor tag locations for insertion.
+TEST(DataplaneIntegration, LegacyVlanOffload) {
+  std::string shm = TestDir();
+  Node n;
+  NodeShape legacy;
+  legacy.flavor = guest::Flavor::kDpdk;
+  legacy.caps = guest::kDpdkIavfCaps & ~avf::vc::kCapVlanV2;
+  n.Start("vlanleg", "loopback", 1, shm, legacy);
+  ASSERT_FALSE(n.drv->vlan_v2());
+  ASSERT_TRUE(n.drv->caps() & avf::vc::kCapVlan);
+  EXPECT_FALSE(n.dev->vlan_strip()) << "DPDK sent DISABLE_VLAN_STRIPPING";
+  ASSERT_TRUE(n.drv->AddVlan(7).ok());
+  EXPECT_TRUE(n.dev->vlan_filters()[7]);
+  const auto plain = MakeFrame(n.drv->mac(), 100, 3);
+  EXPECT_TRUE(Loop(n, Tagged(plain, 8)).empty());
+  ASSERT_TRUE(n.drv->SetVlanStripping(true).ok());
+  auto got = Loop(n, plain, 7);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, plain);
+  EXPECT_EQ(got[0].vlan_tci, 7);
   std::filesystem::remove_all(shm);
 }
 
