@@ -303,10 +303,24 @@ MessageReader::Result MessageReader::Peek(int sock, Message* out, absl::Span<con
     *error = FramingError(h.msg_size);
     return Result::kFramingError;
   }
-  if (buf_.size() < h.msg_size) buf_.resize(h.msg_size);
+  // One byte more than the message: a MSG_PEEK on a stream socket reports
+  // the fds of the skb *after* the peeked bytes too (af_unix's peek loop
+  // moves on to the next skb once the size is used up, copies nothing from
+  // it and still takes its fds), so a message without fds followed by one
+  // with fds (a posted doorbell write, then a DMA_MAP) would be handed the
+  // next message's fds and refused. The peek stops right after an skb that
+  // carries fds: fds whose skb ends inside this message come back with at
+  // most msg_size bytes; with msg_size + 1 bytes they ride on bytes beyond
+  // the message and are not its own (dropped here; the next Peek takes
+  // them again).
+  if (buf_.size() < size_t{h.msg_size} + 1) buf_.resize(size_t{h.msg_size} + 1);
   Message m;
-  ssize_t got = RecvWithFds(sock, buf_.data(), h.msg_size, max_fds_, &m.fds, &m.fds_truncated,
-                            MSG_PEEK | MSG_DONTWAIT);
+  ssize_t got = RecvWithFds(sock, buf_.data(), size_t{h.msg_size} + 1, max_fds_, &m.fds,
+                            &m.fds_truncated, MSG_PEEK | MSG_DONTWAIT);
+  if (got > static_cast<ssize_t>(h.msg_size)) {
+    m.fds.clear();
+    m.fds_truncated = false;
+  }
   if (got < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Result::kWouldBlock;
     *error = absl::StrCat("recvmsg: ", std::strerror(errno));

@@ -303,6 +303,39 @@ TEST(PeekTest, PeekLeavesTheMessageAndItsFdsUntilConsume) {
   EXPECT_EQ(r.Consume(p.b.get(), 1).code(), absl::StatusCode::kUnavailable);
 }
 
+// A MSG_PEEK on a unix stream socket also reports the fds of the skb after
+// the peeked bytes: a message without fds (a posted doorbell write) queued
+// before one with fds (DMA_MAP) must not be handed the next one's fds
+// (tests/hostile: posted writes followed by DMA_MAPs were refused EINVAL).
+TEST(PeekTest, TheNextMessagesFdsAreNotThisOnes) {
+  Pair p;
+  UniqueFd e1(::eventfd(0, EFD_NONBLOCK));
+  int one_fd[1] = {e1.get()};
+  std::vector<uint8_t> body(20, 3);
+  ASSERT_TRUE(SendMessage(p.a.get(), H(1), body, {}).ok());
+  ASSERT_TRUE(SendMessage(p.a.get(), H(2), body, one_fd).ok());
+  ASSERT_TRUE(SendMessage(p.a.get(), H(3), {}, {}).ok());
+  const size_t fds_before = OpenFds();
+  MessageReader r(4096, 16);
+  Message m;
+  absl::Span<const uint8_t> raw;
+  std::string err;
+  ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 1);
+  EXPECT_TRUE(m.fds.empty());
+  EXPECT_FALSE(m.fds_truncated);
+  ASSERT_TRUE(r.Consume(p.b.get(), raw.size()).ok());
+  ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 2);
+  EXPECT_EQ(m.fds.size(), 1u);
+  ASSERT_TRUE(r.Consume(p.b.get(), raw.size()).ok());
+  ASSERT_EQ(r.Peek(p.b.get(), &m, &raw, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 3);
+  EXPECT_TRUE(m.fds.empty());
+  m = Message();
+  EXPECT_EQ(OpenFds(), fds_before) << "peeked fds are closed with their message";
+}
+
 TEST(PeekTest, TooManyFdsFlaggedAndClosed) {
   Pair p;
   std::vector<UniqueFd> efds;
