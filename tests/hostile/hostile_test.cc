@@ -930,6 +930,48 @@ void PostedWritesThenFdMessage(Ctx& c) {
                            "), 0 refused; ", kRounds, " DMA_MAPs ok");
 }
 
+// A DMA_MAP whose header (carrying the fd) and payload come in two
+// sendmsgs: a stream socket may split a message anywhere.
+void SplitMessageWithFd(Ctx& c) {
+  auto cl = vfio_user::Client::Connect(c.a->sock());
+  ASSERT_TRUE(cl.ok()) << cl.status();
+  ASSERT_TRUE((*cl)->Version().ok());
+  (*cl)->set_timeout(absl::Seconds(5));
+  UniqueFd mem(::memfd_create("hostile-split", MFD_CLOEXEC));
+  ASSERT_EQ(::ftruncate(mem.get(), 4096), 0);
+  vfio_user::DmaMap req;
+  req.flags = vfio_user::kDmaFlagRead | vfio_user::kDmaFlagWrite;
+  req.addr = 0x300000000ull;
+  req.size = 4096;
+  vfio_user::Header h;
+  h.msg_id = 0x777;
+  h.command = vfio_user::kCmdDmaMap;
+  h.msg_size = uint32_t(vfio_user::kHeaderSize + sizeof(req));
+  int fd = mem.get();
+  ASSERT_TRUE((*cl)->SendRaw(absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&h), sizeof(h)),
+                             absl::MakeConstSpan(&fd, 1)).ok());
+  absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE((*cl)->SendRaw(absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&req), sizeof(req))).ok());
+  auto r = (*cl)->ReceiveReply(0x777, vfio_user::kCmdDmaMap);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->hdr.error, 0u);
+  EXPECT_TRUE((*cl)->DmaUnmap(0x300000000ull, 4096).ok());
+  cl->reset();
+  // Then a client that sends half a DMA_MAP (header + fd and 4 bytes of
+  // 32) and leaves: the worker sees it gone and serves the next client (the
+  // row's well-behaved guest).
+  auto half = vfio_user::Client::Connect(c.a->sock());
+  ASSERT_TRUE(half.ok()) << half.status();
+  ASSERT_TRUE((*half)->Version().ok());
+  std::vector<uint8_t> part(reinterpret_cast<const uint8_t*>(&h), reinterpret_cast<const uint8_t*>(&h) + sizeof(h));
+  part.insert(part.end(), reinterpret_cast<const uint8_t*>(&req), reinterpret_cast<const uint8_t*>(&req) + 4);
+  ASSERT_TRUE((*half)->SendRaw(part, absl::MakeConstSpan(&fd, 1)).ok());
+  half->reset();
+  c.versions = 2;
+  c.expects = {{Expect::kVfioError, "DMA_MAP", 0}, {Expect::kVfioMessage, "DMA_MAP", 1}};
+  c.outcome = "split DMA_MAP (fd on the header's sendmsg) mapped and answered; half a DMA_MAP then EOF: client dropped";
+}
+
 // Guest A attacks its own device with everything above that costs the worker
 // work; guest B, on another worker, keeps its link and traffic, and its
 // record shows nothing of it.
@@ -1085,6 +1127,9 @@ TEST(HostileGuest, EveryRow) {
        "the socket buffer bounds what is in flight; group commit keeps no per-write state", PostedWriteFlood},
       {"posted-writes-then-fd-message", "20 x (1,000 posted tail writes, then DMA_MAP with an fd)", 2048,
        "one window at a time", PostedWritesThenFdMessage},
+      {"split-message-with-fd", "DMA_MAP header + fd in one sendmsg, payload in the next; half a DMA_MAP, then EOF",
+       1024, "one window, one connection at a time",
+       SplitMessageWithFd},
       {"cross-device", "guest A: AQ storm, 20,000 bad tails, 2,000 DMA_MAPs, unmap mid-use, a silent connection "
        "to B's socket; guest B runs", 8192, "A's worker: as the rows above; B: 2 MiB asserted inside",
        CrossDevice, absl::Seconds(60)},
