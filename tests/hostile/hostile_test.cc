@@ -930,6 +930,48 @@ void PostedWritesThenFdMessage(Ctx& c) {
                            "), 0 refused; ", kRounds, " DMA_MAPs ok");
 }
 
+// Malformed vfio-user requests from the VMM side: each gets its errno; a
+// header whose size cannot be framed gets EINVAL and the connection closes.
+void MalformedRequests(Ctx& c) {
+  auto cl = vfio_user::Client::Connect(c.a->sock());
+  ASSERT_TRUE(cl.ok()) << cl.status();
+  ASSERT_TRUE((*cl)->Version().ok());
+  auto err = [&](uint16_t cmd, const std::vector<uint8_t>& payload) -> int {
+    auto m = (*cl)->Request(cmd, payload);
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) return -1;
+    return (m->hdr.flags & vfio_user::kFlagError) ? int(m->hdr.error) : 0;
+  };
+  auto access = [](uint32_t region, uint64_t offset, uint32_t count) {
+    std::vector<uint8_t> v;
+    Put(&v, vfio_user::RegionAccess{offset, region, count});
+    return v;
+  };
+  EXPECT_EQ(err(99, {}), EINVAL) << "unknown command";
+  EXPECT_EQ(err(vfio_user::kCmdDmaRead, std::vector<uint8_t>(16, 0)), EINVAL) << "server-to-client command";
+  EXPECT_EQ(err(vfio_user::kCmdRegionRead, access(vfio_user::kBar0, avf::kBar0Size, 4)), EINVAL) << "past BAR0";
+  EXPECT_EQ(err(vfio_user::kCmdRegionRead, access(42, 0, 4)), EINVAL) << "no such region";
+  EXPECT_EQ(err(vfio_user::kCmdRegionRead, access(vfio_user::kBar0, 0, 4u << 20)), E2BIG) << "4 MiB read";
+  EXPECT_EQ(err(vfio_user::kCmdRegionRead, {1, 2, 3}), EINVAL) << "short payload";
+  // A header announcing 2 GiB.
+  vfio_user::Header h;
+  h.msg_id = 0x4242;
+  h.command = vfio_user::kCmdRegionWrite;
+  h.msg_size = 0x80000000u;
+  ASSERT_TRUE((*cl)->SendRaw(absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&h), sizeof(h))).ok());
+  auto r = (*cl)->ReceiveReply(0x4242, vfio_user::kCmdRegionWrite);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->hdr.error, uint32_t(EINVAL));
+  char b;
+  pollfd p{(*cl)->fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  // EOF, or ECONNRESET: the worker closed with the header still unread.
+  const ssize_t n = ::recv((*cl)->fd(), &b, 1, 0);
+  EXPECT_TRUE(n == 0 || (n < 0 && errno == ECONNRESET)) << "connection not closed after an unframeable header";
+  c.expects = {{Expect::kVfioError, "REGION_READ", 4}, {Expect::kVfioError, "DMA_READ", 1}};
+  c.outcome = "unknown/server-only/past-BAR/no-region/short EINVAL, 4 MiB read E2BIG; 2 GiB header EINVAL + close";
+}
+
 // A DMA_MAP whose header (carrying the fd) and payload come in two
 // sendmsgs: a stream socket may split a message anywhere.
 void SplitMessageWithFd(Ctx& c) {
@@ -1127,6 +1169,9 @@ TEST(HostileGuest, EveryRow) {
        "the socket buffer bounds what is in flight; group commit keeps no per-write state", PostedWriteFlood},
       {"posted-writes-then-fd-message", "20 x (1,000 posted tail writes, then DMA_MAP with an fd)", 2048,
        "one window at a time", PostedWritesThenFdMessage},
+      {"malformed-requests", "unknown command, DMA_READ from the client, reads past BAR0 / of no region / of 4 MiB / "
+       "with a 3-byte payload, a header announcing 2 GiB", 1024, "refused before any allocation (framing limit)",
+       MalformedRequests},
       {"split-message-with-fd", "DMA_MAP header + fd in one sendmsg, payload in the next; half a DMA_MAP, then EOF",
        1024, "one window, one connection at a time",
        SplitMessageWithFd},
