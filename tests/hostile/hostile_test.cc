@@ -70,6 +70,16 @@ constexpr uint32_t kRing = 64;
 constexpr int32_t kErrParam = vc::kErrParam;
 constexpr uint64_t kMiB = 1 << 20;
 
+// Under AddressSanitizer (--config=asan) freed memory sits in ASan's
+// quarantine (up to 256 MiB) instead of being reused, so RSS measures the
+// sanitizer, not the worker: the bounds are asserted in the product build
+// only (the figures are still printed).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAssertMemoryBounds = false;
+#else
+constexpr bool kAssertMemoryBounds = true;
+#endif
+
 // ------------------------------------------------------------------ worker
 
 struct ProcStats {
@@ -1096,7 +1106,9 @@ void CrossDevice(Ctx& c) {
   EXPECT_EQ(TxQ(b1, 0, "errors"), TxQ(b0, 0, "errors"));
   EXPECT_EQ(b1.phase(), WorkerStatus::LINK_UP);
   const ProcStats sb1 = c.b->Stats();
-  EXPECT_LE(sb1.rss_kib, sb0.rss_kib + 2048) << "worker B grew while A was attacked";
+  if (kAssertMemoryBounds) {
+    EXPECT_LE(sb1.rss_kib, sb0.rss_kib + 2048) << "worker B grew while A was attacked";
+  }
   ASSERT_TRUE(drv_b.Remove().ok());
   c.outcome = absl::StrFormat(
       "B: link/MAC/VFACTIVE kept, frames round-trip, counters unchanged; B RSS %+lld KiB, CPU %llu ms",
@@ -1214,8 +1226,10 @@ TEST(HostileGuest, EveryRow) {
     res.rss_delta_kib = static_cast<long long>(s1.rss_kib) - static_cast<long long>(s0.rss_kib);
     res.hwm_delta_kib = static_cast<long long>(s1.hwm_kib) - static_cast<long long>(s0.hwm_kib);
     res.cpu_ms = s1.cpu_ms - s0.cpu_ms;
-    EXPECT_LE(res.rss_delta_kib, static_cast<long long>(row.rss_bound_kib)) << row.bound_reason;
-    EXPECT_LE(res.hwm_delta_kib, static_cast<long long>(row.rss_bound_kib)) << row.bound_reason;
+    if (kAssertMemoryBounds) {
+      EXPECT_LE(res.rss_delta_kib, static_cast<long long>(row.rss_bound_kib)) << row.bound_reason;
+      EXPECT_LE(res.hwm_delta_kib, static_cast<long long>(row.rss_bound_kib)) << row.bound_reason;
+    }
     // Afterwards a well-behaved guest brings the device up and moves frames.
     absl::Status good = WellBehavedRoundTrip(a.sock(), uint32_t(results.size() + 1), row.guest_wait);
     EXPECT_TRUE(good.ok()) << "well-behaved guest after " << row.name << ": " << good;
@@ -1228,7 +1242,8 @@ TEST(HostileGuest, EveryRow) {
   EXPECT_TRUE(b.Alive()) << "worker B died:\n" << b.Log();
 
   // The table, for the CI log.
-  std::string table = absl::StrFormat("\n%-34s %-5s %9s %9s %9s %7s  %s\n", "row", "ok", "RSS(KiB)", "HWM(KiB)",
+  std::string table = kAssertMemoryBounds ? "" : "\n(AddressSanitizer build: memory bounds printed, not asserted)";
+  table += absl::StrFormat("\n%-34s %-5s %9s %9s %9s %7s  %s\n", "row", "ok", "RSS(KiB)", "HWM(KiB)",
                                       "bound", "CPU(ms)", "outcome");
   for (const Result& r : results) {
     table += absl::StrFormat("%-34s %-5s %+9lld %+9lld %9llu %7llu  %s\n", r.row, r.passed ? "yes" : "NO",
