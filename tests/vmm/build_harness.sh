@@ -144,6 +144,11 @@ KIMG=$(papt_cache show "linux-image-amd64=$KMETA_VER" 2>/dev/null | sed -n 's/^D
 KPKG="$KIMG-unsigned"
 KVER=$(pkg_version "$KPKG" bookworm); [[ -n $KVER ]] || unavailable "$KPKG (bookworm)"
 KREL=${KIMG#linux-image-}
+# DPDK for the dpdk-* scenarios: the host's own bookworm DPDK (dpdk-dev: testpmd; librte-net-iavf23 ...).
+DPDK_VER=$(dpkg-query -W -f='${Version}' "$(dpkg -S /usr/bin/dpdk-testpmd 2>/dev/null | cut -d: -f1)" 2>/dev/null || true)
+DPDK_PLUGIN_DIR=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
+[[ -n $DPDK_VER && -x /usr/bin/dpdk-testpmd && -e $DPDK_PLUGIN_DIR/librte_net_iavf.so ]] ||
+  unavailable "dpdk (the host's bookworm dpdk-dev package: dpdk-testpmd and $DPDK_PLUGIN_DIR/librte_net_iavf.so)"
 
 log "inputs: qemu $QEMU_VER (sid source), seabios $SEABIOS_VER, meson $MESON_VER, pycotap $PYCOTAP_VER"
 log "inputs: guest $KPKG $KVER, busybox-static $BUSYBOX_VER, ethtool $ETHTOOL_VER"
@@ -317,6 +322,17 @@ build_guest() {
   add_mod iavf
   printf '%s\n' "${order[@]}" >"$r/lib/modules/load-order"
   log "guest: modules ${order[*]} ($(modinfo -F vermagic "$iavf"))"
+  # Loaded by the phases that need them: 8021q (VLAN sub-interfaces) and
+  # vfio-pci (DPDK, behind QEMU's emulated VT-d: this kernel has no
+  # CONFIG_VFIO_NOIOMMU), each list dependencies first.
+  local extra
+  for extra in 8021q vfio-pci; do
+    order=(); add_mod "$extra"
+    # (vfio loads its IOMMU backend with request_module: no modprobe here)
+    [[ $extra == vfio-pci ]] && add_mod vfio_iommu_type1
+    printf '%s\n' "${order[@]}" >"$r/lib/modules/$extra.load-order"
+    log "guest: $extra: modules ${order[*]}"
+  done
   # busybox (static) with its applets as links
   dpkg-deb -x "$bdeb" "$work/bb"
   install -m755 "$work/bb/bin/busybox" "$r/bin/busybox"
@@ -336,6 +352,42 @@ build_guest() {
   python3 "$HERE/payload.py" "$PAYLOAD_MIB" >"$r/payload.bin"
   install -m755 "$HERE/guest/init" "$r/init"
   (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) >"$out/initramfs.cpio.gz"
+  # The DPDK scenarios' initramfs: the same plus the host's (bookworm) DPDK
+  # testpmd, the PMD plugins it needs (bus_pci, net_iavf, mempool_ring) and
+  # their libraries (ldd), appended as a second cpio archive (the kernel
+  # unpacks concatenated archives in order).
+  local d="$work/dpdk" f plugdir
+  plugdir=$(dirname "$(readlink -f "$DPDK_PLUGIN_DIR/librte_net_iavf.so")")
+  mkdir -p "$d/usr/bin" "$d/lib/x86_64-linux-gnu" "$d$DPDK_PLUGIN_DIR"
+  install -m755 /usr/bin/dpdk-testpmd "$d/usr/bin/dpdk-testpmd"
+  # coreutils' stdbuf: testpmd's stdout is a pipe to the guest script, which
+  # reads it while testpmd runs (line-buffered, not at exit)
+  mkdir -p "$d/usr/libexec/coreutils"
+  install -m755 /usr/bin/stdbuf "$d/usr/bin/stdbuf"
+  install -m755 /usr/libexec/coreutils/libstdbuf.so "$d/usr/libexec/coreutils/libstdbuf.so"
+  # One file per plugin, reached by both names as on the host (EAL loads the
+  # plugin directory; testpmd links bus_pci too: two copies would register
+  # their tailqs twice).
+  local real soname
+  for f in librte_bus_pci.so librte_net_iavf.so librte_mempool_ring.so; do
+    real=$(readlink -f "$DPDK_PLUGIN_DIR/$f")
+    soname=$(objdump -p "$real" | awk '$1 == "SONAME" {print $2}')
+    [[ -n $soname ]] || die "guest: no SONAME in $real"
+    cp "$real" "$d$DPDK_PLUGIN_DIR/"
+    ln -sf "$(basename "$real")" "$d$DPDK_PLUGIN_DIR/$f"
+    ln -sf "$(basename "$real")" "$d$DPDK_PLUGIN_DIR/$soname"
+    ln -sf "$DPDK_PLUGIN_DIR/$(basename "$real")" "$d/lib/x86_64-linux-gnu/$soname"
+  done
+  for lib in $( { ldd /usr/bin/dpdk-testpmd; ldd /usr/bin/stdbuf; for f in "$d$DPDK_PLUGIN_DIR"/*.so; do ldd "$f"; done; } |
+      awk '/=>/ && $3 ~ /^\// {print $3}' | sort -u); do
+    [[ -e $r/lib/x86_64-linux-gnu/$(basename "$lib") || -L $d/lib/x86_64-linux-gnu/$(basename "$lib") ]] ||
+      cp -L "$lib" "$d/lib/x86_64-linux-gnu/"
+  done
+  # (glibc dlopens libgcc_s for pthread_cancel, which testpmd's exit uses)
+  cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
+  (cd "$d" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) >"$work/dpdk.cpio.gz"
+  cat "$out/initramfs.cpio.gz" "$work/dpdk.cpio.gz" >"$out/initramfs-dpdk.cpio.gz"
+  log "guest: DPDK initramfs $(du -h "$out/initramfs-dpdk.cpio.gz" | cut -f1) (dpdk-testpmd $DPDK_VER, plugins from $plugdir)"
   echo "$KPKG $KVER" >"$out/VERSION"
   rm -rf "$work"
 }
@@ -358,7 +410,7 @@ component() {
 QEMU_KEY=$( { declare -f build_qemu make_wheel; echo "$QEMU_VER $MESON_VER $PYCOTAP_VER"; gcc --version | head -1; } | key)
 FW_KEY=$( { declare -f build_firmware; echo "$SEABIOS_VER"; } | key)
 GUEST_KEY=$( { declare -f build_guest; echo "$KPKG $KVER $BUSYBOX_VER $ETHTOOL_VER $LIBMNL_VER $PAYLOAD_MIB";
-  cat "$HERE/guest/init" "$HERE/payload.py"; dpkg-query -W -f='${Version}' libc6; } | key)
+  cat "$HERE/guest/init" "$HERE/payload.py"; dpkg-query -W -f='${Version}' libc6; echo "dpdk $DPDK_VER"; } | key)
 
 need_build=0
 for c in "qemu-$QEMU_KEY" "firmware-$FW_KEY" "guest-$GUEST_KEY"; do
@@ -390,6 +442,8 @@ VMM_BIOS=$FWDIR_ALL/bios-256k.bin
 VMM_SEABIOS_VERSION='$SEABIOS_VER'
 VMM_KERNEL=$GUEST_DIR/vmlinuz
 VMM_INITRD=$GUEST_DIR/initramfs.cpio.gz
+VMM_INITRD_DPDK=$GUEST_DIR/initramfs-dpdk.cpio.gz
+VMM_DPDK_VERSION='$DPDK_VER'
 VMM_GUEST_KERNEL='$KPKG $KVER'
 VMM_PAYLOAD_MIB=$PAYLOAD_MIB
 EOF
