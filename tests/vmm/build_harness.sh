@@ -5,8 +5,9 @@
 #   - SeaBIOS (Debian sid/trixie .deb) and the linuxboot_dma.bin option ROM
 #     (built from the QEMU source's pc-bios/optionrom);
 #   - the guest: a Debian bookworm kernel and its iavf.ko (from
-#     linux-image-*-amd64-unsigned), busybox-static, ethtool, and
-#     tests/vmm/guest/init packed as an initramfs.
+#     linux-image-*-amd64-unsigned; also 8021q and vfio-pci), busybox-static,
+#     ethtool, and tests/vmm/guest/init packed as an initramfs; a second
+#     initramfs adds the host's DPDK testpmd (dpdk-dev) for the dpdk-* scenarios.
 #
 # usage: tests/vmm/build_harness.sh            (env EMUD_VMM_CACHE, default /var/cache/emud-vmm)
 #
@@ -144,11 +145,6 @@ KIMG=$(papt_cache show "linux-image-amd64=$KMETA_VER" 2>/dev/null | sed -n 's/^D
 KPKG="$KIMG-unsigned"
 KVER=$(pkg_version "$KPKG" bookworm); [[ -n $KVER ]] || unavailable "$KPKG (bookworm)"
 KREL=${KIMG#linux-image-}
-# DPDK for the dpdk-* scenarios: the host's own bookworm DPDK (dpdk-dev: testpmd; librte-net-iavf23 ...).
-DPDK_VER=$(dpkg-query -W -f='${Version}' "$(dpkg -S /usr/bin/dpdk-testpmd 2>/dev/null | cut -d: -f1)" 2>/dev/null || true)
-DPDK_PLUGIN_DIR=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
-[[ -n $DPDK_VER && -x /usr/bin/dpdk-testpmd && -e $DPDK_PLUGIN_DIR/librte_net_iavf.so ]] ||
-  unavailable "dpdk (the host's bookworm dpdk-dev package: dpdk-testpmd and $DPDK_PLUGIN_DIR/librte_net_iavf.so)"
 
 log "inputs: qemu $QEMU_VER (sid source), seabios $SEABIOS_VER, meson $MESON_VER, pycotap $PYCOTAP_VER"
 log "inputs: guest $KPKG $KVER, busybox-static $BUSYBOX_VER, ethtool $ETHTOOL_VER"
@@ -158,9 +154,10 @@ key() { sha256sum | cut -c1-16; }
 # ---------------------------------------------------------------- host build deps
 HOST_DEPS=(build-essential gcc-multilib pkg-config ninja-build python3-venv libglib2.0-dev libpixman-1-dev
   zlib1g-dev cpio kmod xz-utils zstd)
-ensure_host_deps() {
-  local missing=() p
-  for p in "${HOST_DEPS[@]}"; do
+ensure_host_deps() {  # [PKG...] (default: HOST_DEPS)
+  local missing=() p want=("$@")
+  ((${#want[@]} > 0)) || want=("${HOST_DEPS[@]}")
+  for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   ((${#missing[@]} == 0)) && return 0
@@ -178,6 +175,15 @@ ensure_host_deps() {
     fi
   fi
 }
+
+# DPDK for the dpdk-* scenarios: the host's own bookworm DPDK (dpdk-dev:
+# dpdk-testpmd, its libraries and PMD plugins), installed from the host's
+# sources if missing.
+ensure_host_deps dpdk-dev
+DPDK_VER=$(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null || true)
+DPDK_PLUGIN_DIR=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
+[[ -n $DPDK_VER && -x /usr/bin/dpdk-testpmd && -e $DPDK_PLUGIN_DIR/librte_net_iavf.so ]] ||
+  unavailable "dpdk-dev (dpdk-testpmd and $DPDK_PLUGIN_DIR/librte_net_iavf.so)"
 
 # Packs an unpacked Debian python package ($1 = dist-packages dir, $2 = name,
 # $3 = version) as a pure-python wheel in $4 (what QEMU's mkvenv installs
