@@ -18,13 +18,14 @@
 #            dpdk-trap-4qp dpdk-mmap-4qp                   DPDK testpmd in the guest (uio_pci_generic):
 #                                                          4 queues + RSS, a flex RXDID, ptype, VLAN
 #                                                          filter + strip, VXLAN with checksum offload
-#                                                          (not in the default list, see README.md)
 # When a trap and an mmap scenario with the same queue count both ran, the
 # summary gives the ratio of their average ping RTTs (light load: 5 pings/s).
 #
 # Environment (defaults in brackets):
 #   EMUD_VMM_CACHE [/var/cache/emud-vmm]   harness cache (tests/vmm/build_harness.sh)
-#   EMUD_VMM_SCENARIOS [all eight: trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp]
+#   EMUD_VMM_SCENARIOS [trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp
+#                       vlan-trap-1qp vlan-mmap-2qp dpdk-trap-4qp dpdk-mmap-4qp]
+#   EMUD_VMM_DPDK_FLOWS [64]               UDP flows the host sends testpmd (RSS)
 #   EMUD_VMM_KILLS [60]                    worker kills per chaos scenario
 #   EMUD_VMM_KILL_INTERVAL_MS [300-500]    random pause between two kills
 #   EMUD_VMM_POST_KILLS [5]                worker kills after the emud kill + upgrade
@@ -63,7 +64,7 @@ BIN="$ROOT/bazel-bin"
 EMUD="$BIN/server/emud" EMUD_INIT="$BIN/server/emud-init" WORKER="$BIN/dataplane/emud-worker" EMUCTL="$BIN/ctl/emuctl"
 
 if [[ $# -gt 0 ]]; then SCENARIOS=("$@"); else
-  read -r -a SCENARIOS <<<"${EMUD_VMM_SCENARIOS:-trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp}"
+  read -r -a SCENARIOS <<<"${EMUD_VMM_SCENARIOS:-trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp vlan-trap-1qp vlan-mmap-2qp dpdk-trap-4qp dpdk-mmap-4qp}"
 fi
 
 say() { printf 'vmm: %s\n' "$*"; }
@@ -78,6 +79,12 @@ mkdir -p "$LOGROOT"
 say "logs in $LOGROOT; qemu $VMM_QEMU_VERSION, guest $VMM_GUEST_KERNEL, seabios $VMM_SEABIOS_VERSION"
 
 # iavf / kernel lines that fail any scenario when found in the guest's dmesg.
+# The VLAN scenarios also fail on iavf refusing or failing a VLAN request.
+BAD_DMESG_VLAN='Failed to add VLAN filter|Failed to delete VLAN filter|PF returned error|VLAN.*not supported|Cannot add VLAN|Cannot remove VLAN'
+# The DPDK scenarios fail on any command testpmd or the PMD reports as failed
+# (the PMD's "Failed to read msg from AdminQ,ret: -57" is no failure: its
+# interrupt handler found the message already taken by the waiting command).
+BAD_TESTPMD='fail to execute|failed diag=|[Ff]ailed to|No response for cmd|Error[: ]|Fail to|not supported|Invalid'
 BAD_DMESG='NETDEV WATCHDOG|Reset never finished|Hardware reset detected|MTU change timed out|Never saw reset|Reset task did not complete|Reset warning received|Failed to init adminq|Unable to send opcode|AQ command send failed|Reset Task|tx_timeout|transmit queue [0-9]+ timed out|BUG:|Oops|Call Trace|watchdog: BUG'
 
 # ------------------------------------------------------------------ per scenario state
@@ -206,7 +213,7 @@ dpdk_checks() {
   ((n == q)) || fails+=("dpdk: $n of $q RX queues got a flex RXDID: $(grep -m2 -E 'RXDID|VLAN offloading' "$D" | tr '\n' ' ')")
   grep -qE 'RXDID.*(is legacy|is not supported)|rxdid.*not supported in hardware' "$D" &&
     fails+=("dpdk: $(grep -m1 -E 'RXDID.*(is legacy|is not supported)|rxdid.*not supported' "$D")")
-  grep -q 'VLAN offloading is not supported' "$D" && fails+=("dpdk: $(grep -m1 'VLAN offloading is not supported' "$D")")
+  while read -r v; do fails+=("dpdk: testpmd: $v"); done < <(grep -E "$BAD_TESTPMD" "$D" | grep -vE 'Failed to read msg from AdminQ,ret: -57$|is legacy, set rx_pkt_burst' | head -10)
   # RSS: every queue received some of the UDP flows (the forwarding streams'
   # stats at "stop": one stream per RX queue).
   for ((i = 0; i < q; i++)); do
@@ -236,6 +243,7 @@ dpdk_checks() {
   DPDKFIG="RXDID: $(grep -oE 'request RXDID\[[0-9]+\] in Queue\[[0-9]+\][a-z ,_]*' "$D" | sort -u | tr '\n' ';') $(grep -m1 -oE '[a-z_]*\(\): VLAN offloading.*' "$D")"
   DPDKFIG="$DPDKFIG; RX per queue:$perq; RSS-hash packets $(grep -c 'RSS hash=0x' "$D"); sample: $(grep -m1 -oE 'RSS hash=0x[0-9a-f]+ - RSS queue=0x[0-9a-f]+.*hw ptype: [A-Z0-9_ ]+' "$D" | tr -s ' ')"
   DPDKFIG="$DPDKFIG; VLAN: $(grep -c "VLAN tci=0x$(printf '%x' "$VLAN_ID")\b" "$D") x 'VLAN tci=0x$(printf '%x' "$VLAN_ID")', VLAN $VLAN_OTHER_ID frames seen $(grep -cE "VLAN tci=0x$(printf '%x' "$VLAN_OTHER_ID")\b|length=(127|123) " "$D"), port info: $(grep -A1 -m1 'VLAN offload:' "$D" | tr '\n' ' ' | tr -s ' ')"
+  DPDKFIG="$DPDKFIG; testpmd port stats: $(grep -m1 -E '^ *TX-packets: [0-9]+ +TX-errors' "$D" | tr -s ' ')"
   DPDKFIG="$DPDKFIG; host: $hs; testpmd start $(grep -o 'dpdk_start_ms=[0-9]*' "$R")"
 }
 
@@ -405,6 +413,9 @@ run_scenario() {
     fails+=("guest: ${line#VMM-ERROR }")
   done < <(grep '^VMM-ERROR' "$R")
   while read -r line; do fails+=("guest dmesg: $line"); done < <(grep -E "$BAD_DMESG" "$DIR/dmesg.txt" | head -20)
+  if [[ $phases == *vlan* ]]; then
+    while read -r line; do fails+=("guest dmesg: $line"); done < <(grep -E "$BAD_DMESG_VLAN" "$DIR/dmesg.txt" | head -10)
+  fi
   [[ -s $DIR/failed.log ]] && fails+=("emud showed the device FAILED during the disruptions (failed.log)")
   if grep -q '"PHASE_FAILED"' "$DIR/watch.jsonl"; then fails+=("emud showed the device FAILED: $(grep -m1 -o '"lastError":"[^"]*"' "$DIR/watch.jsonl")"); fi
   [[ $final_phase == FAILED ]] && fails+=("device FAILED at the end")
