@@ -33,7 +33,8 @@ usage:
       captures what comes back from DSTMAC (testpmd's csum forwarding with
       hardware checksums) for a while and checks the checksums of the VXLAN
       frames that return: outer IPv4, outer UDP (if not 0), inner IPv4, inner
-      TCP. Prints a summary line "sent_rss=.. vxlan_back=.. vxlan_csum_ok=.." .
+      TCP, and of the plain UDP frames that return: IPv4, UDP. Prints a summary
+      line "sent_rss=.. vxlan_back=.. vxlan_csum_ok=.. udp_back=.. udp_csum_ok=..".
 """
 import socket
 import struct
@@ -260,15 +261,25 @@ def dpdk(tap, dst_mac, log_path, vlan, other_vid, flows):
     th.join()
     # the VXLAN frames that came back (testpmd's csum engine; L4 ports unchanged)
     back, ok, bad = 0, 0, []
-    other_back = 0
+    other_back, udp_back, udp_ok = 0, 0, 0
     for data, vid in list(got):
         if len(data) < 14 + 20 + 8 or data[12:14] != b"\x08\x00":
             other_back += 1
             continue
         ip = data[14:]
         ihl = (ip[0] & 15) * 4
-        if ip[9] != 17 or struct.unpack("!H", ip[ihl + 2:ihl + 4])[0] != 4789:
+        if ip[9] != 17:
             other_back += 1
+            continue
+        if struct.unpack("!H", ip[ihl + 2:ihl + 4])[0] != 4789:
+            # plain UDP (the RSS flows, the VLAN frames): IPv4 and UDP checksums by the device
+            udp_back += 1
+            tot = struct.unpack("!H", ip[2:4])[0]
+            seg = ip[ihl:tot]
+            if csum(ip[:ihl]) == 0 and l4_csum(socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20]), 17, seg) == 0:
+                udp_ok += 1
+            else:
+                log.write(f"udp back with bad checksums: {data.hex()}\n")
             continue
         back += 1
         tot = struct.unpack("!H", ip[2:4])[0]
@@ -296,7 +307,7 @@ def dpdk(tap, dst_mac, log_path, vlan, other_vid, flows):
             log.write(f"vxlan back ok: outer udp csum {struct.unpack('!H', u[6:8])[0]:#06x}\n")
     summary = (f"sent_rss={sent['rss']} sent_vlan={sent['vlan']} sent_othervid={sent['othervid']} "
                f"sent_vxlan={sent['vxlan']} frames_back={len(got)} vxlan_back={back} vxlan_csum_ok={ok} "
-               f"vxlan_csum_bad={len(bad)} other_back={other_back}")
+               f"vxlan_csum_bad={len(bad)} udp_back={udp_back} udp_csum_ok={udp_ok} other_back={other_back}")
     if bad:
         summary += " bad=" + ",".join(sorted(set(bad)))
     log.write(summary + "\n")

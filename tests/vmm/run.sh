@@ -211,8 +211,6 @@ dpdk_checks() {
   # "request RXDID[N] in Queue[Q]"), never the legacy fallback.
   n=$(grep -cE 'request RXDID\[([2-9]|[1-9][0-9]+)\] in Queue\[[0-9]+\]$' "$D")
   ((n == q)) || fails+=("dpdk: $n of $q RX queues got a flex RXDID: $(grep -m2 -E 'RXDID|VLAN offloading' "$D" | tr '\n' ' ')")
-  grep -qE 'RXDID.*(is legacy|is not supported)|rxdid.*not supported in hardware' "$D" &&
-    fails+=("dpdk: $(grep -m1 -E 'RXDID.*(is legacy|is not supported)|rxdid.*not supported' "$D")")
   while read -r v; do fails+=("dpdk: testpmd: $v"); done < <(grep -E "$BAD_TESTPMD" "$D" | grep -vE 'Failed to read msg from AdminQ,ret: -57$|is legacy, set rx_pkt_burst' | head -10)
   # RSS: every queue received some of the UDP flows (the forwarding streams'
   # stats at "stop": one stream per RX queue).
@@ -240,6 +238,9 @@ dpdk_checks() {
   hs=$(grep -m1 '^sent_rss=' "$H" 2>/dev/null)
   v=$(grep -o '\bvxlan_back=[0-9]*' <<<"$hs" | cut -d= -f2) n=$(grep -o '\bvxlan_csum_ok=[0-9]*' <<<"$hs" | cut -d= -f2)
   ((${v:-0} == 8 && ${n:-0} == 8)) || fails+=("dpdk: VXLAN with checksum offload: $hs")
+  # and the plain UDP frames (RSS flows, VLAN 100) with IPv4/UDP checksum offload
+  v=$(grep -o '\budp_back=[0-9]*' <<<"$hs" | cut -d= -f2) n=$(grep -o '\budp_csum_ok=[0-9]*' <<<"$hs" | cut -d= -f2)
+  ((${v:-0} >= DPDK_FLOWS && ${n:-0} == ${v:-0})) || fails+=("dpdk: UDP with checksum offload: $hs")
   DPDKFIG="RXDID: $(grep -oE 'request RXDID\[[0-9]+\] in Queue\[[0-9]+\][a-z ,_]*' "$D" | sort -u | tr '\n' ';') $(grep -m1 -oE '[a-z_]*\(\): VLAN offloading.*' "$D")"
   DPDKFIG="$DPDKFIG; RX per queue:$perq; RSS-hash packets $(grep -c 'RSS hash=0x' "$D"); sample: $(grep -m1 -oE 'RSS hash=0x[0-9a-f]+ - RSS queue=0x[0-9a-f]+.*hw ptype: [A-Z0-9_ ]+' "$D" | tr -s ' ')"
   DPDKFIG="$DPDKFIG; VLAN: $(grep -c "VLAN tci=0x$(printf '%x' "$VLAN_ID")\b" "$D") x 'VLAN tci=0x$(printf '%x' "$VLAN_ID")', VLAN $VLAN_OTHER_ID frames seen $(grep -cE "VLAN tci=0x$(printf '%x' "$VLAN_OTHER_ID")\b|length=(127|123) " "$D"), port info: $(grep -A1 -m1 'VLAN offload:' "$D" | tr '\n' ' ' | tr -s ' ')"
