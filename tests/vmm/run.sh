@@ -520,9 +520,9 @@ run_scenario() {
   local txb rxb
   txb=$(grep -o '^sink .* bytes=[0-9]* ok=1' "$DIR/peer.log" | sed 's/.*bytes=\([0-9]*\).*/\1/' | awk '{s += $1} END {print s + 0}')
   rxb=$(grep -o '_tcp_rx_bytes=[0-9]* [a-z0-9_]*_tcp_rx_ms=[0-9]* [a-z0-9_]*_tcp_rx_sha_ok=1' "$R" | sed 's/.*_tcp_rx_bytes=\([0-9]*\).*/\1/' | awk '{s += $1} END {print s + 0}')
-  avgrtt=$(grep -o '\bbasic_ping_avg_ms=[0-9.]*' "$R" | head -1 | cut -d= -f2)
+  avgrtt=$(grep -oE '\b(basic|vlan)_ping_avg_ms=[0-9.]*' "$R" | head -1 | cut -d= -f2)
   # Light load only: the basic phase of a scenario without disruptions.
-  [[ -n $avgrtt && $phases != *chaos* ]] && AVG_RTT["$doorbell-$queues"]=$avgrtt
+  [[ -n $avgrtt && $phases == *basic* && $phases != *chaos* ]] && AVG_RTT["$doorbell-$queues"]=$avgrtt
   fig="pings ${sent:-0}/${recv:-0} (sent/received), average RTT ${avgrtt:-n/a} ms, longest RTT ${maxrtt:-n/a} ms, TCP verified guest->host ${txb:-0} B, host->guest ${rxb:-0} B"
   [[ $phases == *flows* ]] && fig="$fig, $FLOWQ"
   [[ $phases == *vlan* ]] && fig="$fig; VLAN: $VLANFIG"
