@@ -624,6 +624,15 @@ TEST_F(DeviceTest, QueueConfigValidation) {
   // crc_disable (keep the FCS): with the CRC capability, granted to a VF
   // asking for it as ice does; refused to one that did not.
   EXPECT_NE(dev_->granted_caps() & vc::kCapCrc, 0u);
+  // Not while the VLAN tag is stripped (on by default for a driver asking
+  // for VLAN, ice_vf_init_vlan_stripping; ice_vc_cfg_qs_msg refuses both).
+  ASSERT_TRUE(dev_->vlan_strip());
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), vc::kErrParam);
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  vc::VlanSetting off{};
+  off.inner_ethertype_setting = vc::kVlanEthertype8100;
+  off.vport_id = kVsiId;
+  ASSERT_EQ(Status(vc::kOpDisableVlanStrippingV2, Bytes().Add(off).span()), 0);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), 0);
   EXPECT_TRUE(dev_->rx_queue(0).keep_crc);
   ASSERT_EQ(drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps & ~vc::kCapCrc)->v_retval, 0);
@@ -1631,6 +1640,9 @@ TEST_F(DeviceTest, VlanV2StrippingRefusedWhileAQueueKeepsTheCrc) {
   Make(o);
   Negotiate();
   ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  // Stripping starts on for a driver that asked for VLAN (Linux's caps):
+  // a kept CRC needs it off first (ice_vc_cfg_qs_msg).
+  ASSERT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
   Bytes b = VsiQueues(1);
   reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8)->rxq.crc_disable = 1;
   ASSERT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), 0);
