@@ -64,13 +64,17 @@ using MacAddr = std::array<uint8_t, 6>;
 // grants it (ice_vc_get_vf_res_msg: to a VF asking): an RX queue configured
 // with crc_disable gets frames with their Ethernet FCS (DPDK's KEEP_CRC,
 // Linux's rx-fcs). VLAN_V2 to a driver asking for it, else VLAN, never both,
-// as ice_vc_get_vf_res_msg grants them. LARGE_NUM_QPAIRS is granted only to
+// as ice_vc_get_vf_res_msg grants them. ENCAP and ENCAP_CSUM as ice grants
+// them (whenever asked): the data path performs tunnel (VXLAN/GENEVE/GRE/
+// IPIP) checksum offloads and TSO from the context descriptor's tunnelling
+// fields (dataplane/offload.h TxTunnel). LARGE_NUM_QPAIRS is granted only to
 // a device of more than 16 queue pairs (as ice grants it only to a VF given
 // a bigger RSS LUT).
 inline constexpr uint32_t kDefaultSupportedCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg |
                                                   vc::kCapWbOnItr | vc::kCapReqQueues |
                                                   vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs |
-                                                  vc::kCapCrc | vc::kCapVlan | vc::kCapVlanV2;
+                                                  vc::kCapCrc | vc::kCapVlan | vc::kCapVlanV2 |
+                                                  vc::kCapEncap | vc::kCapEncapCsum;
 
 // MSI-X vectors of a device offering `max_queue_pairs`: 17 (misc + 16, what
 // an ice VF gets by default, ICE_NUM_VF_MSIX_MED) up to 16 queue pairs, else

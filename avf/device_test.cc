@@ -27,7 +27,8 @@ constexpr size_t kRamSize = 2 << 20;
 constexpr uint32_t kLinuxCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssAq | vc::kCapRssReg |
                                 vc::kCapVlan | vc::kCapWbOnItr | vc::kCapReqQueues |
                                 vc::kCapAdvLinkSpeed | vc::kCapVlanV2 | vc::kCapCrc |
-                                vc::kCapRxFlexDesc | vc::kCapRssPctypeV2;
+                                vc::kCapRxFlexDesc | vc::kCapRssPctypeV2 | vc::kCapEncap |
+                                vc::kCapEncapCsum;
 
 class Bytes {
  public:
@@ -221,8 +222,10 @@ TEST_F(DeviceTest, VersionAndResources) {
   EXPECT_EQ(res.vsi_res[0].vsi_type, int32_t(vc::kVsiTypeSriov));
   EXPECT_EQ(res.rss_key_size, 52u);
   EXPECT_EQ(res.rss_lut_size, 64u);
-  const uint32_t must = vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr;
+  const uint32_t must =
+      vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr | vc::kCapEncap | vc::kCapEncapCsum;
   EXPECT_EQ(res.vf_cap_flags & must, must);
+  EXPECT_EQ(res.vf_cap_flags & (1u << 22), 0u) << "RX_ENCAP_CSUM: ice never grants it";
   EXPECT_EQ(res.vf_cap_flags & ~kLinuxCaps, 0u) << "never more than requested";
   EXPECT_EQ(res.vf_cap_flags & vc::kCapRssAq, 0u);
   // Linux asks for VLAN and VLAN_V2: ice grants VLAN_V2 alone.
