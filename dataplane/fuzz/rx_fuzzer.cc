@@ -51,7 +51,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   RxQueue q(0, hot);
   Check(q.Configure(kRing, ring_len, 2048, 1518).ok(), "configure");
   Check(q.SetEnabled(true).ok(), "enable");
-  static std::vector<uint8_t>* frame = new std::vector<uint8_t>(16384);
+  // Frame bytes: a fixed pattern, read at an offset the input picks.
+  static std::vector<uint8_t>* frame = [] {
+    auto* f = new std::vector<uint8_t>(16384 + 256);
+    for (size_t i = 0; i < f->size(); ++i) (*f)[i] = uint8_t(i * 7);
+    return f;
+  }();
 
   for (int steps = 0; !in.done() && steps < 512; ++steps) {
     switch (in.U8() % 8) {
@@ -72,11 +77,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 2: {
         uint32_t tail = in.U16() % (ring_len + 2);
-        size_t len = in.U16() % frame->size();
+        size_t len = in.U16() % 16384;
         uint8_t bits = in.U8();
-        for (size_t i = 0; i < len; ++i) (*frame)[i] = uint8_t(i + bits);
         uint64_t csum = (bits & 1 ? rxd::kL3L4P : 0) | (bits & 2 ? rxd::kErrIpe : 0) | (bits & 4 ? rxd::kErrL4e : 0);
-        (void)q.Deliver(FrameView(frame->data(), len), tail, m.dma, csum, bits & 8, bits * 0x01010101u);
+        (void)q.Deliver(FrameView(frame->data() + bits, len), tail, m.dma, csum, bits & 8, bits * 0x01010101u);
         (void)q.TakeWroteBack();
         break;
       }

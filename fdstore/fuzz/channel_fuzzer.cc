@@ -15,6 +15,7 @@
 // fd received is held by the store or closed: after the input, with the
 // store gone, the lowest free descriptor is what it was before); the store
 // holds fds only under valid keys.
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -84,6 +85,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         (void)SendWithFds(to, absl::MakeConstSpan(p, len), raw, MSG_DONTWAIT);
       }
       fds.clear();  // the datagram holds its own references
+      // As the event loops do: receive only when the channel is readable
+      // (a send refused above - a name too long, an empty datagram - leaves
+      // nothing to read, and both sides read blocking sockets).
+      pollfd pfd{from, POLLIN, 0};
+      if (::poll(&pfd, 1, 0) != 1) continue;
       if (tag & 4) {
         UniqueFd got;
         (void)ReceiveMessage(from, &got);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -186,7 +187,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (mode & 8) {
     // One journal file per process, emptied per input.
-    static const std::string journal = "/dev/shm/emud-session-fuzz-journal-" + std::to_string(::getpid());
+    static const std::string journal = [] {
+      const char* tmp = std::getenv("TEST_TMPDIR");  // under bazel test
+      return std::string(tmp != nullptr ? tmp : "/dev/shm") + "/emud-session-fuzz-journal-" +
+             std::to_string(::getpid());
+    }();
+    static const bool cleanup = [] { return std::atexit([] { ::unlink(journal.c_str()); }) == 0; }();
+    (void)cleanup;
     ::unlink(journal.c_str());
     opts.crash_consistent = true;
     opts.journal_path = journal;
