@@ -69,12 +69,14 @@ using MacAddr = std::array<uint8_t, 6>;
 // IPIP) checksum offloads and TSO from the context descriptor's tunnelling
 // fields (dataplane/offload.h TxTunnel). LARGE_NUM_QPAIRS is granted only to
 // a device of more than 16 queue pairs (as ice grants it only to a VF given
-// a bigger RSS LUT).
-inline constexpr uint32_t kDefaultSupportedCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg |
-                                                  vc::kCapWbOnItr | vc::kCapReqQueues |
-                                                  vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs |
-                                                  vc::kCapCrc | vc::kCapVlan | vc::kCapVlanV2 |
-                                                  vc::kCapEncap | vc::kCapEncapCsum;
+// a bigger RSS LUT). RX_POLLING and RSS_PCTYPE_V2 carry no opcode and no
+// behaviour in ice (granted when asked): RX_POLLING is a hint DPDK and VPP
+// send, RSS_PCTYPE_V2 only changes Linux's default HENA on the RSS_REG path,
+// whose SYN-without-ACK types (34/44) kRssHenaCaps accepts.
+inline constexpr uint32_t kDefaultSupportedCaps =
+    vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg | vc::kCapWbOnItr | vc::kCapReqQueues |
+    vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs | vc::kCapCrc | vc::kCapVlan | vc::kCapVlanV2 |
+    vc::kCapEncap | vc::kCapEncapCsum | vc::kCapRxPolling | vc::kCapRssPctypeV2;
 
 // MSI-X vectors of a device offering `max_queue_pairs`: 17 (misc + 16, what
 // an ice VF gets by default, ICE_NUM_VF_MSIX_MED) up to 16 queue pairs, else

@@ -1681,6 +1681,20 @@ TEST_F(DeviceTest, KeepCrcRefusedWhileVlanStrippingIsOn) {
   EXPECT_TRUE(dev_->rx_queue(0).keep_crc);
 }
 
+// Capabilities without an opcode that ice grants to a VF asking: DPDK's
+// RX_POLLING, Linux's RSS_PCTYPE_V2.
+TEST_F(DeviceTest, HintCapabilitiesGrantedWhenAsked) {
+  drv_->InitAdminQueue();
+  vc::VersionInfo v{1, 1};
+  ASSERT_EQ(drv_->CallStruct(vc::kOpVersion, v)->v_retval, 0);
+  const uint32_t asked = vc::kCapL2 | vc::kCapRssPf | vc::kCapRxPolling | vc::kCapRssPctypeV2;
+  ArqMessage r = *drv_->CallStruct(vc::kOpGetVfResources, asked);
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags, asked);
+  r = *drv_->CallStruct(vc::kOpGetVfResources, uint32_t{vc::kCapL2 | vc::kCapRssPf});
+  EXPECT_EQ(vc::Load<vc::VfResource>(r.payload, 0).vf_cap_flags & (vc::kCapRxPolling | vc::kCapRssPctypeV2),
+            0u);
+}
+
 TEST_F(DeviceTest, LegacyVlanForADriverWithoutVlanV2) {
   drv_->InitAdminQueue();
   vc::VersionInfo v{1, 1};
