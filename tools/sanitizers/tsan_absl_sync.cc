@@ -62,16 +62,24 @@ Fn Real(const char* name, std::atomic<void*>& cache) {
   static std::atomic<void*> cache_##mangled;    \
   auto real = Real<ret (*)(__VA_ARGS__)>(#mangled, cache_##mangled)
 
+// Set while this thread is inside one of the library's functions: the
+// library calls its own exported functions through the PLT too (e.g.
+// CondVar::WaitWithTimeout calls WaitWithDeadline), and only the outermost
+// call is annotated.
+thread_local bool t_inside = false;
+
 // Accesses inside the library (its own words, Conditions it evaluates) are
 // not ours to check.
 struct IgnoreInside {
   IgnoreInside() {
+    t_inside = true;
     AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
     AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
   }
   ~IgnoreInside() {
     AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
     AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+    t_inside = false;
   }
 };
 
@@ -107,6 +115,7 @@ extern "C" {
 void TsanMutexLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex4LockEv");
 void TsanMutexLock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex4LockEv, Mutex*);
+  if (t_inside) return real(mu);
   __tsan_mutex_pre_lock(mu, 0);
   {
     IgnoreInside ignore;
@@ -118,6 +127,7 @@ void TsanMutexLock(Mutex* mu) {
 void TsanMutexUnlock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex6UnlockEv");
 void TsanMutexUnlock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex6UnlockEv, Mutex*);
+  if (t_inside) return real(mu);
   Unlocking(mu, 0);
   {
     IgnoreInside ignore;
@@ -129,6 +139,7 @@ void TsanMutexUnlock(Mutex* mu) {
 bool TsanMutexTryLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex7TryLockEv");
 bool TsanMutexTryLock(Mutex* mu) {
   REAL(bool, _ZN4absl7debian35Mutex7TryLockEv, Mutex*);
+  if (t_inside) return real(mu);
   __tsan_mutex_pre_lock(mu, kTry);
   bool ok;
   {
@@ -143,6 +154,7 @@ bool TsanMutexTryLock(Mutex* mu) {
 void TsanMutexReaderLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex10ReaderLockEv");
 void TsanMutexReaderLock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex10ReaderLockEv, Mutex*);
+  if (t_inside) return real(mu);
   __tsan_mutex_pre_lock(mu, kRead);
   {
     IgnoreInside ignore;
@@ -154,6 +166,7 @@ void TsanMutexReaderLock(Mutex* mu) {
 void TsanMutexReaderUnlock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex12ReaderUnlockEv");
 void TsanMutexReaderUnlock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex12ReaderUnlockEv, Mutex*);
+  if (t_inside) return real(mu);
   Unlocking(mu, kRead);
   {
     IgnoreInside ignore;
@@ -165,6 +178,7 @@ void TsanMutexReaderUnlock(Mutex* mu) {
 bool TsanMutexReaderTryLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex13ReaderTryLockEv");
 bool TsanMutexReaderTryLock(Mutex* mu) {
   REAL(bool, _ZN4absl7debian35Mutex13ReaderTryLockEv, Mutex*);
+  if (t_inside) return real(mu);
   __tsan_mutex_pre_lock(mu, kRead | kTry);
   bool ok;
   {
@@ -180,6 +194,7 @@ void TsanMutexLockWhen(Mutex* mu, const Condition& c)
     __asm__("_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
 void TsanMutexLockWhen(Mutex* mu, const Condition& c) {
   REAL(void, _ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE, Mutex*, const Condition&);
+  if (t_inside) return real(mu, c);
   __tsan_mutex_pre_lock(mu, 0);
   {
     IgnoreInside ignore;
@@ -193,6 +208,7 @@ void TsanMutexReaderLockWhen(Mutex* mu, const Condition& c)
 void TsanMutexReaderLockWhen(Mutex* mu, const Condition& c) {
   REAL(void, _ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE, Mutex*,
        const Condition&);
+  if (t_inside) return real(mu, c);
   __tsan_mutex_pre_lock(mu, kRead);
   {
     IgnoreInside ignore;
@@ -206,6 +222,7 @@ bool TsanMutexLockWhenWithTimeout(Mutex* mu, const Condition& c, absl::Duration 
 bool TsanMutexLockWhenWithTimeout(Mutex* mu, const Condition& c, absl::Duration d) {
   REAL(bool, _ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE,
        Mutex*, const Condition&, absl::Duration);
+  if (t_inside) return real(mu, c, d);
   __tsan_mutex_pre_lock(mu, 0);
   bool r;
   {
@@ -221,6 +238,7 @@ bool TsanMutexLockWhenWithDeadline(Mutex* mu, const Condition& c, absl::Time t)
 bool TsanMutexLockWhenWithDeadline(Mutex* mu, const Condition& c, absl::Time t) {
   REAL(bool, _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE, Mutex*,
        const Condition&, absl::Time);
+  if (t_inside) return real(mu, c, t);
   __tsan_mutex_pre_lock(mu, 0);
   bool r;
   {
@@ -236,6 +254,7 @@ bool TsanMutexReaderLockWhenWithTimeout(Mutex* mu, const Condition& c, absl::Dur
 bool TsanMutexReaderLockWhenWithTimeout(Mutex* mu, const Condition& c, absl::Duration d) {
   REAL(bool, _ZN4absl7debian35Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE,
        Mutex*, const Condition&, absl::Duration);
+  if (t_inside) return real(mu, c, d);
   __tsan_mutex_pre_lock(mu, kRead);
   bool r;
   {
@@ -251,6 +270,7 @@ bool TsanMutexReaderLockWhenWithDeadline(Mutex* mu, const Condition& c, absl::Ti
 bool TsanMutexReaderLockWhenWithDeadline(Mutex* mu, const Condition& c, absl::Time t) {
   REAL(bool, _ZN4absl7debian35Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE,
        Mutex*, const Condition&, absl::Time);
+  if (t_inside) return real(mu, c, t);
   __tsan_mutex_pre_lock(mu, kRead);
   bool r;
   {
@@ -268,6 +288,7 @@ void TsanMutexAwait(Mutex* mu, const Condition& c)
     __asm__("_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
 void TsanMutexAwait(Mutex* mu, const Condition& c) {
   REAL(void, _ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE, Mutex*, const Condition&);
+  if (t_inside) return real(mu, c);
   Rewait(mu, 0, [&] {
     real(mu, c);
     return 0;
@@ -279,6 +300,7 @@ bool TsanMutexAwaitWithTimeout(Mutex* mu, const Condition& c, absl::Duration d)
 bool TsanMutexAwaitWithTimeout(Mutex* mu, const Condition& c, absl::Duration d) {
   REAL(bool, _ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE, Mutex*,
        const Condition&, absl::Duration);
+  if (t_inside) return real(mu, c, d);
   return Rewait(mu, 0, [&] { return real(mu, c, d); });
 }
 
@@ -287,6 +309,7 @@ bool TsanMutexAwaitWithDeadline(Mutex* mu, const Condition& c, absl::Time t)
 bool TsanMutexAwaitWithDeadline(Mutex* mu, const Condition& c, absl::Time t) {
   REAL(bool, _ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE, Mutex*,
        const Condition&, absl::Time);
+  if (t_inside) return real(mu, c, t);
   return Rewait(mu, 0, [&] { return real(mu, c, t); });
 }
 
@@ -294,6 +317,7 @@ bool TsanMutexAwaitWithDeadline(Mutex* mu, const Condition& c, absl::Time t) {
 void TsanMutexDtor(Mutex* mu) __asm__("_ZN4absl7debian35MutexD1Ev");
 void TsanMutexDtor(Mutex* mu) {
   REAL(void, _ZN4absl7debian35MutexD1Ev, Mutex*);
+  if (t_inside) return real(mu);
   __tsan_mutex_destroy(mu, 0);
   IgnoreInside ignore;
   real(mu);
@@ -301,6 +325,7 @@ void TsanMutexDtor(Mutex* mu) {
 void TsanMutexDtor2(Mutex* mu) __asm__("_ZN4absl7debian35MutexD2Ev");
 void TsanMutexDtor2(Mutex* mu) {
   REAL(void, _ZN4absl7debian35MutexD2Ev, Mutex*);
+  if (t_inside) return real(mu);
   __tsan_mutex_destroy(mu, 0);
   IgnoreInside ignore;
   real(mu);
@@ -310,6 +335,7 @@ void TsanMutexDtor2(Mutex* mu) {
 void TsanCondVarWait(CondVar* cv, Mutex* mu) __asm__("_ZN4absl7debian37CondVar4WaitEPNS0_5MutexE");
 void TsanCondVarWait(CondVar* cv, Mutex* mu) {
   REAL(void, _ZN4absl7debian37CondVar4WaitEPNS0_5MutexE, CondVar*, Mutex*);
+  if (t_inside) return real(cv, mu);
   Rewait(mu, 0, [&] {
     real(cv, mu);
     return 0;
@@ -321,6 +347,7 @@ bool TsanCondVarWaitWithTimeout(CondVar* cv, Mutex* mu, absl::Duration d)
 bool TsanCondVarWaitWithTimeout(CondVar* cv, Mutex* mu, absl::Duration d) {
   REAL(bool, _ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE, CondVar*,
        Mutex*, absl::Duration);
+  if (t_inside) return real(cv, mu, d);
   return Rewait(mu, 0, [&] { return real(cv, mu, d); });
 }
 
@@ -329,6 +356,7 @@ bool TsanCondVarWaitWithDeadline(CondVar* cv, Mutex* mu, absl::Time t)
 bool TsanCondVarWaitWithDeadline(CondVar* cv, Mutex* mu, absl::Time t) {
   REAL(bool, _ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE, CondVar*, Mutex*,
        absl::Time);
+  if (t_inside) return real(cv, mu, t);
   return Rewait(mu, 0, [&] { return real(cv, mu, t); });
 }
 
@@ -336,6 +364,7 @@ bool TsanCondVarWaitWithDeadline(CondVar* cv, Mutex* mu, absl::Time t) {
 void TsanNotify(Notification* n) __asm__("_ZN4absl7debian312Notification6NotifyEv");
 void TsanNotify(Notification* n) {
   REAL(void, _ZN4absl7debian312Notification6NotifyEv, Notification*);
+  if (t_inside) return real(n);
   __tsan_release(n);
   IgnoreInside ignore;
   real(n);
@@ -345,6 +374,7 @@ void TsanWaitForNotification(const Notification* n)
     __asm__("_ZNK4absl7debian312Notification19WaitForNotificationEv");
 void TsanWaitForNotification(const Notification* n) {
   REAL(void, _ZNK4absl7debian312Notification19WaitForNotificationEv, const Notification*);
+  if (t_inside) return real(n);
   {
     IgnoreInside ignore;
     real(n);
@@ -357,6 +387,7 @@ bool TsanWaitForNotificationWithTimeout(const Notification* n, absl::Duration d)
 bool TsanWaitForNotificationWithTimeout(const Notification* n, absl::Duration d) {
   REAL(bool, _ZNK4absl7debian312Notification30WaitForNotificationWithTimeoutENS0_8DurationE,
        const Notification*, absl::Duration);
+  if (t_inside) return real(n, d);
   bool r;
   {
     IgnoreInside ignore;
@@ -371,6 +402,7 @@ bool TsanWaitForNotificationWithDeadline(const Notification* n, absl::Time t)
 bool TsanWaitForNotificationWithDeadline(const Notification* n, absl::Time t) {
   REAL(bool, _ZNK4absl7debian312Notification31WaitForNotificationWithDeadlineENS0_4TimeE,
        const Notification*, absl::Time);
+  if (t_inside) return real(n, t);
   bool r;
   {
     IgnoreInside ignore;
