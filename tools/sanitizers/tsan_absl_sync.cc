@@ -17,7 +17,9 @@
 // data that the code reads or writes without the lock are still reported, and
 // lock-order inversions too); a wait on a Condition or CondVar releases the
 // mutex and takes it again; Notify happens before a wait that returns true.
-// Accesses made inside the library calls are ignored: a Condition is
+// Calls from Debian's libraries themselves (gRPC's own mutexes) are passed
+// through unannotated (see Foreign below). Accesses made inside the library
+// calls are ignored: a Condition is
 // evaluated by whichever thread unlocks, while it holds the mutex, which TSan
 // cannot be told from outside (upstream uses its "divert" annotation inside
 // the library for this).
@@ -68,6 +70,33 @@ Fn Real(const char* name, std::atomic<void*>& cache) {
 // call is annotated.
 thread_local bool t_inside = false;
 
+// True when the caller is code we did not build (a Debian shared library:
+// gRPC, protobuf, absl itself). Its mutexes guard memory that TSan cannot
+// see it touch, and objects it hands between threads through its own
+// lock-free queues; annotating its locks would only give TSan half of its
+// synchronisation and make it report races between the two halves. Only
+// our (instrumented) code's lock operations are annotated.
+bool Foreign(void* caller) {
+  thread_local void* last_caller = nullptr;
+  thread_local bool last_foreign = false;
+  if (caller == last_caller) return last_foreign;
+  Dl_info info;
+  bool foreign = ::dladdr(caller, &info) != 0 && info.dli_fname != nullptr &&
+                 (__builtin_strncmp(info.dli_fname, "/usr/lib/", 9) == 0 ||
+                  __builtin_strncmp(info.dli_fname, "/lib/", 5) == 0);
+  last_caller = caller;
+  last_foreign = foreign;
+  return foreign;
+}
+
+// A foreign caller's call, passed through: nested calls (also those that
+// the library makes as tail calls, whose return address is then ours) are
+// passed through too.
+struct PassThrough {
+  PassThrough() { t_inside = true; }
+  ~PassThrough() { t_inside = false; }
+};
+
 // Accesses inside the library (its own words, Conditions it evaluates) are
 // not ours to check.
 struct IgnoreInside {
@@ -116,6 +145,10 @@ void TsanMutexLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex4LockEv");
 void TsanMutexLock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex4LockEv, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   __tsan_mutex_pre_lock(mu, 0);
   {
     IgnoreInside ignore;
@@ -128,6 +161,10 @@ void TsanMutexUnlock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex6UnlockEv");
 void TsanMutexUnlock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex6UnlockEv, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   Unlocking(mu, 0);
   {
     IgnoreInside ignore;
@@ -140,6 +177,10 @@ bool TsanMutexTryLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex7TryLockEv");
 bool TsanMutexTryLock(Mutex* mu) {
   REAL(bool, _ZN4absl7debian35Mutex7TryLockEv, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   __tsan_mutex_pre_lock(mu, kTry);
   bool ok;
   {
@@ -155,6 +196,10 @@ void TsanMutexReaderLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex10ReaderLockE
 void TsanMutexReaderLock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex10ReaderLockEv, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   __tsan_mutex_pre_lock(mu, kRead);
   {
     IgnoreInside ignore;
@@ -167,6 +212,10 @@ void TsanMutexReaderUnlock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex12ReaderUnl
 void TsanMutexReaderUnlock(Mutex* mu) {
   REAL(void, _ZN4absl7debian35Mutex12ReaderUnlockEv, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   Unlocking(mu, kRead);
   {
     IgnoreInside ignore;
@@ -179,6 +228,10 @@ bool TsanMutexReaderTryLock(Mutex* mu) __asm__("_ZN4absl7debian35Mutex13ReaderTr
 bool TsanMutexReaderTryLock(Mutex* mu) {
   REAL(bool, _ZN4absl7debian35Mutex13ReaderTryLockEv, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   __tsan_mutex_pre_lock(mu, kRead | kTry);
   bool ok;
   {
@@ -195,6 +248,10 @@ void TsanMutexLockWhen(Mutex* mu, const Condition& c)
 void TsanMutexLockWhen(Mutex* mu, const Condition& c) {
   REAL(void, _ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE, Mutex*, const Condition&);
   if (t_inside) return real(mu, c);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c);
+  }
   __tsan_mutex_pre_lock(mu, 0);
   {
     IgnoreInside ignore;
@@ -209,6 +266,10 @@ void TsanMutexReaderLockWhen(Mutex* mu, const Condition& c) {
   REAL(void, _ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE, Mutex*,
        const Condition&);
   if (t_inside) return real(mu, c);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c);
+  }
   __tsan_mutex_pre_lock(mu, kRead);
   {
     IgnoreInside ignore;
@@ -223,6 +284,10 @@ bool TsanMutexLockWhenWithTimeout(Mutex* mu, const Condition& c, absl::Duration 
   REAL(bool, _ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE,
        Mutex*, const Condition&, absl::Duration);
   if (t_inside) return real(mu, c, d);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c, d);
+  }
   __tsan_mutex_pre_lock(mu, 0);
   bool r;
   {
@@ -239,6 +304,10 @@ bool TsanMutexLockWhenWithDeadline(Mutex* mu, const Condition& c, absl::Time t) 
   REAL(bool, _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE, Mutex*,
        const Condition&, absl::Time);
   if (t_inside) return real(mu, c, t);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c, t);
+  }
   __tsan_mutex_pre_lock(mu, 0);
   bool r;
   {
@@ -255,6 +324,10 @@ bool TsanMutexReaderLockWhenWithTimeout(Mutex* mu, const Condition& c, absl::Dur
   REAL(bool, _ZN4absl7debian35Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE,
        Mutex*, const Condition&, absl::Duration);
   if (t_inside) return real(mu, c, d);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c, d);
+  }
   __tsan_mutex_pre_lock(mu, kRead);
   bool r;
   {
@@ -271,6 +344,10 @@ bool TsanMutexReaderLockWhenWithDeadline(Mutex* mu, const Condition& c, absl::Ti
   REAL(bool, _ZN4absl7debian35Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE,
        Mutex*, const Condition&, absl::Time);
   if (t_inside) return real(mu, c, t);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c, t);
+  }
   __tsan_mutex_pre_lock(mu, kRead);
   bool r;
   {
@@ -289,6 +366,10 @@ void TsanMutexAwait(Mutex* mu, const Condition& c)
 void TsanMutexAwait(Mutex* mu, const Condition& c) {
   REAL(void, _ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE, Mutex*, const Condition&);
   if (t_inside) return real(mu, c);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c);
+  }
   Rewait(mu, 0, [&] {
     real(mu, c);
     return 0;
@@ -301,6 +382,10 @@ bool TsanMutexAwaitWithTimeout(Mutex* mu, const Condition& c, absl::Duration d) 
   REAL(bool, _ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE, Mutex*,
        const Condition&, absl::Duration);
   if (t_inside) return real(mu, c, d);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c, d);
+  }
   return Rewait(mu, 0, [&] { return real(mu, c, d); });
 }
 
@@ -310,6 +395,10 @@ bool TsanMutexAwaitWithDeadline(Mutex* mu, const Condition& c, absl::Time t) {
   REAL(bool, _ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE, Mutex*,
        const Condition&, absl::Time);
   if (t_inside) return real(mu, c, t);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu, c, t);
+  }
   return Rewait(mu, 0, [&] { return real(mu, c, t); });
 }
 
@@ -318,6 +407,10 @@ void TsanMutexDtor(Mutex* mu) __asm__("_ZN4absl7debian35MutexD1Ev");
 void TsanMutexDtor(Mutex* mu) {
   REAL(void, _ZN4absl7debian35MutexD1Ev, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   __tsan_mutex_destroy(mu, 0);
   IgnoreInside ignore;
   real(mu);
@@ -326,6 +419,10 @@ void TsanMutexDtor2(Mutex* mu) __asm__("_ZN4absl7debian35MutexD2Ev");
 void TsanMutexDtor2(Mutex* mu) {
   REAL(void, _ZN4absl7debian35MutexD2Ev, Mutex*);
   if (t_inside) return real(mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(mu);
+  }
   __tsan_mutex_destroy(mu, 0);
   IgnoreInside ignore;
   real(mu);
@@ -336,6 +433,10 @@ void TsanCondVarWait(CondVar* cv, Mutex* mu) __asm__("_ZN4absl7debian37CondVar4W
 void TsanCondVarWait(CondVar* cv, Mutex* mu) {
   REAL(void, _ZN4absl7debian37CondVar4WaitEPNS0_5MutexE, CondVar*, Mutex*);
   if (t_inside) return real(cv, mu);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(cv, mu);
+  }
   Rewait(mu, 0, [&] {
     real(cv, mu);
     return 0;
@@ -348,6 +449,10 @@ bool TsanCondVarWaitWithTimeout(CondVar* cv, Mutex* mu, absl::Duration d) {
   REAL(bool, _ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE, CondVar*,
        Mutex*, absl::Duration);
   if (t_inside) return real(cv, mu, d);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(cv, mu, d);
+  }
   return Rewait(mu, 0, [&] { return real(cv, mu, d); });
 }
 
@@ -357,6 +462,10 @@ bool TsanCondVarWaitWithDeadline(CondVar* cv, Mutex* mu, absl::Time t) {
   REAL(bool, _ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE, CondVar*, Mutex*,
        absl::Time);
   if (t_inside) return real(cv, mu, t);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(cv, mu, t);
+  }
   return Rewait(mu, 0, [&] { return real(cv, mu, t); });
 }
 
@@ -365,6 +474,10 @@ void TsanNotify(Notification* n) __asm__("_ZN4absl7debian312Notification6NotifyE
 void TsanNotify(Notification* n) {
   REAL(void, _ZN4absl7debian312Notification6NotifyEv, Notification*);
   if (t_inside) return real(n);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(n);
+  }
   __tsan_release(n);
   IgnoreInside ignore;
   real(n);
@@ -375,6 +488,10 @@ void TsanWaitForNotification(const Notification* n)
 void TsanWaitForNotification(const Notification* n) {
   REAL(void, _ZNK4absl7debian312Notification19WaitForNotificationEv, const Notification*);
   if (t_inside) return real(n);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(n);
+  }
   {
     IgnoreInside ignore;
     real(n);
@@ -388,6 +505,10 @@ bool TsanWaitForNotificationWithTimeout(const Notification* n, absl::Duration d)
   REAL(bool, _ZNK4absl7debian312Notification30WaitForNotificationWithTimeoutENS0_8DurationE,
        const Notification*, absl::Duration);
   if (t_inside) return real(n, d);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(n, d);
+  }
   bool r;
   {
     IgnoreInside ignore;
@@ -403,6 +524,10 @@ bool TsanWaitForNotificationWithDeadline(const Notification* n, absl::Time t) {
   REAL(bool, _ZNK4absl7debian312Notification31WaitForNotificationWithDeadlineENS0_4TimeE,
        const Notification*, absl::Time);
   if (t_inside) return real(n, t);
+  if (Foreign(__builtin_return_address(0))) {
+    PassThrough p;
+    return real(n, t);
+  }
   bool r;
   {
     IgnoreInside ignore;
