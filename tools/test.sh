@@ -12,7 +12,7 @@
 # sanitizer stages were measured on the shared 2-core development machine
 # under load (README.md, "Tests and benchmarks", has the figures) and are
 # projected at 8-11 min (ASan, build and all tests) and 5-7 min (TSan, build
-# and its 20 tests) on a quiet CI machine: 31-36 min in all, so nothing is
+# and its 17 tests) on a quiet CI machine: 31-36 min in all, so nothing is
 # cut. What is left out of TSan (and why) is in tools/sanitizers/BUILD.bazel;
 # if the budget tightens, the first to go are the TSan runs of the in-process
 # tests whose threads emud_integration_test also drives.
