@@ -17,12 +17,17 @@ struct RunningKeeper {
   std::unique_ptr<Keeper> keeper;
   std::atomic<bool> stop{false};
   std::thread thread;
+  // keeper->fds_held() once started (what it took over), read before its
+  // thread runs: the Keeper is single-threaded, and its state may only be
+  // read from another thread once `thread` has been joined.
+  size_t fds_at_start = 0;
   // Starts (or takes over from the keeper already serving `path`).
   explicit RunningKeeper(const std::string& path) {
     auto k = Keeper::Start(path);
     EXPECT_TRUE(k.ok()) << k.status();
     if (!k.ok()) return;
     keeper = std::move(*k);
+    fds_at_start = keeper->fds_held();
     thread = std::thread([this] { EXPECT_TRUE(keeper->Run(&stop).ok()); });
   }
   ~RunningKeeper() {

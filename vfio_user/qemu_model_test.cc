@@ -151,6 +151,9 @@ TEST(QemuRealizeTest, DmaUnmapOfListenerSectionsAndRemap) {
   rw.readonly = false;
   ASSERT_TRUE((*q)->UnmapSections(old).ok());
   ASSERT_TRUE((*q)->MapSections({rw}).ok());
+  // Read with the server's loop thread stopped (test_harness.h): read while
+  // it runs, this raced the session's own teardown (TSan).
+  h.Stop();
   EXPECT_EQ(h.session().dma().size(), 4u);
 }
 
