@@ -850,7 +850,7 @@ int32_t Device::OpVlanSettingV2(uint32_t v_op, absl::Span<const uint8_t> msg) {
   const bool enable = v_op == vc::kOpEnableVlanStrippingV2 || v_op == vc::kOpEnableVlanInsertionV2;
   if (enable && s.inner_ethertype_setting != vc::kVlanEthertype8100) return vc::kErrParam;
   if (v_op == vc::kOpEnableVlanStrippingV2) {
-    for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+    for (uint32_t q = 0; q < rxq_.size(); ++q) {
       if (rxq_[q].configured && rxq_[q].keep_crc) return vc::kNotSupported;
     }
   }
