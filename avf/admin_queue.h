@@ -17,6 +17,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/types/span.h"
 #include "avf/regs.h"
+#include "worker_api/counters.h"
 
 namespace emud::vfio_user {
 class DmaMemory;
@@ -44,16 +45,12 @@ struct AqDesc {
   static AqDesc Decode(const uint8_t in[kAqDescSize]);
 };
 
+// The mailbox's counters (worker_api/counters.h: EMUD_ADMIN_QUEUE_COUNTERS
+// lists them with their meaning; the worker publishes them).
 struct AdminQueueCounters {
-  uint64_t atq_processed = 0;     // descriptors completed
-  uint64_t atq_bad_tail = 0;      // ATQT >= ATQLEN.LEN
-  uint64_t atq_dma_errors = 0;    // ring or buffer outside the DMA map
-  uint64_t atq_bad_datalen = 0;   // datalen > 4096
-  uint64_t atq_bad_opcode = 0;    // not send_msg_to_pf / queue_shutdown
-  uint64_t arq_posted = 0;
-  uint64_t arq_dropped = 0;       // queue disabled, ring broken or backlog full
-  uint64_t arq_truncated = 0;     // payload larger than the posted buffer
-  uint64_t arq_dma_errors = 0;
+#define EMUD_AQ_COUNTER_FIELD(name, help) uint64_t name = 0;
+  EMUD_ADMIN_QUEUE_COUNTERS(EMUD_AQ_COUNTER_FIELD)
+#undef EMUD_AQ_COUNTER_FIELD
 };
 
 class AdminQueue {

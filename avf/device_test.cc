@@ -1706,6 +1706,33 @@ TEST_F(DeviceTest, VlanV2StrippingRefusedWhileAQueueKeepsTheCrc) {
   EXPECT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
 }
 
+// Regression: the keep-CRC scan once ran past the device's queues (64
+// entries over a vector of max_queue_pairs) and refused stripping after any
+// CONFIG_VSI_QUEUES, as Linux and DPDK both send it.
+TEST_F(DeviceTest, VlanV2StrippingAfterQueuesAreConfigured) {
+  Negotiate();
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, VsiQueues(1).span()), 0);
+  EXPECT_EQ(Status(vc::kOpEnableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
+  EXPECT_TRUE(dev_->vlan_strip());
+}
+
+// ice_vc_cfg_qs_msg: crc_disable while VLAN stripping is on is ERR_PARAM.
+TEST_F(DeviceTest, KeepCrcRefusedWhileVlanStrippingIsOn) {
+  DeviceOptions o;
+  o.supported_caps |= vc::kCapCrc;
+  Make(o);
+  Negotiate();
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  ASSERT_EQ(Status(vc::kOpEnableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
+  Bytes b = VsiQueues(1);
+  reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8)->rxq.crc_disable = 1;
+  EXPECT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), vc::kErrParam);
+  ASSERT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
+  EXPECT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), 0);
+  EXPECT_TRUE(dev_->rx_queue(0).keep_crc);
+}
+
 TEST_F(DeviceTest, LegacyVlanForADriverWithoutVlanV2) {
   drv_->InitAdminQueue();
   vc::VersionInfo v{1, 1};

@@ -39,6 +39,7 @@ StatusPublisher::StatusPublisher(state_store::Env* env, const avf::Device* devic
     base_avf_[#name] = it->second;                                 \
   }
   EMUD_AVF_COUNTERS(EMUD_BASE_AVF_COUNTER)
+  EMUD_ADMIN_QUEUE_COUNTERS(EMUD_BASE_AVF_COUNTER)
 #undef EMUD_BASE_AVF_COUNTER
 }
 
@@ -113,6 +114,11 @@ absl::Status StatusPublisher::Publish(bool force) {
   if (ac.name != 0 || base_avf_.count(#name) != 0) dc[#name] = base_avf_[#name] + ac.name;
   EMUD_AVF_COUNTERS(EMUD_PUBLISH_AVF_COUNTER)
 #undef EMUD_PUBLISH_AVF_COUNTER
+  const avf::AdminQueueCounters& qc = device_->aq_counters();
+#define EMUD_PUBLISH_AQ_COUNTER(name, help) \
+  if (qc.name != 0 || base_avf_.count(#name) != 0) dc[#name] = base_avf_[#name] + qc.name;
+  EMUD_ADMIN_QUEUE_COUNTERS(EMUD_PUBLISH_AQ_COUNTER)
+#undef EMUD_PUBLISH_AQ_COUNTER
   const DataPathCounters& pc = datapath_->counters();
 #define EMUD_PUBLISH_DATAPATH_COUNTER(name, help) \
   if (uint64_t v = pc.name.load(std::memory_order_relaxed); v != 0) dc[#name] = v;

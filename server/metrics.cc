@@ -54,7 +54,8 @@ const MetricDef kMetricDefs[] = {
     EMUD_QUEUE_COUNTERS(EMUD_QUEUE_METRIC_DEF)
 #undef EMUD_QUEUE_METRIC_DEF
 #define EMUD_DEVICE_METRIC_DEF(name, help) {"emud_device_" #name "_total", help, "counter", "device"},
-    EMUD_AVF_COUNTERS(EMUD_DEVICE_METRIC_DEF) EMUD_DATAPATH_COUNTERS(EMUD_DEVICE_METRIC_DEF)
+    EMUD_AVF_COUNTERS(EMUD_DEVICE_METRIC_DEF) EMUD_ADMIN_QUEUE_COUNTERS(EMUD_DEVICE_METRIC_DEF)
+    EMUD_DATAPATH_COUNTERS(EMUD_DEVICE_METRIC_DEF)
 #undef EMUD_DEVICE_METRIC_DEF
     {"emud_worker_restarts_total", "Worker restarts after unexpected exits", "counter", "device"},
     {"emud_fdstore_fds", "Descriptors held in emud's fd store for the device", "gauge",
@@ -221,6 +222,7 @@ Metrics::Metrics()
 #define EMUD_DEVICE_FAMILY(name, help) \
   device_families_[#name] = &Counter(*registry_, "emud_device_" #name "_total");
   EMUD_AVF_COUNTERS(EMUD_DEVICE_FAMILY)
+  EMUD_ADMIN_QUEUE_COUNTERS(EMUD_DEVICE_FAMILY)
   EMUD_DATAPATH_COUNTERS(EMUD_DEVICE_FAMILY)
 #undef EMUD_DEVICE_FAMILY
   absl::MutexLock lock(&mu_);

@@ -45,6 +45,7 @@ TEST(MetricsTest, EveryDeclaredMetricIsExported) {
   (*st.mutable_quarantined())["tx"] = 1;
 #define EMUD_SET_DEVICE_COUNTER(name, help) (*st.mutable_device_counters())[#name] = 1;
   EMUD_AVF_COUNTERS(EMUD_SET_DEVICE_COUNTER)
+  EMUD_ADMIN_QUEUE_COUNTERS(EMUD_SET_DEVICE_COUNTER)
   EMUD_DATAPATH_COUNTERS(EMUD_SET_DEVICE_COUNTER)
 #undef EMUD_SET_DEVICE_COUNTER
   m.UpdateFromWorkerStatus("d", st);

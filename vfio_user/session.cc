@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -13,6 +14,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/log.h"
 #include "absl/time/clock.h"
 #include "base/unix_listener.h"
 #include "state_store/store.h"
@@ -109,6 +112,34 @@ Session::Session(PciDevice* device, EventLoop* loop, SessionOptions options)
 Session::~Session() {
   if (conn_.valid()) Disconnect("session destroyed");
   if (loop_ && kick_fd_.valid()) loop_->Remove(kick_fd_.get());
+  DisarmHandshakeTimer();
+}
+
+void Session::ArmHandshakeTimer() {
+  if (loop_ == nullptr || options_.handshake_timeout <= absl::ZeroDuration()) return;
+  DisarmHandshakeTimer();
+  handshake_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!handshake_timer_.valid()) return;  // no timer: the client is served without one
+  itimerspec its{};
+  its.it_value = absl::ToTimespec(options_.handshake_timeout);
+  if (::timerfd_settime(handshake_timer_.get(), 0, &its, nullptr) != 0 ||
+      !loop_->Add(handshake_timer_.get(), EPOLLIN, [this](uint32_t) {
+               DisarmHandshakeTimer();
+               if (!conn_.valid() || negotiated_) return;
+               ++stats_.handshake_timeouts;
+               emud::log::Warning(absl::StrFormat(
+                   "vfio-user: client dropped: no VERSION within %s of connecting",
+                   absl::FormatDuration(options_.handshake_timeout)));
+               Disconnect("no VERSION");
+             }).ok()) {
+    handshake_timer_.reset();
+  }
+}
+
+void Session::DisarmHandshakeTimer() {
+  if (!handshake_timer_.valid()) return;
+  if (loop_) loop_->Remove(handshake_timer_.get());
+  handshake_timer_.reset();
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Create(PciDevice* device, EventLoop* loop,
@@ -232,6 +263,7 @@ absl::Status Session::AttachClient(UniqueFd conn) {
     ReleaseFd(kConnFdKey);
     return s;
   }
+  ArmHandshakeTimer();
   return absl::OkStatus();
 }
 
@@ -243,6 +275,7 @@ void Session::BeforeUnmap(uint64_t iova, uint64_t size) {
 
 void Session::Disconnect(absl::string_view why) {
   if (!conn_.valid()) return;
+  DisarmHandshakeTimer();
   last_disconnect_reason_ = std::string(why);
   if (loop_) loop_->Remove(conn_.get());
   conn_.reset();
@@ -274,6 +307,7 @@ void Session::Disconnect(absl::string_view why) {
 }
 
 void Session::Abandon() {
+  DisarmHandshakeTimer();
   if (loop_ && conn_.valid()) loop_->Remove(conn_.get());
   conn_.reset();
   peek_offset_ = false;
@@ -503,6 +537,7 @@ Session::Reply Session::HandleVersion(Message& m) {
     dma_layout_ = client.migration_max_bitmap_size ? DmaRwLayout::kQemu : DmaRwLayout::kSpec;
   }
   negotiated_ = true;
+  DisarmHandshakeTimer();
   state_dirty_ = true;
   if (!attached_) {
     device_->Attach(DeviceContext{dma_.get(), irqs_.get()});

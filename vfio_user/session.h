@@ -104,6 +104,12 @@ struct SessionOptions {
   size_t max_msg_size = (1 << 20) + 4096;
   // A reply that cannot be written within this time drops the client.
   absl::Duration send_timeout = absl::Seconds(5);
+  // A client that has not completed VERSION this long after it was
+  // attached is dropped (logged, SessionStats::handshake_timeouts), so a
+  // connection that never speaks cannot hold the device's one client slot
+  // (the next client waits in the listen backlog). QEMU sends VERSION as
+  // soon as it connects. Needs an event loop; zero disables it.
+  absl::Duration handshake_timeout = absl::Seconds(10);
   // Wait for the client's reply to a server DMA_READ / DMA_WRITE.
   absl::Duration dma_timeout = absl::Seconds(5);
   // Payload layout of server DMA_READ / DMA_WRITE (see protocol.h).
@@ -165,6 +171,7 @@ struct SessionStats {
   uint64_t grouped_writes = 0;    // the posted writes in them
   uint64_t uncommitted_replies = 0;  // requests answered without a commit (IsPure)
   uint64_t deferred_consumes = 0;    // self-durable runs consumed after more than one wake-up
+  uint64_t handshake_timeouts = 0;   // clients dropped for not completing VERSION in time
   // Per command number (index 0 = unknown commands), for metrics labels
   // (CommandName()).
   std::array<uint64_t, kCmdMax> by_command{};
@@ -395,6 +402,11 @@ class Session {
 
   UniqueFd conn_;
   UniqueFd kick_fd_;  // eventfd: "input is buffered in user space, come back"
+  // timerfd: options_.handshake_timeout after AttachClient, while the
+  // client has not completed VERSION.
+  UniqueFd handshake_timer_;
+  void ArmHandshakeTimer();
+  void DisarmHandshakeTimer();
   MessageReader reader_;
   std::deque<Message> backlog_;
   bool negotiated_ = false;

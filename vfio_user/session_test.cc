@@ -87,6 +87,28 @@ TEST(VersionTest, NegotiatesZeroZeroWithQemuCapsAndFitsTheRequest) {
   EXPECT_EQ(caps->pgsizes & 0xfff, 0u);
 }
 
+// A client that connects and never sends VERSION is dropped after the
+// handshake timeout and the next client is served; one that completed VERSION
+// may stay silent as long as it likes (tests/hostile: client-never-speaks).
+TEST(VersionTest, SilentClientDroppedAfterHandshakeTimeout) {
+  SessionOptions o;
+  o.handshake_timeout = absl::Milliseconds(100);
+  ServerHarness h(o);
+  auto silent = h.Connect(false);
+  ASSERT_NE(silent, nullptr);
+  auto next = Client::Connect(h.path());  // waits in the backlog
+  ASSERT_TRUE(next.ok());
+  (*next)->set_timeout(absl::Seconds(10));
+  ASSERT_TRUE((*next)->Version().ok());  // served once the silent one is gone
+  pollfd p{silent->fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  char b;
+  EXPECT_EQ(::recv(silent->fd(), &b, 1, 0), 0) << "the silent client was not dropped";
+  absl::SleepFor(absl::Milliseconds(300));  // three timeouts' worth of silence after VERSION
+  EXPECT_TRUE((*next)->GetInfo().ok());
+  EXPECT_EQ(h.session().stats().handshake_timeouts, 1u);
+}
+
 TEST(VersionTest, AnyMinorGetsZero) {
   ServerHarness h;
   auto c = h.Connect(false);

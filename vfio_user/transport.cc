@@ -73,6 +73,20 @@ void WaitBriefly(int sock) {
   ::poll(&pf, 1, 1);
 }
 
+// The peer shut its side down: what is queued now is all that will ever
+// come. A partial message at the head then never completes, and peeking it
+// (which never consumes, so never reads the EOF) must not be retried forever.
+bool PeerGone(int sock) {
+  pollfd pf{sock, POLLRDHUP, 0};
+  return ::poll(&pf, 1, 0) == 1 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+// Bytes queued on a stream socket (all skbs), or -1.
+int Queued(int sock) {
+  int queued = 0;
+  return ::ioctl(sock, FIONREAD, &queued) == 0 ? queued : -1;
+}
+
 }  // namespace
 
 absl::Status PrepareMessage(Header hdr, absl::Span<const uint8_t> payload,
@@ -229,6 +243,10 @@ MessageReader::Result MessageReader::Read(int sock, Message* out, std::string* e
       if (Frameable(h.msg_size) && h.msg_size <= kExactAtomicMax) {
         int queued = 0;
         if (::ioctl(sock, FIONREAD, &queued) == 0 && static_cast<uint32_t>(queued) < h.msg_size) {
+          if (PeerGone(sock) && Queued(sock) < static_cast<int>(h.msg_size)) {
+            *error = "peer closed mid-message";
+            return Result::kClosed;
+          }
           // The sender's single sendmsg is normally queued whole; a split
           // one completes shortly. Wait a little instead of spinning.
           WaitBriefly(sock);
@@ -284,6 +302,10 @@ MessageReader::Result MessageReader::PeekHeader(int sock, Header* h, std::string
     return Result::kClosed;
   }
   if (static_cast<size_t>(p) < sizeof(*h)) {
+    if (PeerGone(sock) && Queued(sock) < static_cast<int>(sizeof(*h))) {
+      *error = "peer closed mid-message";
+      return Result::kClosed;
+    }
     WaitBriefly(sock);
     return Result::kWouldBlock;
   }
@@ -303,10 +325,24 @@ MessageReader::Result MessageReader::Peek(int sock, Message* out, absl::Span<con
     *error = FramingError(h.msg_size);
     return Result::kFramingError;
   }
-  if (buf_.size() < h.msg_size) buf_.resize(h.msg_size);
+  // One byte more than the message: a MSG_PEEK on a stream socket reports
+  // the fds of the skb *after* the peeked bytes too (af_unix's peek loop
+  // moves on to the next skb once the size is used up, copies nothing from
+  // it and still takes its fds), so a message without fds followed by one
+  // with fds (a posted doorbell write, then a DMA_MAP) would be handed the
+  // next message's fds and refused. The peek stops right after an skb that
+  // carries fds: fds whose skb ends inside this message come back with at
+  // most msg_size bytes; with msg_size + 1 bytes they ride on bytes beyond
+  // the message and are not its own (dropped here; the next Peek takes
+  // them again).
+  if (buf_.size() < size_t{h.msg_size} + 1) buf_.resize(size_t{h.msg_size} + 1);
   Message m;
-  ssize_t got = RecvWithFds(sock, buf_.data(), h.msg_size, max_fds_, &m.fds, &m.fds_truncated,
-                            MSG_PEEK | MSG_DONTWAIT);
+  ssize_t got = RecvWithFds(sock, buf_.data(), size_t{h.msg_size} + 1, max_fds_, &m.fds,
+                            &m.fds_truncated, MSG_PEEK | MSG_DONTWAIT);
+  if (got > static_cast<ssize_t>(h.msg_size)) {
+    m.fds.clear();
+    m.fds_truncated = false;
+  }
   if (got < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Result::kWouldBlock;
     *error = absl::StrCat("recvmsg: ", std::strerror(errno));
@@ -316,7 +352,34 @@ MessageReader::Result MessageReader::Peek(int sock, Message* out, absl::Span<con
     *error = "peer closed";
     return Result::kClosed;
   }
+  if (static_cast<size_t>(got) < h.msg_size && (!m.fds.empty() || m.fds_truncated) &&
+      Queued(sock) >= static_cast<int>(h.msg_size)) {
+    // All of it is queued, but the peek stopped after the skb carrying the
+    // fds (af_unix never peeks past one): the sender split the message
+    // after its fds (a stream may be cut anywhere; a partial sendmsg does
+    // it). The rest is peeked from behind that skb through the socket's
+    // peek offset (off again afterwards: the session sets its own only
+    // around deferred runs, never while it peeks a message).
+    int off = static_cast<int>(got);
+    if (::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) != 0) {
+      *error = absl::StrCat("message split after its fds; SO_PEEK_OFF: ", std::strerror(errno));
+      return Result::kClosed;
+    }
+    while (static_cast<size_t>(got) < h.msg_size) {
+      // Each peek moves the offset on; fds of later parts are not kept.
+      ssize_t n = ::recv(sock, buf_.data() + got, h.msg_size - static_cast<size_t>(got),
+                         MSG_PEEK | MSG_DONTWAIT);
+      if (n <= 0) break;
+      got += n;
+    }
+    int none = -1;
+    (void)::setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &none, sizeof(none));
+  }
   if (static_cast<size_t>(got) < h.msg_size) {
+    if (PeerGone(sock) && Queued(sock) < static_cast<int>(h.msg_size)) {
+      *error = "peer closed mid-message";
+      return Result::kClosed;  // the peeked fds close with `m`
+    }
     WaitBriefly(sock);
     return Result::kWouldBlock;  // the peeked fds close with `m`
   }

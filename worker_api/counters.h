@@ -32,7 +32,7 @@
   X(vc_bad_queue_chunk,                                                                  \
     "ENABLE/DISABLE_QUEUES_V2 chunks or MAP_QUEUE_VECTOR maps refused (queue, vector, type)") \
   X(bad_tail_writes, "Queue tail writes at or beyond the ring length, ignored")          \
-  X(ignored_tail_writes, "Tail writes of a queue not granted or not configured")         \
+  X(ignored_tail_writes, "Tail writes of a queue the VF was not granted, ignored")         \
   X(bad_ring_addr, "Rings refused: outside the DMA map or misaligned")                   \
   X(vc_bad_rxdid, "RX queues refused: an RXDID not in GET_SUPPORTED_RXDIDS")            \
   X(odd_size_accesses, "BAR0 accesses that are not 4 or 8 bytes, aligned")               \
@@ -40,6 +40,19 @@
   X(flrs, "Function-level resets (PCIe FLR, DEVICE_RESET)")                              \
   X(link_events, "Link-change events posted to the guest")                               \
   X(vlan_filters_full, "VLAN filter additions refused or stopped at the VF's limit")
+
+// Per device, kept by the AVF model's admin queue (avf::AdminQueueCounters):
+// the mailbox's own refusals and overflows. Same export as EMUD_AVF_COUNTERS.
+#define EMUD_ADMIN_QUEUE_COUNTERS(X)                                                        \
+  X(atq_processed, "Admin send-queue descriptors completed")                               \
+  X(atq_bad_tail, "Admin send-queue doorbells with head or tail at or beyond ATQLEN")      \
+  X(atq_dma_errors, "Admin send-queue descriptors or buffers outside the DMA map")         \
+  X(atq_bad_datalen, "Admin send-queue messages longer than 4096 bytes, refused")          \
+  X(atq_bad_opcode, "Admin send-queue descriptors with an opcode other than send-to-PF")   \
+  X(arq_posted, "Messages posted to the guest's admin receive queue")                      \
+  X(arq_dropped, "Replies and events dropped: receive queue disabled, broken or backlog full") \
+  X(arq_truncated, "Messages longer than the receive buffer the guest posted, truncated")  \
+  X(arq_dma_errors, "Admin receive-queue descriptors or buffers outside the DMA map")
 
 // Per device, kept by the data path in the queue-state file header
 // (dataplane::DataPathCounters). Same export as EMUD_AVF_COUNTERS.

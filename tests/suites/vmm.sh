@@ -30,6 +30,10 @@ rm -f "$hlog"
 # upgrade under traffic) on emud's defaults, then guest-initiated VF resets
 # (MTU 9000 and back with jumbo pings and TCP, driver unbind + bind) while the
 # guest keeps transmitting, with 1 and 2 queue pairs in both doorbell modes;
-# 4 queue pairs with several TCP flows at once spread over them.
+# 4 queue pairs with several TCP flows at once spread over them; a Linux VLAN
+# sub-interface over iavf (tagged traffic passes, untagged and other-ID frames
+# do not leak in) and DPDK's testpmd (flex RXDID, RSS over 4 queues, ptype,
+# VLAN filter and strip, VXLAN checksum offload), in both doorbell modes.
 exec tests/vmm/run.sh trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp \
-  reset-trap-1qp reset-mmap-2qp reset-trap-2qp flows-mmap-4qp
+  reset-trap-1qp reset-mmap-2qp reset-trap-2qp flows-mmap-4qp \
+  vlan-trap-1qp vlan-mmap-2qp dpdk-trap-4qp dpdk-mmap-4qp

@@ -5,8 +5,9 @@
 #   - SeaBIOS (Debian sid/trixie .deb) and the linuxboot_dma.bin option ROM
 #     (built from the QEMU source's pc-bios/optionrom);
 #   - the guest: a Debian bookworm kernel and its iavf.ko (from
-#     linux-image-*-amd64-unsigned), busybox-static, ethtool, and
-#     tests/vmm/guest/init packed as an initramfs.
+#     linux-image-*-amd64-unsigned; also 8021q and vfio-pci), busybox-static,
+#     ethtool, and tests/vmm/guest/init packed as an initramfs; a second
+#     initramfs adds the host's DPDK testpmd (dpdk-dev) for the dpdk-* scenarios.
 #
 # usage: tests/vmm/build_harness.sh            (env EMUD_VMM_CACHE, default /var/cache/emud-vmm)
 #
@@ -153,9 +154,10 @@ key() { sha256sum | cut -c1-16; }
 # ---------------------------------------------------------------- host build deps
 HOST_DEPS=(build-essential gcc-multilib pkg-config ninja-build python3-venv libglib2.0-dev libpixman-1-dev
   zlib1g-dev cpio kmod xz-utils zstd)
-ensure_host_deps() {
-  local missing=() p
-  for p in "${HOST_DEPS[@]}"; do
+ensure_host_deps() {  # [PKG...] (default: HOST_DEPS)
+  local missing=() p want=("$@")
+  ((${#want[@]} > 0)) || want=("${HOST_DEPS[@]}")
+  for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   ((${#missing[@]} == 0)) && return 0
@@ -173,6 +175,15 @@ ensure_host_deps() {
     fi
   fi
 }
+
+# DPDK for the dpdk-* scenarios: the host's own bookworm DPDK (dpdk-dev:
+# dpdk-testpmd, its libraries and PMD plugins), installed from the host's
+# sources if missing.
+ensure_host_deps dpdk-dev
+DPDK_VER=$(dpkg-query -W -f='${Version}' dpdk-dev 2>/dev/null || true)
+DPDK_PLUGIN_DIR=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
+[[ -n $DPDK_VER && -x /usr/bin/dpdk-testpmd && -e $DPDK_PLUGIN_DIR/librte_net_iavf.so ]] ||
+  unavailable "dpdk-dev (dpdk-testpmd and $DPDK_PLUGIN_DIR/librte_net_iavf.so)"
 
 # Packs an unpacked Debian python package ($1 = dist-packages dir, $2 = name,
 # $3 = version) as a pure-python wheel in $4 (what QEMU's mkvenv installs
@@ -317,6 +328,17 @@ build_guest() {
   add_mod iavf
   printf '%s\n' "${order[@]}" >"$r/lib/modules/load-order"
   log "guest: modules ${order[*]} ($(modinfo -F vermagic "$iavf"))"
+  # Loaded by the phases that need them: 8021q (VLAN sub-interfaces) and
+  # vfio-pci (DPDK, behind QEMU's emulated VT-d: this kernel has no
+  # CONFIG_VFIO_NOIOMMU), each list dependencies first.
+  local extra
+  for extra in 8021q vfio-pci; do
+    order=(); add_mod "$extra"
+    # (vfio loads its IOMMU backend with request_module: no modprobe here)
+    [[ $extra == vfio-pci ]] && add_mod vfio_iommu_type1
+    printf '%s\n' "${order[@]}" >"$r/lib/modules/$extra.load-order"
+    log "guest: $extra: modules ${order[*]}"
+  done
   # busybox (static) with its applets as links
   dpkg-deb -x "$bdeb" "$work/bb"
   install -m755 "$work/bb/bin/busybox" "$r/bin/busybox"
@@ -336,6 +358,42 @@ build_guest() {
   python3 "$HERE/payload.py" "$PAYLOAD_MIB" >"$r/payload.bin"
   install -m755 "$HERE/guest/init" "$r/init"
   (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) >"$out/initramfs.cpio.gz"
+  # The DPDK scenarios' initramfs: the same plus the host's (bookworm) DPDK
+  # testpmd, the PMD plugins it needs (bus_pci, net_iavf, mempool_ring) and
+  # their libraries (ldd), appended as a second cpio archive (the kernel
+  # unpacks concatenated archives in order).
+  local d="$work/dpdk" f plugdir
+  plugdir=$(dirname "$(readlink -f "$DPDK_PLUGIN_DIR/librte_net_iavf.so")")
+  mkdir -p "$d/usr/bin" "$d/lib/x86_64-linux-gnu" "$d$DPDK_PLUGIN_DIR"
+  install -m755 /usr/bin/dpdk-testpmd "$d/usr/bin/dpdk-testpmd"
+  # coreutils' stdbuf: testpmd's stdout is a pipe to the guest script, which
+  # reads it while testpmd runs (line-buffered, not at exit)
+  mkdir -p "$d/usr/libexec/coreutils"
+  install -m755 /usr/bin/stdbuf "$d/usr/bin/stdbuf"
+  install -m755 /usr/libexec/coreutils/libstdbuf.so "$d/usr/libexec/coreutils/libstdbuf.so"
+  # One file per plugin, reached by both names as on the host (EAL loads the
+  # plugin directory; testpmd links bus_pci too: two copies would register
+  # their tailqs twice).
+  local real soname
+  for f in librte_bus_pci.so librte_net_iavf.so librte_mempool_ring.so; do
+    real=$(readlink -f "$DPDK_PLUGIN_DIR/$f")
+    soname=$(objdump -p "$real" | awk '$1 == "SONAME" {print $2}')
+    [[ -n $soname ]] || die "guest: no SONAME in $real"
+    cp "$real" "$d$DPDK_PLUGIN_DIR/"
+    ln -sf "$(basename "$real")" "$d$DPDK_PLUGIN_DIR/$f"
+    ln -sf "$(basename "$real")" "$d$DPDK_PLUGIN_DIR/$soname"
+    ln -sf "$DPDK_PLUGIN_DIR/$(basename "$real")" "$d/lib/x86_64-linux-gnu/$soname"
+  done
+  for lib in $( { ldd /usr/bin/dpdk-testpmd; ldd /usr/bin/stdbuf; for f in "$d$DPDK_PLUGIN_DIR"/*.so; do ldd "$f"; done; } |
+      awk '/=>/ && $3 ~ /^\// {print $3}' | sort -u); do
+    [[ -e $r/lib/x86_64-linux-gnu/$(basename "$lib") || -L $d/lib/x86_64-linux-gnu/$(basename "$lib") ]] ||
+      cp -L "$lib" "$d/lib/x86_64-linux-gnu/"
+  done
+  # (glibc dlopens libgcc_s for pthread_cancel, which testpmd's exit uses)
+  cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
+  (cd "$d" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) >"$work/dpdk.cpio.gz"
+  cat "$out/initramfs.cpio.gz" "$work/dpdk.cpio.gz" >"$out/initramfs-dpdk.cpio.gz"
+  log "guest: DPDK initramfs $(du -h "$out/initramfs-dpdk.cpio.gz" | cut -f1) (dpdk-testpmd $DPDK_VER, plugins from $plugdir)"
   echo "$KPKG $KVER" >"$out/VERSION"
   rm -rf "$work"
 }
@@ -358,7 +416,7 @@ component() {
 QEMU_KEY=$( { declare -f build_qemu make_wheel; echo "$QEMU_VER $MESON_VER $PYCOTAP_VER"; gcc --version | head -1; } | key)
 FW_KEY=$( { declare -f build_firmware; echo "$SEABIOS_VER"; } | key)
 GUEST_KEY=$( { declare -f build_guest; echo "$KPKG $KVER $BUSYBOX_VER $ETHTOOL_VER $LIBMNL_VER $PAYLOAD_MIB";
-  cat "$HERE/guest/init" "$HERE/payload.py"; dpkg-query -W -f='${Version}' libc6; } | key)
+  cat "$HERE/guest/init" "$HERE/payload.py"; dpkg-query -W -f='${Version}' libc6; echo "dpdk $DPDK_VER"; } | key)
 
 need_build=0
 for c in "qemu-$QEMU_KEY" "firmware-$FW_KEY" "guest-$GUEST_KEY"; do
@@ -390,6 +448,8 @@ VMM_BIOS=$FWDIR_ALL/bios-256k.bin
 VMM_SEABIOS_VERSION='$SEABIOS_VER'
 VMM_KERNEL=$GUEST_DIR/vmlinuz
 VMM_INITRD=$GUEST_DIR/initramfs.cpio.gz
+VMM_INITRD_DPDK=$GUEST_DIR/initramfs-dpdk.cpio.gz
+VMM_DPDK_VERSION='$DPDK_VER'
 VMM_GUEST_KERNEL='$KPKG $KVER'
 VMM_PAYLOAD_MIB=$PAYLOAD_MIB
 EOF

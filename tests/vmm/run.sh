@@ -11,12 +11,21 @@
 #            flows-trap-4qp flows-mmap-4qp                 4 queue pairs (4 vCPUs): pings, then
 #                                                          EMUD_VMM_FLOWS TCP flows each way at once;
 #                                                          traffic must use >= 2 RX and 2 TX queues
+#            vlan-trap-1qp vlan-mmap-2qp                   a VLAN sub-interface over iavf and a VLAN
+#                                                          on the TAP: pings + TCP tagged, captured
+#                                                          tagged on the host; untagged / other-ID
+#                                                          frames must not leak in
+#            dpdk-trap-4qp dpdk-mmap-4qp                   DPDK testpmd in the guest (uio_pci_generic):
+#                                                          4 queues + RSS, a flex RXDID, ptype, VLAN
+#                                                          filter + strip, VXLAN with checksum offload
 # When a trap and an mmap scenario with the same queue count both ran, the
 # summary gives the ratio of their average ping RTTs (light load: 5 pings/s).
 #
 # Environment (defaults in brackets):
 #   EMUD_VMM_CACHE [/var/cache/emud-vmm]   harness cache (tests/vmm/build_harness.sh)
-#   EMUD_VMM_SCENARIOS [all eight: trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp]
+#   EMUD_VMM_SCENARIOS [trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp
+#                       vlan-trap-1qp vlan-mmap-2qp dpdk-trap-4qp dpdk-mmap-4qp]
+#   EMUD_VMM_DPDK_FLOWS [64]               UDP flows the host sends testpmd (RSS)
 #   EMUD_VMM_KILLS [60]                    worker kills per chaos scenario
 #   EMUD_VMM_KILL_INTERVAL_MS [300-500]    random pause between two kills
 #   EMUD_VMM_POST_KILLS [5]                worker kills after the emud kill + upgrade
@@ -45,11 +54,17 @@ PINGS="${EMUD_VMM_PINGS:-25}"
 RESET_MAX_MS="${EMUD_VMM_RESET_MAX_MS:-1000}"
 TIMEOUT_S="${EMUD_VMM_TIMEOUT_S:-420}"
 LOGROOT="${EMUD_VMM_LOGDIR:-/tmp/emud-vmm-logs/$(date +%Y%m%d-%H%M%S)}"
+# VLAN scenarios: the guest's sub-interface and the host's VLAN on the TAP;
+# frames of VLAN_OTHER_ID must not reach the guest.
+VLAN_ID=100 VLAN_OTHER_ID=200 VLAN_GUEST=10.78.0.2/24 VLAN_PEER=10.78.0.1
+# DPDK scenarios: guest RAM, 2 MiB hugepages, UDP flows sent for RSS, seconds
+# the host captures testpmd's forwarded frames after sending.
+DPDK_MEM=1024M DPDK_HUGEPAGES=160 DPDK_FLOWS="${EMUD_VMM_DPDK_FLOWS:-64}" DPDK_WAIT_S=6
 BIN="$ROOT/bazel-bin"
 EMUD="$BIN/server/emud" EMUD_INIT="$BIN/server/emud-init" WORKER="$BIN/dataplane/emud-worker" EMUCTL="$BIN/ctl/emuctl"
 
 if [[ $# -gt 0 ]]; then SCENARIOS=("$@"); else
-  read -r -a SCENARIOS <<<"${EMUD_VMM_SCENARIOS:-trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp}"
+  read -r -a SCENARIOS <<<"${EMUD_VMM_SCENARIOS:-trap-1qp mmap-2qp mmap-1qp trap-2qp chaos-trap-1qp chaos-mmap-2qp reset-trap-1qp reset-mmap-2qp vlan-trap-1qp vlan-mmap-2qp dpdk-trap-4qp dpdk-mmap-4qp}"
 fi
 
 say() { printf 'vmm: %s\n' "$*"; }
@@ -64,14 +79,21 @@ mkdir -p "$LOGROOT"
 say "logs in $LOGROOT; qemu $VMM_QEMU_VERSION, guest $VMM_GUEST_KERNEL, seabios $VMM_SEABIOS_VERSION"
 
 # iavf / kernel lines that fail any scenario when found in the guest's dmesg.
+# The VLAN scenarios also fail on iavf refusing or failing a VLAN request.
+BAD_DMESG_VLAN='Failed to add VLAN filter|Failed to delete VLAN filter|PF returned error|VLAN.*not supported|Cannot add VLAN|Cannot remove VLAN'
+# The DPDK scenarios fail on any command testpmd or the PMD reports as failed
+# (the PMD's "Failed to read msg from AdminQ,ret: -57" is no failure: its
+# interrupt handler found the message already taken by the waiting command).
+BAD_TESTPMD='fail to execute|failed diag=|[Ff]ailed to|No response for cmd|Error[: ]|Fail to|not supported|Invalid'
 BAD_DMESG='NETDEV WATCHDOG|Reset never finished|Hardware reset detected|MTU change timed out|Never saw reset|Reset task did not complete|Reset warning received|Failed to init adminq|Unable to send opcode|AQ command send failed|Reset Task|tx_timeout|transmit queue [0-9]+ timed out|BUG:|Oops|Call Trace|watchdog: BUG'
 
 # ------------------------------------------------------------------ per scenario state
-NS="" TAP="" SD="" INIT_PID="" QEMU_PID="" PEER_PID="" WATCH_PID="" DIR=""
+NS="" TAP="" SD="" INIT_PID="" QEMU_PID="" PEER_PID="" WATCH_PID="" DIR="" EXTRA_PIDS=()
 cleanup_scenario() {
   local p
   [[ -n $QEMU_PID ]] && kill -9 "$QEMU_PID" 2>/dev/null
   [[ -n $PEER_PID ]] && kill "$PEER_PID" 2>/dev/null
+  for p in "${EXTRA_PIDS[@]}"; do kill "$p" 2>/dev/null; done
   [[ -n $WATCH_PID ]] && kill "$WATCH_PID" 2>/dev/null
   if [[ -n $INIT_PID ]]; then
     kill -TERM "$INIT_PID" 2>/dev/null
@@ -88,7 +110,7 @@ cleanup_scenario() {
   wait 2>/dev/null
   [[ -n $NS ]] && ip netns del "$NS" 2>/dev/null
   [[ -n $SD ]] && rm -rf "$SD"
-  NS="" TAP="" SD="" INIT_PID="" QEMU_PID="" PEER_PID="" WATCH_PID=""
+  NS="" TAP="" SD="" INIT_PID="" QEMU_PID="" PEER_PID="" WATCH_PID="" EXTRA_PIDS=()
 }
 trap 'cleanup_scenario; exit 130' INT TERM
 trap cleanup_scenario EXIT
@@ -177,6 +199,55 @@ disrupt() {
   return 0
 }
 
+# ------------------------------------------------------------------ DPDK checks
+# dpdk_checks RESULTS QUEUES: testpmd's output (VMM-DPDK lines) and the host's
+# summary of what came back. Sets DPDKFIG.
+DPDKFIG="" VLANFIG=""
+dpdk_checks() {
+  local R=$1 q=$2 D="$DIR/testpmd.txt" H="$DIR/dpdk-host.txt" n v i used=0 perq="" hs
+  grep '^VMM-DPDK ' "$R" | sed 's/^VMM-DPDK //' >"$D"
+  [[ -s $D ]] || { fails+=("dpdk: no testpmd output"); DPDKFIG="no testpmd output"; return; }
+  # A flex RX descriptor ID for every queue (iavf_dev_rx_queue_setup's
+  # "request RXDID[N] in Queue[Q]"), never the legacy fallback.
+  n=$(grep -cE 'request RXDID\[([2-9]|[1-9][0-9]+)\] in Queue\[[0-9]+\]$' "$D")
+  ((n == q)) || fails+=("dpdk: $n of $q RX queues got a flex RXDID: $(grep -m2 -E 'RXDID|VLAN offloading' "$D" | tr '\n' ' ')")
+  while read -r v; do fails+=("dpdk: testpmd: $v"); done < <(grep -E "$BAD_TESTPMD" "$D" | grep -vE 'Failed to read msg from AdminQ,ret: -57$|is legacy, set rx_pkt_burst' | head -10)
+  # RSS: every queue received some of the UDP flows (the forwarding streams'
+  # stats at "stop": one stream per RX queue).
+  for ((i = 0; i < q; i++)); do
+    v=$(awk -v q="$i" '/Forward Stats for RX Port= *0\/Queue= */ { s = $0; sub(/.*Queue= */, "", s); sub(/ .*/, "", s); cur = (s == q); next }
+      cur && /RX-packets:/ { print $2; cur = 0 }' "$D" | tail -1)
+    perq="$perq q$i=${v:-?}"
+    ((${v:-0} > 0)) && used=$((used + 1))
+  done
+  ((used == q)) || fails+=("dpdk: RSS: $used of $q queues received packets ($perq) from $DPDK_FLOWS UDP flows")
+  # Per packet (set verbose 1): RSS hash, hardware packet type, VLAN tag.
+  n=$(grep -c 'RSS hash=0x' "$D")
+  ((n >= DPDK_FLOWS)) || fails+=("dpdk: $n packets reported an RSS hash (RTE_MBUF_F_RX_RSS_HASH), $DPDK_FLOWS UDP flows sent")
+  n=$(grep -cE 'hw ptype: L2_ETHER L3_IPV4[A-Z_]* L4_UDP' "$D")
+  ((n >= DPDK_FLOWS)) || fails+=("dpdk: $n packets reported hw ptype L2_ETHER L3_IPV4* L4_UDP, $DPDK_FLOWS UDP flows sent")
+  n=$(grep -c "VLAN tci=0x$(printf '%x' "$VLAN_ID")\b" "$D")
+  ((n == 8)) || fails+=("dpdk: $n of 8 frames tagged $VLAN_ID arrived with the tag stripped into the mbuf (VLAN tci)")
+  # (frame_peer.py sends those 127 bytes long, 123 once stripped: no other frame has these lengths)
+  n=$(grep -cE "VLAN tci=0x$(printf '%x' "$VLAN_OTHER_ID")\b|length=(127|123) " "$D")
+  ((n == 0)) || fails+=("dpdk: $n frames of VLAN $VLAN_OTHER_ID (not in the filter) reached testpmd")
+  grep -qE 'VLAN offload:' "$D" && { grep -A1 -E 'VLAN offload:' "$D" | grep -q 'strip on' && grep -A1 -E 'VLAN offload:' "$D" | grep -q 'filter on'; } ||
+    fails+=("dpdk: show port info: $(grep -A1 -m1 'VLAN offload:' "$D" | tr '\n' ' ' | tr -s ' ')")
+  # Tunnel checksum offload: the VXLAN frames came back (csum engine, inner
+  # and outer checksums left to the device), every checksum right.
+  hs=$(grep -m1 '^sent_rss=' "$H" 2>/dev/null)
+  v=$(grep -o '\bvxlan_back=[0-9]*' <<<"$hs" | cut -d= -f2) n=$(grep -o '\bvxlan_csum_ok=[0-9]*' <<<"$hs" | cut -d= -f2)
+  ((${v:-0} == 8 && ${n:-0} == 8)) || fails+=("dpdk: VXLAN with checksum offload: $hs")
+  # and the plain UDP frames (RSS flows, VLAN 100) with IPv4/UDP checksum offload
+  v=$(grep -o '\budp_back=[0-9]*' <<<"$hs" | cut -d= -f2) n=$(grep -o '\budp_csum_ok=[0-9]*' <<<"$hs" | cut -d= -f2)
+  ((${v:-0} >= DPDK_FLOWS && ${n:-0} == ${v:-0})) || fails+=("dpdk: UDP with checksum offload: $hs")
+  DPDKFIG="RXDID: $(grep -oE 'request RXDID\[[0-9]+\] in Queue\[[0-9]+\][a-z ,_]*' "$D" | sort -u | tr '\n' ';') $(grep -m1 -oE '[a-z_]*\(\): VLAN offloading.*' "$D")"
+  DPDKFIG="$DPDKFIG; RX per queue:$perq; RSS-hash packets $(grep -c 'RSS hash=0x' "$D"); sample: $(grep -m1 -oE 'RSS hash=0x[0-9a-f]+ - RSS queue=0x[0-9a-f]+.*hw ptype: [A-Z0-9_ ]+' "$D" | tr -s ' ')"
+  DPDKFIG="$DPDKFIG; VLAN: $(grep -c "VLAN tci=0x$(printf '%x' "$VLAN_ID")\b" "$D") x 'VLAN tci=0x$(printf '%x' "$VLAN_ID")', VLAN $VLAN_OTHER_ID frames seen $(grep -cE "VLAN tci=0x$(printf '%x' "$VLAN_OTHER_ID")\b|length=(127|123) " "$D"), port info: $(grep -A1 -m1 'VLAN offload:' "$D" | tr '\n' ' ' | tr -s ' ')"
+  DPDKFIG="$DPDKFIG; testpmd port stats: $(grep -m1 -E '^ *TX-packets: [0-9]+ +TX-errors' "$D" | tr -s ' ')"
+  DPDKFIG="$DPDKFIG; host: $hs; testpmd start $(grep -o 'dpdk_start_ms=[0-9]*' "$R")"
+}
+
 # ------------------------------------------------------------------ one scenario
 # run_scenario NAME DOORBELL QUEUES PHASES
 PASSED=0 FAILED=0 FAILED_NAMES=() SUMMARY=() FLOWQ=""
@@ -202,6 +273,16 @@ run_scenario() {
   ip -n "$NS" link set "$TAP" mtu 9000
   ip -n "$NS" addr add "$peerhost/24" dev "$TAP"
   ip -n "$NS" link set "$TAP" up
+  # VLAN and DPDK scenarios count frames on the TAP: no IPv6 chatter from the host.
+  [[ $phases == *vlan* || $phases == *dpdk* ]] && ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 "net.ipv6.conf.$TAP.disable_ipv6=1"
+  if [[ $phases == *vlan* ]]; then
+    # The host's VLAN interface: the host kernel may lack 802.1Q support, so a
+    # second TAP that frame_peer.py bridges to VLAN_ID on the device's TAP.
+    ip -n "$NS" tuntap add dev "${TAP}v" mode tap || fails+=("tuntap add ${TAP}v")
+    ip -n "$NS" addr add "$VLAN_PEER/24" dev "${TAP}v"
+    ip netns exec "$NS" sysctl -qw "net.ipv6.conf.${TAP}v.disable_ipv6=1"
+    ip -n "$NS" link set "${TAP}v" up
+  fi
 
   ip netns exec "$NS" "$EMUD_INIT" -- "$EMUD" --state-dir "$SD" --metrics-listen= \
     --worker-binary="$WORKER" >"$DIR/emud.log" 2>&1 &
@@ -223,13 +304,41 @@ run_scenario() {
   until grep -q '^ready' "$DIR/peer.log" 2>/dev/null; do
     n=$((n + 1)); ((n > 100)) && { fails+=("tcp_peer.py did not start in 10 s"); break; }; sleep 0.1
   done
+  if [[ $phases == *vlan* ]]; then
+    # the same TCP peer on the host's VLAN address (same log), and the probe
+    # service (capture + injection on the TAP) on the untagged one
+    ip netns exec "$NS" python3 "$HERE/tcp_peer.py" "$VLAN_PEER" 5001 5002 "$VMM_PAYLOAD_MIB" "$REP" "$DIR/peer.log" &
+    EXTRA_PIDS+=($!)
+    ip netns exec "$NS" python3 "$HERE/frame_peer.py" serve "$TAP" "$peerhost" 5004 "$DIR/frame-peer.log" \
+      "$VLAN_ID" "${VLAN_GUEST%/*}" "$VLAN_OTHER_ID" 10.79.0.2 "${TAP}v" &
+    EXTRA_PIDS+=($!)
+    n=0
+    until [[ $(grep -c '^ready' "$DIR/peer.log" 2>/dev/null) -ge 2 ]] && grep -q '^ready' "$DIR/frame-peer.log" 2>/dev/null; do
+      n=$((n + 1)); ((n > 100)) && { fails+=("the VLAN peers did not start in 10 s"); break; }; sleep 0.1
+    done
+  fi
 
-  local smp=$queues extra=() dyndbg=""
+  local smp=$queues extra=() pre=() dyndbg="" mem=512M initrd=$VMM_INITRD
+  if [[ $phases == *vlan* ]]; then
+    dyndbg=" vmm.vlan=$VLAN_ID vmm.vlan_ip=$VLAN_GUEST vmm.vlan_peer=$VLAN_PEER vmm.probe=5004"
+  fi
+  if [[ $phases == *dpdk* ]]; then
+    # testpmd: a main lcore and one forwarding lcore (polling all queues), 2 MiB
+    # hugepages, SSE4.2+ (-cpu max: TCG's qemu64 lacks what DPDK requires), the
+    # DPDK initramfs, and a third serial port (unix socket) for the host's "sent".
+    # vfio-pci in the guest needs an IOMMU (Debian's kernel has no no-IOMMU
+    # mode): QEMU's VT-d with caching mode, whose mappings reach emud as
+    # vfio-user DMA_MAP/UNMAP of the IOVAs DPDK chose.
+    smp=2 mem=$DPDK_MEM initrd=$VMM_INITRD_DPDK
+    pre+=(-device intel-iommu,caching-mode=on,intremap=off)
+    extra+=(-cpu max -serial "unix:$DIR/ctl.sock,server=on,wait=off")
+    dyndbg=" vmm.dpdk=1 vmm.dpdk_queues=$queues vmm.vlan=$VLAN_ID vmm.peer_mac=$(ip -n "$NS" -o link show "$TAP" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p') hugepages=$DPDK_HUGEPAGES intel_iommu=on"
+  fi
   [[ -n ${EMUD_VMM_QEMU_TRACE:-} ]] && extra+=(-trace "$EMUD_VMM_QEMU_TRACE" -D "$DIR/qemu-trace.log" -msg timestamp=on)
   # iavf's dev_dbg lines (state transitions: when the reset work really
   # starts) in the reset scenarios; they also show "Unable to send opcode".
   [[ $phases == *mtu* || $phases == *rebind* ]] && dyndbg=" vmm.dyndbg=+p"
-  [[ -n ${EMUD_VMM_GUEST_DYNDBG:-} ]] && dyndbg=" vmm.dyndbg=$EMUD_VMM_GUEST_DYNDBG"
+  [[ -n ${EMUD_VMM_GUEST_DYNDBG:-} ]] && dyndbg="$dyndbg vmm.dyndbg=$EMUD_VMM_GUEST_DYNDBG"
   [[ -n ${EMUD_VMM_GUEST_SYSRQ:-} ]] && dyndbg="$dyndbg vmm.sysrq=$EMUD_VMM_GUEST_SYSRQ"
   [[ -n ${EMUD_VMM_GUEST_SETTLE_MS:-} ]] && dyndbg="$dyndbg vmm.settle_ms=$EMUD_VMM_GUEST_SETTLE_MS"
   : >"$DIR/results.log"
@@ -237,12 +346,12 @@ run_scenario() {
     say "  setup failed, not booting: ${fails[*]}"
   else
   "$VMM_QEMU" -nodefaults -no-user-config -no-reboot -display none -vga none \
-    -machine q35,accel=tcg,memory-backend=mem -smp "$smp" -m 512M \
-    -object memory-backend-memfd,id=mem,size=512M,share=on \
+    -machine q35,accel=tcg,memory-backend=mem -smp "$smp" -m "$mem" \
+    -object memory-backend-memfd,id=mem,size="$mem",share=on \
     -L "$VMM_FW_DIR" -bios "$VMM_BIOS" \
-    -kernel "$VMM_KERNEL" -initrd "$VMM_INITRD" \
+    -kernel "$VMM_KERNEL" -initrd "$initrd" \
     -append "console=ttyS0 loglevel=5 panic=-1 vmm.ip=$guestip vmm.peer=$peerhost vmm.phases=$phases vmm.pings=$PINGS vmm.chaos_max_s=$((TIMEOUT_S - 60)) vmm.ctl=5003 vmm.rep=$REP vmm.rxsha=$rxsha vmm.sink=5001 vmm.src=5002 vmm.flows=$FLOWS$dyndbg" \
-    -serial "file:$DIR/console.log" -serial "file:$DIR/results.log" \
+    -serial "file:$DIR/console.log" -serial "file:$DIR/results.log" "${pre[@]}" \
     -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$sock\",\"type\":\"unix\"}}" \
     "${extra[@]}" >"$DIR/qemu.log" 2>&1 &
   QEMU_PID=$!
@@ -260,6 +369,24 @@ run_scenario() {
       touch "$DIR/peer.log.stop"
     else
       fails+=("the guest never reached the chaos phase")
+    fi
+  fi
+  if [[ $phases == *dpdk* ]]; then
+    # testpmd forwards (csum engine): send the frames, then tell the guest.
+    if wait_line "$DIR/results.log" '^VMM-DPDK ready' $((deadline - SECONDS)); then
+      local dmac; dmac=$(tr -d '\r' <"$DIR/results.log" | sed -n 's/^VMM-DPDK ready mac=\([0-9A-Fa-f:]\{17\}\).*/\1/p' | head -1)
+      if [[ -z $dmac ]]; then
+        fails+=("testpmd's port MAC address not found in its output")
+      else
+        say "  dpdk: testpmd forwarding on port $dmac; sending from the TAP"
+        ip netns exec "$NS" python3 "$HERE/frame_peer.py" dpdk "$TAP" "$dmac" "$DIR/frame-peer.log" \
+          "$VLAN_ID" "$VLAN_OTHER_ID" "$DPDK_FLOWS" "$DPDK_WAIT_S" >"$DIR/dpdk-host.txt" 2>&1 ||
+          fails+=("frame_peer.py dpdk failed: $(tail -1 "$DIR/dpdk-host.txt")")
+      fi
+      python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"sent\n")' "$DIR/ctl.sock" ||
+        fails+=("could not write to the guest's control port")
+    else
+      fails+=("the guest's testpmd never became ready")
     fi
   fi
   wait_line "$DIR/results.log" '^VMM-DONE' $((deadline - SECONDS)) || fails+=("guest did not finish within ${TIMEOUT_S} s (see $DIR/console.log)")
@@ -287,6 +414,9 @@ run_scenario() {
     fails+=("guest: ${line#VMM-ERROR }")
   done < <(grep '^VMM-ERROR' "$R")
   while read -r line; do fails+=("guest dmesg: $line"); done < <(grep -E "$BAD_DMESG" "$DIR/dmesg.txt" | head -20)
+  if [[ $phases == *vlan* ]]; then
+    while read -r line; do fails+=("guest dmesg: $line"); done < <(grep -E "$BAD_DMESG_VLAN" "$DIR/dmesg.txt" | head -10)
+  fi
   [[ -s $DIR/failed.log ]] && fails+=("emud showed the device FAILED during the disruptions (failed.log)")
   if grep -q '"PHASE_FAILED"' "$DIR/watch.jsonl"; then fails+=("emud showed the device FAILED: $(grep -m1 -o '"lastError":"[^"]*"' "$DIR/watch.jsonl")"); fi
   [[ $final_phase == FAILED ]] && fails+=("device FAILED at the end")
@@ -350,6 +480,37 @@ run_scenario() {
     FLOWQ="RX queues used $rxq/$queues, TX queues used $txq/$queues, $(grep -o 'flows_ms=[0-9]*' "$R")"
   fi
 
+  if [[ $phases == *vlan* ]]; then
+    local cap u t o
+    # host captures: over the sub-interface every frame tagged with the VLAN ID
+    # (echo_*: the guest's ICMP echo requests, by tag; other frames, e.g. a
+    # late ACK of the VLAN's TCP or an ARP probe, may cross a window's edge)
+    cap=$(grep -m1 '^VMM-RESULT vlan_cap ' "$R")
+    t=$(grep -o "\becho_vlan$VLAN_ID=[0-9]*" <<<"$cap" | cut -d= -f2) u=$(grep -o '\becho_untagged=[0-9]*' <<<"$cap" | cut -d= -f2)
+    o=$(grep -o '\btagged_other=[0-9]*' <<<"$cap" | cut -d= -f2)
+    if [[ -z $cap ]]; then fails+=("vlan: no host capture of the VLAN pings")
+    else
+      ((${t:-0} >= PINGS && ${u:-1} == 0)) || fails+=("vlan: the host captured ${t:-0} echo requests tagged $VLAN_ID and ${u:-?} untagged from the guest during $PINGS VLAN pings")
+      ((${o:-1} == 0)) || fails+=("vlan: the host captured frames with another VLAN ID: $cap")
+    fi
+    cap=$(grep -m1 '^VMM-RESULT untagged_cap ' "$R")
+    u=$(grep -o '\becho_untagged=[0-9]*' <<<"$cap" | cut -d= -f2) t=$(grep -o "\becho_vlan$VLAN_ID=[0-9]*" <<<"$cap" | cut -d= -f2)
+    o=$(grep -o '\btagged_other=[0-9]*' <<<"$cap" | cut -d= -f2)
+    if [[ -z $cap ]]; then fails+=("vlan: no host capture of the untagged pings")
+    else
+      ((${u:-0} >= PINGS && ${t:-1} == 0)) || fails+=("vlan: the host captured ${u:-0} untagged and ${t:-?} tagged echo requests from the guest during $PINGS untagged pings")
+      ((${o:-1} == 0)) || fails+=("vlan: frames with another VLAN ID from the guest during the untagged pings: $cap")
+    fi
+    for k in leak_untagged_delta leak_tagged_delta leak_othervid_delta; do
+      grep -q "\b$k=[0-9-]*" "$R" || fails+=("vlan: no $k reported")
+    done
+    grep -q '\boff_rx-vlan-filter=on\b' "$R" || fails+=("vlan: rx-vlan-filter is not on in the guest ($(grep -m1 -o 'off_rx-vlan-offload=[a-z]* off_tx-vlan-offload=[a-z]* off_rx-vlan-filter=[a-z]*' "$R"))")
+    VLANFIG="$(sed -n 's/^VMM-RESULT vlan_cap /tagged capture: /p' "$R"); $(sed -n 's/^VMM-RESULT untagged_cap /untagged capture: /p' "$R"); $(grep -oE '\bleak_[a-z]+_(sent|delta)=[-0-9]*' "$R" | tr '\n' ' ')$(grep -o 'off_rx-vlan-offload=[a-z]* off_tx-vlan-offload=[a-z]* off_rx-vlan-filter=[a-z]*' "$R" | head -1)"
+  fi
+  if [[ $phases == *dpdk* ]]; then
+    dpdk_checks "$R" "$queues"
+  fi
+
   # ---------------- figures
   local fig=""
   local sent recv maxrtt avgrtt
@@ -359,11 +520,13 @@ run_scenario() {
   local txb rxb
   txb=$(grep -o '^sink .* bytes=[0-9]* ok=1' "$DIR/peer.log" | sed 's/.*bytes=\([0-9]*\).*/\1/' | awk '{s += $1} END {print s + 0}')
   rxb=$(grep -o '_tcp_rx_bytes=[0-9]* [a-z0-9_]*_tcp_rx_ms=[0-9]* [a-z0-9_]*_tcp_rx_sha_ok=1' "$R" | sed 's/.*_tcp_rx_bytes=\([0-9]*\).*/\1/' | awk '{s += $1} END {print s + 0}')
-  avgrtt=$(grep -o '\bbasic_ping_avg_ms=[0-9.]*' "$R" | head -1 | cut -d= -f2)
+  avgrtt=$(grep -oE '\b(basic|vlan)_ping_avg_ms=[0-9.]*' "$R" | head -1 | cut -d= -f2)
   # Light load only: the basic phase of a scenario without disruptions.
-  [[ -n $avgrtt && $phases != *chaos* ]] && AVG_RTT["$doorbell-$queues"]=$avgrtt
+  [[ -n $avgrtt && $phases == *basic* && $phases != *chaos* ]] && AVG_RTT["$doorbell-$queues"]=$avgrtt
   fig="pings ${sent:-0}/${recv:-0} (sent/received), average RTT ${avgrtt:-n/a} ms, longest RTT ${maxrtt:-n/a} ms, TCP verified guest->host ${txb:-0} B, host->guest ${rxb:-0} B"
   [[ $phases == *flows* ]] && fig="$fig, $FLOWQ"
+  [[ $phases == *vlan* ]] && fig="$fig; VLAN: $VLANFIG"
+  [[ $phases == *dpdk* ]] && fig="DPDK: $DPDKFIG"
   [[ $phases == *chaos* ]] && fig="$fig, worker kills $KILLS_DONE, emud kills $EMUD_KILLS, upgrades $UPGRADES, restarts $final_restarts"
   local resets
   resets=$(grep -oE '\b(mtu9000_rc|mtu9000_cmd_ms|mtu9000_traffic_ms|mtu9000_link_up_ms|mtu1500_rc|mtu1500_cmd_ms|mtu1500_traffic_ms|mtu1500_link_up_ms|unbind_ms|bind_traffic_ms|rebind_traffic_ms)=[-0-9]*' "$R" | tr '\n' ' ')
@@ -398,6 +561,10 @@ for s in "${SCENARIOS[@]}"; do
     reset-mmap-1qp) run_scenario "$s" mmap 1 mtu,rebind ;;
     flows-trap-4qp) run_scenario "$s" trap 4 basic,flows ;;
     flows-mmap-4qp) run_scenario "$s" mmap 4 basic,flows ;;
+    vlan-trap-1qp) run_scenario "$s" trap 1 vlan ;;
+    vlan-mmap-2qp) run_scenario "$s" mmap 2 vlan ;;
+    dpdk-trap-4qp) run_scenario "$s" trap 4 dpdk ;;
+    dpdk-mmap-4qp) run_scenario "$s" mmap 4 dpdk ;;
     *) say "unknown scenario $s"; FAILED=$((FAILED + 1)); FAILED_NAMES+=("$s") ;;
   esac
 done
