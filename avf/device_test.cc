@@ -6,7 +6,9 @@
 #include <random>
 #include <vector>
 
+#include "avf/avf_state.pb.h"
 #include "avf/testing.h"
+#include "state_store/record_codec.h"
 #include "gtest/gtest.h"
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -686,14 +688,28 @@ TEST_F(DeviceTest, RxdidIsSavedRestoredAndClearedByAVfReset) {
   EXPECT_EQ((*other)->rx_queue(0).rxdid, vc::kRxdidLegacy1);
   EXPECT_EQ((*other)->rx_queue(1).rxdid, vc::kRxdidCommsOvs1);
   EXPECT_EQ((*other)->rx_queue(2).rxdid, vc::kRxdidFlexNic);
-  // A device not offering RX_FLEX_DESC restores the legacy format.
-  DeviceOptions no_flex;
-  no_flex.supported_caps &= ~vc::kCapRxFlexDesc;
-  auto plain = Device::Create(no_flex);
-  ASSERT_TRUE(plain.ok());
-  if ((*plain)->Restore(records).ok()) {
-    EXPECT_EQ((*plain)->rx_queue(1).rxdid, vc::kRxdidLegacy1);
+  // A record naming an RXDID this device does not write (a damaged or
+  // foreign one) restores the legacy format, never an unchecked one.
+  auto raw = records.Get("vf");
+  ASSERT_TRUE(raw.ok() && raw->has_value());
+  auto vf = state_store::DecodeRecord<AvfVfState>(**raw, "vf");
+  ASSERT_TRUE(vf.ok()) << vf.status();
+  bool found = false;
+  for (auto& r : *vf->mutable_rxq()) {
+    if (r.id() == 1) {
+      EXPECT_EQ(r.rxdid(), vc::kRxdidCommsOvs1);
+      r.set_rxdid(16);
+      found = true;
+    }
+    if (r.id() == 2) r.set_rxdid(0x1000002);
   }
+  ASSERT_TRUE(found);
+  ASSERT_TRUE(records.Put("vf", state_store::EncodeRecord(*vf)).ok());
+  auto third = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(third.ok());
+  ASSERT_TRUE((*third)->Restore(records).ok());
+  EXPECT_EQ((*third)->rx_queue(1).rxdid, vc::kRxdidLegacy1);
+  EXPECT_EQ((*third)->rx_queue(2).rxdid, vc::kRxdidLegacy1);
   dev_->ResetVfFromPf();
   EXPECT_EQ(dev_->rx_queue(1).rxdid, vc::kRxdidLegacy1);
 }
