@@ -64,14 +64,17 @@ using MacAddr = std::array<uint8_t, 6>;
 // grants it (ice_vc_get_vf_res_msg: to a VF asking): an RX queue configured
 // with crc_disable gets frames with their Ethernet FCS (DPDK's KEEP_CRC,
 // Linux's rx-fcs). VLAN_V2 to a driver asking for it, else VLAN, never both,
-// as ice_vc_get_vf_res_msg grants them. LARGE_NUM_QPAIRS is granted only to
+// as ice_vc_get_vf_res_msg grants them. ENCAP and ENCAP_CSUM as ice grants
+// them (whenever asked): the data path performs tunnel (VXLAN/GENEVE/GRE/
+// IPIP) checksum offloads and TSO from the context descriptor's tunnelling
+// fields (dataplane/offload.h TxTunnel). LARGE_NUM_QPAIRS is granted only to
 // a device of more than 16 queue pairs (as ice grants it only to a VF given
 // a bigger RSS LUT). RX_FLEX_DESC as ice grants it (to a VF asking): RX
 // queues may then be configured with any RXDID of kSupportedRxdids.
 inline constexpr uint32_t kDefaultSupportedCaps =
     vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg | vc::kCapWbOnItr | vc::kCapReqQueues |
     vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs | vc::kCapCrc | vc::kCapVlan | vc::kCapVlanV2 |
-    vc::kCapRxFlexDesc;
+    vc::kCapEncap | vc::kCapEncapCsum | vc::kCapRxFlexDesc;
 
 // GET_SUPPORTED_RXDIDS (bit n: RXDID n). ice answers BIT(LEGACY_1) plus the
 // flex profiles its DDP package enables (ice_vc_query_rxdid; the OS default

@@ -29,7 +29,8 @@ constexpr size_t kRamSize = 2 << 20;
 constexpr uint32_t kLinuxCaps = vc::kCapL2 | vc::kCapRssPf | vc::kCapRssAq | vc::kCapRssReg |
                                 vc::kCapVlan | vc::kCapWbOnItr | vc::kCapReqQueues |
                                 vc::kCapAdvLinkSpeed | vc::kCapVlanV2 | vc::kCapCrc |
-                                vc::kCapRxFlexDesc | vc::kCapRssPctypeV2;
+                                vc::kCapRxFlexDesc | vc::kCapRssPctypeV2 | vc::kCapEncap |
+                                vc::kCapEncapCsum;
 
 class Bytes {
  public:
@@ -224,8 +225,10 @@ TEST_F(DeviceTest, VersionAndResources) {
   EXPECT_EQ(res.vsi_res[0].vsi_type, int32_t(vc::kVsiTypeSriov));
   EXPECT_EQ(res.rss_key_size, 52u);
   EXPECT_EQ(res.rss_lut_size, 64u);
-  const uint32_t must = vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr;
+  const uint32_t must =
+      vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr | vc::kCapEncap | vc::kCapEncapCsum;
   EXPECT_EQ(res.vf_cap_flags & must, must);
+  EXPECT_EQ(res.vf_cap_flags & (1u << 22), 0u) << "RX_ENCAP_CSUM: ice never grants it";
   EXPECT_EQ(res.vf_cap_flags & ~kLinuxCaps, 0u) << "never more than requested";
   EXPECT_EQ(res.vf_cap_flags & vc::kCapRssAq, 0u);
   // Linux asks for VLAN and VLAN_V2: ice grants VLAN_V2 alone.
@@ -627,6 +630,15 @@ TEST_F(DeviceTest, QueueConfigValidation) {
   // crc_disable (keep the FCS): with the CRC capability, granted to a VF
   // asking for it as ice does; refused to one that did not.
   EXPECT_NE(dev_->granted_caps() & vc::kCapCrc, 0u);
+  // Not while the VLAN tag is stripped (on by default for a driver asking
+  // for VLAN, ice_vf_init_vlan_stripping; ice_vc_cfg_qs_msg refuses both).
+  ASSERT_TRUE(dev_->vlan_strip());
+  EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), vc::kErrParam);
+  ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  vc::VlanSetting off{};
+  off.inner_ethertype_setting = vc::kVlanEthertype8100;
+  off.vport_id = kVsiId;
+  ASSERT_EQ(Status(vc::kOpDisableVlanStrippingV2, Bytes().Add(off).span()), 0);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), 0);
   EXPECT_TRUE(dev_->rx_queue(0).keep_crc);
   ASSERT_EQ(drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps & ~vc::kCapCrc)->v_retval, 0);
@@ -1714,6 +1726,9 @@ TEST_F(DeviceTest, VlanV2StrippingRefusedWhileAQueueKeepsTheCrc) {
   Make(o);
   Negotiate();
   ASSERT_EQ(Call(vc::kOpGetOffloadVlanV2Caps, {}).v_retval, 0);
+  // Stripping starts on for a driver that asked for VLAN (Linux's caps):
+  // a kept CRC needs it off first (ice_vc_cfg_qs_msg).
+  ASSERT_EQ(Status(vc::kOpDisableVlanStrippingV2, Setting(0, vc::kVlanEthertype8100).span()), 0);
   Bytes b = VsiQueues(1);
   reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8)->rxq.crc_disable = 1;
   ASSERT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), 0);

@@ -84,6 +84,11 @@ inline constexpr uint32_t kCapVlan = 1u << 16;
 inline constexpr uint32_t kCapRxPolling = 1u << 17;
 inline constexpr uint32_t kCapRssPctypeV2 = 1u << 18;
 inline constexpr uint32_t kCapRssPf = 1u << 19;
+// Tunnel TX offloads: no opcode, the data path acts on the TX context
+// descriptor's tunnelling fields. ice grants both whenever asked
+// (ice_vc_get_vf_res_msg) and never RX_ENCAP_CSUM (1 << 22).
+inline constexpr uint32_t kCapEncap = 1u << 20;
+inline constexpr uint32_t kCapEncapCsum = 1u << 21;
 inline constexpr uint32_t kCapRxFlexDesc = 1u << 26;
 
 inline constexpr uint32_t kVsiTypeSriov = 6;

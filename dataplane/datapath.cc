@@ -29,6 +29,7 @@ DataPath::DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
   for (uint32_t q = 0; q < nq_; ++q) {
     tx_.push_back(std::make_unique<TxQueue>(uint16_t(q), state_->tx(q)));
     tx_.back()->CountMalformedInto(&state_->device()->tx_malformed);
+    tx_.back()->CountTunnelMalformedInto(&state_->device()->tx_tunnel_malformed);
     rx_.push_back(std::make_unique<RxQueue>(uint16_t(q), state_->rx(q)));
   }
   loopback_ = backend_->spec() == "loopback";

@@ -210,7 +210,101 @@ absl::Status FillL4Checksum(uint8_t* l4, size_t l4_bytes, TxOffload::L4t l4t,
 
 }  // namespace
 
+absl::Status ValidateTunnel(absl::Span<const uint8_t> frame, const TxOffload& off,
+                            size_t* inner_l3) {
+  const TxTunnel& t = off.tun;
+  if (t.eipt == TxTunnel::kNone) {
+    return absl::InvalidArgumentError("tunnelling fields without an outer IP type (EIPT 0)");
+  }
+  if (t.natt > TxTunnel::kNattGre) return absl::InvalidArgumentError("reserved L4TUNT 3");
+  if (t.l4t_cs && t.natt != TxTunnel::kNattUdp) {
+    return absl::InvalidArgumentError("L4T_CS without a UDP tunnel");
+  }
+  const size_t l3 = off.maclen;
+  const size_t tun = l3 + t.eiplen;
+  const size_t inner = tun + t.natlen;
+  if (off.maclen < 14 || inner >= frame.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("tunnel headers mac ", off.maclen, " outer ip ",
+                                                   t.eiplen, " tunnel ", t.natlen,
+                                                   " vs frame ", frame.size()));
+  }
+  if (t.eipt == TxTunnel::kIpv6) {
+    if (t.eiplen < 40 || (frame[l3] >> 4) != 6) {
+      return absl::InvalidArgumentError(absl::StrCat("outer IPv6 header of ", t.eiplen, " bytes"));
+    }
+  } else if ((frame[l3] >> 4) != 4 || size_t(frame[l3] & 0xF) * 4 != t.eiplen || t.eiplen < 20) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("outer IPv4 header of ", t.eiplen, " bytes, IHL ", frame[l3] & 0xF));
+  }
+  if ((t.natt == TxTunnel::kNattUdp && t.natlen < 8) ||
+      (t.natt == TxTunnel::kNattGre && t.natlen < 4)) {
+    return absl::InvalidArgumentError(absl::StrCat("tunnel header of ", t.natlen, " bytes"));
+  }
+  *inner_l3 = inner;
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The outer UDP checksum of a tunnelled frame `f` of `len` bytes (validated
+// by ValidateTunnel): computed whole over the outer pseudo-header, the UDP
+// header with its checksum field zeroed and everything to the end.
+absl::Status FillOuterUdpChecksum(uint8_t* f, size_t len, const TxOffload& off) {
+  const size_t l3 = off.maclen;
+  const size_t udp = l3 + off.tun.eiplen;
+  const size_t ulen = len - udp;
+  if (ulen > 0xFFFF) return absl::InvalidArgumentError(absl::StrCat("outer UDP of ", ulen));
+  uint32_t pseudo = off.tun.eipt == TxTunnel::kIpv6 ? CsumPartial(f + l3 + 8, 32, 0)
+                                                   : CsumPartial(f + l3 + 12, 8, 0);
+  pseudo = CsumAddBe16(pseudo, 17);
+  pseudo = CsumAddBe16(pseudo, static_cast<uint16_t>(ulen));
+  Store16(f + udp + 6, 0);
+  uint16_t c = static_cast<uint16_t>(~CsumFold(CsumPartial(f + udp, ulen, pseudo)));
+  Store16(f + udp + 6, c == 0 ? 0xFFFF : c);
+  return absl::OkStatus();
+}
+
+// One TSO segment's outer headers (`len` bytes, segment `i`, the headers
+// copied from the original frame).
+absl::Status FixOuterSegment(uint8_t* s, size_t len, const TxOffload& off, uint32_t i) {
+  const TxTunnel& t = off.tun;
+  const size_t l3 = off.maclen;
+  const size_t l4 = l3 + t.eiplen;
+  if (t.eipt == TxTunnel::kIpv6) {
+    StoreBe16(s + l3 + 4, static_cast<uint16_t>(len - l3 - 40));
+  } else {
+    StoreBe16(s + l3 + 2, static_cast<uint16_t>(len - l3));
+    if (!t.eip_noinc) StoreBe16(s + l3 + 4, static_cast<uint16_t>(LoadBe16(s + l3 + 4) + i));
+    Store16(s + l3 + 10, 0);
+    Store16(s + l3 + 10, InternetChecksum(s + l3, t.eiplen));
+  }
+  if (t.natt == TxTunnel::kNattUdp) {
+    StoreBe16(s + l4 + 4, static_cast<uint16_t>(len - l4));
+    if (t.l4t_cs) return FillOuterUdpChecksum(s, len, off);
+    Store16(s + l4 + 6, 0);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ApplyChecksumOffloads(absl::Span<uint8_t> frame, const TxOffload& off) {
+  if (off.tun.present) [[unlikely]] {
+    size_t inner_l3 = 0;
+    absl::Status s = ValidateTunnel(frame, off, &inner_l3);
+    if (!s.ok()) return s;
+    TxOffload inner = off;
+    inner.tun = {};
+    inner.maclen = static_cast<uint32_t>(inner_l3);
+    s = ApplyChecksumOffloads(frame, inner);
+    if (!s.ok()) return s;
+    if (off.tun.eipt == TxTunnel::kIpv4Csum) {
+      s = FillIpv4HeaderChecksum(frame.subspan(off.maclen, off.tun.eiplen));
+      if (!s.ok()) return s;
+    }
+    if (off.tun.l4t_cs) return FillOuterUdpChecksum(frame.data(), frame.size(), off);
+    return absl::OkStatus();
+  }
   const size_t l3 = off.maclen;
   const size_t l4 = size_t{off.maclen} + off.iplen;
   if (off.iipt == TxOffload::kIiptIpv4Csum) {
@@ -251,7 +345,11 @@ absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
   if (off.mss < 64 || off.mss > 16383) {
     return absl::InvalidArgumentError(absl::StrCat("TSO MSS ", off.mss));
   }
-  const size_t l3 = off.maclen;
+  size_t l3 = off.maclen;
+  if (off.tun.present) {
+    absl::Status s = ValidateTunnel(frame, off, &l3);
+    if (!s.ok()) return s;
+  }
   const size_t l4 = l3 + off.iplen;
   const size_t hdr_len = l4 + off.l4len;
   if (off.tso_len == 0 || hdr_len + off.tso_len > frame.size()) {
@@ -298,6 +396,10 @@ absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
     absl::Status st = FillL4Checksum(s + l4, l4_bytes, off.l4t,
                                      CsumAddBe16(0, static_cast<uint16_t>(l4_bytes)));
     if (!st.ok()) return st;
+    if (off.tun.present) {
+      st = FixOuterSegment(s, hdr_len + pay, off, i);
+      if (!st.ok()) return st;
+    }
     emit(absl::Span<const uint8_t>(s, hdr_len + pay));
     done += pay;
   }

@@ -49,6 +49,37 @@ uint32_t Crc32c(const uint8_t* data, size_t len, uint32_t crc = 0);
 // significant byte first.
 uint32_t EthernetFcs(const uint8_t* data, size_t len);
 
+// The tunnelling fields of a TX context descriptor's qword 0 (iavf_type.h
+// IAVF_TXD_CTX_QW0_*; written by Linux iavf_tx_enable_csum and DPDK
+// iavf_fill_ctx_desc_tunnelling_field), decoded to bytes. With EIPT set, the
+// data descriptor's MACLEN is the OUTER L2 length and IIPT/IPLEN/L4T/L4LEN
+// describe the INNER headers, which start at maclen + eiplen + natlen.
+struct TxTunnel {
+  enum Eipt : uint8_t { kNone = 0, kIpv6 = 1, kIpv4NoCsum = 2, kIpv4Csum = 3 };
+  enum Natt : uint8_t { kNattNone = 0, kNattUdp = 1, kNattGre = 2 };
+  // The bits the fields occupy (23:0; DECTTL 22:19 is accepted and ignored,
+  // neither driver sets it).
+  static constexpr uint64_t kMask = 0xFFFFFF;
+  static TxTunnel Decode(uint64_t qw0) {
+    TxTunnel t;
+    t.eipt = static_cast<Eipt>(qw0 & 3);
+    t.eiplen = uint32_t((qw0 >> 2) & 0x3F) * 4;
+    t.natt = static_cast<uint8_t>((qw0 >> 9) & 3);
+    t.eip_noinc = (qw0 >> 11) & 1;
+    t.natlen = uint32_t((qw0 >> 12) & 0x7F) * 2;
+    t.l4t_cs = (qw0 >> 23) & 1;
+    t.present = (qw0 & kMask) != 0;
+    return t;
+  }
+  bool present = false;    // any tunnelling field set
+  Eipt eipt = kNone;       // outer IP type
+  uint8_t natt = kNattNone;  // L4TUNT (3 is reserved: refused)
+  bool eip_noinc = false;  // TSO: keep the outer IPv4 ID on every segment
+  bool l4t_cs = false;     // compute the outer UDP checksum
+  uint32_t eiplen = 0;     // bytes (EIPLEN * 4): outer IP header + extensions
+  uint32_t natlen = 0;     // bytes (L4TUNLEN * 2): UDP/GRE header + inner L2
+};
+
 // What a packet's TX descriptors ask for (AVF data + context descriptor
 // fields, decoded to bytes).
 struct TxOffload {
@@ -62,6 +93,7 @@ struct TxOffload {
   bool tso = false;
   uint32_t tso_len = 0;  // payload bytes to segment (context descriptor)
   uint32_t mss = 0;      // context descriptor MSS
+  TxTunnel tun;          // context descriptor qword 0 tunnelling fields
 };
 
 // Checksum offloads on one linear frame, in place: IPv4 header checksum when
@@ -69,6 +101,12 @@ struct TxOffload {
 // maclen + iplen to the end of the frame, starting from the value the driver
 // left in the checksum field (its pseudo-header sum including the length).
 // SCTP: CRC32c over the SCTP packet with the checksum field zeroed.
+// Tunnelled (off.tun.present): the same inner offloads at the inner offsets,
+// then the outer IPv4 header checksum (EIPT 3) and the outer UDP checksum
+// (L4T_CS), computed whole over the outer pseudo-header and the UDP length
+// to the end of the frame (the field's old value is ignored); without
+// L4T_CS the outer UDP checksum is left as the driver wrote it. The outer
+// headers are validated first (ValidateTunnel).
 absl::Status ApplyChecksumOffloads(absl::Span<uint8_t> frame, const TxOffload& off);
 
 // Segments `frame` (headers of maclen + iplen + l4len bytes followed by
@@ -82,10 +120,27 @@ absl::Status ApplyChecksumOffloads(absl::Span<uint8_t> frame, const TxOffload& o
 // it); the segment's L4 length is added here. Rejects mss == 0, mss too
 // small (< 64) or headers/lengths that do not fit the frame.
 // `max_segments` bounds the work per packet (65535/64 ~ 1024).
+// Tunnelled (off.tun.present): the inner headers are segmented as above,
+// and per segment the outer headers are fixed too: outer IPv4 total length,
+// identification (+1 per segment unless EIP_NOINC) and header checksum (for
+// EIPT 2 as well: the length changed) or outer IPv6 payload length; outer
+// UDP length, and its checksum computed whole with L4T_CS, else zero (Linux
+// iavf_tso leaves a GSO_UDP_TUNNEL checksum 0). GRE headers are copied
+// unchanged (the GRE checksum option is not computed).
 absl::Status SegmentTso(absl::Span<const uint8_t> frame, const TxOffload& off,
                         std::vector<uint8_t>& scratch,
                         absl::FunctionRef<void(absl::Span<const uint8_t>)> emit,
                         uint32_t max_segments = 1100);
+
+// Checks a tunnelled packet's context fields against the frame and returns
+// the offset of the inner L3 header (maclen + eiplen + natlen): EIPT set
+// (tunnelling fields without it are refused), L4TUNT not the reserved 3,
+// L4T_CS only with a UDP tunnel, MACLEN >= 14, an outer IPv4 header whose
+// version is 4 and IHL * 4 == EIPLEN (or an IPv6 header, EIPLEN >= 40),
+// a UDP header (8 bytes) or GRE header (4) within NATLEN, and inner headers
+// that start inside the frame.
+absl::Status ValidateTunnel(absl::Span<const uint8_t> frame, const TxOffload& off,
+                            size_t* inner_l3);
 
 // RX checksum check of an Ethernet frame (optionally one VLAN tag), as the
 // AVF reports it (kChecked = L3L4P, kIpBad = IPE, kL4Bad = L4E):

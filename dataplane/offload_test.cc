@@ -596,5 +596,74 @@ TEST(EthernetFcs, CheckValueAndBitwiseReference) {
   }
 }
 
+// Context qword 0 tunnelling fields at the bit positions iavf_type.h gives
+// (IAVF_TXD_CTX_QW0_*): EIPT 1:0, EIPLEN 7:2 (dwords), L4TUNT 10:9,
+// EIP_NOINC 11, L4TUNLEN 18:12 (words), L4T_CS 23.
+TEST(TxTunnelDecode, FieldPositions) {
+  // VXLAN over IPv4 as Linux writes it for a GSO_UDP_TUNNEL_CSUM skb:
+  // EIPT 3, EIPLEN 5, UDP tunnel, NATLEN 15 (8 UDP + 8 VXLAN + 14 MAC), L4T_CS.
+  const uint64_t qw0 = 0x3 | (5u << 2) | (1u << 9) | (15u << 12) | (1u << 23) |
+                       (uint64_t{0xABCD} << 32);  // L2TAG2: not a tunnelling field
+  TxTunnel t = TxTunnel::Decode(qw0);
+  EXPECT_TRUE(t.present);
+  EXPECT_EQ(t.eipt, TxTunnel::kIpv4Csum);
+  EXPECT_EQ(t.eiplen, 20u);
+  EXPECT_EQ(t.natt, TxTunnel::kNattUdp);
+  EXPECT_EQ(t.natlen, 30u);
+  EXPECT_TRUE(t.l4t_cs);
+  EXPECT_FALSE(t.eip_noinc);
+  t = TxTunnel::Decode(0x1 | (10u << 2) | (2u << 9) | (1u << 11) | (9u << 12));
+  EXPECT_EQ(t.eipt, TxTunnel::kIpv6);
+  EXPECT_EQ(t.eiplen, 40u);
+  EXPECT_EQ(t.natt, TxTunnel::kNattGre);
+  EXPECT_EQ(t.natlen, 18u);
+  EXPECT_TRUE(t.eip_noinc);
+  EXPECT_FALSE(t.l4t_cs);
+  EXPECT_FALSE(TxTunnel::Decode(uint64_t{0xABCD} << 32).present);
+}
+
+// IP-in-IPv6 (L4TUNT 0, L4TUNLEN 0: Linux IPPROTO_IPIP, DPDK TUNNEL_IPIP):
+// the inner IPv4 header starts right after the outer IPv6 one; inner IPv4
+// header checksum and inner SCTP CRC32c.
+TEST(TunnelChecksums, IpInIpv6WithInnerSctp) {
+  std::vector<uint8_t> f(14 + 40 + 20 + 12 + 64);
+  f[12] = 0x86;
+  f[13] = 0xDD;
+  f[14] = 0x60;
+  PutBe16(&f[14 + 4], uint16_t(f.size() - 54));
+  f[14 + 6] = 4;  // IPv4 inside
+  for (int i = 0; i < 32; ++i) f[14 + 8 + i] = uint8_t(i * 5 + 1);
+  const size_t il3 = 54, il4 = 74;
+  f[il3] = 0x45;
+  PutBe16(&f[il3 + 2], uint16_t(f.size() - il3));
+  f[il3 + 8] = 64;
+  f[il3 + 9] = 132;
+  for (int i = 0; i < 8; ++i) f[il3 + 12 + i] = uint8_t(0x40 + i);
+  PutBe16(&f[il3 + 10], 0x7777);  // junk: the device computes it
+  for (size_t i = il4; i < f.size(); ++i) f[i] = uint8_t(i * 3);
+  TxOffload off;
+  off.iipt = TxOffload::kIiptIpv4Csum;
+  off.l4t = TxOffload::kL4Sctp;
+  off.maclen = 14;
+  off.iplen = 20;
+  off.tun = TxTunnel::Decode(0x1 | (10u << 2));
+  std::vector<uint8_t> out = f;
+  ASSERT_TRUE(ApplyChecksumOffloads(absl::MakeSpan(out), off).ok());
+  std::vector<uint8_t> ip(out.begin() + il3, out.begin() + il4);
+  EXPECT_EQ(RefFinish(RefSum(ip)), 0) << "inner IPv4 header verifies";
+  std::vector<uint8_t> sctp(out.begin() + il4, out.end());
+  uint32_t stored = uint32_t(sctp[8]) | uint32_t(sctp[9]) << 8 | uint32_t(sctp[10]) << 16 |
+                    uint32_t(sctp[11]) << 24;
+  std::memset(&sctp[8], 0, 4);
+  EXPECT_EQ(stored, RefCrc32c(sctp.data(), sctp.size()));
+  EXPECT_EQ(0, std::memcmp(out.data(), f.data(), il3)) << "outer IPv6 untouched";
+
+  // The same descriptors with IPv4 as the outer type: refused, unchanged.
+  off.tun = TxTunnel::Decode(0x3 | (10u << 2));
+  std::vector<uint8_t> again = f;
+  EXPECT_FALSE(ApplyChecksumOffloads(absl::MakeSpan(again), off).ok());
+  EXPECT_EQ(again, f);
+}
+
 }  // namespace
 }  // namespace emud::dataplane

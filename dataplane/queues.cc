@@ -310,10 +310,9 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
           off.tso_len = uint32_t(qw1 >> 30) & 0x3FFFF;
           off.mss = uint32_t(qw1 >> 50) & 0x3FFF;
         }
-        // Tunnel offloads (outer checksums, tunnel TSO) are not implemented:
-        // their inner offsets are not in the data descriptor, so applying
-        // them would corrupt the frame: dropped and counted as malformed.
-        if (qw0 & (txd::kCtxQw0Eipt | txd::kCtxQw0L4tunt)) bad = true;
+        // Tunnel offloads: outer IP/UDP fields here, inner offsets in the
+        // data descriptor (validated against the frame when applied).
+        if (qw0 & TxTunnel::kMask) off.tun = TxTunnel::Decode(qw0);
         if (cmd & txd::kCtxCmdIl2tag2) l2tag2 = kL2tag2Present | txd::CtxL2tag2(qw0);
         continue;
       }
@@ -386,7 +385,8 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
     off.l4len = ((first_offset >> 14) & 0xF) * 4;
     off.iipt = static_cast<TxOffload::Iipt>((first_cmd >> 5) & 3);
     off.l4t = static_cast<TxOffload::L4t>((first_cmd >> 8) & 3);
-    const bool csum = off.iipt == TxOffload::kIiptIpv4Csum || off.l4t != TxOffload::kL4None;
+    const bool csum =
+        off.iipt == TxOffload::kIiptIpv4Csum || off.l4t != TxOffload::kL4None || off.tun.present;
 
     // Resolve buffers.
     bool fault = false;
@@ -450,6 +450,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
             });
         if (!s.ok()) {
           DropMalformed();
+          if (off.tun.present) tunnel_malformed_->fetch_add(1, std::memory_order_relaxed);
         }
       } else {
         // Checksums over the packet's own length, not the padding.
@@ -466,6 +467,7 @@ TxQueue::Result TxQueue::Process(uint32_t tail, vfio_user::DmaMemory& dma, Backe
           frames_.push_back(FrameView(out, out_len));
         } else {
           DropMalformed();
+          if (off.tun.present) tunnel_malformed_->fetch_add(1, std::memory_order_relaxed);
         }
       }
     }

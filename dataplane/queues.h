@@ -39,12 +39,19 @@ inline constexpr uint32_t kCmdIl2tag1 = 0x008;  // insert the L2TAG1 field (qw1 
 inline constexpr uint32_t kCmdDummy = 0x010;
 inline constexpr uint32_t kCtxCmdTso = 0x1;
 inline constexpr uint32_t kCtxCmdIl2tag2 = 0x4;
-// Context descriptor qword 0: tunnel parameters. EIPT (outer IP type,
-// bits 1:0) and L4TUNT (tunnel type, bits 10:9) mark a tunnelled packet
-// whose data-descriptor MACLEN is the OUTER L2 length (DPDK
-// iavf_fill_ctx_desc_tunnelling_field / iavf_build_data_desc_cmd_offset_fields).
+// Context descriptor qword 0: tunnel parameters (TxTunnel::Decode). EIPT
+// (outer IP type, bits 1:0) and L4TUNT (tunnel type, bits 10:9) mark a
+// tunnelled packet whose data-descriptor MACLEN is the OUTER L2 length (DPDK
+// iavf_fill_ctx_desc_tunnelling_field / iavf_txd_enable_offload, Linux
+// iavf_tx_enable_csum).
 inline constexpr uint64_t kCtxQw0Eipt = 0x3;
 inline constexpr uint64_t kCtxQw0L4tunt = 0x3ull << 9;
+// Tunnel qword 0 from byte lengths: eipt 0..3, natt 0..2.
+inline uint64_t CtxTunnelQw0(uint32_t eipt, uint32_t eiplen, uint32_t natt, uint32_t natlen,
+                             bool l4t_cs = false, bool eip_noinc = false) {
+  return uint64_t(eipt) | uint64_t(eiplen / 4) << 2 | uint64_t(natt) << 9 |
+         uint64_t(eip_noinc) << 11 | uint64_t(natlen / 2) << 12 | uint64_t(l4t_cs) << 23;
+}
 inline uint32_t CtxL2tag2(uint64_t qw0) { return uint32_t(qw0 >> 32) & 0xFFFF; }
 inline uint64_t DataQw1(uint32_t cmd, uint32_t offset, uint32_t size) {
   return kDtypeData | uint64_t(cmd) << 4 | uint64_t(offset) << 16 | uint64_t(size) << 34;
@@ -210,12 +217,14 @@ class TxQueue {
     bool more = false;        // budget exhausted with work left
   };
   // Transmits the packets in [head, tail), at most `budget` packets.
-  // Per packet: checksum offloads / TSO as its descriptors ask, then VLAN
+  // Per packet: checksum offloads / TSO as its descriptors ask (tunnelled
+  // too: context EIPT/L4TUNT, see TxTunnel), then VLAN
   // insertion (data CMD.IL2TAG1 + L2TAG1, or context CMD.IL2TAG2 + L2TAG2;
   // into every TSO segment), then padding to 60 bytes. Dropped and counted
-  // as malformed (errors + drops): tunnel offload requests (context EIPT or
-  // L4TUNT), both VLAN tags at once, a tag location not enabled
-  // (SetVlanInsertion), a context descriptor inside a packet,
+  // as malformed (errors + drops): tunnel fields that do not fit the packet
+  // (also counted in tunnel_malformed()), both VLAN tags at once, a tag
+  // location not enabled (SetVlanInsertion), a context descriptor inside a
+  // packet,
   // more than max_tx_buffers (TSO: min(max_tso_buffers, ring_len - 1)) data
   // descriptors, zero-length or unmapped buffers, offsets outside the frame.
   Result Process(uint32_t tail, vfio_user::DmaMemory& dma, Backend& backend, uint32_t budget);
@@ -236,6 +245,13 @@ class TxQueue {
   // successor continues the count); by default a counter of this queue.
   void CountMalformedInto(std::atomic<uint64_t>* total) { malformed_ = total; }
   uint64_t malformed() const { return malformed_->load(std::memory_order_relaxed); }
+  // Of those, tunnelled packets whose tunnel or inner header lengths do not
+  // fit the packet (ValidateTunnel, or the inner offloads refusing them).
+  // DataPath points it at DataPathCounters::tx_tunnel_malformed.
+  void CountTunnelMalformedInto(std::atomic<uint64_t>* total) { tunnel_malformed_ = total; }
+  uint64_t tunnel_malformed() const {
+    return tunnel_malformed_->load(std::memory_order_relaxed);
+  }
   TxQueue(const TxQueue&) = delete;
   TxQueue& operator=(const TxQueue&) = delete;
 
@@ -268,6 +284,8 @@ class TxQueue {
   QueueLimits limits_;
   std::atomic<uint64_t> own_malformed_{0};
   std::atomic<uint64_t>* malformed_ = &own_malformed_;
+  std::atomic<uint64_t> own_tunnel_malformed_{0};
+  std::atomic<uint64_t>* tunnel_malformed_ = &own_tunnel_malformed_;
   volatile uint64_t* ring_ = nullptr;  // cached translation of the ring
   DmaWindowCache buf_window_;          // cached window of the buffers
   uint32_t bad_tail_ = UINT32_MAX;

@@ -1135,6 +1135,12 @@ void DeviceManager::StandbySpawner() {
       job = std::move(standby_jobs_.front());
       standby_jobs_.pop_front();
     }
+    {
+      // Deleted (or upgraded, reset) while the job waited in the queue:
+      // start nothing (a delete must not leave a fork behind it).
+      absl::MutexLock lock(&mu_);
+      if (!supervisor_->StandbyLaunchCurrent(job)) continue;
+    }
     absl::StatusOr<fdstore::Process> proc = Supervisor::LaunchStandby(job);
     absl::MutexLock lock(&mu_);
     absl::Status s = supervisor_->InstallStandby(job, std::move(proc));

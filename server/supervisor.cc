@@ -233,12 +233,16 @@ absl::StatusOr<fdstore::Process> Supervisor::LaunchStandby(const StandbyLaunch& 
   return p;
 }
 
+bool Supervisor::StandbyLaunchCurrent(const StandbyLaunch& launch) {
+  Slot* s = Find(launch.device);
+  return s != nullptr && s->standby != nullptr && s->standby->reservation == launch.reservation &&
+         s->standby->proc.pid == 0;
+}
+
 absl::Status Supervisor::InstallStandby(const StandbyLaunch& launch,
                                         absl::StatusOr<fdstore::Process> proc) {
   Slot* s = Find(launch.device);
-  const bool current = s != nullptr && s->standby != nullptr &&
-                       s->standby->reservation == launch.reservation &&
-                       s->standby->proc.pid == 0;
+  const bool current = StandbyLaunchCurrent(launch);
   if (!proc.ok()) {
     if (current) {
       s->standby.reset();

@@ -124,6 +124,11 @@ class Supervisor {
                                                const std::vector<std::string>& argv);
   static absl::StatusOr<fdstore::Process> LaunchStandby(const StandbyLaunch& launch);
   absl::Status InstallStandby(const StandbyLaunch& launch, absl::StatusOr<fdstore::Process> proc);
+  // Whether `launch` is still its device's reservation (false once the
+  // device was deleted, upgraded or reset after PrepareStandby): a spawner
+  // checks it before forking, so no process is started for a device that is
+  // already gone.
+  bool StandbyLaunchCurrent(const StandbyLaunch& launch);
   // Kills and reaps the device's standby, if any (an upgrade, a reset, a
   // delete, a handover: nothing may promote what was started before), and
   // starts the next one no earlier than `next` (InfiniteFuture: not until

@@ -30,6 +30,11 @@ absl::string_view View(const MDB_val& v) {
   return absl::string_view(static_cast<const char*>(v.mv_data), v.mv_size);
 }
 
+// A declared table of an in-memory Env (InitInMemory created every one).
+MemoryTables::Table& MemTable(MemoryTables* m, absl::string_view table) {
+  return m->tables.find(table)->second;
+}
+
 }  // namespace
 
 absl::Status LmdbError(int rc, absl::string_view what, absl::string_view where) {
@@ -78,6 +83,12 @@ absl::StatusOr<std::optional<absl::string_view>> ReadTxn::Get(absl::string_view 
     if (env_->IsMissingTable(table)) return std::optional<absl::string_view>();
     return dbi.status();
   }
+  if (mem_ != nullptr) {
+    const MemoryTables::Table& t = MemTable(mem_, table);
+    auto it = t.find(key);
+    if (it == t.end()) return std::optional<absl::string_view>();
+    return std::optional<absl::string_view>(it->second);
+  }
   MDB_val k = Val(key), v;
   int rc = mdb_get(txn_, *dbi, &k, &v);
   if (rc == MDB_NOTFOUND) return std::optional<absl::string_view>();
@@ -90,6 +101,15 @@ absl::Status ReadTxn::ForEach(
     absl::FunctionRef<absl::Status(absl::string_view, absl::string_view)> fn) const {
   auto dbi = env_->Dbi(table);
   if (!dbi.ok()) return env_->IsMissingTable(table) ? absl::OkStatus() : dbi.status();
+  if (mem_ != nullptr) {
+    const MemoryTables::Table& t = MemTable(mem_, table);
+    for (auto it = t.lower_bound(prefix); it != t.end(); ++it) {
+      if (!absl::StartsWith(it->first, prefix)) break;
+      absl::Status s = fn(it->first, it->second);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
   MDB_cursor* cur = nullptr;
   int rc = mdb_cursor_open(txn_, *dbi, &cur);
   if (rc != 0) return LmdbError(rc, "cursor open", env_->dir());
@@ -118,6 +138,10 @@ absl::Status WriteTxn::Put(absl::string_view table, absl::string_view key, absl:
   if (key.empty() || key.size() > 511) {
     return absl::InvalidArgumentError(absl::StrCat("key length ", key.size(), " not in 1..511"));
   }
+  if (mem_ != nullptr) {
+    MemTable(mem_, table).insert_or_assign(std::string(key), std::string(value));
+    return absl::OkStatus();
+  }
   MDB_val k = Val(key), v = Val(value);
   int rc = mdb_put(txn_, *dbi, &k, &v, 0);
   if (rc != 0) return LmdbError(rc, absl::StrCat("put ", table, "/", key), env_->dir());
@@ -127,6 +151,12 @@ absl::Status WriteTxn::Put(absl::string_view table, absl::string_view key, absl:
 absl::Status WriteTxn::Delete(absl::string_view table, absl::string_view key) {
   auto dbi = env_->Dbi(table);
   if (!dbi.ok()) return dbi.status();
+  if (mem_ != nullptr) {
+    MemoryTables::Table& t = MemTable(mem_, table);
+    auto it = t.find(key);
+    if (it != t.end()) t.erase(it);
+    return absl::OkStatus();
+  }
   MDB_val k = Val(key);
   int rc = mdb_del(txn_, *dbi, &k, nullptr);
   if (rc != 0 && rc != MDB_NOTFOUND) {
@@ -156,6 +186,28 @@ absl::StatusOr<std::unique_ptr<Env>> Env::Open(const std::string& dir, EnvOption
   absl::Status s = env->Init();
   if (!s.ok()) return s;
   return env;
+}
+
+absl::StatusOr<std::unique_ptr<Env>> Env::OpenInMemory(std::shared_ptr<MemoryTables> tables,
+                                                       EnvOptions options) {
+  std::unique_ptr<Env> env(new Env("memory:", std::move(options)));
+  env->mem_ = tables != nullptr ? std::move(tables) : std::make_shared<MemoryTables>();
+  absl::Status s = env->InitInMemory();
+  if (!s.ok()) return s;
+  return env;
+}
+
+absl::Status Env::InitInMemory() {
+  std::vector<std::string> names = options_.tables;
+  names.push_back(kMetaTable);
+  {
+    absl::MutexLock lock(&mem_mu_);
+    for (unsigned i = 0; i < names.size(); ++i) {
+      dbis_.emplace_back(names[i], i);
+      mem_->tables[names[i]];  // created if absent, as MDB_CREATE does
+    }
+  }
+  return CheckSchema();
 }
 
 absl::StatusOr<std::unique_ptr<Env>> Env::OpenReadOnly(const std::string& dir,
@@ -377,6 +429,7 @@ absl::StatusOr<unsigned> Env::Dbi(absl::string_view table) const {
 }
 
 size_t Env::map_size() const {
+  if (mem_ != nullptr) return 0;
   MDB_envinfo info;
   mdb_env_info(env_, &info);
   return info.me_mapsize;
@@ -413,6 +466,7 @@ absl::Status Env::Grow() {
 }
 
 absl::Status Env::ShrinkMapForTest(size_t bytes) {
+  if (mem_ != nullptr) return absl::FailedPreconditionError("an in-memory Env has no map");
   absl::MutexLock lock(&resize_mu_);
   int rc = mdb_env_set_mapsize(env_, bytes);
   if (rc != 0) return LmdbError(rc, "mdb_env_set_mapsize", dir_);
@@ -456,6 +510,23 @@ absl::Status Env::Update(absl::FunctionRef<absl::Status(WriteTxn&)> fn) {
     return absl::FailedPreconditionError(absl::StrCat(dir_, " is opened read-only"));
   }
   absl::MutexLock write_lock(&write_mu_);
+  if (mem_ != nullptr) {
+    absl::Time start = absl::Now();
+    MemoryTables staging;
+    {
+      absl::ReaderMutexLock lock(&mem_mu_);
+      staging = *mem_;
+    }
+    WriteTxn w(this, &staging);
+    absl::Status s = fn(w);
+    if (!s.ok()) return s;
+    {
+      absl::MutexLock lock(&mem_mu_);
+      *mem_ = std::move(staging);
+    }
+    if (options_.on_commit) options_.on_commit(absl::Now() - start);
+    return absl::OkStatus();
+  }
   for (int attempt = 0; attempt < kMaxGrowAttempts; ++attempt) {
     bool map_full = false, map_resized = false;
     absl::Status s = UpdateOnce(fn, &map_full, &map_resized);
@@ -475,6 +546,7 @@ absl::Status Env::Update(absl::FunctionRef<absl::Status(WriteTxn&)> fn) {
 }
 
 absl::StatusOr<int> Env::ClearStaleReaders() {
+  if (mem_ != nullptr) return 0;
   int dead = 0;
   int rc = mdb_reader_check(env_, &dead);
   if (rc != 0) return LmdbError(rc, "mdb_reader_check", dir_);
@@ -482,6 +554,11 @@ absl::StatusOr<int> Env::ClearStaleReaders() {
 }
 
 absl::Status Env::View(absl::FunctionRef<absl::Status(const ReadTxn&)> fn) const {
+  if (mem_ != nullptr) {
+    absl::ReaderMutexLock lock(&mem_mu_);
+    ReadTxn r(this, mem_.get());
+    return fn(r);
+  }
   for (int attempt = 0;; ++attempt) {
     absl::ReaderMutexLock resize_lock(&resize_mu_);
     MDB_txn* txn = nullptr;

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,16 @@ struct MDB_txn;
 namespace emud::state_store {
 
 class WriteTxn;
+
+// In-memory storage for Env::OpenInMemory: the committed tables (name ->
+// key -> value). Envs opened over the same MemoryTables share it, as Envs
+// opened on the same directory share the LMDB files: opening a second one
+// over a first one's tables is what a successor process does, schema check
+// and migrations included.
+struct MemoryTables {
+  using Table = std::map<std::string, std::string, std::less<>>;
+  std::map<std::string, Table, std::less<>> tables;
+};
 
 // A schema migration moves every record of an Env from version `from` to
 // `from + 1`. It runs inside the write transaction that also bumps the stored
@@ -79,8 +90,10 @@ class ReadTxn {
  protected:
   friend class Env;
   ReadTxn(const class Env* env, MDB_txn* txn) : env_(env), txn_(txn) {}
+  ReadTxn(const class Env* env, MemoryTables* mem) : env_(env), txn_(nullptr), mem_(mem) {}
   const class Env* env_;
   MDB_txn* txn_;
+  MemoryTables* mem_ = nullptr;  // OpenInMemory: the transaction's tables
 };
 
 class WriteTxn : public ReadTxn {
@@ -112,6 +125,14 @@ class Env {
   // yet (its owner may be creating it). Update fails FAILED_PRECONDITION.
   static absl::StatusOr<std::unique_ptr<Env>> OpenReadOnly(const std::string& dir,
                                                            std::vector<std::string> tables);
+  // An Env without LMDB or directory over `tables` (created empty if
+  // null): the same tables, schema check, migrations and transactions (a
+  // write transaction works on a copy of the tables that replaces them when
+  // fn succeeds, so a failed fn leaves no trace). For fuzzers and tests of
+  // what is stored, not of how: no map size, no stale readers, no crash
+  // survival beyond the process. dir() is "memory:".
+  static absl::StatusOr<std::unique_ptr<Env>> OpenInMemory(std::shared_ptr<MemoryTables> tables,
+                                                           EnvOptions options);
   ~Env();
 
   // True if `table` is open in this Env (always, for a declared table of a
@@ -165,9 +186,13 @@ class Env {
   absl::Status UpdateOnce(absl::FunctionRef<absl::Status(WriteTxn&)> fn, bool* map_full,
                           bool* map_resized);
 
+  absl::Status InitInMemory();
+
   std::string dir_;
   EnvOptions options_;
   MDB_env* env_ = nullptr;
+  std::shared_ptr<MemoryTables> mem_;  // OpenInMemory
+  mutable absl::Mutex mem_mu_;         // mem_->tables: shared by View, exclusive by commit
   std::vector<std::pair<std::string, unsigned>> dbis_;
   int stale_readers_cleared_ = 0;
   bool read_only_ = false;

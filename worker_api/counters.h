@@ -61,6 +61,7 @@
   X(rx_broadcast, "Broadcast frames offered to the guest's receive queues")         \
   X(rx_filtered, "Frames refused by the guest's MAC filter")                        \
   X(tx_malformed, "Transmitted packets dropped as malformed")                       \
-  X(rx_vlan_filtered, "802.1Q frames refused by the guest's VLAN filter")
+  X(rx_vlan_filtered, "802.1Q frames refused by the guest's VLAN filter")           \
+  X(tx_tunnel_malformed, "Of tx_malformed: tunnelled packets whose header lengths do not fit")
 
 #endif  // EMUD_WORKER_API_COUNTERS_H_

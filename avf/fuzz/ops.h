@@ -1,10 +1,12 @@
 // The byte encoding the AVF device fuzzer interprets (device_fuzzer.cc), and
 // an encoder for writing seeds. Byte 0: flags (bit 0: set the admin queues
-// up as Linux does first; bit 1: mapped doorbells). Then operations, each an
+// up as Linux does first; bit 1: mapped doorbells; bit 2: check at the end that
+// the persistence memo matches a fresh serialization). Then operations, each an
 // opcode byte (taken modulo kNumOps) and its operands:
 //   kWrite  u16 dword-index, u32 value         BAR0 register write
 //   kRead   u16 dword-index                    BAR0 register read
-//   kMsg    u8 v_op, u16 len, len bytes        virtchnl message through the ATQ
+//   kMsg    u8 v_op [0xFF: u32 v_op], u16 len, len bytes
+//                                              virtchnl message (any opcode) through the ATQ
 //   kPoke   u32 offset, u8 len, len bytes      bytes into guest RAM
 //   kDrain                                     driver consumes the ARQ
 //   kMisc   u8 what, u32 arg                   reset / PF reset / interrupt / link / config / BAR3 / reattach
@@ -46,9 +48,13 @@ class Encoder {
     U8(kRead);
     return U16(static_cast<uint16_t>(offset / 4));
   }
-  Encoder& Msg(uint8_t v_op, const std::string& body) {
+  Encoder& Msg(uint32_t v_op, const std::string& body) {
     U8(kMsg);
-    U8(v_op);
+    if (v_op < 0xFF) {
+      U8(static_cast<uint8_t>(v_op));
+    } else {
+      U8(0xFF).U32(v_op);
+    }
     U16(static_cast<uint16_t>(body.size()));
     s_ += body;
     return *this;

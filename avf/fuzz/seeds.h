@@ -13,7 +13,7 @@ namespace emud::avf::fuzz {
 inline std::vector<std::string> SeedInputs() {
   std::vector<std::string> seeds;
   // Linux-like bring-up, traffic doorbells, interrupts, reset and again.
-  for (uint8_t flags : {1, 3}) {
+  for (uint8_t flags : {1, 3, 5, 7}) {
     Encoder e(flags);
     e.Write(kVfintDynCtl01, kDynCtlIntena | kDynCtlItrIndxMask).Write(kVfintIcr0Ena1, kIcr0AdminQ);
     e.Valid(kTVersion, 0).Valid(kTGetResources, 0).Valid(kTIrqMap, 4).Valid(kTRssKey, 0);

@@ -1,68 +1,96 @@
-# Sourced by the fuzz scripts: builds one libFuzzer target from a list of
-# sources with Debian's clang (libFuzzer + ASan + UBSan) against the system
-# libraries, reusing the last build while its inputs are unchanged, then runs
-# a short fuzz session over the built-in seeds (and a checked-in corpus).
-#
-# The caller sets, then calls fuzz_build_and_run:
-#   NAME             fuzzer binary name ($OUT/$NAME)
-#   PROTO            the .proto the sources include (generated under $OUT/gen)
-#   FUZZ_TARGET      the fuzzer's Bazel cc_library (entry point + deps): its
-#                    sources in this workspace are asked from `bazel query`,
-#                    so the clang build follows the BUILD files
-#   HASH_INPUTS      array: every file whose change must trigger a rebuild
-#   SEED_WRITER_SRCS array: sources of the program writing the built-in seeds
-#   MAX_LEN          libFuzzer -max_len
-#   SECONDS_TO_RUN   fuzzing time
-#   OUT              build and corpus directory
-#   CORPUS_DIR       optional checked-in corpus copied into $OUT/corpus
-# Exit status: 0 = no crash found; a crash is left in $OUT/crash-*, replay it
-# with $OUT/$NAME $OUT/crash-...
+# Sourced by tests/fuzz/fuzz.sh: the table of fuzz targets, and the clang
+# build of one of them (libFuzzer + ASan + UBSan against the system
+# libraries, outside Bazel). The sources come from `bazel query` over the
+# target's cc_library, so the clang build follows the BUILD files; the .proto
+# files among them are compiled with protoc. The last build is reused while
+# none of its inputs changed.
 
-fuzz_build_and_run() {
+# name | Bazel cc_library holding LLVMFuzzerTestOneInput (+ deps) | -max_len |
+# checked-in corpus (minimised, replayed by the target's Bazel replay test)
+FUZZ_TARGETS=(
+  "avf_device|//avf/fuzz:device_fuzzer|4096|avf/fuzz/corpus/device"
+  "vfio_user_session|//vfio_user/fuzz:session_fuzzer|4096|vfio_user/fuzz/corpus/session"
+  "dataplane_tx|//dataplane/fuzz:tx_fuzzer|4096|dataplane/fuzz/corpus/tx"
+  "dataplane_rx|//dataplane/fuzz:rx_fuzzer|4096|dataplane/fuzz/corpus/rx"
+  "state_store_records|//state_store/fuzz:record_fuzzer|4096|state_store/fuzz/corpus/records"
+  "fdstore_channel|//fdstore/fuzz:channel_fuzzer|2048|fdstore/fuzz/corpus/channel"
+)
+
+# fuzz_target NAME: sets FUZZ_TARGET, MAX_LEN, CORPUS_DIR for NAME.
+fuzz_target() {
+  local row
+  for row in "${FUZZ_TARGETS[@]}"; do
+    IFS='|' read -r n FUZZ_TARGET MAX_LEN CORPUS_DIR <<<"$row"
+    [[ "$n" == "$1" ]] && return 0
+  done
+  echo "unknown fuzz target '$1'; known: $(fuzz_names)" >&2
+  return 1
+}
+fuzz_names() {
+  local row
+  for row in "${FUZZ_TARGETS[@]}"; do printf '%s ' "${row%%|*}"; done
+}
+
+# fuzz_build NAME OUT: builds $OUT/NAME (the libFuzzer binary).
+fuzz_build() {
+  local name=$1 out=$2
+  fuzz_target "$name" || return 1
   local cxx=${CXX:-$(command -v clang++-14 || command -v clang++)}
   local q
   q=$(bazel query "kind('source file', deps($FUZZ_TARGET))" 2>/dev/null) ||
-    { echo "$NAME: bazel query deps($FUZZ_TARGET) failed" >&2; return 1; }
-  mapfile -t SRCS < <(sed -n 's#^//\([^:]*\):\(.*\.cc\)$#\1/\2#p; s#^//:\(.*\.cc\)$#\1#p' <<<"$q" | sort)
-  ((${#SRCS[@]} > 0)) || { echo "$NAME: no sources in deps($FUZZ_TARGET)" >&2; return 1; }
-  mkdir -p "$OUT/gen" "$OUT/corpus" "$OUT/obj"
-  protoc -I. --cpp_out="$OUT/gen" "$PROTO"
+    { echo "$name: bazel query deps($FUZZ_TARGET) failed" >&2; return 1; }
+  local files srcs protos
+  mapfile -t files < <(sed -n 's#^//\([^:]*\):\(.*\)$#\1/\2#p; s#^//:\(.*\)$#\1#p' <<<"$q" | sort)
+  mapfile -t srcs < <(printf '%s\n' "${files[@]}" | grep '\.cc$')
+  mapfile -t protos < <(printf '%s\n' "${files[@]}" | grep '\.proto$' || true)
+  ((${#srcs[@]} > 0)) || { echo "$name: no sources in deps($FUZZ_TARGET)" >&2; return 1; }
+  mkdir -p "$out/gen" "$out/obj-$name"
 
   local modules="absl_status absl_statusor absl_strings absl_str_format absl_synchronization absl_time absl_cord absl_flags absl_flags_parse protobuf lmdb"
   local cflags libs san
-  cflags="$(pkg-config --cflags $modules) -std=c++20 -g -O1 -I. -I$OUT/gen -Wno-deprecated-declarations"
+  cflags="$(pkg-config --cflags $modules) -std=c++20 -g -O2 -I. -I$out/gen -Wno-deprecated-declarations"
   libs="$(pkg-config --libs $modules) -lpthread"
   san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
+  san+=" -fsanitize-coverage-ignorelist=tests/fuzz/coverage_ignore.txt"
 
   local hash
-  hash=$( (cat "${HASH_INPUTS[@]}" "${SRCS[@]}"; echo "$cxx $san ${SRCS[*]}") | sha256sum | cut -c1-16)
-  if [ -x "$OUT/$NAME" ] && [ -x "$OUT/seed_writer" ] && [ "$(cat "$OUT/build.hash" 2>/dev/null)" = "$hash" ]; then
-    echo "$NAME: sources unchanged, reusing $OUT/$NAME"
-  else
-    rm -f "$OUT/build.hash"
-    # Compile each source in parallel, then link with the libFuzzer main.
-    local objs=() pids=() src obj p
-    for src in "${SRCS[@]}"; do
-      obj="$OUT/obj/$(echo "$src" | tr / _).o"
-      objs+=("$obj")
-      $cxx $cflags $san -c "$src" -o "$obj" &
-      pids+=($!)
-    done
-    $cxx $cflags -fsanitize=address,undefined -c "$OUT/gen/${PROTO%.proto}.pb.cc" -o "$OUT/obj/pb.o" &
-    pids+=($!)
-    for p in "${pids[@]}"; do wait "$p"; done
-    $cxx $san "${objs[@]}" "$OUT/obj/pb.o" $libs -o "$OUT/$NAME"
-    $cxx $cflags "${SEED_WRITER_SRCS[@]}" $libs -o "$OUT/seed_writer"
-    echo "$hash" > "$OUT/build.hash"
+  hash=$( (cat "${files[@]}" tests/fuzz/lib.sh tests/fuzz/coverage_ignore.txt; echo "$cxx $san $cflags ${srcs[*]}") | sha256sum | cut -c1-16)
+  if [ -x "$out/$name" ] && [ "$(cat "$out/$name.hash" 2>/dev/null)" = "$hash" ]; then
+    echo "$name: sources unchanged, reusing $out/$name"
+    return 0
   fi
-  "$OUT/seed_writer" "$OUT/corpus"
-  if [ -n "${CORPUS_DIR:-}" ] && [ -d "$CORPUS_DIR" ]; then
-    cp -n "$CORPUS_DIR"/* "$OUT/corpus/" 2>/dev/null || true
-  fi
+  rm -f "$out/$name.hash"
+  local objs=() src obj rc=0 proto
+  for proto in "${protos[@]}"; do
+    [ -n "$proto" ] || continue
+    protoc -I. --cpp_out="$out/gen" "$proto" || return 1
+  done
+  # Two compilers at a time (the machine is shared), then link with the
+  # libFuzzer main.
+  local jobs=${FUZZ_BUILD_JOBS:-2}
+  for proto in "${protos[@]}"; do
+    [ -n "$proto" ] || continue
+    obj="$out/obj-$name/$(echo "$proto" | tr / _).pb.o"
+    objs+=("$obj")
+    rm -f "$obj"
+    while (($(jobs -rp | wc -l) >= jobs)); do wait -n || true; done
+    $cxx $cflags -fsanitize=address,undefined -c "$out/gen/${proto%.proto}.pb.cc" -o "$obj" &
+  done
+  for src in "${srcs[@]}"; do
+    obj="$out/obj-$name/$(echo "$src" | tr / _).o"
+    objs+=("$obj")
+    rm -f "$obj"
+    while (($(jobs -rp | wc -l) >= jobs)); do wait -n || true; done
+    $cxx $cflags $san -c "$src" -o "$obj" &
+  done
+  wait
+  for obj in "${objs[@]}"; do [ -f "$obj" ] || rc=1; done
+  ((rc == 0)) || { echo "$name: compile failed" >&2; return 1; }
+  $cxx $san "${objs[@]}" $libs -o "$out/$name" || return 1
+  echo "$hash" > "$out/$name.hash"
+}
 
+fuzz_env() {
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  (cd "$OUT" && "./$NAME" -max_total_time="$SECONDS_TO_RUN" -max_len="$MAX_LEN" -timeout=10 \
-     -rss_limit_mb=2048 -print_final_stats=1 corpus 2>&1 | tail -n 25)
-  echo "$NAME: no crash in ${SECONDS_TO_RUN}s (corpus: $OUT/corpus, $(ls "$OUT/corpus" | wc -l) inputs)"
 }

@@ -59,8 +59,8 @@ inline constexpr uint32_t kLinuxIavfCaps =
     avf::vc::kCapL2 | avf::vc::kCapRssPf | avf::vc::kCapRssAq | avf::vc::kCapRssReg |
     avf::vc::kCapVlan | avf::vc::kCapWbOnItr | avf::vc::kCapReqQueues |
     avf::vc::kCapAdvLinkSpeed | avf::vc::kCapVlanV2 | avf::vc::kCapCrc |
-    avf::vc::kCapRxFlexDesc | avf::vc::kCapRssPctypeV2 | (1u << 20) /*ENCAP*/ |
-    (1u << 21) /*ENCAP_CSUM*/ | (1u << 23) /*ADQ*/ | (1u << 25) /*USO*/ | (1u << 27) /*ADV_RSS*/ |
+    avf::vc::kCapRxFlexDesc | avf::vc::kCapRssPctypeV2 | avf::vc::kCapEncap |
+    avf::vc::kCapEncapCsum | (1u << 23) /*ADQ*/ | (1u << 25) /*USO*/ | (1u << 27) /*ADV_RSS*/ |
     (1u << 28) /*FDIR*/ | (1u << 29) /*QOS*/ | (1u << 31) /*PTP*/;
 
 // Capabilities DPDK's iavf PMD asks for.

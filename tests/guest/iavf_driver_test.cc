@@ -65,6 +65,8 @@ TEST_F(GuestTest, LinuxBringUpSequenceReachesLinkUp) {
   EXPECT_EQ(drv_->num_msix_vectors(), 5u);
   EXPECT_EQ(drv_->caps() & (vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr),
             vc::kCapL2 | vc::kCapRssPf | vc::kCapWbOnItr);
+  EXPECT_EQ(drv_->caps() & (vc::kCapEncap | vc::kCapEncapCsum), vc::kCapEncap | vc::kCapEncapCsum)
+      << "Linux iavf asks for the tunnel offloads; ice grants them";
   EXPECT_GT(drv_->admin_interrupts(), 0u) << "replies arrive through MSI-X vector 0";
   EXPECT_EQ(dev_->counters().vc_errors, 0u);
   for (uint32_t q = 0; q < 4; ++q) {
@@ -206,6 +208,8 @@ TEST_F(GuestTest, DpdkBringUpOrderAlsoReachesLinkUp) {
   EXPECT_EQ(drv_->trace(), want);
   EXPECT_EQ(dev_->counters().vc_errors, 0u);
   EXPECT_EQ(drv_->caps() & vc::kCapWbOnItr, vc::kCapWbOnItr);
+  EXPECT_EQ(drv_->caps() & (vc::kCapEncap | vc::kCapEncapCsum), 0u)
+      << "DPDK's iavf_get_vf_resource does not ask (it sets the tunnel fields regardless)";
   for (uint32_t q = 0; q < 4; ++q) {
     EXPECT_TRUE(dev_->rx_queue(q).enabled);
     EXPECT_TRUE(dev_->tx_queue(q).enabled);

@@ -9,12 +9,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "proto/grpc_health_v1.grpc.pb.h"
 #include "fdstore/fd_store.h"
@@ -695,10 +697,35 @@ TEST_F(EmudTest, CreateDeleteCyclesLeakNothing) {
     cycle(i);
     if (HasFatalFailure()) return;
   }
-  ProcResources after = Measure(emud_->pid());
+  // A standby spawn that had passed its check when the device was deleted
+  // is killed and reaped as it completes: wait for that (bounded), never
+  // for a leak.
+  ProcResources after;
+  WaitFor(
+      [&] {
+        after = Measure(emud_->pid());
+        return after.children == 0 && after.fds == before.fds;
+      },
+      absl::Seconds(5));
   EXPECT_EQ(after.fds, before.fds);
   EXPECT_EQ(after.sockets, before.sockets);
-  EXPECT_EQ(after.children, 0);
+  EXPECT_EQ(after.children, 0) << [&] {
+    std::string log = emud_->Log();
+    std::string kids;
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+      std::string stat = ReadFile(e.path().string() + "/stat");
+      size_t c = stat.rfind(')');
+      if (c == std::string::npos) continue;
+      std::vector<std::string> f = absl::StrSplit(stat.substr(c + 2), ' ');
+      if (f.size() > 1 && f[1] == std::to_string(emud_->pid())) {
+        std::string cmd = ReadFile(e.path().string() + "/cmdline");
+        std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+        kids += e.path().filename().string() + ": " + cmd + "\n";
+      }
+    }
+    log += "\nchildren:\n" + kids;
+    return log.substr(log.size() > 4000 ? log.size() - 4000 : 0);  // the last cycles
+  }();
   EXPECT_EQ(CountFiles(State()), files_before);
   // Memory: no growth proportional to the cycles (allow allocator noise;
   // AddressSanitizer's quarantine keeps freed memory, so not under ASan).

@@ -1,10 +1,6 @@
-// Replays the seed corpus (and any files in vfio_user/fuzz/corpus) through
-// the libFuzzer entry point, built with the default toolchain, so that
+// Replays the built-in seeds (and deterministic mutations of them) through
+// the libFuzzer entry point (the checked-in corpus: corpus_replay_test), built with the default toolchain, so that
 // `bazel test` exercises the fuzz target without clang.
-#include <dirent.h>
-
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -27,7 +23,7 @@ TEST(FuzzReplayTest, MutatedSeeds) {
   // Deterministic bit flips, truncations and length lies over every seed.
   uint32_t x = 12345;
   for (const auto& seed : SeedInputs()) {
-    for (int i = 0; i < 200; ++i) {
+    for (int i = 0; i < 60; ++i) {  // 45 seeds: 2700 inputs
       std::string s = seed;
       x = x * 1103515245 + 12345;
       size_t pos = 1 + (x >> 8) % (s.size() - 1);
@@ -40,25 +36,6 @@ TEST(FuzzReplayTest, MutatedSeeds) {
       EXPECT_EQ(RunInput(s), 0);
     }
   }
-}
-
-TEST(FuzzReplayTest, CorpusFiles) {
-  const char* srcdir = std::getenv("TEST_SRCDIR");
-  const char* ws = std::getenv("TEST_WORKSPACE");
-  std::string dir = std::string(srcdir ? srcdir : ".") + "/" + (ws ? ws : "emud") + "/vfio_user/fuzz/corpus";
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) GTEST_SKIP() << "no corpus directory";
-  int n = 0;
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream f(dir + "/" + e->d_name, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    EXPECT_EQ(RunInput(ss.str()), 0);
-    ++n;
-  }
-  ::closedir(d);
-  RecordProperty("corpus_files", n);
 }
 
 }  // namespace

@@ -131,6 +131,20 @@ inline std::vector<std::string> SeedInputs() {
     s += raw;
     seeds.push_back(s);
   }
+  // Every seed again with persistence, and in crash-consistent mode dying at
+  // each stage (first occurrence) and resuming.
+  const size_t plain = seeds.size();
+  for (size_t i = 0; i < plain; ++i) {
+    std::string p = seeds[i];
+    p[0] = static_cast<char>(p[0] | 4);
+    seeds.push_back(p);
+    for (char stage = 0; stage < 7; ++stage) {
+      std::string c = seeds[i];
+      c[0] = static_cast<char>(c[0] | 8);
+      c.insert(c.begin() + 1, stage);
+      seeds.push_back(c);
+    }
+  }
   return seeds;
 }
 

@@ -2,11 +2,20 @@
 //
 // Input: byte 0 = mode (bit 0: the harness first sends a valid VERSION so the
 // fuzzer reaches every command; bit 1: also parse the rest as capabilities
-// JSON), then chunks of [tag u8][len u16 LE][len bytes]. Each chunk is written
+// JSON; bit 2: persistence - every request's effect committed to a state
+// store, in memory (state_store::Env::OpenInMemory); bit 3: crash-consistent
+// mode (peek/commit/consume/journal, with an fd store), followed by one byte
+// naming a crash point: stage (b % 7, 0 = none) and occurrence (b / 7 + 1),
+// at which the session dies as a killed process would and a successor
+// resumes it from the store and the fd store, on the same connection), then
+// chunks of [tag u8][len u16 LE][len bytes]. Each chunk is written
 // to the session's client socket in one sendmsg; tag bit 0 attaches a memfd
 // (64 KiB), bit 1 an eventfd, bit 2 a pipe end, bit 3 makes it 17 eventfds;
 // bit 7 runs the session between chunks. The session is driven without an
 // event loop (ProcessReady), replies are drained and discarded.
+//
+// Per-process set-up (the fd pool, the journal file) outlives inputs; each
+// input gets a fresh device, store and session.
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -14,14 +23,21 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include <map>
+#include <memory>
+
 #include "base/scm_rights.h"
+#include "state_store/store.h"
 #include "vfio_user/examples/example_device.h"
 #include "vfio_user/protocol.h"
 #include "vfio_user/session.h"
+#include "vfio_user/session_store.h"
+#include "worker_api/fd_keys.h"
 
 namespace {
 
@@ -57,7 +73,82 @@ void SendChunk(int sock, const uint8_t* p, size_t n, uint8_t tag) {
   if (n > 0) (void)emud::SendWithFds(sock, absl::MakeConstSpan(p, n), raw, MSG_DONTWAIT);
 }
 
-void Pump(Session& s, int client) {
+// The fd store a crash-consistent session deposits into: duplicates by key,
+// handed to the successor.
+class FakeFdStore : public FdDepositor {
+ public:
+  absl::Status Deposit(absl::string_view key, int fd) override {
+    int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) return absl::InternalError("dup");
+    fds_[std::string(key)] = emud::UniqueFd(d);
+    return absl::OkStatus();
+  }
+  void Release(absl::string_view key) override {
+    auto it = fds_.find(key);
+    if (it != fds_.end()) fds_.erase(it);
+  }
+  FdLookup Lookup() {
+    return [this](absl::string_view key) -> absl::StatusOr<emud::UniqueFd> {
+      auto it = fds_.find(key);
+      if (it == fds_.end()) return absl::NotFoundError(key);
+      int d = ::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0);
+      if (d < 0) return absl::InternalError("dup");
+      return emud::UniqueFd(d);
+    };
+  }
+
+ private:
+  std::map<std::string, emud::UniqueFd, std::less<>> fds_;
+};
+
+void Check(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "session fuzz invariant broken: %s\n", what);
+    std::abort();
+  }
+}
+
+// A session with its device, store and fd store, and what a crash needs to
+// bring a successor up.
+struct Rig {
+  std::unique_ptr<ExampleDevice> dev;
+  std::unique_ptr<emud::state_store::Env> env;
+  FakeFdStore fd_store;
+  SessionOptions opts;
+  std::unique_ptr<Session> session;
+  int crash_stage = 0, crash_nth = 0, stage_hits = 0;
+  bool crashed = false;
+  int resumes = 0;
+
+  // A crashed session is abandoned by the hook; the successor resumes it on
+  // the connection the fd store kept.
+  void ResumeIfCrashed() {
+    if (!crashed || session == nullptr) return;
+    crashed = false;
+    session.reset();
+    ++resumes;
+    auto d = ExampleDevice::Create();
+    Check(d.ok(), "device");
+    dev = std::move(*d);
+    absl::Status rs = session_store::RestoreDevice(*env, *dev);
+    Check(rs.ok() || absl::IsNotFound(rs), "a committed device state does not restore");
+    auto conn = fd_store.Lookup()(emud::worker_api::kConnFdKey);
+    if (!conn.ok()) return;  // no live session was committed: nothing to resume
+    auto s = Session::Resume(dev.get(), nullptr, opts, std::move(*conn), fd_store.Lookup());
+    if (s.ok()) session = std::move(*s);
+  }
+};
+
+void Pump(Rig& r, int client) {
+  for (int i = 0; i < 1000 && r.session != nullptr; ++i) {
+    r.session->ProcessReady();
+    Drain(client);
+    r.ResumeIfCrashed();
+    if (r.session == nullptr || !r.session->connected() || !r.session->HasBufferedInput()) return;
+  }
+}
+
+[[maybe_unused]] void Pump(Session& s, int client) {
   for (int i = 0; i < 1000; ++i) {
     s.ProcessReady();
     Drain(client);
@@ -70,24 +161,59 @@ void Pump(Session& s, int client) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const uint8_t mode = data[0];
+  size_t off = 1;
   if (mode & 2) {
     (void)ParseCapabilities(std::string(reinterpret_cast<const char*>(data + 1), size - 1));
     (void)DecodeVersion(absl::MakeConstSpan(data + 1, size - 1));
   }
+  Rig rig;
   auto dev = ExampleDevice::Create();
   if (!dev.ok()) return 0;
-  SessionOptions opts;
+  rig.dev = std::move(*dev);
+  SessionOptions& opts = rig.opts;
   opts.send_timeout = absl::Milliseconds(5);
   opts.dma_timeout = absl::Milliseconds(1);
   opts.max_dma_maps = 8;
   opts.max_msg_size = 1 << 16;
   opts.max_data_xfer_size = 1 << 15;
-  auto session = Session::Create(dev->get(), nullptr, opts);
+  if (mode & 0xC) {
+    emud::state_store::EnvOptions eo;
+    eo.tables = SessionTables();
+    eo.tables.emplace_back(rig.dev->RecordNamespace());
+    auto env = emud::state_store::Env::OpenInMemory(nullptr, eo);
+    Check(env.ok(), "in-memory store");
+    rig.env = std::move(*env);
+    opts.store = rig.env.get();
+  }
+  if (mode & 8) {
+    // One journal file per process, emptied per input.
+    static const std::string journal = [] {
+      const char* tmp = std::getenv("TEST_TMPDIR");  // under bazel test
+      return std::string(tmp != nullptr ? tmp : "/dev/shm") + "/emud-session-fuzz-journal-" +
+             std::to_string(::getpid());
+    }();
+    static const bool cleanup = [] { return std::atexit([] { ::unlink(journal.c_str()); }) == 0; }();
+    (void)cleanup;
+    ::unlink(journal.c_str());
+    opts.crash_consistent = true;
+    opts.journal_path = journal;
+    opts.fd_depositor = &rig.fd_store;
+    const uint8_t crash = off < size ? data[off++] : 0;
+    rig.crash_stage = crash % 7;
+    rig.crash_nth = crash / 7 + 1;
+    opts.crash_point = [&rig](int stage) {
+      if (rig.crash_stage == 0 || stage != rig.crash_stage || ++rig.stage_hits != rig.crash_nth) return false;
+      rig.crashed = true;
+      return true;
+    };
+  }
+  auto session = Session::Create(rig.dev.get(), nullptr, opts);
   if (!session.ok()) return 0;
+  rig.session = std::move(*session);
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return 0;
   emud::UniqueFd client(sv[1]);
-  if (!(*session)->AttachClient(emud::UniqueFd(sv[0])).ok()) return 0;
+  if (!rig.session->AttachClient(emud::UniqueFd(sv[0])).ok()) return 0;
   if (mode & 1) {
     std::string js = R"({"capabilities":{"max_msg_fds":16,"write_multiple":true}})";
     std::vector<uint8_t> payload = EncodeVersion({0, 0, js});
@@ -98,11 +224,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     AppendStruct(&msg, h);
     AppendBytes(&msg, payload);
     SendChunk(client.get(), msg.data(), msg.size(), 0);
-    Pump(**session, client.get());
+    Pump(rig, client.get());
     Drain(client.get());
   }
-  size_t off = 1;
-  while (off + 3 <= size && (*session)->connected()) {
+  while (off + 3 <= size && rig.session != nullptr && rig.session->connected()) {
     uint8_t tag = data[off];
     size_t len = data[off + 1] | (size_t{data[off + 2]} << 8);
     off += 3;
@@ -110,15 +235,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     SendChunk(client.get(), data + off, len, tag);
     off += len;
     if (tag & 0x80) {
-      Pump(**session, client.get());
+      Pump(rig, client.get());
       Drain(client.get());
     }
   }
   ::shutdown(client.get(), SHUT_WR);
-  for (int i = 0; i < 64 && (*session)->connected(); ++i) {
-    Pump(**session, client.get());
+  for (int i = 0; i < 64 && rig.session != nullptr && rig.session->connected(); ++i) {
+    Pump(rig, client.get());
     Drain(client.get());
   }
-  session->reset();
+  rig.session.reset();
   return 0;
 }
