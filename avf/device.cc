@@ -663,6 +663,7 @@ std::string Device::SerializeRecord(int record) const {
         rp->set_buffer_size(r.buffer_size);
         rp->set_max_frame(r.max_frame);
         rp->set_keep_crc(r.keep_crc);
+        if (r.rxdid != vc::kRxdidLegacy1) rp->set_rxdid(r.rxdid);
         rp->set_msix_vector(r.msix_vector);
         rp->set_itr_index(r.itr_index);
       }
@@ -842,6 +843,11 @@ absl::Status Device::Restore(const vfio_user::DeviceRecordReader& records) {
     c.buffer_size = r.buffer_size();
     c.max_frame = r.max_frame();
     c.keep_crc = r.keep_crc();
+    // Only a format this device writes, and a flex one only with the cap
+    // (a record from elsewhere or a damaged one gets the legacy format).
+    c.rxdid = (granted_caps_ & vc::kCapRxFlexDesc) && RxdidSupported(r.rxdid()) && r.rxdid() != 0
+                  ? static_cast<uint8_t>(r.rxdid())
+                  : vc::kRxdidLegacy1;
     c.msix_vector = r.msix_vector() <= vectors ? r.msix_vector() : 0;
     c.itr_index = std::min<uint32_t>(r.itr_index(), kItrIndexNone);
   }

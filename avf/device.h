@@ -72,11 +72,27 @@ using MacAddr = std::array<uint8_t, 6>;
 // a bigger RSS LUT). RX_POLLING and RSS_PCTYPE_V2 carry no opcode and no
 // behaviour in ice (granted when asked): RX_POLLING is a hint DPDK and VPP
 // send, RSS_PCTYPE_V2 only changes Linux's default HENA on the RSS_REG path,
-// whose SYN-without-ACK types (34/44) kRssHenaCaps accepts.
+// whose SYN-without-ACK types (34/44) kRssHenaCaps accepts. RX_FLEX_DESC as
+// ice grants it (to a VF asking): RX queues may then be configured with any
+// RXDID of kSupportedRxdids.
 inline constexpr uint32_t kDefaultSupportedCaps =
     vc::kCapL2 | vc::kCapRssPf | vc::kCapRssReg | vc::kCapWbOnItr | vc::kCapReqQueues |
     vc::kCapAdvLinkSpeed | vc::kCapLargeNumQpairs | vc::kCapCrc | vc::kCapVlan | vc::kCapVlanV2 |
-    vc::kCapEncap | vc::kCapEncapCsum | vc::kCapRxPolling | vc::kCapRssPctypeV2;
+    vc::kCapEncap | vc::kCapEncapCsum | vc::kCapRxPolling | vc::kCapRssPctypeV2 | vc::kCapRxFlexDesc;
+
+// GET_SUPPORTED_RXDIDS (bit n: RXDID n). ice answers BIT(LEGACY_1) plus the
+// flex profiles its DDP package enables (ice_vc_query_rxdid; the OS default
+// package: 2 and 16..22). emud writes the profiles whose metadata it has:
+// the legacy descriptor (1), FLEX_NIC (2: RSS hash, ptype, VLAN; Linux iavf
+// asks it with PTP) and COMMS_OVS_1 (22: DPDK's default, the same fields).
+// Not offered: 16..21, whose extraction words carry DDP-defined protocol
+// fields (IPv4/IPv6/TCP header words, flow labels) emud does not extract;
+// DPDK asked for one falls back to RXDID 1 (iavf_configure_queues), as on
+// an ice PF whose package lacks it. Never 0 (16-byte legacy), as ice.
+inline constexpr uint64_t kSupportedRxdids = (uint64_t{1} << vc::kRxdidLegacy1) |
+                                             (uint64_t{1} << vc::kRxdidFlexNic) |
+                                             (uint64_t{1} << vc::kRxdidCommsOvs1);
+constexpr bool RxdidSupported(uint32_t rxdid) { return rxdid < 64 && (kSupportedRxdids >> rxdid & 1); }
 
 // MSI-X vectors of a device offering `max_queue_pairs`: 17 (misc + 16, what
 // an ice VF gets by default, ICE_NUM_VF_MSIX_MED) up to 16 queue pairs, else
@@ -180,6 +196,9 @@ struct RxQueueContext {
   uint32_t buffer_size = 0;  // bytes per posted buffer (databuffer_size & ~127)
   uint32_t max_frame = 0;    // largest frame to deliver (max_pkt_size, <= 9728)
   bool keep_crc = false;     // crc_disable (only with the CRC cap)
+  // Write-back format (vc::kRxdid*): 1 unless RX_FLEX_DESC was granted and
+  // the driver asked for another of kSupportedRxdids.
+  uint8_t rxdid = vc::kRxdidLegacy1;
   uint32_t msix_vector = 0;
   uint32_t itr_index = kItrIndexNone;
 };
@@ -405,6 +424,7 @@ class Device final : public vfio_user::PciDevice {
   int32_t OpQueuesV2(absl::Span<const uint8_t> msg, bool enable);
   int32_t OpMapQueueVector(absl::Span<const uint8_t> msg);
   int32_t OpGetMaxRssQregion(std::vector<uint8_t>* out);
+  int32_t OpGetSupportedRxdids(std::vector<uint8_t>* out);
   int32_t EnableQueueMasks(QueueMask rx, QueueMask tx);
   // Queue pairs a driver may hold: all with LARGE_NUM_QPAIRS, else 16.
   uint32_t QueuePairLimit() const;

@@ -6,7 +6,9 @@
 #include <random>
 #include <vector>
 
+#include "avf/avf_state.pb.h"
 #include "avf/testing.h"
+#include "state_store/record_codec.h"
 #include "gtest/gtest.h"
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -107,6 +109,7 @@ class DeviceTest : public ::testing::Test {
       p.rxq.dma_ring_addr = RxRing(q);
       p.rxq.databuffer_size = 1536;
       p.rxq.max_pkt_size = kMaxFrameSize;
+      p.rxq.rxdid = vc::kRxdidLegacy1;  // Linux granted RX_FLEX_DESC, without PTP
       b.Add(p);
     }
     if (legacy_len) b.Zero(sizeof(vc::QueuePairInfo));
@@ -584,7 +587,7 @@ TEST_F(DeviceTest, LengthRulesAcceptLegacyAndMinimalSizesOnly) {
 TEST_F(DeviceTest, UnknownOpsAreNotSupported) {
   Negotiate();
   // 58/59: ENABLE/DISABLE_VLAN_FILTERING_V2, which ice does not implement.
-  for (uint32_t op : {0u, 4u, 5u, 16u, 17u, 20u, 30u, 44u, 58u, 59u, 0xFFFFFFFFu}) {
+  for (uint32_t op : {0u, 4u, 5u, 16u, 17u, 20u, 30u, 45u, 58u, 59u, 0xFFFFFFFFu}) {
     ArqMessage r = Call(op, Bytes().Zero(16).span());
     EXPECT_EQ(r.v_retval, vc::kNotSupported) << op;
     EXPECT_EQ(r.desc.flags & kAqFlagErr, 0);
@@ -641,6 +644,86 @@ TEST_F(DeviceTest, QueueConfigValidation) {
   ASSERT_EQ(drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps & ~vc::kCapCrc)->v_retval, 0);
   EXPECT_EQ(dev_->granted_caps() & vc::kCapCrc, 0u);
   EXPECT_EQ(bad([](vc::QueuePairInfo& p) { p.rxq.crc_disable = 1; }), vc::kErrParam);
+}
+
+// RX_FLEX_DESC as ice has it (ice_vc_query_rxdid, ice_vc_cfg_qs_msg).
+TEST_F(DeviceTest, RxFlexDescriptorsNegotiatedAndValidatedLikeIce) {
+  Negotiate();
+  ASSERT_NE(dev_->granted_caps() & vc::kCapRxFlexDesc, 0u) << "granted to a driver asking";
+  ArqMessage r = Call(vc::kOpGetSupportedRxdids, {});
+  ASSERT_EQ(r.v_retval, 0);
+  ASSERT_EQ(r.payload.size(), 8u);
+  const uint64_t rxdids = vc::Load<uint64_t>(r.payload, 0);
+  EXPECT_EQ(rxdids, (1ull << 1) | (1ull << 2) | (1ull << 22));
+  EXPECT_EQ(rxdids & 1, 0u) << "never the 16-byte legacy descriptor";
+  auto cfg = [&](uint8_t rxdid) {
+    Bytes b = VsiQueues(2);
+    reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8)[1].rxq.rxdid = rxdid;
+    return Status(vc::kOpConfigVsiQueues, b.span());
+  };
+  for (uint8_t id : {1, 2, 22}) {
+    EXPECT_EQ(cfg(id), 0) << int(id);
+    EXPECT_EQ(dev_->rx_queue(1).rxdid, id);
+    EXPECT_EQ(dev_->rx_queue(0).rxdid, vc::kRxdidLegacy1);
+  }
+  // Not supported: the whole message fails and changes nothing.
+  const uint64_t before = dev_->counters().vc_bad_rxdid;
+  for (uint8_t id : {0, 3, 16, 21, 23, 63, 64, 255}) {
+    EXPECT_EQ(cfg(id), vc::kErrParam) << int(id);
+    EXPECT_EQ(dev_->rx_queue(1).rxdid, vc::kRxdidCommsOvs1) << int(id);
+  }
+  EXPECT_EQ(dev_->counters().vc_bad_rxdid, before + 8);
+  // A driver not asking for RX_FLEX_DESC: GET_SUPPORTED_RXDIDS refused and
+  // every queue gets the legacy descriptor whatever it says.
+  ASSERT_EQ(drv_->CallStruct(vc::kOpGetVfResources, kLinuxCaps & ~vc::kCapRxFlexDesc)->v_retval, 0);
+  EXPECT_EQ(dev_->granted_caps() & vc::kCapRxFlexDesc, 0u);
+  EXPECT_EQ(Call(vc::kOpGetSupportedRxdids, {}).v_retval, vc::kErrParam);
+  EXPECT_EQ(cfg(22), 0);
+  EXPECT_EQ(dev_->rx_queue(1).rxdid, vc::kRxdidLegacy1);
+  EXPECT_EQ(cfg(0), 0);
+  EXPECT_EQ(dev_->rx_queue(1).rxdid, vc::kRxdidLegacy1);
+}
+
+TEST_F(DeviceTest, RxdidIsSavedRestoredAndClearedByAVfReset) {
+  Negotiate();
+  Bytes b = VsiQueues(3);
+  auto* p = reinterpret_cast<vc::QueuePairInfo*>(b.vec().data() + 8);
+  p[1].rxq.rxdid = vc::kRxdidCommsOvs1;
+  p[2].rxq.rxdid = vc::kRxdidFlexNic;
+  ASSERT_EQ(Status(vc::kOpConfigVsiQueues, b.span()), 0);
+  vfio_user::MapDeviceRecords records;
+  ASSERT_TRUE(dev_->Save(records).ok());
+  ASSERT_TRUE(dev_->SaveCacheConsistentForTest());
+  auto other = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->Restore(records).ok());
+  EXPECT_EQ((*other)->rx_queue(0).rxdid, vc::kRxdidLegacy1);
+  EXPECT_EQ((*other)->rx_queue(1).rxdid, vc::kRxdidCommsOvs1);
+  EXPECT_EQ((*other)->rx_queue(2).rxdid, vc::kRxdidFlexNic);
+  // A record naming an RXDID this device does not write (a damaged or
+  // foreign one) restores the legacy format, never an unchecked one.
+  auto raw = records.Get("vf");
+  ASSERT_TRUE(raw.ok() && raw->has_value());
+  auto vf = state_store::DecodeRecord<AvfVfState>(**raw, "vf");
+  ASSERT_TRUE(vf.ok()) << vf.status();
+  bool found = false;
+  for (auto& r : *vf->mutable_rxq()) {
+    if (r.id() == 1) {
+      EXPECT_EQ(r.rxdid(), vc::kRxdidCommsOvs1);
+      r.set_rxdid(16);
+      found = true;
+    }
+    if (r.id() == 2) r.set_rxdid(0x1000002);
+  }
+  ASSERT_TRUE(found);
+  ASSERT_TRUE(records.Put("vf", state_store::EncodeRecord(*vf)).ok());
+  auto third = Device::Create(DeviceOptions{});
+  ASSERT_TRUE(third.ok());
+  ASSERT_TRUE((*third)->Restore(records).ok());
+  EXPECT_EQ((*third)->rx_queue(1).rxdid, vc::kRxdidLegacy1);
+  EXPECT_EQ((*third)->rx_queue(2).rxdid, vc::kRxdidLegacy1);
+  dev_->ResetVfFromPf();
+  EXPECT_EQ(dev_->rx_queue(1).rxdid, vc::kRxdidLegacy1);
 }
 
 // Linux >= 6.10 sizes RX buffers from the MTU (libeth_rx_hw_len_mtu:
@@ -1837,6 +1920,7 @@ class LargeVfTest : public DeviceTest {
       p.rxq.dma_ring_addr = SmallRx(q);
       p.rxq.databuffer_size = 2048;
       p.rxq.max_pkt_size = 1518;
+      p.rxq.rxdid = vc::kRxdidLegacy1;
       b.Add(p);
     }
     return b;

@@ -44,6 +44,7 @@ const char* OpName(uint32_t op) {
     case kOpDisableVlanStripping: return "DISABLE_VLAN_STRIPPING";
     case kOpRequestQueues: return "REQUEST_QUEUES";
     case kOpGetMaxRssQregion: return "GET_MAX_RSS_QREGION";
+    case kOpGetSupportedRxdids: return "GET_SUPPORTED_RXDIDS";
     case kOpGetOffloadVlanV2Caps: return "GET_OFFLOAD_VLAN_V2_CAPS";
     case kOpAddVlanV2: return "ADD_VLAN_V2";
     case kOpDelVlanV2: return "DEL_VLAN_V2";

@@ -41,6 +41,7 @@ enum Op : uint32_t {
   kOpEnableVlanStripping = 27,
   kOpDisableVlanStripping = 28,
   kOpRequestQueues = 29,
+  kOpGetSupportedRxdids = 44,
   kOpGetMaxRssQregion = 50,
   kOpGetOffloadVlanV2Caps = 51,
   kOpAddVlanV2 = 52,
@@ -91,6 +92,14 @@ inline constexpr uint32_t kCapEncapCsum = 1u << 21;
 inline constexpr uint32_t kCapRxFlexDesc = 1u << 26;
 
 inline constexpr uint32_t kVsiTypeSriov = 6;
+
+// RX descriptor formats (RXDIDs, ice_lan_tx_rx.h ICE_RXDID_*): the legacy
+// 32-byte one, the flex NIC profile (RSS hash in bytes 12..15, flow id in
+// 24..27) and DPDK's default COMMS_OVS_1 (flow id in 12..15, RSS hash in
+// 24..27).
+inline constexpr uint8_t kRxdidLegacy1 = 1;
+inline constexpr uint8_t kRxdidFlexNic = 2;
+inline constexpr uint8_t kRxdidCommsOvs1 = 22;
 
 // Events.
 inline constexpr int32_t kEventLinkChange = 1;

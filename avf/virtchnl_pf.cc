@@ -70,7 +70,9 @@ bool LengthOk(uint32_t op, absl::Span<const uint8_t> m) {
       return c != 0 && n >= 4 + size_t{c} * 2;
     }
     case vc::kOpConfigPromiscuousMode: return n >= sizeof(vc::PromiscInfo);
-    case vc::kOpGetOffloadVlanV2Caps: return true;
+    case vc::kOpGetOffloadVlanV2Caps:
+    case vc::kOpGetSupportedRxdids:
+      return true;
     case vc::kOpAddVlanV2:
     case vc::kOpDelVlanV2: {
       if (n < 8) return false;
@@ -209,6 +211,7 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
     case vc::kOpRequestQueues: case vc::kOpGetOffloadVlanV2Caps: case vc::kOpAddVlanV2:
     case vc::kOpDelVlanV2: case vc::kOpEnableVlanStrippingV2: case vc::kOpDisableVlanStrippingV2:
     case vc::kOpEnableVlanInsertionV2: case vc::kOpDisableVlanInsertionV2:
+    case vc::kOpGetSupportedRxdids:
       break;
     case vc::kOpGetMaxRssQregion: case vc::kOpEnableQueuesV2: case vc::kOpDisableQueuesV2:
     case vc::kOpMapQueueVector:
@@ -322,6 +325,9 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
       break;
     case vc::kOpGetOffloadVlanV2Caps:
       status = OpGetVlanV2Caps(&out);
+      break;
+    case vc::kOpGetSupportedRxdids:
+      status = OpGetSupportedRxdids(&out);
       break;
     case vc::kOpAddVlanV2:
     case vc::kOpDelVlanV2:
@@ -472,6 +478,16 @@ int32_t Device::OpConfigVsiQueues(absl::Span<const uint8_t> msg) {
       r.buffer_size = x.databuffer_size & ~127u;
       r.max_frame = x.max_pkt_size;
       r.keep_crc = x.crc_disable != 0;
+      // ice_vc_cfg_qs_msg: with RX_FLEX_DESC the RXDID must be one the PF
+      // supports, else the whole message fails; without it the queue gets
+      // the legacy descriptor whatever the driver put there.
+      if (granted_caps_ & vc::kCapRxFlexDesc) {
+        if (!RxdidSupported(x.rxdid)) {
+          ++counters_.vc_bad_rxdid;
+          return vc::kErrParam;
+        }
+        r.rxdid = x.rxdid;
+      }
     }
     r.msix_vector = rx[q].msix_vector;
     r.itr_index = rx[q].itr_index;
@@ -622,6 +638,14 @@ int32_t Device::OpMapQueueVector(absl::Span<const uint8_t> msg) {
 
 // The queues one RSS region may span, as log2 (ice_vc_get_max_rss_qregion:
 // ilog2 of the VSI's LUT size): 64 entries here.
+// ice_vc_query_rxdid: only for a VF that asked for (and so was granted)
+// RX_FLEX_DESC, else ERR_PARAM; the answer is a u64 bitmap of RXDIDs.
+int32_t Device::OpGetSupportedRxdids(std::vector<uint8_t>* out) {
+  if (!(granted_caps_ & vc::kCapRxFlexDesc)) return vc::kErrParam;
+  Append(out, kSupportedRxdids);
+  return vc::kSuccess;
+}
+
 int32_t Device::OpGetMaxRssQregion(std::vector<uint8_t>* out) {
   static_assert((kRssLutSize & (kRssLutSize - 1)) == 0);
   vc::MaxRssQregion r{};

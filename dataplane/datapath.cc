@@ -249,6 +249,7 @@ void DataPath::OnQueuesEnabled(avf::QueueMask rx_mask, avf::QueueMask tx_mask) {
     }
     if (rx_mask & bit) {
       const avf::RxQueueContext& c = dev_->rx_queue(q);
+      rx_[q]->SetDescFormat(RxDescFormatOf(c.rxdid));
       if (rx_[q]->Configure(c.ring_addr, c.ring_len, c.buffer_size, c.max_frame).ok() &&
           rx_[q]->SetEnabled(true).ok()) {
         rx_running_ |= bit;
@@ -580,6 +581,7 @@ void DataPath::Recover() {
     if (rx_[q]->enabled()) {
       const avf::RxQueueContext& c = dev_->rx_queue(q);
       rx_[q]->SetBufferSizes(c.buffer_size, c.max_frame);
+      rx_[q]->SetDescFormat(RxDescFormatOf(c.rxdid));
       rx_[q]->Recover(*dma);
       rx_running_ |= bit;
       if (c.keep_crc) rx_keep_crc_ |= bit;

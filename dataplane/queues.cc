@@ -540,9 +540,98 @@ bool RxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
   return true;
 }
 
+namespace {
+
+// One descriptor's write-back in format F: qw0, qw1, qw3 (qw2 is 0 in every
+// format here). `last`: the EOF descriptor, which carries the checksum
+// status and the stripped tag (where both drivers read them); the ptype,
+// length and hash go in every descriptor of the frame.
+struct RxWb {
+  uint64_t qw0, qw1, qw3;
+};
+
+template <RxDescFormat F>
+inline RxWb MakeRxWb(uint64_t len, uint64_t ptype, uint64_t csum_bits, bool has_rss_hash,
+                     uint32_t rss_hash, uint32_t l2tag1, bool last) {
+  const uint64_t hash = has_rss_hash ? rss_hash : 0;
+  const uint64_t tag = last ? (l2tag1 & 0xFFFF) : 0;
+  const uint64_t tagp = last ? (l2tag1 >> 16) : 0;  // kL2tag1Present -> 1
+  if constexpr (F == RxDescFormat::kLegacy) {
+    return {hash << 32 | tag << 16,
+            rxd::kDd | ptype << rxd::kPtypeShift | len << rxd::kLenShift |
+                (has_rss_hash ? rxd::kFltstatRss : 0) |
+                (last ? rxd::kEof | csum_bits | tagp << 2 : 0),
+            0};
+  } else {
+    constexpr uint64_t kRxdid = F == RxDescFormat::kFlexNic ? 2 : 22;
+    const uint64_t status = rxflex::kDd | (has_rss_hash ? rxflex::kRssValid : 0) |
+                            (last ? rxflex::kEof | rxflex::FromLegacyCsum(csum_bits) |
+                                        tagp << 13  // L2TAG1P
+                                  : 0);
+    const uint64_t qw0 = kRxdid | ptype << rxflex::kPtypeShift | len << rxflex::kLenShift;
+    if constexpr (F == RxDescFormat::kFlexNic) {
+      return {qw0, status | tag << 16 | hash << 32, rxflex::kNoFlowId};
+    } else {
+      return {qw0, status | tag << 16 | uint64_t{rxflex::kNoFlowId} << 32, hash};
+    }
+  }
+}
+
+}  // namespace
+
+RxDescFormat RxDescFormatOf(uint32_t rxdid) {
+  switch (rxdid) {
+    case 2: return RxDescFormat::kFlexNic;
+    case 22: return RxDescFormat::kFlexOvs;
+    default: return RxDescFormat::kLegacy;
+  }
+}
+
+void RxQueue::WriteErrorDesc(volatile uint64_t* d) {
+  RxWb wb;
+  switch (fmt_) {
+    case RxDescFormat::kLegacy:
+      wb = {0, rxd::kErrorDescQw1, 0};
+      break;
+    default: {
+      // DD, EOF, RXE, IPE, L4E and a length of 1 (see rxd::kErrorDescQw1),
+      // no hash, no flow id.
+      wb = MakeRxWb<RxDescFormat::kFlexNic>(1, 0, 0, false, 0, 0, true);
+      if (fmt_ == RxDescFormat::kFlexOvs) {
+        wb = MakeRxWb<RxDescFormat::kFlexOvs>(1, 0, 0, false, 0, 0, true);
+      }
+      wb.qw1 |= rxflex::kRxe | rxflex::kXsumIpe | rxflex::kXsumL4e;
+      break;
+    }
+  }
+  StoreQwRelaxed(&d[0], wb.qw0);
+  StoreQwRelaxed(&d[2], 0);
+  StoreQwRelaxed(&d[3], wb.qw3);
+  StoreQw(&d[1], wb.qw1);  // release: DD last
+}
+
 RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
                                         vfio_user::DmaMemory& dma, uint64_t csum_bits,
                                         bool has_rss_hash, uint32_t rss_hash, uint32_t l2tag1) {
+  switch (fmt_) {
+    case RxDescFormat::kLegacy:
+      return DeliverFast<RxDescFormat::kLegacy>(frame, tail, dma, csum_bits, has_rss_hash,
+                                                rss_hash, l2tag1);
+    case RxDescFormat::kFlexNic:
+      return DeliverFast<RxDescFormat::kFlexNic>(frame, tail, dma, csum_bits, has_rss_hash,
+                                                 rss_hash, l2tag1);
+    case RxDescFormat::kFlexOvs:
+      return DeliverFast<RxDescFormat::kFlexOvs>(frame, tail, dma, csum_bits, has_rss_hash,
+                                                 rss_hash, l2tag1);
+  }
+  return DeliverResult::kDropped;
+}
+
+template <RxDescFormat F>
+RxQueue::DeliverResult RxQueue::DeliverFast(FrameView frame, uint32_t tail,
+                                            vfio_user::DmaMemory& dma, uint64_t csum_bits,
+                                            bool has_rss_hash, uint32_t rss_hash,
+                                            uint32_t l2tag1) {
   // The common frame straight through: queue running, tail in the ring, a
   // frame that fits one buffer, the ring translated, its buffer inside the
   // cached window. The same checks and the same order of durable writes as
@@ -567,15 +656,12 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
       const uint32_t next = h + 1 == n ? 0 : h + 1;
       hot_->intent.store(next, std::memory_order_release);
       std::memcpy(p, frame.data(), len);
-      const uint64_t ptype = ClassifyPtype(frame);
-      StoreQwRelaxed(&d[0], (has_rss_hash ? uint64_t(rss_hash) << 32 : 0) |
-                                uint64_t(l2tag1 & 0xFFFF) << 16);
+      const RxWb wb = MakeRxWb<F>(len, ClassifyPtype(frame), csum_bits, has_rss_hash, rss_hash,
+                                  l2tag1, /*last=*/true);
+      StoreQwRelaxed(&d[0], wb.qw0);
       StoreQwRelaxed(&d[2], 0);
-      StoreQwRelaxed(&d[3], 0);
-      StoreQw(&d[1], rxd::kDd | rxd::kEof | csum_bits | ptype << rxd::kPtypeShift |
-                         uint64_t(len) << rxd::kLenShift |
-                         uint64_t(l2tag1 >> 16) << 2 |  // kL2tag1Present -> L2TAG1P
-                         (has_rss_hash ? rxd::kFltstatRss : 0));  // release: DD last
+      StoreQwRelaxed(&d[3], wb.qw3);
+      StoreQw(&d[1], wb.qw1);  // release: DD last
       hot_->head.store(next, std::memory_order_release);
       hot_->intent.store(next, std::memory_order_release);
       wrote_back_ = true;
@@ -594,9 +680,10 @@ RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
       return DeliverResult::kDelivered;
     }
   }
-  return DeliverSlow(frame, tail, dma, csum_bits, has_rss_hash, rss_hash, l2tag1);
+  return DeliverSlow<F>(frame, tail, dma, csum_bits, has_rss_hash, rss_hash, l2tag1);
 }
 
+template <RxDescFormat F>
 RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
                                             vfio_user::DmaMemory& dma, uint64_t csum_bits,
                                             bool has_rss_hash, uint32_t rss_hash,
@@ -636,8 +723,6 @@ RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
   }
 
   const uint64_t ptype = ClassifyPtype(frame);
-  const uint64_t qw0 = has_rss_hash ? uint64_t(rss_hash) << 32 : 0;
-  const uint64_t flags = rxd::kDd | ptype << rxd::kPtypeShift | (has_rss_hash ? rxd::kFltstatRss : 0);
   uint32_t end = h + need >= n ? h + need - n : h + need;
   hot_->intent.store(end, std::memory_order_release);
   size_t done = 0;
@@ -648,26 +733,22 @@ RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
     uint64_t addr = LoadQw(&d[0]);
     size_t chunk = std::min<size_t>(dbuf_, frame.size() - done);
     bool last = i + 1 == need;
-    uint64_t qw1;
     uint8_t* p = buf_window_.Translate(dma, addr, chunk, vfio_user::DmaMemory::kWrite);
     if (p != nullptr) [[likely]] {
       std::memcpy(p, frame.data() + done, chunk);
-      // The stripped tag, like the checksum status, with the EOF
-      // descriptor (where both drivers read it).
-      qw1 = flags | uint64_t(chunk) << rxd::kLenShift |
-            (last ? rxd::kEof | csum_bits | uint64_t(l2tag1 >> 16) << 2 : 0);
-      StoreQwRelaxed(&d[0], qw0 | (last ? uint64_t(l2tag1 & 0xFFFF) << 16 : 0));
+      const RxWb wb =
+          MakeRxWb<F>(chunk, ptype, csum_bits, has_rss_hash, rss_hash, l2tag1, last);
+      StoreQwRelaxed(&d[0], wb.qw0);
+      StoreQwRelaxed(&d[2], 0);
+      StoreQwRelaxed(&d[3], wb.qw3);
+      StoreQw(&d[1], wb.qw1);  // release: DD last
     } else {
       // Give the buffer back marked bad (RXE + EOF): the driver discards the
       // frame and recycles the buffer; nothing is skipped.
       ok = false;
-      qw1 = rxd::kErrorDescQw1;
       last = true;
-      StoreQwRelaxed(&d[0], 0);
+      WriteErrorDesc(d);
     }
-    StoreQwRelaxed(&d[2], 0);
-    StoreQwRelaxed(&d[3], 0);
-    StoreQw(&d[1], qw1);  // release: DD last
     done += chunk;
     idx = idx + 1 == n ? 0 : idx + 1;
     if (last) break;
@@ -697,6 +778,8 @@ void RxQueue::Recover(vfio_user::DmaMemory& dma) {
   bool open_frame = false;  // last written descriptor lacked EOF
   while (i != intent) {
     uint64_t qw1 = LoadQw(&ring_[i * 4 + 1]);
+    // DD and EOF sit at the same bits of qw1 in the flex formats.
+    static_assert(rxd::kDd == rxflex::kDd && rxd::kEof == rxflex::kEof);
     if ((qw1 & rxd::kDd) == 0) break;
     open_frame = (qw1 & rxd::kEof) == 0;
     i = i + 1 == n ? 0 : i + 1;
@@ -704,8 +787,7 @@ void RxQueue::Recover(vfio_user::DmaMemory& dma) {
   if (open_frame && i != intent) {
     // The crash split a frame: close it with an errored descriptor in the
     // next posted buffer so the driver drops the fragment.
-    StoreQwRelaxed(&ring_[i * 4], 0);
-    StoreQw(&ring_[i * 4 + 1], rxd::kErrorDescQw1);
+    WriteErrorDesc(&ring_[i * 4]);
     i = i + 1 == n ? 0 : i + 1;
     wrote_back_ = true;
   }

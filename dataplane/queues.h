@@ -97,6 +97,50 @@ inline constexpr uint64_t kL2tag1p = 1ull << 2;
 inline constexpr uint32_t kL2tag1Present = 1u << 16;
 }  // namespace rxd
 
+// The 32-byte flex RX write-back (ice_lan_tx_rx.h union ice_32b_rx_flex_desc,
+// DPDK iavf_rxtx.h iavf_32b_rx_flex_desc_comms_ovs / Linux ice
+// ice_32b_rx_flex_desc_nic), as four little-endian quadwords:
+//   qw0: rxdid [5:0] | mirror/umbcast [15:8] | ptype [25:16] (10 bits) |
+//        pkt_len [45:32] (14 bits) | hdr_len/sph/ff1 [63:48]
+//   qw1: status_error0 [15:0] | l2tag1 [31:16] | bytes 12..15 [63:32]
+//   qw2: status_error1, flex_flags2, ts_low, l2tag2 1st/2nd (all 0 here)
+//   qw3: bytes 24..27 [31:0] | bytes 28..31 [63:32]
+// Bytes 12..15 / 24..27: FLEX_NIC (2) RSS hash / flow id, COMMS_OVS_1 (22)
+// flow id / RSS hash. No flow director here: the flow id is 0xFFFFFFFF
+// ("none", DPDK iavf_rxd_to_pkt_fields_by_comms_ovs tests it).
+namespace rxflex {
+inline constexpr uint64_t kDd = 1ull << 0;
+inline constexpr uint64_t kEof = 1ull << 1;
+inline constexpr uint64_t kL3L4P = 1ull << 3;
+inline constexpr uint64_t kXsumIpe = 1ull << 4;
+inline constexpr uint64_t kXsumL4e = 1ull << 5;
+inline constexpr uint64_t kRxe = 1ull << 10;
+inline constexpr uint64_t kRssValid = 1ull << 12;
+inline constexpr uint64_t kL2tag1p = 1ull << 13;
+inline constexpr int kPtypeShift = 16;
+inline constexpr int kLenShift = 32;
+inline constexpr uint32_t kNoFlowId = 0xFFFFFFFFu;
+inline uint32_t Rxdid(uint64_t qw0) { return uint32_t(qw0) & 0x3F; }
+inline uint32_t Ptype(uint64_t qw0) { return uint32_t(qw0 >> kPtypeShift) & 0x3FF; }
+inline uint32_t Len(uint64_t qw0) { return uint32_t(qw0 >> kLenShift) & 0x3FFF; }
+// The legacy checksum status bits (rxd::kL3L4P/kErrIpe/kErrL4e, what the
+// data path computes) in status_error0 (L3L4P, XSUM_IPE, XSUM_L4E).
+inline constexpr uint64_t FromLegacyCsum(uint64_t csum_bits) {
+  return (csum_bits & rxd::kL3L4P) | ((csum_bits & (rxd::kErrIpe | rxd::kErrL4e)) >> 18);
+}
+static_assert(FromLegacyCsum(rxd::kL3L4P | rxd::kErrIpe | rxd::kErrL4e) ==
+              (kL3L4P | kXsumIpe | kXsumL4e));
+}  // namespace rxflex
+
+// The write-back format of an RX queue, from its RXDID.
+enum class RxDescFormat : uint8_t {
+  kLegacy,   // RXDID 1: the legacy 32-byte descriptor
+  kFlexNic,  // RXDID 2: FLEX_NIC
+  kFlexOvs,  // RXDID 22: COMMS_OVS_1 (DPDK's default)
+};
+// kLegacy for any RXDID not written as flex (the device validated it).
+RxDescFormat RxDescFormatOf(uint32_t rxdid);
+
 // The DMA window a queue translated its last buffer in. A buffer inside it
 // costs a bounds check and an add instead of a virtual Translate (nearly
 // every buffer: guest RAM is one or a few windows). Every address and length
@@ -303,6 +347,10 @@ class RxQueue {
     wrote_back_ = false;
     return w;
   }
+  // The write-back format (from the queue context's RXDID); set before the
+  // queue runs, and before Recover on a successor.
+  void SetDescFormat(RxDescFormat f) { fmt_ = f; }
+  RxDescFormat desc_format() const { return fmt_; }
   // After a crash: reconcile head with the ring (see queue_state.h).
   void Recover(vfio_user::DmaMemory& dma);
   // A successor's engine takes the buffer geometry from the restored queue
@@ -317,7 +365,17 @@ class RxQueue {
 
  private:
   bool EnsureRing(vfio_user::DmaMemory& dma);
+  // Deliver in format F: one branch on the queue's format per frame, then
+  // straight-line descriptor stores.
+  template <RxDescFormat F>
+  DeliverResult DeliverFast(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma,
+                            uint64_t csum_bits, bool has_rss_hash, uint32_t rss_hash,
+                            uint32_t l2tag1);
+  // The descriptor of a buffer given back without a frame (kErrorDescQw1 or
+  // its flex equivalent: DD, EOF, RXE, checksum errors, length 1).
+  void WriteErrorDesc(volatile uint64_t* d);
   // Deliver for every case (several buffers, errors, the first frame).
+  template <RxDescFormat F>
   __attribute__((noinline)) DeliverResult DeliverSlow(FrameView frame, uint32_t tail,
                                                       vfio_user::DmaMemory& dma,
                                                       uint64_t csum_bits, bool has_rss_hash,
@@ -336,6 +394,7 @@ class RxQueue {
   uint32_t bad_tail_ = UINT32_MAX;
   bool ring_fault_ = false;
   bool wrote_back_ = false;
+  RxDescFormat fmt_ = RxDescFormat::kLegacy;
 };
 
 }  // namespace emud::dataplane

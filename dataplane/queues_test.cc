@@ -1188,6 +1188,232 @@ TEST_F(QueuesTest, RxReportsTheStrippedTagInL2tag1) {
   EXPECT_EQ(Qw(kRxRing + 5 * 32), uint64_t{100} << 16);
 }
 
+// ------------------------------------------------------------ flex descriptors
+
+// An independent reading of the 32-byte flex write-back, byte by byte as the
+// drivers' structs lay it out (DPDK iavf_rxtx.h iavf_32b_rx_flex_desc_comms_ovs
+// for RXDID 22, ice_32b_rx_flex_desc_nic for RXDID 2), little endian.
+struct FlexWb {
+  uint8_t rxdid, mir;
+  uint16_t ptype;  // ptype_flex_flags0 [9:0]
+  uint16_t flags0;  // ptype_flex_flags0 [15:10]
+  uint16_t pkt_len, hdr_len;
+  uint16_t status_error0, l2tag1;
+  uint32_t bytes12;  // NIC: rss_hash; OVS: flow_id
+  uint16_t status_error1;
+  uint8_t flex_flags2, ts_low;
+  uint16_t l2tag2_1st, l2tag2_2nd;
+  uint32_t bytes24;  // NIC: flow_id; OVS: rss_hash
+  uint32_t bytes28;
+  uint32_t rss_hash, flow_id;
+  bool dd() const { return status_error0 & 1; }
+  bool eof() const { return status_error0 >> 1 & 1; }
+  bool l3l4p() const { return status_error0 >> 3 & 1; }
+  bool ipe() const { return status_error0 >> 4 & 1; }
+  bool l4e() const { return status_error0 >> 5 & 1; }
+  bool rxe() const { return status_error0 >> 10 & 1; }
+  bool rss_valid() const { return status_error0 >> 12 & 1; }
+  bool l2tag1p() const { return status_error0 >> 13 & 1; }
+};
+
+FlexWb DecodeFlex(const uint8_t* b) {
+  auto u16 = [b](int o) { return uint16_t(b[o] | b[o + 1] << 8); };
+  auto u32 = [b](int o) {
+    return uint32_t(b[o]) | uint32_t(b[o + 1]) << 8 | uint32_t(b[o + 2]) << 16 |
+           uint32_t(b[o + 3]) << 24;
+  };
+  FlexWb w{};
+  w.rxdid = b[0] & 0x3F;
+  w.mir = b[1];
+  w.ptype = u16(2) & 0x3FF;
+  w.flags0 = u16(2) >> 10;
+  w.pkt_len = u16(4) & 0x3FFF;
+  w.hdr_len = u16(6);
+  w.status_error0 = u16(8);
+  w.l2tag1 = u16(10);
+  w.bytes12 = u32(12);
+  w.status_error1 = u16(16);
+  w.flex_flags2 = b[18];
+  w.ts_low = b[19];
+  w.l2tag2_1st = u16(20);
+  w.l2tag2_2nd = u16(22);
+  w.bytes24 = u32(24);
+  w.bytes28 = u32(28);
+  if (w.rxdid == 22) {
+    w.flow_id = w.bytes12;
+    w.rss_hash = w.bytes24;
+  } else {
+    w.rss_hash = w.bytes12;
+    w.flow_id = w.bytes24;
+  }
+  return w;
+}
+
+// Headers for ptype classification: Ethernet + IPv4/IPv6 + L4 protocol.
+std::vector<uint8_t> L3Frame(bool v6, uint8_t proto, size_t len = 128, bool frag = false) {
+  std::vector<uint8_t> f(len, 0x5a);
+  std::memset(f.data(), 0, 14);
+  f[0] = 0x02;
+  f[6] = 0x02;
+  f[11] = 1;
+  if (v6) {
+    f[12] = 0x86;
+    f[13] = 0xdd;
+    f[14] = 0x60;
+    f[14 + 6] = frag ? 44 : proto;
+  } else {
+    f[12] = 0x08;
+    f[13] = 0x00;
+    f[14] = 0x45;
+    f[14 + 6] = frag ? 0x20 : 0;  // MF
+    f[14 + 7] = 0;
+    f[14 + 9] = proto;
+  }
+  return f;
+}
+
+class RxFlexTest : public QueuesTest, public ::testing::WithParamInterface<uint8_t> {
+ protected:
+  const uint8_t* Desc(uint32_t idx) { return At(kRxRing + idx * 32); }
+};
+
+TEST_P(RxFlexTest, WritesTheFlexLayoutByteForByte) {
+  const uint8_t rxdid = GetParam();
+  RxQueue q(0, state_->rx(0));
+  q.SetDescFormat(RxDescFormatOf(rxdid));
+  ASSERT_EQ(q.desc_format(), rxdid == 2 ? RxDescFormat::kFlexNic : RxDescFormat::kFlexOvs);
+  ASSERT_TRUE(q.Configure(kRxRing, 64, 1024, 9000).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  for (uint32_t i = 0; i < 64; ++i) PostRx(i, Buf(i));
+  struct Case {
+    std::vector<uint8_t> frame;
+    uint16_t ptype;
+    uint64_t csum;
+    bool hash;
+    uint32_t tag;  // rxd::kL2tag1Present | TCI, or 0
+  };
+  const std::vector<Case> cases = {
+      {L3Frame(false, 6), 26, rxd::kL3L4P, true, 0},
+      {L3Frame(false, 17), 24, rxd::kL3L4P | rxd::kErrL4e, true, rxd::kL2tag1Present | 0x2064},
+      {L3Frame(false, 47), 23, rxd::kL3L4P | rxd::kErrIpe, false, 0},
+      {L3Frame(false, 1), 28, 0, true, rxd::kL2tag1Present | 7},
+      {L3Frame(false, 6, 128, /*frag=*/true), 22, 0, true, 0},
+      {L3Frame(true, 6), 92, rxd::kL3L4P, true, rxd::kL2tag1Present | 0x0fff},
+      {L3Frame(true, 17), 90, rxd::kL3L4P, false, 0},
+      {L3Frame(true, 58), 94, 0, true, 0},
+      {L3Frame(true, 59), 89, 0, true, 0},
+      {L3Frame(true, 17, 128, /*frag=*/true), 88, 0, true, 0},
+      {Frame(60, 3), 1, 0, false, 0},
+  };
+  uint32_t idx = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const uint32_t hash = 0x9e3779b9u * uint32_t(i + 1);
+    std::memset(At(kRxRing + idx * 32 + 16), 0xEE, 16);  // stale bytes must be overwritten
+    ASSERT_EQ(q.Deliver(c.frame, 63, dma_, c.csum, c.hash, hash, c.tag),
+              RxQueue::DeliverResult::kDelivered);
+    const FlexWb w = DecodeFlex(Desc(idx));
+    SCOPED_TRACE(testing::Message() << "case " << i);
+    EXPECT_EQ(w.rxdid, rxdid);
+    EXPECT_EQ(w.mir, 0);
+    EXPECT_EQ(w.ptype, c.ptype);
+    EXPECT_EQ(w.flags0, 0);
+    EXPECT_EQ(w.pkt_len, c.frame.size());
+    EXPECT_EQ(w.hdr_len, 0);
+    EXPECT_TRUE(w.dd());
+    EXPECT_TRUE(w.eof());
+    EXPECT_EQ(w.l3l4p(), (c.csum & rxd::kL3L4P) != 0);
+    EXPECT_EQ(w.ipe(), (c.csum & rxd::kErrIpe) != 0);
+    EXPECT_EQ(w.l4e(), (c.csum & rxd::kErrL4e) != 0);
+    EXPECT_FALSE(w.rxe());
+    EXPECT_EQ(w.rss_valid(), c.hash);
+    EXPECT_EQ(w.rss_hash, c.hash ? hash : 0u);
+    EXPECT_EQ(w.flow_id, 0xFFFFFFFFu) << "no flow director match";
+    EXPECT_EQ(w.l2tag1p(), c.tag != 0);
+    EXPECT_EQ(w.l2tag1, c.tag & 0xFFFF);
+    // Only the bits above are set in status_error0.
+    EXPECT_EQ(w.status_error0 & ~uint16_t(0x303B | 1 << 12 | 1 << 13), 0) << w.status_error0;
+    EXPECT_EQ(w.status_error1, 0);
+    EXPECT_EQ(w.flex_flags2, 0);
+    EXPECT_EQ(w.ts_low, 0);
+    EXPECT_EQ(w.l2tag2_1st, 0);
+    EXPECT_EQ(w.l2tag2_2nd, 0);
+    EXPECT_EQ(w.bytes28, 0u);
+    EXPECT_EQ(0, std::memcmp(At(Buf(idx)), c.frame.data(), c.frame.size()));
+    ++idx;
+  }
+  // A frame over three buffers: ptype, length and hash in each, EOF, the
+  // checksum status and the tag in the last only.
+  auto big = L3Frame(false, 17, 3000);
+  ASSERT_EQ(q.Deliver(big, 63, dma_, rxd::kL3L4P, true, 0x12345678, rxd::kL2tag1Present | 100),
+            RxQueue::DeliverResult::kDelivered);
+  for (uint32_t k = 0; k < 3; ++k) {
+    const FlexWb w = DecodeFlex(Desc(idx + k));
+    EXPECT_EQ(w.rxdid, rxdid);
+    EXPECT_EQ(w.ptype, 24);
+    EXPECT_EQ(w.pkt_len, k < 2 ? 1024u : 3000u - 2048);
+    EXPECT_TRUE(w.dd());
+    EXPECT_EQ(w.eof(), k == 2);
+    EXPECT_EQ(w.l3l4p(), k == 2);
+    EXPECT_EQ(w.l2tag1p(), k == 2);
+    EXPECT_EQ(w.l2tag1, k == 2 ? 100 : 0);
+    EXPECT_TRUE(w.rss_valid());
+    EXPECT_EQ(w.rss_hash, 0x12345678u);
+    EXPECT_EQ(w.flow_id, 0xFFFFFFFFu);
+  }
+  idx += 3;
+  // A buffer outside the map: the flex error descriptor (DD, EOF, RXE, IPE,
+  // L4E, length 1), not skipped.
+  PostRx(idx, 0xbad00000);
+  ASSERT_EQ(q.Deliver(L3Frame(false, 6), 63, dma_, rxd::kL3L4P, true, 1, 0),
+            RxQueue::DeliverResult::kDropped);
+  const FlexWb e = DecodeFlex(Desc(idx));
+  EXPECT_EQ(e.rxdid, rxdid);
+  EXPECT_TRUE(e.dd() && e.eof() && e.rxe() && e.ipe() && e.l4e());
+  EXPECT_FALSE(e.l3l4p());
+  EXPECT_FALSE(e.rss_valid());
+  EXPECT_EQ(e.pkt_len, 1u);
+  EXPECT_EQ(e.ptype, 0);
+  EXPECT_EQ(e.flow_id, 0xFFFFFFFFu);
+  EXPECT_EQ(q.head(), idx + 1);
+}
+
+TEST_P(RxFlexTest, RecoveryClosesATornFrameWithAFlexErrorDescriptor) {
+  const uint8_t rxdid = GetParam();
+  RxQueue q(0, state_->rx(0));
+  q.SetDescFormat(RxDescFormatOf(rxdid));
+  ASSERT_TRUE(q.Configure(kRxRing, 32, 1024, 9000).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  for (uint32_t i = 0; i < 32; ++i) PostRx(i, Buf(i));
+  ASSERT_EQ(q.Deliver(Frame(100, 1), 31, dma_), RxQueue::DeliverResult::kDelivered);
+  // Killed in a 3-buffer frame: intent 4, descriptor 1 written, no EOF.
+  ASSERT_EQ(q.Deliver(Frame(3000, 1), 31, dma_), RxQueue::DeliverResult::kDelivered);
+  HotQueue* hot = state_->rx(0);
+  hot->head.store(1);
+  hot->intent.store(4);
+  PostRx(2, Buf(2));
+  PostRx(3, Buf(3));
+  RxQueue successor(0, hot);
+  successor.SetDescFormat(RxDescFormatOf(rxdid));
+  successor.Recover(dma_);
+  const FlexWb w = DecodeFlex(Desc(2));
+  EXPECT_EQ(w.rxdid, rxdid);
+  EXPECT_TRUE(w.dd() && w.eof() && w.rxe() && w.ipe() && w.l4e());
+  EXPECT_EQ(w.pkt_len, 1u);
+  EXPECT_EQ(hot->head.load(), 3u);
+  EXPECT_EQ(RxQw1(3), 0u) << "posted buffer 3 untouched";
+}
+
+INSTANTIATE_TEST_SUITE_P(Rxdids, RxFlexTest, ::testing::Values(uint8_t{2}, uint8_t{22}));
+
+TEST_F(QueuesTest, RxdidsWithoutAFlexWriterGetTheLegacyFormat) {
+  EXPECT_EQ(RxDescFormatOf(1), RxDescFormat::kLegacy);
+  EXPECT_EQ(RxDescFormatOf(0), RxDescFormat::kLegacy);
+  EXPECT_EQ(RxDescFormatOf(16), RxDescFormat::kLegacy);
+  EXPECT_EQ(RxDescFormatOf(2), RxDescFormat::kFlexNic);
+  EXPECT_EQ(RxDescFormatOf(22), RxDescFormat::kFlexOvs);
+}
+
 }  // namespace
 }  // namespace emud::dataplane
 

@@ -34,6 +34,7 @@
   X(bad_tail_writes, "Queue tail writes at or beyond the ring length, ignored")          \
   X(ignored_tail_writes, "Tail writes of a queue the VF was not granted, ignored")         \
   X(bad_ring_addr, "Rings refused: outside the DMA map or misaligned")                   \
+  X(vc_bad_rxdid, "RX queues refused: an RXDID not in GET_SUPPORTED_RXDIDS")            \
   X(odd_size_accesses, "BAR0 accesses that are not 4 or 8 bytes, aligned")               \
   X(vf_resets, "VF resets (RESET_VF)")                                                   \
   X(flrs, "Function-level resets (PCIe FLR, DEVICE_RESET)")                              \

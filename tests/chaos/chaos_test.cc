@@ -32,6 +32,10 @@
 // inserting the tag and must come back stripped with the TCI in L2TAG1,
 // even frames untagged - across every kill, so the filter and stripping
 // state are those the successor restored.
+// Flex RX descriptors (loopback and peer): the guests configure RXDID 22
+// (COMMS_OVS_1; FLEX_NIC, 2, for a peer link's second guest) and every frame
+// must be written back in that format across every kill; TAP runs the
+// legacy descriptor.
 // Checked (correctness only; the one time bound is the 2.5 s reply bound):
 //  - the guest never sees a reset (VFGEN_RSTAT stays VFACTIVE, ARQLEN.ENABLE
 //    stays set, no RESET_IMPENDING event, the watchdog finds nothing), and no
@@ -677,6 +681,9 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     dopt.ring_size = 256;
     dopt.max_queues = nq;
     if (cfg.large_vf) dopt.caps |= avf::vc::kCapLargeNumQpairs;
+    // Flex RX descriptors (loopback and peer): DPDK's default COMMS_OVS_1,
+    // FLEX_NIC on a peer link's second guest; TAP keeps the legacy format.
+    if (!tap) dopt.rxdid = peer && i == 1 ? avf::vc::kRxdidFlexNic : avf::vc::kRxdidCommsOvs1;
     g->drv = std::make_unique<guest::IavfDriver>(g->bus.get(), dopt);
     ASSERT_TRUE(g->drv->Probe().ok());
     ASSERT_TRUE(g->drv->Init().ok());
@@ -684,6 +691,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     ASSERT_TRUE(g->drv->link_up());
     ASSERT_EQ(g->drv->num_active_queues(), nq);
     ASSERT_EQ((g->drv->caps() & avf::vc::kCapLargeNumQpairs) != 0, cfg.large_vf);
+    ASSERT_EQ(g->drv->rxdid(), dopt.rxdid.value_or(avf::vc::kRxdidLegacy1));
     if (!tap) {
       ASSERT_TRUE(g->drv->vlan_v2());
       absl::Status v = g->drv->AddVlan(kChaosVlan);
@@ -852,6 +860,13 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
         std::memcpy(&magic, &f.data[at + 8], 8);
         if (magic != kMagic || seq >= in.next_seq || (!tap && f.data[30] != g.from->id)) {
           error(absl::StrCat(g.dev, ": RX frame with bad payload, seq ", seq));
+          continue;
+        }
+        // The RXDID the queues were configured with, in every descriptor
+        // (a successor restores it), no flow id.
+        if (f.rxdid != g.drv->rxdid() || (f.rxdid != 1 && f.flow_id != 0xFFFFFFFFu)) {
+          error(absl::StrCat(g.dev, ": frame ", seq, " written back as RXDID ", f.rxdid,
+                             " (flow id ", f.flow_id, "), configured ", g.drv->rxdid()));
           continue;
         }
         if (!tap && f.vlan_tci != (seq % 2 == 1 ? int32_t{kChaosVlan} : -1)) {

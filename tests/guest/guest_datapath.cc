@@ -79,8 +79,11 @@ absl::StatusOr<std::vector<RxFrame>> GuestDataPath::Receive(uint32_t q) {
     uint32_t i = r.next_to_clean;
     uint8_t* d = r.desc.host + size_t{i} * 32;
     uint64_t qw1 = Load(d + 8);
-    if (!(qw1 & 1)) break;  // DD
-    uint32_t len = uint32_t(qw1 >> 38) & 0x3FFF;
+    if (!(qw1 & 1)) break;  // DD (status_error0 bit 0 in the flex formats too)
+    const uint64_t qw0 = Load(d);
+    const bool flex = drv_->rxdid() != 1;
+    // Legacy: PBUF_LEN in qw1 51:38; flex: pkt_len in bytes 4..5 (14 bits).
+    uint32_t len = flex ? uint32_t(qw0 >> 32) & 0x3FFF : uint32_t(qw1 >> 38) & 0x3FFF;
     const DmaBuffer& b = r.buffers[sb[i]];
     auto& part = rx_partial_[q];
     if (len == 0 && part.empty()) {
@@ -90,17 +93,40 @@ absl::StatusOr<std::vector<RxFrame>> GuestDataPath::Receive(uint32_t q) {
       return absl::InternalError(absl::StrCat("RX queue ", q, " descriptor ", i,
                                               ": DD with PBUF_LEN 0 starts a frame (stalls iavf)"));
     }
-    if (part.empty()) first_qw0_ = Load(d);
+    if (part.empty()) first_qw0_ = qw0;
     part.insert(part.end(), b.host, b.host + std::min<size_t>(len, b.size));
-    error |= (qw1 >> 19) & 1;
-    if (qw1 & 2) {  // EOF
+    // RXE: legacy qw1 bit 19, flex status_error0 bit 10.
+    error |= flex ? (qw1 >> 10) & 1 : (qw1 >> 19) & 1;
+    if (qw1 & 2) {  // EOF (bit 1 in both)
       RxFrame f;
       f.data = std::move(part);
-      f.ptype = uint32_t(qw1 >> 30) & 0xFF;
       f.error = error;
       f.last_qw1 = qw1;
       f.first_qw0 = first_qw0_;
-      if (qw1 & 4) f.vlan_tci = int32_t(uint32_t(Load(d) >> 16) & 0xFFFF);  // L2TAG1P
+      if (!flex) {
+        f.ptype = uint32_t(qw1 >> 30) & 0xFF;
+        if (qw1 & 4) f.vlan_tci = int32_t(uint32_t(qw0 >> 16) & 0xFFFF);  // L2TAG1P
+        f.rss_valid = ((qw1 >> 12) & 3) == 3;
+        if (f.rss_valid) f.rss_hash = uint32_t(first_qw0_ >> 32);
+        f.l3l4p = (qw1 >> 3) & 1;
+        f.ipe = (qw1 >> 22) & 1;
+        f.l4e = (qw1 >> 23) & 1;
+      } else {
+        const uint64_t qw3 = Load(d + 24);
+        f.rxdid = uint8_t(qw0 & 0x3F);
+        f.ptype = uint32_t(qw0 >> 16) & 0x3FF;
+        if (qw1 & (1u << 13)) f.vlan_tci = int32_t(uint32_t(qw1 >> 16) & 0xFFFF);  // L2TAG1P
+        f.rss_valid = (qw1 >> 12) & 1;
+        // COMMS_OVS_1: flow id in bytes 12..15, hash in 24..27; FLEX_NIC
+        // the other way round.
+        const uint32_t b12 = uint32_t(qw1 >> 32), b24 = uint32_t(qw3);
+        const bool ovs = f.rxdid == 22;
+        if (f.rss_valid) f.rss_hash = ovs ? b24 : b12;
+        f.flow_id = ovs ? b12 : b24;
+        f.l3l4p = (qw1 >> 3) & 1;
+        f.ipe = (qw1 >> 4) & 1;
+        f.l4e = (qw1 >> 5) & 1;
+      }
       if (!f.error) out.push_back(std::move(f));
       part.clear();
       error = false;

@@ -27,6 +27,15 @@ struct RxFrame {
   // qw0 31:16), as iavf_clean_rx_irq / DPDK iavf_rxd_to_vlan_tci read it;
   // -1 if none.
   int32_t vlan_tci = -1;
+  // Decoded the same way from either write-back format (the queue's
+  // RXDID: 1 legacy, 2 FLEX_NIC, 22 COMMS_OVS_1 - DPDK's
+  // iavf_rxd_to_pkt_fields_by_comms_ovs / iavf_flex_rxd_error_to_pkt_flags
+  // / iavf_flex_rxd_to_vlan_tci): the EOF descriptor's.
+  uint8_t rxdid = 1;
+  bool rss_valid = false;  // legacy FLTSTAT == 3, flex RSS_VALID
+  uint32_t rss_hash = 0;
+  bool l3l4p = false, ipe = false, l4e = false;
+  uint32_t flow_id = 0xFFFFFFFFu;  // flex only (0xFFFFFFFF: none)
 };
 
 class GuestDataPath {

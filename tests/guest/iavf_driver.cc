@@ -667,6 +667,7 @@ absl::Status IavfDriver::ConfigureQueueBatch(uint32_t first, uint32_t n, bool le
     p.rxq.max_pkt_size = std::min(options_.max_frame, max_frame_);
     p.rxq.databuffer_size = options_.rx_buf_len;
     p.rxq.crc_disable = options_.keep_crc && (caps_ & vc::kCapCrc) ? 1 : 0;
+    p.rxq.rxdid = rxdid_;
     m.Add(p);
   }
   if (legacy_length) m.Zero(sizeof(vc::QueuePairInfo));
@@ -721,8 +722,10 @@ absl::Status IavfDriver::Init() {
   if (auto s = SendVersion(); !s.ok()) return s;
   // __IAVF_INIT_GET_RESOURCES
   if (auto s = GetResources(); !s.ok()) return s;
-  // __IAVF_INIT_GET_OFFLOAD_VLAN_V2_CAPS
+  // __IAVF_INIT_GET_OFFLOAD_VLAN_V2_CAPS, then (>= 6.13) the RXDIDs
+  // (iavf_init_send_supported_rxdids).
   if (auto s = GetVlanV2Caps(); !s.ok()) return s;
+  if (auto s = GetSupportedRxdids(); !s.ok()) return s;
   num_queues_ = std::min(vf_qps_, options_.max_queues);
   if (num_queues_ == 0) return absl::FailedPreconditionError("VF has no queues");
   num_msix_ = std::min(num_queues_ + 1, max_vectors_);
@@ -762,7 +765,9 @@ absl::Status IavfDriver::InitDpdk() {
     return absl::FailedPreconditionError("PF/VF API version mismatch");
   }
   if (auto s = GetResources(); !s.ok()) return s;
-  if (auto s = GetVlanV2Caps(); !s.ok()) return s;  // iavf_get_vlan_offload_caps_v2
+  // iavf_init_vf: iavf_get_supported_rxdid, then iavf_get_vlan_offload_caps_v2.
+  if (auto s = GetSupportedRxdids(); !s.ok()) return s;
+  if (auto s = GetVlanV2Caps(); !s.ok()) return s;
   num_queues_ = std::min(vf_qps_, options_.max_queues);
   if (num_queues_ == 0) return absl::FailedPreconditionError("VF has no queues");
   // iavf_dev_init after iavf_init_vf: with WB_ON_ITR the vector-0 callback
@@ -992,7 +997,13 @@ absl::Status IavfDriver::ResetTask(bool request_reset) {
     if (auto s = IrqEnableQueues(); !s.ok()) return s;
   }
   if (auto s = GetResources(); !s.ok()) return s;
-  if (auto s = GetVlanV2Caps(); !s.ok()) return s;
+  if (options_.flavor == Flavor::kDpdk) {
+    if (auto s = GetSupportedRxdids(); !s.ok()) return s;
+    if (auto s = GetVlanV2Caps(); !s.ok()) return s;
+  } else {
+    if (auto s = GetVlanV2Caps(); !s.ok()) return s;
+    if (auto s = GetSupportedRxdids(); !s.ok()) return s;
+  }
   const uint32_t queues = std::min(vf_qps_, options_.max_queues);
   if (queues != num_queues_) {
     // iavf_reinit_interrupt_scheme (Linux does it earlier, from the queue
@@ -1023,6 +1034,26 @@ absl::Status IavfDriver::ResetTask(bool request_reset) {
   }
   if (auto s = ApplyVlanOffloads(); !s.ok()) return s;
   if (was_running) return WaitLink(true);
+  return absl::OkStatus();
+}
+
+absl::Status IavfDriver::GetSupportedRxdids() {
+  supported_rxdids_ = 0;
+  rxdid_ = vc::kRxdidLegacy1;
+  if (!(caps_ & vc::kCapRxFlexDesc)) return absl::OkStatus();
+  auto r = Exec(vc::kOpGetSupportedRxdids, {});
+  if (!r.ok()) return r.status();
+  if (r->v_retval != 0 || r->payload.size() != sizeof(uint64_t)) {
+    return absl::InternalError(absl::StrCat("GET_SUPPORTED_RXDIDS: ", r->v_retval, ", ",
+                                            r->payload.size(), " bytes"));
+  }
+  supported_rxdids_ = vc::Load<uint64_t>(r->payload, 0);
+  const uint8_t want = options_.rxdid.value_or(
+      options_.flavor == Flavor::kDpdk ? vc::kRxdidCommsOvs1 : vc::kRxdidLegacy1);
+  // Both drivers fall back to the legacy descriptor for an RXDID the PF
+  // does not list (DPDK iavf_configure_queues, Linux
+  // iavf_select_rx_desc_format).
+  if (want < 64 && (supported_rxdids_ >> want & 1)) rxdid_ = want;
   return absl::OkStatus();
 }
 

@@ -7,7 +7,8 @@
 //   Init():  RSTAT poll for COMPLETED/VFACTIVE; ATQ/ARQ setup (H, T,
 //            LEN|ENABLE, BAL, BAH; ARQ pre-armed, ARQT = N-1); VERSION 1.1
 //            (ATQH must have advanced); GET_VF_RESOURCES with Linux's caps;
-//            with VLAN_V2: GET_OFFLOAD_VLAN_V2_CAPS; MSI-X (queues + 1);
+//            with VLAN_V2: GET_OFFLOAD_VLAN_V2_CAPS; with RX_FLEX_DESC:
+//            GET_SUPPORTED_RXDIDS (Linux >= 6.13); MSI-X (queues + 1);
 //            misc vector enable (DYN_CTL01, ICR0_ENA1); CONFIG_IRQ_MAP
 //            (queue vectors, misc last); with RSS_PF: CONFIG_RSS_KEY,
 //            CONFIG_RSS_LUT (hash types: the PF default); with only RSS_REG:
@@ -21,7 +22,8 @@
 //            re-init, RESET_VF, poll ARQLEN.ENABLE == 0, poll RSTAT ==
 //            VFACTIVE, AQ re-init, misc irq on, if it was open: rings and
 //            QRX_TAIL, queue vectors armed; then GET_VF_RESOURCES (no
-//            VERSION; GET_OFFLOAD_VLAN_V2_CAPS with VLAN_V2), CONFIG_IRQ_MAP,
+//            VERSION; GET_OFFLOAD_VLAN_V2_CAPS with VLAN_V2,
+//            GET_SUPPORTED_RXDIDS with RX_FLEX_DESC), CONFIG_IRQ_MAP,
 //            ADD_ETH_ADDR and, if it was open, CONFIG_VSI_QUEUES +
 //            ENABLE_QUEUES, then the RSS key/LUT, the VLAN filters it held
 //            and the VLAN offloads.
@@ -73,7 +75,8 @@ inline constexpr uint32_t kDpdkIavfCaps =
 enum class Flavor {
   kLinux,  // iavf.ko (the default; see the file comment)
   kDpdk,   // net/iavf (drivers/net/intel/iavf): VERSION, GET_VF_RESOURCES
-           // (ARQ polled), GET_OFFLOAD_VLAN_V2_CAPS with VLAN_V2, then
+           // (ARQ polled), GET_SUPPORTED_RXDIDS with RX_FLEX_DESC,
+           // GET_OFFLOAD_VLAN_V2_CAPS with VLAN_V2 (iavf_init_vf), then
            // vector 0 served as iavf_dev_interrupt_handler does (disable
            // irq0, drain the ARQ, re-enable with CLEARPBA; no ICR01 read),
            // SET_RSS_HENA(0), GET_STATS; configure: the VLAN offloads
@@ -108,6 +111,12 @@ struct DriverOptions {
   // testpmd's default configuration). Unset: the flavour's default.
   std::optional<bool> vlan_strip;
   std::optional<bool> vlan_insert;
+  // RX descriptor format asked for in CONFIG_VSI_QUEUES when RX_FLEX_DESC
+  // was granted and GET_SUPPORTED_RXDIDS lists it (else the legacy 1, as
+  // both drivers fall back). Unset: the flavour's default - DPDK 22
+  // (COMMS_OVS_1, iavf_rxq.c IAVF_RXDID_COMMS_OVS_1), Linux 1 (it asks
+  // FLEX_NIC only with PTP: iavf_select_rx_desc_format).
+  std::optional<uint8_t> rxdid;
   // Per virtchnl reply (Linux has none for most ops; DPDK waits ~2 s).
   absl::Duration reply_timeout = absl::Seconds(5);
   // Poll interval while waiting (Linux watchdog: 20 ms when busy).
@@ -157,6 +166,10 @@ class IavfDriver {
   absl::Status SetVlanInsertion(bool on);
   bool vlan_v2() const { return (caps_ & avf::vc::kCapVlanV2) != 0; }
   const avf::vc::VlanCaps& vlan_caps() const { return vlan_caps_; }
+  // GET_SUPPORTED_RXDIDS' answer (0: not asked) and the RXDID the RX
+  // queues were configured with.
+  uint64_t supported_rxdids() const { return supported_rxdids_; }
+  uint8_t rxdid() const { return rxdid_; }
   // ndo_stop: DISABLE_QUEUES, DEL_ETH_ADDR, rings freed (DPDK: one
   // DISABLE_QUEUES, no filter removed).
   absl::Status Close();
@@ -245,6 +258,8 @@ class IavfDriver {
   absl::Status GetResources();
   // GET_OFFLOAD_VLAN_V2_CAPS when VLAN_V2 was granted.
   absl::Status GetVlanV2Caps();
+  // GET_SUPPORTED_RXDIDS when RX_FLEX_DESC was granted; picks rxdid_.
+  absl::Status GetSupportedRxdids();
   // The configured stripping/insertion (and, after a reset, the filters).
   absl::Status ApplyVlanOffloads();
   absl::Status VlanFilterOp(uint16_t vid, bool add);
@@ -298,6 +313,8 @@ class IavfDriver {
   uint64_t empty_irq0_runs_ = 0;
   bool promisc_ = false;
   avf::vc::VlanCaps vlan_caps_{};
+  uint64_t supported_rxdids_ = 0;
+  uint8_t rxdid_ = avf::vc::kRxdidLegacy1;
   std::set<uint16_t> vlans_;
   bool vlan_strip_on_ = false;
   bool vlan_insert_on_ = false;

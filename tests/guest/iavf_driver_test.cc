@@ -56,9 +56,9 @@ TEST_F(GuestTest, LinuxBringUpSequenceReachesLinkUp) {
   // (__IAVF_INIT_GET_OFFLOAD_VLAN_V2_CAPS), then the netdev's initial
   // CTAG_RX/TX features.
   const std::vector<std::string> want = {
-      "VERSION",        "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "CONFIG_IRQ_MAP",
-      "CONFIG_RSS_KEY", "CONFIG_RSS_LUT",   "ENABLE_VLAN_STRIPPING_V2", "ENABLE_VLAN_INSERTION_V2",
-      "ADD_ETH_ADDR",   "CONFIG_VSI_QUEUES", "ENABLE_QUEUES"};
+      "VERSION",        "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "GET_SUPPORTED_RXDIDS",
+      "CONFIG_IRQ_MAP", "CONFIG_RSS_KEY",   "CONFIG_RSS_LUT",   "ENABLE_VLAN_STRIPPING_V2",
+      "ENABLE_VLAN_INSERTION_V2", "ADD_ETH_ADDR",   "CONFIG_VSI_QUEUES", "ENABLE_QUEUES"};
   EXPECT_EQ(drv_->trace(), want);
   EXPECT_EQ(dev_->rss().hena, avf::kRssHenaDefault) << "RSS hashes on the PF's default types";
   EXPECT_EQ(drv_->num_active_queues(), 4u);
@@ -95,8 +95,8 @@ TEST_F(GuestTest, ResetAndReinitialiseBringsLinkBack) {
   EXPECT_TRUE(drv_->link_up());
   std::vector<std::string> after(drv_->trace().begin() + before, drv_->trace().end());
   const std::vector<std::string> want = {
-      "RESET_VF",       "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "CONFIG_IRQ_MAP",
-      "ADD_ETH_ADDR",   "CONFIG_VSI_QUEUES", "ENABLE_QUEUES",           "CONFIG_RSS_KEY",
+      "RESET_VF",       "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "GET_SUPPORTED_RXDIDS",
+      "CONFIG_IRQ_MAP", "ADD_ETH_ADDR",   "CONFIG_VSI_QUEUES", "ENABLE_QUEUES",           "CONFIG_RSS_KEY",
       "CONFIG_RSS_LUT", "ENABLE_VLAN_STRIPPING_V2", "ENABLE_VLAN_INSERTION_V2"};
   EXPECT_EQ(after, want);
   EXPECT_EQ(dev_->counters().vf_resets, 1u);
@@ -198,7 +198,8 @@ TEST_F(GuestTest, DpdkBringUpOrderAlsoReachesLinkUp) {
   // iavf_dev_init_vlan turns stripping and insertion off (testpmd's
   // default offloads) before RSS.
   const std::vector<std::string> want = {
-      "VERSION",           "GET_VF_RESOURCES", "GET_OFFLOAD_VLAN_V2_CAPS", "SET_RSS_HENA",
+      "VERSION",           "GET_VF_RESOURCES", "GET_SUPPORTED_RXDIDS", "GET_OFFLOAD_VLAN_V2_CAPS",
+      "SET_RSS_HENA",
       "GET_STATS",         "DISABLE_VLAN_STRIPPING_V2", "DISABLE_VLAN_INSERTION_V2",
       "CONFIG_RSS_LUT",
       "CONFIG_RSS_KEY",    "GET_RSS_HENA_CAPS", "SET_RSS_HENA", "CONFIG_VSI_QUEUES", "CONFIG_IRQ_MAP",
@@ -241,6 +242,44 @@ TEST_F(GuestTest, DpdkBringUpOrderAlsoReachesLinkUp) {
 // iavf_dev_close: stop (one DISABLE_QUEUES, no DEL_ETH_ADDR), promiscuous
 // off only because it was on, RESET_VF without waiting for a reply, AQ
 // shutdown, irq0 disabled.
+// RX_FLEX_DESC: both flavours ask for it and for the RXDIDs; DPDK
+// configures its default COMMS_OVS_1, Linux (no PTP) the legacy format, and
+// either falls back to it for an RXDID the PF does not list.
+TEST_F(GuestTest, FlexRxdidPerFlavour) {
+  for (Flavor fl : {Flavor::kLinux, Flavor::kDpdk}) {
+    SCOPED_TRACE(fl == Flavor::kDpdk ? "dpdk" : "linux");
+    Make(avf::DeviceOptions{}, DriverOptions{.flavor = fl});
+    ASSERT_TRUE(drv_->Probe().ok());
+    ASSERT_TRUE(drv_->Init().ok());
+    ASSERT_TRUE(drv_->Open().ok());
+    EXPECT_NE(drv_->caps() & vc::kCapRxFlexDesc, 0u);
+    EXPECT_EQ(drv_->supported_rxdids(), avf::kSupportedRxdids);
+    const uint8_t want = fl == Flavor::kDpdk ? vc::kRxdidCommsOvs1 : vc::kRxdidLegacy1;
+    EXPECT_EQ(drv_->rxdid(), want);
+    for (uint32_t q = 0; q < drv_->num_active_queues(); ++q) EXPECT_EQ(dev_->rx_queue(q).rxdid, want);
+    // Kept across a VF reset (asked again, configured again).
+    ASSERT_TRUE(drv_->Reset().ok());
+    EXPECT_EQ(dev_->rx_queue(0).rxdid, want);
+    EXPECT_EQ(dev_->counters().vc_errors, 0u);
+  }
+  // FLEX_NIC on request; an RXDID not listed (16) falls back to 1.
+  Make(avf::DeviceOptions{}, DriverOptions{.flavor = Flavor::kDpdk, .rxdid = vc::kRxdidFlexNic});
+  ASSERT_TRUE(drv_->Probe().ok() && drv_->Init().ok() && drv_->Open().ok());
+  EXPECT_EQ(dev_->rx_queue(0).rxdid, vc::kRxdidFlexNic);
+  Make(avf::DeviceOptions{}, DriverOptions{.flavor = Flavor::kDpdk, .rxdid = 16});
+  ASSERT_TRUE(drv_->Probe().ok() && drv_->Init().ok() && drv_->Open().ok());
+  EXPECT_EQ(drv_->rxdid(), vc::kRxdidLegacy1);
+  EXPECT_EQ(dev_->rx_queue(0).rxdid, vc::kRxdidLegacy1);
+  // A device without RX_FLEX_DESC: not granted, not asked, legacy.
+  avf::DeviceOptions plain;
+  plain.supported_caps &= ~vc::kCapRxFlexDesc;
+  Make(plain, DriverOptions{.flavor = Flavor::kDpdk});
+  ASSERT_TRUE(drv_->Probe().ok() && drv_->Init().ok() && drv_->Open().ok());
+  EXPECT_EQ(drv_->supported_rxdids(), 0u);
+  EXPECT_EQ(dev_->rx_queue(0).rxdid, vc::kRxdidLegacy1);
+  for (const auto& op : drv_->trace()) EXPECT_NE(op, "GET_SUPPORTED_RXDIDS");
+}
+
 TEST_F(GuestTest, DpdkCloseSequence) {
   Make(avf::DeviceOptions{}, DriverOptions{.flavor = Flavor::kDpdk});
   ASSERT_TRUE(drv_->Probe().ok());

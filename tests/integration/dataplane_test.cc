@@ -26,6 +26,7 @@
 #include "dataplane/backend.h"
 #include "dataplane/datapath.h"
 #include "dataplane/queue_state.h"
+#include "dataplane/rss.h"
 #include "gtest/gtest.h"
 #include "tests/guest/guest_datapath.h"
 #include "tests/guest/guest_memory.h"
@@ -634,6 +635,116 @@ TEST(DataplaneIntegration, PeerTrafficIsSpreadOverRxQueuesByRss) {
   EXPECT_EQ(per_queue[0] + per_queue[1], size_t(kFlows));
   EXPECT_GT(per_queue[0], 0u);
   EXPECT_GT(per_queue[1], 0u);
+  std::filesystem::remove_all(shm);
+}
+
+// An IPv4/IPv6 frame with an L4 protocol (ports from `flow`) for `dst`.
+std::vector<uint8_t> IpFrame(const std::array<uint8_t, 6>& dst, bool v6, uint8_t proto,
+                             uint32_t flow) {
+  const size_t l3 = v6 ? 40 : 20;
+  auto f = MakeFrame(dst, 14 + l3 + 20 + 64, flow);
+  const uint16_t l4len = uint16_t(20 + 64);
+  if (v6) {
+    f[12] = 0x86;
+    f[13] = 0xdd;
+    f[14] = 0x60;
+    f[15] = f[16] = f[17] = 0;
+    f[18] = uint8_t(l4len >> 8);
+    f[19] = uint8_t(l4len);
+    f[20] = proto;
+    f[21] = 64;
+  } else {
+    f[12] = 0x08;
+    f[13] = 0x00;
+    f[14] = 0x45;
+    f[15] = 0;
+    const uint16_t tot = uint16_t(l3 + l4len);
+    f[16] = uint8_t(tot >> 8);
+    f[17] = uint8_t(tot);
+    f[20] = f[21] = 0;
+    f[22] = 64;
+    f[23] = proto;
+  }
+  f[14 + l3] = uint8_t(flow >> 8);  // source port
+  f[14 + l3 + 1] = uint8_t(flow);
+  return f;
+}
+
+// DPDK's default flex descriptor (COMMS_OVS_1, RXDID 22) end to end: a
+// Linux guest sends IPv4/IPv6 TCP/UDP/other frames, some 802.1Q-tagged,
+// over a peer link to a DPDK guest with stripping on; every frame arrives
+// with its RSS hash (the device's Toeplitz over the untagged frame, on the
+// queue the LUT names), the ice ptype, the stripped tag, and no flow id.
+TEST(DataplaneIntegration, FlexDescriptorsCarryHashPtypeAndVlanPerFrame) {
+  signal(SIGPIPE, SIG_IGN);
+  std::string shm = TestDir();
+  Node a, b;
+  NodeShape dpdk;
+  dpdk.flavor = guest::Flavor::kDpdk;
+  dpdk.caps = guest::kDpdkIavfCaps;
+  a.Start("flexA", "peer:flexB", 1, shm);
+  b.Start("flexB", "peer:flexA", 2, shm, dpdk);
+  ASSERT_EQ(b.drv->rxdid(), avf::vc::kRxdidCommsOvs1);
+  for (uint32_t q = 0; q < 2; ++q) ASSERT_EQ(b.dev->rx_queue(q).rxdid, avf::vc::kRxdidCommsOvs1);
+  ASSERT_EQ(a.dev->rx_queue(0).rxdid, avf::vc::kRxdidLegacy1) << "Linux keeps the legacy format";
+  ASSERT_TRUE(b.drv->AddVlan(100).ok());
+  ASSERT_TRUE(b.drv->SetVlanStripping(true).ok());
+  struct Sent {
+    std::vector<uint8_t> untagged;
+    uint32_t ptype;
+    bool tagged;
+  };
+  const struct {
+    bool v6;
+    uint8_t proto;
+    uint32_t ptype;
+  } kinds[] = {{false, 6, 26}, {false, 17, 24}, {false, 47, 23},
+               {true, 6, 92},  {true, 17, 90},  {true, 59, 89}};
+  std::vector<Sent> sent;
+  for (int i = 0; i < 24; ++i) {
+    const auto& k = kinds[i % 6];
+    Sent s{IpFrame(b.drv->mac(), k.v6, k.proto, 4000 + i), k.ptype, (i / 6) % 2 == 1};
+    ASSERT_TRUE(a.gdp->Transmit(0, s.tagged ? Tagged(s.untagged, 100) : s.untagged).ok());
+    sent.push_back(std::move(s));
+    if (i % 8 == 7) a.gdp->ReapTx(0);
+  }
+  std::vector<std::pair<uint32_t, guest::RxFrame>> got;
+  for (int it = 0; it < 2000 && got.size() < sent.size(); ++it) {
+    a.dp->PollOnce();
+    b.dp->PollOnce();
+    for (uint32_t q = 0; q < 2; ++q) {
+      auto r = b.gdp->Receive(q);
+      ASSERT_TRUE(r.ok()) << r.status();
+      for (auto& f : *r) got.emplace_back(q, std::move(f));
+    }
+    if (got.size() < sent.size()) usleep(200);
+  }
+  ASSERT_EQ(got.size(), sent.size());
+  const avf::RssConfig& rss = b.dev->rss();
+  size_t hashed = 0, per_queue[2] = {0, 0};
+  for (auto& [q, f] : got) {
+    auto it = std::find_if(sent.begin(), sent.end(),
+                           [&](const Sent& s) { return s.untagged == f.data; });
+    ASSERT_NE(it, sent.end()) << "a frame that was not sent (or kept its tag)";
+    SCOPED_TRACE(testing::Message() << "ptype " << it->ptype << " tagged " << it->tagged);
+    EXPECT_EQ(f.rxdid, avf::vc::kRxdidCommsOvs1);
+    EXPECT_EQ(f.ptype, it->ptype);
+    EXPECT_EQ(f.vlan_tci, it->tagged ? 100 : -1);
+    EXPECT_EQ(f.flow_id, 0xFFFFFFFFu);
+    const auto want = dataplane::FrameRssHash(rss.key, it->untagged, rss.hena);
+    EXPECT_EQ(f.rss_valid, want.has_value());
+    if (want) {
+      ++hashed;
+      EXPECT_EQ(f.rss_hash, *want);
+      EXPECT_EQ(q, rss.lut[*want % rss.lut.size()]) << "on the queue the LUT names";
+    }
+    ++per_queue[q];
+    sent.erase(it);
+  }
+  EXPECT_GE(hashed, 16u) << "TCP and UDP over IPv4 and IPv6 hash";
+  EXPECT_GT(per_queue[0], 0u);
+  EXPECT_GT(per_queue[1], 0u);
+  EXPECT_EQ(b.dev->counters().vc_errors, 0u);
   std::filesystem::remove_all(shm);
 }
 
