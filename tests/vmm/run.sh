@@ -209,7 +209,10 @@ dpdk_checks() {
   [[ -s $D ]] || { fails+=("dpdk: no testpmd output"); DPDKFIG="no testpmd output"; return; }
   # A flex RX descriptor ID for every queue (iavf_dev_rx_queue_setup's
   # "request RXDID[N] in Queue[Q]"), never the legacy fallback.
-  n=$(grep -cE 'request RXDID\[([2-9]|[1-9][0-9]+)\] in Queue\[[0-9]+\]$' "$D")
+  # (Each port start configures the queues again: count distinct queues, and
+  # no queue may ever be given the legacy RXDID 1.)
+  n=$(grep -oE 'request RXDID\[([2-9]|[1-9][0-9]+)\] in Queue\[[0-9]+\]$' "$D" | grep -oE 'Queue\[[0-9]+\]' | sort -u | wc -l)
+  grep -qE 'request RXDID\[1\] in Queue' "$D" && n=0
   ((n == q)) || fails+=("dpdk: $n of $q RX queues got a flex RXDID: $(grep -m2 -E 'RXDID|VLAN offloading' "$D" | tr '\n' ' ')")
   while read -r v; do fails+=("dpdk: testpmd: $v"); done < <(grep -E "$BAD_TESTPMD" "$D" | grep -vE 'Failed to read msg from AdminQ,ret: -57$|is legacy, set rx_pkt_burst' | head -10)
   # RSS: every queue received some of the UDP flows (the forwarding streams'
