@@ -416,8 +416,10 @@ TEST(FakeKubeletTest, RegisterListAllocateRestart) {
   conn.reset();
   kubelet.Stop();
   absl::SleepFor(absl::Milliseconds(300));
+  // (Not asserted: the old socket's absence between Stop and Start. The
+  // plugin may already serve a fresh one by then - it did under ASan - which
+  // is what kubelet expects of it; the registration below is the check.)
   kubelet.Start();
-  ASSERT_FALSE(std::filesystem::exists(kubelet_dir + "/" + reg.endpoint()));
   v1beta1::RegisterRequest again;
   ASSERT_TRUE(kubelet.WaitRegister(&again, absl::Seconds(20))) << plugin.Log();
   EXPECT_EQ(again.resource_name(), "emud.io/avf");

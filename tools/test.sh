@@ -78,8 +78,14 @@ fi
 # a test starts is built with the sanitizer too, and a report from any of
 # them fails the test (tools/sanitizers/run_checked.sh).
 # 2a. ASan + UBSan (leaks on): every test, chaos included.
+# The chaos suite gets up to two more attempts here only: ASan slows the worker
+# several times, which widens the known reply-loss window (ARCHITECTURE.md,
+# "Known limits": a worker killed between journaling a request as answered
+# and sending the reply leaves QEMU without that reply) enough for 100+
+# random kills to hit it now and then. A retry is listed under "flaky" at the
+# end, never hidden; the plain stage runs chaos once, without retries.
 t0=$(date +%s)
-bazel_stage asan --config=asan //...
+bazel_stage asan --config=asan --flaky_test_attempts=//tests/chaos:chaos_test@3 //...
 stage_done "bazel test --config=asan" "$t0"
 # 2b. TSan: the tests with threads (//tools/sanitizers:tsan_tests says which
 # and why; tsan_excluded says why not the others). A test in neither list is
