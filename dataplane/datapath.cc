@@ -404,10 +404,7 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   }
   uint64_t csum_bits = 0;
   if (options_.rx_checksum) {
-    uint32_t c = CheckRxChecksums(frame);
-    if (c & RxCsum::kChecked) csum_bits |= rxd::kL3L4P;
-    if (c & RxCsum::kIpBad) csum_bits |= rxd::kErrIpe;
-    if (c & RxCsum::kL4Bad) csum_bits |= rxd::kErrL4e;
+    csum_bits = rxd::FromRxCsum(CheckRxChecksums(frame));
   }
   RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(lane, q, false), *dma, csum_bits,
                                           hash.has_value(), hash.value_or(0), l2tag1);

@@ -425,7 +425,125 @@ inline uint32_t CsumIpv4Header20(const uint8_t* p) {
 
 namespace {
 uint32_t CheckRxChecksumsWalk(absl::Span<const uint8_t> f);
+uint32_t CheckRxL3(absl::Span<const uint8_t> f, size_t l3, uint16_t et, bool tunnel_ok);
 }  // namespace
+
+bool ParseRxTunnel(absl::Span<const uint8_t> f, size_t l4, uint8_t proto, RxTunnel* t) {
+  const size_t end = f.size();
+  size_t inner;  // the inner Ethernet header, or the inner IP header (GRE)
+  uint16_t et = 0x6558;  // transparent Ethernet bridging
+  if (proto == 17) {
+    if (l4 + 8 > end) return false;
+    const uint16_t dport = LoadBe16(&f[l4 + 2]);
+    if (dport == kVxlanPort) {
+      // VXLAN (RFC 7348): 8 bytes, the I flag says the VNI is valid.
+      if (l4 + 16 > end || (f[l4 + 8] & 0x08) == 0) return false;
+      inner = l4 + 16;
+    } else if (dport == kGenevePort) {
+      // GENEVE (RFC 8926): version 0, options length in 4-byte words,
+      // protocol type Ethernet.
+      if (l4 + 16 > end || (f[l4 + 8] >> 6) != 0) return false;
+      et = LoadBe16(&f[l4 + 10]);
+      if (et != 0x6558) return false;
+      inner = l4 + 16 + size_t(f[l4 + 8] & 0x3f) * 4;
+    } else {
+      return false;
+    }
+  } else if (proto == 47) {
+    // GRE (RFC 2784/2890): version 0, no routing; checksum, key and sequence
+    // options each add 4 bytes.
+    if (l4 + 4 > end) return false;
+    const uint16_t flags = LoadBe16(&f[l4]);
+    if ((flags & 0x4007) != 0) return false;
+    inner = l4 + 4 + ((flags & 0x8000) ? 4 : 0) + ((flags & 0x2000) ? 4 : 0) +
+            ((flags & 0x1000) ? 4 : 0);
+    et = LoadBe16(&f[l4 + 2]);
+    if (et != 0x6558 && et != 0x0800 && et != 0x86dd) return false;
+  } else {
+    return false;
+  }
+  t->mac = et == 0x6558;
+  t->vlan = false;
+  t->inner_l2 = inner;
+  if (t->mac) {
+    if (inner + 14 > end) return false;
+    et = LoadBe16(&f[inner + 12]);
+    inner += 14;
+    if (et == 0x8100) {
+      if (inner + 4 > end) return false;
+      t->vlan = true;
+      et = LoadBe16(&f[inner + 2]);
+      inner += 4;
+    }
+  }
+  t->inner_l3 = inner;
+  t->inner_et = et;
+  // The inner IP header must fit (a truncated one is not a tunnel packet
+  // to the parser: the outer ptype and checks apply).
+  if (et == 0x0800) {
+    if (inner + 20 > end || (f[inner] >> 4) != 4 || (f[inner] & 0xf) < 5 ||
+        inner + size_t(f[inner] & 0xf) * 4 > end) {
+      return false;
+    }
+  } else if (et == 0x86dd) {
+    if (inner + 40 > end || (f[inner] >> 4) != 6) return false;
+  }
+  return true;
+}
+
+uint8_t RxTunnelPtype(absl::Span<const uint8_t> f, bool outer_v6, const RxTunnel& t) {
+  // ice_lan_tx_rx.h ICE_PTYPES: IPv4 outer -> GRE/NAT 43, GRE/NAT -> MAC 58,
+  // GRE/NAT -> MAC/VLAN 73; IPv6 outer: 109, 124, 139. After each base:
+  // inner IPv4 frag +1, pay +2, UDP +3, TCP +5, SCTP +6, ICMP +7; inner
+  // IPv6 frag +8, pay +9, UDP +10, TCP +12, SCTP +13, ICMPv6 +14.
+  uint8_t base = outer_v6 ? 109 : 43;
+  if (t.mac) base += t.vlan ? 30 : 15;
+  const size_t l3 = t.inner_l3;
+  if (t.inner_et == 0x0800) {
+    if (LoadBe16(&f[l3 + 6]) & 0x3fff) return base + 1;
+    switch (f[l3 + 9]) {
+      case 17: return base + 3;
+      case 6: return base + 5;
+      case 132: return base + 6;
+      case 1: return base + 7;
+      default: return base + 2;
+    }
+  }
+  if (t.inner_et == 0x86dd) {
+    switch (f[l3 + 6]) {
+      case 44: return base + 8;
+      case 17: return base + 10;
+      case 6: return base + 12;
+      case 132: return base + 13;
+      case 58: return base + 14;
+      default: return base + 9;
+    }
+  }
+  return base;  // MAC with another EtherType (GRE IP-only was refused)
+}
+
+uint8_t ClassifyRxTunnel(absl::Span<const uint8_t> f, size_t l3, bool outer_v6) {
+  // The outer L4 and its end: the IP lengths bound the parse (padding after
+  // the packet is not parsed), the frame bounds them too.
+  size_t l4, end;
+  uint8_t proto;
+  if (outer_v6) {
+    l4 = l3 + 40;
+    end = l4 + LoadBe16(&f[l3 + 4]);
+    proto = f[l3 + 6];
+  } else {
+    if ((LoadBe16(&f[l3 + 6]) & 0x3fff) != 0) return 0;  // a fragment
+    const size_t ihl = size_t(f[l3] & 0xf) * 4;
+    l4 = l3 + ihl;
+    end = l3 + LoadBe16(&f[l3 + 2]);
+    proto = f[l3 + 9];
+    if (ihl < 20 || end < l4) return 0;
+  }
+  if (end > f.size()) return 0;
+  RxTunnel t;
+  if (!ParseRxTunnel(f.first(end), l4, proto, &t)) return 0;
+  return RxTunnelPtype(f, outer_v6, t);
+}
 
 uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
   // The commonest frame first: untagged IPv4 without options, not a
@@ -437,7 +555,7 @@ uint32_t CheckRxChecksums(absl::Span<const uint8_t> f) {
     const size_t tot = LoadBe16(p + 16);
     if (p[12] == 0x08 && p[13] == 0x00 && p[14] == 0x45 && p[23] == 17 &&
         (LoadBe16(p + 20) & 0x3fff) == 0 && tot >= 28 && 14 + tot <= f.size() &&
-        LoadBe16(p + 40) == 0) {
+        LoadBe16(p + 40) == 0 && !IsRxTunnelPort(LoadBe16(p + 36))) {
       return CsumFold(CsumIpv4Header20(p + 14)) == 0xffff ? RxCsum::kChecked
                                                             : RxCsum::kChecked | RxCsum::kIpBad;
     }
@@ -454,7 +572,34 @@ __attribute__((noinline)) uint32_t CheckRxChecksumsWalk(absl::Span<const uint8_t
     off += 4;
     et = LoadBe16(&f[off]);
   }
-  const size_t l3 = off + 2;
+  return CheckRxL3(f, off + 2, et, /*tunnel_ok=*/true);
+}
+
+// The checks of a tunnelled packet (ParseRxTunnel accepted it): the outer
+// IPv4 header (EIPE) and outer UDP checksum when not 0 (EUDPE), then the
+// inner headers as a packet of their own, one level deep. An inner L4 that
+// is not checked reports L3L4P only for a bad IP header (see below).
+__attribute__((noinline)) uint32_t CheckRxTunnel(absl::Span<const uint8_t> f, const RxTunnel& t,
+                                                 bool outer_ip_bad, size_t l4, uint8_t proto,
+                                                 uint32_t pseudo) {
+  uint32_t outer = outer_ip_bad ? RxCsum::kOuterIpBad : 0;
+  if (proto == 17 && LoadBe16(&f[l4 + 6]) != 0) {
+    const size_t len = f.size() - l4;
+    uint32_t sum = CsumAddBe16(pseudo, 17);
+    sum = CsumAddBe16(sum, static_cast<uint16_t>(len));
+    if (len > 0xffff || CsumFold(CsumPartial(&f[l4], len, sum)) != 0xffff) {
+      outer |= RxCsum::kOuterUdpBad;
+    }
+  }
+  uint32_t inner = 0;
+  if (t.inner_et == 0x0800 || t.inner_et == 0x86dd) {
+    inner = CheckRxL3(f, t.inner_l3, t.inner_et, /*tunnel_ok=*/false);
+  }
+  if (inner == 0) return outer_ip_bad ? RxCsum::kChecked | RxCsum::kOuterIpBad : 0;
+  return inner | outer;
+}
+
+uint32_t CheckRxL3(absl::Span<const uint8_t> f, size_t l3, uint16_t et, bool tunnel_ok) {
   uint32_t result = RxCsum::kChecked;
   size_t l4 = 0, l4_len = 0;
   uint8_t proto = 0;
@@ -471,6 +616,18 @@ __attribute__((noinline)) uint32_t CheckRxChecksumsWalk(absl::Span<const uint8_t
     }
     proto = f[l3 + 9];
     const bool fragment = (LoadBe16(&f[l3 + 6]) & 0x3fff) != 0;
+    if (tunnel_ok && !fragment && (proto == 47 || proto == 17)) [[unlikely]] {
+      // A tunnel (GRE, or UDP to the VXLAN/GENEVE port) within the IP
+      // length: the tunnel checks, else the outer packet's own.
+      const size_t tot = LoadBe16(&f[l3 + 2]);
+      RxTunnel t;
+      if (tot >= ihl + 8 && l3 + tot <= f.size() &&
+          (proto == 47 || IsRxTunnelPort(LoadBe16(&f[l3 + ihl + 2]))) &&
+          ParseRxTunnel(f.first(l3 + tot), l3 + ihl, proto, &t)) {
+        return CheckRxTunnel(f.first(l3 + tot), t, result & RxCsum::kIpBad, l3 + ihl, proto,
+                             CsumPartial(&f[l3 + 12], 8, 0));
+      }
+    }
     if (fragment || (proto != 6 && proto != 17 && proto != 132)) {
       // No L4 either driver would take as verified (Linux iavf_rx_checksum
       // trusts only the TCP/UDP/SCTP ptypes; a fragment's ptype is not one).
@@ -494,6 +651,14 @@ __attribute__((noinline)) uint32_t CheckRxChecksumsWalk(absl::Span<const uint8_t
     if (l3 + 40 + plen > f.size()) return 0;
     proto = f[l3 + 6];
     l4 = l3 + 40;
+    if (tunnel_ok && (proto == 47 || proto == 17)) [[unlikely]] {
+      RxTunnel t;
+      if (plen >= 8 && (proto == 47 || IsRxTunnelPort(LoadBe16(&f[l4 + 2]))) &&
+          ParseRxTunnel(f.first(l4 + plen), l4, proto, &t)) {
+        return CheckRxTunnel(f.first(l4 + plen), t, false, l4, proto,
+                             CsumPartial(&f[l3 + 8], 32, 0));
+      }
+    }
     // Hop-by-hop and destination options headers are skipped (DPDK reports
     // L4 GOOD behind them when L4E is clear). Routing headers (the
     // pseudo-header would use the final destination), fragments and

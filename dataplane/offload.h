@@ -155,12 +155,51 @@ absl::Status ValidateTunnel(absl::Span<const uint8_t> frame, const TxOffload& of
 //   L3L4P without L4E on a TCP/UDP/SCTP ptype for a verified L4;
 // - 0 when nothing was checked (non-IP, IPv6 routing or fragment headers
 //   and other next headers, a header that does not fit the frame).
+// Tunnelled packets (ParseRxTunnel: VXLAN, GENEVE or GRE right after an
+// outer IPv4 header that is not a fragment, or an IPv6 header without
+// extension headers, inside the outer IP length), as ice reports them for
+// its tunnel ptypes: kIpBad/kL4Bad and kChecked are the inner packet's
+// (IPE and L4E are the inner headers', as above), plus kOuterIpBad for a
+// bad outer IPv4 header checksum (EIPE) and kOuterUdpBad for an outer UDP
+// checksum that is not 0 and wrong (XSUM_EUDPE, flex descriptors only).
+// When the inner packet reports 0, so does the tunnel unless the outer
+// IPv4 header is bad (kChecked | kOuterIpBad). Tunnels whose inner headers
+// do not parse are checked as the outer packet alone.
 struct RxCsum {
   static constexpr uint32_t kChecked = 1;
   static constexpr uint32_t kIpBad = 2;
   static constexpr uint32_t kL4Bad = 4;
+  static constexpr uint32_t kOuterIpBad = 8;
+  static constexpr uint32_t kOuterUdpBad = 16;
 };
 uint32_t CheckRxChecksums(absl::Span<const uint8_t> frame);
+
+// RX tunnel parsing (the parser's view of VXLAN/GENEVE/GRE). Only UDP to
+// these destination ports and IP protocol 47 take it.
+inline constexpr uint16_t kVxlanPort = 4789;
+inline constexpr uint16_t kGenevePort = 6081;
+inline bool IsRxTunnelPort(uint16_t dport) {
+  return dport == kVxlanPort || dport == kGenevePort;
+}
+struct RxTunnel {
+  bool mac = false;    // an inner Ethernet header (VXLAN, GENEVE, GRE 0x6558)
+  bool vlan = false;   // ... with one 802.1Q tag
+  size_t inner_l2 = 0;
+  size_t inner_l3 = 0;
+  uint16_t inner_et = 0;
+};
+// The tunnel at `l4` (outer IP protocol `proto`) of `f`, which ends where
+// the outer IP packet ends: VXLAN (UDP 4789, I flag set), GENEVE (UDP 6081,
+// version 0, options, protocol Ethernet) or GRE (version 0, no routing,
+// optional checksum/key/sequence; Ethernet, IPv4 or IPv6 inside). False
+// when it is none of them or when the inner Ethernet header or an inner
+// IPv4/IPv6 header does not fit (never reads past f).
+bool ParseRxTunnel(absl::Span<const uint8_t> f, size_t l4, uint8_t proto, RxTunnel* t);
+// The ice ptype of a parsed tunnel (ice_lan_tx_rx.h ICE_PTYPES 43..153).
+uint8_t RxTunnelPtype(absl::Span<const uint8_t> f, bool outer_v6, const RxTunnel& t);
+// The tunnel ptype of the frame whose outer IPv4/IPv6 header (at least 20/40
+// bytes inside f) is at `l3`, or 0 when it is not a tunnel.
+uint8_t ClassifyRxTunnel(absl::Span<const uint8_t> f, size_t l3, bool outer_v6);
 
 }  // namespace emud::dataplane
 

@@ -4,6 +4,7 @@
 #include <random>
 #include <vector>
 
+#include "dataplane/tunnel_frames_testutil.h"
 #include "gtest/gtest.h"
 
 namespace emud::dataplane {
@@ -391,6 +392,117 @@ TEST(RxChecksums, VerifiesWhatTxCompleted) {
   // ... unless the header checksum is wrong: that is reported.
   t.f[14 + 8] ^= 1;
   EXPECT_EQ(CheckRxChecksums(t.f), RxCsum::kChecked | RxCsum::kIpBad);
+}
+
+// ---- RX checksums of tunnelled packets (VXLAN, GENEVE, GRE). ----
+
+using testutil::BuildTunnel;
+using testutil::Tun;
+using testutil::TunFrame;
+using testutil::TunSpec;
+
+using testutil::Describe;
+using testutil::FixOuterUdp;
+using testutil::TunnelSpecs;
+
+TEST(RxTunnelChecksums, EachChecksumReportsItsOwnBit) {
+  for (const TunSpec& s : TunnelSpecs()) {
+    SCOPED_TRACE(Describe(s));
+    const TunFrame good = BuildTunnel(s);
+    EXPECT_EQ(CheckRxChecksums(good.f), RxCsum::kChecked);
+    EXPECT_NE(ClassifyRxTunnel(good.f, good.outer_l3, s.outer_v6), 0);
+    if (!s.outer_v6) {  // outer IPv4 header (TTL: not in any pseudo-header)
+      TunFrame t = good;
+      t.f[t.outer_l3 + 8] ^= 1;
+      EXPECT_EQ(CheckRxChecksums(t.f), RxCsum::kChecked | RxCsum::kOuterIpBad);
+    }
+    if (s.tun != Tun::kGre) {
+      TunFrame t = good;
+      t.f[t.outer_l4 + 6] ^= 0x10;  // the outer UDP checksum field
+      EXPECT_EQ(CheckRxChecksums(t.f), s.outer_udp_csum || t.f[t.outer_l4 + 6] != 0
+                                           ? RxCsum::kChecked | RxCsum::kOuterUdpBad
+                                           : RxCsum::kChecked);
+    }
+    if (!s.inner_v6) {  // inner IPv4 header
+      TunFrame t = good;
+      t.f[t.inner_l3 + 8] ^= 1;
+      FixOuterUdp(t, s);
+      EXPECT_EQ(CheckRxChecksums(t.f), RxCsum::kChecked | RxCsum::kIpBad);
+    }
+    {  // inner TCP/UDP
+      TunFrame t = good;
+      t.f.back() ^= 0x21;
+      FixOuterUdp(t, s);
+      EXPECT_EQ(CheckRxChecksums(t.f), RxCsum::kChecked | RxCsum::kL4Bad);
+    }
+    if (!s.outer_v6 && !s.inner_v6) {  // all four at once
+      TunFrame t = good;
+      t.f.back() ^= 0x21;
+      t.f[t.inner_l3 + 8] ^= 1;
+      if (s.tun != Tun::kGre && s.outer_udp_csum) t.f[t.outer_l4 + 6] ^= 0x10;
+      t.f[t.outer_l3 + 8] ^= 1;
+      EXPECT_EQ(CheckRxChecksums(t.f),
+                RxCsum::kChecked | RxCsum::kIpBad | RxCsum::kL4Bad | RxCsum::kOuterIpBad |
+                    (s.tun != Tun::kGre && s.outer_udp_csum ? RxCsum::kOuterUdpBad : 0));
+    }
+  }
+}
+
+TEST(RxTunnelChecksums, UncheckedInnerL4ReportsOnlyBadIpHeaders) {
+  TunSpec s;
+  s.tun = Tun::kVxlan;
+  TunFrame t = BuildTunnel(s);
+  // The inner IPv4 length runs past the outer packet: its L4 is not checked.
+  testutil::tun_internal::Put16(t.f, t.inner_l3 + 2, 1400);
+  t.f[t.inner_l3 + 10] = t.f[t.inner_l3 + 11] = 0;
+  testutil::tun_internal::Put16(
+      t.f, t.inner_l3 + 10,
+      testutil::tun_internal::Finish(testutil::tun_internal::Sum(t.f, t.inner_l3, 20)));
+  FixOuterUdp(t, s);
+  EXPECT_EQ(CheckRxChecksums(t.f), 0u);
+  EXPECT_NE(ClassifyRxTunnel(t.f, t.outer_l3, false), 0) << "still a tunnel packet";
+  t.f[t.outer_l3 + 8] ^= 1;
+  EXPECT_EQ(CheckRxChecksums(t.f), RxCsum::kChecked | RxCsum::kOuterIpBad);
+}
+
+TEST(RxTunnelChecksums, TruncatedInnerHeadersAreTheOuterPacketOnly) {
+  for (const TunSpec& s : TunnelSpecs()) {
+    SCOPED_TRACE(Describe(s));
+    const TunFrame good = BuildTunnel(s);
+    // The outer packet ends inside the tunnel/inner headers (lengths and
+    // checksums consistent): the outer packet's own checks, no tunnel.
+    for (size_t end = good.outer_l4 + 8; end < good.inner_l3 + (s.inner_v6 ? 40 : 20); ++end) {
+      std::vector<uint8_t> f(good.f.begin(), good.f.begin() + end);
+      using namespace testutil::tun_internal;
+      const size_t ol4len = end - good.outer_l4;
+      if (s.outer_v6) {
+        Put16(f, good.outer_l3 + 4, uint16_t(ol4len));
+      } else {
+        Put16(f, good.outer_l3 + 2, uint16_t(20 + ol4len));
+        Put16(f, good.outer_l3 + 10, 0);
+        Put16(f, good.outer_l3 + 10, Finish(Sum(f, good.outer_l3, 20)));
+      }
+      if (s.tun != Tun::kGre) {
+        Put16(f, good.outer_l4 + 4, uint16_t(ol4len));
+        PutL4Csum(f, good.outer_l3, s.outer_v6, 17, good.outer_l4, ol4len, 6);
+      }
+      EXPECT_EQ(ClassifyRxTunnel(f, good.outer_l3, s.outer_v6), 0) << end;
+      // UDP: checked as plain UDP; GRE over IPv4: the header alone; GRE over
+      // IPv6: not an L4 that is checked.
+      const uint32_t want = s.tun != Tun::kGre || !s.outer_v6 ? RxCsum::kChecked : 0u;
+      EXPECT_EQ(CheckRxChecksums(f), want) << end;
+    }
+    // The frame cut anywhere (lengths left as they were): never a read past
+    // it (ASan), never a tunnel report.
+    for (size_t end = 0; end < good.f.size(); ++end) {
+      const absl::Span<const uint8_t> f(good.f.data(), end);
+      const uint32_t c = CheckRxChecksums(f);
+      EXPECT_EQ(c & (RxCsum::kOuterUdpBad | RxCsum::kL4Bad), 0u) << end;
+      if (end >= good.outer_l4) {
+        EXPECT_EQ(ClassifyRxTunnel(f, good.outer_l3, s.outer_v6), 0);
+      }
+    }
+  }
 }
 
 // SCTP: the CRC32c is verified (DPDK reports L4 GOOD when L4E is clear);

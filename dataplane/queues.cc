@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "dataplane/offload.h"
 
 namespace emud::dataplane {
 namespace {
@@ -69,17 +70,33 @@ uint8_t ClassifyPtype(FrameView f) {
     uint16_t frag = uint16_t(f[l3 + 6] << 8 | f[l3 + 7]);
     if (frag & 0x3fff) return 22;
     switch (f[l3 + 9]) {
-      case 17: return 24;
+      case 17:
+        if (const size_t d = l3 + size_t(f[l3] & 0xf) * 4 + 2;
+            f.size() >= d + 2 && IsRxTunnelPort(uint16_t(f[d] << 8 | f[d + 1]))) [[unlikely]] {
+          if (uint8_t t = ClassifyRxTunnel(f, l3, false)) return t;
+        }
+        return 24;
       case 6: return 26;
       case 132: return 27;
       case 1: return 28;
+      case 47:
+        if (uint8_t t = ClassifyRxTunnel(f, l3, false)) return t;
+        return 23;
       default: return 23;
     }
   }
   if (et == 0x86dd && f.size() >= l3 + 40 && (f[l3] >> 4) == 6) {
     switch (f[l3 + 6]) {
       case 44: return 88;
-      case 17: return 90;
+      case 17:
+        if (f.size() >= l3 + 44 && IsRxTunnelPort(uint16_t(f[l3 + 42] << 8 | f[l3 + 43])))
+            [[unlikely]] {
+          if (uint8_t t = ClassifyRxTunnel(f, l3, true)) return t;
+        }
+        return 90;
+      case 47:
+        if (uint8_t t = ClassifyRxTunnel(f, l3, true)) return t;
+        return 89;
       case 6: return 92;
       case 132: return 93;
       case 58: return 94;
@@ -560,7 +577,7 @@ inline RxWb MakeRxWb(uint64_t len, uint64_t ptype, uint64_t csum_bits, bool has_
     return {hash << 32 | tag << 16,
             rxd::kDd | ptype << rxd::kPtypeShift | len << rxd::kLenShift |
                 (has_rss_hash ? rxd::kFltstatRss : 0) |
-                (last ? rxd::kEof | csum_bits | tagp << 2 : 0),
+                (last ? rxd::kEof | (csum_bits & ~rxd::kCsumEudpe) | tagp << 2 : 0),
             0};
   } else {
     constexpr uint64_t kRxdid = F == RxDescFormat::kFlexNic ? 2 : 22;

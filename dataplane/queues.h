@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "dataplane/backend.h"
 #include "dataplane/offload.h"
+#include "dataplane/offload.h"
 #include "dataplane/queue_state.h"
 #include "vfio_user/device.h"
 
@@ -74,6 +75,12 @@ inline constexpr uint64_t kFltstatRss = 3ull << 12;  // qw0[63:32] holds the RSS
 inline constexpr uint64_t kErrRxe = 1ull << 19;
 inline constexpr uint64_t kErrIpe = 1ull << 22;
 inline constexpr uint64_t kErrL4e = 1ull << 23;
+// EIPE: the outer IPv4 header checksum of a tunnelled packet is wrong.
+inline constexpr uint64_t kErrEipe = 1ull << 24;
+// Not a legacy bit (qw1 bit 63 is SPH there): in the data path's checksum
+// status only, for the flex XSUM_EUDPE (outer UDP checksum wrong), which
+// the legacy descriptor cannot carry; its writer drops it.
+inline constexpr uint64_t kCsumEudpe = 1ull << 63;
 inline constexpr int kPtypeShift = 30;
 inline constexpr int kLenShift = 38;
 inline uint32_t Len(uint64_t qw1) { return uint32_t(qw1 >> kLenShift) & 0x3FFF; }
@@ -91,6 +98,16 @@ inline uint32_t Len(uint64_t qw1) { return uint32_t(qw1 >> kLenShift) & 0x3FFF; 
 inline constexpr uint64_t kErrorDescQw1 =
     kDd | kEof | kErrRxe | kErrIpe | kErrL4e | (uint64_t{1} << kLenShift);
 inline uint32_t Ptype(uint64_t qw1) { return uint32_t(qw1 >> kPtypeShift) & 0xFF; }
+// CheckRxChecksums' result as RxQueue::Deliver's checksum status.
+inline uint64_t FromRxCsum(uint32_t c) {
+  uint64_t bits = (c & RxCsum::kChecked ? kL3L4P : 0) | (c & RxCsum::kIpBad ? kErrIpe : 0) |
+                  (c & RxCsum::kL4Bad ? kErrL4e : 0);
+  if (c & (RxCsum::kOuterIpBad | RxCsum::kOuterUdpBad)) [[unlikely]] {
+    if (c & RxCsum::kOuterIpBad) bits |= kErrEipe;
+    if (c & RxCsum::kOuterUdpBad) bits |= kCsumEudpe;
+  }
+  return bits;
+}
 // Status L2TAG1P: qw0 bits 31:16 hold the stripped 802.1Q TCI.
 inline constexpr uint64_t kL2tag1p = 1ull << 2;
 // RxQueue::Deliver's `l2tag1` argument: this bit plus the TCI.
@@ -114,6 +131,8 @@ inline constexpr uint64_t kEof = 1ull << 1;
 inline constexpr uint64_t kL3L4P = 1ull << 3;
 inline constexpr uint64_t kXsumIpe = 1ull << 4;
 inline constexpr uint64_t kXsumL4e = 1ull << 5;
+inline constexpr uint64_t kXsumEipe = 1ull << 6;
+inline constexpr uint64_t kXsumEudpe = 1ull << 7;
 inline constexpr uint64_t kRxe = 1ull << 10;
 inline constexpr uint64_t kRssValid = 1ull << 12;
 inline constexpr uint64_t kL2tag1p = 1ull << 13;
@@ -123,13 +142,17 @@ inline constexpr uint32_t kNoFlowId = 0xFFFFFFFFu;
 inline uint32_t Rxdid(uint64_t qw0) { return uint32_t(qw0) & 0x3F; }
 inline uint32_t Ptype(uint64_t qw0) { return uint32_t(qw0 >> kPtypeShift) & 0x3FF; }
 inline uint32_t Len(uint64_t qw0) { return uint32_t(qw0 >> kLenShift) & 0x3FFF; }
-// The legacy checksum status bits (rxd::kL3L4P/kErrIpe/kErrL4e, what the
-// data path computes) in status_error0 (L3L4P, XSUM_IPE, XSUM_L4E).
+// The legacy checksum status bits (rxd::kL3L4P/kErrIpe/kErrL4e/kErrEipe
+// and rxd::kCsumEudpe, what the data path computes) in status_error0
+// (L3L4P, XSUM_IPE, XSUM_L4E, XSUM_EIPE, XSUM_EUDPE).
 inline constexpr uint64_t FromLegacyCsum(uint64_t csum_bits) {
-  return (csum_bits & rxd::kL3L4P) | ((csum_bits & (rxd::kErrIpe | rxd::kErrL4e)) >> 18);
+  return (csum_bits & rxd::kL3L4P) |
+         ((csum_bits & (rxd::kErrIpe | rxd::kErrL4e | rxd::kErrEipe)) >> 18) |
+         ((csum_bits >> 63) << 7);
 }
 static_assert(FromLegacyCsum(rxd::kL3L4P | rxd::kErrIpe | rxd::kErrL4e) ==
               (kL3L4P | kXsumIpe | kXsumL4e));
+static_assert(FromLegacyCsum(rxd::kErrEipe | rxd::kCsumEudpe) == (kXsumEipe | kXsumEudpe));
 }  // namespace rxflex
 
 // The write-back format of an RX queue, from its RXDID.
@@ -173,7 +196,8 @@ class DmaWindowCache {
 };
 
 // The legacy packet type of `frame` (AVF PTYPE table: 1 L2, 11 ARP, 22..28
-// IPv4, 88..94 IPv6).
+// IPv4, 88..94 IPv6; tunnels: 43..87 over IPv4, 109..153 over IPv6, see
+// ClassifyRxTunnel - only UDP to port 4789/6081 and GRE look further).
 uint8_t ClassifyPtype(FrameView frame);
 
 struct QueueLimits {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "dataplane/simple_dma.h"
+#include "dataplane/tunnel_frames_testutil.h"
 #include "gtest/gtest.h"
 
 namespace emud::dataplane {
@@ -1405,6 +1406,132 @@ TEST_P(RxFlexTest, RecoveryClosesATornFrameWithAFlexErrorDescriptor) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Rxdids, RxFlexTest, ::testing::Values(uint8_t{2}, uint8_t{22}));
+
+// Tunnelled frames through the data path's checksum check into the legacy
+// descriptor and the flex ones (RXDID 2 and DPDK's default 22): the ice
+// tunnel ptype and exactly the error bit of the checksum that was broken.
+// The ptypes are copied from Linux drivers/net/ethernet/intel/ice/
+// ice_lan_tx_rx.h (ICE_PTYPES, the same rows as iavf's libie table):
+//   IPv4 -> GRE/NAT -> IPv4/UDP 46, /TCP 48; -> IPv6/UDP 53, /TCP 55
+//   IPv4 -> GRE/NAT -> MAC -> IPv4/UDP 61, /TCP 63; -> IPv6/UDP 68, /TCP 70
+//   IPv4 -> GRE/NAT -> MAC/VLAN -> IPv4/UDP 76
+//   IPv6 -> GRE/NAT -> IPv4/UDP 112; -> IPv6/UDP 119
+//   IPv6 -> GRE/NAT -> MAC -> IPv4/UDP 127, /TCP 129; -> IPv6/UDP 134, /TCP 136
+//   IPv6 -> GRE/NAT -> MAC/VLAN -> IPv4/UDP 142
+uint16_t IcePtypeOf(const testutil::TunSpec& s) {
+  const bool udp = s.inner_proto == 17;
+  if (s.gre_ip) {
+    if (!s.outer_v6) return s.inner_v6 ? (udp ? 53 : 55) : (udp ? 46 : 48);
+    return s.inner_v6 ? 119 : 112;  // (the specs: UDP only)
+  }
+  if (s.inner_vlan) return s.outer_v6 ? 142 : 76;  // (the specs: IPv4/UDP only)
+  if (!s.outer_v6) return s.inner_v6 ? (udp ? 68 : 70) : (udp ? 61 : 63);
+  return s.inner_v6 ? (udp ? 134 : 136) : (udp ? 127 : 129);
+}
+
+class RxTunnelTest : public QueuesTest, public ::testing::WithParamInterface<uint8_t> {
+ protected:
+  const uint8_t* Desc(uint32_t idx) { return At(kRxRing + idx * 32); }
+};
+
+TEST_P(RxTunnelTest, ReportsTheTunnelPtypeAndEachChecksumBit) {
+  const uint8_t rxdid = GetParam();
+  enum Break { kNone, kOuterIp, kOuterUdp, kInnerIp, kInnerL4 };
+  int checked = 0;
+  for (const testutil::TunSpec& s : testutil::TunnelSpecs()) {
+    for (Break b : {kNone, kOuterIp, kOuterUdp, kInnerIp, kInnerL4}) {
+      if ((b == kOuterIp && s.outer_v6) || (b == kOuterUdp && s.tun == testutil::Tun::kGre) ||
+          (b == kInnerIp && s.inner_v6)) {
+        continue;
+      }
+      SCOPED_TRACE(testing::Message() << testutil::Describe(s) << " break " << b);
+      testutil::TunFrame t = testutil::BuildTunnel(s);
+      switch (b) {
+        case kNone: break;
+        case kOuterIp: t.f[t.outer_l3 + 8] ^= 1; break;
+        case kOuterUdp: t.f[t.outer_l4 + 7] ^= 0x40; break;
+        case kInnerIp:
+          t.f[t.inner_l3 + 8] ^= 1;
+          testutil::FixOuterUdp(t, s);
+          break;
+        case kInnerL4:
+          t.f.back() ^= 0x21;
+          testutil::FixOuterUdp(t, s);
+          break;
+      }
+      RxQueue q(0, state_->rx(0));
+      q.SetDescFormat(RxDescFormatOf(rxdid));
+      ASSERT_TRUE(q.Configure(kRxRing, 64, 2048, 9000).ok());
+      ASSERT_TRUE(q.SetEnabled(true).ok());
+      for (uint32_t i = 0; i < 64; ++i) PostRx(i, Buf(i));
+      const uint64_t csum = rxd::FromRxCsum(CheckRxChecksums(t.f));
+      ASSERT_EQ(q.Deliver(t.f, 63, dma_, csum, false, 0, 0), RxQueue::DeliverResult::kDelivered);
+      ASSERT_EQ(0, std::memcmp(At(Buf(0)), t.f.data(), t.f.size()));
+      if (rxdid == 1) {
+        const uint64_t qw1 = RxQw1(0);
+        EXPECT_EQ(rxd::Ptype(qw1), IcePtypeOf(s));
+        EXPECT_EQ(rxd::Len(qw1), t.f.size());
+        EXPECT_TRUE(qw1 & rxd::kL3L4P);
+        // Error field (qw1 bits 26:19): IPE bit 3, L4E bit 4, EIPE bit 5;
+        // the outer UDP result has no legacy bit.
+        EXPECT_EQ(qw1 >> 19 & 0xFF,
+                  (b == kInnerIp ? 1u << 3 : 0u) | (b == kInnerL4 ? 1u << 4 : 0u) |
+                      (b == kOuterIp ? 1u << 5 : 0u));
+        EXPECT_EQ(qw1 >> 52, 0u) << "header length and SPH stay 0";
+      } else {
+        const FlexWb w = DecodeFlex(Desc(0));
+        EXPECT_EQ(w.rxdid, rxdid);
+        EXPECT_EQ(w.ptype, IcePtypeOf(s));
+        EXPECT_EQ(w.pkt_len, t.f.size());
+        EXPECT_TRUE(w.l3l4p());
+        // status_error0 bits 4..7: XSUM_IPE, XSUM_L4E, XSUM_EIPE, XSUM_EUDPE.
+        EXPECT_EQ(w.status_error0 >> 4 & 0xF,
+                  (b == kInnerIp ? 1u : 0u) | (b == kInnerL4 ? 2u : 0u) |
+                      (b == kOuterIp ? 4u : 0u) | (b == kOuterUdp ? 8u : 0u));
+      }
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 88) << "every spec and break was delivered";
+}
+
+// A tunnel whose inner headers are cut short (the outer lengths end inside
+// them): the outer packet's ptype, never a read past the frame.
+TEST_P(RxTunnelTest, TruncatedInnerHeadersGetTheOuterPtype) {
+  const uint8_t rxdid = GetParam();
+  for (const testutil::TunSpec& s : testutil::TunnelSpecs()) {
+    SCOPED_TRACE(testutil::Describe(s));
+    const testutil::TunFrame good = testutil::BuildTunnel(s);
+    const uint16_t outer_ptype =
+        s.tun == testutil::Tun::kGre ? (s.outer_v6 ? 89 : 23) : (s.outer_v6 ? 90 : 24);
+    for (size_t end : {good.outer_l4 + 8, good.outer_l4 + 15, good.inner_l3 - 1,
+                       good.inner_l3 + 19}) {
+      std::vector<uint8_t> f(good.f.begin(), good.f.begin() + end);
+      EXPECT_EQ(ClassifyPtype(f), outer_ptype) << end;
+      RxQueue q(0, state_->rx(0));
+      q.SetDescFormat(RxDescFormatOf(rxdid));
+      ASSERT_TRUE(q.Configure(kRxRing, 64, 2048, 9000).ok());
+      ASSERT_TRUE(q.SetEnabled(true).ok());
+      for (uint32_t i = 0; i < 64; ++i) PostRx(i, Buf(i));
+      const uint64_t csum = rxd::FromRxCsum(CheckRxChecksums(f));
+      EXPECT_EQ(csum & (rxd::kErrEipe | rxd::kCsumEudpe | rxd::kErrL4e), 0u) << end;
+      ASSERT_EQ(q.Deliver(f, 63, dma_, csum, false, 0, 0), RxQueue::DeliverResult::kDelivered);
+      const uint32_t ptype = rxdid == 1 ? rxd::Ptype(RxQw1(0)) : DecodeFlex(Desc(0)).ptype;
+      EXPECT_EQ(ptype, outer_ptype) << end;
+    }
+    for (size_t end = 0; end <= good.f.size(); ++end) {
+      const uint8_t p = ClassifyPtype(FrameView(good.f.data(), end));
+      if (end < good.f.size()) {
+        EXPECT_TRUE(p == outer_ptype || p == 1) << end << " " << int(p);
+      } else {
+        EXPECT_EQ(p, IcePtypeOf(s));
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Rxdids, RxTunnelTest, ::testing::Values(uint8_t{1}, uint8_t{2},
+                                                                  uint8_t{22}));
 
 TEST_F(QueuesTest, RxdidsWithoutAFlexWriterGetTheLegacyFormat) {
   EXPECT_EQ(RxDescFormatOf(1), RxDescFormat::kLegacy);

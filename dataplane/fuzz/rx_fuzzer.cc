@@ -80,7 +80,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         size_t len = in.U16() % 16384;
         uint8_t bits = in.U8();
         uint64_t csum = (bits & 1 ? rxd::kL3L4P : 0) | (bits & 2 ? rxd::kErrIpe : 0) | (bits & 4 ? rxd::kErrL4e : 0);
-        (void)q.Deliver(FrameView(frame->data() + bits, len), tail, m.dma, csum, bits & 8, bits * 0x01010101u);
+        const FrameView fv(frame->data() + bits, len);
+        // The data path's own check (tunnel parsing included) on the fuzzed
+        // bytes, or the outer-checksum bits the legacy writer must mask.
+        if (bits & 16) csum = rxd::FromRxCsum(CheckRxChecksums(fv));
+        if (bits & 32) csum |= rxd::kErrEipe | rxd::kCsumEudpe;
+        (void)q.Deliver(fv, tail, m.dma, csum, bits & 8, bits * 0x01010101u);
         (void)q.TakeWroteBack();
         break;
       }
