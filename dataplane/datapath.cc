@@ -153,8 +153,10 @@ void DataPath::LaneMain(Lane& l) {
       continue;
     }
     const bool work = Round(l);
-    l.active.store(false, std::memory_order_release);
+    // Counted before active falls: once PauseLanes returns, every round
+    // that ran is already in `rounds` (the pause test reads it right away).
     l.rounds.fetch_add(1, std::memory_order_relaxed);
+    l.active.store(false, std::memory_order_release);
     PostInterrupts(l);
     // A held frame (no RX buffer) keeps its fd readable: stop watching it
     // until it is taken (the RX doorbell's wake or the poll timeout).
