@@ -1,7 +1,9 @@
 #include "base/scm_rights.h"
 
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -56,6 +58,35 @@ SendResult SendMsg(int sock, const msghdr& mh, int flags) {
     r.bytes = static_cast<size_t>(n);
   }
   return r;
+}
+
+SendResult SendMsgMarked(int sock, const msghdr& mh, int flags, MarkBeforeSend mark) {
+  if (mark.word == nullptr) return SendMsg(sock, mh, flags);
+#if defined(__x86_64__) && defined(__linux__)
+  // The kernel's syscall ABI: number and return in rax, arguments in rdi,
+  // rsi, rdx; rcx and r11 are clobbered. "memory": the kernel reads the
+  // message, and the store must not move past the syscall.
+  long ret = SYS_sendmsg;
+  asm volatile(
+      "movq %[value], (%[word])\n\t"
+      "syscall"
+      : "+a"(ret)
+      : [word] "r"(mark.word), [value] "r"(mark.value), "D"(static_cast<long>(sock)), "S"(&mh),
+        "d"(static_cast<long>(flags | MSG_NOSIGNAL))
+      : "rcx", "r11", "memory");
+  if (ret == -EINTR) return SendMsg(sock, mh, flags);  // nothing went out: the mark stands
+  SendResult r;
+  if (ret < 0) {
+    r.error = static_cast<int>(-ret);
+  } else {
+    r.bytes = static_cast<size_t>(ret);
+  }
+  return r;
+#else
+  *mark.word = mark.value;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  return SendMsg(sock, mh, flags);
+#endif
 }
 
 SendResult SendWithFds(int sock, absl::Span<const iovec> iov, absl::Span<const int> fds,

@@ -56,6 +56,23 @@ struct SendResult {
 // descriptors (if any) travel with the first byte the socket takes.
 SendResult SendMsg(int sock, const msghdr& mh, int flags = 0);
 
+// A word to store right before a sendmsg (a crash-consistent server's "reply
+// sent" mark; ARCHITECTURE.md, "Control path").
+struct MarkBeforeSend {
+  volatile uint64_t* word = nullptr;  // nullptr: no mark
+  uint64_t value = 0;
+};
+
+// As SendMsg(sock, mh, flags), with `mark.value` stored into `*mark.word`
+// first, the store and the sendmsg being adjacent instructions (x86-64: one
+// asm block, `mov` then `syscall`; no libc wrapper or sanitizer interceptor
+// between them). A SIGKILL is acted on only at a return to user mode, so a
+// process killed after the store and before the syscall must have been
+// interrupted at exactly that instruction boundary. Elsewhere: a plain store,
+// then SendMsg. The mark is stored once even if EINTR makes the sendmsg
+// repeat; the caller restores it if nothing was sent (EAGAIN).
+SendResult SendMsgMarked(int sock, const msghdr& mh, int flags, MarkBeforeSend mark);
+
 // One sendmsg of `iov` (at most 8 entries) with `fds` attached; otherwise as
 // SendMsg. More than kMaxFdsPerMessage fds, or more than 8 iovecs: EINVAL,
 // nothing sent.

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/mapped_file.h"
+#include "base/scm_rights.h"
 
 namespace emud::vfio_user {
 
@@ -51,8 +52,12 @@ class RequestJournal {
   RequestJournal(RequestJournal&&) noexcept = default;
   RequestJournal& operator=(RequestJournal&&) noexcept = default;
 
-  // "Replying `seq`": the last store before the reply's sendmsg.
+  // "Replying `seq`": the last store before the reply's sendmsg. A reply
+  // is marked by SendPrepared(..., ReplyingMark(seq)), which makes the store
+  // and the sendmsg adjacent instructions; MarkReplying is for what sends
+  // nothing (a posted request, a settled one that needs no reply).
   void MarkReplying(uint64_t seq) { __atomic_store_n(reply_mark(), seq, __ATOMIC_SEQ_CST); }
+  MarkBeforeSend ReplyingMark(uint64_t seq) const { return {reply_mark(), seq}; }
   uint64_t replying() const { return __atomic_load_n(reply_mark(), __ATOMIC_SEQ_CST); }
 
   // The run-progress word for the first `bytes` bytes of a run, given their
@@ -83,8 +88,9 @@ class RequestJournal {
     w[1] = 0;
     w[0] = RunProgress(Fnv1a(request), request.size());
   }
-  // The last store before the uncommitted request's reply is sent.
-  void MarkPureReplying() { pure_words()[1] = 1; }
+  // The last store before the uncommitted request's reply is sent (with
+  // SendPrepared, as ReplyingMark).
+  MarkBeforeSend PureReplyingMark() const { return {pure_words() + 1, 1}; }
   void ClearPure() { pure_words()[0] = 0; }
   // The recorded uncommitted request (empty: none), and whether its reply
   // was about to be sent.
@@ -100,7 +106,7 @@ class RequestJournal {
 
  private:
   explicit RequestJournal(MappedFile pages) : pages_(std::move(pages)) {}
-  uint64_t* reply_mark() const { return reinterpret_cast<uint64_t*>(pages_.data()); }
+  volatile uint64_t* reply_mark() const { return reinterpret_cast<volatile uint64_t*>(pages_.data()); }
   static constexpr size_t kPureWords = 64, kPureBytes = 128;
   volatile uint64_t* pure_words() const {
     return reinterpret_cast<volatile uint64_t*>(pages_.data() + kPureWords);

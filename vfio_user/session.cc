@@ -423,18 +423,10 @@ bool Session::PrepareReply(const Header& req, const Reply& reply, PreparedMessag
   return true;
 }
 
-bool Session::SendReply(const Header& req, const Reply& reply) {
-  if (!conn_.valid()) return false;
-  Header h;
-  h.msg_id = req.msg_id;
-  h.command = req.command;
-  h.flags = kFlagTypeReply | (reply.err ? kFlagError : 0);
-  h.error = reply.err;
-  if (reply.err) ++stats_.error_replies;
-  absl::Span<const uint8_t> payload = reply.err ? absl::Span<const uint8_t>() : absl::MakeConstSpan(reply.payload);
-  absl::Span<const int> fds = reply.err ? absl::Span<const int>() : absl::MakeConstSpan(reply.fds);
-  auto s = SendMessage(conn_.get(), h, payload, fds, options_.send_timeout);
-  if (!s.ok()) {
+bool Session::SendReply(const Header& req, const Reply& reply, MarkBeforeSend mark) {
+  PreparedMessage out;
+  if (!PrepareReply(req, reply, &out)) return false;
+  if (absl::Status s = SendPrepared(conn_.get(), out, options_.send_timeout, mark); !s.ok()) {
     Disconnect(absl::StrCat("sending reply: ", s.message()));
     return false;
   }

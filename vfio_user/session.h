@@ -253,7 +253,9 @@ class Session {
     ++stats_.by_command[i];
     if (error) ++stats_.errors_by_command[i];
   }
-  bool SendReply(const Header& req, const Reply& reply);
+  // `mark`: stored right before the sendmsg (SendPrepared), for the
+  // crash-consistent journal's reply marks.
+  bool SendReply(const Header& req, const Reply& reply, MarkBeforeSend mark = {});
   // The reply laid out for one sendmsg (crash-consistent path; see there).
   bool PrepareReply(const Header& req, const Reply& reply, PreparedMessage* out);
   // EINVAL reply to a command whose msg_size cannot be framed (the caller
@@ -330,7 +332,9 @@ class Session {
   absl::Status SettlePure();
 
   // SessionOptions::crash_point stages. Committed requests: applied and
-  // committed, consumed, journal marked, replied. Self-durable writes: one
+  // committed, consumed, about to mark the journal and send the reply (one
+  // event: SendPrepared with the mark; a posted request is marked, nothing
+  // sent), replied. Self-durable writes: one
   // applied, the run consumed, its progress recorded.
   enum CrashStage : int {
     kCrashApplied = 1,

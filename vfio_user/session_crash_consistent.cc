@@ -203,14 +203,10 @@ bool Session::HandlePure(Message& msg, absl::Span<const uint8_t> raw, uint64_t d
   if (CrashAt(kCrashPureRecorded)) return false;
   if (!ConsumePeeked(raw.size())) return false;
   if (CrashAt(kCrashConsumed)) return false;
-  PreparedMessage out;
-  if (!PrepareReply(h, reply, &out)) return false;
-  journal_->MarkPureReplying();
+  // The mark and the send are one event (SendPrepared with the mark):
+  // kCrashMarked is the instant before both.
   if (CrashAt(kCrashMarked)) return false;
-  if (absl::Status st = SendPrepared(conn_.get(), out, options_.send_timeout); !st.ok()) {
-    Disconnect(absl::StrCat("sending reply: ", st.message()));
-    return false;
-  }
+  if (!SendReply(h, reply, journal_->PureReplyingMark())) return false;
   return !CrashAt(kCrashReplied);
 }
 
@@ -403,21 +399,19 @@ bool Session::HandleMessageCrashConsistent() {
   // 6. Consume (no control buffer: the in-flight fd references are dropped).
   if (!ConsumePeeked(raw.size())) return false;
   if (CrashAt(kCrashConsumed)) return false;
-  // 7. Journal, then reply. Everything the send needs is laid out first:
-  // between the mark and sendmsg a kill loses the reply (the successor takes
-  // the mark as "sent"), so nothing else may run there.
-  PreparedMessage out;
-  if (wants_reply && !PrepareReply(h, reply, &out)) return false;
-  journal_->MarkReplying(seq_);
-  if (CrashAt(kCrashMarked)) return false;
+  // 7. Journal, then reply. A kill between the mark and the sendmsg would
+  // lose the reply (the successor takes the mark as "sent"), so the two are
+  // one event: SendPrepared stores the mark with the instruction before the
+  // syscall (base/scm_rights.h, SendMsgMarked), the reply laid out first.
+  // kCrashMarked is the instant before both. Nothing to send: mark only.
   if (!wants_reply) {
+    journal_->MarkReplying(seq_);
+    if (CrashAt(kCrashMarked)) return false;
     if (reply.err && !is_reply) ++stats_.posted_errors;
     return true;
   }
-  if (absl::Status st = SendPrepared(conn_.get(), out, options_.send_timeout); !st.ok()) {
-    Disconnect(absl::StrCat("sending reply: ", st.message()));
-    return false;
-  }
+  if (CrashAt(kCrashMarked)) return false;
+  if (!SendReply(h, reply, journal_->ReplyingMark(seq_))) return false;
   return !CrashAt(kCrashReplied);
 }
 
@@ -460,9 +454,10 @@ absl::Status Session::SettleLastRequest() {
     Header req;
     req.msg_id = rh.msg_id;
     req.command = rh.command;
-    journal_->MarkReplying(rec.seq());
     ++stats_.replayed_replies;
-    if (!SendReply(req, reply)) return absl::UnavailableError("sending the stored reply failed");
+    if (!SendReply(req, reply, journal_->ReplyingMark(rec.seq()))) {
+      return absl::UnavailableError("sending the stored reply failed");
+    }
   } else if (head_is_last) {
     journal_->MarkReplying(rec.seq());
   }
@@ -507,9 +502,10 @@ absl::Status Session::SettlePure() {
     ++stats_.requests;
     Reply reply = ApplyGuarded(m, rec, Fnv1a(rec));
     CountCommand(m.hdr.command, reply.err != 0);
-    journal_->MarkPureReplying();
     ++stats_.replayed_replies;
-    if (!SendReply(m.hdr, reply)) return absl::UnavailableError("answering the recorded request failed");
+    if (!SendReply(m.hdr, reply, journal_->PureReplyingMark())) {
+      return absl::UnavailableError("answering the recorded request failed");
+    }
   }
   journal_->ClearPure();
   return absl::OkStatus();

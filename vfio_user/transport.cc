@@ -106,12 +106,22 @@ absl::Status PrepareMessage(Header hdr, absl::Span<const uint8_t> payload,
   return out->control.Attach(&out->mh, fds);
 }
 
-absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout) {
+absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout, MarkBeforeSend mark) {
   const size_t total = m.hdr.msg_size;
-  const SendResult r = SendMsg(sock, m.mh, MSG_DONTWAIT);
-  if (r.ok() && r.bytes == total) return absl::OkStatus();
-  if (!r.ok() && r.error != EAGAIN && r.error != EWOULDBLOCK) return r.status("sendmsg");
-  if (r.bytes == 0) return SendMessage(sock, m.hdr, m.payload, m.fds, timeout);  // nothing went out
+  const absl::Time deadline = timeout == absl::InfiniteDuration() ? absl::InfiniteFuture() : absl::Now() + timeout;
+  const uint64_t unmarked = mark.word != nullptr ? *mark.word : 0;
+  SendResult r;
+  for (;;) {
+    r = SendMsgMarked(sock, m.mh, MSG_DONTWAIT, mark);
+    if (r.ok() || (r.error != EAGAIN && r.error != EWOULDBLOCK)) break;
+    // The socket took nothing: not sent, so not marked while waiting.
+    if (mark.word != nullptr) *mark.word = unmarked;
+    const int p = PollFor(sock, POLLOUT, deadline);
+    if (p == 0) return absl::DeadlineExceededError("send timed out");
+    if (p < 0) return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
+  }
+  if (!r.ok()) return r.status("sendmsg");
+  if (r.bytes == total) return absl::OkStatus();
   // Part went out (the fds with it): send the rest without them.
   size_t sent = r.bytes;
   std::vector<uint8_t> rest;

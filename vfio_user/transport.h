@@ -63,8 +63,13 @@ struct PreparedMessage {
 absl::Status PrepareMessage(Header hdr, absl::Span<const uint8_t> payload,
                             absl::Span<const int> fds, PreparedMessage* out);
 // Sends a prepared message: one sendmsg, then (if the socket took only part
-// of it) the rest as SendMessage does.
-absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout = absl::Seconds(5));
+// of it) the rest as SendMessage does. With a `mark`, the mark is stored
+// right before each sendmsg that may take the first byte (SendMsgMarked:
+// the store and the syscall are adjacent instructions) and its previous
+// value put back whenever such a sendmsg took nothing (a full socket: the
+// wait for room is not "sending").
+absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout = absl::Seconds(5),
+                          MarkBeforeSend mark = {});
 
 // Incremental, buffered reader for a non-blocking socket: feed it readiness,
 // get whole messages. It reads as much as is available in one recvmsg (many

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "base/scm_rights.h"
 #include "gtest/gtest.h"
 
@@ -120,6 +121,55 @@ TEST(PreparedMessageTest, SendsLikeSendMessage) {
   });
   EXPECT_TRUE(SendPrepared(p.a.get(), large, absl::Seconds(10)).ok());
   reader.join();
+}
+
+// A reply mark (the crash-consistent journal's "replying") is stored with
+// the sendmsg that takes the message; while the socket is full nothing was
+// sent, so the mark keeps its previous value during the wait and after a
+// timeout.
+TEST(PreparedMessageTest, MarkGoesWithTheSendAndNotWithAWait) {
+  Pair p;
+  ::fcntl(p.a.get(), F_SETFL, O_NONBLOCK);
+  volatile uint64_t word = 5;
+  std::vector<uint8_t> body(24, 3);
+  PreparedMessage pm;
+  ASSERT_TRUE(PrepareMessage(H(11), body, {}, &pm).ok());
+  ASSERT_TRUE(SendPrepared(p.a.get(), pm, absl::Seconds(1), MarkBeforeSend{&word, 9}).ok());
+  EXPECT_EQ(word, 9u);
+  MessageReader r(4096, 16);
+  Message m;
+  std::string err;
+  ASSERT_EQ(r.Read(p.b.get(), &m, &err), MessageReader::Result::kMessage) << err;
+  EXPECT_EQ(m.hdr.msg_id, 11);
+  EXPECT_EQ(m.payload, body);
+
+  // Fill the socket until it takes not even one byte.
+  const uint8_t chunk[4096] = {};
+  while (::send(p.a.get(), chunk, sizeof(chunk), MSG_DONTWAIT) > 0) {
+  }
+  while (::send(p.a.get(), chunk, 1, MSG_DONTWAIT) > 0) {
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  word = 5;
+  PreparedMessage full;
+  ASSERT_TRUE(PrepareMessage(H(12), body, {}, &full).ok());
+  const absl::Status st = SendPrepared(p.a.get(), full, absl::Milliseconds(50), MarkBeforeSend{&word, 10});
+  EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded) << st;
+  EXPECT_EQ(word, 5u) << "marked although nothing was sent";
+
+  // Room appears while it waits: sent whole, and marked.
+  std::thread drain([&] {
+    absl::SleepFor(absl::Milliseconds(20));
+    uint8_t sink[65536];
+    ssize_t n;
+    while ((n = ::recv(p.b.get(), sink, sizeof(sink), MSG_DONTWAIT)) > 0) {
+    }
+  });
+  PreparedMessage later;
+  ASSERT_TRUE(PrepareMessage(H(13), body, {}, &later).ok());
+  EXPECT_TRUE(SendPrepared(p.a.get(), later, absl::Seconds(10), MarkBeforeSend{&word, 11}).ok());
+  drain.join();
+  EXPECT_EQ(word, 11u);
 }
 
 TEST(MessageReaderTest, ExactModeNeverReadsAhead) {
