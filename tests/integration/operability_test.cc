@@ -254,6 +254,35 @@ TEST(StartFailureTest, CauseOfAFailedStartIsInLastError) {
   e->Stop(SIGTERM);
 }
 
+// A second emud on the same state directory refuses to start and names the
+// running one; once that one is gone, the directory is free again at once
+// (the lock is the process's own: its spawned workers never hold it).
+TEST(StateDirLockTest, SecondEmudIsRefusedAndNamesTheFirst) {
+  TempStateDir dir("lock");
+  EmudProcess::Options o;
+  o.state_dir = dir.path() + "/state";
+  o.worker_binary = Runfile("dataplane/emud-worker");
+  o.metrics = false;
+  auto first = EmudProcess::Start(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  CommandResult c = (*first)->Emuctl({"create-device", "--type", "avf", "--name", "l", "--wait"});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  CommandResult second = RunCommand({Runfile("server/emud"), "--state-dir=" + o.state_dir});
+  EXPECT_EQ(second.exit_code, 2) << second.out << second.err;
+  EXPECT_TRUE(absl::StrContains(second.err, absl::StrCat("another emud (pid ", (*first)->pid(), ")")))
+      << second.err;
+  EXPECT_TRUE(absl::StrContains(second.err, "--takeover")) << second.err;
+  // Killed outright, its worker still running: the next emud starts and
+  // adopts the device.
+  (*first)->Stop(SIGKILL);
+  auto next = EmudProcess::Start(o);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_TRUE(WaitPhase((*next)->stub(), "l", v1::PHASE_LISTENING, absl::Seconds(20))) << (*next)->Log();
+  c = (*next)->Emuctl({"delete", "l"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  (*next)->Stop(SIGTERM);
+}
+
 TEST(SocketRootsTest, SocketPathOutsideTheAllowedRootsIsRefused) {
   TempStateDir dir("roots");
   auto e = StartEmud(dir.path() + "/state");
