@@ -4,10 +4,11 @@
 // status watcher, fd store and standby spawner run the real emud-worker.
 // Clients create, read, reset, upgrade and delete devices while workers are
 // killed under them and two watches follow the events; then emud's shutdown
-// order (BeginShutdown, manager Shutdown) ends the watches. Under
-// --config=tsan this puts the service's handlers and DeviceManager's locking
-// on these paths (not the handover to a successor emud) under
-// ThreadSanitizer (tools/sanitizers/BUILD.bazel).
+// order (BeginShutdown, manager Shutdown) ends the watches. A second test
+// begins a handover to a successor emud (with emud-keeper), releases a device
+// and aborts while handlers run. Under --config=tsan this puts the service's
+// handlers and DeviceManager's locking under ThreadSanitizer
+// (tools/sanitizers/BUILD.bazel).
 //
 // The handlers are called directly, each with a grpc::ServerContext of its
 // own (no deadline, never cancelled), without gRPC's transport: Debian's
@@ -23,6 +24,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +41,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "fdstore/running_keeper.h"
 #include "gtest/gtest.h"
 #include "proto/emud_v1.pb.h"
 #include "server/device_manager.h"
@@ -90,6 +93,13 @@ class ServiceConcurrencyTest : public ::testing::Test {
     char tmpl[] = "/tmp/emud-svc-XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
+  }
+
+  // emud's defaults, except what a test cannot have (real-time priority)
+  // or needs (workers stopped at the end, an upgrade naming a binary). With
+  // `keeper`, the fd store lives in an emud-keeper (a thread here), which a
+  // handover needs.
+  void StartManager(bool keeper = false) {
     ManagerOptions o;
     o.state_dir = dir_ + "/state";
     o.socket_dir = dir_ + "/sockets";
@@ -97,6 +107,11 @@ class ServiceConcurrencyTest : public ::testing::Test {
     o.allow_worker_override = true;
     o.startup_rt_priority = 0;  // no CAP_SYS_NICE needed
     o.stop_workers_on_exit = true;
+    if (keeper) {
+      o.fd_keeper = dir_ + "/keeper.sock";
+      keeper_ = std::make_unique<fdstore::RunningKeeper>(o.fd_keeper);
+      ASSERT_NE(keeper_->keeper, nullptr);
+    }
     auto m = DeviceManager::Open(o, &metrics_);
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = std::move(*m);
@@ -107,9 +122,9 @@ class ServiceConcurrencyTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (manager_ == nullptr) return;
-    StopWatches();
+    if (manager_ != nullptr) StopWatches();
     manager_.reset();
+    keeper_.reset();  // after the manager: its workers' fds are there
     std::filesystem::remove_all(dir_);
   }
 
@@ -231,6 +246,7 @@ class ServiceConcurrencyTest : public ::testing::Test {
 
   Metrics metrics_;
   std::string dir_;
+  std::unique_ptr<fdstore::RunningKeeper> keeper_;
   std::unique_ptr<DeviceManager> manager_;
   std::unique_ptr<DeviceServiceImpl> service_;
   std::vector<std::thread> watch_threads_;
@@ -249,6 +265,7 @@ class ServiceConcurrencyTest : public ::testing::Test {
 TEST_F(ServiceConcurrencyTest, ClientsWatchersAndWorkerKillsAtOnce) {
   constexpr int kOwners = 3;
   constexpr int kRounds = 5;
+  StartManager();
 
   // A device every thread shares, and two watches: one of every device,
   // one of the shared device only.
@@ -404,6 +421,111 @@ TEST_F(ServiceConcurrencyTest, ClientsWatchersAndWorkerKillsAtOnce) {
     }
     EXPECT_GT(modified, 0u);
   }
+}
+
+// A handover to a successor emud begun, one device released and the
+// handover aborted while handlers run on every device: mutations are
+// refused (UNAVAILABLE) or find the device busy (ABORTED) during it, reads
+// never fail, watches end; afterwards emud accepts mutations again and
+// supervises what it still holds.
+TEST_F(ServiceConcurrencyTest, HandoverWhileHandlersRun) {
+  StartManager(/*keeper=*/true);
+  for (const char* name : {"ho-a", "ho-b"}) {
+    v1::Device d;
+    grpc::Status s = Create(name, &d);
+    ASSERT_TRUE(s.ok()) << name << ": " << s.error_message();
+  }
+  for (const char* name : {"ho-a", "ho-b"}) {
+    ASSERT_TRUE(Eventually([&] { return Phase(name) == v1::PHASE_LISTENING; })) << name;
+  }
+  WatchLog all;
+  StartWatch(&all, {});
+
+  std::atomic<bool> done{false};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> threads;
+  // Mutators on both devices, through the whole handover.
+  for (const char* name : {"ho-a", "ho-b"}) {
+    threads.emplace_back([&, name] {
+      while (!done.load()) {
+        grpc::Status s = Reset(name);
+        EXPECT_CODE_IN(s, grpc::StatusCode::OK, grpc::StatusCode::ABORTED,
+                       grpc::StatusCode::UNAVAILABLE);
+        if (s.error_code() == grpc::StatusCode::UNAVAILABLE) refused.fetch_add(1);
+      }
+    });
+  }
+  // Readers: always answered.
+  threads.emplace_back([&] {
+    while (!done.load()) {
+      std::vector<v1::Device> list;
+      EXPECT_TRUE(List(&list).ok());
+      EXPECT_EQ(list.size(), 2u);
+      EXPECT_TRUE(Stats("ho-a").ok());
+      v1::Device d;
+      EXPECT_TRUE(Get("ho-b", &d).ok());
+    }
+  });
+
+  ASSERT_TRUE(manager_->BeginHandover().ok());
+  // A second handover is refused while this one runs.
+  EXPECT_EQ(manager_->BeginHandover().code(), absl::StatusCode::kFailedPrecondition);
+  // A reset that began before the handover may still hold the device.
+  absl::Status released;
+  ASSERT_TRUE(Eventually([&] {
+    released = manager_->ReleaseForSuccessor("ho-a");
+    return !absl::IsAborted(released);
+  }));
+  ASSERT_TRUE(released.ok()) << released;
+  EXPECT_EQ(manager_->WorkerPidForTest("ho-a"), 0);
+  // Mutations are refused while the handover runs (the mutators see it),
+  // and watches end as at a shutdown: their clients reconnect, to the
+  // successor or, if the handover fails, to this emud again.
+  ASSERT_TRUE(Eventually([&] { return refused.load() > 0; }));
+  v1::Device d;
+  EXPECT_EQ(Create("ho-c", &d).error_code(), grpc::StatusCode::UNAVAILABLE);
+  ASSERT_TRUE(Eventually([&] {
+    absl::MutexLock lock(&all.mu);
+    return all.ended;
+  }));
+  {
+    absl::MutexLock lock(&all.mu);
+    EXPECT_EQ(all.end, DeviceManager::WaitResult::kShutdown);
+  }
+  done.store(true);
+  for (auto& t : threads) t.join();
+  manager_->AbortHandover();
+  WatchLog again;
+  StartWatch(&again, {});
+
+  // emud is itself again: mutations accepted, ho-b supervised (its worker
+  // restarted when killed), ho-a left as released (a successor may serve it).
+  grpc::Status s = Create("ho-c", &d);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  ASSERT_TRUE(Eventually([&] { return Phase("ho-b") == v1::PHASE_LISTENING; }));
+  ASSERT_TRUE(Get("ho-b", &d).ok());
+  const pid_t b = d.status().worker_pid();
+  ASSERT_NE(b, 0);
+  ASSERT_EQ(::kill(b, SIGKILL), 0);
+  EXPECT_TRUE(Eventually([&] {
+    return Get("ho-b", &d).ok() && d.status().worker_pid() != b &&
+           d.status().phase() == v1::PHASE_LISTENING;
+  }));
+  EXPECT_EQ(manager_->WorkerPidForTest("ho-a"), 0);
+  s = Reset("ho-a");
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(Eventually([&] { return Phase("ho-a") == v1::PHASE_LISTENING; }));
+
+  StopWatches();
+  absl::MutexLock lock(&again.mu);
+  EXPECT_EQ(again.end, DeviceManager::WaitResult::kShutdown);
+  // The watch begun after the abort: its snapshot, then ho-c's creation.
+  EXPECT_EQ(std::count_if(again.events.begin(), again.events.end(),
+                          [](const v1::DeviceEvent& ev) {
+                            return ev.kind() == v1::DeviceEvent::KIND_ADDED &&
+                                   ev.device().name() == "ho-c";
+                          }),
+            1);
 }
 
 }  // namespace
