@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -77,14 +78,6 @@ TEST(EmudInitTest, EmudCrashKeepsWorkersAndOrphansAreReaped) {
 
   // emud dies: emud-init restarts it, the worker keeps running and is adopted.
   ASSERT_EQ(::kill(emud1, SIGKILL), 0);
-  pid_t emud2 = 0;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        emud2 = ChildNamed(init, "emud");
-        return emud2 > 0 && emud2 != emud1;
-      },
-      absl::Seconds(10)))
-      << e->Log();
   ASSERT_TRUE(WaitFor(
       [&] {
         auto d = GetDevice(e->stub(), "n0");
@@ -92,6 +85,19 @@ TEST(EmudInitTest, EmudCrashKeepsWorkersAndOrphansAreReaped) {
       },
       absl::Seconds(10)))
       << e->Log();
+  // The new emud is the one answering (not any child of emud-init named
+  // "emud": a worker the dead emud was spawning is one until its exec).
+  pid_t emud2 = 0;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ServerInfo info;
+    ASSERT_TRUE(e->stub()->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info).ok());
+    emud2 = info.pid();
+  }
+  ASSERT_GT(emud2, 0);
+  EXPECT_NE(emud2, emud1);
+  EXPECT_EQ(ReadStat(emud2).ppid, init) << "emud-init restarted emud";
   dev = GetDevice(e->stub(), "n0");
   ASSERT_TRUE(dev.ok());
   EXPECT_EQ(dev->status().worker_pid(), worker) << "the running worker was adopted, not replaced";
@@ -111,7 +117,7 @@ TEST(EmudInitTest, EmudCrashKeepsWorkersAndOrphansAreReaped) {
       << e->Log();
   EXPECT_TRUE(WaitFor([&] { return ReadStat(worker).state == 0; }, absl::Seconds(5)))
       << "the dead worker is reaped, not left a zombie (state " << ReadStat(worker).state << ")";
-  EXPECT_EQ(ReadStat(worker2).ppid, emud2);
+  EXPECT_EQ(ReadStat(worker2).ppid, emud2) << e->Log();
 
   // SIGTERM: emud stops its workers and exits 0; emud-init exits with it.
   int status = e->Stop(SIGTERM);
