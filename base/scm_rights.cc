@@ -62,7 +62,11 @@ SendResult SendMsg(int sock, const msghdr& mh, int flags) {
 
 SendResult SendMsgMarked(int sock, const msghdr& mh, int flags, MarkBeforeSend mark) {
   if (mark.word == nullptr) return SendMsg(sock, mh, flags);
-#if defined(__x86_64__) && defined(__linux__)
+  // Under ThreadSanitizer the send must go through its sendmsg interceptor,
+  // which is how it learns that the socket orders this thread's writes
+  // before the peer's reads (tests run both ends in one process); a TSan
+  // build takes the plain store and SendMsg.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_THREAD__)
   // The kernel's syscall ABI: number and return in rax, arguments in rdi,
   // rsi, rdx; rcx and r11 are clobbered. "memory": the kernel reads the
   // message, and the store must not move past the syscall.

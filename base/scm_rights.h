@@ -68,8 +68,8 @@ struct MarkBeforeSend {
 // asm block, `mov` then `syscall`; no libc wrapper or sanitizer interceptor
 // between them). A SIGKILL is acted on only at a return to user mode, so a
 // process killed after the store and before the syscall must have been
-// interrupted at exactly that instruction boundary. Elsewhere: a plain store,
-// then SendMsg. The mark is stored once even if EINTR makes the sendmsg
+// interrupted at exactly that instruction boundary. Elsewhere, and under
+// ThreadSanitizer (which must see the send): a plain store, then SendMsg. The mark is stored once even if EINTR makes the sendmsg
 // repeat; the caller restores it if nothing was sent (EAGAIN).
 SendResult SendMsgMarked(int sock, const msghdr& mh, int flags, MarkBeforeSend mark);
 
