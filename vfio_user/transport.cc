@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -108,15 +109,16 @@ absl::Status PrepareMessage(Header hdr, absl::Span<const uint8_t> payload,
 
 absl::Status SendPrepared(int sock, PreparedMessage& m, absl::Duration timeout, MarkBeforeSend mark) {
   const size_t total = m.hdr.msg_size;
-  const absl::Time deadline = timeout == absl::InfiniteDuration() ? absl::InfiniteFuture() : absl::Now() + timeout;
   const uint64_t unmarked = mark.word != nullptr ? *mark.word : 0;
+  std::optional<absl::Time> deadline;  // from the first wait (the common send has none)
   SendResult r;
   for (;;) {
     r = SendMsgMarked(sock, m.mh, MSG_DONTWAIT, mark);
     if (r.ok() || (r.error != EAGAIN && r.error != EWOULDBLOCK)) break;
     // The socket took nothing: not sent, so not marked while waiting.
     if (mark.word != nullptr) *mark.word = unmarked;
-    const int p = PollFor(sock, POLLOUT, deadline);
+    if (!deadline) deadline = timeout == absl::InfiniteDuration() ? absl::InfiniteFuture() : absl::Now() + timeout;
+    const int p = PollFor(sock, POLLOUT, *deadline);
     if (p == 0) return absl::DeadlineExceededError("send timed out");
     if (p < 0) return absl::UnavailableError(absl::StrCat("poll: ", std::strerror(errno)));
   }
