@@ -14,6 +14,7 @@
 #include "avf/fuzz/ops.h"
 #include "avf/testing.h"
 #include "avf/virtchnl.h"
+#include "tests/fuzz/fuzz_reader.h"
 
 namespace {
 
@@ -23,37 +24,14 @@ using emud::avf::fuzz::Op;
 constexpr uint64_t kRamBase = 0x100000;
 constexpr size_t kRamSize = 512 << 10;
 
-class Reader {
- public:
-  Reader(const uint8_t* d, size_t n) : d_(d), n_(n) {}
-  bool done() const { return i_ >= n_; }
-  uint8_t U8() { return i_ < n_ ? d_[i_++] : 0; }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | U8() << 8); }
-  uint32_t U32() { return U16() | static_cast<uint32_t>(U16()) << 16; }
-  std::string Bytes(size_t n) {
-    n = std::min(n, n_ - std::min(n_, i_));
-    std::string s(reinterpret_cast<const char*>(d_ + i_), n);
-    i_ += n;
-    return s;
-  }
-
- private:
-  const uint8_t* d_;
-  size_t n_;
-  size_t i_ = 0;
-};
+using emud::fuzz::Reader;
 
 template <typename T>
 void Add(std::string* s, const T& v) {
   s->append(reinterpret_cast<const char*>(&v), sizeof(T));
 }
 
-void Check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "avf fuzz invariant broken: %s\n", what);
-    std::abort();
-  }
-}
+void Check(bool ok, const char* what) { emud::fuzz::Check(ok, "avf", what); }
 
 struct Rig {
   explicit Rig(testing::FakeDma* d) : dma(*d) {}
@@ -192,13 +170,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         // full 32-bit opcode.
         uint32_t v_op = in.U8();
         if (v_op == 0xFF) v_op = in.U32();
-        std::string body = in.Bytes(in.U16() % (kAqMaxBufSize + 1));
+        std::string body = in.String(in.U16() % (kAqMaxBufSize + 1));
         rig.drv->Send(v_op, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
         break;
       }
       case fuzz::kPoke: {
         uint64_t off = in.U32() % kRamSize;
-        std::string b = in.Bytes(in.U8());
+        std::string b = in.String(in.U8());
         if (rig.dma.Contains(kRamBase + off, b.size())) std::memcpy(rig.dma.At(kRamBase + off), b.data(), b.size());
         break;
       }
@@ -236,7 +214,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case fuzz::kRawAtq: {
-        std::string raw = in.Bytes(kAqDescSize);
+        std::string raw = in.String(kAqDescSize);
         raw.resize(kAqDescSize, '\0');
         AqDesc d = AqDesc::Decode(reinterpret_cast<const uint8_t*>(raw.data()));
         uint16_t tail = in.U16();

@@ -98,10 +98,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 2: {
         uint8_t idx = in.U8();
-        size_t got;
-        const uint8_t* p = in.Bytes(16, &got);
+        absl::Span<const uint8_t> p = in.Bytes(16);
         uint8_t raw[16] = {};
-        std::memcpy(raw, p, got);
+        std::memcpy(raw, p.data(), p.size());
         uint64_t qw0, qw1;
         std::memcpy(&qw0, raw, 8);
         std::memcpy(&qw1, raw + 8, 8);
@@ -117,9 +116,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 4: {
         uint64_t at = kBase + in.U16() % kMemSize;
-        size_t got;
-        const uint8_t* p = in.Bytes(in.U8(), &got);
-        m.Poke(at, p, got);
+        absl::Span<const uint8_t> p = in.Bytes(in.U8());
+        m.Poke(at, p.data(), p.size());
         break;
       }
       case 5: {
