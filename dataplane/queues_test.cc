@@ -1003,6 +1003,17 @@ class TxVlanTest : public QueuesTest {
     t[15] = uint8_t(tag);
     return t;
   }
+  // An IPv4/TCP frame (20-byte headers) with `payload` bytes, for TSO.
+  static std::vector<uint8_t> Tcp(uint32_t payload) {
+    std::vector<uint8_t> f(54 + payload, 0);
+    for (size_t i = 54; i < f.size(); ++i) f[i] = uint8_t(i * 13);
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[23] = 6;
+    f[14 + 20 + 12] = 5 << 4;
+    f[14 + 20 + 13] = 0x18;
+    return f;
+  }
   // An IPv4/UDP frame with the driver's pseudo-header seed in place.
   std::vector<uint8_t> Udp(size_t len) {
     auto f = Frame(len, 9);
@@ -1071,13 +1082,7 @@ TEST_F(TxVlanTest, TagGoesInAfterChecksumsOverTheUntaggedOffsets) {
 
 TEST_F(TxVlanTest, TsoTagsEverySegment) {
   const uint32_t payload = 4000, mss = 1000;
-  std::vector<uint8_t> f(54 + payload, 0);
-  for (size_t i = 54; i < f.size(); ++i) f[i] = uint8_t(i * 13);
-  f[12] = 0x08;
-  f[14] = 0x45;
-  f[23] = 6;
-  f[14 + 20 + 12] = 5 << 4;
-  f[14 + 20 + 13] = 0x18;
+  const std::vector<uint8_t> f = Tcp(payload);
   std::memcpy(At(Buf(0)), f.data(), f.size());
   const uint32_t cmd = (3u << 5) | (1u << 8) | txd::kCmdEop | txd::kCmdRs;
   std::vector<std::vector<uint8_t>> want;
@@ -1109,13 +1114,7 @@ TEST_F(TxVlanTest, TsoTagsEverySegment) {
 // (tagged, padded and TSO-segmented frames alike).
 TEST_F(TxVlanTest, ReusedArenaSendsWhatAFreshOneSends) {
   const uint32_t payload = 3000, mss = 1000;
-  std::vector<uint8_t> f(54 + payload, 0);
-  for (size_t i = 54; i < f.size(); ++i) f[i] = uint8_t(i * 13);
-  f[12] = 0x08;
-  f[14] = 0x45;
-  f[23] = 6;
-  f[14 + 20 + 12] = 5 << 4;
-  f[14 + 20 + 13] = 0x18;
+  const std::vector<uint8_t> f = Tcp(payload);
   std::memcpy(At(Buf(0)), f.data(), f.size());
   auto s = Frame(20, 2);
   std::memcpy(At(Buf(1)), s.data(), s.size());
