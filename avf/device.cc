@@ -88,10 +88,9 @@ absl::Status Device::Init() {
   num_queue_pairs_ = options_.max_queue_pairs;
   link_up_ = options_.link_up;
   link_speed_mbps_ = options_.link_speed_mbps;
-  if (!doorbell_adopted_) {
-    for (uint32_t i = 0; i < kDoorbellFileSize / 4; ++i) doorbell_[i] = 0;
-    doorbell_[kVectorMarkIndex] = kVectorMark;
-  }
+  // A memfd of our own is new, so all zeros already (posix_fallocate of a
+  // new file allocates zeroed pages): only the mark to set.
+  if (!doorbell_adopted_) doorbell_[kVectorMarkIndex] = kVectorMark;
   return InitConfigSpace();
 }
 

@@ -5,6 +5,7 @@
 #ifndef EMUD_AVF_TESTING_H_
 #define EMUD_AVF_TESTING_H_
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -22,10 +23,11 @@ namespace emud::avf::testing {
 // One window of guest RAM at [base, base + size).
 class FakeDma : public vfio_user::DmaMemory {
  public:
-  FakeDma(uint64_t base, size_t size) : base_(base), mem_(size) {}
+  FakeDma(uint64_t base, size_t size) : base_(base), mem_(size), touched_((size / kPage + 64) / 64) {}
 
   absl::StatusOr<uint8_t*> Translate(uint64_t iova, uint64_t len, Access) override {
     if (!Contains(iova, len) || len == 0) return absl::OutOfRangeError("not mapped");
+    Touch(iova, len);
     return mem_.data() + (iova - base_);
   }
   absl::Status Read(uint64_t iova, absl::Span<uint8_t> dst) override {
@@ -37,6 +39,7 @@ class FakeDma : public vfio_user::DmaMemory {
   absl::Status Write(uint64_t iova, absl::Span<const uint8_t> src) override {
     ++writes;
     if (!Contains(iova, src.size())) return absl::OutOfRangeError(absl::StrCat("write ", iova));
+    Touch(iova, src.size());
     std::memcpy(mem_.data() + (iova - base_), src.data(), src.size());
     return absl::OkStatus();
   }
@@ -44,15 +47,42 @@ class FakeDma : public vfio_user::DmaMemory {
   bool Contains(uint64_t iova, uint64_t len) const {
     return iova >= base_ && len <= mem_.size() && iova - base_ <= mem_.size() - len;
   }
-  uint8_t* At(uint64_t iova) { return mem_.data() + (iova - base_); }
+  // The host bytes of [iova, iova + len), which the caller may write.
+  uint8_t* At(uint64_t iova, size_t len = 1) {
+    Touch(iova, len);
+    return mem_.data() + (iova - base_);
+  }
   uint64_t base() const { return base_; }
   size_t size() const { return mem_.size(); }
+
+  // Zeroes every page that may have been written since construction or the
+  // last call (handed out by Translate or At, or written by Write): the
+  // memory is then that of a new FakeDma, at the cost of the pages used (a
+  // fuzzer reuses one per process).
+  void ZeroTouched() {
+    for (size_t w = 0; w < touched_.size(); ++w) {
+      for (uint64_t bits = touched_[w]; bits != 0; bits &= bits - 1) {
+        const size_t off = (w * 64 + static_cast<size_t>(__builtin_ctzll(bits))) * kPage;
+        if (off < mem_.size()) std::memset(mem_.data() + off, 0, std::min(kPage, mem_.size() - off));
+      }
+      touched_[w] = 0;
+    }
+  }
 
   uint64_t reads = 0, writes = 0;
 
  private:
+  static constexpr size_t kPage = 4096;
+  void Touch(uint64_t iova, uint64_t len) {
+    if (iova < base_ || iova - base_ >= mem_.size()) return;
+    const uint64_t first = (iova - base_) / kPage;
+    const uint64_t last = std::min<uint64_t>(iova - base_ + std::max<uint64_t>(len, 1) - 1, mem_.size() - 1) / kPage;
+    for (uint64_t p = first; p <= last; ++p) touched_[p / 64] |= uint64_t{1} << (p % 64);
+  }
+
   uint64_t base_;
   std::vector<uint8_t> mem_;
+  std::vector<uint64_t> touched_;  // a bit per page that may have been written
 };
 
 class FakeIrqs : public vfio_user::InterruptSink {
@@ -118,7 +148,7 @@ class MiniDriver {
     d.cookie_high = v_op;
     if (!msg.empty()) {
       uint64_t buf = atq_bufs_ + atq_ntu_ * kBuf;
-      std::memcpy(dma_->At(buf), msg.data(), std::min<size_t>(msg.size(), kBuf));
+      std::memcpy(dma_->At(buf, kBuf), msg.data(), std::min<size_t>(msg.size(), kBuf));
       d.flags |= kAqFlagBuf | kAqFlagRd | (msg.size() > kAqLargeBuf ? kAqFlagLb : 0);
       d.datalen = static_cast<uint16_t>(msg.size());
       d.addr_high = static_cast<uint32_t>(buf >> 32);
@@ -127,7 +157,7 @@ class MiniDriver {
     SendRaw(d);
   }
   void SendRaw(const AqDesc& d) {
-    d.Encode(dma_->At(atq_ + atq_ntu_ * kAqDescSize));
+    d.Encode(dma_->At(atq_ + atq_ntu_ * kAqDescSize, kAqDescSize));
     atq_ntu_ = (atq_ntu_ + 1) % kLen;
     dev_->WriteReg(kVfAtqt1, atq_ntu_);
   }
@@ -141,10 +171,10 @@ class MiniDriver {
     uint32_t head = dev_->ReadReg(kVfArqh1) & kAqHeadMask;
     if (head == arq_ntc_) return std::nullopt;
     ArqMessage m;
-    m.desc = AqDesc::Decode(dma_->At(arq_ + arq_ntc_ * kAqDescSize));
+    m.desc = AqDesc::Decode(dma_->At(arq_ + arq_ntc_ * kAqDescSize, kAqDescSize));
     m.v_op = m.desc.cookie_high;
     m.v_retval = static_cast<int32_t>(m.desc.cookie_low);
-    uint8_t* b = dma_->At(arq_bufs_ + arq_ntc_ * kBuf);
+    uint8_t* b = dma_->At(arq_bufs_ + arq_ntc_ * kBuf, kBuf);
     m.payload.assign(b, b + std::min<uint32_t>(m.desc.datalen, kBuf));
     ArmArq(arq_ntc_);
     dev_->WriteReg(kVfArqt1, arq_ntc_);
@@ -180,8 +210,8 @@ class MiniDriver {
     uint64_t buf = arq_bufs_ + i * kBuf;
     d.addr_high = static_cast<uint32_t>(buf >> 32);
     d.addr_low = static_cast<uint32_t>(buf);
-    d.Encode(dma_->At(arq_ + i * kAqDescSize));
-    std::memset(dma_->At(buf), 0, kBuf);
+    d.Encode(dma_->At(arq_ + i * kAqDescSize, kAqDescSize));
+    std::memset(dma_->At(buf, kBuf), 0, kBuf);
   }
 
   Device* dev_;

@@ -124,8 +124,8 @@ uint8_t* DmaWindowCache::Slow(vfio_user::DmaMemory& dma, uint64_t iova, uint64_t
 
 // ------------------------------------------------------------------ TX
 
-TxQueue::TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits)
-    : id_(id), hot_(hot), limits_(limits) {
+TxQueue::TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits, std::vector<uint8_t>* arena)
+    : id_(id), hot_(hot), limits_(limits), arena_(arena != nullptr ? arena : &own_arena_) {
   // arena_ is allocated on first use: a worker builds all kMaxQueues queues
   // at start, and a successor's start is on the guest's critical path.
   frames_.reserve(kBatch * 64);
@@ -184,12 +184,13 @@ bool TxQueue::EnsureRing(vfio_user::DmaMemory& dma) {
 }
 
 uint8_t* TxQueue::ArenaAlloc(size_t n, Backend& backend) {
-  if (arena_.empty()) arena_.resize(kArenaSize);
-  if (n > arena_.size()) return nullptr;
-  if (arena_used_ + n > arena_.size()) Flush(backend);
-  uint8_t* p = arena_.data() + arena_used_;
+  std::vector<uint8_t>& arena = *arena_;
+  if (arena.size() != kArenaSize) arena.resize(kArenaSize);
+  if (n > arena.size()) return nullptr;
+  if (arena_used_ + n > arena.size()) Flush(backend);
+  uint8_t* p = arena.data() + arena_used_;
   arena_used_ += (n + 63) & ~size_t{63};
-  if (arena_used_ > arena_.size()) arena_used_ = arena_.size();
+  if (arena_used_ > arena.size()) arena_used_ = arena.size();
   return p;
 }
 

@@ -217,7 +217,11 @@ struct QueueLimits {
 
 class TxQueue {
  public:
-  TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits = {});
+  // `arena`: storage for the batch arena (copies of gathered, offloaded and
+  // segmented frames; 1 MiB, allocated on first use) that the caller owns
+  // and that outlives the queue, so a queue built again reuses it (a fuzzer
+  // builds one per input); null: the queue's own.
+  TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits = {}, std::vector<uint8_t>* arena = nullptr);
 
   // CONFIG_VSI_QUEUES: ring at `ring_addr` of `ring_len` descriptors
   // (0 = unconfigured). Resets the head to 0. INVALID_ARGUMENT for a ring
@@ -322,7 +326,8 @@ class TxQueue {
   };
   std::vector<Completion> completions_;  // RS descriptors to write back
   uint32_t batch_head_ = 0;            // head after the batch's packets
-  std::vector<uint8_t> arena_;
+  std::vector<uint8_t> own_arena_;
+  std::vector<uint8_t>* arena_;  // own_arena_ or the caller's
   size_t arena_used_ = 0;
   std::vector<uint8_t> tso_scratch_;
   // The current packet's buffers; sized once to the per-packet maximum

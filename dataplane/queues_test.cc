@@ -1003,6 +1003,17 @@ class TxVlanTest : public QueuesTest {
     t[15] = uint8_t(tag);
     return t;
   }
+  // An IPv4/TCP frame (20-byte headers) with `payload` bytes, for TSO.
+  static std::vector<uint8_t> Tcp(uint32_t payload) {
+    std::vector<uint8_t> f(54 + payload, 0);
+    for (size_t i = 54; i < f.size(); ++i) f[i] = uint8_t(i * 13);
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[23] = 6;
+    f[14 + 20 + 12] = 5 << 4;
+    f[14 + 20 + 13] = 0x18;
+    return f;
+  }
   // An IPv4/UDP frame with the driver's pseudo-header seed in place.
   std::vector<uint8_t> Udp(size_t len) {
     auto f = Frame(len, 9);
@@ -1071,13 +1082,7 @@ TEST_F(TxVlanTest, TagGoesInAfterChecksumsOverTheUntaggedOffsets) {
 
 TEST_F(TxVlanTest, TsoTagsEverySegment) {
   const uint32_t payload = 4000, mss = 1000;
-  std::vector<uint8_t> f(54 + payload, 0);
-  for (size_t i = 54; i < f.size(); ++i) f[i] = uint8_t(i * 13);
-  f[12] = 0x08;
-  f[14] = 0x45;
-  f[23] = 6;
-  f[14 + 20 + 12] = 5 << 4;
-  f[14 + 20 + 13] = 0x18;
+  const std::vector<uint8_t> f = Tcp(payload);
   std::memcpy(At(Buf(0)), f.data(), f.size());
   const uint32_t cmd = (3u << 5) | (1u << 8) | txd::kCmdEop | txd::kCmdRs;
   std::vector<std::vector<uint8_t>> want;
@@ -1101,6 +1106,40 @@ TEST_F(TxVlanTest, TsoTagsEverySegment) {
       EXPECT_EQ(backend_.sent, want);
     }
   }
+}
+
+// A queue built over a caller's arena (TxQueue's `arena`) that an earlier
+// queue left full of other bytes sends exactly what a queue with its own,
+// fresh arena sends: every arena byte handed to the backend is written first
+// (tagged, padded and TSO-segmented frames alike).
+TEST_F(TxVlanTest, ReusedArenaSendsWhatAFreshOneSends) {
+  const uint32_t payload = 3000, mss = 1000;
+  const std::vector<uint8_t> f = Tcp(payload);
+  std::memcpy(At(Buf(0)), f.data(), f.size());
+  auto s = Frame(20, 2);
+  std::memcpy(At(Buf(1)), s.data(), s.size());
+  const uint32_t tso = (3u << 5) | (1u << 8) | txd::kCmdEop | txd::kCmdRs;
+  std::vector<uint8_t> arena(1 << 20, 0xA5);
+  std::vector<std::vector<uint8_t>> sent[2];
+  for (int pass = 0; pass < 2; ++pass) {
+    const uint64_t r = kTxRing + pass * 0x1000;
+    TxQueue q(uint16_t(pass), state_->tx(pass), {}, pass == 1 ? &arena : nullptr);
+    ASSERT_TRUE(q.Configure(r, 64).ok());
+    ASSERT_TRUE(q.SetEnabled(true).ok());
+    Qw(r) = 0;
+    Qw(r + 8) = txd::ContextQw1(txd::kCtxCmdTso, payload, mss);
+    Qw(r + 16) = Buf(0);
+    Qw(r + 24) = txd::DataQw1(tso | kIl2tag1, txd::Offsets(14, 20, 20), uint32_t(f.size())) |
+                 uint64_t{0xABC} << 48;
+    Qw(r + 32) = Buf(1);
+    Qw(r + 40) = txd::DataQw1(kIl2tag1 | txd::kCmdEop | txd::kCmdRs, 0, 20) | uint64_t{5} << 48;
+    backend_.sent.clear();
+    q.Process(3, dma_, backend_, 64);
+    sent[pass] = backend_.sent;
+  }
+  ASSERT_EQ(sent[0].size(), 4u);  // 3 segments and the padded short frame
+  EXPECT_EQ(sent[1], sent[0]);
+  EXPECT_EQ(sent[1][3].size(), 60u);
 }
 
 // The context descriptor's L2TAG2 (CMD.IL2TAG2, tag in qw0 47:32: DPDK's

@@ -56,6 +56,51 @@ TEST(MemoryStoreTest, PutGetDeleteAndScanInKeyOrder) {
   EXPECT_EQ(GetOr(**env, "b", "p/1"), "other table");
 }
 
+// A write transaction reads its own changes over the committed records
+// (puts, overwrites and deletes merged in key order), while a reader outside
+// it still sees only what was committed.
+TEST(MemoryStoreTest, WriteTransactionReadsItsOwnChanges) {
+  auto env = Env::OpenInMemory(nullptr, Options());
+  ASSERT_TRUE(env.ok());
+  ASSERT_TRUE((*env)->Update([](WriteTxn& txn) -> absl::Status {
+                   for (const char* k : {"p/1", "p/3", "p/5", "q/1"}) {
+                     if (auto s = txn.Put("a", k, "old"); !s.ok()) return s;
+                   }
+                   return absl::OkStatus();
+                 }).ok());
+  std::string inside, get3, get4, outside;
+  ASSERT_TRUE((*env)->Update([&](WriteTxn& txn) -> absl::Status {
+                   if (auto s = txn.Put("a", "p/4", "new"); !s.ok()) return s;
+                   if (auto s = txn.Put("a", "p/1", "new"); !s.ok()) return s;
+                   if (auto s = txn.Delete("a", "p/3"); !s.ok()) return s;
+                   if (auto s = txn.Put("a", "p/0", "new"); !s.ok()) return s;
+                   if (auto s = txn.Put("a", "p/6", "new"); !s.ok()) return s;
+                   if (auto s = txn.Delete("a", "p/6"); !s.ok()) return s;
+                   if (auto s = txn.ForEach("a", "p/", [&](absl::string_view k, absl::string_view v) {
+                         inside += std::string(k) + "=" + std::string(v) + ",";
+                         return absl::OkStatus();
+                       });
+                       !s.ok()) {
+                     return s;
+                   }
+                   auto g3 = txn.Get("a", "p/3");
+                   auto g4 = txn.Get("a", "p/4");
+                   if (!g3.ok() || !g4.ok()) return absl::InternalError("get");
+                   get3 = g3->has_value() ? std::string(**g3) : "<absent>";
+                   get4 = g4->has_value() ? std::string(**g4) : "<absent>";
+                   outside = GetOr(**env, "a", "p/4");
+                   return absl::OkStatus();
+                 }).ok());
+  EXPECT_EQ(inside, "p/0=new,p/1=new,p/4=new,p/5=old,");
+  EXPECT_EQ(get3, "<absent>");
+  EXPECT_EQ(get4, "new");
+  EXPECT_EQ(outside, "<absent>");
+  EXPECT_EQ(GetOr(**env, "a", "p/4"), "new");
+  EXPECT_EQ(GetOr(**env, "a", "p/3"), "<absent>");
+  EXPECT_EQ(GetOr(**env, "a", "p/6"), "<absent>");
+  EXPECT_EQ(GetOr(**env, "a", "q/1"), "old");
+}
+
 TEST(MemoryStoreTest, FailedTransactionLeavesNoTrace) {
   auto env = Env::OpenInMemory(nullptr, Options());
   ASSERT_TRUE(env.ok());

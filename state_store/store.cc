@@ -37,6 +37,35 @@ MemoryTables::Table& MemTable(MemoryTables* m, absl::string_view table) {
 
 }  // namespace
 
+// An in-memory write transaction's changes: table -> key -> the new value,
+// or nullopt for a deleted key.
+struct MemoryDelta {
+  using Table = std::map<std::string, std::optional<std::string>, std::less<>>;
+  std::map<std::string, Table, std::less<>> tables;
+  Table& Changes(absl::string_view table) {
+    auto it = tables.find(table);
+    return it != tables.end() ? it->second : tables[std::string(table)];
+  }
+  // The changes to `table`, or null while it has none.
+  const Table* Find(absl::string_view table) const {
+    auto it = tables.find(table);
+    return it == tables.end() ? nullptr : &it->second;
+  }
+  // Applies the changes to `mem`.
+  void ApplyTo(MemoryTables& mem) {
+    for (auto& [name, changes] : tables) {
+      MemoryTables::Table& t = MemTable(&mem, name);
+      for (auto& [key, value] : changes) {
+        if (value.has_value()) {
+          t.insert_or_assign(key, std::move(*value));
+        } else if (auto it = t.find(key); it != t.end()) {
+          t.erase(it);
+        }
+      }
+    }
+  }
+};
+
 absl::Status LmdbError(int rc, absl::string_view what, absl::string_view where) {
   std::string msg = absl::StrCat(what, " in ", where, ": ", mdb_strerror(rc));
   switch (rc) {
@@ -84,6 +113,12 @@ absl::StatusOr<std::optional<absl::string_view>> ReadTxn::Get(absl::string_view 
     return dbi.status();
   }
   if (mem_ != nullptr) {
+    if (const MemoryDelta::Table* d = delta_ != nullptr ? delta_->Find(table) : nullptr) {
+      if (auto it = d->find(key); it != d->end()) {
+        if (!it->second.has_value()) return std::optional<absl::string_view>();
+        return std::optional<absl::string_view>(*it->second);
+      }
+    }
     const MemoryTables::Table& t = MemTable(mem_, table);
     auto it = t.find(key);
     if (it == t.end()) return std::optional<absl::string_view>();
@@ -102,10 +137,27 @@ absl::Status ReadTxn::ForEach(
   auto dbi = env_->Dbi(table);
   if (!dbi.ok()) return env_->IsMissingTable(table) ? absl::OkStatus() : dbi.status();
   if (mem_ != nullptr) {
+    // The committed records merged, in key order, with the transaction's
+    // changes (which win on equal keys; a deleted key is skipped).
     const MemoryTables::Table& t = MemTable(mem_, table);
-    for (auto it = t.lower_bound(prefix); it != t.end(); ++it) {
-      if (!absl::StartsWith(it->first, prefix)) break;
-      absl::Status s = fn(it->first, it->second);
+    static const MemoryDelta::Table kNoChanges;
+    const MemoryDelta::Table* d = delta_ != nullptr ? delta_->Find(table) : nullptr;
+    if (d == nullptr) d = &kNoChanges;
+    auto b = t.lower_bound(prefix);
+    auto c = d->lower_bound(prefix);
+    for (;;) {
+      const bool in_b = b != t.end() && absl::StartsWith(b->first, prefix);
+      const bool in_c = c != d->end() && absl::StartsWith(c->first, prefix);
+      if (!in_b && !in_c) break;
+      absl::Status s;
+      if (in_c && (!in_b || c->first <= b->first)) {
+        if (in_b && b->first == c->first) ++b;
+        auto cur = c++;
+        if (cur->second.has_value()) s = fn(cur->first, *cur->second);
+      } else {
+        auto cur = b++;
+        s = fn(cur->first, cur->second);
+      }
       if (!s.ok()) return s;
     }
     return absl::OkStatus();
@@ -139,7 +191,7 @@ absl::Status WriteTxn::Put(absl::string_view table, absl::string_view key, absl:
     return absl::InvalidArgumentError(absl::StrCat("key length ", key.size(), " not in 1..511"));
   }
   if (mem_ != nullptr) {
-    MemTable(mem_, table).insert_or_assign(std::string(key), std::string(value));
+    delta_->Changes(table).insert_or_assign(std::string(key), std::string(value));
     return absl::OkStatus();
   }
   MDB_val k = Val(key), v = Val(value);
@@ -152,9 +204,7 @@ absl::Status WriteTxn::Delete(absl::string_view table, absl::string_view key) {
   auto dbi = env_->Dbi(table);
   if (!dbi.ok()) return dbi.status();
   if (mem_ != nullptr) {
-    MemoryTables::Table& t = MemTable(mem_, table);
-    auto it = t.find(key);
-    if (it != t.end()) t.erase(it);
+    delta_->Changes(table).insert_or_assign(std::string(key), std::nullopt);
     return absl::OkStatus();
   }
   MDB_val k = Val(key);
@@ -512,17 +562,15 @@ absl::Status Env::Update(absl::FunctionRef<absl::Status(WriteTxn&)> fn) {
   absl::MutexLock write_lock(&write_mu_);
   if (mem_ != nullptr) {
     absl::Time start = absl::Now();
-    MemoryTables staging;
-    {
-      absl::ReaderMutexLock lock(&mem_mu_);
-      staging = *mem_;
-    }
-    WriteTxn w(this, &staging);
+    // The committed tables change only here, under write_mu_, so the
+    // transaction reads them without mem_mu_.
+    MemoryDelta delta;
+    WriteTxn w(this, mem_.get(), &delta);
     absl::Status s = fn(w);
     if (!s.ok()) return s;
     {
       absl::MutexLock lock(&mem_mu_);
-      *mem_ = std::move(staging);
+      delta.ApplyTo(*mem_);
     }
     if (options_.on_commit) options_.on_commit(absl::Now() - start);
     return absl::OkStatus();

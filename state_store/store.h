@@ -48,6 +48,9 @@ struct MemoryTables {
   std::map<std::string, Table, std::less<>> tables;
 };
 
+// What an in-memory write transaction changed, not committed yet (store.cc).
+struct MemoryDelta;
+
 // A schema migration moves every record of an Env from version `from` to
 // `from + 1`. It runs inside the write transaction that also bumps the stored
 // schema version, so a crash mid-migration leaves the old version intact.
@@ -90,10 +93,12 @@ class ReadTxn {
  protected:
   friend class Env;
   ReadTxn(const class Env* env, MDB_txn* txn) : env_(env), txn_(txn) {}
-  ReadTxn(const class Env* env, MemoryTables* mem) : env_(env), txn_(nullptr), mem_(mem) {}
+  ReadTxn(const class Env* env, MemoryTables* mem, MemoryDelta* delta = nullptr)
+      : env_(env), txn_(nullptr), mem_(mem), delta_(delta) {}
   const class Env* env_;
   MDB_txn* txn_;
-  MemoryTables* mem_ = nullptr;  // OpenInMemory: the transaction's tables
+  MemoryTables* mem_ = nullptr;  // OpenInMemory: the committed tables
+  MemoryDelta* delta_ = nullptr;  // OpenInMemory write transaction: its changes over mem_
 };
 
 class WriteTxn : public ReadTxn {
@@ -127,8 +132,9 @@ class Env {
                                                            std::vector<std::string> tables);
   // An Env without LMDB or directory over `tables` (created empty if
   // null): the same tables, schema check, migrations and transactions (a
-  // write transaction works on a copy of the tables that replaces them when
-  // fn succeeds, so a failed fn leaves no trace). For fuzzers and tests of
+  // write transaction collects its changes over the committed tables, which
+  // it reads through them, and applies them when fn succeeds, so a failed fn
+  // leaves no trace; a commit costs what it changed, not the tables' size). For fuzzers and tests of
   // what is stored, not of how: no map size, no stale readers, no crash
   // survival beyond the process. dir() is "memory:".
   static absl::StatusOr<std::unique_ptr<Env>> OpenInMemory(std::shared_ptr<MemoryTables> tables,

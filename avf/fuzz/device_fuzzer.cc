@@ -14,6 +14,7 @@
 #include "avf/fuzz/ops.h"
 #include "avf/testing.h"
 #include "avf/virtchnl.h"
+#include "tests/fuzz/fuzz_reader.h"
 
 namespace {
 
@@ -23,37 +24,14 @@ using emud::avf::fuzz::Op;
 constexpr uint64_t kRamBase = 0x100000;
 constexpr size_t kRamSize = 512 << 10;
 
-class Reader {
- public:
-  Reader(const uint8_t* d, size_t n) : d_(d), n_(n) {}
-  bool done() const { return i_ >= n_; }
-  uint8_t U8() { return i_ < n_ ? d_[i_++] : 0; }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | U8() << 8); }
-  uint32_t U32() { return U16() | static_cast<uint32_t>(U16()) << 16; }
-  std::string Bytes(size_t n) {
-    n = std::min(n, n_ - std::min(n_, i_));
-    std::string s(reinterpret_cast<const char*>(d_ + i_), n);
-    i_ += n;
-    return s;
-  }
-
- private:
-  const uint8_t* d_;
-  size_t n_;
-  size_t i_ = 0;
-};
+using emud::fuzz::Reader;
 
 template <typename T>
 void Add(std::string* s, const T& v) {
   s->append(reinterpret_cast<const char*>(&v), sizeof(T));
 }
 
-void Check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "avf fuzz invariant broken: %s\n", what);
-    std::abort();
-  }
-}
+void Check(bool ok, const char* what) { emud::fuzz::Check(ok, "avf", what); }
 
 struct Rig {
   explicit Rig(testing::FakeDma* d) : dma(*d) {}
@@ -136,21 +114,22 @@ struct Rig {
   void CheckInvariants(bool memo) {
     if (memo) Check(dev->SaveCacheConsistentForTest(), "persistence memo stale");
     Check(dev->ReadReg(kVfAtqh1) < 1024, "ATQH out of range");
-    Check(dev->num_queue_pairs() >= 1 && dev->num_queue_pairs() <= kMaxQueuePairs, "queue count");
+    const uint32_t pairs = dev->num_queue_pairs(), vectors = dev->msix_vectors();
+    Check(pairs >= 1 && pairs <= kMaxQueuePairs, "queue count");
     for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
       const TxQueueContext& t = dev->tx_queue(q);
       const RxQueueContext& r = dev->rx_queue(q);
       Check(!t.enabled || t.configured, "enabled TX queue without ring");
       Check(!r.enabled || r.configured, "enabled RX queue without ring");
       if (t.configured) {
-        Check(q < dev->num_queue_pairs(), "TX queue beyond the granted ones");
+        Check(q < pairs, "TX queue beyond the granted ones");
         Check(dma.Contains(t.ring_addr, uint64_t{t.ring_len} * 16), "TX ring outside the DMA map");
       }
       if (r.configured) {
         Check(dma.Contains(r.ring_addr, uint64_t{r.ring_len} * 32), "RX ring outside the DMA map");
         Check(r.buffer_size >= 1024 && r.buffer_size <= 16256 && r.max_frame <= kMaxFrameSize, "RX sizes");
       }
-      Check(t.msix_vector < dev->msix_vectors() && r.msix_vector < dev->msix_vectors(), "vector");
+      Check(t.msix_vector < vectors && r.msix_vector < vectors, "vector");
     }
   }
 };
@@ -162,10 +141,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Reader in(data, size);
   const uint8_t flags = in.U8();
   // Guest RAM outlives the input (a fresh 512 KiB per input costs more page
-  // faults than the whole run); it is zeroed, so every input starts from
-  // the same memory as a fresh one would.
+  // faults than the whole run); the pages the last input touched are
+  // zeroed, so every input starts from the same memory as a fresh one would.
   static testing::FakeDma* dma = new testing::FakeDma(kRamBase, kRamSize);
-  std::memset(dma->At(kRamBase), 0, kRamSize);
+  dma->ZeroTouched();
   Rig rig(dma);
   DeviceOptions o;
   o.mapped_doorbells = (flags & 2) != 0;
@@ -192,14 +171,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         // full 32-bit opcode.
         uint32_t v_op = in.U8();
         if (v_op == 0xFF) v_op = in.U32();
-        std::string body = in.Bytes(in.U16() % (kAqMaxBufSize + 1));
+        std::string body = in.String(in.U16() % (kAqMaxBufSize + 1));
         rig.drv->Send(v_op, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
         break;
       }
       case fuzz::kPoke: {
         uint64_t off = in.U32() % kRamSize;
-        std::string b = in.Bytes(in.U8());
-        if (rig.dma.Contains(kRamBase + off, b.size())) std::memcpy(rig.dma.At(kRamBase + off), b.data(), b.size());
+        std::string b = in.String(in.U8());
+        if (rig.dma.Contains(kRamBase + off, b.size())) std::memcpy(rig.dma.At(kRamBase + off, b.size()), b.data(), b.size());
         break;
       }
       case fuzz::kDrain:
@@ -236,11 +215,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case fuzz::kRawAtq: {
-        std::string raw = in.Bytes(kAqDescSize);
+        std::string raw = in.String(kAqDescSize);
         raw.resize(kAqDescSize, '\0');
         AqDesc d = AqDesc::Decode(reinterpret_cast<const uint8_t*>(raw.data()));
         uint16_t tail = in.U16();
-        d.Encode(rig.dma.At(rig.drv->atq() + (tail % testing::MiniDriver::kLen) * kAqDescSize));
+        d.Encode(rig.dma.At(rig.drv->atq() + (tail % testing::MiniDriver::kLen) * kAqDescSize, kAqDescSize));
         rig.dev->WriteReg(kVfAtqt1, tail);
         break;
       }

@@ -1,5 +1,5 @@
-// Byte reader and guest memory shared by the data-path fuzzers
-// (tx_fuzzer.cc, rx_fuzzer.cc).
+// Guest memory shared by the data-path fuzzers (tx_fuzzer.cc,
+// rx_fuzzer.cc); their input reader is tests/fuzz/fuzz_reader.h.
 #ifndef EMUD_DATAPLANE_FUZZ_FUZZ_INPUT_H_
 #define EMUD_DATAPLANE_FUZZ_FUZZ_INPUT_H_
 
@@ -10,37 +10,13 @@
 #include <vector>
 
 #include "dataplane/simple_dma.h"
+#include "tests/fuzz/fuzz_reader.h"
 
 namespace emud::dataplane::fuzz {
 
-class Reader {
- public:
-  Reader(const uint8_t* d, size_t n) : d_(d), n_(n) {}
-  bool done() const { return i_ >= n_; }
-  uint8_t U8() { return i_ < n_ ? d_[i_++] : 0; }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | U8() << 8); }
-  uint32_t U32() { return U16() | static_cast<uint32_t>(U16()) << 16; }
-  uint64_t U64() { return U32() | static_cast<uint64_t>(U32()) << 32; }
-  // Up to n bytes (fewer at the end of the input).
-  const uint8_t* Bytes(size_t n, size_t* got) {
-    *got = std::min(n, n_ - std::min(n_, i_));
-    const uint8_t* p = d_ + std::min(i_, n_);
-    i_ += *got;
-    return p;
-  }
+using ::emud::fuzz::Reader;
 
- private:
-  const uint8_t* d_;
-  size_t n_;
-  size_t i_ = 0;
-};
-
-inline void Check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "data-path fuzz invariant broken: %s\n", what);
-    std::abort();
-  }
-}
+inline void Check(bool ok, const char* what) { ::emud::fuzz::Check(ok, "data-path", what); }
 
 // Guest memory: one writable window of kMemSize at kBase whose host buffer
 // ends exactly where the window does (ASan sees any access past it), and a

@@ -70,9 +70,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 1: {
         uint8_t idx = in.U8();
-        size_t got;
-        const uint8_t* p = in.Bytes(32, &got);
-        m.Poke(kRing + uint64_t{idx % (ring_len ? ring_len : 8)} * 32, p, got);
+        absl::Span<const uint8_t> p = in.Bytes(32);
+        m.Poke(kRing + uint64_t{idx % (ring_len ? ring_len : 8)} * 32, p.data(), p.size());
         break;
       }
       case 2: {

@@ -29,18 +29,14 @@
 
 #include "base/scm_rights.h"
 #include "fdstore/fd_store.h"
+#include "tests/fuzz/fuzz_reader.h"
 
 namespace {
 
 using namespace emud;
 using namespace emud::fdstore;
 
-void Check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "fd store fuzz invariant broken: %s\n", what);
-    std::abort();
-  }
-}
+void Check(bool ok, const char* what) { emud::fuzz::Check(ok, "fd store", what); }
 
 int LowestFreeFd() {
   int fd = ::dup(0);
@@ -58,14 +54,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     UniqueFd store_end(sv[0]), worker_end(sv[1]);
     FdStore store;
     std::string device;
-    size_t off = 0;
-    for (int n = 0; off + 3 <= size && n < 128; ++n) {
-      const uint8_t tag = data[off];
-      size_t len = data[off + 1] | (size_t{data[off + 2]} << 8);
-      off += 3;
-      len = std::min(len, size - off);
-      const uint8_t* p = data + off;
-      off += len;
+    emud::fuzz::Reader in(data, size);
+    for (int n = 0; in.remaining() >= 3 && n < 128; ++n) {
+      const uint8_t tag = in.U8();
+      absl::Span<const uint8_t> bytes = in.Bytes(in.U16());
+      const uint8_t* p = bytes.data();
+      const size_t len = bytes.size();
       std::vector<UniqueFd> fds;
       if (tag & 1) fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
       if (tag & 2) fds.emplace_back(::eventfd(0, EFD_CLOEXEC));

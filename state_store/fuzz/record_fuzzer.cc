@@ -31,6 +31,7 @@
 #include "avf/device.h"
 #include "state_store/record.h"
 #include "state_store/store.h"
+#include "tests/fuzz/fuzz_reader.h"
 #include "vfio_user/device_records.h"
 #include "vfio_user/dma_table.h"
 #include "vfio_user/irq_state.h"
@@ -42,31 +43,7 @@ namespace {
 using namespace emud;
 using namespace emud::state_store;
 
-void Check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "state store fuzz invariant broken: %s\n", what);
-    std::abort();
-  }
-}
-
-class Reader {
- public:
-  Reader(const uint8_t* d, size_t n) : d_(d), n_(n) {}
-  bool done() const { return i_ >= n_; }
-  uint8_t U8() { return i_ < n_ ? d_[i_++] : 0; }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | U8() << 8); }
-  std::string Bytes(size_t n) {
-    n = std::min(n, n_ - std::min(n_, i_));
-    std::string s(reinterpret_cast<const char*>(d_ + i_), n);
-    i_ += n;
-    return s;
-  }
-
- private:
-  const uint8_t* d_;
-  size_t n_;
-  size_t i_ = 0;
-};
+void Check(bool ok, const char* what) { emud::fuzz::Check(ok, "state store", what); }
 
 // The migration a schema bump would bring: every DMA window record of the
 // session table decoded and written back (re-encoded).
@@ -111,16 +88,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   (void)quiet;
   if (size == 0) return 0;
-  Reader in(data, size);
+  emud::fuzz::Reader in(data, size);
   const uint8_t flags = in.U8();
   auto tables = std::make_shared<MemoryTables>();
   const char* names[] = {vfio_user::session_store::kTable, avf::Device::kStateTable, "__meta"};
-  if (flags & 1) tables->tables["__meta"]["schema_version"] = in.Bytes(4);
+  if (flags & 1) tables->tables["__meta"]["schema_version"] = in.String(4);
   vfio_user::MapDeviceRecords avf_records;
   for (int n = 0; !in.done() && n < 64; ++n) {
     uint8_t t = in.U8() % 3;
-    std::string key = in.Bytes(in.U8());
-    std::string value = in.Bytes(in.U16() % 2048);
+    std::string key = in.String(in.U8());
+    std::string value = in.String(in.U16() % 2048);
     if (key.empty()) continue;
     tables->tables[names[t]][key] = value;
     if (t == 1) (void)avf_records.Put(key, value);

@@ -11,7 +11,8 @@
 #                                           work corpus $OUT/work-NAME
 #   tests/fuzz/fuzz.sh merge NAME           minimises work corpus + checked-in
 #                                           corpus into the checked-in corpus
-#                                           (libFuzzer -merge=1)
+#                                           (libFuzzer -merge=1; regress-* files
+#                                           are kept by name)
 #
 # Env: FUZZ_OUT (build and work dir, default /dev/shm/emud-fuzz-$UID), CXX.
 # Exit status of run/campaign: 0 = no crash. A crash is left as
@@ -70,7 +71,9 @@ case "$cmd" in
     rm -rf "$tmp"
     mkdir -p "$tmp"
     (cd "$OUT" && nice -n 19 "./$name" -merge=1 "${common[@]}" "$tmp" "$corpus" "$work" 2>&1 | tail -n 3)
-    rm -f "$corpus"/*
+    # Named regression inputs (regress-*) stay as they are; the rest is
+    # replaced by the minimised set.
+    find "$corpus" -maxdepth 1 -type f ! -name 'regress-*' -delete
     cp "$tmp"/* "$corpus"/ 2>/dev/null || true
     echo "$name: $(ls "$corpus" | wc -l) inputs, $(du -sh "$corpus" | cut -f1) in $CORPUS_DIR"
     ;;

@@ -37,6 +37,7 @@
 #include "vfio_user/protocol.h"
 #include "vfio_user/session.h"
 #include "vfio_user/session_store.h"
+#include "tests/fuzz/fuzz_reader.h"
 #include "worker_api/fd_keys.h"
 
 namespace {
@@ -101,12 +102,7 @@ class FakeFdStore : public FdDepositor {
   std::map<std::string, emud::UniqueFd, std::less<>> fds_;
 };
 
-void Check(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "session fuzz invariant broken: %s\n", what);
-    std::abort();
-  }
-}
+void Check(bool ok, const char* what) { emud::fuzz::Check(ok, "session", what); }
 
 // A session with its device, store and fd store, and what a crash needs to
 // bring a successor up.
@@ -160,11 +156,13 @@ void Pump(Rig& r, int client) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
-  const uint8_t mode = data[0];
-  size_t off = 1;
+  emud::fuzz::Reader in(data, size);
+  const uint8_t mode = in.U8();
   if (mode & 2) {
-    (void)ParseCapabilities(std::string(reinterpret_cast<const char*>(data + 1), size - 1));
-    (void)DecodeVersion(absl::MakeConstSpan(data + 1, size - 1));
+    emud::fuzz::Reader rest = in;
+    const std::string all = rest.String(rest.remaining());
+    (void)ParseCapabilities(all);
+    (void)DecodeVersion(absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(all.data()), all.size()));
   }
   Rig rig;
   auto dev = ExampleDevice::Create();
@@ -198,7 +196,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     opts.crash_consistent = true;
     opts.journal_path = journal;
     opts.fd_depositor = &rig.fd_store;
-    const uint8_t crash = off < size ? data[off++] : 0;
+    const uint8_t crash = in.U8();
     rig.crash_stage = crash % 7;
     rig.crash_nth = crash / 7 + 1;
     opts.crash_point = [&rig](int stage) {
@@ -227,13 +225,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Pump(rig, client.get());
     Drain(client.get());
   }
-  while (off + 3 <= size && rig.session != nullptr && rig.session->connected()) {
-    uint8_t tag = data[off];
-    size_t len = data[off + 1] | (size_t{data[off + 2]} << 8);
-    off += 3;
-    len = std::min(len, size - off);
-    SendChunk(client.get(), data + off, len, tag);
-    off += len;
+  while (in.remaining() >= 3 && rig.session != nullptr && rig.session->connected()) {
+    const uint8_t tag = in.U8();
+    absl::Span<const uint8_t> chunk = in.Bytes(in.U16());
+    SendChunk(client.get(), chunk.data(), chunk.size(), tag);
     if (tag & 0x80) {
       Pump(rig, client.get());
       Drain(client.get());
