@@ -50,8 +50,10 @@ fuzz_build() {
   local cflags libs san
   cflags="$(pkg-config --cflags $modules) -std=c++20 -g -O2 -I. -I$out/gen -Wno-deprecated-declarations"
   libs="$(pkg-config --libs $modules) -lpthread"
-  san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
-  san+=" -fsanitize-coverage-ignorelist=tests/fuzz/coverage_ignore.txt"
+  # FUZZ_SANITIZERS: the sanitizers besides libFuzzer (default address,undefined).
+  local sans=${FUZZ_SANITIZERS:-address,undefined}
+  san="-fsanitize=fuzzer,$sans -fno-sanitize-recover=undefined"
+  san+=" -fsanitize-coverage-ignorelist=tests/fuzz/coverage_ignore.txt ${FUZZ_COVERAGE_FLAGS:-}"
 
   local hash
   hash=$( (cat "${files[@]}" tests/fuzz/lib.sh tests/fuzz/coverage_ignore.txt; echo "$cxx $san $cflags ${srcs[*]}") | sha256sum | cut -c1-16)
@@ -74,7 +76,7 @@ fuzz_build() {
     objs+=("$obj")
     rm -f "$obj"
     while (($(jobs -rp | wc -l) >= jobs)); do wait -n || true; done
-    $cxx $cflags -fsanitize=address,undefined -c "$out/gen/${proto%.proto}.pb.cc" -o "$obj" &
+    $cxx $cflags -fsanitize=$sans -c "$out/gen/${proto%.proto}.pb.cc" -o "$obj" &
   done
   for src in "${srcs[@]}"; do
     obj="$out/obj-$name/$(echo "$src" | tr / _).o"
