@@ -127,7 +127,11 @@ struct Rig {
       }
       if (r.configured) {
         Check(dma.Contains(r.ring_addr, uint64_t{r.ring_len} * 32), "RX ring outside the DMA map");
-        Check(r.buffer_size >= 1024 && r.buffer_size <= 16256 && r.max_frame <= kMaxFrameSize, "RX sizes");
+        // CONFIG_VSI_QUEUES' floor is 128 bytes, as i40e's (Linux >= 6.10
+        // sizes buffers from the MTU), and buffers are whole 128-byte units.
+        Check(r.buffer_size >= 128 && r.buffer_size <= 16256 && r.buffer_size % 128 == 0 &&
+                  r.max_frame >= 64 && r.max_frame <= kMaxFrameSize,
+              "RX sizes");
       }
       Check(t.msix_vector < vectors && r.msix_vector < vectors, "vector");
     }
