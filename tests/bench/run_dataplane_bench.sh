@@ -76,10 +76,11 @@ rows = [dict(re.findall(r'(\w+)=([^\s]+)', l)) | {'kind': l.split()[1]}
 def mmm(v):
     v = sorted(v); return f"min={v[0]:.2f} median={statistics.median(v):.2f} max={v[-1]:.2f}"
 mem = {}
-ring_copy_ns = None
+ring_copy_ns = ring_copy_nt_ns = None
 for r in rows:
     if r['kind'] == 'memcpy': mem[r['working_set']] = float(r['median'])
     if r['kind'] == 'memcpy_frames': ring_copy_ns = float(r['median'])
+    if r['kind'] == 'memcpy_frames_nt': ring_copy_nt_ns = float(r['median'])
 dpdk = {}
 for r in rows:
     if r['kind'] == 'dpdk_vhost':
@@ -165,6 +166,8 @@ for db in ('mmap', 'trap'):
         ns = statistics.median([1e3 / m for _, m in vals])
         line = f"1518 B vs in-cache memcpy, {db} doorbells: {mmm(r)} (target >= 0.5); {ns:.0f} ns/frame"
         if ring_copy_ns: line += f", of which the copy between ring-laid-out buffers alone is {ring_copy_ns:.0f} ns"
+        if ring_copy_nt_ns: line += f" ({ring_copy_nt_ns:.0f} ns with non-temporal stores)"
+        line += f"; the target needs <= {1518 / (0.5 * incache):.0f} ns/frame"
         print(line)
     else:
         print(f"1518 B vs in-cache memcpy, {db} doorbells: NA")
