@@ -391,12 +391,6 @@ double MemcpyGBps(size_t working_set, double seconds) {
   return bytes / std::chrono::duration<double>(now - start).count() / 1e9;
 }
 
-// The copy a 1518-B frame costs between buffers laid out as the rings lay
-// them out: `bufs` TX buffers and `bufs` RX buffers of kBufSize, each frame
-// copied from the next TX buffer into the next RX buffer. With 1024-entry
-// rings that is ~3 MiB of buffers touched per lap: more than one core's L2
-// on the CI machine (2 MiB), so this is the floor a device pays per frame
-// however little else it does. ns per frame.
 // Copies len bytes with non-temporal stores for every whole 64-byte line of
 // a 64-byte-aligned dst (no read-for-ownership of the RX buffer's lines; they
 // go to memory, not to the copying core's cache), the rest with memcpy.
