@@ -42,6 +42,10 @@ inline void PrefetchForWrite(const volatile void* p) {
 #endif
 }
 
+// Frames from this size on have the RX buffer two frames ahead prefetched
+// (DeliverFast).
+constexpr size_t kDeepPrefetchMin = 1024;
+
 // An 802.1Q tag (TPID 0x8100, TCI `tci`) at `p`.
 inline void PutVlanTag(uint8_t* p, uint16_t tci) {
   p[0] = 0x81;
@@ -685,12 +689,20 @@ RxQueue::DeliverResult RxQueue::DeliverFast(FrameView frame, uint32_t tail,
       wrote_back_ = true;
       Count(hot_->packets, 1);
       Count(hot_->bytes, len);
-      // The next buffer, if posted and in the window: ask for its lines
+      // A later buffer, if posted and in the window: ask for its lines
       // (as many as this frame filled) now, so that their ownership
-      // transfers overlap the next frame's other work instead of stalling
-      // its copy's stores. A hint only: nothing is read or written there.
-      if (avail > 1) {
-        const uint64_t addr = LoadQw(&ring_[next * 4]);
+      // transfers overlap other frames' work instead of stalling a copy's
+      // stores. A hint only: nothing is read or written there. The next
+      // buffer for small frames; for frames of 1 KiB and more, whose copy
+      // is most of their cost, the one after it, so each buffer's lines
+      // have a whole frame more to arrive (with the loopback's prefetch of
+      // the next TX frame, 1518 B, 512-entry rings: +4-9% in three A/B
+      // runs; at 64 B the deeper lead cost ~5%, hence the threshold).
+      const uint32_t lead = len >= kDeepPrefetchMin ? 2 : 1;
+      if (avail > lead) {
+        uint32_t later = h + lead;
+        if (later >= n) later -= n;
+        const uint64_t addr = LoadQw(&ring_[later * 4]);
         if (uint8_t* q = buf_window_.Peek(addr, len)) {
           for (size_t o = 0; o < len; o += 64) PrefetchForWrite(q + o);
         }
