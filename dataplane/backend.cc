@@ -24,6 +24,7 @@ class LoopbackBackend : public Backend {
       }
       if (sink_ != nullptr && sink_->Deliver(queue, frames[i])) ++delivered;
     }
+    if (sink_ != nullptr) sink_->EndBurst(queue);
     if (delivered > 0) {
       AtomicBackendCounters::Add(counters_.rx_frames, delivered);
       AtomicBackendCounters::Add(counters_.tx_frames, delivered);

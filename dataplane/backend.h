@@ -44,6 +44,11 @@ class FrameSink {
   // A frame refused by a filter is "taken" (return true) and counted by the
   // sink.
   virtual bool Deliver(uint16_t queue, FrameView frame) = 0;
+  // The backend has offered what it had for `queue` for now (the end of a
+  // Send or a Poll). A sink may hold back descriptor write-backs between
+  // Deliver calls; by the return of this call every frame taken is visible
+  // to the guest, so a loopback TX queue may then write its completions.
+  virtual void EndBurst(uint16_t queue) { (void)queue; }
 };
 
 struct BackendCounters {

@@ -60,6 +60,7 @@ class PeerBackend : public Backend {
       in_->Pop();
       ++taken;
     }
+    if (taken > 0 && sink_ != nullptr) sink_->EndBurst(0);
     AtomicBackendCounters::Add(counters_.rx_frames, taken);
     counters_.rx_errors.store(in_->errors() + (out_errors_.load(std::memory_order_relaxed)),
                               std::memory_order_relaxed);

@@ -91,6 +91,7 @@ class TapBackend : public Backend {
       stage.Release();
       ++taken;
     }
+    if (taken && sink_ != nullptr) sink_->EndBurst(uint16_t(queue));
     if (taken) AtomicBackendCounters::Add(counters_.rx_frames, taken);
     return taken;
   }

@@ -408,16 +408,21 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   if (options_.rx_checksum) {
     csum_bits = rxd::FromRxCsum(CheckRxChecksums(frame));
   }
+  // A write-back may be held until the next frame's on this queue or the
+  // end of the burst (RxQueue::Deliver: one transfer of a descriptor line
+  // from the polling guest's core for two frames).
   RxQueue::DeliverResult res = rx.Deliver(frame, RxTail(lane, q, false), *dma, csum_bits,
-                                          hash.has_value(), hash.value_or(0), l2tag1);
+                                          hash.has_value(), hash.value_or(0), l2tag1,
+                                          /*may_hold=*/true);
   if (res == RxQueue::DeliverResult::kNoBuffers) {
     // Nothing was written: look at the live tail once before giving up.
     const uint32_t cached = lane.rx_tail_cache[q];
     if (RxTail(lane, q, true) != cached) {
       res = rx.Deliver(frame, lane.rx_tail_cache[q], *dma, csum_bits, hash.has_value(),
-                       hash.value_or(0), l2tag1);
+                       hash.value_or(0), l2tag1, /*may_hold=*/true);
     }
   }
+  if (rx.holding()) lane.rx_held |= uint64_t{1} << q;
   switch (res) {
     case RxQueue::DeliverResult::kDelivered:
       lane.rx_irq |= uint64_t{1} << q;
@@ -435,6 +440,13 @@ bool DataPath::Deliver(uint16_t queue, FrameView frame) {
       return false;
   }
   return true;
+}
+
+void DataPath::EndBurst(uint16_t queue) { FlushHeld(*lanes_[LaneOf(queue)]); }
+
+void DataPath::FlushHeld(Lane& lane) {
+  for (uint64_t m = lane.rx_held; m != 0; m &= m - 1) rx_[__builtin_ctzll(m)]->FlushHeld();
+  lane.rx_held = 0;
 }
 
 uint32_t DataPath::RxTail(Lane& lane, uint32_t q, bool refresh) {
@@ -489,6 +501,7 @@ bool DataPath::Round(Lane& lane) {
       if (backend_->Poll(options_.rx_budget, k) > 0) work = true;
     }
   }
+  FlushHeld(lane);  // a backend that did not end its burst
   lane.rx_tail_valid = 0;  // a Deliver outside a round reads the live tail
   return work;
 }

@@ -157,6 +157,7 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
 
   // ---- FrameSink (frames from the backend) ----
   bool Deliver(uint16_t queue, FrameView frame) override;
+  void EndBurst(uint16_t queue) override;
 
   const MacFilter& filter() const { return filter_; }
   uint64_t filtered() const { return counters_->rx_filtered.load(std::memory_order_relaxed); }
@@ -174,6 +175,10 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
     std::atomic<uint64_t> kicked{0};  // trapped TX doorbells since the last round
     uint64_t tx_irq = 0;              // queues with write-backs this round
     uint64_t rx_irq = 0;
+    // RX queues holding a descriptor write-back (RxQueue::Deliver's
+    // may_hold), written at the end of the backend's burst (EndBurst) and,
+    // as a backstop, at the end of the round.
+    uint64_t rx_held = 0;
     // RX tails read once per round (bit q valid), not once per frame: with
     // mapped doorbells the tail sits on a cache line the guest's CPU keeps
     // writing, and a load per frame cost about half the worker's cycles at
@@ -194,6 +199,7 @@ class DataPath : public avf::DataPathHooks, public FrameSink {
   };
   __attribute__((noinline)) bool VlanRx(Lane& lane, FrameView* frame, uint32_t* l2tag1);
   bool Round(Lane& lane);
+  void FlushHeld(Lane& lane);
   void LaneMain(Lane& lane);
   void Wake(Lane& lane);
   void PostInterrupts(Lane& lane);

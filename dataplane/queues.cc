@@ -521,6 +521,7 @@ absl::Status RxQueue::Configure(uint64_t ring_addr, uint32_t ring_len, uint32_t 
   if (ring_len != 0 && (max_pkt_size < 64 || max_pkt_size > limits_.max_frame)) {
     return absl::InvalidArgumentError(absl::StrCat("RX max packet size ", max_pkt_size));
   }
+  FlushHeld();
   hot_->enabled.store(0);
   hot_->ring_addr = ring_addr;
   hot_->ring_len = ring_len;
@@ -538,11 +539,13 @@ absl::Status RxQueue::SetEnabled(bool on) {
   if (on && hot_->ring_len == 0) {
     return absl::FailedPreconditionError(absl::StrCat("RX queue ", id_, " not configured"));
   }
+  FlushHeld();
   hot_->enabled.store(on ? 1 : 0, std::memory_order_release);
   return absl::OkStatus();
 }
 
 void RxQueue::OnDmaUnmap(uint64_t iova, uint64_t size) {
+  FlushHeld();  // the ring is still mapped until this returns
   buf_window_.Clear();
   if (RangesOverlap(iova, size, hot_->ring_addr, uint64_t{hot_->ring_len} * 32)) ring_ = nullptr;
 }
@@ -632,19 +635,30 @@ void RxQueue::WriteErrorDesc(volatile uint64_t* d) {
   StoreQw(&d[1], wb.qw1);  // release: DD last
 }
 
+void RxQueue::WriteHeld() {
+  volatile uint64_t* d = held_desc_;
+  held_desc_ = nullptr;
+  StoreQwRelaxed(&d[0], held_qw_[0]);
+  StoreQwRelaxed(&d[2], 0);
+  StoreQwRelaxed(&d[3], held_qw_[2]);
+  StoreQw(&d[1], held_qw_[1]);  // release: DD last
+  hot_->head.store(held_next_, std::memory_order_release);
+}
+
 RxQueue::DeliverResult RxQueue::Deliver(FrameView frame, uint32_t tail,
                                         vfio_user::DmaMemory& dma, uint64_t csum_bits,
-                                        bool has_rss_hash, uint32_t rss_hash, uint32_t l2tag1) {
+                                        bool has_rss_hash, uint32_t rss_hash, uint32_t l2tag1,
+                                        bool may_hold) {
   switch (fmt_) {
     case RxDescFormat::kLegacy:
       return DeliverFast<RxDescFormat::kLegacy>(frame, tail, dma, csum_bits, has_rss_hash,
-                                                rss_hash, l2tag1);
+                                                rss_hash, l2tag1, may_hold);
     case RxDescFormat::kFlexNic:
       return DeliverFast<RxDescFormat::kFlexNic>(frame, tail, dma, csum_bits, has_rss_hash,
-                                                 rss_hash, l2tag1);
+                                                 rss_hash, l2tag1, may_hold);
     case RxDescFormat::kFlexOvs:
       return DeliverFast<RxDescFormat::kFlexOvs>(frame, tail, dma, csum_bits, has_rss_hash,
-                                                 rss_hash, l2tag1);
+                                                 rss_hash, l2tag1, may_hold);
   }
   return DeliverResult::kDropped;
 }
@@ -653,17 +667,18 @@ template <RxDescFormat F>
 RxQueue::DeliverResult RxQueue::DeliverFast(FrameView frame, uint32_t tail,
                                             vfio_user::DmaMemory& dma, uint64_t csum_bits,
                                             bool has_rss_hash, uint32_t rss_hash,
-                                            uint32_t l2tag1) {
+                                            uint32_t l2tag1, bool may_hold) {
   // The common frame straight through: queue running, tail in the ring, a
   // frame that fits one buffer, the ring translated, its buffer inside the
   // cached window. The same checks and the same order of durable writes as
   // DeliverSlow (intent, descriptor with DD last, head), which takes every
-  // other case from the start.
+  // other case from the start (after writing a held write-back).
   const uint32_t n = hot_->ring_len;
   const size_t len = frame.size();
   if (tail < n && len - 1 < max_pkt_ && len <= dbuf_ && ring_ != nullptr &&
       hot_->enabled.load(std::memory_order_relaxed) != 0) [[likely]] {
-    const uint32_t h = head();
+    // With a write-back held, the durable head is still at it.
+    const uint32_t h = held_desc_ != nullptr ? held_next_ : head();
     if (h == tail) return DeliverResult::kNoBuffers;  // nothing posted
     volatile uint64_t* d = &ring_[h * 4];
     uint8_t* p = buf_window_.Translate(dma, LoadQw(&d[0]), len, vfio_user::DmaMemory::kWrite);
@@ -680,13 +695,28 @@ RxQueue::DeliverResult RxQueue::DeliverFast(FrameView frame, uint32_t tail,
       std::memcpy(p, frame.data(), len);
       const RxWb wb = MakeRxWb<F>(len, ClassifyPtype(frame), csum_bits, has_rss_hash, rss_hash,
                                   l2tag1, /*last=*/true);
-      StoreQwRelaxed(&d[0], wb.qw0);
-      StoreQwRelaxed(&d[2], 0);
-      StoreQwRelaxed(&d[3], wb.qw3);
-      StoreQw(&d[1], wb.qw1);  // release: DD last
-      hot_->head.store(next, std::memory_order_release);
-      hot_->intent.store(next, std::memory_order_release);
       wrote_back_ = true;
+      if (held_desc_ != nullptr) {
+        WriteHeld();  // its line-mate: both descriptors in one ownership of the line
+      } else if (may_hold && avail > 1 && next != 0 &&
+                 (reinterpret_cast<uintptr_t>(d) & 63) == 0) {
+        // Crash-safe as a write-back in progress: intent is past this frame,
+        // head before it, and Recover keeps only descriptors carrying DD.
+        held_desc_ = d;
+        held_qw_[0] = wb.qw0;
+        held_qw_[1] = wb.qw1;
+        held_qw_[2] = wb.qw3;
+        held_next_ = next;
+        d = nullptr;
+      }
+      if (d != nullptr) {
+        StoreQwRelaxed(&d[0], wb.qw0);
+        StoreQwRelaxed(&d[2], 0);
+        StoreQwRelaxed(&d[3], wb.qw3);
+        StoreQw(&d[1], wb.qw1);  // release: DD last
+        hot_->head.store(next, std::memory_order_release);
+        hot_->intent.store(next, std::memory_order_release);
+      }
       Count(hot_->packets, 1);
       Count(hot_->bytes, len);
       // A later buffer, if posted and in the window: ask for its lines
@@ -718,6 +748,7 @@ RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
                                             vfio_user::DmaMemory& dma, uint64_t csum_bits,
                                             bool has_rss_hash, uint32_t rss_hash,
                                             uint32_t l2tag1) {
+  FlushHeld();
   const uint32_t n = hot_->ring_len;
   if (!enabled() || n == 0) [[unlikely]] {
     Count(hot_->drops, 1);
@@ -797,6 +828,7 @@ RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
 }
 
 void RxQueue::Recover(vfio_user::DmaMemory& dma) {
+  FlushHeld();
   const uint32_t n = hot_->ring_len;
   uint32_t h = head(), intent = hot_->intent.load();
   if (n == 0 || h == intent || h >= n || intent >= n || !EnsureRing(dma)) {

@@ -366,9 +366,23 @@ class RxQueue {
   // `l2tag1`: rxd::kL2tag1Present | TCI for a frame whose 802.1Q tag was
   // stripped (VLAN stripping; `frame` is the untagged rest): reported in
   // the EOF descriptor (qw0 bits 31:16, status L2TAG1P); 0 for none.
+  // `may_hold`: a frame whose descriptor opens a cache line (the next one,
+  // posted, shares it) may have its write-back, and the head past it, held
+  // until the next frame's, so that the line a polling guest keeps reading
+  // is taken from it once for two descriptors instead of once each. The
+  // frame's bytes are written either way; `holding()` says a write-back is
+  // held, and the caller must FlushHeld() before the burst ends. Without it
+  // (the default) every write-back is done on return.
   DeliverResult Deliver(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma,
                         uint64_t csum_bits = 0, bool has_rss_hash = false,
-                        uint32_t rss_hash = 0, uint32_t l2tag1 = 0);
+                        uint32_t rss_hash = 0, uint32_t l2tag1 = 0, bool may_hold = false);
+  bool holding() const { return held_desc_ != nullptr; }
+  // Writes the held descriptor (DD last) and moves the head past it. Every
+  // other operation on the queue does this first, so a held write-back never
+  // outlives the data path's burst.
+  void FlushHeld() {
+    if (held_desc_ != nullptr) WriteHeld();
+  }
 
   // Descriptors written since the last call (for interrupt decisions).
   bool TakeWroteBack() {
@@ -399,10 +413,11 @@ class RxQueue {
   template <RxDescFormat F>
   DeliverResult DeliverFast(FrameView frame, uint32_t tail, vfio_user::DmaMemory& dma,
                             uint64_t csum_bits, bool has_rss_hash, uint32_t rss_hash,
-                            uint32_t l2tag1);
+                            uint32_t l2tag1, bool may_hold);
   // The descriptor of a buffer given back without a frame (kErrorDescQw1 or
   // its flex equivalent: DD, EOF, RXE, checksum errors, length 1).
   void WriteErrorDesc(volatile uint64_t* d);
+  void WriteHeld();
   // Deliver for every case (several buffers, errors, the first frame).
   template <RxDescFormat F>
   __attribute__((noinline)) DeliverResult DeliverSlow(FrameView frame, uint32_t tail,
@@ -424,6 +439,11 @@ class RxQueue {
   bool ring_fault_ = false;
   bool wrote_back_ = false;
   RxDescFormat fmt_ = RxDescFormat::kLegacy;
+  // A held write-back (Deliver's may_hold): the descriptor, its qw0/qw1/qw3,
+  // and the head after it. The hot state's intent already covers it.
+  volatile uint64_t* held_desc_ = nullptr;
+  uint64_t held_qw_[3] = {0, 0, 0};
+  uint32_t held_next_ = 0;
 };
 
 }  // namespace emud::dataplane

@@ -1,6 +1,7 @@
 #include "dataplane/queues.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -40,6 +41,19 @@ class QueuesTest : public ::testing::Test {
   QueuesTest() : mem_(kMemSize), state_(QueueStateFile::Anonymous()) {
     dma_.AddWindow(kBase, kMemSize, mem_.data());
   }
+  // Guest memory is page-aligned, as a VMM's mapping is (cache-line
+  // placement of descriptors matters to RxQueue's held write-backs).
+  struct PageAligned {
+    explicit PageAligned(size_t n)
+        : p(static_cast<uint8_t*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096))) {
+      std::memset(p, 0, n);
+    }
+    PageAligned(const PageAligned&) = delete;
+    PageAligned& operator=(const PageAligned&) = delete;
+    ~PageAligned() { std::free(p); }
+    uint8_t* data() { return p; }
+    uint8_t* p;
+  };
   uint8_t* At(uint64_t iova) { return mem_.data() + (iova - kBase); }
   uint64_t& Qw(uint64_t iova) { return *reinterpret_cast<uint64_t*>(At(iova)); }
   uint64_t Buf(uint32_t i) { return kBufs + uint64_t{i} * 0x4000; }
@@ -60,7 +74,7 @@ class QueuesTest : public ::testing::Test {
   }
   uint64_t RxQw1(uint32_t idx) { return Qw(kRxRing + idx * 32 + 8); }
 
-  std::vector<uint8_t> mem_;
+  PageAligned mem_;
   SimpleDmaMemory dma_;
   std::unique_ptr<QueueStateFile> state_;
   CaptureBackend backend_;
@@ -267,6 +281,86 @@ TEST_F(QueuesTest, TxShortFramesArePadded) {
   ASSERT_EQ(backend_.sent[0].size(), 60u);
   EXPECT_EQ(0, std::memcmp(backend_.sent[0].data(), f.data(), 20));
   EXPECT_EQ(backend_.sent[0][59], 0);
+}
+
+// may_hold: a frame whose descriptor opens a cache line has its write-back
+// held until its line-mate's (or FlushHeld, or any slower path); a crash
+// while it is held leaves the frame undelivered, never a descriptor without
+// its bytes.
+TEST_F(QueuesTest, RxHeldWriteBackPairsLineMatesAndSurvivesACrash) {
+  ASSERT_EQ(kRxRing % 64, 0u);
+  RxQueue q(0, state_->rx(0));
+  ASSERT_TRUE(q.Configure(kRxRing, 32, 1024, 9000).ok());
+  ASSERT_TRUE(q.SetEnabled(true).ok());
+  for (uint32_t i = 0; i < 32; ++i) PostRx(i, Buf(i));
+  const uint32_t tail = 31;
+  auto f = [this](uint8_t seed) { return Frame(200, seed); };
+  auto deliver = [&](const std::vector<uint8_t>& fr) {
+    return q.Deliver(fr, tail, dma_, 0, false, 0, 0, /*may_hold=*/true);
+  };
+  // Descriptor 0 (the first frame translates the ring on the slow path,
+  // which never holds) and 1 (the second half of its line): written at once.
+  ASSERT_EQ(deliver(f(1)), RxQueue::DeliverResult::kDelivered);
+  ASSERT_EQ(deliver(f(2)), RxQueue::DeliverResult::kDelivered);
+  EXPECT_FALSE(q.holding());
+  EXPECT_TRUE(RxQw1(0) & rxd::kDd);
+  EXPECT_TRUE(RxQw1(1) & rxd::kDd);
+  EXPECT_EQ(q.head(), 2u);
+  // Descriptor 2 opens a line: the bytes are written, the descriptor and
+  // the head wait; intent already covers the frame.
+  ASSERT_EQ(deliver(f(3)), RxQueue::DeliverResult::kDelivered);
+  EXPECT_TRUE(q.holding());
+  EXPECT_EQ(0, std::memcmp(At(Buf(2)), f(3).data(), 200));
+  EXPECT_FALSE(RxQw1(2) & rxd::kDd);
+  EXPECT_EQ(q.head(), 2u);
+  EXPECT_EQ(state_->rx(0)->intent.load(), 3u);
+  // Its line-mate writes both.
+  ASSERT_EQ(deliver(f(4)), RxQueue::DeliverResult::kDelivered);
+  EXPECT_FALSE(q.holding());
+  EXPECT_TRUE(RxQw1(2) & rxd::kDd);
+  EXPECT_EQ(rxd::Len(RxQw1(2)), 200u);
+  EXPECT_TRUE(RxQw1(3) & rxd::kDd);
+  EXPECT_EQ(q.head(), 4u);
+  EXPECT_EQ(state_->rx(0)->intent.load(), 4u);
+  // FlushHeld writes a held one alone.
+  ASSERT_EQ(deliver(f(5)), RxQueue::DeliverResult::kDelivered);
+  EXPECT_TRUE(q.holding());
+  q.FlushHeld();
+  EXPECT_FALSE(q.holding());
+  EXPECT_TRUE(RxQw1(4) & rxd::kDd);
+  EXPECT_EQ(q.head(), 5u);
+  // A frame that needs the slow path (three 1024-byte buffers) writes the
+  // held descriptor before its own.
+  ASSERT_EQ(deliver(f(6)), RxQueue::DeliverResult::kDelivered);  // 5: odd, written
+  ASSERT_EQ(deliver(f(7)), RxQueue::DeliverResult::kDelivered);  // 6: held
+  EXPECT_TRUE(q.holding());
+  ASSERT_EQ(deliver(Frame(3000, 8)), RxQueue::DeliverResult::kDelivered);
+  EXPECT_FALSE(q.holding());
+  EXPECT_TRUE(RxQw1(6) & rxd::kDd);
+  EXPECT_TRUE(RxQw1(6) & rxd::kEof);
+  EXPECT_FALSE(RxQw1(7) & rxd::kEof);
+  EXPECT_TRUE(RxQw1(9) & rxd::kEof);
+  EXPECT_EQ(q.head(), 10u);
+  // Without may_hold nothing is held.
+  ASSERT_EQ(q.Deliver(f(9), tail, dma_), RxQueue::DeliverResult::kDelivered);  // 10
+  EXPECT_FALSE(q.holding());
+  EXPECT_TRUE(RxQw1(10) & rxd::kDd);
+  ASSERT_EQ(deliver(f(10)), RxQueue::DeliverResult::kDelivered);  // 11: odd
+  // The worker dies while descriptor 12 is held: its successor's Recover
+  // finds no DD there, so the head stays and the next frame takes it.
+  ASSERT_EQ(deliver(f(11)), RxQueue::DeliverResult::kDelivered);
+  ASSERT_TRUE(q.holding());
+  EXPECT_EQ(q.head(), 12u);
+  RxQueue successor(0, state_->rx(0));
+  successor.SetBufferSizes(1024, 9000);
+  successor.Recover(dma_);
+  EXPECT_EQ(successor.head(), 12u);
+  EXPECT_EQ(state_->rx(0)->intent.load(), 12u);
+  EXPECT_FALSE(RxQw1(12) & rxd::kDd);
+  ASSERT_EQ(successor.Deliver(f(12), tail, dma_), RxQueue::DeliverResult::kDelivered);
+  EXPECT_TRUE(RxQw1(12) & rxd::kDd);
+  EXPECT_EQ(0, std::memcmp(At(Buf(12)), f(12).data(), 200));
+  EXPECT_EQ(successor.head(), 13u);
 }
 
 TEST_F(QueuesTest, RxWritesLegacyDescriptorsAndSpansBuffers) {
