@@ -9,13 +9,15 @@
 // opcode byte (% kNumOps) and its operands:
 //   0 post       u8 idx, u8 addr-sel, u16 addr, u8 hdr-sel, u16 hdr
 //   1 raw desc   u8 idx, 32 bytes
-//   2 deliver    u16 tail, u16 frame length, u8 csum/rss bits
+//   2 deliver    u16 tail, u16 frame length, u8 csum/rss/hold bits (bit 6: may_hold,
+//                as the data path delivers; bit 7 then: FlushHeld after it)
 //   3 configure  u8 ring-sel, u16 addr, u16 dbuf, u16 max_pkt, u8 enable
 //   4 sizes      u16 dbuf, u16 max_pkt (a successor's SetBufferSizes)
 //   5 unmap      unmaps the writable window (OnDmaUnmap), delivers, maps it again
 //   6 recover    RxQueue::Recover
 //   7 intent     u32: the persisted intent word (as a killed predecessor left it)
-// After every operation: head inside the ring. Every frame byte the queue
+// After every operation: head inside the ring, and a held write-back's frame
+// covered by the persisted intent (a crash then is a write-back in progress). Every frame byte the queue
 // writes lands in the DMA window's host buffer, whose end ASan guards.
 #include <cstdint>
 
@@ -84,7 +86,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         // bytes, or the outer-checksum bits the legacy writer must mask.
         if (bits & 16) csum = rxd::FromRxCsum(CheckRxChecksums(fv));
         if (bits & 32) csum |= rxd::kErrEipe | rxd::kCsumEudpe;
-        (void)q.Deliver(fv, tail, m.dma, csum, bits & 8, bits * 0x01010101u);
+        (void)q.Deliver(fv, tail, m.dma, csum, bits & 8, bits * 0x01010101u, 0,
+                        /*may_hold=*/(bits & 64) != 0);
+        if (bits & 128) q.FlushHeld();
         (void)q.TakeWroteBack();
         break;
       }
@@ -116,10 +120,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         q.Recover(m.dma);
         break;
       case 7:
+        // A predecessor's word: the engine that wrote it had ended its burst.
+        q.FlushHeld();
         hot->intent.store(in.U32(), std::memory_order_relaxed);
         break;
     }
     Check(q.head() < ring_len || ring_len == 0, "RX head outside the ring");
+    Check(!q.holding() || hot->intent.load(std::memory_order_relaxed) != q.head(),
+          "RX write-back held outside the intent");
   }
+  q.FlushHeld();
+  Check(q.head() < ring_len || ring_len == 0, "RX head outside the ring");
   return 0;
 }
