@@ -10,8 +10,10 @@
 #ifndef EMUD_AVF_ADMIN_QUEUE_H_
 #define EMUD_AVF_ADMIN_QUEUE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <type_traits>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -44,6 +46,15 @@ struct AqDesc {
   void Encode(uint8_t out[kAqDescSize]) const;
   static AqDesc Decode(const uint8_t in[kAqDescSize]);
 };
+// AqDesc's members are the wire fields in wire order (Linux iavf_aq_desc):
+// Encode/Decode copy the struct as it is.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "AqDesc is copied as little-endian");
+static_assert(std::is_trivially_copyable_v<AqDesc> && std::is_standard_layout_v<AqDesc>);
+static_assert(sizeof(AqDesc) == kAqDescSize && offsetof(AqDesc, opcode) == 2 &&
+              offsetof(AqDesc, datalen) == 4 && offsetof(AqDesc, retval) == 6 &&
+              offsetof(AqDesc, cookie_high) == 8 && offsetof(AqDesc, cookie_low) == 12 &&
+              offsetof(AqDesc, param0) == 16 && offsetof(AqDesc, param1) == 20 &&
+              offsetof(AqDesc, addr_high) == 24 && offsetof(AqDesc, addr_low) == 28);
 
 // The mailbox's counters (worker_api/counters.h: EMUD_ADMIN_QUEUE_COUNTERS
 // lists them with their meaning; the worker publishes them).
@@ -109,7 +120,8 @@ class AdminQueue {
     std::vector<uint8_t> payload;
   };
   enum class PostResult { kPosted, kFull, kBroken };
-  PostResult TryPost(vfio_user::DmaMemory* dma, const Pending& m);
+  PostResult TryPost(vfio_user::DmaMemory* dma, uint32_t v_op, int32_t v_retval,
+                     absl::Span<const uint8_t> payload);
 
   uint32_t atq_bal_ = 0, atq_bah_ = 0, atq_len_ = 0, atq_head_ = 0, atq_tail_ = 0;
   uint32_t arq_bal_ = 0, arq_bah_ = 0, arq_len_ = 0, arq_head_ = 0, arq_tail_ = 0;

@@ -402,6 +402,11 @@ class Device final : public vfio_user::PciDevice {
   // Register helpers.
   uint32_t DoorbellRead(uint32_t index) const;
   void DoorbellWrite(uint32_t index, uint32_t value);
+  // Zeroes the QTX_TAIL and QRX_TAIL registers of all kMaxDecodedQueues.
+  void ZeroTails();
+  // 1 + the last of the kMaxDecodedQueues tail registers from doorbell
+  // index `first_index` on that is not zero (0: all are).
+  uint32_t TailsInUse(uint32_t first_index) const;
   void OnTailWrite(QueueKind kind, uint32_t q, uint32_t value);
   // Records a BAR0 write at `off` may change (bit per Record).
   uint32_t RecordsWrittenBy(uint32_t off) const;

@@ -183,7 +183,7 @@ void InterruptController::SaveTo(AvfInterruptState* out) const {
   out->set_misc_swint_pending(misc_swint_pending_);
   out->set_misc_event_pending(misc_event_pending_);
   out->set_stat_ctl01(stat_ctl01_);
-  for (uint32_t v : itr01_) out->add_itr01(v);
+  out->mutable_itr01()->Add(itr01_.begin(), itr01_.end());
   // Positional; vectors after the last one with any state are left out (they
   // restore as zero), so the record grows with the vectors in use.
   uint32_t used = 0;
@@ -198,6 +198,7 @@ void InterruptController::SaveTo(AvfInterruptState* out) const {
     qv->set_pending((w & kWordPending) != 0);
     qv->set_wb_on_itr((w & kDynCtlWbOnItr) != 0);
   }
+  out->mutable_itrn()->Reserve(kNumItrIndexes * kNumItrnVectors);  // one allocation
   for (uint32_t i = 0; i < kNumItrIndexes * kNumItrnVectors; ++i) out->add_itrn(itrn_[i]);
 }
 

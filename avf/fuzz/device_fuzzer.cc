@@ -4,6 +4,7 @@
 // for any input: queue contexts stay inside the DMA map and the granted
 // queues, the persistence memo never goes stale, the ATQ head stays inside
 // its ring. A violation aborts (the fuzzer reports it as a crash).
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -44,8 +45,10 @@ struct Rig {
   uint64_t TxRing(uint32_t q) const { return drv->scratch_base() + q * 0x8000; }
   uint64_t RxRing(uint32_t q) const { return drv->scratch_base() + q * 0x8000 + 0x2000; }
 
-  std::string Template(uint8_t t, uint32_t arg, uint32_t* v_op) {
-    std::string m;
+  // Builds the message into `m` (cleared first; the harness reuses one
+  // buffer for every message instead of allocating one each).
+  void Template(uint8_t t, uint32_t arg, uint32_t* v_op, std::string& m) {
+    m.clear();
     const uint16_t nq = static_cast<uint16_t>(1 + arg % 4);
     switch (t % fuzz::kNumTemplates) {
       case fuzz::kTVersion:
@@ -108,7 +111,6 @@ struct Rig {
         *v_op = vc::kOpResetVf;
         break;
     }
-    return m;
   }
 
   void CheckInvariants(bool memo) {
@@ -116,7 +118,11 @@ struct Rig {
     Check(dev->ReadReg(kVfAtqh1) < 1024, "ATQH out of range");
     const uint32_t pairs = dev->num_queue_pairs(), vectors = dev->msix_vectors();
     Check(pairs >= 1 && pairs <= kMaxQueuePairs, "queue count");
-    for (uint32_t q = 0; q < kMaxQueuePairs; ++q) {
+    // Every queue the device has a context for: tx_queue/rx_queue(q) of a
+    // q >= max_queue_pairs is the constant unconfigured context, which
+    // passes every check below whatever the input does.
+    const uint32_t offered = std::min(dev->options().max_queue_pairs, kMaxQueuePairs);
+    for (uint32_t q = 0; q < offered; ++q) {
       const TxQueueContext& t = dev->tx_queue(q);
       const RxQueueContext& r = dev->rx_queue(q);
       Check(!t.enabled || t.configured, "enabled TX queue without ring");
@@ -175,13 +181,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         // full 32-bit opcode.
         uint32_t v_op = in.U8();
         if (v_op == 0xFF) v_op = in.U32();
-        std::string body = in.String(in.U16() % (kAqMaxBufSize + 1));
-        rig.drv->Send(v_op, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
+        rig.drv->Send(v_op, in.Bytes(in.U16() % (kAqMaxBufSize + 1)));
         break;
       }
       case fuzz::kPoke: {
         uint64_t off = in.U32() % kRamSize;
-        std::string b = in.String(in.U8());
+        absl::Span<const uint8_t> b = in.Bytes(in.U8());
         if (rig.dma.Contains(kRamBase + off, b.size())) std::memcpy(rig.dma.At(kRamBase + off, b.size()), b.data(), b.size());
         break;
       }
@@ -219,9 +224,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case fuzz::kRawAtq: {
-        std::string raw = in.String(kAqDescSize);
-        raw.resize(kAqDescSize, '\0');
-        AqDesc d = AqDesc::Decode(reinterpret_cast<const uint8_t*>(raw.data()));
+        uint8_t raw[kAqDescSize] = {};
+        absl::Span<const uint8_t> given = in.Bytes(kAqDescSize);
+        std::memcpy(raw, given.data(), given.size());
+        AqDesc d = AqDesc::Decode(raw);
         uint16_t tail = in.U16();
         d.Encode(rig.dma.At(rig.drv->atq() + (tail % testing::MiniDriver::kLen) * kAqDescSize, kAqDescSize));
         rig.dev->WriteReg(kVfAtqt1, tail);
@@ -231,8 +237,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         uint8_t t = in.U8();
         uint32_t arg = in.U32();
         uint32_t v_op = 0;
-        std::string body = rig.Template(t, arg, &v_op);
-        rig.drv->Send(v_op, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
+        static std::string* body = new std::string();
+        rig.Template(t, arg, &v_op, *body);
+        rig.drv->Send(v_op, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(body->data()), body->size()));
         break;
       }
       default:

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "absl/types/span.h"
@@ -23,9 +24,12 @@ class Reader {
   // Bytes not read yet.
   size_t remaining() const { return n_ - std::min(n_, i_); }
   uint8_t U8() { return i_ < n_ ? d_[i_++] : 0; }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | U8() << 8); }
-  uint32_t U32() { return U16() | static_cast<uint32_t>(U16()) << 16; }
-  uint64_t U64() { return U32() | static_cast<uint64_t>(U32()) << 32; }
+  // Little-endian; one load when the whole value is there (the byte-wise
+  // path, zeros past the end, gives the same value otherwise). The harnesses
+  // inline these, so every branch here is traced in a fuzz build.
+  uint16_t U16() { return Le<uint16_t>(); }
+  uint32_t U32() { return Le<uint32_t>(); }
+  uint64_t U64() { return Le<uint64_t>(); }
   // Up to n bytes (fewer at the end of the input), pointing into the input.
   absl::Span<const uint8_t> Bytes(size_t n) {
     n = std::min(n, remaining());
@@ -42,6 +46,19 @@ class Reader {
   absl::Span<const uint8_t> Rest() { return Bytes(remaining()); }
 
  private:
+  template <typename T>
+  T Le() {
+    static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__);
+    T v = 0;
+    if (n_ - i_ >= sizeof(T)) {  // i_ <= n_ always
+      std::memcpy(&v, d_ + i_, sizeof(T));
+      i_ += sizeof(T);
+      return v;
+    }
+    for (size_t b = 0; b < sizeof(T); ++b) v |= static_cast<T>(U8()) << (8 * b);
+    return v;
+  }
+
   const uint8_t* d_;
   size_t n_;
   size_t i_ = 0;
