@@ -44,10 +44,12 @@ class FrameSink {
   // A frame refused by a filter is "taken" (return true) and counted by the
   // sink.
   virtual bool Deliver(uint16_t queue, FrameView frame) = 0;
-  // The backend has offered what it had for `queue` for now (the end of a
-  // Send or a Poll). A sink may hold back descriptor write-backs between
-  // Deliver calls; by the return of this call every frame taken is visible
-  // to the guest, so a loopback TX queue may then write its completions.
+  // Makes every frame taken for `queue` visible to the guest: a sink may
+  // hold back descriptor write-backs between Deliver calls (the data path
+  // writes RX descriptors in pairs). A backend calls it at the end of each
+  // Send or Poll, and before it durably gives up a frame it was offering
+  // (pops it from a peer ring, releases it from a TAP stage): a worker
+  // killed after that must not have lost a frame that no descriptor shows.
   virtual void EndBurst(uint16_t queue) { (void)queue; }
 };
 

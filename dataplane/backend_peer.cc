@@ -57,10 +57,10 @@ class PeerBackend : public Backend {
         pending_ = true;
         break;
       }
+      sink_->EndBurst(0);  // visible before the ring lets it go
       in_->Pop();
       ++taken;
     }
-    if (taken > 0 && sink_ != nullptr) sink_->EndBurst(0);
     AtomicBackendCounters::Add(counters_.rx_frames, taken);
     counters_.rx_errors.store(in_->errors() + (out_errors_.load(std::memory_order_relaxed)),
                               std::memory_order_relaxed);

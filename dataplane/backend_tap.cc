@@ -88,10 +88,10 @@ class TapBackend : public Backend {
         frame = stage.held();
       }
       if (sink_ == nullptr || !sink_->Deliver(uint16_t(queue), frame)) break;
+      sink_->EndBurst(uint16_t(queue));  // visible before the stage lets it go
       stage.Release();
       ++taken;
     }
-    if (taken && sink_ != nullptr) sink_->EndBurst(uint16_t(queue));
     if (taken) AtomicBackendCounters::Add(counters_.rx_frames, taken);
     return taken;
   }
