@@ -602,6 +602,15 @@ inline RxWb MakeRxWb(uint64_t len, uint64_t ptype, uint64_t csum_bits, bool has_
   }
 }
 
+// Writes a descriptor back: qw0, qw2 (0), qw3, then qw1 with a release
+// store, so the guest sees DD only on a complete descriptor.
+inline void StoreRxWb(volatile uint64_t* d, const RxWb& wb) {
+  StoreQwRelaxed(&d[0], wb.qw0);
+  StoreQwRelaxed(&d[2], 0);
+  StoreQwRelaxed(&d[3], wb.qw3);
+  StoreQw(&d[1], wb.qw1);
+}
+
 }  // namespace
 
 RxDescFormat RxDescFormatOf(uint32_t rxdid) {
@@ -629,19 +638,12 @@ void RxQueue::WriteErrorDesc(volatile uint64_t* d) {
       break;
     }
   }
-  StoreQwRelaxed(&d[0], wb.qw0);
-  StoreQwRelaxed(&d[2], 0);
-  StoreQwRelaxed(&d[3], wb.qw3);
-  StoreQw(&d[1], wb.qw1);  // release: DD last
+  StoreRxWb(d, wb);
 }
 
 void RxQueue::WriteHeld() {
-  volatile uint64_t* d = held_desc_;
+  StoreRxWb(held_desc_, {held_qw_[0], held_qw_[1], held_qw_[2]});
   held_desc_ = nullptr;
-  StoreQwRelaxed(&d[0], held_qw_[0]);
-  StoreQwRelaxed(&d[2], 0);
-  StoreQwRelaxed(&d[3], held_qw_[2]);
-  StoreQw(&d[1], held_qw_[1]);  // release: DD last
   hot_->head.store(held_next_, std::memory_order_release);
 }
 
@@ -696,10 +698,8 @@ RxQueue::DeliverResult RxQueue::DeliverFast(FrameView frame, uint32_t tail,
       const RxWb wb = MakeRxWb<F>(len, ClassifyPtype(frame), csum_bits, has_rss_hash, rss_hash,
                                   l2tag1, /*last=*/true);
       wrote_back_ = true;
-      if (held_desc_ != nullptr) {
-        WriteHeld();  // its line-mate: both descriptors in one ownership of the line
-      } else if (may_hold && avail > 1 && next != 0 &&
-                 (reinterpret_cast<uintptr_t>(d) & 63) == 0) {
+      if (held_desc_ == nullptr && may_hold && avail > 1 && next != 0 &&
+          (reinterpret_cast<uintptr_t>(d) & 63) == 0) {
         // Crash-safe as a write-back in progress: intent is past this frame,
         // head before it, and Recover keeps only descriptors carrying DD.
         held_desc_ = d;
@@ -707,13 +707,9 @@ RxQueue::DeliverResult RxQueue::DeliverFast(FrameView frame, uint32_t tail,
         held_qw_[1] = wb.qw1;
         held_qw_[2] = wb.qw3;
         held_next_ = next;
-        d = nullptr;
-      }
-      if (d != nullptr) {
-        StoreQwRelaxed(&d[0], wb.qw0);
-        StoreQwRelaxed(&d[2], 0);
-        StoreQwRelaxed(&d[3], wb.qw3);
-        StoreQw(&d[1], wb.qw1);  // release: DD last
+      } else {
+        FlushHeld();  // its line-mate: both descriptors in one ownership of the line
+        StoreRxWb(d, wb);
         hot_->head.store(next, std::memory_order_release);
         hot_->intent.store(next, std::memory_order_release);
       }
@@ -799,10 +795,7 @@ RxQueue::DeliverResult RxQueue::DeliverSlow(FrameView frame, uint32_t tail,
       std::memcpy(p, frame.data() + done, chunk);
       const RxWb wb =
           MakeRxWb<F>(chunk, ptype, csum_bits, has_rss_hash, rss_hash, l2tag1, last);
-      StoreQwRelaxed(&d[0], wb.qw0);
-      StoreQwRelaxed(&d[2], 0);
-      StoreQwRelaxed(&d[3], wb.qw3);
-      StoreQw(&d[1], wb.qw1);  // release: DD last
+      StoreRxWb(d, wb);
     } else {
       // Give the buffer back marked bad (RXE + EOF): the driver discards the
       // frame and recycles the buffer; nothing is skipped.
