@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "avf/avf_state.pb.h"
 #include "vfio_user/device.h"
 
@@ -70,7 +71,11 @@ void AdminQueue::ProcessAtq(vfio_user::DmaMemory* dma, Handler handler) {
     return;
   }
   const uint64_t base = (uint64_t{atq_bah_} << 32) | atq_bal_;
-  std::vector<uint8_t> buf;
+  // The message buffer keeps its capacity from one call to the next (no
+  // allocation per message). Taken out of the member while in use, so a
+  // handler that re-entered ProcessAtq would get a fresh one.
+  std::vector<uint8_t> buf = std::move(msg_scratch_);
+  absl::Cleanup keep = [&] { msg_scratch_ = std::move(buf); };
   // At most `len` descriptors per doorbell: the head cannot lap the tail.
   for (uint32_t n = 0; n < len && atq_head_ != atq_tail_; ++n) {
     const uint64_t desc_addr = base + uint64_t{atq_head_} * kAqDescSize;

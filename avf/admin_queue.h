@@ -127,6 +127,7 @@ class AdminQueue {
   uint32_t arq_bal_ = 0, arq_bah_ = 0, arq_len_ = 0, arq_head_ = 0, arq_tail_ = 0;
   std::deque<Pending> backlog_;
   AdminQueueCounters counters_;
+  std::vector<uint8_t> msg_scratch_;  // ProcessAtq's buffer (not state)
 };
 
 }  // namespace emud::avf

@@ -509,6 +509,7 @@ class Device final : public vfio_user::PciDevice {
   bool vlan_insert_off_ = false;   // DISABLE_VLAN_INSERTION_V2
   RssConfig rss_;
   bool link_reported_up_ = false;
+  std::vector<uint8_t> reply_scratch_;  // HandleVfMessage's reply buffer (not state)
   bool reset_pending_ = false;  // RESET_VF handled; reset at the next register read
   bool link_up_ = true;
   uint32_t link_speed_mbps_ = 0;

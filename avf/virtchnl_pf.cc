@@ -14,6 +14,7 @@
 #include "avf/virtchnl.h"
 #include "base/fault_point.h"
 #include "base/log.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 
 namespace emud::avf {
@@ -167,11 +168,12 @@ void Device::SendLinkEvent() {
   ev.link_speed = (granted_caps_ & vc::kCapAdvLinkSpeed) ? link_speed_mbps_ : LegacySpeed(link_speed_mbps_);
   ev.link_status = link_up_ ? 1 : 0;
   ev.severity = vc::kSeverityInfo;
-  std::vector<uint8_t> out;
-  Append(&out, ev);
   ++counters_.link_events;
   link_reported_up_ = link_up_;
-  if (aq_.Post(ctx_.dma, vc::kOpEvent, vc::kSuccess, out)) irq_->RaiseAdminQueue();
+  if (aq_.Post(ctx_.dma, vc::kOpEvent, vc::kSuccess,
+               absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&ev), sizeof(ev)))) {
+    irq_->RaiseAdminQueue();
+  }
 }
 
 void Device::SetLink(bool up, uint32_t speed_mbps) {
@@ -235,7 +237,11 @@ AdminQueue::Next Device::HandleVfMessage(uint32_t v_op, absl::Span<const uint8_t
     return AdminQueue::Next::kContinue;
   }
 
-  std::vector<uint8_t> out;
+  // The reply buffer keeps its capacity across messages (no allocation per
+  // reply); taken out of the member while in use.
+  std::vector<uint8_t> out = std::move(reply_scratch_);
+  out.clear();
+  absl::Cleanup keep = [&] { reply_scratch_ = std::move(out); };
   int32_t status = vc::kSuccess;
   switch (v_op) {
     case vc::kOpVersion:

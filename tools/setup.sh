@@ -12,8 +12,8 @@ packages=(
   libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   liblmdb-dev prometheus-cpp-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
-  # fuzzing (libFuzzer from Debian clang)
-  clang libclang-rt-14-dev
+  # fuzzing: libFuzzer from Debian's clang 19 (tests/fuzz/lib.sh says why 19)
+  clang-19 libclang-rt-19-dev
   # tests: network namespaces, TAP, process inspection
   iproute2 procps util-linux lmdb-utils curl
   # container image (tools/image.sh, tests/suites/image.sh): a bookworm rootfs

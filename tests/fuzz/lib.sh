@@ -35,7 +35,12 @@ fuzz_names() {
 fuzz_build() {
   local name=$1 out=$2
   fuzz_target "$name" || return 1
-  local cxx=${CXX:-$(command -v clang++-14 || command -v clang++)}
+  # clang 19 (Debian 12 has it): its libFuzzer keeps the entropic schedule's
+  # rare features in a bitset (llvm-project #65288, LLVM 18). libFuzzer 14
+  # looked each feature up in a list, half of every execution on the AVF and
+  # session targets. clang >= 18 mangles some template arguments differently
+  # from the g++ that built Debian's Abseil: -fclang-abi-compat=17 links.
+  local cxx=${CXX:-clang++-19 -fclang-abi-compat=17}
   local q
   q=$(bazel query "kind('source file', deps($FUZZ_TARGET))" 2>/dev/null) ||
     { echo "$name: bazel query deps($FUZZ_TARGET) failed" >&2; return 1; }
