@@ -57,6 +57,27 @@ TEST(AdaptivePollerTest, SleepIsAFractionOfTheIdleTimeUpToTheMaximum) {
   EXPECT_EQ(p.Next(false, true, kT0 + 1000 * kS), o.max_sleep_ns);
 }
 
+TEST(AdaptivePollerTest, ANewPollerCountsItsStartAsWork) {
+  // A successor worker's lane whose first rounds find its queues empty (the
+  // guest's next doorbells are a few microseconds away) polls through the
+  // busy window and then sleeps min_sleep, as after a frame: not max_sleep,
+  // as a device idle since boot would.
+  const AdaptivePoller::Options o;
+  AdaptivePoller p(o, kT0);
+  EXPECT_EQ(p.Next(false, true, kT0), 0);
+  EXPECT_EQ(p.Next(false, true, kT0 + o.busy_window_ns - 1), 0);
+  EXPECT_EQ(p.Next(false, true, kT0 + o.busy_window_ns), o.min_sleep_ns);
+  // Then the ramp of an idle stretch that began at the start.
+  EXPECT_EQ(p.Next(false, true, kT0 + 1 * kS), 1 * kS / o.idle_divisor);
+  EXPECT_EQ(p.Next(false, true, kT0 + 60 * kS), o.max_sleep_ns);
+  // Without mapped doorbells a new poller still blocks after the window.
+  AdaptivePoller q(o, kT0);
+  EXPECT_EQ(q.Next(false, false, kT0 + o.busy_window_ns), -1);
+  // The default start is the clock's now (not 0, the boot: max_sleep).
+  AdaptivePoller r;
+  EXPECT_LT(r.Next(false, true), o.max_sleep_ns);
+}
+
 TEST(AdaptivePollerTest, TheSleepNeverExceedsTheBoundOfTheContract) {
   AdaptivePoller p;
   const AdaptivePoller::Options& o = p.options();

@@ -17,6 +17,7 @@
 #define EMUD_DATAPLANE_QUEUES_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -217,11 +218,12 @@ struct QueueLimits {
 
 class TxQueue {
  public:
-  // `arena`: storage for the batch arena (copies of gathered, offloaded and
-  // segmented frames; 1 MiB, allocated on first use) that the caller owns
-  // and that outlives the queue, so a queue built again reuses it (a fuzzer
-  // builds one per input); null: the queue's own.
-  TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits = {}, std::vector<uint8_t>* arena = nullptr);
+  // The batch arena: copies of gathered, offloaded and segmented frames.
+  static constexpr size_t kArenaBytes = size_t{1} << 20;
+  // `arena`: kArenaBytes that the caller owns and that outlive the queue, so
+  // a queue built again reuses them (a fuzzer builds one per input); null:
+  // the queue allocates its own on the first frame that needs it.
+  TxQueue(uint16_t id, HotQueue* hot, QueueLimits limits = {}, uint8_t* arena = nullptr);
 
   // CONFIG_VSI_QUEUES: ring at `ring_addr` of `ring_len` descriptors
   // (0 = unconfigured). Resets the head to 0. INVALID_ARGUMENT for a ring
@@ -326,8 +328,8 @@ class TxQueue {
   };
   std::vector<Completion> completions_;  // RS descriptors to write back
   uint32_t batch_head_ = 0;            // head after the batch's packets
-  std::vector<uint8_t> own_arena_;
-  std::vector<uint8_t>* arena_;  // own_arena_ or the caller's
+  std::unique_ptr<uint8_t[]> own_arena_;
+  uint8_t* arena_;  // own_arena_ or the caller's; kArenaBytes
   size_t arena_used_ = 0;
   std::vector<uint8_t> tso_scratch_;
   // The current packet's buffers; sized once to the per-packet maximum

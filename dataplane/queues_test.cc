@@ -1203,9 +1203,9 @@ TEST_F(TxVlanTest, TsoTagsEverySegment) {
 }
 
 // A queue built over a caller's arena (TxQueue's `arena`) that an earlier
-// queue left full of other bytes sends exactly what a queue with its own,
-// fresh arena sends: every arena byte handed to the backend is written first
-// (tagged, padded and TSO-segmented frames alike).
+// queue left full of other bytes sends exactly what a queue with its own
+// arena (allocated, never zeroed) sends: every arena byte handed to the
+// backend is written first (tagged, padded and TSO-segmented frames alike).
 TEST_F(TxVlanTest, ReusedArenaSendsWhatAFreshOneSends) {
   const uint32_t payload = 3000, mss = 1000;
   const std::vector<uint8_t> f = Tcp(payload);
@@ -1213,11 +1213,11 @@ TEST_F(TxVlanTest, ReusedArenaSendsWhatAFreshOneSends) {
   auto s = Frame(20, 2);
   std::memcpy(At(Buf(1)), s.data(), s.size());
   const uint32_t tso = (3u << 5) | (1u << 8) | txd::kCmdEop | txd::kCmdRs;
-  std::vector<uint8_t> arena(1 << 20, 0xA5);
+  std::vector<uint8_t> arena(TxQueue::kArenaBytes, 0xA5);
   std::vector<std::vector<uint8_t>> sent[2];
   for (int pass = 0; pass < 2; ++pass) {
     const uint64_t r = kTxRing + pass * 0x1000;
-    TxQueue q(uint16_t(pass), state_->tx(pass), {}, pass == 1 ? &arena : nullptr);
+    TxQueue q(uint16_t(pass), state_->tx(pass), {}, pass == 1 ? arena.data() : nullptr);
     ASSERT_TRUE(q.Configure(r, 64).ok());
     ASSERT_TRUE(q.SetEnabled(true).ok());
     Qw(r) = 0;

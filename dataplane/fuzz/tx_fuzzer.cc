@@ -78,7 +78,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The batch arena outlives the input (1 MiB allocated per input costs
   // more than the input): the queue writes every arena byte it hands the
   // backend, so what an earlier input left there is never read.
-  static auto* arena = new std::vector<uint8_t>();
+  static auto* arena = new uint8_t[TxQueue::kArenaBytes];
   TxQueue q(0, hot, limits, arena);
   Check(q.Configure(kRing, ring_len).ok(), "configure");
   Check(q.SetEnabled(true).ok(), "enable");
