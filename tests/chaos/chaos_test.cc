@@ -395,6 +395,7 @@ struct Flow {
   std::vector<int64_t> sent_ns;               // by seq
   std::vector<uint8_t> completed;             // by seq
   std::vector<uint16_t> received;             // by seq: times received
+  std::vector<uint32_t> sent_after;           // by seq: events (kills...) before the send
   bool tx_pending() const {
     for (const auto& f : tx_fifo) {
       if (!f.empty()) return true;
@@ -821,6 +822,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
       }
       ++fl.next_seq;
       fl.sent_ns.push_back(NowNs());
+      fl.sent_after.push_back(uint32_t(events.load()));
       fl.completed.push_back(0);
       fl.received.push_back(0);
       fl.tx_fifo[q].push_back(seq);
@@ -1340,12 +1342,27 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
     unmap_extra();
   }
   uint64_t lost = 0, missing = 0, dups_total = 0, frames = 0;
+  sync_events();
   for (auto& g : guests) {
     const Flow& f = g->out;
     frames += f.next_seq;
     for (uint64_t s = 0; s < f.next_seq; ++s) {
       if (f.completed[s] && f.received[s] == 0) ++lost;
-      if (f.received[s] == 0) ++missing;
+      if (f.received[s] == 0 && ++missing <= 8) {
+        // Which event the frame crossed: the last one before its send and
+        // the next (w worker kill, r rapid kill, u upgrade, e emud kill,
+        // c container death, k keeper upgrade, K keeper kill, s surge).
+        const uint32_t e = f.sent_after[s];
+        auto kind = [&](uint32_t i) {
+          return i >= 1 && i <= event_kinds.size() ? std::string(1, event_kinds[i - 1]) : std::string("-");
+        };
+        std::printf("%s %s: never received seq %lu (queue %lu, VLAN %s, TX completed %d, sent %.3f s "
+                    "into the run) after event %u (%s), before event %u (%s)\n",
+                    absl::StrCat("chaos [", cfg.name, "]").c_str(), g->dev.c_str(), (unsigned long)s, (unsigned long)(s % nq),
+                    s % 2 == 1 ? "inserted" : "none", int(f.completed[s]),
+                    double(f.sent_ns[s] - f.sent_ns[0]) / 1e9, e, kind(e).c_str(), e + 1,
+                    kind(e + 1).c_str());
+      }
       if (f.received[s] > 1) dups_total += f.received[s] - 1;
     }
   }
