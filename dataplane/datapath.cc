@@ -26,6 +26,7 @@ DataPath::DataPath(avf::Device* device, Backend* backend, QueueStateFile* state,
       options_(options),
       counters_(state->device()),
       nq_(std::min(state->num_queues(), kMaxQueues)) {
+  if (options_.now_ns == nullptr) options_.now_ns = &AdaptivePoller::NowNs;
   for (uint32_t q = 0; q < nq_; ++q) {
     tx_.push_back(std::make_unique<TxQueue>(uint16_t(q), state_->tx(q)));
     tx_.back()->CountMalformedInto(&state_->device()->tx_malformed);
@@ -521,7 +522,7 @@ bool DataPath::PollOnce() {
   // model auto-masks, so a disarmed vector stays pending until the driver
   // re-arms it (no storm, no lost wake-up).
   if ((lane.tx_irq | lane.rx_irq | deferred_) != 0) {
-    int64_t now = AdaptivePoller::NowNs();
+    int64_t now = options_.now_ns();
     for (uint64_t m = lane.tx_irq; m != 0; m &= m - 1) {
       const avf::TxQueueContext& c = dev_->tx_queue(__builtin_ctzll(m));
       SignalVector(c.msix_vector, c.itr_index, now);

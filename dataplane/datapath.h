@@ -73,6 +73,10 @@ struct DataPathOptions {
   // bursts are not bracketed). Each lane brackets its bursts in its own
   // guard page, so a worker that dies charges every burst in flight.
   std::vector<PoisonGuard*> lane_poison_guards;
+  // Monotonic clock in ns for ITR coalescing; nullptr: CLOCK_MONOTONIC
+  // (AdaptivePoller::NowNs). A seam so tests decide when an interval has
+  // elapsed instead of racing the machine's load.
+  int64_t (*now_ns)() = nullptr;
 };
 
 class DataPath : public avf::DataPathHooks, public FrameSink {
