@@ -76,11 +76,27 @@ void AdminQueue::ProcessAtq(vfio_user::DmaMemory* dma, Handler handler) {
   // handler that re-entered ProcessAtq would get a fresh one.
   std::vector<uint8_t> buf = std::move(msg_scratch_);
   absl::Cleanup keep = [&] { msg_scratch_ = std::move(buf); };
+  // The ring is translated once per doorbell when one mapped window holds it
+  // (every ring a real driver allocates): each descriptor is then one copy in
+  // and one copy out, not two DmaMemory calls. The pointer stays valid for
+  // the loop: an unmap is a vfio-user request, served on this thread after
+  // we return. Otherwise (a ring across windows, or in a window without an
+  // fd) each descriptor goes through Read/Write.
+  uint8_t* ring = nullptr;
+  if (auto t = dma->Translate(base, uint64_t{len} * kAqDescSize,
+                              static_cast<vfio_user::DmaMemory::Access>(vfio_user::DmaMemory::kRead |
+                                                                        vfio_user::DmaMemory::kWrite));
+      t.ok()) {
+    ring = *t;
+  }
   // At most `len` descriptors per doorbell: the head cannot lap the tail.
   for (uint32_t n = 0; n < len && atq_head_ != atq_tail_; ++n) {
     const uint64_t desc_addr = base + uint64_t{atq_head_} * kAqDescSize;
     uint8_t raw[kAqDescSize];
-    if (!dma->Read(desc_addr, absl::MakeSpan(raw, kAqDescSize)).ok()) {
+    if (ring != nullptr) {
+      // One copy: the guest may change the descriptor while we decode it.
+      std::memcpy(raw, ring + uint64_t{atq_head_} * kAqDescSize, kAqDescSize);
+    } else if (!dma->Read(desc_addr, absl::MakeSpan(raw, kAqDescSize)).ok()) {
       ++counters_.atq_dma_errors;
       atq_len_ |= kAqLenCrit;
       return;
@@ -115,9 +131,13 @@ void AdminQueue::ProcessAtq(vfio_user::DmaMemory* dma, Handler handler) {
     }
     d.flags |= kAqFlagDd | kAqFlagCmp;
     if (d.retval != kAqRcOk) d.flags |= kAqFlagErr;
-    d.Encode(raw);
-    if (!dma->Write(desc_addr, absl::MakeConstSpan(raw, kAqDescSize)).ok()) {
-      ++counters_.atq_dma_errors;
+    if (ring != nullptr) {
+      d.Encode(ring + uint64_t{atq_head_} * kAqDescSize);
+    } else {
+      d.Encode(raw);
+      if (!dma->Write(desc_addr, absl::MakeConstSpan(raw, kAqDescSize)).ok()) {
+        ++counters_.atq_dma_errors;
+      }
     }
     atq_head_ = (atq_head_ + 1) % len;
     ++counters_.atq_processed;

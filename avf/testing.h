@@ -168,19 +168,32 @@ class MiniDriver {
 
   // Next ARQ message (as iavf_clean_arq_element: up to ARQH), re-arming the slot.
   std::optional<ArqMessage> Receive() {
-    uint32_t head = dev_->ReadReg(kVfArqh1) & kAqHeadMask;
-    if (head == arq_ntc_) return std::nullopt;
     ArqMessage m;
-    m.desc = AqDesc::Decode(dma_->At(arq_ + arq_ntc_ * kAqDescSize, kAqDescSize));
-    m.v_op = m.desc.cookie_high;
-    m.v_retval = static_cast<int32_t>(m.desc.cookie_low);
-    uint8_t* b = dma_->At(arq_bufs_ + arq_ntc_ * kBuf, kBuf);
-    m.payload.assign(b, b + std::min<uint32_t>(m.desc.datalen, kBuf));
+    if (!Consume(&m)) return std::nullopt;
+    return m;
+  }
+  // Receive without keeping the message (a fuzzer draining the ARQ): false
+  // if none was waiting.
+  bool Discard() { return Consume(nullptr); }
+
+ private:
+  bool Consume(ArqMessage* m) {
+    uint32_t head = dev_->ReadReg(kVfArqh1) & kAqHeadMask;
+    if (head == arq_ntc_) return false;
+    if (m != nullptr) {
+      m->desc = AqDesc::Decode(dma_->At(arq_ + arq_ntc_ * kAqDescSize, kAqDescSize));
+      m->v_op = m->desc.cookie_high;
+      m->v_retval = static_cast<int32_t>(m->desc.cookie_low);
+      uint8_t* b = dma_->At(arq_bufs_ + arq_ntc_ * kBuf, kBuf);
+      m->payload.assign(b, b + std::min<uint32_t>(m->desc.datalen, kBuf));
+    }
     ArmArq(arq_ntc_);
     dev_->WriteReg(kVfArqt1, arq_ntc_);
     arq_ntc_ = (arq_ntc_ + 1) % kLen;
-    return m;
+    return true;
   }
+
+ public:
 
   // Sends and returns the first reply with the same opcode (events before
   // it are kept in `events`).
