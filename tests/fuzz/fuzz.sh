@@ -9,7 +9,8 @@
 #   tests/fuzz/fuzz.sh campaign NAME RUNS [WORKERS]
 #                                           RUNS executions in all (e.g.
 #                                           10000000) over WORKERS processes
-#                                           (default 1) at nice 19, sharing and
+#                                           (default: one per core) at nice 19,
+#                                           sharing and
 #                                           growing the work corpus
 #                                           $OUT/work-NAME
 #   tests/fuzz/fuzz.sh replay NAME DIR      runs every input in DIR once (e.g.
@@ -71,7 +72,7 @@ case "$cmd" in
     ;;
   campaign)
     runs=${3:?RUNS}
-    workers=${4:-1}
+    workers=${4:-$(nproc)}
     cd "$OUT"
     rc=0
     if ((workers == 1)); then
