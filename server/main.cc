@@ -116,9 +116,14 @@ namespace {
 
 using emud::UniqueFd;
 
-void Fail(absl::string_view msg) {
+// Logs and exits at once. _Exit, not exit: a failure after the device
+// manager started has threads running, and static destructors and atexit
+// handlers under their feet could hang the exit (emud-init then never sees
+// it and never restarts emud).
+[[noreturn]] void Fail(absl::string_view msg) {
   emud::log::Error(msg);
-  std::exit(2);
+  std::fflush(nullptr);
+  std::_Exit(2);
 }
 
 // Takes the state directory's lock: a POSIX record lock (F_SETLK), which
@@ -257,8 +262,25 @@ bool IsLoopbackHost(absl::string_view host) {
          absl::StartsWith(host, "127.");
 }
 
+// Whether process `pid` is gone: no such process, or a zombie (killed, not
+// yet reaped).
+bool ProcessGone(pid_t pid) {
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!stat || !std::getline(stat, line)) return true;
+  // pid (comm) state ...: comm may hold spaces and parentheses.
+  size_t close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size()) return false;
+  const char state = line[close + 2];
+  return state == 'Z' || state == 'X';
+}
+
 // Removes a stale UNIX socket at `path` (refusing a live one) and creates
-// its directory.
+// its directory. A socket that accepts connections is stale all the same
+// when the process that listened on it is gone: an emud killed while it was
+// spawning a worker leaves its listening socket open in that child until
+// the child's exec closes it (5-26 ms under load, seen in the chaos suite),
+// and nobody will ever accept on it.
 void PrepareUnixListen(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(Dirname(path), ec);
@@ -270,7 +292,18 @@ void PrepareUnixListen(const std::string& path) {
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    Fail(absl::StrCat("another server is listening on ", path));
+    // The peer credentials of a connection are the listener's, taken when it
+    // called listen().
+    struct ucred cred {};
+    socklen_t len = sizeof(cred);
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0 ||
+        !ProcessGone(cred.pid)) {
+      Fail(absl::StrCat("another server is listening on ", path,
+                        cred.pid > 0 ? absl::StrCat(" (pid ", cred.pid, ")") : "",
+                        "; stop it or choose another --grpc-listen"));
+    }
+    emud::log::Info(absl::StrCat("replacing ", path, ": its server (pid ", cred.pid,
+                                 ") is gone; only a child it was spawning still held it"));
   }
   ::unlink(path.c_str());
 }
@@ -423,6 +456,16 @@ int main(int argc, char** argv) {
   if (grpc_listen.empty()) grpc_listen = "unix://" + opts.state_dir + "/emud.sock";
   for (absl::string_view a : absl::StrSplit(grpc_listen, ',', absl::SkipEmpty())) {
     listen.emplace_back(a);
+  }
+
+  // Refuse a live gRPC socket before adopting or restarting any worker (a
+  // takeover's predecessor still serves it: checked once it finished).
+  if (predecessor == nullptr) {
+    for (const std::string& addr : listen) {
+      if (absl::StartsWith(addr, "unix:///") && addr.size() - 7 < sizeof(sockaddr_un::sun_path)) {
+        PrepareUnixListen(addr.substr(7));
+      }
+    }
   }
 
   emud::server::Metrics metrics;

@@ -13,6 +13,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <fstream>
@@ -20,6 +21,7 @@
 #include <future>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "absl/strings/str_split.h"
@@ -31,6 +33,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "proto/reflection_v1.grpc.pb.h"
+#include "base/unique_fd.h"
 #include "tests/integration/emud_harness.h"
 
 namespace emud::testing {
@@ -281,6 +284,93 @@ TEST(StateDirLockTest, SecondEmudIsRefusedAndNamesTheFirst) {
   c = (*next)->Emuctl({"delete", "l"});
   EXPECT_EQ(c.exit_code, 0) << c.err;
   (*next)->Stop(SIGTERM);
+}
+
+// A listening UNIX socket at `path`, bound and listening in this process.
+emud::UniqueFd ListenAt(const std::string& path) {
+  emud::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  if (!fd.valid() || ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(fd.get(), 4) != 0) {
+    return emud::UniqueFd();
+  }
+  return fd;
+}
+
+// emud's gRPC socket: one that a live process listens on is refused before
+// any worker is touched, with that process named. One whose listener is gone
+// but which still accepts connections - an emud killed while it spawned a
+// worker leaves its socket open in the child until the child's exec - is
+// replaced: the next emud starts (the chaos suite's emud kills met this).
+TEST(GrpcSocketTest, ALiveListenerIsRefusedAndAnOrphanedOneIsReplaced) {
+  TempStateDir dir("grpcsock");
+  const std::string state = dir.path() + "/state";
+  std::filesystem::create_directories(state);
+  const std::string sock = state + "/emud.sock";
+  {
+    emud::UniqueFd live = ListenAt(sock);
+    ASSERT_TRUE(live.valid()) << std::strerror(errno);
+    CommandResult c = RunCommand({Runfile("server/emud"), "--state-dir=" + state,
+                                  "--worker-binary=" + Runfile("dataplane/emud-worker"),
+                                  "--metrics-listen="});
+    EXPECT_EQ(c.exit_code, 2) << c.out << c.err;
+    EXPECT_TRUE(absl::StrContains(c.err, absl::StrCat("another server is listening on ", sock,
+                                                      " (pid ", ::getpid(), ")")))
+        << c.err;
+    EXPECT_TRUE(std::filesystem::exists(sock)) << "a live server's socket was removed";
+  }
+  std::filesystem::remove(sock);
+  // The orphan: a process listens, forks a child that keeps the socket (as
+  // a spawn before its exec would), and dies; the child lives on.
+  int ready[2];
+  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+  pid_t listener = ::fork();
+  ASSERT_GE(listener, 0);
+  if (listener == 0) {
+    emud::UniqueFd l = ListenAt(sock);
+    if (!l.valid()) ::_exit(1);
+    pid_t holder = ::fork();
+    if (holder < 0) ::_exit(1);
+    if (holder == 0) {
+      ::close(ready[0]);
+      const pid_t me = ::getpid();
+      if (::write(ready[1], &me, sizeof(me)) != sizeof(me)) ::_exit(1);
+      for (;;) ::pause();  // holds `l` until killed
+    }
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(listener, &status, 0), listener);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  pid_t holder = 0;
+  ASSERT_EQ(::read(ready[0], &holder, sizeof(holder)), ssize_t(sizeof(holder)))
+      << "the socket's holder did not start";
+  ::close(ready[0]);
+  absl::Cleanup kill_holder = [holder] { ::kill(holder, SIGKILL); };
+  {
+    // The path still accepts connections: nothing but the holder listens.
+    emud::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, sock.c_str(), sizeof(addr.sun_path) - 1);
+    ASSERT_EQ(::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  }
+  EmudProcess::Options o;
+  o.state_dir = state;
+  o.worker_binary = Runfile("dataplane/emud-worker");
+  o.metrics = false;
+  auto e = EmudProcess::Start(o);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_TRUE(absl::StrContains((*e)->Log(), absl::StrCat("(pid ", listener, ") is gone")))
+      << (*e)->Log();
+  CommandResult c = (*e)->Emuctl({"create-device", "--type", "avf", "--name", "g", "--wait"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  c = (*e)->Emuctl({"delete", "g"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  (*e)->Stop(SIGTERM);
 }
 
 TEST(SocketRootsTest, SocketPathOutsideTheAllowedRootsIsRefused) {
