@@ -674,7 +674,7 @@ TEST_F(EmudTest, FdStoreRefusesStrangers) {
     ::close(fd);
   }
   ASSERT_TRUE(WaitFor([&] { return emud_->Log().find("refusing a channel") != std::string::npos; },
-                      absl::Seconds(5)));
+                      absl::Seconds(30)));
   EXPECT_EQ(Scrape()["emud_fdstore_fds{device=\"s\"}"], 1);  // only the worker's listener
 }
 
@@ -706,7 +706,7 @@ TEST_F(EmudTest, CreateDeleteCyclesLeakNothing) {
         after = Measure(emud_->pid());
         return after.children == 0 && after.fds == before.fds;
       },
-      absl::Seconds(5));
+      absl::Seconds(30));
   EXPECT_EQ(after.fds, before.fds);
   EXPECT_EQ(after.sockets, before.sockets);
   EXPECT_EQ(after.children, 0) << [&] {

@@ -198,7 +198,7 @@ TEST_F(FullTmpfsTest, CommitOnAFullTmpfsWaitsForRoomAndTheGuestGoesOn) {
         auto d = GetDevice(emud_->stub(), "a");
         return d.ok() && absl::StrContains(d->status().last_error(), "RESOURCE_EXHAUSTED");
       },
-      absl::Seconds(3));
+      absl::Seconds(30));
   fs_->Free();
   EXPECT_EQ(guest.get(), 0) << guest_out_ << emud_->Log();
   EXPECT_TRUE(absl::StrContains(guest_out_, "\"link_up\": true")) << guest_out_;
