@@ -27,14 +27,16 @@ uint64_t RoundsDuring(DataPath& dp, uint32_t t, int for_ms) {
   return dp.lane_rounds(t) - r0;
 }
 
-// Waits (bounded) until lane t ran at least one more round.
+// Waits (up to 30 s: TSan and a loaded 2-core machine) until lane t ran at
+// least one more round.
 bool LaneRuns(DataPath& dp, uint32_t t) {
   const uint64_t r0 = dp.lane_rounds(t);
-  for (int i = 0; i < 2000; ++i) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < until) {
     if (dp.lane_rounds(t) > r0) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  return false;
+  return dp.lane_rounds(t) > r0;
 }
 
 TEST(DataPathThreads, PlacementIsQueueModuloThreads) {

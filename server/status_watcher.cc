@@ -35,7 +35,8 @@ absl::StatusOr<std::unique_ptr<StatusWatcher>> StatusWatcher::Create(StatusWatch
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLONESHOT;
   ::epoll_ctl(w->epoll_.get(), EPOLL_CTL_ADD, w->inotify_.get(), &ev);
-  w->next_fallback_ = absl::Now() + w->options_.fallback;
+  const absl::Time now = w->options_.now != nullptr ? w->options_.now() : absl::Now();
+  w->next_fallback_ = now + w->options_.fallback;
   return w;
 }
 

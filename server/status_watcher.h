@@ -46,6 +46,10 @@ struct StatusWatcherOptions {
   int burst = 8;
   absl::Duration settle = absl::Milliseconds(10);
   absl::Duration fallback = absl::Seconds(2);
+  // The clock of the first fallback's due time (Create); nullptr: absl::Now.
+  // Poll and NextPoll use the caller's `now`. A seam so tests decide when the
+  // fallback is due instead of racing the machine's load.
+  absl::Time (*now)() = nullptr;
 };
 
 class StatusWatcher {

@@ -116,16 +116,17 @@ absl::Status Supervisor::Spawn(const std::string& device, const std::vector<std:
   }
   if (!p.ok()) return p.status();
   s->proc = std::move(*p);
-  s->started = absl::Now();
+  const absl::Duration took = absl::Now() - t0;
+  s->started = Now();
   // posix_spawn returns once the child has exec'd. Under load it sometimes
   // takes 5-20 ms although the child is real-time, most likely waiting for
   // emud's mmap_lock (the child shares emud's memory map until its exec,
   // which copies argv and environment out of it, and emud's other threads
   // are not real-time): ARCHITECTURE.md, known limits. Logged, as the one
   // part of a reattach emud's log can show.
-  if (s->started - t0 >= absl::Milliseconds(5)) {
+  if (took >= absl::Milliseconds(5)) {
     log::DeviceWarning(device, absl::StrCat("spawning worker pid ", s->proc.pid, " took ",
-                                            absl::FormatDuration(s->started - t0)));
+                                            absl::FormatDuration(took)));
   }
   s->stopping = false;
   s->rt_until.reset();
@@ -145,7 +146,7 @@ bool Supervisor::PromoteLocked(const std::string& device, Slot& s,
     log::DeviceInfo(device, absl::StrCat("standby worker pid ", sb.proc.pid,
                                          " was started for another worker binary or command "
                                          "line; discarding it"));
-    DiscardStandby(device, absl::Now() + options_.standby_delay);
+    DiscardStandby(device, Now() + options_.standby_delay);
     return false;
   }
   if (!CheckReady(sb)) return false;  // still starting: spawn; it stays the standby
@@ -158,12 +159,12 @@ bool Supervisor::PromoteLocked(const std::string& device, Slot& s,
     sp.sched_priority = rt_priority_;
     rt = ::sched_setscheduler(sb.proc.pid, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0;
   }
-  const absl::Time t0 = absl::Now();
+  const absl::Time t0 = Now();
   if (absl::Status st = fdstore::SendPromotion(sb.go.get(), inherit, env); !st.ok()) {
     log::DeviceWarning(device, absl::StrCat("standby worker pid ", sb.proc.pid,
                                             " could not be promoted (", st.message(),
                                             "); spawning the worker"));
-    DiscardStandby(device, absl::Now() + options_.standby_retry_initial);
+    DiscardStandby(device, Now() + options_.standby_retry_initial);
     return false;
   }
   // It is the device's worker now: its pidfd reports to the slot.
@@ -247,7 +248,7 @@ absl::Status Supervisor::InstallStandby(const StandbyLaunch& launch,
     if (current) {
       s->standby.reset();
       s->standby_failures++;
-      s->standby_not_before = absl::Now() + options_.standby_retry_max;
+      s->standby_not_before = Now() + options_.standby_retry_max;
     }
     return proc.status();
   }
@@ -348,7 +349,7 @@ void Supervisor::StandbyExited(const std::string& device, Slot& s) {
   absl::Duration delay = options_.standby_retry_initial;
   for (int i = 1; i < s.standby_failures && delay < options_.standby_retry_max; ++i) delay *= 2;
   delay = std::min(delay, options_.standby_retry_max);
-  s.standby_due = absl::Now() + delay;
+  s.standby_due = Now() + delay;
   s.standby_not_before = s.standby_due;  // a worker restart does not cut it short
   log::DeviceWarning(device, absl::StrCat("standby worker pid ", pid, " ", how,
                                           was_ready ? "" : " before it was ready",
@@ -361,7 +362,7 @@ absl::Status Supervisor::Adopt(const std::string& device, pid_t pid, uint64_t st
   auto p = fdstore::AdoptProcess(pid, start_ticks);
   if (!p.ok()) return p.status();
   s->proc = std::move(*p);
-  s->started = absl::Now();
+  s->started = Now();
   s->stopping = false;
   s->exit_reason.reset();
   s->promoted = false;
@@ -468,7 +469,7 @@ RestartPolicy::Decision Supervisor::WorkerFailed(const std::string& device, bool
   Slot* s = Find(device);
   if (s == nullptr) return RestartPolicy::Decision{true, absl::ZeroDuration()};
   RestartPolicy::Decision dec = s->policy.OnExit(healthy, guest_connected);
-  if (!dec.give_up) s->restart_at = absl::Now() + dec.delay;
+  if (!dec.give_up) s->restart_at = Now() + dec.delay;
   s->started = absl::Time();
   return dec;
 }
@@ -480,7 +481,7 @@ Supervisor::Retry Supervisor::StoreFull(const std::string& device, bool guest_co
   r.delay = guest_connected ? options_.restart.connected_max_backoff : absl::Seconds(1);
   Slot* s = Find(device);
   if (s == nullptr) return r;
-  s->restart_at = absl::Now() + r.delay;
+  s->restart_at = Now() + r.delay;
   s->started = absl::Time();
   r.first = !s->store_full;
   s->store_full = true;

@@ -61,6 +61,11 @@ struct SupervisorOptions {
   absl::Duration standby_delay = absl::ZeroDuration();
   absl::Duration standby_retry_initial = absl::Seconds(1);
   absl::Duration standby_retry_max = absl::Seconds(60);
+  // The clock of the schedules (a worker's start, its restart and standby
+  // due times, the end of its start-up priority); nullptr: absl::Now. A seam
+  // so tests decide when a backoff has elapsed instead of racing the
+  // machine's load. Stop's SIGTERM/SIGKILL waits are always real time.
+  absl::Time (*now)() = nullptr;
 };
 
 class Supervisor {
@@ -257,6 +262,7 @@ class Supervisor {
   };
   explicit Supervisor(SupervisorOptions options)
       : options_(std::move(options)), rt_priority_(options_.startup_rt_priority) {}
+  absl::Time Now() const { return options_.now != nullptr ? options_.now() : absl::Now(); }
   Slot* Find(const std::string& device);
   const Slot* Find(const std::string& device) const;
   void Watch(Slot& s);

@@ -107,28 +107,41 @@ TEST(SupervisorTest, AdoptWatchesARunningProcess) {
   EXPECT_NE(exits[0].how.find("signal 9"), std::string::npos);
 }
 
+// The schedules' clock (SupervisorOptions::now) in the tests that check
+// them: time moves only when the test says so, so a loaded machine cannot let
+// a backoff elapse between two steps.
+absl::Time g_now = absl::FromUnixSeconds(1'000'000);
+absl::Time FakeNow() { return g_now; }
+
 TEST(SupervisorTest, RestartPolicyAndDueRestarts) {
   SupervisorOptions o;
   o.restart.initial_backoff = absl::Milliseconds(100);
   o.restart.max_consecutive_failures = 2;
+  o.now = &FakeNow;
   auto s = Make(o);
   s->Add("a");
   s->Add("b");
   EXPECT_FALSE(s->NextRestart().has_value());
   // Healthy: at once, never gives up.
-  absl::Time before = absl::Now();
+  const absl::Time t0 = FakeNow();
   auto dec = s->WorkerFailed("a", /*healthy=*/true, /*guest_connected=*/false);
   EXPECT_FALSE(dec.give_up);
   EXPECT_EQ(dec.delay, absl::ZeroDuration());
-  EXPECT_EQ(s->DueRestarts(absl::Now()), std::vector<std::string>{"a"});
-  EXPECT_GE(*s->NextRestart(), before);
+  EXPECT_EQ(s->DueRestarts(t0), std::vector<std::string>{"a"});
+  EXPECT_EQ(*s->NextRestart(), t0);
   s->CancelRestart("a");
-  EXPECT_TRUE(s->DueRestarts(absl::Now()).empty());
+  EXPECT_TRUE(s->DueRestarts(t0).empty());
   // Unhealthy: a streak with backoff, then the verdict.
+  g_now += absl::Seconds(7);
+  const absl::Time t1 = FakeNow();
   dec = s->WorkerFailed("b", false, false);
   EXPECT_EQ(dec.delay, absl::Milliseconds(100));
-  EXPECT_TRUE(s->DueRestarts(absl::Now()).empty());
-  EXPECT_EQ(s->DueRestarts(absl::Now() + absl::Milliseconds(200)), std::vector<std::string>{"b"});
+  EXPECT_EQ(*s->NextRestart(), t1 + absl::Milliseconds(100));
+  EXPECT_TRUE(s->DueRestarts(t1).empty());
+  g_now += absl::Milliseconds(100) - absl::Nanoseconds(1);
+  EXPECT_TRUE(s->DueRestarts(FakeNow()).empty()) << "1 ns before the backoff ends";
+  g_now += absl::Nanoseconds(1);
+  EXPECT_EQ(s->DueRestarts(FakeNow()), std::vector<std::string>{"b"});
   EXPECT_FALSE(s->WorkerFailed("b", false, false).give_up);
   EXPECT_TRUE(s->WorkerFailed("b", false, false).give_up);
   EXPECT_EQ(s->consecutive_failures("b"), 3);
@@ -270,7 +283,9 @@ TEST(SupervisorStandbyTest, AStandbyDeathIsNoWorkerExit) {
 
 TEST(SupervisorStandbyTest, AStandbyThatNeverGetsReadyIsRetriedEverMoreSlowly) {
   // A worker binary that does not know --standby-fd: it refuses to start.
-  auto s = Make(StandbyOptions());
+  SupervisorOptions o = StandbyOptions();
+  o.now = &FakeNow;
+  auto s = Make(o);
   s->Add("d");
   ASSERT_TRUE(s->Spawn("d", {"/bin/sleep", "30"}, {}, {}).ok());
   const pid_t worker = s->pid("d");
@@ -279,12 +294,16 @@ TEST(SupervisorStandbyTest, AStandbyThatNeverGetsReadyIsRetriedEverMoreSlowly) {
     ASSERT_TRUE(s->SpawnStandby("d", {"/bin/false"}).ok());
     struct pollfd pfd = {s->event_fd(), POLLIN, 0};
     ASSERT_EQ(::poll(&pfd, 1, 10000), 1);
-    const absl::Time now = absl::Now();
-    EXPECT_TRUE(s->TakeExits().empty());
+    g_now += absl::Minutes(5);  // however long the exit took to be seen
+    const absl::Time now = FakeNow();
+    EXPECT_TRUE(s->TakeExits().empty());  // the standby's exit is handled here
     EXPECT_EQ(s->standby_pid("d"), 0);
     ASSERT_TRUE(s->NextStandby().has_value());
     const absl::Duration delay = *s->NextStandby() - now;
-    EXPECT_GT(delay, last);  // 1 s, 2 s, 4 s
+    EXPECT_EQ(delay, absl::Seconds(1 << i));  // 1 s, 2 s, 4 s
+    EXPECT_GT(delay, last);
+    EXPECT_TRUE(s->DueStandbys(*s->NextStandby() - absl::Nanoseconds(1)).empty());
+    EXPECT_EQ(s->DueStandbys(*s->NextStandby()), std::vector<std::string>{"d"});
     last = delay;
   }
   EXPECT_EQ(s->pid("d"), worker);

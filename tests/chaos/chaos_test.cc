@@ -1398,7 +1398,7 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
   if (!failed_early) {
     for (size_t i = 0; i < ndev; ++i) {
       WaitFor([&] { return (fdstore_end[i] = FdStoreFds(*emud, devs[i])) == guests[i]->fdstore_start; },
-              absl::Seconds(3));
+              absl::Seconds(30));
       last_worker[i] = WorkerPid(*emud, devs[i]);
       worker_fds_end[i] = Measure(last_worker[i]).fds;
     }

@@ -184,7 +184,16 @@ TEST(GuestTools, EmuGuestAgainstAvfServerProcess) {
     execl(server.c_str(), server.c_str(), "--socket", sock.c_str(), "--queues", "4", (char*)nullptr);
     _exit(127);
   }
-  for (int i = 0; i < 200 && access(sock.c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  // The server listens once started (TSan and a loaded machine: seconds).
+  for (absl::Time until = absl::Now() + absl::Seconds(30);
+       access(sock.c_str(), F_OK) != 0 && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  if (access(sock.c_str(), F_OK) != 0) {
+    kill(srv, SIGKILL);
+    waitpid(srv, nullptr, 0);
+    FAIL() << "the server never created " << sock;
+  }
   const std::string out = UniquePath("out") + ".json";
   const std::string cmd = absl::StrCat(Runfile("tests/guest/emu-guest"), " --socket ", sock,
                                        " --resets 2 --json > ", out);

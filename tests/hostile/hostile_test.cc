@@ -424,7 +424,7 @@ struct RawAq {
   // Rings ATQT and waits until the device consumed up to it (ATQH).
   absl::Status Ring(uint32_t tail) {
     if (auto s = a->bus->Write32(avf::kVfAtqt1, tail); !s.ok()) return s;
-    for (int i = 0; i < 2000; ++i) {
+    for (absl::Time until = absl::Now() + absl::Seconds(30); absl::Now() < until;) {
       auto h = a->bus->Read32(avf::kVfAtqh1);
       if (!h.ok()) return h.status();
       if (*h == tail) return absl::OkStatus();

@@ -115,7 +115,7 @@ TEST(EmudInitTest, EmudCrashKeepsWorkersAndOrphansAreReaped) {
       },
       absl::Seconds(10)))
       << e->Log();
-  EXPECT_TRUE(WaitFor([&] { return ReadStat(worker).state == 0; }, absl::Seconds(5)))
+  EXPECT_TRUE(WaitFor([&] { return ReadStat(worker).state == 0; }, absl::Seconds(30)))
       << "the dead worker is reaped, not left a zombie (state " << ReadStat(worker).state << ")";
   EXPECT_EQ(ReadStat(worker2).ppid, emud2) << e->Log();
 
@@ -123,7 +123,7 @@ TEST(EmudInitTest, EmudCrashKeepsWorkersAndOrphansAreReaped) {
   int status = e->Stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   EXPECT_TRUE(WaitFor([&] { return ReadStat(worker2).state == 0 || ReadStat(worker2).state == 'Z'; },
-                      absl::Seconds(5)));
+                      absl::Seconds(30)));
   EXPECT_EQ(ReadStat(emud2).state, 0);
 }
 

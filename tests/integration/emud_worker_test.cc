@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -98,6 +99,16 @@ class Worker {
       return absl::OkStatus();
     });
     return out;
+  }
+  // Polls the status record (written at most once a second) until `done`
+  // holds, for up to 30 s; returns the last record read.
+  internal::WorkerStatus WaitStatus(const std::function<bool(const internal::WorkerStatus&)>& done) {
+    internal::WorkerStatus s = Status();
+    for (absl::Time until = absl::Now() + absl::Seconds(30); !done(s) && absl::Now() < until;) {
+      usleep(10000);
+      s = Status();
+    }
+    return s;
   }
   const std::string& socket() const { return socket_; }
   pid_t pid() const { return pid_; }
@@ -194,14 +205,9 @@ void ExchangeFrames(guest::GuestBus* bus, Worker& w) {
   EXPECT_EQ(st->tx_unicast, sent.size());
   EXPECT_EQ(st->rx_unicast, sent.size());
   // The status record shows the link and the counters (written <= 1/s).
-  internal::WorkerStatus s;
-  for (int i = 0; i < 300; ++i) {
-    s = w.Status();
-    if (s.phase() == internal::WorkerStatus::LINK_UP && s.tx_size() > 0 && s.tx(0).packets() > 0) {
-      break;
-    }
-    usleep(10000);
-  }
+  internal::WorkerStatus s = w.WaitStatus([](const internal::WorkerStatus& s) {
+    return s.phase() == internal::WorkerStatus::LINK_UP && s.tx_size() > 0 && s.tx(0).packets() > 0;
+  });
   EXPECT_EQ(s.phase(), internal::WorkerStatus::LINK_UP);
   ASSERT_GT(s.tx_size(), 0);
   EXPECT_EQ(s.tx(0).packets(), sent.size());
@@ -334,19 +340,24 @@ TEST(EmudWorker, DmaUnmapMidTrafficIsCountedAndTrafficResumesAfterRemap) {
       sent.push_back(TestFrame(g.drv->mac(), 100 + 10 * i, i));
       ASSERT_TRUE(g.gdp->Transmit(0, sent.back()).ok());
     }
-    usleep(50000);
+    // The worker serviced the doorbells while the ring was unmapped: wait
+    // for it to say so before mapping again (a fixed sleep let a loaded
+    // machine process the map first, and nothing was counted).
+    internal::WorkerStatus unmapped = w.WaitStatus([](const internal::WorkerStatus& s) {
+      return s.tx_size() > 0 && s.tx(0).errors() >= 1;
+    });
+    ASSERT_GT(unmapped.tx_size(), 0);
+    ASSERT_GE(unmapped.tx(0).errors(), 1u) << "the unmapped ring was counted";
+    EXPECT_EQ(unmapped.tx(0).packets(), 0u) << "nothing sent from an unmapped ring";
     EXPECT_EQ(kill(w.pid(), 0), 0) << "worker alive";
     // Map the same RAM again and ring the doorbell: the queued packets go.
     ASSERT_TRUE(g.bus->client().DmaMap(mem.fd(), 0, mem.iova_base(), mem.size()).ok());
     ASSERT_TRUE(g.bus->Write32(g.drv->tx_ring(0).tail_offset, g.drv->tx_ring(0).next_to_use).ok());
     auto got = g.ReceiveN(sent.size(), absl::Seconds(10));
     EXPECT_EQ(got, sent);
-    internal::WorkerStatus s;
-    for (int i = 0; i < 300; ++i) {
-      s = w.Status();
-      if (s.tx_size() > 0 && s.tx(0).packets() == sent.size()) break;
-      usleep(10000);
-    }
+    internal::WorkerStatus s = w.WaitStatus([&](const internal::WorkerStatus& s) {
+      return s.tx_size() > 0 && s.tx(0).packets() == sent.size();
+    });
     ASSERT_GT(s.tx_size(), 0);
     EXPECT_EQ(s.tx(0).packets(), sent.size());
     EXPECT_GE(s.tx(0).errors(), 1u) << "the unmapped ring was counted";

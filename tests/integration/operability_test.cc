@@ -201,7 +201,7 @@ TEST_F(FullTmpfsTest, CommitOnAFullTmpfsWaitsForRoomAndTheGuestGoesOn) {
         auto d = GetDevice(emud_->stub(), "a");
         return d.ok() && absl::StrContains(d->status().last_error(), "RESOURCE_EXHAUSTED");
       },
-      absl::Seconds(3));
+      absl::Seconds(30));
   fs_->Free();
   EXPECT_EQ(guest.get(), 0) << guest_out_ << emud_->Log();
   EXPECT_TRUE(absl::StrContains(guest_out_, "\"link_up\": true")) << guest_out_;
@@ -623,27 +623,40 @@ TEST(EmuctlTest, CompletionWatchNotFoundPermissionAndReconnect) {
   }
 
   // watch survives an emud restart: it reconnects and shows what is there.
+  ASSERT_EQ((*e)->Emuctl({"create-device", "--type", "avf", "--name", "before"}).exit_code, 0);
   const std::string out = dir.path() + "/watch.out";
+  auto watched = [&](const std::string& what) {
+    std::string text;
+    for (absl::Time until = absl::Now() + absl::Seconds(30);
+         !absl::StrContains(text, what) && absl::Now() < until;) {
+      ::usleep(20 * 1000);
+      std::ifstream in(out);
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    return text;
+  };
   pid_t watcher = ::fork();
   if (watcher == 0) {
     int f = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(f, 1);
     ::dup2(f, 2);
     ::execl(emuctl.c_str(), emuctl.c_str(), "--server", (*e)->grpc_address().c_str(), "watch",
-            "--timeout", "30", "-o", "json", nullptr);
+            "--timeout", "120", "-o", "json", nullptr);
     ::_exit(127);
   }
-  ::usleep(500 * 1000);
+  // Streaming (its initial event printed) before emud goes: a watch that
+  // never reached emud fails instead of reconnecting, so a fixed sleep here
+  // failed when a loaded machine started emuctl late.
+  if (const std::string first = watched("\"before\""); !absl::StrContains(first, "\"before\"")) {
+    ::kill(watcher, SIGTERM);
+    ::waitpid(watcher, nullptr, 0);
+    FAIL() << "the watch printed no initial event: " << first;
+  }
   (*e)->Stop(SIGTERM);
   auto e2 = EmudProcess::Start(o);
   ASSERT_TRUE(e2.ok()) << e2.status();
   ASSERT_EQ((*e2)->Emuctl({"create-device", "--type", "avf", "--name", "after"}).exit_code, 0);
-  std::string text;
-  for (int i = 0; i < 100 && !absl::StrContains(text, "\"after\""); ++i) {
-    ::usleep(100 * 1000);
-    std::ifstream in(out);
-    text.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const std::string text = watched("\"after\"");
   ::kill(watcher, SIGTERM);
   ::waitpid(watcher, nullptr, 0);
   EXPECT_TRUE(absl::StrContains(text, "reconnecting")) << text;

@@ -65,7 +65,7 @@ class PhaseAfterRecoveryTest : public ::testing::Test {
         },
         absl::Seconds(10));
     EXPECT_TRUE(ok) << after << ": " << d.status().DebugString() << emud_->Log();
-    EXPECT_TRUE(WaitFor([&] { return LinkUpGauge() == 1; }, absl::Seconds(5)))
+    EXPECT_TRUE(WaitFor([&] { return LinkUpGauge() == 1; }, absl::Seconds(30)))
         << after << ": emud_devices{phase=\"link_up\"} = " << LinkUpGauge();
     CommandResult c = emud_->Emuctl({"get", "p", "-o", "json"});
     EXPECT_NE(c.out.find("PHASE_LINK_UP"), std::string::npos) << after << ": " << c.out;

@@ -191,7 +191,7 @@ TEST_F(QuarantineTest, PoisonTxDescriptorStopsOnlyItsQueue) {
         auto r = gdp2.Receive(0);
         return r.ok() && !r->empty();
       },
-      absl::Seconds(5));
+      absl::Seconds(30));
   EXPECT_TRUE(back) << "traffic after the queue was enabled again\n" << emud_->Log();
 }
 

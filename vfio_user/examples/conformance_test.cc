@@ -56,7 +56,7 @@ class ServerProcess {
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     EXPECT_EQ(::posix_spawn(&pid_, bin.c_str(), nullptr, nullptr, argv.data(), environ), 0) << bin;
-    for (int i = 0; i < 500; ++i) {
+    for (absl::Time until = absl::Now() + absl::Seconds(30); absl::Now() < until;) {
       struct stat st;
       if (::stat(path_.c_str(), &st) == 0) break;
       absl::SleepFor(absl::Milliseconds(10));
@@ -288,7 +288,7 @@ TEST(ConformanceTest, AcceptsTheSpecsSocketPathSpelling) {
   pid_t pid;
   ASSERT_EQ(::posix_spawn(&pid, bin.c_str(), nullptr, nullptr, argv, environ), 0);
   absl::StatusOr<std::unique_ptr<Client>> c = absl::UnavailableError("not yet");
-  for (int i = 0; i < 300 && !c.ok(); ++i) {
+  for (absl::Time until = absl::Now() + absl::Seconds(30); !c.ok() && absl::Now() < until;) {
     absl::SleepFor(absl::Milliseconds(10));
     c = Client::Connect(path);
   }
