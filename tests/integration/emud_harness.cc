@@ -89,6 +89,9 @@ TempStateDir::TempStateDir(const std::string& tag) {
 TempStateDir::~TempStateDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+  // EmudProcess logs beside its state directory: a test whose state
+  // directory is this one itself leaves its log here.
+  std::filesystem::remove(path_ + ".emud.log", ec);
 }
 
 CommandResult RunCommand(const std::vector<std::string>& argv_in,
