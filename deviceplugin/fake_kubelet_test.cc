@@ -246,8 +246,10 @@ TEST(FakeKubeletTest, RegisterListAllocateRestart) {
   eo.state_dir = dir.path();
   eo.worker_binary = Runfile("dataplane/emud-worker");
   eo.metrics = false;
-  eo.extra_flags = {"--allow-worker-override", "--restart-backoff-initial=10ms",
-                    "--restart-backoff-max=50ms"};
+  // Supervision on the defaults a user gets (the crash loop below reaches
+  // FAILED after 5 restarts, 0.1 + 0.2 + ... + 1.6 s of backoff);
+  // --allow-worker-override lets the test upgrade a worker to /bin/false.
+  eo.extra_flags = {"--allow-worker-override"};
   auto emud = EmudProcess::Start(eo);
   ASSERT_TRUE(emud.ok()) << emud.status();
 
@@ -395,7 +397,7 @@ TEST(FakeKubeletTest, RegisterListAllocateRestart) {
   }
   const std::map<std::string, std::string> one_failed = {{"avf-0", "Healthy"},
                                                          {"avf-1", "Unhealthy"}};
-  ASSERT_TRUE(conn->WaitList(one_failed, absl::Seconds(20))) << conn->Describe() << plugin.Log();
+  ASSERT_TRUE(conn->WaitList(one_failed, absl::Seconds(60))) << conn->Describe() << plugin.Log();
   {
     grpc::ClientContext ctx;
     v1beta1::PreStartContainerRequest req;
