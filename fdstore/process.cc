@@ -33,26 +33,40 @@ namespace {
 
 int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
-}  // namespace
-
-absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid) {
+// The fields of /proc/PID/stat from field 3 (state) on. The command name
+// (field 2) may contain spaces and parentheses: they start behind the last
+// ')'.
+absl::StatusOr<std::vector<std::string>> ProcStatFields(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
   std::string line;
   if (!in || !std::getline(in, line)) {
     return absl::NotFoundError(absl::StrCat("process ", pid, " does not exist"));
   }
-  // The command name (field 2) may contain spaces and parentheses: fields
-  // after it start behind the last ')'.
   size_t close = line.rfind(')');
-  if (close == std::string::npos) return absl::InternalError("unparsable /proc/PID/stat");
-  std::vector<absl::string_view> fields =
-      absl::StrSplit(absl::string_view(line).substr(close + 2), ' ', absl::SkipEmpty());
-  // fields[0] is field 3 (state); start time is field 22.
+  if (close == std::string::npos || close + 2 >= line.size()) {
+    return absl::InternalError(absl::StrCat("unparsable /proc/", pid, "/stat"));
+  }
+  return absl::StrSplit(absl::string_view(line).substr(close + 2), ' ', absl::SkipEmpty());
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid) {
+  auto fields = ProcStatFields(pid);
+  if (!fields.ok()) return fields.status();
+  // (*fields)[0] is field 3 (state); start time is field 22.
   uint64_t ticks = 0;
-  if (fields.size() < 20 || !absl::SimpleAtoi(fields[19], &ticks)) {
+  if (fields->size() < 20 || !absl::SimpleAtoi((*fields)[19], &ticks)) {
     return absl::InternalError(absl::StrCat("unparsable /proc/", pid, "/stat"));
   }
   return ticks;
+}
+
+bool ProcessGone(pid_t pid) {
+  auto fields = ProcStatFields(pid);
+  if (absl::IsNotFound(fields.status())) return true;
+  if (!fields.ok() || fields->empty()) return false;
+  return (*fields)[0] == "Z" || (*fields)[0] == "X";
 }
 
 absl::StatusOr<Process> SpawnWithFds(const std::vector<std::string>& argv,

@@ -71,6 +71,10 @@ absl::StatusOr<Process> AdoptProcess(pid_t pid, uint64_t start_ticks);
 // Start time of `pid` in clock ticks since boot.
 absl::StatusOr<uint64_t> ProcStartTicks(pid_t pid);
 
+// Whether `pid` is gone: no such process, or a zombie (exited, not yet
+// reaped), which holds no fds any more.
+bool ProcessGone(pid_t pid);
+
 // Sends `sig` through the pidfd (never hits a recycled pid). Sending to a
 // process that has already exited is not an error.
 absl::Status SignalProcess(const Process& p, int sig);

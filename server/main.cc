@@ -41,6 +41,7 @@
 #include "base/socket_access.h"
 #include "base/unique_fd.h"
 #include "fdstore/keeper.h"
+#include "fdstore/process.h"
 #include "server/handover.h"
 #include "state_store/state_dir.h"
 
@@ -262,19 +263,6 @@ bool IsLoopbackHost(absl::string_view host) {
          absl::StartsWith(host, "127.");
 }
 
-// Whether process `pid` is gone: no such process, or a zombie (killed, not
-// yet reaped).
-bool ProcessGone(pid_t pid) {
-  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
-  std::string line;
-  if (!stat || !std::getline(stat, line)) return true;
-  // pid (comm) state ...: comm may hold spaces and parentheses.
-  size_t close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size()) return false;
-  const char state = line[close + 2];
-  return state == 'Z' || state == 'X';
-}
-
 // Removes a stale UNIX socket at `path` (refusing a live one) and creates
 // its directory. A socket that accepts connections is stale all the same
 // when the process that listened on it is gone: an emud killed while it was
@@ -297,7 +285,7 @@ void PrepareUnixListen(const std::string& path) {
     struct ucred cred {};
     socklen_t len = sizeof(cred);
     if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0 ||
-        !ProcessGone(cred.pid)) {
+        !emud::fdstore::ProcessGone(cred.pid)) {
       Fail(absl::StrCat("another server is listening on ", path,
                         cred.pid > 0 ? absl::StrCat(" (pid ", cred.pid, ")") : "",
                         "; stop it or choose another --grpc-listen"));
