@@ -536,37 +536,13 @@ void Plugin::Run() {
   ::inotify_add_watch(in, options_.kubelet_dir.c_str(), IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM);
   const std::string kubelet = options_.kubelet_dir + "/" + options_.kubelet_socket;
   bool need_register = true;
+  bool need_serve = true;  // no server yet, or kubelet removed its socket
   absl::Time next_try = absl::InfinitePast();
   ino_t kubelet_ino = 0;
-  while (!stopping_) {
-    struct stat st {};
-    const bool kubelet_up = ::stat(kubelet.c_str(), &st) == 0;
-    const bool ours_present = ::access(EndpointPath().c_str(), F_OK) == 0;
-    if (kubelet_up && st.st_ino != kubelet_ino) {
-      // kubelet (re)created its socket: it forgot every plugin (inotify
-      // below catches a re-creation that reuses the inode number).
-      if (kubelet_ino != 0) Log("kubelet's socket changed: registering again");
-      kubelet_ino = st.st_ino;
-      need_register = true;
-    }
-    if (server_ != nullptr && !ours_present) {
-      Log(absl::StrCat("our socket ", EndpointPath(), " was removed: serving and registering again"));
-      need_register = true;
-    }
-    if (need_register && kubelet_up && absl::Now() >= next_try) {
-      absl::Status s = StartServer();
-      if (s.ok()) s = Register();
-      if (s.ok()) {
-        Log(absl::StrCat("registered ", options_.resource, " (", options_.pool_size,
-                         " devices) with kubelet at ", kubelet, " as ", options_.endpoint));
-        need_register = false;
-      } else {
-        Log(absl::StrCat(s.message(), "; retrying in 1s"));
-        next_try = absl::Now() + absl::Seconds(1);
-      }
-    }
-    struct pollfd p[2] = {{in, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    ::poll(p, 2, 500);
+  // inotify first, then stat: a kubelet socket created while we slept is
+  // then seen once (by its event) instead of twice (stat now, the event
+  // on the next turn) - which would register twice.
+  auto drain_inotify = [&] {
     alignas(struct inotify_event) char buf[4096];
     ssize_t n;
     while ((n = ::read(in, buf, sizeof(buf))) > 0) {
@@ -581,6 +557,43 @@ void Plugin::Run() {
         off += sizeof(struct inotify_event) + ev->len;
       }
     }
+  };
+  while (!stopping_) {
+    drain_inotify();
+    struct stat st {};
+    const bool kubelet_up = ::stat(kubelet.c_str(), &st) == 0;
+    const bool ours_present = ::access(EndpointPath().c_str(), F_OK) == 0;
+    if (kubelet_up && st.st_ino != kubelet_ino) {
+      // kubelet (re)created its socket: it forgot every plugin (inotify
+      // above catches a re-creation that reuses the inode number).
+      if (kubelet_ino != 0) Log("kubelet's socket changed: registering again");
+      kubelet_ino = st.st_ino;
+      need_register = true;
+    }
+    if (server_ != nullptr && !ours_present && !need_serve) {
+      Log(absl::StrCat("our socket ", EndpointPath(), " was removed: serving and registering again"));
+      need_serve = true;
+      need_register = true;
+    }
+    if (need_register && kubelet_up && absl::Now() >= next_try) {
+      // Serve anew only when our socket is gone: a server that still serves
+      // keeps its ListAndWatch streams (kubelet may already have dialled it
+      // after an earlier registration; it replaces its old connection itself
+      // when a registration repeats).
+      absl::Status s = need_serve ? StartServer() : absl::OkStatus();
+      if (s.ok()) need_serve = false;
+      if (s.ok()) s = Register();
+      if (s.ok()) {
+        Log(absl::StrCat("registered ", options_.resource, " (", options_.pool_size,
+                         " devices) with kubelet at ", kubelet, " as ", options_.endpoint));
+        need_register = false;
+      } else {
+        Log(absl::StrCat(s.message(), "; retrying in 1s"));
+        next_try = absl::Now() + absl::Seconds(1);
+      }
+    }
+    struct pollfd p[2] = {{in, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    ::poll(p, 2, 500);
   }
   ::close(in);
   StopServer();
