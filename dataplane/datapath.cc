@@ -362,9 +362,16 @@ void DataPath::OnDmaUnmap(uint64_t iova, uint64_t size) {
 // delivers to an RX queue of that lane only (its engines are that lane's).
 bool DataPath::Deliver(uint16_t queue, FrameView frame) {
   vfio_user::DmaMemory* dma = dev_->dma();
-  if (rx_running_ == 0 || dma == nullptr) return true;  // link down: dropped
   if (!filter_.Accept(frame)) {
     Bump(counters_->rx_filtered);
+    return true;
+  }
+  if (rx_running_ == 0 || dma == nullptr) [[unlikely]] {
+    // The VF's filter took it but no RX queue runs (or there is no guest
+    // memory): dropped, and counted as a VSI counts a frame it had no queue
+    // for (rx_discards, in its class).
+    rx_[queue % nq_]->CountDrop();
+    CountClass(frame);
     return true;
   }
   Lane& lane = *lanes_[LaneOf(queue)];

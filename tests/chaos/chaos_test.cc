@@ -1387,6 +1387,25 @@ TEST_P(ChaosTest, KillsDuringTrafficAreInvisibleToTheGuest) {
       if (f.received[s] > 1) dups_total += f.received[s] - 1;
     }
   }
+  if (missing > 0 && emud != nullptr && emud->stub() != nullptr) {
+    // Where a missing frame may have been counted: the device's RX drops
+    // (no buffers, no running queue) and TX drops/errors, by queue.
+    for (auto& g : guests) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      v1::GetDeviceStatsRequest req;
+      req.set_name(g->dev);
+      v1::DeviceStats st;
+      if (!emud->stub()->GetDeviceStats(&ctx, req, &st).ok()) continue;
+      std::string line;
+      for (const auto& q : st.rx()) absl::StrAppend(&line, " rx", q.queue(), " drops ", q.drops(), ";");
+      for (const auto& q : st.tx()) {
+        absl::StrAppend(&line, " tx", q.queue(), " drops ", q.drops(), " errors ", q.errors(), ";");
+      }
+      std::printf("chaos [%s] %s counters of the serving worker:%s\n", cfg.name, g->dev.c_str(),
+                  line.c_str());
+    }
+  }
   // Again: the drain's requests count too.
   for (auto& g : guests) {
     const vfio_user::Client& c = g->bus->client();

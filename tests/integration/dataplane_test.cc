@@ -614,6 +614,39 @@ TEST(DataplaneIntegration, PeerDevicesExchangeFramesBothWays) {
   std::filesystem::remove_all(shm);
 }
 
+// A frame for a VF whose RX queues are stopped (the guest's ndo_stop) is
+// dropped and counted, never lost silently.
+TEST(DataplaneIntegration, FramesForAStoppedVfAreCountedDiscards) {
+  signal(SIGPIPE, SIG_IGN);
+  std::string shm = TestDir();
+  Node a, b;
+  a.Start("devA", "peer:devB", 1, shm);
+  b.Start("devB", "peer:devA", 1, shm);
+  ASSERT_TRUE(b.drv->Close().ok());
+  auto before = b.drv->RequestStats();
+  ASSERT_TRUE(before.ok()) << before.status();
+  const std::array<uint8_t, 6> bcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  constexpr size_t kFrames = 5;
+  for (uint32_t i = 0; i < kFrames; ++i) {
+    ASSERT_TRUE(a.gdp->Transmit(0, MakeFrame(bcast, 100, i)).ok());
+  }
+  size_t done = 0;
+  for (int i = 0; i < 2000 && done < kFrames; ++i) {
+    a.dp->PollOnce();
+    b.dp->PollOnce();
+    done += a.gdp->ReapTx(0);
+    if (done < kFrames) usleep(500);
+  }
+  ASSERT_EQ(done, kFrames) << "A's TX completed";
+  for (int i = 0; i < 10; ++i) b.dp->PollOnce();
+  auto after = b.drv->RequestStats();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->rx_discards - before->rx_discards, kFrames);
+  EXPECT_EQ(after->rx_broadcast - before->rx_broadcast, kFrames);
+  EXPECT_EQ(after->rx_bytes, before->rx_bytes) << "nothing reached the guest";
+  std::filesystem::remove_all(shm);
+}
+
 TEST(DataplaneIntegration, PeerTrafficIsSpreadOverRxQueuesByRss) {
   signal(SIGPIPE, SIG_IGN);
   std::string shm = TestDir();
