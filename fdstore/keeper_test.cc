@@ -16,13 +16,19 @@
 namespace emud::fdstore {
 namespace {
 
-// UNIX socket paths are short: a private directory under /tmp.
+// UNIX socket paths are short: a private directory under /tmp (TEST_TMPDIR
+// can be longer than sun_path), removed when the test binary exits.
 std::string SocketPath(const char* name) {
-  static const std::string dir = [] {
+  static const std::string* dir = [] {
     char tmpl[] = "/tmp/keeper-test-XXXXXX";
-    return std::string(::mkdtemp(tmpl));
+    auto* d = new std::string(::mkdtemp(tmpl));
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(*dir, ec);
+    });
+    return d;
   }();
-  return dir + "/" + name;
+  return *dir + "/" + name;
 }
 
 ino_t Inode(int fd) {
